@@ -1,0 +1,305 @@
+//! One connection to a PostgreSQL shard, framed by hand so results pass to the
+//! client byte for byte. Tracks what it owes: a connection is reusable only
+//! when every `ReadyForQuery` it owes has been read and the server is idle.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::BackendError;
+use crate::config::Shard;
+use crate::protocol::{read_frame, take_cstr, ErrorFields, Frame, FrameError};
+use crate::router::ShardId;
+
+/// Largest message accepted from a server (rows can be big; this bounds garbage).
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+pub struct ServerConn {
+    pub shard: ShardId,
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    /// Parameters the server reported with `ParameterStatus`.
+    pub params: BTreeMap<String, String>,
+    /// Session settings a client applied here: name -> the statement that set it.
+    pub applied: BTreeMap<String, String>,
+    /// Transaction status from the last `ReadyForQuery`: `I`, `T` or `E`.
+    pub status: u8,
+    /// `ReadyForQuery` messages still owed.
+    pending: usize,
+    broken: bool,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+impl ServerConn {
+    pub async fn connect(id: ShardId, cfg: &Shard, timeout: Duration) -> Result<ServerConn, BackendError> {
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| BackendError::Connect {
+                shard: id,
+                message: format!("timed out connecting to {addr}"),
+            })?
+            .map_err(|e| BackendError::Connect {
+                shard: id,
+                message: format!("{addr}: {e}"),
+            })?;
+        stream.set_nodelay(true).ok();
+        let (r, w) = stream.into_split();
+        let mut conn = ServerConn {
+            shard: id,
+            reader: BufReader::with_capacity(32 * 1024, r),
+            writer: BufWriter::with_capacity(16 * 1024, w),
+            params: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            status: b'I',
+            pending: 0,
+            broken: false,
+            process_id: 0,
+            secret_key: 0,
+        };
+        tokio::time::timeout(timeout, conn.startup(cfg))
+            .await
+            .map_err(|_| BackendError::Connect {
+                shard: id,
+                message: format!("timed out during startup with {addr}"),
+            })??;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, cfg: &Shard) -> Result<(), BackendError> {
+        let mut buf = BytesMut::new();
+        let params = [
+            ("user", cfg.user.as_str()),
+            ("database", cfg.database.as_str()),
+            ("application_name", "pieskieo"),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut buf).map_err(|e| self.io_err(e))?;
+        self.write_all(&buf).await?;
+        self.flush().await?;
+        let password = cfg.password.clone().unwrap_or_default();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let f = self.read_raw().await?;
+            match f.tag {
+                b'R' => {
+                    let body = f.body();
+                    let code = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-1);
+                    let payload = body.get(4..).unwrap_or(&[]);
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => continue,
+                        3 => frontend::password_message(password.as_bytes(), &mut out).map_err(|e| self.io_err(e))?,
+                        5 => {
+                            let salt: [u8; 4] = payload.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| self.proto("short md5 salt"))?;
+                            let hash = postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password.as_bytes(), salt);
+                            frontend::password_message(hash.as_bytes(), &mut out).map_err(|e| self.io_err(e))?;
+                        }
+                        10 => {
+                            let offers_scram = payload.split(|&c| c == 0).any(|m| m == b"SCRAM-SHA-256");
+                            if !offers_scram {
+                                return Err(self.proto("server offers no SCRAM-SHA-256"));
+                            }
+                            let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out).map_err(|e| self.io_err(e))?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| self.proto("SASL continue before start"))?;
+                            s.update(payload).map_err(|e| BackendError::Auth { shard: self.shard, message: e.to_string() })?;
+                            frontend::sasl_response(s.message(), &mut out).map_err(|e| self.io_err(e))?;
+                        }
+                        12 => {
+                            let mut s = scram.take().ok_or_else(|| self.proto("SASL final before start"))?;
+                            s.finish(payload).map_err(|e| BackendError::Auth { shard: self.shard, message: e.to_string() })?;
+                            continue;
+                        }
+                        other => {
+                            return Err(BackendError::Auth {
+                                shard: self.shard,
+                                message: format!("unsupported authentication request {other}"),
+                            })
+                        }
+                    }
+                    self.write_all(&out).await?;
+                    self.flush().await?;
+                }
+                b'S' => self.note_parameter(&f),
+                b'K' => {
+                    let b = f.body();
+                    if b.len() >= 8 {
+                        self.process_id = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        self.secret_key = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                    }
+                }
+                b'E' => {
+                    let e = ErrorFields::parse(f.body());
+                    return Err(BackendError::Auth {
+                        shard: self.shard,
+                        message: e.to_string(),
+                    });
+                }
+                b'N' => {}
+                b'Z' => {
+                    self.status = f.body().first().copied().unwrap_or(b'I');
+                    return Ok(());
+                }
+                other => return Err(self.proto(&format!("unexpected message '{}' during startup", other as char))),
+            }
+        }
+    }
+
+    fn io_err(&mut self, e: std::io::Error) -> BackendError {
+        self.broken = true;
+        BackendError::Io {
+            shard: self.shard,
+            message: e.to_string(),
+        }
+    }
+
+    fn proto(&mut self, m: &str) -> BackendError {
+        self.broken = true;
+        BackendError::Protocol {
+            shard: self.shard,
+            message: m.to_string(),
+        }
+    }
+
+    fn note_parameter(&mut self, f: &Frame) {
+        if let Some((name, rest)) = take_cstr(f.body()) {
+            if let Some((value, _)) = take_cstr(rest) {
+                self.params.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    async fn write_all(&mut self, b: &[u8]) -> Result<(), BackendError> {
+        if let Err(e) = self.writer.write_all(b).await {
+            return Err(self.io_err(e));
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), BackendError> {
+        if let Err(e) = self.writer.flush().await {
+            return Err(self.io_err(e));
+        }
+        Ok(())
+    }
+
+    /// Queues a simple `Query`; the caller flushes and reads the responses.
+    pub async fn send_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut buf = BytesMut::with_capacity(sql.len() + 6);
+        frontend::query(sql, &mut buf).map_err(|e| self.io_err(e))?;
+        self.write_all(&buf).await?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    async fn read_raw(&mut self) -> Result<Frame, BackendError> {
+        match read_frame(&mut self.reader, MAX_SERVER_MESSAGE).await {
+            Ok(f) => Ok(f),
+            Err(FrameError::Closed) => {
+                self.broken = true;
+                Err(BackendError::Closed { shard: self.shard })
+            }
+            Err(FrameError::BadLength(n)) => Err(self.proto(&format!("invalid message length {n}"))),
+            Err(FrameError::Io(e)) => Err(self.io_err(e)),
+        }
+    }
+
+    /// Reads the next response message, keeping the owed-response count and
+    /// the reported parameters up to date.
+    pub async fn read(&mut self) -> Result<Frame, BackendError> {
+        let f = self.read_raw().await?;
+        match f.tag {
+            b'Z' => {
+                self.pending = self.pending.saturating_sub(1);
+                self.status = f.body().first().copied().unwrap_or(b'E');
+            }
+            b'S' => self.note_parameter(&f),
+            _ => {}
+        }
+        Ok(f)
+    }
+
+    /// Runs one statement and collects its responses (for the proxy's own use).
+    /// Returns the first error the server reported, if any.
+    pub async fn simple(&mut self, sql: &str) -> Result<Result<Vec<Frame>, ErrorFields>, BackendError> {
+        self.send_query(sql).await?;
+        self.flush().await?;
+        let mut out = Vec::new();
+        let mut err = None;
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b'Z' => break,
+                b'E' => err = Some(ErrorFields::parse(f.body())),
+                _ => out.push(f),
+            }
+        }
+        Ok(match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        })
+    }
+
+    /// Idle, owing nothing, not broken: safe to hand to another client.
+    pub fn is_reusable(&self) -> bool {
+        !self.broken && self.pending == 0 && self.status == b'I'
+    }
+
+    pub fn owes(&self) -> usize {
+        self.pending
+    }
+
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Raw `DataRow` text values of a simple query's result (control queries only).
+    pub fn text_values(frames: &[Frame]) -> Vec<Vec<Option<Bytes>>> {
+        frames
+            .iter()
+            .filter(|f| f.tag == b'D')
+            .map(|f| {
+                let body = f.bytes.slice(5..);
+                let mut cols = Vec::new();
+                let n = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+                let mut pos = 2usize;
+                for _ in 0..n.max(0) {
+                    let Some(lb) = body.get(pos..pos + 4) else { break };
+                    let len = i32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
+                    pos += 4;
+                    if len < 0 {
+                        cols.push(None);
+                    } else {
+                        let end = pos + len as usize;
+                        if end > body.len() {
+                            break;
+                        }
+                        cols.push(Some(body.slice(pos..end)));
+                        pos = end;
+                    }
+                }
+                cols
+            })
+            .collect()
+    }
+}
+
+impl ServerConn {
+    /// Ends a `COPY FROM STDIN` the proxy cannot feed.
+    pub async fn send_copy_fail(&mut self, message: &str) -> Result<(), BackendError> {
+        let mut buf = BytesMut::new();
+        frontend::copy_fail(message, &mut buf).map_err(|e| self.io_err(e))?;
+        self.write_all(&buf).await
+    }
+}

@@ -1,0 +1,40 @@
+//! Server side: hand-framed connections to PostgreSQL shards and their pools.
+
+mod conn;
+mod pool;
+
+pub use conn::ServerConn;
+pub use pool::{Pools, PooledConn};
+
+use crate::error::SqlState;
+use crate::router::ShardId;
+
+/// A failure talking to a shard. Every variant names the shard.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("shard {shard} is unavailable: {message}")]
+    Connect { shard: ShardId, message: String },
+    #[error("shard {shard}: authentication failed: {message}")]
+    Auth { shard: ShardId, message: String },
+    #[error("shard {shard}: connection lost: {message}")]
+    Io { shard: ShardId, message: String },
+    #[error("shard {shard}: server closed the connection unexpectedly")]
+    Closed { shard: ShardId },
+    #[error("shard {shard}: protocol error: {message}")]
+    Protocol { shard: ShardId, message: String },
+    #[error("shard {shard}: timed out waiting for a server connection from the pool")]
+    PoolTimeout { shard: ShardId },
+}
+
+impl BackendError {
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::Auth { .. }
+            | BackendError::Io { .. }
+            | BackendError::Closed { .. }
+            | BackendError::Protocol { .. }
+            | BackendError::PoolTimeout { .. } => SqlState::CONNECTION_FAILURE,
+        }
+    }
+}

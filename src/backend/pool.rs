@@ -1,0 +1,98 @@
+//! Per-shard pools of [`ServerConn`]s. A connection goes back only when it owes
+//! nothing and the server is idle; anything else is closed on return.
+
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
+
+use super::{BackendError, ServerConn};
+use crate::config::{Config, Shard};
+use crate::router::ShardId;
+
+pub struct ShardManager {
+    id: ShardId,
+    cfg: Shard,
+    connect_timeout: Duration,
+}
+
+impl managed::Manager for ShardManager {
+    type Type = ServerConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<ServerConn, BackendError> {
+        ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
+        if conn.is_reusable() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection owes responses or is not idle"))
+        }
+    }
+}
+
+pub type PooledConn = Object<ShardManager>;
+
+/// One pool per shard, indexed by shard id.
+pub struct Pools {
+    pools: Vec<managed::Pool<ShardManager>>,
+    wait: Duration,
+}
+
+impl Pools {
+    pub fn new(cfg: &Config) -> Pools {
+        let mut shards: Vec<&Shard> = cfg.shards.iter().collect();
+        shards.sort_by_key(|s| s.id);
+        let connect_timeout = Duration::from_millis(cfg.limits.connect_timeout_ms);
+        let pools = shards
+            .into_iter()
+            .map(|s| {
+                let mgr = ShardManager {
+                    id: ShardId(s.id),
+                    cfg: s.clone(),
+                    connect_timeout,
+                };
+                managed::Pool::builder(mgr)
+                    .max_size(s.pool_size)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .expect("pool with a runtime always builds")
+            })
+            .collect();
+        Pools {
+            pools,
+            wait: Duration::from_millis(cfg.limits.pool_timeout_ms),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
+    /// A connection to `shard`, waiting at most the configured pool timeout.
+    pub async fn get(&self, shard: ShardId) -> Result<PooledConn, BackendError> {
+        let pool = self.pools.get(shard.0 as usize).ok_or(BackendError::Connect {
+            shard,
+            message: "no such shard".into(),
+        })?;
+        let timeouts = Timeouts {
+            wait: Some(self.wait),
+            create: None,
+            recycle: None,
+        };
+        match pool.timeout_get(&timeouts).await {
+            Ok(c) => Ok(c),
+            Err(PoolError::Backend(e)) => Err(e),
+            Err(PoolError::Timeout(_)) => Err(BackendError::PoolTimeout { shard }),
+            Err(e) => Err(BackendError::Connect {
+                shard,
+                message: e.to_string(),
+            }),
+        }
+    }
+}

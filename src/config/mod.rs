@@ -1,0 +1,400 @@
+//! The TOML configuration: listen address, node id, users, shards, sharded and
+//! reference tables, limits. Loading validates everything and names the field
+//! that is wrong.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::router::{KeyType, KeyValue};
+
+/// A configuration error; the message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: field `{field}`: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Stable identity of this coordinator; part of every 2PC gid.
+    pub node_id: String,
+    /// The database name clients connect to.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Shard holding tables not declared sharded or reference.
+    #[serde(default)]
+    pub default_shard: u32,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub users: Vec<User>,
+    pub shards: Vec<Shard>,
+    #[serde(default)]
+    pub tables: Vec<ShardedTable>,
+    /// Tables copied on every shard: writes go everywhere, reads to one.
+    #[serde(default)]
+    pub reference_tables: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// How long a client waits for a pooled server connection.
+    #[serde(default = "default_pool_timeout_ms")]
+    pub pool_timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: default_max_message_size(),
+            pool_timeout_ms: default_pool_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "cleartext")]
+    Cleartext,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// Plain password; or give `scram_verifier` instead (SCRAM only).
+    pub password: Option<String>,
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as in `pg_authid`.
+    pub scram_verifier: Option<String>,
+    #[serde(default = "default_auth")]
+    pub auth: AuthMethod,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub id: u32,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Hash,
+    Range,
+    List,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedTable {
+    pub name: String,
+    /// The shard key column.
+    pub key: String,
+    pub key_type: KeyType,
+    #[serde(default = "default_method")]
+    pub method: Method,
+    /// For `method = "range"`: `from` inclusive, `to` exclusive; either may be left out.
+    #[serde(default)]
+    pub ranges: Vec<RangeRule>,
+    /// For `method = "list"`.
+    #[serde(default)]
+    pub lists: Vec<ListRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeRule {
+    pub from: Option<toml::Value>,
+    pub to: Option<toml::Value>,
+    pub shard: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListRule {
+    pub values: Vec<toml::Value>,
+    pub shard: u32,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_database() -> String {
+    "app".into()
+}
+fn default_max_message_size() -> usize {
+    64 << 20
+}
+fn default_pool_timeout_ms() -> u64 {
+    5000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+fn default_auth() -> AuthMethod {
+    AuthMethod::ScramSha256
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_pool_size() -> usize {
+    10
+}
+fn default_method() -> Method {
+    Method::Hash
+}
+
+/// Turns a TOML scalar into a key of the table's type.
+pub fn toml_key(ty: KeyType, v: &toml::Value) -> Result<KeyValue, String> {
+    match v {
+        toml::Value::Integer(i) => KeyValue::parse(ty, &i.to_string()),
+        toml::Value::String(s) => KeyValue::parse(ty, s),
+        other => Err(format!("expected an integer or a string, found {}", other.type_str())),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // validate() has checked it parses
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 6432)))
+    }
+
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |field: String, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            field,
+            message,
+        };
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad("listen".into(), format!("`{}` is not an address like 127.0.0.1:6432", self.listen)));
+        }
+        if self.node_id.is_empty()
+            || self.node_id.len() > 16
+            || !self.node_id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            return Err(bad(
+                "node_id".into(),
+                "must be 1 to 16 characters of letters, digits and `_`".into(),
+            ));
+        }
+        if self.database.is_empty() {
+            return Err(bad("database".into(), "must not be empty".into()));
+        }
+        if self.limits.max_message_size < 1024 {
+            return Err(bad("limits.max_message_size".into(), "must be at least 1024".into()));
+        }
+        if self.shards.is_empty() {
+            return Err(bad("shards".into(), "at least one shard is required".into()));
+        }
+        let n = self.shards.len() as u32;
+        let mut seen = HashSet::new();
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.id >= n || !seen.insert(s.id) {
+                return Err(bad(
+                    format!("shards[{i}].id"),
+                    format!("shard ids must be 0..{} with no repeats; found {}", n - 1, s.id),
+                ));
+            }
+            if s.pool_size == 0 {
+                return Err(bad(format!("shards[{i}].pool_size"), "must be at least 1".into()));
+            }
+            if s.port == 0 {
+                return Err(bad(format!("shards[{i}].port"), "must not be 0".into()));
+            }
+        }
+        if self.default_shard >= n {
+            return Err(bad("default_shard".into(), format!("no shard with id {}", self.default_shard)));
+        }
+        if self.users.is_empty() {
+            return Err(bad("users".into(), "at least one user is required".into()));
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if !names.insert(u.name.as_str()) {
+                return Err(bad(format!("users[{i}].name"), format!("duplicate user `{}`", u.name)));
+            }
+            match (&u.password, &u.scram_verifier, u.auth) {
+                (None, None, _) => {
+                    return Err(bad(format!("users[{i}]"), "needs `password` or `scram_verifier`".into()))
+                }
+                (None, Some(_), AuthMethod::Md5 | AuthMethod::Cleartext) => {
+                    return Err(bad(
+                        format!("users[{i}].auth"),
+                        "md5 and cleartext need `password`, not only `scram_verifier`".into(),
+                    ))
+                }
+                (_, Some(v), _) if crate::frontend::auth::ScramSecret::parse(v).is_none() => {
+                    return Err(bad(
+                        format!("users[{i}].scram_verifier"),
+                        "expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".into(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let mut tables = HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let f = |rest: &str| format!("tables[{i}].{rest}");
+            if t.name.is_empty() || !tables.insert(t.name.as_str()) {
+                return Err(bad(f("name"), format!("empty or duplicate table `{}`", t.name)));
+            }
+            if t.key.is_empty() {
+                return Err(bad(f("key"), "must name the shard key column".into()));
+            }
+            match t.method {
+                Method::Hash => {
+                    if !t.ranges.is_empty() || !t.lists.is_empty() {
+                        return Err(bad(f("method"), "`ranges` and `lists` need method range or list".into()));
+                    }
+                }
+                Method::Range => {
+                    if t.ranges.is_empty() || !t.lists.is_empty() {
+                        return Err(bad(f("ranges"), "method range needs `ranges` (and no `lists`)".into()));
+                    }
+                    if t.key_type == KeyType::Uuid {
+                        return Err(bad(f("key_type"), "range sharding supports integer and text keys".into()));
+                    }
+                    for (j, r) in t.ranges.iter().enumerate() {
+                        if r.shard >= n {
+                            return Err(bad(f(&format!("ranges[{j}].shard")), format!("no shard with id {}", r.shard)));
+                        }
+                        for (name, v) in [("from", &r.from), ("to", &r.to)] {
+                            if let Some(v) = v {
+                                toml_key(t.key_type, v).map_err(|m| bad(f(&format!("ranges[{j}].{name}")), m))?;
+                            }
+                        }
+                    }
+                }
+                Method::List => {
+                    if t.lists.is_empty() || !t.ranges.is_empty() {
+                        return Err(bad(f("lists"), "method list needs `lists` (and no `ranges`)".into()));
+                    }
+                    for (j, l) in t.lists.iter().enumerate() {
+                        if l.shard >= n {
+                            return Err(bad(f(&format!("lists[{j}].shard")), format!("no shard with id {}", l.shard)));
+                        }
+                        for v in &l.values {
+                            toml_key(t.key_type, v).map_err(|m| bad(f(&format!("lists[{j}].values")), m))?;
+                        }
+                    }
+                }
+            }
+        }
+        for (i, r) in self.reference_tables.iter().enumerate() {
+            if tables.contains(r.as_str()) {
+                return Err(bad(
+                    format!("reference_tables[{i}]"),
+                    format!("`{r}` is also declared as a sharded table"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = "n1"
+[[users]]
+name = "app"
+password = "secret"
+[[shards]]
+id = 0
+port = 5432
+database = "postgres"
+user = "postgres"
+[[shards]]
+id = 1
+port = 5433
+database = "postgres"
+user = "postgres"
+[[tables]]
+name = "accounts"
+key = "id"
+key_type = "int8"
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:6432");
+        assert_eq!(c.shards[0].pool_size, 10);
+        assert_eq!(c.tables[0].method, Method::Hash);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("node_id = \"n1\"", "node_id = \"n-1\""), "node_id"),
+            (GOOD.replace("id = 1\n", "id = 5\n"), "shards[1].id"),
+            (GOOD.replace("key_type = \"int8\"", "key_type = \"float\""), "key_type"),
+            (format!("bogus = 1\n{GOOD}"), "bogus"),
+            (format!("reference_tables = [\"accounts\"]\n{GOOD}"), "reference_tables[0]"),
+            (format!("default_shard = 7\n{GOOD}"), "default_shard"),
+            (GOOD.replace("method", "x").replace("key_type = \"int8\"", "key_type = \"int8\"\nmethod = \"range\""), "tables[0].ranges"),
+        ];
+        for (text, field) in cases {
+            let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains("t.toml") && e.contains(field), "{field}: {e}");
+        }
+    }
+}

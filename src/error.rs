@@ -1,0 +1,119 @@
+//! The crate error: one enum per layer folded together, and the SQLSTATE each maps to.
+
+use std::fmt;
+
+use crate::backend::BackendError;
+use crate::config::ConfigError;
+use crate::router::RouteError;
+
+/// A five-character SQLSTATE code. Named constants only: no string literals elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(&'static str);
+
+impl SqlState {
+    pub const WARNING: SqlState = SqlState("01000");
+    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
+    pub const CHARACTER_NOT_IN_REPERTOIRE: SqlState = SqlState("22021");
+    pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
+    pub const NOT_NULL_VIOLATION: SqlState = SqlState("23502");
+    pub const CHECK_VIOLATION: SqlState = SqlState("23514");
+    pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
+    pub const NO_ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25P01");
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    pub const INVALID_SAVEPOINT_SPECIFICATION: SqlState = SqlState("3B001");
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+
+    pub fn code(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for SqlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Errors of the client side of a session (protocol, authentication).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Protocol(String),
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    #[error("database \"{0}\" does not exist")]
+    UnknownDatabase(String),
+    #[error("invalid byte sequence for encoding \"UTF8\" in query string")]
+    InvalidUtf8,
+}
+
+/// Everything a client can be told went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Txn(TxnMisuse),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Transaction-block misuse the proxy itself detects.
+#[derive(Debug)]
+pub enum TxnMisuse {
+    /// A statement inside a failed transaction block.
+    Aborted,
+    /// `ROLLBACK TO` / `RELEASE` of a savepoint that was never made.
+    NoSavepoint(String),
+}
+
+impl fmt::Display for TxnMisuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TxnMisuse::Aborted => f.write_str(
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ),
+            TxnMisuse::NoSavepoint(name) => write!(f, "savepoint \"{name}\" does not exist"),
+        }
+    }
+}
+
+impl Error {
+    /// The SQLSTATE the client sees. Exhaustive on purpose: a new error must choose.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            Error::Client(e) => match e {
+                ClientError::Protocol(_) => SqlState::PROTOCOL_VIOLATION,
+                ClientError::AuthFailed(_) => SqlState::INVALID_PASSWORD,
+                ClientError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
+                ClientError::InvalidUtf8 => SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            },
+            Error::Route(e) => e.sqlstate(),
+            Error::Backend(e) => e.sqlstate(),
+            Error::Config(_) => SqlState::INTERNAL_ERROR,
+            Error::Unsupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
+            Error::Txn(TxnMisuse::Aborted) => SqlState::IN_FAILED_SQL_TRANSACTION,
+            Error::Txn(TxnMisuse::NoSavepoint(_)) => SqlState::INVALID_SAVEPOINT_SPECIFICATION,
+            Error::Io(_) => SqlState::CONNECTION_FAILURE,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

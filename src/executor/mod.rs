@@ -1,0 +1,205 @@
+//! Runs statements on server connections and relays or merges their answers.
+//!
+//! One shard: every message passes through untouched. Several shards: one
+//! `RowDescription`, every shard's rows, command tags summed, the first error.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::backend::{BackendError, ServerConn};
+use crate::protocol::{self, take_cstr, Frame};
+
+/// A statement could not be completed: which side failed decides what the
+/// session does next (tell the client, or end the session).
+#[derive(Debug)]
+pub enum ExecError {
+    /// The shard failed; the client can still be told.
+    Backend(BackendError),
+    /// Writing to the client failed; the session is over.
+    Client(std::io::Error),
+}
+
+impl From<BackendError> for ExecError {
+    fn from(e: BackendError) -> Self {
+        ExecError::Backend(e)
+    }
+}
+
+/// Message the proxy sends a server that asks for `COPY ... FROM STDIN` data.
+const COPY_IN_REFUSAL: &str = "COPY FROM STDIN is not supported through Pieskieo yet";
+
+async fn refuse_copy_in(conn: &mut ServerConn) -> Result<(), BackendError> {
+    conn.send_copy_fail(COPY_IN_REFUSAL).await?;
+    conn.flush().await
+}
+
+async fn write<W: AsyncWrite + Unpin>(out: &mut W, b: &[u8]) -> Result<(), ExecError> {
+    out.write_all(b).await.map_err(ExecError::Client)
+}
+
+/// Relays the answer to one query from one shard. Returns whether the
+/// server reported an error. `ReadyForQuery` is not relayed: the session
+/// sends its own, from its state.
+pub async fn relay<W: AsyncWrite + Unpin>(conn: &mut ServerConn, out: &mut W) -> Result<bool, ExecError> {
+    let mut failed = false;
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'Z' => return Ok(failed),
+            b'G' => refuse_copy_in(conn).await?,
+            b'E' => {
+                failed = true;
+                write(out, &f.bytes).await?;
+            }
+            _ => write(out, &f.bytes).await?,
+        }
+    }
+}
+
+/// Reads the answer to one query without relaying it; returns the first error.
+pub async fn drain(conn: &mut ServerConn) -> Result<Option<Frame>, BackendError> {
+    let mut err = None;
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'Z' => return Ok(err),
+            b'G' => refuse_copy_in(conn).await?,
+            b'E' if err.is_none() => err = Some(f),
+            _ => {}
+        }
+    }
+}
+
+/// Merges the answers of several shards to one statement.
+#[derive(Default)]
+pub struct Merger {
+    described: bool,
+    verb: Option<String>,
+    rows: u64,
+    tag: Option<Bytes>,
+    error: Option<Bytes>,
+    empty: Option<Bytes>,
+    notices: HashSet<Bytes>,
+}
+
+impl Merger {
+    /// What to pass to the client now, if anything.
+    pub fn on_frame(&mut self, f: Frame) -> Option<Bytes> {
+        match f.tag {
+            b'T' => {
+                if std::mem::replace(&mut self.described, true) {
+                    None
+                } else {
+                    Some(f.bytes)
+                }
+            }
+            b'C' => {
+                let tag = take_cstr(f.body()).map(|t| t.0).unwrap_or_default();
+                match protocol::tag_rows(tag) {
+                    Some((verb, n)) => {
+                        self.verb = Some(verb.to_string());
+                        self.rows += n;
+                    }
+                    None => self.tag = Some(f.bytes),
+                }
+                None
+            }
+            b'E' => {
+                if self.error.is_none() {
+                    self.error = Some(f.bytes);
+                }
+                None
+            }
+            b'I' => {
+                self.empty = Some(f.bytes);
+                None
+            }
+            b'N' => self.notices.insert(f.bytes.clone()).then_some(f.bytes),
+            _ => Some(f.bytes),
+        }
+    }
+
+    pub fn backend_failed(&mut self, e: &BackendError) {
+        if self.error.is_none() {
+            self.error = Some(protocol::error_response(
+                protocol::Severity::Error,
+                e.sqlstate(),
+                &e.to_string(),
+                None,
+            ));
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The closing message: the first error, or the merged command tag.
+    pub fn finish(self) -> Option<Bytes> {
+        if let Some(e) = self.error {
+            return Some(e);
+        }
+        if let Some(verb) = self.verb {
+            return Some(protocol::command_complete(&format!("{verb} {}", self.rows)));
+        }
+        self.tag.or(self.empty)
+    }
+}
+
+/// Runs `sqls[i]` on `conns[i]` at once and merges the answers. Returns
+/// whether any shard failed. Every connection is read to its `ReadyForQuery`
+/// (or marked broken), so none is left owing a response.
+pub async fn fan_out<W: AsyncWrite + Unpin>(
+    conns: &mut [&mut ServerConn],
+    sqls: &[&str],
+    out: &mut W,
+) -> Result<bool, ExecError> {
+    let mut merger = Merger::default();
+    let mut sent = vec![false; conns.len()];
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = async {
+            c.send_query(sqls[i]).await?;
+            c.flush().await
+        }
+        .await;
+        match r {
+            Ok(()) => sent[i] = true,
+            Err(e) => merger.backend_failed(&e),
+        }
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        if !sent[i] {
+            continue;
+        }
+        loop {
+            let f = match c.read().await {
+                Ok(f) => f,
+                Err(e) => {
+                    merger.backend_failed(&e);
+                    break;
+                }
+            };
+            match f.tag {
+                b'Z' => break,
+                b'G' => {
+                    if let Err(e) = refuse_copy_in(c).await {
+                        merger.backend_failed(&e);
+                        break;
+                    }
+                }
+                _ => {
+                    if let Some(b) = merger.on_frame(f) {
+                        write(out, &b).await?;
+                    }
+                }
+            }
+        }
+    }
+    let failed = merger.failed();
+    if let Some(last) = merger.finish() {
+        write(out, &last).await?;
+    }
+    Ok(failed)
+}

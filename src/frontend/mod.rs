@@ -1,0 +1,113 @@
+//! Client side: accepting connections, startup and authentication, and the
+//! per-client session.
+
+pub mod auth;
+mod session;
+mod startup;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::backend::Pools;
+use crate::config::Config;
+use crate::error::{ClientError, Error};
+use crate::protocol::{error_response, Severity};
+use crate::router::ShardMap;
+
+/// What every session shares: the configuration snapshot, the shard map and
+/// the pools. Passed as a handle, never global.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub map: ShardMap,
+    pub pools: Pools,
+    next_pid: AtomicI32,
+    pub clients: AtomicUsize,
+}
+
+/// A running proxy: its address, and the handle that stops it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Stops accepting clients and ends the accept loop.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the configured address and serves clients until stopped.
+pub async fn serve(config: Config) -> std::io::Result<Proxy> {
+    let listener = TcpListener::bind(&config.listen).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        map: ShardMap::from_config(&config),
+        pools: Pools::new(&config),
+        config: Arc::new(config),
+        next_pid: AtomicI32::new(1),
+        clients: AtomicUsize::new(0),
+    });
+    let (stop, mut stopped) = watch::channel(false);
+    info!(%addr, shards = shared.pools.len(), "pieskieo listening");
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move { handle_client(stream, peer, shared).await });
+                    }
+                    Err(e) => warn!(error = %e, "accept failed"),
+                },
+                _ = stopped.changed() => break,
+            }
+        }
+    });
+    Ok(Proxy { addr, stop, task })
+}
+
+async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    stream.set_nodelay(true).ok();
+    let params = match startup::read_startup(&mut stream).await {
+        Ok(startup::Startup::Session(p)) => p,
+        Ok(startup::Startup::Cancel { .. }) => {
+            // Cancellation is routed per client in a later version; close quietly as
+            // PostgreSQL does for an unknown key.
+            return;
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, "bad startup");
+            fatal(&mut stream, &Error::Client(e)).await;
+            return;
+        }
+    };
+    let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed);
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    session::run(stream, peer, params, pid, shared.clone()).await;
+    shared.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Sends a FATAL error before closing a connection that never became a session.
+pub(crate) async fn fatal(stream: &mut TcpStream, e: &Error) {
+    let msg = error_response(Severity::Fatal, e.sqlstate(), &e.to_string(), None);
+    let _ = stream.write_all(&msg).await;
+    let _ = stream.flush().await;
+}
+
+pub(crate) fn unknown_database(name: &str) -> Error {
+    Error::Client(ClientError::UnknownDatabase(name.to_string()))
+}

@@ -1,0 +1,830 @@
+//! One client's session: authentication, the message loop, and the
+//! transaction state machine that decides what each statement means now.
+//!
+//! Server connections are pooled per transaction: outside a transaction block
+//! a statement borrows a connection per shard and returns it; inside one, the
+//! first shard a statement is routed to is enlisted (`BEGIN` and any savepoints
+//! replayed in the same write as the statement) and stays pinned until the
+//! block ends. Until distributed transactions land, a block uses one shard.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::{auth, unknown_database, Shared};
+use crate::backend::{BackendError, PooledConn, ServerConn};
+use crate::error::{ClientError, Error, SqlState, TxnMisuse};
+use crate::executor::{self, ExecError};
+use crate::protocol::{self, read_frame, FrameError, Severity};
+use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
+
+type Io = std::io::Result<()>;
+
+/// The transaction state of a session. Changed only by the transition
+/// methods in `impl Session` marked "transition".
+enum TxnState {
+    /// No transaction block. The session holds no server connection.
+    Idle,
+    /// Inside `BEGIN` ... `COMMIT`; at most one shard enlisted (`Txn::pinned`).
+    InTxn(Txn),
+    /// An error ended the block's usefulness: everything but `COMMIT`,
+    /// `ROLLBACK` and `ROLLBACK TO SAVEPOINT` gets 25P02.
+    Failed(Txn),
+}
+
+/// A client's transaction block.
+struct Txn {
+    /// The client's `BEGIN` text, replayed when a shard is enlisted.
+    begin: String,
+    /// Statements made before any shard was enlisted (savepoints, `SET LOCAL`),
+    /// replayed in order on enlistment.
+    prelude: Vec<String>,
+    savepoints: Vec<String>,
+    pinned: Option<PooledConn>,
+    /// Session settings changed inside the block; they stick only on commit.
+    pending: Vec<SettingChange>,
+}
+
+impl Txn {
+    fn new(begin: &str) -> Txn {
+        Txn {
+            begin: begin.to_string(),
+            prelude: Vec::new(),
+            savepoints: Vec::new(),
+            pinned: None,
+            pending: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum SettingChange {
+    Set(String, String),
+    Reset(String),
+    ResetAll,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    reader: BufReader<OwnedReadHalf>,
+    out: BufWriter<OwnedWriteHalf>,
+    peer: SocketAddr,
+    user: String,
+    /// Settings from the startup packet: what `RESET` returns to.
+    startup_settings: BTreeMap<String, String>,
+    /// The client's session settings: parameter name -> statement that sets it.
+    settings: BTreeMap<String, String>,
+    state: TxnState,
+    /// After an error in an extended-protocol message, skip until `Sync`.
+    skip_to_sync: bool,
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub(super) async fn run(stream: TcpStream, peer: SocketAddr, params: Vec<(String, String)>, pid: i32, shared: Arc<Shared>) {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (r, w) = stream.into_split();
+    let mut reader = BufReader::with_capacity(16 * 1024, r);
+    let mut out = BufWriter::with_capacity(32 * 1024, w);
+    let Some(user) = get("user") else {
+        let e = Error::Client(ClientError::Protocol("no PostgreSQL user name specified in startup packet".into()));
+        send_fatal(&mut out, &e).await;
+        return;
+    };
+    let database = get("database").unwrap_or_else(|| user.clone());
+    let ucfg = shared.config.users.iter().find(|u| u.name == user).cloned();
+    if let Err(e) = auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref()).await {
+        warn!(%peer, %user, error = %e, "authentication failed");
+        send_fatal(&mut out, &Error::Client(e)).await;
+        return;
+    }
+    if database != shared.config.database {
+        send_fatal(&mut out, &unknown_database(&database)).await;
+        return;
+    }
+    let mut startup_settings = BTreeMap::new();
+    for (k, v) in &params {
+        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
+            continue;
+        }
+        let name = k.to_lowercase();
+        startup_settings.insert(name, format!("SET {} = {}", quote_ident(k), quote_literal(v)));
+    }
+    let mut s = Session {
+        shared,
+        reader,
+        out,
+        peer,
+        user,
+        settings: startup_settings.clone(),
+        startup_settings,
+        state: TxnState::Idle,
+        skip_to_sync: false,
+    };
+    if let Err(e) = s.greet(pid).await {
+        warn!(%peer, user = %s.user, error = %e, "session setup failed");
+        send_fatal(&mut s.out, &e).await;
+        return;
+    }
+    info!(%peer, user = %s.user, "client connected");
+    s.serve().await;
+    s.cleanup().await;
+    info!(%peer, user = %s.user, "client disconnected");
+}
+
+async fn send_fatal(out: &mut BufWriter<OwnedWriteHalf>, e: &Error) {
+    let m = protocol::error_response(Severity::Fatal, e.sqlstate(), &e.to_string(), None);
+    let _ = out.write_all(&m).await;
+    let _ = out.flush().await;
+}
+
+impl Session {
+    fn status_byte(&self) -> u8 {
+        match self.state {
+            TxnState::Idle => b'I',
+            TxnState::InTxn(_) => b'T',
+            TxnState::Failed(_) => b'E',
+        }
+    }
+
+    /// Transition: an error inside a block fails it; outside, nothing changes.
+    fn fail(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, TxnState::Idle) {
+            TxnState::InTxn(t) => TxnState::Failed(t),
+            other => other,
+        };
+    }
+
+    /// Transition: after `ROLLBACK TO SAVEPOINT` succeeded, the block is usable again.
+    fn recover(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, TxnState::Idle) {
+            TxnState::Failed(t) => TxnState::InTxn(t),
+            other => other,
+        };
+    }
+
+    /// Transition: the block ends; returns it for the caller to finish.
+    fn end_block(&mut self) -> Option<Txn> {
+        match std::mem::replace(&mut self.state, TxnState::Idle) {
+            TxnState::InTxn(t) | TxnState::Failed(t) => Some(t),
+            TxnState::Idle => None,
+        }
+    }
+
+    fn txn(&mut self) -> Option<&mut Txn> {
+        match &mut self.state {
+            TxnState::InTxn(t) | TxnState::Failed(t) => Some(t),
+            TxnState::Idle => None,
+        }
+    }
+
+    /// Sends ParameterStatus (mirrored from a shard), BackendKeyData and the
+    /// first ReadyForQuery.
+    async fn greet(&mut self, pid: i32) -> Result<(), Error> {
+        self.write(&protocol::authentication(0, &[])).await?;
+        let map = &self.shared.map;
+        let order: Vec<ShardId> = std::iter::once(map.default_shard)
+            .chain((0..map.shards).map(ShardId).filter(|s| *s != map.default_shard))
+            .collect();
+        let mut last = None;
+        let mut params = None;
+        for shard in order {
+            match self.checkout(shard).await {
+                Ok(conn) => {
+                    params = Some(conn.params.clone());
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some(mut params) = params else {
+            return Err(last.unwrap_or_else(|| Error::Unsupported("no shards configured".into())));
+        };
+        params.insert("session_authorization".into(), self.user.clone());
+        params.insert("is_superuser".into(), "off".into());
+        for (k, v) in &params {
+            self.write(&protocol::parameter_status(k, v)).await?;
+        }
+        self.write(&protocol::backend_key_data(pid, rand::random())).await?;
+        self.write(&protocol::ready_for_query(b'I')).await?;
+        self.out.flush().await?;
+        Ok(())
+    }
+
+    async fn write(&mut self, b: &[u8]) -> Io {
+        self.out.write_all(b).await
+    }
+
+    async fn serve(&mut self) {
+        let max = self.shared.config.limits.max_message_size;
+        loop {
+            let f = match read_frame(&mut self.reader, max).await {
+                Ok(f) => f,
+                Err(FrameError::Closed) => return,
+                Err(FrameError::BadLength(n)) => {
+                    let e = Error::Client(ClientError::Protocol(format!("invalid message length {n}")));
+                    warn!(peer = %self.peer, error = %e, "protocol violation");
+                    send_fatal(&mut self.out, &e).await;
+                    return;
+                }
+                Err(FrameError::Io(_)) => return,
+            };
+            let r = match f.tag {
+                b'Q' => {
+                    let body = f.body();
+                    let text = body.strip_suffix(&[0]).unwrap_or(body);
+                    match std::str::from_utf8(text) {
+                        Ok(sql) => {
+                            let sql = sql.to_string();
+                            self.on_query(&sql).await
+                        }
+                        Err(_) => self.error_then_ready(Error::Client(ClientError::InvalidUtf8)).await,
+                    }
+                }
+                b'X' => return,
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
+                    if self.skip_to_sync {
+                        Ok(())
+                    } else {
+                        self.skip_to_sync = true;
+                        let e = Error::Unsupported("the extended query protocol is not supported by Pieskieo yet; use the simple query protocol".into());
+                        self.error(e).await.map(|_| ())
+                    }
+                }
+                b'S' => {
+                    self.skip_to_sync = false;
+                    let rfq = protocol::ready_for_query(self.status_byte());
+                    self.write(&rfq).await
+                }
+                b'H' => Ok(()),
+                // CopyData/CopyDone/CopyFail outside COPY are ignored, as PostgreSQL does.
+                b'd' | b'c' | b'f' => Ok(()),
+                other => {
+                    let e = Error::Client(ClientError::Protocol(format!("invalid frontend message type {}", other)));
+                    warn!(peer = %self.peer, error = %e, "protocol violation");
+                    send_fatal(&mut self.out, &e).await;
+                    return;
+                }
+            };
+            if r.is_err() || self.out.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Ends a session: a block still open is rolled back on its shard, so the
+    /// connection goes back clean (or is closed).
+    async fn cleanup(&mut self) {
+        if let Some(mut t) = self.end_block() {
+            if let Some(mut conn) = t.pinned.take() {
+                let ok = tokio::time::timeout(Duration::from_secs(5), conn.simple("ROLLBACK")).await;
+                if !matches!(ok, Ok(Ok(Ok(_)))) {
+                    conn.mark_broken();
+                }
+            }
+        }
+    }
+
+    /// Tells the client about an error; a block in progress fails.
+    /// Returns `Ok(false)`: the statement did not succeed.
+    async fn error(&mut self, e: Error) -> std::io::Result<bool> {
+        if let Error::Backend(b) = &e {
+            warn!(peer = %self.peer, user = %self.user, error = %b, "shard error");
+        }
+        let m = protocol::error_response(Severity::Error, e.sqlstate(), &e.to_string(), None);
+        self.write(&m).await?;
+        self.fail();
+        Ok(false)
+    }
+
+    async fn error_then_ready(&mut self, e: Error) -> Io {
+        self.error(e).await?;
+        let rfq = protocol::ready_for_query(self.status_byte());
+        self.write(&rfq).await
+    }
+
+    async fn on_query(&mut self, sql: &str) -> Io {
+        let stmts = router::split_statements(sql);
+        if stmts.is_empty() {
+            self.write(&protocol::empty_query_response()).await?;
+        } else {
+            let plans: Vec<Result<Plan, RouteError>> =
+                stmts.iter().map(|s| router::plan(s, &self.shared.map)).collect();
+            match self.common_shard(&plans) {
+                // Several statements for one shard go as one Query: the shard
+                // gives them PostgreSQL's own implicit-transaction semantics.
+                Some(shard) if stmts.len() > 1 => {
+                    self.forward_one(shard, sql).await?;
+                }
+                _ => {
+                    for (stmt, plan) in stmts.iter().zip(plans) {
+                        if !self.execute(stmt, plan).await? {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let rfq = protocol::ready_for_query(self.status_byte());
+        self.write(&rfq).await
+    }
+
+    /// The one shard every statement of a multi-statement query can run on, if any.
+    fn common_shard(&self, plans: &[Result<Plan, RouteError>]) -> Option<ShardId> {
+        let pinned = match &self.state {
+            TxnState::Idle => None,
+            TxnState::InTxn(t) => t.pinned.as_ref().map(|c| c.shard),
+            TxnState::Failed(_) => return None,
+        };
+        let mut shard = pinned;
+        for p in plans {
+            match p {
+                Ok(Plan::Forward { route: Route::One(s), .. }) => {
+                    if shard.is_some_and(|x| x != *s) {
+                        return None;
+                    }
+                    shard = Some(*s);
+                }
+                Ok(Plan::Forward { route: Route::Any, .. }) => {}
+                _ => return None,
+            }
+        }
+        Some(shard.unwrap_or(self.shared.map.default_shard))
+    }
+
+    /// Runs one statement. `Ok(false)`: it failed (the client has been told).
+    async fn execute(&mut self, stmt: &str, plan: Result<Plan, RouteError>) -> std::io::Result<bool> {
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => return self.error(Error::Route(e)).await,
+        };
+        if matches!(self.state, TxnState::Failed(_))
+            && !matches!(plan, Plan::Commit | Plan::Rollback | Plan::RollbackTo(_))
+        {
+            return self.error(Error::Txn(TxnMisuse::Aborted)).await;
+        }
+        match plan {
+            Plan::Forward { route, write } => self.forward(stmt, route, write).await,
+            Plan::Split { parts } => {
+                if self.txn().is_some() {
+                    return self.error(span_error()).await;
+                }
+                let shards: Vec<ShardId> = parts.iter().map(|p| p.0).collect();
+                let sqls: Vec<&str> = parts.iter().map(|p| p.1.as_str()).collect();
+                self.fan_out(&shards, &sqls).await
+            }
+            Plan::Begin => self.begin(stmt).await,
+            Plan::Commit => self.commit(stmt).await,
+            Plan::Rollback => self.rollback(stmt).await,
+            Plan::Savepoint(name) => self.savepoint(stmt, name).await,
+            Plan::Release(name) => self.release(stmt, name).await,
+            Plan::RollbackTo(name) => self.rollback_to(stmt, name).await,
+            Plan::Set(cmd) => self.set(stmt, cmd).await,
+        }
+    }
+
+    async fn forward(&mut self, stmt: &str, route: Route, write: bool) -> std::io::Result<bool> {
+        let default = self.shared.map.default_shard;
+        match route {
+            Route::One(s) => self.forward_one(s, stmt).await,
+            Route::Any => {
+                let pinned = self.txn().map(|t| t.pinned.as_ref().map(|c| c.shard));
+                match pinned {
+                    Some(Some(s)) => self.forward_one(s, stmt).await,
+                    // A read that any shard can answer does not enlist a shard
+                    // (that would tie the block to it); it runs on its own.
+                    Some(None) if !write => self.autocommit_one(default, stmt).await,
+                    _ => self.forward_one(default, stmt).await,
+                }
+            }
+            Route::Some(_) | Route::All => {
+                if self.txn().is_some() {
+                    return self.error(span_error()).await;
+                }
+                let shards = route.shards(self.shared.map.shards);
+                let sqls = vec![stmt; shards.len()];
+                self.fan_out(&shards, &sqls).await
+            }
+        }
+    }
+
+    /// Borrows a connection and brings its session settings in line with the client's.
+    async fn checkout(&self, shard: ShardId) -> Result<PooledConn, Error> {
+        let mut conn = self.shared.pools.get(shard).await?;
+        sync_settings(&mut conn, &self.settings).await?;
+        Ok(conn)
+    }
+
+    /// Runs a statement on a borrowed connection outside any block.
+    async fn autocommit_one(&mut self, shard: ShardId, text: &str) -> std::io::Result<bool> {
+        let mut conn = match self.checkout(shard).await {
+            Ok(c) => c,
+            Err(e) => return self.error(e).await,
+        };
+        let r = async {
+            conn.send_query(text).await?;
+            conn.flush().await?;
+            executor::relay(&mut conn, &mut self.out).await
+        }
+        .await;
+        if conn.status != b'I' {
+            // The text opened a block of its own; never hand that on.
+            conn.mark_broken();
+        }
+        self.finish_exec(r).await
+    }
+
+    async fn finish_exec(&mut self, r: Result<bool, ExecError>) -> std::io::Result<bool> {
+        match r {
+            Ok(failed) => Ok(!failed),
+            Err(ExecError::Backend(e)) => self.error(e.into()).await,
+            Err(ExecError::Client(e)) => Err(e),
+        }
+    }
+
+    /// Runs text on one shard: borrowed outside a block, enlisted inside one.
+    async fn forward_one(&mut self, shard: ShardId, text: &str) -> std::io::Result<bool> {
+        if self.txn().is_none() {
+            return self.autocommit_one(shard, text).await;
+        }
+        let pinned = self.txn().and_then(|t| t.pinned.as_ref().map(|c| c.shard));
+        if let Some(p) = pinned {
+            if p != shard {
+                let e = Error::Unsupported(format!(
+                    "this transaction uses shard {p} and the statement needs shard {shard}: transactions across shards are not supported yet"
+                ));
+                return self.error(e).await;
+            }
+        } else {
+            let conn = match self.checkout(shard).await {
+                Ok(c) => c,
+                Err(e) => return self.error(e).await,
+            };
+            if let Some(t) = self.txn() {
+                t.pinned = Some(conn);
+            }
+            return self.enlist_and_run(text).await;
+        }
+        // The connection leaves the block while it relays, and comes back.
+        let mut c = match self.txn().and_then(|t| t.pinned.take()) {
+            Some(c) => c,
+            None => return Ok(false),
+        };
+        let r = async {
+            c.send_query(text).await?;
+            c.flush().await?;
+            executor::relay(&mut c, &mut self.out).await
+        }
+        .await;
+        let status = c.status;
+        if let Some(t) = self.txn() {
+            t.pinned = Some(c);
+        }
+        let ok = self.finish_exec(r).await?;
+        self.after_server_status(status);
+        Ok(ok)
+    }
+
+    /// Transition: mirror the pinned server's block status.
+    fn after_server_status(&mut self, status: u8) {
+        match status {
+            b'E' => self.fail(),
+            b'T' => self.recover(),
+            _ => {}
+        }
+    }
+
+    /// Sends the block's BEGIN and prelude with the statement, in one write.
+    async fn enlist_and_run(&mut self, text: &str) -> std::io::Result<bool> {
+        let Some(t) = self.txn() else { return Ok(false) };
+        let Some(mut c) = t.pinned.take() else { return Ok(false) };
+        let mut head = vec![t.begin.clone()];
+        head.extend(t.prelude.iter().cloned());
+        let r: Result<bool, ExecError> = async {
+            for q in &head {
+                c.send_query(q).await?;
+            }
+            c.send_query(text).await?;
+            c.flush().await?;
+            let mut first_err = None;
+            for _ in &head {
+                if let Some(e) = executor::drain(&mut c).await? {
+                    first_err.get_or_insert(e);
+                }
+            }
+            match first_err {
+                Some(e) => {
+                    executor::drain(&mut c).await?;
+                    self.out.write_all(&e.bytes).await.map_err(ExecError::Client)?;
+                    Ok(true)
+                }
+                None => executor::relay(&mut c, &mut self.out).await,
+            }
+        }
+        .await;
+        let status = c.status;
+        if let Some(t) = self.txn() {
+            t.pinned = Some(c);
+        }
+        let ok = self.finish_exec(r).await?;
+        self.after_server_status(status);
+        Ok(ok)
+    }
+
+    /// Runs statements on several shards at once outside a block.
+    async fn fan_out(&mut self, shards: &[ShardId], sqls: &[&str]) -> std::io::Result<bool> {
+        // Acquire in shard order so two clients never wait on each other's pools.
+        let mut conns = Vec::with_capacity(shards.len());
+        let mut order: Vec<usize> = (0..shards.len()).collect();
+        order.sort_by_key(|&i| shards[i]);
+        for &i in &order {
+            match self.checkout(shards[i]).await {
+                Ok(c) => conns.push(c),
+                Err(e) => return self.error(e).await,
+            }
+        }
+        let ordered_sqls: Vec<&str> = order.iter().map(|&i| sqls[i]).collect();
+        let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
+        let r = executor::fan_out(&mut refs, &ordered_sqls, &mut self.out).await;
+        for c in conns.iter_mut() {
+            if c.status != b'I' {
+                c.mark_broken();
+            }
+        }
+        self.finish_exec(r).await
+    }
+
+    async fn complete(&mut self, tag: &str) -> std::io::Result<bool> {
+        self.write(&protocol::command_complete(tag)).await?;
+        Ok(true)
+    }
+
+    async fn begin(&mut self, stmt: &str) -> std::io::Result<bool> {
+        match &self.state {
+            TxnState::Idle => {
+                self.state = TxnState::InTxn(Txn::new(stmt));
+                self.complete("BEGIN").await
+            }
+            _ => {
+                let warning = protocol::error_response(
+                    Severity::Warning,
+                    SqlState::ACTIVE_SQL_TRANSACTION,
+                    "there is already a transaction in progress",
+                    None,
+                );
+                self.write(&warning).await?;
+                self.complete("BEGIN").await
+            }
+        }
+    }
+
+    async fn commit(&mut self, stmt: &str) -> std::io::Result<bool> {
+        let failed = matches!(self.state, TxnState::Failed(_));
+        let Some(mut t) = self.end_block() else {
+            // Outside a block PostgreSQL warns; let a shard say it exactly.
+            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+        };
+        if failed {
+            if let Some(mut c) = t.pinned.take() {
+                finish_on_server(&mut c, "ROLLBACK").await;
+            }
+            return self.complete("ROLLBACK").await;
+        }
+        let Some(mut c) = t.pinned.take() else {
+            self.apply_changes(&t.pending, None);
+            return self.complete("COMMIT").await;
+        };
+        let r = async {
+            c.send_query(stmt).await?;
+            c.flush().await?;
+            executor::relay(&mut c, &mut self.out).await
+        }
+        .await;
+        if c.status != b'I' {
+            c.mark_broken();
+        }
+        if matches!(r, Ok(false)) {
+            self.apply_changes(&t.pending, Some(&mut c));
+        }
+        self.finish_exec(r).await
+    }
+
+    async fn rollback(&mut self, stmt: &str) -> std::io::Result<bool> {
+        let Some(mut t) = self.end_block() else {
+            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+        };
+        if let Some(mut c) = t.pinned.take() {
+            finish_on_server(&mut c, "ROLLBACK").await;
+        }
+        self.complete("ROLLBACK").await
+    }
+
+    /// Runs a block-control statement on the pinned shard, or queues it for
+    /// enlistment and answers with `tag`.
+    async fn in_block(&mut self, stmt: &str, tag: &str) -> std::io::Result<bool> {
+        let pinned = self.txn().and_then(|t| t.pinned.as_ref().map(|c| c.shard));
+        match pinned {
+            Some(s) => self.forward_one(s, stmt).await,
+            None => {
+                if let Some(t) = self.txn() {
+                    t.prelude.push(stmt.to_string());
+                }
+                self.complete(tag).await
+            }
+        }
+    }
+
+    async fn savepoint(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
+        if self.txn().is_none() {
+            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+        }
+        let ok = self.in_block(stmt, "SAVEPOINT").await?;
+        if ok {
+            if let Some(t) = self.txn() {
+                t.savepoints.push(name);
+            }
+        }
+        Ok(ok)
+    }
+
+    fn savepoint_pos(&mut self, name: &str) -> Option<usize> {
+        self.txn().and_then(|t| t.savepoints.iter().rposition(|s| s == name))
+    }
+
+    async fn release(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
+        if self.txn().is_none() {
+            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+        }
+        let Some(pos) = self.savepoint_pos(&name) else {
+            return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await;
+        };
+        let ok = self.in_block(stmt, "RELEASE").await?;
+        if ok {
+            if let Some(t) = self.txn() {
+                t.savepoints.truncate(pos);
+            }
+        }
+        Ok(ok)
+    }
+
+    async fn rollback_to(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
+        if self.txn().is_none() {
+            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+        }
+        let Some(pos) = self.savepoint_pos(&name) else {
+            return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await;
+        };
+        let pinned = self.txn().is_some_and(|t| t.pinned.is_some());
+        let ok = self.in_block(stmt, "ROLLBACK").await?;
+        if ok {
+            if !pinned {
+                self.recover();
+            }
+            if let Some(t) = self.txn() {
+                t.savepoints.truncate(pos + 1);
+            }
+        }
+        Ok(ok)
+    }
+
+    async fn set(&mut self, stmt: &str, cmd: SetCommand) -> std::io::Result<bool> {
+        let change = match &cmd {
+            SetCommand::Local => None,
+            SetCommand::Set(name) => Some(SettingChange::Set(name.clone(), stmt.to_string())),
+            SetCommand::Reset(name) => Some(SettingChange::Reset(name.clone())),
+            SetCommand::ResetAll => Some(SettingChange::ResetAll),
+        };
+        if self.txn().is_some() {
+            let discard = leading_words(stmt, 1).first().is_some_and(|w| w == "discard");
+            let pinned = self.txn().is_some_and(|t| t.pinned.is_some());
+            if discard && !pinned {
+                let m = protocol::error_response(
+                    Severity::Error,
+                    SqlState::ACTIVE_SQL_TRANSACTION,
+                    "DISCARD ALL cannot run inside a transaction block",
+                    None,
+                );
+                self.write(&m).await?;
+                self.fail();
+                return Ok(false);
+            }
+            let tag = match cmd {
+                SetCommand::Local | SetCommand::Set(_) => "SET",
+                SetCommand::Reset(_) | SetCommand::ResetAll => "RESET",
+            };
+            let ok = self.in_block(stmt, tag).await?;
+            if ok {
+                if let (Some(ch), Some(t)) = (change, self.txn()) {
+                    t.pending.push(ch);
+                }
+            }
+            return Ok(ok);
+        }
+        // Outside a block: run it on the default shard (which validates it and
+        // reports ParameterStatus), then remember it for every connection.
+        let mut conn = match self.checkout(self.shared.map.default_shard).await {
+            Ok(c) => c,
+            Err(e) => return self.error(e).await,
+        };
+        let r = async {
+            conn.send_query(stmt).await?;
+            conn.flush().await?;
+            executor::relay(&mut conn, &mut self.out).await
+        }
+        .await;
+        if matches!(r, Ok(false)) {
+            if let Some(ch) = change {
+                self.apply_changes(&[ch], Some(&mut conn));
+            }
+        }
+        self.finish_exec(r).await
+    }
+
+    /// Records setting changes that took effect, in the session and on the
+    /// server connection that ran them.
+    fn apply_changes(&mut self, changes: &[SettingChange], mut conn: Option<&mut PooledConn>) {
+        for ch in changes {
+            match ch {
+                SettingChange::Set(name, stmt) => {
+                    self.settings.insert(name.clone(), stmt.clone());
+                    if let Some(c) = conn.as_deref_mut() {
+                        c.applied.insert(name.clone(), stmt.clone());
+                    }
+                }
+                SettingChange::Reset(name) => {
+                    match self.startup_settings.get(name) {
+                        Some(s) => self.settings.insert(name.clone(), s.clone()),
+                        None => self.settings.remove(name),
+                    };
+                    if let Some(c) = conn.as_deref_mut() {
+                        c.applied.remove(name);
+                    }
+                }
+                SettingChange::ResetAll => {
+                    self.settings = self.startup_settings.clone();
+                    if let Some(c) = conn.as_deref_mut() {
+                        c.applied.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn span_error() -> Error {
+    Error::Unsupported(
+        "statements that touch several shards inside a transaction block are not supported yet".into(),
+    )
+}
+
+/// Ends a server-side block; a connection that cannot is closed, not reused.
+async fn finish_on_server(c: &mut ServerConn, sql: &str) {
+    let r = tokio::time::timeout(Duration::from_secs(10), c.simple(sql)).await;
+    if !matches!(r, Ok(Ok(Ok(_)))) || c.status != b'I' {
+        c.mark_broken();
+    }
+}
+
+/// Makes a connection's settings equal the client's: `SET` what differs,
+/// `RESET` what the client does not have. One round trip, only when needed.
+async fn sync_settings(conn: &mut ServerConn, want: &BTreeMap<String, String>) -> Result<(), Error> {
+    let mut batch = Vec::new();
+    for (name, stmt) in want {
+        if conn.applied.get(name) != Some(stmt) {
+            batch.push(stmt.clone());
+        }
+    }
+    for name in conn.applied.keys() {
+        if !want.contains_key(name) {
+            batch.push(format!("RESET {}", quote_ident(name)));
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match conn.simple(&batch.join("; ")).await? {
+        Ok(_) => {
+            conn.applied = want.clone();
+            Ok(())
+        }
+        Err(e) => {
+            conn.mark_broken();
+            Err(Error::Backend(BackendError::Protocol {
+                shard: conn.shard,
+                message: format!("applying the client's session settings failed: {}", e.message),
+            }))
+        }
+    }
+}

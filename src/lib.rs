@@ -1,0 +1,31 @@
+//! Pieskieo: a PostgreSQL wire-protocol proxy that shards tables across
+//! ordinary PostgreSQL servers.
+//!
+//! # Layout
+//!
+//! In the order a client's statement flows through them:
+//!
+//! - [`frontend`]: the listener, startup and authentication of clients, and
+//!   the per-client session loop with its transaction state machine.
+//! - [`router`]: pure routing — statement text and shard map in, [`router::Plan`] out;
+//!   PostgreSQL-compatible hash sharding.
+//! - [`executor`]: runs a plan on server connections and relays or merges what
+//!   the shards answer.
+//! - [`backend`]: hand-framed connections to the shards and their pools.
+//! - [`protocol`]: message framing shared by both sides.
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`demo`]: `pieskieo demo`, a local cluster in one command.
+//! - [`cluster`]: starting and stopping local PostgreSQL servers (`pieskieo demo`, tests).
+//! - [`error`]: the crate error and SQLSTATE mapping.
+
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod executor;
+pub mod frontend;
+pub mod protocol;
+pub mod router;
+
+pub use frontend::{serve, Proxy};

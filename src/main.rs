@@ -1,0 +1,115 @@
+//! The `pieskieo` command: run the proxy, check a configuration, or start a demo cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pieskieo::config::Config;
+use pieskieo::demo::{self, DemoOptions};
+
+#[derive(Parser)]
+#[command(name = "pieskieo", version, about = "PostgreSQL sharding proxy with two-phase commit")]
+struct Cli {
+    /// Configuration file (same as `pieskieo run --config FILE`).
+    #[arg(long, global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start local PostgreSQL shards and the proxy over them.
+    Demo {
+        /// Number of shards.
+        #[arg(long, default_value_t = 3)]
+        shards: u32,
+        /// Port the proxy listens on; shards use the next ports.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+        /// Where shard data and the generated config live (reused by the next run).
+        #[arg(long, default_value = "pieskieo-demo")]
+        data_dir: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("pieskieo: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cmd = match (cli.command, cli.config) {
+        (Some(c), _) => c,
+        (None, Some(config)) => Cmd::Run { config },
+        (None, None) => {
+            eprintln!("pieskieo: give --config FILE, or a command (run, check, demo); see --help");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Cmd::Check { config } => match load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Cmd::Run { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging();
+            runtime().block_on(async {
+                let proxy = match pieskieo::serve(cfg).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("pieskieo: cannot listen: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                demo::wait_for_signal().await;
+                proxy.stop().await;
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Demo { shards, port, data_dir } => {
+            init_logging();
+            if shards == 0 {
+                eprintln!("pieskieo demo: --shards must be at least 1");
+                return ExitCode::from(2);
+            }
+            match runtime().block_on(demo::run(DemoOptions { shards, port, data_dir })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pieskieo demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

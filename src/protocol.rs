@@ -1,0 +1,246 @@
+//! PostgreSQL v3 message framing shared by the client and server sides.
+//!
+//! A [`Frame`] is one whole message, tag and length included, so that what a
+//! server sent can be relayed to a client byte for byte without re-encoding.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::SqlState;
+
+/// One protocol message: `bytes` holds the tag, the length and the body.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub tag: u8,
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    pub fn body(&self) -> &[u8] {
+        self.bytes.get(5..).unwrap_or(&[])
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("invalid message length {0}")]
+    BadLength(i64),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one tagged message. The claimed length is checked against `max`
+/// before anything of that size is allocated.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, FrameError> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if len < 4 || len as usize > max {
+        return Err(FrameError::BadLength(len as i64));
+    }
+    let mut buf = BytesMut::with_capacity(len as usize + 1);
+    buf.extend_from_slice(&head);
+    buf.resize(len as usize + 1, 0);
+    r.read_exact(&mut buf[5..]).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Frame {
+        tag: head[0],
+        bytes: buf.freeze(),
+    })
+}
+
+/// Builds a tagged message from a body writer.
+pub fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_u8(tag);
+    buf.put_i32(0);
+    body(&mut buf);
+    let len = (buf.len() - 1) as i32;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+pub fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
+/// Severity of a proxy-made error or notice.
+#[derive(Debug, Clone, Copy)]
+pub enum Severity {
+    Error,
+    Fatal,
+    Warning,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+            Severity::Warning => "WARNING",
+        }
+    }
+}
+
+/// An `ErrorResponse` (or `NoticeResponse` for warnings) made by the proxy itself.
+pub fn error_response(severity: Severity, code: SqlState, msg: &str, detail: Option<&str>) -> Bytes {
+    let tag = match severity {
+        Severity::Warning => b'N',
+        Severity::Error | Severity::Fatal => b'E',
+    };
+    message(tag, |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'V');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'C');
+        put_cstr(b, code.code());
+        b.put_u8(b'M');
+        put_cstr(b, msg);
+        if let Some(d) = detail {
+            b.put_u8(b'D');
+            put_cstr(b, d);
+        }
+        b.put_u8(0);
+    })
+}
+
+pub fn ready_for_query(status: u8) -> Bytes {
+    message(b'Z', |b| b.put_u8(status))
+}
+
+pub fn command_complete(tag: &str) -> Bytes {
+    message(b'C', |b| put_cstr(b, tag))
+}
+
+pub fn empty_query_response() -> Bytes {
+    message(b'I', |_| {})
+}
+
+pub fn parameter_status(name: &str, value: &str) -> Bytes {
+    message(b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    })
+}
+
+pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
+    message(b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    })
+}
+
+/// `Authentication*` message with a code and optional payload.
+pub fn authentication(code: i32, payload: &[u8]) -> Bytes {
+    message(b'R', |b| {
+        b.put_i32(code);
+        b.put_slice(payload);
+    })
+}
+
+/// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
+pub fn take_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let end = buf.iter().position(|&c| c == 0)?;
+    let s = std::str::from_utf8(buf.get(..end)?).ok()?;
+    Some((s, buf.get(end + 1..)?))
+}
+
+/// The fields of an `ErrorResponse`/`NoticeResponse` the proxy looks at.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorFields {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorFields {
+    pub fn parse(body: &[u8]) -> ErrorFields {
+        let mut out = ErrorFields::default();
+        let mut rest = body;
+        while let Some((&kind, after)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let Some((value, next)) = take_cstr(after) else {
+                break;
+            };
+            match kind {
+                b'S' => out.severity = value.to_string(),
+                b'C' => out.code = value.to_string(),
+                b'M' => out.message = value.to_string(),
+                _ => {}
+            }
+            rest = next;
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for ErrorFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} ({})", self.severity, self.message, self.code)
+    }
+}
+
+/// A command tag split into the verb and the row count PostgreSQL reports,
+/// so tags from several shards can be summed (`INSERT 0 n`, `UPDATE n`, ...).
+pub fn tag_rows(tag: &str) -> Option<(&str, u64)> {
+    let (verb, count) = tag.rsplit_once(' ')?;
+    let n = count.parse().ok()?;
+    match verb {
+        "INSERT 0" | "UPDATE" | "DELETE" | "SELECT" | "MERGE" | "COPY" | "FETCH" | "MOVE" => {
+            Some((verb, n))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frame_round_trip_and_length_limit() {
+        let msg = command_complete("SELECT 3");
+        let mut r = &msg[..];
+        let f = read_frame(&mut r, 1024).await.unwrap();
+        assert_eq!(f.tag, b'C');
+        assert_eq!(take_cstr(f.body()).unwrap().0, "SELECT 3");
+
+        let huge = [b'Q', 0x7f, 0xff, 0xff, 0xff];
+        let mut r = &huge[..];
+        assert!(matches!(read_frame(&mut r, 1 << 20).await, Err(FrameError::BadLength(_))));
+        let short = [b'Q', 0, 0, 0, 2];
+        let mut r = &short[..];
+        assert!(matches!(read_frame(&mut r, 1 << 20).await, Err(FrameError::BadLength(2))));
+    }
+
+    #[test]
+    fn tags_sum() {
+        assert_eq!(tag_rows("INSERT 0 5"), Some(("INSERT 0", 5)));
+        assert_eq!(tag_rows("UPDATE 2"), Some(("UPDATE", 2)));
+        assert_eq!(tag_rows("CREATE TABLE"), None);
+    }
+
+    #[test]
+    fn error_fields_parse() {
+        let e = error_response(Severity::Error, SqlState::SYNTAX_ERROR, "bad", None);
+        let f = ErrorFields::parse(&e[5..]);
+        assert_eq!(f.code, "42601");
+        assert_eq!(f.message, "bad");
+    }
+}

@@ -1,0 +1,779 @@
+//! Statement classification: transaction control and settings by their leading
+//! words, everything else through `sqlparser`'s PostgreSQL AST.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    AssignmentTarget, BinaryOperator, Expr, FromTable, GroupByExpr, InTarget, ObjectName, ObjectNamePart, Query,
+    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, UpdateTableFromKind, Value, Visit,
+    Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use super::{leading_words, KeyError, KeyType, KeyValue, Plan, Route, RouteError, SetCommand, ShardId, ShardMap, TableRule};
+
+/// Transaction control and session settings, recognised by their leading words
+/// (sqlparser does not know every PostgreSQL spelling of these).
+pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
+    let words = leading_words(sql, 6);
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let unsupported = |m: &str| Err(RouteError::Unsupported(m.to_string()));
+    let chained = w.contains(&"chain") && !w.contains(&"no");
+    let plan = match w.as_slice() {
+        ["prepare", "transaction", ..] | ["commit" | "rollback", "prepared", ..] => {
+            return unsupported(
+                "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are reserved to the Pieskieo coordinator",
+            )
+        }
+        ["commit" | "end" | "rollback" | "abort", ..] if chained => {
+            return unsupported("COMMIT AND CHAIN and ROLLBACK AND CHAIN are not supported")
+        }
+        ["begin", ..] | ["start", "transaction", ..] => Plan::Begin,
+        ["commit" | "end", ..] => Plan::Commit,
+        ["rollback" | "abort", rest @ ..] => {
+            let rest = match rest {
+                ["work" | "transaction", r @ ..] => r,
+                r => r,
+            };
+            match rest {
+                ["to", "savepoint", name, ..] | ["to", name, ..] => Plan::RollbackTo(name.to_string()),
+                _ => Plan::Rollback,
+            }
+        }
+        ["savepoint", name, ..] => Plan::Savepoint(name.to_string()),
+        ["release", "savepoint", name, ..] | ["release", name, ..] => Plan::Release(name.to_string()),
+        ["set", "role", ..]
+        | ["set", "session" | "local", "role", ..]
+        | ["set", "session", "authorization", ..]
+        | ["reset", "role", ..]
+        | ["reset", "session", "authorization", ..] => {
+            return unsupported("SET ROLE and SET SESSION AUTHORIZATION are not supported through Pieskieo")
+        }
+        ["set", "local", ..] | ["set", "transaction", ..] => Plan::Set(SetCommand::Local),
+        ["set", "session", "characteristics", ..] => Plan::Set(SetCommand::Set("session_characteristics".into())),
+        ["set", "session", rest @ ..] | ["set", rest @ ..] => match setting_name(rest) {
+            Some(name) => Plan::Set(SetCommand::Set(name)),
+            None => return Ok(None),
+        },
+        ["reset", "all", ..] | ["discard", "all", ..] => Plan::Set(SetCommand::ResetAll),
+        ["reset", rest @ ..] => match setting_name(rest) {
+            Some(name) => Plan::Set(SetCommand::Reset(name)),
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(plan))
+}
+
+/// The configuration parameter a `SET`/`RESET` names, with PostgreSQL's aliases.
+fn setting_name(rest: &[&str]) -> Option<String> {
+    Some(match rest {
+        ["time", "zone", ..] => "timezone".into(),
+        ["names", ..] => "client_encoding".into(),
+        ["schema", ..] => "search_path".into(),
+        ["xml", "option", ..] => "xmloption".into(),
+        [name, ..] => name.to_string(),
+        [] => return None,
+    })
+}
+
+/// Routes a statement through its parsed AST.
+pub(super) fn parsed(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
+    let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(e) => return unparsed(sql, map, &e.to_string()),
+    };
+    match stmts.as_slice() {
+        [stmt] => route_statement(stmt, map),
+        _ => Err(RouteError::Syntax("expected exactly one statement".into())),
+    }
+}
+
+/// A statement sqlparser cannot read goes to the default shard only when it
+/// names no sharded or reference table; otherwise routing it would be a guess.
+fn unparsed(sql: &str, map: &ShardMap, err: &str) -> Result<Plan, RouteError> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().unwrap_or_default();
+    for t in tokens {
+        if let Token::Word(w) = t {
+            let name = if w.quote_style.is_some() { w.value.clone() } else { w.value.to_lowercase() };
+            if map.tables.contains_key(&name) || map.reference.contains(&name) {
+                return Err(RouteError::Syntax(format!(
+                    "Pieskieo cannot parse this statement on distributed table \"{name}\": {err}"
+                )));
+            }
+        }
+    }
+    Ok(Plan::Forward {
+        route: Route::One(map.default_shard),
+        write: true,
+    })
+}
+
+fn ident_name(id: &sqlparser::ast::Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
+/// `(schema, name)` of an object name, folded as PostgreSQL folds identifiers.
+fn object_parts(name: &ObjectName) -> (Option<String>, String) {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(id) => ident_name(id),
+            ObjectNamePart::Function(f) => f.to_string(),
+        })
+        .collect();
+    let last = parts.last().cloned().unwrap_or_default();
+    let schema = if parts.len() >= 2 { parts.get(parts.len() - 2).cloned() } else { None };
+    (schema, last)
+}
+
+/// What a relation named in a statement is, for routing.
+enum Rel<'m> {
+    Sharded(&'m TableRule),
+    Reference(String),
+    /// System catalogs exist on every shard.
+    Catalog,
+    /// Not declared: lives on the default shard.
+    Other(String),
+}
+
+fn classify_rel<'m>(name: &ObjectName, map: &'m ShardMap, ctes: &HashSet<String>) -> Rel<'m> {
+    let (schema, table) = object_parts(name);
+    if schema.is_none() && ctes.contains(&table) {
+        return Rel::Catalog;
+    }
+    if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema")) || table.starts_with("pg_") {
+        return Rel::Catalog;
+    }
+    if let Some(rule) = map.tables.get(&table) {
+        return Rel::Sharded(rule);
+    }
+    if map.reference.contains(&table) {
+        return Rel::Reference(table);
+    }
+    Rel::Other(table)
+}
+
+const AGGREGATES: &[&str] = &[
+    "count", "sum", "min", "max", "avg", "array_agg", "string_agg", "bool_and", "bool_or", "every", "bit_and",
+    "bit_or", "bit_xor", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "xmlagg", "stddev",
+    "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp",
+    "regr_avgx", "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
+    "regr_syy", "percentile_cont", "percentile_disc", "mode", "range_agg", "range_intersect_agg",
+];
+
+/// Everything about a statement the routing rules look at, gathered in one walk.
+#[derive(Default)]
+struct Facts {
+    relations: Vec<ObjectName>,
+    ctes: HashSet<String>,
+    queries: usize,
+    aggregates: bool,
+    windows: bool,
+    skip_next_relation: bool,
+}
+
+impl Visitor for Facts {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        self.queries += 1;
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(ident_name(&cte.alias.name));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        // `FROM generate_series(...)` is a function call, not a table.
+        if let TableFactor::Table { args: Some(_), .. } = t {
+            self.skip_next_relation = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        if std::mem::take(&mut self.skip_next_relation) {
+            return ControlFlow::Continue(());
+        }
+        self.relations.push(r.clone());
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = e {
+            if f.over.is_some() {
+                self.windows = true;
+            }
+            let (_, name) = object_parts(&f.name);
+            if AGGREGATES.contains(&name.as_str()) {
+                self.aggregates = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The relations of a statement, sorted into kinds.
+struct Tables<'m> {
+    facts: Facts,
+    sharded: Vec<&'m TableRule>,
+    reference: Vec<String>,
+    other: Vec<String>,
+}
+
+impl<'m> Tables<'m> {
+    fn gather(stmt: &Statement, map: &'m ShardMap) -> Tables<'m> {
+        let mut facts = Facts::default();
+        let _ = stmt.visit(&mut facts);
+        let mut t = Tables {
+            sharded: Vec::new(),
+            reference: Vec::new(),
+            other: Vec::new(),
+            facts,
+        };
+        for r in &t.facts.relations {
+            match classify_rel(r, map, &t.facts.ctes) {
+                Rel::Sharded(rule) => t.sharded.push(rule),
+                Rel::Reference(n) => t.reference.push(n),
+                Rel::Catalog => {}
+                Rel::Other(n) => t.other.push(n),
+            }
+        }
+        t
+    }
+
+    fn distributed(&self) -> Option<String> {
+        self.sharded.first().map(|r| r.name.clone()).or_else(|| self.reference.first().cloned())
+    }
+
+    /// Sharded tables may only meet reference tables and catalogs.
+    fn check_no_local_mix(&self, map: &ShardMap) -> Result<(), RouteError> {
+        if let (Some(d), Some(o)) = (self.distributed(), self.other.first()) {
+            return Err(RouteError::Unsupported(format!(
+                "statement uses distributed table \"{d}\" together with \"{o}\", which is neither sharded nor a reference table and lives only on shard {}",
+                map.default_shard
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn unsupported<T>(m: impl Into<String>) -> Result<T, RouteError> {
+    Err(RouteError::Unsupported(m.into()))
+}
+
+fn default_route(map: &ShardMap, write: bool) -> Plan {
+    Plan::Forward {
+        route: Route::One(map.default_shard),
+        write,
+    }
+}
+
+fn route_statement(stmt: &Statement, map: &ShardMap) -> Result<Plan, RouteError> {
+    let tables = Tables::gather(stmt, map);
+    match stmt {
+        Statement::Query(q) => route_select(q, &tables, map),
+        Statement::Insert(_) => route_insert(stmt, &tables, map),
+        Statement::Update(u) => {
+            let TableFactor::Table { name, alias, .. } = &u.table.relation else {
+                return unsupported("UPDATE of this kind of target is not supported");
+            };
+            let mut extra = Vec::new();
+            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = &u.from {
+                extra.extend(f.iter());
+            }
+            let assignments: Vec<(&AssignmentTarget, &Expr)> =
+                u.assignments.iter().map(|a| (&a.target, &a.value)).collect();
+            route_modify(name, alias.as_ref().map(|a| &a.name), &u.table.joins, &extra, u.selection.as_ref(), &assignments, &tables, map)
+        }
+        Statement::Delete(d) => {
+            let from = match &d.from {
+                FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => v,
+            };
+            let Some(first) = from.first() else {
+                return unsupported("DELETE without a table is not supported");
+            };
+            let TableFactor::Table { name, alias, .. } = &first.relation else {
+                return unsupported("DELETE of this kind of target is not supported");
+            };
+            let extra: Vec<&TableWithJoins> = from.iter().skip(1).chain(d.using.iter().flatten()).collect();
+            route_modify(name, alias.as_ref().map(|a| &a.name), &first.joins, &extra, d.selection.as_ref(), &[], &tables, map)
+        }
+        Statement::Explain { statement, .. } => match route_statement(statement, map)? {
+            Plan::Forward { route, .. } => Ok(Plan::Forward { route, write: false }),
+            Plan::Split { .. } => unsupported("EXPLAIN of an INSERT whose rows span shards is not supported"),
+            _ => Ok(default_route(map, false)),
+        },
+        Statement::CreateTable(c) if c.query.is_some() && tables.distributed().is_some() => {
+            unsupported("CREATE TABLE ... AS over distributed tables is not supported")
+        }
+        Statement::CreateView(_) if tables.distributed().is_some() => {
+            unsupported("views over distributed tables are not supported")
+        }
+        s if is_ddl(s) => Ok(Plan::Forward {
+            route: Route::All,
+            write: true,
+        }),
+        Statement::Copy { source, .. } => {
+            let table = match source {
+                sqlparser::ast::CopySource::Table { table_name, .. } => match classify_rel(table_name, map, &tables.facts.ctes) {
+                    Rel::Sharded(r) => Some(r.name.clone()),
+                    Rel::Reference(n) => Some(n),
+                    Rel::Catalog | Rel::Other(_) => None,
+                },
+                sqlparser::ast::CopySource::Query(_) => tables.distributed(),
+            };
+            match table {
+                Some(t) => unsupported(format!("COPY of distributed table \"{t}\" is not supported yet")),
+                None => Ok(default_route(map, true)),
+            }
+        }
+        Statement::ShowVariable { .. } => Ok(Plan::Forward {
+            route: Route::Any,
+            write: false,
+        }),
+        _ => match tables.distributed() {
+            Some(t) => unsupported(format!("this statement is not supported on distributed table \"{t}\"")),
+            None => Ok(default_route(map, true)),
+        },
+    }
+}
+
+/// Schema changes go to every shard so each holds the same tables.
+fn is_ddl(s: &Statement) -> bool {
+    matches!(
+        s,
+        Statement::CreateTable(_)
+            | Statement::AlterTable(_)
+            | Statement::Drop { .. }
+            | Statement::CreateIndex(_)
+            | Statement::AlterIndex { .. }
+            | Statement::Truncate(_)
+            | Statement::CreateView(_)
+            | Statement::AlterView(_)
+            | Statement::CreateSchema { .. }
+            | Statement::AlterSchema(_)
+            | Statement::CreateExtension(_)
+            | Statement::DropExtension(_)
+            | Statement::CreateType { .. }
+            | Statement::AlterType(_)
+            | Statement::CreateDomain(_)
+            | Statement::DropDomain(_)
+            | Statement::CreateSequence { .. }
+            | Statement::CreateFunction(_)
+            | Statement::DropFunction(_)
+            | Statement::CreateTrigger(_)
+            | Statement::DropTrigger(_)
+            | Statement::Comment { .. }
+            | Statement::Grant(_)
+            | Statement::Revoke(_)
+            | Statement::CreateRole(_)
+            | Statement::CreatePolicy(_)
+            | Statement::DropPolicy(_)
+            | Statement::RenameTable(_)
+    )
+}
+
+/// A sharded table in a FROM list, with the name it is referred to by.
+struct Binding<'m> {
+    rule: &'m TableRule,
+    qualifier: String,
+}
+
+fn bind<'m>(factor: &TableFactor, map: &'m ShardMap, ctes: &HashSet<String>, out: &mut Vec<Binding<'m>>) {
+    if let TableFactor::Table { name, alias, args: None, .. } = factor {
+        if let Rel::Sharded(rule) = classify_rel(name, map, ctes) {
+            let qualifier = alias.as_ref().map(|a| ident_name(&a.name)).unwrap_or_else(|| object_parts(name).1);
+            out.push(Binding { rule, qualifier });
+        }
+    }
+}
+
+fn bind_from<'m>(from: &[&TableWithJoins], map: &'m ShardMap, ctes: &HashSet<String>) -> Vec<Binding<'m>> {
+    let mut out = Vec::new();
+    for twj in from {
+        bind(&twj.relation, map, ctes, &mut out);
+        for j in &twj.joins {
+            bind(&j.relation, map, ctes, &mut out);
+        }
+    }
+    out
+}
+
+fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, out);
+            conjuncts(right, out);
+        }
+        Expr::Nested(inner) => conjuncts(inner, out),
+        other => out.push(other),
+    }
+}
+
+fn is_key_ref(e: &Expr, b: &Binding, all: &[Binding]) -> bool {
+    match e {
+        Expr::Nested(inner) => is_key_ref(inner, b, all),
+        Expr::Identifier(id) => {
+            let n = ident_name(id);
+            n == b.rule.key && all.iter().filter(|x| x.rule.key == n).count() == 1
+        }
+        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+            [.., q, c] => ident_name(c) == b.rule.key && ident_name(q) == b.qualifier,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A constant usable as a key: `None` when `e` is not a literal.
+pub(super) fn literal_key(e: &Expr, ty: KeyType) -> Option<Result<KeyValue, KeyError>> {
+    match e {
+        Expr::Nested(inner) => literal_key(inner, ty),
+        Expr::Cast { expr, .. } => literal_key(expr, ty),
+        Expr::TypedString(ts) => literal_value(&ts.value.value, ty, ""),
+        Expr::UnaryOp { op, expr } => match (op, expr.as_ref()) {
+            (UnaryOperator::Minus, Expr::Value(v)) => literal_value(&v.value, ty, "-"),
+            (UnaryOperator::Plus, Expr::Value(v)) => literal_value(&v.value, ty, ""),
+            _ => None,
+        },
+        Expr::Value(v) => literal_value(&v.value, ty, ""),
+        _ => None,
+    }
+}
+
+fn literal_value(v: &Value, ty: KeyType, sign: &str) -> Option<Result<KeyValue, KeyError>> {
+    let text = match v {
+        Value::Number(n, _) => format!("{sign}{n}"),
+        Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) | Value::UnicodeStringLiteral(s) if sign.is_empty() => {
+            s.clone()
+        }
+        Value::DollarQuotedString(d) if sign.is_empty() => d.value.clone(),
+        _ => return None,
+    };
+    Some(KeyValue::parse_typed(ty, &text))
+}
+
+fn is_null(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => matches!(v.value, Value::Null),
+        Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => is_null(inner),
+        _ => false,
+    }
+}
+
+/// The shards a binding's rows can be on, from `key = c` / `key IN (...)` in the
+/// top-level AND chain; `None` when the WHERE does not pin the key.
+fn key_shards(selection: Option<&Expr>, b: &Binding, all: &[Binding], map: &ShardMap) -> Option<Vec<ShardId>> {
+    let mut cs = Vec::new();
+    conjuncts(selection?, &mut cs);
+    for c in cs {
+        let values: Option<Vec<&Expr>> = match c {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                if is_key_ref(left, b, all) {
+                    Some(vec![right.as_ref()])
+                } else if is_key_ref(right, b, all) {
+                    Some(vec![left.as_ref()])
+                } else {
+                    None
+                }
+            }
+            Expr::In {
+                expr,
+                target: InTarget::List(list),
+                negated: false,
+                ..
+            } if is_key_ref(expr, b, all) => Some(list.iter().collect()),
+            _ => None,
+        };
+        let Some(values) = values else { continue };
+        let keys: Option<Vec<KeyValue>> =
+            values.iter().map(|v| literal_key(v, b.rule.key_type).and_then(Result::ok)).collect();
+        let Some(keys) = keys else { continue };
+        let mut shards: Vec<ShardId> = keys.iter().filter_map(|k| b.rule.shard_for(k, map.shards)).collect();
+        if shards.is_empty() {
+            // No shard can hold such a row; any one answers "no rows".
+            shards.push(map.default_shard);
+        }
+        return Some(shards);
+    }
+    None
+}
+
+/// Combines the bindings' key restrictions into one route.
+fn route_bindings(bindings: &[Binding], selection: Option<&Expr>, map: &ShardMap) -> Result<Route, RouteError> {
+    let per: Vec<Option<Vec<ShardId>>> = bindings.iter().map(|b| key_shards(selection, b, bindings, map)).collect();
+    if bindings.len() == 1 {
+        return Ok(match &per[0] {
+            Some(s) => Route::from_shards(s.clone(), map.shards),
+            None => Route::All,
+        });
+    }
+    let mut all = Vec::new();
+    for (b, s) in bindings.iter().zip(&per) {
+        match s {
+            Some(s) => all.extend(s.iter().copied()),
+            None => {
+                return unsupported(format!(
+                    "joins of sharded tables need each table's shard key fixed in WHERE to values on one shard (\"{}\" is not)",
+                    b.rule.name
+                ))
+            }
+        }
+    }
+    match Route::from_shards(all, map.shards) {
+        Route::One(s) => Ok(Route::One(s)),
+        _ => unsupported("joins of sharded tables across shards are not supported"),
+    }
+}
+
+fn route_select(q: &Query, t: &Tables, map: &ShardMap) -> Result<Plan, RouteError> {
+    let modifies = q.with.as_ref().is_some_and(|w| {
+        w.cte_tables
+            .iter()
+            .any(|c| matches!(*c.query.body, SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)))
+    });
+    let write = modifies || !q.locks.is_empty();
+    if t.sharded.is_empty() {
+        t.check_no_local_mix(map)?;
+        if t.other.is_empty() {
+            return Ok(Plan::Forward { route: Route::Any, write });
+        }
+        return Ok(default_route(map, write));
+    }
+    t.check_no_local_mix(map)?;
+    if modifies {
+        return unsupported("data-modifying WITH on sharded tables is not supported");
+    }
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return unsupported(format!(
+            "set operations (UNION, INTERSECT, EXCEPT) over sharded table \"{}\" are not supported yet",
+            t.sharded[0].name
+        ));
+    };
+    let from: Vec<&TableWithJoins> = sel.from.iter().collect();
+    let bindings = bind_from(&from, map, &t.facts.ctes);
+    if bindings.len() < t.sharded.len() {
+        return unsupported(format!(
+            "sharded table \"{}\" in a subquery or CTE is not supported yet",
+            t.sharded[0].name
+        ));
+    }
+    let route = route_bindings(&bindings, sel.selection.as_ref(), map)?;
+    if let Route::One(_) = route {
+        return Ok(Plan::Forward { route, write });
+    }
+    // Several shards answer: only a plain concatenation of rows is exact.
+    let what = if q.order_by.is_some() {
+        Some("ORDER BY")
+    } else if q.limit_clause.is_some() || q.fetch.is_some() {
+        Some("LIMIT/OFFSET")
+    } else if sel.distinct.is_some() {
+        Some("DISTINCT")
+    } else if !matches!(&sel.group_by, GroupByExpr::Expressions(v, _) if v.is_empty()) {
+        Some("GROUP BY")
+    } else if sel.having.is_some() {
+        Some("HAVING")
+    } else if t.facts.windows {
+        Some("window functions")
+    } else if t.facts.aggregates {
+        Some("aggregates")
+    } else if t.facts.queries > 1 {
+        Some("subqueries")
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        return unsupported(format!(
+            "{what} in a SELECT that spans shards is not supported yet; fix the shard key \"{}\" of \"{}\" in WHERE",
+            t.sharded[0].key, t.sharded[0].name
+        ));
+    }
+    Ok(Plan::Forward { route, write })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_modify(
+    target: &ObjectName,
+    alias: Option<&sqlparser::ast::Ident>,
+    joins: &[sqlparser::ast::Join],
+    extra: &[&TableWithJoins],
+    selection: Option<&Expr>,
+    assignments: &[(&AssignmentTarget, &Expr)],
+    t: &Tables,
+    map: &ShardMap,
+) -> Result<Plan, RouteError> {
+    t.check_no_local_mix(map)?;
+    match classify_rel(target, map, &t.facts.ctes) {
+        Rel::Sharded(rule) => {
+            let mut bindings = vec![Binding {
+                rule,
+                qualifier: alias.map(ident_name).unwrap_or_else(|| object_parts(target).1),
+            }];
+            for j in joins {
+                bind(&j.relation, map, &t.facts.ctes, &mut bindings);
+            }
+            bindings.extend(bind_from(extra, map, &t.facts.ctes));
+            if bindings.len() < t.sharded.len() {
+                return unsupported(format!(
+                    "sharded table \"{}\" in a subquery is not supported yet",
+                    t.sharded[0].name
+                ));
+            }
+            let route = route_bindings(&bindings, selection, map)?;
+            for (target, value) in assignments {
+                let names: Vec<&ObjectName> = match target {
+                    AssignmentTarget::ColumnName(n) => vec![n],
+                    AssignmentTarget::Tuple(v) => v.iter().collect(),
+                };
+                if names.iter().any(|n| object_parts(n).1 == rule.key) {
+                    let to = literal_key(value, rule.key_type).and_then(Result::ok).and_then(|k| rule.shard_for(&k, map.shards));
+                    match (&route, to) {
+                        (Route::One(s), Some(d)) if *s == d => {}
+                        _ => {
+                            return unsupported(format!(
+                                "updating shard key \"{}\" of table \"{}\" could move rows to another shard; delete and re-insert them instead",
+                                rule.key, rule.name
+                            ))
+                        }
+                    }
+                }
+            }
+            if route != Route::One(route.shards(map.shards)[0]) && t.facts.queries > 0 {
+                return unsupported("subqueries in an UPDATE or DELETE that spans shards are not supported yet");
+            }
+            Ok(Plan::Forward { route, write: true })
+        }
+        Rel::Reference(name) => {
+            if let Some(s) = t.sharded.first() {
+                return unsupported(format!(
+                    "writing reference table \"{name}\" from sharded table \"{}\" is not supported",
+                    s.name
+                ));
+            }
+            Ok(Plan::Forward {
+                route: Route::All,
+                write: true,
+            })
+        }
+        Rel::Catalog | Rel::Other(_) => Ok(default_route(map, true)),
+    }
+}
+
+fn route_insert(stmt: &Statement, t: &Tables, map: &ShardMap) -> Result<Plan, RouteError> {
+    let Statement::Insert(ins) = stmt else {
+        return unsupported("not an INSERT");
+    };
+    let TableObject::TableName(target) = &ins.table else {
+        return unsupported("INSERT INTO a table function is not supported");
+    };
+    t.check_no_local_mix(map)?;
+    let rule = match classify_rel(target, map, &t.facts.ctes) {
+        Rel::Sharded(rule) => rule,
+        Rel::Reference(name) => {
+            if let Some(s) = t.sharded.first() {
+                return unsupported(format!(
+                    "filling reference table \"{name}\" from sharded table \"{}\" is not supported",
+                    s.name
+                ));
+            }
+            return Ok(Plan::Forward {
+                route: Route::All,
+                write: true,
+            });
+        }
+        Rel::Catalog | Rel::Other(_) => {
+            return Ok(default_route(map, true));
+        }
+    };
+    let values = match &ins.source {
+        Some(q) if q.with.is_none() => match q.body.as_ref() {
+            SetExpr::Values(v) => v,
+            _ => {
+                return unsupported(format!(
+                    "INSERT into sharded table \"{}\" needs VALUES (INSERT ... SELECT is not supported yet)",
+                    rule.name
+                ))
+            }
+        },
+        _ => {
+            return unsupported(format!(
+                "INSERT into sharded table \"{}\" needs VALUES with the shard key \"{}\"",
+                rule.name, rule.key
+            ))
+        }
+    };
+    if t.sharded.len() > 1 {
+        return unsupported("INSERT into a sharded table that reads other sharded tables is not supported");
+    }
+    let Some(idx) = ins.columns.iter().position(|c| object_parts(c).1 == rule.key) else {
+        return unsupported(format!(
+            "INSERT into sharded table \"{}\" must name its columns, including the shard key \"{}\"",
+            rule.name, rule.key
+        ));
+    };
+    let mut groups: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+    for (i, row) in values.rows.iter().enumerate() {
+        let Some(e) = row.content.get(idx) else {
+            return Err(RouteError::Syntax("INSERT has more target columns than expressions".into()));
+        };
+        if is_null(e) {
+            return Err(RouteError::NullKey {
+                table: rule.name.clone(),
+                column: rule.key.clone(),
+            });
+        }
+        let key = match literal_key(e, rule.key_type) {
+            Some(Ok(k)) => k,
+            Some(Err(err)) => return Err(RouteError::BadKey(err)),
+            None => {
+                return unsupported(format!(
+                    "the shard key \"{}\" of table \"{}\" must be a constant in INSERT",
+                    rule.key, rule.name
+                ))
+            }
+        };
+        let shard = rule.shard_for(&key, map.shards).ok_or_else(|| RouteError::NoShard {
+            table: rule.name.clone(),
+            key: key.to_string(),
+        })?;
+        groups.entry(shard).or_default().push(i);
+    }
+    if groups.len() == 1 {
+        let shard = *groups.keys().next().unwrap_or(&map.default_shard);
+        return Ok(Plan::Forward {
+            route: Route::One(shard),
+            write: true,
+        });
+    }
+    let mut parts = Vec::with_capacity(groups.len());
+    for (shard, rows) in groups {
+        let mut s = stmt.clone();
+        if let Statement::Insert(i) = &mut s {
+            if let Some(SetExpr::Values(v)) = i.source.as_mut().map(|q| q.body.as_mut()) {
+                v.rows = rows.iter().map(|&r| values.rows[r].clone()).collect();
+            }
+        }
+        parts.push((shard, s.to_string()));
+    }
+    Ok(Plan::Split { parts })
+}

@@ -1,0 +1,227 @@
+//! The router: a pure function from one SQL statement and the shard map to a
+//! [`Plan`] — which shards run it and how. No I/O here.
+
+mod classify;
+mod hash;
+mod key;
+mod split;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+pub use hash::partition_hash;
+pub use key::{KeyError, KeyType, KeyValue};
+pub use split::{leading_words, split_statements};
+
+use crate::config::{toml_key, Config, Method};
+use crate::error::SqlState;
+
+/// A shard's id: its position in the shard list, and its hash remainder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a statement runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    One(ShardId),
+    /// Any one shard will do: statements on reference tables, catalogs or no
+    /// table at all (`SELECT 1`). The session picks the shard it already uses.
+    Any,
+    /// Several, but not all, shards; sorted, no repeats, at least two.
+    Some(Vec<ShardId>),
+    All,
+}
+
+impl Route {
+    /// Builds the narrowest route for a set of shards.
+    pub fn from_shards(mut shards: Vec<ShardId>, total: u32) -> Route {
+        shards.sort();
+        shards.dedup();
+        match shards.len() {
+            1 => Route::One(shards[0]),
+            n if n as u32 >= total => Route::All,
+            _ => Route::Some(shards),
+        }
+    }
+
+    pub fn shards(&self, total: u32) -> Vec<ShardId> {
+        match self {
+            Route::One(s) => vec![*s],
+            Route::Any => vec![ShardId(0)],
+            Route::Some(v) => v.clone(),
+            Route::All => (0..total).map(ShardId).collect(),
+        }
+    }
+}
+
+/// What to do with one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Send the statement text unchanged. `write` is conservative: anything
+    /// that is not a plain read counts as a write.
+    Forward { route: Route, write: bool },
+    /// A multi-row `INSERT` whose rows belong to several shards: one
+    /// statement per shard, tags summed.
+    Split { parts: Vec<(ShardId, String)> },
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
+    /// A session setting (`SET`, `RESET`, `DISCARD ALL`, ...).
+    Set(SetCommand),
+}
+
+/// Session-setting statements, keyed by the setting they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetCommand {
+    /// `SET [SESSION] name ...`: lasts for the client's session.
+    Set(String),
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL` / `DISCARD ALL`.
+    ResetAll,
+    /// `SET LOCAL ...` / `SET TRANSACTION ...`: lasts until the transaction ends.
+    Local,
+}
+
+/// Why a statement cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("shard key column \"{column}\" of table \"{table}\" cannot be NULL")]
+    NullKey { table: String, column: String },
+    #[error("no shard of table \"{table}\" holds key {key}")]
+    NoShard { table: String, key: String },
+    #[error("{0}")]
+    BadKey(KeyError),
+}
+
+impl RouteError {
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            RouteError::Syntax(_) => SqlState::SYNTAX_ERROR,
+            RouteError::Unsupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
+            RouteError::NullKey { .. } => SqlState::NOT_NULL_VIOLATION,
+            RouteError::NoShard { .. } => SqlState::CHECK_VIOLATION,
+            RouteError::BadKey(KeyError::Invalid(_)) => SqlState::INVALID_TEXT_REPRESENTATION,
+            RouteError::BadKey(KeyError::OutOfRange(_)) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        }
+    }
+}
+
+/// How one sharded table maps keys to shards.
+#[derive(Debug, Clone)]
+pub struct TableRule {
+    pub name: String,
+    pub key: String,
+    pub key_type: KeyType,
+    pub mapping: Mapping,
+}
+
+#[derive(Debug, Clone)]
+pub enum Mapping {
+    Hash,
+    /// `(from inclusive, to exclusive, shard)`; `None` is unbounded.
+    Range(Vec<(Option<KeyValue>, Option<KeyValue>, ShardId)>),
+    List(HashMap<KeyValue, ShardId>),
+}
+
+impl TableRule {
+    /// The shard that owns `key`, or `None` when range/list rules cover no such key.
+    pub fn shard_for(&self, key: &KeyValue, shards: u32) -> Option<ShardId> {
+        match &self.mapping {
+            Mapping::Hash => {
+                let h = partition_hash(key, self.key_type == KeyType::Int8);
+                Some(ShardId((h % shards as u64) as u32))
+            }
+            Mapping::Range(rules) => rules
+                .iter()
+                .find(|(from, to, _)| {
+                    from.as_ref().is_none_or(|f| key >= f) && to.as_ref().is_none_or(|t| key < t)
+                })
+                .map(|r| r.2),
+            Mapping::List(map) => map.get(key).copied(),
+        }
+    }
+}
+
+/// The routing view of the configuration.
+#[derive(Debug, Clone)]
+pub struct ShardMap {
+    pub shards: u32,
+    pub default_shard: ShardId,
+    pub tables: HashMap<String, TableRule>,
+    pub reference: HashSet<String>,
+}
+
+impl ShardMap {
+    /// Builds the map from a validated configuration.
+    pub fn from_config(cfg: &Config) -> ShardMap {
+        let tables = cfg
+            .tables
+            .iter()
+            .map(|t| {
+                let mapping = match t.method {
+                    Method::Hash => Mapping::Hash,
+                    Method::Range => Mapping::Range(
+                        t.ranges
+                            .iter()
+                            .map(|r| {
+                                let conv = |v: &Option<toml::Value>| v.as_ref().and_then(|v| toml_key(t.key_type, v).ok());
+                                (conv(&r.from), conv(&r.to), ShardId(r.shard))
+                            })
+                            .collect(),
+                    ),
+                    Method::List => Mapping::List(
+                        t.lists
+                            .iter()
+                            .flat_map(|l| {
+                                l.values
+                                    .iter()
+                                    .filter_map(|v| toml_key(t.key_type, v).ok())
+                                    .map(move |k| (k, ShardId(l.shard)))
+                            })
+                            .collect(),
+                    ),
+                };
+                (
+                    t.name.clone(),
+                    TableRule {
+                        name: t.name.clone(),
+                        key: t.key.clone(),
+                        key_type: t.key_type,
+                        mapping,
+                    },
+                )
+            })
+            .collect();
+        ShardMap {
+            shards: cfg.shards.len() as u32,
+            default_shard: ShardId(cfg.default_shard),
+            tables,
+            reference: cfg.reference_tables.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Plans one statement (one element of [`split_statements`]).
+pub fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
+    if let Some(p) = classify::lexical(sql)? {
+        return Ok(p);
+    }
+    classify::parsed(sql, map)
+}

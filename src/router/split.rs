@@ -1,0 +1,201 @@
+//! A small lexer over PostgreSQL SQL text: splits a simple-query string into
+//! statements at top-level `;` (respecting quotes, dollar quotes, comments and
+//! parentheses) and reads a statement's leading keywords.
+
+/// Byte ranges of the statements in `sql`, blank ones (only spaces and
+/// comments) left out, as PostgreSQL ignores them.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut depth = 0i32;
+    let mut i = 0;
+    let mut has_content = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                let escaped = i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+                i = skip_quoted(b, i, b'\'', escaped);
+                has_content = true;
+                continue;
+            }
+            b'"' => {
+                i = skip_quoted(b, i, b'"', false);
+                has_content = true;
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = skip_block_comment(b, i);
+                continue;
+            }
+            b'$' if i == 0 || !is_ident(b[i - 1]) => {
+                if let Some(end) = skip_dollar(b, i) {
+                    i = end;
+                    has_content = true;
+                    continue;
+                }
+            }
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b';' if depth <= 0 => {
+                if has_content {
+                    out.push(sql[start..i].trim());
+                }
+                start = i + 1;
+                has_content = false;
+                depth = 0;
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if !c.is_ascii_whitespace() {
+            has_content = true;
+        }
+        i += 1;
+    }
+    if has_content {
+        out.push(sql[start..].trim());
+    }
+    out
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+/// Index just past a quoted string or identifier starting at `i`.
+fn skip_quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
+    i += 1;
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+/// If a dollar-quoted string starts at `i`, the index just past it.
+fn skip_dollar(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() && b[j] != b'$' {
+        let c = b[j];
+        let ok = if j == i + 1 { c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 } else { is_ident(c) };
+        if !ok {
+            return None;
+        }
+        j += 1;
+    }
+    if j >= b.len() {
+        return None;
+    }
+    let tag = &b[i..=j];
+    let body = j + 1;
+    let mut k = body;
+    while k + tag.len() <= b.len() {
+        if &b[k..k + tag.len()] == tag {
+            return Some(k + tag.len());
+        }
+        k += 1;
+    }
+    Some(b.len())
+}
+
+/// The leading words of a statement: keywords and unquoted identifiers
+/// lower-cased, quoted identifiers exact; stops at the first other token.
+pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < n && i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i = skip_block_comment(b, i);
+        } else if c == b'"' {
+            let end = skip_quoted(b, i, b'"', false);
+            let inner = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
+            out.push(inner.replace("\"\"", "\""));
+            i = end;
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            let start = i;
+            while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
+                i += 1;
+            }
+            out.push(sql[start..i].to_lowercase());
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_top_level_semicolons_only() {
+        let sql = "SELECT 'a;b'; SELECT \"x;y\" FROM t -- c;\n; SELECT $$;$$, $f$ ; $f$;; /* ; /* ; */ */ SELECT E'\\';' ; CREATE RULE r AS ON INSERT TO t DO (SELECT 1; SELECT 2)";
+        let parts = split_statements(sql);
+        assert_eq!(
+            parts,
+            vec![
+                "SELECT 'a;b'",
+                "SELECT \"x;y\" FROM t -- c;",
+                "SELECT $$;$$, $f$ ; $f$",
+                "/* ; /* ; */ */ SELECT E'\\';'",
+                "CREATE RULE r AS ON INSERT TO t DO (SELECT 1; SELECT 2)",
+            ]
+        );
+        assert!(split_statements("  ; -- nothing\n ; /* */").is_empty());
+        assert_eq!(split_statements("select $1 from a$b; select 2"), vec!["select $1 from a$b", "select 2"]);
+    }
+
+    #[test]
+    fn leading_words_fold_case_and_skip_comments() {
+        assert_eq!(leading_words("/* x */ SET LOCAL \"Foo\".bar TO 1", 4), vec!["set", "local", "Foo"]);
+        assert_eq!(leading_words("  rollback to savepoint s1", 5), vec!["rollback", "to", "savepoint", "s1"]);
+        assert_eq!(leading_words("set myapp.user_id = 3", 5), vec!["set", "myapp.user_id"]);
+    }
+}
