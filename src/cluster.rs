@@ -18,7 +18,11 @@ pub fn find_bindir() -> Result<PathBuf, String> {
             let initdb = dir.join("initdb");
             if initdb.is_file() {
                 // Resolve symlinks: initdb finds `postgres` next to its real path.
-                if let Some(real) = initdb.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+                if let Some(real) = initdb
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                {
                     if has_tools(&real) {
                         return Ok(real);
                     }
@@ -43,12 +47,17 @@ pub fn find_bindir() -> Result<PathBuf, String> {
         })
         .collect();
     found.sort();
-    found.pop().map(|(_, p)| p).ok_or_else(|| INSTALL_HINT.to_string())
+    found
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| INSTALL_HINT.to_string())
 }
 
 /// The user servers run as: `postgres` when we are root, else ourselves.
 fn run_as() -> Result<Option<(u32, u32)>, String> {
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
     if me != 0 {
         return Ok(None);
     }
@@ -56,8 +65,12 @@ fn run_as() -> Result<Option<(u32, u32)>, String> {
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.first() == Some(&"postgres") && f.len() > 3 {
-            let uid = f[2].parse().map_err(|_| "bad uid for postgres".to_string())?;
-            let gid = f[3].parse().map_err(|_| "bad gid for postgres".to_string())?;
+            let uid = f[2]
+                .parse()
+                .map_err(|_| "bad uid for postgres".to_string())?;
+            let gid = f[3]
+                .parse()
+                .map_err(|_| "bad gid for postgres".to_string())?;
             return Ok(Some((uid, gid)));
         }
     }
@@ -79,7 +92,12 @@ pub const SUPERUSER_PASSWORD: &str = "postgres";
 impl LocalServer {
     /// A server over `data_dir`, created with `initdb` unless it exists already.
     /// `settings` are appended to `postgresql.conf` on creation.
-    pub fn create(bindir: &Path, data_dir: &Path, port: u16, settings: &[(&str, &str)]) -> Result<LocalServer, String> {
+    pub fn create(
+        bindir: &Path,
+        data_dir: &Path,
+        port: u16,
+        settings: &[(&str, &str)],
+    ) -> Result<LocalServer, String> {
         let owner = run_as()?;
         let server = LocalServer {
             bindir: bindir.to_path_buf(),
@@ -92,7 +110,8 @@ impl LocalServer {
         }
         std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
         let pwfile = data_dir.with_extension("pwfile");
-        std::fs::write(&pwfile, SUPERUSER_PASSWORD).map_err(|e| format!("{}: {e}", pwfile.display()))?;
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD)
+            .map_err(|e| format!("{}: {e}", pwfile.display()))?;
         server.give(data_dir)?;
         server.give(&pwfile)?;
         let pw_arg = format!("--pwfile={}", pwfile.display());
@@ -121,7 +140,8 @@ impl LocalServer {
             conf.push_str(&format!("{k} = {v}\n"));
         }
         let path = data_dir.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         text.push_str(&conf);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(server)
@@ -130,7 +150,8 @@ impl LocalServer {
     /// Hands a path to the server's user.
     fn give(&self, path: &Path) -> Result<(), String> {
         if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", path.display()))?;
         }
         Ok(())
     }
@@ -160,24 +181,54 @@ impl LocalServer {
         let port = format!("-p {}", self.port);
         self.run(
             "pg_ctl",
-            &["-D", &self.data_dir.display().to_string(), "-l", &log.display().to_string(), "-w", "-t", "60", "-o", &port, "start"],
+            &[
+                "-D",
+                &self.data_dir.display().to_string(),
+                "-l",
+                &log.display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &port,
+                "start",
+            ],
         )
         .map(|_| ())
         .map_err(|e| {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-            format!("{e}\nserver log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            format!(
+                "{e}\nserver log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
         })
     }
 
     /// Stops the server; `mode` is `fast` or `immediate` (a crash, as far as
     /// the server is concerned).
     pub fn stop(&self, mode: &str) -> Result<(), String> {
-        self.run("pg_ctl", &["-D", &self.data_dir.display().to_string(), "-m", mode, "-w", "-t", "60", "stop"])
-            .map(|_| ())
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data_dir.display().to_string(),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        )
+        .map(|_| ())
     }
 
     pub fn is_running(&self) -> bool {
-        self.run("pg_ctl", &["-D", &self.data_dir.display().to_string(), "status"]).is_ok()
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data_dir.display().to_string(), "status"],
+        )
+        .is_ok()
     }
 }

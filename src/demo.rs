@@ -47,7 +47,8 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     use std::os::unix::fs::PermissionsExt;
     // The shards' user must be able to reach its data directories.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("{}: {e}", dir.display()))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 pub async fn run(opts: DemoOptions) -> Result<(), String> {
@@ -55,7 +56,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let dir = if opts.data_dir.is_absolute() {
         opts.data_dir.clone()
     } else {
-        std::env::current_dir().map_err(|e| e.to_string())?.join(&opts.data_dir)
+        std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(&opts.data_dir)
     };
     prepare_dir(&dir)?;
     let mut servers = Vec::new();
@@ -77,7 +80,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     };
     let cfg_path = dir.join("pieskieo.toml");
     let text = demo_config(&ports, opts.port);
-    let written = std::fs::write(&cfg_path, &text).map_err(|e| format!("{}: {e}", cfg_path.display()));
+    let written =
+        std::fs::write(&cfg_path, &text).map_err(|e| format!("{}: {e}", cfg_path.display()));
     let config = written.and_then(|_| Config::load(&cfg_path).map_err(|e| e.to_string()));
     let config = match config {
         Ok(c) => c,
@@ -94,11 +98,21 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
         }
     };
     let shard_list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
-    println!("Pieskieo is running on {} over {} PostgreSQL shards (ports {}).", proxy.addr, opts.shards, shard_list.join(", "));
+    println!(
+        "Pieskieo is running on {} over {} PostgreSQL shards (ports {}).",
+        proxy.addr,
+        opts.shards,
+        shard_list.join(", ")
+    );
     println!();
-    println!("  Connect:      psql \"postgres://app:app@127.0.0.1:{}/app\"", opts.port);
+    println!(
+        "  Connect:      psql \"postgres://app:app@127.0.0.1:{}/app\"",
+        opts.port
+    );
     println!("  Try:          CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint);");
-    println!("                INSERT INTO accounts (id, balance) VALUES (1, 100), (2, 100), (3, 100);");
+    println!(
+        "                INSERT INTO accounts (id, balance) VALUES (1, 100), (2, 100), (3, 100);"
+    );
     println!("  A shard:      PGPASSWORD={SUPERUSER_PASSWORD} psql -h 127.0.0.1 -p {} -U postgres postgres", ports.first().copied().unwrap_or(0));
     println!("  Config:       {}", cfg_path.display());
     println!("  Data:         {} (reused by the next run)", dir.display());

@@ -8,7 +8,11 @@ use pieskieo::config::Config;
 use pieskieo::demo::{self, DemoOptions};
 
 #[derive(Parser)]
-#[command(name = "pieskieo", version, about = "PostgreSQL sharding proxy with two-phase commit")]
+#[command(
+    name = "pieskieo",
+    version,
+    about = "PostgreSQL sharding proxy with two-phase commit"
+)]
 struct Cli {
     /// Configuration file (same as `pieskieo run --config FILE`).
     #[arg(long, global = false)]
@@ -46,10 +50,13 @@ enum Cmd {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("pieskieo: {e}");
         ExitCode::from(2)
@@ -57,7 +64,10 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn main() -> ExitCode {
@@ -97,13 +107,21 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::Demo { shards, port, data_dir } => {
+        Cmd::Demo {
+            shards,
+            port,
+            data_dir,
+        } => {
             init_logging();
             if shards == 0 {
                 eprintln!("pieskieo demo: --shards must be at least 1");
                 return ExitCode::from(2);
             }
-            match runtime().block_on(demo::run(DemoOptions { shards, port, data_dir })) {
+            match runtime().block_on(demo::run(DemoOptions {
+                shards,
+                port,
+                data_dir,
+            })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("pieskieo demo: {e}");

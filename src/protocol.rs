@@ -96,7 +96,12 @@ impl Severity {
 }
 
 /// An `ErrorResponse` (or `NoticeResponse` for warnings) made by the proxy itself.
-pub fn error_response(severity: Severity, code: SqlState, msg: &str, detail: Option<&str>) -> Bytes {
+pub fn error_response(
+    severity: Severity,
+    code: SqlState,
+    msg: &str,
+    detail: Option<&str>,
+) -> Bytes {
     let tag = match severity {
         Severity::Warning => b'N',
         Severity::Error | Severity::Fatal => b'E',
@@ -223,10 +228,16 @@ mod tests {
 
         let huge = [b'Q', 0x7f, 0xff, 0xff, 0xff];
         let mut r = &huge[..];
-        assert!(matches!(read_frame(&mut r, 1 << 20).await, Err(FrameError::BadLength(_))));
+        assert!(matches!(
+            read_frame(&mut r, 1 << 20).await,
+            Err(FrameError::BadLength(_))
+        ));
         let short = [b'Q', 0, 0, 0, 2];
         let mut r = &short[..];
-        assert!(matches!(read_frame(&mut r, 1 << 20).await, Err(FrameError::BadLength(2))));
+        assert!(matches!(
+            read_frame(&mut r, 1 << 20).await,
+            Err(FrameError::BadLength(2))
+        ));
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    pub async fn connect(id: ShardId, cfg: &Shard, timeout: Duration) -> Result<ServerConn, BackendError> {
+    pub async fn connect(
+        id: ShardId,
+        cfg: &Shard,
+        timeout: Duration,
+    ) -> Result<ServerConn, BackendError> {
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
             .await
@@ -91,34 +95,62 @@ impl ServerConn {
             match f.tag {
                 b'R' => {
                     let body = f.body();
-                    let code = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-1);
+                    let code = body
+                        .get(..4)
+                        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(-1);
                     let payload = body.get(4..).unwrap_or(&[]);
                     let mut out = BytesMut::new();
                     match code {
                         0 => continue,
-                        3 => frontend::password_message(password.as_bytes(), &mut out).map_err(|e| self.io_err(e))?,
+                        3 => frontend::password_message(password.as_bytes(), &mut out)
+                            .map_err(|e| self.io_err(e))?,
                         5 => {
-                            let salt: [u8; 4] = payload.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| self.proto("short md5 salt"))?;
-                            let hash = postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password.as_bytes(), salt);
-                            frontend::password_message(hash.as_bytes(), &mut out).map_err(|e| self.io_err(e))?;
+                            let salt: [u8; 4] = payload
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| self.proto("short md5 salt"))?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                cfg.user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            );
+                            frontend::password_message(hash.as_bytes(), &mut out)
+                                .map_err(|e| self.io_err(e))?;
                         }
                         10 => {
-                            let offers_scram = payload.split(|&c| c == 0).any(|m| m == b"SCRAM-SHA-256");
+                            let offers_scram =
+                                payload.split(|&c| c == 0).any(|m| m == b"SCRAM-SHA-256");
                             if !offers_scram {
                                 return Err(self.proto("server offers no SCRAM-SHA-256"));
                             }
-                            let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out).map_err(|e| self.io_err(e))?;
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                                .map_err(|e| self.io_err(e))?;
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| self.proto("SASL continue before start"))?;
-                            s.update(payload).map_err(|e| BackendError::Auth { shard: self.shard, message: e.to_string() })?;
-                            frontend::sasl_response(s.message(), &mut out).map_err(|e| self.io_err(e))?;
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| self.proto("SASL continue before start"))?;
+                            s.update(payload).map_err(|e| BackendError::Auth {
+                                shard: self.shard,
+                                message: e.to_string(),
+                            })?;
+                            frontend::sasl_response(s.message(), &mut out)
+                                .map_err(|e| self.io_err(e))?;
                         }
                         12 => {
-                            let mut s = scram.take().ok_or_else(|| self.proto("SASL final before start"))?;
-                            s.finish(payload).map_err(|e| BackendError::Auth { shard: self.shard, message: e.to_string() })?;
+                            let mut s = scram
+                                .take()
+                                .ok_or_else(|| self.proto("SASL final before start"))?;
+                            s.finish(payload).map_err(|e| BackendError::Auth {
+                                shard: self.shard,
+                                message: e.to_string(),
+                            })?;
                             continue;
                         }
                         other => {
@@ -151,7 +183,12 @@ impl ServerConn {
                     self.status = f.body().first().copied().unwrap_or(b'I');
                     return Ok(());
                 }
-                other => return Err(self.proto(&format!("unexpected message '{}' during startup", other as char))),
+                other => {
+                    return Err(self.proto(&format!(
+                        "unexpected message '{}' during startup",
+                        other as char
+                    )))
+                }
             }
         }
     }
@@ -210,7 +247,9 @@ impl ServerConn {
                 self.broken = true;
                 Err(BackendError::Closed { shard: self.shard })
             }
-            Err(FrameError::BadLength(n)) => Err(self.proto(&format!("invalid message length {n}"))),
+            Err(FrameError::BadLength(n)) => {
+                Err(self.proto(&format!("invalid message length {n}")))
+            }
             Err(FrameError::Io(e)) => Err(self.io_err(e)),
         }
     }
@@ -232,7 +271,10 @@ impl ServerConn {
 
     /// Runs one statement and collects its responses (for the proxy's own use).
     /// Returns the first error the server reported, if any.
-    pub async fn simple(&mut self, sql: &str) -> Result<Result<Vec<Frame>, ErrorFields>, BackendError> {
+    pub async fn simple(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Vec<Frame>, ErrorFields>, BackendError> {
         self.send_query(sql).await?;
         self.flush().await?;
         let mut out = Vec::new();
@@ -272,10 +314,15 @@ impl ServerConn {
             .map(|f| {
                 let body = f.bytes.slice(5..);
                 let mut cols = Vec::new();
-                let n = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+                let n = body
+                    .get(..2)
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]))
+                    .unwrap_or(0);
                 let mut pos = 2usize;
                 for _ in 0..n.max(0) {
-                    let Some(lb) = body.get(pos..pos + 4) else { break };
+                    let Some(lb) = body.get(pos..pos + 4) else {
+                        break;
+                    };
                     let len = i32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
                     pos += 4;
                     if len < 0 {

@@ -4,7 +4,7 @@ mod conn;
 mod pool;
 
 pub use conn::ServerConn;
-pub use pool::{Pools, PooledConn};
+pub use pool::{PooledConn, Pools};
 
 use crate::error::SqlState;
 use crate::router::ShardId;

@@ -27,7 +27,9 @@ impl managed::Manager for ShardManager {
         if conn.is_reusable() {
             Ok(())
         } else {
-            Err(RecycleError::message("connection owes responses or is not idle"))
+            Err(RecycleError::message(
+                "connection owes responses or is not idle",
+            ))
         }
     }
 }
@@ -76,10 +78,13 @@ impl Pools {
 
     /// A connection to `shard`, waiting at most the configured pool timeout.
     pub async fn get(&self, shard: ShardId) -> Result<PooledConn, BackendError> {
-        let pool = self.pools.get(shard.0 as usize).ok_or(BackendError::Connect {
-            shard,
-            message: "no such shard".into(),
-        })?;
+        let pool = self
+            .pools
+            .get(shard.0 as usize)
+            .ok_or(BackendError::Connect {
+                shard,
+                message: "no such shard".into(),
+            })?;
         let timeouts = Timeouts {
             wait: Some(self.wait),
             create: None,

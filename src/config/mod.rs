@@ -185,7 +185,10 @@ pub fn toml_key(ty: KeyType, v: &toml::Value) -> Result<KeyValue, String> {
     match v {
         toml::Value::Integer(i) => KeyValue::parse(ty, &i.to_string()),
         toml::Value::String(s) => KeyValue::parse(ty, s),
-        other => Err(format!("expected an integer or a string, found {}", other.type_str())),
+        other => Err(format!(
+            "expected an integer or a string, found {}",
+            other.type_str()
+        )),
     }
 }
 
@@ -222,11 +225,17 @@ impl Config {
             message,
         };
         if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(bad("listen".into(), format!("`{}` is not an address like 127.0.0.1:6432", self.listen)));
+            return Err(bad(
+                "listen".into(),
+                format!("`{}` is not an address like 127.0.0.1:6432", self.listen),
+            ));
         }
         if self.node_id.is_empty()
             || self.node_id.len() > 16
-            || !self.node_id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+            || !self
+                .node_id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_')
         {
             return Err(bad(
                 "node_id".into(),
@@ -237,10 +246,16 @@ impl Config {
             return Err(bad("database".into(), "must not be empty".into()));
         }
         if self.limits.max_message_size < 1024 {
-            return Err(bad("limits.max_message_size".into(), "must be at least 1024".into()));
+            return Err(bad(
+                "limits.max_message_size".into(),
+                "must be at least 1024".into(),
+            ));
         }
         if self.shards.is_empty() {
-            return Err(bad("shards".into(), "at least one shard is required".into()));
+            return Err(bad(
+                "shards".into(),
+                "at least one shard is required".into(),
+            ));
         }
         let n = self.shards.len() as u32;
         let mut seen = HashSet::new();
@@ -248,18 +263,28 @@ impl Config {
             if s.id >= n || !seen.insert(s.id) {
                 return Err(bad(
                     format!("shards[{i}].id"),
-                    format!("shard ids must be 0..{} with no repeats; found {}", n - 1, s.id),
+                    format!(
+                        "shard ids must be 0..{} with no repeats; found {}",
+                        n - 1,
+                        s.id
+                    ),
                 ));
             }
             if s.pool_size == 0 {
-                return Err(bad(format!("shards[{i}].pool_size"), "must be at least 1".into()));
+                return Err(bad(
+                    format!("shards[{i}].pool_size"),
+                    "must be at least 1".into(),
+                ));
             }
             if s.port == 0 {
                 return Err(bad(format!("shards[{i}].port"), "must not be 0".into()));
             }
         }
         if self.default_shard >= n {
-            return Err(bad("default_shard".into(), format!("no shard with id {}", self.default_shard)));
+            return Err(bad(
+                "default_shard".into(),
+                format!("no shard with id {}", self.default_shard),
+            ));
         }
         if self.users.is_empty() {
             return Err(bad("users".into(), "at least one user is required".into()));
@@ -267,11 +292,17 @@ impl Config {
         let mut names = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             if !names.insert(u.name.as_str()) {
-                return Err(bad(format!("users[{i}].name"), format!("duplicate user `{}`", u.name)));
+                return Err(bad(
+                    format!("users[{i}].name"),
+                    format!("duplicate user `{}`", u.name),
+                ));
             }
             match (&u.password, &u.scram_verifier, u.auth) {
                 (None, None, _) => {
-                    return Err(bad(format!("users[{i}]"), "needs `password` or `scram_verifier`".into()))
+                    return Err(bad(
+                        format!("users[{i}]"),
+                        "needs `password` or `scram_verifier`".into(),
+                    ))
                 }
                 (None, Some(_), AuthMethod::Md5 | AuthMethod::Cleartext) => {
                     return Err(bad(
@@ -292,7 +323,10 @@ impl Config {
         for (i, t) in self.tables.iter().enumerate() {
             let f = |rest: &str| format!("tables[{i}].{rest}");
             if t.name.is_empty() || !tables.insert(t.name.as_str()) {
-                return Err(bad(f("name"), format!("empty or duplicate table `{}`", t.name)));
+                return Err(bad(
+                    f("name"),
+                    format!("empty or duplicate table `{}`", t.name),
+                ));
             }
             if t.key.is_empty() {
                 return Err(bad(f("key"), "must name the shard key column".into()));
@@ -300,37 +334,57 @@ impl Config {
             match t.method {
                 Method::Hash => {
                     if !t.ranges.is_empty() || !t.lists.is_empty() {
-                        return Err(bad(f("method"), "`ranges` and `lists` need method range or list".into()));
+                        return Err(bad(
+                            f("method"),
+                            "`ranges` and `lists` need method range or list".into(),
+                        ));
                     }
                 }
                 Method::Range => {
                     if t.ranges.is_empty() || !t.lists.is_empty() {
-                        return Err(bad(f("ranges"), "method range needs `ranges` (and no `lists`)".into()));
+                        return Err(bad(
+                            f("ranges"),
+                            "method range needs `ranges` (and no `lists`)".into(),
+                        ));
                     }
                     if t.key_type == KeyType::Uuid {
-                        return Err(bad(f("key_type"), "range sharding supports integer and text keys".into()));
+                        return Err(bad(
+                            f("key_type"),
+                            "range sharding supports integer and text keys".into(),
+                        ));
                     }
                     for (j, r) in t.ranges.iter().enumerate() {
                         if r.shard >= n {
-                            return Err(bad(f(&format!("ranges[{j}].shard")), format!("no shard with id {}", r.shard)));
+                            return Err(bad(
+                                f(&format!("ranges[{j}].shard")),
+                                format!("no shard with id {}", r.shard),
+                            ));
                         }
                         for (name, v) in [("from", &r.from), ("to", &r.to)] {
                             if let Some(v) = v {
-                                toml_key(t.key_type, v).map_err(|m| bad(f(&format!("ranges[{j}].{name}")), m))?;
+                                toml_key(t.key_type, v)
+                                    .map_err(|m| bad(f(&format!("ranges[{j}].{name}")), m))?;
                             }
                         }
                     }
                 }
                 Method::List => {
                     if t.lists.is_empty() || !t.ranges.is_empty() {
-                        return Err(bad(f("lists"), "method list needs `lists` (and no `ranges`)".into()));
+                        return Err(bad(
+                            f("lists"),
+                            "method list needs `lists` (and no `ranges`)".into(),
+                        ));
                     }
                     for (j, l) in t.lists.iter().enumerate() {
                         if l.shard >= n {
-                            return Err(bad(f(&format!("lists[{j}].shard")), format!("no shard with id {}", l.shard)));
+                            return Err(bad(
+                                f(&format!("lists[{j}].shard")),
+                                format!("no shard with id {}", l.shard),
+                            ));
                         }
                         for v in &l.values {
-                            toml_key(t.key_type, v).map_err(|m| bad(f(&format!("lists[{j}].values")), m))?;
+                            toml_key(t.key_type, v)
+                                .map_err(|m| bad(f(&format!("lists[{j}].values")), m))?;
                         }
                     }
                 }
@@ -384,13 +438,28 @@ key_type = "int8"
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (GOOD.replace("node_id = \"n1\"", "node_id = \"n-1\""), "node_id"),
+            (
+                GOOD.replace("node_id = \"n1\"", "node_id = \"n-1\""),
+                "node_id",
+            ),
             (GOOD.replace("id = 1\n", "id = 5\n"), "shards[1].id"),
-            (GOOD.replace("key_type = \"int8\"", "key_type = \"float\""), "key_type"),
+            (
+                GOOD.replace("key_type = \"int8\"", "key_type = \"float\""),
+                "key_type",
+            ),
             (format!("bogus = 1\n{GOOD}"), "bogus"),
-            (format!("reference_tables = [\"accounts\"]\n{GOOD}"), "reference_tables[0]"),
+            (
+                format!("reference_tables = [\"accounts\"]\n{GOOD}"),
+                "reference_tables[0]",
+            ),
             (format!("default_shard = 7\n{GOOD}"), "default_shard"),
-            (GOOD.replace("method", "x").replace("key_type = \"int8\"", "key_type = \"int8\"\nmethod = \"range\""), "tables[0].ranges"),
+            (
+                GOOD.replace("method", "x").replace(
+                    "key_type = \"int8\"",
+                    "key_type = \"int8\"\nmethod = \"range\"",
+                ),
+                "tables[0].ranges",
+            ),
         ];
         for (text, field) in cases {
             let e = Config::parse(&text, "t.toml").unwrap_err().to_string();

@@ -42,7 +42,10 @@ async fn write<W: AsyncWrite + Unpin>(out: &mut W, b: &[u8]) -> Result<(), ExecE
 /// Relays the answer to one query from one shard. Returns whether the
 /// server reported an error. `ReadyForQuery` is not relayed: the session
 /// sends its own, from its state.
-pub async fn relay<W: AsyncWrite + Unpin>(conn: &mut ServerConn, out: &mut W) -> Result<bool, ExecError> {
+pub async fn relay<W: AsyncWrite + Unpin>(
+    conn: &mut ServerConn,
+    out: &mut W,
+) -> Result<bool, ExecError> {
     let mut failed = false;
     loop {
         let f = conn.read().await?;
@@ -148,12 +151,23 @@ impl Merger {
     }
 }
 
+/// How several shards' answers become one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// Each shard holds different rows: concatenate rows, sum counts.
+    Union,
+    /// Each shard holds a copy: answer with the first shard's result (errors
+    /// from any shard still count).
+    Copies,
+}
+
 /// Runs `sqls[i]` on `conns[i]` at once and merges the answers. Returns
 /// whether any shard failed. Every connection is read to its `ReadyForQuery`
 /// (or marked broken), so none is left owing a response.
 pub async fn fan_out<W: AsyncWrite + Unpin>(
     conns: &mut [&mut ServerConn],
     sqls: &[&str],
+    merge: Merge,
     out: &mut W,
 ) -> Result<bool, ExecError> {
     let mut merger = Merger::default();
@@ -189,6 +203,10 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
                         break;
                     }
                 }
+                b'E' => {
+                    merger.on_frame(f);
+                }
+                _ if i > 0 && merge == Merge::Copies => {}
                 _ => {
                     if let Some(b) = merger.on_frame(f) {
                         write(out, &b).await?;

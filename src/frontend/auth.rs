@@ -89,8 +89,12 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> Result<(), ClientError> {
-    w.write_all(b).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
-    w.flush().await.map_err(|e| ClientError::Protocol(e.to_string()))
+    w.write_all(b)
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    w.flush()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// Reads the client's next `PasswordMessage`-family message ('p').
@@ -110,7 +114,12 @@ async fn read_password_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8
 /// Runs the configured exchange; `Ok` means the client proved the password.
 /// An unknown user runs a SCRAM exchange against a random secret, so failure
 /// looks the same as a wrong password.
-pub async fn authenticate<R, W>(r: &mut R, w: &mut W, user_name: &str, user: Option<&User>) -> Result<(), ClientError>
+pub async fn authenticate<R, W>(
+    r: &mut R,
+    w: &mut W,
+    user_name: &str,
+    user: Option<&User>,
+) -> Result<(), ClientError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -122,7 +131,9 @@ where
             send(w, &authentication(3, &[])).await?;
             let body = read_password_message(r).await?;
             let given = take_cstr(&body).map(|x| x.0).unwrap_or_default();
-            let expected = user.and_then(|u| u.password.as_deref()).ok_or_else(failed)?;
+            let expected = user
+                .and_then(|u| u.password.as_deref())
+                .ok_or_else(failed)?;
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
             } else {
@@ -134,8 +145,14 @@ where
             send(w, &authentication(5, &salt)).await?;
             let body = read_password_message(r).await?;
             let given = take_cstr(&body).map(|x| x.0).unwrap_or_default();
-            let password = user.and_then(|u| u.password.as_deref()).ok_or_else(failed)?;
-            let expected = postgres_protocol::authentication::md5_hash(user_name.as_bytes(), password.as_bytes(), salt);
+            let password = user
+                .and_then(|u| u.password.as_deref())
+                .ok_or_else(failed)?;
+            let expected = postgres_protocol::authentication::md5_hash(
+                user_name.as_bytes(),
+                password.as_bytes(),
+                salt,
+            );
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
             } else {
@@ -146,10 +163,16 @@ where
             let secret = match user {
                 Some(u) => match (&u.scram_verifier, &u.password) {
                     (Some(v), _) => ScramSecret::parse(v).ok_or_else(failed)?,
-                    (None, Some(p)) => ScramSecret::from_password(p, &random_bytes::<16>(), ITERATIONS),
+                    (None, Some(p)) => {
+                        ScramSecret::from_password(p, &random_bytes::<16>(), ITERATIONS)
+                    }
                     (None, None) => return Err(failed()),
                 },
-                None => ScramSecret::from_password(&B64.encode(random_bytes::<16>()), &random_bytes::<16>(), ITERATIONS),
+                None => ScramSecret::from_password(
+                    &B64.encode(random_bytes::<16>()),
+                    &random_bytes::<16>(),
+                    ITERATIONS,
+                ),
             };
             let ok = scram_exchange(r, w, &secret).await?;
             if ok && user.is_some() {
@@ -161,7 +184,11 @@ where
     }
 }
 
-async fn scram_exchange<R, W>(r: &mut R, w: &mut W, secret: &ScramSecret) -> Result<bool, ClientError>
+async fn scram_exchange<R, W>(
+    r: &mut R,
+    w: &mut W,
+    secret: &ScramSecret,
+) -> Result<bool, ClientError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -173,7 +200,9 @@ where
     let body = read_password_message(r).await?;
     let (mech, rest) = take_cstr(&body).ok_or_else(|| bad("no mechanism"))?;
     if mech != "SCRAM-SHA-256" {
-        return Err(ClientError::Protocol(format!("unsupported SASL mechanism \"{mech}\"")));
+        return Err(ClientError::Protocol(format!(
+            "unsupported SASL mechanism \"{mech}\""
+        )));
     }
     let data = rest.get(4..).ok_or_else(|| bad("short initial response"))?;
     let first = std::str::from_utf8(data).map_err(|_| bad("not UTF-8"))?;
@@ -183,14 +212,20 @@ where
     } else if let Some(b) = first.strip_prefix("y,,") {
         ("y,,", b)
     } else {
-        return Err(ClientError::Protocol("SCRAM channel binding is not supported".into()));
+        return Err(ClientError::Protocol(
+            "SCRAM channel binding is not supported".into(),
+        ));
     };
     let client_nonce = bare
         .split(',')
         .find_map(|a| a.strip_prefix("r="))
         .ok_or_else(|| bad("no nonce"))?;
     let nonce = format!("{client_nonce}{}", B64.encode(random_bytes::<18>()));
-    let server_first = format!("r={nonce},s={},i={}", B64.encode(&secret.salt), secret.iterations);
+    let server_first = format!(
+        "r={nonce},s={},i={}",
+        B64.encode(&secret.salt),
+        secret.iterations
+    );
     send(w, &authentication(11, server_first.as_bytes())).await?;
 
     // SASLResponse: client-final-message.
@@ -250,6 +285,9 @@ mod tests {
         assert_eq!(s.server_key, server_key);
         // ServerSignature from the RFC's exchange.
         let auth = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
-        assert_eq!(B64.encode(hmac(&server_key, auth.as_bytes())), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            B64.encode(hmac(&server_key, auth.as_bytes())),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
     }
 }

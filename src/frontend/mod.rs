@@ -84,9 +84,14 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     stream.set_nodelay(true).ok();
     let params = match startup::read_startup(&mut stream).await {
         Ok(startup::Startup::Session(p)) => p,
-        Ok(startup::Startup::Cancel { .. }) => {
-            // Cancellation is routed per client in a later version; close quietly as
-            // PostgreSQL does for an unknown key.
+        Ok(startup::Startup::Cancel {
+            process_id,
+            secret_key,
+        }) => {
+            // Cancellation is not forwarded to shards yet; close quietly as
+            // PostgreSQL does for a key it does not know.
+            let _ = secret_key;
+            info!(%peer, process_id, "cancel request ignored: not supported yet");
             return;
         }
         Err(e) => {

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::{auth, unknown_database, Shared};
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, SqlState, TxnMisuse};
-use crate::executor::{self, ExecError};
+use crate::executor::{self, ExecError, Merge};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
 
@@ -93,13 +93,21 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-pub(super) async fn run(stream: TcpStream, peer: SocketAddr, params: Vec<(String, String)>, pid: i32, shared: Arc<Shared>) {
+pub(super) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    params: Vec<(String, String)>,
+    pid: i32,
+    shared: Arc<Shared>,
+) {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let (r, w) = stream.into_split();
     let mut reader = BufReader::with_capacity(16 * 1024, r);
     let mut out = BufWriter::with_capacity(32 * 1024, w);
     let Some(user) = get("user") else {
-        let e = Error::Client(ClientError::Protocol("no PostgreSQL user name specified in startup packet".into()));
+        let e = Error::Client(ClientError::Protocol(
+            "no PostgreSQL user name specified in startup packet".into(),
+        ));
         send_fatal(&mut out, &e).await;
         return;
     };
@@ -120,7 +128,10 @@ pub(super) async fn run(stream: TcpStream, peer: SocketAddr, params: Vec<(String
             continue;
         }
         let name = k.to_lowercase();
-        startup_settings.insert(name, format!("SET {} = {}", quote_ident(k), quote_literal(v)));
+        startup_settings.insert(
+            name,
+            format!("SET {} = {}", quote_ident(k), quote_literal(v)),
+        );
     }
     let mut s = Session {
         shared,
@@ -196,7 +207,11 @@ impl Session {
         self.write(&protocol::authentication(0, &[])).await?;
         let map = &self.shared.map;
         let order: Vec<ShardId> = std::iter::once(map.default_shard)
-            .chain((0..map.shards).map(ShardId).filter(|s| *s != map.default_shard))
+            .chain(
+                (0..map.shards)
+                    .map(ShardId)
+                    .filter(|s| *s != map.default_shard),
+            )
             .collect();
         let mut last = None;
         let mut params = None;
@@ -217,7 +232,8 @@ impl Session {
         for (k, v) in &params {
             self.write(&protocol::parameter_status(k, v)).await?;
         }
-        self.write(&protocol::backend_key_data(pid, rand::random())).await?;
+        self.write(&protocol::backend_key_data(pid, rand::random()))
+            .await?;
         self.write(&protocol::ready_for_query(b'I')).await?;
         self.out.flush().await?;
         Ok(())
@@ -234,7 +250,8 @@ impl Session {
                 Ok(f) => f,
                 Err(FrameError::Closed) => return,
                 Err(FrameError::BadLength(n)) => {
-                    let e = Error::Client(ClientError::Protocol(format!("invalid message length {n}")));
+                    let e =
+                        Error::Client(ClientError::Protocol(format!("invalid message length {n}")));
                     warn!(peer = %self.peer, error = %e, "protocol violation");
                     send_fatal(&mut self.out, &e).await;
                     return;
@@ -250,7 +267,10 @@ impl Session {
                             let sql = sql.to_string();
                             self.on_query(&sql).await
                         }
-                        Err(_) => self.error_then_ready(Error::Client(ClientError::InvalidUtf8)).await,
+                        Err(_) => {
+                            self.error_then_ready(Error::Client(ClientError::InvalidUtf8))
+                                .await
+                        }
                     }
                 }
                 b'X' => return,
@@ -272,7 +292,10 @@ impl Session {
                 // CopyData/CopyDone/CopyFail outside COPY are ignored, as PostgreSQL does.
                 b'd' | b'c' | b'f' => Ok(()),
                 other => {
-                    let e = Error::Client(ClientError::Protocol(format!("invalid frontend message type {}", other)));
+                    let e = Error::Client(ClientError::Protocol(format!(
+                        "invalid frontend message type {}",
+                        other
+                    )));
                     warn!(peer = %self.peer, error = %e, "protocol violation");
                     send_fatal(&mut self.out, &e).await;
                     return;
@@ -289,7 +312,8 @@ impl Session {
     async fn cleanup(&mut self) {
         if let Some(mut t) = self.end_block() {
             if let Some(mut conn) = t.pinned.take() {
-                let ok = tokio::time::timeout(Duration::from_secs(5), conn.simple("ROLLBACK")).await;
+                let ok =
+                    tokio::time::timeout(Duration::from_secs(5), conn.simple("ROLLBACK")).await;
                 if !matches!(ok, Ok(Ok(Ok(_)))) {
                     conn.mark_broken();
                 }
@@ -320,8 +344,10 @@ impl Session {
         if stmts.is_empty() {
             self.write(&protocol::empty_query_response()).await?;
         } else {
-            let plans: Vec<Result<Plan, RouteError>> =
-                stmts.iter().map(|s| router::plan(s, &self.shared.map)).collect();
+            let plans: Vec<Result<Plan, RouteError>> = stmts
+                .iter()
+                .map(|s| router::plan(s, &self.shared.map))
+                .collect();
             match self.common_shard(&plans) {
                 // Several statements for one shard go as one Query: the shard
                 // gives them PostgreSQL's own implicit-transaction semantics.
@@ -351,13 +377,18 @@ impl Session {
         let mut shard = pinned;
         for p in plans {
             match p {
-                Ok(Plan::Forward { route: Route::One(s), .. }) => {
+                Ok(Plan::Forward {
+                    route: Route::One(s),
+                    ..
+                }) => {
                     if shard.is_some_and(|x| x != *s) {
                         return None;
                     }
                     shard = Some(*s);
                 }
-                Ok(Plan::Forward { route: Route::Any, .. }) => {}
+                Ok(Plan::Forward {
+                    route: Route::Any, ..
+                }) => {}
                 _ => return None,
             }
         }
@@ -365,7 +396,11 @@ impl Session {
     }
 
     /// Runs one statement. `Ok(false)`: it failed (the client has been told).
-    async fn execute(&mut self, stmt: &str, plan: Result<Plan, RouteError>) -> std::io::Result<bool> {
+    async fn execute(
+        &mut self,
+        stmt: &str,
+        plan: Result<Plan, RouteError>,
+    ) -> std::io::Result<bool> {
         let plan = match plan {
             Ok(p) => p,
             Err(e) => return self.error(Error::Route(e)).await,
@@ -383,8 +418,9 @@ impl Session {
                 }
                 let shards: Vec<ShardId> = parts.iter().map(|p| p.0).collect();
                 let sqls: Vec<&str> = parts.iter().map(|p| p.1.as_str()).collect();
-                self.fan_out(&shards, &sqls).await
+                self.fan_out(&shards, &sqls, Merge::Union).await
             }
+            Plan::Replicate => self.fan_out_all(stmt, Route::All, Merge::Copies).await,
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,
@@ -409,15 +445,26 @@ impl Session {
                     _ => self.forward_one(default, stmt).await,
                 }
             }
-            Route::Some(_) | Route::All => {
-                if self.txn().is_some() {
-                    return self.error(span_error()).await;
-                }
-                let shards = route.shards(self.shared.map.shards);
-                let sqls = vec![stmt; shards.len()];
-                self.fan_out(&shards, &sqls).await
-            }
+            Route::Some(_) | Route::All => self.fan_out_all(stmt, route, Merge::Union).await,
         }
+    }
+
+    /// Runs one statement on every shard of `route`.
+    async fn fan_out_all(
+        &mut self,
+        stmt: &str,
+        route: Route,
+        merge: Merge,
+    ) -> std::io::Result<bool> {
+        let shards = route.shards(self.shared.map.shards);
+        if let [only] = shards[..] {
+            return self.forward_one(only, stmt).await;
+        }
+        if self.txn().is_some() {
+            return self.error(span_error()).await;
+        }
+        let sqls = vec![stmt; shards.len()];
+        self.fan_out(&shards, &sqls, merge).await
     }
 
     /// Borrows a connection and brings its session settings in line with the client's.
@@ -508,8 +555,12 @@ impl Session {
 
     /// Sends the block's BEGIN and prelude with the statement, in one write.
     async fn enlist_and_run(&mut self, text: &str) -> std::io::Result<bool> {
-        let Some(t) = self.txn() else { return Ok(false) };
-        let Some(mut c) = t.pinned.take() else { return Ok(false) };
+        let Some(t) = self.txn() else {
+            return Ok(false);
+        };
+        let Some(mut c) = t.pinned.take() else {
+            return Ok(false);
+        };
         let mut head = vec![t.begin.clone()];
         head.extend(t.prelude.iter().cloned());
         let r: Result<bool, ExecError> = async {
@@ -527,7 +578,10 @@ impl Session {
             match first_err {
                 Some(e) => {
                     executor::drain(&mut c).await?;
-                    self.out.write_all(&e.bytes).await.map_err(ExecError::Client)?;
+                    self.out
+                        .write_all(&e.bytes)
+                        .await
+                        .map_err(ExecError::Client)?;
                     Ok(true)
                 }
                 None => executor::relay(&mut c, &mut self.out).await,
@@ -544,7 +598,12 @@ impl Session {
     }
 
     /// Runs statements on several shards at once outside a block.
-    async fn fan_out(&mut self, shards: &[ShardId], sqls: &[&str]) -> std::io::Result<bool> {
+    async fn fan_out(
+        &mut self,
+        shards: &[ShardId],
+        sqls: &[&str],
+        merge: Merge,
+    ) -> std::io::Result<bool> {
         // Acquire in shard order so two clients never wait on each other's pools.
         let mut conns = Vec::with_capacity(shards.len());
         let mut order: Vec<usize> = (0..shards.len()).collect();
@@ -557,7 +616,7 @@ impl Session {
         }
         let ordered_sqls: Vec<&str> = order.iter().map(|&i| sqls[i]).collect();
         let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
-        let r = executor::fan_out(&mut refs, &ordered_sqls, &mut self.out).await;
+        let r = executor::fan_out(&mut refs, &ordered_sqls, merge, &mut self.out).await;
         for c in conns.iter_mut() {
             if c.status != b'I' {
                 c.mark_broken();
@@ -594,7 +653,9 @@ impl Session {
         let failed = matches!(self.state, TxnState::Failed(_));
         let Some(mut t) = self.end_block() else {
             // Outside a block PostgreSQL warns; let a shard say it exactly.
-            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+            return self
+                .autocommit_one(self.shared.map.default_shard, stmt)
+                .await;
         };
         if failed {
             if let Some(mut c) = t.pinned.take() {
@@ -623,7 +684,9 @@ impl Session {
 
     async fn rollback(&mut self, stmt: &str) -> std::io::Result<bool> {
         let Some(mut t) = self.end_block() else {
-            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+            return self
+                .autocommit_one(self.shared.map.default_shard, stmt)
+                .await;
         };
         if let Some(mut c) = t.pinned.take() {
             finish_on_server(&mut c, "ROLLBACK").await;
@@ -648,7 +711,9 @@ impl Session {
 
     async fn savepoint(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
         if self.txn().is_none() {
-            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+            return self
+                .autocommit_one(self.shared.map.default_shard, stmt)
+                .await;
         }
         let ok = self.in_block(stmt, "SAVEPOINT").await?;
         if ok {
@@ -660,12 +725,15 @@ impl Session {
     }
 
     fn savepoint_pos(&mut self, name: &str) -> Option<usize> {
-        self.txn().and_then(|t| t.savepoints.iter().rposition(|s| s == name))
+        self.txn()
+            .and_then(|t| t.savepoints.iter().rposition(|s| s == name))
     }
 
     async fn release(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
         if self.txn().is_none() {
-            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+            return self
+                .autocommit_one(self.shared.map.default_shard, stmt)
+                .await;
         }
         let Some(pos) = self.savepoint_pos(&name) else {
             return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await;
@@ -681,7 +749,9 @@ impl Session {
 
     async fn rollback_to(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
         if self.txn().is_none() {
-            return self.autocommit_one(self.shared.map.default_shard, stmt).await;
+            return self
+                .autocommit_one(self.shared.map.default_shard, stmt)
+                .await;
         }
         let Some(pos) = self.savepoint_pos(&name) else {
             return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await;
@@ -707,7 +777,9 @@ impl Session {
             SetCommand::ResetAll => Some(SettingChange::ResetAll),
         };
         if self.txn().is_some() {
-            let discard = leading_words(stmt, 1).first().is_some_and(|w| w == "discard");
+            let discard = leading_words(stmt, 1)
+                .first()
+                .is_some_and(|w| w == "discard");
             let pinned = self.txn().is_some_and(|t| t.pinned.is_some());
             if discard && !pinned {
                 let m = protocol::error_response(
@@ -785,7 +857,8 @@ impl Session {
 
 fn span_error() -> Error {
     Error::Unsupported(
-        "statements that touch several shards inside a transaction block are not supported yet".into(),
+        "statements that touch several shards inside a transaction block are not supported yet"
+            .into(),
     )
 }
 
@@ -799,7 +872,10 @@ async fn finish_on_server(c: &mut ServerConn, sql: &str) {
 
 /// Makes a connection's settings equal the client's: `SET` what differs,
 /// `RESET` what the client does not have. One round trip, only when needed.
-async fn sync_settings(conn: &mut ServerConn, want: &BTreeMap<String, String>) -> Result<(), Error> {
+async fn sync_settings(
+    conn: &mut ServerConn,
+    want: &BTreeMap<String, String>,
+) -> Result<(), Error> {
     let mut batch = Vec::new();
     for (name, stmt) in want {
         if conn.applied.get(name) != Some(stmt) {
@@ -823,7 +899,10 @@ async fn sync_settings(conn: &mut ServerConn, want: &BTreeMap<String, String>) -
             conn.mark_broken();
             Err(Error::Backend(BackendError::Protocol {
                 shard: conn.shard,
-                message: format!("applying the client's session settings failed: {}", e.message),
+                message: format!(
+                    "applying the client's session settings failed: {}",
+                    e.message
+                ),
             }))
         }
     }

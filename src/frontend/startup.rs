@@ -16,7 +16,10 @@ const MAX_STARTUP: usize = 10_000;
 pub enum Startup {
     /// A new session with the client's parameters (`user`, `database`, settings).
     Session(Vec<(String, String)>),
-    Cancel { process_id: i32, secret_key: i32 },
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+    },
 }
 
 fn proto(m: impl Into<String>) -> ClientError {
@@ -27,7 +30,10 @@ fn proto(m: impl Into<String>) -> ClientError {
 /// TLS is not configured: SSL and GSS encryption requests are answered "N".
 pub async fn read_startup(stream: &mut TcpStream) -> Result<Startup, ClientError> {
     loop {
-        let len = stream.read_i32().await.map_err(|e| proto(format!("incomplete startup packet: {e}")))?;
+        let len = stream
+            .read_i32()
+            .await
+            .map_err(|e| proto(format!("incomplete startup packet: {e}")))?;
         if len < 8 || len as usize > MAX_STARTUP {
             return Err(proto("invalid length of startup packet"));
         }
@@ -40,7 +46,10 @@ pub async fn read_startup(stream: &mut TcpStream) -> Result<Startup, ClientError
         let body = &buf[4..];
         match code {
             SSL_REQUEST | GSSENC_REQUEST => {
-                stream.write_all(b"N").await.map_err(|e| proto(e.to_string()))?;
+                stream
+                    .write_all(b"N")
+                    .await
+                    .map_err(|e| proto(e.to_string()))?;
             }
             CANCEL_REQUEST => {
                 if body.len() < 8 {
@@ -56,8 +65,10 @@ pub async fn read_startup(stream: &mut TcpStream) -> Result<Startup, ClientError
                 let mut rest = body;
                 let mut unknown = Vec::new();
                 while rest.first().is_some_and(|&b| b != 0) {
-                    let (k, r) = take_cstr(rest).ok_or_else(|| proto("invalid startup packet layout"))?;
-                    let (v, r) = take_cstr(r).ok_or_else(|| proto("invalid startup packet layout"))?;
+                    let (k, r) =
+                        take_cstr(rest).ok_or_else(|| proto("invalid startup packet layout"))?;
+                    let (v, r) =
+                        take_cstr(r).ok_or_else(|| proto("invalid startup packet layout"))?;
                     if k.starts_with("_pq_.") {
                         unknown.push(k.to_string());
                     } else {
@@ -75,7 +86,10 @@ pub async fn read_startup(stream: &mut TcpStream) -> Result<Startup, ClientError
                             put_cstr(b, u);
                         }
                     });
-                    stream.write_all(&m).await.map_err(|e| proto(e.to_string()))?;
+                    stream
+                        .write_all(&m)
+                        .await
+                        .map_err(|e| proto(e.to_string()))?;
                 }
                 return Ok(Startup::Session(params));
             }

@@ -5,15 +5,18 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, Expr, FromTable, GroupByExpr, InTarget, ObjectName, ObjectNamePart, Query,
-    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, UpdateTableFromKind, Value, Visit,
-    Visitor,
+    AssignmentTarget, BinaryOperator, Expr, FromTable, GroupByExpr, InTarget, ObjectName,
+    ObjectNamePart, Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    UnaryOperator, UpdateTableFromKind, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::{leading_words, KeyError, KeyType, KeyValue, Plan, Route, RouteError, SetCommand, ShardId, ShardMap, TableRule};
+use super::{
+    leading_words, KeyError, KeyType, KeyValue, Plan, Route, RouteError, SetCommand, ShardId,
+    ShardMap, TableRule,
+};
 
 /// Transaction control and session settings, recognised by their leading words
 /// (sqlparser does not know every PostgreSQL spelling of these).
@@ -95,10 +98,16 @@ pub(super) fn parsed(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
 /// A statement sqlparser cannot read goes to the default shard only when it
 /// names no sharded or reference table; otherwise routing it would be a guess.
 fn unparsed(sql: &str, map: &ShardMap, err: &str) -> Result<Plan, RouteError> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().unwrap_or_default();
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .unwrap_or_default();
     for t in tokens {
         if let Token::Word(w) = t {
-            let name = if w.quote_style.is_some() { w.value.clone() } else { w.value.to_lowercase() };
+            let name = if w.quote_style.is_some() {
+                w.value.clone()
+            } else {
+                w.value.to_lowercase()
+            };
             if map.tables.contains_key(&name) || map.reference.contains(&name) {
                 return Err(RouteError::Syntax(format!(
                     "Pieskieo cannot parse this statement on distributed table \"{name}\": {err}"
@@ -131,7 +140,11 @@ fn object_parts(name: &ObjectName) -> (Option<String>, String) {
         })
         .collect();
     let last = parts.last().cloned().unwrap_or_default();
-    let schema = if parts.len() >= 2 { parts.get(parts.len() - 2).cloned() } else { None };
+    let schema = if parts.len() >= 2 {
+        parts.get(parts.len() - 2).cloned()
+    } else {
+        None
+    };
     (schema, last)
 }
 
@@ -150,7 +163,9 @@ fn classify_rel<'m>(name: &ObjectName, map: &'m ShardMap, ctes: &HashSet<String>
     if schema.is_none() && ctes.contains(&table) {
         return Rel::Catalog;
     }
-    if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema")) || table.starts_with("pg_") {
+    if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema"))
+        || table.starts_with("pg_")
+    {
         return Rel::Catalog;
     }
     if let Some(rule) = map.tables.get(&table) {
@@ -163,11 +178,47 @@ fn classify_rel<'m>(name: &ObjectName, map: &'m ShardMap, ctes: &HashSet<String>
 }
 
 const AGGREGATES: &[&str] = &[
-    "count", "sum", "min", "max", "avg", "array_agg", "string_agg", "bool_and", "bool_or", "every", "bit_and",
-    "bit_or", "bit_xor", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "xmlagg", "stddev",
-    "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp",
-    "regr_avgx", "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
-    "regr_syy", "percentile_cont", "percentile_disc", "mode", "range_agg", "range_intersect_agg",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "range_agg",
+    "range_intersect_agg",
 ];
 
 /// Everything about a statement the routing rules look at, gathered in one walk.
@@ -254,7 +305,10 @@ impl<'m> Tables<'m> {
     }
 
     fn distributed(&self) -> Option<String> {
-        self.sharded.first().map(|r| r.name.clone()).or_else(|| self.reference.first().cloned())
+        self.sharded
+            .first()
+            .map(|r| r.name.clone())
+            .or_else(|| self.reference.first().cloned())
     }
 
     /// Sharded tables may only meet reference tables and catalogs.
@@ -290,12 +344,26 @@ fn route_statement(stmt: &Statement, map: &ShardMap) -> Result<Plan, RouteError>
                 return unsupported("UPDATE of this kind of target is not supported");
             };
             let mut extra = Vec::new();
-            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = &u.from {
+            if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
+                &u.from
+            {
                 extra.extend(f.iter());
             }
-            let assignments: Vec<(&AssignmentTarget, &Expr)> =
-                u.assignments.iter().map(|a| (&a.target, &a.value)).collect();
-            route_modify(name, alias.as_ref().map(|a| &a.name), &u.table.joins, &extra, u.selection.as_ref(), &assignments, &tables, map)
+            let assignments: Vec<(&AssignmentTarget, &Expr)> = u
+                .assignments
+                .iter()
+                .map(|a| (&a.target, &a.value))
+                .collect();
+            route_modify(
+                name,
+                alias.as_ref().map(|a| &a.name),
+                &u.table.joins,
+                &extra,
+                u.selection.as_ref(),
+                &assignments,
+                &tables,
+                map,
+            )
         }
         Statement::Delete(d) => {
             let from = match &d.from {
@@ -307,12 +375,34 @@ fn route_statement(stmt: &Statement, map: &ShardMap) -> Result<Plan, RouteError>
             let TableFactor::Table { name, alias, .. } = &first.relation else {
                 return unsupported("DELETE of this kind of target is not supported");
             };
-            let extra: Vec<&TableWithJoins> = from.iter().skip(1).chain(d.using.iter().flatten()).collect();
-            route_modify(name, alias.as_ref().map(|a| &a.name), &first.joins, &extra, d.selection.as_ref(), &[], &tables, map)
+            let extra: Vec<&TableWithJoins> = from
+                .iter()
+                .skip(1)
+                .chain(d.using.iter().flatten())
+                .collect();
+            route_modify(
+                name,
+                alias.as_ref().map(|a| &a.name),
+                &first.joins,
+                &extra,
+                d.selection.as_ref(),
+                &[],
+                &tables,
+                map,
+            )
         }
         Statement::Explain { statement, .. } => match route_statement(statement, map)? {
-            Plan::Forward { route, .. } => Ok(Plan::Forward { route, write: false }),
-            Plan::Split { .. } => unsupported("EXPLAIN of an INSERT whose rows span shards is not supported"),
+            Plan::Forward { route, .. } => Ok(Plan::Forward {
+                route,
+                write: false,
+            }),
+            Plan::Split { .. } => {
+                unsupported("EXPLAIN of an INSERT whose rows span shards is not supported")
+            }
+            Plan::Replicate => Ok(Plan::Forward {
+                route: Route::Any,
+                write: false,
+            }),
             _ => Ok(default_route(map, false)),
         },
         Statement::CreateTable(c) if c.query.is_some() && tables.distributed().is_some() => {
@@ -321,21 +411,22 @@ fn route_statement(stmt: &Statement, map: &ShardMap) -> Result<Plan, RouteError>
         Statement::CreateView(_) if tables.distributed().is_some() => {
             unsupported("views over distributed tables are not supported")
         }
-        s if is_ddl(s) => Ok(Plan::Forward {
-            route: Route::All,
-            write: true,
-        }),
+        s if is_ddl(s) => Ok(Plan::Replicate),
         Statement::Copy { source, .. } => {
             let table = match source {
-                sqlparser::ast::CopySource::Table { table_name, .. } => match classify_rel(table_name, map, &tables.facts.ctes) {
-                    Rel::Sharded(r) => Some(r.name.clone()),
-                    Rel::Reference(n) => Some(n),
-                    Rel::Catalog | Rel::Other(_) => None,
-                },
+                sqlparser::ast::CopySource::Table { table_name, .. } => {
+                    match classify_rel(table_name, map, &tables.facts.ctes) {
+                        Rel::Sharded(r) => Some(r.name.clone()),
+                        Rel::Reference(n) => Some(n),
+                        Rel::Catalog | Rel::Other(_) => None,
+                    }
+                }
                 sqlparser::ast::CopySource::Query(_) => tables.distributed(),
             };
             match table {
-                Some(t) => unsupported(format!("COPY of distributed table \"{t}\" is not supported yet")),
+                Some(t) => unsupported(format!(
+                    "COPY of distributed table \"{t}\" is not supported yet"
+                )),
                 None => Ok(default_route(map, true)),
             }
         }
@@ -344,7 +435,9 @@ fn route_statement(stmt: &Statement, map: &ShardMap) -> Result<Plan, RouteError>
             write: false,
         }),
         _ => match tables.distributed() {
-            Some(t) => unsupported(format!("this statement is not supported on distributed table \"{t}\"")),
+            Some(t) => unsupported(format!(
+                "this statement is not supported on distributed table \"{t}\""
+            )),
             None => Ok(default_route(map, true)),
         },
     }
@@ -391,16 +484,34 @@ struct Binding<'m> {
     qualifier: String,
 }
 
-fn bind<'m>(factor: &TableFactor, map: &'m ShardMap, ctes: &HashSet<String>, out: &mut Vec<Binding<'m>>) {
-    if let TableFactor::Table { name, alias, args: None, .. } = factor {
+fn bind<'m>(
+    factor: &TableFactor,
+    map: &'m ShardMap,
+    ctes: &HashSet<String>,
+    out: &mut Vec<Binding<'m>>,
+) {
+    if let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = factor
+    {
         if let Rel::Sharded(rule) = classify_rel(name, map, ctes) {
-            let qualifier = alias.as_ref().map(|a| ident_name(&a.name)).unwrap_or_else(|| object_parts(name).1);
+            let qualifier = alias
+                .as_ref()
+                .map(|a| ident_name(&a.name))
+                .unwrap_or_else(|| object_parts(name).1);
             out.push(Binding { rule, qualifier });
         }
     }
 }
 
-fn bind_from<'m>(from: &[&TableWithJoins], map: &'m ShardMap, ctes: &HashSet<String>) -> Vec<Binding<'m>> {
+fn bind_from<'m>(
+    from: &[&TableWithJoins],
+    map: &'m ShardMap,
+    ctes: &HashSet<String>,
+) -> Vec<Binding<'m>> {
     let mut out = Vec::new();
     for twj in from {
         bind(&twj.relation, map, ctes, &mut out);
@@ -460,7 +571,11 @@ pub(super) fn literal_key(e: &Expr, ty: KeyType) -> Option<Result<KeyValue, KeyE
 fn literal_value(v: &Value, ty: KeyType, sign: &str) -> Option<Result<KeyValue, KeyError>> {
     let text = match v {
         Value::Number(n, _) => format!("{sign}{n}"),
-        Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) | Value::UnicodeStringLiteral(s) if sign.is_empty() => {
+        Value::SingleQuotedString(s)
+        | Value::EscapedStringLiteral(s)
+        | Value::UnicodeStringLiteral(s)
+            if sign.is_empty() =>
+        {
             s.clone()
         }
         Value::DollarQuotedString(d) if sign.is_empty() => d.value.clone(),
@@ -479,7 +594,12 @@ fn is_null(e: &Expr) -> bool {
 
 /// The shards a binding's rows can be on, from `key = c` / `key IN (...)` in the
 /// top-level AND chain; `None` when the WHERE does not pin the key.
-fn key_shards(selection: Option<&Expr>, b: &Binding, all: &[Binding], map: &ShardMap) -> Option<Vec<ShardId>> {
+fn key_shards(
+    selection: Option<&Expr>,
+    b: &Binding,
+    all: &[Binding],
+    map: &ShardMap,
+) -> Option<Vec<ShardId>> {
     let mut cs = Vec::new();
     conjuncts(selection?, &mut cs);
     for c in cs {
@@ -506,10 +626,15 @@ fn key_shards(selection: Option<&Expr>, b: &Binding, all: &[Binding], map: &Shar
             _ => None,
         };
         let Some(values) = values else { continue };
-        let keys: Option<Vec<KeyValue>> =
-            values.iter().map(|v| literal_key(v, b.rule.key_type).and_then(Result::ok)).collect();
+        let keys: Option<Vec<KeyValue>> = values
+            .iter()
+            .map(|v| literal_key(v, b.rule.key_type).and_then(Result::ok))
+            .collect();
         let Some(keys) = keys else { continue };
-        let mut shards: Vec<ShardId> = keys.iter().filter_map(|k| b.rule.shard_for(k, map.shards)).collect();
+        let mut shards: Vec<ShardId> = keys
+            .iter()
+            .filter_map(|k| b.rule.shard_for(k, map.shards))
+            .collect();
         if shards.is_empty() {
             // No shard can hold such a row; any one answers "no rows".
             shards.push(map.default_shard);
@@ -520,8 +645,15 @@ fn key_shards(selection: Option<&Expr>, b: &Binding, all: &[Binding], map: &Shar
 }
 
 /// Combines the bindings' key restrictions into one route.
-fn route_bindings(bindings: &[Binding], selection: Option<&Expr>, map: &ShardMap) -> Result<Route, RouteError> {
-    let per: Vec<Option<Vec<ShardId>>> = bindings.iter().map(|b| key_shards(selection, b, bindings, map)).collect();
+fn route_bindings(
+    bindings: &[Binding],
+    selection: Option<&Expr>,
+    map: &ShardMap,
+) -> Result<Route, RouteError> {
+    let per: Vec<Option<Vec<ShardId>>> = bindings
+        .iter()
+        .map(|b| key_shards(selection, b, bindings, map))
+        .collect();
     if bindings.len() == 1 {
         return Ok(match &per[0] {
             Some(s) => Route::from_shards(s.clone(), map.shards),
@@ -548,15 +680,21 @@ fn route_bindings(bindings: &[Binding], selection: Option<&Expr>, map: &ShardMap
 
 fn route_select(q: &Query, t: &Tables, map: &ShardMap) -> Result<Plan, RouteError> {
     let modifies = q.with.as_ref().is_some_and(|w| {
-        w.cte_tables
-            .iter()
-            .any(|c| matches!(*c.query.body, SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)))
+        w.cte_tables.iter().any(|c| {
+            matches!(
+                *c.query.body,
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)
+            )
+        })
     });
     let write = modifies || !q.locks.is_empty();
     if t.sharded.is_empty() {
         t.check_no_local_mix(map)?;
         if t.other.is_empty() {
-            return Ok(Plan::Forward { route: Route::Any, write });
+            return Ok(Plan::Forward {
+                route: Route::Any,
+                write,
+            });
         }
         return Ok(default_route(map, write));
     }
@@ -627,7 +765,9 @@ fn route_modify(
         Rel::Sharded(rule) => {
             let mut bindings = vec![Binding {
                 rule,
-                qualifier: alias.map(ident_name).unwrap_or_else(|| object_parts(target).1),
+                qualifier: alias
+                    .map(ident_name)
+                    .unwrap_or_else(|| object_parts(target).1),
             }];
             for j in joins {
                 bind(&j.relation, map, &t.facts.ctes, &mut bindings);
@@ -646,7 +786,9 @@ fn route_modify(
                     AssignmentTarget::Tuple(v) => v.iter().collect(),
                 };
                 if names.iter().any(|n| object_parts(n).1 == rule.key) {
-                    let to = literal_key(value, rule.key_type).and_then(Result::ok).and_then(|k| rule.shard_for(&k, map.shards));
+                    let to = literal_key(value, rule.key_type)
+                        .and_then(Result::ok)
+                        .and_then(|k| rule.shard_for(&k, map.shards));
                     match (&route, to) {
                         (Route::One(s), Some(d)) if *s == d => {}
                         _ => {
@@ -659,7 +801,9 @@ fn route_modify(
                 }
             }
             if route != Route::One(route.shards(map.shards)[0]) && t.facts.queries > 0 {
-                return unsupported("subqueries in an UPDATE or DELETE that spans shards are not supported yet");
+                return unsupported(
+                    "subqueries in an UPDATE or DELETE that spans shards are not supported yet",
+                );
             }
             Ok(Plan::Forward { route, write: true })
         }
@@ -670,10 +814,7 @@ fn route_modify(
                     s.name
                 ));
             }
-            Ok(Plan::Forward {
-                route: Route::All,
-                write: true,
-            })
+            Ok(Plan::Replicate)
         }
         Rel::Catalog | Rel::Other(_) => Ok(default_route(map, true)),
     }
@@ -696,10 +837,7 @@ fn route_insert(stmt: &Statement, t: &Tables, map: &ShardMap) -> Result<Plan, Ro
                     s.name
                 ));
             }
-            return Ok(Plan::Forward {
-                route: Route::All,
-                write: true,
-            });
+            return Ok(Plan::Replicate);
         }
         Rel::Catalog | Rel::Other(_) => {
             return Ok(default_route(map, true));
@@ -723,9 +861,15 @@ fn route_insert(stmt: &Statement, t: &Tables, map: &ShardMap) -> Result<Plan, Ro
         }
     };
     if t.sharded.len() > 1 {
-        return unsupported("INSERT into a sharded table that reads other sharded tables is not supported");
+        return unsupported(
+            "INSERT into a sharded table that reads other sharded tables is not supported",
+        );
     }
-    let Some(idx) = ins.columns.iter().position(|c| object_parts(c).1 == rule.key) else {
+    let Some(idx) = ins
+        .columns
+        .iter()
+        .position(|c| object_parts(c).1 == rule.key)
+    else {
         return unsupported(format!(
             "INSERT into sharded table \"{}\" must name its columns, including the shard key \"{}\"",
             rule.name, rule.key
@@ -734,7 +878,9 @@ fn route_insert(stmt: &Statement, t: &Tables, map: &ShardMap) -> Result<Plan, Ro
     let mut groups: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
     for (i, row) in values.rows.iter().enumerate() {
         let Some(e) = row.content.get(idx) else {
-            return Err(RouteError::Syntax("INSERT has more target columns than expressions".into()));
+            return Err(RouteError::Syntax(
+                "INSERT has more target columns than expressions".into(),
+            ));
         };
         if is_null(e) {
             return Err(RouteError::NullKey {
@@ -752,10 +898,12 @@ fn route_insert(stmt: &Statement, t: &Tables, map: &ShardMap) -> Result<Plan, Ro
                 ))
             }
         };
-        let shard = rule.shard_for(&key, map.shards).ok_or_else(|| RouteError::NoShard {
-            table: rule.name.clone(),
-            key: key.to_string(),
-        })?;
+        let shard = rule
+            .shard_for(&key, map.shards)
+            .ok_or_else(|| RouteError::NoShard {
+                table: rule.name.clone(),
+                key: key.to_string(),
+            })?;
         groups.entry(shard).or_default().push(i);
     }
     if groups.len() == 1 {

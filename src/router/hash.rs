@@ -71,7 +71,10 @@ fn le32(k: &[u8]) -> u32 {
 /// `hash_bytes_extended` (little-endian byte order, as on x86-64 and aarch64).
 pub fn hash_bytes_extended(k: &[u8], seed: u64) -> u64 {
     let len = k.len() as u32;
-    let (mut a, mut b, mut c) = seeded(0x9e37_79b9u32.wrapping_add(len).wrapping_add(3_923_095), seed);
+    let (mut a, mut b, mut c) = seeded(
+        0x9e37_79b9u32.wrapping_add(len).wrapping_add(3_923_095),
+        seed,
+    );
     let mut rest = k;
     while rest.len() >= 12 {
         a = a.wrapping_add(le32(&rest[0..4]));
@@ -100,7 +103,8 @@ pub fn hash_bytes_extended(k: &[u8], seed: u64) -> u64 {
 
 /// `hash_bytes_uint32_extended`.
 pub fn hash_uint32_extended(k: u32, seed: u64) -> u64 {
-    let (mut a, mut b, mut c) = seeded(0x9e37_79b9u32.wrapping_add(4).wrapping_add(3_923_095), seed);
+    let (mut a, mut b, mut c) =
+        seeded(0x9e37_79b9u32.wrapping_add(4).wrapping_add(3_923_095), seed);
     a = a.wrapping_add(k);
     final_mix(&mut a, &mut b, &mut c);
     ((b as u64) << 32) | c as u64

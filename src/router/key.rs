@@ -58,7 +58,12 @@ impl KeyValue {
     }
 
     pub fn parse_typed(ty: KeyType, s: &str) -> Result<KeyValue, KeyError> {
-        let invalid = || KeyError::Invalid(format!("invalid input syntax for type {}: \"{s}\"", ty.pg_name()));
+        let invalid = || {
+            KeyError::Invalid(format!(
+                "invalid input syntax for type {}: \"{s}\"",
+                ty.pg_name()
+            ))
+        };
         match ty {
             KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => {
                 let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
@@ -66,9 +71,12 @@ impl KeyValue {
                 if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
                     return Err(invalid());
                 }
-                let v: i64 = t
-                    .parse()
-                    .map_err(|_| KeyError::OutOfRange(format!("value \"{s}\" is out of range for type {}", ty.pg_name())))?;
+                let v: i64 = t.parse().map_err(|_| {
+                    KeyError::OutOfRange(format!(
+                        "value \"{s}\" is out of range for type {}",
+                        ty.pg_name()
+                    ))
+                })?;
                 let ok = match ty {
                     KeyType::Int2 => i16::try_from(v).is_ok(),
                     KeyType::Int4 => i32::try_from(v).is_ok(),
@@ -85,7 +93,10 @@ impl KeyValue {
             KeyType::Text => Ok(KeyValue::Text(s.to_string())),
             KeyType::Uuid => {
                 let t = s.trim();
-                let t = t.strip_prefix('{').and_then(|x| x.strip_suffix('}')).unwrap_or(t);
+                let t = t
+                    .strip_prefix('{')
+                    .and_then(|x| x.strip_suffix('}'))
+                    .unwrap_or(t);
                 let hex: Vec<u8> = t.bytes().filter(|&c| c != b'-').collect();
                 if hex.len() != 32 || t.starts_with('-') || t.ends_with('-') || t.contains("--") {
                     return Err(invalid());

@@ -68,10 +68,18 @@ impl Route {
 pub enum Plan {
     /// Send the statement text unchanged. `write` is conservative: anything
     /// that is not a plain read counts as a write.
-    Forward { route: Route, write: bool },
+    Forward {
+        route: Route,
+        write: bool,
+    },
+    /// A write to every shard that holds a copy (DDL, reference tables):
+    /// the client is answered as if there were one copy.
+    Replicate,
     /// A multi-row `INSERT` whose rows belong to several shards: one
     /// statement per shard, tags summed.
-    Split { parts: Vec<(ShardId, String)> },
+    Split {
+        parts: Vec<(ShardId, String)>,
+    },
     Begin,
     Commit,
     Rollback,
@@ -181,7 +189,9 @@ impl ShardMap {
                         t.ranges
                             .iter()
                             .map(|r| {
-                                let conv = |v: &Option<toml::Value>| v.as_ref().and_then(|v| toml_key(t.key_type, v).ok());
+                                let conv = |v: &Option<toml::Value>| {
+                                    v.as_ref().and_then(|v| toml_key(t.key_type, v).ok())
+                                };
                                 (conv(&r.from), conv(&r.to), ShardId(r.shard))
                             })
                             .collect(),

@@ -15,7 +15,8 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         let c = b[i];
         match c {
             b'\'' => {
-                let escaped = i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+                let escaped =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
                 i = skip_quoted(b, i, b'\'', escaped);
                 has_content = true;
                 continue;
@@ -115,7 +116,11 @@ fn skip_dollar(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     while j < b.len() && b[j] != b'$' {
         let c = b[j];
-        let ok = if j == i + 1 { c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 } else { is_ident(c) };
+        let ok = if j == i + 1 {
+            c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+        } else {
+            is_ident(c)
+        };
         if !ok {
             return None;
         }
@@ -189,13 +194,25 @@ mod tests {
             ]
         );
         assert!(split_statements("  ; -- nothing\n ; /* */").is_empty());
-        assert_eq!(split_statements("select $1 from a$b; select 2"), vec!["select $1 from a$b", "select 2"]);
+        assert_eq!(
+            split_statements("select $1 from a$b; select 2"),
+            vec!["select $1 from a$b", "select 2"]
+        );
     }
 
     #[test]
     fn leading_words_fold_case_and_skip_comments() {
-        assert_eq!(leading_words("/* x */ SET LOCAL \"Foo\".bar TO 1", 4), vec!["set", "local", "Foo"]);
-        assert_eq!(leading_words("  rollback to savepoint s1", 5), vec!["rollback", "to", "savepoint", "s1"]);
-        assert_eq!(leading_words("set myapp.user_id = 3", 5), vec!["set", "myapp.user_id"]);
+        assert_eq!(
+            leading_words("/* x */ SET LOCAL \"Foo\".bar TO 1", 4),
+            vec!["set", "local", "Foo"]
+        );
+        assert_eq!(
+            leading_words("  rollback to savepoint s1", 5),
+            vec!["rollback", "to", "savepoint", "s1"]
+        );
+        assert_eq!(
+            leading_words("set myapp.user_id = 3", 5),
+            vec!["set", "myapp.user_id"]
+        );
     }
 }

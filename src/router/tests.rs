@@ -105,13 +105,13 @@ fn routes_by_key() {
         ("SELECT * FROM pg_catalog.pg_class", fwd(Route::Any, false)),
         ("SELECT * FROM local_stuff", fwd(Route::One(ShardId(0)), false)),
         ("INSERT INTO local_stuff VALUES (1)", fwd(Route::One(ShardId(0)), true)),
-        ("INSERT INTO countries (code) VALUES ('pl')", fwd(Route::All, true)),
-        ("UPDATE countries SET name = 'x'", fwd(Route::All, true)),
-        ("CREATE TABLE accounts (id bigint primary key, balance bigint)", fwd(Route::All, true)),
-        ("CREATE INDEX ON accounts (balance)", fwd(Route::All, true)),
-        ("DROP TABLE IF EXISTS accounts", fwd(Route::All, true)),
-        ("ALTER TABLE accounts ADD COLUMN note text", fwd(Route::All, true)),
-        ("TRUNCATE accounts", fwd(Route::All, true)),
+        ("INSERT INTO countries (code) VALUES ('pl')", Plan::Replicate),
+        ("UPDATE countries SET name = 'x'", Plan::Replicate),
+        ("CREATE TABLE accounts (id bigint primary key, balance bigint)", Plan::Replicate),
+        ("CREATE INDEX ON accounts (balance)", Plan::Replicate),
+        ("DROP TABLE IF EXISTS accounts", Plan::Replicate),
+        ("ALTER TABLE accounts ADD COLUMN note text", Plan::Replicate),
+        ("TRUNCATE accounts", Plan::Replicate),
         ("SHOW TimeZone", fwd(Route::Any, false)),
         ("SELECT * FROM generate_series(1, 3)", fwd(Route::Any, false)),
     ];
@@ -125,7 +125,10 @@ fn splits_multi_row_inserts() {
     let m = map();
     let keys: Vec<i64> = (1..=12).collect();
     let values: Vec<String> = keys.iter().map(|k| format!("({k}, 'n{k}')")).collect();
-    let sql = format!("INSERT INTO accounts (id, note) VALUES {}", values.join(", "));
+    let sql = format!(
+        "INSERT INTO accounts (id, note) VALUES {}",
+        values.join(", ")
+    );
     let Plan::Split { parts } = plan(&sql, &m).unwrap() else {
         panic!("expected a split");
     };
@@ -135,7 +138,11 @@ fn splits_multi_row_inserts() {
             let has = text.contains(&format!("({k}, 'n{k}')"));
             if has {
                 seen += 1;
-                assert_eq!(*shard, shard_of(&m, "accounts", KeyValue::Int(*k)), "{text}");
+                assert_eq!(
+                    *shard,
+                    shard_of(&m, "accounts", KeyValue::Int(*k)),
+                    "{text}"
+                );
             }
         }
     }
@@ -158,14 +165,29 @@ fn transaction_control_and_settings() {
         ("release s1", Plan::Release("s1".into())),
         ("ROLLBACK TO SAVEPOINT s1", Plan::RollbackTo("s1".into())),
         ("rollback to s1", Plan::RollbackTo("s1".into())),
-        ("SET TimeZone = 'UTC'", Plan::Set(SetCommand::Set("timezone".into()))),
-        ("SET SESSION search_path TO a, b", Plan::Set(SetCommand::Set("search_path".into()))),
-        ("set time zone 'UTC'", Plan::Set(SetCommand::Set("timezone".into()))),
+        (
+            "SET TimeZone = 'UTC'",
+            Plan::Set(SetCommand::Set("timezone".into())),
+        ),
+        (
+            "SET SESSION search_path TO a, b",
+            Plan::Set(SetCommand::Set("search_path".into())),
+        ),
+        (
+            "set time zone 'UTC'",
+            Plan::Set(SetCommand::Set("timezone".into())),
+        ),
         ("SET LOCAL work_mem = '1MB'", Plan::Set(SetCommand::Local)),
-        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Plan::Set(SetCommand::Local)),
+        (
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Plan::Set(SetCommand::Local),
+        ),
         ("RESET ALL", Plan::Set(SetCommand::ResetAll)),
         ("DISCARD ALL", Plan::Set(SetCommand::ResetAll)),
-        ("RESET application_name", Plan::Set(SetCommand::Reset("application_name".into()))),
+        (
+            "RESET application_name",
+            Plan::Set(SetCommand::Reset("application_name".into())),
+        ),
     ];
     for (sql, want) in cases {
         assert_eq!(plan(sql, &m).as_ref(), Ok(&want), "{sql}");
@@ -176,29 +198,89 @@ fn transaction_control_and_settings() {
 fn refuses_what_it_cannot_route_safely() {
     let m = map();
     let cases: Vec<(&str, SqlState)> = vec![
-        ("INSERT INTO accounts (id) VALUES (NULL)", SqlState::NOT_NULL_VIOLATION),
-        ("INSERT INTO accounts VALUES (1, 2)", SqlState::FEATURE_NOT_SUPPORTED),
-        ("INSERT INTO accounts (balance) VALUES (1)", SqlState::FEATURE_NOT_SUPPORTED),
-        ("INSERT INTO accounts (id) VALUES (random())", SqlState::FEATURE_NOT_SUPPORTED),
-        ("INSERT INTO accounts (id) SELECT 1", SqlState::FEATURE_NOT_SUPPORTED),
-        ("INSERT INTO accounts (id) VALUES ('abc')", SqlState::INVALID_TEXT_REPRESENTATION),
-        ("INSERT INTO regions (code) VALUES (99999999999)", SqlState::NUMERIC_VALUE_OUT_OF_RANGE),
-        ("INSERT INTO tenants (name) VALUES ('zzz')", SqlState::CHECK_VIOLATION),
-        ("UPDATE accounts SET id = 8 WHERE id = 7", SqlState::FEATURE_NOT_SUPPORTED),
-        ("UPDATE accounts SET id = 8", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT * FROM accounts ORDER BY id", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT count(*) FROM accounts", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT * FROM accounts LIMIT 1", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT DISTINCT balance FROM accounts", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT balance FROM accounts GROUP BY balance", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT * FROM accounts UNION SELECT * FROM accounts", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT * FROM accounts a JOIN local_stuff l ON true WHERE a.id = 1", SqlState::FEATURE_NOT_SUPPORTED),
+        (
+            "INSERT INTO accounts (id) VALUES (NULL)",
+            SqlState::NOT_NULL_VIOLATION,
+        ),
+        (
+            "INSERT INTO accounts VALUES (1, 2)",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "INSERT INTO accounts (balance) VALUES (1)",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "INSERT INTO accounts (id) VALUES (random())",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "INSERT INTO accounts (id) SELECT 1",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "INSERT INTO accounts (id) VALUES ('abc')",
+            SqlState::INVALID_TEXT_REPRESENTATION,
+        ),
+        (
+            "INSERT INTO regions (code) VALUES (99999999999)",
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        ),
+        (
+            "INSERT INTO tenants (name) VALUES ('zzz')",
+            SqlState::CHECK_VIOLATION,
+        ),
+        (
+            "UPDATE accounts SET id = 8 WHERE id = 7",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "UPDATE accounts SET id = 8",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts ORDER BY id",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT count(*) FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts LIMIT 1",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT DISTINCT balance FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT balance FROM accounts GROUP BY balance",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts UNION SELECT * FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts a JOIN local_stuff l ON true WHERE a.id = 1",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
         ("PREPARE TRANSACTION 'x'", SqlState::FEATURE_NOT_SUPPORTED),
         ("COMMIT PREPARED 'x'", SqlState::FEATURE_NOT_SUPPORTED),
         ("ROLLBACK PREPARED 'x'", SqlState::FEATURE_NOT_SUPPORTED),
-        ("SELECT * FROM accounts WHERE id = = 1", SqlState::SYNTAX_ERROR),
+        (
+            "SELECT * FROM accounts WHERE id = = 1",
+            SqlState::SYNTAX_ERROR,
+        ),
         ("SET ROLE admin", SqlState::FEATURE_NOT_SUPPORTED),
         ("COPY accounts FROM STDIN", SqlState::FEATURE_NOT_SUPPORTED),
     ];
@@ -214,13 +296,19 @@ fn refuses_what_it_cannot_route_safely() {
 fn unparsable_statements_on_local_tables_go_to_the_default_shard() {
     let m = map();
     // sqlparser does not know this syntax; it names no distributed table.
-    let p = plan("CREATE OR REPLACE AGGREGATE my_agg (int) (sfunc = int4pl, stype = int)", &m);
+    let p = plan(
+        "CREATE OR REPLACE AGGREGATE my_agg (int) (sfunc = int4pl, stype = int)",
+        &m,
+    );
     assert_eq!(p, Ok(fwd(Route::One(ShardId(0)), true)));
 }
 
 #[test]
 fn key_literals_parse_like_postgres() {
-    assert_eq!(KeyValue::parse(KeyType::Int4, " -42 "), Ok(KeyValue::Int(-42)));
+    assert_eq!(
+        KeyValue::parse(KeyType::Int4, " -42 "),
+        Ok(KeyValue::Int(-42))
+    );
     assert!(KeyValue::parse(KeyType::Int2, "40000").is_err());
     assert!(KeyValue::parse(KeyType::Int8, "1.5").is_err());
     let u = KeyValue::parse(KeyType::Uuid, "{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}").unwrap();

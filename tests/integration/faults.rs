@@ -1,0 +1,123 @@
+//! A shard that is down, and clients that send garbage: clear errors for
+//! the affected statements or client, and nobody else notices.
+
+use pieskieo::router::KeyValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{error_message, sqlstate, value, Cluster, RawClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_shard_fails_its_statements_only_and_comes_back() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    client
+        .simple_query("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)")
+        .await
+        .unwrap();
+    let key_on = |shard: usize| {
+        (1..1000i64)
+            .find(|k| c.shard_of("accounts", KeyValue::Int(*k)) == shard)
+            .unwrap()
+    };
+    for s in 0..3 {
+        client
+            .simple_query(&format!(
+                "INSERT INTO accounts (id, balance) VALUES ({}, {s})",
+                key_on(s)
+            ))
+            .await
+            .unwrap();
+    }
+
+    c.shards.servers[1].stop("immediate").unwrap();
+    let q1 = format!("SELECT balance FROM accounts WHERE id = {}", key_on(1));
+    assert_eq!(sqlstate(&client, &q1).await, "08006");
+    let msg = error_message(&client, &q1).await;
+    assert!(msg.contains("shard 1"), "{msg}");
+    // The other shards keep serving, on the same client and on new ones.
+    assert_eq!(
+        value(
+            &client,
+            &format!("SELECT balance FROM accounts WHERE id = {}", key_on(2))
+        )
+        .await,
+        "2"
+    );
+    let other = c.client().await;
+    assert_eq!(
+        value(
+            &other,
+            &format!("SELECT balance FROM accounts WHERE id = {}", key_on(0))
+        )
+        .await,
+        "0"
+    );
+    // A fan-out read needs every shard: it fails clearly.
+    assert_eq!(sqlstate(&client, "SELECT * FROM accounts").await, "08006");
+
+    c.shards.servers[1].start().unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        match client.simple_query(&q1).await {
+            Ok(r) => {
+                ok = !r.is_empty();
+                break;
+            }
+            Err(e) => eprintln!("retry: {e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the pool reconnects when the shard is back");
+    assert_eq!(value(&client, &q1).await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_hurts_only_its_sender() {
+    let c = Cluster::start(1).await;
+    let good = c.client().await;
+
+    // Garbage instead of a startup packet.
+    let mut s = TcpStream::connect(("127.0.0.1", c.port())).await.unwrap();
+    s.write_all(&[0, 0, 0, 3, 1, 2, 3, 4]).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    assert_eq!(buf.first(), Some(&b'E'), "a FATAL error, then close");
+
+    // A message claiming a huge length: refused before allocating it.
+    let mut raw = RawClient::connect(c.port()).await;
+    raw.stream
+        .write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    let (t, body) = raw.read().await;
+    assert_eq!(t, b'E');
+    assert_eq!(crate::harness::field(&body, b'C'), "08P01");
+
+    // An unknown message type.
+    let mut raw = RawClient::connect(c.port()).await;
+    raw.send(b'?', b"").await;
+    let (t, body) = raw.read().await;
+    assert_eq!(
+        (t, crate::harness::field(&body, b'C')),
+        (b'E', "08P01".to_string())
+    );
+
+    // Invalid UTF-8 in a query: an error for that statement, the session goes on.
+    let mut raw = RawClient::connect(c.port()).await;
+    raw.send(b'Q', &[0xff, 0xfe, 0]).await;
+    let r = raw.until_ready().await;
+    assert_eq!(r.error_codes(), vec!["22021".to_string()]);
+    let r = raw.query("SELECT 1").await;
+    assert!(r.error_codes().is_empty());
+
+    // The extended protocol is refused cleanly until Sync.
+    raw.send(b'P', b"\0SELECT 1\0\0\0").await;
+    raw.send(b'B', b"\0\0\0\0\0\0\0\0").await;
+    raw.send(b'S', b"").await;
+    let r = raw.until_ready().await;
+    assert_eq!(r.error_codes(), vec!["0A000".to_string()]);
+
+    // Meanwhile the well-behaved client never noticed.
+    assert_eq!(value(&good, "SELECT 42").await, "42");
+}

@@ -1,0 +1,393 @@
+//! Test harness: throwaway PostgreSQL clusters on free ports (as the
+//! `postgres` user when run as root) and the proxy on port 0, all stopped
+//! and removed by their own data directories when the test ends.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pieskieo::cluster::{find_bindir, LocalServer, SUPERUSER_PASSWORD};
+use pieskieo::config::Config;
+use pieskieo::router::{KeyValue, ShardMap};
+use pieskieo::Proxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sharded tables every test cluster declares.
+pub const TABLES: &str = r#"
+reference_tables = ["countries"]
+
+[[tables]]
+name = "accounts"
+key = "id"
+key_type = "int8"
+
+[[tables]]
+name = "users"
+key = "email"
+key_type = "text"
+
+[[tables]]
+name = "pgbench_accounts"
+key = "aid"
+key_type = "int4"
+
+[[tables]]
+name = "pgbench_history"
+key = "aid"
+key_type = "int4"
+"#;
+
+pub const USERS: &str = r#"
+[[users]]
+name = "app"
+password = "secret"
+
+[[users]]
+name = "md5user"
+password = "md5pass"
+auth = "md5"
+
+[[users]]
+name = "plain"
+password = "plainpass"
+auth = "cleartext"
+"#;
+
+pub struct Servers {
+    pub servers: Vec<LocalServer>,
+    dir: PathBuf,
+}
+
+impl Servers {
+    /// Starts `n` fresh PostgreSQL servers.
+    pub fn start(n: usize) -> Servers {
+        let bindir = find_bindir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = std::env::temp_dir().join(format!(
+            "pieskieo-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // fsync off survives a server crash (the OS keeps the writes); asynchronous
+        // commit would not, and the fault tests crash servers on purpose.
+        let fast = [
+            ("fsync", "off"),
+            ("full_page_writes", "off"),
+            ("shared_buffers", "'16MB'"),
+            ("timezone", "'UTC'"),
+        ];
+        let mut servers = Vec::new();
+        let mut me = Servers {
+            servers: Vec::new(),
+            dir: dir.clone(),
+        };
+        for i in 0..n {
+            let s =
+                LocalServer::create(&bindir, &dir.join(format!("shard{i}")), free_port(), &fast)
+                    .unwrap_or_else(|e| panic!("initdb: {e}"));
+            s.start().unwrap_or_else(|e| panic!("start shard {i}: {e}"));
+            servers.push(s.clone());
+            me.servers.push(s);
+        }
+        me
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|s| s.port).collect()
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres",
+            self.servers[i].port
+        )
+    }
+
+    pub async fn connect(&self, i: usize) -> Client {
+        connect(&self.url(i))
+            .await
+            .unwrap_or_else(|e| panic!("shard {i}: {e}"))
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for s in &self.servers {
+            let _ = s.stop("immediate");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Shards plus a proxy in this process.
+pub struct Cluster {
+    pub shards: Servers,
+    pub proxy: Option<Proxy>,
+    pub map: ShardMap,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, TABLES).await
+    }
+
+    pub async fn start_with(n: usize, tables: &str) -> Cluster {
+        let shards = Servers::start(n);
+        let config = Config::parse(&config_text(&shards.ports(), tables), "test.toml").unwrap();
+        let map = ShardMap::from_config(&config);
+        let proxy = pieskieo::serve(config).await.unwrap();
+        Cluster {
+            shards,
+            proxy: Some(proxy),
+            map,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proxy.as_ref().unwrap().addr.port()
+    }
+
+    pub fn url_for(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=app",
+            self.port()
+        )
+    }
+
+    pub fn url(&self) -> String {
+        self.url_for("app", "secret")
+    }
+
+    pub fn uri(&self) -> String {
+        format!("postgres://app:secret@127.0.0.1:{}/app", self.port())
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url()).await.unwrap()
+    }
+
+    pub async fn shard(&self, i: usize) -> Client {
+        self.shards.connect(i).await
+    }
+
+    /// The shard the router assigns to an `int8` key of `accounts`.
+    pub fn shard_of(&self, table: &str, key: KeyValue) -> usize {
+        self.map.tables[table]
+            .shard_for(&key, self.map.shards)
+            .unwrap()
+            .0 as usize
+    }
+}
+
+pub fn config_text(ports: &[u16], tables: &str) -> String {
+    let mut s = format!(
+        "listen = \"127.0.0.1:0\"\nnode_id = \"test\"\ndatabase = \"app\"\n{tables}\n{USERS}\n"
+    );
+    for (i, port) in ports.iter().enumerate() {
+        s.push_str(&format!(
+            "[[shards]]\nid = {i}\nport = {port}\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{SUPERUSER_PASSWORD}\"\npool_size = 8\n"
+        ));
+    }
+    s.push_str("[limits]\npool_timeout_ms = 3000\nconnect_timeout_ms = 2000\n");
+    // [limits] must come last: it is a table header.
+    s
+}
+
+pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Rows of a simple query as text.
+pub async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The single value of a one-row, one-column query.
+pub async fn value(c: &Client, sql: &str) -> String {
+    let r = rows(c, sql).await;
+    r.first()
+        .and_then(|row| row.first().cloned().flatten())
+        .unwrap_or_else(|| panic!("{sql}: no value"))
+}
+
+/// The command tags of a simple query.
+pub async fn tags(c: &Client, sql: &str) -> Vec<u64> {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The SQLSTATE of a statement expected to fail.
+pub async fn sqlstate(c: &Client, sql: &str) -> String {
+    match c.simple_query(sql).await {
+        Ok(_) => panic!("{sql}: expected an error"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| panic!("{sql}: not a server error: {e:?}")),
+    }
+}
+
+pub async fn error_message(c: &Client, sql: &str) -> String {
+    match c.simple_query(sql).await {
+        Ok(_) => panic!("{sql}: expected an error"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// A bare protocol client (cleartext password) for checking exact messages
+/// and ReadyForQuery status bytes, and for sending malformed input.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+pub struct Reply {
+    /// (message type, body) for every message before ReadyForQuery.
+    pub messages: Vec<(u8, Vec<u8>)>,
+    pub status: u8,
+}
+
+impl Reply {
+    pub fn error_codes(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| field(b, b'C'))
+            .collect()
+    }
+
+    pub fn tags(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter(|(t, _)| *t == b'C')
+            .map(|(_, b)| String::from_utf8_lossy(b.strip_suffix(&[0]).unwrap_or(b)).into_owned())
+            .collect()
+    }
+}
+
+pub fn field(body: &[u8], code: u8) -> String {
+    let mut i = 0;
+    while i < body.len() && body[i] != 0 {
+        let kind = body[i];
+        let end = body[i + 1..]
+            .iter()
+            .position(|&c| c == 0)
+            .map(|p| i + 1 + p)
+            .unwrap_or(body.len());
+        if kind == code {
+            return String::from_utf8_lossy(&body[i + 1..end]).into_owned();
+        }
+        i = end + 1;
+    }
+    String::new()
+}
+
+impl RawClient {
+    pub async fn connect(port: u16) -> RawClient {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [("user", "plain"), ("database", "app")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        stream.write_all(&msg).await.unwrap();
+        let mut c = RawClient { stream };
+        let (t, b) = c.read().await;
+        assert_eq!(
+            (t, &b[..]),
+            (b'R', &3i32.to_be_bytes()[..]),
+            "expected cleartext request"
+        );
+        c.send(b'p', b"plainpass\0").await;
+        loop {
+            let (t, b) = c.read().await;
+            match t {
+                b'Z' => break,
+                b'E' => panic!("login failed: {}", field(&b, b'M')),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    pub async fn send(&mut self, tag: u8, body: &[u8]) {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.stream.write_all(&m).await.unwrap();
+    }
+
+    pub async fn read(&mut self) -> (u8, Vec<u8>) {
+        let t = self.stream.read_u8().await.unwrap();
+        let len = self.stream.read_i32().await.unwrap();
+        let mut b = vec![0; len as usize - 4];
+        self.stream.read_exact(&mut b).await.unwrap();
+        (t, b)
+    }
+
+    pub async fn query(&mut self, sql: &str) -> Reply {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        self.send(b'Q', &b).await;
+        self.until_ready().await
+    }
+
+    pub async fn until_ready(&mut self) -> Reply {
+        let mut messages = Vec::new();
+        loop {
+            let (t, b) = self.read().await;
+            if t == b'Z' {
+                return Reply {
+                    messages,
+                    status: b[0],
+                };
+            }
+            messages.push((t, b));
+        }
+    }
+}

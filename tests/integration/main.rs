@@ -1,0 +1,11 @@
+//! Integration tests: real PostgreSQL servers, the proxy in front, real clients.
+
+mod harness;
+
+mod auth;
+mod config;
+mod faults;
+mod hashing;
+mod psql;
+mod routing;
+mod transactions;
