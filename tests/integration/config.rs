@@ -34,6 +34,9 @@ fn check_accepts_the_example_and_names_bad_fields() {
             .unwrap();
     let (ok, out) = check(&example);
     assert!(ok, "{out}");
+    let compose = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml")).unwrap();
+    let (ok, out) = check(&compose);
+    assert!(ok, "{out}");
 
     let (ok, out) = check(&example.replace("key_type = \"int8\"", "key_type = \"float8\""));
     assert!(!ok);
