@@ -34,7 +34,9 @@ fn check_accepts_the_example_and_names_bad_fields() {
             .unwrap();
     let (ok, out) = check(&example);
     assert!(ok, "{out}");
-    let compose = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml")).unwrap();
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml"))
+            .unwrap();
     let (ok, out) = check(&compose);
     assert!(ok, "{out}");
 
