@@ -11,6 +11,8 @@
 //!   PostgreSQL-compatible hash sharding.
 //! - [`executor`]: runs a plan on server connections and relays or merges what
 //!   the shards answer.
+//! - [`txn`]: the coordinator — one-phase and two-phase commit, the decision
+//!   log, recovery of in-doubt transactions.
 //! - [`backend`]: hand-framed connections to the shards and their pools.
 //! - [`protocol`]: message framing shared by both sides.
 //! - [`config`]: the TOML configuration and its validation.
@@ -27,5 +29,6 @@ pub mod executor;
 pub mod frontend;
 pub mod protocol;
 pub mod router;
+pub mod txn;
 
 pub use frontend::{serve, Proxy};

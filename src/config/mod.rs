@@ -45,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub txn: TxnSettings,
+    #[serde(default)]
     pub users: Vec<User>,
     pub shards: Vec<Shard>,
     #[serde(default)]
@@ -74,6 +76,40 @@ impl Default for Limits {
             connect_timeout_ms: default_connect_timeout_ms(),
         }
     }
+}
+
+/// Distributed transactions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnSettings {
+    /// Directory of the decision log (created if missing). Relative paths are
+    /// relative to the working directory.
+    #[serde(default = "default_log_dir")]
+    pub log_dir: std::path::PathBuf,
+    /// How often the resolver looks for in-doubt transactions.
+    #[serde(default = "default_recovery_interval_ms")]
+    pub recovery_interval_ms: u64,
+    /// Test-only: make the coordinator crash or pause at a point of 2PC
+    /// (`after_prepare|after_decision|after_first_commit` `:crash` or `:pause=MS`).
+    #[serde(default)]
+    pub test_failpoint: Option<String>,
+}
+
+impl Default for TxnSettings {
+    fn default() -> Self {
+        TxnSettings {
+            log_dir: default_log_dir(),
+            recovery_interval_ms: default_recovery_interval_ms(),
+            test_failpoint: None,
+        }
+    }
+}
+
+fn default_log_dir() -> std::path::PathBuf {
+    "pieskieo-txn".into()
+}
+fn default_recovery_interval_ms() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -250,6 +286,20 @@ impl Config {
                 "limits.max_message_size".into(),
                 "must be at least 1024".into(),
             ));
+        }
+        if self.txn.recovery_interval_ms == 0 {
+            return Err(bad(
+                "txn.recovery_interval_ms".into(),
+                "must be above 0".into(),
+            ));
+        }
+        if let Some(fp) = &self.txn.test_failpoint {
+            if crate::txn::parse_failpoint(fp).is_none() {
+                return Err(bad(
+                    "txn.test_failpoint".into(),
+                    format!("`{fp}` is not <point>:crash or <point>:pause=MS"),
+                ));
+            }
         }
         if self.shards.is_empty() {
             return Err(bad(

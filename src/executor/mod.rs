@@ -161,15 +161,55 @@ pub enum Merge {
     Copies,
 }
 
+/// Reads one shard's answer to one query into `merger`, passing on what
+/// can go to the client now. With `Merge::Copies`, only the first shard's
+/// rows and tags count (`first`); errors from any shard do.
+pub async fn collect<W: AsyncWrite + Unpin>(
+    conn: &mut ServerConn,
+    merger: &mut Merger,
+    merge: Merge,
+    first: bool,
+    out: &mut W,
+) -> Result<(), ExecError> {
+    loop {
+        let f = match conn.read().await {
+            Ok(f) => f,
+            Err(e) => {
+                merger.backend_failed(&e);
+                return Ok(());
+            }
+        };
+        match f.tag {
+            b'Z' => return Ok(()),
+            b'G' => {
+                if let Err(e) = refuse_copy_in(conn).await {
+                    merger.backend_failed(&e);
+                    return Ok(());
+                }
+            }
+            b'E' => {
+                merger.on_frame(f);
+            }
+            _ if !first && merge == Merge::Copies => {}
+            _ => {
+                if let Some(b) = merger.on_frame(f) {
+                    write(out, &b).await?;
+                }
+            }
+        }
+    }
+}
+
 /// Runs `sqls[i]` on `conns[i]` at once and merges the answers. Returns
-/// whether any shard failed. Every connection is read to its `ReadyForQuery`
-/// (or marked broken), so none is left owing a response.
+/// whether any shard failed, and the closing message (error or merged tag),
+/// which the caller sends when the statement is really over. Every
+/// connection is read to its `ReadyForQuery` (or marked broken).
 pub async fn fan_out<W: AsyncWrite + Unpin>(
     conns: &mut [&mut ServerConn],
     sqls: &[&str],
     merge: Merge,
     out: &mut W,
-) -> Result<bool, ExecError> {
+) -> Result<(bool, Option<Bytes>), ExecError> {
     let mut merger = Merger::default();
     let mut sent = vec![false; conns.len()];
     for (i, c) in conns.iter_mut().enumerate() {
@@ -184,40 +224,10 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
         }
     }
     for (i, c) in conns.iter_mut().enumerate() {
-        if !sent[i] {
-            continue;
-        }
-        loop {
-            let f = match c.read().await {
-                Ok(f) => f,
-                Err(e) => {
-                    merger.backend_failed(&e);
-                    break;
-                }
-            };
-            match f.tag {
-                b'Z' => break,
-                b'G' => {
-                    if let Err(e) = refuse_copy_in(c).await {
-                        merger.backend_failed(&e);
-                        break;
-                    }
-                }
-                b'E' => {
-                    merger.on_frame(f);
-                }
-                _ if i > 0 && merge == Merge::Copies => {}
-                _ => {
-                    if let Some(b) = merger.on_frame(f) {
-                        write(out, &b).await?;
-                    }
-                }
-            }
+        if sent[i] {
+            collect(c, &mut merger, merge, i == 0, out).await?;
         }
     }
     let failed = merger.failed();
-    if let Some(last) = merger.finish() {
-        write(out, &last).await?;
-    }
-    Ok(failed)
+    Ok((failed, merger.finish()))
 }

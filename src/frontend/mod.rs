@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::{ClientError, Error};
 use crate::protocol::{error_response, Severity};
 use crate::router::ShardMap;
+use crate::txn::{Coordinator, DecisionLog, Resolver, StartupError};
 
 /// What every session shares: the configuration snapshot, the shard map and
 /// the pools. Passed as a handle, never global.
@@ -27,6 +28,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub map: ShardMap,
     pub pools: Pools,
+    pub coordinator: Arc<Coordinator>,
     next_pid: AtomicI32,
     pub clients: AtomicUsize,
 }
@@ -36,6 +38,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    resolver: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -43,6 +46,7 @@ impl Proxy {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        self.resolver.abort();
     }
 
     pub async fn wait(self) {
@@ -50,13 +54,39 @@ impl Proxy {
     }
 }
 
-/// Binds the configured address and serves clients until stopped.
-pub async fn serve(config: Config) -> std::io::Result<Proxy> {
-    let listener = TcpListener::bind(&config.listen).await?;
-    let addr = listener.local_addr()?;
+/// Opens the decision log, checks the shards and recovers in-doubt
+/// transactions, then binds the configured address and serves clients until
+/// stopped.
+pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
+    let log = DecisionLog::open(&config.txn.log_dir, &config.node_id)?;
+    let failpoint = config
+        .txn
+        .test_failpoint
+        .as_deref()
+        .and_then(crate::txn::parse_failpoint);
+    let coordinator = Arc::new(Coordinator::new(log, &config.node_id, failpoint));
+    let mut resolver = Resolver::new(&config, coordinator.clone());
+    resolver.startup().await?;
+    let resolver = resolver.spawn_periodic(std::time::Duration::from_millis(
+        config.txn.recovery_interval_ms,
+    ));
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| StartupError::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartupError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
     let shared = Arc::new(Shared {
         map: ShardMap::from_config(&config),
         pools: Pools::new(&config),
+        coordinator,
         config: Arc::new(config),
         next_pid: AtomicI32::new(1),
         clients: AtomicUsize::new(0),
@@ -77,7 +107,12 @@ pub async fn serve(config: Config) -> std::io::Result<Proxy> {
             }
         }
     });
-    Ok(Proxy { addr, stop, task })
+    Ok(Proxy {
+        addr,
+        stop,
+        task,
+        resolver,
+    })
 }
 
 async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {

@@ -20,9 +20,10 @@ use tracing::{info, warn};
 use super::{auth, unknown_database, Shared};
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, SqlState, TxnMisuse};
-use crate::executor::{self, ExecError, Merge};
+use crate::executor::{self, ExecError, Merge, Merger};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
+use crate::txn::{CommitOutcome, Participant};
 
 type Io = std::io::Result<()>;
 
@@ -31,22 +32,23 @@ type Io = std::io::Result<()>;
 enum TxnState {
     /// No transaction block. The session holds no server connection.
     Idle,
-    /// Inside `BEGIN` ... `COMMIT`; at most one shard enlisted (`Txn::pinned`).
+    /// Inside a block: explicit (`BEGIN`) or implicit (one statement or query
+    /// the proxy runs atomically across shards).
     InTxn(Txn),
     /// An error ended the block's usefulness: everything but `COMMIT`,
     /// `ROLLBACK` and `ROLLBACK TO SAVEPOINT` gets 25P02.
     Failed(Txn),
 }
 
-/// A client's transaction block.
+/// A transaction block and the shards enlisted in it.
 struct Txn {
-    /// The client's `BEGIN` text, replayed when a shard is enlisted.
+    /// The `BEGIN` text sent to each shard as it joins.
     begin: String,
-    /// Statements made before any shard was enlisted (savepoints, `SET LOCAL`),
-    /// replayed in order on enlistment.
+    /// Block-control statements so far (savepoints, `SET LOCAL`, ...),
+    /// replayed in order on each shard that joins later.
     prelude: Vec<String>,
     savepoints: Vec<String>,
-    pinned: Option<PooledConn>,
+    participants: Vec<Participant>,
     /// Session settings changed inside the block; they stick only on commit.
     pending: Vec<SettingChange>,
 }
@@ -57,9 +59,13 @@ impl Txn {
             begin: begin.to_string(),
             prelude: Vec::new(),
             savepoints: Vec::new(),
-            pinned: None,
+            participants: Vec::new(),
             pending: Vec::new(),
         }
+    }
+
+    fn has(&self, shard: ShardId) -> bool {
+        self.participants.iter().any(|p| p.shard() == shard)
     }
 }
 
@@ -307,17 +313,14 @@ impl Session {
         }
     }
 
-    /// Ends a session: a block still open is rolled back on its shard, so the
-    /// connection goes back clean (or is closed).
+    /// Ends a session: a block still open is rolled back on its shards, so
+    /// the connections go back clean (or are closed).
     async fn cleanup(&mut self) {
         if let Some(mut t) = self.end_block() {
-            if let Some(mut conn) = t.pinned.take() {
-                let ok =
-                    tokio::time::timeout(Duration::from_secs(5), conn.simple("ROLLBACK")).await;
-                if !matches!(ok, Ok(Ok(Ok(_)))) {
-                    conn.mark_broken();
-                }
-            }
+            let coord = self.shared.coordinator.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), coord.rollback(&mut t.participants))
+                    .await;
         }
     }
 
@@ -348,11 +351,39 @@ impl Session {
                 .iter()
                 .map(|s| router::plan(s, &self.shared.map))
                 .collect();
+            let write = plans
+                .iter()
+                .any(|p| !matches!(p, Ok(Plan::Forward { write: false, .. })));
+            let controls_block = plans.iter().any(|p| {
+                matches!(
+                    p,
+                    Ok(Plan::Begin
+                        | Plan::Commit
+                        | Plan::Rollback
+                        | Plan::Savepoint(_)
+                        | Plan::Release(_)
+                        | Plan::RollbackTo(_)
+                        | Plan::Set(_))
+                )
+            });
             match self.common_shard(&plans) {
                 // Several statements for one shard go as one Query: the shard
                 // gives them PostgreSQL's own implicit-transaction semantics.
                 Some(shard) if stmts.len() > 1 => {
-                    self.forward_one(shard, sql).await?;
+                    self.forward_one(shard, sql, write).await?;
+                }
+                // Several statements over several shards outside a block: one
+                // implicit transaction, all or nothing, as PostgreSQL does.
+                _ if stmts.len() > 1 && !controls_block && self.txn().is_none() => {
+                    self.state = TxnState::InTxn(Txn::new("BEGIN"));
+                    let mut ok = true;
+                    for (stmt, plan) in stmts.iter().zip(plans) {
+                        if !self.execute(stmt, plan).await? {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    self.finish_implicit(ok, None).await?;
                 }
                 _ => {
                     for (stmt, plan) in stmts.iter().zip(plans) {
@@ -369,12 +400,15 @@ impl Session {
 
     /// The one shard every statement of a multi-statement query can run on, if any.
     fn common_shard(&self, plans: &[Result<Plan, RouteError>]) -> Option<ShardId> {
-        let pinned = match &self.state {
+        let mut shard = match &self.state {
             TxnState::Idle => None,
-            TxnState::InTxn(t) => t.pinned.as_ref().map(|c| c.shard),
+            TxnState::InTxn(t) => match t.participants.as_slice() {
+                [] => None,
+                [only] => Some(only.shard()),
+                _ => return None,
+            },
             TxnState::Failed(_) => return None,
         };
-        let mut shard = pinned;
         for p in plans {
             match p {
                 Ok(Plan::Forward {
@@ -413,14 +447,16 @@ impl Session {
         match plan {
             Plan::Forward { route, write } => self.forward(stmt, route, write).await,
             Plan::Split { parts } => {
-                if self.txn().is_some() {
-                    return self.error(span_error()).await;
-                }
-                let shards: Vec<ShardId> = parts.iter().map(|p| p.0).collect();
-                let sqls: Vec<&str> = parts.iter().map(|p| p.1.as_str()).collect();
-                self.fan_out(&shards, &sqls, Merge::Union).await
+                let targets: Vec<(ShardId, &str)> =
+                    parts.iter().map(|(s, q)| (*s, q.as_str())).collect();
+                self.write_across(&targets, Merge::Union).await
             }
-            Plan::Replicate => self.fan_out_all(stmt, Route::All, Merge::Copies).await,
+            Plan::Replicate => {
+                let targets: Vec<(ShardId, &str)> = (0..self.shared.map.shards)
+                    .map(|s| (ShardId(s), stmt))
+                    .collect();
+                self.write_across(&targets, Merge::Copies).await
+            }
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,
@@ -434,37 +470,32 @@ impl Session {
     async fn forward(&mut self, stmt: &str, route: Route, write: bool) -> std::io::Result<bool> {
         let default = self.shared.map.default_shard;
         match route {
-            Route::One(s) => self.forward_one(s, stmt).await,
+            Route::One(s) => self.forward_one(s, stmt, write).await,
             Route::Any => {
-                let pinned = self.txn().map(|t| t.pinned.as_ref().map(|c| c.shard));
-                match pinned {
-                    Some(Some(s)) => self.forward_one(s, stmt).await,
-                    // A read that any shard can answer does not enlist a shard
-                    // (that would tie the block to it); it runs on its own.
+                let joined = self
+                    .txn()
+                    .map(|t| t.participants.first().map(|p| p.shard()));
+                match joined {
+                    Some(Some(s)) => self.forward_one(s, stmt, write).await,
+                    // A read any shard can answer does not enlist a shard of
+                    // its own; it runs outside the block.
                     Some(None) if !write => self.autocommit_one(default, stmt).await,
-                    _ => self.forward_one(default, stmt).await,
+                    _ => self.forward_one(default, stmt, write).await,
                 }
             }
-            Route::Some(_) | Route::All => self.fan_out_all(stmt, route, Merge::Union).await,
+            Route::Some(_) | Route::All => {
+                let targets: Vec<(ShardId, &str)> = route
+                    .shards(self.shared.map.shards)
+                    .into_iter()
+                    .map(|s| (s, stmt))
+                    .collect();
+                if write {
+                    self.write_across(&targets, Merge::Union).await
+                } else {
+                    self.read_across(&targets).await
+                }
+            }
         }
-    }
-
-    /// Runs one statement on every shard of `route`.
-    async fn fan_out_all(
-        &mut self,
-        stmt: &str,
-        route: Route,
-        merge: Merge,
-    ) -> std::io::Result<bool> {
-        let shards = route.shards(self.shared.map.shards);
-        if let [only] = shards[..] {
-            return self.forward_one(only, stmt).await;
-        }
-        if self.txn().is_some() {
-            return self.error(span_error()).await;
-        }
-        let sqls = vec![stmt; shards.len()];
-        self.fan_out(&shards, &sqls, merge).await
     }
 
     /// Borrows a connection and brings its session settings in line with the client's.
@@ -502,127 +533,233 @@ impl Session {
     }
 
     /// Runs text on one shard: borrowed outside a block, enlisted inside one.
-    async fn forward_one(&mut self, shard: ShardId, text: &str) -> std::io::Result<bool> {
+    async fn forward_one(
+        &mut self,
+        shard: ShardId,
+        text: &str,
+        write: bool,
+    ) -> std::io::Result<bool> {
         if self.txn().is_none() {
             return self.autocommit_one(shard, text).await;
         }
-        let pinned = self.txn().and_then(|t| t.pinned.as_ref().map(|c| c.shard));
-        if let Some(p) = pinned {
-            if p != shard {
-                let e = Error::Unsupported(format!(
-                    "this transaction uses shard {p} and the statement needs shard {shard}: transactions across shards are not supported yet"
-                ));
-                return self.error(e).await;
-            }
-        } else {
-            let conn = match self.checkout(shard).await {
-                Ok(c) => c,
-                Err(e) => return self.error(e).await,
-            };
-            if let Some(t) = self.txn() {
-                t.pinned = Some(conn);
-            }
-            return self.enlist_and_run(text).await;
+        let (ok, last) = self
+            .exec_in_block(&[(shard, text)], Merge::Union, write)
+            .await?;
+        if let Some(b) = last {
+            self.write(&b).await?;
         }
-        // The connection leaves the block while it relays, and comes back.
-        let mut c = match self.txn().and_then(|t| t.pinned.take()) {
-            Some(c) => c,
-            None => return Ok(false),
-        };
-        let r = async {
-            c.send_query(text).await?;
-            c.flush().await?;
-            executor::relay(&mut c, &mut self.out).await
-        }
-        .await;
-        let status = c.status;
-        if let Some(t) = self.txn() {
-            t.pinned = Some(c);
-        }
-        let ok = self.finish_exec(r).await?;
-        self.after_server_status(status);
         Ok(ok)
     }
 
-    /// Transition: mirror the pinned server's block status.
-    fn after_server_status(&mut self, status: u8) {
-        match status {
-            b'E' => self.fail(),
-            b'T' => self.recover(),
-            _ => {}
-        }
-    }
-
-    /// Sends the block's BEGIN and prelude with the statement, in one write.
-    async fn enlist_and_run(&mut self, text: &str) -> std::io::Result<bool> {
-        let Some(t) = self.txn() else {
-            return Ok(false);
-        };
-        let Some(mut c) = t.pinned.take() else {
-            return Ok(false);
-        };
-        let mut head = vec![t.begin.clone()];
-        head.extend(t.prelude.iter().cloned());
-        let r: Result<bool, ExecError> = async {
-            for q in &head {
-                c.send_query(q).await?;
+    /// A read spanning shards outside a block needs no transaction.
+    async fn read_across(&mut self, targets: &[(ShardId, &str)]) -> std::io::Result<bool> {
+        if self.txn().is_some() {
+            let (ok, last) = self.exec_in_block(targets, Merge::Union, false).await?;
+            if let Some(b) = last {
+                self.write(&b).await?;
             }
-            c.send_query(text).await?;
-            c.flush().await?;
-            let mut first_err = None;
-            for _ in &head {
-                if let Some(e) = executor::drain(&mut c).await? {
-                    first_err.get_or_insert(e);
-                }
-            }
-            match first_err {
-                Some(e) => {
-                    executor::drain(&mut c).await?;
-                    self.out
-                        .write_all(&e.bytes)
-                        .await
-                        .map_err(ExecError::Client)?;
-                    Ok(true)
-                }
-                None => executor::relay(&mut c, &mut self.out).await,
-            }
+            return Ok(ok);
         }
-        .await;
-        let status = c.status;
-        if let Some(t) = self.txn() {
-            t.pinned = Some(c);
-        }
-        let ok = self.finish_exec(r).await?;
-        self.after_server_status(status);
-        Ok(ok)
-    }
-
-    /// Runs statements on several shards at once outside a block.
-    async fn fan_out(
-        &mut self,
-        shards: &[ShardId],
-        sqls: &[&str],
-        merge: Merge,
-    ) -> std::io::Result<bool> {
-        // Acquire in shard order so two clients never wait on each other's pools.
-        let mut conns = Vec::with_capacity(shards.len());
-        let mut order: Vec<usize> = (0..shards.len()).collect();
-        order.sort_by_key(|&i| shards[i]);
-        for &i in &order {
-            match self.checkout(shards[i]).await {
+        let mut conns = Vec::with_capacity(targets.len());
+        for (s, _) in targets {
+            match self.checkout(*s).await {
                 Ok(c) => conns.push(c),
                 Err(e) => return self.error(e).await,
             }
         }
-        let ordered_sqls: Vec<&str> = order.iter().map(|&i| sqls[i]).collect();
+        let sqls: Vec<&str> = targets.iter().map(|t| t.1).collect();
         let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
-        let r = executor::fan_out(&mut refs, &ordered_sqls, merge, &mut self.out).await;
+        let r = executor::fan_out(&mut refs, &sqls, Merge::Union, &mut self.out).await;
         for c in conns.iter_mut() {
             if c.status != b'I' {
                 c.mark_broken();
             }
         }
-        self.finish_exec(r).await
+        match r {
+            Ok((failed, last)) => {
+                if let Some(b) = last {
+                    self.write(&b).await?;
+                }
+                Ok(!failed)
+            }
+            Err(ExecError::Backend(e)) => self.error(e.into()).await,
+            Err(ExecError::Client(e)) => Err(e),
+        }
+    }
+
+    /// A write spanning shards: inside a block it enlists them; outside, it is
+    /// a transaction of its own, committed through the coordinator.
+    async fn write_across(
+        &mut self,
+        targets: &[(ShardId, &str)],
+        merge: Merge,
+    ) -> std::io::Result<bool> {
+        if let [(only, sql)] = targets {
+            return self.forward_one(*only, sql, true).await;
+        }
+        if self.txn().is_some() {
+            let (ok, last) = self.exec_in_block(targets, merge, true).await?;
+            if let Some(b) = last {
+                self.write(&b).await?;
+            }
+            return Ok(ok);
+        }
+        self.state = TxnState::InTxn(Txn::new("BEGIN"));
+        let (ok, last) = self.exec_in_block(targets, merge, true).await?;
+        self.finish_implicit(ok, last).await
+    }
+
+    /// Ends an implicit block: commit if everything succeeded, else roll back.
+    /// The statement's closing message goes out only once the outcome is known,
+    /// as PostgreSQL commits before it reports completion.
+    async fn finish_implicit(
+        &mut self,
+        ok: bool,
+        last: Option<bytes::Bytes>,
+    ) -> std::io::Result<bool> {
+        let Some(mut t) = self.end_block() else {
+            return Ok(ok);
+        };
+        let coord = self.shared.coordinator.clone();
+        if !ok {
+            coord.rollback(&mut t.participants).await;
+            if let Some(b) = last {
+                self.write(&b).await?;
+            }
+            return Ok(false);
+        }
+        match coord.commit(&mut t.participants).await {
+            CommitOutcome::Committed { warnings } => {
+                for w in warnings {
+                    self.write(&w).await?;
+                }
+                if let Some(b) = last {
+                    self.write(&b).await?;
+                }
+                Ok(true)
+            }
+            CommitOutcome::Aborted { error } => {
+                self.write(&error).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Runs statements inside the block, enlisting shards that have not joined
+    /// yet: their `BEGIN` and the block's prelude go in the same write as the
+    /// statement. One target: its answer is relayed as is. Several: merged; the
+    /// closing message is returned for the caller to send.
+    async fn exec_in_block(
+        &mut self,
+        targets: &[(ShardId, &str)],
+        merge: Merge,
+        write: bool,
+    ) -> std::io::Result<(bool, Option<bytes::Bytes>)> {
+        let mut missing: Vec<ShardId> = match self.txn() {
+            Some(t) => targets.iter().map(|x| x.0).filter(|s| !t.has(*s)).collect(),
+            None => return Ok((false, None)),
+        };
+        missing.sort();
+        missing.dedup();
+        // Acquire in shard order so two clients never wait on each other's pools.
+        let mut joined = Vec::new();
+        for s in &missing {
+            match self.checkout(*s).await {
+                Ok(conn) => joined.push(Participant { conn, wrote: false }),
+                Err(e) => {
+                    drop(joined);
+                    return Ok((self.error(e).await?, None));
+                }
+            }
+        }
+        let Some(t) = self.txn() else {
+            return Ok((false, None));
+        };
+        t.participants.extend(joined);
+        let mut parts = std::mem::take(&mut t.participants);
+        let mut head = vec![t.begin.clone()];
+        head.extend(t.prelude.iter().cloned());
+
+        let single = targets.len() == 1;
+        let r: Result<(bool, Option<bytes::Bytes>), ExecError> = async {
+            // Everything is written before anything is read: the shards work in parallel.
+            let mut sent = Vec::with_capacity(targets.len());
+            for (shard, sql) in targets {
+                let Some(p) = parts.iter_mut().find(|p| p.shard() == *shard) else {
+                    continue;
+                };
+                let fresh = missing.contains(shard);
+                let r = async {
+                    if fresh {
+                        for q in &head {
+                            p.conn.send_query(q).await?;
+                        }
+                    }
+                    p.conn.send_query(sql).await?;
+                    p.conn.flush().await
+                }
+                .await;
+                sent.push((*shard, fresh, r));
+            }
+            let mut merger = Merger::default();
+            let mut failed = false;
+            for (i, (shard, fresh, r)) in sent.into_iter().enumerate() {
+                let Some(p) = parts.iter_mut().find(|p| p.shard() == shard) else {
+                    continue;
+                };
+                p.wrote |= write;
+                if let Err(e) = r {
+                    merger.backend_failed(&e);
+                    failed = true;
+                    continue;
+                }
+                let mut head_error = None;
+                if fresh {
+                    for _ in &head {
+                        match executor::drain(&mut p.conn).await {
+                            Ok(Some(e)) => {
+                                head_error.get_or_insert(e);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                merger.backend_failed(&e);
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if let Some(e) = head_error {
+                    failed = true;
+                    merger.on_frame(e);
+                    if let Err(e) = executor::drain(&mut p.conn).await {
+                        merger.backend_failed(&e);
+                    }
+                } else if single && !failed {
+                    failed |= executor::relay(&mut p.conn, &mut self.out).await?;
+                } else {
+                    executor::collect(&mut p.conn, &mut merger, merge, i == 0, &mut self.out)
+                        .await?;
+                }
+            }
+            failed |= merger.failed();
+            Ok((failed, merger.finish()))
+        }
+        .await;
+        let server_failed = parts.iter().any(|p| p.conn.status == b'E');
+        if let Some(t) = self.txn() {
+            t.participants = parts;
+        }
+        match r {
+            Ok((failed, last)) => {
+                if failed || server_failed {
+                    self.fail();
+                }
+                Ok((!failed, last))
+            }
+            Err(ExecError::Backend(e)) => Ok((self.error(e.into()).await?, None)),
+            Err(ExecError::Client(e)) => Err(e),
+        }
     }
 
     async fn complete(&mut self, tag: &str) -> std::io::Result<bool> {
@@ -657,29 +794,25 @@ impl Session {
                 .autocommit_one(self.shared.map.default_shard, stmt)
                 .await;
         };
+        let coord = self.shared.coordinator.clone();
         if failed {
-            if let Some(mut c) = t.pinned.take() {
-                finish_on_server(&mut c, "ROLLBACK").await;
-            }
+            coord.rollback(&mut t.participants).await;
             return self.complete("ROLLBACK").await;
         }
-        let Some(mut c) = t.pinned.take() else {
-            self.apply_changes(&t.pending, None);
-            return self.complete("COMMIT").await;
-        };
-        let r = async {
-            c.send_query(stmt).await?;
-            c.flush().await?;
-            executor::relay(&mut c, &mut self.out).await
+        match coord.commit(&mut t.participants).await {
+            CommitOutcome::Committed { warnings } => {
+                for w in warnings {
+                    self.write(&w).await?;
+                }
+                let pending = std::mem::take(&mut t.pending);
+                self.apply_changes(&pending, &mut t.participants);
+                self.complete("COMMIT").await
+            }
+            CommitOutcome::Aborted { error } => {
+                self.write(&error).await?;
+                Ok(false)
+            }
         }
-        .await;
-        if c.status != b'I' {
-            c.mark_broken();
-        }
-        if matches!(r, Ok(false)) {
-            self.apply_changes(&t.pending, Some(&mut c));
-        }
-        self.finish_exec(r).await
     }
 
     async fn rollback(&mut self, stmt: &str) -> std::io::Result<bool> {
@@ -688,25 +821,27 @@ impl Session {
                 .autocommit_one(self.shared.map.default_shard, stmt)
                 .await;
         };
-        if let Some(mut c) = t.pinned.take() {
-            finish_on_server(&mut c, "ROLLBACK").await;
-        }
+        self.shared.coordinator.rollback(&mut t.participants).await;
         self.complete("ROLLBACK").await
     }
 
-    /// Runs a block-control statement on the pinned shard, or queues it for
-    /// enlistment and answers with `tag`.
+    /// A block-control statement: sent to every shard in the block, and kept
+    /// for shards that join later. Answers with `tag` when no shard has joined.
     async fn in_block(&mut self, stmt: &str, tag: &str) -> std::io::Result<bool> {
-        let pinned = self.txn().and_then(|t| t.pinned.as_ref().map(|c| c.shard));
-        match pinned {
-            Some(s) => self.forward_one(s, stmt).await,
-            None => {
-                if let Some(t) = self.txn() {
-                    t.prelude.push(stmt.to_string());
-                }
-                self.complete(tag).await
-            }
+        let Some(t) = self.txn() else {
+            return Ok(false);
+        };
+        t.prelude.push(stmt.to_string());
+        let shards: Vec<ShardId> = t.participants.iter().map(|p| p.shard()).collect();
+        if shards.is_empty() {
+            return self.complete(tag).await;
         }
+        let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, stmt)).collect();
+        let (ok, last) = self.exec_in_block(&targets, Merge::Copies, false).await?;
+        if let Some(b) = last {
+            self.write(&b).await?;
+        }
+        Ok(ok)
     }
 
     async fn savepoint(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
@@ -756,12 +891,11 @@ impl Session {
         let Some(pos) = self.savepoint_pos(&name) else {
             return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await;
         };
-        let pinned = self.txn().is_some_and(|t| t.pinned.is_some());
+        // Every shard in the block returns to the savepoint (those that joined
+        // later replayed it when they joined).
+        self.recover();
         let ok = self.in_block(stmt, "ROLLBACK").await?;
         if ok {
-            if !pinned {
-                self.recover();
-            }
             if let Some(t) = self.txn() {
                 t.savepoints.truncate(pos + 1);
             }
@@ -780,8 +914,7 @@ impl Session {
             let discard = leading_words(stmt, 1)
                 .first()
                 .is_some_and(|w| w == "discard");
-            let pinned = self.txn().is_some_and(|t| t.pinned.is_some());
-            if discard && !pinned {
+            if discard {
                 let m = protocol::error_response(
                     Severity::Error,
                     SqlState::ACTIVE_SQL_TRANSACTION,
@@ -818,21 +951,22 @@ impl Session {
         .await;
         if matches!(r, Ok(false)) {
             if let Some(ch) = change {
-                self.apply_changes(&[ch], Some(&mut conn));
+                let mut one = [Participant { conn, wrote: false }];
+                self.apply_changes(&[ch], &mut one);
             }
         }
         self.finish_exec(r).await
     }
 
     /// Records setting changes that took effect, in the session and on the
-    /// server connection that ran them.
-    fn apply_changes(&mut self, changes: &[SettingChange], mut conn: Option<&mut PooledConn>) {
+    /// server connections that ran them.
+    fn apply_changes(&mut self, changes: &[SettingChange], conns: &mut [Participant]) {
         for ch in changes {
             match ch {
                 SettingChange::Set(name, stmt) => {
                     self.settings.insert(name.clone(), stmt.clone());
-                    if let Some(c) = conn.as_deref_mut() {
-                        c.applied.insert(name.clone(), stmt.clone());
+                    for p in conns.iter_mut() {
+                        p.conn.applied.insert(name.clone(), stmt.clone());
                     }
                 }
                 SettingChange::Reset(name) => {
@@ -840,33 +974,18 @@ impl Session {
                         Some(s) => self.settings.insert(name.clone(), s.clone()),
                         None => self.settings.remove(name),
                     };
-                    if let Some(c) = conn.as_deref_mut() {
-                        c.applied.remove(name);
+                    for p in conns.iter_mut() {
+                        p.conn.applied.remove(name);
                     }
                 }
                 SettingChange::ResetAll => {
                     self.settings = self.startup_settings.clone();
-                    if let Some(c) = conn.as_deref_mut() {
-                        c.applied.clear();
+                    for p in conns.iter_mut() {
+                        p.conn.applied.clear();
                     }
                 }
             }
         }
-    }
-}
-
-fn span_error() -> Error {
-    Error::Unsupported(
-        "statements that touch several shards inside a transaction block are not supported yet"
-            .into(),
-    )
-}
-
-/// Ends a server-side block; a connection that cannot is closed, not reused.
-async fn finish_on_server(c: &mut ServerConn, sql: &str) {
-    let r = tokio::time::timeout(Duration::from_secs(10), c.simple(sql)).await;
-    if !matches!(r, Ok(Ok(Ok(_)))) || c.status != b'I' {
-        c.mark_broken();
     }
 }
 

@@ -33,11 +33,22 @@ pub struct TxnId {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("decision log {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("decision log {path} is corrupt at byte {offset}: {reason}; refusing to guess which transactions committed (restore the file or move it aside after checking pg_prepared_xacts by hand)")]
-    Corrupt { path: String, offset: u64, reason: String },
+    Corrupt {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
     #[error("decision log {path} belongs to node `{found}`, not `{expected}`")]
-    WrongNode { path: String, found: String, expected: String },
+    WrongNode {
+        path: String,
+        found: String,
+        expected: String,
+    },
     #[error("decision log writer has stopped")]
     Stopped,
 }
@@ -45,7 +56,11 @@ pub enum LogError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Record {
     Epoch(u64),
-    Commit { node: String, txn: TxnId, shards: Vec<ShardId> },
+    Commit {
+        node: String,
+        txn: TxnId,
+        shards: Vec<ShardId>,
+    },
     Done(TxnId),
 }
 
@@ -57,13 +72,19 @@ fn crc32(data: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
         t
     });
-    !data.iter().fold(!0u32, |c, &b| t[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+    !data.iter().fold(!0u32, |c, &b| {
+        t[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8)
+    })
 }
 
 impl Record {
@@ -118,7 +139,11 @@ impl Record {
                 for _ in 0..count {
                     shards.push(ShardId(u32::from_le_bytes(take(4)?.try_into().ok()?)));
                 }
-                Record::Commit { node, txn: TxnId { epoch, number }, shards }
+                Record::Commit {
+                    node,
+                    txn: TxnId { epoch, number },
+                    shards,
+                }
             }
             3 => {
                 let epoch = u64le(take(8)?);
@@ -144,7 +169,10 @@ fn read_records(path: &Path) -> Result<(Vec<Record>, u64), LogError> {
     let mut data = Vec::new();
     match File::open(path) {
         Ok(mut f) => {
-            f.read_to_end(&mut data).map_err(|source| LogError::Io { path: p.clone(), source })?;
+            f.read_to_end(&mut data).map_err(|source| LogError::Io {
+                path: p.clone(),
+                source,
+            })?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(LogError::Io { path: p, source }),
@@ -163,7 +191,11 @@ fn read_records(path: &Path) -> Result<(Vec<Record>, u64), LogError> {
             // The record runs past the end: the last write was torn.
             return torn("short payload");
         };
-        let rec = if crc32(payload) == crc { Record::decode(payload) } else { None };
+        let rec = if crc32(payload) == crc {
+            Record::decode(payload)
+        } else {
+            None
+        };
         match rec {
             Some(r) => out.push(r),
             // A bad last record is a torn write; a bad record with more after it is corruption.
@@ -216,13 +248,20 @@ impl DecisionLog {
     pub fn open(dir: &Path, node: &str) -> Result<DecisionLog, LogError> {
         let path = dir.join("decisions.log");
         let p = path.display().to_string();
-        std::fs::create_dir_all(dir).map_err(|source| LogError::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| LogError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let (records, valid) = read_records(&path)?;
         let mut state = LogState::default();
         for r in &records {
             if let Record::Commit { node: n, .. } = r {
                 if n != node {
-                    return Err(LogError::WrongNode { path: p, found: n.clone(), expected: node.to_string() });
+                    return Err(LogError::WrongNode {
+                        path: p,
+                        found: n.clone(),
+                        expected: node.to_string(),
+                    });
                 }
             }
             apply(&mut state, r);
@@ -233,22 +272,46 @@ impl DecisionLog {
         let mut undone: Vec<_> = state.committed.iter().collect();
         undone.sort();
         for (txn, shards) in undone {
-            body.extend(Record::Commit { node: node.to_string(), txn: *txn, shards: shards.clone() }.encode());
+            body.extend(
+                Record::Commit {
+                    node: node.to_string(),
+                    txn: *txn,
+                    shards: shards.clone(),
+                }
+                .encode(),
+            );
         }
         let _ = valid;
-        rewrite(&path, &body).map_err(|source| LogError::Io { path: p.clone(), source })?;
+        rewrite(&path, &body).map_err(|source| LogError::Io {
+            path: p.clone(),
+            source,
+        })?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
-            .map_err(|source| LogError::Io { path: p.clone(), source })?;
+            .map_err(|source| LogError::Io {
+                path: p.clone(),
+                source,
+            })?;
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Writer { file, path: path.clone(), size: body.len() as u64, state: state.clone(), node: node.to_string() };
+        let writer = Writer {
+            file,
+            path: path.clone(),
+            size: body.len() as u64,
+            state: state.clone(),
+            node: node.to_string(),
+        };
         std::thread::Builder::new()
             .name("pieskieo-decision-log".into())
             .spawn(move || writer.run(rx))
             .map_err(|source| LogError::Io { path: p, source })?;
-        Ok(DecisionLog { tx, state, node: node.to_string(), path })
+        Ok(DecisionLog {
+            tx,
+            state,
+            node: node.to_string(),
+            path,
+        })
     }
 
     pub fn epoch(&self) -> u64 {
@@ -261,7 +324,13 @@ impl DecisionLog {
 
     async fn append(&self, r: Record, sync: bool) -> Result<(), LogError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Append { bytes: r.encode(), sync, done }).map_err(|_| LogError::Stopped)?;
+        self.tx
+            .send(Append {
+                bytes: r.encode(),
+                sync,
+                done,
+            })
+            .map_err(|_| LogError::Stopped)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(LogError::Io {
@@ -274,7 +343,11 @@ impl DecisionLog {
 
     /// Makes the commit decision durable. Returns once it is on disk.
     pub async fn commit(&self, txn: TxnId, shards: &[ShardId]) -> Result<(), LogError> {
-        let rec = Record::Commit { node: self.node.clone(), txn, shards: shards.to_vec() };
+        let rec = Record::Commit {
+            node: self.node.clone(),
+            txn,
+            shards: shards.to_vec(),
+        };
         self.append(rec, true).await?;
         if let Ok(mut s) = self.state.lock() {
             s.committed.insert(txn, shards.to_vec());
@@ -292,7 +365,10 @@ impl DecisionLog {
     }
 
     pub fn is_committed(&self, txn: TxnId) -> bool {
-        self.state.lock().map(|s| s.committed.contains_key(&txn)).unwrap_or(false)
+        self.state
+            .lock()
+            .map(|s| s.committed.contains_key(&txn))
+            .unwrap_or(false)
     }
 
     /// Commits the log holds whose completion is not recorded.
@@ -341,7 +417,13 @@ impl Writer {
                 buf.extend_from_slice(&a.bytes);
                 sync |= a.sync;
             }
-            let r = self.file.write_all(&buf).and_then(|_| if sync { self.file.sync_data() } else { Ok(()) });
+            let r = self.file.write_all(&buf).and_then(|_| {
+                if sync {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
             self.size += buf.len() as u64;
             let res = r.map_err(|e| e.to_string());
             for a in batch {
@@ -358,7 +440,14 @@ impl Writer {
             let Ok(s) = self.state.lock() else { return };
             let mut body = Record::Epoch(s.epoch).encode();
             for (txn, shards) in &s.committed {
-                body.extend(Record::Commit { node: self.node.clone(), txn: *txn, shards: shards.clone() }.encode());
+                body.extend(
+                    Record::Commit {
+                        node: self.node.clone(),
+                        txn: *txn,
+                        shards: shards.clone(),
+                    }
+                    .encode(),
+                );
             }
             body
         };
@@ -376,13 +465,20 @@ mod tests {
     use super::*;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("pieskieo-log-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let d = std::env::temp_dir().join(format!(
+            "pieskieo-log-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
     fn t(n: u64) -> TxnId {
-        TxnId { epoch: 1, number: n }
+        TxnId {
+            epoch: 1,
+            number: n,
+        }
     }
 
     #[tokio::test]
@@ -399,7 +495,10 @@ mod tests {
         assert!(!log.is_committed(t(1)));
         assert!(log.is_committed(t(2)));
         assert_eq!(log.undone(), vec![(t(2), vec![ShardId(1), ShardId(2)])]);
-        assert!(matches!(DecisionLog::open(&d, "other"), Err(LogError::WrongNode { .. })));
+        assert!(matches!(
+            DecisionLog::open(&d, "other"),
+            Err(LogError::WrongNode { .. })
+        ));
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -423,12 +522,22 @@ mod tests {
         // Corrupt: a flipped byte in a record with another after it.
         let good = std::fs::read(&path).unwrap();
         let mut bad = good.clone();
-        bad.extend(Record::Commit { node: "n1".into(), txn: t(9), shards: vec![ShardId(0)] }.encode());
+        bad.extend(
+            Record::Commit {
+                node: "n1".into(),
+                txn: t(9),
+                shards: vec![ShardId(0)],
+            }
+            .encode(),
+        );
         // Flip a byte inside the first commit record (after the epoch record).
         let epoch_len = Record::Epoch(1).encode().len();
         bad[epoch_len + 10] ^= 0xff;
         std::fs::write(&path, &bad).unwrap();
-        assert!(matches!(DecisionLog::open(&d, "n1"), Err(LogError::Corrupt { .. })));
+        assert!(matches!(
+            DecisionLog::open(&d, "n1"),
+            Err(LogError::Corrupt { .. })
+        ));
         let _ = std::fs::remove_dir_all(&d);
     }
 

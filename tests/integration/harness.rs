@@ -67,12 +67,17 @@ auth = "cleartext"
 
 pub struct Servers {
     pub servers: Vec<LocalServer>,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 impl Servers {
     /// Starts `n` fresh PostgreSQL servers.
     pub fn start(n: usize) -> Servers {
+        Servers::start_with(n, &[])
+    }
+
+    /// Starts `n` fresh servers with extra `postgresql.conf` settings.
+    pub fn start_with(n: usize, extra: &[(&str, &str)]) -> Servers {
         let bindir = find_bindir().unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!(
             "pieskieo-test-{}-{}",
@@ -84,12 +89,15 @@ impl Servers {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         // fsync off survives a server crash (the OS keeps the writes); asynchronous
         // commit would not, and the fault tests crash servers on purpose.
-        let fast = [
+        // Statements are logged so tests can see what the proxy sent.
+        let mut fast = vec![
             ("fsync", "off"),
             ("full_page_writes", "off"),
             ("shared_buffers", "'16MB'"),
             ("timezone", "'UTC'"),
+            ("log_statement", "'all'"),
         ];
+        fast.extend_from_slice(extra);
         let mut servers = Vec::new();
         let mut me = Servers {
             servers: Vec::new(),
@@ -146,8 +154,14 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, tables: &str) -> Cluster {
+        Cluster::start_txn(n, tables, "").await
+    }
+
+    /// A cluster whose proxy gets extra `[txn]` settings (test failpoints).
+    pub async fn start_txn(n: usize, tables: &str, txn_extra: &str) -> Cluster {
         let shards = Servers::start(n);
-        let config = Config::parse(&config_text(&shards.ports(), tables), "test.toml").unwrap();
+        let text = config_text_with(&shards.ports(), tables, &shards.dir.join("txn"), txn_extra);
+        let config = Config::parse(&text, "test.toml").unwrap();
         let map = ShardMap::from_config(&config);
         let proxy = pieskieo::serve(config).await.unwrap();
         Cluster {
@@ -193,7 +207,95 @@ impl Cluster {
     }
 }
 
-pub fn config_text(ports: &[u16], tables: &str) -> String {
+/// Prepared transactions left on a shard.
+pub async fn prepared(c: &Client) -> usize {
+    value(c, "SELECT count(*) FROM pg_prepared_xacts")
+        .await
+        .parse()
+        .unwrap()
+}
+
+/// The proxy as its own process (for tests that kill it).
+pub struct ProxyProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl ProxyProcess {
+    /// Starts `pieskieo --config` over `servers` and waits until it listens
+    /// (after its startup recovery).
+    pub async fn start(servers: &Servers, txn_extra: &str) -> ProxyProcess {
+        let port = free_port();
+        let text = config_text_with(
+            &servers.ports(),
+            TABLES,
+            &servers.dir.join("txn"),
+            txn_extra,
+        )
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        let path = servers.dir.join(format!("proxy-{port}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let log = std::fs::File::create(servers.dir.join(format!("proxy-{port}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pieskieo"))
+            .arg("--config")
+            .arg(&path)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut p = ProxyProcess { child, port };
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return p;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("proxy exited at startup: {status}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("proxy did not start listening");
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password=secret dbname=app",
+            self.port
+        )
+    }
+
+    /// Waits for the process to end (a crash failpoint), killing it after `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> bool {
+        for _ in 0..secs * 20 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn config_text(ports: &[u16], tables: &str, log_dir: &std::path::Path) -> String {
+    config_text_with(ports, tables, log_dir, "")
+}
+
+/// A configuration for these shard ports; `txn_extra` lines go in `[txn]`.
+pub fn config_text_with(
+    ports: &[u16],
+    tables: &str,
+    log_dir: &std::path::Path,
+    txn_extra: &str,
+) -> String {
     let mut s = format!(
         "listen = \"127.0.0.1:0\"\nnode_id = \"test\"\ndatabase = \"app\"\n{tables}\n{USERS}\n"
     );
@@ -203,6 +305,10 @@ pub fn config_text(ports: &[u16], tables: &str) -> String {
         ));
     }
     s.push_str("[limits]\npool_timeout_ms = 3000\nconnect_timeout_ms = 2000\n");
+    s.push_str(&format!(
+        "[txn]\nlog_dir = \"{}\"\nrecovery_interval_ms = 300\n{txn_extra}\n",
+        log_dir.display()
+    ));
     // [limits] must come last: it is a table header.
     s
 }

@@ -9,3 +9,4 @@ mod hashing;
 mod psql;
 mod routing;
 mod transactions;
+mod twophase;

@@ -53,10 +53,17 @@ async fn single_shard_blocks_commit_and_roll_back() {
         "5"
     );
 
-    // A block that would touch a second shard is refused, not half-done.
+    // An error fails the block: 25P02 until it ends, and COMMIT rolls back
+    // every shard the block touched.
     client.simple_query("BEGIN").await.unwrap();
     client
         .simple_query(&format!("UPDATE accounts SET balance = 9 WHERE id = {a}"))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance) VALUES ({b}, 1)"
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -65,7 +72,7 @@ async fn single_shard_blocks_commit_and_roll_back() {
             &format!("INSERT INTO accounts (id, balance) VALUES ({b}, 1)")
         )
         .await,
-        "0A000"
+        "23505"
     );
     assert_eq!(sqlstate(&client, "SELECT 1").await, "25P02");
     let r = client.simple_query("COMMIT").await.unwrap();

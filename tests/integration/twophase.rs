@@ -1,0 +1,550 @@
+//! Distributed transactions: atomic commit across shards with two-phase
+//! commit, one-phase when one shard wrote, rollback, recovery after the proxy
+//! or a shard dies at the dangerous moments.
+
+use std::time::Duration;
+
+use pieskieo::config::Config;
+use pieskieo::router::KeyValue;
+
+use crate::harness::{
+    config_text, connect, prepared, rows, sqlstate, tags, value, Cluster, ProxyProcess, Servers,
+    TABLES,
+};
+
+const SCHEMA: &str =
+    "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))";
+
+/// One key on each of the first `n` shards.
+fn keys_on_shards(c: &pieskieo::router::ShardMap, n: usize) -> Vec<i64> {
+    (0..n)
+        .map(|s| {
+            (1..10_000i64)
+                .find(|k| {
+                    c.tables["accounts"]
+                        .shard_for(&KeyValue::Int(*k), c.shards)
+                        .unwrap()
+                        .0 as usize
+                        == s
+                })
+                .unwrap()
+        })
+        .collect()
+}
+
+async fn balance_on(c: &Cluster, shard: usize, id: i64) -> Option<String> {
+    let s = c.shard(shard).await;
+    rows(&s, &format!("SELECT balance FROM accounts WHERE id = {id}"))
+        .await
+        .first()
+        .and_then(|r| r[0].clone())
+}
+
+async fn no_prepared_anywhere(c: &Cluster) {
+    for i in 0..c.shards.servers.len() {
+        assert_eq!(
+            prepared(&c.shard(i).await).await,
+            0,
+            "prepared transactions left on shard {i}"
+        );
+    }
+}
+
+fn server_log(c: &Cluster, shard: usize) -> String {
+    std::fs::read_to_string(c.shards.servers[shard].data_dir.join("server.log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_blocks_commit_everywhere_or_nowhere() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    client.simple_query(SCHEMA).await.unwrap();
+    let k = keys_on_shards(&c.map, 3);
+    client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance) VALUES ({}, 100), ({}, 100), ({}, 100)",
+            k[0], k[1], k[2]
+        ))
+        .await
+        .unwrap();
+
+    // A transfer across shards commits on both.
+    client
+        .simple_query(&format!(
+            "BEGIN; UPDATE accounts SET balance = balance - 30 WHERE id = {}; UPDATE accounts SET balance = balance + 30 WHERE id = {}; COMMIT",
+            k[0], k[1]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("70"));
+    assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("130"));
+
+    // Rollback leaves nothing.
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = 0 WHERE id = {}",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = 0 WHERE id = {}",
+            k[2]
+        ))
+        .await
+        .unwrap();
+    client.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("70"));
+    assert_eq!(balance_on(&c, 2, k[2]).await.as_deref(), Some("100"));
+
+    // A statement spanning shards inside a block, and a fan-out read in it.
+    client.simple_query("BEGIN").await.unwrap();
+    assert_eq!(
+        tags(&client, "UPDATE accounts SET balance = balance + 1").await,
+        vec![3]
+    );
+    assert_eq!(rows(&client, "SELECT id FROM accounts").await.len(), 3);
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(balance_on(&c, 2, k[2]).await.as_deref(), Some("101"));
+
+    // Savepoints reach shards that joined after them.
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = 1 WHERE id = {}",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client.simple_query("SAVEPOINT s").await.unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = 2 WHERE id = {}",
+            k[1]
+        ))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = 3 WHERE id = {}",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client
+        .simple_query("ROLLBACK TO SAVEPOINT s")
+        .await
+        .unwrap();
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("1"));
+    assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("131"));
+    no_prepared_anywhere(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_prepare_rolls_back_every_shard_with_its_error() {
+    let c = Cluster::start(2).await;
+    let client = c.client().await;
+    client
+        .simple_query("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint, tag int, CONSTRAINT u UNIQUE (tag) DEFERRABLE INITIALLY DEFERRED)")
+        .await
+        .unwrap();
+    let k = keys_on_shards(&c.map, 2);
+    let k0b = (k[0] + 1..10_000)
+        .find(|x| c.shard_of("accounts", KeyValue::Int(*x)) == 0)
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance, tag) VALUES ({}, 1, 7)",
+            k[0]
+        ))
+        .await
+        .unwrap();
+
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance, tag) VALUES ({k0b}, 1, 7)"
+        ))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance, tag) VALUES ({}, 1, 8)",
+            k[1]
+        ))
+        .await
+        .unwrap();
+    // The deferred unique check fails at PREPARE on shard 0.
+    assert_eq!(sqlstate(&client, "COMMIT").await, "23505");
+    assert_eq!(balance_on(&c, 0, k0b).await, None);
+    assert_eq!(balance_on(&c, 1, k[1]).await, None);
+    no_prepared_anywhere(&c).await;
+    // The session is usable again, outside a block.
+    assert_eq!(value(&client, "SELECT 1").await, "1");
+
+    // A fan-out write outside a block is atomic too: shard 0 fails, shard 1's
+    // change is undone.
+    client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance, tag) VALUES ({}, 5, 9)",
+            k[1]
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .simple_query("UPDATE accounts SET balance = 10 / (balance - 1)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "22012");
+    assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("5"));
+    // So is a multi-row insert whose rows span shards.
+    let e = client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance) VALUES ({}, 1), ({}, 1)",
+            k[0],
+            k[1] + 1_000_000
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "23505");
+    assert_eq!(
+        value(
+            &client,
+            &format!(
+                "SELECT count(*) FROM accounts WHERE id = {}",
+                k[1] + 1_000_000
+            )
+        )
+        .await,
+        "0"
+    );
+    // And several statements over several shards in one query.
+    let q = format!(
+        "UPDATE accounts SET balance = 50 WHERE id = {}; UPDATE accounts SET balance = balance / 0 WHERE id = {}",
+        k[0], k[1]
+    );
+    assert_eq!(sqlstate(&client, &q).await, "22012");
+    assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("1"));
+    no_prepared_anywhere(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_writer_and_read_only_blocks_never_prepare() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    client.simple_query(SCHEMA).await.unwrap();
+    let k = keys_on_shards(&c.map, 3);
+    for id in &k {
+        client
+            .simple_query(&format!(
+                "INSERT INTO accounts (id, balance) VALUES ({id}, 10)"
+            ))
+            .await
+            .unwrap();
+    }
+    // Setup (DDL on every shard) used 2PC; look only at what follows.
+    let before: Vec<usize> = (0..3).map(|i| server_log(&c, i).len()).collect();
+    // Read on two shards, write on one.
+    client
+        .simple_query(&format!(
+            "BEGIN; SELECT * FROM accounts WHERE id = {}; SELECT * FROM accounts WHERE id = {}; UPDATE accounts SET balance = 11 WHERE id = {}; COMMIT",
+            k[0], k[1], k[2]
+        ))
+        .await
+        .unwrap();
+    // Read only.
+    client
+        .simple_query(&format!("BEGIN; SELECT * FROM accounts WHERE id = {}; SELECT * FROM accounts WHERE id = {}; COMMIT", k[0], k[2]))
+        .await
+        .unwrap();
+    assert_eq!(balance_on(&c, 2, k[2]).await.as_deref(), Some("11"));
+    for i in 0..3 {
+        let log = server_log(&c, i);
+        assert!(
+            log[before[i]..].contains("statement: COMMIT"),
+            "shard {i} took part"
+        );
+        assert!(
+            !log[before[i]..].contains("PREPARE TRANSACTION"),
+            "shard {i} saw a PREPARE"
+        );
+    }
+    // Two writers do prepare: the check above can see one.
+    client
+        .simple_query(&format!(
+            "BEGIN; UPDATE accounts SET balance = 12 WHERE id = {}; UPDATE accounts SET balance = 12 WHERE id = {}; COMMIT",
+            k[0], k[1]
+        ))
+        .await
+        .unwrap();
+    assert!(
+        server_log(&c, 0).contains("PREPARE TRANSACTION 'pieskieo_test_"),
+        "{}",
+        server_log(&c, 0)
+    );
+    assert!(server_log(&c, 1).contains("COMMIT PREPARED 'pieskieo_test_"));
+}
+
+/// The proxy dies at a point of 2PC; after a restart, recovery decides.
+async fn crash_at(point: &str, writers: usize, expect_committed: bool) {
+    let servers = Servers::start(3);
+    let map = pieskieo::router::ShardMap::from_config(
+        &Config::parse(
+            &config_text(&servers.ports(), TABLES, &servers.dir),
+            "t.toml",
+        )
+        .unwrap(),
+    );
+    let k = keys_on_shards(&map, 3);
+    {
+        let setup = ProxyProcess::start(&servers, "").await;
+        let client = connect(&setup.url()).await.unwrap();
+        client.simple_query(SCHEMA).await.unwrap();
+        for id in &k {
+            client
+                .simple_query(&format!(
+                    "INSERT INTO accounts (id, balance) VALUES ({id}, 100)"
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let mut proxy =
+        ProxyProcess::start(&servers, &format!("test_failpoint = \"{point}:crash\"")).await;
+    let client = connect(&proxy.url()).await.unwrap();
+    client.simple_query("BEGIN").await.unwrap();
+    for id in &k[..writers] {
+        client
+            .simple_query(&format!(
+                "UPDATE accounts SET balance = 555 WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+    }
+    let r = client.simple_query("COMMIT").await;
+    assert!(r.is_err(), "{point}: the proxy died during COMMIT");
+    assert!(
+        proxy.wait_exit(10),
+        "{point}: the proxy crashed at its failpoint"
+    );
+
+    // Before recovery, the in-doubt transaction is prepared on the shards.
+    let mut left = 0;
+    for i in 0..writers {
+        left += prepared(&servers.connect(i).await).await;
+    }
+    assert!(left > 0, "{point}: something was left prepared");
+
+    let restarted = ProxyProcess::start(&servers, "").await;
+    for (i, id) in k[..writers].iter().enumerate() {
+        let s = servers.connect(i).await;
+        assert_eq!(
+            prepared(&s).await,
+            0,
+            "{point}: shard {i} still has a prepared transaction"
+        );
+        let b = value(&s, &format!("SELECT balance FROM accounts WHERE id = {id}")).await;
+        assert_eq!(
+            b,
+            if expect_committed { "555" } else { "100" },
+            "{point}: shard {i}"
+        );
+    }
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_after_prepare_rolls_back() {
+    crash_at("after_prepare", 2, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_after_decision_commits() {
+    crash_at("after_decision", 2, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_after_first_commit_prepared_commits() {
+    crash_at("after_first_commit", 3, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_lost_before_prepare_aborts_and_after_decision_is_finished_later() {
+    let c = Cluster::start_txn(3, TABLES, "test_failpoint = \"after_decision:pause=1500\"").await;
+    let client = c.client().await;
+    client.simple_query(SCHEMA).await.unwrap();
+    let k = keys_on_shards(&c.map, 3);
+    for id in &k {
+        client
+            .simple_query(&format!(
+                "INSERT INTO accounts (id, balance) VALUES ({id}, 100)"
+            ))
+            .await
+            .unwrap();
+    }
+
+    // Shard 1 dies before PREPARE: the client gets an error, nothing commits.
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = 1 WHERE id = {}",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = 1 WHERE id = {}",
+            k[1]
+        ))
+        .await
+        .unwrap();
+    c.shards.servers[1].stop("immediate").unwrap();
+    let code = sqlstate(&client, "COMMIT").await;
+    assert!(code.starts_with("08") || code.starts_with("57"), "{code}");
+    c.shards.servers[1].start().unwrap();
+    assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("100"));
+    assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("100"));
+
+    // Shard 2 dies after the decision: COMMIT succeeds (with a warning), and
+    // the resolver commits shard 2's part once it is back.
+    let url = c.url();
+    let (a, b) = (k[0], k[2]);
+    let commit = tokio::spawn(async move {
+        let client = connect(&url).await.unwrap();
+        client.simple_query("BEGIN").await.unwrap();
+        client
+            .simple_query(&format!("UPDATE accounts SET balance = 42 WHERE id = {a}"))
+            .await
+            .unwrap();
+        client
+            .simple_query(&format!("UPDATE accounts SET balance = 42 WHERE id = {b}"))
+            .await
+            .unwrap();
+        client.simple_query("COMMIT").await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.shards.servers[2].stop("immediate").unwrap();
+    let r = commit.await.unwrap();
+    assert!(
+        r.is_ok(),
+        "the transaction is committed once the decision is durable: {r:?}"
+    );
+    assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("42"));
+    c.shards.servers[2].start().unwrap();
+    let mut done = false;
+    for _ in 0..100 {
+        let s = c.shard(2).await;
+        if prepared(&s).await == 0 && balance_on(&c, 2, k[2]).await.as_deref() == Some("42") {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done, "the resolver committed shard 2's part");
+    no_prepared_anywhere(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_transfers_keep_the_total() {
+    const ACCOUNTS: i64 = 30;
+    const CLIENTS: usize = 16;
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    client.simple_query(SCHEMA).await.unwrap();
+    let values: Vec<String> = (1..=ACCOUNTS).map(|i| format!("({i}, 1000)")).collect();
+    client
+        .simple_query(&format!(
+            "INSERT INTO accounts (id, balance) VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for w in 0..CLIENTS {
+        let url = c.url();
+        let map = c.map.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await.unwrap();
+            let (mut committed, mut rolled_back) = (0u32, 0u32);
+            let mut n = w as i64;
+            while std::time::Instant::now() < deadline {
+                n += 7;
+                let a = n % ACCOUNTS + 1;
+                let b = (n * 13 + 5) % ACCOUNTS + 1;
+                let shard = |k: i64| map.tables["accounts"].shard_for(&KeyValue::Int(k), map.shards);
+                if a == b || shard(a) == shard(b) {
+                    continue;
+                }
+                // Lock rows in id order: no distributed deadlocks.
+                let (lo, hi, delta) = if a < b { (a, b, 3) } else { (b, a, -3) };
+                let commit = n % 10 != 0;
+                let sql = format!(
+                    "BEGIN; UPDATE accounts SET balance = balance - {delta} WHERE id = {lo}; UPDATE accounts SET balance = balance + {delta} WHERE id = {hi}; {}",
+                    if commit { "COMMIT" } else { "ROLLBACK" }
+                );
+                match client.simple_query(&sql).await {
+                    Ok(_) if commit => committed += 1,
+                    Ok(_) => rolled_back += 1,
+                    // A CHECK violation (balance < 0) is a legitimate failure; the block is over.
+                    Err(e) => {
+                        assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("23514"), "{e:?}");
+                        client.simple_query("ROLLBACK").await.unwrap();
+                    }
+                }
+            }
+            (committed, rolled_back)
+        }));
+    }
+    let mut total_committed = 0;
+    for t in tasks {
+        total_committed += t.await.unwrap().0;
+    }
+    assert!(total_committed > 50, "transfers ran: {total_committed}");
+    let mut sum = 0i64;
+    for i in 0..3 {
+        let s = c.shard(i).await;
+        sum += value(&s, "SELECT coalesce(sum(balance), 0) FROM accounts")
+            .await
+            .parse::<i64>()
+            .unwrap();
+        assert_eq!(prepared(&s).await, 0);
+    }
+    assert_eq!(sum, ACCOUNTS * 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_refuses_shards_without_prepared_transactions_and_duplicate_nodes() {
+    let servers = Servers::start_with(2, &[("max_prepared_transactions", "0")]);
+    let cfg = Config::parse(
+        &config_text(&servers.ports(), TABLES, &servers.dir.join("a")),
+        "t.toml",
+    )
+    .unwrap();
+    let e = pieskieo::serve(cfg).await.err().expect("refused");
+    assert!(e.to_string().contains("max_prepared_transactions"), "{e}");
+
+    let servers = Servers::start(2);
+    let one = Config::parse(
+        &config_text(&servers.ports(), TABLES, &servers.dir.join("a")),
+        "t.toml",
+    )
+    .unwrap();
+    let two = Config::parse(
+        &config_text(&servers.ports(), TABLES, &servers.dir.join("b")),
+        "t.toml",
+    )
+    .unwrap();
+    let first = pieskieo::serve(one).await.unwrap();
+    let e = pieskieo::serve(two)
+        .await
+        .err()
+        .expect("a second proxy with the same node_id is refused");
+    assert!(e.to_string().contains("node_id"), "{e}");
+    first.stop().await;
+}
