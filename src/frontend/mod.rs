@@ -36,6 +36,7 @@ pub struct Shared {
 /// A running proxy: its address, and the handle that stops it.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub coordinator: Arc<Coordinator>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     resolver: JoinHandle<()>,
@@ -93,6 +94,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     });
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, shards = shared.pools.len(), "pieskieo listening");
+    let coordinator = shared.coordinator.clone();
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -109,6 +111,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     });
     Ok(Proxy {
         addr,
+        coordinator,
         stop,
         task,
         resolver,

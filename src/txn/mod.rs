@@ -97,6 +97,19 @@ pub struct Coordinator {
     next: AtomicU64,
     in_flight: Mutex<HashSet<TxnId>>,
     failpoint: Option<(FailPoint, FailAction)>,
+    /// Phase timings of two-phase commits, kept only when a benchmark asks.
+    timings: Mutex<Option<Vec<PhaseTimes>>>,
+}
+
+/// How long the phases of one two-phase commit took.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseTimes {
+    /// PREPARE on every writer (and COMMIT on readers).
+    pub prepare: std::time::Duration,
+    /// The durable write of the decision.
+    pub decision: std::time::Duration,
+    /// COMMIT PREPARED on every writer.
+    pub commit: std::time::Duration,
 }
 
 /// Every gid starts with this, then the node id.
@@ -202,7 +215,20 @@ impl Coordinator {
             next: AtomicU64::new(1),
             in_flight: Mutex::new(HashSet::new()),
             failpoint,
+            timings: Mutex::new(None),
         }
+    }
+
+    /// Starts keeping phase timings (for benchmarks).
+    pub fn record_timings(&self) {
+        if let Ok(mut t) = self.timings.lock() {
+            *t = Some(Vec::new());
+        }
+    }
+
+    /// The phase timings kept so far.
+    pub fn take_timings(&self) -> Vec<PhaseTimes> {
+        self.timings.lock().ok().and_then(|mut t| t.as_mut().map(std::mem::take)).unwrap_or_default()
     }
 
     pub fn node(&self) -> &str {
@@ -286,6 +312,7 @@ impl Coordinator {
     }
 
     async fn two_phase_inner(&self, txn: TxnId, parts: &mut [Participant]) -> CommitOutcome {
+        let started = std::time::Instant::now();
         // Phase 1: readers COMMIT and writers PREPARE, all at once.
         let sqls: Vec<String> = parts
             .iter()
@@ -310,6 +337,7 @@ impl Coordinator {
             return CommitOutcome::Aborted { error };
         }
         self.hit(FailPoint::AfterPrepare).await;
+        let prepared_at = std::time::Instant::now();
 
         let writers: Vec<ShardId> = parts
             .iter()
@@ -328,6 +356,7 @@ impl Coordinator {
             return CommitOutcome::Aborted { error };
         }
         phase = Phase::Committing;
+        let decided_at = std::time::Instant::now();
         self.hit(FailPoint::AfterDecision).await;
 
         // Phase 2: COMMIT PREPARED everywhere at once.
@@ -370,6 +399,15 @@ impl Coordinator {
                     ),
                     None,
                 ));
+            }
+        }
+        if let Ok(mut t) = self.timings.lock() {
+            if let Some(v) = t.as_mut() {
+                v.push(PhaseTimes {
+                    prepare: prepared_at - started,
+                    decision: decided_at - prepared_at,
+                    commit: decided_at.elapsed(),
+                });
             }
         }
         if warnings.is_empty() {

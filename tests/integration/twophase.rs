@@ -548,3 +548,34 @@ async fn startup_refuses_shards_without_prepared_transactions_and_duplicate_node
     assert!(e.to_string().contains("node_id"), "{e}");
     first.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_mid_block_leaves_nothing_behind() {
+    let c = Cluster::start(2).await;
+    let setup = c.client().await;
+    setup.simple_query(SCHEMA).await.unwrap();
+    let k = keys_on_shards(&c.map, 2);
+    for id in &k {
+        setup.simple_query(&format!("INSERT INTO accounts (id, balance) VALUES ({id}, 100)")).await.unwrap();
+    }
+    {
+        let gone = c.client().await;
+        gone.simple_query("BEGIN").await.unwrap();
+        for id in &k {
+            gone.simple_query(&format!("UPDATE accounts SET balance = 0 WHERE id = {id}")).await.unwrap();
+        }
+        // Dropped here: the connection closes mid-block.
+    }
+    let other = c.client().await;
+    other.simple_query("SET lock_timeout = '5s'").await.unwrap();
+    other
+        .simple_query(&format!(
+            "BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = {}; UPDATE accounts SET balance = balance + 1 WHERE id = {}; COMMIT",
+            k[0], k[1]
+        ))
+        .await
+        .expect("the vanished client's locks were released");
+    assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("101"));
+    assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("101"));
+    no_prepared_anywhere(&c).await;
+}
