@@ -16,7 +16,11 @@ use pieskieo::router::{KeyValue, ShardMap};
 use tokio_postgres::{Client, NoTls};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn connect(url: &str) -> Client {
@@ -34,13 +38,18 @@ impl Stats {
         let mut v = self.0.clone();
         v.sort();
         let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-        v.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+        v.get(i)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN)
     }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let iterations: usize = std::env::var("ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let iterations: usize = std::env::var("ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let bindir = find_bindir().unwrap_or_else(|e| panic!("{e}"));
     let dir = std::env::temp_dir().join(format!("pieskieo-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -48,7 +57,13 @@ async fn main() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut servers = Vec::new();
     for i in 0..3 {
-        let s = LocalServer::create(&bindir, &dir.join(format!("shard{i}")), free_port(), &[("shared_buffers", "'64MB'")]).unwrap();
+        let s = LocalServer::create(
+            &bindir,
+            &dir.join(format!("shard{i}")),
+            free_port(),
+            &[("shared_buffers", "'64MB'")],
+        )
+        .unwrap();
         s.start().unwrap();
         servers.push(s);
     }
@@ -61,18 +76,42 @@ async fn main() {
             s.port
         ));
     }
-    cfg.push_str(&format!("[txn]\nlog_dir = \"{}\"\n", dir.join("txn").display()));
+    cfg.push_str(&format!(
+        "[txn]\nlog_dir = \"{}\"\n",
+        dir.join("txn").display()
+    ));
     let config = Config::parse(&cfg, "bench.toml").unwrap();
     let map = ShardMap::from_config(&config);
     let proxy = pieskieo::serve(config).await.unwrap();
-    let url = format!("host=127.0.0.1 port={} user=app password=app dbname=app", proxy.addr.port());
+    let url = format!(
+        "host=127.0.0.1 port={} user=app password=app dbname=app",
+        proxy.addr.port()
+    );
     let client = connect(&url).await;
-    client.simple_query("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)").await.unwrap();
+    client
+        .simple_query("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)")
+        .await
+        .unwrap();
     let keys: Vec<i64> = (0..3)
-        .map(|s| (1..).find(|k| map.tables["accounts"].shard_for(&KeyValue::Int(*k), 3).unwrap().0 == s).unwrap())
+        .map(|s| {
+            (1..)
+                .find(|k| {
+                    map.tables["accounts"]
+                        .shard_for(&KeyValue::Int(*k), 3)
+                        .unwrap()
+                        .0
+                        == s
+                })
+                .unwrap()
+        })
         .collect();
     for k in &keys {
-        client.simple_query(&format!("INSERT INTO accounts (id, balance) VALUES ({k}, 0)")).await.unwrap();
+        client
+            .simple_query(&format!(
+                "INSERT INTO accounts (id, balance) VALUES ({k}, 0)"
+            ))
+            .await
+            .unwrap();
     }
     let update = |k: i64| format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}");
 
@@ -80,17 +119,36 @@ async fn main() {
     proxy.coordinator.record_timings();
     let (mut commit3, mut abort3, mut commit1) = (Stats(vec![]), Stats(vec![]), Stats(vec![]));
     for _ in 0..iterations {
-        client.simple_query(&format!("BEGIN; {}; {}; {}", update(keys[0]), update(keys[1]), update(keys[2]))).await.unwrap();
+        client
+            .simple_query(&format!(
+                "BEGIN; {}; {}; {}",
+                update(keys[0]),
+                update(keys[1]),
+                update(keys[2])
+            ))
+            .await
+            .unwrap();
         let t = Instant::now();
         client.simple_query("COMMIT").await.unwrap();
         commit3.0.push(t.elapsed());
 
-        client.simple_query(&format!("BEGIN; {}; {}; {}", update(keys[0]), update(keys[1]), update(keys[2]))).await.unwrap();
+        client
+            .simple_query(&format!(
+                "BEGIN; {}; {}; {}",
+                update(keys[0]),
+                update(keys[1]),
+                update(keys[2])
+            ))
+            .await
+            .unwrap();
         let t = Instant::now();
         client.simple_query("ROLLBACK").await.unwrap();
         abort3.0.push(t.elapsed());
 
-        client.simple_query(&format!("BEGIN; {}", update(keys[0]))).await.unwrap();
+        client
+            .simple_query(&format!("BEGIN; {}", update(keys[0])))
+            .await
+            .unwrap();
         let t = Instant::now();
         client.simple_query("COMMIT").await.unwrap();
         commit1.0.push(t.elapsed());
@@ -104,37 +162,74 @@ async fn main() {
     for s in &servers {
         direct.push(connect(&format!("host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres", s.port)).await);
     }
-    let (mut f_commit3, mut f_prepare3, mut f_abort3, mut f_commit1) = (Stats(vec![]), Stats(vec![]), Stats(vec![]), Stats(vec![]));
+    let (mut f_commit3, mut f_prepare3, mut f_abort3, mut f_commit1) =
+        (Stats(vec![]), Stats(vec![]), Stats(vec![]), Stats(vec![]));
     for n in 0..iterations {
         for (i, c) in direct.iter().enumerate() {
-            c.simple_query(&format!("BEGIN; {}", update(keys[i]))).await.unwrap();
+            c.simple_query(&format!("BEGIN; {}", update(keys[i])))
+                .await
+                .unwrap();
         }
         let q = |verb: &str, i: usize| format!("{verb} 'floor_{n}_{i}'");
         let t = Instant::now();
-        let (a, b, c) = (q("PREPARE TRANSACTION", 0), q("PREPARE TRANSACTION", 1), q("PREPARE TRANSACTION", 2));
-        all3(tokio::join!(direct[0].simple_query(&a), direct[1].simple_query(&b), direct[2].simple_query(&c)));
+        let (a, b, c) = (
+            q("PREPARE TRANSACTION", 0),
+            q("PREPARE TRANSACTION", 1),
+            q("PREPARE TRANSACTION", 2),
+        );
+        all3(tokio::join!(
+            direct[0].simple_query(&a),
+            direct[1].simple_query(&b),
+            direct[2].simple_query(&c)
+        ));
         f_prepare3.0.push(t.elapsed());
-        let (a, b, c) = (q("COMMIT PREPARED", 0), q("COMMIT PREPARED", 1), q("COMMIT PREPARED", 2));
-        all3(tokio::join!(direct[0].simple_query(&a), direct[1].simple_query(&b), direct[2].simple_query(&c)));
+        let (a, b, c) = (
+            q("COMMIT PREPARED", 0),
+            q("COMMIT PREPARED", 1),
+            q("COMMIT PREPARED", 2),
+        );
+        all3(tokio::join!(
+            direct[0].simple_query(&a),
+            direct[1].simple_query(&b),
+            direct[2].simple_query(&c)
+        ));
         f_commit3.0.push(t.elapsed());
 
         for (i, c) in direct.iter().enumerate() {
-            c.simple_query(&format!("BEGIN; {}", update(keys[i]))).await.unwrap();
+            c.simple_query(&format!("BEGIN; {}", update(keys[i])))
+                .await
+                .unwrap();
         }
         let t = Instant::now();
-        all3(tokio::join!(direct[0].simple_query("ROLLBACK"), direct[1].simple_query("ROLLBACK"), direct[2].simple_query("ROLLBACK")));
+        all3(tokio::join!(
+            direct[0].simple_query("ROLLBACK"),
+            direct[1].simple_query("ROLLBACK"),
+            direct[2].simple_query("ROLLBACK")
+        ));
         f_abort3.0.push(t.elapsed());
 
-        direct[0].simple_query(&format!("BEGIN; {}", update(keys[0]))).await.unwrap();
+        direct[0]
+            .simple_query(&format!("BEGIN; {}", update(keys[0])))
+            .await
+            .unwrap();
         let t = Instant::now();
         direct[0].simple_query("COMMIT").await.unwrap();
         f_commit1.0.push(t.elapsed());
     }
 
     println!("Pieskieo two-phase commit latency, {iterations} transactions each, 3 local shards, fsync on");
-    println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), std::env::consts::ARCH);
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::env::consts::ARCH
+    );
     println!();
-    println!("{:<24} {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>10} | {:>10}", "workload (ms)", "p50", "p99", "p99.9", "floor p50", "floor p99", "p99 ratio", "p99 target");
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>10} | {:>10}",
+        "workload (ms)", "p50", "p99", "p99.9", "floor p50", "floor p99", "p99 ratio", "p99 target"
+    );
     let row = |name: &str, s: &Stats, f: &Stats, target: &str| {
         println!(
             "{:<24} {:>9.3} {:>9.3} {:>9.3} | {:>9.3} {:>9.3} | {:>9.2}x | {:>10}",
@@ -152,7 +247,13 @@ async fn main() {
     row("  prepare phase", &prepare3, &f_prepare3, "< 20");
     row("abort, 3 shards", &abort3, &f_abort3, "< 10");
     row("1-writer commit", &commit1, &f_commit1, "-");
-    println!("{:<24} {:>9.3} {:>9.3} {:>9.3}", "  decision fsync", decision.pct(0.5), decision.pct(0.99), decision.pct(0.999));
+    println!(
+        "{:<24} {:>9.3} {:>9.3} {:>9.3}",
+        "  decision fsync",
+        decision.pct(0.5),
+        decision.pct(0.99),
+        decision.pct(0.999)
+    );
 
     proxy.stop().await;
     for s in &servers {

@@ -298,6 +298,20 @@ impl ServerConn {
         !self.broken && self.pending == 0 && self.status == b'I'
     }
 
+    /// Whether the server hung up (or said something unasked, such as
+    /// "terminating connection") while the connection sat idle in the pool.
+    /// Checked without blocking when a pooled connection is handed out.
+    pub fn hung_up(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.reader.get_ref().try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
     pub fn owes(&self) -> usize {
         self.pending
     }

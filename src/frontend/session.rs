@@ -476,10 +476,8 @@ impl Session {
                     .txn()
                     .map(|t| t.participants.first().map(|p| p.shard()));
                 match joined {
+                    // Inside a block: a shard already in it, else the default shard joins.
                     Some(Some(s)) => self.forward_one(s, stmt, write).await,
-                    // A read any shard can answer does not enlist a shard of
-                    // its own; it runs outside the block.
-                    Some(None) if !write => self.autocommit_one(default, stmt).await,
                     _ => self.forward_one(default, stmt, write).await,
                 }
             }

@@ -228,7 +228,11 @@ impl Coordinator {
 
     /// The phase timings kept so far.
     pub fn take_timings(&self) -> Vec<PhaseTimes> {
-        self.timings.lock().ok().and_then(|mut t| t.as_mut().map(std::mem::take)).unwrap_or_default()
+        self.timings
+            .lock()
+            .ok()
+            .and_then(|mut t| t.as_mut().map(std::mem::take))
+            .unwrap_or_default()
     }
 
     pub fn node(&self) -> &str {

@@ -556,13 +556,20 @@ async fn a_client_that_vanishes_mid_block_leaves_nothing_behind() {
     setup.simple_query(SCHEMA).await.unwrap();
     let k = keys_on_shards(&c.map, 2);
     for id in &k {
-        setup.simple_query(&format!("INSERT INTO accounts (id, balance) VALUES ({id}, 100)")).await.unwrap();
+        setup
+            .simple_query(&format!(
+                "INSERT INTO accounts (id, balance) VALUES ({id}, 100)"
+            ))
+            .await
+            .unwrap();
     }
     {
         let gone = c.client().await;
         gone.simple_query("BEGIN").await.unwrap();
         for id in &k {
-            gone.simple_query(&format!("UPDATE accounts SET balance = 0 WHERE id = {id}")).await.unwrap();
+            gone.simple_query(&format!("UPDATE accounts SET balance = 0 WHERE id = {id}"))
+                .await
+                .unwrap();
         }
         // Dropped here: the connection closes mid-block.
     }
