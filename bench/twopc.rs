@@ -67,9 +67,7 @@ async fn main() {
         s.start().unwrap();
         servers.push(s);
     }
-    let mut cfg = format!(
-        "listen = \"127.0.0.1:0\"\nnode_id = \"bench\"\n[[users]]\nname = \"app\"\npassword = \"app\"\n[[tables]]\nname = \"accounts\"\nkey = \"id\"\nkey_type = \"int8\"\n"
-    );
+    let mut cfg = String::from("listen = \"127.0.0.1:0\"\nnode_id = \"bench\"\n[[users]]\nname = \"app\"\npassword = \"app\"\n[[tables]]\nname = \"accounts\"\nkey = \"id\"\nkey_type = \"int8\"\n");
     for (i, s) in servers.iter().enumerate() {
         cfg.push_str(&format!(
             "[[shards]]\nid = {i}\nport = {}\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{SUPERUSER_PASSWORD}\"\n",
@@ -118,40 +116,17 @@ async fn main() {
     // Through Pieskieo.
     proxy.coordinator.record_timings();
     let (mut commit3, mut abort3, mut commit1) = (Stats(vec![]), Stats(vec![]), Stats(vec![]));
+    let three = format!(
+        "BEGIN; {}; {}; {}",
+        update(keys[0]),
+        update(keys[1]),
+        update(keys[2])
+    );
+    let one = format!("BEGIN; {}", update(keys[0]));
     for _ in 0..iterations {
-        client
-            .simple_query(&format!(
-                "BEGIN; {}; {}; {}",
-                update(keys[0]),
-                update(keys[1]),
-                update(keys[2])
-            ))
-            .await
-            .unwrap();
-        let t = Instant::now();
-        client.simple_query("COMMIT").await.unwrap();
-        commit3.0.push(t.elapsed());
-
-        client
-            .simple_query(&format!(
-                "BEGIN; {}; {}; {}",
-                update(keys[0]),
-                update(keys[1]),
-                update(keys[2])
-            ))
-            .await
-            .unwrap();
-        let t = Instant::now();
-        client.simple_query("ROLLBACK").await.unwrap();
-        abort3.0.push(t.elapsed());
-
-        client
-            .simple_query(&format!("BEGIN; {}", update(keys[0])))
-            .await
-            .unwrap();
-        let t = Instant::now();
-        client.simple_query("COMMIT").await.unwrap();
-        commit1.0.push(t.elapsed());
+        commit3.0.push(timed(&client, &three, "COMMIT").await);
+        abort3.0.push(timed(&client, &three, "ROLLBACK").await);
+        commit1.0.push(timed(&client, &one, "COMMIT").await);
     }
     let phases = proxy.coordinator.take_timings();
     let prepare3 = Stats(phases.iter().map(|p| p.prepare).collect());
@@ -208,13 +183,7 @@ async fn main() {
         ));
         f_abort3.0.push(t.elapsed());
 
-        direct[0]
-            .simple_query(&format!("BEGIN; {}", update(keys[0])))
-            .await
-            .unwrap();
-        let t = Instant::now();
-        direct[0].simple_query("COMMIT").await.unwrap();
-        f_commit1.0.push(t.elapsed());
+        f_commit1.0.push(timed(&direct[0], &one, "COMMIT").await);
     }
 
     println!("Pieskieo two-phase commit latency, {iterations} transactions each, 3 local shards, fsync on");
@@ -260,6 +229,14 @@ async fn main() {
         let _ = s.stop("fast");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `setup` untimed, then times `stmt`.
+async fn timed(client: &Client, setup: &str, stmt: &str) -> Duration {
+    client.simple_query(setup).await.unwrap();
+    let t = Instant::now();
+    client.simple_query(stmt).await.unwrap();
+    t.elapsed()
 }
 
 type Answer = Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>;

@@ -1,33 +1,30 @@
 //! A shard that is down, and clients that send garbage: clear errors for
 //! the affected statements or client, and nobody else notices.
 
-use pieskieo::router::KeyValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{error_message, sqlstate, value, Cluster, RawClient};
+use crate::harness::{error_message, exec, sqlstate, value, Cluster, RawClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_shard_fails_its_statements_only_and_comes_back() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client
-        .simple_query("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)")
-        .await
-        .unwrap();
-    let key_on = |shard: usize| {
-        (1..1000i64)
-            .find(|k| c.shard_of("accounts", KeyValue::Int(*k)) == shard)
-            .unwrap()
-    };
+    exec(
+        &client,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)",
+    )
+    .await;
+    let key_on = |shard: usize| c.key_on("accounts", shard);
     for s in 0..3 {
-        client
-            .simple_query(&format!(
+        exec(
+            &client,
+            &format!(
                 "INSERT INTO accounts (id, balance) VALUES ({}, {s})",
                 key_on(s)
-            ))
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
     }
 
     c.shards.servers[1].stop("immediate").unwrap();

@@ -65,6 +65,22 @@ password = "plainpass"
 auth = "cleartext"
 "#;
 
+/// The table most tests use.
+pub const ACCOUNTS: &str =
+    "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))";
+
+/// The smallest positive integer key of `table` that `map` puts on `shard`.
+pub fn key_on(map: &ShardMap, table: &str, shard: usize) -> i64 {
+    (1..1_000_000i64)
+        .find(|k| {
+            map.tables[table]
+                .shard_for(&KeyValue::Int(*k), map.shards)
+                .map(|s| s.0 as usize)
+                == Some(shard)
+        })
+        .expect("some key lands on every shard")
+}
+
 pub struct Servers {
     pub servers: Vec<LocalServer>,
     pub dir: PathBuf,
@@ -198,6 +214,24 @@ impl Cluster {
         self.shards.connect(i).await
     }
 
+    /// The smallest positive integer key of `table` that lives on `shard`.
+    pub fn key_on(&self, table: &str, shard: usize) -> i64 {
+        key_on(&self.map, table, shard)
+    }
+
+    /// Creates `accounts` (balance never negative) and one row with
+    /// `balance` on each of the first `n` shards; returns their keys.
+    pub async fn accounts(&self, n: usize, balance: i64) -> Vec<i64> {
+        let client = self.client().await;
+        client.simple_query(ACCOUNTS).await.unwrap();
+        let keys: Vec<i64> = (0..n).map(|s| self.key_on("accounts", s)).collect();
+        for id in &keys {
+            let sql = format!("INSERT INTO accounts (id, balance) VALUES ({id}, {balance})");
+            client.simple_query(&sql).await.unwrap();
+        }
+        keys
+    }
+
     /// The shard the router assigns to an `int8` key of `accounts`.
     pub fn shard_of(&self, table: &str, key: KeyValue) -> usize {
         self.map.tables[table]
@@ -321,13 +355,18 @@ pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// Runs a simple query that must succeed; returns what came back.
+pub async fn exec(c: &Client, sql: &str) -> Vec<SimpleQueryMessage> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+}
+
 /// Rows of a simple query as text.
 pub async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let msgs = c
-        .simple_query(sql)
+    exec(c, sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    msgs.into_iter()
+        .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => {
                 Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
@@ -347,11 +386,9 @@ pub async fn value(c: &Client, sql: &str) -> String {
 
 /// The command tags of a simple query.
 pub async fn tags(c: &Client, sql: &str) -> Vec<u64> {
-    let msgs = c
-        .simple_query(sql)
+    exec(c, sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    msgs.into_iter()
+        .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::CommandComplete(n) => Some(n),
             _ => None,

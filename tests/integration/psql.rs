@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{value, Cluster};
+use crate::harness::{exec, value, Cluster};
 
 fn psql(c: &Cluster, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("psql")
@@ -83,21 +83,17 @@ async fn psql_creates_inserts_queries_and_describes() {
 async fn pgbench_single_shard_transactions_lose_nothing() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client
-        .simple_query(
-            "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, abalance int NOT NULL DEFAULT 0, filler text);
-             CREATE TABLE pgbench_history (aid int NOT NULL, delta int, mtime timestamp)",
-        )
-        .await
-        .unwrap();
+    exec(&client, "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, abalance int NOT NULL DEFAULT 0, filler text);
+             CREATE TABLE pgbench_history (aid int NOT NULL, delta int, mtime timestamp)",).await;
     let values: Vec<String> = (1..=1000).map(|i| format!("({i}, 0)")).collect();
-    client
-        .simple_query(&format!(
+    exec(
+        &client,
+        &format!(
             "INSERT INTO pgbench_accounts (aid, abalance) VALUES {}",
             values.join(",")
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
 
     let dir = std::env::temp_dir().join(format!("pieskieo-pgbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

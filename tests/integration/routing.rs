@@ -3,7 +3,7 @@
 
 use pieskieo::router::KeyValue;
 
-use crate::harness::{rows, sqlstate, tags, value, Cluster};
+use crate::harness::{exec, rows, sqlstate, tags, value, Cluster};
 
 const SCHEMA: &str =
     "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -14,7 +14,7 @@ CREATE TABLE users (email text PRIMARY KEY, name text)";
 async fn rows_land_on_their_shard_and_reads_union() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client.simple_query(SCHEMA).await.unwrap();
+    exec(&client, SCHEMA).await;
 
     // DDL went to every shard.
     for i in 0..3 {
@@ -141,7 +141,7 @@ async fn rows_land_on_their_shard_and_reads_union() {
 async fn reference_tables_everywhere_and_text_keys() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client.simple_query(SCHEMA).await.unwrap();
+    exec(&client, SCHEMA).await;
     assert_eq!(
         tags(
             &client,
@@ -167,12 +167,11 @@ async fn reference_tables_everywhere_and_text_keys() {
     ];
     for e in emails {
         let quoted = e.replace('\'', "''");
-        client
-            .simple_query(&format!(
-                "INSERT INTO users (email, name) VALUES ('{quoted}', 'n')"
-            ))
-            .await
-            .unwrap();
+        exec(
+            &client,
+            &format!("INSERT INTO users (email, name) VALUES ('{quoted}', 'n')"),
+        )
+        .await;
         let shard = c.shard_of("users", KeyValue::Text(e.to_string()));
         let s = c.shard(shard).await;
         assert_eq!(
@@ -193,14 +192,12 @@ async fn reference_tables_everywhere_and_text_keys() {
         );
     }
     // A join of a sharded table with a reference table runs on the key's shard.
-    client
-        .simple_query("ALTER TABLE users ADD COLUMN country text")
-        .await
-        .unwrap();
-    client
-        .simple_query("UPDATE users SET country = 'pl' WHERE email = 'ala@example.com'")
-        .await
-        .unwrap();
+    exec(&client, "ALTER TABLE users ADD COLUMN country text").await;
+    exec(
+        &client,
+        "UPDATE users SET country = 'pl' WHERE email = 'ala@example.com'",
+    )
+    .await;
     let r = rows(
         &client,
         "SELECT c.name FROM users u JOIN countries c ON c.code = u.country WHERE u.email = 'ala@example.com'",
@@ -213,11 +210,8 @@ async fn reference_tables_everywhere_and_text_keys() {
 async fn server_errors_pass_through_and_multi_statement_queries() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client.simple_query(SCHEMA).await.unwrap();
-    client
-        .simple_query("INSERT INTO accounts (id, balance) VALUES (1, 1)")
-        .await
-        .unwrap();
+    exec(&client, SCHEMA).await;
+    exec(&client, "INSERT INTO accounts (id, balance) VALUES (1, 1)").await;
 
     // The shard's error arrives as PostgreSQL sent it: code, message, detail.
     let err = client
@@ -230,10 +224,11 @@ async fn server_errors_pass_through_and_multi_statement_queries() {
     assert_eq!(db.detail(), Some("Key (id)=(1) already exists."));
 
     // Several statements in one Query: each answered, in order.
-    let r = client
-        .simple_query("SELECT 1 AS a; SELECT balance FROM accounts WHERE id = 1; SELECT 'x' AS b")
-        .await
-        .unwrap();
+    let r = exec(
+        &client,
+        "SELECT 1 AS a; SELECT balance FROM accounts WHERE id = 1; SELECT 'x' AS b",
+    )
+    .await;
     let values: Vec<String> = r
         .iter()
         .filter_map(|m| match m {
@@ -274,7 +269,7 @@ async fn server_errors_pass_through_and_multi_statement_queries() {
         "42P01"
     );
     // Empty query.
-    let r = client.simple_query("  ;  ").await.unwrap();
+    let r = exec(&client, "  ;  ").await;
     assert!(r
         .iter()
         .all(|m| !matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));

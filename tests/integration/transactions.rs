@@ -3,32 +3,24 @@
 
 use pieskieo::router::KeyValue;
 
-use crate::harness::{rows, sqlstate, value, Cluster, RawClient};
+use crate::harness::{exec, rows, sqlstate, value, Cluster, RawClient};
 
 fn keys_on_two_shards(c: &Cluster) -> (i64, i64) {
-    let a = 1i64;
-    let b = (2..1000)
-        .find(|k| {
-            c.shard_of("accounts", KeyValue::Int(*k)) != c.shard_of("accounts", KeyValue::Int(a))
-        })
-        .unwrap();
-    (a, b)
+    (c.key_on("accounts", 0), c.key_on("accounts", 1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_shard_blocks_commit_and_roll_back() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client
-        .simple_query("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)")
-        .await
-        .unwrap();
+    exec(
+        &client,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)",
+    )
+    .await;
     let (a, b) = keys_on_two_shards(&c);
 
-    client
-        .simple_query(&format!("BEGIN; INSERT INTO accounts (id, balance) VALUES ({a}, 1); UPDATE accounts SET balance = 5 WHERE id = {a}; COMMIT"))
-        .await
-        .unwrap();
+    exec(&client, &format!("BEGIN; INSERT INTO accounts (id, balance) VALUES ({a}, 1); UPDATE accounts SET balance = 5 WHERE id = {a}; COMMIT")).await;
     assert_eq!(
         value(
             &client,
@@ -38,12 +30,13 @@ async fn single_shard_blocks_commit_and_roll_back() {
         "5"
     );
 
-    client.simple_query("BEGIN").await.unwrap();
-    client
-        .simple_query(&format!("UPDATE accounts SET balance = 7 WHERE id = {a}"))
-        .await
-        .unwrap();
-    client.simple_query("ROLLBACK").await.unwrap();
+    exec(&client, "BEGIN").await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 7 WHERE id = {a}"),
+    )
+    .await;
+    exec(&client, "ROLLBACK").await;
     assert_eq!(
         value(
             &client,
@@ -55,17 +48,17 @@ async fn single_shard_blocks_commit_and_roll_back() {
 
     // An error fails the block: 25P02 until it ends, and COMMIT rolls back
     // every shard the block touched.
-    client.simple_query("BEGIN").await.unwrap();
-    client
-        .simple_query(&format!("UPDATE accounts SET balance = 9 WHERE id = {a}"))
-        .await
-        .unwrap();
-    client
-        .simple_query(&format!(
-            "INSERT INTO accounts (id, balance) VALUES ({b}, 1)"
-        ))
-        .await
-        .unwrap();
+    exec(&client, "BEGIN").await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 9 WHERE id = {a}"),
+    )
+    .await;
+    exec(
+        &client,
+        &format!("INSERT INTO accounts (id, balance) VALUES ({b}, 1)"),
+    )
+    .await;
     assert_eq!(
         sqlstate(
             &client,
@@ -75,7 +68,7 @@ async fn single_shard_blocks_commit_and_roll_back() {
         "23505"
     );
     assert_eq!(sqlstate(&client, "SELECT 1").await, "25P02");
-    let r = client.simple_query("COMMIT").await.unwrap();
+    let r = exec(&client, "COMMIT").await;
     assert!(matches!(
         r.last(),
         Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
@@ -202,12 +195,8 @@ async fn session_settings_follow_the_client_across_pooled_connections() {
     let c = Cluster::start(2).await;
     let one = c.client().await;
     let two = c.client().await;
-    one.simple_query("SET TimeZone = 'Asia/Tokyo'")
-        .await
-        .unwrap();
-    one.simple_query("SET application_name = 'first'")
-        .await
-        .unwrap();
+    exec(&one, "SET TimeZone = 'Asia/Tokyo'").await;
+    exec(&one, "SET application_name = 'first'").await;
     for _ in 0..20 {
         // Interleave so the pooled connections are shared by both clients.
         assert_eq!(value(&one, "SHOW TimeZone").await, "Asia/Tokyo");
@@ -217,16 +206,12 @@ async fn session_settings_follow_the_client_across_pooled_connections() {
             "first"
         );
     }
-    one.simple_query("RESET TimeZone").await.unwrap();
+    exec(&one, "RESET TimeZone").await;
     assert_eq!(value(&one, "SHOW TimeZone").await, "UTC");
     // A setting made inside a rolled-back block does not stick.
-    one.simple_query("BEGIN; SET TimeZone = 'Europe/Warsaw'; ROLLBACK")
-        .await
-        .unwrap();
+    exec(&one, "BEGIN; SET TimeZone = 'Europe/Warsaw'; ROLLBACK").await;
     assert_eq!(value(&one, "SHOW TimeZone").await, "UTC");
-    one.simple_query("BEGIN; SET TimeZone = 'Europe/Warsaw'; COMMIT")
-        .await
-        .unwrap();
+    exec(&one, "BEGIN; SET TimeZone = 'Europe/Warsaw'; COMMIT").await;
     assert_eq!(value(&one, "SHOW TimeZone").await, "Europe/Warsaw");
     // Invalid values get PostgreSQL's own error.
     assert_eq!(

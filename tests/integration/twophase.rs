@@ -8,28 +8,13 @@ use pieskieo::config::Config;
 use pieskieo::router::KeyValue;
 
 use crate::harness::{
-    config_text, connect, prepared, rows, sqlstate, tags, value, Cluster, ProxyProcess, Servers,
-    TABLES,
+    config_text, connect, exec, key_on, prepared, rows, sqlstate, tags, value, Cluster,
+    ProxyProcess, Servers, ACCOUNTS, TABLES,
 };
 
-const SCHEMA: &str =
-    "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))";
-
 /// One key on each of the first `n` shards.
-fn keys_on_shards(c: &pieskieo::router::ShardMap, n: usize) -> Vec<i64> {
-    (0..n)
-        .map(|s| {
-            (1..10_000i64)
-                .find(|k| {
-                    c.tables["accounts"]
-                        .shard_for(&KeyValue::Int(*k), c.shards)
-                        .unwrap()
-                        .0 as usize
-                        == s
-                })
-                .unwrap()
-        })
-        .collect()
+fn keys_on_shards(map: &pieskieo::router::ShardMap, n: usize) -> Vec<i64> {
+    (0..n).map(|s| key_on(map, "accounts", s)).collect()
 }
 
 async fn balance_on(c: &Cluster, shard: usize, id: i64) -> Option<String> {
@@ -58,86 +43,71 @@ fn server_log(c: &Cluster, shard: usize) -> String {
 async fn cross_shard_blocks_commit_everywhere_or_nowhere() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client.simple_query(SCHEMA).await.unwrap();
+    exec(&client, ACCOUNTS).await;
     let k = keys_on_shards(&c.map, 3);
-    client
-        .simple_query(&format!(
+    exec(
+        &client,
+        &format!(
             "INSERT INTO accounts (id, balance) VALUES ({}, 100), ({}, 100), ({}, 100)",
             k[0], k[1], k[2]
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
 
     // A transfer across shards commits on both.
-    client
-        .simple_query(&format!(
+    exec(&client, &format!(
             "BEGIN; UPDATE accounts SET balance = balance - 30 WHERE id = {}; UPDATE accounts SET balance = balance + 30 WHERE id = {}; COMMIT",
             k[0], k[1]
-        ))
-        .await
-        .unwrap();
+        )).await;
     assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("70"));
     assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("130"));
 
     // Rollback leaves nothing.
-    client.simple_query("BEGIN").await.unwrap();
-    client
-        .simple_query(&format!(
-            "UPDATE accounts SET balance = 0 WHERE id = {}",
-            k[0]
-        ))
-        .await
-        .unwrap();
-    client
-        .simple_query(&format!(
-            "UPDATE accounts SET balance = 0 WHERE id = {}",
-            k[2]
-        ))
-        .await
-        .unwrap();
-    client.simple_query("ROLLBACK").await.unwrap();
+    exec(&client, "BEGIN").await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 0 WHERE id = {}", k[0]),
+    )
+    .await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 0 WHERE id = {}", k[2]),
+    )
+    .await;
+    exec(&client, "ROLLBACK").await;
     assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("70"));
     assert_eq!(balance_on(&c, 2, k[2]).await.as_deref(), Some("100"));
 
     // A statement spanning shards inside a block, and a fan-out read in it.
-    client.simple_query("BEGIN").await.unwrap();
+    exec(&client, "BEGIN").await;
     assert_eq!(
         tags(&client, "UPDATE accounts SET balance = balance + 1").await,
         vec![3]
     );
     assert_eq!(rows(&client, "SELECT id FROM accounts").await.len(), 3);
-    client.simple_query("COMMIT").await.unwrap();
+    exec(&client, "COMMIT").await;
     assert_eq!(balance_on(&c, 2, k[2]).await.as_deref(), Some("101"));
 
     // Savepoints reach shards that joined after them.
-    client.simple_query("BEGIN").await.unwrap();
-    client
-        .simple_query(&format!(
-            "UPDATE accounts SET balance = 1 WHERE id = {}",
-            k[0]
-        ))
-        .await
-        .unwrap();
-    client.simple_query("SAVEPOINT s").await.unwrap();
-    client
-        .simple_query(&format!(
-            "UPDATE accounts SET balance = 2 WHERE id = {}",
-            k[1]
-        ))
-        .await
-        .unwrap();
-    client
-        .simple_query(&format!(
-            "UPDATE accounts SET balance = 3 WHERE id = {}",
-            k[0]
-        ))
-        .await
-        .unwrap();
-    client
-        .simple_query("ROLLBACK TO SAVEPOINT s")
-        .await
-        .unwrap();
-    client.simple_query("COMMIT").await.unwrap();
+    exec(&client, "BEGIN").await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 1 WHERE id = {}", k[0]),
+    )
+    .await;
+    exec(&client, "SAVEPOINT s").await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 2 WHERE id = {}", k[1]),
+    )
+    .await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 3 WHERE id = {}", k[0]),
+    )
+    .await;
+    exec(&client, "ROLLBACK TO SAVEPOINT s").await;
+    exec(&client, "COMMIT").await;
     assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("1"));
     assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("131"));
     no_prepared_anywhere(&c).await;
@@ -147,36 +117,34 @@ async fn cross_shard_blocks_commit_everywhere_or_nowhere() {
 async fn a_failing_prepare_rolls_back_every_shard_with_its_error() {
     let c = Cluster::start(2).await;
     let client = c.client().await;
-    client
-        .simple_query("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint, tag int, CONSTRAINT u UNIQUE (tag) DEFERRABLE INITIALLY DEFERRED)")
-        .await
-        .unwrap();
+    exec(&client, "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint, tag int, CONSTRAINT u UNIQUE (tag) DEFERRABLE INITIALLY DEFERRED)").await;
     let k = keys_on_shards(&c.map, 2);
     let k0b = (k[0] + 1..10_000)
         .find(|x| c.shard_of("accounts", KeyValue::Int(*x)) == 0)
         .unwrap();
-    client
-        .simple_query(&format!(
+    exec(
+        &client,
+        &format!(
             "INSERT INTO accounts (id, balance, tag) VALUES ({}, 1, 7)",
             k[0]
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
 
-    client.simple_query("BEGIN").await.unwrap();
-    client
-        .simple_query(&format!(
-            "INSERT INTO accounts (id, balance, tag) VALUES ({k0b}, 1, 7)"
-        ))
-        .await
-        .unwrap();
-    client
-        .simple_query(&format!(
+    exec(&client, "BEGIN").await;
+    exec(
+        &client,
+        &format!("INSERT INTO accounts (id, balance, tag) VALUES ({k0b}, 1, 7)"),
+    )
+    .await;
+    exec(
+        &client,
+        &format!(
             "INSERT INTO accounts (id, balance, tag) VALUES ({}, 1, 8)",
             k[1]
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     // The deferred unique check fails at PREPARE on shard 0.
     assert_eq!(sqlstate(&client, "COMMIT").await, "23505");
     assert_eq!(balance_on(&c, 0, k0b).await, None);
@@ -187,13 +155,14 @@ async fn a_failing_prepare_rolls_back_every_shard_with_its_error() {
 
     // A fan-out write outside a block is atomic too: shard 0 fails, shard 1's
     // change is undone.
-    client
-        .simple_query(&format!(
+    exec(
+        &client,
+        &format!(
             "INSERT INTO accounts (id, balance, tag) VALUES ({}, 5, 9)",
             k[1]
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let e = client
         .simple_query("UPDATE accounts SET balance = 10 / (balance - 1)")
         .await
@@ -234,32 +203,17 @@ async fn a_failing_prepare_rolls_back_every_shard_with_its_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_writer_and_read_only_blocks_never_prepare() {
     let c = Cluster::start(3).await;
+    let k = c.accounts(3, 10).await;
     let client = c.client().await;
-    client.simple_query(SCHEMA).await.unwrap();
-    let k = keys_on_shards(&c.map, 3);
-    for id in &k {
-        client
-            .simple_query(&format!(
-                "INSERT INTO accounts (id, balance) VALUES ({id}, 10)"
-            ))
-            .await
-            .unwrap();
-    }
     // Setup (DDL on every shard) used 2PC; look only at what follows.
     let before: Vec<usize> = (0..3).map(|i| server_log(&c, i).len()).collect();
     // Read on two shards, write on one.
-    client
-        .simple_query(&format!(
+    exec(&client, &format!(
             "BEGIN; SELECT * FROM accounts WHERE id = {}; SELECT * FROM accounts WHERE id = {}; UPDATE accounts SET balance = 11 WHERE id = {}; COMMIT",
             k[0], k[1], k[2]
-        ))
-        .await
-        .unwrap();
+        )).await;
     // Read only.
-    client
-        .simple_query(&format!("BEGIN; SELECT * FROM accounts WHERE id = {}; SELECT * FROM accounts WHERE id = {}; COMMIT", k[0], k[2]))
-        .await
-        .unwrap();
+    exec(&client, &format!("BEGIN; SELECT * FROM accounts WHERE id = {}; SELECT * FROM accounts WHERE id = {}; COMMIT", k[0], k[2])).await;
     assert_eq!(balance_on(&c, 2, k[2]).await.as_deref(), Some("11"));
     for i in 0..3 {
         let log = server_log(&c, i);
@@ -273,13 +227,10 @@ async fn one_writer_and_read_only_blocks_never_prepare() {
         );
     }
     // Two writers do prepare: the check above can see one.
-    client
-        .simple_query(&format!(
+    exec(&client, &format!(
             "BEGIN; UPDATE accounts SET balance = 12 WHERE id = {}; UPDATE accounts SET balance = 12 WHERE id = {}; COMMIT",
             k[0], k[1]
-        ))
-        .await
-        .unwrap();
+        )).await;
     assert!(
         server_log(&c, 0).contains("PREPARE TRANSACTION 'pieskieo_test_"),
         "{}",
@@ -302,27 +253,25 @@ async fn crash_at(point: &str, writers: usize, expect_committed: bool) {
     {
         let setup = ProxyProcess::start(&servers, "").await;
         let client = connect(&setup.url()).await.unwrap();
-        client.simple_query(SCHEMA).await.unwrap();
+        exec(&client, ACCOUNTS).await;
         for id in &k {
-            client
-                .simple_query(&format!(
-                    "INSERT INTO accounts (id, balance) VALUES ({id}, 100)"
-                ))
-                .await
-                .unwrap();
+            exec(
+                &client,
+                &format!("INSERT INTO accounts (id, balance) VALUES ({id}, 100)"),
+            )
+            .await;
         }
     }
     let mut proxy =
         ProxyProcess::start(&servers, &format!("test_failpoint = \"{point}:crash\"")).await;
     let client = connect(&proxy.url()).await.unwrap();
-    client.simple_query("BEGIN").await.unwrap();
+    exec(&client, "BEGIN").await;
     for id in &k[..writers] {
-        client
-            .simple_query(&format!(
-                "UPDATE accounts SET balance = 555 WHERE id = {id}"
-            ))
-            .await
-            .unwrap();
+        exec(
+            &client,
+            &format!("UPDATE accounts SET balance = 555 WHERE id = {id}"),
+        )
+        .await;
     }
     let r = client.simple_query("COMMIT").await;
     assert!(r.is_err(), "{point}: the proxy died during COMMIT");
@@ -374,34 +323,21 @@ async fn proxy_killed_after_first_commit_prepared_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_lost_before_prepare_aborts_and_after_decision_is_finished_later() {
     let c = Cluster::start_txn(3, TABLES, "test_failpoint = \"after_decision:pause=1500\"").await;
+    let k = c.accounts(3, 100).await;
     let client = c.client().await;
-    client.simple_query(SCHEMA).await.unwrap();
-    let k = keys_on_shards(&c.map, 3);
-    for id in &k {
-        client
-            .simple_query(&format!(
-                "INSERT INTO accounts (id, balance) VALUES ({id}, 100)"
-            ))
-            .await
-            .unwrap();
-    }
 
     // Shard 1 dies before PREPARE: the client gets an error, nothing commits.
-    client.simple_query("BEGIN").await.unwrap();
-    client
-        .simple_query(&format!(
-            "UPDATE accounts SET balance = 1 WHERE id = {}",
-            k[0]
-        ))
-        .await
-        .unwrap();
-    client
-        .simple_query(&format!(
-            "UPDATE accounts SET balance = 1 WHERE id = {}",
-            k[1]
-        ))
-        .await
-        .unwrap();
+    exec(&client, "BEGIN").await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 1 WHERE id = {}", k[0]),
+    )
+    .await;
+    exec(
+        &client,
+        &format!("UPDATE accounts SET balance = 1 WHERE id = {}", k[1]),
+    )
+    .await;
     c.shards.servers[1].stop("immediate").unwrap();
     let code = sqlstate(&client, "COMMIT").await;
     assert!(code.starts_with("08") || code.starts_with("57"), "{code}");
@@ -415,15 +351,17 @@ async fn shard_lost_before_prepare_aborts_and_after_decision_is_finished_later()
     let (a, b) = (k[0], k[2]);
     let commit = tokio::spawn(async move {
         let client = connect(&url).await.unwrap();
-        client.simple_query("BEGIN").await.unwrap();
-        client
-            .simple_query(&format!("UPDATE accounts SET balance = 42 WHERE id = {a}"))
-            .await
-            .unwrap();
-        client
-            .simple_query(&format!("UPDATE accounts SET balance = 42 WHERE id = {b}"))
-            .await
-            .unwrap();
+        exec(&client, "BEGIN").await;
+        exec(
+            &client,
+            &format!("UPDATE accounts SET balance = 42 WHERE id = {a}"),
+        )
+        .await;
+        exec(
+            &client,
+            &format!("UPDATE accounts SET balance = 42 WHERE id = {b}"),
+        )
+        .await;
         client.simple_query("COMMIT").await
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -450,19 +388,20 @@ async fn shard_lost_before_prepare_aborts_and_after_decision_is_finished_later()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_transfers_keep_the_total() {
-    const ACCOUNTS: i64 = 30;
+    const N: i64 = 30;
     const CLIENTS: usize = 16;
     let c = Cluster::start(3).await;
     let client = c.client().await;
-    client.simple_query(SCHEMA).await.unwrap();
-    let values: Vec<String> = (1..=ACCOUNTS).map(|i| format!("({i}, 1000)")).collect();
-    client
-        .simple_query(&format!(
+    exec(&client, ACCOUNTS).await;
+    let values: Vec<String> = (1..=N).map(|i| format!("({i}, 1000)")).collect();
+    exec(
+        &client,
+        &format!(
             "INSERT INTO accounts (id, balance) VALUES {}",
             values.join(", ")
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
     let mut tasks = Vec::new();
@@ -475,8 +414,8 @@ async fn bank_transfers_keep_the_total() {
             let mut n = w as i64;
             while std::time::Instant::now() < deadline {
                 n += 7;
-                let a = n % ACCOUNTS + 1;
-                let b = (n * 13 + 5) % ACCOUNTS + 1;
+                let a = n % N + 1;
+                let b = (n * 13 + 5) % N + 1;
                 let shard = |k: i64| map.tables["accounts"].shard_for(&KeyValue::Int(k), map.shards);
                 if a == b || shard(a) == shard(b) {
                     continue;
@@ -494,7 +433,7 @@ async fn bank_transfers_keep_the_total() {
                     // A CHECK violation (balance < 0) is a legitimate failure; the block is over.
                     Err(e) => {
                         assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("23514"), "{e:?}");
-                        client.simple_query("ROLLBACK").await.unwrap();
+                        exec(&client, "ROLLBACK").await;
                     }
                 }
             }
@@ -515,7 +454,7 @@ async fn bank_transfers_keep_the_total() {
             .unwrap();
         assert_eq!(prepared(&s).await, 0);
     }
-    assert_eq!(sum, ACCOUNTS * 1000);
+    assert_eq!(sum, N * 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,29 +491,21 @@ async fn startup_refuses_shards_without_prepared_transactions_and_duplicate_node
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_vanishes_mid_block_leaves_nothing_behind() {
     let c = Cluster::start(2).await;
-    let setup = c.client().await;
-    setup.simple_query(SCHEMA).await.unwrap();
-    let k = keys_on_shards(&c.map, 2);
-    for id in &k {
-        setup
-            .simple_query(&format!(
-                "INSERT INTO accounts (id, balance) VALUES ({id}, 100)"
-            ))
-            .await
-            .unwrap();
-    }
+    let k = c.accounts(2, 100).await;
     {
         let gone = c.client().await;
-        gone.simple_query("BEGIN").await.unwrap();
+        exec(&gone, "BEGIN").await;
         for id in &k {
-            gone.simple_query(&format!("UPDATE accounts SET balance = 0 WHERE id = {id}"))
-                .await
-                .unwrap();
+            exec(
+                &gone,
+                &format!("UPDATE accounts SET balance = 0 WHERE id = {id}"),
+            )
+            .await;
         }
         // Dropped here: the connection closes mid-block.
     }
     let other = c.client().await;
-    other.simple_query("SET lock_timeout = '5s'").await.unwrap();
+    exec(&other, "SET lock_timeout = '5s'").await;
     other
         .simple_query(&format!(
             "BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = {}; UPDATE accounts SET balance = balance + 1 WHERE id = {}; COMMIT",
