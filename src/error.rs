@@ -28,6 +28,9 @@ impl SqlState {
     pub const INVALID_SAVEPOINT_SPECIFICATION: SqlState = SqlState("3B001");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
+    pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
+    pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");

@@ -32,6 +32,10 @@ pub struct ServerConn {
     pub status: u8,
     /// `ReadyForQuery` messages still owed.
     pending: usize,
+    /// Extended-protocol messages were sent that no `Sync` has closed yet.
+    unsynced: bool,
+    /// Statements prepared here under the proxy's names.
+    pub prepared: std::collections::HashSet<String>,
     broken: bool,
     pub process_id: i32,
     pub secret_key: i32,
@@ -64,6 +68,8 @@ impl ServerConn {
             applied: BTreeMap::new(),
             status: b'I',
             pending: 0,
+            unsynced: false,
+            prepared: Default::default(),
             broken: false,
             process_id: 0,
             secret_key: 0,
@@ -261,6 +267,7 @@ impl ServerConn {
         match f.tag {
             b'Z' => {
                 self.pending = self.pending.saturating_sub(1);
+                self.unsynced = false;
                 self.status = f.body().first().copied().unwrap_or(b'E');
             }
             b'S' => self.note_parameter(&f),
@@ -295,7 +302,25 @@ impl ServerConn {
 
     /// Idle, owing nothing, not broken: safe to hand to another client.
     pub fn is_reusable(&self) -> bool {
-        !self.broken && self.pending == 0 && self.status == b'I'
+        !self.broken && self.pending == 0 && !self.unsynced && self.status == b'I'
+    }
+
+    /// Queues an extended-protocol message (Parse, Bind, Describe, Execute,
+    /// Close, Flush); a `Sync` must follow before the connection is reused.
+    pub async fn send_extended(&mut self, msg: &[u8]) -> Result<(), BackendError> {
+        self.unsynced = true;
+        self.write_all(msg).await
+    }
+
+    /// Extended messages were sent since the last `Sync`.
+    pub fn needs_sync(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Queues a `Sync`: a `ReadyForQuery` is then owed.
+    pub async fn send_sync(&mut self) -> Result<(), BackendError> {
+        self.pending += 1;
+        self.write_all(&[b'S', 0, 0, 0, 4]).await
     }
 
     /// Whether the server hung up (or said something unasked, such as

@@ -14,8 +14,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::{
-    leading_words, KeyError, KeyType, KeyValue, Plan, Route, RouteError, SetCommand, ShardId,
-    ShardMap, TableRule,
+    leading_words, Bound, KeyError, KeyType, KeyValue, Plan, Route, RouteError, SetCommand,
+    ShardId, ShardMap, TableRule,
 };
 
 /// Transaction control and session settings, recognised by their leading words
@@ -84,15 +84,47 @@ fn setting_name(rest: &[&str]) -> Option<String> {
 }
 
 /// Routes a statement through its parsed AST.
-pub(super) fn parsed(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
-    let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+pub(super) fn parsed(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, RouteError> {
+    let mut stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(s) => s,
         Err(e) => return unparsed(sql, map, &e.to_string()),
     };
-    match stmts.as_slice() {
-        [stmt] => route_statement(stmt, map),
-        _ => Err(RouteError::Syntax("expected exactly one statement".into())),
+    match stmts.as_mut_slice() {
+        [stmt] => {
+            if !params.is_empty() {
+                bind_placeholders(stmt, params);
+                // A split INSERT would carry the bound values as literals:
+                // only whole statements are forwarded with parameters.
+                return match route_statement(stmt, map)? {
+                    Plan::Split { .. } => unsupported(
+                        "a multi-row INSERT with parameters whose rows span shards is not supported yet; send one row per statement",
+                    ),
+                    p => Ok(p),
+                };
+            }
+            route_statement(stmt, map)
+        }
+        _ => Err(RouteError::Syntax(
+            "cannot insert multiple commands into a prepared statement".into(),
+        )),
     }
+}
+
+/// Replaces `$n` with the bound value's text (for routing only).
+fn bind_placeholders(stmt: &mut Statement, params: &[Bound]) {
+    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
+        if let Expr::Value(v) = e {
+            if let Value::Placeholder(p) = &v.value {
+                let n = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
+                match n.and_then(|n| params.get(n.wrapping_sub(1))) {
+                    Some(Bound::Text(text)) => v.value = Value::SingleQuotedString(text.clone()),
+                    Some(Bound::Null) => v.value = Value::Null,
+                    Some(Bound::Unknown) | None => {}
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// A statement sqlparser cannot read goes to the default shard only when it

@@ -230,8 +230,26 @@ impl ShardMap {
 
 /// Plans one statement (one element of [`split_statements`]).
 pub fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
+    plan_bound(sql, map, &[])
+}
+
+/// A parameter value as the router sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    Null,
+    /// The value's text form.
+    Text(String),
+    /// A value the proxy cannot read (binary of an unknown type): it
+    /// constrains nothing, so routing never guesses from it.
+    Unknown,
+}
+
+/// Plans a statement with `$n` parameters bound to `params[n - 1]`. The
+/// values are used for routing only; the statement itself is sent as the
+/// client wrote it.
+pub fn plan_bound(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, RouteError> {
     if let Some(p) = classify::lexical(sql)? {
         return Ok(p);
     }
-    classify::parsed(sql, map)
+    classify::parsed(sql, map, params)
 }

@@ -315,3 +315,42 @@ fn key_literals_parse_like_postgres() {
     assert_eq!(u.to_string(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
     assert!(KeyValue::parse(KeyType::Uuid, "a0eebc99").is_err());
 }
+
+#[test]
+fn bound_parameters_route_like_literals() {
+    let m = map();
+    let s7 = shard_of(&m, "accounts", KeyValue::Int(7));
+    let p = |sql: &str, params: &[Bound]| plan_bound(sql, &m, params);
+    let seven = [Bound::Text("7".into())];
+    assert_eq!(
+        p("SELECT * FROM accounts WHERE id = $1", &seven),
+        Ok(fwd(Route::One(s7), false))
+    );
+    assert_eq!(
+        p(
+            "INSERT INTO accounts (id, balance) VALUES ($1, $2)",
+            &[Bound::Text("7".into()), Bound::Text("1".into())]
+        ),
+        Ok(fwd(Route::One(s7), true))
+    );
+    // A value the proxy cannot read constrains nothing; a NULL key is refused.
+    assert_eq!(
+        p("SELECT * FROM accounts WHERE id = $1", &[Bound::Unknown]),
+        Ok(fwd(Route::All, false))
+    );
+    assert_eq!(
+        p("INSERT INTO accounts (id) VALUES ($1)", &[Bound::Null])
+            .unwrap_err()
+            .sqlstate(),
+        SqlState::NOT_NULL_VIOLATION
+    );
+    assert_eq!(
+        p(
+            "INSERT INTO accounts (id) VALUES ($1), ($2)",
+            &[Bound::Text("7".into()), Bound::Text("8".into())]
+        )
+        .unwrap_err()
+        .sqlstate(),
+        SqlState::FEATURE_NOT_SUPPORTED
+    );
+}

@@ -108,12 +108,26 @@ async fn malformed_input_hurts_only_its_sender() {
     let r = raw.query("SELECT 1").await;
     assert!(r.error_codes().is_empty());
 
-    // The extended protocol is refused cleanly until Sync.
+    // Extended protocol: a Bind of a statement that does not exist is an
+    // error up to Sync; a truncated Bind is a protocol violation.
     raw.send(b'P', b"\0SELECT 1\0\0\0").await;
-    raw.send(b'B', b"\0\0\0\0\0\0\0\0").await;
+    raw.send(b'B', b"\0nope\0\0\0\0\0\0\0").await;
+    raw.send(b'E', b"\0\0\0\0\0").await;
     raw.send(b'S', b"").await;
     let r = raw.until_ready().await;
-    assert_eq!(r.error_codes(), vec!["0A000".to_string()]);
+    assert_eq!(r.error_codes(), vec!["26000".to_string()]);
+    assert_eq!(
+        r.messages.first().map(|m| m.0),
+        Some(b'1'),
+        "ParseComplete first"
+    );
+    raw.send(b'B', b"\0").await;
+    raw.send(b'S', b"").await;
+    let (t, body) = raw.read().await;
+    assert_eq!(
+        (t, crate::harness::field(&body, b'C')),
+        (b'E', "08P01".to_string())
+    );
 
     // Meanwhile the well-behaved client never noticed.
     assert_eq!(value(&good, "SELECT 42").await, "42");

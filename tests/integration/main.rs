@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod config;
+mod extended;
 mod faults;
 mod hashing;
 mod psql;

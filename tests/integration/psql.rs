@@ -95,21 +95,49 @@ async fn pgbench_single_shard_transactions_lose_nothing() {
     )
     .await;
 
-    let dir = std::env::temp_dir().join(format!("pieskieo-pgbench-{}", std::process::id()));
+    let processed = run_pgbench(&c, "simple", 1000).await;
+    // Every committed transaction added exactly 1 to one balance and one history row.
+    let mut sum = 0u64;
+    let mut history = 0u64;
+    for i in 0..3 {
+        let s = c.shard(i).await;
+        sum += value(
+            &s,
+            "SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts",
+        )
+        .await
+        .parse::<u64>()
+        .unwrap();
+        history += value(&s, "SELECT count(*) FROM pgbench_history")
+            .await
+            .parse::<u64>()
+            .unwrap();
+    }
+    assert_eq!(sum, processed);
+    assert_eq!(history, processed);
+}
+
+/// Runs pgbench for 3 s with a single-shard read-write script in `mode`
+/// (simple, extended, prepared); every transaction adds 1 to one balance.
+/// Returns how many transactions it committed; none may fail.
+pub async fn run_pgbench(c: &Cluster, mode: &str, accounts: u32) -> u64 {
+    let dir = std::env::temp_dir().join(format!("pieskieo-pgbench-{}-{mode}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("transfer.sql");
     std::fs::write(
         &script,
-        "\\set aid random(1, 1000)\n\
+        format!(
+            "\\set aid random(1, {accounts})\n\
          BEGIN;\n\
          UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n\
          SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n\
          INSERT INTO pgbench_history (aid, delta, mtime) VALUES (:aid, 1, CURRENT_TIMESTAMP);\n\
-         END;\n",
+         END;\n"
+        ),
     )
     .unwrap();
     let out = Command::new("pgbench")
-        .args(["-n", "-M", "simple", "-c", "4", "-j", "2", "-T", "3", "-f"])
+        .args(["-n", "-M", mode, "-c", "4", "-j", "2", "-T", "3", "-f"])
         .arg(&script)
         .arg(c.uri())
         .output()
@@ -135,23 +163,5 @@ async fn pgbench_single_shard_transactions_lose_nothing() {
     {
         assert!(failed.starts_with("0 "), "{text}");
     }
-    // Every committed transaction added exactly 1 to one balance and one history row.
-    let mut sum = 0u64;
-    let mut history = 0u64;
-    for i in 0..3 {
-        let s = c.shard(i).await;
-        sum += value(
-            &s,
-            "SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts",
-        )
-        .await
-        .parse::<u64>()
-        .unwrap();
-        history += value(&s, "SELECT count(*) FROM pgbench_history")
-            .await
-            .parse::<u64>()
-            .unwrap();
-    }
-    assert_eq!(sum, processed);
-    assert_eq!(history, processed);
+    processed
 }

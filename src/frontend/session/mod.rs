@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 mod block;
+mod extended;
 
 use super::{auth, unknown_database, Shared};
 use crate::backend::{BackendError, PooledConn, ServerConn};
@@ -90,8 +91,7 @@ struct Session {
     /// The client's session settings: parameter name -> statement that sets it.
     settings: BTreeMap<String, String>,
     state: TxnState,
-    /// After an error in an extended-protocol message, skip until `Sync`.
-    skip_to_sync: bool,
+    ext: extended::Extended,
 }
 
 fn quote_ident(s: &str) -> String {
@@ -151,7 +151,7 @@ pub(super) async fn run(
         settings: startup_settings.clone(),
         startup_settings,
         state: TxnState::Idle,
-        skip_to_sync: false,
+        ext: Default::default(),
     };
     if let Err(e) = s.greet(pid).await {
         warn!(%peer, user = %s.user, error = %e, "session setup failed");
@@ -283,21 +283,7 @@ impl Session {
                     }
                 }
                 b'X' => return,
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
-                    if self.skip_to_sync {
-                        Ok(())
-                    } else {
-                        self.skip_to_sync = true;
-                        let e = Error::Unsupported("the extended query protocol is not supported by Pieskieo yet; use the simple query protocol".into());
-                        self.error(e).await.map(|_| ())
-                    }
-                }
-                b'S' => {
-                    self.skip_to_sync = false;
-                    let rfq = protocol::ready_for_query(self.status_byte());
-                    self.write(&rfq).await
-                }
-                b'H' => Ok(()),
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'F' | b'S' | b'H' => self.on_extended(f).await,
                 // CopyData/CopyDone/CopyFail outside COPY are ignored, as PostgreSQL does.
                 b'd' | b'c' | b'f' => Ok(()),
                 other => {
@@ -645,7 +631,6 @@ impl Session {
             }
         }
     }
-
 }
 
 /// Makes a connection's settings equal the client's: `SET` what differs,

@@ -1,0 +1,942 @@
+//! The extended query protocol: Parse, Bind, Describe, Execute, Close, Flush
+//! and Sync, as drivers speak it.
+//!
+//! Statements live per client. Each server connection prepares them lazily
+//! under proxy-made names (a hash of the text and parameter types), so
+//! clients share prepared statements on pooled connections. Messages are
+//! gathered until Flush or Sync, then run in order on the shard each Bind
+//! routes to by the values bound to `$n`; parameter and result formats pass
+//! through untouched. Outside a block, a batch whose Binds all reach one shard
+//! runs in that shard's own implicit transaction (closed by Sync); a batch
+//! reaching several shards runs in a proxy-made block that Sync commits
+//! through the coordinator.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::{BufMut, Bytes};
+
+use super::*;
+use crate::protocol::{message, put_cstr, take_cstr, Frame};
+use crate::router::{plan_bound, Bound};
+
+/// A statement the client prepared.
+pub(super) struct ClientStmt {
+    sql: String,
+    /// Parameter types from Parse (0 = unspecified).
+    types: Vec<u32>,
+    /// Parameter types a server reported (ParameterDescription), when known.
+    described: Option<Vec<u32>>,
+    /// The name it is prepared under on server connections.
+    backend: String,
+}
+
+enum PortalKind {
+    Single {
+        shard: ShardId,
+        write: bool,
+    },
+    Multi {
+        shards: Vec<ShardId>,
+        merge: Merge,
+        write: bool,
+    },
+    /// Transaction control or a setting: run by the session, not a shard.
+    Control {
+        sql: String,
+        plan: Plan,
+    },
+}
+
+/// Extended-protocol state of a session.
+#[derive(Default)]
+pub(super) struct Extended {
+    stmts: HashMap<String, ClientStmt>,
+    portals: HashMap<String, PortalKind>,
+    /// Messages since the last Flush/Sync, not yet run.
+    batch: Vec<Frame>,
+    /// Outside a block: the one connection this Sync segment uses.
+    seg: Option<PooledConn>,
+    /// An error happened: skip messages until Sync, as PostgreSQL does.
+    skipping: bool,
+    /// This segment runs in a proxy-made block, committed at Sync.
+    implicit: bool,
+    /// Whether the segment's mode (shard's implicit transaction, or
+    /// proxy-made block) has been chosen.
+    decided: bool,
+}
+
+/// Where a connection taken for a message came from, so it goes back there.
+enum Slot {
+    Segment,
+    Participant { wrote: bool },
+}
+
+const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+/// A batch this long runs before Flush/Sync arrives, bounding memory.
+const MAX_BATCH: usize = 1000;
+
+fn malformed(what: &str) -> Error {
+    Error::Client(ClientError::Protocol(format!("malformed {what} message")))
+}
+
+fn backend_name(sql: &str, types: &[u32]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql
+        .bytes()
+        .chain(types.iter().flat_map(|t| t.to_be_bytes()))
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("pieskieo_{h:016x}_{}", sql.len())
+}
+
+fn read_i16(b: &[u8]) -> Option<(i16, &[u8])> {
+    Some((i16::from_be_bytes([*b.first()?, *b.get(1)?]), b.get(2..)?))
+}
+
+fn read_i32(b: &[u8]) -> Option<(i32, &[u8])> {
+    let v = b.get(..4)?;
+    Some((i32::from_be_bytes([v[0], v[1], v[2], v[3]]), b.get(4..)?))
+}
+
+struct BindMsg<'a> {
+    portal: &'a str,
+    stmt: &'a str,
+    /// Everything after the two names, forwarded as is.
+    rest: &'a [u8],
+    formats: Vec<i16>,
+    values: Vec<Option<&'a [u8]>>,
+}
+
+fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
+    let (portal, r) = take_cstr(body)?;
+    let (stmt, rest) = take_cstr(r)?;
+    let (nf, mut r) = read_i16(rest)?;
+    let mut formats = Vec::new();
+    for _ in 0..nf.max(0) {
+        let (f, next) = read_i16(r)?;
+        formats.push(f);
+        r = next;
+    }
+    let (np, mut r) = read_i16(r)?;
+    let mut values = Vec::new();
+    for _ in 0..np.max(0) {
+        let (len, next) = read_i32(r)?;
+        if len < 0 {
+            values.push(None);
+            r = next;
+        } else {
+            values.push(Some(next.get(..len as usize)?));
+            r = next.get(len as usize..)?;
+        }
+    }
+    Some(BindMsg {
+        portal,
+        stmt,
+        rest,
+        formats,
+        values,
+    })
+}
+
+/// The router's view of one bound value.
+fn bound(format: i16, value: Option<&[u8]>, oid: u32) -> Bound {
+    let Some(v) = value else { return Bound::Null };
+    let text = |v: &[u8]| {
+        std::str::from_utf8(v)
+            .map(|s| Bound::Text(s.to_string()))
+            .unwrap_or(Bound::Unknown)
+    };
+    if format == 0 {
+        return text(v);
+    }
+    match (oid, v.len()) {
+        (21, 2) => Bound::Text(i16::from_be_bytes([v[0], v[1]]).to_string()),
+        (23, 4) => Bound::Text(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (20, 8) => Bound::Text(i64::from_be_bytes(v.try_into().unwrap_or([0; 8])).to_string()),
+        // text, varchar, name, bpchar: binary is the text itself
+        (25 | 1043 | 19 | 1042, _) => text(v),
+        (2950, 16) => {
+            Bound::Text(crate::router::KeyValue::Uuid(v.try_into().unwrap_or([0; 16])).to_string())
+        }
+        _ => Bound::Unknown,
+    }
+}
+
+fn bounds(b: &BindMsg, types: &[u32]) -> Vec<Bound> {
+    b.values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let fmt = match b.formats.as_slice() {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
+            };
+            bound(fmt, *v, types.get(i).copied().unwrap_or(0))
+        })
+        .collect()
+}
+
+impl ClientStmt {
+    fn param_types(&self) -> &[u32] {
+        self.described.as_deref().unwrap_or(&self.types)
+    }
+
+    fn parse_message(&self) -> Bytes {
+        message(b'P', |b| {
+            put_cstr(b, &self.backend);
+            put_cstr(b, &self.sql);
+            b.put_i16(self.types.len() as i16);
+            for t in &self.types {
+                b.put_u32(*t);
+            }
+        })
+    }
+
+    fn plan(&self, map: &crate::router::ShardMap, params: &[Bound]) -> Result<Plan, RouteError> {
+        if self.sql.trim().is_empty() {
+            return Ok(Plan::Forward {
+                route: Route::Any,
+                write: false,
+            });
+        }
+        plan_bound(&self.sql, map, params)
+    }
+}
+
+impl Session {
+    /// An extended-protocol message arrived. `Err` ends the session.
+    pub(super) async fn on_extended(&mut self, f: Frame) -> Io {
+        match f.tag {
+            b'S' => {
+                self.run_batch().await?;
+                self.sync().await
+            }
+            b'H' => self.run_batch().await,
+            _ => {
+                self.ext.batch.push(f);
+                if self.ext.batch.len() >= MAX_BATCH {
+                    self.run_batch().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn run_batch(&mut self) -> Io {
+        let batch = std::mem::take(&mut self.ext.batch);
+        if !self.ext.decided && matches!(self.state, TxnState::Idle) && !batch.is_empty() {
+            self.ext.decided = true;
+            if self.batch_spans_shards(&batch) {
+                self.state = TxnState::InTxn(Txn::new("BEGIN"));
+                self.ext.implicit = true;
+            }
+        }
+        for f in batch {
+            if self.ext.skipping {
+                continue;
+            }
+            let ok = match self.ext_message(&f).await {
+                Ok(ok) => ok,
+                Err(Fatal::Client(e)) => return Err(e),
+                Err(Fatal::Protocol(e)) => {
+                    warn!(peer = %self.peer, error = %e, "protocol violation");
+                    send_fatal(&mut self.out, &e).await;
+                    return Err(std::io::Error::other("protocol violation"));
+                }
+            };
+            if !ok {
+                self.ext.skipping = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the batch's Binds reach more than one shard (or write to
+    /// several): then it needs a block of its own to be atomic.
+    fn batch_spans_shards(&self, batch: &[Frame]) -> bool {
+        let mut parsed: HashMap<String, (String, Vec<u32>)> = HashMap::new();
+        let mut shards = HashSet::new();
+        for f in batch {
+            match f.tag {
+                b'P' => {
+                    let Some((name, r)) = take_cstr(f.body()) else {
+                        continue;
+                    };
+                    let Some((sql, _)) = take_cstr(r) else {
+                        continue;
+                    };
+                    parsed.insert(name.to_string(), (sql.to_string(), Vec::new()));
+                }
+                b'B' => {
+                    let Some(b) = parse_bind(f.body()) else {
+                        continue;
+                    };
+                    let (sql, types) = match (parsed.get(b.stmt), self.ext.stmts.get(b.stmt)) {
+                        (Some((sql, t)), _) => (sql.clone(), t.clone()),
+                        (None, Some(s)) => (s.sql.clone(), s.param_types().to_vec()),
+                        (None, None) => continue,
+                    };
+                    if sql.trim().is_empty() {
+                        continue;
+                    }
+                    match plan_bound(&sql, &self.shared.map, &bounds(&b, &types)) {
+                        Ok(Plan::Forward {
+                            route: Route::One(s),
+                            ..
+                        }) => {
+                            shards.insert(s);
+                        }
+                        Ok(Plan::Forward {
+                            route: Route::Any, ..
+                        })
+                        | Err(_) => {}
+                        Ok(Plan::Forward { .. } | Plan::Replicate | Plan::Split { .. }) => {
+                            return true
+                        }
+                        // Transaction control changes the mode by itself.
+                        Ok(_) => return false,
+                    }
+                }
+                _ => {}
+            }
+        }
+        shards.len() > 1
+    }
+
+    fn any_shard(&mut self) -> ShardId {
+        let default = self.shared.map.default_shard;
+        if let Some(t) = self.txn() {
+            return t.participants.first().map(|p| p.shard()).unwrap_or(default);
+        }
+        self.ext.seg.as_ref().map(|c| c.shard).unwrap_or(default)
+    }
+
+    /// A connection to `shard` for this message: the block's participant
+    /// (enlisting it), or the segment's connection outside a block.
+    async fn take_conn(&mut self, shard: ShardId) -> Result<(Slot, PooledConn), Error> {
+        if let Some(t) = self.txn() {
+            if let Some(pos) = t.participants.iter().position(|p| p.shard() == shard) {
+                let p = t.participants.swap_remove(pos);
+                return Ok((Slot::Participant { wrote: p.wrote }, p.conn));
+            }
+            let mut head = vec![t.begin.clone()];
+            head.extend(t.prelude.iter().cloned());
+            let mut conn = self.checkout(shard).await?;
+            for q in head {
+                if let Err(e) = conn.simple(&q).await? {
+                    return Err(Error::Backend(BackendError::Protocol {
+                        shard,
+                        message: format!("joining the transaction failed: {}", e.message),
+                    }));
+                }
+            }
+            return Ok((Slot::Participant { wrote: false }, conn));
+        }
+        match self.ext.seg.take() {
+            Some(c) if c.shard == shard => Ok((Slot::Segment, c)),
+            Some(other) => {
+                self.ext.seg = Some(other);
+                Err(Error::Unsupported(
+                    "this extended-protocol batch reached a second shard after a Flush; send the whole batch before Sync, or use BEGIN".into(),
+                ))
+            }
+            None => Ok((Slot::Segment, self.checkout(shard).await?)),
+        }
+    }
+
+    fn put_conn(&mut self, slot: Slot, conn: PooledConn, wrote_now: bool) {
+        match slot {
+            Slot::Segment => self.ext.seg = Some(conn),
+            Slot::Participant { wrote } => match self.txn() {
+                Some(t) => t.participants.push(Participant {
+                    conn,
+                    wrote: wrote || wrote_now,
+                }),
+                None => drop(conn),
+            },
+        }
+    }
+
+    /// Runs one message. `Ok(false)`: it failed and the client was told.
+    async fn ext_message(&mut self, f: &Frame) -> Result<bool, Fatal> {
+        let body = f.body();
+        match f.tag {
+            b'P' => self.ext_parse(body).await,
+            b'B' => self.ext_bind(body).await,
+            b'D' => {
+                let (&kind, r) = body
+                    .split_first()
+                    .ok_or_else(|| Fatal::Protocol(malformed("Describe")))?;
+                let (name, _) =
+                    take_cstr(r).ok_or_else(|| Fatal::Protocol(malformed("Describe")))?;
+                self.ext_describe(kind, name).await
+            }
+            b'E' => {
+                let (portal, r) =
+                    take_cstr(body).ok_or_else(|| Fatal::Protocol(malformed("Execute")))?;
+                let (max, _) = read_i32(r).ok_or_else(|| Fatal::Protocol(malformed("Execute")))?;
+                self.ext_execute(portal, max).await
+            }
+            b'C' => {
+                let (&kind, r) = body
+                    .split_first()
+                    .ok_or_else(|| Fatal::Protocol(malformed("Close")))?;
+                let (name, _) = take_cstr(r).ok_or_else(|| Fatal::Protocol(malformed("Close")))?;
+                self.ext_close(kind, name).await
+            }
+            _ => Ok(self
+                .error(Error::Unsupported(
+                    "the function call protocol is not supported".into(),
+                ))
+                .await?),
+        }
+    }
+
+    async fn ext_parse(&mut self, body: &[u8]) -> Result<bool, Fatal> {
+        let bad = || Fatal::Protocol(malformed("Parse"));
+        let (name, r) = take_cstr(body).ok_or_else(bad)?;
+        let (sql, r) = take_cstr(r).ok_or_else(bad)?;
+        let (n, mut r) = read_i16(r).ok_or_else(bad)?;
+        let mut types = Vec::new();
+        for _ in 0..n.max(0) {
+            let (t, next) = read_i32(r).ok_or_else(bad)?;
+            types.push(t as u32);
+            r = next;
+        }
+        if !name.is_empty() && self.ext.stmts.contains_key(name) {
+            let e = protocol::error_response(
+                Severity::Error,
+                SqlState::DUPLICATE_PREPARED_STATEMENT,
+                &format!("prepared statement \"{name}\" already exists"),
+                None,
+            );
+            self.write(&e).await?;
+            self.fail();
+            return Ok(false);
+        }
+        if router::split_statements(sql).len() > 1 {
+            let e = RouteError::Syntax(
+                "cannot insert multiple commands into a prepared statement".into(),
+            );
+            return Ok(self.error(Error::Route(e)).await?);
+        }
+        let backend = backend_name(sql, &types);
+        self.ext.stmts.insert(
+            name.to_string(),
+            ClientStmt {
+                sql: sql.to_string(),
+                types,
+                described: None,
+                backend,
+            },
+        );
+        self.write(&message(b'1', |_| {})).await?;
+        Ok(true)
+    }
+
+    fn aborted_block(&self, plan: Option<&Plan>) -> bool {
+        matches!(self.state, TxnState::Failed(_))
+            && !matches!(
+                plan,
+                Some(Plan::Commit | Plan::Rollback | Plan::RollbackTo(_))
+            )
+    }
+
+    async fn ext_bind(&mut self, body: &[u8]) -> Result<bool, Fatal> {
+        let b = parse_bind(body).ok_or_else(|| Fatal::Protocol(malformed("Bind")))?;
+        let Some(stmt) = self.ext.stmts.get(b.stmt) else {
+            let e = protocol::error_response(
+                Severity::Error,
+                SqlState::INVALID_SQL_STATEMENT_NAME,
+                &format!("prepared statement \"{}\" does not exist", b.stmt),
+                None,
+            );
+            self.write(&e).await?;
+            self.fail();
+            return Ok(false);
+        };
+        let plan = stmt.plan(&self.shared.map, &bounds(&b, stmt.param_types()));
+        if self.aborted_block(plan.as_ref().ok()) {
+            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+        }
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => return Ok(self.error(Error::Route(e)).await?),
+        };
+        let n = self.shared.map.shards;
+        let (shards, merge, write) = match plan {
+            Plan::Forward {
+                route: Route::Any,
+                write,
+            } => (vec![self.any_shard()], Merge::Union, write),
+            Plan::Forward { route, write } => (route.shards(n), Merge::Union, write),
+            Plan::Replicate => (route_all(n), Merge::Copies, true),
+            Plan::Split { .. } => {
+                return Ok(self
+                    .error(Error::Unsupported(
+                        "multi-row INSERT spanning shards with parameters".into(),
+                    ))
+                    .await?)
+            }
+            control => {
+                let sql = stmt.sql.clone();
+                self.ext.portals.insert(
+                    b.portal.to_string(),
+                    PortalKind::Control { sql, plan: control },
+                );
+                self.write(&message(b'2', |_| {})).await?;
+                return Ok(true);
+            }
+        };
+        let portal = b.portal.to_string();
+        let stmt_name = b.stmt.to_string();
+        let rest = Bytes::copy_from_slice(b.rest);
+        for (i, shard) in shards.iter().enumerate() {
+            if !self
+                .bind_on(*shard, &stmt_name, &portal, &rest, i == 0)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        let kind = match shards.as_slice() {
+            [one] => PortalKind::Single { shard: *one, write },
+            _ => PortalKind::Multi {
+                shards,
+                merge,
+                write,
+            },
+        };
+        self.ext.portals.insert(portal, kind);
+        Ok(true)
+    }
+
+    /// Binds `portal` on a shard, preparing the statement there first if needed.
+    async fn bind_on(
+        &mut self,
+        shard: ShardId,
+        stmt: &str,
+        portal: &str,
+        rest: &[u8],
+        forward: bool,
+    ) -> std::io::Result<bool> {
+        let (slot, mut conn) = match self.take_conn(shard).await {
+            Ok(x) => x,
+            Err(e) => return self.error(e).await,
+        };
+        let Some(s) = self.ext.stmts.get(stmt) else {
+            return Ok(false);
+        };
+        let (parse, backend) = (s.parse_message(), s.backend.clone());
+        let bind = message(b'B', |b| {
+            put_cstr(b, portal);
+            put_cstr(b, &backend);
+            b.put_slice(rest);
+        });
+        let r = self
+            .prepare_and_send(&mut conn, &parse, &backend, &[&bind])
+            .await;
+        let r = match r {
+            Ok(true) => reply(&mut conn, &mut self.out, b"2", forward)
+                .await
+                .map(|x| x.0),
+            other => other,
+        };
+        self.put_conn(slot, conn, false);
+        self.finish_exec(r.map(|ok| !ok)).await
+    }
+
+    /// Sends Parse if this connection lacks the statement, then `msgs` and a
+    /// Flush; reads the Parse's answer. `Ok(false)`: the Parse failed (told).
+    async fn prepare_and_send(
+        &mut self,
+        conn: &mut ServerConn,
+        parse: &[u8],
+        backend: &str,
+        msgs: &[&[u8]],
+    ) -> Result<bool, ExecError> {
+        let fresh = !conn.prepared.contains(backend);
+        if fresh {
+            conn.send_extended(parse).await?;
+        }
+        for m in msgs {
+            conn.send_extended(m).await?;
+        }
+        conn.send_extended(&FLUSH).await?;
+        conn.flush().await?;
+        if fresh {
+            let (ok, _) = reply(conn, &mut self.out, b"1", false).await?;
+            if !ok {
+                return Ok(false);
+            }
+            conn.prepared.insert(backend.to_string());
+        }
+        Ok(true)
+    }
+
+    async fn ext_describe(&mut self, kind: u8, name: &str) -> Result<bool, Fatal> {
+        if self.aborted_block(None) {
+            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+        }
+        if kind == b'S' {
+            let Some(s) = self.ext.stmts.get(name) else {
+                let e = protocol::error_response(
+                    Severity::Error,
+                    SqlState::INVALID_SQL_STATEMENT_NAME,
+                    &format!("prepared statement \"{name}\" does not exist"),
+                    None,
+                );
+                self.write(&e).await?;
+                self.fail();
+                return Ok(false);
+            };
+            let (parse, backend) = (s.parse_message(), s.backend.clone());
+            let describe = message(b'D', |b| {
+                b.put_u8(b'S');
+                put_cstr(b, &backend);
+            });
+            let shard = self.any_shard();
+            let (slot, mut conn) = match self.take_conn(shard).await {
+                Ok(x) => x,
+                Err(e) => return Ok(self.error(e).await?),
+            };
+            let r = match self
+                .prepare_and_send(&mut conn, &parse, &backend, &[&describe])
+                .await
+            {
+                Ok(true) => reply(&mut conn, &mut self.out, b"Tn", true).await,
+                Ok(false) => Ok((false, None)),
+                Err(e) => Err(e),
+            };
+            self.put_conn(slot, conn, false);
+            if let Ok((_, Some(types))) = &r {
+                if let Some(s) = self.ext.stmts.get_mut(name) {
+                    s.described = Some(types.clone());
+                }
+            }
+            return Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?);
+        }
+        let shard = match self.ext.portals.get(name) {
+            None => {
+                let e = protocol::error_response(
+                    Severity::Error,
+                    SqlState::INVALID_CURSOR_NAME,
+                    &format!("portal \"{name}\" does not exist"),
+                    None,
+                );
+                self.write(&e).await?;
+                self.fail();
+                return Ok(false);
+            }
+            Some(PortalKind::Control { .. }) => {
+                self.write(&message(b'n', |_| {})).await?;
+                return Ok(true);
+            }
+            Some(PortalKind::Single { shard, .. }) => *shard,
+            Some(PortalKind::Multi { shards, .. }) => shards[0],
+        };
+        let describe = message(b'D', |b| {
+            b.put_u8(b'P');
+            put_cstr(b, name);
+        });
+        let (slot, mut conn) = match self.take_conn(shard).await {
+            Ok(x) => x,
+            Err(e) => return Ok(self.error(e).await?),
+        };
+        let r = async {
+            conn.send_extended(&describe).await?;
+            conn.send_extended(&FLUSH).await?;
+            conn.flush().await?;
+            reply(&mut conn, &mut self.out, b"Tn", true).await
+        }
+        .await;
+        self.put_conn(slot, conn, false);
+        Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
+    }
+
+    async fn ext_execute(&mut self, portal: &str, max: i32) -> Result<bool, Fatal> {
+        let Some(kind) = self.ext.portals.get(portal) else {
+            let e = protocol::error_response(
+                Severity::Error,
+                SqlState::INVALID_CURSOR_NAME,
+                &format!("portal \"{portal}\" does not exist"),
+                None,
+            );
+            self.write(&e).await?;
+            self.fail();
+            return Ok(false);
+        };
+        let execute = message(b'E', |b| {
+            put_cstr(b, portal);
+            b.put_i32(max);
+        });
+        match kind {
+            PortalKind::Control { sql, plan } => {
+                let (sql, plan) = (sql.clone(), plan.clone());
+                // Close the segment's own implicit transaction first.
+                self.sync_segment().await?;
+                Ok(self.execute(&sql, Ok(plan)).await?)
+            }
+            PortalKind::Single { shard, write } => {
+                let (shard, write) = (*shard, *write);
+                let (slot, mut conn) = match self.take_conn(shard).await {
+                    Ok(x) => x,
+                    Err(e) => return Ok(self.error(e).await?),
+                };
+                let r = async {
+                    conn.send_extended(&execute).await?;
+                    conn.send_extended(&FLUSH).await?;
+                    conn.flush().await?;
+                    reply(&mut conn, &mut self.out, b"CIs", true).await
+                }
+                .await;
+                self.put_conn(slot, conn, write);
+                Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
+            }
+            PortalKind::Multi {
+                shards,
+                merge,
+                write,
+            } => {
+                let (shards, merge, write) = (shards.clone(), *merge, *write);
+                if max != 0 {
+                    let e = Error::Unsupported(
+                        "a row limit on a portal that spans shards is not supported yet".into(),
+                    );
+                    return Ok(self.error(e).await?);
+                }
+                let mut taken = Vec::new();
+                for s in &shards {
+                    match self.take_conn(*s).await {
+                        Ok(x) => taken.push(x),
+                        Err(e) => {
+                            for (slot, conn) in taken {
+                                self.put_conn(slot, conn, false);
+                            }
+                            return Ok(self.error(e).await?);
+                        }
+                    }
+                }
+                let mut merger = Merger::default();
+                let r: Result<(), ExecError> = async {
+                    for (_, conn) in taken.iter_mut() {
+                        conn.send_extended(&execute).await?;
+                        conn.send_extended(&FLUSH).await?;
+                        conn.flush().await?;
+                    }
+                    for (i, (_, conn)) in taken.iter_mut().enumerate() {
+                        loop {
+                            let f = conn.read().await?;
+                            let tag = f.tag;
+                            if tag == b'E' || i == 0 || merge == Merge::Union {
+                                if let Some(b) = merger.on_frame(f) {
+                                    self.out.write_all(&b).await.map_err(ExecError::Client)?;
+                                }
+                            }
+                            if matches!(tag, b'C' | b'I' | b's' | b'E') {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                for (slot, conn) in taken {
+                    self.put_conn(slot, conn, write);
+                }
+                if let Err(e) = r {
+                    return Ok(self.finish_exec(Err(e)).await?);
+                }
+                let failed = merger.failed();
+                if let Some(last) = merger.finish() {
+                    self.write(&last).await?;
+                }
+                if failed {
+                    self.fail();
+                }
+                Ok(!failed)
+            }
+        }
+    }
+
+    async fn ext_close(&mut self, kind: u8, name: &str) -> Result<bool, Fatal> {
+        if kind == b'S' {
+            self.ext.stmts.remove(name);
+        } else if let Some(p) = self.ext.portals.remove(name) {
+            let shards = match p {
+                PortalKind::Single { shard, .. } => vec![shard],
+                PortalKind::Multi { shards, .. } => shards,
+                PortalKind::Control { .. } => vec![],
+            };
+            let close = message(b'C', |b| {
+                b.put_u8(b'P');
+                put_cstr(b, name);
+            });
+            for s in shards {
+                let Ok((slot, mut conn)) = self.take_conn(s).await else {
+                    continue;
+                };
+                let r = async {
+                    conn.send_extended(&close).await?;
+                    conn.send_extended(&FLUSH).await?;
+                    conn.flush().await?;
+                    reply(&mut conn, &mut self.out, b"3", false).await
+                }
+                .await;
+                self.put_conn(slot, conn, false);
+                if let Err(ExecError::Client(e)) = r {
+                    return Err(Fatal::Client(e));
+                }
+            }
+        }
+        self.write(&message(b'3', |_| {})).await?;
+        Ok(true)
+    }
+
+    /// Ends the segment's use of a shard's implicit transaction.
+    async fn sync_segment(&mut self) -> std::io::Result<bool> {
+        let Some(mut conn) = self.ext.seg.take() else {
+            return Ok(true);
+        };
+        let r = async {
+            conn.send_sync().await?;
+            conn.flush().await?;
+            executor::drain(&mut conn).await
+        }
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) => self.error(e.into()).await,
+        }
+    }
+
+    /// Sync: ends the segment (committing a proxy-made block through the
+    /// coordinator) and reports ReadyForQuery.
+    async fn sync(&mut self) -> Io {
+        if self.ext.implicit {
+            self.ext.implicit = false;
+            let failed = self.ext.skipping || matches!(self.state, TxnState::Failed(_));
+            if let Some(mut t) = self.end_block() {
+                sync_all(&mut t.participants).await;
+                let coord = self.shared.coordinator.clone();
+                if failed || t.participants.iter().any(|p| p.conn.status == b'E') {
+                    coord.rollback(&mut t.participants).await;
+                } else {
+                    match coord.commit(&mut t.participants).await {
+                        CommitOutcome::Committed { warnings } => {
+                            for w in warnings {
+                                self.write(&w).await?;
+                            }
+                        }
+                        CommitOutcome::Aborted { error } => self.write(&error).await?,
+                    }
+                }
+            }
+        } else if self.ext.seg.is_some() {
+            self.sync_segment().await?;
+        } else if let Some(t) = self.txn() {
+            sync_all(&mut t.participants).await;
+            if t.participants.iter().any(|p| p.conn.status == b'E') {
+                self.fail();
+            }
+        }
+        if matches!(self.state, TxnState::Idle) {
+            self.ext.portals.clear();
+        }
+        self.ext.skipping = false;
+        self.ext.decided = false;
+        let rfq = protocol::ready_for_query(self.status_byte());
+        self.write(&rfq).await
+    }
+}
+
+fn route_all(n: u32) -> Vec<ShardId> {
+    (0..n).map(ShardId).collect()
+}
+
+/// Sends Sync to every participant that has unsynced extended messages.
+async fn sync_all(parts: &mut [Participant]) {
+    for p in parts.iter_mut() {
+        if p.conn.needs_sync() {
+            let r = async {
+                p.conn.send_sync().await?;
+                p.conn.flush().await?;
+                executor::drain(&mut p.conn).await
+            }
+            .await;
+            if r.is_err() {
+                p.conn.mark_broken();
+            }
+        }
+    }
+}
+
+/// Reads a server's answer to one extended message, relaying it (when
+/// `forward`) until one of `done` or an error. Returns success, and the
+/// parameter types if a ParameterDescription passed.
+async fn reply<W: AsyncWriteExt + Unpin>(
+    conn: &mut ServerConn,
+    out: &mut W,
+    done: &[u8],
+    forward: bool,
+) -> Result<(bool, Option<Vec<u32>>), ExecError> {
+    let mut types = None;
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'E' => {
+                out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                return Ok((false, types));
+            }
+            b'G' => {
+                conn.send_copy_fail("COPY FROM STDIN is not supported through Pieskieo yet")
+                    .await?;
+                conn.send_extended(&FLUSH).await?;
+                conn.flush().await?;
+            }
+            b't' => {
+                let b = f.body();
+                if let Some((n, mut r)) = read_i16(b) {
+                    let mut v = Vec::new();
+                    for _ in 0..n.max(0) {
+                        match read_i32(r) {
+                            Some((t, next)) => {
+                                v.push(t as u32);
+                                r = next;
+                            }
+                            None => break,
+                        }
+                    }
+                    types = Some(v);
+                }
+                if forward {
+                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                }
+            }
+            tag => {
+                // Notices and parameter changes pass even when the answer itself is ours.
+                if forward || matches!(tag, b'N' | b'S' | b'A') {
+                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                }
+                if done.contains(&tag) {
+                    return Ok((true, types));
+                }
+            }
+        }
+    }
+}
+
+/// What ends a session from inside the extended protocol.
+pub(super) enum Fatal {
+    Client(std::io::Error),
+    Protocol(Error),
+}
+
+impl From<std::io::Error> for Fatal {
+    fn from(e: std::io::Error) -> Self {
+        Fatal::Client(e)
+    }
+}

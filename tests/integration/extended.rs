@@ -1,0 +1,267 @@
+//! The extended query protocol, through tokio-postgres and pgbench: routing
+//! by bound values, prepared statements on pooled connections, portals with
+//! row limits, fan-out, transactions, errors.
+
+use pieskieo::router::KeyValue;
+
+use crate::harness::{exec, prepared, value, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_route_by_bound_values() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(
+        &client,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint, note text)",
+    )
+    .await;
+    exec(
+        &client,
+        "CREATE TABLE users (email text PRIMARY KEY, name text)",
+    )
+    .await;
+
+    // Binary parameters (tokio-postgres describes first, then binds binary).
+    let insert = client
+        .prepare("INSERT INTO accounts (id, balance, note) VALUES ($1, $2, $3)")
+        .await
+        .unwrap();
+    for id in 1..=30i64 {
+        let n = client
+            .execute(&insert, &[&id, &(id * 10), &format!("n'{id}\\")])
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    for i in 0..3 {
+        let s = c.shard(i).await;
+        for row in s.query("SELECT id FROM accounts", &[]).await.unwrap() {
+            let id: i64 = row.get(0);
+            assert_eq!(
+                c.shard_of("accounts", KeyValue::Int(id)),
+                i,
+                "row {id} on shard {i}"
+            );
+        }
+    }
+    let select = client
+        .prepare("SELECT balance, note FROM accounts WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=30i64 {
+        let row = client.query_one(&select, &[&id]).await.unwrap();
+        let (b, note): (i64, String) = (row.get(0), row.get(1));
+        assert_eq!((b, note), (id * 10, format!("n'{id}\\")));
+    }
+    // Text keys, with non-ASCII and quotes.
+    for email in ["a@x.pl", "żółw'\"@x.pl", "$$@x"] {
+        client
+            .execute(
+                "INSERT INTO users (email, name) VALUES ($1, $2)",
+                &[&email, &"n"],
+            )
+            .await
+            .unwrap();
+        let shard = c.shard_of("users", KeyValue::Text(email.to_string()));
+        let s = c.shard(shard).await;
+        let got: String = s
+            .query_one("SELECT email FROM users WHERE email = $1", &[&email])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, email);
+        let back: String = client
+            .query_one("SELECT email FROM users WHERE email = $1", &[&email])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(back, email);
+    }
+    // No key: every shard answers, rows concatenated.
+    let all = client
+        .query("SELECT id FROM accounts WHERE balance > $1", &[&0i64])
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 30);
+    // Fan-out writes through the extended protocol are atomic and summed.
+    let n = client
+        .execute(
+            "UPDATE accounts SET balance = balance + 1 WHERE balance >= $1",
+            &[&0i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 30);
+
+    // Errors pass through with their SQLSTATE; the session goes on.
+    let e = client
+        .execute(&insert, &[&1i64, &1i64, &"dup"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "23505");
+    assert_eq!(
+        client
+            .query_one(&select, &[&2i64])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        21
+    );
+    let e = client.prepare("SELEC 1").await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42601");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_transactions_portals_and_statement_reuse() {
+    let c = Cluster::start(3).await;
+    let mut client = c.client().await;
+    exec(
+        &client,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint)",
+    )
+    .await;
+    let k0 = c.key_on("accounts", 0);
+    let k1 = c.key_on("accounts", 1);
+    let values: Vec<String> = (1..=20).map(|i| format!("({i}, 100)")).collect();
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO accounts (id, balance) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+
+    // A transaction over two shards, through the driver.
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE accounts SET balance = balance - 5 WHERE id = $1",
+        &[&k0],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE accounts SET balance = balance + 5 WHERE id = $1",
+        &[&k1],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let sum: i64 = client
+        .query_one(
+            "SELECT sum(balance)::bigint FROM accounts WHERE id = $1",
+            &[&k0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 95);
+    assert_eq!(
+        value(
+            &c.shard(1).await,
+            &format!("SELECT balance FROM accounts WHERE id = {k1}")
+        )
+        .await,
+        "105"
+    );
+
+    // A rolled-back transaction leaves nothing.
+    let tx = client.transaction().await.unwrap();
+    tx.execute("UPDATE accounts SET balance = 0 WHERE id = $1", &[&k0])
+        .await
+        .unwrap();
+    tx.execute("UPDATE accounts SET balance = 0 WHERE id = $1", &[&k1])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        value(
+            &c.shard(0).await,
+            &format!("SELECT balance FROM accounts WHERE id = {k0}")
+        )
+        .await,
+        "95"
+    );
+
+    // A portal with a row limit continues where it stopped.
+    let tx = client.transaction().await.unwrap();
+    let same_shard: Vec<i64> = (1..=20)
+        .filter(|k| c.shard_of("accounts", KeyValue::Int(*k)) == 0)
+        .collect();
+    let stmt = tx
+        .prepare("SELECT id FROM accounts WHERE id IN ($1, $2, $3) ORDER BY id")
+        .await
+        .unwrap();
+    let portal = tx
+        .bind(&stmt, &[&same_shard[0], &same_shard[1], &same_shard[2]])
+        .await
+        .unwrap();
+    let first = tx.query_portal(&portal, 2).await.unwrap();
+    let rest = tx.query_portal(&portal, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(rest.len(), 1);
+    let got: Vec<i64> = first.iter().chain(rest.iter()).map(|r| r.get(0)).collect();
+    assert_eq!(got, same_shard[..3].to_vec());
+    tx.commit().await.unwrap();
+
+    // Many clients reuse the same statement names on shared pooled connections.
+    let mut tasks = Vec::new();
+    for w in 0..6i64 {
+        let url = c.url();
+        tasks.push(tokio::spawn(async move {
+            let client = crate::harness::connect(&url).await.unwrap();
+            let st = client
+                .prepare("SELECT balance FROM accounts WHERE id = $1")
+                .await
+                .unwrap();
+            for i in 0..50i64 {
+                let id = (w * 50 + i) % 20 + 1;
+                let row = client.query_one(&st, &[&id]).await.unwrap();
+                let _: i64 = row.get(0);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..3 {
+        assert_eq!(prepared(&c.shard(i).await).await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_extended_and_prepared_modes() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(
+        &client,
+        "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, abalance int NOT NULL DEFAULT 0, filler text);
+         CREATE TABLE pgbench_history (aid int NOT NULL, delta int, mtime timestamp)",
+    )
+    .await;
+    let values: Vec<String> = (1..=500).map(|i| format!("({i}, 0)")).collect();
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO pgbench_accounts (aid, abalance) VALUES {}",
+            values.join(",")
+        ),
+    )
+    .await;
+    let mut expected = 0;
+    for mode in ["extended", "prepared"] {
+        expected += crate::psql::run_pgbench(&c, mode, 500).await;
+    }
+    let mut sum = 0u64;
+    for i in 0..3 {
+        let s = c.shard(i).await;
+        sum += value(
+            &s,
+            "SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts",
+        )
+        .await
+        .parse::<u64>()
+        .unwrap();
+    }
+    assert_eq!(sum, expected);
+}
