@@ -2,6 +2,7 @@
 //! per-client session.
 
 pub mod auth;
+mod cancel;
 mod session;
 mod startup;
 
@@ -31,6 +32,7 @@ pub struct Shared {
     pub coordinator: Arc<Coordinator>,
     next_pid: AtomicI32,
     pub clients: AtomicUsize,
+    pub cancels: cancel::CancelRegistry,
 }
 
 /// A running proxy: its address, and the handle that stops it.
@@ -91,6 +93,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         config: Arc::new(config),
         next_pid: AtomicI32::new(1),
         clients: AtomicUsize::new(0),
+        cancels: Default::default(),
     });
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, shards = shared.pools.len(), "pieskieo listening");
@@ -126,10 +129,7 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             process_id,
             secret_key,
         }) => {
-            // Cancellation is not forwarded to shards yet; close quietly as
-            // PostgreSQL does for a key it does not know.
-            let _ = secret_key;
-            info!(%peer, process_id, "cancel request ignored: not supported yet");
+            shared.cancels.cancel(process_id, secret_key).await;
             return;
         }
         Err(e) => {

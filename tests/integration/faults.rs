@@ -132,3 +132,40 @@ async fn malformed_input_hurts_only_its_sender() {
     // Meanwhile the well-behaved client never noticed.
     assert_eq!(value(&good, "SELECT 42").await, "42");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_every_shard_of_that_client_only() {
+    let c = Cluster::start(3).await;
+    let keys = c.accounts(3, 1).await;
+    let client = c.client().await;
+    let bystander = c.client().await;
+    let token = client.cancel_token();
+    let started = std::time::Instant::now();
+    // Sleeps on every shard at once (one row per shard).
+    let victim = tokio::spawn(async move {
+        client
+            .simple_query("SELECT pg_sleep(30) FROM accounts")
+            .await
+    });
+    let other = tokio::spawn(async move {
+        bystander
+            .simple_query(&format!(
+                "SELECT pg_sleep(1.5) FROM accounts WHERE id = {}",
+                keys[0]
+            ))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = victim.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("57014"),
+        "{e:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    other
+        .await
+        .unwrap()
+        .expect("another client's statement is not cancelled");
+}

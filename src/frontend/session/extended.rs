@@ -179,6 +179,13 @@ fn bounds(b: &BindMsg, types: &[u32]) -> Vec<Bound> {
         .collect()
 }
 
+impl Extended {
+    /// The connection this Sync segment holds, if any.
+    pub(super) fn segment(&self) -> Option<&ServerConn> {
+        self.seg.as_deref()
+    }
+}
+
 impl ClientStmt {
     fn param_types(&self) -> &[u32] {
         self.described.as_deref().unwrap_or(&self.types)

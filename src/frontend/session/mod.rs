@@ -92,6 +92,9 @@ struct Session {
     settings: BTreeMap<String, String>,
     state: TxnState,
     ext: extended::Extended,
+    /// Server connections this client holds, for its cancel requests.
+    cancel_targets: super::cancel::Targets,
+    process_id: i32,
 }
 
 fn quote_ident(s: &str) -> String {
@@ -152,6 +155,8 @@ pub(super) async fn run(
         startup_settings,
         state: TxnState::Idle,
         ext: Default::default(),
+        cancel_targets: Default::default(),
+        process_id: pid,
     };
     if let Err(e) = s.greet(pid).await {
         warn!(%peer, user = %s.user, error = %e, "session setup failed");
@@ -161,6 +166,7 @@ pub(super) async fn run(
     info!(%peer, user = %s.user, "client connected");
     s.serve().await;
     s.cleanup().await;
+    s.shared.cancels.unregister(s.process_id);
     info!(%peer, user = %s.user, "client disconnected");
 }
 
@@ -241,8 +247,9 @@ impl Session {
         for (k, v) in &params {
             self.write(&protocol::parameter_status(k, v)).await?;
         }
-        self.write(&protocol::backend_key_data(pid, rand::random()))
-            .await?;
+        let secret: i32 = rand::random();
+        self.cancel_targets = self.shared.cancels.register(pid, secret);
+        self.write(&protocol::backend_key_data(pid, secret)).await?;
         self.write(&protocol::ready_for_query(b'I')).await?;
         self.out.flush().await?;
         Ok(())
@@ -296,6 +303,7 @@ impl Session {
                     return;
                 }
             };
+            self.refresh_cancel_targets();
             if r.is_err() || self.out.flush().await.is_err() {
                 return;
             }
@@ -489,7 +497,41 @@ impl Session {
     async fn checkout(&self, shard: ShardId) -> Result<PooledConn, Error> {
         let mut conn = self.shared.pools.get(shard).await?;
         sync_settings(&mut conn, &self.settings).await?;
+        if let Ok(mut t) = self.cancel_targets.lock() {
+            t.push(self.cancel_target(&conn));
+        }
         Ok(conn)
+    }
+
+    fn cancel_target(&self, conn: &ServerConn) -> super::cancel::CancelTarget {
+        let addr = self
+            .shared
+            .config
+            .shards
+            .iter()
+            .find(|s| s.id == conn.shard.0)
+            .map(|s| format!("{}:{}", s.host, s.port))
+            .unwrap_or_default();
+        super::cancel::CancelTarget {
+            addr,
+            process_id: conn.process_id,
+            secret_key: conn.secret_key,
+        }
+    }
+
+    /// Cancel requests may reach only the connections still held: after a
+    /// connection goes back to the pool, it serves someone else.
+    fn refresh_cancel_targets(&mut self) {
+        let mut held = Vec::new();
+        if let TxnState::InTxn(t) | TxnState::Failed(t) = &self.state {
+            held.extend(t.participants.iter().map(|p| self.cancel_target(&p.conn)));
+        }
+        if let Some(c) = self.ext.segment() {
+            held.push(self.cancel_target(c));
+        }
+        if let Ok(mut t) = self.cancel_targets.lock() {
+            *t = held;
+        }
     }
 
     /// Runs a statement on a borrowed connection outside any block.
@@ -508,6 +550,8 @@ impl Session {
             // The text opened a block of its own; never hand that on.
             conn.mark_broken();
         }
+        drop(conn);
+        self.refresh_cancel_targets();
         self.finish_exec(r).await
     }
 
