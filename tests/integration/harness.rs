@@ -34,6 +34,11 @@ key = "id"
 key_type = "int8"
 
 [[tables]]
+name = "items"
+key = "id"
+key_type = "int8"
+
+[[tables]]
 name = "users"
 key = "email"
 key_type = "text"

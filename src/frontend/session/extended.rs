@@ -56,6 +56,8 @@ pub(super) struct Extended {
     batch: Vec<Frame>,
     /// Outside a block: the one connection this Sync segment uses.
     seg: Option<PooledConn>,
+    /// Something that may write ran on `seg` in this segment.
+    seg_wrote: bool,
     /// An error happened: skip messages until Sync, as PostgreSQL does.
     skipping: bool,
     /// This segment runs in a proxy-made block, committed at Sync.
@@ -234,9 +236,16 @@ impl Session {
 
     async fn run_batch(&mut self) -> Io {
         let batch = std::mem::take(&mut self.ext.batch);
-        if !self.ext.decided && matches!(self.state, TxnState::Idle) && !batch.is_empty() {
+        // The mode is chosen at the segment's first Bind: Parse and Describe
+        // alone write nothing.
+        let binds = batch.iter().any(|f| f.tag == b'B');
+        if !self.ext.decided && binds && matches!(self.state, TxnState::Idle) {
             self.ext.decided = true;
-            if self.batch_spans_shards(&batch) {
+            if self.batch_spans_shards(&batch) && !self.ext.seg_wrote {
+                // A connection used only to describe statements leaves the segment.
+                if let Err(e) = self.close_segment().await {
+                    self.error(e).await?;
+                }
                 self.state = TxnState::InTxn(Txn::new("BEGIN"));
                 self.ext.implicit = true;
             }
@@ -344,11 +353,19 @@ impl Session {
         }
         match self.ext.seg.take() {
             Some(c) if c.shard == shard => Ok((Slot::Segment, c)),
-            Some(other) => {
+            Some(other) if self.ext.seg_wrote => {
                 self.ext.seg = Some(other);
                 Err(Error::Unsupported(
-                    "this extended-protocol batch reached a second shard after a Flush; send the whole batch before Sync, or use BEGIN".into(),
+                    "this extended-protocol batch wrote on one shard and then reached another after a Flush; send the whole batch before Sync, or use BEGIN".into(),
                 ))
+            }
+            Some(other) => {
+                // Only reads so far: end that shard's part of the segment and move on.
+                self.ext.seg = Some(other);
+                if let Err(e) = self.close_segment().await {
+                    return Err(e);
+                }
+                Ok((Slot::Segment, self.checkout(shard).await?))
             }
             None => Ok((Slot::Segment, self.checkout(shard).await?)),
         }
@@ -356,7 +373,10 @@ impl Session {
 
     fn put_conn(&mut self, slot: Slot, conn: PooledConn, wrote_now: bool) {
         match slot {
-            Slot::Segment => self.ext.seg = Some(conn),
+            Slot::Segment => {
+                self.ext.seg_wrote |= wrote_now;
+                self.ext.seg = Some(conn);
+            }
             Slot::Participant { wrote } => match self.txn() {
                 Some(t) => t.participants.push(Participant {
                     conn,
@@ -805,19 +825,21 @@ impl Session {
 
     /// Ends the segment's use of a shard's implicit transaction.
     async fn sync_segment(&mut self) -> std::io::Result<bool> {
+        match self.close_segment().await {
+            Ok(()) => Ok(true),
+            Err(e) => self.error(e).await,
+        }
+    }
+
+    async fn close_segment(&mut self) -> Result<(), Error> {
+        self.ext.seg_wrote = false;
         let Some(mut conn) = self.ext.seg.take() else {
-            return Ok(true);
+            return Ok(());
         };
-        let r = async {
-            conn.send_sync().await?;
-            conn.flush().await?;
-            executor::drain(&mut conn).await
-        }
-        .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) => self.error(e.into()).await,
-        }
+        conn.send_sync().await?;
+        conn.flush().await?;
+        executor::drain(&mut conn).await?;
+        Ok(())
     }
 
     /// Sync: ends the segment (committing a proxy-made block through the

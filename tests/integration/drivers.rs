@@ -1,0 +1,129 @@
+//! Real drivers against the proxy over 3 shards: psycopg, asyncpg,
+//! node-postgres and pgjdbc each run a check program (tests/drivers/) that
+//! compares exact values read back; here we check where their rows landed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pieskieo::router::KeyValue;
+
+use crate::harness::{exec, rows, Cluster};
+
+const SCHEMA: &str = "CREATE TABLE items (id bigint PRIMARY KEY, label text, amount numeric(10,3), at timestamptz, payload bytea);
+CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)";
+
+const HINT: &str = "install the drivers with scripts/ensure-drivers";
+
+fn drivers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers")
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    run_expecting(cmd, what, " ok");
+}
+
+fn run_expecting(cmd: &mut Command, what: &str, marker: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}; {HINT}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({HINT} if a module is missing):\n{text}"
+    );
+    assert!(text.contains(marker), "{what}: {text}");
+}
+
+/// Every row of `items` the driver wrote is on its shard; returns how many.
+async fn items_on_their_shards(c: &Cluster) -> usize {
+    let mut n = 0;
+    for i in 0..3 {
+        for r in rows(&c.shard(i).await, "SELECT id FROM items").await {
+            let id: i64 = r[0].as_deref().unwrap().parse().unwrap();
+            assert_eq!(
+                c.shard_of("items", KeyValue::Int(id)),
+                i,
+                "item {id} on shard {i}"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn cluster() -> Cluster {
+    let c = Cluster::start(3).await;
+    exec(&c.client().await, SCHEMA).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg() {
+    let c = cluster().await;
+    run(
+        Command::new("python3")
+            .arg(drivers_dir().join("psycopg_check.py"))
+            .arg(c.uri()),
+        "psycopg",
+    );
+    assert_eq!(items_on_their_shards(&c).await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg() {
+    let c = cluster().await;
+    run(
+        Command::new("python3")
+            .arg(drivers_dir().join("asyncpg_check.py"))
+            .arg(c.uri()),
+        "asyncpg",
+    );
+    assert_eq!(items_on_their_shards(&c).await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres() {
+    let c = cluster().await;
+    let dir = drivers_dir().join("node");
+    assert!(
+        dir.join("node_modules/pg").exists(),
+        "node-postgres is missing; {HINT}"
+    );
+    run(
+        Command::new("node")
+            .arg(dir.join("pg_check.js"))
+            .arg(c.uri()),
+        "node-postgres",
+    );
+    assert_eq!(items_on_their_shards(&c).await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc() {
+    let c = cluster().await;
+    let jar = Path::new("/usr/share/java/postgresql.jar");
+    assert!(jar.exists(), "pgjdbc is missing; {HINT}");
+    let classes = c.shards.dir.join("jdbc-classes");
+    std::fs::create_dir_all(&classes).unwrap();
+    run_expecting(
+        Command::new("javac")
+            .arg("-d")
+            .arg(&classes)
+            .arg("-cp")
+            .arg(jar)
+            .arg(drivers_dir().join("jdbc/JdbcCheck.java")),
+        "javac",
+        "",
+    );
+    let cp = format!("{}:{}", classes.display(), jar.display());
+    let url = format!("jdbc:postgresql://127.0.0.1:{}/app", c.port());
+    run(
+        Command::new("java").args(["-cp", &cp, "JdbcCheck", &url, "app", "secret"]),
+        "pgjdbc",
+    );
+    assert_eq!(items_on_their_shards(&c).await, 20);
+}
