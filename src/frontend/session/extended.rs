@@ -362,9 +362,7 @@ impl Session {
             Some(other) => {
                 // Only reads so far: end that shard's part of the segment and move on.
                 self.ext.seg = Some(other);
-                if let Err(e) = self.close_segment().await {
-                    return Err(e);
-                }
+                self.close_segment().await?;
                 Ok((Slot::Segment, self.checkout(shard).await?))
             }
             None => Ok((Slot::Segment, self.checkout(shard).await?)),
