@@ -14,8 +14,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::{
-    leading_words, Bound, KeyError, KeyType, KeyValue, Plan, Route, RouteError, SetCommand,
-    ShardId, ShardMap, TableRule,
+    after_words, leading_words, matching_paren, Bound, KeyError, KeyType, KeyValue, Plan, Route,
+    RouteError, SetCommand, ShardId, ShardMap, TableRule,
 };
 
 /// Transaction control and session settings, recognised by their leading words
@@ -35,6 +35,23 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
             return unsupported("COMMIT AND CHAIN and ROLLBACK AND CHAIN are not supported")
         }
         ["begin", ..] | ["start", "transaction", ..] => Plan::Begin,
+        ["prepare", name, ..] => prepare(sql, name)?,
+        ["execute", name, ..] => {
+            let rest_at = after_words(sql, 2).unwrap_or(sql.len());
+            let rest = sql[rest_at..].trim_start();
+            let args = match rest.strip_prefix('(') {
+                Some(_) => {
+                    let open = sql.len() - rest.len();
+                    let close = matching_paren(sql, open).ok_or_else(|| syntax_near(rest))?;
+                    sql[open + 1..close].to_string()
+                }
+                None if rest.is_empty() => String::new(),
+                None => return Err(syntax_near(rest)),
+            };
+            Plan::Execute { name: name.to_string(), args }
+        }
+        ["deallocate", "prepare", "all", ..] | ["deallocate", "all", ..] => Plan::Deallocate(None),
+        ["deallocate", "prepare", name, ..] | ["deallocate", name, ..] => Plan::Deallocate(Some(name.to_string())),
         ["commit" | "end", ..] => Plan::Commit,
         ["rollback" | "abort", rest @ ..] => {
             let rest = match rest {
@@ -69,6 +86,38 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
         _ => return Ok(None),
     };
     Ok(Some(plan))
+}
+
+fn syntax_near(rest: &str) -> RouteError {
+    let near: String = rest.chars().take(20).collect();
+    RouteError::Syntax(format!("syntax error at or near \"{near}\""))
+}
+
+/// Splits `PREPARE name [(types)] AS body` into its parts.
+fn prepare(sql: &str, name: &str) -> Result<Plan, RouteError> {
+    let at = after_words(sql, 2).unwrap_or(sql.len());
+    let mut rest = sql[at..].trim_start();
+    let mut types = String::new();
+    if rest.starts_with('(') {
+        let open = sql.len() - rest.len();
+        let close = matching_paren(sql, open).ok_or_else(|| syntax_near(rest))?;
+        types = sql[open + 1..close].to_string();
+        rest = sql[close + 1..].trim_start();
+    }
+    let body = match rest.get(..2) {
+        Some(kw)
+            if kw.eq_ignore_ascii_case("as")
+                && rest[2..].starts_with(|c: char| c.is_whitespace()) =>
+        {
+            rest[2..].trim()
+        }
+        _ => return Err(syntax_near(rest)),
+    };
+    Ok(Plan::Prepare {
+        name: name.to_string(),
+        types,
+        body: body.to_string(),
+    })
 }
 
 /// The configuration parameter a `SET`/`RESET` names, with PostgreSQL's aliases.
@@ -107,6 +156,56 @@ pub(super) fn parsed(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan
         _ => Err(RouteError::Syntax(
             "cannot insert multiple commands into a prepared statement".into(),
         )),
+    }
+}
+
+/// The values of `EXECUTE name (args)`, read as literals for routing.
+pub(super) fn literal_bounds(args: &str) -> Vec<Bound> {
+    fn bound(e: &Expr) -> Bound {
+        match e {
+            Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => bound(inner),
+            Expr::TypedString(ts) => match &ts.value.value {
+                Value::SingleQuotedString(s) => Bound::Text(s.clone()),
+                _ => Bound::Unknown,
+            },
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => match expr.as_ref() {
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => Bound::Text(format!("-{n}")),
+                    _ => Bound::Unknown,
+                },
+                _ => Bound::Unknown,
+            },
+            Expr::Value(v) => match &v.value {
+                Value::Null => Bound::Null,
+                Value::Number(n, _) => Bound::Text(n.clone()),
+                Value::SingleQuotedString(s)
+                | Value::EscapedStringLiteral(s)
+                | Value::UnicodeStringLiteral(s) => Bound::Text(s.clone()),
+                Value::DollarQuotedString(d) => Bound::Text(d.value.clone()),
+                _ => Bound::Unknown,
+            },
+            _ => Bound::Unknown,
+        }
+    }
+    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {args}")) else {
+        return Vec::new();
+    };
+    match stmts.as_slice() {
+        [Statement::Query(q)] => match q.body.as_ref() {
+            SetExpr::Select(sel) => sel
+                .projection
+                .iter()
+                .map(|item| match item {
+                    sqlparser::ast::SelectItem::UnnamedExpr(e) => bound(e),
+                    _ => Bound::Unknown,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
     }
 }
 

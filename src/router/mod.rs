@@ -14,7 +14,7 @@ use std::fmt;
 
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
-pub use split::{leading_words, split_statements};
+pub use split::{after_words, leading_words, matching_paren, split_statements};
 
 use crate::config::{toml_key, Config, Method};
 use crate::error::SqlState;
@@ -88,6 +88,19 @@ pub enum Plan {
     RollbackTo(String),
     /// A session setting (`SET`, `RESET`, `DISCARD ALL`, ...).
     Set(SetCommand),
+    /// SQL-level `PREPARE name [(types)] AS body`: the parts as the client wrote them.
+    Prepare {
+        name: String,
+        types: String,
+        body: String,
+    },
+    /// SQL-level `EXECUTE name [(args)]`.
+    Execute {
+        name: String,
+        args: String,
+    },
+    /// `DEALLOCATE [PREPARE] name`, or `ALL` (`None`).
+    Deallocate(Option<String>),
 }
 
 /// Session-setting statements, keyed by the setting they change.
@@ -242,6 +255,11 @@ pub enum Bound {
     /// A value the proxy cannot read (binary of an unknown type): it
     /// constrains nothing, so routing never guesses from it.
     Unknown,
+}
+
+/// The values of `EXECUTE name (args)` as the router sees them.
+pub fn execute_args(args: &str) -> Vec<Bound> {
+    classify::literal_bounds(args)
 }
 
 /// Plans a statement with `$n` parameters bound to `params[n - 1]`. The

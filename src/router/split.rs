@@ -175,6 +175,74 @@ pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// Byte offset just past the `n`-th leading word (as [`leading_words`] reads them).
+pub fn after_words(sql: &str, n: usize) -> Option<usize> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut seen = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i = skip_block_comment(b, i);
+        } else if c == b'"' {
+            i = skip_quoted(b, i, b'"', false);
+            seen += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
+                i += 1;
+            }
+            seen += 1;
+        } else {
+            return None;
+        }
+        if seen == n {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// The index of the `)` closing the `(` at `open`, skipping quoted text.
+pub fn matching_paren(sql: &str, open: usize) -> Option<usize> {
+    let b = sql.as_bytes();
+    let mut depth = 0;
+    let mut i = open;
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                i = skip_quoted(b, i, b'\'', i > 0 && matches!(b[i - 1], b'e' | b'E'));
+                continue;
+            }
+            b'"' => {
+                i = skip_quoted(b, i, b'"', false);
+                continue;
+            }
+            b'$' if i == 0 || !is_ident(b[i - 1]) => {
+                if let Some(end) = skip_dollar(b, i) {
+                    i = end;
+                    continue;
+                }
+            }
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,3 +265,117 @@ async fn pgbench_extended_and_prepared_modes() {
     }
     assert_eq!(sum, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_execute_deallocate_route_by_arguments() {
+    let c = Cluster::start(3).await;
+    let keys = c.accounts(3, 10).await;
+    let client = c.client().await;
+    exec(
+        &client,
+        "PREPARE bal (bigint) AS SELECT balance FROM accounts WHERE id = $1",
+    )
+    .await;
+    exec(
+        &client,
+        "PREPARE add AS UPDATE accounts SET balance = balance + $2 WHERE id = $1",
+    )
+    .await;
+    for (i, k) in keys.iter().enumerate() {
+        exec(&client, &format!("EXECUTE add ({k}, {i})")).await;
+        assert_eq!(
+            value(&client, &format!("EXECUTE bal ({k})")).await,
+            (10 + i).to_string()
+        );
+        // The statement ran on the key's shard.
+        assert_eq!(
+            value(
+                &c.shard(i).await,
+                &format!("SELECT balance FROM accounts WHERE id = {k}")
+            )
+            .await,
+            (10 + i).to_string()
+        );
+    }
+    // Inside a block spanning shards, and after DEALLOCATE it is gone.
+    exec(
+        &client,
+        &format!(
+            "BEGIN; EXECUTE add ({}, 100); EXECUTE add ({}, -5); COMMIT",
+            keys[0], keys[1]
+        ),
+    )
+    .await;
+    assert_eq!(
+        value(&client, &format!("EXECUTE bal ({})", keys[0])).await,
+        "110"
+    );
+    let e = client
+        .simple_query("PREPARE bal AS SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42P05");
+    exec(&client, "DEALLOCATE bal").await;
+    let e = client
+        .simple_query(&format!("EXECUTE bal ({})", keys[0]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "26000");
+    // A PREPARE PostgreSQL rejects is rejected with its error.
+    let e = client
+        .simple_query("PREPARE broken AS SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_syncs_fail_and_recover_independently() {
+    use crate::harness::RawClient;
+    let c = Cluster::start(2).await;
+    let keys = c.accounts(2, 5).await;
+    let mut raw = RawClient::connect(c.port()).await;
+    let parse = |name: &str, sql: &str| {
+        let mut b = Vec::new();
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(sql.as_bytes());
+        b.extend_from_slice(&[0, 0, 0]);
+        b
+    };
+    let bind = |stmt: &str, param: &str| {
+        let mut b = vec![0];
+        b.extend_from_slice(stmt.as_bytes());
+        b.extend_from_slice(&[0, 0, 0, 0, 1]);
+        b.extend_from_slice(&(param.len() as i32).to_be_bytes());
+        b.extend_from_slice(param.as_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b
+    };
+    let execute = [0u8, 0, 0, 0, 0];
+    // Segment 1 fails (division by zero), segment 2 must still run; both in one write.
+    raw.send(
+        b'P',
+        &parse("s1", "SELECT balance / 0 FROM accounts WHERE id = $1"),
+    )
+    .await;
+    raw.send(b'B', &bind("s1", &keys[0].to_string())).await;
+    raw.send(b'E', &execute).await;
+    raw.send(b'S', b"").await;
+    raw.send(
+        b'P',
+        &parse("s2", "SELECT balance FROM accounts WHERE id = $1"),
+    )
+    .await;
+    raw.send(b'B', &bind("s2", &keys[1].to_string())).await;
+    raw.send(b'E', &execute).await;
+    raw.send(b'S', b"").await;
+    let first = raw.until_ready().await;
+    assert_eq!(first.error_codes(), vec!["22012".to_string()]);
+    assert_eq!(first.status, b'I');
+    let second = raw.until_ready().await;
+    assert!(second.error_codes().is_empty());
+    let kinds: Vec<u8> = second.messages.iter().map(|m| m.0).collect();
+    assert_eq!(kinds, vec![b'1', b'2', b'D', b'C']);
+    assert_eq!(second.tags(), vec!["SELECT 1".to_string()]);
+}

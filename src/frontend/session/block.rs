@@ -39,6 +39,17 @@ impl Session {
         let mut head = vec![t.begin.clone()];
         head.extend(t.prelude.iter().cloned());
 
+        for (shard, _) in targets {
+            let Some(i) = parts.iter().position(|p| p.shard() == *shard) else {
+                continue;
+            };
+            if !self.prepare_for_execute(&mut parts[i].conn).await? {
+                if let Some(t) = self.txn() {
+                    t.participants = parts;
+                }
+                return Ok((false, None));
+            }
+        }
         let single = targets.len() == 1;
         let r: Result<(bool, Option<bytes::Bytes>), ExecError> = async {
             // Everything is written before anything is read: the shards work in parallel.

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 mod block;
 mod extended;
+mod prepared;
 
 use super::{auth, unknown_database, Shared};
 use crate::backend::{BackendError, PooledConn, ServerConn};
@@ -92,6 +93,11 @@ struct Session {
     settings: BTreeMap<String, String>,
     state: TxnState,
     ext: extended::Extended,
+    /// Statements made with SQL `PREPARE`.
+    sql_prepared: std::collections::HashMap<String, prepared::SqlPrepared>,
+    /// While an `EXECUTE` runs: the statement each server connection it
+    /// touches must have (its name there, and the `PREPARE` that makes it).
+    need_prepared: Option<(String, String)>,
     /// Server connections this client holds, for its cancel requests.
     cancel_targets: super::cancel::Targets,
     process_id: i32,
@@ -155,6 +161,8 @@ pub(super) async fn run(
         startup_settings,
         state: TxnState::Idle,
         ext: Default::default(),
+        sql_prepared: Default::default(),
+        need_prepared: None,
         cancel_targets: Default::default(),
         process_id: pid,
     };
@@ -461,6 +469,9 @@ impl Session {
             Plan::Release(name) => self.release(stmt, name).await,
             Plan::RollbackTo(name) => self.rollback_to(stmt, name).await,
             Plan::Set(cmd) => self.set(stmt, cmd).await,
+            Plan::Prepare { name, types, body } => self.sql_prepare(name, types, body).await,
+            Plan::Execute { name, args } => self.sql_execute(name, args).await,
+            Plan::Deallocate(name) => self.sql_deallocate(name).await,
         }
     }
 
@@ -534,12 +545,32 @@ impl Session {
         }
     }
 
+    /// While an `EXECUTE` runs, gives `conn` the prepared statement it needs.
+    /// `Ok(false)`: that failed and the client was told.
+    async fn prepare_for_execute(&mut self, conn: &mut ServerConn) -> std::io::Result<bool> {
+        let need = self.need_prepared.clone();
+        match prepared::ensure_prepared(conn, need.as_ref().map(|(a, b)| (a.as_str(), b.as_str())))
+            .await
+        {
+            Ok(None) => Ok(true),
+            Ok(Some(err)) => {
+                self.write(&err.bytes).await?;
+                self.fail();
+                Ok(false)
+            }
+            Err(e) => self.error(e.into()).await,
+        }
+    }
+
     /// Runs a statement on a borrowed connection outside any block.
     async fn autocommit_one(&mut self, shard: ShardId, text: &str) -> std::io::Result<bool> {
         let mut conn = match self.checkout(shard).await {
             Ok(c) => c,
             Err(e) => return self.error(e).await,
         };
+        if !self.prepare_for_execute(&mut conn).await? {
+            return Ok(false);
+        }
         let r = async {
             conn.send_query(text).await?;
             conn.flush().await?;
@@ -594,7 +625,12 @@ impl Session {
         let mut conns = Vec::with_capacity(targets.len());
         for (s, _) in targets {
             match self.checkout(*s).await {
-                Ok(c) => conns.push(c),
+                Ok(mut c) => {
+                    if !self.prepare_for_execute(&mut c).await? {
+                        return Ok(false);
+                    }
+                    conns.push(c)
+                }
                 Err(e) => return self.error(e).await,
             }
         }

@@ -1,0 +1,158 @@
+//! SQL-level `PREPARE` / `EXECUTE` / `DEALLOCATE`. A prepared statement lives
+//! per client; each server connection gets it, under a proxy-made name, the
+//! first time an `EXECUTE` runs there. `EXECUTE` routes by its arguments.
+
+use super::*;
+use crate::router::{execute_args, plan_bound};
+
+/// A statement prepared with SQL `PREPARE`.
+pub(super) struct SqlPrepared {
+    body: String,
+    /// Its name on server connections.
+    backend: String,
+    /// The `PREPARE` that creates it there, from the client's own text.
+    prepare: String,
+}
+
+fn backend_name(types: &str, body: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in types.bytes().chain([0]).chain(body.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("pieskieo_sql_{h:016x}")
+}
+
+impl Session {
+    pub(super) async fn sql_prepare(
+        &mut self,
+        name: String,
+        types: String,
+        body: String,
+    ) -> std::io::Result<bool> {
+        if self.sql_prepared.contains_key(&name) {
+            let e = protocol::error_response(
+                Severity::Error,
+                SqlState::DUPLICATE_PREPARED_STATEMENT,
+                &format!("prepared statement \"{name}\" already exists"),
+                None,
+            );
+            self.write(&e).await?;
+            self.fail();
+            return Ok(false);
+        }
+        let backend = backend_name(&types, &body);
+        let prepare = if types.is_empty() {
+            format!("PREPARE {backend} AS {body}")
+        } else {
+            format!("PREPARE {backend} ({types}) AS {body}")
+        };
+        let stmt = SqlPrepared {
+            body,
+            backend,
+            prepare,
+        };
+        // Validate it where PostgreSQL would: a shard says whether it parses.
+        let mut conn = match self.checkout(self.shared.map.default_shard).await {
+            Ok(c) => c,
+            Err(e) => return self.error(e).await,
+        };
+        match ensure_prepared(&mut conn, Some((&stmt.backend, &stmt.prepare))).await {
+            Ok(None) => {}
+            Ok(Some(err)) => {
+                self.write(&err.bytes).await?;
+                self.fail();
+                return Ok(false);
+            }
+            Err(e) => return self.error(e.into()).await,
+        }
+        drop(conn);
+        self.sql_prepared.insert(name, stmt);
+        self.complete("PREPARE").await
+    }
+
+    pub(super) async fn sql_execute(
+        &mut self,
+        name: String,
+        args: String,
+    ) -> std::io::Result<bool> {
+        let Some(stmt) = self.sql_prepared.get(&name) else {
+            let e = protocol::error_response(
+                Severity::Error,
+                SqlState::INVALID_SQL_STATEMENT_NAME,
+                &format!("prepared statement \"{name}\" does not exist"),
+                None,
+            );
+            self.write(&e).await?;
+            self.fail();
+            return Ok(false);
+        };
+        let plan = plan_bound(&stmt.body, &self.shared.map, &execute_args(&args));
+        let text = if args.is_empty() {
+            format!("EXECUTE {}", stmt.backend)
+        } else {
+            format!("EXECUTE {} ({args})", stmt.backend)
+        };
+        self.need_prepared = Some((stmt.backend.clone(), stmt.prepare.clone()));
+        let r = match plan {
+            Err(e) => self.error(Error::Route(e)).await,
+            Ok(Plan::Forward { route, write }) => self.forward(&text, route, write).await,
+            Ok(Plan::Replicate) => {
+                let targets: Vec<(ShardId, &str)> = (0..self.shared.map.shards)
+                    .map(|s| (ShardId(s), text.as_str()))
+                    .collect();
+                self.write_across(&targets, Merge::Copies).await
+            }
+            Ok(_) => {
+                self.error(Error::Unsupported(
+                    "EXECUTE of this kind of statement is not supported".into(),
+                ))
+                .await
+            }
+        };
+        self.need_prepared = None;
+        r
+    }
+
+    pub(super) async fn sql_deallocate(&mut self, name: Option<String>) -> std::io::Result<bool> {
+        match name {
+            None => {
+                self.sql_prepared.clear();
+                self.complete("DEALLOCATE ALL").await
+            }
+            Some(n) if self.sql_prepared.remove(&n).is_some() => self.complete("DEALLOCATE").await,
+            Some(n) => {
+                let e = protocol::error_response(
+                    Severity::Error,
+                    SqlState::INVALID_SQL_STATEMENT_NAME,
+                    &format!("prepared statement \"{n}\" does not exist"),
+                    None,
+                );
+                self.write(&e).await?;
+                self.fail();
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Creates the statement an `EXECUTE` needs on `conn` if it lacks it.
+/// Returns the server's error, if the `PREPARE` failed.
+pub(super) async fn ensure_prepared(
+    conn: &mut ServerConn,
+    need: Option<(&str, &str)>,
+) -> Result<Option<crate::protocol::Frame>, BackendError> {
+    let Some((name, prepare)) = need else {
+        return Ok(None);
+    };
+    if conn.prepared.contains(name) {
+        return Ok(None);
+    }
+    conn.send_query(prepare).await?;
+    conn.flush().await?;
+    let err = executor::drain(conn).await?;
+    if err.is_none() {
+        conn.prepared.insert(name.to_string());
+    }
+    Ok(err)
+}
