@@ -19,6 +19,11 @@ use super::*;
 use crate::protocol::{message, put_cstr, take_cstr, Frame};
 use crate::router::{plan_bound, Bound};
 
+mod portal;
+mod wire;
+
+use wire::{bounds, parse_bind, read_i16, read_i32, reply};
+
 /// A statement the client prepared.
 pub(super) struct ClientStmt {
     sql: String,
@@ -73,7 +78,7 @@ enum Slot {
     Participant { wrote: bool },
 }
 
-const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+pub(super) const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
 /// A batch this long runs before Flush/Sync arrives, bounding memory.
 const MAX_BATCH: usize = 1000;
 
@@ -91,94 +96,6 @@ fn backend_name(sql: &str, types: &[u32]) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("pieskieo_{h:016x}_{}", sql.len())
-}
-
-fn read_i16(b: &[u8]) -> Option<(i16, &[u8])> {
-    Some((i16::from_be_bytes([*b.first()?, *b.get(1)?]), b.get(2..)?))
-}
-
-fn read_i32(b: &[u8]) -> Option<(i32, &[u8])> {
-    let v = b.get(..4)?;
-    Some((i32::from_be_bytes([v[0], v[1], v[2], v[3]]), b.get(4..)?))
-}
-
-struct BindMsg<'a> {
-    portal: &'a str,
-    stmt: &'a str,
-    /// Everything after the two names, forwarded as is.
-    rest: &'a [u8],
-    formats: Vec<i16>,
-    values: Vec<Option<&'a [u8]>>,
-}
-
-fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
-    let (portal, r) = take_cstr(body)?;
-    let (stmt, rest) = take_cstr(r)?;
-    let (nf, mut r) = read_i16(rest)?;
-    let mut formats = Vec::new();
-    for _ in 0..nf.max(0) {
-        let (f, next) = read_i16(r)?;
-        formats.push(f);
-        r = next;
-    }
-    let (np, mut r) = read_i16(r)?;
-    let mut values = Vec::new();
-    for _ in 0..np.max(0) {
-        let (len, next) = read_i32(r)?;
-        if len < 0 {
-            values.push(None);
-            r = next;
-        } else {
-            values.push(Some(next.get(..len as usize)?));
-            r = next.get(len as usize..)?;
-        }
-    }
-    Some(BindMsg {
-        portal,
-        stmt,
-        rest,
-        formats,
-        values,
-    })
-}
-
-/// The router's view of one bound value.
-fn bound(format: i16, value: Option<&[u8]>, oid: u32) -> Bound {
-    let Some(v) = value else { return Bound::Null };
-    let text = |v: &[u8]| {
-        std::str::from_utf8(v)
-            .map(|s| Bound::Text(s.to_string()))
-            .unwrap_or(Bound::Unknown)
-    };
-    if format == 0 {
-        return text(v);
-    }
-    match (oid, v.len()) {
-        (21, 2) => Bound::Text(i16::from_be_bytes([v[0], v[1]]).to_string()),
-        (23, 4) => Bound::Text(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
-        (20, 8) => Bound::Text(i64::from_be_bytes(v.try_into().unwrap_or([0; 8])).to_string()),
-        // text, varchar, name, bpchar: binary is the text itself
-        (25 | 1043 | 19 | 1042, _) => text(v),
-        (2950, 16) => {
-            Bound::Text(crate::router::KeyValue::Uuid(v.try_into().unwrap_or([0; 16])).to_string())
-        }
-        _ => Bound::Unknown,
-    }
-}
-
-fn bounds(b: &BindMsg, types: &[u32]) -> Vec<Bound> {
-    b.values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let fmt = match b.formats.as_slice() {
-                [] => 0,
-                [one] => *one,
-                many => many.get(i).copied().unwrap_or(0),
-            };
-            bound(fmt, *v, types.get(i).copied().unwrap_or(0))
-        })
-        .collect()
 }
 
 impl Extended {
@@ -602,225 +519,6 @@ impl Session {
         Ok(true)
     }
 
-    async fn ext_describe(&mut self, kind: u8, name: &str) -> Result<bool, Fatal> {
-        if self.aborted_block(None) {
-            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
-        }
-        if kind == b'S' {
-            let Some(s) = self.ext.stmts.get(name) else {
-                let e = protocol::error_response(
-                    Severity::Error,
-                    SqlState::INVALID_SQL_STATEMENT_NAME,
-                    &format!("prepared statement \"{name}\" does not exist"),
-                    None,
-                );
-                self.write(&e).await?;
-                self.fail();
-                return Ok(false);
-            };
-            let (parse, backend) = (s.parse_message(), s.backend.clone());
-            let describe = message(b'D', |b| {
-                b.put_u8(b'S');
-                put_cstr(b, &backend);
-            });
-            let shard = self.any_shard();
-            let (slot, mut conn) = match self.take_conn(shard).await {
-                Ok(x) => x,
-                Err(e) => return Ok(self.error(e).await?),
-            };
-            let r = match self
-                .prepare_and_send(&mut conn, &parse, &backend, &[&describe])
-                .await
-            {
-                Ok(true) => reply(&mut conn, &mut self.out, b"Tn", true).await,
-                Ok(false) => Ok((false, None)),
-                Err(e) => Err(e),
-            };
-            self.put_conn(slot, conn, false);
-            if let Ok((_, Some(types))) = &r {
-                if let Some(s) = self.ext.stmts.get_mut(name) {
-                    s.described = Some(types.clone());
-                }
-            }
-            return Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?);
-        }
-        let shard = match self.ext.portals.get(name) {
-            None => {
-                let e = protocol::error_response(
-                    Severity::Error,
-                    SqlState::INVALID_CURSOR_NAME,
-                    &format!("portal \"{name}\" does not exist"),
-                    None,
-                );
-                self.write(&e).await?;
-                self.fail();
-                return Ok(false);
-            }
-            Some(PortalKind::Control { .. }) => {
-                self.write(&message(b'n', |_| {})).await?;
-                return Ok(true);
-            }
-            Some(PortalKind::Single { shard, .. }) => *shard,
-            Some(PortalKind::Multi { shards, .. }) => shards[0],
-        };
-        let describe = message(b'D', |b| {
-            b.put_u8(b'P');
-            put_cstr(b, name);
-        });
-        let (slot, mut conn) = match self.take_conn(shard).await {
-            Ok(x) => x,
-            Err(e) => return Ok(self.error(e).await?),
-        };
-        let r = async {
-            conn.send_extended(&describe).await?;
-            conn.send_extended(&FLUSH).await?;
-            conn.flush().await?;
-            reply(&mut conn, &mut self.out, b"Tn", true).await
-        }
-        .await;
-        self.put_conn(slot, conn, false);
-        Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
-    }
-
-    async fn ext_execute(&mut self, portal: &str, max: i32) -> Result<bool, Fatal> {
-        let Some(kind) = self.ext.portals.get(portal) else {
-            let e = protocol::error_response(
-                Severity::Error,
-                SqlState::INVALID_CURSOR_NAME,
-                &format!("portal \"{portal}\" does not exist"),
-                None,
-            );
-            self.write(&e).await?;
-            self.fail();
-            return Ok(false);
-        };
-        let execute = message(b'E', |b| {
-            put_cstr(b, portal);
-            b.put_i32(max);
-        });
-        match kind {
-            PortalKind::Control { sql, plan } => {
-                let (sql, plan) = (sql.clone(), plan.clone());
-                // Close the segment's own implicit transaction first.
-                self.sync_segment().await?;
-                Ok(self.execute(&sql, Ok(plan)).await?)
-            }
-            PortalKind::Single { shard, write } => {
-                let (shard, write) = (*shard, *write);
-                let (slot, mut conn) = match self.take_conn(shard).await {
-                    Ok(x) => x,
-                    Err(e) => return Ok(self.error(e).await?),
-                };
-                let r = async {
-                    conn.send_extended(&execute).await?;
-                    conn.send_extended(&FLUSH).await?;
-                    conn.flush().await?;
-                    reply(&mut conn, &mut self.out, b"CIs", true).await
-                }
-                .await;
-                self.put_conn(slot, conn, write);
-                Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
-            }
-            PortalKind::Multi {
-                shards,
-                merge,
-                write,
-            } => {
-                let (shards, merge, write) = (shards.clone(), *merge, *write);
-                if max != 0 {
-                    let e = Error::Unsupported(
-                        "a row limit on a portal that spans shards is not supported yet".into(),
-                    );
-                    return Ok(self.error(e).await?);
-                }
-                let mut taken = Vec::new();
-                for s in &shards {
-                    match self.take_conn(*s).await {
-                        Ok(x) => taken.push(x),
-                        Err(e) => {
-                            for (slot, conn) in taken {
-                                self.put_conn(slot, conn, false);
-                            }
-                            return Ok(self.error(e).await?);
-                        }
-                    }
-                }
-                let mut merger = Merger::default();
-                let r: Result<(), ExecError> = async {
-                    for (_, conn) in taken.iter_mut() {
-                        conn.send_extended(&execute).await?;
-                        conn.send_extended(&FLUSH).await?;
-                        conn.flush().await?;
-                    }
-                    for (i, (_, conn)) in taken.iter_mut().enumerate() {
-                        loop {
-                            let f = conn.read().await?;
-                            let tag = f.tag;
-                            if tag == b'E' || i == 0 || merge == Merge::Union {
-                                if let Some(b) = merger.on_frame(f) {
-                                    self.out.write_all(&b).await.map_err(ExecError::Client)?;
-                                }
-                            }
-                            if matches!(tag, b'C' | b'I' | b's' | b'E') {
-                                break;
-                            }
-                        }
-                    }
-                    Ok(())
-                }
-                .await;
-                for (slot, conn) in taken {
-                    self.put_conn(slot, conn, write);
-                }
-                if let Err(e) = r {
-                    return Ok(self.finish_exec(Err(e)).await?);
-                }
-                let failed = merger.failed();
-                if let Some(last) = merger.finish() {
-                    self.write(&last).await?;
-                }
-                if failed {
-                    self.fail();
-                }
-                Ok(!failed)
-            }
-        }
-    }
-
-    async fn ext_close(&mut self, kind: u8, name: &str) -> Result<bool, Fatal> {
-        if kind == b'S' {
-            self.ext.stmts.remove(name);
-        } else if let Some(p) = self.ext.portals.remove(name) {
-            let shards = match p {
-                PortalKind::Single { shard, .. } => vec![shard],
-                PortalKind::Multi { shards, .. } => shards,
-                PortalKind::Control { .. } => vec![],
-            };
-            let close = message(b'C', |b| {
-                b.put_u8(b'P');
-                put_cstr(b, name);
-            });
-            for s in shards {
-                let Ok((slot, mut conn)) = self.take_conn(s).await else {
-                    continue;
-                };
-                let r = async {
-                    conn.send_extended(&close).await?;
-                    conn.send_extended(&FLUSH).await?;
-                    conn.flush().await?;
-                    reply(&mut conn, &mut self.out, b"3", false).await
-                }
-                .await;
-                self.put_conn(slot, conn, false);
-                if let Err(ExecError::Client(e)) = r {
-                    return Err(Fatal::Client(e));
-                }
-            }
-        }
-        self.write(&message(b'3', |_| {})).await?;
-        Ok(true)
-    }
-
     /// Ends the segment's use of a shard's implicit transaction.
     async fn sync_segment(&mut self) -> std::io::Result<bool> {
         match self.close_segment().await {
@@ -896,61 +594,6 @@ async fn sync_all(parts: &mut [Participant]) {
             .await;
             if r.is_err() {
                 p.conn.mark_broken();
-            }
-        }
-    }
-}
-
-/// Reads a server's answer to one extended message, relaying it (when
-/// `forward`) until one of `done` or an error. Returns success, and the
-/// parameter types if a ParameterDescription passed.
-async fn reply<W: AsyncWriteExt + Unpin>(
-    conn: &mut ServerConn,
-    out: &mut W,
-    done: &[u8],
-    forward: bool,
-) -> Result<(bool, Option<Vec<u32>>), ExecError> {
-    let mut types = None;
-    loop {
-        let f = conn.read().await?;
-        match f.tag {
-            b'E' => {
-                out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                return Ok((false, types));
-            }
-            b'G' => {
-                conn.send_copy_fail("COPY FROM STDIN is not supported through Pieskieo yet")
-                    .await?;
-                conn.send_extended(&FLUSH).await?;
-                conn.flush().await?;
-            }
-            b't' => {
-                let b = f.body();
-                if let Some((n, mut r)) = read_i16(b) {
-                    let mut v = Vec::new();
-                    for _ in 0..n.max(0) {
-                        match read_i32(r) {
-                            Some((t, next)) => {
-                                v.push(t as u32);
-                                r = next;
-                            }
-                            None => break,
-                        }
-                    }
-                    types = Some(v);
-                }
-                if forward {
-                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                }
-            }
-            tag => {
-                // Notices and parameter changes pass even when the answer itself is ours.
-                if forward || matches!(tag, b'N' | b'S' | b'A') {
-                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                }
-                if done.contains(&tag) {
-                    return Ok((true, types));
-                }
             }
         }
     }

@@ -1,0 +1,154 @@
+//! Reading the extended-protocol messages a client sends, turning bound
+//! values into what the router reads, and relaying a server's answer to one
+//! message.
+
+use crate::protocol::take_cstr;
+use tokio::io::AsyncWriteExt;
+
+use super::FLUSH;
+use crate::backend::ServerConn;
+use crate::executor::ExecError;
+use crate::router::Bound;
+
+pub(super) fn read_i16(b: &[u8]) -> Option<(i16, &[u8])> {
+    Some((i16::from_be_bytes([*b.first()?, *b.get(1)?]), b.get(2..)?))
+}
+
+pub(super) fn read_i32(b: &[u8]) -> Option<(i32, &[u8])> {
+    let v = b.get(..4)?;
+    Some((i32::from_be_bytes([v[0], v[1], v[2], v[3]]), b.get(4..)?))
+}
+
+pub(super) struct BindMsg<'a> {
+    pub portal: &'a str,
+    pub stmt: &'a str,
+    /// Everything after the two names, forwarded as is.
+    pub rest: &'a [u8],
+    pub formats: Vec<i16>,
+    pub values: Vec<Option<&'a [u8]>>,
+}
+
+pub(super) fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
+    let (portal, r) = take_cstr(body)?;
+    let (stmt, rest) = take_cstr(r)?;
+    let (nf, mut r) = read_i16(rest)?;
+    let mut formats = Vec::new();
+    for _ in 0..nf.max(0) {
+        let (f, next) = read_i16(r)?;
+        formats.push(f);
+        r = next;
+    }
+    let (np, mut r) = read_i16(r)?;
+    let mut values = Vec::new();
+    for _ in 0..np.max(0) {
+        let (len, next) = read_i32(r)?;
+        if len < 0 {
+            values.push(None);
+            r = next;
+        } else {
+            values.push(Some(next.get(..len as usize)?));
+            r = next.get(len as usize..)?;
+        }
+    }
+    Some(BindMsg {
+        portal,
+        stmt,
+        rest,
+        formats,
+        values,
+    })
+}
+
+/// The router's view of one bound value.
+fn bound(format: i16, value: Option<&[u8]>, oid: u32) -> Bound {
+    let Some(v) = value else { return Bound::Null };
+    let text = |v: &[u8]| {
+        std::str::from_utf8(v)
+            .map(|s| Bound::Text(s.to_string()))
+            .unwrap_or(Bound::Unknown)
+    };
+    if format == 0 {
+        return text(v);
+    }
+    match (oid, v.len()) {
+        (21, 2) => Bound::Text(i16::from_be_bytes([v[0], v[1]]).to_string()),
+        (23, 4) => Bound::Text(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (20, 8) => Bound::Text(i64::from_be_bytes(v.try_into().unwrap_or([0; 8])).to_string()),
+        // text, varchar, name, bpchar: binary is the text itself
+        (25 | 1043 | 19 | 1042, _) => text(v),
+        (2950, 16) => {
+            Bound::Text(crate::router::KeyValue::Uuid(v.try_into().unwrap_or([0; 16])).to_string())
+        }
+        _ => Bound::Unknown,
+    }
+}
+
+pub(super) fn bounds(b: &BindMsg, types: &[u32]) -> Vec<Bound> {
+    b.values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let fmt = match b.formats.as_slice() {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
+            };
+            bound(fmt, *v, types.get(i).copied().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Reads a server's answer to one extended message, relaying it (when
+/// `forward`) until one of `done` or an error. Returns success, and the
+/// parameter types if a ParameterDescription passed.
+pub(super) async fn reply<W: AsyncWriteExt + Unpin>(
+    conn: &mut ServerConn,
+    out: &mut W,
+    done: &[u8],
+    forward: bool,
+) -> Result<(bool, Option<Vec<u32>>), ExecError> {
+    let mut types = None;
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'E' => {
+                out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                return Ok((false, types));
+            }
+            b'G' => {
+                conn.send_copy_fail("COPY FROM STDIN is not supported through Pieskieo yet")
+                    .await?;
+                conn.send_extended(&FLUSH).await?;
+                conn.flush().await?;
+            }
+            b't' => {
+                let b = f.body();
+                if let Some((n, mut r)) = read_i16(b) {
+                    let mut v = Vec::new();
+                    for _ in 0..n.max(0) {
+                        match read_i32(r) {
+                            Some((t, next)) => {
+                                v.push(t as u32);
+                                r = next;
+                            }
+                            None => break,
+                        }
+                    }
+                    types = Some(v);
+                }
+                if forward {
+                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                }
+            }
+            tag => {
+                // Notices and parameter changes pass even when the answer itself is ours.
+                if forward || matches!(tag, b'N' | b'S' | b'A') {
+                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                }
+                if done.contains(&tag) {
+                    return Ok((true, types));
+                }
+            }
+        }
+    }
+}

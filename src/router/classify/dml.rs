@@ -1,0 +1,456 @@
+//! Routing of queries and data changes: which shards a `SELECT`, `UPDATE`,
+//! `DELETE` or `INSERT` reaches, from the shard keys it fixes.
+
+use super::*;
+
+/// A sharded table in a FROM list, with the name it is referred to by.
+struct Binding<'m> {
+    rule: &'m TableRule,
+    qualifier: String,
+}
+
+fn bind<'m>(
+    factor: &TableFactor,
+    map: &'m ShardMap,
+    ctes: &HashSet<String>,
+    out: &mut Vec<Binding<'m>>,
+) {
+    if let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = factor
+    {
+        if let Rel::Sharded(rule) = classify_rel(name, map, ctes) {
+            let qualifier = alias
+                .as_ref()
+                .map(|a| ident_name(&a.name))
+                .unwrap_or_else(|| object_parts(name).1);
+            out.push(Binding { rule, qualifier });
+        }
+    }
+}
+
+fn bind_from<'m>(
+    from: &[&TableWithJoins],
+    map: &'m ShardMap,
+    ctes: &HashSet<String>,
+) -> Vec<Binding<'m>> {
+    let mut out = Vec::new();
+    for twj in from {
+        bind(&twj.relation, map, ctes, &mut out);
+        for j in &twj.joins {
+            bind(&j.relation, map, ctes, &mut out);
+        }
+    }
+    out
+}
+
+fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, out);
+            conjuncts(right, out);
+        }
+        Expr::Nested(inner) => conjuncts(inner, out),
+        other => out.push(other),
+    }
+}
+
+fn is_key_ref(e: &Expr, b: &Binding, all: &[Binding]) -> bool {
+    match e {
+        Expr::Nested(inner) => is_key_ref(inner, b, all),
+        Expr::Identifier(id) => {
+            let n = ident_name(id);
+            n == b.rule.key && all.iter().filter(|x| x.rule.key == n).count() == 1
+        }
+        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+            [.., q, c] => ident_name(c) == b.rule.key && ident_name(q) == b.qualifier,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A constant usable as a key: `None` when `e` is not a literal.
+pub(super) fn literal_key(e: &Expr, ty: KeyType) -> Option<Result<KeyValue, KeyError>> {
+    match e {
+        Expr::Nested(inner) => literal_key(inner, ty),
+        Expr::Cast { expr, .. } => literal_key(expr, ty),
+        Expr::TypedString(ts) => literal_value(&ts.value.value, ty, ""),
+        Expr::UnaryOp { op, expr } => match (op, expr.as_ref()) {
+            (UnaryOperator::Minus, Expr::Value(v)) => literal_value(&v.value, ty, "-"),
+            (UnaryOperator::Plus, Expr::Value(v)) => literal_value(&v.value, ty, ""),
+            _ => None,
+        },
+        Expr::Value(v) => literal_value(&v.value, ty, ""),
+        _ => None,
+    }
+}
+
+fn literal_value(v: &Value, ty: KeyType, sign: &str) -> Option<Result<KeyValue, KeyError>> {
+    let text = match v {
+        Value::Number(n, _) => format!("{sign}{n}"),
+        Value::SingleQuotedString(s)
+        | Value::EscapedStringLiteral(s)
+        | Value::UnicodeStringLiteral(s)
+            if sign.is_empty() =>
+        {
+            s.clone()
+        }
+        Value::DollarQuotedString(d) if sign.is_empty() => d.value.clone(),
+        _ => return None,
+    };
+    Some(KeyValue::parse_typed(ty, &text))
+}
+
+fn is_null(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => matches!(v.value, Value::Null),
+        Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => is_null(inner),
+        _ => false,
+    }
+}
+
+/// The shards a binding's rows can be on, from `key = c` / `key IN (...)` in the
+/// top-level AND chain; `None` when the WHERE does not pin the key.
+fn key_shards(
+    selection: Option<&Expr>,
+    b: &Binding,
+    all: &[Binding],
+    map: &ShardMap,
+) -> Option<Vec<ShardId>> {
+    let mut cs = Vec::new();
+    conjuncts(selection?, &mut cs);
+    for c in cs {
+        let values: Option<Vec<&Expr>> = match c {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                if is_key_ref(left, b, all) {
+                    Some(vec![right.as_ref()])
+                } else if is_key_ref(right, b, all) {
+                    Some(vec![left.as_ref()])
+                } else {
+                    None
+                }
+            }
+            Expr::In {
+                expr,
+                target: InTarget::List(list),
+                negated: false,
+                ..
+            } if is_key_ref(expr, b, all) => Some(list.iter().collect()),
+            _ => None,
+        };
+        let Some(values) = values else { continue };
+        let keys: Option<Vec<KeyValue>> = values
+            .iter()
+            .map(|v| literal_key(v, b.rule.key_type).and_then(Result::ok))
+            .collect();
+        let Some(keys) = keys else { continue };
+        let mut shards: Vec<ShardId> = keys
+            .iter()
+            .filter_map(|k| b.rule.shard_for(k, map.shards))
+            .collect();
+        if shards.is_empty() {
+            // No shard can hold such a row; any one answers "no rows".
+            shards.push(map.default_shard);
+        }
+        return Some(shards);
+    }
+    None
+}
+
+/// Combines the bindings' key restrictions into one route.
+fn route_bindings(
+    bindings: &[Binding],
+    selection: Option<&Expr>,
+    map: &ShardMap,
+) -> Result<Route, RouteError> {
+    let per: Vec<Option<Vec<ShardId>>> = bindings
+        .iter()
+        .map(|b| key_shards(selection, b, bindings, map))
+        .collect();
+    if bindings.len() == 1 {
+        return Ok(match &per[0] {
+            Some(s) => Route::from_shards(s.clone(), map.shards),
+            None => Route::All,
+        });
+    }
+    let mut all = Vec::new();
+    for (b, s) in bindings.iter().zip(&per) {
+        match s {
+            Some(s) => all.extend(s.iter().copied()),
+            None => {
+                return unsupported(format!(
+                    "joins of sharded tables need each table's shard key fixed in WHERE to values on one shard (\"{}\" is not)",
+                    b.rule.name
+                ))
+            }
+        }
+    }
+    match Route::from_shards(all, map.shards) {
+        Route::One(s) => Ok(Route::One(s)),
+        _ => unsupported("joins of sharded tables across shards are not supported"),
+    }
+}
+
+pub(super) fn route_select(q: &Query, t: &Tables, map: &ShardMap) -> Result<Plan, RouteError> {
+    let modifies = q.with.as_ref().is_some_and(|w| {
+        w.cte_tables.iter().any(|c| {
+            matches!(
+                *c.query.body,
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)
+            )
+        })
+    });
+    let write = modifies || !q.locks.is_empty();
+    if t.sharded.is_empty() {
+        t.check_no_local_mix(map)?;
+        if t.other.is_empty() {
+            return Ok(Plan::Forward {
+                route: Route::Any,
+                write,
+            });
+        }
+        return Ok(default_route(map, write));
+    }
+    t.check_no_local_mix(map)?;
+    if modifies {
+        return unsupported("data-modifying WITH on sharded tables is not supported");
+    }
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return unsupported(format!(
+            "set operations (UNION, INTERSECT, EXCEPT) over sharded table \"{}\" are not supported yet",
+            t.sharded[0].name
+        ));
+    };
+    let from: Vec<&TableWithJoins> = sel.from.iter().collect();
+    let bindings = bind_from(&from, map, &t.facts.ctes);
+    if bindings.len() < t.sharded.len() {
+        return unsupported(format!(
+            "sharded table \"{}\" in a subquery or CTE is not supported yet",
+            t.sharded[0].name
+        ));
+    }
+    let route = route_bindings(&bindings, sel.selection.as_ref(), map)?;
+    if let Route::One(_) = route {
+        return Ok(Plan::Forward { route, write });
+    }
+    // Several shards answer: only a plain concatenation of rows is exact.
+    let what = if q.order_by.is_some() {
+        Some("ORDER BY")
+    } else if q.limit_clause.is_some() || q.fetch.is_some() {
+        Some("LIMIT/OFFSET")
+    } else if sel.distinct.is_some() {
+        Some("DISTINCT")
+    } else if !matches!(&sel.group_by, GroupByExpr::Expressions(v, _) if v.is_empty()) {
+        Some("GROUP BY")
+    } else if sel.having.is_some() {
+        Some("HAVING")
+    } else if t.facts.windows {
+        Some("window functions")
+    } else if t.facts.aggregates {
+        Some("aggregates")
+    } else if t.facts.queries > 1 {
+        Some("subqueries")
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        return unsupported(format!(
+            "{what} in a SELECT that spans shards is not supported yet; fix the shard key \"{}\" of \"{}\" in WHERE",
+            t.sharded[0].key, t.sharded[0].name
+        ));
+    }
+    Ok(Plan::Forward { route, write })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn route_modify(
+    target: &ObjectName,
+    alias: Option<&sqlparser::ast::Ident>,
+    joins: &[sqlparser::ast::Join],
+    extra: &[&TableWithJoins],
+    selection: Option<&Expr>,
+    assignments: &[(&AssignmentTarget, &Expr)],
+    t: &Tables,
+    map: &ShardMap,
+) -> Result<Plan, RouteError> {
+    t.check_no_local_mix(map)?;
+    match classify_rel(target, map, &t.facts.ctes) {
+        Rel::Sharded(rule) => {
+            let mut bindings = vec![Binding {
+                rule,
+                qualifier: alias
+                    .map(ident_name)
+                    .unwrap_or_else(|| object_parts(target).1),
+            }];
+            for j in joins {
+                bind(&j.relation, map, &t.facts.ctes, &mut bindings);
+            }
+            bindings.extend(bind_from(extra, map, &t.facts.ctes));
+            if bindings.len() < t.sharded.len() {
+                return unsupported(format!(
+                    "sharded table \"{}\" in a subquery is not supported yet",
+                    t.sharded[0].name
+                ));
+            }
+            let route = route_bindings(&bindings, selection, map)?;
+            for (target, value) in assignments {
+                let names: Vec<&ObjectName> = match target {
+                    AssignmentTarget::ColumnName(n) => vec![n],
+                    AssignmentTarget::Tuple(v) => v.iter().collect(),
+                };
+                if names.iter().any(|n| object_parts(n).1 == rule.key) {
+                    let to = literal_key(value, rule.key_type)
+                        .and_then(Result::ok)
+                        .and_then(|k| rule.shard_for(&k, map.shards));
+                    match (&route, to) {
+                        (Route::One(s), Some(d)) if *s == d => {}
+                        _ => {
+                            return unsupported(format!(
+                                "updating shard key \"{}\" of table \"{}\" could move rows to another shard; delete and re-insert them instead",
+                                rule.key, rule.name
+                            ))
+                        }
+                    }
+                }
+            }
+            if route != Route::One(route.shards(map.shards)[0]) && t.facts.queries > 0 {
+                return unsupported(
+                    "subqueries in an UPDATE or DELETE that spans shards are not supported yet",
+                );
+            }
+            Ok(Plan::Forward { route, write: true })
+        }
+        Rel::Reference(name) => {
+            if let Some(s) = t.sharded.first() {
+                return unsupported(format!(
+                    "writing reference table \"{name}\" from sharded table \"{}\" is not supported",
+                    s.name
+                ));
+            }
+            Ok(Plan::Replicate)
+        }
+        Rel::Catalog | Rel::Other(_) => Ok(default_route(map, true)),
+    }
+}
+
+pub(super) fn route_insert(
+    stmt: &Statement,
+    t: &Tables,
+    map: &ShardMap,
+) -> Result<Plan, RouteError> {
+    let Statement::Insert(ins) = stmt else {
+        return unsupported("not an INSERT");
+    };
+    let TableObject::TableName(target) = &ins.table else {
+        return unsupported("INSERT INTO a table function is not supported");
+    };
+    t.check_no_local_mix(map)?;
+    let rule = match classify_rel(target, map, &t.facts.ctes) {
+        Rel::Sharded(rule) => rule,
+        Rel::Reference(name) => {
+            if let Some(s) = t.sharded.first() {
+                return unsupported(format!(
+                    "filling reference table \"{name}\" from sharded table \"{}\" is not supported",
+                    s.name
+                ));
+            }
+            return Ok(Plan::Replicate);
+        }
+        Rel::Catalog | Rel::Other(_) => {
+            return Ok(default_route(map, true));
+        }
+    };
+    let values = match &ins.source {
+        Some(q) if q.with.is_none() => match q.body.as_ref() {
+            SetExpr::Values(v) => v,
+            _ => {
+                return unsupported(format!(
+                    "INSERT into sharded table \"{}\" needs VALUES (INSERT ... SELECT is not supported yet)",
+                    rule.name
+                ))
+            }
+        },
+        _ => {
+            return unsupported(format!(
+                "INSERT into sharded table \"{}\" needs VALUES with the shard key \"{}\"",
+                rule.name, rule.key
+            ))
+        }
+    };
+    if t.sharded.len() > 1 {
+        return unsupported(
+            "INSERT into a sharded table that reads other sharded tables is not supported",
+        );
+    }
+    let Some(idx) = ins
+        .columns
+        .iter()
+        .position(|c| object_parts(c).1 == rule.key)
+    else {
+        return unsupported(format!(
+            "INSERT into sharded table \"{}\" must name its columns, including the shard key \"{}\"",
+            rule.name, rule.key
+        ));
+    };
+    let mut groups: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+    for (i, row) in values.rows.iter().enumerate() {
+        let Some(e) = row.content.get(idx) else {
+            return Err(RouteError::Syntax(
+                "INSERT has more target columns than expressions".into(),
+            ));
+        };
+        if is_null(e) {
+            return Err(RouteError::NullKey {
+                table: rule.name.clone(),
+                column: rule.key.clone(),
+            });
+        }
+        let key = match literal_key(e, rule.key_type) {
+            Some(Ok(k)) => k,
+            Some(Err(err)) => return Err(RouteError::BadKey(err)),
+            None => {
+                return unsupported(format!(
+                    "the shard key \"{}\" of table \"{}\" must be a constant in INSERT",
+                    rule.key, rule.name
+                ))
+            }
+        };
+        let shard = rule
+            .shard_for(&key, map.shards)
+            .ok_or_else(|| RouteError::NoShard {
+                table: rule.name.clone(),
+                key: key.to_string(),
+            })?;
+        groups.entry(shard).or_default().push(i);
+    }
+    if groups.len() == 1 {
+        let shard = *groups.keys().next().unwrap_or(&map.default_shard);
+        return Ok(Plan::Forward {
+            route: Route::One(shard),
+            write: true,
+        });
+    }
+    let mut parts = Vec::with_capacity(groups.len());
+    for (shard, rows) in groups {
+        let mut s = stmt.clone();
+        if let Statement::Insert(i) = &mut s {
+            if let Some(SetExpr::Values(v)) = i.source.as_mut().map(|q| q.body.as_mut()) {
+                v.rows = rows.iter().map(|&r| values.rows[r].clone()).collect();
+            }
+        }
+        parts.push((shard, s.to_string()));
+    }
+    Ok(Plan::Split { parts })
+}
