@@ -2,7 +2,7 @@
 //! per-client session.
 
 pub mod auth;
-mod cancel;
+pub(crate) mod cancel;
 mod session;
 mod startup;
 

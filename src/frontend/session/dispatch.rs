@@ -1,0 +1,262 @@
+//! Sending a planned statement where it goes: borrowed connections outside a
+//! block, the block's shards inside one, fan-out with merged answers, and
+//! proxy-made blocks for writes that span shards.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn forward(
+        &mut self,
+        stmt: &str,
+        route: Route,
+        write: bool,
+    ) -> std::io::Result<bool> {
+        let default = self.shared.map.default_shard;
+        match route {
+            Route::One(s) => self.forward_one(s, stmt, write).await,
+            Route::Any => {
+                let joined = self
+                    .txn()
+                    .map(|t| t.participants.first().map(|p| p.shard()));
+                match joined {
+                    // Inside a block: a shard already in it, else the default shard joins.
+                    Some(Some(s)) => self.forward_one(s, stmt, write).await,
+                    _ => self.forward_one(default, stmt, write).await,
+                }
+            }
+            Route::Some(_) | Route::All => {
+                let targets: Vec<(ShardId, &str)> = route
+                    .shards(self.shared.map.shards)
+                    .into_iter()
+                    .map(|s| (s, stmt))
+                    .collect();
+                if write {
+                    self.write_across(&targets, Merge::Union).await
+                } else {
+                    self.read_across(&targets).await
+                }
+            }
+        }
+    }
+
+    /// Borrows a connection and brings its session settings in line with the client's.
+    pub(super) async fn checkout(&self, shard: ShardId) -> Result<PooledConn, Error> {
+        let mut conn = self.shared.pools.get(shard).await?;
+        sync_settings(&mut conn, &self.settings).await?;
+        if let Ok(mut t) = self.cancel_targets.lock() {
+            t.push(self.cancel_target(&conn));
+        }
+        Ok(conn)
+    }
+
+    pub(super) fn cancel_target(&self, conn: &ServerConn) -> crate::frontend::cancel::CancelTarget {
+        let addr = self
+            .shared
+            .config
+            .shards
+            .iter()
+            .find(|s| s.id == conn.shard.0)
+            .map(|s| format!("{}:{}", s.host, s.port))
+            .unwrap_or_default();
+        crate::frontend::cancel::CancelTarget {
+            addr,
+            process_id: conn.process_id,
+            secret_key: conn.secret_key,
+        }
+    }
+
+    /// Cancel requests may reach only the connections still held: after a
+    /// connection goes back to the pool, it serves someone else.
+    pub(super) fn refresh_cancel_targets(&mut self) {
+        let mut held = Vec::new();
+        if let TxnState::InTxn(t) | TxnState::Failed(t) = &self.state {
+            held.extend(t.participants.iter().map(|p| self.cancel_target(&p.conn)));
+        }
+        if let Some(c) = self.ext.segment() {
+            held.push(self.cancel_target(c));
+        }
+        if let Ok(mut t) = self.cancel_targets.lock() {
+            *t = held;
+        }
+    }
+
+    /// While an `EXECUTE` runs, gives `conn` the prepared statement it needs.
+    /// `Ok(false)`: that failed and the client was told.
+    pub(super) async fn prepare_for_execute(
+        &mut self,
+        conn: &mut ServerConn,
+    ) -> std::io::Result<bool> {
+        let need = self.need_prepared.clone();
+        match prepared::ensure_prepared(conn, need.as_ref().map(|(a, b)| (a.as_str(), b.as_str())))
+            .await
+        {
+            Ok(None) => Ok(true),
+            Ok(Some(err)) => {
+                self.write(&err.bytes).await?;
+                self.fail();
+                Ok(false)
+            }
+            Err(e) => self.error(e.into()).await,
+        }
+    }
+
+    /// Runs a statement on a borrowed connection outside any block.
+    pub(super) async fn autocommit_one(
+        &mut self,
+        shard: ShardId,
+        text: &str,
+    ) -> std::io::Result<bool> {
+        let mut conn = match self.checkout(shard).await {
+            Ok(c) => c,
+            Err(e) => return self.error(e).await,
+        };
+        if !self.prepare_for_execute(&mut conn).await? {
+            return Ok(false);
+        }
+        let r = async {
+            conn.send_query(text).await?;
+            conn.flush().await?;
+            executor::relay(&mut conn, &mut self.out).await
+        }
+        .await;
+        if conn.status != b'I' {
+            // The text opened a block of its own; never hand that on.
+            conn.mark_broken();
+        }
+        drop(conn);
+        self.refresh_cancel_targets();
+        self.finish_exec(r).await
+    }
+
+    pub(super) async fn finish_exec(
+        &mut self,
+        r: Result<bool, ExecError>,
+    ) -> std::io::Result<bool> {
+        match r {
+            Ok(failed) => Ok(!failed),
+            Err(ExecError::Backend(e)) => self.error(e.into()).await,
+            Err(ExecError::Client(e)) => Err(e),
+        }
+    }
+
+    /// Runs text on one shard: borrowed outside a block, enlisted inside one.
+    pub(super) async fn forward_one(
+        &mut self,
+        shard: ShardId,
+        text: &str,
+        write: bool,
+    ) -> std::io::Result<bool> {
+        if self.txn().is_none() {
+            return self.autocommit_one(shard, text).await;
+        }
+        let (ok, last) = self
+            .exec_in_block(&[(shard, text)], Merge::Union, write)
+            .await?;
+        if let Some(b) = last {
+            self.write(&b).await?;
+        }
+        Ok(ok)
+    }
+
+    /// A read spanning shards outside a block needs no transaction.
+    pub(super) async fn read_across(
+        &mut self,
+        targets: &[(ShardId, &str)],
+    ) -> std::io::Result<bool> {
+        if self.txn().is_some() {
+            let (ok, last) = self.exec_in_block(targets, Merge::Union, false).await?;
+            if let Some(b) = last {
+                self.write(&b).await?;
+            }
+            return Ok(ok);
+        }
+        let mut conns = Vec::with_capacity(targets.len());
+        for (s, _) in targets {
+            match self.checkout(*s).await {
+                Ok(mut c) => {
+                    if !self.prepare_for_execute(&mut c).await? {
+                        return Ok(false);
+                    }
+                    conns.push(c)
+                }
+                Err(e) => return self.error(e).await,
+            }
+        }
+        let sqls: Vec<&str> = targets.iter().map(|t| t.1).collect();
+        let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
+        let r = executor::fan_out(&mut refs, &sqls, Merge::Union, &mut self.out).await;
+        for c in conns.iter_mut() {
+            if c.status != b'I' {
+                c.mark_broken();
+            }
+        }
+        match r {
+            Ok((failed, last)) => {
+                if let Some(b) = last {
+                    self.write(&b).await?;
+                }
+                Ok(!failed)
+            }
+            Err(ExecError::Backend(e)) => self.error(e.into()).await,
+            Err(ExecError::Client(e)) => Err(e),
+        }
+    }
+
+    /// A write spanning shards: inside a block it enlists them; outside, it is
+    /// a transaction of its own, committed through the coordinator.
+    pub(super) async fn write_across(
+        &mut self,
+        targets: &[(ShardId, &str)],
+        merge: Merge,
+    ) -> std::io::Result<bool> {
+        if let [(only, sql)] = targets {
+            return self.forward_one(*only, sql, true).await;
+        }
+        if self.txn().is_some() {
+            let (ok, last) = self.exec_in_block(targets, merge, true).await?;
+            if let Some(b) = last {
+                self.write(&b).await?;
+            }
+            return Ok(ok);
+        }
+        self.state = TxnState::InTxn(Txn::new("BEGIN"));
+        let (ok, last) = self.exec_in_block(targets, merge, true).await?;
+        self.finish_implicit(ok, last).await
+    }
+
+    /// Ends an implicit block: commit if everything succeeded, else roll back.
+    /// The statement's closing message goes out only once the outcome is known,
+    /// as PostgreSQL commits before it reports completion.
+    pub(super) async fn finish_implicit(
+        &mut self,
+        ok: bool,
+        last: Option<bytes::Bytes>,
+    ) -> std::io::Result<bool> {
+        let Some(mut t) = self.end_block() else {
+            return Ok(ok);
+        };
+        let coord = self.shared.coordinator.clone();
+        if !ok {
+            coord.rollback(&mut t.participants).await;
+            if let Some(b) = last {
+                self.write(&b).await?;
+            }
+            return Ok(false);
+        }
+        match coord.commit(&mut t.participants).await {
+            CommitOutcome::Committed { warnings } => {
+                for w in warnings {
+                    self.write(&w).await?;
+                }
+                if let Some(b) = last {
+                    self.write(&b).await?;
+                }
+                Ok(true)
+            }
+            CommitOutcome::Aborted { error } => {
+                self.write(&error).await?;
+                Ok(false)
+            }
+        }
+    }
+}
