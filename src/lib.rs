@@ -5,8 +5,9 @@
 //!
 //! In the order a client's statement flows through them:
 //!
-//! - [`frontend`]: the listener, startup and authentication of clients, and
-//!   the per-client session loop with its transaction state machine.
+//! - [`frontend`]: the listener, startup, authentication and cancellation of
+//!   clients, and the per-client session: its transaction state machine, the
+//!   simple and extended query protocols, dispatch of planned statements.
 //! - [`router`]: pure routing — statement text and shard map in, [`router::Plan`] out;
 //!   PostgreSQL-compatible hash sharding.
 //! - [`executor`]: runs a plan on server connections and relays or merges what
