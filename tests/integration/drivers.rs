@@ -9,8 +9,7 @@ use pieskieo::router::KeyValue;
 
 use crate::harness::{exec, rows, Cluster};
 
-const SCHEMA: &str = "CREATE TABLE items (id bigint PRIMARY KEY, label text, amount numeric(10,3), at timestamptz, payload bytea);
-CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)";
+const SCHEMA: &str = "CREATE TABLE items (id bigint PRIMARY KEY, label text, amount numeric(10,3), at timestamptz, payload bytea, tags text[], doc jsonb)";
 
 const HINT: &str = "install the drivers with scripts/ensure-drivers";
 
@@ -55,75 +54,111 @@ async fn items_on_their_shards(c: &Cluster) -> usize {
     n
 }
 
-async fn cluster() -> Cluster {
+/// Three shards, the tables, and two accounts with balance 100 on different
+/// shards, whose keys each driver check takes as arguments.
+async fn cluster() -> (Cluster, [String; 2]) {
     let c = Cluster::start(3).await;
+    let keys = c.accounts(2, 100).await;
     exec(&c.client().await, SCHEMA).await;
-    c
+    (c, [keys[0].to_string(), keys[1].to_string()])
+}
+
+/// The transfers each driver made: one committed, one rolled back, one that
+/// failed mid-way; seen on the shards themselves.
+async fn transfers_applied_once(c: &Cluster, keys: &[String; 2]) {
+    let a = rows(
+        &c.shard(0).await,
+        &format!("SELECT balance FROM accounts WHERE id = {}", keys[0]),
+    )
+    .await;
+    let b = rows(
+        &c.shard(1).await,
+        &format!("SELECT balance FROM accounts WHERE id = {}", keys[1]),
+    )
+    .await;
+    assert_eq!(
+        (a[0][0].as_deref(), b[0][0].as_deref()),
+        (Some("90"), Some("110"))
+    );
+    for i in 0..3 {
+        assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg() {
-    let c = cluster().await;
+    let (c, keys) = cluster().await;
+    let script = drivers_dir().join("psycopg_check.py");
     run(
-        Command::new("python3")
-            .arg(drivers_dir().join("psycopg_check.py"))
-            .arg(c.uri()),
+        Command::new("python3").arg(script).arg(c.uri()).args(&keys),
         "psycopg",
     );
     assert_eq!(items_on_their_shards(&c).await, 20);
+    transfers_applied_once(&c, &keys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg() {
-    let c = cluster().await;
+    let (c, keys) = cluster().await;
+    let script = drivers_dir().join("asyncpg_check.py");
     run(
-        Command::new("python3")
-            .arg(drivers_dir().join("asyncpg_check.py"))
-            .arg(c.uri()),
+        Command::new("python3").arg(script).arg(c.uri()).args(&keys),
         "asyncpg",
     );
     assert_eq!(items_on_their_shards(&c).await, 20);
+    transfers_applied_once(&c, &keys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres() {
-    let c = cluster().await;
+    let (c, keys) = cluster().await;
     let dir = drivers_dir().join("node");
     assert!(
-        dir.join("node_modules/pg").exists(),
+        dir.join("node_modules/pg-cursor").exists(),
         "node-postgres is missing; {HINT}"
     );
     run(
         Command::new("node")
             .arg(dir.join("pg_check.js"))
-            .arg(c.uri()),
+            .arg(c.uri())
+            .args(&keys),
         "node-postgres",
     );
     assert_eq!(items_on_their_shards(&c).await, 20);
+    transfers_applied_once(&c, &keys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc() {
-    let c = cluster().await;
+    let (c, keys) = cluster().await;
     let jar = Path::new("/usr/share/java/postgresql.jar");
     assert!(jar.exists(), "pgjdbc is missing; {HINT}");
     let classes = c.shards.dir.join("jdbc-classes");
     std::fs::create_dir_all(&classes).unwrap();
+    let source = drivers_dir().join("jdbc/JdbcCheck.java");
     run_expecting(
         Command::new("javac")
             .arg("-d")
             .arg(&classes)
             .arg("-cp")
             .arg(jar)
-            .arg(drivers_dir().join("jdbc/JdbcCheck.java")),
+            .arg(source),
         "javac",
         "",
     );
     let cp = format!("{}:{}", classes.display(), jar.display());
     let url = format!("jdbc:postgresql://127.0.0.1:{}/app", c.port());
-    run(
-        Command::new("java").args(["-cp", &cp, "JdbcCheck", &url, "app", "secret"]),
-        "pgjdbc",
-    );
-    assert_eq!(items_on_their_shards(&c).await, 20);
+    let args = [
+        "-cp",
+        &cp,
+        "JdbcCheck",
+        &url,
+        "app",
+        "secret",
+        &keys[0],
+        &keys[1],
+    ];
+    run(Command::new("java").args(args), "pgjdbc");
+    assert_eq!(items_on_their_shards(&c).await, 50);
+    transfers_applied_once(&c, &keys).await;
 }

@@ -1,4 +1,6 @@
-// Pieskieo through pgjdbc: named statements, BEGIN via the extended protocol.
+// Pieskieo through pgjdbc: server-side prepare after prepareThreshold, BEGIN
+// via the extended protocol, executeBatch, arrays, jsonb, transfers.
+// Usage: java JdbcCheck JDBC_URL USER PASSWORD KEY_A KEY_B
 import java.math.BigDecimal;
 import java.sql.*;
 
@@ -9,59 +11,91 @@ public class JdbcCheck {
         if (!ok) throw new AssertionError(what);
     }
 
+    static void expectState(Connection c, String sql, String state) {
+        try (Statement st = c.createStatement()) {
+            st.execute(sql);
+            check(false, "expected " + state + " from " + sql);
+        } catch (SQLException e) {
+            check(state.equals(e.getSQLState()), "sqlstate " + e.getSQLState() + " for " + sql);
+        }
+    }
+
+    static long balance(Connection c, long id) throws SQLException {
+        try (PreparedStatement p = c.prepareStatement("SELECT balance FROM accounts WHERE id = ?")) {
+            p.setLong(1, id);
+            try (ResultSet rs = p.executeQuery()) {
+                rs.next();
+                return rs.getLong(1);
+            }
+        }
+    }
+
     public static void main(String[] args) throws Exception {
+        long a = Long.parseLong(args[3]), b = Long.parseLong(args[4]);
+        long[] ids = new long[20];
+        for (int i = 0; i < 10; i++) {
+            ids[i] = -6_000_000_000L - i;
+            ids[10 + i] = 6_000_000_000L + i;
+        }
         try (Connection c = DriverManager.getConnection(args[0], args[1], args[2])) {
             try (PreparedStatement ins = c.prepareStatement(
-                    "INSERT INTO items (id, label, amount) VALUES (?, ?, ?)")) {
-                for (long i = 301; i <= 320; i++) {
-                    ins.setLong(1, i);
-                    ins.setString(2, LABEL + i);
+                    "INSERT INTO items (id, label, amount, tags, doc) VALUES (?, ?, ?, ?, ?::jsonb)")) {
+                for (long id : ids) {
+                    ins.setLong(1, id);
+                    ins.setString(2, LABEL + id);
                     ins.setBigDecimal(3, new BigDecimal("9.870"));
+                    ins.setArray(4, c.createArrayOf("text", new String[] {"x", null, "z"}));
+                    ins.setString(5, "{\"k\": " + id + ", \"n\": null}");
                     check(ins.executeUpdate() == 1, "insert count");
                 }
             }
+            // Past prepareThreshold (5) the driver switches to a named server-side statement.
             try (PreparedStatement sel = c.prepareStatement(
-                    "SELECT label, amount FROM items WHERE id = ?")) {
-                for (long i = 301; i <= 320; i++) {
-                    sel.setLong(1, i);
+                    "SELECT label, amount, tags, doc::text FROM items WHERE id = ?")) {
+                for (long id : ids) {
+                    sel.setLong(1, id);
                     try (ResultSet rs = sel.executeQuery()) {
-                        check(rs.next(), "row " + i);
-                        check(rs.getString(1).equals(LABEL + i), "label " + rs.getString(1));
+                        check(rs.next(), "row " + id);
+                        check(rs.getString(1).equals(LABEL + id), "label " + rs.getString(1));
                         check(rs.getBigDecimal(2).toPlainString().equals("9.870"), "amount " + rs.getBigDecimal(2));
+                        Object[] tags = (Object[]) rs.getArray(3).getArray();
+                        check(tags.length == 3 && "x".equals(tags[0]) && tags[1] == null && "z".equals(tags[2]), "tags");
+                        check(rs.getString(4).equals("{\"k\": " + id + ", \"n\": null}"), "doc " + rs.getString(4));
                     }
                 }
             }
-            c.setAutoCommit(false);
-            try (PreparedStatement ins = c.prepareStatement("INSERT INTO accounts (id, balance) VALUES (?, ?)")) {
-                for (long i = 301; i <= 306; i++) {
-                    ins.setLong(1, i);
-                    ins.setLong(2, 3);
-                    ins.executeUpdate();
+            // A batch of single-row inserts over every shard.
+            try (PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, label) VALUES (?, ?)")) {
+                for (long id = 1; id <= 30; id++) {
+                    ins.setLong(1, id);
+                    ins.setString(2, "batch" + id);
+                    ins.addBatch();
                 }
+                int[] counts = ins.executeBatch();
+                check(counts.length == 30, "batch size");
             }
-            c.commit();
-            try (PreparedStatement upd = c.prepareStatement("UPDATE accounts SET balance = 0 WHERE id = ?")) {
-                upd.setLong(1, 301);
-                upd.executeUpdate();
-                upd.setLong(1, 302);
-                upd.executeUpdate();
+            c.setAutoCommit(false);
+            try (PreparedStatement move = c.prepareStatement("UPDATE accounts SET balance = balance + ? WHERE id = ?")) {
+                move.setLong(1, -10); move.setLong(2, a); move.executeUpdate();
+                move.setLong(1, 10); move.setLong(2, b); move.executeUpdate();
+                c.commit();
+                move.setLong(1, -10); move.setLong(2, a); move.executeUpdate();
+                move.setLong(1, 10); move.setLong(2, b); move.executeUpdate();
+                c.rollback();
+                move.setLong(1, -10); move.setLong(2, a); move.executeUpdate();
+                expectState(c, "SELECT 1 / 0", "22012");
+                try {
+                    move.setLong(1, 10); move.setLong(2, b); move.executeUpdate();
+                    check(false, "statement accepted in a failed transaction");
+                } catch (SQLException e) {
+                    check("25P02".equals(e.getSQLState()), "sqlstate " + e.getSQLState());
+                }
+                c.rollback();
             }
-            c.rollback();
             c.setAutoCommit(true);
-            try (Statement st = c.createStatement();
-                 ResultSet rs = st.executeQuery("SELECT id FROM accounts WHERE balance = 3")) {
-                int n = 0;
-                while (rs.next()) n++;
-                check(n == 6, "balances after rollback: " + n);
-            }
-            try (PreparedStatement dup = c.prepareStatement("INSERT INTO accounts (id, balance) VALUES (?, ?)")) {
-                dup.setLong(1, 301);
-                dup.setLong(2, 1);
-                dup.executeUpdate();
-                check(false, "duplicate accepted");
-            } catch (SQLException e) {
-                check("23505".equals(e.getSQLState()), "sqlstate " + e.getSQLState());
-            }
+            check(balance(c, a) == 90, "balance a " + balance(c, a));
+            check(balance(c, b) == 110, "balance b " + balance(c, b));
+            expectState(c, "INSERT INTO accounts (id, balance) VALUES (" + a + ", 1)", "23505");
         }
         System.out.println("pgjdbc ok");
     }
