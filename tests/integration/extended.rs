@@ -379,3 +379,79 @@ async fn pipelined_syncs_fail_and_recover_independently() {
     assert_eq!(kinds, vec![b'1', b'2', b'D', b'C']);
     assert_eq!(second.tags(), vec!["SELECT 1".to_string()]);
 }
+
+/// pgbench's TPC-B-like transaction with accounts, tellers, branches and
+/// history sharded by different keys, so most transactions span shards; in
+/// each protocol mode. Then TPC-B's consistency check, shard by shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_tpcb_like_across_shards_in_every_mode() {
+    use std::process::Command;
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(
+        &client,
+        "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int NOT NULL DEFAULT 0, filler text);
+         CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int NOT NULL DEFAULT 0, filler text);
+         CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int NOT NULL DEFAULT 0, filler text);
+         CREATE TABLE pgbench_history (tid int, bid int, aid int NOT NULL, delta int, mtime timestamp, filler text)",
+    )
+    .await;
+    let accounts: Vec<String> = (1..=1000).map(|i| format!("({i}, {}, 0)", (i - 1) / 334 + 1)).collect();
+    exec(&client, &format!("INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES {}", accounts.join(","))).await;
+    let tellers: Vec<String> = (1..=10).map(|i| format!("({i}, {}, 0)", (i - 1) / 4 + 1)).collect();
+    exec(&client, &format!("INSERT INTO pgbench_tellers (tid, bid, tbalance) VALUES {}", tellers.join(","))).await;
+    exec(&client, "INSERT INTO pgbench_branches (bid, bbalance) VALUES (1, 0), (2, 0), (3, 0)").await;
+
+    let script = c.shards.dir.join("tpcb.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 1000)\n\\set bid random(1, 3)\n\\set tid random(1, 10)\n\\set delta random(-5000, 5000)\n\
+         BEGIN;\n\
+         UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n\
+         SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n\
+         UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;\n\
+         UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;\n\
+         INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);\n\
+         END;\n",
+    )
+    .unwrap();
+    let mut processed = 0u64;
+    for mode in ["simple", "extended", "prepared"] {
+        let out = Command::new("pgbench")
+            .args(["-n", "-M", mode, "-c", "4", "-j", "2", "-T", "3", "-f"])
+            .arg(&script)
+            .arg(c.uri())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{mode}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{mode}: {text}"));
+        assert!(n > 0, "{mode}: {text}");
+        processed += n;
+    }
+    let mut sums = [0i64; 3];
+    let mut history = 0u64;
+    for i in 0..3 {
+        let s = c.shard(i).await;
+        for (j, sql) in [
+            "SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts",
+            "SELECT coalesce(sum(tbalance), 0) FROM pgbench_tellers",
+            "SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches",
+        ]
+        .iter()
+        .enumerate()
+        {
+            sums[j] += value(&s, sql).await.parse::<i64>().unwrap();
+        }
+        history += value(&s, "SELECT count(*) FROM pgbench_history").await.parse::<u64>().unwrap();
+        assert_eq!(prepared(&s).await, 0);
+    }
+    assert_eq!(sums[0], sums[1], "accounts and tellers balance");
+    assert_eq!(sums[1], sums[2], "tellers and branches balance");
+    assert_eq!(history, processed, "history grew by the number of transactions");
+}

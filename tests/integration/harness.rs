@@ -49,6 +49,16 @@ key = "aid"
 key_type = "int4"
 
 [[tables]]
+name = "pgbench_tellers"
+key = "tid"
+key_type = "int4"
+
+[[tables]]
+name = "pgbench_branches"
+key = "bid"
+key_type = "int4"
+
+[[tables]]
 name = "pgbench_history"
 key = "aid"
 key_type = "int4"
