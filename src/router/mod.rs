@@ -78,7 +78,7 @@ pub enum Plan {
     /// A multi-row `INSERT` whose rows belong to several shards: one
     /// statement per shard, tags summed.
     Split {
-        parts: Vec<(ShardId, String)>,
+        parts: Vec<SplitPart>,
     },
     Begin,
     Commit,
@@ -101,6 +101,17 @@ pub enum Plan {
     },
     /// `DEALLOCATE [PREPARE] name`, or `ALL` (`None`).
     Deallocate(Option<String>),
+}
+
+/// One shard's share of a split `INSERT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitPart {
+    pub shard: ShardId,
+    /// The statement with only this shard's rows.
+    pub sql: String,
+    /// With parameters: the statement's `$k` is the client's parameter
+    /// `params[k - 1]` (0-based); empty without parameters.
+    pub params: Vec<usize>,
 }
 
 /// Session-setting statements, keyed by the setting they change.

@@ -133,7 +133,10 @@ fn splits_multi_row_inserts() {
         panic!("expected a split");
     };
     let mut seen = 0;
-    for (shard, text) in &parts {
+    for SplitPart {
+        shard, sql: text, ..
+    } in &parts
+    {
         for k in &keys {
             let has = text.contains(&format!("({k}, 'n{k}')"));
             if has {
@@ -344,13 +347,30 @@ fn bound_parameters_route_like_literals() {
             .sqlstate(),
         SqlState::NOT_NULL_VIOLATION
     );
-    assert_eq!(
-        p(
-            "INSERT INTO accounts (id) VALUES ($1), ($2)",
-            &[Bound::Text("7".into()), Bound::Text("8".into())]
-        )
-        .unwrap_err()
-        .sqlstate(),
-        SqlState::FEATURE_NOT_SUPPORTED
-    );
+    // A parameterised multi-row INSERT over shards is cut per shard, with
+    // the placeholders renumbered and mapped back to the client's.
+    let keys: Vec<i64> = (1..=6).collect();
+    let sql = "INSERT INTO accounts (id, note) VALUES ($1, $2), ($3, $4), ($5, $6), ($7, $8), ($9, $10), ($11, $12)";
+    let bound: Vec<Bound> = keys
+        .iter()
+        .flat_map(|k| [Bound::Text(k.to_string()), Bound::Text("n".into())])
+        .collect();
+    let Ok(Plan::Split { parts }) = p(sql, &bound) else {
+        panic!("expected a split")
+    };
+    let mut rows_seen = 0;
+    for part in &parts {
+        let n = part.params.len();
+        assert_eq!(n % 2, 0);
+        for (k, orig) in part.params.iter().enumerate() {
+            assert!(part.sql.contains(&format!("${}", k + 1)), "{}", part.sql);
+            if k % 2 == 0 {
+                let key = keys[orig / 2];
+                assert_eq!(part.shard, shard_of(&m, "accounts", KeyValue::Int(key)));
+                rows_seen += 1;
+            }
+        }
+        assert!(!part.sql.contains(&format!("${}", n + 1)), "{}", part.sql);
+    }
+    assert_eq!(rows_seen, 6);
 }

@@ -159,6 +159,6 @@ async fn pgjdbc() {
         &keys[1],
     ];
     run(Command::new("java").args(args), "pgjdbc");
-    assert_eq!(items_on_their_shards(&c).await, 50);
+    assert_eq!(items_on_their_shards(&c).await, 80);
     transfers_applied_once(&c, &keys).await;
 }

@@ -93,6 +93,25 @@ async fn drivers_route_by_bound_values() {
         .unwrap();
     assert_eq!(n, 30);
 
+    // Pipelined: three queries for three shards in flight at once on one connection.
+    let (k0, k1, k2) = (
+        c.key_on("accounts", 0),
+        c.key_on("accounts", 1),
+        c.key_on("accounts", 2),
+    );
+    type Param<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync); 1];
+    let (p0, p1, p2): (Param, Param, Param) = ([&k0], [&k1], [&k2]);
+    let (r0, r1, r2) = tokio::join!(
+        client.query_one(&select, &p0),
+        client.query_one(&select, &p1),
+        client.query_one(&select, &p2)
+    );
+    let got: Vec<i64> = [r0, r1, r2]
+        .into_iter()
+        .map(|r| r.unwrap().get(0))
+        .collect();
+    assert_eq!(got, vec![k0 * 10 + 1, k1 * 10 + 1, k2 * 10 + 1]);
+
     // Errors pass through with their SQLSTATE; the session goes on.
     let e = client
         .execute(&insert, &[&1i64, &1i64, &"dup"])
@@ -396,11 +415,33 @@ async fn pgbench_tpcb_like_across_shards_in_every_mode() {
          CREATE TABLE pgbench_history (tid int, bid int, aid int NOT NULL, delta int, mtime timestamp, filler text)",
     )
     .await;
-    let accounts: Vec<String> = (1..=1000).map(|i| format!("({i}, {}, 0)", (i - 1) / 334 + 1)).collect();
-    exec(&client, &format!("INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES {}", accounts.join(","))).await;
-    let tellers: Vec<String> = (1..=10).map(|i| format!("({i}, {}, 0)", (i - 1) / 4 + 1)).collect();
-    exec(&client, &format!("INSERT INTO pgbench_tellers (tid, bid, tbalance) VALUES {}", tellers.join(","))).await;
-    exec(&client, "INSERT INTO pgbench_branches (bid, bbalance) VALUES (1, 0), (2, 0), (3, 0)").await;
+    let accounts: Vec<String> = (1..=1000)
+        .map(|i| format!("({i}, {}, 0)", (i - 1) / 334 + 1))
+        .collect();
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES {}",
+            accounts.join(",")
+        ),
+    )
+    .await;
+    let tellers: Vec<String> = (1..=10)
+        .map(|i| format!("({i}, {}, 0)", (i - 1) / 4 + 1))
+        .collect();
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO pgbench_tellers (tid, bid, tbalance) VALUES {}",
+            tellers.join(",")
+        ),
+    )
+    .await;
+    exec(
+        &client,
+        "INSERT INTO pgbench_branches (bid, bbalance) VALUES (1, 0), (2, 0), (3, 0)",
+    )
+    .await;
 
     let script = c.shards.dir.join("tpcb.sql");
     std::fs::write(
@@ -424,7 +465,11 @@ async fn pgbench_tpcb_like_across_shards_in_every_mode() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{mode}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{mode}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let n: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
@@ -448,10 +493,16 @@ async fn pgbench_tpcb_like_across_shards_in_every_mode() {
         {
             sums[j] += value(&s, sql).await.parse::<i64>().unwrap();
         }
-        history += value(&s, "SELECT count(*) FROM pgbench_history").await.parse::<u64>().unwrap();
+        history += value(&s, "SELECT count(*) FROM pgbench_history")
+            .await
+            .parse::<u64>()
+            .unwrap();
         assert_eq!(prepared(&s).await, 0);
     }
     assert_eq!(sums[0], sums[1], "accounts and tellers balance");
     assert_eq!(sums[1], sums[2], "tellers and branches balance");
-    assert_eq!(history, processed, "history grew by the number of transactions");
+    assert_eq!(
+        history, processed,
+        "history grew by the number of transactions"
+    );
 }

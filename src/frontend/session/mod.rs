@@ -454,7 +454,7 @@ impl Session {
             Plan::Forward { route, write } => self.forward(stmt, route, write).await,
             Plan::Split { parts } => {
                 let targets: Vec<(ShardId, &str)> =
-                    parts.iter().map(|(s, q)| (*s, q.as_str())).collect();
+                    parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
                 self.write_across(&targets, Merge::Union).await
             }
             Plan::Replicate => {

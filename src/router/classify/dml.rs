@@ -2,6 +2,7 @@
 //! `DELETE` or `INSERT` reaches, from the shard keys it fixes.
 
 use super::*;
+use crate::router::SplitPart;
 
 /// A sharded table in a FROM list, with the name it is referred to by.
 struct Binding<'m> {
@@ -349,6 +350,7 @@ pub(super) fn route_insert(
     stmt: &Statement,
     t: &Tables,
     map: &ShardMap,
+    original: Option<&Statement>,
 ) -> Result<Plan, RouteError> {
     let Statement::Insert(ins) = stmt else {
         return unsupported("not an INSERT");
@@ -444,13 +446,53 @@ pub(super) fn route_insert(
     }
     let mut parts = Vec::with_capacity(groups.len());
     for (shard, rows) in groups {
-        let mut s = stmt.clone();
+        // With parameters, the client's own statement is cut, not the one
+        // carrying bound values.
+        let mut s = original.unwrap_or(stmt).clone();
         if let Statement::Insert(i) = &mut s {
             if let Some(SetExpr::Values(v)) = i.source.as_mut().map(|q| q.body.as_mut()) {
-                v.rows = rows.iter().map(|&r| values.rows[r].clone()).collect();
+                let all = std::mem::take(&mut v.rows);
+                v.rows = rows.iter().filter_map(|&r| all.get(r).cloned()).collect();
             }
         }
-        parts.push((shard, s.to_string()));
+        let params = if original.is_some() {
+            renumber_placeholders(&mut s)
+        } else {
+            Vec::new()
+        };
+        parts.push(SplitPart {
+            shard,
+            sql: s.to_string(),
+            params,
+        });
     }
     Ok(Plan::Split { parts })
+}
+
+/// Renumbers `$n` placeholders `$1..$k` in order of appearance; returns, for
+/// each new number, the client's parameter index (0-based).
+fn renumber_placeholders(stmt: &mut Statement) -> Vec<usize> {
+    let mut order: Vec<usize> = Vec::new();
+    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
+        if let Expr::Value(v) = e {
+            if let Value::Placeholder(p) = &v.value {
+                if let Some(n) = p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| *n > 0)
+                {
+                    let k = match order.iter().position(|&o| o == n - 1) {
+                        Some(k) => k,
+                        None => {
+                            order.push(n - 1);
+                            order.len() - 1
+                        }
+                    };
+                    v.value = Value::Placeholder(format!("${}", k + 1));
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    order
 }

@@ -145,17 +145,12 @@ pub(super) fn parsed(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan
     match stmts.as_mut_slice() {
         [stmt] => {
             if !params.is_empty() {
+                // Route on the values; a split keeps the client's placeholders.
+                let original = stmt.clone();
                 bind_placeholders(stmt, params);
-                // A split INSERT would carry the bound values as literals:
-                // only whole statements are forwarded with parameters.
-                return match route_statement(stmt, map)? {
-                    Plan::Split { .. } => unsupported(
-                        "a multi-row INSERT with parameters whose rows span shards is not supported yet; send one row per statement",
-                    ),
-                    p => Ok(p),
-                };
+                return route_statement(stmt, map, Some(&original));
             }
-            route_statement(stmt, map)
+            route_statement(stmt, map, None)
         }
         _ => Err(RouteError::Syntax(
             "cannot insert multiple commands into a prepared statement".into(),
@@ -469,11 +464,17 @@ fn default_route(map: &ShardMap, write: bool) -> Plan {
     }
 }
 
-fn route_statement(stmt: &Statement, map: &ShardMap) -> Result<Plan, RouteError> {
+/// Routes a parsed statement. `original` is the statement before bound values
+/// replaced its placeholders, when it has parameters.
+fn route_statement(
+    stmt: &Statement,
+    map: &ShardMap,
+    original: Option<&Statement>,
+) -> Result<Plan, RouteError> {
     let tables = Tables::gather(stmt, map);
     match stmt {
         Statement::Query(q) => route_select(q, &tables, map),
-        Statement::Insert(_) => route_insert(stmt, &tables, map),
+        Statement::Insert(_) => route_insert(stmt, &tables, map, original),
         Statement::Update(u) => {
             let TableFactor::Table { name, alias, .. } = &u.table.relation else {
                 return unsupported("UPDATE of this kind of target is not supported");
@@ -526,7 +527,7 @@ fn route_statement(stmt: &Statement, map: &ShardMap) -> Result<Plan, RouteError>
                 map,
             )
         }
-        Statement::Explain { statement, .. } => match route_statement(statement, map)? {
+        Statement::Explain { statement, .. } => match route_statement(statement, map, None)? {
             Plan::Forward { route, .. } => Ok(Plan::Forward {
                 route,
                 write: false,

@@ -97,6 +97,26 @@ public class JdbcCheck {
             check(balance(c, b) == 110, "balance b " + balance(c, b));
             expectState(c, "INSERT INTO accounts (id, balance) VALUES (" + a + ", 1)", "23505");
         }
+        // The same batch rewritten by the driver into multi-row INSERTs with
+        // parameters: Pieskieo cuts each one per shard.
+        try (Connection c = DriverManager.getConnection(args[0] + "?reWriteBatchedInserts=true", args[1], args[2]);
+             PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, label) VALUES (?, ?)")) {
+            for (long id = 101; id <= 130; id++) {
+                ins.setLong(1, id);
+                ins.setString(2, "rewritten" + id);
+                ins.addBatch();
+            }
+            ins.executeBatch();
+            try (Statement st = c.createStatement();
+                 ResultSet rs = st.executeQuery("SELECT id, label FROM items WHERE label LIKE 'rewritten%'")) {
+                int n = 0;
+                while (rs.next()) {
+                    check(rs.getString(2).equals("rewritten" + rs.getLong(1)), "rewritten row " + rs.getLong(1));
+                    n++;
+                }
+                check(n == 30, "rewritten rows: " + n);
+            }
+        }
         System.out.println("pgjdbc ok");
     }
 }

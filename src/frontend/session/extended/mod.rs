@@ -22,7 +22,7 @@ use crate::router::{plan_bound, Bound};
 mod portal;
 mod wire;
 
-use wire::{bounds, parse_bind, read_i16, read_i32, reply};
+use wire::{bounds, parse_bind, parse_parse, read_i32, reply};
 
 /// A statement the client prepared.
 pub(super) struct ClientStmt {
@@ -50,6 +50,16 @@ enum PortalKind {
         sql: String,
         plan: Plan,
     },
+}
+
+impl PortalKind {
+    fn uses(&self, shard: ShardId) -> bool {
+        match self {
+            PortalKind::Single { shard: s, .. } => *s == shard,
+            PortalKind::Multi { shards, .. } => shards.contains(&shard),
+            PortalKind::Control { .. } => false,
+        }
+    }
 }
 
 /// Extended-protocol state of a session.
@@ -195,13 +205,10 @@ impl Session {
         for f in batch {
             match f.tag {
                 b'P' => {
-                    let Some((name, r)) = take_cstr(f.body()) else {
+                    let Some((name, sql, types)) = parse_parse(f.body()) else {
                         continue;
                     };
-                    let Some((sql, _)) = take_cstr(r) else {
-                        continue;
-                    };
-                    parsed.insert(name.to_string(), (sql.to_string(), Vec::new()));
+                    parsed.insert(name.to_string(), (sql.to_string(), types));
                 }
                 b'B' => {
                     let Some(b) = parse_bind(f.body()) else {
@@ -276,6 +283,12 @@ impl Session {
                     "this extended-protocol batch wrote on one shard and then reached another after a Flush; send the whole batch before Sync, or use BEGIN".into(),
                 ))
             }
+            Some(other) if self.ext.portals.values().any(|p| p.uses(other.shard)) => {
+                self.ext.seg = Some(other);
+                Err(Error::Unsupported(
+                    "this extended-protocol batch has a portal open on one shard and reached another after a Flush; send the whole batch before Sync, or use BEGIN".into(),
+                ))
+            }
             Some(other) => {
                 // Only reads so far: end that shard's part of the segment and move on.
                 self.ext.seg = Some(other);
@@ -338,16 +351,8 @@ impl Session {
     }
 
     async fn ext_parse(&mut self, body: &[u8]) -> Result<bool, Fatal> {
-        let bad = || Fatal::Protocol(malformed("Parse"));
-        let (name, r) = take_cstr(body).ok_or_else(bad)?;
-        let (sql, r) = take_cstr(r).ok_or_else(bad)?;
-        let (n, mut r) = read_i16(r).ok_or_else(bad)?;
-        let mut types = Vec::new();
-        for _ in 0..n.max(0) {
-            let (t, next) = read_i32(r).ok_or_else(bad)?;
-            types.push(t as u32);
-            r = next;
-        }
+        let (name, sql, types) =
+            parse_parse(body).ok_or_else(|| Fatal::Protocol(malformed("Parse")))?;
         if !name.is_empty() && self.ext.stmts.contains_key(name) {
             let e = protocol::error_response(
                 Severity::Error,
@@ -416,12 +421,49 @@ impl Session {
             } => (vec![self.any_shard()], Merge::Union, write),
             Plan::Forward { route, write } => (route.shards(n), Merge::Union, write),
             Plan::Replicate => (route_all(n), Merge::Copies, true),
-            Plan::Split { .. } => {
-                return Ok(self
-                    .error(Error::Unsupported(
-                        "multi-row INSERT spanning shards with parameters".into(),
-                    ))
-                    .await?)
+            Plan::Split { parts } => {
+                // Each shard gets its rows as a statement of its own, bound to
+                // its share of the client's parameters.
+                let declared = stmt.types.clone();
+                let portal = b.portal.to_string();
+                let mut shards = Vec::new();
+                for (i, part) in parts.iter().enumerate() {
+                    let types: Vec<u32> = part
+                        .params
+                        .iter()
+                        .map(|&p| declared.get(p).copied().unwrap_or(0))
+                        .collect();
+                    let derived = ClientStmt {
+                        backend: backend_name(&part.sql, &types),
+                        sql: part.sql.clone(),
+                        types,
+                        described: None,
+                    };
+                    let rest = b.subset(&part.params);
+                    if !self
+                        .bind_statement(
+                            part.shard,
+                            &derived.parse_message(),
+                            &derived.backend,
+                            &portal,
+                            &rest,
+                            i == 0,
+                        )
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    shards.push(part.shard);
+                }
+                self.ext.portals.insert(
+                    portal,
+                    PortalKind::Multi {
+                        shards,
+                        merge: Merge::Union,
+                        write: true,
+                    },
+                );
+                return Ok(true);
             }
             control => {
                 let sql = stmt.sql.clone();
@@ -465,21 +507,35 @@ impl Session {
         rest: &[u8],
         forward: bool,
     ) -> std::io::Result<bool> {
-        let (slot, mut conn) = match self.take_conn(shard).await {
-            Ok(x) => x,
-            Err(e) => return self.error(e).await,
-        };
         let Some(s) = self.ext.stmts.get(stmt) else {
             return Ok(false);
         };
         let (parse, backend) = (s.parse_message(), s.backend.clone());
+        self.bind_statement(shard, &parse, &backend, portal, rest, forward)
+            .await
+    }
+
+    /// Binds `portal` on a shard to the statement `parse` creates there as `backend`.
+    async fn bind_statement(
+        &mut self,
+        shard: ShardId,
+        parse: &[u8],
+        backend: &str,
+        portal: &str,
+        rest: &[u8],
+        forward: bool,
+    ) -> std::io::Result<bool> {
+        let (slot, mut conn) = match self.take_conn(shard).await {
+            Ok(x) => x,
+            Err(e) => return self.error(e).await,
+        };
         let bind = message(b'B', |b| {
             put_cstr(b, portal);
-            put_cstr(b, &backend);
+            put_cstr(b, backend);
             b.put_slice(rest);
         });
         let r = self
-            .prepare_and_send(&mut conn, &parse, &backend, &[&bind])
+            .prepare_and_send(&mut conn, parse, backend, &[&bind])
             .await;
         let r = match r {
             Ok(true) => reply(&mut conn, &mut self.out, b"2", forward)

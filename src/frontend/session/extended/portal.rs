@@ -130,12 +130,9 @@ impl Session {
                 write,
             } => {
                 let (shards, merge, write) = (shards.clone(), *merge, *write);
-                if max != 0 {
-                    let e = Error::Unsupported(
-                        "a row limit on a portal that spans shards is not supported yet".into(),
-                    );
-                    return Ok(self.error(e).await?);
-                }
+                // A row limit is passed on; it matters only if a shard
+                // actually stops early, which cannot be continued across shards.
+                let mut suspended = false;
                 let mut taken = Vec::new();
                 for s in &shards {
                     match self.take_conn(*s).await {
@@ -159,6 +156,10 @@ impl Session {
                         loop {
                             let f = conn.read().await?;
                             let tag = f.tag;
+                            if tag == b's' {
+                                suspended = true;
+                                break;
+                            }
                             if tag == b'E' || i == 0 || merge == Merge::Union {
                                 if let Some(b) = merger.on_frame(f) {
                                     self.out.write_all(&b).await.map_err(ExecError::Client)?;
@@ -177,6 +178,10 @@ impl Session {
                 }
                 if let Err(e) = r {
                     return Ok(self.finish_exec(Err(e)).await?);
+                }
+                if suspended {
+                    let e = Error::Unsupported("a row limit on a portal whose rows come from several shards is not supported yet".into());
+                    return Ok(self.error(e).await?);
                 }
                 let failed = merger.failed();
                 if let Some(last) = merger.finish() {

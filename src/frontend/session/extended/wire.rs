@@ -19,6 +19,20 @@ pub(super) fn read_i32(b: &[u8]) -> Option<(i32, &[u8])> {
     Some((i32::from_be_bytes([v[0], v[1], v[2], v[3]]), b.get(4..)?))
 }
 
+/// A Parse message: statement name, text, declared parameter types.
+pub(super) fn parse_parse(body: &[u8]) -> Option<(&str, &str, Vec<u32>)> {
+    let (name, r) = take_cstr(body)?;
+    let (sql, r) = take_cstr(r)?;
+    let (n, mut r) = read_i16(r)?;
+    let mut types = Vec::new();
+    for _ in 0..n.max(0) {
+        let (t, next) = read_i32(r)?;
+        types.push(t as u32);
+        r = next;
+    }
+    Some((name, sql, types))
+}
+
 pub(super) struct BindMsg<'a> {
     pub portal: &'a str,
     pub stmt: &'a str,
@@ -26,6 +40,39 @@ pub(super) struct BindMsg<'a> {
     pub rest: &'a [u8],
     pub formats: Vec<i16>,
     pub values: Vec<Option<&'a [u8]>>,
+    /// The result-format part, after the parameters.
+    pub results: &'a [u8],
+}
+
+impl BindMsg<'_> {
+    /// The part after the names for a Bind of only the parameters `keep`
+    /// (indexes into this one's), in that order.
+    pub(super) fn subset(&self, keep: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let fmts: Vec<i16> = match self.formats.as_slice() {
+            [] | [_] => self.formats.clone(),
+            many => keep
+                .iter()
+                .map(|&i| many.get(i).copied().unwrap_or(0))
+                .collect(),
+        };
+        out.extend_from_slice(&(fmts.len() as i16).to_be_bytes());
+        for f in fmts {
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        out.extend_from_slice(&(keep.len() as i16).to_be_bytes());
+        for &i in keep {
+            match self.values.get(i).copied().flatten() {
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        out.extend_from_slice(self.results);
+        out
+    }
 }
 
 pub(super) fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
@@ -56,6 +103,7 @@ pub(super) fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
         rest,
         formats,
         values,
+        results: r,
     })
 }
 
