@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod config;
+mod demo;
 mod drivers;
 mod extended;
 mod faults;
