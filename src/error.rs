@@ -74,6 +74,8 @@ pub enum Error {
     Unsupported(String),
     #[error("{0}")]
     Txn(TxnMisuse),
+    #[error(transparent)]
+    Name(#[from] NameError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -85,6 +87,19 @@ pub enum TxnMisuse {
     Aborted,
     /// `ROLLBACK TO` / `RELEASE` of a savepoint that was never made.
     NoSavepoint(String),
+    /// `DISCARD ALL` inside a block.
+    DiscardInBlock,
+}
+
+/// A prepared statement or portal name the client used wrongly.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("prepared statement \"{0}\" does not exist")]
+    NoStatement(String),
+    #[error("prepared statement \"{0}\" already exists")]
+    StatementExists(String),
+    #[error("portal \"{0}\" does not exist")]
+    NoPortal(String),
 }
 
 impl fmt::Display for TxnMisuse {
@@ -94,6 +109,9 @@ impl fmt::Display for TxnMisuse {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ),
             TxnMisuse::NoSavepoint(name) => write!(f, "savepoint \"{name}\" does not exist"),
+            TxnMisuse::DiscardInBlock => {
+                f.write_str("DISCARD ALL cannot run inside a transaction block")
+            }
         }
     }
 }
@@ -114,6 +132,10 @@ impl Error {
             Error::Unsupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
             Error::Txn(TxnMisuse::Aborted) => SqlState::IN_FAILED_SQL_TRANSACTION,
             Error::Txn(TxnMisuse::NoSavepoint(_)) => SqlState::INVALID_SAVEPOINT_SPECIFICATION,
+            Error::Txn(TxnMisuse::DiscardInBlock) => SqlState::ACTIVE_SQL_TRANSACTION,
+            Error::Name(NameError::NoStatement(_)) => SqlState::INVALID_SQL_STATEMENT_NAME,
+            Error::Name(NameError::StatementExists(_)) => SqlState::DUPLICATE_PREPARED_STATEMENT,
+            Error::Name(NameError::NoPortal(_)) => SqlState::INVALID_CURSOR_NAME,
             Error::Io(_) => SqlState::CONNECTION_FAILURE,
         }
     }

@@ -285,15 +285,7 @@ impl Session {
                 .first()
                 .is_some_and(|w| w == "discard");
             if discard {
-                let m = protocol::error_response(
-                    Severity::Error,
-                    SqlState::ACTIVE_SQL_TRANSACTION,
-                    "DISCARD ALL cannot run inside a transaction block",
-                    None,
-                );
-                self.write(&m).await?;
-                self.fail();
-                return Ok(false);
+                return self.error(Error::Txn(TxnMisuse::DiscardInBlock)).await;
             }
             let tag = match cmd {
                 SetCommand::Local | SetCommand::Set(_) => "SET",

@@ -25,7 +25,7 @@ mod prepared;
 
 use super::{auth, unknown_database, Shared};
 use crate::backend::{BackendError, PooledConn, ServerConn};
-use crate::error::{ClientError, Error, SqlState, TxnMisuse};
+use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
 use crate::executor::{self, ExecError, Merge, Merger};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};

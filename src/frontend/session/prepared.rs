@@ -31,15 +31,9 @@ impl Session {
         body: String,
     ) -> std::io::Result<bool> {
         if self.sql_prepared.contains_key(&name) {
-            let e = protocol::error_response(
-                Severity::Error,
-                SqlState::DUPLICATE_PREPARED_STATEMENT,
-                &format!("prepared statement \"{name}\" already exists"),
-                None,
-            );
-            self.write(&e).await?;
-            self.fail();
-            return Ok(false);
+            return self
+                .error(Error::Name(NameError::StatementExists(name.to_string())))
+                .await;
         }
         let backend = backend_name(&types, &body);
         let prepare = if types.is_empty() {
@@ -77,15 +71,9 @@ impl Session {
         args: String,
     ) -> std::io::Result<bool> {
         let Some(stmt) = self.sql_prepared.get(&name) else {
-            let e = protocol::error_response(
-                Severity::Error,
-                SqlState::INVALID_SQL_STATEMENT_NAME,
-                &format!("prepared statement \"{name}\" does not exist"),
-                None,
-            );
-            self.write(&e).await?;
-            self.fail();
-            return Ok(false);
+            return self
+                .error(Error::Name(NameError::NoStatement(name.to_string())))
+                .await;
         };
         let plan = plan_bound(&stmt.body, &self.shared.map, &execute_args(&args));
         let text = if args.is_empty() {
@@ -121,17 +109,9 @@ impl Session {
                 self.complete("DEALLOCATE ALL").await
             }
             Some(n) if self.sql_prepared.remove(&n).is_some() => self.complete("DEALLOCATE").await,
-            Some(n) => {
-                let e = protocol::error_response(
-                    Severity::Error,
-                    SqlState::INVALID_SQL_STATEMENT_NAME,
-                    &format!("prepared statement \"{n}\" does not exist"),
-                    None,
-                );
-                self.write(&e).await?;
-                self.fail();
-                Ok(false)
-            }
+            Some(n) => Ok(self
+                .error(Error::Name(NameError::NoStatement(n.to_string())))
+                .await?),
         }
     }
 }

@@ -354,15 +354,9 @@ impl Session {
         let (name, sql, types) =
             parse_parse(body).ok_or_else(|| Fatal::Protocol(malformed("Parse")))?;
         if !name.is_empty() && self.ext.stmts.contains_key(name) {
-            let e = protocol::error_response(
-                Severity::Error,
-                SqlState::DUPLICATE_PREPARED_STATEMENT,
-                &format!("prepared statement \"{name}\" already exists"),
-                None,
-            );
-            self.write(&e).await?;
-            self.fail();
-            return Ok(false);
+            return Ok(self
+                .error(Error::Name(NameError::StatementExists(name.to_string())))
+                .await?);
         }
         if router::split_statements(sql).len() > 1 {
             let e = RouteError::Syntax(
@@ -395,15 +389,9 @@ impl Session {
     async fn ext_bind(&mut self, body: &[u8]) -> Result<bool, Fatal> {
         let b = parse_bind(body).ok_or_else(|| Fatal::Protocol(malformed("Bind")))?;
         let Some(stmt) = self.ext.stmts.get(b.stmt) else {
-            let e = protocol::error_response(
-                Severity::Error,
-                SqlState::INVALID_SQL_STATEMENT_NAME,
-                &format!("prepared statement \"{}\" does not exist", b.stmt),
-                None,
-            );
-            self.write(&e).await?;
-            self.fail();
-            return Ok(false);
+            return Ok(self
+                .error(Error::Name(NameError::NoStatement(b.stmt.to_string())))
+                .await?);
         };
         let plan = stmt.plan(&self.shared.map, &bounds(&b, stmt.param_types()));
         if self.aborted_block(plan.as_ref().ok()) {

@@ -11,15 +11,9 @@ impl Session {
         }
         if kind == b'S' {
             let Some(s) = self.ext.stmts.get(name) else {
-                let e = protocol::error_response(
-                    Severity::Error,
-                    SqlState::INVALID_SQL_STATEMENT_NAME,
-                    &format!("prepared statement \"{name}\" does not exist"),
-                    None,
-                );
-                self.write(&e).await?;
-                self.fail();
-                return Ok(false);
+                return Ok(self
+                    .error(Error::Name(NameError::NoStatement(name.to_string())))
+                    .await?);
             };
             let (parse, backend) = (s.parse_message(), s.backend.clone());
             let describe = message(b'D', |b| {
@@ -49,15 +43,9 @@ impl Session {
         }
         let shard = match self.ext.portals.get(name) {
             None => {
-                let e = protocol::error_response(
-                    Severity::Error,
-                    SqlState::INVALID_CURSOR_NAME,
-                    &format!("portal \"{name}\" does not exist"),
-                    None,
-                );
-                self.write(&e).await?;
-                self.fail();
-                return Ok(false);
+                return Ok(self
+                    .error(Error::Name(NameError::NoPortal(name.to_string())))
+                    .await?);
             }
             Some(PortalKind::Control { .. }) => {
                 self.write(&message(b'n', |_| {})).await?;
@@ -87,15 +75,9 @@ impl Session {
 
     pub(super) async fn ext_execute(&mut self, portal: &str, max: i32) -> Result<bool, Fatal> {
         let Some(kind) = self.ext.portals.get(portal) else {
-            let e = protocol::error_response(
-                Severity::Error,
-                SqlState::INVALID_CURSOR_NAME,
-                &format!("portal \"{portal}\" does not exist"),
-                None,
-            );
-            self.write(&e).await?;
-            self.fail();
-            return Ok(false);
+            return Ok(self
+                .error(Error::Name(NameError::NoPortal(portal.to_string())))
+                .await?);
         };
         let execute = message(b'E', |b| {
             put_cstr(b, portal);
