@@ -125,7 +125,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     println!("Press Ctrl-C to stop the proxy and the shards.");
     wait_for_signal().await;
     println!("stopping...");
-    proxy.stop().await;
+    proxy.shutdown(std::time::Duration::from_secs(5)).await;
     stop_all(&servers);
     Ok(())
 }

@@ -57,6 +57,12 @@ pub enum ClientError {
     UnknownDatabase(String),
     #[error("invalid byte sequence for encoding \"UTF8\" in query string")]
     InvalidUtf8,
+    #[error("sorry, too many clients already")]
+    TooManyClients,
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+    #[error("canceling authentication due to timeout")]
+    StartupTimeout,
 }
 
 /// Everything a client can be told went wrong.
@@ -125,6 +131,9 @@ impl Error {
                 ClientError::AuthFailed(_) => SqlState::INVALID_PASSWORD,
                 ClientError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
                 ClientError::InvalidUtf8 => SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+                ClientError::TooManyClients => SqlState::TOO_MANY_CONNECTIONS,
+                ClientError::Shutdown => SqlState::ADMIN_SHUTDOWN,
+                ClientError::StartupTimeout => SqlState::PROTOCOL_VIOLATION,
             },
             Error::Route(e) => e.sqlstate(),
             Error::Backend(e) => e.sqlstate(),

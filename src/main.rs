@@ -94,6 +94,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging();
+            let grace_ms = cfg.limits.shutdown_timeout_ms;
             runtime().block_on(async {
                 let proxy = match pieskieo::serve(cfg).await {
                     Ok(p) => p,
@@ -103,8 +104,13 @@ fn main() -> ExitCode {
                     }
                 };
                 demo::wait_for_signal().await;
-                proxy.stop().await;
-                ExitCode::SUCCESS
+                let grace = std::time::Duration::from_millis(grace_ms);
+                tokio::select! {
+                    _ = proxy.shutdown(grace) => ExitCode::SUCCESS,
+                    // A second signal: exit at once. Whatever was prepared is
+                    // in the decision log or presumed aborted; recovery resolves it.
+                    _ = demo::wait_for_signal() => ExitCode::from(1),
+                }
             })
         }
         Cmd::Demo {

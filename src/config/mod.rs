@@ -66,6 +66,16 @@ pub struct Limits {
     pub pool_timeout_ms: u64,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Client connections at once; the next one gets 53300.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    /// How long a new client may take to start up and authenticate.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+    /// On SIGTERM, how long open transaction blocks may run before they are
+    /// rolled back (those past their commit decision are always finished).
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -74,6 +84,9 @@ impl Default for Limits {
             max_message_size: default_max_message_size(),
             pool_timeout_ms: default_pool_timeout_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
+            max_client_connections: default_max_client_connections(),
+            startup_timeout_ms: default_startup_timeout_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }
 }
@@ -202,6 +215,15 @@ fn default_pool_timeout_ms() -> u64 {
 }
 fn default_connect_timeout_ms() -> u64 {
     5000
+}
+fn default_max_client_connections() -> usize {
+    1000
+}
+fn default_startup_timeout_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
 }
 fn default_auth() -> AuthMethod {
     AuthMethod::ScramSha256

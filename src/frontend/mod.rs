@@ -33,6 +33,18 @@ pub struct Shared {
     next_pid: AtomicI32,
     pub clients: AtomicUsize,
     pub cancels: cancel::CancelRegistry,
+    /// Shutdown progress, watched by every session.
+    pub shutdown: watch::Receiver<Shutdown>,
+}
+
+/// How far a shutdown has gone. Sessions close at their next quiet moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shutdown {
+    Running,
+    /// Sessions outside a transaction block close; blocks may finish.
+    Draining,
+    /// Blocks still open are rolled back; everyone closes.
+    Terminating,
 }
 
 /// A running proxy: its address, and the handle that stops it.
@@ -40,6 +52,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub coordinator: Arc<Coordinator>,
     stop: watch::Sender<bool>,
+    phase: watch::Sender<Shutdown>,
+    shared: Arc<Shared>,
     task: JoinHandle<()>,
     resolver: JoinHandle<()>,
 }
@@ -50,6 +64,35 @@ impl Proxy {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         self.resolver.abort();
+    }
+
+    /// Graceful shutdown: stop accepting; close idle sessions; let open
+    /// transaction blocks finish for up to `grace`, then roll back those
+    /// that have not reached their commit decision (a commit already past
+    /// its decision always completes first). Returns when every session is
+    /// gone (or after a further `grace`).
+    pub async fn shutdown(mut self, grace: std::time::Duration) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+        info!(
+            clients = self.shared.clients.load(Ordering::Relaxed),
+            "shutting down: draining sessions"
+        );
+        let _ = self.phase.send(Shutdown::Draining);
+        self.wait_for_sessions(grace).await;
+        let _ = self.phase.send(Shutdown::Terminating);
+        self.wait_for_sessions(grace).await;
+        self.resolver.abort();
+        info!("shutdown complete");
+    }
+
+    async fn wait_for_sessions(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.shared.clients.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn wait(self) {
@@ -86,7 +129,9 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
             addr: config.listen.clone(),
             source,
         })?;
+    let (phase, shutdown) = watch::channel(Shutdown::Running);
     let shared = Arc::new(Shared {
+        shutdown,
         map: ShardMap::from_config(&config),
         pools: Pools::new(&config),
         coordinator,
@@ -98,6 +143,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, shards = shared.pools.len(), "pieskieo listening");
     let coordinator = shared.coordinator.clone();
+    let handle = shared.clone();
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -116,6 +162,8 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         addr,
         coordinator,
         stop,
+        phase,
+        shared: handle,
         task,
         resolver,
     })
@@ -123,7 +171,12 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
 
 async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     stream.set_nodelay(true).ok();
-    let params = match startup::read_startup(&mut stream).await {
+    let limit = std::time::Duration::from_millis(shared.config.limits.startup_timeout_ms);
+    let startup = match tokio::time::timeout(limit, startup::read_startup(&mut stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::StartupTimeout),
+    };
+    let params = match startup {
         Ok(startup::Startup::Session(p)) => p,
         Ok(startup::Startup::Cancel {
             process_id,
@@ -138,8 +191,15 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             return;
         }
     };
+    // Count first, then check, so two racing clients cannot both squeeze in.
+    let now = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    if now > shared.config.limits.max_client_connections {
+        shared.clients.fetch_sub(1, Ordering::Relaxed);
+        warn!(%peer, clients = now - 1, "too many clients");
+        fatal(&mut stream, &Error::Client(ClientError::TooManyClients)).await;
+        return;
+    }
     let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed);
-    shared.clients.fetch_add(1, Ordering::Relaxed);
     session::run(stream, peer, params, pid, shared.clone()).await;
     shared.clients.fetch_sub(1, Ordering::Relaxed);
 }

@@ -169,3 +169,38 @@ async fn cancel_reaches_every_shard_of_that_client_only() {
         .unwrap()
         .expect("another client's statement is not cancelled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_over_the_limit_gets_53300_and_only_it() {
+    let c =
+        Cluster::start_custom(1, crate::harness::TABLES, "", "max_client_connections = 3").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(c.client().await);
+    }
+    let e = crate::harness::connect(&c.url())
+        .await
+        .expect_err("a fourth client is refused");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("53300"),
+        "{e:?}"
+    );
+    for h in &held {
+        assert_eq!(value(h, "SELECT 1").await, "1");
+    }
+    drop(held.pop());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let again = c.client().await;
+    assert_eq!(value(&again, "SELECT 2").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_says_nothing_is_disconnected() {
+    let c = Cluster::start_custom(1, crate::harness::TABLES, "", "startup_timeout_ms = 300").await;
+    let mut s = TcpStream::connect(("127.0.0.1", c.port())).await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "closed after the startup timeout");
+    assert_eq!(value(&c.client().await, "SELECT 1").await, "1");
+}

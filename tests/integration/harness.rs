@@ -190,8 +190,24 @@ impl Cluster {
 
     /// A cluster whose proxy gets extra `[txn]` settings (test failpoints).
     pub async fn start_txn(n: usize, tables: &str, txn_extra: &str) -> Cluster {
+        Cluster::start_custom(n, tables, txn_extra, "").await
+    }
+
+    /// A cluster whose proxy gets extra `[txn]` and `[limits]` settings.
+    pub async fn start_custom(
+        n: usize,
+        tables: &str,
+        txn_extra: &str,
+        limits_extra: &str,
+    ) -> Cluster {
         let shards = Servers::start(n);
-        let text = config_text_with(&shards.ports(), tables, &shards.dir.join("txn"), txn_extra);
+        let text = config_text_full(
+            &shards.ports(),
+            tables,
+            &shards.dir.join("txn"),
+            txn_extra,
+            limits_extra,
+        );
         let config = Config::parse(&text, "test.toml").unwrap();
         let map = ShardMap::from_config(&config);
         let proxy = pieskieo::serve(config).await.unwrap();
@@ -314,6 +330,22 @@ impl ProxyProcess {
         )
     }
 
+    /// Asks the proxy to shut down gracefully (SIGTERM) and waits up to
+    /// `secs` for it to exit; its exit status, if it did.
+    pub fn terminate(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .ok()?;
+        for _ in 0..secs * 20 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Waits for the process to end (a crash failpoint), killing it after `secs`.
     pub fn wait_exit(&mut self, secs: u64) -> bool {
         for _ in 0..secs * 20 {
@@ -345,6 +377,17 @@ pub fn config_text_with(
     log_dir: &std::path::Path,
     txn_extra: &str,
 ) -> String {
+    config_text_full(ports, tables, log_dir, txn_extra, "")
+}
+
+/// As [`config_text_with`]; `limits_extra` lines go in `[limits]`.
+pub fn config_text_full(
+    ports: &[u16],
+    tables: &str,
+    log_dir: &std::path::Path,
+    txn_extra: &str,
+    limits_extra: &str,
+) -> String {
     let mut s = format!(
         "listen = \"127.0.0.1:0\"\nnode_id = \"test\"\ndatabase = \"app\"\n{tables}\n{USERS}\n"
     );
@@ -353,12 +396,13 @@ pub fn config_text_with(
             "[[shards]]\nid = {i}\nport = {port}\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{SUPERUSER_PASSWORD}\"\npool_size = 8\n"
         ));
     }
-    s.push_str("[limits]\npool_timeout_ms = 3000\nconnect_timeout_ms = 2000\n");
+    s.push_str(&format!(
+        "[limits]\npool_timeout_ms = 3000\nconnect_timeout_ms = 2000\n{limits_extra}\n"
+    ));
     s.push_str(&format!(
         "[txn]\nlog_dir = \"{}\"\nrecovery_interval_ms = 300\n{txn_extra}\n",
         log_dir.display()
     ));
-    // [limits] must come last: it is a table header.
     s
 }
 

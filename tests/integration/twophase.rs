@@ -517,3 +517,86 @@ async fn a_client_that_vanishes_mid_block_leaves_nothing_behind() {
     assert_eq!(balance_on(&c, 1, k[1]).await.as_deref(), Some("101"));
     no_prepared_anywhere(&c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_transfers_loses_no_committed_transfer() {
+    const N: i64 = 30;
+    let servers = Servers::start(3);
+    {
+        let setup = ProxyProcess::start(&servers, "").await;
+        let client = connect(&setup.url()).await.unwrap();
+        exec(&client, ACCOUNTS).await;
+        exec(
+            &client,
+            "CREATE TABLE items (id bigint PRIMARY KEY, label text)",
+        )
+        .await;
+        let values: Vec<String> = (1..=N).map(|i| format!("({i}, 1000)")).collect();
+        exec(
+            &client,
+            &format!(
+                "INSERT INTO accounts (id, balance) VALUES {}",
+                values.join(", ")
+            ),
+        )
+        .await;
+    }
+    let mut proxy = ProxyProcess::start(&servers, "").await;
+    let mut workers = Vec::new();
+    for w in 0..8i64 {
+        let url = proxy.url();
+        workers.push(tokio::spawn(async move {
+            let client = connect(&url).await.unwrap();
+            let mut acked = Vec::new();
+            for i in 0..100_000i64 {
+                let (a, b) = ((w * 7 + i) % N + 1, (w * 7 + i * 3 + 1) % N + 1);
+                if a == b {
+                    continue;
+                }
+                let (lo, hi) = (a.min(b), a.max(b));
+                let id = w * 1_000_000 + i;
+                let sql = format!(
+                    "BEGIN; UPDATE accounts SET balance = balance - 1 WHERE id = {lo}; UPDATE accounts SET balance = balance + 1 WHERE id = {hi}; INSERT INTO items (id, label) VALUES ({id}, 'transfer'); COMMIT"
+                );
+                match client.simple_query(&sql).await {
+                    Ok(_) => acked.push(id),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = proxy.terminate(30).expect("the proxy exits after SIGTERM");
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+    let mut acked = Vec::new();
+    for w in workers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(
+        acked.len() > 10,
+        "transfers ran before the signal: {}",
+        acked.len()
+    );
+
+    let restarted = ProxyProcess::start(&servers, "").await;
+    let client = connect(&restarted.url()).await.unwrap();
+    let ids: std::collections::HashSet<i64> = rows(&client, "SELECT id FROM items")
+        .await
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    for id in &acked {
+        assert!(ids.contains(id), "committed transfer {id} is present");
+    }
+    let mut sum = 0i64;
+    for i in 0..3 {
+        let s = servers.connect(i).await;
+        sum += value(&s, "SELECT coalesce(sum(balance), 0) FROM accounts")
+            .await
+            .parse::<i64>()
+            .unwrap();
+        assert_eq!(prepared(&s).await, 0, "shard {i}");
+    }
+    assert_eq!(sum, N * 1000);
+}

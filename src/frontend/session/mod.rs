@@ -23,7 +23,7 @@ mod dispatch;
 mod extended;
 mod prepared;
 
-use super::{auth, unknown_database, Shared};
+use super::{auth, unknown_database, Shared, Shutdown};
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
 use crate::executor::{self, ExecError, Merge, Merger};
@@ -132,7 +132,14 @@ pub(super) async fn run(
     };
     let database = get("database").unwrap_or_else(|| user.clone());
     let ucfg = shared.config.users.iter().find(|u| u.name == user).cloned();
-    if let Err(e) = auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref()).await {
+    let limit = Duration::from_millis(shared.config.limits.startup_timeout_ms);
+    let authenticated = tokio::time::timeout(
+        limit,
+        auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref()),
+    )
+    .await
+    .unwrap_or(Err(ClientError::StartupTimeout));
+    if let Err(e) = authenticated {
         warn!(%peer, %user, error = %e, "authentication failed");
         send_fatal(&mut out, &Error::Client(e)).await;
         return;
@@ -268,10 +275,34 @@ impl Session {
         self.out.write_all(b).await
     }
 
+    /// Whether a shutdown in progress closes this session now.
+    fn closing(&self, phase: Shutdown) -> bool {
+        match phase {
+            Shutdown::Running => false,
+            Shutdown::Draining => matches!(self.state, TxnState::Idle) && !self.ext.busy(),
+            Shutdown::Terminating => true,
+        }
+    }
+
     async fn serve(&mut self) {
         let max = self.shared.config.limits.max_message_size;
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut watching = true;
         loop {
-            let f = match read_frame(&mut self.reader, max).await {
+            let phase = *shutdown.borrow();
+            if self.closing(phase) {
+                info!(peer = %self.peer, user = %self.user, "closing session for shutdown");
+                send_fatal(&mut self.out, &Error::Client(ClientError::Shutdown)).await;
+                return;
+            }
+            let read = tokio::select! {
+                r = read_frame(&mut self.reader, max) => r,
+                changed = shutdown.changed(), if watching => {
+                    watching = changed.is_ok();
+                    continue;
+                }
+            };
+            let f = match read {
                 Ok(f) => f,
                 Err(FrameError::Closed) => return,
                 Err(FrameError::BadLength(n)) => {

@@ -109,6 +109,11 @@ fn backend_name(sql: &str, types: &[u32]) -> String {
 }
 
 impl Extended {
+    /// A Sync segment is under way (messages queued or a shard in use).
+    pub(super) fn busy(&self) -> bool {
+        !self.batch.is_empty() || self.seg.is_some() || self.implicit
+    }
+
     /// The connection this Sync segment holds, if any.
     pub(super) fn segment(&self) -> Option<&ServerConn> {
         self.seg.as_deref()
