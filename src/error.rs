@@ -63,6 +63,8 @@ pub enum ClientError {
     Shutdown,
     #[error("canceling authentication due to timeout")]
     StartupTimeout,
+    #[error("permission denied: user \"{0}\" is not an admin user")]
+    NotAdmin(String),
 }
 
 /// Everything a client can be told went wrong.
@@ -134,6 +136,7 @@ impl Error {
                 ClientError::TooManyClients => SqlState::TOO_MANY_CONNECTIONS,
                 ClientError::Shutdown => SqlState::ADMIN_SHUTDOWN,
                 ClientError::StartupTimeout => SqlState::PROTOCOL_VIOLATION,
+                ClientError::NotAdmin(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             },
             Error::Route(e) => e.sqlstate(),
             Error::Backend(e) => e.sqlstate(),

@@ -17,10 +17,12 @@
 //! - [`backend`]: hand-framed connections to the shards and their pools.
 //! - [`protocol`]: message framing shared by both sides.
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`admin`]: the admin console, counters and the metrics endpoint.
 //! - [`demo`]: `pieskieo demo`, a local cluster in one command.
 //! - [`cluster`]: starting and stopping local PostgreSQL servers (`pieskieo demo`, tests).
 //! - [`error`]: the crate error and SQLSTATE mapping.
 
+pub mod admin;
 pub mod backend;
 pub mod cluster;
 pub mod config;

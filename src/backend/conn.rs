@@ -39,6 +39,8 @@ pub struct ServerConn {
     broken: bool,
     pub process_id: i32,
     pub secret_key: i32,
+    /// This shard's counters, when the connection belongs to a pool.
+    pub stats: Option<std::sync::Arc<crate::admin::ShardStats>>,
 }
 
 impl ServerConn {
@@ -73,6 +75,7 @@ impl ServerConn {
             broken: false,
             process_id: 0,
             secret_key: 0,
+            stats: None,
         };
         tokio::time::timeout(timeout, conn.startup(cfg))
             .await
@@ -243,7 +246,14 @@ impl ServerConn {
         frontend::query(sql, &mut buf).map_err(|e| self.io_err(e))?;
         self.write_all(&buf).await?;
         self.pending += 1;
+        self.count(|s| &s.statements);
         Ok(())
+    }
+
+    fn count(&self, which: impl Fn(&crate::admin::ShardStats) -> &std::sync::atomic::AtomicU64) {
+        if let Some(s) = &self.stats {
+            which(s).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     async fn read_raw(&mut self) -> Result<Frame, BackendError> {
@@ -271,6 +281,7 @@ impl ServerConn {
                 self.status = f.body().first().copied().unwrap_or(b'E');
             }
             b'S' => self.note_parameter(&f),
+            b'E' => self.count(|s| &s.errors),
             _ => {}
         }
         Ok(f)
@@ -309,6 +320,9 @@ impl ServerConn {
     /// Close, Flush); a `Sync` must follow before the connection is reused.
     pub async fn send_extended(&mut self, msg: &[u8]) -> Result<(), BackendError> {
         self.unsynced = true;
+        if msg.first() == Some(&b'E') {
+            self.count(|s| &s.statements);
+        }
         self.write_all(msg).await
     }
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 
+use std::sync::Arc;
+
 use super::{BackendError, ServerConn};
+use crate::admin::{ShardStats, Stats};
 use crate::config::{Config, Shard};
 use crate::router::ShardId;
 
@@ -13,6 +16,7 @@ pub struct ShardManager {
     id: ShardId,
     cfg: Shard,
     connect_timeout: Duration,
+    stats: Arc<ShardStats>,
 }
 
 impl managed::Manager for ShardManager {
@@ -20,7 +24,9 @@ impl managed::Manager for ShardManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
-        ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await
+        let mut conn = ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await?;
+        conn.stats = Some(self.stats.clone());
+        Ok(conn)
     }
 
     async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
@@ -43,7 +49,7 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(cfg: &Config) -> Pools {
+    pub fn new(cfg: &Config, stats: &Stats) -> Pools {
         let mut shards: Vec<&Shard> = cfg.shards.iter().collect();
         shards.sort_by_key(|s| s.id);
         let connect_timeout = Duration::from_millis(cfg.limits.connect_timeout_ms);
@@ -54,6 +60,7 @@ impl Pools {
                     id: ShardId(s.id),
                     cfg: s.clone(),
                     connect_timeout,
+                    stats: stats.shards.get(s.id as usize).cloned().unwrap_or_default(),
                 };
                 managed::Pool::builder(mgr)
                     .max_size(s.pool_size)
@@ -74,6 +81,17 @@ impl Pools {
 
     pub fn is_empty(&self) -> bool {
         self.pools.is_empty()
+    }
+
+    /// (max size, size, available, waiting) of each shard's pool.
+    pub fn status(&self) -> Vec<(usize, usize, usize, usize)> {
+        self.pools
+            .iter()
+            .map(|p| {
+                let s = p.status();
+                (s.max_size, s.size, s.available, s.waiting)
+            })
+            .collect()
     }
 
     /// A connection to `shard`, waiting at most the configured pool timeout.

@@ -42,6 +42,15 @@ pub struct Config {
     /// Shard holding tables not declared sharded or reference.
     #[serde(default)]
     pub default_shard: u32,
+    /// Users (from `users`) who may open the admin console.
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+    /// The database name of the admin console.
+    #[serde(default = "default_admin_database")]
+    pub admin_database: String,
+    /// Address of the Prometheus endpoint (`GET /metrics`); off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -206,6 +215,9 @@ fn default_listen() -> String {
 }
 fn default_database() -> String {
     "app".into()
+}
+fn default_admin_database() -> String {
+    "pieskieo".into()
 }
 fn default_max_message_size() -> usize {
     64 << 20
@@ -389,6 +401,28 @@ impl Config {
                     ))
                 }
                 _ => {}
+            }
+        }
+        for (i, a) in self.admin_users.iter().enumerate() {
+            if !names.contains(a.as_str()) {
+                return Err(bad(
+                    format!("admin_users[{i}]"),
+                    format!("`{a}` is not one of `users`"),
+                ));
+            }
+        }
+        if self.admin_database == self.database {
+            return Err(bad(
+                "admin_database".into(),
+                "must differ from `database`".into(),
+            ));
+        }
+        if let Some(m) = &self.metrics_listen {
+            if m.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    "metrics_listen".into(),
+                    format!("`{m}` is not an address like 127.0.0.1:9930"),
+                ));
             }
         }
         let mut tables = HashSet::new();

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::admin::Stats;
 use crate::backend::Pools;
 use crate::config::Config;
 use crate::error::{ClientError, Error};
@@ -33,8 +34,42 @@ pub struct Shared {
     next_pid: AtomicI32,
     pub clients: AtomicUsize,
     pub cancels: cancel::CancelRegistry,
+    pub stats: Arc<Stats>,
+    pub sessions: SessionRegistry,
     /// Shutdown progress, watched by every session.
     pub shutdown: watch::Receiver<Shutdown>,
+}
+
+/// The clients connected now, for `SHOW CLIENTS`.
+#[derive(Default)]
+pub struct SessionRegistry {
+    clients: std::sync::Mutex<std::collections::BTreeMap<i32, (String, String)>>,
+}
+
+impl SessionRegistry {
+    pub fn add(&self, pid: i32, user: &str, peer: SocketAddr) {
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(pid, (user.to_string(), peer.to_string()));
+        }
+    }
+
+    pub fn remove(&self, pid: i32) {
+        if let Ok(mut m) = self.clients.lock() {
+            m.remove(&pid);
+        }
+    }
+
+    /// (process id, user, address) of every client.
+    pub fn list(&self) -> Vec<(i32, String, String)> {
+        self.clients
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(p, (u, a))| (*p, u.clone(), a.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// How far a shutdown has gone. Sessions close at their next quiet moment.
@@ -50,6 +85,8 @@ pub enum Shutdown {
 /// A running proxy: its address, and the handle that stops it.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Where the metrics endpoint listens, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub coordinator: Arc<Coordinator>,
     stop: watch::Sender<bool>,
     phase: watch::Sender<Shutdown>,
@@ -110,7 +147,13 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         .test_failpoint
         .as_deref()
         .and_then(crate::txn::parse_failpoint);
-    let coordinator = Arc::new(Coordinator::new(log, &config.node_id, failpoint));
+    let stats = Arc::new(Stats::new(config.shards.len()));
+    let coordinator = Arc::new(Coordinator::new(
+        log,
+        &config.node_id,
+        failpoint,
+        stats.clone(),
+    ));
     let mut resolver = Resolver::new(&config, coordinator.clone());
     resolver.startup().await?;
     let resolver = resolver.spawn_periodic(std::time::Duration::from_millis(
@@ -133,7 +176,9 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     let shared = Arc::new(Shared {
         shutdown,
         map: ShardMap::from_config(&config),
-        pools: Pools::new(&config),
+        pools: Pools::new(&config, &stats),
+        stats,
+        sessions: Default::default(),
         coordinator,
         config: Arc::new(config),
         next_pid: AtomicI32::new(1),
@@ -142,6 +187,17 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     });
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, shards = shared.pools.len(), "pieskieo listening");
+    let metrics_addr = match &shared.config.metrics_listen {
+        Some(m) => Some(
+            crate::admin::serve_metrics(m, shared.clone())
+                .await
+                .map_err(|source| StartupError::Listen {
+                    addr: m.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let coordinator = shared.coordinator.clone();
     let handle = shared.clone();
     let task = tokio::spawn(async move {
@@ -160,6 +216,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     });
     Ok(Proxy {
         addr,
+        metrics_addr,
         coordinator,
         stop,
         phase,
@@ -200,6 +257,7 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
         return;
     }
     let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed);
+    Stats::bump(&shared.stats.clients_total, 1);
     session::run(stream, peer, params, pid, shared.clone()).await;
     shared.clients.fetch_sub(1, Ordering::Relaxed);
 }

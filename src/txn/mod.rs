@@ -15,6 +15,7 @@ use tracing::{info, warn};
 pub use log::{DecisionLog, LogError, TxnId};
 pub use recovery::{Resolver, StartupError};
 
+use crate::admin::Stats;
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::SqlState;
 use crate::protocol::{self, ErrorFields, Frame, Severity};
@@ -99,6 +100,7 @@ pub struct Coordinator {
     failpoint: Option<(FailPoint, FailAction)>,
     /// Phase timings of two-phase commits, kept only when a benchmark asks.
     timings: Mutex<Option<Vec<PhaseTimes>>>,
+    pub stats: std::sync::Arc<Stats>,
 }
 
 /// How long the phases of one two-phase commit took.
@@ -208,6 +210,7 @@ impl Coordinator {
         log: DecisionLog,
         node: &str,
         failpoint: Option<(FailPoint, FailAction)>,
+        stats: std::sync::Arc<Stats>,
     ) -> Coordinator {
         Coordinator {
             log,
@@ -216,7 +219,16 @@ impl Coordinator {
             in_flight: Mutex::new(HashSet::new()),
             failpoint,
             timings: Mutex::new(None),
+            stats,
         }
+    }
+
+    /// Two-phase commits under way in this process.
+    pub fn in_flight(&self) -> Vec<TxnId> {
+        self.in_flight
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Starts keeping phase timings (for benchmarks).
@@ -275,6 +287,7 @@ impl Coordinator {
         let mut conns: Vec<&mut ServerConn> = parts.iter_mut().map(|p| &mut *p.conn).collect();
         let sqls = vec!["ROLLBACK".to_string(); conns.len()];
         round(&mut conns, &sqls).await;
+        Stats::bump(&self.stats.aborts, 1);
     }
 
     /// Commits a client's transaction over its participants.
@@ -294,14 +307,21 @@ impl Coordinator {
                 let mut one = [&mut *w.conn];
                 let answers = round(&mut one, &["COMMIT".to_string()]).await;
                 if let Some(error) = answers[0].error_bytes() {
+                    Stats::bump(&self.stats.aborts, 1);
                     return CommitOutcome::Aborted { error };
                 }
             }
+            Stats::bump(&self.stats.commits_one_phase, 1);
             return CommitOutcome::Committed {
                 warnings: Vec::new(),
             };
         }
-        self.two_phase(parts).await
+        let outcome = self.two_phase(parts).await;
+        match &outcome {
+            CommitOutcome::Committed { .. } => Stats::bump(&self.stats.commits_two_phase, 1),
+            CommitOutcome::Aborted { .. } => Stats::bump(&self.stats.aborts, 1),
+        }
+        outcome
     }
 
     async fn two_phase(&self, parts: &mut [Participant]) -> CommitOutcome {
@@ -405,6 +425,14 @@ impl Coordinator {
                 ));
             }
         }
+        Stats::bump(
+            &self.stats.two_phase_micros,
+            started.elapsed().as_micros() as u64,
+        );
+        Stats::bump(
+            &self.stats.decision_micros,
+            (decided_at - prepared_at).as_micros() as u64,
+        );
         if let Ok(mut t) = self.timings.lock() {
             if let Some(v) = t.as_mut() {
                 v.push(PhaseTimes {

@@ -188,6 +188,12 @@ impl Resolver {
                 match conn.simple(&action).await {
                     Ok(Ok(_)) => {
                         finished += 1;
+                        let counter = if commit {
+                            &self.coord.stats.recovered_commits
+                        } else {
+                            &self.coord.stats.recovered_rollbacks
+                        };
+                        crate::admin::Stats::bump(counter, 1);
                         info!(shard = i, gid = %g, committed = commit, "recovery finished an in-doubt transaction");
                     }
                     Ok(Err(e)) if e.code == "42704" => {} // finished meanwhile

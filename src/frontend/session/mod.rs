@@ -144,6 +144,17 @@ pub(super) async fn run(
         send_fatal(&mut out, &Error::Client(e)).await;
         return;
     }
+    if database == shared.config.admin_database {
+        if !shared.config.admin_users.contains(&user) {
+            send_fatal(&mut out, &Error::Client(ClientError::NotAdmin(user))).await;
+            return;
+        }
+        shared.sessions.add(pid, &user, peer);
+        info!(%peer, %user, "admin console connected");
+        admin_console(reader, out, &shared, pid).await;
+        shared.sessions.remove(pid);
+        return;
+    }
     if database != shared.config.database {
         send_fatal(&mut out, &unknown_database(&database)).await;
         return;
@@ -180,10 +191,95 @@ pub(super) async fn run(
         return;
     }
     info!(%peer, user = %s.user, "client connected");
+    s.shared.sessions.add(pid, &s.user, peer);
     s.serve().await;
     s.cleanup().await;
     s.shared.cancels.unregister(s.process_id);
+    s.shared.sessions.remove(pid);
     info!(%peer, user = %s.user, "client disconnected");
+}
+
+/// The admin console: `SHOW ...` commands answered by the proxy itself.
+async fn admin_console(
+    mut reader: BufReader<OwnedReadHalf>,
+    mut out: BufWriter<OwnedWriteHalf>,
+    shared: &Shared,
+    pid: i32,
+) {
+    let mut hello = vec![protocol::authentication(0, &[])];
+    for (k, v) in [
+        ("server_version", "15.0 (Pieskieo admin)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        hello.push(protocol::parameter_status(k, v));
+    }
+    hello.push(protocol::backend_key_data(pid, 0));
+    hello.push(protocol::ready_for_query(b'I'));
+    for m in hello {
+        if out.write_all(&m).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        if out.flush().await.is_err() {
+            return;
+        }
+        let f = match read_frame(&mut reader, 1 << 20).await {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let mut replies = Vec::new();
+        match f.tag {
+            b'Q' => {
+                let text = String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body()))
+                    .into_owned();
+                let stmts = router::split_statements(&text);
+                if stmts.is_empty() {
+                    replies.push(protocol::empty_query_response());
+                }
+                for stmt in stmts {
+                    match crate::admin::answer(stmt, shared) {
+                        a @ crate::admin::Answer::Rows { .. } => replies.extend(a.encode()),
+                        crate::admin::Answer::Unknown(cmd) => {
+                            let e = Error::Unsupported(format!(
+                                "unknown admin command \"{cmd}\"; try SHOW SHARDS, POOLS, CLIENTS, TRANSACTIONS, STATS, CONFIG or VERSION"
+                            ));
+                            replies.push(protocol::error_response(
+                                Severity::Error,
+                                e.sqlstate(),
+                                &e.to_string(),
+                                None,
+                            ));
+                            break;
+                        }
+                    }
+                }
+                replies.push(protocol::ready_for_query(b'I'));
+            }
+            b'X' => return,
+            b'S' => replies.push(protocol::ready_for_query(b'I')),
+            _ => {
+                let e = Error::Unsupported(
+                    "the admin console speaks the simple query protocol only".into(),
+                );
+                replies.push(protocol::error_response(
+                    Severity::Error,
+                    e.sqlstate(),
+                    &e.to_string(),
+                    None,
+                ));
+            }
+        }
+        for r in replies {
+            if out.write_all(&r).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 async fn send_fatal(out: &mut BufWriter<OwnedWriteHalf>, e: &Error) {

@@ -1,0 +1,155 @@
+//! A minimal HTTP endpoint serving the counters in Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::Stats;
+use crate::frontend::Shared;
+
+fn render(shared: &Shared) -> String {
+    let st = &shared.stats;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, values: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in values {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    counter(
+        "pieskieo_clients_total",
+        "Client connections accepted.",
+        vec![(String::new(), Stats::get(&st.clients_total))],
+    );
+    counter(
+        "pieskieo_statements_total",
+        "Queries and Executes sent to each shard.",
+        st.shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("{{shard=\"{i}\"}}"), Stats::get(&s.statements)))
+            .collect(),
+    );
+    counter(
+        "pieskieo_errors_total",
+        "Errors each shard returned.",
+        st.shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("{{shard=\"{i}\"}}"), Stats::get(&s.errors)))
+            .collect(),
+    );
+    counter(
+        "pieskieo_commits_total",
+        "Committed transactions by protocol.",
+        vec![
+            (
+                "{kind=\"one_phase\"}".into(),
+                Stats::get(&st.commits_one_phase),
+            ),
+            (
+                "{kind=\"two_phase\"}".into(),
+                Stats::get(&st.commits_two_phase),
+            ),
+        ],
+    );
+    counter(
+        "pieskieo_aborts_total",
+        "Transactions rolled back.",
+        vec![(String::new(), Stats::get(&st.aborts))],
+    );
+    counter(
+        "pieskieo_recovery_actions_total",
+        "In-doubt transactions recovery finished.",
+        vec![
+            (
+                "{action=\"commit\"}".into(),
+                Stats::get(&st.recovered_commits),
+            ),
+            (
+                "{action=\"rollback\"}".into(),
+                Stats::get(&st.recovered_rollbacks),
+            ),
+        ],
+    );
+    counter(
+        "pieskieo_two_phase_commit_microseconds_total",
+        "Summed 2PC commit latency (divide by the two-phase commit count).",
+        vec![(String::new(), Stats::get(&st.two_phase_micros))],
+    );
+    counter(
+        "pieskieo_decision_fsync_microseconds_total",
+        "Summed decision-log write and fsync latency.",
+        vec![(String::new(), Stats::get(&st.decision_micros))],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pieskieo_clients Client connections open now.\n# TYPE pieskieo_clients gauge"
+    );
+    let _ = writeln!(
+        out,
+        "pieskieo_clients {}",
+        shared.clients.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(out, "# HELP pieskieo_in_doubt Committed transactions still being finished.\n# TYPE pieskieo_in_doubt gauge");
+    let _ = writeln!(
+        out,
+        "pieskieo_in_doubt {}",
+        shared.coordinator.log.undone().len()
+    );
+    let _ = writeln!(out, "# HELP pieskieo_pool_connections Server connections per shard.\n# TYPE pieskieo_pool_connections gauge");
+    for (i, (_, size, _, _)) in shared.pools.status().into_iter().enumerate() {
+        let _ = writeln!(out, "pieskieo_pool_connections{{shard=\"{i}\"}} {size}");
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `addr` until the runtime stops.
+pub async fn serve_metrics(
+    addr: &str,
+    shared: Arc<Shared>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    info!(addr = %local, "metrics endpoint listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let n =
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                        .await
+                    {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if req.starts_with("GET /metrics") {
+                    ("200 OK", render(&shared))
+                } else {
+                    ("404 Not Found", "not found\n".to_string())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                if let Err(e) = async {
+                    s.write_all(head.as_bytes()).await?;
+                    s.write_all(body.as_bytes()).await
+                }
+                .await
+                {
+                    warn!(error = %e, "metrics response failed");
+                }
+            });
+        }
+    });
+    Ok(local)
+}

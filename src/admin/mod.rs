@@ -1,0 +1,221 @@
+//! The admin console (a database of its own, reached over the same wire
+//! protocol by configured admin users: `SHOW SHARDS`, `SHOW POOLS`, `SHOW
+//! CLIENTS`, `SHOW TRANSACTIONS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`)
+//! and the Prometheus metrics endpoint.
+
+mod metrics;
+mod stats;
+
+use bytes::{BufMut, Bytes};
+
+pub use metrics::serve_metrics;
+pub use stats::{ShardStats, Stats};
+
+use crate::frontend::Shared;
+use crate::protocol::{command_complete, message, put_cstr};
+use crate::router::leading_words;
+
+/// What the console answers: rows of text under named columns, or an error.
+pub enum Answer {
+    Rows {
+        columns: Vec<&'static str>,
+        rows: Vec<Vec<String>>,
+    },
+    Unknown(String),
+}
+
+/// OID of `text`: every console column is text.
+const TEXT_OID: u32 = 25;
+
+impl Answer {
+    /// RowDescription, DataRows and CommandComplete for a table answer.
+    pub fn encode(&self) -> Vec<Bytes> {
+        let Answer::Rows { columns, rows } = self else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(rows.len() + 2);
+        out.push(message(b'T', |b| {
+            b.put_i16(columns.len() as i16);
+            for c in columns {
+                put_cstr(b, c);
+                b.put_u32(0);
+                b.put_i16(0);
+                b.put_u32(TEXT_OID);
+                b.put_i16(-1);
+                b.put_i32(-1);
+                b.put_i16(0);
+            }
+        }));
+        for r in rows {
+            out.push(message(b'D', |b| {
+                b.put_i16(r.len() as i16);
+                for v in r {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+            }));
+        }
+        out.push(command_complete(&format!("SHOW {}", rows.len())));
+        out
+    }
+}
+
+/// Answers one console command.
+pub fn answer(sql: &str, shared: &Shared) -> Answer {
+    let words = leading_words(sql, 2);
+    let what = match words.as_slice() {
+        [show, what] if show == "show" => what.as_str(),
+        _ => return Answer::Unknown(sql.trim().to_string()),
+    };
+    let cfg = &shared.config;
+    match what {
+        "version" => Answer::Rows {
+            columns: vec!["version"],
+            rows: vec![vec![format!("Pieskieo {}", env!("CARGO_PKG_VERSION"))]],
+        },
+        "shards" => Answer::Rows {
+            columns: vec![
+                "id",
+                "host",
+                "port",
+                "database",
+                "user",
+                "pool_size",
+                "connections",
+                "idle",
+            ],
+            rows: cfg
+                .shards
+                .iter()
+                .zip(shared.pools.status())
+                .map(|(s, (max, size, avail, _))| {
+                    vec![
+                        s.id.to_string(),
+                        s.host.clone(),
+                        s.port.to_string(),
+                        s.database.clone(),
+                        s.user.clone(),
+                        max.to_string(),
+                        size.to_string(),
+                        avail.to_string(),
+                    ]
+                })
+                .collect(),
+        },
+        "pools" => Answer::Rows {
+            columns: vec!["shard", "max_size", "size", "available", "waiting"],
+            rows: shared
+                .pools
+                .status()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (max, size, avail, waiting))| {
+                    vec![
+                        i.to_string(),
+                        max.to_string(),
+                        size.to_string(),
+                        avail.to_string(),
+                        waiting.to_string(),
+                    ]
+                })
+                .collect(),
+        },
+        "clients" => Answer::Rows {
+            columns: vec!["process_id", "user", "address"],
+            rows: shared
+                .sessions
+                .list()
+                .into_iter()
+                .map(|(pid, user, addr)| vec![pid.to_string(), user, addr])
+                .collect(),
+        },
+        "transactions" => {
+            let coord = &shared.coordinator;
+            let mut rows: Vec<Vec<String>> = coord
+                .in_flight()
+                .into_iter()
+                .map(|t| {
+                    vec![
+                        format!("{}.{}", t.epoch, t.number),
+                        "in flight".into(),
+                        String::new(),
+                    ]
+                })
+                .collect();
+            for (t, shards) in coord.log.undone() {
+                if !coord.is_in_flight(t) {
+                    let s: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
+                    rows.push(vec![
+                        format!("{}.{}", t.epoch, t.number),
+                        "committed, being finished".into(),
+                        s.join(","),
+                    ]);
+                }
+            }
+            Answer::Rows {
+                columns: vec!["transaction", "phase", "shards"],
+                rows,
+            }
+        }
+        "stats" => {
+            let st = &shared.stats;
+            let mut rows: Vec<Vec<String>> = st
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    vec![
+                        format!("shard {i}"),
+                        Stats::get(&s.statements).to_string(),
+                        Stats::get(&s.errors).to_string(),
+                    ]
+                })
+                .collect();
+            for (name, c) in [
+                ("commits (one-phase)", &st.commits_one_phase),
+                ("commits (two-phase)", &st.commits_two_phase),
+                ("aborts", &st.aborts),
+                ("recovered commits", &st.recovered_commits),
+                ("recovered rollbacks", &st.recovered_rollbacks),
+            ] {
+                rows.push(vec![
+                    name.to_string(),
+                    Stats::get(c).to_string(),
+                    String::new(),
+                ]);
+            }
+            Answer::Rows {
+                columns: vec!["what", "count", "errors"],
+                rows,
+            }
+        }
+        "config" => {
+            let mut rows = vec![
+                vec!["listen".to_string(), cfg.listen.clone()],
+                vec!["node_id".into(), cfg.node_id.clone()],
+                vec!["database".into(), cfg.database.clone()],
+                vec!["default_shard".into(), cfg.default_shard.to_string()],
+                vec!["shards".into(), cfg.shards.len().to_string()],
+                vec!["txn.log_dir".into(), cfg.txn.log_dir.display().to_string()],
+                vec![
+                    "limits.max_client_connections".into(),
+                    cfg.limits.max_client_connections.to_string(),
+                ],
+            ];
+            for t in &cfg.tables {
+                rows.push(vec![
+                    format!("table {}", t.name),
+                    format!("{:?} on {} ({:?})", t.method, t.key, t.key_type),
+                ]);
+            }
+            for r in &cfg.reference_tables {
+                rows.push(vec![format!("table {r}"), "reference".into()]);
+            }
+            Answer::Rows {
+                columns: vec!["key", "value"],
+                rows,
+            }
+        }
+        _ => Answer::Unknown(sql.trim().to_string()),
+    }
+}
