@@ -22,6 +22,7 @@ impl SqlState {
     pub const CHECK_VIOLATION: SqlState = SqlState("23514");
     pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
     pub const NO_ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25P01");
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState("25P03");
     pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
     pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
@@ -65,6 +66,8 @@ pub enum ClientError {
     StartupTimeout,
     #[error("permission denied: user \"{0}\" is not an admin user")]
     NotAdmin(String),
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransaction,
 }
 
 /// Everything a client can be told went wrong.
@@ -137,6 +140,7 @@ impl Error {
                 ClientError::Shutdown => SqlState::ADMIN_SHUTDOWN,
                 ClientError::StartupTimeout => SqlState::PROTOCOL_VIOLATION,
                 ClientError::NotAdmin(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                ClientError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             },
             Error::Route(e) => e.sqlstate(),
             Error::Backend(e) => e.sqlstate(),

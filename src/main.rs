@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pieskieo::config::Config;
+use pieskieo::config::{Config, LogFormat};
 use pieskieo::demo::{self, DemoOptions};
 
 #[derive(Parser)]
@@ -47,13 +47,16 @@ enum Cmd {
     },
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -93,7 +96,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging();
+            init_logging(cfg.log_format);
             let grace_ms = cfg.limits.shutdown_timeout_ms;
             runtime().block_on(async {
                 let proxy = match pieskieo::serve(cfg).await {
@@ -118,7 +121,7 @@ fn main() -> ExitCode {
             port,
             data_dir,
         } => {
-            init_logging();
+            init_logging(LogFormat::Text);
             if shards == 0 {
                 eprintln!("pieskieo demo: --shards must be at least 1");
                 return ExitCode::from(2);

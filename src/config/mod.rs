@@ -51,6 +51,9 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); off when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Log lines as `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -85,6 +88,10 @@ pub struct Limits {
     /// rolled back (those past their commit decision are always finished).
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// A client idle inside a transaction block this long is disconnected
+    /// and its block rolled back (0 = never).
+    #[serde(default)]
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -96,8 +103,17 @@ impl Default for Limits {
             max_client_connections: default_max_client_connections(),
             startup_timeout_ms: default_startup_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            idle_in_transaction_timeout_ms: 0,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Distributed transactions.

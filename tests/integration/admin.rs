@@ -119,3 +119,25 @@ async fn admin_console_and_metrics() {
     .expect_err("app is not an admin");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28000"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_client() {
+    let servers = crate::harness::Servers::start(1);
+    let tables = format!("log_format = \"json\"\n{TABLES}");
+    let proxy = crate::harness::ProxyProcess::start_with(&servers, &tables, "").await;
+    let client = connect(&proxy.url()).await.unwrap();
+    exec(&client, "SELECT 1").await;
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("client connected"))
+        .unwrap_or_else(|| panic!("no connect line in:\n{log}"));
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(
+        line.contains("\"user\":\"app\"") && line.contains("\"peer\":\"127.0.0.1:"),
+        "{line}"
+    );
+    assert!(!log.contains("secret"), "no password in the log");
+}

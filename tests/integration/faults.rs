@@ -204,3 +204,49 @@ async fn a_client_that_says_nothing_is_disconnected() {
     assert!(r.is_ok(), "closed after the startup timeout");
     assert_eq!(value(&c.client().await, "SELECT 1").await, "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_in_transaction_clients_are_cut_and_rolled_back() {
+    let c = Cluster::start_custom(
+        2,
+        crate::harness::TABLES,
+        "",
+        "idle_in_transaction_timeout_ms = 500",
+    )
+    .await;
+    let keys = c.accounts(2, 100).await;
+    let idle = c.client().await;
+    idle.simple_query("BEGIN").await.unwrap();
+    for k in &keys {
+        idle.simple_query(&format!("UPDATE accounts SET balance = 0 WHERE id = {k}"))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(
+        idle.simple_query("COMMIT").await.is_err(),
+        "the idle client was disconnected"
+    );
+    // Its locks are gone and nothing it did stuck.
+    let other = c.client().await;
+    other.simple_query("SET lock_timeout = '2s'").await.unwrap();
+    for k in &keys {
+        other
+            .simple_query(&format!(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = {k}"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            value(
+                &other,
+                &format!("SELECT balance FROM accounts WHERE id = {k}")
+            )
+            .await,
+            "101"
+        );
+    }
+    // Outside a block, idle clients are left alone.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(value(&other, "SELECT 1").await, "1");
+}

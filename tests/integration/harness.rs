@@ -284,16 +284,23 @@ pub async fn prepared(c: &Client) -> usize {
 pub struct ProxyProcess {
     child: std::process::Child,
     pub port: u16,
+    /// Where its stderr (the log) goes.
+    pub log: PathBuf,
 }
 
 impl ProxyProcess {
     /// Starts `pieskieo --config` over `servers` and waits until it listens
     /// (after its startup recovery).
     pub async fn start(servers: &Servers, txn_extra: &str) -> ProxyProcess {
+        ProxyProcess::start_with(servers, TABLES, txn_extra).await
+    }
+
+    /// As [`ProxyProcess::start`], with the given top-level settings and tables.
+    pub async fn start_with(servers: &Servers, tables: &str, txn_extra: &str) -> ProxyProcess {
         let port = free_port();
         let text = config_text_with(
             &servers.ports(),
-            TABLES,
+            tables,
             &servers.dir.join("txn"),
             txn_extra,
         )
@@ -310,7 +317,8 @@ impl ProxyProcess {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut p = ProxyProcess { child, port };
+        let log = servers.dir.join(format!("proxy-{port}.log"));
+        let mut p = ProxyProcess { child, port, log };
         for _ in 0..200 {
             if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return p;

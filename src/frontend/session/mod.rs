@@ -391,11 +391,30 @@ impl Session {
                 send_fatal(&mut self.out, &Error::Client(ClientError::Shutdown)).await;
                 return;
             }
+            // A client idle inside a block holds locks on the shards: bounded.
+            let idle_limit = match (
+                &self.state,
+                self.shared.config.limits.idle_in_transaction_timeout_ms,
+            ) {
+                (TxnState::Idle, _) | (_, 0) => None,
+                (_, ms) => Some(Duration::from_millis(ms)),
+            };
+            let idle = async {
+                match idle_limit {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             let read = tokio::select! {
                 r = read_frame(&mut self.reader, max) => r,
                 changed = shutdown.changed(), if watching => {
                     watching = changed.is_ok();
                     continue;
+                }
+                _ = idle => {
+                    warn!(peer = %self.peer, user = %self.user, "idle-in-transaction timeout");
+                    send_fatal(&mut self.out, &Error::Client(ClientError::IdleInTransaction)).await;
+                    return;
                 }
             };
             let f = match read {
