@@ -106,6 +106,19 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
+                // SIGHUP re-reads the configuration file.
+                let shared = proxy.reloader();
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                        return;
+                    };
+                    while hup.recv().await.is_some() {
+                        if let Err(e) = shared.reload() {
+                            tracing::warn!(error = %e, "reload refused");
+                        }
+                    }
+                });
                 demo::wait_for_signal().await;
                 let grace = std::time::Duration::from_millis(grace_ms);
                 tokio::select! {

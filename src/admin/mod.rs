@@ -22,6 +22,8 @@ pub enum Answer {
         rows: Vec<Vec<String>>,
     },
     Unknown(String),
+    /// The command ran and failed; the message says why.
+    Failed(String),
 }
 
 /// OID of `text`: every console column is text.
@@ -63,11 +65,20 @@ impl Answer {
 /// Answers one console command.
 pub fn answer(sql: &str, shared: &Shared) -> Answer {
     let words = leading_words(sql, 2);
+    if words.first().map(String::as_str) == Some("reload") {
+        return match shared.reload() {
+            Ok(changes) => Answer::Rows {
+                columns: vec!["change"],
+                rows: changes.into_iter().map(|c| vec![c]).collect(),
+            },
+            Err(e) => Answer::Failed(e),
+        };
+    }
     let what = match words.as_slice() {
         [show, what] if show == "show" => what.as_str(),
         _ => return Answer::Unknown(sql.trim().to_string()),
     };
-    let cfg = &shared.config;
+    let cfg = &shared.config();
     match what {
         "version" => Answer::Rows {
             columns: vec!["version"],

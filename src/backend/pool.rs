@@ -83,6 +83,13 @@ impl Pools {
         self.pools.is_empty()
     }
 
+    /// Changes a shard's pool size (a reload).
+    pub fn resize(&self, shard: ShardId, size: usize) {
+        if let Some(p) = self.pools.get(shard.0 as usize) {
+            p.resize(size);
+        }
+    }
+
     /// (max size, size, available, waiting) of each shard's pool.
     pub fn status(&self) -> Vec<(usize, usize, usize, usize)> {
         self.pools

@@ -54,6 +54,9 @@ pub struct Config {
     /// Log lines as `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The file this was loaded from (for reloads).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -285,7 +288,9 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Config::parse(&text, &file)
+        let mut cfg = Config::parse(&text, &file)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
@@ -522,6 +527,102 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What a reload from `old` to `new` changes, or why it is refused: anything
+/// that needs a restart (address, node id, decision log, shard addresses) or
+/// would move rows already stored (shard count, a sharded table's key or rules).
+pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String> {
+    let refuse = |what: String| {
+        Err(format!(
+            "reload refused, the old configuration stays: {what}"
+        ))
+    };
+    if old.listen != new.listen || old.node_id != new.node_id || old.txn.log_dir != new.txn.log_dir
+    {
+        return refuse("`listen`, `node_id` and `txn.log_dir` change only with a restart".into());
+    }
+    if old.shards.len() != new.shards.len() {
+        return refuse(format!(
+            "the shard count would change from {} to {}, moving existing rows",
+            old.shards.len(),
+            new.shards.len()
+        ));
+    }
+    if old.default_shard != new.default_shard {
+        return refuse(
+            "`default_shard` holds unsharded tables; changing it would move them".into(),
+        );
+    }
+    for n in &new.shards {
+        let Some(o) = old.shards.iter().find(|o| o.id == n.id) else {
+            return refuse(format!("shard {} is new", n.id));
+        };
+        if (&o.host, o.port, &o.database, &o.user) != (&n.host, n.port, &n.database, &n.user) {
+            return refuse(format!(
+                "shard {}'s address changes only with a restart",
+                n.id
+            ));
+        }
+    }
+    let mut changes = Vec::new();
+    for o in &old.tables {
+        match new.tables.iter().find(|t| t.name == o.name) {
+            None => return refuse(format!("sharded table `{}` would disappear", o.name)),
+            Some(n) => {
+                let rules = |t: &ShardedTable| {
+                    format!(
+                        "{}|{:?}|{:?}|{:?}|{:?}",
+                        t.key, t.key_type, t.method, t.ranges, t.lists
+                    )
+                };
+                if rules(o) != rules(n) {
+                    return refuse(format!(
+                        "table `{}`'s shard key or rules would change, moving existing rows",
+                        o.name
+                    ));
+                }
+            }
+        }
+    }
+    for n in &new.tables {
+        if !old.tables.iter().any(|t| t.name == n.name) {
+            changes.push(format!("sharded table `{}` added", n.name));
+        }
+    }
+    for n in &new.shards {
+        if let Some(o) = old.shards.iter().find(|o| o.id == n.id) {
+            if o.pool_size != n.pool_size {
+                changes.push(format!(
+                    "shard {} pool_size {} -> {}",
+                    n.id, o.pool_size, n.pool_size
+                ));
+            }
+        }
+    }
+    if old.reference_tables != new.reference_tables {
+        changes.push(format!(
+            "reference_tables {:?} -> {:?}",
+            old.reference_tables, new.reference_tables
+        ));
+    }
+    let users = |c: &Config| c.users.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
+    if users(old) != users(new)
+        || old
+            .users
+            .iter()
+            .zip(&new.users)
+            .any(|(a, b)| a.password != b.password || a.scram_verifier != b.scram_verifier)
+    {
+        changes.push("users".into());
+    }
+    if format!("{:?}", old.limits) != format!("{:?}", new.limits) {
+        changes.push("limits".into());
+    }
+    if old.admin_users != new.admin_users {
+        changes.push("admin_users".into());
+    }
+    Ok(changes)
 }
 
 #[cfg(test)]

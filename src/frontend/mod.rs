@@ -27,8 +27,8 @@ use crate::txn::{Coordinator, DecisionLog, Resolver, StartupError};
 /// What every session shares: the configuration snapshot, the shard map and
 /// the pools. Passed as a handle, never global.
 pub struct Shared {
-    pub config: Arc<Config>,
-    pub map: ShardMap,
+    /// The configuration and shard map now in force; swapped whole by a reload.
+    current: std::sync::RwLock<(Arc<Config>, Arc<ShardMap>)>,
     pub pools: Pools,
     pub coordinator: Arc<Coordinator>,
     next_pid: AtomicI32,
@@ -38,6 +38,56 @@ pub struct Shared {
     pub sessions: SessionRegistry,
     /// Shutdown progress, watched by every session.
     pub shutdown: watch::Receiver<Shutdown>,
+}
+
+impl Shared {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        match self.current.read() {
+            Ok(c) => c.0.clone(),
+            Err(p) => p.into_inner().0.clone(),
+        }
+    }
+
+    /// The shard map in force.
+    pub fn map(&self) -> Arc<ShardMap> {
+        match self.current.read() {
+            Ok(c) => c.1.clone(),
+            Err(p) => p.into_inner().1.clone(),
+        }
+    }
+
+    /// Re-reads the configuration file and swaps it in, if that changes
+    /// nothing that needs a restart or would move existing rows. Returns
+    /// what changed, or why the reload was refused (the old one stays).
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let old = self.config();
+        let path = old
+            .source
+            .clone()
+            .ok_or("this proxy was not started from a configuration file")?;
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        let changes = crate::config::reload_changes(&old, &new)?;
+        for s in &new.shards {
+            let was = old
+                .shards
+                .iter()
+                .find(|o| o.id == s.id)
+                .map(|o| o.pool_size);
+            if was != Some(s.pool_size) {
+                self.pools.resize(crate::router::ShardId(s.id), s.pool_size);
+            }
+        }
+        let map = Arc::new(ShardMap::from_config(&new));
+        match self.current.write() {
+            Ok(mut c) => *c = (Arc::new(new), map),
+            Err(p) => *p.into_inner() = (Arc::new(new), map),
+        }
+        for c in &changes {
+            info!(change = %c, "configuration reloaded");
+        }
+        Ok(changes)
+    }
 }
 
 /// The clients connected now, for `SHOW CLIENTS`.
@@ -101,6 +151,16 @@ impl Proxy {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         self.resolver.abort();
+    }
+
+    /// Reloads the configuration file (what SIGHUP and the admin `RELOAD` do).
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        self.shared.reload()
+    }
+
+    /// A handle for reloading from another task.
+    pub fn reloader(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Graceful shutdown: stop accepting; close idle sessions; let open
@@ -175,19 +235,22 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     let (phase, shutdown) = watch::channel(Shutdown::Running);
     let shared = Arc::new(Shared {
         shutdown,
-        map: ShardMap::from_config(&config),
+        current: std::sync::RwLock::new((
+            Arc::new(config.clone()),
+            Arc::new(ShardMap::from_config(&config)),
+        )),
         pools: Pools::new(&config, &stats),
         stats,
         sessions: Default::default(),
         coordinator,
-        config: Arc::new(config),
+
         next_pid: AtomicI32::new(1),
         clients: AtomicUsize::new(0),
         cancels: Default::default(),
     });
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, shards = shared.pools.len(), "pieskieo listening");
-    let metrics_addr = match &shared.config.metrics_listen {
+    let metrics_addr = match &shared.config().metrics_listen {
         Some(m) => Some(
             crate::admin::serve_metrics(m, shared.clone())
                 .await
@@ -228,7 +291,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
 
 async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     stream.set_nodelay(true).ok();
-    let limit = std::time::Duration::from_millis(shared.config.limits.startup_timeout_ms);
+    let limit = std::time::Duration::from_millis(shared.config().limits.startup_timeout_ms);
     let startup = match tokio::time::timeout(limit, startup::read_startup(&mut stream)).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::StartupTimeout),
@@ -250,7 +313,7 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     };
     // Count first, then check, so two racing clients cannot both squeeze in.
     let now = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    if now > shared.config.limits.max_client_connections {
+    if now > shared.config().limits.max_client_connections {
         shared.clients.fetch_sub(1, Ordering::Relaxed);
         warn!(%peer, clients = now - 1, "too many clients");
         fatal(&mut stream, &Error::Client(ClientError::TooManyClients)).await;

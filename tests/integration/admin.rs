@@ -141,3 +141,99 @@ async fn json_logs_name_the_client() {
     );
     assert!(!log.contains("secret"), "no password in the log");
 }
+
+async fn max_pool_sizes(admin: &tokio_postgres::Client) -> Vec<String> {
+    crate::harness::rows(admin, "SHOW POOLS")
+        .await
+        .into_iter()
+        .map(|r| r[1].clone().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_safe_changes_and_refuses_moving_rows() {
+    let servers = crate::harness::Servers::start(2);
+    let tables = format!("admin_users = [\"plain\"]\n{TABLES}");
+    let proxy = crate::harness::ProxyProcess::start_with(&servers, &tables, "").await;
+    let admin_url = format!(
+        "host=127.0.0.1 port={} user=plain password=plainpass dbname=pieskieo",
+        proxy.port
+    );
+    let admin = connect(&admin_url).await.unwrap();
+    assert_eq!(max_pool_sizes(&admin).await, vec!["8", "8"]);
+    let original = std::fs::read_to_string(&proxy.config).unwrap();
+
+    // A new sharded table and smaller pools: applied.
+    let grown = original.replace("pool_size = 8", "pool_size = 5")
+        + "\n[[tables]]\nname = \"orders\"\nkey = \"account_id\"\nkey_type = \"int8\"\n";
+    std::fs::write(&proxy.config, &grown).unwrap();
+    let changes: Vec<String> = crate::harness::rows(&admin, "RELOAD")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
+    assert!(changes.iter().any(|c| c.contains("orders")), "{changes:?}");
+    assert!(
+        changes.iter().any(|c| c.contains("pool_size 8 -> 5")),
+        "{changes:?}"
+    );
+    assert_eq!(max_pool_sizes(&admin).await, vec!["5", "5"]);
+    let app = connect(&proxy.url()).await.unwrap();
+    exec(&app, "CREATE TABLE orders (account_id bigint, note text)").await;
+    let values: Vec<String> = (1..=20).map(|i| format!("({i}, 'o')")).collect();
+    exec(
+        &app,
+        &format!(
+            "INSERT INTO orders (account_id, note) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+    let map = pieskieo::router::ShardMap::from_config(
+        &pieskieo::config::Config::parse(&grown, "t").unwrap(),
+    );
+    for i in 0..2 {
+        let s = servers.connect(i).await;
+        for r in crate::harness::rows(&s, "SELECT account_id FROM orders").await {
+            let k: i64 = r[0].as_deref().unwrap().parse().unwrap();
+            let shard = map.tables["orders"]
+                .shard_for(&pieskieo::router::KeyValue::Int(k), 2)
+                .unwrap()
+                .0 as usize;
+            assert_eq!(shard, i, "order {k} on shard {i}: the new table is sharded");
+        }
+    }
+
+    // Changing an existing table's key type would move rows: refused, old config stays.
+    std::fs::write(
+        &proxy.config,
+        grown.replacen("key_type = \"int8\"", "key_type = \"int4\"", 1),
+    )
+    .unwrap();
+    let e = admin.simple_query("RELOAD").await.unwrap_err();
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("moving existing rows"),
+        "{e:?}"
+    );
+    assert_eq!(max_pool_sizes(&admin).await, vec!["5", "5"]);
+
+    // SIGHUP reloads too.
+    std::fs::write(
+        &proxy.config,
+        grown.replace("pool_size = 5", "pool_size = 6"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = max_pool_sizes(&admin).await;
+        if seen == vec!["6", "6"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, vec!["6", "6"]);
+}

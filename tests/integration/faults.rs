@@ -155,7 +155,17 @@ async fn cancel_reaches_every_shard_of_that_client_only() {
             ))
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Cancel once the sleep runs on every shard.
+    for i in 0..3 {
+        let s = c.shard(i).await;
+        for _ in 0..500 {
+            let n = value(&s, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND state = 'active' AND pid <> pg_backend_pid()").await;
+            if n != "0" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let e = victim.await.unwrap().unwrap_err();
     assert_eq!(
@@ -190,8 +200,16 @@ async fn the_client_over_the_limit_gets_53300_and_only_it() {
         assert_eq!(value(h, "SELECT 1").await, "1");
     }
     drop(held.pop());
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let again = c.client().await;
+    // Once the proxy has seen that client go, a new one fits again.
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(cl) = crate::harness::connect(&c.url()).await {
+            again = Some(cl);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = again.expect("a client fits after one left");
     assert_eq!(value(&again, "SELECT 2").await, "2");
 }
 

@@ -286,6 +286,8 @@ pub struct ProxyProcess {
     pub port: u16,
     /// Where its stderr (the log) goes.
     pub log: PathBuf,
+    /// Its configuration file.
+    pub config: PathBuf,
 }
 
 impl ProxyProcess {
@@ -318,7 +320,12 @@ impl ProxyProcess {
             .spawn()
             .unwrap();
         let log = servers.dir.join(format!("proxy-{port}.log"));
-        let mut p = ProxyProcess { child, port, log };
+        let mut p = ProxyProcess {
+            child,
+            port,
+            log,
+            config: path.clone(),
+        };
         for _ in 0..200 {
             if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return p;
@@ -336,6 +343,15 @@ impl ProxyProcess {
             "host=127.0.0.1 port={} user=app password=secret dbname=app",
             self.port
         )
+    }
+
+    /// Sends the process a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 
     /// Asks the proxy to shut down gracefully (SIGTERM) and waits up to

@@ -161,7 +161,7 @@ impl Session {
         let Some(mut t) = self.end_block() else {
             // Outside a block PostgreSQL warns; let a shard say it exactly.
             return self
-                .autocommit_one(self.shared.map.default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt)
                 .await;
         };
         let coord = self.shared.coordinator.clone();
@@ -188,7 +188,7 @@ impl Session {
     pub(super) async fn rollback(&mut self, stmt: &str) -> std::io::Result<bool> {
         let Some(mut t) = self.end_block() else {
             return self
-                .autocommit_one(self.shared.map.default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt)
                 .await;
         };
         self.shared.coordinator.rollback(&mut t.participants).await;
@@ -217,7 +217,7 @@ impl Session {
     pub(super) async fn savepoint(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
         if self.txn().is_none() {
             return self
-                .autocommit_one(self.shared.map.default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt)
                 .await;
         }
         let ok = self.in_block(stmt, "SAVEPOINT").await?;
@@ -237,7 +237,7 @@ impl Session {
     pub(super) async fn release(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
         if self.txn().is_none() {
             return self
-                .autocommit_one(self.shared.map.default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt)
                 .await;
         }
         let Some(pos) = self.savepoint_pos(&name) else {
@@ -255,7 +255,7 @@ impl Session {
     pub(super) async fn rollback_to(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
         if self.txn().is_none() {
             return self
-                .autocommit_one(self.shared.map.default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt)
                 .await;
         }
         let Some(pos) = self.savepoint_pos(&name) else {
@@ -301,7 +301,7 @@ impl Session {
         }
         // Outside a block: run it on the default shard (which validates it and
         // reports ParameterStatus), then remember it for every connection.
-        let mut conn = match self.checkout(self.shared.map.default_shard).await {
+        let mut conn = match self.checkout(self.shared.map().default_shard).await {
             Ok(c) => c,
             Err(e) => return self.error(e).await,
         };

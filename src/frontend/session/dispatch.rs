@@ -11,7 +11,7 @@ impl Session {
         route: Route,
         write: bool,
     ) -> std::io::Result<bool> {
-        let default = self.shared.map.default_shard;
+        let default = self.shared.map().default_shard;
         match route {
             Route::One(s) => self.forward_one(s, stmt, write).await,
             Route::Any => {
@@ -26,7 +26,7 @@ impl Session {
             }
             Route::Some(_) | Route::All => {
                 let targets: Vec<(ShardId, &str)> = route
-                    .shards(self.shared.map.shards)
+                    .shards(self.shared.map().shards)
                     .into_iter()
                     .map(|s| (s, stmt))
                     .collect();
@@ -52,7 +52,7 @@ impl Session {
     pub(super) fn cancel_target(&self, conn: &ServerConn) -> crate::frontend::cancel::CancelTarget {
         let addr = self
             .shared
-            .config
+            .config()
             .shards
             .iter()
             .find(|s| s.id == conn.shard.0)

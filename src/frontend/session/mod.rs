@@ -131,8 +131,13 @@ pub(super) async fn run(
         return;
     };
     let database = get("database").unwrap_or_else(|| user.clone());
-    let ucfg = shared.config.users.iter().find(|u| u.name == user).cloned();
-    let limit = Duration::from_millis(shared.config.limits.startup_timeout_ms);
+    let ucfg = shared
+        .config()
+        .users
+        .iter()
+        .find(|u| u.name == user)
+        .cloned();
+    let limit = Duration::from_millis(shared.config().limits.startup_timeout_ms);
     let authenticated = tokio::time::timeout(
         limit,
         auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref()),
@@ -144,8 +149,8 @@ pub(super) async fn run(
         send_fatal(&mut out, &Error::Client(e)).await;
         return;
     }
-    if database == shared.config.admin_database {
-        if !shared.config.admin_users.contains(&user) {
+    if database == shared.config().admin_database {
+        if !shared.config().admin_users.contains(&user) {
             send_fatal(&mut out, &Error::Client(ClientError::NotAdmin(user))).await;
             return;
         }
@@ -155,7 +160,7 @@ pub(super) async fn run(
         shared.sessions.remove(pid);
         return;
     }
-    if database != shared.config.database {
+    if database != shared.config().database {
         send_fatal(&mut out, &unknown_database(&database)).await;
         return;
     }
@@ -244,9 +249,19 @@ async fn admin_console(
                 for stmt in stmts {
                     match crate::admin::answer(stmt, shared) {
                         a @ crate::admin::Answer::Rows { .. } => replies.extend(a.encode()),
+                        crate::admin::Answer::Failed(msg) => {
+                            let e = Error::Unsupported(msg);
+                            replies.push(protocol::error_response(
+                                Severity::Error,
+                                e.sqlstate(),
+                                &e.to_string(),
+                                None,
+                            ));
+                            break;
+                        }
                         crate::admin::Answer::Unknown(cmd) => {
                             let e = Error::Unsupported(format!(
-                                "unknown admin command \"{cmd}\"; try SHOW SHARDS, POOLS, CLIENTS, TRANSACTIONS, STATS, CONFIG or VERSION"
+                                "unknown admin command \"{cmd}\"; try RELOAD or SHOW SHARDS, POOLS, CLIENTS, TRANSACTIONS, STATS, CONFIG, VERSION"
                             ));
                             replies.push(protocol::error_response(
                                 Severity::Error,
@@ -332,7 +347,7 @@ impl Session {
     /// first ReadyForQuery.
     async fn greet(&mut self, pid: i32) -> Result<(), Error> {
         self.write(&protocol::authentication(0, &[])).await?;
-        let map = &self.shared.map;
+        let map = &self.shared.map();
         let order: Vec<ShardId> = std::iter::once(map.default_shard)
             .chain(
                 (0..map.shards)
@@ -381,7 +396,7 @@ impl Session {
     }
 
     async fn serve(&mut self) {
-        let max = self.shared.config.limits.max_message_size;
+        let max = self.shared.config().limits.max_message_size;
         let mut shutdown = self.shared.shutdown.clone();
         let mut watching = true;
         loop {
@@ -394,7 +409,7 @@ impl Session {
             // A client idle inside a block holds locks on the shards: bounded.
             let idle_limit = match (
                 &self.state,
-                self.shared.config.limits.idle_in_transaction_timeout_ms,
+                self.shared.config().limits.idle_in_transaction_timeout_ms,
             ) {
                 (TxnState::Idle, _) | (_, 0) => None,
                 (_, ms) => Some(Duration::from_millis(ms)),
@@ -501,7 +516,7 @@ impl Session {
         } else {
             let plans: Vec<Result<Plan, RouteError>> = stmts
                 .iter()
-                .map(|s| router::plan(s, &self.shared.map))
+                .map(|s| router::plan(s, &self.shared.map()))
                 .collect();
             let write = plans
                 .iter()
@@ -578,7 +593,7 @@ impl Session {
                 _ => return None,
             }
         }
-        Some(shard.unwrap_or(self.shared.map.default_shard))
+        Some(shard.unwrap_or(self.shared.map().default_shard))
     }
 
     /// Runs one statement. `Ok(false)`: it failed (the client has been told).
@@ -604,7 +619,7 @@ impl Session {
                 self.write_across(&targets, Merge::Union).await
             }
             Plan::Replicate => {
-                let targets: Vec<(ShardId, &str)> = (0..self.shared.map.shards)
+                let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), stmt))
                     .collect();
                 self.write_across(&targets, Merge::Copies).await

@@ -47,7 +47,7 @@ impl Session {
             prepare,
         };
         // Validate it where PostgreSQL would: a shard says whether it parses.
-        let mut conn = match self.checkout(self.shared.map.default_shard).await {
+        let mut conn = match self.checkout(self.shared.map().default_shard).await {
             Ok(c) => c,
             Err(e) => return self.error(e).await,
         };
@@ -75,7 +75,7 @@ impl Session {
                 .error(Error::Name(NameError::NoStatement(name.to_string())))
                 .await;
         };
-        let plan = plan_bound(&stmt.body, &self.shared.map, &execute_args(&args));
+        let plan = plan_bound(&stmt.body, &self.shared.map(), &execute_args(&args));
         let text = if args.is_empty() {
             format!("EXECUTE {}", stmt.backend)
         } else {
@@ -86,7 +86,7 @@ impl Session {
             Err(e) => self.error(Error::Route(e)).await,
             Ok(Plan::Forward { route, write }) => self.forward(&text, route, write).await,
             Ok(Plan::Replicate) => {
-                let targets: Vec<(ShardId, &str)> = (0..self.shared.map.shards)
+                let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), text.as_str()))
                     .collect();
                 self.write_across(&targets, Merge::Copies).await

@@ -227,7 +227,7 @@ impl Session {
                     if sql.trim().is_empty() {
                         continue;
                     }
-                    match plan_bound(&sql, &self.shared.map, &bounds(&b, &types)) {
+                    match plan_bound(&sql, &self.shared.map(), &bounds(&b, &types)) {
                         Ok(Plan::Forward {
                             route: Route::One(s),
                             ..
@@ -252,7 +252,7 @@ impl Session {
     }
 
     fn any_shard(&mut self) -> ShardId {
-        let default = self.shared.map.default_shard;
+        let default = self.shared.map().default_shard;
         if let Some(t) = self.txn() {
             return t.participants.first().map(|p| p.shard()).unwrap_or(default);
         }
@@ -398,7 +398,7 @@ impl Session {
                 .error(Error::Name(NameError::NoStatement(b.stmt.to_string())))
                 .await?);
         };
-        let plan = stmt.plan(&self.shared.map, &bounds(&b, stmt.param_types()));
+        let plan = stmt.plan(&self.shared.map(), &bounds(&b, stmt.param_types()));
         if self.aborted_block(plan.as_ref().ok()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
@@ -406,7 +406,7 @@ impl Session {
             Ok(p) => p,
             Err(e) => return Ok(self.error(Error::Route(e)).await?),
         };
-        let n = self.shared.map.shards;
+        let n = self.shared.map().shards;
         let (shards, merge, write) = match plan {
             Plan::Forward {
                 route: Route::Any,
