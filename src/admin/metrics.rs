@@ -85,6 +85,64 @@ fn render(shared: &Shared) -> String {
         "Summed decision-log write and fsync latency.",
         vec![(String::new(), Stats::get(&st.decision_micros))],
     );
+    let mut histogram =
+        |name: &str, help: &str, series: Vec<(String, &super::stats::Histogram)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (labels, h) in series {
+                let (buckets, count, sum) = h.snapshot();
+                let sep = if labels.is_empty() { "" } else { "," };
+                for (b, c) in super::stats::BUCKETS_US.iter().zip(buckets) {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{{labels}{sep}le=\"{}\"}} {c}",
+                        *b as f64 / 1e6
+                    );
+                }
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+                let braces = if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{labels}}}")
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+                );
+            }
+        };
+    histogram(
+        "pieskieo_statement_seconds",
+        "Simple-query latency per shard, sent to ReadyForQuery.",
+        st.shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("shard=\"{i}\""), &s.latency))
+            .collect(),
+    );
+    histogram(
+        "pieskieo_commit_seconds",
+        "Commit latency: one-phase, and the phases of two-phase commit apart.",
+        vec![
+            ("kind=\"one_phase\"".to_string(), &st.one_phase_commit),
+            (
+                "kind=\"two_phase\",phase=\"prepare\"".to_string(),
+                &st.two_phase_prepare,
+            ),
+            (
+                "kind=\"two_phase\",phase=\"decision_fsync\"".to_string(),
+                &st.two_phase_decision,
+            ),
+            (
+                "kind=\"two_phase\",phase=\"commit_prepared\"".to_string(),
+                &st.two_phase_commit,
+            ),
+        ],
+    );
+    histogram(
+        "pieskieo_pool_wait_seconds",
+        "Time waiting for a pooled server connection.",
+        vec![(String::new(), &st.pool_wait)],
+    );
     let _ = writeln!(
         out,
         "# HELP pieskieo_clients Client connections open now.\n# TYPE pieskieo_clients gauge"

@@ -11,6 +11,8 @@ pub struct ShardStats {
     pub statements: AtomicU64,
     /// ErrorResponses received.
     pub errors: AtomicU64,
+    /// Simple-query latency, send to ReadyForQuery.
+    pub latency: Histogram,
 }
 
 /// Whole-proxy counters.
@@ -27,6 +29,12 @@ pub struct Stats {
     pub two_phase_micros: AtomicU64,
     /// Sum of decision-log fsync latencies, microseconds.
     pub decision_micros: AtomicU64,
+    pub one_phase_commit: Histogram,
+    pub two_phase_prepare: Histogram,
+    pub two_phase_decision: Histogram,
+    pub two_phase_commit: Histogram,
+    /// Time clients waited for a pooled server connection.
+    pub pool_wait: Histogram,
 }
 
 impl Stats {
@@ -45,5 +53,43 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the latency histogram buckets, in microseconds.
+pub const BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 500_000, 2_000_000,
+];
+
+/// A Prometheus-style cumulative histogram of durations.
+#[derive(Default, Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        for (i, b) in BUCKETS_US.iter().enumerate() {
+            if us <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// (cumulative bucket counts, count, sum in seconds).
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.count.load(Ordering::Relaxed),
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )
     }
 }

@@ -39,6 +39,8 @@ pub struct ServerConn {
     broken: bool,
     pub process_id: i32,
     pub secret_key: i32,
+    /// When the oldest unanswered simple query was sent.
+    sent_at: Option<std::time::Instant>,
     /// This shard's counters, when the connection belongs to a pool.
     pub stats: Option<std::sync::Arc<crate::admin::ShardStats>>,
 }
@@ -76,6 +78,7 @@ impl ServerConn {
             process_id: 0,
             secret_key: 0,
             stats: None,
+            sent_at: None,
         };
         tokio::time::timeout(timeout, conn.startup(cfg))
             .await
@@ -247,6 +250,9 @@ impl ServerConn {
         self.write_all(&buf).await?;
         self.pending += 1;
         self.count(|s| &s.statements);
+        if self.sent_at.is_none() {
+            self.sent_at = Some(std::time::Instant::now());
+        }
         Ok(())
     }
 
@@ -278,6 +284,9 @@ impl ServerConn {
             b'Z' => {
                 self.pending = self.pending.saturating_sub(1);
                 self.unsynced = false;
+                if let (Some(t), Some(s)) = (self.sent_at.take(), &self.stats) {
+                    s.latency.observe(t.elapsed());
+                }
                 self.status = f.body().first().copied().unwrap_or(b'E');
             }
             b'S' => self.note_parameter(&f),

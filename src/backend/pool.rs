@@ -46,10 +46,11 @@ pub type PooledConn = Object<ShardManager>;
 pub struct Pools {
     pools: Vec<managed::Pool<ShardManager>>,
     wait: Duration,
+    stats: Arc<Stats>,
 }
 
 impl Pools {
-    pub fn new(cfg: &Config, stats: &Stats) -> Pools {
+    pub fn new(cfg: &Config, stats: &Arc<Stats>) -> Pools {
         let mut shards: Vec<&Shard> = cfg.shards.iter().collect();
         shards.sort_by_key(|s| s.id);
         let connect_timeout = Duration::from_millis(cfg.limits.connect_timeout_ms);
@@ -72,6 +73,7 @@ impl Pools {
         Pools {
             pools,
             wait: Duration::from_millis(cfg.limits.pool_timeout_ms),
+            stats: stats.clone(),
         }
     }
 
@@ -115,7 +117,10 @@ impl Pools {
             create: None,
             recycle: None,
         };
-        match pool.timeout_get(&timeouts).await {
+        let started = std::time::Instant::now();
+        let got = pool.timeout_get(&timeouts).await;
+        self.stats.pool_wait.observe(started.elapsed());
+        match got {
             Ok(c) => Ok(c),
             Err(PoolError::Backend(e)) => Err(e),
             Err(PoolError::Timeout(_)) => Err(BackendError::PoolTimeout { shard }),

@@ -293,6 +293,7 @@ impl Coordinator {
     /// Commits a client's transaction over its participants.
     pub async fn commit(&self, parts: &mut [Participant]) -> CommitOutcome {
         let writers = parts.iter().filter(|p| p.wrote).count();
+        let started = std::time::Instant::now();
         if writers <= 1 {
             // Readers first, then the one writer: no PREPARE, no log record.
             parts.sort_by_key(|p| p.wrote);
@@ -312,6 +313,7 @@ impl Coordinator {
                 }
             }
             Stats::bump(&self.stats.commits_one_phase, 1);
+            self.stats.one_phase_commit.observe(started.elapsed());
             return CommitOutcome::Committed {
                 warnings: Vec::new(),
             };
@@ -433,6 +435,11 @@ impl Coordinator {
             &self.stats.decision_micros,
             (decided_at - prepared_at).as_micros() as u64,
         );
+        self.stats.two_phase_prepare.observe(prepared_at - started);
+        self.stats
+            .two_phase_decision
+            .observe(decided_at - prepared_at);
+        self.stats.two_phase_commit.observe(decided_at.elapsed());
         if let Ok(mut t) = self.timings.lock() {
             if let Some(v) = t.as_mut() {
                 v.push(PhaseTimes {

@@ -56,6 +56,16 @@ async fn admin_console_and_metrics() {
     );
     assert!(metric(&after, "pieskieo_statements_total{shard=\"1\"} ") > stmts_before);
     assert!(metric(&after, "pieskieo_clients ") >= 1);
+    // Histograms: the 2PC phases apart, statement latency per shard.
+    assert!(
+        metric(
+            &after,
+            "pieskieo_commit_seconds_count{kind=\"two_phase\",phase=\"prepare\"} "
+        ) >= 1
+    );
+    assert!(metric(&after, "pieskieo_commit_seconds_bucket{kind=\"two_phase\",phase=\"decision_fsync\",le=\"+Inf\"} ") >= 1);
+    assert!(metric(&after, "pieskieo_statement_seconds_count{shard=\"1\"} ") >= 1);
+    assert!(after.contains("# TYPE pieskieo_pool_wait_seconds histogram"));
 
     // psql against the admin database.
     let admin_uri = format!("postgres://plain:plainpass@127.0.0.1:{}/pieskieo", c.port());
