@@ -68,6 +68,8 @@ pub enum ClientError {
     NotAdmin(String),
     #[error("terminating connection due to idle-in-transaction timeout")]
     IdleInTransaction,
+    #[error("this server requires TLS (connect with sslmode=require or stricter)")]
+    TlsRequired,
 }
 
 /// Everything a client can be told went wrong.
@@ -141,6 +143,7 @@ impl Error {
                 ClientError::StartupTimeout => SqlState::PROTOCOL_VIOLATION,
                 ClientError::NotAdmin(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                 ClientError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                ClientError::TlsRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             },
             Error::Route(e) => e.sqlstate(),
             Error::Backend(e) => e.sqlstate(),

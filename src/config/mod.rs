@@ -54,6 +54,9 @@ pub struct Config {
     /// Log lines as `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// TLS for clients; off when left out.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
     /// The file this was loaded from (for reloads).
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
@@ -117,6 +120,19 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// TLS for clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, server certificate first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// Refuse clients that do not use TLS (28000), like `hostssl` in pg_hba.conf.
+    #[serde(default)]
+    pub require: bool,
 }
 
 /// Distributed transactions.
@@ -437,6 +453,11 @@ impl Config {
                 "admin_database".into(),
                 "must differ from `database`".into(),
             ));
+        }
+        if let Some(t) = &self.tls {
+            if let Err(e) = crate::frontend::tls::acceptor(t) {
+                return Err(bad("tls".into(), e));
+            }
         }
         if let Some(m) = &self.metrics_listen {
             if m.parse::<SocketAddr>().is_err() {

@@ -5,12 +5,13 @@ pub mod auth;
 pub(crate) mod cancel;
 mod session;
 mod startup;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -289,14 +290,69 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     })
 }
 
-async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// A client's byte stream, plain or TLS, in two halves.
+pub(crate) type ClientRead = Box<dyn AsyncRead + Unpin + Send + Sync>;
+pub(crate) type ClientWrite = Box<dyn AsyncWrite + Unpin + Send + Sync>;
+
+/// Reads the startup packet, doing the TLS handshake first when the client
+/// asks for it and TLS is configured.
+async fn negotiate(
+    stream: TcpStream,
+    shared: &Shared,
+) -> (
+    ClientRead,
+    ClientWrite,
+    Result<startup::Startup, ClientError>,
+) {
+    let cfg = shared.config();
+    let acceptor = cfg.tls.as_ref().and_then(|t| tls::acceptor(t).ok());
+    let mut stream = stream;
+    match startup::read_startup(&mut stream, acceptor.is_some()).await {
+        Ok(startup::Startup::Tls) => {
+            let Some(acceptor) = acceptor else {
+                let (r, w) = stream.into_split();
+                return (
+                    Box::new(r),
+                    Box::new(w),
+                    Err(ClientError::Protocol("TLS not available".into())),
+                );
+            };
+            match acceptor.accept(stream).await {
+                Ok(mut tls) => {
+                    let r = startup::read_startup(&mut tls, false).await;
+                    let (rd, wr) = tokio::io::split(tls);
+                    (Box::new(rd), Box::new(wr), r)
+                }
+                // The stream is gone with the failed handshake: nothing to tell.
+                Err(e) => (
+                    Box::new(tokio::io::empty()),
+                    Box::new(tokio::io::sink()),
+                    Err(ClientError::Protocol(format!("TLS handshake failed: {e}"))),
+                ),
+            }
+        }
+        other => {
+            let required = cfg.tls.as_ref().is_some_and(|t| t.require);
+            let other = match other {
+                Ok(startup::Startup::Session(_)) if required => Err(ClientError::TlsRequired),
+                o => o,
+            };
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w), other)
+        }
+    }
+}
+
+async fn handle_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     stream.set_nodelay(true).ok();
     let limit = std::time::Duration::from_millis(shared.config().limits.startup_timeout_ms);
-    let startup = match tokio::time::timeout(limit, startup::read_startup(&mut stream)).await {
-        Ok(r) => r,
-        Err(_) => Err(ClientError::StartupTimeout),
-    };
+    let (reader, mut writer, startup) =
+        match tokio::time::timeout(limit, negotiate(stream, &shared)).await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
     let params = match startup {
+        Ok(startup::Startup::Tls) => return,
         Ok(startup::Startup::Session(p)) => p,
         Ok(startup::Startup::Cancel {
             process_id,
@@ -307,7 +363,7 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
         }
         Err(e) => {
             warn!(%peer, error = %e, "bad startup");
-            fatal(&mut stream, &Error::Client(e)).await;
+            fatal(&mut writer, &Error::Client(e)).await;
             return;
         }
     };
@@ -316,17 +372,17 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     if now > shared.config().limits.max_client_connections {
         shared.clients.fetch_sub(1, Ordering::Relaxed);
         warn!(%peer, clients = now - 1, "too many clients");
-        fatal(&mut stream, &Error::Client(ClientError::TooManyClients)).await;
+        fatal(&mut writer, &Error::Client(ClientError::TooManyClients)).await;
         return;
     }
     let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed);
     Stats::bump(&shared.stats.clients_total, 1);
-    session::run(stream, peer, params, pid, shared.clone()).await;
+    session::run(reader, writer, peer, params, pid, shared.clone()).await;
     shared.clients.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Sends a FATAL error before closing a connection that never became a session.
-pub(crate) async fn fatal(stream: &mut TcpStream, e: &Error) {
+pub(crate) async fn fatal<W: AsyncWrite + Unpin>(stream: &mut W, e: &Error) {
     let msg = error_response(Severity::Fatal, e.sqlstate(), &e.to_string(), None);
     let _ = stream.write_all(&msg).await;
     let _ = stream.flush().await;

@@ -1,7 +1,6 @@
 //! The startup phase: SSL/GSS negotiation, the startup packet, cancel requests.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ClientError;
 use crate::protocol::{message, put_cstr, take_cstr};
@@ -16,6 +15,8 @@ const MAX_STARTUP: usize = 10_000;
 pub enum Startup {
     /// A new session with the client's parameters (`user`, `database`, settings).
     Session(Vec<(String, String)>),
+    /// The client asked for TLS and was told yes: the handshake comes next.
+    Tls,
     Cancel {
         process_id: i32,
         secret_key: i32,
@@ -27,8 +28,12 @@ fn proto(m: impl Into<String>) -> ClientError {
 }
 
 /// Reads packets until the client sends its startup message (or a cancel).
-/// TLS is not configured: SSL and GSS encryption requests are answered "N".
-pub async fn read_startup(stream: &mut TcpStream) -> Result<Startup, ClientError> {
+/// An SSL request is answered "S" when `tls` is offered, else "N"; GSS
+/// encryption is never offered.
+pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    tls: bool,
+) -> Result<Startup, ClientError> {
     loop {
         let len = stream
             .read_i32()
@@ -45,6 +50,14 @@ pub async fn read_startup(stream: &mut TcpStream) -> Result<Startup, ClientError
         let code = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let body = &buf[4..];
         match code {
+            SSL_REQUEST if tls => {
+                stream
+                    .write_all(b"S")
+                    .await
+                    .map_err(|e| proto(e.to_string()))?;
+                stream.flush().await.map_err(|e| proto(e.to_string()))?;
+                return Ok(Startup::Tls);
+            }
             SSL_REQUEST | GSSENC_REQUEST => {
                 stream
                     .write_all(b"N")

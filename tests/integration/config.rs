@@ -51,6 +51,15 @@ fn check_accepts_the_example_and_names_bad_fields() {
     assert!(!ok);
     assert!(out.contains("unknown_setting"), "{out}");
 
+    let (ok, out) = check(&format!(
+        "{example}\n[tls]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n"
+    ));
+    assert!(!ok);
+    assert!(
+        out.contains("field `tls`") && out.contains("/nonexistent/server.crt"),
+        "{out}"
+    );
+
     let (ok, out) = check(&example.replacen("pool_size = 10", "pool_size = 0", 1));
     assert!(!ok);
     assert!(out.contains("shards[0].pool_size"), "{out}");

@@ -12,5 +12,6 @@ mod faults;
 mod hashing;
 mod psql;
 mod routing;
+mod tls;
 mod transactions;
 mod twophase;

@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 mod block;
@@ -23,7 +21,7 @@ mod dispatch;
 mod extended;
 mod prepared;
 
-use super::{auth, unknown_database, Shared, Shutdown};
+use super::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
 use crate::executor::{self, ExecError, Merge, Merger};
@@ -84,8 +82,8 @@ enum SettingChange {
 
 struct Session {
     shared: Arc<Shared>,
-    reader: BufReader<OwnedReadHalf>,
-    out: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<ClientRead>,
+    out: BufWriter<ClientWrite>,
     peer: SocketAddr,
     user: String,
     /// Settings from the startup packet: what `RESET` returns to.
@@ -113,14 +111,14 @@ fn quote_literal(s: &str) -> String {
 }
 
 pub(super) async fn run(
-    stream: TcpStream,
+    r: ClientRead,
+    w: ClientWrite,
     peer: SocketAddr,
     params: Vec<(String, String)>,
     pid: i32,
     shared: Arc<Shared>,
 ) {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let (r, w) = stream.into_split();
     let mut reader = BufReader::with_capacity(16 * 1024, r);
     let mut out = BufWriter::with_capacity(32 * 1024, w);
     let Some(user) = get("user") else {
@@ -206,8 +204,8 @@ pub(super) async fn run(
 
 /// The admin console: `SHOW ...` commands answered by the proxy itself.
 async fn admin_console(
-    mut reader: BufReader<OwnedReadHalf>,
-    mut out: BufWriter<OwnedWriteHalf>,
+    mut reader: BufReader<ClientRead>,
+    mut out: BufWriter<ClientWrite>,
     shared: &Shared,
     pid: i32,
 ) {
@@ -297,7 +295,7 @@ async fn admin_console(
     }
 }
 
-async fn send_fatal(out: &mut BufWriter<OwnedWriteHalf>, e: &Error) {
+async fn send_fatal(out: &mut BufWriter<ClientWrite>, e: &Error) {
     let m = protocol::error_response(Severity::Fatal, e.sqlstate(), &e.to_string(), None);
     let _ = out.write_all(&m).await;
     let _ = out.flush().await;
