@@ -94,6 +94,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                 "pool_size",
                 "connections",
                 "idle",
+                "state",
             ],
             rows: cfg
                 .shards
@@ -109,6 +110,12 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                         max.to_string(),
                         size.to_string(),
                         avail.to_string(),
+                        match shared.stats.shards.get(s.id as usize) {
+                            Some(st) if st.up.load(std::sync::atomic::Ordering::Relaxed) => {
+                                "up".into()
+                            }
+                            _ => "down".into(),
+                        },
                     ]
                 })
                 .collect(),
@@ -175,10 +182,18 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
+                    let (_, n, secs) = s.latency.snapshot();
+                    let avg_ms = if n == 0 {
+                        0.0
+                    } else {
+                        secs * 1000.0 / n as f64
+                    };
                     vec![
                         format!("shard {i}"),
                         Stats::get(&s.statements).to_string(),
+                        Stats::get(&s.transactions).to_string(),
                         Stats::get(&s.errors).to_string(),
+                        format!("{avg_ms:.3}"),
                     ]
                 })
                 .collect();
@@ -193,10 +208,18 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                     name.to_string(),
                     Stats::get(c).to_string(),
                     String::new(),
+                    String::new(),
+                    String::new(),
                 ]);
             }
             Answer::Rows {
-                columns: vec!["what", "count", "errors"],
+                columns: vec![
+                    "what",
+                    "statements",
+                    "transactions",
+                    "errors",
+                    "avg_latency_ms",
+                ],
                 rows,
             }
         }

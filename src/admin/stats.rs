@@ -11,6 +11,10 @@ pub struct ShardStats {
     pub statements: AtomicU64,
     /// ErrorResponses received.
     pub errors: AtomicU64,
+    /// Transactions this shard took part in that committed.
+    pub transactions: AtomicU64,
+    /// Whether the last attempt to reach the shard succeeded.
+    pub up: std::sync::atomic::AtomicBool,
     /// Simple-query latency, send to ReadyForQuery.
     pub latency: Histogram,
 }

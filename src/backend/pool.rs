@@ -120,6 +120,10 @@ impl Pools {
         let started = std::time::Instant::now();
         let got = pool.timeout_get(&timeouts).await;
         self.stats.pool_wait.observe(started.elapsed());
+        if let Some(s) = self.stats.shards.get(shard.0 as usize) {
+            let up = !matches!(got, Err(PoolError::Backend(_)));
+            s.up.store(up, std::sync::atomic::Ordering::Relaxed);
+        }
         match got {
             Ok(c) => Ok(c),
             Err(PoolError::Backend(e)) => Err(e),

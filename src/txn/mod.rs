@@ -290,6 +290,14 @@ impl Coordinator {
         Stats::bump(&self.stats.aborts, 1);
     }
 
+    fn count_participants(&self, parts: &[Participant]) {
+        for p in parts {
+            if let Some(s) = self.stats.shards.get(p.shard().0 as usize) {
+                Stats::bump(&s.transactions, 1);
+            }
+        }
+    }
+
     /// Commits a client's transaction over its participants.
     pub async fn commit(&self, parts: &mut [Participant]) -> CommitOutcome {
         let writers = parts.iter().filter(|p| p.wrote).count();
@@ -313,6 +321,7 @@ impl Coordinator {
                 }
             }
             Stats::bump(&self.stats.commits_one_phase, 1);
+            self.count_participants(parts);
             self.stats.one_phase_commit.observe(started.elapsed());
             return CommitOutcome::Committed {
                 warnings: Vec::new(),
@@ -320,7 +329,10 @@ impl Coordinator {
         }
         let outcome = self.two_phase(parts).await;
         match &outcome {
-            CommitOutcome::Committed { .. } => Stats::bump(&self.stats.commits_two_phase, 1),
+            CommitOutcome::Committed { .. } => {
+                Stats::bump(&self.stats.commits_two_phase, 1);
+                self.count_participants(parts);
+            }
             CommitOutcome::Aborted { .. } => Stats::bump(&self.stats.aborts, 1),
         }
         outcome

@@ -138,6 +138,9 @@ impl Resolver {
                 match self.open(&self.shards[i]).await {
                     Ok(c) => self.control[i] = Some(c),
                     Err(e) => {
+                        if let Some(s) = self.coord.stats.shards.get(i) {
+                            s.up.store(false, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if !matches!(e, StartupError::Shard { .. }) {
                             warn!(error = %e, "recovery cannot use this shard");
                         }
@@ -164,6 +167,9 @@ impl Resolver {
                 }
             };
             reachable[i] = true;
+            if let Some(s) = self.coord.stats.shards.get(i) {
+                s.up.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let mut lost = false;
             for row in ServerConn::text_values(&frames) {
                 if lost {

@@ -104,6 +104,11 @@ async fn admin_console_and_metrics() {
             text.contains(&format!("|127.0.0.1|{}|postgres|postgres|8|", s.port)),
             "{text}"
         );
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("|{}|", s.port)) && l.ends_with("|up")),
+            "{text}"
+        );
     }
     assert!(
         text.contains("|app|127.0.0.1:"),
