@@ -271,18 +271,10 @@ async fn pgbench_extended_and_prepared_modes() {
     for mode in ["extended", "prepared"] {
         expected += crate::psql::run_pgbench(&c, mode, 500).await;
     }
-    let mut sum = 0u64;
-    for i in 0..3 {
-        let s = c.shard(i).await;
-        sum += value(
-            &s,
-            "SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts",
-        )
-        .await
-        .parse::<u64>()
-        .unwrap();
-    }
-    assert_eq!(sum, expected);
+    let sum = c
+        .shard_sum("SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts")
+        .await;
+    assert_eq!(sum as u64, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

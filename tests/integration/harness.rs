@@ -263,6 +263,18 @@ impl Cluster {
         keys
     }
 
+    /// The sum over every shard of a one-value query, run on each directly.
+    pub async fn shard_sum(&self, sql: &str) -> i64 {
+        let mut sum = 0;
+        for i in 0..self.shards.servers.len() {
+            sum += value(&self.shard(i).await, sql)
+                .await
+                .parse::<i64>()
+                .unwrap();
+        }
+        sum
+    }
+
     /// The shard the router assigns to an `int8` key of `accounts`.
     pub fn shard_of(&self, table: &str, key: KeyValue) -> usize {
         self.map.tables[table]

@@ -245,31 +245,24 @@ async fn admin_console(
                     replies.push(protocol::empty_query_response());
                 }
                 for stmt in stmts {
-                    match crate::admin::answer(stmt, shared) {
-                        a @ crate::admin::Answer::Rows { .. } => replies.extend(a.encode()),
-                        crate::admin::Answer::Failed(msg) => {
-                            let e = Error::Unsupported(msg);
-                            replies.push(protocol::error_response(
-                                Severity::Error,
-                                e.sqlstate(),
-                                &e.to_string(),
-                                None,
-                            ));
-                            break;
+                    let msg = match crate::admin::answer(stmt, shared) {
+                        a @ crate::admin::Answer::Rows { .. } => {
+                            replies.extend(a.encode());
+                            continue;
                         }
-                        crate::admin::Answer::Unknown(cmd) => {
-                            let e = Error::Unsupported(format!(
-                                "unknown admin command \"{cmd}\"; try RELOAD or SHOW SHARDS, POOLS, CLIENTS, TRANSACTIONS, STATS, CONFIG, VERSION"
-                            ));
-                            replies.push(protocol::error_response(
-                                Severity::Error,
-                                e.sqlstate(),
-                                &e.to_string(),
-                                None,
-                            ));
-                            break;
-                        }
-                    }
+                        crate::admin::Answer::Failed(msg) => msg,
+                        crate::admin::Answer::Unknown(cmd) => format!(
+                            "unknown admin command \"{cmd}\"; try RELOAD or SHOW SHARDS, POOLS, CLIENTS, TRANSACTIONS, STATS, CONFIG, VERSION"
+                        ),
+                    };
+                    let e = Error::Unsupported(msg);
+                    replies.push(protocol::error_response(
+                        Severity::Error,
+                        e.sqlstate(),
+                        &e.to_string(),
+                        None,
+                    ));
+                    break;
                 }
                 replies.push(protocol::ready_for_query(b'I'));
             }
