@@ -14,6 +14,27 @@ use crate::protocol::{authentication, read_frame, take_cstr};
 
 const ITERATIONS: u32 = 4096;
 
+/// SCRAM secrets derived from configured plain passwords, one salt per user as
+/// PostgreSQL keeps them: the 4096-round key derivation runs once, not per login.
+#[derive(Default)]
+pub struct SecretCache {
+    secrets: std::sync::Mutex<std::collections::HashMap<(String, String), ScramSecret>>,
+}
+
+impl SecretCache {
+    fn secret(&self, user: &str, password: &str) -> ScramSecret {
+        let key = (user.to_string(), password.to_string());
+        if let Some(s) = self.secrets.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return s;
+        }
+        let s = ScramSecret::from_password(password, &random_bytes::<16>(), ITERATIONS);
+        if let Ok(mut m) = self.secrets.lock() {
+            m.insert(key, s.clone());
+        }
+        s
+    }
+}
+
 /// What the server keeps of a SCRAM password (as in `pg_authid.rolpassword`).
 #[derive(Clone)]
 pub struct ScramSecret {
@@ -119,6 +140,7 @@ pub async fn authenticate<R, W>(
     w: &mut W,
     user_name: &str,
     user: Option<&User>,
+    cache: &SecretCache,
 ) -> Result<(), ClientError>
 where
     R: AsyncRead + Unpin,
@@ -163,9 +185,7 @@ where
             let secret = match user {
                 Some(u) => match (&u.scram_verifier, &u.password) {
                     (Some(v), _) => ScramSecret::parse(v).ok_or_else(failed)?,
-                    (None, Some(p)) => {
-                        ScramSecret::from_password(p, &random_bytes::<16>(), ITERATIONS)
-                    }
+                    (None, Some(p)) => cache.secret(&u.name, p),
                     (None, None) => return Err(failed()),
                 },
                 None => ScramSecret::from_password(

@@ -37,6 +37,7 @@ pub struct Shared {
     pub cancels: cancel::CancelRegistry,
     pub stats: Arc<Stats>,
     pub sessions: SessionRegistry,
+    pub secrets: auth::SecretCache,
     /// Shutdown progress, watched by every session.
     pub shutdown: watch::Receiver<Shutdown>,
 }
@@ -243,6 +244,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         pools: Pools::new(&config, &stats),
         stats,
         sessions: Default::default(),
+        secrets: Default::default(),
         coordinator,
 
         next_pid: AtomicI32::new(1),

@@ -215,10 +215,10 @@ async fn the_client_over_the_limit_gets_53300_and_only_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_says_nothing_is_disconnected() {
-    let c = Cluster::start_custom(1, crate::harness::TABLES, "", "startup_timeout_ms = 300").await;
+    let c = Cluster::start_custom(1, crate::harness::TABLES, "", "startup_timeout_ms = 2000").await;
     let mut s = TcpStream::connect(("127.0.0.1", c.port())).await.unwrap();
     let mut buf = Vec::new();
-    let r = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let r = tokio::time::timeout(std::time::Duration::from_secs(15), s.read_to_end(&mut buf)).await;
     assert!(r.is_ok(), "closed after the startup timeout");
     assert_eq!(value(&c.client().await, "SELECT 1").await, "1");
 }

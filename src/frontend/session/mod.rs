@@ -138,7 +138,7 @@ pub(super) async fn run(
     let limit = Duration::from_millis(shared.config().limits.startup_timeout_ms);
     let authenticated = tokio::time::timeout(
         limit,
-        auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref()),
+        auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref(), &shared.secrets),
     )
     .await
     .unwrap_or(Err(ClientError::StartupTimeout));
