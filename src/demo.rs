@@ -21,6 +21,8 @@ database = "app"
 default_shard = 0
 # Copied on every shard: writes go everywhere, reads to one.
 reference_tables = ["countries"]
+# The admin console: psql "postgres://app:app@127.0.0.1:{port}/pieskieo" -c "SHOW SHARDS"
+admin_users = ["app"]
 
 [[users]]
 name = "app"
@@ -119,6 +121,10 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
         "                INSERT INTO accounts (id, balance) VALUES (1, 100), (2, 100), (3, 100);"
     );
     println!("  A shard:      PGPASSWORD={SUPERUSER_PASSWORD} psql -h 127.0.0.1 -p {} -U postgres postgres", ports.first().copied().unwrap_or(0));
+    println!(
+        "  Admin:        psql \"postgres://app:app@127.0.0.1:{}/pieskieo\" -c \"SHOW SHARDS\"",
+        opts.port
+    );
     println!("  Config:       {}", cfg_path.display());
     println!("  Data:         {} (reused by the next run)", dir.display());
     println!();
