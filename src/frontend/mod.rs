@@ -22,14 +22,16 @@ use crate::backend::Pools;
 use crate::config::Config;
 use crate::error::{ClientError, Error};
 use crate::protocol::{error_response, Severity};
-use crate::router::ShardMap;
+use crate::router::{PlanCache, ShardMap};
 use crate::txn::{Coordinator, DecisionLog, Resolver, StartupError};
 
 /// What every session shares: the configuration snapshot, the shard map and
 /// the pools. Passed as a handle, never global.
 pub struct Shared {
     /// The configuration and shard map now in force; swapped whole by a reload.
-    current: std::sync::RwLock<(Arc<Config>, Arc<ShardMap>)>,
+    /// With the plans made under that map (by SQL text), swapped together so
+    /// no plan outlives its map.
+    current: std::sync::RwLock<(Arc<Config>, Arc<ShardMap>, Arc<PlanCache>)>,
     pub pools: Pools,
     pub coordinator: Arc<Coordinator>,
     next_pid: AtomicI32,
@@ -49,6 +51,18 @@ impl Shared {
             Ok(c) => c.0.clone(),
             Err(p) => p.into_inner().0.clone(),
         }
+    }
+
+    /// The plan of a simple-query statement under the map in force.
+    pub fn plan(&self, sql: &str) -> Result<crate::router::Plan, crate::router::RouteError> {
+        let (map, cache) = match self.current.read() {
+            Ok(c) => (c.1.clone(), c.2.clone()),
+            Err(p) => {
+                let c = p.into_inner();
+                (c.1.clone(), c.2.clone())
+            }
+        };
+        cache.plan(sql, &map)
     }
 
     /// The shard map in force.
@@ -80,10 +94,15 @@ impl Shared {
                 self.pools.resize(crate::router::ShardId(s.id), s.pool_size);
             }
         }
-        let map = Arc::new(ShardMap::from_config(&new));
+        // Plans made under the old map are not valid under the new one.
+        let next = (
+            Arc::new(new.clone()),
+            Arc::new(ShardMap::from_config(&new)),
+            Arc::new(PlanCache::new(PLAN_CACHE_SIZE)),
+        );
         match self.current.write() {
-            Ok(mut c) => *c = (Arc::new(new), map),
-            Err(p) => *p.into_inner() = (Arc::new(new), map),
+            Ok(mut c) => *c = next,
+            Err(p) => *p.into_inner() = next,
         }
         for c in &changes {
             info!(change = %c, "configuration reloaded");
@@ -91,6 +110,9 @@ impl Shared {
         Ok(changes)
     }
 }
+
+/// Distinct statement texts whose plans are kept.
+const PLAN_CACHE_SIZE: usize = 10_000;
 
 /// The clients connected now, for `SHOW CLIENTS`.
 #[derive(Default)]
@@ -240,13 +262,13 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         current: std::sync::RwLock::new((
             Arc::new(config.clone()),
             Arc::new(ShardMap::from_config(&config)),
+            Arc::new(PlanCache::new(PLAN_CACHE_SIZE)),
         )),
         pools: Pools::new(&config, &stats),
         stats,
         sessions: Default::default(),
         secrets: Default::default(),
         coordinator,
-
         next_pid: AtomicI32::new(1),
         clients: AtomicUsize::new(0),
         cancels: Default::default(),

@@ -1,6 +1,7 @@
 //! The router: a pure function from one SQL statement and the shard map to a
 //! [`Plan`] — which shards run it and how. No I/O here.
 
+mod cache;
 mod classify;
 mod hash;
 mod key;
@@ -12,6 +13,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+pub use cache::PlanCache;
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
 pub use split::{after_words, leading_words, matching_paren, split_statements};

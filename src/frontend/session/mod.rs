@@ -505,10 +505,8 @@ impl Session {
         if stmts.is_empty() {
             self.write(&protocol::empty_query_response()).await?;
         } else {
-            let plans: Vec<Result<Plan, RouteError>> = stmts
-                .iter()
-                .map(|s| router::plan(s, &self.shared.map()))
-                .collect();
+            let plans: Vec<Result<Plan, RouteError>> =
+                stmts.iter().map(|s| self.shared.plan(s)).collect();
             let write = plans
                 .iter()
                 .any(|p| !matches!(p, Ok(Plan::Forward { write: false, .. })));

@@ -1,0 +1,93 @@
+//! Routing cost per statement: parse + route with sqlparser every time,
+//! against the plan cache Pieskieo uses for simple queries. Prints both and
+//! the ratio, measured in the same run.
+//!
+//! Run: `cargo bench --bench route` (ITERATIONS=N to change the count).
+
+use std::time::Instant;
+
+use pieskieo::config::Config;
+use pieskieo::router::{plan, PlanCache, ShardMap};
+
+const CONFIG: &str = r#"
+node_id = "bench"
+reference_tables = ["countries"]
+[[users]]
+name = "u"
+password = "p"
+[[shards]]
+id = 0
+port = 1
+database = "d"
+user = "u"
+[[shards]]
+id = 1
+port = 2
+database = "d"
+user = "u"
+[[shards]]
+id = 2
+port = 3
+database = "d"
+user = "u"
+[[tables]]
+name = "pgbench_accounts"
+key = "aid"
+key_type = "int4"
+[[tables]]
+name = "users"
+key = "email"
+key_type = "text"
+"#;
+
+fn main() {
+    let iterations: usize = std::env::var("ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let map = ShardMap::from_config(&Config::parse(CONFIG, "bench.toml").expect("bench config"));
+    // pgbench -S style traffic: a few hundred distinct statement texts.
+    let stmts: Vec<String> = (0..500)
+        .map(|i| match i % 4 {
+            0 => format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i}"),
+            1 => format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = {i}"),
+            2 => format!("SELECT * FROM users WHERE email = 'user{i}@example.com'"),
+            _ => "SELECT name FROM countries WHERE code = 'pl'".to_string(),
+        })
+        .collect();
+
+    let t = Instant::now();
+    let mut routed = 0usize;
+    for i in 0..iterations {
+        routed += plan(&stmts[i % stmts.len()], &map).is_ok() as usize;
+    }
+    let uncached = t.elapsed();
+
+    let cache = PlanCache::new(10_000);
+    let t = Instant::now();
+    for i in 0..iterations {
+        routed += cache.plan(&stmts[i % stmts.len()], &map).is_ok() as usize;
+    }
+    let cached = t.elapsed();
+    assert_eq!(routed, 2 * iterations, "every statement routes");
+
+    let per = |d: std::time::Duration| d.as_nanos() as f64 / iterations as f64;
+    println!(
+        "routing micro-benchmark, {iterations} statements, {} distinct texts",
+        stmts.len()
+    );
+    println!("{:<28} {:>12} {:>14}", "", "ns/statement", "statements/s");
+    println!(
+        "{:<28} {:>12.0} {:>14.0}",
+        "parse + route (sqlparser)",
+        per(uncached),
+        1e9 / per(uncached)
+    );
+    println!(
+        "{:<28} {:>12.0} {:>14.0}",
+        "plan cache",
+        per(cached),
+        1e9 / per(cached)
+    );
+    println!("cache speed-up: {:.1}x", per(uncached) / per(cached));
+}

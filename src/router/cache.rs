@@ -1,0 +1,67 @@
+//! Plans by statement text: the same SQL under the same shard map always gets
+//! the same plan, so parsing it again is waste. Bounded; cleared when full.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{plan, Plan, RouteError, ShardMap};
+
+/// Statements longer than this are planned every time (bulk inserts differ
+/// per call and would only churn the cache).
+const MAX_SQL: usize = 4096;
+
+pub struct PlanCache {
+    plans: Mutex<HashMap<String, Result<Plan, RouteError>>>,
+    capacity: usize,
+}
+
+impl PlanCache {
+    pub fn new(capacity: usize) -> PlanCache {
+        PlanCache {
+            plans: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The plan for `sql` under `map` (which must be the map this cache belongs to).
+    pub fn plan(&self, sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
+        if sql.len() > MAX_SQL {
+            return plan(sql, map);
+        }
+        if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(sql).cloned()) {
+            return p;
+        }
+        let p = plan(sql, map);
+        if let Ok(mut m) = self.plans.lock() {
+            if m.len() >= self.capacity {
+                m.clear();
+            }
+            m.insert(sql.to_string(), p.clone());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn cached_plans_equal_fresh_ones_and_stay_bounded() {
+        let cfg = Config::parse(
+            "node_id = \"t\"\n[[users]]\nname = \"u\"\npassword = \"p\"\n[[shards]]\nid = 0\nport = 1\ndatabase = \"d\"\nuser = \"u\"\n[[shards]]\nid = 1\nport = 2\ndatabase = \"d\"\nuser = \"u\"\n[[tables]]\nname = \"a\"\nkey = \"id\"\nkey_type = \"int8\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let map = ShardMap::from_config(&cfg);
+        let cache = PlanCache::new(8);
+        for i in 0..50 {
+            let sql = format!("SELECT * FROM a WHERE id = {}", i % 12);
+            assert_eq!(cache.plan(&sql, &map), plan(&sql, &map));
+            assert!(cache.plans.lock().unwrap().len() <= 8);
+        }
+        let bad = "SELECT * FROM a WHERE id = = 1";
+        assert_eq!(cache.plan(bad, &map), plan(bad, &map));
+    }
+}
