@@ -396,7 +396,6 @@ async fn pipelined_syncs_fail_and_recover_independently() {
 /// each protocol mode. Then TPC-B's consistency check, shard by shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_tpcb_like_across_shards_in_every_mode() {
-    use std::process::Command;
     let c = Cluster::start(3).await;
     let client = c.client().await;
     exec(
@@ -450,25 +449,7 @@ async fn pgbench_tpcb_like_across_shards_in_every_mode() {
     .unwrap();
     let mut processed = 0u64;
     for mode in ["simple", "extended", "prepared"] {
-        let out = Command::new("pgbench")
-            .args(["-n", "-M", mode, "-c", "4", "-j", "2", "-T", "3", "-f"])
-            .arg(&script)
-            .arg(c.uri())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{mode}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let n: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{mode}: {text}"));
-        assert!(n > 0, "{mode}: {text}");
+        let (n, _) = crate::psql::pgbench(&c, mode, &script);
         processed += n;
     }
     let mut sums = [0i64; 3];

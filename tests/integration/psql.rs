@@ -124,17 +124,30 @@ pub async fn run_pgbench(c: &Cluster, mode: &str, accounts: u32) -> u64 {
         ),
     )
     .unwrap();
+    let (processed, text) = pgbench(c, mode, &script);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(failed) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+    {
+        assert!(failed.starts_with("0 "), "{text}");
+    }
+    processed
+}
+
+/// Runs pgbench for 3 s with 4 clients in `mode` over `script`; returns the
+/// number of transactions it processed (at least one) and its report.
+pub fn pgbench(c: &Cluster, mode: &str, script: &std::path::Path) -> (u64, String) {
     let out = Command::new("pgbench")
         .args(["-n", "-M", mode, "-c", "4", "-j", "2", "-T", "3", "-f"])
-        .arg(&script)
+        .arg(script)
         .arg(c.uri())
         .output()
         .expect("pgbench is installed (apt-get install -y postgresql-contrib or postgresql)");
-    let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{text}{}",
+        "{mode}: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let processed: u64 = text
@@ -143,13 +156,7 @@ pub async fn run_pgbench(c: &Cluster, mode: &str, accounts: u32) -> u64 {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.split('/').next())
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no count in: {text}"));
-    assert!(processed > 0, "{text}");
-    if let Some(failed) = text
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-    {
-        assert!(failed.starts_with("0 "), "{text}");
-    }
-    processed
+        .unwrap_or_else(|| panic!("{mode}: no count in: {text}"));
+    assert!(processed > 0, "{mode}: {text}");
+    (processed, text)
 }
