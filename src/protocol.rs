@@ -201,6 +201,15 @@ impl std::fmt::Display for ErrorFields {
     }
 }
 
+/// FNV-1a, 64-bit: stable names and keys the proxy derives from text
+/// (server-side statement names, the node's advisory-lock key), so no
+/// client- or config-supplied text is pasted into SQL.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A command tag split into the verb and the row count PostgreSQL reports,
 /// so tags from several shards can be summed (`INSERT 0 n`, `UPDATE n`, ...).
 pub fn tag_rows(tag: &str) -> Option<(&str, u64)> {

@@ -161,30 +161,45 @@ pub enum Merge {
     Copies,
 }
 
-/// Reads one shard's answer to one query into `merger`, passing on what
-/// can go to the client now. With `Merge::Copies`, only the first shard's
-/// rows and tags count (`first`); errors from any shard do.
+/// Where one shard's answer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// A simple query: at `ReadyForQuery`.
+    Ready,
+    /// An extended-protocol `Execute`: at CommandComplete, EmptyQueryResponse,
+    /// PortalSuspended or an error.
+    Executed,
+}
+
+/// Reads one shard's answer into `merger`, passing on what can go to the
+/// client now. With `Merge::Copies`, only the first shard's rows and tags
+/// count (`first`); errors from any shard do. Returns whether the shard
+/// suspended a portal (its row limit was reached).
 pub async fn collect<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     merger: &mut Merger,
     merge: Merge,
     first: bool,
+    until: Until,
     out: &mut W,
-) -> Result<(), ExecError> {
+) -> Result<bool, ExecError> {
+    let executed = until == Until::Executed;
     loop {
         let f = match conn.read().await {
             Ok(f) => f,
             Err(e) => {
                 merger.backend_failed(&e);
-                return Ok(());
+                return Ok(false);
             }
         };
-        match f.tag {
-            b'Z' => return Ok(()),
+        let tag = f.tag;
+        match tag {
+            b'Z' if !executed => return Ok(false),
+            b's' if executed => return Ok(true),
             b'G' => {
                 if let Err(e) = refuse_copy_in(conn).await {
                     merger.backend_failed(&e);
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             b'E' => {
@@ -196,6 +211,9 @@ pub async fn collect<W: AsyncWrite + Unpin>(
                     write(out, &b).await?;
                 }
             }
+        }
+        if executed && matches!(tag, b'C' | b'I' | b'E') {
+            return Ok(false);
         }
     }
 }
@@ -225,7 +243,7 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
     }
     for (i, c) in conns.iter_mut().enumerate() {
         if sent[i] {
-            collect(c, &mut merger, merge, i == 0, out).await?;
+            collect(c, &mut merger, merge, i == 0, Until::Ready, out).await?;
         }
     }
     let failed = merger.failed();

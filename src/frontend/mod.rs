@@ -28,10 +28,9 @@ use crate::txn::{Coordinator, DecisionLog, Resolver, StartupError};
 /// What every session shares: the configuration snapshot, the shard map and
 /// the pools. Passed as a handle, never global.
 pub struct Shared {
-    /// The configuration and shard map now in force; swapped whole by a reload.
-    /// With the plans made under that map (by SQL text), swapped together so
-    /// no plan outlives its map.
-    current: std::sync::RwLock<(Arc<Config>, Arc<ShardMap>, Arc<PlanCache>)>,
+    /// The configuration in force and what is derived from it; swapped whole
+    /// by a reload, so no plan or TLS setting outlives its configuration.
+    current: std::sync::RwLock<Arc<Snapshot>>,
     pub pools: Pools,
     pub coordinator: Arc<Coordinator>,
     next_pid: AtomicI32,
@@ -44,33 +43,50 @@ pub struct Shared {
     pub shutdown: watch::Receiver<Shutdown>,
 }
 
+/// A configuration and what is derived from it once, not per client.
+struct Snapshot {
+    config: Arc<Config>,
+    map: Arc<ShardMap>,
+    /// Plans made under `map`, by SQL text.
+    plans: PlanCache,
+    /// Built from `config.tls`; `None` when TLS is off.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Snapshot {
+    fn new(config: Config) -> Result<Snapshot, String> {
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        Ok(Snapshot {
+            map: Arc::new(ShardMap::from_config(&config)),
+            config: Arc::new(config),
+            plans: PlanCache::new(PLAN_CACHE_SIZE),
+            tls,
+        })
+    }
+}
+
 impl Shared {
-    /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
+    fn snapshot(&self) -> Arc<Snapshot> {
         match self.current.read() {
-            Ok(c) => c.0.clone(),
-            Err(p) => p.into_inner().0.clone(),
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
-    /// The plan of a simple-query statement under the map in force.
-    pub fn plan(&self, sql: &str) -> Result<crate::router::Plan, crate::router::RouteError> {
-        let (map, cache) = match self.current.read() {
-            Ok(c) => (c.1.clone(), c.2.clone()),
-            Err(p) => {
-                let c = p.into_inner();
-                (c.1.clone(), c.2.clone())
-            }
-        };
-        cache.plan(sql, &map)
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.snapshot().config.clone()
     }
 
     /// The shard map in force.
     pub fn map(&self) -> Arc<ShardMap> {
-        match self.current.read() {
-            Ok(c) => c.1.clone(),
-            Err(p) => p.into_inner().1.clone(),
-        }
+        self.snapshot().map.clone()
+    }
+
+    /// The plan of a simple-query statement under the map in force.
+    pub fn plan(&self, sql: &str) -> Result<crate::router::Plan, crate::router::RouteError> {
+        let snap = self.snapshot();
+        snap.plans.plan(sql, &snap.map)
     }
 
     /// Re-reads the configuration file and swaps it in, if that changes
@@ -94,12 +110,7 @@ impl Shared {
                 self.pools.resize(crate::router::ShardId(s.id), s.pool_size);
             }
         }
-        // Plans made under the old map are not valid under the new one.
-        let next = (
-            Arc::new(new.clone()),
-            Arc::new(ShardMap::from_config(&new)),
-            Arc::new(PlanCache::new(PLAN_CACHE_SIZE)),
-        );
+        let next = Arc::new(Snapshot::new(new)?);
         match self.current.write() {
             Ok(mut c) => *c = next,
             Err(p) => *p.into_inner() = next,
@@ -225,6 +236,7 @@ impl Proxy {
 /// transactions, then binds the configured address and serves clients until
 /// stopped.
 pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
+    let snapshot = Snapshot::new(config.clone()).map_err(StartupError::Tls)?;
     let log = DecisionLog::open(&config.txn.log_dir, &config.node_id)?;
     let failpoint = config
         .txn
@@ -259,11 +271,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     let (phase, shutdown) = watch::channel(Shutdown::Running);
     let shared = Arc::new(Shared {
         shutdown,
-        current: std::sync::RwLock::new((
-            Arc::new(config.clone()),
-            Arc::new(ShardMap::from_config(&config)),
-            Arc::new(PlanCache::new(PLAN_CACHE_SIZE)),
-        )),
+        current: std::sync::RwLock::new(Arc::new(snapshot)),
         pools: Pools::new(&config, &stats),
         stats,
         sessions: Default::default(),
@@ -328,8 +336,8 @@ async fn negotiate(
     ClientWrite,
     Result<startup::Startup, ClientError>,
 ) {
-    let cfg = shared.config();
-    let acceptor = cfg.tls.as_ref().and_then(|t| tls::acceptor(t).ok());
+    let snap = shared.snapshot();
+    let acceptor = snap.tls.clone();
     let mut stream = stream;
     match startup::read_startup(&mut stream, acceptor.is_some()).await {
         Ok(startup::Startup::Tls) => {
@@ -356,7 +364,7 @@ async fn negotiate(
             }
         }
         other => {
-            let required = cfg.tls.as_ref().is_some_and(|t| t.require);
+            let required = snap.config.tls.as_ref().is_some_and(|t| t.require);
             let other = match other {
                 Ok(startup::Startup::Session(_)) if required => Err(ClientError::TlsRequired),
                 o => o,

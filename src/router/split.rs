@@ -144,68 +144,51 @@ fn skip_dollar(b: &[u8], i: usize) -> Option<usize> {
 /// The leading words of a statement: keywords and unquoted identifiers
 /// lower-cased, quoted identifiers exact; stops at the first other token.
 pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while out.len() < n && i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i = skip_block_comment(b, i);
-        } else if c == b'"' {
-            let end = skip_quoted(b, i, b'"', false);
-            let inner = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
-            out.push(inner.replace("\"\"", "\""));
-            i = end;
-        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            let start = i;
-            while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
-                i += 1;
-            }
-            out.push(sql[start..i].to_lowercase());
-        } else {
-            break;
-        }
-    }
-    out
+    words(sql).take(n).map(|(w, _)| w).collect()
 }
 
 /// Byte offset just past the `n`-th leading word (as [`leading_words`] reads them).
 pub fn after_words(sql: &str, n: usize) -> Option<usize> {
+    words(sql).nth(n.checked_sub(1)?).map(|(_, end)| end)
+}
+
+/// The leading words of `sql` with the byte offset just past each; stops at
+/// the first token that is not a word.
+fn words(sql: &str) -> impl Iterator<Item = (String, usize)> + '_ {
     let b = sql.as_bytes();
     let mut i = 0;
-    let mut seen = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            let c = b[i];
+            if c.is_ascii_whitespace() {
                 i += 1;
+            } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+                i = skip_block_comment(b, i);
+            } else if c == b'"' {
+                let start = i;
+                i = skip_quoted(b, i, b'"', false);
+                // An unterminated quote runs to the end; never slice inside a character.
+                let closed = i > start + 1 && b.get(i - 1) == Some(&b'"');
+                let inner = sql
+                    .get(start + 1..if closed { i - 1 } else { i })
+                    .unwrap_or("");
+                return Some((inner.replace("\"\"", "\""), i));
+            } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+                let start = i;
+                while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
+                    i += 1;
+                }
+                return Some((sql[start..i].to_lowercase(), i));
+            } else {
+                return None;
             }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i = skip_block_comment(b, i);
-        } else if c == b'"' {
-            i = skip_quoted(b, i, b'"', false);
-            seen += 1;
-        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
-                i += 1;
-            }
-            seen += 1;
-        } else {
-            return None;
         }
-        if seen == n {
-            return Some(i);
-        }
-    }
-    None
+        None
+    })
 }
 
 /// The index of the `)` closing the `(` at `open`, skipping quoted text.

@@ -26,6 +26,8 @@ pub enum StartupError {
     DuplicateNode { shard: ShardId, node: String },
     #[error("shard {shard}: {message}")]
     Shard { shard: ShardId, message: String },
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -36,12 +38,7 @@ pub enum StartupError {
 /// A 64-bit advisory-lock key for a node id (FNV-1a), computed by the proxy,
 /// so no configured text is pasted into SQL.
 fn lock_key(node: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("pieskieo-node:{node}").bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
+    crate::protocol::fnv1a(format!("pieskieo-node:{node}").bytes()) as i64
 }
 
 /// Holds one control connection per shard: it keeps this node's advisory

@@ -108,8 +108,15 @@ impl Session {
                 } else if single && !failed {
                     failed |= executor::relay(&mut p.conn, &mut self.out).await?;
                 } else {
-                    executor::collect(&mut p.conn, &mut merger, merge, i == 0, &mut self.out)
-                        .await?;
+                    executor::collect(
+                        &mut p.conn,
+                        &mut merger,
+                        merge,
+                        i == 0,
+                        Until::Ready,
+                        &mut self.out,
+                    )
+                    .await?;
                 }
             }
             failed |= merger.failed();

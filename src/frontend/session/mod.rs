@@ -24,7 +24,7 @@ mod prepared;
 use super::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
-use crate::executor::{self, ExecError, Merge, Merger};
+use crate::executor::{self, ExecError, Merge, Merger, Until};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
 use crate::txn::{CommitOutcome, Participant};

@@ -15,11 +15,7 @@ pub(super) struct SqlPrepared {
 }
 
 fn backend_name(types: &str, body: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in types.bytes().chain([0]).chain(body.bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::protocol::fnv1a(types.bytes().chain([0]).chain(body.bytes()));
     format!("pieskieo_sql_{h:016x}")
 }
 

@@ -97,14 +97,10 @@ fn malformed(what: &str) -> Error {
 }
 
 fn backend_name(sql: &str, types: &[u32]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in sql
-        .bytes()
-        .chain(types.iter().flat_map(|t| t.to_be_bytes()))
-    {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::protocol::fnv1a(
+        sql.bytes()
+            .chain(types.iter().flat_map(|t| t.to_be_bytes())),
+    );
     format!("pieskieo_{h:016x}_{}", sql.len())
 }
 

@@ -135,22 +135,15 @@ impl Session {
                         conn.flush().await?;
                     }
                     for (i, (_, conn)) in taken.iter_mut().enumerate() {
-                        loop {
-                            let f = conn.read().await?;
-                            let tag = f.tag;
-                            if tag == b's' {
-                                suspended = true;
-                                break;
-                            }
-                            if tag == b'E' || i == 0 || merge == Merge::Union {
-                                if let Some(b) = merger.on_frame(f) {
-                                    self.out.write_all(&b).await.map_err(ExecError::Client)?;
-                                }
-                            }
-                            if matches!(tag, b'C' | b'I' | b's' | b'E') {
-                                break;
-                            }
-                        }
+                        suspended |= executor::collect(
+                            conn,
+                            &mut merger,
+                            merge,
+                            i == 0,
+                            Until::Executed,
+                            &mut self.out,
+                        )
+                        .await?;
                     }
                     Ok(())
                 }
