@@ -30,6 +30,7 @@ pub mod demo;
 pub mod error;
 pub mod executor;
 pub mod frontend;
+pub mod merge;
 pub mod protocol;
 pub mod router;
 pub mod txn;

@@ -30,7 +30,7 @@ impl From<BackendError> for ExecError {
 /// Message the proxy sends a server that asks for `COPY ... FROM STDIN` data.
 const COPY_IN_REFUSAL: &str = "COPY FROM STDIN is not supported through Pieskieo yet";
 
-async fn refuse_copy_in(conn: &mut ServerConn) -> Result<(), BackendError> {
+pub(crate) async fn refuse_copy_in(conn: &mut ServerConn) -> Result<(), BackendError> {
     conn.send_copy_fail(COPY_IN_REFUSAL).await?;
     conn.flush().await
 }
@@ -159,6 +159,20 @@ pub enum Merge {
     /// Each shard holds a copy: answer with the first shard's result (errors
     /// from any shard still count).
     Copies,
+}
+
+/// How a block reads its shards' answers: a plain merge, or a merge plan
+/// the proxy carries out on the rows.
+#[derive(Debug, Clone, Copy)]
+pub enum Collect<'a> {
+    Merge(Merge),
+    Plan(&'a crate::merge::MergePlan),
+}
+
+impl From<Merge> for Collect<'_> {
+    fn from(m: Merge) -> Self {
+        Collect::Merge(m)
+    }
 }
 
 /// Where one shard's answer ends.

@@ -33,6 +33,8 @@ pub struct Shared {
     current: std::sync::RwLock<Arc<Snapshot>>,
     pub pools: Pools,
     pub coordinator: Arc<Coordinator>,
+    /// The shards' collations, which decide whether merged sorts of text are exact.
+    pub collations: Arc<crate::merge::Collations>,
     next_pid: AtomicI32,
     pub clients: AtomicUsize,
     pub cancels: cancel::CancelRegistry,
@@ -250,7 +252,8 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         failpoint,
         stats.clone(),
     ));
-    let mut resolver = Resolver::new(&config, coordinator.clone());
+    let collations = Arc::new(crate::merge::Collations::default());
+    let mut resolver = Resolver::new(&config, coordinator.clone(), collations.clone());
     resolver.startup().await?;
     let resolver = resolver.spawn_periodic(std::time::Duration::from_millis(
         config.txn.recovery_interval_ms,
@@ -277,6 +280,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         sessions: Default::default(),
         secrets: Default::default(),
         coordinator,
+        collations,
         next_pid: AtomicI32::new(1),
         clients: AtomicUsize::new(0),
         cancels: Default::default(),

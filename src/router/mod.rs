@@ -74,6 +74,12 @@ pub enum Plan {
         route: Route,
         write: bool,
     },
+    /// A `SELECT` several shards answer whose rows the proxy must combine
+    /// (sort, limit, aggregate, group): each shard runs `plan.sql`.
+    Merge {
+        route: Route,
+        plan: std::sync::Arc<crate::merge::MergePlan>,
+    },
     /// A write to every shard that holds a copy (DDL, reference tables):
     /// the client is answered as if there were one copy.
     Replicate,

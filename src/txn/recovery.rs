@@ -47,6 +47,8 @@ pub struct Resolver {
     shards: Vec<Shard>,
     control: Vec<Option<ServerConn>>,
     coord: Arc<Coordinator>,
+    /// Filled in as shards are reached, for cross-shard sorts of text.
+    collations: Arc<crate::merge::Collations>,
     connect_timeout: Duration,
 }
 
@@ -63,13 +65,18 @@ async fn scalar(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, Stri
 }
 
 impl Resolver {
-    pub fn new(cfg: &Config, coord: Arc<Coordinator>) -> Resolver {
+    pub fn new(
+        cfg: &Config,
+        coord: Arc<Coordinator>,
+        collations: Arc<crate::merge::Collations>,
+    ) -> Resolver {
         let mut shards = cfg.shards.clone();
         shards.sort_by_key(|s| s.id);
         Resolver {
             control: shards.iter().map(|_| None).collect(),
             shards,
             coord,
+            collations,
             connect_timeout: Duration::from_millis(cfg.limits.connect_timeout_ms),
         }
     }
@@ -89,6 +96,14 @@ impl Resolver {
         if mpt.as_deref() == Some("0") {
             return Err(StartupError::NoPreparedTransactions { shard: id });
         }
+        let collation = scalar(
+            &mut conn,
+            "SELECT datcollate FROM pg_database WHERE datname = current_database()",
+        )
+        .await
+        .map_err(|message| StartupError::Shard { shard: id, message })?;
+        self.collations
+            .note(shard.id, collation.as_deref().unwrap_or_default());
         let key = lock_key(self.coord.node());
         let got = scalar(&mut conn, &format!("SELECT pg_try_advisory_lock({key})"))
             .await

@@ -11,9 +11,10 @@ impl Session {
     pub(super) async fn exec_in_block(
         &mut self,
         targets: &[(ShardId, &str)],
-        merge: Merge,
+        how: Collect<'_>,
         write: bool,
     ) -> std::io::Result<(bool, Option<bytes::Bytes>)> {
+        let bytewise = self.shared.collations.bytewise();
         let mut missing: Vec<ShardId> = match self.txn() {
             Some(t) => targets.iter().map(|x| x.0).filter(|s| !t.has(*s)).collect(),
             None => return Ok((false, None)),
@@ -73,6 +74,8 @@ impl Session {
             }
             let mut merger = Merger::default();
             let mut failed = false;
+            // With a merge plan: the shards whose answers are ready to merge.
+            let mut ready = Vec::new();
             for (i, (shard, fresh, r)) in sent.into_iter().enumerate() {
                 let Some(p) = parts.iter_mut().find(|p| p.shard() == shard) else {
                     continue;
@@ -105,9 +108,11 @@ impl Session {
                     if let Err(e) = executor::drain(&mut p.conn).await {
                         merger.backend_failed(&e);
                     }
+                } else if let Collect::Plan(_) = how {
+                    ready.push(shard);
                 } else if single && !failed {
                     failed |= executor::relay(&mut p.conn, &mut self.out).await?;
-                } else {
+                } else if let Collect::Merge(merge) = how {
                     executor::collect(
                         &mut p.conn,
                         &mut merger,
@@ -117,6 +122,22 @@ impl Session {
                         &mut self.out,
                     )
                     .await?;
+                }
+            }
+            if let Collect::Plan(plan) = how {
+                let mut conns: Vec<&mut ServerConn> = parts
+                    .iter_mut()
+                    .filter(|p| ready.contains(&p.shard()))
+                    .map(|p| &mut *p.conn)
+                    .collect();
+                if failed || merger.failed() {
+                    for c in conns {
+                        if let Err(e) = executor::drain(c).await {
+                            merger.backend_failed(&e);
+                        }
+                    }
+                } else {
+                    return crate::merge::run(&mut conns, plan, bytewise, &mut self.out).await;
                 }
             }
             failed |= merger.failed();
@@ -214,7 +235,7 @@ impl Session {
             return self.complete(tag).await;
         }
         let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, stmt)).collect();
-        let (ok, last) = self.exec_in_block(&targets, Merge::Copies, false).await?;
+        let (ok, last) = self.exec_in_block(&targets, Merge::Copies.into(), false).await?;
         if let Some(b) = last {
             self.write(&b).await?;
         }

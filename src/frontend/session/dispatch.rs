@@ -39,6 +39,53 @@ impl Session {
         }
     }
 
+    /// A read several shards answer whose rows the proxy combines.
+    pub(super) async fn merge_across(
+        &mut self,
+        route: Route,
+        plan: std::sync::Arc<crate::merge::MergePlan>,
+    ) -> std::io::Result<bool> {
+        let shards = route.shards(self.shared.map().shards);
+        let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, plan.sql.as_str())).collect();
+        let (ok, last) = if self.txn().is_some() {
+            self.exec_in_block(&targets, Collect::Plan(&plan), false).await?
+        } else {
+            let bytewise = self.shared.collations.bytewise();
+            let mut conns = Vec::with_capacity(targets.len());
+            for (s, _) in &targets {
+                match self.checkout(*s).await {
+                    Ok(c) => conns.push(c),
+                    Err(e) => return self.error(e).await,
+                }
+            }
+            let r = async {
+                let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
+                for c in refs.iter_mut() {
+                    c.send_query(&plan.sql).await?;
+                    c.flush().await?;
+                }
+                crate::merge::run(&mut refs, &plan, bytewise, &mut self.out).await
+            }
+            .await;
+            for c in conns.iter_mut() {
+                if c.status != b'I' {
+                    c.mark_broken();
+                }
+            }
+            drop(conns);
+            self.refresh_cancel_targets();
+            match r {
+                Ok((failed, last)) => (!failed, last),
+                Err(ExecError::Backend(e)) => return self.error(e.into()).await,
+                Err(ExecError::Client(e)) => return Err(e),
+            }
+        };
+        if let Some(b) = last {
+            self.write(&b).await?;
+        }
+        Ok(ok)
+    }
+
     /// Borrows a connection and brings its session settings in line with the client's.
     pub(super) async fn checkout(&self, shard: ShardId) -> Result<PooledConn, Error> {
         let mut conn = self.shared.pools.get(shard).await?;
@@ -150,7 +197,7 @@ impl Session {
             return self.autocommit_one(shard, text).await;
         }
         let (ok, last) = self
-            .exec_in_block(&[(shard, text)], Merge::Union, write)
+            .exec_in_block(&[(shard, text)], Merge::Union.into(), write)
             .await?;
         if let Some(b) = last {
             self.write(&b).await?;
@@ -164,7 +211,7 @@ impl Session {
         targets: &[(ShardId, &str)],
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
-            let (ok, last) = self.exec_in_block(targets, Merge::Union, false).await?;
+            let (ok, last) = self.exec_in_block(targets, Merge::Union.into(), false).await?;
             if let Some(b) = last {
                 self.write(&b).await?;
             }
@@ -213,14 +260,14 @@ impl Session {
             return self.forward_one(*only, sql, true).await;
         }
         if self.txn().is_some() {
-            let (ok, last) = self.exec_in_block(targets, merge, true).await?;
+            let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
             if let Some(b) = last {
                 self.write(&b).await?;
             }
             return Ok(ok);
         }
         self.state = TxnState::InTxn(Txn::new("BEGIN"));
-        let (ok, last) = self.exec_in_block(targets, merge, true).await?;
+        let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
         self.finish_implicit(ok, last).await
     }
 

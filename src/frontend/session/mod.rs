@@ -24,7 +24,7 @@ mod prepared;
 use super::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
-use crate::executor::{self, ExecError, Merge, Merger, Until};
+use crate::executor::{self, Collect, ExecError, Merge, Merger, Until};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
 use crate::txn::{CommitOutcome, Participant};
@@ -602,6 +602,7 @@ impl Session {
         }
         match plan {
             Plan::Forward { route, write } => self.forward(stmt, route, write).await,
+            Plan::Merge { route, plan } => self.merge_across(route, plan).await,
             Plan::Split { parts } => {
                 let targets: Vec<(ShardId, &str)> =
                     parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();

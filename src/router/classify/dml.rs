@@ -5,9 +5,9 @@ use super::*;
 use crate::router::SplitPart;
 
 /// A sharded table in a FROM list, with the name it is referred to by.
-struct Binding<'m> {
-    rule: &'m TableRule,
-    qualifier: String,
+pub(super) struct Binding<'m> {
+    pub(super) rule: &'m TableRule,
+    pub(super) qualifier: String,
 }
 
 fn bind<'m>(
@@ -63,7 +63,7 @@ fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
     }
 }
 
-fn is_key_ref(e: &Expr, b: &Binding, all: &[Binding]) -> bool {
+pub(super) fn is_key_ref(e: &Expr, b: &Binding, all: &[Binding]) -> bool {
     match e {
         Expr::Nested(inner) => is_key_ref(inner, b, all),
         Expr::Identifier(id) => {
@@ -246,33 +246,14 @@ pub(super) fn route_select(q: &Query, t: &Tables, map: &ShardMap) -> Result<Plan
     if let Route::One(_) = route {
         return Ok(Plan::Forward { route, write });
     }
-    // Several shards answer: only a plain concatenation of rows is exact.
-    let what = if q.order_by.is_some() {
-        Some("ORDER BY")
-    } else if q.limit_clause.is_some() || q.fetch.is_some() {
-        Some("LIMIT/OFFSET")
-    } else if sel.distinct.is_some() {
-        Some("DISTINCT")
-    } else if !matches!(&sel.group_by, GroupByExpr::Expressions(v, _) if v.is_empty()) {
-        Some("GROUP BY")
-    } else if sel.having.is_some() {
-        Some("HAVING")
-    } else if t.facts.windows {
-        Some("window functions")
-    } else if t.facts.aggregates {
-        Some("aggregates")
-    } else if t.facts.queries > 1 {
-        Some("subqueries")
-    } else {
-        None
-    };
-    if let Some(what) = what {
-        return unsupported(format!(
-            "{what} in a SELECT that spans shards is not supported yet; fix the shard key \"{}\" of \"{}\" in WHERE",
-            t.sharded[0].key, t.sharded[0].name
-        ));
+    // Several shards answer: merge what concatenation would get wrong.
+    match super::merge::plan_merge(q, sel, t, &bindings)? {
+        None => Ok(Plan::Forward { route, write }),
+        Some(plan) => Ok(Plan::Merge {
+            route,
+            plan: std::sync::Arc::new(plan),
+        }),
     }
-    Ok(Plan::Forward { route, write })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,6 +14,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 mod dml;
+mod merge;
 
 use dml::{route_insert, route_modify, route_select};
 

@@ -410,6 +410,13 @@ impl Session {
             } => (vec![self.any_shard()], Merge::Union, write),
             Plan::Forward { route, write } => (route.shards(n), Merge::Union, write),
             Plan::Replicate => (route_all(n), Merge::Copies, true),
+            Plan::Merge { .. } => {
+                return Ok(self
+                    .error(Error::Unsupported(
+                        "a SELECT that needs a cross-shard merge (ORDER BY, LIMIT, aggregates, GROUP BY or DISTINCT over several shards) is not supported through the extended query protocol yet; use the simple query protocol or fix the shard key".into(),
+                    ))
+                    .await?)
+            }
             Plan::Split { parts } => {
                 // Each shard gets its rows as a statement of its own, bound to
                 // its share of the client's parameters.
