@@ -32,6 +32,11 @@ const TEXT_OID: u32 = 25;
 impl Answer {
     /// RowDescription, DataRows and CommandComplete for a table answer.
     pub fn encode(&self) -> Vec<Bytes> {
+        self.encode_tagged("SHOW")
+    }
+
+    /// As [`Answer::encode`], with `verb` in the command tag.
+    pub fn encode_tagged(&self, verb: &str) -> Vec<Bytes> {
         let Answer::Rows { columns, rows } = self else {
             return Vec::new();
         };
@@ -57,7 +62,7 @@ impl Answer {
                 }
             }));
         }
-        out.push(command_complete(&format!("SHOW {}", rows.len())));
+        out.push(command_complete(&format!("{verb} {}", rows.len())));
         out
     }
 }

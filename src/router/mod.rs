@@ -5,6 +5,7 @@ mod cache;
 mod classify;
 mod hash;
 mod key;
+mod preview;
 mod split;
 
 #[cfg(test)]
@@ -16,6 +17,7 @@ use std::fmt;
 pub use cache::PlanCache;
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
+pub use preview::{preview, PREVIEW_COLUMNS};
 pub use split::{after_words, leading_words, matching_paren, split_statements};
 
 use crate::config::{toml_key, Config, Method};
@@ -109,6 +111,8 @@ pub enum Plan {
     },
     /// `DEALLOCATE [PREPARE] name`, or `ALL` (`None`).
     Deallocate(Option<String>),
+    /// `PREVIEW statement`: where it would go, without running it.
+    Preview(String),
 }
 
 /// One shard's share of a split `INSERT`.

@@ -624,6 +624,19 @@ impl Session {
             Plan::Prepare { name, types, body } => self.sql_prepare(name, types, body).await,
             Plan::Execute { name, args } => self.sql_execute(name, args).await,
             Plan::Deallocate(name) => self.sql_deallocate(name).await,
+            Plan::Preview(inner) => match router::preview(&inner, &self.shared.map()) {
+                Ok(rows) => {
+                    let answer = crate::admin::Answer::Rows {
+                        columns: router::PREVIEW_COLUMNS.to_vec(),
+                        rows,
+                    };
+                    for m in answer.encode_tagged("SELECT") {
+                        self.write(&m).await?;
+                    }
+                    Ok(true)
+                }
+                Err(e) => self.error(Error::Route(e)).await,
+            },
         }
     }
 }

@@ -39,6 +39,10 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
         ["commit" | "end" | "rollback" | "abort", ..] if chained => {
             return unsupported("COMMIT AND CHAIN and ROLLBACK AND CHAIN are not supported")
         }
+        ["preview", ..] => {
+            let at = after_words(sql, 1).unwrap_or(sql.len());
+            Plan::Preview(sql[at..].trim().to_string())
+        }
         ["begin", ..] | ["start", "transaction", ..] => Plan::Begin,
         ["prepare", name, ..] => prepare(sql, name)?,
         ["execute", name, ..] => {
