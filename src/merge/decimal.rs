@@ -89,7 +89,7 @@ impl Decimal {
         }
     }
 
-    pub fn cmp(&self, o: &Decimal) -> Ordering {
+    pub fn compare(&self, o: &Decimal) -> Ordering {
         let scale = self.scale.max(o.scale);
         self.rescaled(scale).cmp(&o.rescaled(scale))
     }
@@ -117,14 +117,20 @@ impl Decimal {
             let (i, f) = digits.split_at(digits.len() - scale);
             (i.to_string(), f.to_string())
         } else {
-            (String::new(), format!("{}{digits}", "0".repeat(scale - digits.len())))
+            (
+                String::new(),
+                format!("{}{digits}", "0".repeat(scale - digits.len())),
+            )
         };
         let int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
         let frac = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
         let int_groups = (int.len() / 4) as i64;
         let all = format!("{int}{frac}");
         for (i, g) in all.as_bytes().chunks(4).enumerate() {
-            let v: u32 = std::str::from_utf8(g).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let v: u32 = std::str::from_utf8(g)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             if v != 0 {
                 return (int_groups - 1 - i as i64, v);
             }
@@ -214,7 +220,7 @@ impl Numeric {
     }
 
     /// PostgreSQL's order: -Infinity < finite < Infinity < NaN.
-    pub fn cmp(&self, o: &Numeric) -> Ordering {
+    pub fn compare(&self, o: &Numeric) -> Ordering {
         use Numeric::*;
         let rank = |n: &Numeric| match n {
             NegInf => 0,
@@ -223,7 +229,7 @@ impl Numeric {
             NaN => 3,
         };
         match (self, o) {
-            (Finite(a), Finite(b)) => a.cmp(b),
+            (Finite(a), Finite(b)) => a.compare(b),
             _ => rank(self).cmp(&rank(o)),
         }
     }
@@ -258,7 +264,14 @@ mod tests {
 
     #[test]
     fn parse_print_add() {
-        for s in ["0", "-1.50", "123.000", "0.0001", "-0.5", "99999999999999999999999.123"] {
+        for s in [
+            "0",
+            "-1.50",
+            "123.000",
+            "0.0001",
+            "-0.5",
+            "99999999999999999999999.123",
+        ] {
             assert_eq!(d(s).to_string(), s);
         }
         assert_eq!(d("1.5").add(&d("-2.25")).to_string(), "-0.75");

@@ -126,7 +126,9 @@ impl MergePlan {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         match &self.shape {
-            Shape::Rows { .. } if self.order.is_empty() => parts.push("concatenate rows".to_string()),
+            Shape::Rows { .. } if self.order.is_empty() => {
+                parts.push("concatenate rows".to_string())
+            }
             Shape::Rows { .. } => parts.push(format!(
                 "streaming sorted merge on {} key{}",
                 self.order.len(),
@@ -148,7 +150,11 @@ impl MergePlan {
                 let mut s = if keys.is_empty() {
                     "combine one partial row per shard".to_string()
                 } else {
-                    format!("merge groups on {} key{}", keys.len(), if keys.len() == 1 { "" } else { "s" })
+                    format!(
+                        "merge groups on {} key{}",
+                        keys.len(),
+                        if keys.len() == 1 { "" } else { "s" }
+                    )
                 };
                 if !aggs.is_empty() {
                     s.push_str(&format!(" ({})", aggs.join(", ")));
@@ -158,7 +164,11 @@ impl MergePlan {
                     parts.push("HAVING after merge".into());
                 }
                 if !self.order.is_empty() {
-                    parts.push(format!("sort on {} key{}", self.order.len(), if self.order.len() == 1 { "" } else { "s" }));
+                    parts.push(format!(
+                        "sort on {} key{}",
+                        self.order.len(),
+                        if self.order.len() == 1 { "" } else { "s" }
+                    ));
                 }
             }
         }
@@ -192,8 +202,12 @@ impl Collations {
     /// Whether every shard checked so far sorts text in byte order.
     pub fn bytewise(&self) -> bool {
         self.seen.lock().is_ok_and(|m| {
-            m.values()
-                .all(|c| matches!(c.as_str(), "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"))
+            m.values().all(|c| {
+                matches!(
+                    c.as_str(),
+                    "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"
+                )
+            })
         })
     }
 }

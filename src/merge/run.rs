@@ -160,17 +160,16 @@ async fn next_row<W: AsyncWrite + Unpin>(
             b'T' => {
                 s.desc = parse_description(f.body());
                 if s.desc.is_none() {
-                    o.fail(merge_error(SqlState::PROTOCOL_VIOLATION, "malformed RowDescription from a shard"));
+                    o.fail(merge_error(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "malformed RowDescription from a shard",
+                    ));
                 }
                 // The description is what the caller waits for first.
                 return Ok(None);
             }
             b'E' => o.fail(f.bytes),
-            b'N' => {
-                if o.notices.insert(f.bytes.clone()) {
-                    send(out, &f.bytes).await?;
-                }
-            }
+            b'N' if o.notices.insert(f.bytes.clone()) => send(out, &f.bytes).await?,
             b'G' => {
                 if let Err(e) = refuse_copy_in(conn).await {
                     o.backend(&e);
@@ -225,14 +224,20 @@ fn check_groupable(f: &Field) -> Result<Kind, Bytes> {
     if !k.groupable() {
         return Err(merge_error(
             SqlState::FEATURE_NOT_SUPPORTED,
-            &format!("grouping values of type OID {} across shards is not supported", f.type_oid),
+            &format!(
+                "grouping values of type OID {} across shards is not supported",
+                f.type_oid
+            ),
         ));
     }
     Ok(k)
 }
 
 fn bad_value(e: value::BadValue) -> Bytes {
-    merge_error(SqlState::FEATURE_NOT_SUPPORTED, &format!("cannot merge shard results: {}", e.0))
+    merge_error(
+        SqlState::FEATURE_NOT_SUPPORTED,
+        &format!("cannot merge shard results: {}", e.0),
+    )
 }
 
 /// Sort-key values of one row.
@@ -251,11 +256,27 @@ fn cmp_keys(a: &Keys, b: &Keys, order: &[SortKey]) -> Ordering {
     for (i, k) in order.iter().enumerate() {
         let ord = match (&a[i], &b[i]) {
             (None, None) => Ordering::Equal,
-            (None, Some(_)) => if k.nulls_first { Ordering::Less } else { Ordering::Greater },
-            (Some(_), None) => if k.nulls_first { Ordering::Greater } else { Ordering::Less },
+            (None, Some(_)) => {
+                if k.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (Some(_), None) => {
+                if k.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
             (Some(x), Some(y)) => {
                 let o = compare(x, y);
-                if k.desc { o.reverse() } else { o }
+                if k.desc {
+                    o.reverse()
+                } else {
+                    o
+                }
             }
         };
         if ord != Ordering::Equal {
@@ -329,12 +350,21 @@ pub async fn run<W: AsyncWrite + Unpin>(
     out: &mut W,
 ) -> Result<(bool, Option<Bytes>), ExecError> {
     let mut o = Outcome::default();
-    let mut streams: Vec<Stream> = conns.iter().map(|_| Stream { done: false, desc: None }).collect();
+    let mut streams: Vec<Stream> = conns
+        .iter()
+        .map(|_| Stream {
+            done: false,
+            desc: None,
+        })
+        .collect();
     // Every shard's RowDescription first (or its error).
     for (c, s) in conns.iter_mut().zip(streams.iter_mut()) {
         while s.desc.is_none() && !s.done {
             if let Some(_row) = next_row(c, s, &mut o, out).await? {
-                o.fail(merge_error(SqlState::PROTOCOL_VIOLATION, "a shard sent rows before describing them"));
+                o.fail(merge_error(
+                    SqlState::PROTOCOL_VIOLATION,
+                    "a shard sent rows before describing them",
+                ));
             }
         }
     }
@@ -360,7 +390,17 @@ pub async fn run<W: AsyncWrite + Unpin>(
     if o.error.is_none() {
         let r = match &plan.shape {
             Shape::Rows { hidden } => {
-                rows(conns, &mut streams, plan, *hidden, &fields, bytewise, &mut o, out).await?
+                rows(
+                    conns,
+                    &mut streams,
+                    plan,
+                    *hidden,
+                    &fields,
+                    bytewise,
+                    &mut o,
+                    out,
+                )
+                .await?
             }
             Shape::Groups { .. } => {
                 groups(conns, &mut streams, plan, &fields, bytewise, &mut o, out).await?
@@ -397,16 +437,25 @@ async fn rows<W: AsyncWrite + Unpin>(
     for k in &plan.order {
         let c = visible + k.col;
         let Some(f) = fields.get(c) else {
-            return Ok(Err(merge_error(SqlState::PROTOCOL_VIOLATION, "sort key missing from shard result")));
+            return Ok(Err(merge_error(
+                SqlState::PROTOCOL_VIOLATION,
+                "sort key missing from shard result",
+            )));
         };
         match check_ordered(f, bytewise, "ORDER BY") {
             Ok(kind) => sort_cols.push((c, kind)),
             Err(e) => return Ok(Err(e)),
         }
     }
-    let kinds: Vec<Kind> = fields[..visible].iter().map(|f| Kind::of(f.type_oid)).collect();
+    let kinds: Vec<Kind> = fields[..visible]
+        .iter()
+        .map(|f| Kind::of(f.type_oid))
+        .collect();
     if plan.distinct {
-        if let Some(f) = fields[..visible].iter().find(|f| !Kind::of(f.type_oid).groupable()) {
+        if let Some(f) = fields[..visible]
+            .iter()
+            .find(|f| !Kind::of(f.type_oid).groupable())
+        {
             if let Err(e) = check_groupable(f) {
                 return Ok(Err(e));
             }
@@ -424,14 +473,23 @@ async fn rows<W: AsyncWrite + Unpin>(
         if !sink.admit(row)? {
             return Ok(None);
         }
-        Ok(Some(if hidden == 0 { frame.bytes.clone() } else { data_row(row) }))
+        Ok(Some(if hidden == 0 {
+            frame.bytes.clone()
+        } else {
+            data_row(row)
+        }))
     };
     if plan.order.is_empty() {
         for (c, s) in conns.iter_mut().zip(streams.iter_mut()) {
             while !sink.full() {
-                let Some(f) = next_row(c, s, o, out).await? else { break };
+                let Some(f) = next_row(c, s, o, out).await? else {
+                    break;
+                };
                 let Some(row) = parse_row(&f) else {
-                    return Ok(Err(merge_error(SqlState::PROTOCOL_VIOLATION, "malformed DataRow from a shard")));
+                    return Ok(Err(merge_error(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "malformed DataRow from a shard",
+                    )));
                 };
                 match emit(row, &f, &mut sink) {
                     Ok(Some(b)) => send(out, &b).await?,
@@ -490,7 +548,10 @@ async fn head<W: AsyncWrite + Unpin>(
         return Ok(Ok(None));
     };
     let Some(row) = parse_row(&f) else {
-        return Ok(Err(merge_error(SqlState::PROTOCOL_VIOLATION, "malformed DataRow from a shard")));
+        return Ok(Err(merge_error(
+            SqlState::PROTOCOL_VIOLATION,
+            "malformed DataRow from a shard",
+        )));
     };
     Ok(sort_values(&row, sort_cols).map(|k| Some((k, row, f))))
 }
@@ -572,7 +633,13 @@ fn out_of_range() -> Bytes {
 }
 
 impl Acc {
-    fn add(&mut self, func: AggFunc, kind: Kind, v: &Option<Bytes>, count: Option<&Option<Bytes>>) -> Result<(), Bytes> {
+    fn add(
+        &mut self,
+        func: AggFunc,
+        kind: Kind,
+        v: &Option<Bytes>,
+        count: Option<&Option<Bytes>>,
+    ) -> Result<(), Bytes> {
         let val = read_val(kind, v)?;
         let n = match count {
             Some(c) => match read_val(Kind::Int, c)? {
@@ -583,15 +650,23 @@ impl Acc {
         };
         match (self, val) {
             (Acc::Count(total), Some(Val::Int(x))) => *total += x,
-            (Acc::SumInt(s), Some(Val::Int(x))) => *s = Some(s.unwrap_or(0).checked_add(x).ok_or_else(out_of_range)?),
-            (Acc::SumNum(s), Some(Val::Num(x))) => *s = Some(s.take().map_or(x.clone(), |a| a.add(&x))),
+            (Acc::SumInt(s), Some(Val::Int(x))) => {
+                *s = Some(s.unwrap_or(0).checked_add(x).ok_or_else(out_of_range)?)
+            }
+            (Acc::SumNum(s), Some(Val::Num(x))) => {
+                *s = Some(s.take().map_or(x.clone(), |a| a.add(&x)))
+            }
             (Acc::SumFloat(s), Some(Val::Float(x))) => *s = Some(s.unwrap_or(0.0) + x),
             (Acc::Best(best), Some(x)) => {
                 let better = match best {
                     None => true,
                     Some((b, _)) => {
                         let o = compare(&x, b);
-                        if func == AggFunc::Min { o == Ordering::Less } else { o == Ordering::Greater }
+                        if func == AggFunc::Min {
+                            o == Ordering::Less
+                        } else {
+                            o == Ordering::Greater
+                        }
                     }
                 };
                 if better {
@@ -663,11 +738,24 @@ async fn groups<W: AsyncWrite + Unpin>(
     o: &mut Outcome,
     out: &mut W,
 ) -> Result<Result<u64, Bytes>, ExecError> {
-    let Shape::Groups { keys, outputs, visible, having } = &plan.shape else {
+    let Shape::Groups {
+        keys,
+        outputs,
+        visible,
+        having,
+    } = &plan.shape
+    else {
         return Ok(Ok(0));
     };
-    let r: Result<(Vec<Field>, Vec<Kind>, Vec<Kind>, Vec<Acc>), Bytes> = (|| {
-        let missing = || merge_error(SqlState::PROTOCOL_VIOLATION, "shard result lacks a merge column");
+    // Output columns and kinds, group-key kinds, accumulators' first state.
+    type Setup = (Vec<Field>, Vec<Kind>, Vec<Kind>, Vec<Acc>);
+    let r: Result<Setup, Bytes> = (|| {
+        let missing = || {
+            merge_error(
+                SqlState::PROTOCOL_VIOLATION,
+                "shard result lacks a merge column",
+            )
+        };
         let mut key_kinds = Vec::new();
         for &k in keys {
             key_kinds.push(check_groupable(fields.get(k).ok_or_else(missing)?)?);
@@ -681,7 +769,8 @@ async fn groups<W: AsyncWrite + Unpin>(
                     ofields.push(f.clone());
                 }
                 Output::Agg { func, col, .. } => {
-                    let (f, k, acc) = agg_setup(*func, fields.get(*col).ok_or_else(missing)?, bytewise)?;
+                    let (f, k, acc) =
+                        agg_setup(*func, fields.get(*col).ok_or_else(missing)?, bytewise)?;
                     ofields.push(f);
                     okinds.push(k);
                     accs.push(acc);
@@ -715,15 +804,24 @@ async fn groups<W: AsyncWrite + Unpin>(
     for (c, s) in conns.iter_mut().zip(streams.iter_mut()) {
         while let Some(f) = next_row(c, s, o, out).await? {
             let Some(row) = parse_row(&f) else {
-                return Ok(Err(merge_error(SqlState::PROTOCOL_VIOLATION, "malformed DataRow from a shard")));
+                return Ok(Err(merge_error(
+                    SqlState::PROTOCOL_VIOLATION,
+                    "malformed DataRow from a shard",
+                )));
             };
-            let key_vals: Vec<Option<Bytes>> = keys.iter().map(|&k| row.get(k).cloned().flatten()).collect();
+            let key_vals: Vec<Option<Bytes>> = keys
+                .iter()
+                .map(|&k| row.get(k).cloned().flatten())
+                .collect();
             let key = match row_key(&key_vals, &key_kinds) {
                 Ok(k) => k,
                 Err(e) => return Ok(Err(e)),
             };
             let g = *index.entry(key).or_insert_with(|| {
-                all.push(Group { first: row.clone(), accs: fresh() });
+                all.push(Group {
+                    first: row.clone(),
+                    accs: fresh(),
+                });
                 all.len() - 1
             });
             let group = &mut all[g];
@@ -772,10 +870,19 @@ async fn groups<W: AsyncWrite + Unpin>(
     if !plan.order.is_empty() {
         let mut sort_cols = Vec::new();
         for k in &plan.order {
-            match ofields.get(k.col).ok_or(()).map(|f| check_ordered(f, bytewise, "ORDER BY")) {
+            match ofields
+                .get(k.col)
+                .ok_or(())
+                .map(|f| check_ordered(f, bytewise, "ORDER BY"))
+            {
                 Ok(Ok(_)) => sort_cols.push((k.col, okinds[k.col])),
                 Ok(Err(e)) => return Ok(Err(e)),
-                Err(()) => return Ok(Err(merge_error(SqlState::PROTOCOL_VIOLATION, "sort key missing"))),
+                Err(()) => {
+                    return Ok(Err(merge_error(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "sort key missing",
+                    )))
+                }
             }
         }
         let mut keyed = Vec::with_capacity(finals.len());
@@ -789,7 +896,9 @@ async fn groups<W: AsyncWrite + Unpin>(
         finals = keyed.into_iter().map(|(_, r)| r).collect();
     }
     let mut sink = Sink {
-        distinct: plan.distinct.then(|| (okinds[..*visible].to_vec(), HashSet::new())),
+        distinct: plan
+            .distinct
+            .then(|| (okinds[..*visible].to_vec(), HashSet::new())),
         skip: plan.offset,
         left: plan.limit,
         sent: 0,
@@ -815,12 +924,18 @@ async fn groups<W: AsyncWrite + Unpin>(
 /// Evaluates a HAVING condition with SQL's three-valued logic.
 fn eval(c: &Cond, row: &Row, kinds: &[Kind], bytewise: bool) -> Result<Option<bool>, Bytes> {
     Ok(match c {
-        Cond::And(a, b) => match (eval(a, row, kinds, bytewise)?, eval(b, row, kinds, bytewise)?) {
+        Cond::And(a, b) => match (
+            eval(a, row, kinds, bytewise)?,
+            eval(b, row, kinds, bytewise)?,
+        ) {
             (Some(false), _) | (_, Some(false)) => Some(false),
             (Some(true), Some(true)) => Some(true),
             _ => None,
         },
-        Cond::Or(a, b) => match (eval(a, row, kinds, bytewise)?, eval(b, row, kinds, bytewise)?) {
+        Cond::Or(a, b) => match (
+            eval(a, row, kinds, bytewise)?,
+            eval(b, row, kinds, bytewise)?,
+        ) {
             (Some(true), _) | (_, Some(true)) => Some(true),
             (Some(false), Some(false)) => Some(false),
             _ => None,
@@ -837,7 +952,12 @@ fn eval(c: &Cond, row: &Row, kinds: &[Kind], bytewise: bool) -> Result<Option<bo
         Cond::Col(_) | Cond::Lit(_) => match operand(c, row, kinds, None)? {
             None => None,
             Some(Val::Bool(b)) => Some(b),
-            Some(_) => return Err(merge_error(SqlState::DATATYPE_MISMATCH, "argument of HAVING must be type boolean")),
+            Some(_) => {
+                return Err(merge_error(
+                    SqlState::DATATYPE_MISMATCH,
+                    "argument of HAVING must be type boolean",
+                ))
+            }
         },
         Cond::Cmp(op, a, b) => {
             let ka = kind_of(a, kinds);
@@ -849,7 +969,8 @@ fn eval(c: &Cond, row: &Row, kinds: &[Kind], bytewise: bool) -> Result<Option<bo
                     "comparing text in HAVING across shards needs the C collation",
                 ));
             }
-            let (Some(x), Some(y)) = (operand(a, row, kinds, kb)?, operand(b, row, kinds, ka)?) else {
+            let (Some(x), Some(y)) = (operand(a, row, kinds, kb)?, operand(b, row, kinds, ka)?)
+            else {
                 return Ok(None);
             };
             let o = compare(&x, &y);
@@ -875,15 +996,25 @@ fn kind_of(c: &Cond, kinds: &[Kind]) -> Option<Kind> {
 /// A comparison operand; a string literal takes the type of the other side.
 fn operand(c: &Cond, row: &Row, kinds: &[Kind], other: Option<Kind>) -> Result<Option<Val>, Bytes> {
     match c {
-        Cond::Col(i) => read_val(kinds.get(*i).copied().unwrap_or(Kind::Opaque), &row.get(*i).cloned().flatten()),
+        Cond::Col(i) => read_val(
+            kinds.get(*i).copied().unwrap_or(Kind::Opaque),
+            &row.get(*i).cloned().flatten(),
+        ),
         Cond::Lit(Lit::Null) => Ok(None),
         Cond::Lit(Lit::Bool(b)) => Ok(Some(Val::Bool(*b))),
-        Cond::Lit(Lit::Number(n)) => Numeric::parse(n)
-            .map(|n| Some(Val::Num(n)))
-            .ok_or_else(|| merge_error(SqlState::INVALID_TEXT_REPRESENTATION, &format!("invalid number {n}"))),
-        Cond::Lit(Lit::Text(t)) => decode(other.unwrap_or(Kind::Text { padded: false }), t.as_bytes())
-            .map(Some)
-            .map_err(|e| merge_error(SqlState::INVALID_TEXT_REPRESENTATION, &e.0)),
+        Cond::Lit(Lit::Number(n)) => {
+            Numeric::parse(n).map(|n| Some(Val::Num(n))).ok_or_else(|| {
+                merge_error(
+                    SqlState::INVALID_TEXT_REPRESENTATION,
+                    &format!("invalid number {n}"),
+                )
+            })
+        }
+        Cond::Lit(Lit::Text(t)) => {
+            decode(other.unwrap_or(Kind::Text { padded: false }), t.as_bytes())
+                .map(Some)
+                .map_err(|e| merge_error(SqlState::INVALID_TEXT_REPRESENTATION, &e.0))
+        }
         other => Ok(eval(other, row, kinds, true)?.map(Val::Bool)),
     }
 }

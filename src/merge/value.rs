@@ -37,11 +37,15 @@ pub enum Kind {
     Float,
     Bool,
     /// Text types: byte order (the C collation); `bpchar` ignores trailing spaces.
-    Text { padded: bool },
+    Text {
+        padded: bool,
+    },
     /// Byte order of the text form is the value order (uuid, bytea hex, time).
     Bytes,
     Date,
-    Timestamp { tz: bool },
+    Timestamp {
+        tz: bool,
+    },
     /// Equality by text form only (enums, arrays, jsonb, ...): no order.
     Opaque,
     /// Neither order nor equality by text form is right (interval).
@@ -98,7 +102,12 @@ pub struct BadValue(pub String);
 
 pub fn decode(kind: Kind, raw: &[u8]) -> Result<Val, BadValue> {
     let text = || std::str::from_utf8(raw).map_err(|_| BadValue("not UTF-8".into()));
-    let bad = |what: &str| BadValue(format!("cannot read {what} value {:?}", String::from_utf8_lossy(raw)));
+    let bad = |what: &str| {
+        BadValue(format!(
+            "cannot read {what} value {:?}",
+            String::from_utf8_lossy(raw)
+        ))
+    };
     Ok(match kind {
         Kind::Int => Val::Int(text()?.parse().map_err(|_| bad("integer"))?),
         Kind::Numeric => Val::Num(Numeric::parse(text()?).ok_or_else(|| bad("numeric"))?),
@@ -114,12 +123,13 @@ pub fn decode(kind: Kind, raw: &[u8]) -> Result<Val, BadValue> {
         }
         Kind::Text { padded: false } | Kind::Bytes | Kind::Opaque => Val::Bytes(raw.to_vec()),
         Kind::Date => {
-            let (rank, days) = parse_date(text()?).ok_or_else(|| bad("date (DateStyle must be ISO)"))?;
+            let (rank, days) =
+                parse_date(text()?).ok_or_else(|| bad("date (DateStyle must be ISO)"))?;
             Val::Time(rank, days as i128 * 86_400_000_000)
         }
         Kind::Timestamp { tz } => {
-            let (rank, us) =
-                parse_timestamp(text()?, tz).ok_or_else(|| bad("timestamp (DateStyle must be ISO)"))?;
+            let (rank, us) = parse_timestamp(text()?, tz)
+                .ok_or_else(|| bad("timestamp (DateStyle must be ISO)"))?;
             Val::Time(rank, us)
         }
         Kind::Unsupported => return Err(bad("interval")),
@@ -149,14 +159,14 @@ fn float_cmp(a: f64, b: f64) -> Ordering {
 pub fn compare(a: &Val, b: &Val) -> Ordering {
     match (a, b) {
         (Val::Int(x), Val::Int(y)) => x.cmp(y),
-        (Val::Num(x), Val::Num(y)) => x.cmp(y),
+        (Val::Num(x), Val::Num(y)) => x.compare(y),
         (Val::Float(x), Val::Float(y)) => float_cmp(*x, *y),
         (Val::Bool(x), Val::Bool(y)) => x.cmp(y),
         (Val::Bytes(x), Val::Bytes(y)) => x.cmp(y),
         (Val::Time(r1, x), Val::Time(r2, y)) => (r1, x).cmp(&(r2, y)),
         // Mixed kinds (HAVING against a literal): compare as numbers when both are.
         (x, y) => match (as_numeric(x), as_numeric(y)) {
-            (Some(p), Some(q)) => p.cmp(&q),
+            (Some(p), Some(q)) => p.compare(&q),
             _ => Ordering::Equal,
         },
     }
@@ -179,11 +189,13 @@ fn as_numeric(v: &Val) -> Option<Numeric> {
 pub fn group_key(kind: Kind, raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadValue> {
     match kind {
         Kind::Numeric => match decode(kind, raw)? {
-            Val::Num(Numeric::Finite(d)) => out.extend_from_slice(d.normalized().to_string().as_bytes()),
+            Val::Num(Numeric::Finite(d)) => {
+                out.extend_from_slice(d.normalized().to_string().as_bytes())
+            }
             other => out.extend_from_slice(format!("{other:?}").as_bytes()),
         },
         Kind::Float => match decode(kind, raw)? {
-            Val::Float(f) if f == 0.0 => out.push(b'0'),
+            Val::Float(0.0) => out.push(b'0'),
             Val::Float(f) if f.is_nan() => out.extend_from_slice(b"NaN"),
             Val::Float(f) => out.extend_from_slice(&f.to_bits().to_be_bytes()),
             _ => {}
@@ -198,7 +210,11 @@ pub fn group_key(kind: Kind, raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadVal
                 out.extend_from_slice(format!("{r}:{us}").as_bytes());
             }
         }
-        Kind::Unsupported => return Err(BadValue("interval values cannot be grouped across shards".into())),
+        Kind::Unsupported => {
+            return Err(BadValue(
+                "interval values cannot be grouped across shards".into(),
+            ))
+        }
         _ => out.extend_from_slice(raw),
     }
     Ok(())
@@ -268,7 +284,11 @@ fn parse_timestamp(s: &str, tz: bool) -> Option<(i8, i128)> {
         None => (s, false),
     };
     let (date, time) = s.split_once(' ')?;
-    let (_, days) = parse_date(&if bc { format!("{date} BC") } else { date.to_string() })?;
+    let (_, days) = parse_date(&if bc {
+        format!("{date} BC")
+    } else {
+        date.to_string()
+    })?;
     let (clock, offset) = if tz {
         let at = time.rfind(['+', '-'])?;
         let (c, o) = time.split_at(at);
@@ -320,10 +340,19 @@ mod tests {
     #[test]
     fn orders() {
         let t = |s: &str| decode(Kind::Timestamp { tz: true }, s.as_bytes()).unwrap();
-        assert_eq!(compare(&t("2024-03-31 01:30:00+01"), &t("2024-03-31 01:00:00+00")), Ordering::Less);
-        assert_eq!(compare(&t("infinity"), &t("2024-03-31 01:00:00+00")), Ordering::Greater);
+        assert_eq!(
+            compare(&t("2024-03-31 01:30:00+01"), &t("2024-03-31 01:00:00+00")),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare(&t("infinity"), &t("2024-03-31 01:00:00+00")),
+            Ordering::Greater
+        );
         let d = |s: &str| decode(Kind::Date, s.as_bytes()).unwrap();
-        assert_eq!(compare(&d("0044-03-15 BC"), &d("0001-01-01")), Ordering::Less);
+        assert_eq!(
+            compare(&d("0044-03-15 BC"), &d("0001-01-01")),
+            Ordering::Less
+        );
         let n = |s: &str| decode(Kind::Numeric, s.as_bytes()).unwrap();
         assert_eq!(compare(&n("NaN"), &n("Infinity")), Ordering::Greater);
         assert_eq!(compare(&n("-1.50"), &n("-1.5")), Ordering::Equal);

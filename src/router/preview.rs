@@ -15,11 +15,20 @@ pub fn preview(sql: &str, map: &ShardMap) -> Result<Vec<Vec<String>>, RouteError
         route
             .shards(map.shards)
             .into_iter()
-            .map(|s| vec![s.to_string(), stmt.to_string(), merge.to_string(), reason.to_string()])
+            .map(|s| {
+                vec![
+                    s.to_string(),
+                    stmt.to_string(),
+                    merge.to_string(),
+                    reason.to_string(),
+                ]
+            })
             .collect()
     };
     let why = |route: &Route| match route {
-        Route::One(ShardId(s)) => format!("the WHERE clause, the inserted key or the table's home pins shard {s}"),
+        Route::One(ShardId(s)) => {
+            format!("the WHERE clause, the inserted key or the table's home pins shard {s}")
+        }
         Route::Any => "no sharded table: any one shard (the one the session already uses)".into(),
         Route::Some(_) => "the shard key is fixed to values on these shards".into(),
         Route::All => "the shard key is not fixed: every shard".into(),
@@ -63,7 +72,12 @@ pub fn preview(sql: &str, map: &ShardMap) -> Result<Vec<Vec<String>>, RouteError
                 }
                 _ => "transaction control: handled by the proxy on the shards the transaction has used",
             };
-            vec![vec!["proxy".into(), sql.to_string(), "none".into(), what.into()]]
+            vec![vec![
+                "proxy".into(),
+                sql.to_string(),
+                "none".into(),
+                what.into(),
+            ]]
         }
     })
 }

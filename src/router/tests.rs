@@ -242,31 +242,43 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT * FROM accounts ORDER BY id",
-            SqlState::FEATURE_NOT_SUPPORTED,
-        ),
-        (
-            "SELECT count(*) FROM accounts",
-            SqlState::FEATURE_NOT_SUPPORTED,
-        ),
-        (
-            "SELECT * FROM accounts LIMIT 1",
-            SqlState::FEATURE_NOT_SUPPORTED,
-        ),
-        (
-            "SELECT DISTINCT balance FROM accounts",
-            SqlState::FEATURE_NOT_SUPPORTED,
-        ),
-        (
-            "SELECT balance FROM accounts GROUP BY balance",
-            SqlState::FEATURE_NOT_SUPPORTED,
-        ),
-        (
             "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
             "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT id, sum(balance) OVER () FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT count(DISTINCT balance) FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT sum(balance) + 1 FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT string_agg(note, ',') FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT DISTINCT ON (balance) id FROM accounts ORDER BY balance",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT balance, count(*) FROM accounts GROUP BY ROLLUP (balance)",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT id FROM accounts ORDER BY balance FETCH FIRST 2 ROWS WITH TIES",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts, (SELECT 1) s ORDER BY id",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -373,4 +385,102 @@ fn bound_parameters_route_like_literals() {
         assert!(!part.sql.contains(&format!("${}", n + 1)), "{}", part.sql);
     }
     assert_eq!(rows_seen, 6);
+}
+
+fn merge_plan(sql: &str) -> crate::merge::MergePlan {
+    match plan(sql, &map()) {
+        Ok(Plan::Merge { route, plan }) => {
+            assert_eq!(route, Route::All, "{sql}");
+            (*plan).clone()
+        }
+        other => panic!("{sql}: expected a merge, got {other:?}"),
+    }
+}
+
+#[test]
+fn cross_shard_reads_are_rewritten_for_merging() {
+    use crate::merge::{AggFunc, Output, Shape, SortKey};
+    // Plain concatenation stays a forward.
+    assert_eq!(
+        plan("SELECT id FROM accounts WHERE balance > 0", &map()),
+        Ok(fwd(Route::All, false))
+    );
+    let p = merge_plan("SELECT id, note AS n FROM accounts ORDER BY n DESC, 1 LIMIT 5 OFFSET 10");
+    assert_eq!(
+        p.sql,
+        "SELECT id, note AS n, note AS \"pieskieo_sort_1\", id AS \"pieskieo_sort_2\" FROM accounts ORDER BY n DESC, 1 LIMIT 15"
+    );
+    assert_eq!(p.shape, Shape::Rows { hidden: 2 });
+    assert_eq!(
+        p.order,
+        vec![
+            SortKey {
+                col: 0,
+                desc: true,
+                nulls_first: true
+            },
+            SortKey {
+                col: 1,
+                desc: false,
+                nulls_first: false
+            },
+        ]
+    );
+    assert_eq!((p.offset, p.limit), (10, Some(5)));
+
+    let p = merge_plan(
+        "SELECT note, avg(balance), count(*) FROM accounts GROUP BY 1 HAVING max(balance) > 3 ORDER BY count(*) DESC",
+    );
+    assert_eq!(
+        p.sql,
+        "SELECT note, sum(balance) AS \"avg\", count(balance) AS \"pieskieo_count\", count(*) AS \"count\", max(balance) AS \"max\" FROM accounts GROUP BY note"
+    );
+    let Shape::Groups {
+        keys,
+        outputs,
+        visible,
+        having,
+    } = &p.shape
+    else {
+        panic!("groups expected")
+    };
+    assert_eq!(keys, &vec![0]);
+    assert_eq!(*visible, 3);
+    assert_eq!(
+        outputs,
+        &vec![
+            Output::Pass(0),
+            Output::Agg {
+                func: AggFunc::Avg,
+                col: 1,
+                count: Some(2)
+            },
+            Output::Agg {
+                func: AggFunc::Count,
+                col: 3,
+                count: None
+            },
+            Output::Agg {
+                func: AggFunc::Max,
+                col: 4,
+                count: None
+            },
+        ]
+    );
+    assert!(having.is_some());
+    assert_eq!(
+        p.order,
+        vec![SortKey {
+            col: 2,
+            desc: true,
+            nulls_first: true
+        }]
+    );
+
+    // count(DISTINCT shard key) is exact: each key lives on one shard.
+    let p = merge_plan("SELECT count(DISTINCT id) FROM accounts");
+    assert_eq!(
+        p.sql,
+        "SELECT count(DISTINCT id) AS \"count\" FROM accounts"
+    );
 }

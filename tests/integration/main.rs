@@ -10,6 +10,7 @@ mod drivers;
 mod extended;
 mod faults;
 mod hashing;
+mod merges;
 mod psql;
 mod routing;
 mod tls;

@@ -235,7 +235,9 @@ impl Session {
             return self.complete(tag).await;
         }
         let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, stmt)).collect();
-        let (ok, last) = self.exec_in_block(&targets, Merge::Copies.into(), false).await?;
+        let (ok, last) = self
+            .exec_in_block(&targets, Merge::Copies.into(), false)
+            .await?;
         if let Some(b) = last {
             self.write(&b).await?;
         }

@@ -46,9 +46,11 @@ impl Session {
         plan: std::sync::Arc<crate::merge::MergePlan>,
     ) -> std::io::Result<bool> {
         let shards = route.shards(self.shared.map().shards);
-        let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, plan.sql.as_str())).collect();
+        let targets: Vec<(ShardId, &str)> =
+            shards.iter().map(|s| (*s, plan.sql.as_str())).collect();
         let (ok, last) = if self.txn().is_some() {
-            self.exec_in_block(&targets, Collect::Plan(&plan), false).await?
+            self.exec_in_block(&targets, Collect::Plan(&plan), false)
+                .await?
         } else {
             let bytewise = self.shared.collations.bytewise();
             let mut conns = Vec::with_capacity(targets.len());
@@ -211,7 +213,9 @@ impl Session {
         targets: &[(ShardId, &str)],
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
-            let (ok, last) = self.exec_in_block(targets, Merge::Union.into(), false).await?;
+            let (ok, last) = self
+                .exec_in_block(targets, Merge::Union.into(), false)
+                .await?;
             if let Some(b) = last {
                 self.write(&b).await?;
             }

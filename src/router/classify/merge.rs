@@ -64,7 +64,10 @@ fn aggregate<'a>(e: &'a Expr, bindings: &[Binding]) -> Result<Option<Agg<'a>>, R
         if !list.clauses.is_empty() {
             return refuse(format!("ORDER BY or other clauses inside {name}()"));
         }
-        if matches!(list.duplicate_treatment, Some(sqlparser::ast::DuplicateTreatment::Distinct)) {
+        if matches!(
+            list.duplicate_treatment,
+            Some(sqlparser::ast::DuplicateTreatment::Distinct)
+        ) {
             // Distinct values of the shard key never meet on two shards.
             let on_key = matches!(
                 list.args.as_slice(),
@@ -107,7 +110,10 @@ fn strip(e: &Expr) -> &Expr {
 fn constant(e: &Expr) -> bool {
     let mut found = false;
     let _ = sqlparser::ast::visit_expressions(e, |x| {
-        if matches!(x, Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Subquery(_)) {
+        if matches!(
+            x,
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Subquery(_)
+        ) {
             found = true;
         }
         ControlFlow::<()>::Continue(())
@@ -151,7 +157,9 @@ fn output_ref(e: &Expr, items: &[(&Expr, Option<&Ident>)]) -> Result<Option<usiz
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => match n.parse::<usize>() {
                 Ok(k) if k >= 1 && k <= items.len() => Ok(Some(k - 1)),
-                _ => Err(RouteError::Syntax(format!("position {n} is not in select list"))),
+                _ => Err(RouteError::Syntax(format!(
+                    "position {n} is not in select list"
+                ))),
             },
             _ => Ok(None),
         },
@@ -210,7 +218,9 @@ fn order_items(q: &Query) -> Result<Vec<&sqlparser::ast::OrderByExpr>, RouteErro
     match q.order_by.as_ref().map(|o| &o.kind) {
         None => Ok(Vec::new()),
         Some(OrderByKind::Expressions(v)) => {
-            if v.iter().any(|o| matches!(o.options.sort, Some(OrderBySort::Using(_)))) {
+            if v.iter()
+                .any(|o| matches!(o.options.sort, Some(OrderBySort::Using(_))))
+            {
                 return refuse("ORDER BY ... USING");
             }
             Ok(v.iter().collect())
@@ -308,7 +318,12 @@ fn plan_rows(
                         "ORDER BY position {n} is not in select list"
                     )));
                 }
-                match all[..k].iter().all(Option::is_some).then(|| all[k - 1]).flatten() {
+                match all[..k]
+                    .iter()
+                    .all(Option::is_some)
+                    .then(|| all[k - 1])
+                    .flatten()
+                {
                     Some((e, _)) => e.clone(),
                     None => return refuse("ORDER BY position after * in the select list"),
                 }
@@ -384,7 +399,12 @@ impl GroupPlanner<'_> {
     /// An output for an aggregate call: its partial column(s) and combiner.
     /// `reuse`: an equal call already made will do (HAVING, ORDER BY); each
     /// select-list item gets an output of its own.
-    fn agg(&mut self, e: &Expr, alias: Option<&Ident>, reuse: bool) -> Result<Option<usize>, RouteError> {
+    fn agg(
+        &mut self,
+        e: &Expr,
+        alias: Option<&Ident>,
+        reuse: bool,
+    ) -> Result<Option<usize>, RouteError> {
         let Some(a) = aggregate(e, self.bindings)? else {
             return Ok(None);
         };
@@ -472,10 +492,16 @@ impl GroupPlanner<'_> {
             Expr::BinaryOp { left, op, right } => {
                 let cmp = match op {
                     BinaryOperator::And => {
-                        return Ok(Cond::And(Box::new(self.cond(left)?), Box::new(self.cond(right)?)))
+                        return Ok(Cond::And(
+                            Box::new(self.cond(left)?),
+                            Box::new(self.cond(right)?),
+                        ))
                     }
                     BinaryOperator::Or => {
-                        return Ok(Cond::Or(Box::new(self.cond(left)?), Box::new(self.cond(right)?)))
+                        return Ok(Cond::Or(
+                            Box::new(self.cond(left)?),
+                            Box::new(self.cond(right)?),
+                        ))
                     }
                     BinaryOperator::Eq => CmpOp::Eq,
                     BinaryOperator::NotEq => CmpOp::Ne,
@@ -501,8 +527,16 @@ impl GroupPlanner<'_> {
             } => {
                 let x = self.cond(expr)?;
                 let both = Cond::And(
-                    Box::new(Cond::Cmp(CmpOp::Ge, Box::new(x.clone()), Box::new(self.cond(low)?))),
-                    Box::new(Cond::Cmp(CmpOp::Le, Box::new(x), Box::new(self.cond(high)?))),
+                    Box::new(Cond::Cmp(
+                        CmpOp::Ge,
+                        Box::new(x.clone()),
+                        Box::new(self.cond(low)?),
+                    )),
+                    Box::new(Cond::Cmp(
+                        CmpOp::Le,
+                        Box::new(x),
+                        Box::new(self.cond(high)?),
+                    )),
                 );
                 if *negated {
                     Cond::Not(Box::new(both))
@@ -520,9 +554,10 @@ impl GroupPlanner<'_> {
             Expr::UnaryOp {
                 op: UnaryOperator::Minus,
                 expr,
-            } if number(expr).is_some() => {
-                Cond::Lit(Lit::Number(format!("-{}", number(expr).unwrap_or_default())))
-            }
+            } if number(expr).is_some() => Cond::Lit(Lit::Number(format!(
+                "-{}",
+                number(expr).unwrap_or_default()
+            ))),
             other => Cond::Col(self.operand(other, "HAVING")?),
         })
     }
