@@ -6,12 +6,13 @@
 //! [`MergePlan`] saying how the answers combine; [`run`] carries it out on
 //! the shards' text-format results.
 
+mod binary;
 mod decimal;
 mod run;
 mod value;
 
 pub use decimal::{Decimal, Numeric};
-pub use run::run;
+pub use run::{describe, run, RunOptions};
 pub use value::{format_float, Kind};
 
 /// How to combine the shards' answers to a rewritten `SELECT`.
@@ -27,6 +28,9 @@ pub struct MergePlan {
     pub limit: Option<u64>,
     /// Drop duplicate (visible) rows.
     pub distinct: bool,
+    /// With parameters: the statement's `$k` is the client's parameter
+    /// `params[k - 1]` (0-based); empty without parameters.
+    pub params: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -66,6 +66,93 @@ fn description(fields: &[Field]) -> Bytes {
 
 type Row = Vec<Option<Bytes>>;
 
+/// Writes the client's columns in the formats it asked for.
+struct Writer {
+    /// Per column: the type to encode in binary, or `None` for text.
+    binary: Vec<Option<u32>>,
+}
+
+impl Writer {
+    /// The client's RowDescription and its writer; refuses binary output of
+    /// types the proxy cannot encode.
+    fn new(fields: &[Field], formats: &[i16]) -> Result<(Bytes, Writer), Bytes> {
+        let mut out = fields.to_vec();
+        let mut binary = Vec::with_capacity(fields.len());
+        for (i, f) in out.iter_mut().enumerate() {
+            let fmt = match formats {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
+            };
+            f.format = fmt;
+            if fmt == 1 {
+                if !super::binary::encodable(f.type_oid) {
+                    return Err(merge_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        &format!(
+                            "binary results of type OID {} from a cross-shard merge are not supported; ask for text",
+                            f.type_oid
+                        ),
+                    ));
+                }
+                binary.push(Some(f.type_oid));
+            } else {
+                binary.push(None);
+            }
+        }
+        Ok((description(&out), Writer { binary }))
+    }
+
+    fn text(&self) -> bool {
+        self.binary.iter().all(Option::is_none)
+    }
+
+    fn row(&self, row: &[Option<Bytes>]) -> Result<Bytes, Bytes> {
+        if self.text() {
+            return Ok(data_row(row));
+        }
+        let mut cols = Vec::with_capacity(row.len());
+        for (v, b) in row.iter().zip(&self.binary) {
+            cols.push(match (v, b) {
+                (Some(v), Some(t)) => {
+                    Some(Bytes::from(super::binary::encode(*t, v).map_err(|e| {
+                        merge_error(SqlState::INVALID_TEXT_REPRESENTATION, &e)
+                    })?))
+                }
+                (v, _) => v.clone(),
+            });
+        }
+        Ok(data_row(&cols))
+    }
+}
+
+/// The RowDescription a client gets for a merged portal, from a shard's
+/// description of the statement the shards run.
+pub fn describe(
+    plan: &MergePlan,
+    shard_desc: &[u8],
+    opts: &RunOptions<'_>,
+) -> Result<Bytes, Bytes> {
+    let fields = parse_description(shard_desc).ok_or_else(|| {
+        merge_error(
+            SqlState::PROTOCOL_VIOLATION,
+            "malformed RowDescription from a shard",
+        )
+    })?;
+    let client = match &plan.shape {
+        Shape::Rows { hidden } => {
+            let (visible, _) = rows_layout(plan, *hidden, &fields, opts.bytewise)?;
+            fields[..visible].to_vec()
+        }
+        Shape::Groups { visible, .. } => {
+            let mut f = groups_setup(plan, &fields, opts.bytewise)?.0;
+            f.truncate(*visible);
+            f
+        }
+    };
+    Writer::new(&client, opts.formats).map(|(d, _)| d)
+}
+
 /// The columns of a `DataRow`, sharing the frame's buffer.
 fn parse_row(f: &Frame) -> Option<Row> {
     let body = f.body();
@@ -111,6 +198,9 @@ fn merge_error(code: SqlState, msg: &str) -> Bytes {
 struct Stream {
     done: bool,
     desc: Option<Vec<Field>>,
+    /// An extended-protocol Execute: the answer ends at its CommandComplete
+    /// (or error), not at ReadyForQuery.
+    executed: bool,
 }
 
 /// What went wrong first, across shards: the client sees one error.
@@ -168,7 +258,11 @@ async fn next_row<W: AsyncWrite + Unpin>(
                 // The description is what the caller waits for first.
                 return Ok(None);
             }
-            b'E' => o.fail(f.bytes),
+            b'E' => {
+                o.fail(f.bytes);
+                s.done |= s.executed;
+            }
+            b'C' | b'I' | b's' if s.executed => s.done = true,
             b'N' if o.notices.insert(f.bytes.clone()) => send(out, &f.bytes).await?,
             b'G' => {
                 if let Err(e) = refuse_copy_in(conn).await {
@@ -338,15 +432,27 @@ impl Sink {
     }
 }
 
+/// How a merge answers its client.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// The shards compare text in byte order, so the proxy may too.
+    pub bytewise: bool,
+    /// The client's result format codes (as in Bind: none = all text, one =
+    /// for every column, else one per column).
+    pub formats: &'a [i16],
+    /// The shards were sent Describe + Execute of a portal rather than a
+    /// simple query; the client gets no RowDescription (it asks with Describe).
+    pub executed: bool,
+}
+
 /// Reads every shard's answer to `plan.sql` (already sent and flushed) and
 /// answers the client with the merged result. Returns whether the statement
 /// failed, and the closing message (error or `SELECT n`), which the caller
-/// sends once the statement is really over. `bytewise`: the shards compare
-/// text in byte order, so the proxy may too.
+/// sends once the statement is really over.
 pub async fn run<W: AsyncWrite + Unpin>(
     conns: &mut [&mut ServerConn],
     plan: &MergePlan,
-    bytewise: bool,
+    opts: &RunOptions<'_>,
     out: &mut W,
 ) -> Result<(bool, Option<Bytes>), ExecError> {
     let mut o = Outcome::default();
@@ -355,6 +461,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         .map(|_| Stream {
             done: false,
             desc: None,
+            executed: opts.executed,
         })
         .collect();
     // Every shard's RowDescription first (or its error).
@@ -396,14 +503,14 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     plan,
                     *hidden,
                     &fields,
-                    bytewise,
+                    opts,
                     &mut o,
                     out,
                 )
                 .await?
             }
             Shape::Groups { .. } => {
-                groups(conns, &mut streams, plan, &fields, bytewise, &mut o, out).await?
+                groups(conns, &mut streams, plan, &fields, opts, &mut o, out).await?
             }
         };
         match r {
@@ -421,6 +528,33 @@ pub async fn run<W: AsyncWrite + Unpin>(
     })
 }
 
+/// The visible columns and decoded sort keys of a row-shaped merge.
+fn rows_layout(
+    plan: &MergePlan,
+    hidden: usize,
+    fields: &[Field],
+    bytewise: bool,
+) -> Result<(usize, Vec<(usize, Kind)>), Bytes> {
+    let visible = fields.len().saturating_sub(hidden);
+    let mut sort_cols = Vec::new();
+    for k in &plan.order {
+        let c = visible + k.col;
+        let f = fields.get(c).ok_or_else(|| {
+            merge_error(
+                SqlState::PROTOCOL_VIOLATION,
+                "sort key missing from shard result",
+            )
+        })?;
+        sort_cols.push((c, check_ordered(f, bytewise, "ORDER BY")?));
+    }
+    if plan.distinct {
+        for f in &fields[..visible] {
+            check_groupable(f)?;
+        }
+    }
+    Ok((visible, sort_cols))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn rows<W: AsyncWrite + Unpin>(
     conns: &mut [&mut ServerConn],
@@ -428,40 +562,25 @@ async fn rows<W: AsyncWrite + Unpin>(
     plan: &MergePlan,
     hidden: usize,
     fields: &[Field],
-    bytewise: bool,
+    opts: &RunOptions<'_>,
     o: &mut Outcome,
     out: &mut W,
 ) -> Result<Result<u64, Bytes>, ExecError> {
-    let visible = fields.len().saturating_sub(hidden);
-    let mut sort_cols = Vec::new();
-    for k in &plan.order {
-        let c = visible + k.col;
-        let Some(f) = fields.get(c) else {
-            return Ok(Err(merge_error(
-                SqlState::PROTOCOL_VIOLATION,
-                "sort key missing from shard result",
-            )));
-        };
-        match check_ordered(f, bytewise, "ORDER BY") {
-            Ok(kind) => sort_cols.push((c, kind)),
-            Err(e) => return Ok(Err(e)),
-        }
+    let (visible, sort_cols) = match rows_layout(plan, hidden, fields, opts.bytewise) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (desc, writer) = match Writer::new(&fields[..visible], opts.formats) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    if !opts.executed {
+        send(out, &desc).await?;
     }
     let kinds: Vec<Kind> = fields[..visible]
         .iter()
         .map(|f| Kind::of(f.type_oid))
         .collect();
-    if plan.distinct {
-        if let Some(f) = fields[..visible]
-            .iter()
-            .find(|f| !Kind::of(f.type_oid).groupable())
-        {
-            if let Err(e) = check_groupable(f) {
-                return Ok(Err(e));
-            }
-        }
-    }
-    send(out, &description(&fields[..visible])).await?;
     let mut sink = Sink {
         distinct: plan.distinct.then(|| (kinds, HashSet::new())),
         skip: plan.offset,
@@ -473,11 +592,10 @@ async fn rows<W: AsyncWrite + Unpin>(
         if !sink.admit(row)? {
             return Ok(None);
         }
-        Ok(Some(if hidden == 0 {
-            frame.bytes.clone()
-        } else {
-            data_row(row)
-        }))
+        if hidden == 0 && writer.text() {
+            return Ok(Some(frame.bytes.clone()));
+        }
+        writer.row(row).map(Some)
     };
     if plan.order.is_empty() {
         for (c, s) in conns.iter_mut().zip(streams.iter_mut()) {
@@ -728,16 +846,54 @@ struct Group {
     accs: Vec<Acc>,
 }
 
+/// Output columns and kinds, group-key kinds, accumulators' first state.
+type Setup = (Vec<Field>, Vec<Kind>, Vec<Kind>, Vec<Acc>);
+
+fn groups_setup(plan: &MergePlan, fields: &[Field], bytewise: bool) -> Result<Setup, Bytes> {
+    let Shape::Groups { keys, outputs, .. } = &plan.shape else {
+        return Err(merge_error(SqlState::INTERNAL_ERROR, "not a group merge"));
+    };
+    let missing = || {
+        merge_error(
+            SqlState::PROTOCOL_VIOLATION,
+            "shard result lacks a merge column",
+        )
+    };
+    let mut key_kinds = Vec::new();
+    for &k in keys {
+        key_kinds.push(check_groupable(fields.get(k).ok_or_else(missing)?)?);
+    }
+    let (mut ofields, mut okinds, mut accs) = (Vec::new(), Vec::new(), Vec::new());
+    for out in outputs {
+        match out {
+            Output::Pass(c) => {
+                let f = fields.get(*c).ok_or_else(missing)?;
+                okinds.push(Kind::of(f.type_oid));
+                ofields.push(f.clone());
+            }
+            Output::Agg { func, col, .. } => {
+                let (f, k, acc) =
+                    agg_setup(*func, fields.get(*col).ok_or_else(missing)?, bytewise)?;
+                ofields.push(f);
+                okinds.push(k);
+                accs.push(acc);
+            }
+        }
+    }
+    Ok((ofields, okinds, key_kinds, accs))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn groups<W: AsyncWrite + Unpin>(
     conns: &mut [&mut ServerConn],
     streams: &mut [Stream],
     plan: &MergePlan,
     fields: &[Field],
-    bytewise: bool,
+    opts: &RunOptions<'_>,
     o: &mut Outcome,
     out: &mut W,
 ) -> Result<Result<u64, Bytes>, ExecError> {
+    let bytewise = opts.bytewise;
     let Shape::Groups {
         keys,
         outputs,
@@ -747,39 +903,11 @@ async fn groups<W: AsyncWrite + Unpin>(
     else {
         return Ok(Ok(0));
     };
-    // Output columns and kinds, group-key kinds, accumulators' first state.
-    type Setup = (Vec<Field>, Vec<Kind>, Vec<Kind>, Vec<Acc>);
-    let r: Result<Setup, Bytes> = (|| {
-        let missing = || {
-            merge_error(
-                SqlState::PROTOCOL_VIOLATION,
-                "shard result lacks a merge column",
-            )
-        };
-        let mut key_kinds = Vec::new();
-        for &k in keys {
-            key_kinds.push(check_groupable(fields.get(k).ok_or_else(missing)?)?);
-        }
-        let (mut ofields, mut okinds, mut accs) = (Vec::new(), Vec::new(), Vec::new());
-        for out in outputs {
-            match out {
-                Output::Pass(c) => {
-                    let f = fields.get(*c).ok_or_else(missing)?;
-                    okinds.push(Kind::of(f.type_oid));
-                    ofields.push(f.clone());
-                }
-                Output::Agg { func, col, .. } => {
-                    let (f, k, acc) =
-                        agg_setup(*func, fields.get(*col).ok_or_else(missing)?, bytewise)?;
-                    ofields.push(f);
-                    okinds.push(k);
-                    accs.push(acc);
-                }
-            }
-        }
-        Ok((ofields, okinds, key_kinds, accs))
-    })();
-    let (ofields, okinds, key_kinds, template) = match r {
+    let (ofields, okinds, key_kinds, template) = match groups_setup(plan, fields, bytewise) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (desc, writer) = match Writer::new(&ofields[..*visible], opts.formats) {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
@@ -906,7 +1034,10 @@ async fn groups<W: AsyncWrite + Unpin>(
     let mut batch = Vec::new();
     for r in &finals {
         match sink.admit(&r[..*visible]) {
-            Ok(true) => batch.push(data_row(&r[..*visible])),
+            Ok(true) => match writer.row(&r[..*visible]) {
+                Ok(b) => batch.push(b),
+                Err(e) => return Ok(Err(e)),
+            },
             Ok(false) => {}
             Err(e) => return Ok(Err(e)),
         }
@@ -914,7 +1045,9 @@ async fn groups<W: AsyncWrite + Unpin>(
             break;
         }
     }
-    send(out, &description(&ofields[..*visible])).await?;
+    if !opts.executed {
+        send(out, &desc).await?;
+    }
     for b in batch {
         send(out, &b).await?;
     }

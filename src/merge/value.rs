@@ -272,6 +272,14 @@ fn parse_date(s: &str) -> Option<(i8, i64)> {
     Some((0, days_from_civil(y, m, d)))
 }
 
+/// Microseconds since 1970-01-01 (UTC when `tz`) of a finite ISO timestamp.
+pub(super) fn timestamp_us(s: &str, tz: bool) -> Option<i128> {
+    match parse_timestamp(s, tz)? {
+        (0, us) => Some(us),
+        _ => None,
+    }
+}
+
 /// ISO timestamps, with a `+hh[:mm[:ss]]` offset when `tz`.
 fn parse_timestamp(s: &str, tz: bool) -> Option<(i8, i128)> {
     match s {

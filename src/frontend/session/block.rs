@@ -137,7 +137,12 @@ impl Session {
                         }
                     }
                 } else {
-                    return crate::merge::run(&mut conns, plan, bytewise, &mut self.out).await;
+                    let opts = crate::merge::RunOptions {
+                        bytewise,
+                        formats: &[],
+                        executed: false,
+                    };
+                    return crate::merge::run(&mut conns, plan, &opts, &mut self.out).await;
                 }
             }
             failed |= merger.failed();

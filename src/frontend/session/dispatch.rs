@@ -66,7 +66,17 @@ impl Session {
                     c.send_query(&plan.sql).await?;
                     c.flush().await?;
                 }
-                crate::merge::run(&mut refs, &plan, bytewise, &mut self.out).await
+                crate::merge::run(
+                    &mut refs,
+                    &plan,
+                    &crate::merge::RunOptions {
+                        bytewise,
+                        formats: &[],
+                        executed: false,
+                    },
+                    &mut self.out,
+                )
+                .await
             }
             .await;
             for c in conns.iter_mut() {

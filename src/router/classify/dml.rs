@@ -204,7 +204,14 @@ fn route_bindings(
     }
 }
 
-pub(super) fn route_select(q: &Query, t: &Tables, map: &ShardMap) -> Result<Plan, RouteError> {
+/// Routes a query; `source` is the client's text before bound values
+/// replaced its placeholders (what a merge's shard statement is made from).
+pub(super) fn route_select(
+    q: &Query,
+    source: Option<&Query>,
+    t: &Tables,
+    map: &ShardMap,
+) -> Result<Plan, RouteError> {
     let modifies = q.with.as_ref().is_some_and(|w| {
         w.cte_tables.iter().any(|c| {
             matches!(
@@ -247,7 +254,7 @@ pub(super) fn route_select(q: &Query, t: &Tables, map: &ShardMap) -> Result<Plan
         return Ok(Plan::Forward { route, write });
     }
     // Several shards answer: merge what concatenation would get wrong.
-    match super::merge::plan_merge(q, sel, t, &bindings)? {
+    match super::merge::plan_merge(q, source, t, &bindings)? {
         None => Ok(Plan::Forward { route, write }),
         Some(plan) => Ok(Plan::Merge {
             route,
@@ -452,7 +459,7 @@ pub(super) fn route_insert(
 
 /// Renumbers `$n` placeholders `$1..$k` in order of appearance; returns, for
 /// each new number, the client's parameter index (0-based).
-fn renumber_placeholders(stmt: &mut Statement) -> Vec<usize> {
+pub(super) fn renumber_placeholders(stmt: &mut Statement) -> Vec<usize> {
     let mut order: Vec<usize> = Vec::new();
     let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
         if let Expr::Value(v) = e {

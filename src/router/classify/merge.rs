@@ -240,13 +240,20 @@ fn sort_key(col: usize, o: &sqlparser::ast::OrderByExpr) -> SortKey {
 }
 
 /// Plans a multi-shard `SELECT`: `None` when concatenating the shards' rows
-/// is already the exact answer.
+/// is already the exact answer. `bound` carries the values of `$n`
+/// parameters (for LIMIT/OFFSET); the shards' statement is made from
+/// `source`, the client's own text, with its placeholders renumbered.
 pub(super) fn plan_merge(
-    q: &Query,
-    sel: &Select,
+    bound: &Query,
+    source: Option<&Query>,
     t: &Tables,
     bindings: &[Binding],
 ) -> Result<Option<MergePlan>, RouteError> {
+    let q = source.unwrap_or(bound);
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return refuse("set operations");
+    };
+    let sel: &Select = sel;
     if t.facts.windows || !sel.named_window.is_empty() {
         return refuse("window functions");
     }
@@ -276,16 +283,35 @@ pub(super) fn plan_merge(
     {
         return refuse("ROLLUP, CUBE and GROUPING SETS");
     }
-    let limits = limits(q)?;
+    let limits = limits(bound)?;
     let order = order_items(q)?;
     let grouped = t.facts.aggregates || !group_exprs.is_empty() || sel.having.is_some();
-    if !grouped {
+    let mut plan = if !grouped {
         if order.is_empty() && limits.limit.is_none() && limits.offset == 0 && !distinct {
             return Ok(None);
         }
-        return plan_rows(q, sel, &order, limits, distinct).map(Some);
+        plan_rows(q, sel, &order, limits, distinct)?
+    } else {
+        plan_groups(q, sel, &order, &group_exprs, limits, distinct, bindings)?
+    };
+    if source.is_some() {
+        plan.params = renumber(&mut plan.sql);
     }
-    plan_groups(q, sel, &order, &group_exprs, limits, distinct, bindings).map(Some)
+    Ok(Some(plan))
+}
+
+/// Renumbers the `$n` of a shard statement in order of appearance (LIMIT and
+/// OFFSET placeholders are gone); returns the client's parameter for each.
+fn renumber(sql: &mut String) -> Vec<usize> {
+    let Ok(mut stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Vec::new();
+    };
+    let Some(stmt) = stmts.first_mut() else {
+        return Vec::new();
+    };
+    let params = super::dml::renumber_placeholders(stmt);
+    *sql = stmt.to_string();
+    params
 }
 
 /// No aggregates: shards sort and limit their own rows, the proxy merges
@@ -358,6 +384,7 @@ fn plan_rows(
         offset: limits.offset,
         limit: limits.limit,
         distinct,
+        params: Vec::new(),
     })
 }
 
@@ -660,5 +687,6 @@ fn plan_groups(
         offset: limits.offset,
         limit: limits.limit,
         distinct,
+        params: Vec::new(),
     })
 }

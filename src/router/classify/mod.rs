@@ -478,7 +478,13 @@ fn route_statement(
 ) -> Result<Plan, RouteError> {
     let tables = Tables::gather(stmt, map);
     match stmt {
-        Statement::Query(q) => route_select(q, &tables, map),
+        Statement::Query(q) => {
+            let source = match original {
+                Some(Statement::Query(o)) => Some(o.as_ref()),
+                _ => None,
+            };
+            route_select(q, source, &tables, map)
+        }
         Statement::Insert(_) => route_insert(stmt, &tables, map, original),
         Statement::Update(u) => {
             let TableFactor::Table { name, alias, .. } = &u.table.relation else {

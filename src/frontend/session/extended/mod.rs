@@ -45,6 +45,14 @@ enum PortalKind {
         merge: Merge,
         write: bool,
     },
+    /// A cross-shard read the proxy merges: bound on every shard to the
+    /// plan's statement with text results.
+    Merged {
+        shards: Vec<ShardId>,
+        plan: std::sync::Arc<crate::merge::MergePlan>,
+        /// The client's result format codes.
+        formats: Vec<i16>,
+    },
     /// Transaction control or a setting: run by the session, not a shard.
     Control {
         sql: String,
@@ -56,7 +64,9 @@ impl PortalKind {
     fn uses(&self, shard: ShardId) -> bool {
         match self {
             PortalKind::Single { shard: s, .. } => *s == shard,
-            PortalKind::Multi { shards, .. } => shards.contains(&shard),
+            PortalKind::Multi { shards, .. } | PortalKind::Merged { shards, .. } => {
+                shards.contains(&shard)
+            }
             PortalKind::Control { .. } => false,
         }
     }
@@ -234,9 +244,12 @@ impl Session {
                             route: Route::Any, ..
                         })
                         | Err(_) => {}
-                        Ok(Plan::Forward { .. } | Plan::Replicate | Plan::Split { .. }) => {
-                            return true
-                        }
+                        Ok(
+                            Plan::Forward { .. }
+                            | Plan::Merge { .. }
+                            | Plan::Replicate
+                            | Plan::Split { .. },
+                        ) => return true,
                         // Transaction control changes the mode by itself.
                         Ok(_) => return false,
                     }
@@ -410,12 +423,50 @@ impl Session {
             } => (vec![self.any_shard()], Merge::Union, write),
             Plan::Forward { route, write } => (route.shards(n), Merge::Union, write),
             Plan::Replicate => (route_all(n), Merge::Copies, true),
-            Plan::Merge { .. } => {
-                return Ok(self
-                    .error(Error::Unsupported(
-                        "a SELECT that needs a cross-shard merge (ORDER BY, LIMIT, aggregates, GROUP BY or DISTINCT over several shards) is not supported through the extended query protocol yet; use the simple query protocol or fix the shard key".into(),
-                    ))
-                    .await?)
+            Plan::Merge { route, plan } => {
+                // Each shard runs the rewritten statement with its share of
+                // the parameters, in text: the proxy encodes the merged rows.
+                let types: Vec<u32> = plan
+                    .params
+                    .iter()
+                    .map(|&p| stmt.types.get(p).copied().unwrap_or(0))
+                    .collect();
+                let derived = ClientStmt {
+                    backend: backend_name(&plan.sql, &types),
+                    sql: plan.sql.clone(),
+                    types,
+                    described: None,
+                };
+                let Some(formats) = wire::result_formats(b.results) else {
+                    return Err(Fatal::Protocol(malformed("Bind")));
+                };
+                let rest = b.subset_with(&plan.params, &[0, 0]);
+                let portal = b.portal.to_string();
+                let shards = route.shards(n);
+                for (i, shard) in shards.iter().enumerate() {
+                    if !self
+                        .bind_statement(
+                            *shard,
+                            &derived.parse_message(),
+                            &derived.backend,
+                            &portal,
+                            &rest,
+                            i == 0,
+                        )
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                }
+                self.ext.portals.insert(
+                    portal,
+                    PortalKind::Merged {
+                        shards,
+                        plan,
+                        formats,
+                    },
+                );
+                return Ok(true);
             }
             Plan::Split { parts } => {
                 // Each shard gets its rows as a statement of its own, bound to

@@ -53,6 +53,14 @@ impl Session {
             }
             Some(PortalKind::Single { shard, .. }) => *shard,
             Some(PortalKind::Multi { shards, .. }) => shards[0],
+            Some(PortalKind::Merged {
+                shards,
+                plan,
+                formats,
+            }) => {
+                let (shard, plan, formats) = (shards[0], plan.clone(), formats.clone());
+                return self.describe_merged(shard, name, &plan, &formats).await;
+            }
         };
         let describe = message(b'D', |b| {
             b.put_u8(b'P');
@@ -105,6 +113,15 @@ impl Session {
                 .await;
                 self.put_conn(slot, conn, write);
                 Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
+            }
+            PortalKind::Merged {
+                shards,
+                plan,
+                formats,
+            } => {
+                let (shards, plan, formats) = (shards.clone(), plan.clone(), formats.clone());
+                self.execute_merged(&shards, portal, &plan, &formats, max)
+                    .await
             }
             PortalKind::Multi {
                 shards,
@@ -176,7 +193,7 @@ impl Session {
         } else if let Some(p) = self.ext.portals.remove(name) {
             let shards = match p {
                 PortalKind::Single { shard, .. } => vec![shard],
-                PortalKind::Multi { shards, .. } => shards,
+                PortalKind::Multi { shards, .. } | PortalKind::Merged { shards, .. } => shards,
                 PortalKind::Control { .. } => vec![],
             };
             let close = message(b'C', |b| {
@@ -202,5 +219,131 @@ impl Session {
         }
         self.write(&message(b'3', |_| {})).await?;
         Ok(true)
+    }
+
+    /// Describe of a merged portal: the client's columns, made from a shard's
+    /// description of the statement the shards run.
+    async fn describe_merged(
+        &mut self,
+        shard: ShardId,
+        portal: &str,
+        plan: &crate::merge::MergePlan,
+        formats: &[i16],
+    ) -> Result<bool, Fatal> {
+        let describe = message(b'D', |b| {
+            b.put_u8(b'P');
+            put_cstr(b, portal);
+        });
+        let (slot, mut conn) = match self.take_conn(shard).await {
+            Ok(x) => x,
+            Err(e) => return Ok(self.error(e).await?),
+        };
+        let r: Result<Frame, BackendError> = async {
+            conn.send_extended(&describe).await?;
+            conn.send_extended(&FLUSH).await?;
+            conn.flush().await?;
+            loop {
+                let f = conn.read().await?;
+                if matches!(f.tag, b'T' | b'n' | b'E') {
+                    return Ok(f);
+                }
+            }
+        }
+        .await;
+        self.put_conn(slot, conn, false);
+        let f = match r {
+            Ok(f) => f,
+            Err(e) => return Ok(self.error(e.into()).await?),
+        };
+        let opts = crate::merge::RunOptions {
+            bytewise: self.shared.collations.bytewise(),
+            formats,
+            executed: true,
+        };
+        let answer = match f.tag {
+            b'T' => crate::merge::describe(plan, f.body(), &opts),
+            b'E' => Err(f.bytes),
+            _ => Ok(f.bytes),
+        };
+        match answer {
+            Ok(b) => {
+                self.write(&b).await?;
+                Ok(true)
+            }
+            Err(e) => {
+                self.write(&e).await?;
+                self.fail();
+                Ok(false)
+            }
+        }
+    }
+
+    /// Execute of a merged portal: every shard describes and runs its part,
+    /// the proxy merges the rows into the client's formats.
+    async fn execute_merged(
+        &mut self,
+        shards: &[ShardId],
+        portal: &str,
+        plan: &crate::merge::MergePlan,
+        formats: &[i16],
+        max: i32,
+    ) -> Result<bool, Fatal> {
+        if max > 0 {
+            let e = Error::Unsupported(
+                "a row limit on a portal whose rows the proxy merges from several shards is not supported; fetch all rows (row limit 0)".into(),
+            );
+            return Ok(self.error(e).await?);
+        }
+        let mut taken = Vec::new();
+        for s in shards {
+            match self.take_conn(*s).await {
+                Ok(x) => taken.push(x),
+                Err(e) => {
+                    for (slot, conn) in taken {
+                        self.put_conn(slot, conn, false);
+                    }
+                    return Ok(self.error(e).await?);
+                }
+            }
+        }
+        let describe = message(b'D', |b| {
+            b.put_u8(b'P');
+            put_cstr(b, portal);
+        });
+        let execute = message(b'E', |b| {
+            put_cstr(b, portal);
+            b.put_i32(0);
+        });
+        let opts = crate::merge::RunOptions {
+            bytewise: self.shared.collations.bytewise(),
+            formats,
+            executed: true,
+        };
+        let r = async {
+            for (_, conn) in taken.iter_mut() {
+                conn.send_extended(&describe).await?;
+                conn.send_extended(&execute).await?;
+                conn.send_extended(&FLUSH).await?;
+                conn.flush().await?;
+            }
+            let mut refs: Vec<&mut ServerConn> = taken.iter_mut().map(|(_, c)| &mut **c).collect();
+            crate::merge::run(&mut refs, plan, &opts, &mut self.out).await
+        }
+        .await;
+        for (slot, conn) in taken {
+            self.put_conn(slot, conn, false);
+        }
+        match r {
+            Ok((failed, last)) => {
+                if let Some(b) = last {
+                    self.write(&b).await?;
+                }
+                if failed {
+                    self.fail();
+                }
+                Ok(!failed)
+            }
+            Err(e) => Ok(self.finish_exec(Err(e)).await?),
+        }
     }
 }

@@ -48,6 +48,11 @@ impl BindMsg<'_> {
     /// The part after the names for a Bind of only the parameters `keep`
     /// (indexes into this one's), in that order.
     pub(super) fn subset(&self, keep: &[usize]) -> Vec<u8> {
+        self.subset_with(keep, self.results)
+    }
+
+    /// As [`BindMsg::subset`], with `results` as the result-format part.
+    pub(super) fn subset_with(&self, keep: &[usize], results: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let fmts: Vec<i16> = match self.formats.as_slice() {
             [] | [_] => self.formats.clone(),
@@ -70,9 +75,21 @@ impl BindMsg<'_> {
                 None => out.extend_from_slice(&(-1i32).to_be_bytes()),
             }
         }
-        out.extend_from_slice(self.results);
+        out.extend_from_slice(results);
         out
     }
+}
+
+/// The result format codes at the end of a Bind.
+pub(super) fn result_formats(results: &[u8]) -> Option<Vec<i16>> {
+    let (n, mut r) = read_i16(results)?;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let (f, next) = read_i16(r)?;
+        out.push(f);
+        r = next;
+    }
+    Some(out)
 }
 
 pub(super) fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
