@@ -246,7 +246,11 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id",
+            "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.balance",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "SELECT * FROM accounts a JOIN users u ON u.email = a.note",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -395,6 +399,42 @@ fn merge_plan(sql: &str) -> crate::merge::MergePlan {
         }
         other => panic!("{sql}: expected a merge, got {other:?}"),
     }
+}
+
+#[test]
+fn co_located_joins_on_shard_keys() {
+    let m = map();
+    let s7 = shard_of(&m, "accounts", KeyValue::Int(7));
+    // The key fixed on one side reaches the other through the join.
+    assert_eq!(
+        plan(
+            "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id WHERE a.id = 7",
+            &m
+        ),
+        Ok(fwd(Route::One(s7), false))
+    );
+    assert_eq!(
+        plan(
+            "SELECT * FROM accounts a, orders o WHERE o.account_id = a.id AND o.account_id = 7",
+            &m
+        ),
+        Ok(fwd(Route::One(s7), false))
+    );
+    // Not fixed: every shard joins its own rows.
+    assert_eq!(
+        plan(
+            "SELECT * FROM accounts a LEFT JOIN orders o ON a.id = o.account_id",
+            &m
+        ),
+        Ok(fwd(Route::All, false))
+    );
+    assert_eq!(
+        plan(
+            "DELETE FROM orders o USING accounts a WHERE a.id = o.account_id AND a.balance < 0",
+            &m
+        ),
+        Ok(fwd(Route::All, true))
+    );
 }
 
 #[test]

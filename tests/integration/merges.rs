@@ -15,10 +15,16 @@ reference_tables = ["regions"]
 name = "facts"
 key = "id"
 key_type = "int8"
+
+[[tables]]
+name = "notes"
+key = "fact_id"
+key_type = "int8"
 "#;
 
 const SCHEMA: &str = "CREATE TABLE facts (id bigint PRIMARY KEY, grp int, cat text, code char(3), price numeric(10,2), qty int, big bigint, ok boolean, d date, ts timestamptz, f float8);
-CREATE TABLE regions (id int PRIMARY KEY, name text)";
+CREATE TABLE regions (id int PRIMARY KEY, name text);
+CREATE TABLE notes (fact_id bigint, n int, body text, PRIMARY KEY (fact_id, n))";
 
 /// Deterministic pseudo-random numbers (no seed file, same data every run).
 struct Lcg(u64);
@@ -290,6 +296,10 @@ fn corpus() -> Vec<(String, bool)> {
         ("SELECT r.name, f.id FROM facts f JOIN regions r ON r.id = f.grp ORDER BY f.id LIMIT 12", true),
         ("SELECT cat, sum(price) FILTER (WHERE ok), count(*) FILTER (WHERE qty < 0) FROM facts GROUP BY cat ORDER BY cat", true),
         ("SELECT max(price) - min(price) FROM facts WHERE id = 7", false),
+        ("SELECT f.cat, count(*), sum(n.n) FROM facts f JOIN notes n ON n.fact_id = f.id GROUP BY f.cat ORDER BY f.cat", true),
+        ("SELECT f.id, n.body FROM facts f JOIN notes n ON n.fact_id = f.id WHERE f.id = 77 ORDER BY n.body", true),
+        ("SELECT f.id, n.body FROM facts f LEFT JOIN notes n ON f.id = n.fact_id ORDER BY f.id, n.body LIMIT 20", true),
+        ("SELECT count(*) FROM facts f, notes n WHERE n.fact_id = f.id AND f.qty > 0", false),
     ];
     q.extend(edge.iter().map(|(s, o)| (s.to_string(), *o)));
     q
@@ -310,6 +320,21 @@ async fn cross_shard_reads_match_one_postgres() {
     for chunk in all.chunks(250) {
         let sql = format!(
             "INSERT INTO facts (id, grp, cat, code, price, qty, big, ok, d, ts, f) VALUES {}",
+            chunk.join(", ")
+        );
+        exec(&client, &sql).await;
+        exec(&single, &sql).await;
+    }
+    // Notes live with their facts (co-located on the same key).
+    let notes: Vec<String> = (1..=3000)
+        .filter(|id| id % 3 != 0)
+        .flat_map(|id| {
+            (0..id % 4).map(move |n| format!("({id}, {n}, 'note {}')", (id * 7 + n) % 13))
+        })
+        .collect();
+    for chunk in notes.chunks(400) {
+        let sql = format!(
+            "INSERT INTO notes (fact_id, n, body) VALUES {}",
             chunk.join(", ")
         );
         exec(&client, &sql).await;

@@ -170,10 +170,79 @@ fn key_shards(
     None
 }
 
+/// The ON conditions of joins.
+fn join_conditions<'a>(
+    joins: impl Iterator<Item = &'a sqlparser::ast::Join>,
+    out: &mut Vec<&'a Expr>,
+) {
+    use sqlparser::ast::{JoinConstraint, JoinOperator as J};
+    for j in joins {
+        let c = match &j.join_operator {
+            J::Join(c)
+            | J::Inner(c)
+            | J::Left(c)
+            | J::LeftOuter(c)
+            | J::Right(c)
+            | J::RightOuter(c)
+            | J::FullOuter(c) => c,
+            _ => continue,
+        };
+        if let JoinConstraint::On(e) = c {
+            out.push(e);
+        }
+    }
+}
+
+/// Tables whose equal keys always live on the same shard.
+fn co_located(a: &TableRule, b: &TableRule) -> bool {
+    a.key_type == b.key_type
+        && (matches!(
+            (&a.mapping, &b.mapping),
+            (super::super::Mapping::Hash, super::super::Mapping::Hash)
+        ) || a.name == b.name)
+}
+
+/// Groups bindings joined by `x.key = y.key` of co-located tables (in WHERE
+/// or ON): each group's rows meet only on one shard. Returns a group id per binding.
+fn key_groups(bindings: &[Binding], conds: &[&Expr]) -> Vec<usize> {
+    let mut group: Vec<usize> = (0..bindings.len()).collect();
+    fn find(g: &mut [usize], i: usize) -> usize {
+        let mut r = i;
+        while g[r] != r {
+            r = g[r];
+        }
+        g[i] = r;
+        r
+    }
+    let mut cs = Vec::new();
+    for c in conds {
+        conjuncts(c, &mut cs);
+    }
+    for c in cs {
+        let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } = c
+        else {
+            continue;
+        };
+        let side = |e: &Expr| bindings.iter().position(|b| is_key_ref(e, b, bindings));
+        if let (Some(i), Some(j)) = (side(left), side(right)) {
+            if i != j && co_located(bindings[i].rule, bindings[j].rule) {
+                let (a, b) = (find(&mut group, i), find(&mut group, j));
+                group[a] = b;
+            }
+        }
+    }
+    (0..bindings.len()).map(|i| find(&mut group, i)).collect()
+}
+
 /// Combines the bindings' key restrictions into one route.
 fn route_bindings(
     bindings: &[Binding],
     selection: Option<&Expr>,
+    on: &[&Expr],
     map: &ShardMap,
 ) -> Result<Route, RouteError> {
     let per: Vec<Option<Vec<ShardId>>> = bindings
@@ -186,13 +255,26 @@ fn route_bindings(
             None => Route::All,
         });
     }
+    // Co-located tables joined on their keys: each shard joins its own rows,
+    // on the shards the fixed keys allow (every shard if none is fixed).
+    let mut conds: Vec<&Expr> = selection.into_iter().collect();
+    conds.extend_from_slice(on);
+    let groups = key_groups(bindings, &conds);
+    if groups.iter().all(|g| *g == groups[0]) {
+        let fixed: Vec<ShardId> = per.iter().flatten().flatten().copied().collect();
+        return Ok(if per.iter().any(Option::is_some) {
+            Route::from_shards(fixed, map.shards)
+        } else {
+            Route::All
+        });
+    }
     let mut all = Vec::new();
     for (b, s) in bindings.iter().zip(&per) {
         match s {
             Some(s) => all.extend(s.iter().copied()),
             None => {
                 return unsupported(format!(
-                    "joins of sharded tables need each table's shard key fixed in WHERE to values on one shard (\"{}\" is not)",
+                    "joins of sharded tables need each table's shard key fixed in WHERE to values on one shard, or the tables joined on their shard keys (\"{}\" is neither)",
                     b.rule.name
                 ))
             }
@@ -200,7 +282,7 @@ fn route_bindings(
     }
     match Route::from_shards(all, map.shards) {
         Route::One(s) => Ok(Route::One(s)),
-        _ => unsupported("joins of sharded tables across shards are not supported"),
+        _ => unsupported("joins of sharded tables across shards are not supported unless they join on their shard keys"),
     }
 }
 
@@ -249,7 +331,9 @@ pub(super) fn route_select(
             t.sharded[0].name
         ));
     }
-    let route = route_bindings(&bindings, sel.selection.as_ref(), map)?;
+    let mut on = Vec::new();
+    join_conditions(from.iter().flat_map(|t| t.joins.iter()), &mut on);
+    let route = route_bindings(&bindings, sel.selection.as_ref(), &on, map)?;
     if let Route::One(_) = route {
         return Ok(Plan::Forward { route, write });
     }
@@ -293,7 +377,14 @@ pub(super) fn route_modify(
                     t.sharded[0].name
                 ));
             }
-            let route = route_bindings(&bindings, selection, map)?;
+            let mut on = Vec::new();
+            join_conditions(
+                joins
+                    .iter()
+                    .chain(extra.iter().flat_map(|t| t.joins.iter())),
+                &mut on,
+            );
+            let route = route_bindings(&bindings, selection, &on, map)?;
             for (target, value) in assignments {
                 let names: Vec<&ObjectName> = match target {
                     AssignmentTarget::ColumnName(n) => vec![n],
