@@ -1,6 +1,7 @@
 //! `PREVIEW <statement>`: where a statement would go and what the proxy
 //! would do with the answers, without running it.
 
+use super::classify::sharded_table_named;
 use super::{plan, Plan, Route, RouteError, ShardId, ShardMap};
 
 /// The columns of a preview.
@@ -25,10 +26,12 @@ pub fn preview(sql: &str, map: &ShardMap) -> Result<Vec<Vec<String>>, RouteError
             })
             .collect()
     };
+    let sharded = sharded_table_named(sql, map, false);
     let why = |route: &Route| match route {
-        Route::One(ShardId(s)) => {
-            format!("the WHERE clause, the inserted key or the table's home pins shard {s}")
-        }
+        Route::One(ShardId(s)) => match &sharded {
+            Some(t) => format!("the shard key of \"{t}\" is fixed to values on shard {s}"),
+            None => format!("no sharded table: unsharded tables live on the default shard {s}"),
+        },
         Route::Any => "no sharded table: any one shard (the one the session already uses)".into(),
         Route::Some(_) => "the shard key is fixed to values on these shards".into(),
         Route::All => "the shard key is not fixed: every shard".into(),

@@ -87,6 +87,12 @@ impl Session {
                     .collect();
                 self.write_across(&targets, Merge::Copies).await
             }
+            Ok(Plan::Merge { .. }) => {
+                self.error(Error::Unsupported(
+                    "EXECUTE of a prepared SELECT that needs a cross-shard merge is not supported; run the SELECT itself, or prepare it with the extended protocol".into(),
+                ))
+                .await
+            }
             Ok(_) => {
                 self.error(Error::Unsupported(
                     "EXECUTE of this kind of statement is not supported".into(),

@@ -16,6 +16,8 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 mod dml;
 mod merge;
 
+pub(super) use self::names_table as sharded_table_named;
+
 use dml::{route_insert, route_modify, route_select};
 
 use super::{
@@ -230,25 +232,33 @@ fn bind_placeholders(stmt: &mut Statement, params: &[Bound]) {
     });
 }
 
-/// A statement sqlparser cannot read goes to the default shard only when it
-/// names no sharded or reference table; otherwise routing it would be a guess.
-fn unparsed(sql: &str, map: &ShardMap, err: &str) -> Result<Plan, RouteError> {
+/// The first sharded (or, with `reference`, reference) table a statement's
+/// words name, read without parsing.
+pub(super) fn names_table(sql: &str, map: &ShardMap, reference: bool) -> Option<String> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
         .unwrap_or_default();
-    for t in tokens {
-        if let Token::Word(w) = t {
+    tokens.into_iter().find_map(|t| match t {
+        Token::Word(w) => {
             let name = if w.quote_style.is_some() {
                 w.value.clone()
             } else {
                 w.value.to_lowercase()
             };
-            if map.tables.contains_key(&name) || map.reference.contains(&name) {
-                return Err(RouteError::Syntax(format!(
-                    "Pieskieo cannot parse this statement on distributed table \"{name}\": {err}"
-                )));
-            }
+            (map.tables.contains_key(&name) || reference && map.reference.contains(&name))
+                .then_some(name)
         }
+        _ => None,
+    })
+}
+
+/// A statement sqlparser cannot read goes to the default shard only when it
+/// names no sharded or reference table; otherwise routing it would be a guess.
+fn unparsed(sql: &str, map: &ShardMap, err: &str) -> Result<Plan, RouteError> {
+    if let Some(name) = names_table(sql, map, true) {
+        return Err(RouteError::Syntax(format!(
+            "Pieskieo cannot parse this statement on distributed table \"{name}\": {err}"
+        )));
     }
     Ok(Plan::Forward {
         route: Route::One(map.default_shard),
