@@ -197,6 +197,7 @@ pub struct Collations {
 }
 
 impl Collations {
+    /// Records a shard's `provider:collation` (`c:C`, `i:en_US`, ...).
     pub fn note(&self, shard: u32, collation: &str) {
         if let Ok(mut m) = self.seen.lock() {
             m.insert(shard, collation.to_string());
@@ -206,12 +207,26 @@ impl Collations {
     /// Whether every shard checked so far sorts text in byte order.
     pub fn bytewise(&self) -> bool {
         self.seen.lock().is_ok_and(|m| {
-            m.values().all(|c| {
-                matches!(
-                    c.as_str(),
-                    "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"
-                )
-            })
+            m.values()
+                .all(|c| matches!(c.as_str(), "c:C" | "c:POSIX" | "c:C.UTF-8" | "c:C.utf8"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Collations;
+
+    #[test]
+    fn text_order_is_bytewise_only_under_c_collations() {
+        let c = Collations::default();
+        assert!(c.bytewise(), "nothing known yet");
+        c.note(0, "c:C");
+        c.note(1, "c:C.UTF-8");
+        assert!(c.bytewise());
+        c.note(2, "c:en_US.UTF-8");
+        assert!(!c.bytewise());
+        c.note(2, "i:C");
+        assert!(!c.bytewise(), "ICU orders text its own way");
     }
 }

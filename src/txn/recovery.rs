@@ -98,7 +98,8 @@ impl Resolver {
         }
         let collation = scalar(
             &mut conn,
-            "SELECT datcollate FROM pg_database WHERE datname = current_database()",
+            // `datlocprovider` (PostgreSQL 15+) read through jsonb so older servers answer too.
+            "SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') || ':' || d.datcollate FROM pg_database d WHERE d.datname = current_database()",
         )
         .await
         .map_err(|message| StartupError::Shard { shard: id, message })?;

@@ -587,3 +587,54 @@ async fn preview_shows_shards_statements_and_merge_without_running() {
         "0A000"
     );
 }
+
+/// Shards whose databases order text with ICU: a cross-shard sort of text
+/// would come out in the wrong order, so it is refused; everything else merges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_sorts_are_refused_under_a_non_c_collation() {
+    let shards = Servers::start(2);
+    for i in 0..2 {
+        exec(
+            &shards.connect(i).await,
+            "CREATE DATABASE icu TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C'",
+        )
+        .await;
+    }
+    let text = crate::harness::config_text(&shards.ports(), TABLES, &shards.dir.join("txn"))
+        .replace("database = \"postgres\"", "database = \"icu\"");
+    let config = pieskieo::config::Config::parse(&text, "icu.toml").unwrap();
+    let proxy = pieskieo::serve(config).await.unwrap();
+    let client = crate::harness::connect(&format!(
+        "host=127.0.0.1 port={} user=app password=secret dbname=app",
+        proxy.addr.port()
+    ))
+    .await
+    .unwrap();
+    exec(&client, SCHEMA).await;
+    exec(
+        &client,
+        "INSERT INTO facts (id, cat, qty) VALUES (1, 'b', 1), (2, 'B', 2), (3, 'a', 3), (4, 'A', 4)",
+    )
+    .await;
+    for sql in [
+        "SELECT id FROM facts ORDER BY cat",
+        "SELECT max(cat) FROM facts",
+    ] {
+        let msg = crate::harness::error_message(&client, sql).await;
+        assert!(msg.contains("C collation"), "{sql}: {msg}");
+        assert_eq!(crate::harness::sqlstate(&client, sql).await, "0A000");
+    }
+    assert_eq!(
+        crate::harness::rows(&client, "SELECT id FROM facts ORDER BY qty DESC LIMIT 2").await,
+        vec![vec![Some("4".to_string())], vec![Some("3".to_string())]]
+    );
+    assert_eq!(
+        crate::harness::rows(
+            &client,
+            "SELECT cat, count(*) FROM facts GROUP BY cat HAVING cat = 'a'"
+        )
+        .await,
+        vec![vec![Some("a".to_string()), Some("1".to_string())]]
+    );
+    proxy.stop().await;
+}
