@@ -253,16 +253,29 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A date or timestamp's text: `infinity`/`-infinity` as a rank, or the
+/// value without its ` BC` suffix and whether it had one.
+enum Era<'a> {
+    Infinite(i8),
+    Finite(&'a str, bool),
+}
+
+fn era(s: &str) -> Era<'_> {
+    match s {
+        "infinity" => Era::Infinite(1),
+        "-infinity" => Era::Infinite(-1),
+        _ => match s.strip_suffix(" BC") {
+            Some(rest) => Era::Finite(rest, true),
+            None => Era::Finite(s, false),
+        },
+    }
+}
+
 /// `YYYY-MM-DD[ BC]`, `infinity`, `-infinity` → (rank, days since 1970-01-01).
 fn parse_date(s: &str) -> Option<(i8, i64)> {
-    match s {
-        "infinity" => return Some((1, 0)),
-        "-infinity" => return Some((-1, 0)),
-        _ => {}
-    }
-    let (s, bc) = match s.strip_suffix(" BC") {
-        Some(rest) => (rest, true),
-        None => (s, false),
+    let (s, bc) = match era(s) {
+        Era::Infinite(rank) => return Some((rank, 0)),
+        Era::Finite(s, bc) => (s, bc),
     };
     let mut it = s.splitn(3, '-');
     let y: i64 = it.next()?.parse().ok()?;
@@ -282,14 +295,9 @@ pub(super) fn timestamp_us(s: &str, tz: bool) -> Option<i128> {
 
 /// ISO timestamps, with a `+hh[:mm[:ss]]` offset when `tz`.
 fn parse_timestamp(s: &str, tz: bool) -> Option<(i8, i128)> {
-    match s {
-        "infinity" => return Some((1, 0)),
-        "-infinity" => return Some((-1, 0)),
-        _ => {}
-    }
-    let (s, bc) = match s.strip_suffix(" BC") {
-        Some(rest) => (rest, true),
-        None => (s, false),
+    let (s, bc) = match era(s) {
+        Era::Infinite(rank) => return Some((rank, 0)),
+        Era::Finite(s, bc) => (s, bc),
     };
     let (date, time) = s.split_once(' ')?;
     let (_, days) = parse_date(&if bc {

@@ -426,84 +426,43 @@ impl Session {
             Plan::Merge { route, plan } => {
                 // Each shard runs the rewritten statement with its share of
                 // the parameters, in text: the proxy encodes the merged rows.
-                let types: Vec<u32> = plan
-                    .params
-                    .iter()
-                    .map(|&p| stmt.types.get(p).copied().unwrap_or(0))
-                    .collect();
-                let derived = ClientStmt {
-                    backend: backend_name(&plan.sql, &types),
-                    sql: plan.sql.clone(),
-                    types,
-                    described: None,
-                };
                 let Some(formats) = wire::result_formats(b.results) else {
                     return Err(Fatal::Protocol(malformed("Bind")));
                 };
-                let rest = b.subset_with(&plan.params, &[0, 0]);
-                let portal = b.portal.to_string();
                 let shards = route.shards(n);
-                for (i, shard) in shards.iter().enumerate() {
-                    if !self
-                        .bind_statement(
-                            *shard,
-                            &derived.parse_message(),
-                            &derived.backend,
-                            &portal,
-                            &rest,
-                            i == 0,
-                        )
-                        .await?
-                    {
-                        return Ok(false);
-                    }
+                let parts: Vec<(ShardId, &str, &[usize])> = shards
+                    .iter()
+                    .map(|s| (*s, plan.sql.as_str(), plan.params.as_slice()))
+                    .collect();
+                let declared = stmt.types.clone();
+                if !self
+                    .bind_derived(&parts, &declared, &b, Some(&[0, 0]))
+                    .await?
+                {
+                    return Ok(false);
                 }
-                self.ext.portals.insert(
-                    portal,
-                    PortalKind::Merged {
-                        shards,
-                        plan,
-                        formats,
-                    },
-                );
+                let kind = PortalKind::Merged {
+                    shards,
+                    plan,
+                    formats,
+                };
+                self.ext.portals.insert(b.portal.to_string(), kind);
                 return Ok(true);
             }
             Plan::Split { parts } => {
                 // Each shard gets its rows as a statement of its own, bound to
                 // its share of the client's parameters.
                 let declared = stmt.types.clone();
-                let portal = b.portal.to_string();
-                let mut shards = Vec::new();
-                for (i, part) in parts.iter().enumerate() {
-                    let types: Vec<u32> = part
-                        .params
-                        .iter()
-                        .map(|&p| declared.get(p).copied().unwrap_or(0))
-                        .collect();
-                    let derived = ClientStmt {
-                        backend: backend_name(&part.sql, &types),
-                        sql: part.sql.clone(),
-                        types,
-                        described: None,
-                    };
-                    let rest = b.subset(&part.params);
-                    if !self
-                        .bind_statement(
-                            part.shard,
-                            &derived.parse_message(),
-                            &derived.backend,
-                            &portal,
-                            &rest,
-                            i == 0,
-                        )
-                        .await?
-                    {
-                        return Ok(false);
-                    }
-                    shards.push(part.shard);
+                let derived: Vec<(ShardId, &str, &[usize])> = parts
+                    .iter()
+                    .map(|p| (p.shard, p.sql.as_str(), p.params.as_slice()))
+                    .collect();
+                if !self.bind_derived(&derived, &declared, &b, None).await? {
+                    return Ok(false);
                 }
+                let shards = parts.iter().map(|p| p.shard).collect();
                 self.ext.portals.insert(
-                    portal,
+                    b.portal.to_string(),
                     PortalKind::Multi {
                         shards,
                         merge: Merge::Union,
@@ -542,6 +501,40 @@ impl Session {
             },
         };
         self.ext.portals.insert(portal, kind);
+        Ok(true)
+    }
+
+    /// Binds the client's portal on each shard to a statement the router
+    /// derived from the client's: `(shard, sql, params)` where the derived
+    /// `$k` is the client's parameter `params[k - 1]`. `results` replaces the
+    /// client's result formats. The first BindComplete goes to the client.
+    async fn bind_derived(
+        &mut self,
+        parts: &[(ShardId, &str, &[usize])],
+        declared: &[u32],
+        b: &wire::BindMsg<'_>,
+        results: Option<&[u8]>,
+    ) -> std::io::Result<bool> {
+        for (i, (shard, sql, params)) in parts.iter().enumerate() {
+            let types: Vec<u32> = params
+                .iter()
+                .map(|&p| declared.get(p).copied().unwrap_or(0))
+                .collect();
+            let derived = ClientStmt {
+                backend: backend_name(sql, &types),
+                sql: sql.to_string(),
+                types,
+                described: None,
+            };
+            let rest = b.subset(params, results.unwrap_or(b.results));
+            let (parse, backend) = (derived.parse_message(), derived.backend);
+            if !self
+                .bind_statement(*shard, &parse, &backend, b.portal, &rest, i == 0)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
         Ok(true)
     }
 

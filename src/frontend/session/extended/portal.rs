@@ -4,6 +4,14 @@
 use super::wire::reply;
 use super::*;
 
+/// Describe or Close (`tag`) of a portal.
+fn portal_message(tag: u8, portal: &str) -> Bytes {
+    message(tag, |b| {
+        b.put_u8(b'P');
+        put_cstr(b, portal);
+    })
+}
+
 impl Session {
     pub(super) async fn ext_describe(&mut self, kind: u8, name: &str) -> Result<bool, Fatal> {
         if self.aborted_block(None) {
@@ -62,10 +70,7 @@ impl Session {
                 return self.describe_merged(shard, name, &plan, &formats).await;
             }
         };
-        let describe = message(b'D', |b| {
-            b.put_u8(b'P');
-            put_cstr(b, name);
-        });
+        let describe = portal_message(b'D', name);
         let (slot, mut conn) = match self.take_conn(shard).await {
             Ok(x) => x,
             Err(e) => return Ok(self.error(e).await?),
@@ -230,10 +235,7 @@ impl Session {
         plan: &crate::merge::MergePlan,
         formats: &[i16],
     ) -> Result<bool, Fatal> {
-        let describe = message(b'D', |b| {
-            b.put_u8(b'P');
-            put_cstr(b, portal);
-        });
+        let describe = portal_message(b'D', portal);
         let (slot, mut conn) = match self.take_conn(shard).await {
             Ok(x) => x,
             Err(e) => return Ok(self.error(e).await?),
@@ -306,10 +308,7 @@ impl Session {
                 }
             }
         }
-        let describe = message(b'D', |b| {
-            b.put_u8(b'P');
-            put_cstr(b, portal);
-        });
+        let describe = portal_message(b'D', portal);
         let execute = message(b'E', |b| {
             put_cstr(b, portal);
             b.put_i32(0);

@@ -46,13 +46,9 @@ pub(super) struct BindMsg<'a> {
 
 impl BindMsg<'_> {
     /// The part after the names for a Bind of only the parameters `keep`
-    /// (indexes into this one's), in that order.
-    pub(super) fn subset(&self, keep: &[usize]) -> Vec<u8> {
-        self.subset_with(keep, self.results)
-    }
-
-    /// As [`BindMsg::subset`], with `results` as the result-format part.
-    pub(super) fn subset_with(&self, keep: &[usize], results: &[u8]) -> Vec<u8> {
+    /// (indexes into this one's), in that order, with `results` as the
+    /// result-format part.
+    pub(super) fn subset(&self, keep: &[usize], results: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let fmts: Vec<i16> = match self.formats.as_slice() {
             [] | [_] => self.formats.clone(),
