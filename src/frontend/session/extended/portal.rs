@@ -137,18 +137,10 @@ impl Session {
                 // A row limit is passed on; it matters only if a shard
                 // actually stops early, which cannot be continued across shards.
                 let mut suspended = false;
-                let mut taken = Vec::new();
-                for s in &shards {
-                    match self.take_conn(*s).await {
-                        Ok(x) => taken.push(x),
-                        Err(e) => {
-                            for (slot, conn) in taken {
-                                self.put_conn(slot, conn, false);
-                            }
-                            return Ok(self.error(e).await?);
-                        }
-                    }
-                }
+                let mut taken = match self.take_conns(&shards).await {
+                    Ok(t) => t,
+                    Err(e) => return Ok(self.error(e).await?),
+                };
                 let mut merger = Merger::default();
                 let r: Result<(), ExecError> = async {
                     for (_, conn) in taken.iter_mut() {
@@ -226,6 +218,24 @@ impl Session {
         Ok(true)
     }
 
+    /// Connections to every shard of a multi-shard portal; on failure, those
+    /// already taken go back.
+    async fn take_conns(&mut self, shards: &[ShardId]) -> Result<Vec<(Slot, PooledConn)>, Error> {
+        let mut taken = Vec::new();
+        for s in shards {
+            match self.take_conn(*s).await {
+                Ok(x) => taken.push(x),
+                Err(e) => {
+                    for (slot, conn) in taken {
+                        self.put_conn(slot, conn, false);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
     /// Describe of a merged portal: the client's columns, made from a shard's
     /// description of the statement the shards run.
     async fn describe_merged(
@@ -296,18 +306,10 @@ impl Session {
             );
             return Ok(self.error(e).await?);
         }
-        let mut taken = Vec::new();
-        for s in shards {
-            match self.take_conn(*s).await {
-                Ok(x) => taken.push(x),
-                Err(e) => {
-                    for (slot, conn) in taken {
-                        self.put_conn(slot, conn, false);
-                    }
-                    return Ok(self.error(e).await?);
-                }
-            }
-        }
+        let mut taken = match self.take_conns(shards).await {
+            Ok(t) => t,
+            Err(e) => return Ok(self.error(e).await?),
+        };
         let describe = portal_message(b'D', portal);
         let execute = message(b'E', |b| {
             put_cstr(b, portal);
