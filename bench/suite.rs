@@ -12,7 +12,8 @@
 //! memory per client connection. Peak RSS of the proxy closes the report.
 //!
 //! Run: `cargo bench --bench suite` (BENCH_SECONDS=N per run, default 10;
-//! SCALE_CLIENTS / SCALE_ACTIVE to change the scale run; SKIP_SCALE=1).
+//! BENCH_WORKERS=N proxy threads, default 1; SCALE_CLIENTS / SCALE_ACTIVE to
+//! change the scale run; SKIP_SCALE=1).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -179,7 +180,8 @@ impl Drop for Bench {
         let _ = self.proxy.wait();
         if let Some(b) = &mut self.bouncer {
             // PgBouncer runs as another user when we are root: signal it by pid file.
-            let pid = std::fs::read_to_string(self.dir.join("bouncer/pgbouncer.pid")).unwrap_or_default();
+            let pid =
+                std::fs::read_to_string(self.dir.join("bouncer/pgbouncer.pid")).unwrap_or_default();
             let _ = Command::new("kill").arg(pid.trim()).status();
             let _ = b.kill();
             let _ = b.wait();
@@ -211,14 +213,16 @@ fn start() -> Bench {
     };
     let shards: Vec<LocalServer> = (0..3).map(|i| server(&format!("shard{i}"))).collect();
     let plain = server("plain");
-    let url_of = |port: u16| {
-        format!("postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres")
-    };
+    let url_of =
+        |port: u16| format!("postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres");
 
-    // The proxy, as operators run it.
+    // The proxy, as operators run it; one worker thread by default (this
+    // machine's cores are shared with four PostgreSQL servers and pgbench).
     let port = free_port();
+    let workers = env_usize("BENCH_WORKERS", 1);
     let mut cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\nnode_id = \"suite\"\ndatabase = \"app\"\n[limits]\nmax_client_connections = 12000\npool_timeout_ms = 30000\n[txn]\nlog_dir = \"{}\"\n",
+        "listen = \"127.0.0.1:{port}\"\nnode_id = \"suite\"\ndatabase = \"app\"\nworkers = {}\n[limits]\nmax_client_connections = 12000\npool_timeout_ms = 30000\n[txn]\nlog_dir = \"{}\"\n",
+        workers,
         dir.join("txn").display()
     );
     cfg.push_str("[[users]]\nname = \"app\"\npassword = \"app\"\n[[users]]\nname = \"idle\"\npassword = \"idle\"\nauth = \"cleartext\"\n");
@@ -238,7 +242,9 @@ fn start() -> Bench {
             "[[tables]]\nname = \"{t}\"\nkey = \"{k}\"\nkey_type = \"int4\"\n"
         ));
     }
-    cfg.push_str("[[tables]]\nname = \"xfer\"\nkey = \"id\"\nkey_type = \"int4\"\nmethod = \"range\"\n");
+    cfg.push_str(
+        "[[tables]]\nname = \"xfer\"\nkey = \"id\"\nkey_type = \"int4\"\nmethod = \"range\"\n",
+    );
     for i in 0..3u32 {
         cfg.push_str(&format!(
             "[[tables.ranges]]\nfrom = {}\nto = {}\nshard = {i}\n",
@@ -260,7 +266,10 @@ fn start() -> Bench {
     let proxy_url = format!("postgres://app:app@127.0.0.1:{port}/app");
     let t0 = Instant::now();
     while TcpStreamStd::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "pieskieo did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "pieskieo did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -271,13 +280,31 @@ fn start() -> Bench {
     let fill = |url: &str, table: &str, cols: &str, rows: &mut dyn Iterator<Item = String>| {
         let rows: Vec<String> = rows.collect();
         for chunk in rows.chunks(2000) {
-            psql(url, &format!("INSERT INTO {table} ({cols}) VALUES {}", chunk.join(",")));
+            psql(
+                url,
+                &format!("INSERT INTO {table} ({cols}) VALUES {}", chunk.join(",")),
+            );
         }
     };
     for url in [&plain_url, &proxy_url] {
-        fill(url, "pgbench_branches", "bid, bbalance", &mut std::iter::once("(1, 0)".to_string()));
-        fill(url, "pgbench_tellers", "tid, bid, tbalance", &mut (1..=10).map(|t| format!("({t}, 1, 0)")));
-        fill(url, "pgbench_accounts", "aid, bid, abalance", &mut (1..=ACCOUNTS).map(|a| format!("({a}, 1, 0)")));
+        fill(
+            url,
+            "pgbench_branches",
+            "bid, bbalance",
+            &mut std::iter::once("(1, 0)".to_string()),
+        );
+        fill(
+            url,
+            "pgbench_tellers",
+            "tid, bid, tbalance",
+            &mut (1..=10).map(|t| format!("({t}, 1, 0)")),
+        );
+        fill(
+            url,
+            "pgbench_accounts",
+            "aid, bid, abalance",
+            &mut (1..=ACCOUNTS).map(|a| format!("({a}, 1, 0)")),
+        );
     }
     // The range-sharded transfer table: each shard its own range, written directly.
     for (i, s) in shards.iter().enumerate() {
@@ -327,17 +354,27 @@ use std::net::TcpStream as TcpStreamStd;
 
 /// PgBouncer in transaction pooling in front of the plain server, if installed.
 fn start_bouncer(dir: &Path, pg_port: u16) -> Option<(Child, u16)> {
-    let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file());
+    let bin = [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_file());
     let Some(bin) = bin else {
-        println!("pgbouncer: not installed, skipped (apt-get install pgbouncer to compare with it)");
+        println!(
+            "pgbouncer: not installed, skipped (apt-get install pgbouncer to compare with it)"
+        );
         return None;
     };
     let bdir = dir.join("bouncer");
     std::fs::create_dir_all(&bdir).unwrap();
     let port = free_port();
-    std::fs::write(bdir.join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")).unwrap();
+    std::fs::write(
+        bdir.join("userlist.txt"),
+        format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
+    )
+    .unwrap();
     let ini = format!(
         "[databases]\npostgres = host=127.0.0.1 port={pg_port} dbname=postgres user=postgres password={SUPERUSER_PASSWORD}\n\
          [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {0}/userlist.txt\n\
@@ -347,18 +384,29 @@ fn start_bouncer(dir: &Path, pg_port: u16) -> Option<(Child, u16)> {
     let ini_path = bdir.join("pgbouncer.ini");
     std::fs::write(&ini_path, ini).unwrap();
     let mut cmd = if is_root() {
-        let _ = Command::new("chown").args(["-R", "postgres"]).arg(&bdir).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&bdir)
+            .status();
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", bin]);
         c
     } else {
         Command::new(bin)
     };
-    let child = cmd.arg(&ini_path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    let child = cmd
+        .arg(&ini_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     let t0 = Instant::now();
     while TcpStreamStd::connect(("127.0.0.1", port)).is_err() {
         if t0.elapsed() > Duration::from_secs(10) {
-            println!("pgbouncer: did not start, skipped (see {}/pgbouncer.log)", bdir.display());
+            println!(
+                "pgbouncer: did not start, skipped (see {}/pgbouncer.log)",
+                bdir.display()
+            );
             return None;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -376,8 +424,16 @@ fn workloads() -> Vec<Workload> {
     let select = format!("\\set aid random(1, {ACCOUNTS})\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n");
     let (a, b, c) = (
         format!("\\set a random(1, {XFER_PER_SHARD})\n"),
-        format!("\\set b random({}, {})\n", XFER_PER_SHARD + 1, 2 * XFER_PER_SHARD),
-        format!("\\set c random({}, {})\n", 2 * XFER_PER_SHARD + 1, 3 * XFER_PER_SHARD),
+        format!(
+            "\\set b random({}, {})\n",
+            XFER_PER_SHARD + 1,
+            2 * XFER_PER_SHARD
+        ),
+        format!(
+            "\\set c random({}, {})\n",
+            2 * XFER_PER_SHARD + 1,
+            3 * XFER_PER_SHARD
+        ),
     );
     vec![
         Workload { name: "select-only, simple", mode: "simple", script: select.clone() },
@@ -549,13 +605,12 @@ async fn main() {
     let bench = start();
     let secs = seconds();
     println!(
-        "Pieskieo benchmark suite: 3 shards + 1 plain PostgreSQL (fsync on), pgbench -c 8 -j 2 -T {secs} per cell, {} CPUs",
+        "Pieskieo benchmark suite: 3 shards + 1 plain PostgreSQL (fsync on), pgbench -c 8 -j 2 -T {secs} per cell, proxy workers = {}, {} CPUs",
+        env_usize("BENCH_WORKERS", 1),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!();
-    println!(
-        "| workload | target | TPS | p50 ms | p99 ms | failed | pieskieo / target |"
-    );
+    println!("| workload | target | TPS | p50 ms | p99 ms | failed | pieskieo / target |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     let scripts = bench.dir.join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();

@@ -66,11 +66,13 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+/// The runtime serving clients: `workers` threads, or one per core when 0.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build().expect("tokio runtime")
 }
 
 fn main() -> ExitCode {
@@ -98,7 +100,7 @@ fn main() -> ExitCode {
             };
             init_logging(cfg.log_format);
             let grace_ms = cfg.limits.shutdown_timeout_ms;
-            runtime().block_on(async {
+            runtime(cfg.workers).block_on(async {
                 let proxy = match pieskieo::serve(cfg).await {
                     Ok(p) => p,
                     Err(e) => {
@@ -139,7 +141,7 @@ fn main() -> ExitCode {
                 eprintln!("pieskieo demo: --shards must be at least 1");
                 return ExitCode::from(2);
             }
-            match runtime().block_on(demo::run(DemoOptions {
+            match runtime(0).block_on(demo::run(DemoOptions {
                 shards,
                 port,
                 data_dir,

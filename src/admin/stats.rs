@@ -76,10 +76,9 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, d: std::time::Duration) {
         let us = d.as_micros() as u64;
-        for (i, b) in BUCKETS_US.iter().enumerate() {
-            if us <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        // One bucket per observation; `snapshot` makes them cumulative.
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
@@ -90,7 +89,10 @@ impl Histogram {
         (
             self.buckets
                 .iter()
-                .map(|b| b.load(Ordering::Relaxed))
+                .scan(0, |total, b| {
+                    *total += b.load(Ordering::Relaxed);
+                    Some(*total)
+                })
                 .collect(),
             self.count.load(Ordering::Relaxed),
             self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,

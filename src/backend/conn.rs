@@ -43,6 +43,8 @@ pub struct ServerConn {
     sent_at: Option<std::time::Instant>,
     /// This shard's counters, when the connection belongs to a pool.
     pub stats: Option<std::sync::Arc<crate::admin::ShardStats>>,
+    /// `host:port` it was reached at (where a cancel request goes).
+    pub addr: std::sync::Arc<str>,
 }
 
 impl ServerConn {
@@ -65,6 +67,7 @@ impl ServerConn {
         stream.set_nodelay(true).ok();
         let (r, w) = stream.into_split();
         let mut conn = ServerConn {
+            addr: addr.as_str().into(),
             shard: id,
             reader: BufReader::with_capacity(32 * 1024, r),
             writer: BufWriter::with_capacity(16 * 1024, w),

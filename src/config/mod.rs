@@ -54,6 +54,11 @@ pub struct Config {
     /// Log lines as `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Threads serving clients; 0 (the default) means one per CPU core. On
+    /// a small machine shared with PostgreSQL, 1 spends the least CPU per
+    /// query (no cross-thread wake-ups), as PgBouncer's single thread does.
+    #[serde(default)]
+    pub workers: usize,
     /// TLS for clients; off when left out.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
@@ -559,9 +564,14 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
             "reload refused, the old configuration stays: {what}"
         ))
     };
-    if old.listen != new.listen || old.node_id != new.node_id || old.txn.log_dir != new.txn.log_dir
+    if old.listen != new.listen
+        || old.node_id != new.node_id
+        || old.txn.log_dir != new.txn.log_dir
+        || old.workers != new.workers
     {
-        return refuse("`listen`, `node_id` and `txn.log_dir` change only with a restart".into());
+        return refuse(
+            "`listen`, `node_id`, `workers` and `txn.log_dir` change only with a restart".into(),
+        );
     }
     if old.shards.len() != new.shards.len() {
         return refuse(format!(

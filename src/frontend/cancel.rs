@@ -12,7 +12,7 @@ use tracing::{info, warn};
 /// A server backend that can be cancelled: its address and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    pub addr: String,
+    pub addr: Arc<str>,
     pub process_id: i32,
     pub secret_key: i32,
 }
@@ -69,7 +69,7 @@ impl CancelRegistry {
             msg.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
             msg.extend_from_slice(&t.process_id.to_be_bytes());
             msg.extend_from_slice(&t.secret_key.to_be_bytes());
-            match TcpStream::connect(&t.addr).await {
+            match TcpStream::connect(&*t.addr).await {
                 Ok(mut s) => {
                     let _ = s.write_all(&msg).await;
                     let _ = s.shutdown().await;

@@ -109,33 +109,35 @@ impl Session {
     }
 
     pub(super) fn cancel_target(&self, conn: &ServerConn) -> crate::frontend::cancel::CancelTarget {
-        let addr = self
-            .shared
-            .config()
-            .shards
-            .iter()
-            .find(|s| s.id == conn.shard.0)
-            .map(|s| format!("{}:{}", s.host, s.port))
-            .unwrap_or_default();
         crate::frontend::cancel::CancelTarget {
-            addr,
+            addr: conn.addr.clone(),
             process_id: conn.process_id,
             secret_key: conn.secret_key,
         }
     }
 
     /// Cancel requests may reach only the connections still held: after a
-    /// connection goes back to the pool, it serves someone else.
+    /// connection goes back to the pool, it serves someone else. Runs after
+    /// every client message, so it rebuilds the list only when it changed.
     pub(super) fn refresh_cancel_targets(&mut self) {
-        let mut held = Vec::new();
-        if let TxnState::InTxn(t) | TxnState::Failed(t) = &self.state {
-            held.extend(t.participants.iter().map(|p| self.cancel_target(&p.conn)));
-        }
-        if let Some(c) = self.ext.segment() {
-            held.push(self.cancel_target(c));
-        }
-        if let Ok(mut t) = self.cancel_targets.lock() {
-            *t = held;
+        let participants = match &self.state {
+            TxnState::InTxn(t) | TxnState::Failed(t) => t.participants.as_slice(),
+            TxnState::Idle => &[],
+        };
+        let held = participants
+            .iter()
+            .map(|p| &*p.conn)
+            .chain(self.ext.segment());
+        let Ok(mut t) = self.cancel_targets.lock() else {
+            return;
+        };
+        let n = participants.len() + usize::from(self.ext.segment().is_some());
+        let same = t.len() == n
+            && t.iter()
+                .zip(held.clone())
+                .all(|(a, c)| a.process_id == c.process_id && a.secret_key == c.secret_key);
+        if !same {
+            *t = held.map(|c| self.cancel_target(c)).collect();
         }
     }
 
