@@ -91,6 +91,26 @@ impl Shared {
         snap.plans.plan(sql, &snap.map)
     }
 
+    /// Plans a statement with bound parameters: a statement one key value
+    /// routes takes the shortcut, anything else is planned in full.
+    pub fn plan_bound(
+        &self,
+        sql: &str,
+        params: &[crate::router::Bound],
+    ) -> Result<crate::router::Plan, crate::router::RouteError> {
+        let snap = self.snapshot();
+        if !params.is_empty() {
+            if let Some(p) = snap
+                .plans
+                .keyed(sql, &snap.map)
+                .and_then(|k| k.plan(params, &snap.map))
+            {
+                return Ok(p);
+            }
+        }
+        crate::router::plan_bound(sql, &snap.map, params)
+    }
+
     /// Re-reads the configuration file and swaps it in, if that changes
     /// nothing that needs a restart or would move existing rows. Returns
     /// what changed, or why the reload was refused (the old one stays).

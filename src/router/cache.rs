@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{plan, Plan, RouteError, ShardMap};
+use std::sync::Arc;
+
+use super::{plan, KeyedPlan, Plan, RouteError, ShardMap};
 
 /// Statements longer than this are planned every time (bulk inserts differ
 /// per call and would only churn the cache).
@@ -12,6 +14,8 @@ const MAX_SQL: usize = 4096;
 
 pub struct PlanCache {
     plans: Mutex<HashMap<String, Result<Plan, RouteError>>>,
+    /// Prepared statements' keyed plans (or that they have none), by text.
+    keyed: Mutex<HashMap<String, Option<Arc<KeyedPlan>>>>,
     capacity: usize,
 }
 
@@ -19,6 +23,7 @@ impl PlanCache {
     pub fn new(capacity: usize) -> PlanCache {
         PlanCache {
             plans: Mutex::new(HashMap::new()),
+            keyed: Mutex::new(HashMap::new()),
             capacity,
         }
     }
@@ -39,6 +44,26 @@ impl PlanCache {
             m.insert(sql.to_string(), p.clone());
         }
         p
+    }
+}
+
+impl PlanCache {
+    /// The keyed plan of a statement with parameters, if it has one.
+    pub fn keyed(&self, sql: &str, map: &ShardMap) -> Option<Arc<KeyedPlan>> {
+        if sql.len() > MAX_SQL {
+            return KeyedPlan::find(sql, map).map(Arc::new);
+        }
+        if let Some(k) = self.keyed.lock().ok().and_then(|m| m.get(sql).cloned()) {
+            return k;
+        }
+        let k = KeyedPlan::find(sql, map).map(Arc::new);
+        if let Ok(mut m) = self.keyed.lock() {
+            if m.len() >= self.capacity {
+                m.clear();
+            }
+            m.insert(sql.to_string(), k.clone());
+        }
+        k
     }
 }
 

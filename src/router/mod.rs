@@ -5,6 +5,7 @@ mod cache;
 mod classify;
 mod hash;
 mod key;
+mod keyed;
 mod preview;
 mod split;
 
@@ -17,6 +18,7 @@ use std::fmt;
 pub use cache::PlanCache;
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
+pub use keyed::KeyedPlan;
 pub use preview::{preview, PREVIEW_COLUMNS};
 pub use split::{after_words, leading_words, matching_paren, split_statements};
 

@@ -524,3 +524,45 @@ fn cross_shard_reads_are_rewritten_for_merging() {
         "SELECT count(DISTINCT id) AS \"count\" FROM accounts"
     );
 }
+
+#[test]
+fn keyed_plans_agree_with_full_plans() {
+    let m = map();
+    let cases = [
+        ("SELECT * FROM accounts WHERE id = $1", true),
+        ("SELECT balance FROM accounts a WHERE a.id = $1 AND balance > $2 ORDER BY balance LIMIT 5", true),
+        ("UPDATE accounts SET balance = balance + $2 WHERE id = $1", true),
+        ("DELETE FROM accounts WHERE $1 = id", true),
+        ("INSERT INTO accounts (balance, id) VALUES ($1, $2)", true),
+        ("SELECT * FROM users WHERE email = $1", true),
+        // Not keyed: the value alone does not decide the route.
+        ("SELECT * FROM accounts WHERE id = $1 OR id = $2", false),
+        ("SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id WHERE a.id = $1", false),
+        ("UPDATE accounts SET id = $2 WHERE id = $1", false),
+        ("INSERT INTO accounts (id, balance) VALUES ($1, 1), ($2, 2)", false),
+        ("SELECT * FROM accounts WHERE balance = $1", false),
+        ("BEGIN", false),
+    ];
+    for (sql, keyed) in cases {
+        let k = KeyedPlan::find(sql, &m);
+        assert_eq!(k.is_some(), keyed, "{sql}");
+        let Some(k) = k else { continue };
+        for id in [1i64, 7, -3, 123456789] {
+            let params = if sql.contains("users") {
+                vec![Bound::Text(format!("u{id}@x"))]
+            } else if sql.starts_with("INSERT") {
+                vec![Bound::Text("5".into()), Bound::Text(id.to_string())]
+            } else {
+                vec![Bound::Text(id.to_string()), Bound::Text("5".into())]
+            };
+            assert_eq!(
+                k.plan(&params, &m),
+                Some(plan_bound(sql, &m, &params).unwrap()),
+                "{sql} {id}"
+            );
+        }
+        // What the shortcut cannot place is left to the full planner.
+        assert_eq!(k.plan(&[Bound::Null, Bound::Null], &m), None);
+        assert_eq!(k.plan(&[Bound::Unknown, Bound::Unknown], &m), None);
+    }
+}

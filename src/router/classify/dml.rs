@@ -575,3 +575,125 @@ pub(super) fn renumber_placeholders(stmt: &mut Statement) -> Vec<usize> {
     });
     order
 }
+
+/// For a statement whose only sharded table is pinned by `key = $n` (or, in
+/// a one-row INSERT, whose key value is `$n`): that table and `n - 1`.
+/// Everything else about its route is then fixed; only the value moves it.
+pub(super) fn keyed_param<'m>(
+    stmt: &Statement,
+    map: &'m ShardMap,
+) -> Option<(&'m TableRule, usize)> {
+    let t = Tables::gather(stmt, map);
+    if t.sharded.len() != 1 || !t.other.is_empty() {
+        return None;
+    }
+    let placeholder = |e: &Expr| match e {
+        Expr::Value(v) => match &v.value {
+            Value::Placeholder(p) => p
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .map(|n| n - 1),
+            _ => None,
+        },
+        _ => None,
+    };
+    let pinned = |selection: Option<&Expr>, b: Binding<'m>| {
+        let all = [b];
+        let mut cs = Vec::new();
+        conjuncts(selection?, &mut cs);
+        cs.into_iter()
+            .find_map(|c| match c {
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Eq,
+                    right,
+                } if is_key_ref(left, &all[0], &all) => placeholder(right),
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Eq,
+                    right,
+                } if is_key_ref(right, &all[0], &all) => placeholder(left),
+                _ => None,
+            })
+            .map(|n| (all[0].rule, n))
+    };
+    let single = |name: &ObjectName, alias: Option<&sqlparser::ast::Ident>| match classify_rel(
+        name,
+        map,
+        &t.facts.ctes,
+    ) {
+        Rel::Sharded(rule) => Some(Binding {
+            rule,
+            qualifier: alias
+                .map(ident_name)
+                .unwrap_or_else(|| object_parts(name).1),
+        }),
+        _ => None,
+    };
+    match stmt {
+        Statement::Query(q) => {
+            let SetExpr::Select(sel) = q.body.as_ref() else {
+                return None;
+            };
+            let from: Vec<&TableWithJoins> = sel.from.iter().collect();
+            let mut bindings = bind_from(&from, map, &t.facts.ctes);
+            if bindings.len() != 1 {
+                return None;
+            }
+            pinned(sel.selection.as_ref(), bindings.remove(0))
+        }
+        Statement::Update(u) => {
+            let TableFactor::Table { name, alias, .. } = &u.table.relation else {
+                return None;
+            };
+            if u.from.is_some() || !u.table.joins.is_empty() {
+                return None;
+            }
+            let b = single(name, alias.as_ref().map(|a| &a.name))?;
+            let touches_key = u.assignments.iter().any(|a| match &a.target {
+                AssignmentTarget::ColumnName(n) => object_parts(n).1 == b.rule.key,
+                AssignmentTarget::Tuple(v) => v.iter().any(|n| object_parts(n).1 == b.rule.key),
+            });
+            if touches_key {
+                return None;
+            }
+            pinned(u.selection.as_ref(), b)
+        }
+        Statement::Delete(d) => {
+            let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+            let [only] = from.as_slice() else {
+                return None;
+            };
+            if d.using.is_some() || !only.joins.is_empty() {
+                return None;
+            }
+            let TableFactor::Table { name, alias, .. } = &only.relation else {
+                return None;
+            };
+            let b = single(name, alias.as_ref().map(|a| &a.name))?;
+            pinned(d.selection.as_ref(), b)
+        }
+        Statement::Insert(ins) => {
+            let TableObject::TableName(target) = &ins.table else {
+                return None;
+            };
+            let Rel::Sharded(rule) = classify_rel(target, map, &t.facts.ctes) else {
+                return None;
+            };
+            let q = ins.source.as_ref().filter(|q| q.with.is_none())?;
+            let SetExpr::Values(v) = q.body.as_ref() else {
+                return None;
+            };
+            let [row] = v.rows.as_slice() else {
+                return None;
+            };
+            let idx = ins
+                .columns
+                .iter()
+                .position(|c| object_parts(c).1 == rule.key)?;
+            placeholder(row.content.get(idx)?).map(|n| (rule, n))
+        }
+        _ => None,
+    }
+}

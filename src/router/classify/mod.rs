@@ -165,6 +165,30 @@ pub(super) fn parsed(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan
     }
 }
 
+/// The table, key parameter and write flag of a statement that one bound
+/// value routes (see [`super::KeyedPlan`]).
+pub(super) fn keyed<'m>(sql: &str, map: &'m ShardMap) -> Option<(&'m TableRule, usize, bool)> {
+    if lexical(sql).ok()?.is_some() {
+        return None;
+    }
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [stmt] = stmts.as_slice() else {
+        return None;
+    };
+    let (rule, param) = dml::keyed_param(stmt, map)?;
+    let write = match stmt {
+        Statement::Insert(_) => true,
+        // Planned with the key unknown: it must route (to every shard) and
+        // say whether it writes; a pinned key then narrows it to one shard.
+        _ => match route_statement(stmt, map, Some(stmt)).ok()? {
+            Plan::Forward { write, .. } => write,
+            Plan::Merge { .. } => false,
+            _ => return None,
+        },
+    };
+    Some((rule, param, write))
+}
+
 /// The values of `EXECUTE name (args)`, read as literals for routing.
 pub(super) fn literal_bounds(args: &str) -> Vec<Bound> {
     fn bound(e: &Expr) -> Bound {

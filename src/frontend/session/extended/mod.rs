@@ -17,8 +17,9 @@ use bytes::{BufMut, Bytes};
 
 use super::*;
 use crate::protocol::{message, put_cstr, take_cstr, Frame};
-use crate::router::{plan_bound, Bound};
+use crate::router::Bound;
 
+mod fast;
 mod portal;
 mod wire;
 
@@ -142,15 +143,20 @@ impl ClientStmt {
         })
     }
 
-    fn plan(&self, map: &crate::router::ShardMap, params: &[Bound]) -> Result<Plan, RouteError> {
-        if self.sql.trim().is_empty() {
-            return Ok(Plan::Forward {
-                route: Route::Any,
-                write: false,
-            });
-        }
-        plan_bound(&self.sql, map, params)
+    fn plan(&self, shared: &Shared, params: &[Bound]) -> Result<Plan, RouteError> {
+        plan_text(&self.sql, shared, params)
     }
+}
+
+/// Plans statement text with bound parameters (an empty statement runs anywhere).
+fn plan_text(sql: &str, shared: &Shared, params: &[Bound]) -> Result<Plan, RouteError> {
+    if sql.trim().is_empty() {
+        return Ok(Plan::Forward {
+            route: Route::Any,
+            write: false,
+        });
+    }
+    shared.plan_bound(sql, params)
 }
 
 impl Session {
@@ -158,6 +164,9 @@ impl Session {
     pub(super) async fn on_extended(&mut self, f: Frame) -> Io {
         match f.tag {
             b'S' => {
+                if self.fast_segment().await? {
+                    return Ok(());
+                }
                 self.run_batch().await?;
                 self.sync().await
             }
@@ -233,7 +242,7 @@ impl Session {
                     if sql.trim().is_empty() {
                         continue;
                     }
-                    match plan_bound(&sql, &self.shared.map(), &bounds(&b, &types)) {
+                    match plan_text(&sql, &self.shared, &bounds(&b, &types)) {
                         Ok(Plan::Forward {
                             route: Route::One(s),
                             ..
@@ -407,7 +416,7 @@ impl Session {
                 .error(Error::Name(NameError::NoStatement(b.stmt.to_string())))
                 .await?);
         };
-        let plan = stmt.plan(&self.shared.map(), &bounds(&b, stmt.param_types()));
+        let plan = stmt.plan(&self.shared, &bounds(&b, stmt.param_types()));
         if self.aborted_block(plan.as_ref().ok()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
