@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use pieskieo::config::Config;
-use pieskieo::router::{plan, PlanCache, ShardMap};
+use pieskieo::router::{plan, plan_bound, Bound, PlanCache, ShardMap};
 
 const CONFIG: &str = r#"
 node_id = "bench"
@@ -71,6 +71,23 @@ fn main() {
     let cached = t.elapsed();
     assert_eq!(routed, 2 * iterations, "every statement routes");
 
+    // A prepared statement bound to a new key each time (pgbench -M prepared):
+    // full planning with the bound value, against the keyed plan.
+    let prepared = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+    let keys: Vec<Vec<Bound>> = (0..500).map(|i| vec![Bound::Text(i.to_string())]).collect();
+    let t = Instant::now();
+    for i in 0..iterations {
+        routed += plan_bound(prepared, &map, &keys[i % keys.len()]).is_ok() as usize;
+    }
+    let bound_full = t.elapsed();
+    let t = Instant::now();
+    for i in 0..iterations {
+        let k = cache.keyed(prepared, &map).expect("keyed");
+        routed += k.plan(&keys[i % keys.len()], &map).is_some() as usize;
+    }
+    let bound_keyed = t.elapsed();
+    assert_eq!(routed, 4 * iterations, "every bound statement routes");
+
     let per = |d: std::time::Duration| d.as_nanos() as f64 / iterations as f64;
     println!(
         "routing micro-benchmark, {iterations} statements, {} distinct texts",
@@ -90,4 +107,17 @@ fn main() {
         1e9 / per(cached)
     );
     println!("cache speed-up: {:.1}x", per(uncached) / per(cached));
+    println!(
+        "{:<28} {:>12.0} {:>14.0}",
+        "Bind: parse + route",
+        per(bound_full),
+        1e9 / per(bound_full)
+    );
+    println!(
+        "{:<28} {:>12.0} {:>14.0}",
+        "Bind: keyed plan",
+        per(bound_keyed),
+        1e9 / per(bound_keyed)
+    );
+    println!("keyed speed-up: {:.1}x", per(bound_full) / per(bound_keyed));
 }

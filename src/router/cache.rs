@@ -36,6 +36,16 @@ impl PlanCache {
         if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(sql).cloned()) {
             return p;
         }
+        // Statements that differ only in the key's constant share a keyed
+        // plan; caching each text would only churn the cache.
+        if let Some((template, values)) = super::normalize::normalize(sql) {
+            if let Some(p) = self
+                .keyed(&template, map)
+                .and_then(|k| k.plan(&values, map))
+            {
+                return Ok(p);
+            }
+        }
         let p = plan(sql, map);
         if let Ok(mut m) = self.plans.lock() {
             if m.len() >= self.capacity {
@@ -88,5 +98,24 @@ mod tests {
         }
         let bad = "SELECT * FROM a WHERE id = = 1";
         assert_eq!(cache.plan(bad, &map), plan(bad, &map));
+        // Texts that share a keyed plan once their constants are taken out
+        // must plan exactly as they would in full, errors included.
+        for i in [-5i64, 0, 3, 99, 123_456_789_012] {
+            for sql in [
+                format!("SELECT * FROM a WHERE id = {i}"),
+                format!("SELECT * FROM a WHERE id = '{i}' AND note = 'x''y'"),
+                format!("UPDATE a SET note = 'n{i}' WHERE id = {i}"),
+                format!("DELETE FROM a WHERE {i} = id"),
+                format!("INSERT INTO a (id, note) VALUES ({i}, 'v')"),
+                format!("INSERT INTO a (note, id) VALUES ('v', {i}.5)"),
+                format!("SELECT * FROM a WHERE id = {i} ORDER BY note LIMIT 3"),
+                format!("SELECT count(*) FROM a WHERE id = {i}"),
+                format!("SELECT * FROM a WHERE id = {i}::bigint"),
+                "SELECT * FROM a WHERE id = 'abc'".to_string(),
+                "SELECT * FROM a WHERE id = 99999999999999999999".to_string(),
+            ] {
+                assert_eq!(cache.plan(&sql, &map), plan(&sql, &map), "{sql}");
+            }
+        }
     }
 }

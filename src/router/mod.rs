@@ -6,6 +6,7 @@ mod classify;
 mod hash;
 mod key;
 mod keyed;
+mod normalize;
 mod preview;
 mod split;
 

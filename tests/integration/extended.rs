@@ -340,30 +340,36 @@ async fn sql_prepare_execute_deallocate_route_by_arguments() {
     assert_eq!(e.as_db_error().unwrap().code().code(), "42P01");
 }
 
+/// A Parse body: statement `name`, `sql`, no parameter types.
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    b.extend_from_slice(sql.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    b
+}
+
+/// A Bind body: unnamed portal over `stmt`, one text parameter, text results.
+fn bind(stmt: &str, param: &str) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend_from_slice(stmt.as_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 1]);
+    b.extend_from_slice(&(param.len() as i32).to_be_bytes());
+    b.extend_from_slice(param.as_bytes());
+    b.extend_from_slice(&[0, 0]);
+    b
+}
+
+/// Execute of the unnamed portal, all rows.
+const EXECUTE: [u8; 5] = [0, 0, 0, 0, 0];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_syncs_fail_and_recover_independently() {
     use crate::harness::RawClient;
     let c = Cluster::start(2).await;
     let keys = c.accounts(2, 5).await;
     let mut raw = RawClient::connect(c.port()).await;
-    let parse = |name: &str, sql: &str| {
-        let mut b = Vec::new();
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        b.extend_from_slice(sql.as_bytes());
-        b.extend_from_slice(&[0, 0, 0]);
-        b
-    };
-    let bind = |stmt: &str, param: &str| {
-        let mut b = vec![0];
-        b.extend_from_slice(stmt.as_bytes());
-        b.extend_from_slice(&[0, 0, 0, 0, 1]);
-        b.extend_from_slice(&(param.len() as i32).to_be_bytes());
-        b.extend_from_slice(param.as_bytes());
-        b.extend_from_slice(&[0, 0]);
-        b
-    };
-    let execute = [0u8, 0, 0, 0, 0];
     // Segment 1 fails (division by zero), segment 2 must still run; both in one write.
     raw.send(
         b'P',
@@ -371,7 +377,7 @@ async fn pipelined_syncs_fail_and_recover_independently() {
     )
     .await;
     raw.send(b'B', &bind("s1", &keys[0].to_string())).await;
-    raw.send(b'E', &execute).await;
+    raw.send(b'E', &EXECUTE).await;
     raw.send(b'S', b"").await;
     raw.send(
         b'P',
@@ -379,7 +385,7 @@ async fn pipelined_syncs_fail_and_recover_independently() {
     )
     .await;
     raw.send(b'B', &bind("s2", &keys[1].to_string())).await;
-    raw.send(b'E', &execute).await;
+    raw.send(b'E', &EXECUTE).await;
     raw.send(b'S', b"").await;
     let first = raw.until_ready().await;
     assert_eq!(first.error_codes(), vec!["22012".to_string()]);
@@ -478,4 +484,75 @@ async fn pgbench_tpcb_like_across_shards_in_every_mode() {
         history, processed,
         "history grew by the number of transactions"
     );
+}
+
+/// Segments that reach one shard go out in one write: the client still gets
+/// exactly PostgreSQL's answers in order — the proxy's ParseComplete where
+/// its Parse stood, none for the statement the proxy prepares on a fresh
+/// connection, errors from Parse, Bind or Execute, and ReadyForQuery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shard_segments_keep_message_order() {
+    use crate::harness::RawClient;
+    let c = Cluster::start(2).await;
+    let keys = c.accounts(2, 5).await;
+    let there = 1 - c.shard_of("accounts", KeyValue::Int(keys[0]));
+    let other = (1000..)
+        .find(|k| c.shard_of("accounts", KeyValue::Int(*k)) == there)
+        .unwrap();
+    exec(
+        &c.client().await,
+        &format!("INSERT INTO accounts (id, balance) VALUES ({other}, 9)"),
+    )
+    .await;
+    let mut raw = RawClient::connect(c.port()).await;
+    let kinds = |r: &crate::harness::Reply| r.messages.iter().map(|m| m.0).collect::<Vec<u8>>();
+    let sql = "SELECT balance FROM accounts WHERE id = $1";
+    raw.send(b'P', &parse("s1", sql)).await;
+    raw.send(b'B', &bind("s1", &keys[0].to_string())).await;
+    raw.send(b'D', b"P\0").await;
+    raw.send(b'E', &EXECUTE).await;
+    raw.send(b'S', b"").await;
+    let r = raw.until_ready().await;
+    assert_eq!(kinds(&r), vec![b'1', b'2', b'T', b'D', b'C']);
+    assert_eq!(r.status, b'I');
+    // The same statement on the other shard: prepared there on the way, silently.
+    for (key, balance) in [(other, "9"), (keys[0], "5")] {
+        raw.send(b'B', &bind("s1", &key.to_string())).await;
+        raw.send(b'E', &EXECUTE).await;
+        raw.send(b'S', b"").await;
+        let r = raw.until_ready().await;
+        assert_eq!(kinds(&r), vec![b'2', b'D', b'C']);
+        assert!(
+            r.messages[1].1.ends_with(balance.as_bytes()),
+            "{:?}",
+            r.messages[1]
+        );
+    }
+    // Describe of a statement: parameter types and columns.
+    raw.send(
+        b'P',
+        &parse("s2", "SELECT id, balance FROM accounts WHERE id = $1"),
+    )
+    .await;
+    raw.send(b'D', b"Ss2\0").await;
+    raw.send(b'S', b"").await;
+    assert_eq!(kinds(&raw.until_ready().await), vec![b'1', b't', b'T']);
+    // A statement the shard rejects: its error after the ParseComplete, then
+    // nothing until ReadyForQuery; the session goes on.
+    raw.send(
+        b'P',
+        &parse("bad", "SELECT nosuchcol FROM accounts WHERE id = $1"),
+    )
+    .await;
+    raw.send(b'B', &bind("bad", &keys[0].to_string())).await;
+    raw.send(b'E', &EXECUTE).await;
+    raw.send(b'S', b"").await;
+    let r = raw.until_ready().await;
+    assert_eq!(kinds(&r), vec![b'1', b'E']);
+    assert_eq!(r.error_codes(), vec!["42703".to_string()]);
+    assert_eq!(r.status, b'I');
+    raw.send(b'B', &bind("s1", &keys[1].to_string())).await;
+    raw.send(b'E', &EXECUTE).await;
+    raw.send(b'S', b"").await;
+    assert_eq!(kinds(&raw.until_ready().await), vec![b'2', b'D', b'C']);
 }

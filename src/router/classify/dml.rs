@@ -587,17 +587,20 @@ pub(super) fn keyed_param<'m>(
     if t.sharded.len() != 1 || !t.other.is_empty() {
         return None;
     }
-    let placeholder = |e: &Expr| match e {
-        Expr::Value(v) => match &v.value {
-            Value::Placeholder(p) => p
-                .strip_prefix('$')
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-                .map(|n| n - 1),
+    fn placeholder(e: &Expr) -> Option<usize> {
+        match e {
+            Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => placeholder(inner),
+            Expr::Value(v) => match &v.value {
+                Value::Placeholder(p) => p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| *n > 0)
+                    .map(|n| n - 1),
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
-    };
+        }
+    }
     let pinned = |selection: Option<&Expr>, b: Binding<'m>| {
         let all = [b];
         let mut cs = Vec::new();
