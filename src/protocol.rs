@@ -61,6 +61,60 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
     })
 }
 
+/// Reads frames out of one growing buffer: each frame is a view of the bytes
+/// read (no allocation or copy per message); the buffer's space is reused
+/// once the frames handed out are dropped.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(32 * 1024),
+        }
+    }
+
+    /// Bytes read but not yet handed out as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The next message. The claimed length is checked against `max` before
+    /// room for it is made.
+    pub async fn next(&mut self, max: usize) -> Result<Frame, FrameError> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                if len < 4 || len as usize > max {
+                    return Err(FrameError::BadLength(len as i64));
+                }
+                let total = len as usize + 1;
+                if self.buf.len() >= total {
+                    let bytes = self.buf.split_to(total).freeze();
+                    return Ok(Frame {
+                        tag: bytes[0],
+                        bytes,
+                    });
+                }
+                self.buf.reserve(total - self.buf.len());
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(32 * 1024);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(FrameError::Closed);
+            }
+        }
+    }
+}
+
 /// Builds a tagged message from a body writer.
 pub fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut buf = BytesMut::with_capacity(64);

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::BackendError;
 use crate::config::Shard;
-use crate::protocol::{read_frame, take_cstr, ErrorFields, Frame, FrameError};
+use crate::protocol::{take_cstr, ErrorFields, Frame, FrameError, FrameReader};
 use crate::router::ShardId;
 
 /// Largest message accepted from a server (rows can be big; this bounds garbage).
@@ -22,7 +22,7 @@ const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 pub struct ServerConn {
     pub shard: ShardId,
-    reader: BufReader<OwnedReadHalf>,
+    reader: FrameReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
     /// Parameters the server reported with `ParameterStatus`.
     pub params: BTreeMap<String, String>,
@@ -69,7 +69,7 @@ impl ServerConn {
         let mut conn = ServerConn {
             addr: addr.as_str().into(),
             shard: id,
-            reader: BufReader::with_capacity(32 * 1024, r),
+            reader: FrameReader::new(r),
             writer: BufWriter::with_capacity(16 * 1024, w),
             params: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -266,7 +266,7 @@ impl ServerConn {
     }
 
     async fn read_raw(&mut self) -> Result<Frame, BackendError> {
-        match read_frame(&mut self.reader, MAX_SERVER_MESSAGE).await {
+        match self.reader.next(MAX_SERVER_MESSAGE).await {
             Ok(f) => Ok(f),
             Err(FrameError::Closed) => {
                 self.broken = true;
@@ -353,7 +353,7 @@ impl ServerConn {
     /// "terminating connection") while the connection sat idle in the pool.
     /// Checked without blocking when a pooled connection is handed out.
     pub fn hung_up(&self) -> bool {
-        if !self.reader.buffer().is_empty() {
+        if self.reader.buffered() > 0 {
             return true;
         }
         let mut probe = [0u8; 1];
