@@ -27,13 +27,9 @@ const ACCOUNTS: u32 = 100_000;
 /// Rows of the range-sharded transfer table per shard.
 const XFER_PER_SHARD: u32 = 100_000;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "common.rs"]
+mod common;
+use common::free_port;
 
 fn seconds() -> u32 {
     std::env::var("BENCH_SECONDS")

@@ -15,13 +15,9 @@ use pieskieo::config::Config;
 use pieskieo::router::{KeyValue, ShardMap};
 use tokio_postgres::{Client, NoTls};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "common.rs"]
+mod common;
+use common::free_port;
 
 async fn connect(url: &str) -> Client {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();

@@ -206,17 +206,8 @@ impl Session {
                     if router::split_statements(sql).len() > 1 {
                         return None;
                     }
-                    let backend = backend_name(sql, &types);
                     parsed.retain(|(n, _)| n != name);
-                    parsed.push((
-                        name.to_string(),
-                        ClientStmt {
-                            sql: sql.to_string(),
-                            types,
-                            described: None,
-                            backend,
-                        },
-                    ));
+                    parsed.push((name.to_string(), ClientStmt::new(sql, types)));
                 }
                 b'B' => {
                     let b: BindMsg = parse_bind(f.body())?;

@@ -128,6 +128,16 @@ impl Extended {
 }
 
 impl ClientStmt {
+    /// A statement as the client wrote it, with its server-side name.
+    fn new(sql: &str, types: Vec<u32>) -> ClientStmt {
+        ClientStmt {
+            backend: backend_name(sql, &types),
+            sql: sql.to_string(),
+            types,
+            described: None,
+        }
+    }
+
     fn param_types(&self) -> &[u32] {
         self.described.as_deref().unwrap_or(&self.types)
     }
@@ -387,16 +397,9 @@ impl Session {
             );
             return Ok(self.error(Error::Route(e)).await?);
         }
-        let backend = backend_name(sql, &types);
-        self.ext.stmts.insert(
-            name.to_string(),
-            ClientStmt {
-                sql: sql.to_string(),
-                types,
-                described: None,
-                backend,
-            },
-        );
+        self.ext
+            .stmts
+            .insert(name.to_string(), ClientStmt::new(sql, types));
         self.write(&message(b'1', |_| {})).await?;
         Ok(true)
     }
@@ -529,12 +532,7 @@ impl Session {
                 .iter()
                 .map(|&p| declared.get(p).copied().unwrap_or(0))
                 .collect();
-            let derived = ClientStmt {
-                backend: backend_name(sql, &types),
-                sql: sql.to_string(),
-                types,
-                described: None,
-            };
+            let derived = ClientStmt::new(sql, types);
             let rest = b.subset(params, results.unwrap_or(b.results));
             let (parse, backend) = (derived.parse_message(), derived.backend);
             if !self
