@@ -357,6 +357,10 @@ impl ProxyProcess {
         )
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends the process a signal by name (`HUP`, `TERM`, ...).
     pub fn signal(&self, name: &str) {
         std::process::Command::new("kill")

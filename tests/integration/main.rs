@@ -11,6 +11,7 @@ mod drivers;
 mod extended;
 mod faults;
 mod hashing;
+mod hostile;
 mod merges;
 mod psql;
 mod routing;
