@@ -30,6 +30,8 @@ pub mod demo;
 pub mod error;
 pub mod executor;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod merge;
 pub mod protocol;
 pub mod router;

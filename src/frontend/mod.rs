@@ -7,6 +7,14 @@ mod session;
 mod startup;
 pub mod tls;
 
+pub(crate) use session::fuzz_messages;
+
+/// Reads a startup packet from `data` as a client would send it (fuzzing).
+pub(crate) async fn fuzz_startup(data: &[u8], tls: bool) {
+    let mut stream = tokio::io::join(data, tokio::io::sink());
+    let _ = startup::read_startup(&mut stream, tls).await;
+}
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;

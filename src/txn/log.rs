@@ -54,7 +54,7 @@ pub enum LogError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Record {
+pub(crate) enum Record {
     Epoch(u64),
     Commit {
         node: String,
@@ -177,6 +177,14 @@ fn read_records(path: &Path) -> Result<(Vec<Record>, u64), LogError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(LogError::Io { path: p, source }),
     }
+    parse_records(&data, &p)
+}
+
+/// The records in a log file's bytes (`p` names the file in errors), and
+/// the length of the valid prefix: a torn last record is cut off, a bad
+/// record with more after it is corruption.
+pub(crate) fn parse_records(data: &[u8], p: &str) -> Result<(Vec<Record>, u64), LogError> {
+    let p = p.to_string();
     let mut out = Vec::new();
     let mut off = 0usize;
     while off < data.len() {

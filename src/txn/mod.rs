@@ -3,6 +3,7 @@
 //! the recovery of in-doubt transactions.
 
 mod log;
+pub(crate) use log::parse_records;
 mod recovery;
 
 use std::collections::HashSet;

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 mod block;
 mod dispatch;
 mod extended;
+pub(crate) use extended::fuzz_messages;
 mod prepared;
 
 use super::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};

@@ -158,6 +158,18 @@ impl ClientStmt {
     }
 }
 
+/// Decodes a client message body as every extended-protocol message type
+/// (fuzzing): none may panic on any bytes.
+pub(crate) fn fuzz_messages(body: &[u8]) {
+    let _ = parse_parse(body);
+    let _ = wire::result_formats(body);
+    if let Some(b) = parse_bind(body) {
+        let _ = bounds(&b, &[20, 23, 21, 25, 2950, 0]);
+        let _ = b.subset(&[0, 2, 1, 7], b.results);
+        let _ = wire::result_formats(b.results);
+    }
+}
+
 /// Plans statement text with bound parameters (an empty statement runs anywhere).
 fn plan_text(sql: &str, shared: &Shared, params: &[Bound]) -> Result<Plan, RouteError> {
     if sql.trim().is_empty() {

@@ -20,7 +20,7 @@ pub(super) fn read_i32(b: &[u8]) -> Option<(i32, &[u8])> {
 }
 
 /// A Parse message: statement name, text, declared parameter types.
-pub(super) fn parse_parse(body: &[u8]) -> Option<(&str, &str, Vec<u32>)> {
+pub(crate) fn parse_parse(body: &[u8]) -> Option<(&str, &str, Vec<u32>)> {
     let (name, r) = take_cstr(body)?;
     let (sql, r) = take_cstr(r)?;
     let (n, mut r) = read_i16(r)?;
@@ -33,7 +33,7 @@ pub(super) fn parse_parse(body: &[u8]) -> Option<(&str, &str, Vec<u32>)> {
     Some((name, sql, types))
 }
 
-pub(super) struct BindMsg<'a> {
+pub(crate) struct BindMsg<'a> {
     pub portal: &'a str,
     pub stmt: &'a str,
     /// Everything after the two names, forwarded as is.
@@ -77,7 +77,7 @@ impl BindMsg<'_> {
 }
 
 /// The result format codes at the end of a Bind.
-pub(super) fn result_formats(results: &[u8]) -> Option<Vec<i16>> {
+pub(crate) fn result_formats(results: &[u8]) -> Option<Vec<i16>> {
     let (n, mut r) = read_i16(results)?;
     let mut out = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n.max(0) {
@@ -88,7 +88,7 @@ pub(super) fn result_formats(results: &[u8]) -> Option<Vec<i16>> {
     Some(out)
 }
 
-pub(super) fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
+pub(crate) fn parse_bind(body: &[u8]) -> Option<BindMsg<'_>> {
     let (portal, r) = take_cstr(body)?;
     let (stmt, rest) = take_cstr(r)?;
     let (nf, mut r) = read_i16(rest)?;
@@ -144,7 +144,7 @@ fn bound(format: i16, value: Option<&[u8]>, oid: u32) -> Bound {
     }
 }
 
-pub(super) fn bounds(b: &BindMsg, types: &[u32]) -> Vec<Bound> {
+pub(crate) fn bounds(b: &BindMsg, types: &[u32]) -> Vec<Bound> {
     b.values
         .iter()
         .enumerate()
