@@ -9,36 +9,7 @@ use std::time::Instant;
 use pieskieo::config::Config;
 use pieskieo::router::{plan, plan_bound, Bound, PlanCache, ShardMap};
 
-const CONFIG: &str = r#"
-node_id = "bench"
-reference_tables = ["countries"]
-[[users]]
-name = "u"
-password = "p"
-[[shards]]
-id = 0
-port = 1
-database = "d"
-user = "u"
-[[shards]]
-id = 1
-port = 2
-database = "d"
-user = "u"
-[[shards]]
-id = 2
-port = 3
-database = "d"
-user = "u"
-[[tables]]
-name = "pgbench_accounts"
-key = "aid"
-key_type = "int4"
-[[tables]]
-name = "users"
-key = "email"
-key_type = "text"
-"#;
+const CONFIG: &str = pieskieo::router::SAMPLE_CONFIG;
 
 fn main() {
     let iterations: usize = std::env::var("ITERATIONS")

@@ -9,52 +9,13 @@ use std::sync::OnceLock;
 
 use crate::router::{Bound, ShardMap};
 
-const MAP: &str = r#"
-node_id = "f"
-reference_tables = ["countries"]
-[[users]]
-name = "u"
-password = "p"
-[[shards]]
-id = 0
-port = 1
-database = "d"
-user = "u"
-[[shards]]
-id = 1
-port = 2
-database = "d"
-user = "u"
-[[shards]]
-id = 2
-port = 3
-database = "d"
-user = "u"
-[[tables]]
-name = "accounts"
-key = "id"
-key_type = "int8"
-[[tables]]
-name = "users"
-key = "email"
-key_type = "text"
-[[tables]]
-name = "events"
-key = "day"
-key_type = "int4"
-method = "range"
-[[tables.ranges]]
-to = 100
-shard = 0
-[[tables.ranges]]
-from = 100
-shard = 2
-"#;
-
 fn map() -> &'static ShardMap {
     static M: OnceLock<ShardMap> = OnceLock::new();
     M.get_or_init(|| {
-        ShardMap::from_config(&crate::config::Config::parse(MAP, "fuzz.toml").expect("fuzz map"))
+        ShardMap::from_config(
+            &crate::config::Config::parse(crate::router::SAMPLE_CONFIG, "sample.toml")
+                .expect("fuzz map"),
+        )
     })
 }
 

@@ -179,7 +179,7 @@ fn fuzz_router() {
         "INSERT INTO accounts (id, note) VALUES (1, 'a''b'), ($2, E'\\x'), (-3, $$d$$)",
         "UPDATE accounts SET note = 'x' WHERE id = $1; DELETE FROM users WHERE email = 'q'",
         "BEGIN; SAVEPOINT a; SET LOCAL x = 1; ROLLBACK TO a; PREPARE p (int) AS SELECT $1; EXECUTE p (1); COMMIT",
-        "PREVIEW SELECT DISTINCT day FROM events WHERE day < 50 ORDER BY day NULLS FIRST",
+        "PREVIEW SELECT DISTINCT code FROM regions WHERE code < 50 ORDER BY code NULLS FIRST",
         "WITH x AS (SELECT 1) SELECT * FROM x, accounts /* c */ -- d\n WHERE id = 1",
         "SELECT \"weird \"\"name\", 'unterminated FROM accounts",
     ];

@@ -26,6 +26,11 @@ pub use split::{after_words, leading_words, matching_paren, split_statements};
 use crate::config::{toml_key, Config, Method};
 use crate::error::SqlState;
 
+/// A sample configuration (three shards; hash, range and list tables; a
+/// reference table) for tests, benchmarks and fuzzing.
+#[doc(hidden)]
+pub const SAMPLE_CONFIG: &str = include_str!("sample.toml");
+
 /// A shard's id: its position in the shard list, and its hash remainder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub u32);

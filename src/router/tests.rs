@@ -3,52 +3,7 @@
 use super::*;
 use crate::config::Config;
 
-const CONFIG: &str = r#"
-node_id = "t"
-reference_tables = ["countries"]
-[[users]]
-name = "u"
-password = "p"
-[[shards]]
-id = 0
-port = 1
-database = "d"
-user = "u"
-[[shards]]
-id = 1
-port = 2
-database = "d"
-user = "u"
-[[shards]]
-id = 2
-port = 3
-database = "d"
-user = "u"
-[[tables]]
-name = "accounts"
-key = "id"
-key_type = "int8"
-[[tables]]
-name = "orders"
-key = "account_id"
-key_type = "int8"
-[[tables]]
-name = "users"
-key = "email"
-key_type = "text"
-[[tables]]
-name = "regions"
-key = "code"
-key_type = "int4"
-method = "range"
-ranges = [{ to = 100, shard = 0 }, { from = 100, to = 200, shard = 1 }, { from = 200, shard = 2 }]
-[[tables]]
-name = "tenants"
-key = "name"
-key_type = "text"
-method = "list"
-lists = [{ values = ["a", "b"], shard = 0 }, { values = ["c"], shard = 2 }]
-"#;
+const CONFIG: &str = super::SAMPLE_CONFIG;
 
 fn map() -> ShardMap {
     ShardMap::from_config(&Config::parse(CONFIG, "test.toml").unwrap())
