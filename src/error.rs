@@ -34,6 +34,7 @@ impl SqlState {
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
     pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 

@@ -45,6 +45,9 @@ pub struct ServerConn {
     pub stats: Option<std::sync::Arc<crate::admin::ShardStats>>,
     /// `host:port` it was reached at (where a cancel request goes).
     pub addr: std::sync::Arc<str>,
+    /// The longest wait for an answer (`limits.query_timeout_ms`); none for
+    /// the proxy's own control connections.
+    pub answer_timeout: Option<Duration>,
 }
 
 impl ServerConn {
@@ -67,6 +70,7 @@ impl ServerConn {
         stream.set_nodelay(true).ok();
         let (r, w) = stream.into_split();
         let mut conn = ServerConn {
+            answer_timeout: None,
             addr: addr.as_str().into(),
             shard: id,
             reader: FrameReader::new(r),
@@ -266,7 +270,21 @@ impl ServerConn {
     }
 
     async fn read_raw(&mut self) -> Result<Frame, BackendError> {
-        match self.reader.next(MAX_SERVER_MESSAGE).await {
+        let next = match self.answer_timeout {
+            None => self.reader.next(MAX_SERVER_MESSAGE).await,
+            Some(t) => match tokio::time::timeout(t, self.reader.next(MAX_SERVER_MESSAGE)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Whatever the server sends later belongs to nobody: never reuse it.
+                    self.broken = true;
+                    return Err(BackendError::QueryTimeout {
+                        shard: self.shard,
+                        ms: t.as_millis() as u64,
+                    });
+                }
+            },
+        };
+        match next {
             Ok(f) => Ok(f),
             Err(FrameError::Closed) => {
                 self.broken = true;

@@ -24,6 +24,8 @@ pub enum BackendError {
     Protocol { shard: ShardId, message: String },
     #[error("shard {shard}: timed out waiting for a server connection from the pool")]
     PoolTimeout { shard: ShardId },
+    #[error("canceling statement: shard {shard} did not answer within query_timeout_ms ({ms} ms)")]
+    QueryTimeout { shard: ShardId, ms: u64 },
 }
 
 impl BackendError {
@@ -35,6 +37,7 @@ impl BackendError {
             | BackendError::Closed { .. }
             | BackendError::Protocol { .. }
             | BackendError::PoolTimeout { .. } => SqlState::CONNECTION_FAILURE,
+            BackendError::QueryTimeout { .. } => SqlState::QUERY_CANCELED,
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct ShardManager {
     id: ShardId,
     cfg: Shard,
     connect_timeout: Duration,
+    /// `limits.query_timeout_ms`; `None` when 0.
+    answer_timeout: Option<Duration>,
     stats: Arc<ShardStats>,
 }
 
@@ -26,6 +28,7 @@ impl managed::Manager for ShardManager {
     async fn create(&self) -> Result<ServerConn, BackendError> {
         let mut conn = ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await?;
         conn.stats = Some(self.stats.clone());
+        conn.answer_timeout = self.answer_timeout;
         Ok(conn)
     }
 
@@ -61,6 +64,8 @@ impl Pools {
                     id: ShardId(s.id),
                     cfg: s.clone(),
                     connect_timeout,
+                    answer_timeout: (cfg.limits.query_timeout_ms > 0)
+                        .then(|| Duration::from_millis(cfg.limits.query_timeout_ms)),
                     stats: stats.shards.get(s.id as usize).cloned().unwrap_or_default(),
                 };
                 managed::Pool::builder(mgr)

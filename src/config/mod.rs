@@ -103,6 +103,13 @@ pub struct Limits {
     /// and its block rolled back (0 = never).
     #[serde(default)]
     pub idle_in_transaction_timeout_ms: u64,
+    /// The longest wait for any answer from a shard (0 = no limit, the
+    /// default, as PgBouncer's `query_timeout`). Past it the client gets
+    /// 57014, the server connection is closed, never reused, and a
+    /// transaction not yet decided is rolled back. Covers a shard that
+    /// stalls; a long analytical query needs a limit above its run time.
+    #[serde(default)]
+    pub query_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -115,6 +122,7 @@ impl Default for Limits {
             startup_timeout_ms: default_startup_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             idle_in_transaction_timeout_ms: 0,
+            query_timeout_ms: 0,
         }
     }
 }
@@ -568,9 +576,10 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
         || old.node_id != new.node_id
         || old.txn.log_dir != new.txn.log_dir
         || old.workers != new.workers
+        || old.limits.query_timeout_ms != new.limits.query_timeout_ms
     {
         return refuse(
-            "`listen`, `node_id`, `workers` and `txn.log_dir` change only with a restart".into(),
+            "`listen`, `node_id`, `workers`, `limits.query_timeout_ms` and `txn.log_dir` change only with a restart".into(),
         );
     }
     if old.shards.len() != new.shards.len() {

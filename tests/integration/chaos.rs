@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pieskieo::cluster::LocalServer;
 use pieskieo::config::Config;
 use pieskieo::router::{KeyValue, ShardMap};
 
-use crate::harness::{config_text, connect, exec, value, ProxyProcess, Servers, TABLES};
+use crate::harness::{
+    config_text, connect, exec, shard_pids, signal, value, ProxyProcess, Servers, TABLES,
+};
 
 const ACCOUNTS: i64 = 40;
 const START: i64 = 1_000;
@@ -46,35 +47,6 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
-}
-
-/// Every process of a shard (postmaster and backends), for SIGSTOP/SIGCONT.
-fn shard_pids(s: &LocalServer) -> Vec<String> {
-    let pid = std::fs::read_to_string(s.data_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|t| t.lines().next().map(str::to_string))
-        .unwrap_or_default();
-    if pid.is_empty() {
-        return Vec::new();
-    }
-    let children = std::process::Command::new("pgrep")
-        .args(["-P", &pid])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    std::iter::once(pid)
-        .chain(children.lines().map(str::to_string))
-        .collect()
-}
-
-fn signal(pids: &[String], sig: &str) {
-    if pids.is_empty() {
-        return;
-    }
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .args(pids)
-        .status();
 }
 
 /// One transfer from `a` to `b`, recorded in `xfers` in the same

@@ -268,3 +268,74 @@ async fn idle_in_transaction_clients_are_cut_and_rolled_back() {
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert_eq!(value(&other, "SELECT 1").await, "1");
 }
+
+/// A shard that stalls (its processes stopped): with `query_timeout_ms`, the
+/// client gets 57014 in time, other shards keep serving, the stalled
+/// connection is never reused, and a transfer caught by it leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shard_times_out_and_nothing_half_commits() {
+    let c = Cluster::start_custom(2, crate::harness::TABLES, "", "query_timeout_ms = 1000").await;
+    let keys = c.accounts(2, 100).await;
+    let (k0, k1) = (keys[0], keys[1]);
+    let stalled = c.shard_of("accounts", pieskieo::router::KeyValue::Int(k1));
+    let pids = crate::harness::shard_pids(&c.shards.servers[stalled]);
+    crate::harness::signal(&pids, "STOP");
+    let client = c.client().await;
+    let t = std::time::Instant::now();
+    assert_eq!(
+        crate::harness::sqlstate(
+            &client,
+            &format!("SELECT balance FROM accounts WHERE id = {k1}")
+        )
+        .await,
+        "57014"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The other shard serves meanwhile, on the same session.
+    assert_eq!(
+        value(
+            &client,
+            &format!("SELECT balance FROM accounts WHERE id = {k0}")
+        )
+        .await,
+        "100"
+    );
+    // A transfer that reaches the stalled shard fails as a whole.
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = balance - 10 WHERE id = {k0}"
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .simple_query(&format!(
+            "UPDATE accounts SET balance = balance + 10 WHERE id = {k1}"
+        ))
+        .await
+        .unwrap_err();
+    // A timeout on a pooled connection, or a new connection that cannot
+    // start up: either way an error in time.
+    let code = e.as_db_error().map(|d| d.code().code().to_string());
+    assert!(matches!(code.as_deref(), Some("57014" | "08006")), "{e:?}");
+    client.simple_query("ROLLBACK").await.unwrap();
+    crate::harness::signal(&pids, "CONT");
+    // Afterwards: fresh connections, nothing changed, nothing in doubt.
+    for k in [k0, k1] {
+        assert_eq!(
+            value(
+                &client,
+                &format!("SELECT balance FROM accounts WHERE id = {k}")
+            )
+            .await,
+            "100"
+        );
+    }
+    for i in 0..2 {
+        assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
+    }
+}

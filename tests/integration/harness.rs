@@ -633,3 +633,32 @@ impl RawClient {
         }
     }
 }
+
+/// Every process of a shard (postmaster and backends), for SIGSTOP/SIGCONT.
+pub fn shard_pids(s: &LocalServer) -> Vec<String> {
+    let pid = std::fs::read_to_string(s.data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    if pid.is_empty() {
+        return Vec::new();
+    }
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &pid])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.lines().map(str::to_string))
+        .collect()
+}
+
+pub fn signal(pids: &[String], sig: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids)
+        .status();
+}
