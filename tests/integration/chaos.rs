@@ -17,7 +17,7 @@ use pieskieo::config::Config;
 use pieskieo::router::{KeyValue, ShardMap};
 
 use crate::harness::{
-    config_text, connect, exec, shard_pids, signal, value, ProxyProcess, Servers, TABLES,
+    config_text, connect, exec, shard_pids, signal, value, Lcg, ProxyProcess, Servers, TABLES,
 };
 
 const ACCOUNTS: i64 = 40;
@@ -34,19 +34,6 @@ struct Seen {
     committed: Vec<i64>,
     failed: Vec<i64>,
     unknown: usize,
-}
-
-/// Deterministic pseudo-random numbers: the same faults every run.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
 }
 
 /// One transfer from `a` to `b`, recorded in `xfers` in the same

@@ -662,3 +662,21 @@ pub fn signal(pids: &[String], sig: &str) {
         .args(pids)
         .status();
 }
+
+/// Deterministic pseudo-random numbers: the same data and faults every run.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+
+    /// `None` about one time in `k`.
+    pub fn some<T>(&mut self, k: u64, v: impl FnOnce(&mut Self) -> T) -> Option<T> {
+        (self.next(k) != 0).then(|| v(self))
+    }
+}

@@ -6,7 +6,7 @@
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::harness::{exec, field, Cluster, RawClient, Servers};
+use crate::harness::{exec, field, Cluster, Lcg, RawClient, Servers};
 
 const TABLES: &str = r#"
 reference_tables = ["regions"]
@@ -25,24 +25,6 @@ key_type = "int8"
 const SCHEMA: &str = "CREATE TABLE facts (id bigint PRIMARY KEY, grp int, cat text, code char(3), price numeric(10,2), qty int, big bigint, ok boolean, d date, ts timestamptz, f float8);
 CREATE TABLE regions (id int PRIMARY KEY, name text);
 CREATE TABLE notes (fact_id bigint, n int, body text, PRIMARY KEY (fact_id, n))";
-
-/// Deterministic pseudo-random numbers (no seed file, same data every run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-
-    /// `None` about one time in `k`.
-    fn some<T>(&mut self, k: u64, v: impl FnOnce(&mut Self) -> T) -> Option<T> {
-        (self.next(k) != 0).then(|| v(self))
-    }
-}
 
 fn lit<T: ToString>(v: Option<T>) -> String {
     v.map_or("NULL".to_string(), |v| v.to_string())
