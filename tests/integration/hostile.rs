@@ -115,3 +115,47 @@ async fn a_client_that_stops_reading_is_not_buffered_without_bound() {
     );
     drop(slow);
 }
+
+/// No password — right, wrong, configured for a shard — reaches the log,
+/// whatever the clients do (logins, failed logins, reloads, errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_reaches_the_log() {
+    let servers = Servers::start(1);
+    let proxy = ProxyProcess::start(&servers, "").await;
+    let good = crate::harness::connect(&proxy.url()).await.unwrap();
+    for (user, pw) in [
+        ("app", "wrong-pw-4711"),
+        ("plain", "wrong-pw-4712"),
+        ("md5user", "wrong-pw-4713"),
+    ] {
+        let url = format!(
+            "host=127.0.0.1 port={} user={user} password={pw} dbname=app",
+            proxy.port
+        );
+        assert!(
+            crate::harness::connect(&url).await.is_err(),
+            "{user} logged in with a wrong password"
+        );
+    }
+    let md5 = format!(
+        "host=127.0.0.1 port={} user=md5user password=md5pass dbname=app",
+        proxy.port
+    );
+    crate::harness::connect(&md5).await.unwrap();
+    let _ = good.simple_query("SELECT * FROM no_such_table").await;
+    proxy.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(good);
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(!log.is_empty(), "the proxy logs something");
+    for secret in [
+        "secret",
+        "plainpass",
+        "md5pass",
+        "wrong-pw-4711",
+        "wrong-pw-4712",
+        "wrong-pw-4713",
+    ] {
+        assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
+    }
+}
