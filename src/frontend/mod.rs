@@ -99,22 +99,24 @@ impl Shared {
         snap.plans.plan(sql, &snap.map)
     }
 
-    /// Plans a statement with bound parameters: a statement one key value
-    /// routes takes the shortcut, anything else is planned in full.
+    /// Plans a statement with bound parameters: without parameters from the
+    /// plan cache, with them through the keyed plan when one key value
+    /// routes it, else in full.
     pub fn plan_bound(
         &self,
         sql: &str,
         params: &[crate::router::Bound],
     ) -> Result<crate::router::Plan, crate::router::RouteError> {
         let snap = self.snapshot();
-        if !params.is_empty() {
-            if let Some(p) = snap
-                .plans
-                .keyed(sql, &snap.map)
-                .and_then(|k| k.plan(params, &snap.map))
-            {
-                return Ok(p);
-            }
+        if params.is_empty() {
+            return snap.plans.plan(sql, &snap.map);
+        }
+        if let Some(p) = snap
+            .plans
+            .keyed(sql, &snap.map)
+            .and_then(|k| k.plan(params, &snap.map))
+        {
+            return Ok(p);
         }
         crate::router::plan_bound(sql, &snap.map, params)
     }

@@ -445,6 +445,17 @@ pub struct RunOptions<'a> {
     pub executed: bool,
 }
 
+impl RunOptions<'_> {
+    /// A simple query's merge: text results, RowDescription sent.
+    pub fn simple(bytewise: bool) -> RunOptions<'static> {
+        RunOptions {
+            bytewise,
+            formats: &[],
+            executed: false,
+        }
+    }
+}
+
 /// Reads every shard's answer to `plan.sql` (already sent and flushed) and
 /// answers the client with the merged result. Returns whether the statement
 /// failed, and the closing message (error or `SELECT n`), which the caller

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{connect, exec, free_port, Cluster, TABLES};
+use crate::harness::{connect, exec, free_port, insert_numbered, Cluster, TABLES};
 
 async fn scrape(port: u16) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -195,15 +195,7 @@ async fn reload_applies_safe_changes_and_refuses_moving_rows() {
     assert_eq!(max_pool_sizes(&admin).await, vec!["5", "5"]);
     let app = connect(&proxy.url()).await.unwrap();
     exec(&app, "CREATE TABLE orders (account_id bigint, note text)").await;
-    let values: Vec<String> = (1..=20).map(|i| format!("({i}, 'o')")).collect();
-    exec(
-        &app,
-        &format!(
-            "INSERT INTO orders (account_id, note) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
+    insert_numbered(&app, "orders (account_id, note)", 20, "'o'").await;
     let map = pieskieo::router::ShardMap::from_config(
         &pieskieo::config::Config::parse(&grown, "t").unwrap(),
     );

@@ -17,7 +17,8 @@ use pieskieo::config::Config;
 use pieskieo::router::{KeyValue, ShardMap};
 
 use crate::harness::{
-    config_text, connect, exec, shard_pids, signal, value, Lcg, ProxyProcess, Servers, TABLES,
+    config_text, connect, exec, insert_numbered, shard_pids, signal, value, Lcg, ProxyProcess,
+    Servers, TABLES,
 };
 
 const ACCOUNTS: i64 = 40;
@@ -87,15 +88,7 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
              CREATE TABLE xfers (id bigint PRIMARY KEY, src bigint, dst bigint)",
         )
         .await;
-        let rows: Vec<String> = (1..=ACCOUNTS).map(|i| format!("({i}, {START})")).collect();
-        exec(
-            &c,
-            &format!(
-                "INSERT INTO accounts (id, balance) VALUES {}",
-                rows.join(", ")
-            ),
-        )
-        .await;
+        insert_numbered(&c, "accounts (id, balance)", ACCOUNTS, &format!("{START}")).await;
     }
     let port = Arc::new(AtomicU16::new(proxy.port));
     let stop = Arc::new(AtomicBool::new(false));

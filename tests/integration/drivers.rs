@@ -85,28 +85,30 @@ async fn transfers_applied_once(c: &Cluster, keys: &[String; 2]) {
     }
 }
 
+/// Runs a driver's check program, then checks what it left on the shards:
+/// `items` rows, each on its own shard, and the transfers applied once.
+async fn check(c: &Cluster, keys: &[String; 2], cmd: &mut Command, name: &str, items: usize) {
+    run(cmd, name);
+    assert_eq!(items_on_their_shards(c).await, items);
+    transfers_applied_once(c, keys).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg() {
     let (c, keys) = cluster().await;
     let script = drivers_dir().join("psycopg_check.py");
-    run(
-        Command::new("python3").arg(script).arg(c.uri()).args(&keys),
-        "psycopg",
-    );
-    assert_eq!(items_on_their_shards(&c).await, 20);
-    transfers_applied_once(&c, &keys).await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(c.uri()).args(&keys);
+    check(&c, &keys, &mut cmd, "psycopg", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg() {
     let (c, keys) = cluster().await;
     let script = drivers_dir().join("asyncpg_check.py");
-    run(
-        Command::new("python3").arg(script).arg(c.uri()).args(&keys),
-        "asyncpg",
-    );
-    assert_eq!(items_on_their_shards(&c).await, 20);
-    transfers_applied_once(&c, &keys).await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(c.uri()).args(&keys);
+    check(&c, &keys, &mut cmd, "asyncpg", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,15 +119,9 @@ async fn node_postgres() {
         dir.join("node_modules/pg-cursor").exists(),
         "node-postgres is missing; {HINT}"
     );
-    run(
-        Command::new("node")
-            .arg(dir.join("pg_check.js"))
-            .arg(c.uri())
-            .args(&keys),
-        "node-postgres",
-    );
-    assert_eq!(items_on_their_shards(&c).await, 20);
-    transfers_applied_once(&c, &keys).await;
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("pg_check.js")).arg(c.uri()).args(&keys);
+    check(&c, &keys, &mut cmd, "node-postgres", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +154,5 @@ async fn pgjdbc() {
         &keys[0],
         &keys[1],
     ];
-    run(Command::new("java").args(args), "pgjdbc");
-    assert_eq!(items_on_their_shards(&c).await, 80);
-    transfers_applied_once(&c, &keys).await;
+    check(&c, &keys, Command::new("java").args(args), "pgjdbc", 80).await;
 }

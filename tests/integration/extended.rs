@@ -4,7 +4,7 @@
 
 use pieskieo::router::KeyValue;
 
-use crate::harness::{exec, prepared, value, Cluster};
+use crate::harness::{balance, exec, insert_numbered, prepared, value, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drivers_route_by_bound_values() {
@@ -141,15 +141,7 @@ async fn driver_transactions_portals_and_statement_reuse() {
     .await;
     let k0 = c.key_on("accounts", 0);
     let k1 = c.key_on("accounts", 1);
-    let values: Vec<String> = (1..=20).map(|i| format!("({i}, 100)")).collect();
-    exec(
-        &client,
-        &format!(
-            "INSERT INTO accounts (id, balance) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
+    insert_numbered(&client, "accounts (id, balance)", 20, "100").await;
 
     // A transaction over two shards, through the driver.
     let tx = client.transaction().await.unwrap();
@@ -175,14 +167,7 @@ async fn driver_transactions_portals_and_statement_reuse() {
         .unwrap()
         .get(0);
     assert_eq!(sum, 95);
-    assert_eq!(
-        value(
-            &c.shard(1).await,
-            &format!("SELECT balance FROM accounts WHERE id = {k1}")
-        )
-        .await,
-        "105"
-    );
+    assert_eq!(balance(&c.shard(1).await, k1).await, "105");
 
     // A rolled-back transaction leaves nothing.
     let tx = client.transaction().await.unwrap();
@@ -193,14 +178,7 @@ async fn driver_transactions_portals_and_statement_reuse() {
         .await
         .unwrap();
     tx.rollback().await.unwrap();
-    assert_eq!(
-        value(
-            &c.shard(0).await,
-            &format!("SELECT balance FROM accounts WHERE id = {k0}")
-        )
-        .await,
-        "95"
-    );
+    assert_eq!(balance(&c.shard(0).await, k0).await, "95");
 
     // A portal with a row limit continues where it stopped.
     let tx = client.transaction().await.unwrap();
@@ -258,15 +236,7 @@ async fn pgbench_extended_and_prepared_modes() {
          CREATE TABLE pgbench_history (aid int NOT NULL, delta int, mtime timestamp)",
     )
     .await;
-    let values: Vec<String> = (1..=500).map(|i| format!("({i}, 0)")).collect();
-    exec(
-        &client,
-        &format!(
-            "INSERT INTO pgbench_accounts (aid, abalance) VALUES {}",
-            values.join(",")
-        ),
-    )
-    .await;
+    insert_numbered(&client, "pgbench_accounts (aid, abalance)", 500, "0").await;
     let mut expected = 0;
     for mode in ["extended", "prepared"] {
         expected += crate::psql::run_pgbench(&c, mode, 500).await;
@@ -299,14 +269,7 @@ async fn sql_prepare_execute_deallocate_route_by_arguments() {
             (10 + i).to_string()
         );
         // The statement ran on the key's shard.
-        assert_eq!(
-            value(
-                &c.shard(i).await,
-                &format!("SELECT balance FROM accounts WHERE id = {k}")
-            )
-            .await,
-            (10 + i).to_string()
-        );
+        assert_eq!(balance(&c.shard(i).await, *k).await, (10 + i).to_string());
     }
     // Inside a block spanning shards, and after DEALLOCATE it is gone.
     exec(

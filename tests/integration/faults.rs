@@ -4,7 +4,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{error_message, exec, sqlstate, value, Cluster, RawClient};
+use crate::harness::{balance, error_message, exec, sqlstate, value, Cluster, RawClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_shard_fails_its_statements_only_and_comes_back() {
@@ -33,23 +33,9 @@ async fn a_stopped_shard_fails_its_statements_only_and_comes_back() {
     let msg = error_message(&client, &q1).await;
     assert!(msg.contains("shard 1"), "{msg}");
     // The other shards keep serving, on the same client and on new ones.
-    assert_eq!(
-        value(
-            &client,
-            &format!("SELECT balance FROM accounts WHERE id = {}", key_on(2))
-        )
-        .await,
-        "2"
-    );
+    assert_eq!(balance(&client, key_on(2)).await, "2");
     let other = c.client().await;
-    assert_eq!(
-        value(
-            &other,
-            &format!("SELECT balance FROM accounts WHERE id = {}", key_on(0))
-        )
-        .await,
-        "0"
-    );
+    assert_eq!(balance(&other, key_on(0)).await, "0");
     // A fan-out read needs every shard: it fails clearly.
     assert_eq!(sqlstate(&client, "SELECT * FROM accounts").await, "08006");
 
@@ -255,14 +241,7 @@ async fn idle_in_transaction_clients_are_cut_and_rolled_back() {
             ))
             .await
             .unwrap();
-        assert_eq!(
-            value(
-                &other,
-                &format!("SELECT balance FROM accounts WHERE id = {k}")
-            )
-            .await,
-            "101"
-        );
+        assert_eq!(balance(&other, *k).await, "101");
     }
     // Outside a block, idle clients are left alone.
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
@@ -296,14 +275,7 @@ async fn a_stalled_shard_times_out_and_nothing_half_commits() {
         t.elapsed()
     );
     // The other shard serves meanwhile, on the same session.
-    assert_eq!(
-        value(
-            &client,
-            &format!("SELECT balance FROM accounts WHERE id = {k0}")
-        )
-        .await,
-        "100"
-    );
+    assert_eq!(balance(&client, k0).await, "100");
     // A transfer that reaches the stalled shard fails as a whole.
     client.simple_query("BEGIN").await.unwrap();
     client
@@ -326,14 +298,7 @@ async fn a_stalled_shard_times_out_and_nothing_half_commits() {
     crate::harness::signal(&pids, "CONT");
     // Afterwards: fresh connections, nothing changed, nothing in doubt.
     for k in [k0, k1] {
-        assert_eq!(
-            value(
-                &client,
-                &format!("SELECT balance FROM accounts WHERE id = {k}")
-            )
-            .await,
-            "100"
-        );
+        assert_eq!(balance(&client, k).await, "100");
     }
     for i in 0..2 {
         assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);

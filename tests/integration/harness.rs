@@ -484,6 +484,21 @@ pub async fn value(c: &Client, sql: &str) -> String {
 }
 
 /// The command tags of a simple query.
+/// The balance of account `id` as `c` sees it.
+pub async fn balance(c: &Client, id: i64) -> String {
+    value(c, &format!("SELECT balance FROM accounts WHERE id = {id}")).await
+}
+
+/// Inserts rows `(1, rest) .. (n, rest)` into `target` (`table (columns)`).
+pub async fn insert_numbered(c: &Client, target: &str, n: i64, rest: &str) {
+    let rows: Vec<String> = (1..=n).map(|i| format!("({i}, {rest})")).collect();
+    exec(
+        c,
+        &format!("INSERT INTO {target} VALUES {}", rows.join(", ")),
+    )
+    .await;
+}
+
 pub async fn tags(c: &Client, sql: &str) -> Vec<u64> {
     exec(c, sql)
         .await

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{exec, value, Cluster};
+use crate::harness::{exec, insert_numbered, value, Cluster};
 
 fn psql(c: &Cluster, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("psql")
@@ -85,15 +85,7 @@ async fn pgbench_single_shard_transactions_lose_nothing() {
     let client = c.client().await;
     exec(&client, "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, abalance int NOT NULL DEFAULT 0, filler text);
              CREATE TABLE pgbench_history (aid int NOT NULL, delta int, mtime timestamp)",).await;
-    let values: Vec<String> = (1..=1000).map(|i| format!("({i}, 0)")).collect();
-    exec(
-        &client,
-        &format!(
-            "INSERT INTO pgbench_accounts (aid, abalance) VALUES {}",
-            values.join(",")
-        ),
-    )
-    .await;
+    insert_numbered(&client, "pgbench_accounts (aid, abalance)", 1000, "0").await;
 
     let processed = run_pgbench(&c, "simple", 1000).await;
     // Every committed transaction added exactly 1 to one balance and one history row.

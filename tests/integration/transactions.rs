@@ -3,7 +3,7 @@
 
 use pieskieo::router::KeyValue;
 
-use crate::harness::{exec, rows, sqlstate, value, Cluster, RawClient};
+use crate::harness::{balance, exec, rows, sqlstate, value, Cluster, RawClient};
 
 fn keys_on_two_shards(c: &Cluster) -> (i64, i64) {
     (c.key_on("accounts", 0), c.key_on("accounts", 1))
@@ -21,14 +21,7 @@ async fn single_shard_blocks_commit_and_roll_back() {
     let (a, b) = keys_on_two_shards(&c);
 
     exec(&client, &format!("BEGIN; INSERT INTO accounts (id, balance) VALUES ({a}, 1); UPDATE accounts SET balance = 5 WHERE id = {a}; COMMIT")).await;
-    assert_eq!(
-        value(
-            &client,
-            &format!("SELECT balance FROM accounts WHERE id = {a}")
-        )
-        .await,
-        "5"
-    );
+    assert_eq!(balance(&client, a).await, "5");
 
     exec(&client, "BEGIN").await;
     exec(
@@ -37,14 +30,7 @@ async fn single_shard_blocks_commit_and_roll_back() {
     )
     .await;
     exec(&client, "ROLLBACK").await;
-    assert_eq!(
-        value(
-            &client,
-            &format!("SELECT balance FROM accounts WHERE id = {a}")
-        )
-        .await,
-        "5"
-    );
+    assert_eq!(balance(&client, a).await, "5");
 
     // An error fails the block: 25P02 until it ends, and COMMIT rolls back
     // every shard the block touched.
@@ -73,14 +59,7 @@ async fn single_shard_blocks_commit_and_roll_back() {
         r.last(),
         Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
     ));
-    assert_eq!(
-        value(
-            &client,
-            &format!("SELECT balance FROM accounts WHERE id = {a}")
-        )
-        .await,
-        "5"
-    );
+    assert_eq!(balance(&client, a).await, "5");
     assert!(
         rows(&client, &format!("SELECT * FROM accounts WHERE id = {b}"))
             .await
@@ -149,14 +128,7 @@ async fn status_bytes_and_failed_blocks_match_postgres() {
             .await
             .is_empty()
     );
-    assert_eq!(
-        value(
-            &client,
-            &format!("SELECT balance FROM accounts WHERE id = {k3}")
-        )
-        .await,
-        "3"
-    );
+    assert_eq!(balance(&client, k3).await, "3");
 
     // ROLLBACK TO recovers a failed block, as in PostgreSQL.
     raw.query("BEGIN; SAVEPOINT a").await;

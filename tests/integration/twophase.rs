@@ -8,8 +8,8 @@ use pieskieo::config::Config;
 use pieskieo::router::KeyValue;
 
 use crate::harness::{
-    config_text, connect, exec, key_on, prepared, rows, sqlstate, tags, value, Cluster,
-    ProxyProcess, Servers, ACCOUNTS, TABLES,
+    balance, config_text, connect, exec, insert_numbered, key_on, prepared, rows, sqlstate, tags,
+    value, Cluster, ProxyProcess, Servers, ACCOUNTS, TABLES,
 };
 
 /// One key on each of the first `n` shards.
@@ -23,6 +23,14 @@ async fn balance_on(c: &Cluster, shard: usize, id: i64) -> Option<String> {
         .await
         .first()
         .and_then(|r| r[0].clone())
+}
+
+async fn set_balance(c: &tokio_postgres::Client, id: i64, balance: i64) {
+    exec(
+        c,
+        &format!("UPDATE accounts SET balance = {balance} WHERE id = {id}"),
+    )
+    .await;
 }
 
 async fn no_prepared_anywhere(c: &Cluster) {
@@ -64,16 +72,8 @@ async fn cross_shard_blocks_commit_everywhere_or_nowhere() {
 
     // Rollback leaves nothing.
     exec(&client, "BEGIN").await;
-    exec(
-        &client,
-        &format!("UPDATE accounts SET balance = 0 WHERE id = {}", k[0]),
-    )
-    .await;
-    exec(
-        &client,
-        &format!("UPDATE accounts SET balance = 0 WHERE id = {}", k[2]),
-    )
-    .await;
+    set_balance(&client, k[0], 0).await;
+    set_balance(&client, k[2], 0).await;
     exec(&client, "ROLLBACK").await;
     assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("70"));
     assert_eq!(balance_on(&c, 2, k[2]).await.as_deref(), Some("100"));
@@ -90,22 +90,10 @@ async fn cross_shard_blocks_commit_everywhere_or_nowhere() {
 
     // Savepoints reach shards that joined after them.
     exec(&client, "BEGIN").await;
-    exec(
-        &client,
-        &format!("UPDATE accounts SET balance = 1 WHERE id = {}", k[0]),
-    )
-    .await;
+    set_balance(&client, k[0], 1).await;
     exec(&client, "SAVEPOINT s").await;
-    exec(
-        &client,
-        &format!("UPDATE accounts SET balance = 2 WHERE id = {}", k[1]),
-    )
-    .await;
-    exec(
-        &client,
-        &format!("UPDATE accounts SET balance = 3 WHERE id = {}", k[0]),
-    )
-    .await;
+    set_balance(&client, k[1], 2).await;
+    set_balance(&client, k[0], 3).await;
     exec(&client, "ROLLBACK TO SAVEPOINT s").await;
     exec(&client, "COMMIT").await;
     assert_eq!(balance_on(&c, 0, k[0]).await.as_deref(), Some("1"));
@@ -267,11 +255,7 @@ async fn crash_at(point: &str, writers: usize, expect_committed: bool) {
     let client = connect(&proxy.url()).await.unwrap();
     exec(&client, "BEGIN").await;
     for id in &k[..writers] {
-        exec(
-            &client,
-            &format!("UPDATE accounts SET balance = 555 WHERE id = {id}"),
-        )
-        .await;
+        set_balance(&client, *id, 555).await;
     }
     let r = client.simple_query("COMMIT").await;
     assert!(r.is_err(), "{point}: the proxy died during COMMIT");
@@ -295,7 +279,7 @@ async fn crash_at(point: &str, writers: usize, expect_committed: bool) {
             0,
             "{point}: shard {i} still has a prepared transaction"
         );
-        let b = value(&s, &format!("SELECT balance FROM accounts WHERE id = {id}")).await;
+        let b = balance(&s, *id).await;
         assert_eq!(
             b,
             if expect_committed { "555" } else { "100" },
@@ -328,16 +312,8 @@ async fn shard_lost_before_prepare_aborts_and_after_decision_is_finished_later()
 
     // Shard 1 dies before PREPARE: the client gets an error, nothing commits.
     exec(&client, "BEGIN").await;
-    exec(
-        &client,
-        &format!("UPDATE accounts SET balance = 1 WHERE id = {}", k[0]),
-    )
-    .await;
-    exec(
-        &client,
-        &format!("UPDATE accounts SET balance = 1 WHERE id = {}", k[1]),
-    )
-    .await;
+    set_balance(&client, k[0], 1).await;
+    set_balance(&client, k[1], 1).await;
     c.shards.servers[1].stop("immediate").unwrap();
     let code = sqlstate(&client, "COMMIT").await;
     assert!(code.starts_with("08") || code.starts_with("57"), "{code}");
@@ -352,16 +328,8 @@ async fn shard_lost_before_prepare_aborts_and_after_decision_is_finished_later()
     let commit = tokio::spawn(async move {
         let client = connect(&url).await.unwrap();
         exec(&client, "BEGIN").await;
-        exec(
-            &client,
-            &format!("UPDATE accounts SET balance = 42 WHERE id = {a}"),
-        )
-        .await;
-        exec(
-            &client,
-            &format!("UPDATE accounts SET balance = 42 WHERE id = {b}"),
-        )
-        .await;
+        set_balance(&client, a, 42).await;
+        set_balance(&client, b, 42).await;
         client.simple_query("COMMIT").await
     });
     // Stop shard 2 once its PREPARE has succeeded: the coordinator is then
@@ -402,15 +370,7 @@ async fn bank_transfers_keep_the_total() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
     exec(&client, ACCOUNTS).await;
-    let values: Vec<String> = (1..=N).map(|i| format!("({i}, 1000)")).collect();
-    exec(
-        &client,
-        &format!(
-            "INSERT INTO accounts (id, balance) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
+    insert_numbered(&client, "accounts (id, balance)", N, "1000").await;
 
     // Bounded in time and in work: stop at 400 commits or 30 s, whichever first,
     // so a loaded machine still does enough transfers to mean something.
@@ -512,11 +472,7 @@ async fn a_client_that_vanishes_mid_block_leaves_nothing_behind() {
         let gone = c.client().await;
         exec(&gone, "BEGIN").await;
         for id in &k {
-            exec(
-                &gone,
-                &format!("UPDATE accounts SET balance = 0 WHERE id = {id}"),
-            )
-            .await;
+            set_balance(&gone, *id, 0).await;
         }
         // Dropped here: the connection closes mid-block.
     }
@@ -547,15 +503,7 @@ async fn sigterm_during_transfers_loses_no_committed_transfer() {
             "CREATE TABLE items (id bigint PRIMARY KEY, label text)",
         )
         .await;
-        let values: Vec<String> = (1..=N).map(|i| format!("({i}, 1000)")).collect();
-        exec(
-            &client,
-            &format!(
-                "INSERT INTO accounts (id, balance) VALUES {}",
-                values.join(", ")
-            ),
-        )
-        .await;
+        insert_numbered(&client, "accounts (id, balance)", N, "1000").await;
     }
     let mut proxy = ProxyProcess::start(&servers, "").await;
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

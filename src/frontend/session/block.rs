@@ -14,7 +14,8 @@ impl Session {
         how: Collect<'_>,
         write: bool,
     ) -> std::io::Result<(bool, Option<bytes::Bytes>)> {
-        let bytewise = self.shared.collations.bytewise();
+        // Only a merge compares text, and only it needs the shards' collations.
+        let bytewise = matches!(how, Collect::Plan(_)) && self.shared.collations.bytewise();
         let mut missing: Vec<ShardId> = match self.txn() {
             Some(t) => targets.iter().map(|x| x.0).filter(|s| !t.has(*s)).collect(),
             None => return Ok((false, None)),
@@ -137,11 +138,7 @@ impl Session {
                         }
                     }
                 } else {
-                    let opts = crate::merge::RunOptions {
-                        bytewise,
-                        formats: &[],
-                        executed: false,
-                    };
+                    let opts = crate::merge::RunOptions::simple(bytewise);
                     return crate::merge::run(&mut conns, plan, &opts, &mut self.out).await;
                 }
             }
@@ -250,59 +247,56 @@ impl Session {
     }
 
     pub(super) async fn savepoint(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
-        if self.txn().is_none() {
-            return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
-                .await;
-        }
-        let ok = self.in_block(stmt, "SAVEPOINT").await?;
-        if ok {
-            if let Some(t) = self.txn() {
-                t.savepoints.push(name);
-            }
-        }
-        Ok(ok)
-    }
-
-    pub(super) fn savepoint_pos(&mut self, name: &str) -> Option<usize> {
-        self.txn()
-            .and_then(|t| t.savepoints.iter().rposition(|s| s == name))
+        self.savepoint_command(stmt, name, SavepointOp::Define)
+            .await
     }
 
     pub(super) async fn release(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
-        if self.txn().is_none() {
-            return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
-                .await;
-        }
-        let Some(pos) = self.savepoint_pos(&name) else {
-            return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await;
-        };
-        let ok = self.in_block(stmt, "RELEASE").await?;
-        if ok {
-            if let Some(t) = self.txn() {
-                t.savepoints.truncate(pos);
-            }
-        }
-        Ok(ok)
+        self.savepoint_command(stmt, name, SavepointOp::Release)
+            .await
     }
 
     pub(super) async fn rollback_to(&mut self, stmt: &str, name: String) -> std::io::Result<bool> {
+        self.savepoint_command(stmt, name, SavepointOp::RollbackTo)
+            .await
+    }
+
+    /// SAVEPOINT, RELEASE and ROLLBACK TO: outside a block the default shard
+    /// answers (as PostgreSQL would, with its error); inside, every shard of
+    /// the block runs it, shards joining later replay it, and the block's
+    /// list of savepoints follows.
+    async fn savepoint_command(
+        &mut self,
+        stmt: &str,
+        name: String,
+        op: SavepointOp,
+    ) -> std::io::Result<bool> {
         if self.txn().is_none() {
             return self
                 .autocommit_one(self.shared.map().default_shard, stmt)
                 .await;
         }
-        let Some(pos) = self.savepoint_pos(&name) else {
-            return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await;
+        let pos = self
+            .txn()
+            .and_then(|t| t.savepoints.iter().rposition(|s| *s == name));
+        let tag = match (op, pos) {
+            (SavepointOp::Define, _) => "SAVEPOINT",
+            (_, None) => return self.error(Error::Txn(TxnMisuse::NoSavepoint(name))).await,
+            (SavepointOp::Release, Some(_)) => "RELEASE",
+            (SavepointOp::RollbackTo, Some(_)) => {
+                // Every shard in the block returns to the savepoint (those
+                // that joined later replayed it when they joined).
+                self.recover();
+                "ROLLBACK"
+            }
         };
-        // Every shard in the block returns to the savepoint (those that joined
-        // later replayed it when they joined).
-        self.recover();
-        let ok = self.in_block(stmt, "ROLLBACK").await?;
-        if ok {
-            if let Some(t) = self.txn() {
-                t.savepoints.truncate(pos + 1);
+        let ok = self.in_block(stmt, tag).await?;
+        if let (true, Some(t)) = (ok, self.txn()) {
+            match (op, pos) {
+                (SavepointOp::Define, _) => t.savepoints.push(name),
+                (SavepointOp::Release, Some(p)) => t.savepoints.truncate(p),
+                (SavepointOp::RollbackTo, Some(p)) => t.savepoints.truncate(p + 1),
+                (_, None) => {}
             }
         }
         Ok(ok)
@@ -384,4 +378,12 @@ impl Session {
             }
         }
     }
+}
+
+/// What a savepoint command does to the block's savepoints.
+#[derive(Debug, Clone, Copy)]
+enum SavepointOp {
+    Define,
+    Release,
+    RollbackTo,
 }

@@ -33,7 +33,7 @@ impl Session {
                 if write {
                     self.write_across(&targets, Merge::Union).await
                 } else {
-                    self.read_across(&targets).await
+                    self.read_across(&targets, Merge::Union.into()).await
                 }
             }
         }
@@ -48,54 +48,7 @@ impl Session {
         let shards = route.shards(self.shared.map().shards);
         let targets: Vec<(ShardId, &str)> =
             shards.iter().map(|s| (*s, plan.sql.as_str())).collect();
-        let (ok, last) = if self.txn().is_some() {
-            self.exec_in_block(&targets, Collect::Plan(&plan), false)
-                .await?
-        } else {
-            let bytewise = self.shared.collations.bytewise();
-            let mut conns = Vec::with_capacity(targets.len());
-            for (s, _) in &targets {
-                match self.checkout(*s).await {
-                    Ok(c) => conns.push(c),
-                    Err(e) => return self.error(e).await,
-                }
-            }
-            let r = async {
-                let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
-                for c in refs.iter_mut() {
-                    c.send_query(&plan.sql).await?;
-                    c.flush().await?;
-                }
-                crate::merge::run(
-                    &mut refs,
-                    &plan,
-                    &crate::merge::RunOptions {
-                        bytewise,
-                        formats: &[],
-                        executed: false,
-                    },
-                    &mut self.out,
-                )
-                .await
-            }
-            .await;
-            for c in conns.iter_mut() {
-                if c.status != b'I' {
-                    c.mark_broken();
-                }
-            }
-            drop(conns);
-            self.refresh_cancel_targets();
-            match r {
-                Ok((failed, last)) => (!failed, last),
-                Err(ExecError::Backend(e)) => return self.error(e.into()).await,
-                Err(ExecError::Client(e)) => return Err(e),
-            }
-        };
-        if let Some(b) = last {
-            self.write(&b).await?;
-        }
-        Ok(ok)
+        self.read_across(&targets, Collect::Plan(&plan)).await
     }
 
     /// Borrows a connection and brings its session settings in line with the client's.
@@ -219,15 +172,16 @@ impl Session {
         Ok(ok)
     }
 
-    /// A read spanning shards outside a block needs no transaction.
+    /// A read spanning shards: inside a block on the block's connections,
+    /// outside one on borrowed connections with no transaction. `how`:
+    /// concatenate the rows, or carry out a merge plan.
     pub(super) async fn read_across(
         &mut self,
         targets: &[(ShardId, &str)],
+        how: Collect<'_>,
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
-            let (ok, last) = self
-                .exec_in_block(targets, Merge::Union.into(), false)
-                .await?;
+            let (ok, last) = self.exec_in_block(targets, how, false).await?;
             if let Some(b) = last {
                 self.write(&b).await?;
             }
@@ -247,7 +201,22 @@ impl Session {
         }
         let sqls: Vec<&str> = targets.iter().map(|t| t.1).collect();
         let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
-        let r = executor::fan_out(&mut refs, &sqls, Merge::Union, &mut self.out).await;
+        let r = match how {
+            Collect::Merge(merge) => {
+                executor::fan_out(&mut refs, &sqls, merge, &mut self.out).await
+            }
+            Collect::Plan(plan) => {
+                let opts = crate::merge::RunOptions::simple(self.shared.collations.bytewise());
+                async {
+                    for (c, sql) in refs.iter_mut().zip(&sqls) {
+                        c.send_query(sql).await?;
+                        c.flush().await?;
+                    }
+                    crate::merge::run(&mut refs, plan, &opts, &mut self.out).await
+                }
+                .await
+            }
+        };
         for c in conns.iter_mut() {
             if c.status != b'I' {
                 c.mark_broken();

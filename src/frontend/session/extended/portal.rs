@@ -70,19 +70,31 @@ impl Session {
                 return self.describe_merged(shard, name, &plan, &formats).await;
             }
         };
-        let describe = portal_message(b'D', name);
+        self.relay_one(shard, &portal_message(b'D', name), b"Tn", false)
+            .await
+    }
+
+    /// Sends one message to `shard` and relays the answer until a message
+    /// of one of the `done` types; `wrote`: it may have written.
+    async fn relay_one(
+        &mut self,
+        shard: ShardId,
+        msg: &[u8],
+        done: &[u8],
+        wrote: bool,
+    ) -> Result<bool, Fatal> {
         let (slot, mut conn) = match self.take_conn(shard).await {
             Ok(x) => x,
             Err(e) => return Ok(self.error(e).await?),
         };
         let r = async {
-            conn.send_extended(&describe).await?;
+            conn.send_extended(msg).await?;
             conn.send_extended(&FLUSH).await?;
             conn.flush().await?;
-            reply(&mut conn, &mut self.out, b"Tn", true).await
+            reply(&mut conn, &mut self.out, done, true).await
         }
         .await;
-        self.put_conn(slot, conn, false);
+        self.put_conn(slot, conn, wrote);
         Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
     }
 
@@ -105,19 +117,7 @@ impl Session {
             }
             PortalKind::Single { shard, write } => {
                 let (shard, write) = (*shard, *write);
-                let (slot, mut conn) = match self.take_conn(shard).await {
-                    Ok(x) => x,
-                    Err(e) => return Ok(self.error(e).await?),
-                };
-                let r = async {
-                    conn.send_extended(&execute).await?;
-                    conn.send_extended(&FLUSH).await?;
-                    conn.flush().await?;
-                    reply(&mut conn, &mut self.out, b"CIs", true).await
-                }
-                .await;
-                self.put_conn(slot, conn, write);
-                Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
+                self.relay_one(shard, &execute, b"CIs", write).await
             }
             PortalKind::Merged {
                 shards,
