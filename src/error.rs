@@ -96,7 +96,7 @@ pub enum Error {
 }
 
 /// Transaction-block misuse the proxy itself detects.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum TxnMisuse {
     /// A statement inside a failed transaction block.
     Aborted,
@@ -104,6 +104,13 @@ pub enum TxnMisuse {
     NoSavepoint(String),
     /// `DISCARD ALL` inside a block.
     DiscardInBlock,
+    /// A savepoint command (`SAVEPOINT`, `RELEASE SAVEPOINT`, `ROLLBACK TO
+    /// SAVEPOINT`, as named) outside an explicit block.
+    OutsideBlock(&'static str),
+    /// `COMMIT`/`ROLLBACK` with no block open (a WARNING in PostgreSQL).
+    NoTransaction,
+    /// `BEGIN` inside a block (a WARNING in PostgreSQL).
+    AlreadyInProgress,
 }
 
 /// A prepared statement or portal name the client used wrongly.
@@ -126,6 +133,13 @@ impl fmt::Display for TxnMisuse {
             TxnMisuse::NoSavepoint(name) => write!(f, "savepoint \"{name}\" does not exist"),
             TxnMisuse::DiscardInBlock => {
                 f.write_str("DISCARD ALL cannot run inside a transaction block")
+            }
+            TxnMisuse::OutsideBlock(what) => {
+                write!(f, "{what} can only be used in transaction blocks")
+            }
+            TxnMisuse::NoTransaction => f.write_str("there is no transaction in progress"),
+            TxnMisuse::AlreadyInProgress => {
+                f.write_str("there is already a transaction in progress")
             }
         }
     }
@@ -154,6 +168,9 @@ impl Error {
             Error::Txn(TxnMisuse::Aborted) => SqlState::IN_FAILED_SQL_TRANSACTION,
             Error::Txn(TxnMisuse::NoSavepoint(_)) => SqlState::INVALID_SAVEPOINT_SPECIFICATION,
             Error::Txn(TxnMisuse::DiscardInBlock) => SqlState::ACTIVE_SQL_TRANSACTION,
+            Error::Txn(TxnMisuse::OutsideBlock(_)) => SqlState::NO_ACTIVE_SQL_TRANSACTION,
+            Error::Txn(TxnMisuse::NoTransaction) => SqlState::NO_ACTIVE_SQL_TRANSACTION,
+            Error::Txn(TxnMisuse::AlreadyInProgress) => SqlState::ACTIVE_SQL_TRANSACTION,
             Error::Name(NameError::NoStatement(_)) => SqlState::INVALID_SQL_STATEMENT_NAME,
             Error::Name(NameError::StatementExists(_)) => SqlState::DUPLICATE_PREPARED_STATEMENT,
             Error::Name(NameError::NoPortal(_)) => SqlState::INVALID_CURSOR_NAME,

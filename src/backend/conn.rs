@@ -28,6 +28,9 @@ pub struct ServerConn {
     pub params: BTreeMap<String, String>,
     /// Session settings a client applied here: name -> the statement that set it.
     pub applied: BTreeMap<String, String>,
+    /// Something ran here that may have changed session settings where the
+    /// proxy could not see it: the next checkout resets them all.
+    pub settings_unknown: bool,
     /// Transaction status from the last `ReadyForQuery`: `I`, `T` or `E`.
     pub status: u8,
     /// `ReadyForQuery` messages still owed.
@@ -77,6 +80,7 @@ impl ServerConn {
             writer: BufWriter::with_capacity(16 * 1024, w),
             params: BTreeMap::new(),
             applied: BTreeMap::new(),
+            settings_unknown: false,
             status: b'I',
             pending: 0,
             unsynced: false,

@@ -8,6 +8,7 @@ mod key;
 mod keyed;
 mod normalize;
 mod preview;
+mod settings;
 mod split;
 
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
 pub use keyed::KeyedPlan;
 pub use preview::{preview, PREVIEW_COLUMNS};
+pub use settings::may_change_settings;
 pub use split::{after_words, leading_words, matching_paren, split_statements};
 
 use crate::config::{toml_key, Config, Method};
@@ -121,6 +123,22 @@ pub enum Plan {
     Deallocate(Option<String>),
     /// `PREVIEW statement`: where it would go, without running it.
     Preview(String),
+}
+
+impl Plan {
+    /// Transaction-block control: the block state machine decides these
+    /// itself, in every state (even a failed block).
+    pub fn is_block_control(&self) -> bool {
+        matches!(
+            self,
+            Plan::Begin
+                | Plan::Commit
+                | Plan::Rollback
+                | Plan::Savepoint(_)
+                | Plan::Release(_)
+                | Plan::RollbackTo(_)
+        )
+    }
 }
 
 /// One shard's share of a split `INSERT`.

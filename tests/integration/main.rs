@@ -15,6 +15,7 @@ mod hostile;
 mod merges;
 mod psql;
 mod routing;
+mod sessions;
 mod tls;
 mod transactions;
 mod twophase;

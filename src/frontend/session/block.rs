@@ -111,9 +111,10 @@ impl Session {
                     }
                 } else if let Collect::Plan(_) = how {
                     ready.push(shard);
-                } else if single && !failed {
+                } else if single && !failed && !self.hold_last {
                     failed |= executor::relay(&mut p.conn, &mut self.out).await?;
                 } else if let Collect::Merge(merge) = how {
+                    let merge = if single { Merge::Union } else { merge };
                     executor::collect(
                         &mut p.conn,
                         &mut merger,
@@ -146,6 +147,13 @@ impl Session {
             Ok((failed, merger.finish()))
         }
         .await;
+        if self.risky {
+            // Settings changed unseen inside a block are not learnt; the
+            // connections are reset before anyone else gets them.
+            for p in parts.iter_mut() {
+                p.conn.settings_unknown = true;
+            }
+        }
         let server_failed = parts.iter().any(|p| p.conn.status == b'E');
         if let Some(t) = self.txn() {
             t.participants = parts;
@@ -167,62 +175,83 @@ impl Session {
         Ok(true)
     }
 
+    /// A WARNING the proxy gives itself (PostgreSQL's for misplaced
+    /// `BEGIN`/`COMMIT`/`ROLLBACK`).
+    async fn warn(&mut self, w: TxnMisuse) -> Io {
+        let e = Error::Txn(w);
+        let m = protocol::error_response(Severity::Warning, e.sqlstate(), &e.to_string(), None);
+        self.write(&m).await
+    }
+
     pub(super) async fn begin(&mut self, stmt: &str) -> std::io::Result<bool> {
-        match &self.state {
-            TxnState::Idle => {
-                self.state = TxnState::InTxn(Txn::new(stmt));
+        match self.transition(Event::Begin, Some(stmt)).0 {
+            Step::Refuse(e) => self.error(Error::Txn(e)).await,
+            Step::Warn(w) => {
+                self.warn(w).await?;
                 self.complete("BEGIN").await
             }
-            _ => {
-                let warning = protocol::error_response(
-                    Severity::Warning,
-                    SqlState::ACTIVE_SQL_TRANSACTION,
-                    "there is already a transaction in progress",
-                    None,
-                );
-                self.write(&warning).await?;
-                self.complete("BEGIN").await
-            }
+            _ => self.complete("BEGIN").await,
         }
     }
 
-    pub(super) async fn commit(&mut self, stmt: &str) -> std::io::Result<bool> {
-        let failed = matches!(self.state, TxnState::Failed(_));
-        let Some(mut t) = self.end_block() else {
-            // Outside a block PostgreSQL warns; let a shard say it exactly.
-            return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
-                .await;
-        };
+    pub(super) async fn commit(&mut self, _stmt: &str) -> std::io::Result<bool> {
+        self.end_block_with(Event::Commit).await
+    }
+
+    pub(super) async fn rollback(&mut self, _stmt: &str) -> std::io::Result<bool> {
+        self.end_block_with(Event::Rollback).await
+    }
+
+    /// COMMIT or ROLLBACK, in whatever state the session is.
+    async fn end_block_with(&mut self, ev: Event) -> std::io::Result<bool> {
+        let (step, ended) = self.transition(ev, None);
+        let mut t = ended.unwrap_or_else(|| Txn::new("BEGIN"));
+        extended::sync_all(&mut t.participants).await;
         let coord = self.shared.coordinator.clone();
-        if failed {
-            coord.rollback(&mut t.participants).await;
-            return self.complete("ROLLBACK").await;
-        }
-        match coord.commit(&mut t.participants).await {
-            CommitOutcome::Committed { warnings } => {
-                for w in warnings {
-                    self.write(&w).await?;
+        match step {
+            Step::Warn(w) => {
+                self.warn(w).await?;
+                let tag = if ev == Event::Commit {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                self.complete(tag).await
+            }
+            Step::Rollback { warn } => {
+                if let Some(w) = warn {
+                    self.warn(w).await?;
                 }
-                let pending = std::mem::take(&mut t.pending);
-                self.apply_changes(&pending, &mut t.participants);
-                self.complete("COMMIT").await
+                coord.rollback(&mut t.participants).await;
+                self.complete("ROLLBACK").await
             }
-            CommitOutcome::Aborted { error } => {
-                self.write(&error).await?;
-                Ok(false)
+            Step::Commit { warn } => {
+                if let Some(w) = warn {
+                    self.warn(w).await?;
+                }
+                if t.participants.iter().any(|p| p.conn.status == b'E') {
+                    // A shard failed the block where the proxy could not see it.
+                    coord.rollback(&mut t.participants).await;
+                    return self.complete("ROLLBACK").await;
+                }
+                match coord.commit(&mut t.participants).await {
+                    CommitOutcome::Committed { warnings } => {
+                        for w in warnings {
+                            self.write(&w).await?;
+                        }
+                        let pending = std::mem::take(&mut t.pending);
+                        self.apply_changes(&pending, &mut t.participants);
+                        self.complete("COMMIT").await
+                    }
+                    CommitOutcome::Aborted { error } => {
+                        self.write(&error).await?;
+                        Ok(false)
+                    }
+                }
             }
+            Step::Refuse(e) => self.error(Error::Txn(e)).await,
+            Step::Run | Step::Open => Ok(true),
         }
-    }
-
-    pub(super) async fn rollback(&mut self, stmt: &str) -> std::io::Result<bool> {
-        let Some(mut t) = self.end_block() else {
-            return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
-                .await;
-        };
-        self.shared.coordinator.rollback(&mut t.participants).await;
-        self.complete("ROLLBACK").await
     }
 
     /// A block-control statement: sent to every shard in the block, and kept
@@ -240,9 +269,7 @@ impl Session {
         let (ok, last) = self
             .exec_in_block(&targets, Merge::Copies.into(), false)
             .await?;
-        if let Some(b) = last {
-            self.write(&b).await?;
-        }
+        self.close_statement(last).await?;
         Ok(ok)
     }
 
@@ -271,10 +298,13 @@ impl Session {
         name: String,
         op: SavepointOp,
     ) -> std::io::Result<bool> {
-        if self.txn().is_none() {
-            return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
-                .await;
+        let ev = match op {
+            SavepointOp::Define => Event::Savepoint,
+            SavepointOp::Release => Event::Release,
+            SavepointOp::RollbackTo => Event::RollbackTo,
+        };
+        if let (Step::Refuse(e), _) = self.transition(ev, None) {
+            return self.error(Error::Txn(e)).await;
         }
         let pos = self
             .txn()

@@ -73,9 +73,9 @@ impl Session {
     /// connection goes back to the pool, it serves someone else. Runs after
     /// every client message, so it rebuilds the list only when it changed.
     pub(super) fn refresh_cancel_targets(&mut self) {
-        let participants = match &self.state {
-            TxnState::InTxn(t) | TxnState::Failed(t) => t.participants.as_slice(),
-            TxnState::Idle => &[],
+        let participants = match &self.txn {
+            Some(t) => t.participants.as_slice(),
+            None => &[],
         };
         let held = participants
             .iter()
@@ -136,6 +136,11 @@ impl Session {
         if conn.status != b'I' {
             // The text opened a block of its own; never hand that on.
             conn.mark_broken();
+        } else if self.risky {
+            if let Err(e) = learn_settings(&mut conn, &mut self.settings).await {
+                conn.mark_broken();
+                warn!(peer = %self.peer, error = %e, "could not read back session settings");
+            }
         }
         drop(conn);
         self.refresh_cancel_targets();
@@ -166,9 +171,7 @@ impl Session {
         let (ok, last) = self
             .exec_in_block(&[(shard, text)], Merge::Union.into(), write)
             .await?;
-        if let Some(b) = last {
-            self.write(&b).await?;
-        }
+        self.close_statement(last).await?;
         Ok(ok)
     }
 
@@ -182,9 +185,7 @@ impl Session {
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
             let (ok, last) = self.exec_in_block(targets, how, false).await?;
-            if let Some(b) = last {
-                self.write(&b).await?;
-            }
+            self.close_statement(last).await?;
             return Ok(ok);
         }
         let mut conns = Vec::with_capacity(targets.len());
@@ -218,6 +219,7 @@ impl Session {
             }
         };
         for c in conns.iter_mut() {
+            c.settings_unknown |= self.risky;
             if c.status != b'I' {
                 c.mark_broken();
             }
@@ -246,49 +248,33 @@ impl Session {
         }
         if self.txn().is_some() {
             let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
-            if let Some(b) = last {
-                self.write(&b).await?;
-            }
+            self.close_statement(last).await?;
             return Ok(ok);
         }
-        self.state = TxnState::InTxn(Txn::new("BEGIN"));
+        self.transition(Event::StartImplicit, None);
         let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
         self.finish_implicit(ok, last).await
     }
 
-    /// Ends an implicit block: commit if everything succeeded, else roll back.
-    /// The statement's closing message goes out only once the outcome is known,
-    /// as PostgreSQL commits before it reports completion.
+    /// Ends the implicit block of one statement: commit if it succeeded, else
+    /// roll back. The statement's closing message goes out only once the
+    /// outcome is known, as PostgreSQL commits before it reports completion.
     pub(super) async fn finish_implicit(
         &mut self,
         ok: bool,
         last: Option<bytes::Bytes>,
     ) -> std::io::Result<bool> {
-        let Some(mut t) = self.end_block() else {
-            return Ok(ok);
-        };
-        let coord = self.shared.coordinator.clone();
         if !ok {
-            coord.rollback(&mut t.participants).await;
+            if self.block == Block::Implicit {
+                self.fail();
+            }
+            self.reap().await;
             if let Some(b) = last {
                 self.write(&b).await?;
             }
             return Ok(false);
         }
-        match coord.commit(&mut t.participants).await {
-            CommitOutcome::Committed { warnings } => {
-                for w in warnings {
-                    self.write(&w).await?;
-                }
-                if let Some(b) = last {
-                    self.write(&b).await?;
-                }
-                Ok(true)
-            }
-            CommitOutcome::Aborted { error } => {
-                self.write(&error).await?;
-                Ok(false)
-            }
-        }
+        self.held = last;
+        self.end_implicit().await
     }
 }

@@ -19,31 +19,20 @@ use tracing::{info, warn};
 mod block;
 mod dispatch;
 mod extended;
+mod state;
 pub(crate) use extended::fuzz_messages;
 mod prepared;
 
 use super::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::backend::{BackendError, PooledConn, ServerConn};
-use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
+use crate::error::{ClientError, Error, NameError, TxnMisuse};
 use crate::executor::{self, Collect, ExecError, Merge, Merger, Until};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
 use crate::txn::{CommitOutcome, Participant};
+use state::{Block, Event, Step};
 
 type Io = std::io::Result<()>;
-
-/// The transaction state of a session. Changed only by the transition
-/// methods in `impl Session` marked "transition".
-enum TxnState {
-    /// No transaction block. The session holds no server connection.
-    Idle,
-    /// Inside a block: explicit (`BEGIN`) or implicit (one statement or query
-    /// the proxy runs atomically across shards).
-    InTxn(Txn),
-    /// An error ended the block's usefulness: everything but `COMMIT`,
-    /// `ROLLBACK` and `ROLLBACK TO SAVEPOINT` gets 25P02.
-    Failed(Txn),
-}
 
 /// A transaction block and the shards enlisted in it.
 struct Txn {
@@ -91,7 +80,21 @@ struct Session {
     startup_settings: BTreeMap<String, String>,
     /// The client's session settings: parameter name -> statement that sets it.
     settings: BTreeMap<String, String>,
-    state: TxnState,
+    /// The block state; `txn` holds the block's data exactly when
+    /// `block.in_block()`. Both change only in `transition`.
+    block: Block,
+    txn: Option<Txn>,
+    /// Implicit blocks an error ended, still to be rolled back on their
+    /// shards (at once, by `reap`, after the failing message).
+    doomed: Vec<Txn>,
+    /// The closing message of the last statement of an implicit block
+    /// waits for its commit, as PostgreSQL reports end-of-transaction
+    /// errors before the last CommandComplete.
+    hold_last: bool,
+    held: Option<bytes::Bytes>,
+    /// The query being run may change session settings unseen
+    /// (`router::may_change_settings`).
+    risky: bool,
     ext: extended::Extended,
     /// Statements made with SQL `PREPARE`.
     sql_prepared: std::collections::HashMap<String, prepared::SqlPrepared>,
@@ -182,7 +185,12 @@ pub(super) async fn run(
         user,
         settings: startup_settings.clone(),
         startup_settings,
-        state: TxnState::Idle,
+        block: Block::Default,
+        txn: None,
+        doomed: Vec::new(),
+        hold_last: false,
+        held: None,
+        risky: false,
         ext: Default::default(),
         sql_prepared: Default::default(),
         need_prepared: None,
@@ -297,41 +305,70 @@ async fn send_fatal(out: &mut BufWriter<ClientWrite>, e: &Error) {
 
 impl Session {
     fn status_byte(&self) -> u8 {
-        match self.state {
-            TxnState::Idle => b'I',
-            TxnState::InTxn(_) => b'T',
-            TxnState::Failed(_) => b'E',
-        }
+        self.block.status()
     }
 
-    /// Transition: an error inside a block fails it; outside, nothing changes.
+    /// The one transition: feeds `ev` to the state machine, keeps the
+    /// block's data in step, and returns what to do with a block that just
+    /// ended (its shards must be committed or rolled back by the caller).
+    /// `begin`: the client's `BEGIN` text, for shards that join later.
+    fn transition(&mut self, ev: Event, begin: Option<&str>) -> (Step, Option<Txn>) {
+        let (next, step) = self.block.on(ev);
+        let ended = if self.block.in_block() && !next.in_block() {
+            self.txn.take()
+        } else {
+            None
+        };
+        if next.in_block() && self.txn.is_none() {
+            self.txn = Some(Txn::new(begin.unwrap_or("BEGIN")));
+        } else if let (Step::Open, Some(b), Some(t)) = (&step, begin, self.txn.as_mut()) {
+            t.begin = b.to_string();
+        }
+        self.block = next;
+        (step, ended)
+    }
+
+    /// A statement failed: an explicit block fails; an implicit one is over
+    /// and its shards are rolled back by `reap`; a segment on one shard's
+    /// own transaction is rolled back at Sync.
     fn fail(&mut self) {
-        self.state = match std::mem::replace(&mut self.state, TxnState::Idle) {
-            TxnState::InTxn(t) => TxnState::Failed(t),
-            other => other,
-        };
-    }
-
-    /// Transition: after `ROLLBACK TO SAVEPOINT` succeeded, the block is usable again.
-    fn recover(&mut self) {
-        self.state = match std::mem::replace(&mut self.state, TxnState::Idle) {
-            TxnState::Failed(t) => TxnState::InTxn(t),
-            other => other,
-        };
-    }
-
-    /// Transition: the block ends; returns it for the caller to finish.
-    fn end_block(&mut self) -> Option<Txn> {
-        match std::mem::replace(&mut self.state, TxnState::Idle) {
-            TxnState::InTxn(t) | TxnState::Failed(t) => Some(t),
-            TxnState::Idle => None,
+        if !self.block.in_block() && self.ext.segment().is_some() {
+            self.ext.abort_segment();
         }
+        let (_, ended) = self.transition(Event::Error, None);
+        if let Some(t) = ended {
+            self.doomed.push(t);
+        }
+    }
+
+    /// Rolls back the shards of implicit blocks an error ended.
+    async fn reap(&mut self) {
+        let coord = self.shared.coordinator.clone();
+        for mut t in std::mem::take(&mut self.doomed) {
+            extended::sync_all(&mut t.participants).await;
+            coord.rollback(&mut t.participants).await;
+        }
+    }
+
+    /// After `ROLLBACK TO SAVEPOINT` succeeded, the block is usable again.
+    fn recover(&mut self) {
+        self.block = self.block.recovered();
     }
 
     fn txn(&mut self) -> Option<&mut Txn> {
-        match &mut self.state {
-            TxnState::InTxn(t) | TxnState::Failed(t) => Some(t),
-            TxnState::Idle => None,
+        self.txn.as_mut()
+    }
+
+    /// Sends the closing message of a statement, or keeps it while the
+    /// implicit block it ends has not committed yet.
+    async fn close_statement(&mut self, last: Option<bytes::Bytes>) -> Io {
+        match last {
+            Some(b) if self.hold_last && self.block == Block::Implicit => {
+                self.held = Some(b);
+                Ok(())
+            }
+            Some(b) => self.write(&b).await,
+            None => Ok(()),
         }
     }
 
@@ -382,7 +419,7 @@ impl Session {
     fn closing(&self, phase: Shutdown) -> bool {
         match phase {
             Shutdown::Running => false,
-            Shutdown::Draining => matches!(self.state, TxnState::Idle) && !self.ext.busy(),
+            Shutdown::Draining => !self.block.in_block() && !self.ext.busy(),
             Shutdown::Terminating => true,
         }
     }
@@ -400,10 +437,10 @@ impl Session {
             }
             // A client idle inside a block holds locks on the shards: bounded.
             let idle_limit = match (
-                &self.state,
+                self.block.in_block(),
                 self.shared.config().limits.idle_in_transaction_timeout_ms,
             ) {
-                (TxnState::Idle, _) | (_, 0) => None,
+                (false, _) | (_, 0) => None,
                 (_, ms) => Some(Duration::from_millis(ms)),
             };
             let idle = async {
@@ -443,7 +480,10 @@ impl Session {
                     match std::str::from_utf8(text) {
                         Ok(sql) => {
                             let sql = sql.to_string();
-                            self.on_query(&sql).await
+                            self.risky = router::may_change_settings(&sql);
+                            let r = self.on_query(&sql).await;
+                            self.risky = false;
+                            r
                         }
                         Err(_) => {
                             self.error_then_ready(Error::Client(ClientError::InvalidUtf8))
@@ -475,12 +515,11 @@ impl Session {
     /// Ends a session: a block still open is rolled back on its shards, so
     /// the connections go back clean (or are closed).
     async fn cleanup(&mut self) {
-        if let Some(mut t) = self.end_block() {
-            let coord = self.shared.coordinator.clone();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(10), coord.rollback(&mut t.participants))
-                    .await;
+        if let Some(t) = self.txn.take() {
+            self.block = Block::Default;
+            self.doomed.push(t);
         }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.reap()).await;
     }
 
     /// Tells the client about an error; a block in progress fails.
@@ -501,6 +540,10 @@ impl Session {
         self.write(&rfq).await
     }
 
+    /// A simple query. Several statements are one implicit block, as in
+    /// PostgreSQL: `BEGIN` inside turns it into an explicit block that keeps
+    /// what ran, `COMMIT`/`ROLLBACK` end it there, an error skips the rest
+    /// and rolls back what the block ran on every shard.
     async fn on_query(&mut self, sql: &str) -> Io {
         let stmts = router::split_statements(sql);
         if stmts.is_empty() {
@@ -511,43 +554,29 @@ impl Session {
             let write = plans
                 .iter()
                 .any(|p| !matches!(p, Ok(Plan::Forward { write: false, .. })));
-            let controls_block = plans.iter().any(|p| {
-                matches!(
-                    p,
-                    Ok(Plan::Begin
-                        | Plan::Commit
-                        | Plan::Rollback
-                        | Plan::Savepoint(_)
-                        | Plan::Release(_)
-                        | Plan::RollbackTo(_)
-                        | Plan::Set(_))
-                )
-            });
             match self.common_shard(&plans) {
                 // Several statements for one shard go as one Query: the shard
                 // gives them PostgreSQL's own implicit-transaction semantics.
                 Some(shard) if stmts.len() > 1 => {
                     self.forward_one(shard, sql, write).await?;
                 }
-                // Several statements over several shards outside a block: one
-                // implicit transaction, all or nothing, as PostgreSQL does.
-                _ if stmts.len() > 1 && !controls_block && self.txn().is_none() => {
-                    self.state = TxnState::InTxn(Txn::new("BEGIN"));
-                    let mut ok = true;
-                    for (stmt, plan) in stmts.iter().zip(plans) {
-                        if !self.execute(stmt, plan).await? {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    self.finish_implicit(ok, None).await?;
-                }
                 _ => {
-                    for (stmt, plan) in stmts.iter().zip(plans) {
-                        if !self.execute(stmt, plan).await? {
+                    let several = stmts.len() > 1;
+                    let last = stmts.len() - 1;
+                    for (i, (stmt, plan)) in stmts.iter().zip(plans).enumerate() {
+                        if several {
+                            // Again after a COMMIT or ROLLBACK inside the query.
+                            self.transition(Event::StartImplicit, None);
+                        }
+                        self.hold_last = several && i == last;
+                        let ok = self.execute(stmt, plan).await?;
+                        self.hold_last = false;
+                        if !ok {
                             break;
                         }
                     }
+                    self.reap().await;
+                    self.end_implicit().await?;
                 }
             }
         }
@@ -555,16 +584,53 @@ impl Session {
         self.write(&rfq).await
     }
 
+    /// The end of a query or segment: an implicit block still open commits
+    /// (the held closing message follows the commit, or the error replaces
+    /// it). `Ok(false)`: the commit failed and the client was told.
+    async fn end_implicit(&mut self) -> std::io::Result<bool> {
+        let held = self.held.take();
+        let (step, ended) = self.transition(Event::End, None);
+        let (Step::Commit { .. }, Some(mut t)) = (step, ended) else {
+            if let Some(b) = held {
+                self.write(&b).await?;
+            }
+            return Ok(true);
+        };
+        extended::sync_all(&mut t.participants).await;
+        let coord = self.shared.coordinator.clone();
+        if t.participants.iter().any(|p| p.conn.status == b'E') {
+            coord.rollback(&mut t.participants).await;
+            return Ok(false);
+        }
+        match coord.commit(&mut t.participants).await {
+            CommitOutcome::Committed { warnings } => {
+                for w in warnings {
+                    self.write(&w).await?;
+                }
+                let pending = std::mem::take(&mut t.pending);
+                self.apply_changes(&pending, &mut t.participants);
+                if let Some(b) = held {
+                    self.write(&b).await?;
+                }
+                Ok(true)
+            }
+            CommitOutcome::Aborted { error } => {
+                self.write(&error).await?;
+                Ok(false)
+            }
+        }
+    }
+
     /// The one shard every statement of a multi-statement query can run on, if any.
     fn common_shard(&self, plans: &[Result<Plan, RouteError>]) -> Option<ShardId> {
-        let mut shard = match &self.state {
-            TxnState::Idle => None,
-            TxnState::InTxn(t) => match t.participants.as_slice() {
+        let mut shard = match (self.block, &self.txn) {
+            (Block::Default, _) => None,
+            (Block::Implicit | Block::InProgress, Some(t)) => match t.participants.as_slice() {
                 [] => None,
                 [only] => Some(only.shard()),
                 _ => return None,
             },
-            TxnState::Failed(_) => return None,
+            _ => return None,
         };
         for p in plans {
             match p {
@@ -596,10 +662,10 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.error(Error::Route(e)).await,
         };
-        if matches!(self.state, TxnState::Failed(_))
-            && !matches!(plan, Plan::Commit | Plan::Rollback | Plan::RollbackTo(_))
-        {
-            return self.error(Error::Txn(TxnMisuse::Aborted)).await;
+        if !plan.is_block_control() {
+            if let (Step::Refuse(e), _) = self.transition(Event::Statement, None) {
+                return self.error(Error::Txn(e)).await;
+            }
         }
         match plan {
             Plan::Forward { route, write } => self.forward(stmt, route, write).await,
@@ -649,6 +715,11 @@ async fn sync_settings(
     want: &BTreeMap<String, String>,
 ) -> Result<(), Error> {
     let mut batch = Vec::new();
+    if std::mem::take(&mut conn.settings_unknown) {
+        // Another client may have changed anything here: start from scratch.
+        batch.push("RESET ALL".to_string());
+        conn.applied.clear();
+    }
     for (name, stmt) in want {
         if conn.applied.get(name) != Some(stmt) {
             batch.push(stmt.clone());
@@ -678,4 +749,38 @@ async fn sync_settings(
             }))
         }
     }
+}
+
+/// After a statement that may have changed settings unseen, on the
+/// connection that ran it (outside a block): the settings the client now has
+/// are whatever this server holds at session level, which become the
+/// client's (and this connection's, so it needs no reset).
+async fn learn_settings(
+    conn: &mut ServerConn,
+    settings: &mut BTreeMap<String, String>,
+) -> Result<(), Error> {
+    const SESSION_SETTINGS: &str =
+        "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+    let frames = match conn.simple(SESSION_SETTINGS).await? {
+        Ok(f) => f,
+        Err(_) => {
+            conn.settings_unknown = true;
+            return Ok(());
+        }
+    };
+    let mut learnt = BTreeMap::new();
+    for row in ServerConn::text_values(&frames) {
+        let [Some(name), Some(value)] = row.as_slice() else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name).to_lowercase();
+        let value = String::from_utf8_lossy(value);
+        learnt.insert(
+            name.clone(),
+            format!("SET {} = {}", quote_ident(&name), quote_literal(&value)),
+        );
+    }
+    *settings = learnt.clone();
+    conn.applied = learnt;
+    Ok(())
 }

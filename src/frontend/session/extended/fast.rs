@@ -32,9 +32,8 @@ impl Session {
     /// Runs the pending batch and its Sync the fast way if it qualifies;
     /// `Ok(false)`: it does not, nothing was done.
     pub(super) async fn fast_segment(&mut self) -> std::io::Result<bool> {
-        if !matches!(self.state, TxnState::Idle)
+        if self.block != Block::Default
             || self.ext.seg.is_some()
-            || self.ext.implicit
             || self.ext.skipping
             || self.ext.batch.is_empty()
         {
@@ -70,6 +69,9 @@ impl Session {
                         let backend = self
                             .ensure_on(&mut conn, b.stmt, &mut adding, &mut owed)
                             .await?;
+                        if self.ext.stmts.get(b.stmt).is_some_and(|s| s.risky) {
+                            conn.settings_unknown = true;
+                        }
                         let bind = rebind(&b, &backend);
                         conn.send_extended(&bind).await?;
                         owed.push(Owed::Relay(b"2", None));
@@ -149,6 +151,7 @@ impl Session {
     /// Ends a fast segment as `sync` ends any: portals gone, ReadyForQuery.
     async fn finish_fast(&mut self) -> Io {
         self.ext.portals.clear();
+        self.ext.buffered.clear();
         self.ext.decided = false;
         let rfq = protocol::ready_for_query(self.status_byte());
         self.write(&rfq).await

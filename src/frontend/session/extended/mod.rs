@@ -34,6 +34,8 @@ pub(super) struct ClientStmt {
     described: Option<Vec<u32>>,
     /// The name it is prepared under on server connections.
     backend: String,
+    /// It may change session settings unseen (`router::may_change_settings`).
+    risky: bool,
 }
 
 enum PortalKind {
@@ -61,33 +63,28 @@ enum PortalKind {
     },
 }
 
-impl PortalKind {
-    fn uses(&self, shard: ShardId) -> bool {
-        match self {
-            PortalKind::Single { shard: s, .. } => *s == shard,
-            PortalKind::Multi { shards, .. } | PortalKind::Merged { shards, .. } => {
-                shards.contains(&shard)
-            }
-            PortalKind::Control { .. } => false,
-        }
-    }
-}
-
 /// Extended-protocol state of a session.
 #[derive(Default)]
 pub(super) struct Extended {
     stmts: HashMap<String, ClientStmt>,
     portals: HashMap<String, PortalKind>,
+    /// Multi-shard portals executed with a row limit: their merged rows wait
+    /// here for the client's next Executes (the shards ran to the end).
+    buffered: HashMap<String, portal::Buffered>,
     /// Messages since the last Flush/Sync, not yet run.
     batch: Vec<Frame>,
     /// Outside a block: the one connection this Sync segment uses.
     seg: Option<PooledConn>,
     /// Something that may write ran on `seg` in this segment.
     seg_wrote: bool,
+    /// The segment failed: `seg`'s transaction must roll back at Sync even
+    /// if its shard saw no error (the proxy refused something).
+    seg_abort: bool,
     /// An error happened: skip messages until Sync, as PostgreSQL does.
     skipping: bool,
-    /// This segment runs in a proxy-made block, committed at Sync.
-    implicit: bool,
+    /// A statement bound in this segment may change settings unseen: the
+    /// connections it used are reset before another client gets them.
+    risky: bool,
     /// Whether the segment's mode (shard's implicit transaction, or
     /// proxy-made block) has been chosen.
     decided: bool,
@@ -118,7 +115,12 @@ fn backend_name(sql: &str, types: &[u32]) -> String {
 impl Extended {
     /// A Sync segment is under way (messages queued or a shard in use).
     pub(super) fn busy(&self) -> bool {
-        !self.batch.is_empty() || self.seg.is_some() || self.implicit
+        !self.batch.is_empty() || self.seg.is_some()
+    }
+
+    /// The segment failed: its shard's transaction rolls back at Sync.
+    pub(super) fn abort_segment(&mut self) {
+        self.seg_abort = true;
     }
 
     /// The connection this Sync segment holds, if any.
@@ -132,6 +134,7 @@ impl ClientStmt {
     fn new(sql: &str, types: Vec<u32>) -> ClientStmt {
         ClientStmt {
             backend: backend_name(sql, &types),
+            risky: router::may_change_settings(sql),
             sql: sql.to_string(),
             types,
             described: None,
@@ -208,15 +211,14 @@ impl Session {
         // The mode is chosen at the segment's first Bind: Parse and Describe
         // alone write nothing.
         let binds = batch.iter().any(|f| f.tag == b'B');
-        if !self.ext.decided && binds && matches!(self.state, TxnState::Idle) {
+        if !self.ext.decided && binds && self.block == Block::Default {
             self.ext.decided = true;
             if self.batch_spans_shards(&batch) && !self.ext.seg_wrote {
                 // A connection used only to describe statements leaves the segment.
                 if let Err(e) = self.close_segment().await {
                     self.error(e).await?;
                 }
-                self.state = TxnState::InTxn(Txn::new("BEGIN"));
-                self.ext.implicit = true;
+                self.transition(Event::StartImplicit, None);
             }
         }
         for f in batch {
@@ -234,6 +236,7 @@ impl Session {
             };
             if !ok {
                 self.ext.skipping = true;
+                self.reap().await;
             }
         }
         Ok(())
@@ -322,26 +325,35 @@ impl Session {
         }
         match self.ext.seg.take() {
             Some(c) if c.shard == shard => Ok((Slot::Segment, c)),
-            Some(other) if self.ext.seg_wrote => {
-                self.ext.seg = Some(other);
-                Err(Error::Unsupported(
-                    "this extended-protocol batch wrote on one shard and then reached another after a Flush; send the whole batch before Sync, or use BEGIN".into(),
-                ))
-            }
-            Some(other) if self.ext.portals.values().any(|p| p.uses(other.shard)) => {
-                self.ext.seg = Some(other);
-                Err(Error::Unsupported(
-                    "this extended-protocol batch has a portal open on one shard and reached another after a Flush; send the whole batch before Sync, or use BEGIN".into(),
-                ))
-            }
             Some(other) => {
-                // Only reads so far: end that shard's part of the segment and move on.
+                // A second shard: the segment becomes one implicit block.
                 self.ext.seg = Some(other);
-                self.close_segment().await?;
-                Ok((Slot::Segment, self.checkout(shard).await?))
+                self.promote_segment("BEGIN").await?;
+                Box::pin(self.take_conn(shard)).await
             }
             None => Ok((Slot::Segment, self.checkout(shard).await?)),
         }
+    }
+
+    /// The segment so far ran in one shard's own transaction; from here on
+    /// it is an implicit block of the proxy's. The shard joins by `BEGIN`
+    /// (sent as extended-protocol messages, before any Sync), which makes
+    /// PostgreSQL turn its implicit transaction into a block that keeps the
+    /// statements already run.
+    async fn promote_segment(&mut self, begin: &str) -> Result<(), Error> {
+        let Some(mut conn) = self.ext.seg.take() else {
+            return Ok(());
+        };
+        let wrote = std::mem::take(&mut self.ext.seg_wrote);
+        if let Err(e) = begin_in_segment(&mut conn, begin).await {
+            conn.mark_broken();
+            return Err(e);
+        }
+        self.transition(Event::StartImplicit, None);
+        if let Some(t) = self.txn() {
+            t.participants.push(Participant { conn, wrote });
+        }
+        Ok(())
     }
 
     fn put_conn(&mut self, slot: Slot, conn: PooledConn, wrote_now: bool) {
@@ -350,13 +362,21 @@ impl Session {
                 self.ext.seg_wrote |= wrote_now;
                 self.ext.seg = Some(conn);
             }
-            Slot::Participant { wrote } => match self.txn() {
-                Some(t) => t.participants.push(Participant {
+            Slot::Participant { wrote } => {
+                let p = Participant {
                     conn,
                     wrote: wrote || wrote_now,
-                }),
-                None => drop(conn),
-            },
+                };
+                // A block an error ended while this connection was out is
+                // rolled back with it.
+                match (self.txn.as_mut(), self.doomed.last_mut()) {
+                    (Some(t), _) | (None, Some(t)) => t.participants.push(p),
+                    (None, None) => {
+                        let mut p = p;
+                        p.conn.mark_broken();
+                    }
+                }
+            }
         }
     }
 
@@ -409,6 +429,9 @@ impl Session {
             );
             return Ok(self.error(Error::Route(e)).await?);
         }
+        if self.block == Block::Failed && self.aborted_block(self.shared.plan(sql).ok().as_ref()) {
+            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+        }
         self.ext
             .stmts
             .insert(name.to_string(), ClientStmt::new(sql, types));
@@ -416,8 +439,10 @@ impl Session {
         Ok(true)
     }
 
+    /// PostgreSQL refuses every message of a failed block with 25P02 except
+    /// those of `COMMIT`, `ROLLBACK` and `ROLLBACK TO` (`IsTransactionExitStmt`).
     fn aborted_block(&self, plan: Option<&Plan>) -> bool {
-        matches!(self.state, TxnState::Failed(_))
+        self.block == Block::Failed
             && !matches!(
                 plan,
                 Some(Plan::Commit | Plan::Rollback | Plan::RollbackTo(_))
@@ -432,6 +457,9 @@ impl Session {
                 .await?);
         };
         let plan = stmt.plan(&self.shared, &bounds(&b, stmt.param_types()));
+        if stmt.risky {
+            self.ext.risky = true;
+        }
         if self.aborted_block(plan.as_ref().ok()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
@@ -644,52 +672,116 @@ impl Session {
 
     async fn close_segment(&mut self) -> Result<(), Error> {
         self.ext.seg_wrote = false;
+        let abort = std::mem::take(&mut self.ext.seg_abort);
         let Some(mut conn) = self.ext.seg.take() else {
             return Ok(());
         };
+        conn.settings_unknown |= self.ext.risky;
+        if abort {
+            // An error on the server makes its Sync roll back: Bind of a
+            // statement that cannot exist (harmless if it failed already and
+            // skips to Sync).
+            conn.send_extended(&abort_segment_message()).await?;
+        }
         conn.send_sync().await?;
         conn.flush().await?;
         executor::drain(&mut conn).await?;
         Ok(())
     }
 
-    /// Sync: ends the segment (committing a proxy-made block through the
+    /// Sync: ends the segment (committing an implicit block through the
     /// coordinator) and reports ReadyForQuery.
     async fn sync(&mut self) -> Io {
-        if self.ext.implicit {
-            self.ext.implicit = false;
-            let failed = self.ext.skipping || matches!(self.state, TxnState::Failed(_));
-            if let Some(mut t) = self.end_block() {
-                sync_all(&mut t.participants).await;
-                let coord = self.shared.coordinator.clone();
-                if failed || t.participants.iter().any(|p| p.conn.status == b'E') {
-                    coord.rollback(&mut t.participants).await;
-                } else {
-                    match coord.commit(&mut t.participants).await {
-                        CommitOutcome::Committed { warnings } => {
-                            for w in warnings {
-                                self.write(&w).await?;
-                            }
-                        }
-                        CommitOutcome::Aborted { error } => self.write(&error).await?,
-                    }
+        if self.ext.risky {
+            if let Some(t) = self.txn.as_mut() {
+                for p in t.participants.iter_mut() {
+                    p.conn.settings_unknown = true;
                 }
             }
-        } else if self.ext.seg.is_some() {
+        }
+        self.reap().await;
+        if self.ext.seg.is_some() {
             self.sync_segment().await?;
+        }
+        if self.block == Block::Implicit {
+            self.end_implicit().await?;
         } else if let Some(t) = self.txn() {
             sync_all(&mut t.participants).await;
             if t.participants.iter().any(|p| p.conn.status == b'E') {
                 self.fail();
             }
         }
-        if matches!(self.state, TxnState::Idle) {
+        if !self.block.in_block() {
             self.ext.portals.clear();
+            self.ext.buffered.clear();
         }
+        self.ext.seg_abort = false;
+        self.ext.risky = false;
         self.ext.skipping = false;
         self.ext.decided = false;
         let rfq = protocol::ready_for_query(self.status_byte());
         self.write(&rfq).await
+    }
+}
+
+/// A Bind no server can satisfy: it fails the server's transaction so that
+/// the following Sync rolls it back.
+fn abort_segment_message() -> Bytes {
+    message(b'B', |b| {
+        put_cstr(b, "");
+        put_cstr(b, "pieskieo_rollback_segment");
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    })
+}
+
+/// `BEGIN` on a connection in the middle of an extended-protocol segment,
+/// as extended messages (a simple query there would end the segment). The
+/// server's unnamed statement is the proxy's (client statements are
+/// prepared under names), so it may be replaced.
+async fn begin_in_segment(conn: &mut ServerConn, begin: &str) -> Result<(), Error> {
+    const PORTAL: &str = "pieskieo_begin";
+    let shard = conn.shard;
+    let msgs = [
+        message(b'P', |b| {
+            put_cstr(b, "");
+            put_cstr(b, begin);
+            b.put_i16(0);
+        }),
+        message(b'B', |b| {
+            put_cstr(b, PORTAL);
+            put_cstr(b, "");
+            b.put_i16(0);
+            b.put_i16(0);
+            b.put_i16(0);
+        }),
+        message(b'E', |b| {
+            put_cstr(b, PORTAL);
+            b.put_i32(0);
+        }),
+        message(b'C', |b| {
+            b.put_u8(b'P');
+            put_cstr(b, PORTAL);
+        }),
+    ];
+    for m in &msgs {
+        conn.send_extended(m).await?;
+    }
+    conn.send_extended(&FLUSH).await?;
+    conn.flush().await?;
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'3' => return Ok(()),
+            b'E' => {
+                return Err(Error::Backend(BackendError::Protocol {
+                    shard,
+                    message: "joining the transaction failed: the shard refused BEGIN".into(),
+                }))
+            }
+            _ => {}
+        }
     }
 }
 
@@ -698,7 +790,7 @@ fn route_all(n: u32) -> Vec<ShardId> {
 }
 
 /// Sends Sync to every participant that has unsynced extended messages.
-async fn sync_all(parts: &mut [Participant]) {
+pub(super) async fn sync_all(parts: &mut [Participant]) {
     for p in parts.iter_mut() {
         if p.conn.needs_sync() {
             let r = async {

@@ -12,17 +12,53 @@ fn portal_message(tag: u8, portal: &str) -> Bytes {
     })
 }
 
+/// A multi-shard portal's rows, merged, kept for Executes with a row limit.
+pub(super) struct Buffered {
+    rows: std::collections::VecDeque<Bytes>,
+    /// The closing message of the whole result.
+    tail: Option<Bytes>,
+}
+
+/// Splits messages the proxy itself produced into frames.
+fn frames_of(buf: &[u8]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(len) = buf.get(i + 1..i + 5) {
+        let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(m) = buf.get(i..i + 1 + n) else {
+            break;
+        };
+        out.push(Bytes::copy_from_slice(m));
+        i += 1 + n;
+    }
+    out
+}
+
 impl Session {
     pub(super) async fn ext_describe(&mut self, kind: u8, name: &str) -> Result<bool, Fatal> {
-        if self.aborted_block(None) {
-            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
-        }
         if kind == b'S' {
             let Some(s) = self.ext.stmts.get(name) else {
                 return Ok(self
                     .error(Error::Name(NameError::NoStatement(name.to_string())))
                     .await?);
             };
+            if self.block == Block::Failed {
+                // PostgreSQL describes only statements without result
+                // columns in a failed block: the block-exit statements.
+                if self.aborted_block(self.shared.plan(&s.sql).ok().as_ref()) {
+                    return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+                }
+                let types = s.types.clone();
+                self.write(&message(b't', |b| {
+                    b.put_i16(types.len() as i16);
+                    for t in &types {
+                        b.put_u32(*t);
+                    }
+                }))
+                .await?;
+                self.write(&message(b'n', |_| {})).await?;
+                return Ok(true);
+            }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
             let describe = message(b'D', |b| {
                 b.put_u8(b'S');
@@ -58,6 +94,9 @@ impl Session {
             Some(PortalKind::Control { .. }) => {
                 self.write(&message(b'n', |_| {})).await?;
                 return Ok(true);
+            }
+            Some(_) if self.block == Block::Failed => {
+                return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
             }
             Some(PortalKind::Single { shard, .. }) => *shard,
             Some(PortalKind::Multi { shards, .. }) => shards[0],
@@ -108,11 +147,25 @@ impl Session {
             put_cstr(b, portal);
             b.put_i32(max);
         });
+        if self.ext.buffered.contains_key(portal) {
+            return self.serve_buffered(portal, max).await;
+        }
         match kind {
             PortalKind::Control { sql, plan } => {
                 let (sql, plan) = (sql.clone(), plan.clone());
-                // Close the segment's own implicit transaction first.
-                self.sync_segment().await?;
+                // What the segment ran on one shard's own transaction becomes
+                // part of the block (or is committed or rolled back by it),
+                // as PostgreSQL does with its implicit transaction.
+                if self.ext.seg.is_some() {
+                    let begin = if plan == Plan::Begin {
+                        sql.as_str()
+                    } else {
+                        "BEGIN"
+                    };
+                    if let Err(e) = self.promote_segment(begin).await {
+                        return Ok(self.error(e).await?);
+                    }
+                }
                 Ok(self.execute(&sql, Ok(plan)).await?)
             }
             PortalKind::Single { shard, write } => {
@@ -134,14 +187,18 @@ impl Session {
                 write,
             } => {
                 let (shards, merge, write) = (shards.clone(), *merge, *write);
-                // A row limit is passed on; it matters only if a shard
-                // actually stops early, which cannot be continued across shards.
-                let mut suspended = false;
+                // With a row limit the shards run to the end and the rows
+                // wait in the proxy for the client's next Executes.
+                let execute = message(b'E', |b| {
+                    put_cstr(b, portal);
+                    b.put_i32(0);
+                });
                 let mut taken = match self.take_conns(&shards).await {
                     Ok(t) => t,
                     Err(e) => return Ok(self.error(e).await?),
                 };
                 let mut merger = Merger::default();
+                let mut buf: Vec<u8> = Vec::new();
                 let r: Result<(), ExecError> = async {
                     for (_, conn) in taken.iter_mut() {
                         conn.send_extended(&execute).await?;
@@ -149,15 +206,27 @@ impl Session {
                         conn.flush().await?;
                     }
                     for (i, (_, conn)) in taken.iter_mut().enumerate() {
-                        suspended |= executor::collect(
-                            conn,
-                            &mut merger,
-                            merge,
-                            i == 0,
-                            Until::Executed,
-                            &mut self.out,
-                        )
-                        .await?;
+                        if max > 0 {
+                            executor::collect(
+                                conn,
+                                &mut merger,
+                                merge,
+                                i == 0,
+                                Until::Executed,
+                                &mut buf,
+                            )
+                            .await?;
+                        } else {
+                            executor::collect(
+                                conn,
+                                &mut merger,
+                                merge,
+                                i == 0,
+                                Until::Executed,
+                                &mut self.out,
+                            )
+                            .await?;
+                        }
                     }
                     Ok(())
                 }
@@ -168,12 +237,12 @@ impl Session {
                 if let Err(e) = r {
                     return Ok(self.finish_exec(Err(e)).await?);
                 }
-                if suspended {
-                    let e = Error::Unsupported("a row limit on a portal whose rows come from several shards is not supported yet".into());
-                    return Ok(self.error(e).await?);
-                }
                 let failed = merger.failed();
-                if let Some(last) = merger.finish() {
+                let last = merger.finish();
+                if max > 0 && !failed {
+                    return self.buffer_then_serve(portal, &buf, last, max).await;
+                }
+                if let Some(last) = last {
                     self.write(&last).await?;
                 }
                 if failed {
@@ -193,6 +262,7 @@ impl Session {
                 PortalKind::Multi { shards, .. } | PortalKind::Merged { shards, .. } => shards,
                 PortalKind::Control { .. } => vec![],
             };
+            self.ext.buffered.remove(name);
             let close = message(b'C', |b| {
                 b.put_u8(b'P');
                 put_cstr(b, name);
@@ -300,12 +370,6 @@ impl Session {
         formats: &[i16],
         max: i32,
     ) -> Result<bool, Fatal> {
-        if max > 0 {
-            let e = Error::Unsupported(
-                "a row limit on a portal whose rows the proxy merges from several shards is not supported; fetch all rows (row limit 0)".into(),
-            );
-            return Ok(self.error(e).await?);
-        }
         let mut taken = match self.take_conns(shards).await {
             Ok(t) => t,
             Err(e) => return Ok(self.error(e).await?),
@@ -320,6 +384,7 @@ impl Session {
             formats,
             executed: true,
         };
+        let mut buf: Vec<u8> = Vec::new();
         let r = async {
             for (_, conn) in taken.iter_mut() {
                 conn.send_extended(&describe).await?;
@@ -328,11 +393,19 @@ impl Session {
                 conn.flush().await?;
             }
             let mut refs: Vec<&mut ServerConn> = taken.iter_mut().map(|(_, c)| &mut **c).collect();
-            crate::merge::run(&mut refs, plan, &opts, &mut self.out).await
+            if max > 0 {
+                crate::merge::run(&mut refs, plan, &opts, &mut buf).await
+            } else {
+                crate::merge::run(&mut refs, plan, &opts, &mut self.out).await
+            }
         }
         .await;
         for (slot, conn) in taken {
             self.put_conn(slot, conn, false);
+        }
+        if let (true, Ok((false, last))) = (max > 0, &r) {
+            let last = last.clone();
+            return self.buffer_then_serve(portal, &buf, last, max).await;
         }
         match r {
             Ok((failed, last)) => {
@@ -346,5 +419,63 @@ impl Session {
             }
             Err(e) => Ok(self.finish_exec(Err(e)).await?),
         }
+    }
+
+    /// Keeps a multi-shard result the proxy collected in `buf` (closing
+    /// message `last`) for Executes with a row limit, and serves the first.
+    async fn buffer_then_serve(
+        &mut self,
+        portal: &str,
+        buf: &[u8],
+        last: Option<Bytes>,
+        max: i32,
+    ) -> Result<bool, Fatal> {
+        let mut rows = std::collections::VecDeque::new();
+        for f in frames_of(buf) {
+            if f.first() == Some(&b'D') {
+                rows.push_back(f);
+            } else {
+                // Notices go out now.
+                self.write(&f).await?;
+            }
+        }
+        self.ext
+            .buffered
+            .insert(portal.to_string(), Buffered { rows, tail: last });
+        self.serve_buffered(portal, max).await
+    }
+
+    /// One Execute of a buffered portal: up to `max` rows (0: all), then
+    /// PortalSuspended if the limit was reached, else the closing message
+    /// counting this Execute's rows, as PostgreSQL tags a portal's last fetch.
+    async fn serve_buffered(&mut self, portal: &str, max: i32) -> Result<bool, Fatal> {
+        let Some(b) = self.ext.buffered.get_mut(portal) else {
+            return Ok(false);
+        };
+        let n = match usize::try_from(max) {
+            Ok(m) if m > 0 => m.min(b.rows.len()),
+            _ => b.rows.len(),
+        };
+        let rows: Vec<Bytes> = b.rows.drain(..n).collect();
+        let suspended = max > 0 && n == max as usize;
+        let tail = b.tail.clone();
+        for r in rows {
+            self.write(&r).await?;
+        }
+        if suspended {
+            self.write(&message(b's', |_| {})).await?;
+            return Ok(true);
+        }
+        let tail = tail.map(|t| {
+            let tag = take_cstr(t.get(5..).unwrap_or_default()).map(|x| x.0);
+            match tag.and_then(crate::protocol::tag_rows) {
+                Some(("SELECT", _)) => protocol::command_complete(&format!("SELECT {n}")),
+                _ => t,
+            }
+        });
+        if let Some(t) = tail {
+            self.write(&t).await?;
+        }
+        Ok(true)
     }
 }
