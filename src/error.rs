@@ -33,6 +33,8 @@ impl SqlState {
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
     pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
+    pub const DUPLICATE_CURSOR: SqlState = SqlState("42P03");
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
@@ -111,6 +113,9 @@ pub enum TxnMisuse {
     NoTransaction,
     /// `BEGIN` inside a block (a WARNING in PostgreSQL).
     AlreadyInProgress,
+    /// `BEGIN ISOLATION LEVEL ...` after a statement of the implicit block
+    /// it would turn into an explicit one.
+    IsolationAfterQuery,
 }
 
 /// A prepared statement or portal name the client used wrongly.
@@ -122,6 +127,10 @@ pub enum NameError {
     StatementExists(String),
     #[error("portal \"{0}\" does not exist")]
     NoPortal(String),
+    #[error("cursor \"{0}\" already exists")]
+    PortalExists(String),
+    #[error("portal \"{0}\" cannot be run")]
+    PortalDone(String),
 }
 
 impl fmt::Display for TxnMisuse {
@@ -140,6 +149,9 @@ impl fmt::Display for TxnMisuse {
             TxnMisuse::NoTransaction => f.write_str("there is no transaction in progress"),
             TxnMisuse::AlreadyInProgress => {
                 f.write_str("there is already a transaction in progress")
+            }
+            TxnMisuse::IsolationAfterQuery => {
+                f.write_str("SET TRANSACTION ISOLATION LEVEL must be called before any query")
             }
         }
     }
@@ -171,9 +183,12 @@ impl Error {
             Error::Txn(TxnMisuse::OutsideBlock(_)) => SqlState::NO_ACTIVE_SQL_TRANSACTION,
             Error::Txn(TxnMisuse::NoTransaction) => SqlState::NO_ACTIVE_SQL_TRANSACTION,
             Error::Txn(TxnMisuse::AlreadyInProgress) => SqlState::ACTIVE_SQL_TRANSACTION,
+            Error::Txn(TxnMisuse::IsolationAfterQuery) => SqlState::ACTIVE_SQL_TRANSACTION,
             Error::Name(NameError::NoStatement(_)) => SqlState::INVALID_SQL_STATEMENT_NAME,
             Error::Name(NameError::StatementExists(_)) => SqlState::DUPLICATE_PREPARED_STATEMENT,
             Error::Name(NameError::NoPortal(_)) => SqlState::INVALID_CURSOR_NAME,
+            Error::Name(NameError::PortalExists(_)) => SqlState::DUPLICATE_CURSOR,
+            Error::Name(NameError::PortalDone(_)) => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::Io(_) => SqlState::CONNECTION_FAILURE,
         }
     }

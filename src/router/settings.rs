@@ -404,7 +404,7 @@ mod tests {
             ("CALL p()", true),
             ("DO $$BEGIN PERFORM 1; END$$", true),
             (
-                "SELECT pg_catalog.pg_get_userbyid(10), format_type(23, -1)",
+                "SELECT pg_catalog.pg_get_userbyid(10), pg_catalog.format_type(23, -1)",
                 false,
             ),
             ("SELECT 'sneaky()' AS s -- sneaky()\n", false),

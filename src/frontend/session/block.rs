@@ -184,13 +184,27 @@ impl Session {
     }
 
     pub(super) async fn begin(&mut self, stmt: &str) -> std::io::Result<bool> {
+        let words = leading_words(stmt, 1);
+        let tag = match words.first().map(String::as_str) {
+            Some("start") => "START TRANSACTION",
+            _ => "BEGIN",
+        };
+        // An implicit block that already ran a statement has its snapshot:
+        // its isolation level can no longer change.
+        let ran = self
+            .txn
+            .as_ref()
+            .is_some_and(|t| !t.participants.is_empty());
+        if self.block == Block::Implicit && ran && stmt.to_ascii_lowercase().contains("isolation") {
+            return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
+        }
         match self.transition(Event::Begin, Some(stmt)).0 {
             Step::Refuse(e) => self.error(Error::Txn(e)).await,
             Step::Warn(w) => {
                 self.warn(w).await?;
-                self.complete("BEGIN").await
+                self.complete(tag).await
             }
-            _ => self.complete("BEGIN").await,
+            _ => self.complete(tag).await,
         }
     }
 

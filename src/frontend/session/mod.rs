@@ -782,5 +782,6 @@ async fn learn_settings(
     }
     *settings = learnt.clone();
     conn.applied = learnt;
+    conn.settings_unknown = false;
     Ok(())
 }

@@ -136,6 +136,11 @@ impl Session {
         .await;
         if conn.status != b'I' {
             conn.mark_broken();
+        } else if conn.settings_unknown && r.is_ok() {
+            // A statement may have changed settings: they become the client's.
+            if learn_settings(&mut conn, &mut self.settings).await.is_err() {
+                conn.mark_broken();
+            }
         }
         drop(conn);
         match r {

@@ -60,6 +60,8 @@ enum PortalKind {
     Control {
         sql: String,
         plan: Plan,
+        /// It ran: PostgreSQL runs a utility portal once.
+        done: bool,
     },
 }
 
@@ -215,8 +217,12 @@ impl Session {
             self.ext.decided = true;
             if self.batch_spans_shards(&batch) && !self.ext.seg_wrote {
                 // A connection used only to describe statements leaves the segment.
-                if let Err(e) = self.close_segment().await {
-                    self.error(e).await?;
+                match self.close_segment().await {
+                    Ok(Some(e)) => self.write(&e.bytes).await?,
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.error(e).await?;
+                    }
                 }
                 self.transition(Event::StartImplicit, None);
             }
@@ -451,6 +457,11 @@ impl Session {
 
     async fn ext_bind(&mut self, body: &[u8]) -> Result<bool, Fatal> {
         let b = parse_bind(body).ok_or_else(|| Fatal::Protocol(malformed("Bind")))?;
+        if !b.portal.is_empty() && self.ext.portals.contains_key(b.portal) {
+            return Ok(self
+                .error(Error::Name(NameError::PortalExists(b.portal.to_string())))
+                .await?);
+        }
         let Some(stmt) = self.ext.stmts.get(b.stmt) else {
             return Ok(self
                 .error(Error::Name(NameError::NoStatement(b.stmt.to_string())))
@@ -527,7 +538,11 @@ impl Session {
                 let sql = stmt.sql.clone();
                 self.ext.portals.insert(
                     b.portal.to_string(),
-                    PortalKind::Control { sql, plan: control },
+                    PortalKind::Control {
+                        sql,
+                        plan: control,
+                        done: false,
+                    },
                 );
                 self.write(&message(b'2', |_| {})).await?;
                 return Ok(true);
@@ -663,20 +678,27 @@ impl Session {
     }
 
     /// Ends the segment's use of a shard's implicit transaction.
+    /// An error the shard reports only at Sync (a deferred constraint at the
+    /// commit of its implicit transaction) is the client's.
     async fn sync_segment(&mut self) -> std::io::Result<bool> {
         match self.close_segment().await {
-            Ok(()) => Ok(true),
+            Ok(None) => Ok(true),
+            Ok(Some(e)) => {
+                self.write(&e.bytes).await?;
+                Ok(false)
+            }
             Err(e) => self.error(e).await,
         }
     }
 
-    async fn close_segment(&mut self) -> Result<(), Error> {
+    /// Syncs the segment's connection; returns the error the shard reported
+    /// at Sync, if the segment had not failed before.
+    async fn close_segment(&mut self) -> Result<Option<Frame>, Error> {
         self.ext.seg_wrote = false;
         let abort = std::mem::take(&mut self.ext.seg_abort);
         let Some(mut conn) = self.ext.seg.take() else {
-            return Ok(());
+            return Ok(None);
         };
-        conn.settings_unknown |= self.ext.risky;
         if abort {
             // An error on the server makes its Sync roll back: Bind of a
             // statement that cannot exist (harmless if it failed already and
@@ -685,8 +707,15 @@ impl Session {
         }
         conn.send_sync().await?;
         conn.flush().await?;
-        executor::drain(&mut conn).await?;
-        Ok(())
+        let err = executor::drain(&mut conn).await?;
+        if self.ext.risky {
+            if conn.status == b'I' && err.is_none() {
+                learn_settings(&mut conn, &mut self.settings).await?;
+            } else {
+                conn.settings_unknown = true;
+            }
+        }
+        Ok(err.filter(|_| !abort && !self.ext.skipping))
     }
 
     /// Sync: ends the segment (committing an implicit block through the

@@ -151,8 +151,20 @@ impl Session {
             return self.serve_buffered(portal, max).await;
         }
         match kind {
-            PortalKind::Control { sql, plan } => {
+            PortalKind::Control { done: true, .. } => {
+                let e = Error::Name(NameError::PortalDone(portal.to_string()));
+                Ok(self.error(e).await?)
+            }
+            PortalKind::Control { sql, plan, .. } => {
                 let (sql, plan) = (sql.clone(), plan.clone());
+                // A utility portal runs once; the end of a block drops it.
+                if matches!(plan, Plan::Commit | Plan::Rollback) {
+                    self.ext.portals.remove(portal);
+                } else if let Some(PortalKind::Control { done, .. }) =
+                    self.ext.portals.get_mut(portal)
+                {
+                    *done = true;
+                }
                 // What the segment ran on one shard's own transaction becomes
                 // part of the block (or is committed or rolled back by it),
                 // as PostgreSQL does with its implicit transaction.
