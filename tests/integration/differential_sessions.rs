@@ -1026,7 +1026,18 @@ fn compare(session: &Session, out: &Outcome) -> Option<Difference> {
         }
     }
     if signature.is_none() && out.tables[0] != out.tables[1] {
-        signature = Some("table contents differ".to_string());
+        // Told apart by the first error PostgreSQL gave (what should have
+        // rolled the writes back) and the protocol.
+        let error = o
+            .iter()
+            .flatten()
+            .find(|l| l.key.starts_with("ErrorResponse"))
+            .map_or("no error", |l| l.key.as_str());
+        let class = match session.steps.first() {
+            Some(Step::Query(_)) => "simple",
+            _ => "extended",
+        };
+        signature = Some(format!("table contents differ ({class}; {error})"));
     }
     if signature.is_none() && !out.shard_faults.is_empty() {
         signature = Some(out.shard_faults[0].replace(|c: char| c.is_ascii_digit(), "N"));
