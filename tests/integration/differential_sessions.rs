@@ -43,7 +43,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const SHRINK_BUDGET: usize = 250;
 
 /// Distinct differences shrunk and reported in full; more are only counted.
-const MAX_REPORTED: usize = 40;
+const MAX_REPORTED: usize = 80;
 
 /// Statements Pieskieo refuses on purpose (README, "Supported and not"),
 /// each with the reason. PostgreSQL is sent [`TWIN`] in their place — an
@@ -769,6 +769,9 @@ struct Bench {
     tables: String,
     /// How many times the proxy was restarted (a fresh decision log each).
     restarts: usize,
+    /// Time spent resetting the tables, running sessions, and reading
+    /// what they left.
+    timing: [Duration; 3],
     /// The rows every session starts from, per shard.
     reset_oracle: String,
     reset_shards: Vec<String>,
@@ -846,6 +849,7 @@ impl Bench {
             world: World { shard_of },
             tables,
             restarts: 0,
+            timing: [Duration::ZERO; 3],
             reset_oracle,
             reset_shards,
         }
@@ -873,11 +877,16 @@ impl Bench {
     }
 
     async fn run(&mut self, session: &Session) -> Outcome {
+        let t0 = Instant::now();
         self.reset().await;
+        let t1 = Instant::now();
         let (o, p) = tokio::join!(
             run_on(self.oracle_port, session, true),
             run_on(self.cluster.port(), session, false)
         );
+        let t2 = Instant::now();
+        self.timing[0] += t1 - t0;
+        self.timing[1] += t2 - t1;
         let q = "SELECT id, b, u, d FROM t ORDER BY id";
         let oracle_rows = text_rows(self.oracle.simple_query(q).await.unwrap());
         let mut proxy_rows = Vec::new();
@@ -915,6 +924,7 @@ impl Bench {
             // every later session too: start a fresh proxy (fresh pools).
             self.restart_proxy().await;
         }
+        self.timing[2] += t2.elapsed();
         Outcome {
             answers: [o, p],
             tables: [
@@ -931,7 +941,7 @@ impl Bench {
         let old = Wire::connect(self.oracle_port).await;
         drop(std::mem::replace(&mut self.observers[1], old));
         if let Some(p) = self.cluster.proxy.take() {
-            p.shutdown(Duration::from_millis(500)).await;
+            p.stop().await;
         }
         let shards = &self.cluster.shards;
         let text = config_text_full(
@@ -1252,6 +1262,13 @@ async fn differential_sessions_match_postgresql() {
         shrinking.as_secs_f64(),
         found.len()
     );
+    let [reset, ran, after] = bench.timing.map(|d| d.as_secs_f64());
+    writeln!(
+        summary,
+        "  time: resets {reset:.1}s, sessions {ran:.1}s, reading what they left {after:.1}s; proxy restarts after leaks: {}",
+        bench.restarts
+    )
+    .unwrap();
     for (sig, f) in &found {
         writeln!(
             summary,
