@@ -37,6 +37,12 @@ impl Session {
             return Ok((false, None));
         };
         t.participants.extend(joined);
+        t.snapshot |= targets.iter().any(|(_, sql)| {
+            !matches!(
+                leading_words(sql, 1).first().map(String::as_str),
+                Some("show" | "set" | "reset")
+            )
+        });
         let mut parts = std::mem::take(&mut t.participants);
         let mut head = vec![t.begin.clone()];
         head.extend(t.prelude.iter().cloned());
@@ -148,11 +154,13 @@ impl Session {
         }
         .await;
         if self.risky {
-            // Settings changed unseen inside a block are not learnt; the
-            // connections are reset before anyone else gets them.
+            // Settings changed unseen inside a block: the connections are
+            // reset before anyone else gets them, and the client learns its
+            // settings from the first of them if the block commits.
             for p in parts.iter_mut() {
                 p.conn.settings_unknown = true;
             }
+            self.learn_from = self.learn_from.or(targets.first().map(|t| t.0));
         }
         let server_failed = parts.iter().any(|p| p.conn.status == b'E');
         if let Some(t) = self.txn() {
@@ -191,17 +199,20 @@ impl Session {
         };
         // An implicit block that already ran a statement has its snapshot:
         // its isolation level can no longer change.
-        let ran = self
-            .txn
-            .as_ref()
-            .is_some_and(|t| !t.participants.is_empty());
-        if self.block == Block::Implicit && ran && stmt.to_ascii_lowercase().contains("isolation") {
+        let ran = self.txn.as_ref().is_some_and(|t| t.snapshot);
+        let current = self.txn.as_ref().and_then(|t| isolation(&t.begin));
+        let level_changes =
+            isolation(stmt).is_some_and(|l| l != current.unwrap_or("read committed"));
+        if self.block == Block::Implicit && ran && level_changes {
             return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
         }
         match self.transition(Event::Begin, Some(stmt)).0 {
             Step::Refuse(e) => self.error(Error::Txn(e)).await,
             Step::Warn(w) => {
                 self.warn(w).await?;
+                if ran && level_changes {
+                    return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
+                }
                 self.complete(tag).await
             }
             _ => self.complete(tag).await,
@@ -255,6 +266,7 @@ impl Session {
                         }
                         let pending = std::mem::take(&mut t.pending);
                         self.apply_changes(&pending, &mut t.participants);
+                        self.learn_after_commit(&mut t.participants).await;
                         self.complete("COMMIT").await
                     }
                     CommitOutcome::Aborted { error } => {
@@ -360,6 +372,9 @@ impl Session {
             if discard {
                 return self.error(Error::Txn(TxnMisuse::DiscardInBlock)).await;
             }
+            if matches!(cmd, SetCommand::Local) && self.txn.as_ref().is_some_and(|t| t.segment) {
+                self.warn(TxnMisuse::OutsideBlock("SET LOCAL")).await?;
+            }
             let tag = match cmd {
                 SetCommand::Local | SetCommand::Set(_) => "SET",
                 SetCommand::Reset(_) | SetCommand::ResetAll => "RESET",
@@ -430,4 +445,24 @@ enum SavepointOp {
     Define,
     Release,
     RollbackTo,
+}
+
+/// The isolation level a `BEGIN` names, if any.
+fn isolation(begin: &str) -> Option<&'static str> {
+    let t = begin.to_ascii_lowercase();
+    let at = t.find("isolation")?;
+    let rest = &t[at..];
+    [
+        "serializable",
+        "repeatable read",
+        "read committed",
+        "read uncommitted",
+    ]
+    .into_iter()
+    .find(|l| {
+        rest.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains(l)
+    })
 }

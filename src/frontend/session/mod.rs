@@ -45,6 +45,13 @@ struct Txn {
     participants: Vec<Participant>,
     /// Session settings changed inside the block; they stick only on commit.
     pending: Vec<SettingChange>,
+    /// An extended-protocol segment's implicit block: PostgreSQL's
+    /// `TBLOCK_STARTED`, where `SET LOCAL` warns (a multi-statement query's
+    /// `TBLOCK_IMPLICIT_INPROGRESS` does not).
+    segment: bool,
+    /// A statement that takes a snapshot ran (not SHOW/SET): the isolation
+    /// level is fixed from here on.
+    snapshot: bool,
 }
 
 impl Txn {
@@ -55,6 +62,8 @@ impl Txn {
             savepoints: Vec::new(),
             participants: Vec::new(),
             pending: Vec::new(),
+            segment: false,
+            snapshot: false,
         }
     }
 
@@ -95,6 +104,11 @@ struct Session {
     /// The query being run may change session settings unseen
     /// (`router::may_change_settings`).
     risky: bool,
+    /// Inside a block, the shard where such a statement ran: the client's
+    /// settings are read back from it if the block commits.
+    learn_from: Option<ShardId>,
+    /// Set by the transition that ends such a block with a commit.
+    learn_at_commit: Option<ShardId>,
     ext: extended::Extended,
     /// Statements made with SQL `PREPARE`.
     sql_prepared: std::collections::HashMap<String, prepared::SqlPrepared>,
@@ -191,6 +205,8 @@ pub(super) async fn run(
         hold_last: false,
         held: None,
         risky: false,
+        learn_from: None,
+        learn_at_commit: None,
         ext: Default::default(),
         sql_prepared: Default::default(),
         need_prepared: None,
@@ -319,10 +335,22 @@ impl Session {
         } else {
             None
         };
+        let learn_from = if ended.is_some() {
+            self.learn_from.take()
+        } else {
+            None
+        };
+        if let (Some(s), Step::Commit { .. }) = (learn_from, &step) {
+            self.learn_at_commit = Some(s);
+        }
         if next.in_block() && self.txn.is_none() {
             self.txn = Some(Txn::new(begin.unwrap_or("BEGIN")));
-        } else if let (Step::Open, Some(b), Some(t)) = (&step, begin, self.txn.as_mut()) {
-            t.begin = b.to_string();
+        } else if let (Step::Open, Some(t)) = (&step, self.txn.as_mut()) {
+            // An explicit block now: no longer the segment's implicit one.
+            t.segment = false;
+            if let Some(b) = begin {
+                t.begin = b.to_string();
+            }
         }
         self.block = next;
         (step, ended)
@@ -357,6 +385,23 @@ impl Session {
 
     fn txn(&mut self) -> Option<&mut Txn> {
         self.txn.as_mut()
+    }
+
+    /// After a block committed: settings a statement in it may have changed
+    /// unseen are read back from the shard where it ran.
+    async fn learn_after_commit(&mut self, parts: &mut [Participant]) {
+        let Some(shard) = self.learn_at_commit.take() else {
+            return;
+        };
+        if let Some(p) = parts.iter_mut().find(|p| p.shard() == shard) {
+            if p.conn.status == b'I'
+                && learn_settings(&mut p.conn, &mut self.settings)
+                    .await
+                    .is_err()
+            {
+                p.conn.mark_broken();
+            }
+        }
     }
 
     /// Sends the closing message of a statement, or keeps it while the
@@ -609,6 +654,7 @@ impl Session {
                 }
                 let pending = std::mem::take(&mut t.pending);
                 self.apply_changes(&pending, &mut t.participants);
+                self.learn_after_commit(&mut t.participants).await;
                 if let Some(b) = held {
                     self.write(&b).await?;
                 }

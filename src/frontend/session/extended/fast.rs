@@ -11,8 +11,9 @@ use super::*;
 
 /// What the client is owed for one message of the batch, in order.
 enum Owed {
-    /// ParseComplete for a Parse the proxy answers itself.
-    Synth,
+    /// ParseComplete for a Parse the proxy answers itself (of this
+    /// statement: skipped after an error, the statement is not made).
+    Synth(String),
     /// The answer to a Parse the proxy added (the connection lacked the
     /// statement): read, not relayed; on success the connection has it.
     Prepared(String),
@@ -58,7 +59,11 @@ impl Session {
         let r: Result<(), ExecError> = async {
             for f in &batch {
                 match f.tag {
-                    b'P' => owed.push(Owed::Synth),
+                    b'P' => owed.push(Owed::Synth(
+                        parse_parse(f.body())
+                            .map(|p| p.0.to_string())
+                            .unwrap_or_default(),
+                    )),
                     b'B' => {
                         let b = parse_bind(f.body()).ok_or_else(|| {
                             ExecError::Backend(BackendError::Protocol {
@@ -104,11 +109,15 @@ impl Session {
             let mut failed = false;
             for o in owed.drain(..) {
                 if failed {
-                    // The server skips to Sync after an error, as the client expects.
+                    // The server skips to Sync after an error, as the client
+                    // expects; so does the proxy with the Parses it answers.
+                    if let Owed::Synth(name) = o {
+                        self.ext.stmts.remove(&name);
+                    }
                     continue;
                 }
                 match o {
-                    Owed::Synth => self
+                    Owed::Synth(_) => self
                         .write(&message(b'1', |_| {}))
                         .await
                         .map_err(ExecError::Client)?,
@@ -130,13 +139,18 @@ impl Session {
                     }
                 }
             }
-            executor::drain(&mut conn).await?;
+            // A deferred constraint fails at the Sync's commit: the client's error.
+            if let Some(e) = executor::drain(&mut conn).await? {
+                if !failed {
+                    self.write(&e.bytes).await.map_err(ExecError::Client)?;
+                }
+            }
             Ok(())
         }
         .await;
         if conn.status != b'I' {
             conn.mark_broken();
-        } else if conn.settings_unknown && r.is_ok() {
+        } else if conn.settings_unknown && r.is_ok() && !self.ext.skipping {
             // A statement may have changed settings: they become the client's.
             if learn_settings(&mut conn, &mut self.settings).await.is_err() {
                 conn.mark_broken();
@@ -211,10 +225,13 @@ impl Session {
                     {
                         return None;
                     }
-                    if router::split_statements(sql).len() > 1 {
+                    // A statement parsed twice in one batch (the unnamed one
+                    // replaced) is bound by position: the slow path does that.
+                    if router::split_statements(sql).len() > 1
+                        || parsed.iter().any(|(n, _)| n == name)
+                    {
                         return None;
                     }
-                    parsed.retain(|(n, _)| n != name);
                     parsed.push((name.to_string(), ClientStmt::new(sql, types)));
                 }
                 b'B' => {

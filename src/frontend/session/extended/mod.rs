@@ -57,6 +57,7 @@ enum PortalKind {
         formats: Vec<i16>,
     },
     /// Transaction control or a setting: run by the session, not a shard.
+    /// (Describe answers NoData, even in a failed block.)
     Control {
         sql: String,
         plan: Plan,
@@ -84,9 +85,10 @@ pub(super) struct Extended {
     seg_abort: bool,
     /// An error happened: skip messages until Sync, as PostgreSQL does.
     skipping: bool,
-    /// A statement bound in this segment may change settings unseen: the
-    /// connections it used are reset before another client gets them.
-    risky: bool,
+    /// The statement being bound may change settings unseen: the
+    /// connections it runs on are reset before another client gets them,
+    /// and the client learns them from its connection.
+    risky_now: bool,
     /// Whether the segment's mode (shard's implicit transaction, or
     /// proxy-made block) has been chosen.
     decided: bool,
@@ -225,6 +227,9 @@ impl Session {
                     }
                 }
                 self.transition(Event::StartImplicit, None);
+                if let Some(t) = self.txn() {
+                    t.segment = true;
+                }
             }
         }
         for f in batch {
@@ -356,7 +361,9 @@ impl Session {
             return Err(e);
         }
         self.transition(Event::StartImplicit, None);
+        let implicit = self.block == Block::Implicit;
         if let Some(t) = self.txn() {
+            t.segment |= implicit;
             t.participants.push(Participant { conn, wrote });
         }
         Ok(())
@@ -457,23 +464,24 @@ impl Session {
 
     async fn ext_bind(&mut self, body: &[u8]) -> Result<bool, Fatal> {
         let b = parse_bind(body).ok_or_else(|| Fatal::Protocol(malformed("Bind")))?;
-        if !b.portal.is_empty() && self.ext.portals.contains_key(b.portal) {
-            return Ok(self
-                .error(Error::Name(NameError::PortalExists(b.portal.to_string())))
-                .await?);
-        }
+        // PostgreSQL's order: the statement, the block, the portal's name.
         let Some(stmt) = self.ext.stmts.get(b.stmt) else {
             return Ok(self
                 .error(Error::Name(NameError::NoStatement(b.stmt.to_string())))
                 .await?);
         };
         let plan = stmt.plan(&self.shared, &bounds(&b, stmt.param_types()));
-        if stmt.risky {
-            self.ext.risky = true;
-        }
+        self.ext.risky_now = stmt.risky;
         if self.aborted_block(plan.as_ref().ok()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
+        if !b.portal.is_empty() && self.ext.portals.contains_key(b.portal) {
+            return Ok(self
+                .error(Error::Name(NameError::PortalExists(b.portal.to_string())))
+                .await?);
+        }
+        // The unnamed portal is replaced, rows kept for it too.
+        self.ext.buffered.remove(b.portal);
         let plan = match plan {
             Ok(p) => p,
             Err(e) => return Ok(self.error(Error::Route(e)).await?),
@@ -631,6 +639,10 @@ impl Session {
             Ok(x) => x,
             Err(e) => return self.error(e).await,
         };
+        if std::mem::take(&mut self.ext.risky_now) {
+            conn.settings_unknown = true;
+            self.learn_from = Some(shard);
+        }
         let bind = message(b'B', |b| {
             put_cstr(b, portal);
             put_cstr(b, backend);
@@ -708,26 +720,16 @@ impl Session {
         conn.send_sync().await?;
         conn.flush().await?;
         let err = executor::drain(&mut conn).await?;
-        if self.ext.risky {
-            if conn.status == b'I' && err.is_none() {
-                learn_settings(&mut conn, &mut self.settings).await?;
-            } else {
-                conn.settings_unknown = true;
-            }
+        if conn.settings_unknown && conn.status == b'I' && err.is_none() && !abort {
+            learn_settings(&mut conn, &mut self.settings).await?;
         }
+        self.learn_from = None;
         Ok(err.filter(|_| !abort && !self.ext.skipping))
     }
 
     /// Sync: ends the segment (committing an implicit block through the
     /// coordinator) and reports ReadyForQuery.
     async fn sync(&mut self) -> Io {
-        if self.ext.risky {
-            if let Some(t) = self.txn.as_mut() {
-                for p in t.participants.iter_mut() {
-                    p.conn.settings_unknown = true;
-                }
-            }
-        }
         self.reap().await;
         if self.ext.seg.is_some() {
             self.sync_segment().await?;
@@ -745,7 +747,7 @@ impl Session {
             self.ext.buffered.clear();
         }
         self.ext.seg_abort = false;
-        self.ext.risky = false;
+        self.ext.risky_now = false;
         self.ext.skipping = false;
         self.ext.decided = false;
         let rfq = protocol::ready_for_query(self.status_byte());

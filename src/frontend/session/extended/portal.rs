@@ -17,6 +17,8 @@ pub(super) struct Buffered {
     rows: std::collections::VecDeque<Bytes>,
     /// The closing message of the whole result.
     tail: Option<Bytes>,
+    /// A command's (not a query's) result was all sent: it cannot run again.
+    done: bool,
 }
 
 /// Splits messages the proxy itself produced into frames.
@@ -44,8 +46,16 @@ impl Session {
             };
             if self.block == Block::Failed {
                 // PostgreSQL describes only statements without result
-                // columns in a failed block: the block-exit statements.
-                if self.aborted_block(self.shared.plan(&s.sql).ok().as_ref()) {
+                // columns in a failed block: here, those the session runs.
+                let rows = matches!(
+                    self.shared.plan(&s.sql),
+                    Ok(Plan::Forward { .. }
+                        | Plan::Merge { .. }
+                        | Plan::Split { .. }
+                        | Plan::Replicate)
+                        | Err(_)
+                );
+                if rows {
                     return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
                 }
                 let types = s.types.clone();
@@ -157,9 +167,10 @@ impl Session {
             }
             PortalKind::Control { sql, plan, .. } => {
                 let (sql, plan) = (sql.clone(), plan.clone());
-                // A utility portal runs once; the end of a block drops it.
+                // A utility portal runs once; the end of a block drops every portal.
                 if matches!(plan, Plan::Commit | Plan::Rollback) {
-                    self.ext.portals.remove(portal);
+                    self.ext.portals.clear();
+                    self.ext.buffered.clear();
                 } else if let Some(PortalKind::Control { done, .. }) =
                     self.ext.portals.get_mut(portal)
                 {
@@ -451,9 +462,14 @@ impl Session {
                 self.write(&f).await?;
             }
         }
-        self.ext
-            .buffered
-            .insert(portal.to_string(), Buffered { rows, tail: last });
+        self.ext.buffered.insert(
+            portal.to_string(),
+            Buffered {
+                rows,
+                tail: last,
+                done: false,
+            },
+        );
         self.serve_buffered(portal, max).await
     }
 
@@ -464,6 +480,10 @@ impl Session {
         let Some(b) = self.ext.buffered.get_mut(portal) else {
             return Ok(false);
         };
+        if b.done {
+            let e = Error::Name(NameError::PortalDone(portal.to_string()));
+            return Ok(self.error(e).await?);
+        }
         let n = match usize::try_from(max) {
             Ok(m) if m > 0 => m.min(b.rows.len()),
             _ => b.rows.len(),
@@ -478,13 +498,22 @@ impl Session {
             self.write(&message(b's', |_| {})).await?;
             return Ok(true);
         }
-        let tail = tail.map(|t| {
-            let tag = take_cstr(t.get(5..).unwrap_or_default()).map(|x| x.0);
-            match tag.and_then(crate::protocol::tag_rows) {
-                Some(("SELECT", _)) => protocol::command_complete(&format!("SELECT {n}")),
-                _ => t,
+        let tag = tail
+            .as_ref()
+            .and_then(|t| take_cstr(t.get(5..).unwrap_or_default()).map(|x| x.0.to_string()));
+        let query = tag
+            .as_deref()
+            .and_then(crate::protocol::tag_rows)
+            .is_some_and(|(verb, _)| verb == "SELECT");
+        let tail = match (query, tail) {
+            (true, _) => Some(protocol::command_complete(&format!("SELECT {n}"))),
+            (false, t) => {
+                if let Some(b) = self.ext.buffered.get_mut(portal) {
+                    b.done = true;
+                }
+                t
             }
-        });
+        };
         if let Some(t) = tail {
             self.write(&t).await?;
         }
