@@ -156,3 +156,39 @@ async fn pgjdbc() {
     ];
     check(&c, &keys, Command::new("java").args(args), "pgjdbc", 80).await;
 }
+
+/// Block semantics through psycopg and asyncpg, each checked against the same
+/// code run on one plain PostgreSQL: psycopg's pipeline with a transaction
+/// that fails inside ends IDLE; asyncpg's executemany over every shard is all
+/// or nothing outside a transaction and inside one; fetchval/fetchrow of
+/// cross-shard reads (row limits on merged portals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_keep_postgresql_block_semantics() {
+    let c = Cluster::start(3).await;
+    let keys = c.accounts(3, 100).await;
+    let plain = crate::harness::Servers::start(1);
+    let direct = plain.connect(0).await;
+    exec(&direct, crate::harness::ACCOUNTS).await;
+    for k in &keys {
+        exec(
+            &direct,
+            &format!("INSERT INTO accounts (id, balance) VALUES ({k}, 100)"),
+        )
+        .await;
+    }
+    let plain_uri = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres",
+        pieskieo::cluster::SUPERUSER_PASSWORD,
+        plain.ports()[0]
+    );
+    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+    let mut cmd = Command::new("python3");
+    cmd.arg(drivers_dir().join("sessions_check.py"))
+        .arg(c.uri())
+        .arg(plain_uri)
+        .arg(list.join(","));
+    run_expecting(&mut cmd, "sessions_check.py", "sessions ok");
+    for i in 0..3 {
+        assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
+    }
+}

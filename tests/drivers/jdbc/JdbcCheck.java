@@ -74,6 +74,28 @@ public class JdbcCheck {
                 int[] counts = ins.executeBatch();
                 check(counts.length == 30, "batch size");
             }
+            // A batch over every shard outside a transaction is one implicit
+            // transaction, as in PostgreSQL: one bad row (a duplicate key at
+            // the end) and no row of it is anywhere.
+            try (PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, label) VALUES (?, ?)")) {
+                for (long id = 201; id <= 231; id++) {
+                    ins.setLong(1, id == 231 ? 201 : id);
+                    ins.setString(2, "atomic" + id);
+                    ins.addBatch();
+                }
+                try {
+                    ins.executeBatch();
+                    check(false, "a batch with a duplicate key succeeded");
+                } catch (SQLException e) {
+                    String state = e.getNextException() != null ? e.getNextException().getSQLState() : e.getSQLState();
+                    check("23505".equals(state), "batch sqlstate " + state);
+                }
+            }
+            try (Statement st = c.createStatement();
+                 ResultSet rs = st.executeQuery("SELECT count(*) FROM items WHERE label LIKE 'atomic%'")) {
+                rs.next();
+                check(rs.getLong(1) == 0, "rows of the failed batch: " + rs.getLong(1));
+            }
             c.setAutoCommit(false);
             try (PreparedStatement move = c.prepareStatement("UPDATE accounts SET balance = balance + ? WHERE id = ?")) {
                 move.setLong(1, -10); move.setLong(2, a); move.executeUpdate();

@@ -73,6 +73,13 @@ async function main(url, a, b) {
   assert.strictEqual((await c.query('SELECT balance FROM accounts WHERE id = $1', [a])).rows[0].balance, '90');
   assert.strictEqual((await c.query('SELECT balance FROM accounts WHERE id = $1', [b])).rows[0].balance, '110');
   await expectCode(c.query('INSERT INTO accounts (id, balance) VALUES ($1, $2)', [a, 1]), '23505');
+  // Several statements over two shards in one query, outside a transaction:
+  // all or nothing, as in PostgreSQL.
+  await expectCode(
+    c.query(`UPDATE accounts SET balance = balance + 1 WHERE id = ${a}; UPDATE accounts SET balance = balance - 1000 WHERE id = ${b}`),
+    '23514',
+  );
+  assert.strictEqual((await c.query('SELECT balance FROM accounts WHERE id = $1', [a])).rows[0].balance, '90');
   await c.end();
   console.log('node-postgres ok');
 }

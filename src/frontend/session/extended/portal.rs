@@ -46,7 +46,8 @@ impl Session {
             };
             if self.block == Block::Failed {
                 // PostgreSQL describes only statements without result
-                // columns in a failed block: here, those the session runs.
+                // columns in a failed block: those the session runs, and
+                // those a shard of the block describes without columns.
                 let rows = matches!(
                     self.shared.plan(&s.sql),
                     Ok(Plan::Forward { .. }
@@ -56,7 +57,7 @@ impl Session {
                         | Err(_)
                 );
                 if rows {
-                    return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+                    return self.describe_in_failed_block(name).await;
                 }
                 let types = s.types.clone();
                 self.write(&message(b't', |b| {
@@ -187,6 +188,15 @@ impl Session {
                     };
                     if let Err(e) = self.promote_segment(begin).await {
                         return Ok(self.error(e).await?);
+                    }
+                } else if self.block == Block::Default
+                    && plan == Plan::Set(router::SetCommand::Local)
+                {
+                    // SET LOCAL holds until Sync: the segment becomes an
+                    // implicit block whose shards replay it as they join.
+                    self.transition(Event::StartImplicit, None);
+                    if let Some(t) = self.txn() {
+                        t.segment = true;
                     }
                 }
                 Ok(self.execute(&sql, Ok(plan)).await?)
@@ -518,5 +528,70 @@ impl Session {
             self.write(&t).await?;
         }
         Ok(true)
+    }
+
+    /// Describe of a statement in a failed block, by a shard of the block:
+    /// its parameters if it returns no rows, else 25P02 (PostgreSQL cannot
+    /// describe result columns in an aborted transaction).
+    async fn describe_in_failed_block(&mut self, name: &str) -> Result<bool, Fatal> {
+        let shard = self
+            .txn
+            .as_ref()
+            .and_then(|t| t.participants.first().map(|p| p.shard()));
+        let (Some(shard), Some(s)) = (shard, self.ext.stmts.get(name)) else {
+            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+        };
+        let (parse, backend) = (s.parse_message(), s.backend.clone());
+        let describe = message(b'D', |b| {
+            b.put_u8(b'S');
+            put_cstr(b, &backend);
+        });
+        let (slot, mut conn) = match self.take_conn(shard).await {
+            Ok(x) => x,
+            Err(e) => return Ok(self.error(e).await?),
+        };
+        let r: Result<Vec<Frame>, BackendError> = async {
+            if !conn.prepared.contains(&backend) {
+                conn.send_extended(&parse).await?;
+            }
+            conn.send_extended(&describe).await?;
+            conn.send_extended(&FLUSH).await?;
+            conn.flush().await?;
+            let mut got = Vec::new();
+            loop {
+                let f = conn.read().await?;
+                let tag = f.tag;
+                if tag == b'1' {
+                    conn.prepared.insert(backend.clone());
+                    continue;
+                }
+                got.push(f);
+                if matches!(tag, b'T' | b'n' | b'E') {
+                    return Ok(got);
+                }
+            }
+        }
+        .await;
+        self.put_conn(slot, conn, false);
+        let frames = match r {
+            Ok(f) => f,
+            Err(e) => return Ok(self.error(e.into()).await?),
+        };
+        match frames.last().map(|f| f.tag) {
+            Some(b'n') => {
+                for f in frames {
+                    self.write(&f.bytes).await?;
+                }
+                Ok(true)
+            }
+            Some(b'E') => {
+                if let Some(f) = frames.last() {
+                    self.write(&f.bytes).await?;
+                }
+                self.fail();
+                Ok(false)
+            }
+            _ => Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?),
+        }
     }
 }
