@@ -389,6 +389,18 @@ impl ServerConn {
         self.broken = true;
     }
 
+    /// Asks the server to cancel whatever this connection runs (a
+    /// `CancelRequest` on a connection of its own), without waiting for it.
+    pub fn spawn_cancel(&self) {
+        let (addr, pid, key) = (self.addr.clone(), self.process_id, self.secret_key);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let limit = Duration::from_secs(5);
+                let _ = tokio::time::timeout(limit, send_cancel(&addr, pid, key)).await;
+            });
+        }
+    }
+
     /// Raw `DataRow` text values of a simple query's result (control queries only).
     pub fn text_values(frames: &[Frame]) -> Vec<Vec<Option<Bytes>>> {
         frames
@@ -423,6 +435,22 @@ impl ServerConn {
             })
             .collect()
     }
+}
+
+/// `CancelRequest` code (PostgreSQL protocol).
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+/// Sends a `CancelRequest` for backend `pid` (whose key is `key`) to the
+/// server at `addr`. PostgreSQL answers nothing; it just closes.
+pub async fn send_cancel(addr: &str, pid: i32, key: i32) -> std::io::Result<()> {
+    let mut msg = Vec::with_capacity(16);
+    msg.extend_from_slice(&16i32.to_be_bytes());
+    msg.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    msg.extend_from_slice(&pid.to_be_bytes());
+    msg.extend_from_slice(&key.to_be_bytes());
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(&msg).await?;
+    s.shutdown().await
 }
 
 impl ServerConn {

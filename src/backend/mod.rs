@@ -3,7 +3,7 @@
 mod conn;
 mod pool;
 
-pub use conn::ServerConn;
+pub use conn::{send_cancel, ServerConn};
 pub use pool::{PooledConn, Pools};
 
 use crate::error::SqlState;

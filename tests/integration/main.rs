@@ -7,6 +7,7 @@ mod auth;
 mod chaos;
 mod config;
 mod demo;
+mod dirty;
 mod drivers;
 mod extended;
 mod faults;
