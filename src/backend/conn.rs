@@ -275,8 +275,12 @@ impl ServerConn {
             Some(t) => match tokio::time::timeout(t, self.reader.next(MAX_SERVER_MESSAGE)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    // Whatever the server sends later belongs to nobody: never reuse it.
+                    // Whatever the server sends later belongs to nobody: never
+                    // reuse it. Stop the statement (its locks go with it) and
+                    // hang up, so the server ends the session too.
                     self.broken = true;
+                    self.spawn_cancel();
+                    let _ = self.writer.get_mut().shutdown().await;
                     return Err(BackendError::QueryTimeout {
                         shard: self.shard,
                         ms: t.as_millis() as u64,

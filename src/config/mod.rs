@@ -104,9 +104,11 @@ pub struct Limits {
     #[serde(default)]
     pub idle_in_transaction_timeout_ms: u64,
     /// The longest wait for any answer from a shard (0 = no limit, the
-    /// default, as PgBouncer's `query_timeout`). Past it the client gets
-    /// 57014, the server connection is closed, never reused, and a
-    /// transaction not yet decided is rolled back. Covers a shard that
+    /// default, as PgBouncer's `query_timeout`). Past it the statement is
+    /// cancelled on the shard (CancelRequest), the server connection is
+    /// closed, never reused, and a transaction not yet decided is rolled
+    /// back. The client gets 57014 when the statement cannot have taken
+    /// effect, 08007 (outcome unknown) for a COMMIT or an autocommit write. Covers a shard that
     /// stalls; a long analytical query needs a limit above its run time.
     #[serde(default)]
     pub query_timeout_ms: u64,

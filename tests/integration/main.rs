@@ -16,6 +16,7 @@ mod hostile;
 mod merges;
 mod psql;
 mod routing;
+mod timeouts;
 mod tls;
 mod transactions;
 mod twophase;

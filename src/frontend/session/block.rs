@@ -191,7 +191,7 @@ impl Session {
         let Some(mut t) = self.end_block() else {
             // Outside a block PostgreSQL warns; let a shard say it exactly.
             return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt, false)
                 .await;
         };
         let coord = self.shared.coordinator.clone();
@@ -218,7 +218,7 @@ impl Session {
     pub(super) async fn rollback(&mut self, stmt: &str) -> std::io::Result<bool> {
         let Some(mut t) = self.end_block() else {
             return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt, false)
                 .await;
         };
         self.shared.coordinator.rollback(&mut t.participants).await;
@@ -273,7 +273,7 @@ impl Session {
     ) -> std::io::Result<bool> {
         if self.txn().is_none() {
             return self
-                .autocommit_one(self.shared.map().default_shard, stmt)
+                .autocommit_one(self.shared.map().default_shard, stmt, false)
                 .await;
         }
         let pos = self

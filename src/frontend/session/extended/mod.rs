@@ -643,13 +643,16 @@ impl Session {
     }
 
     async fn close_segment(&mut self) -> Result<(), Error> {
-        self.ext.seg_wrote = false;
+        // A segment that wrote commits at this Sync.
+        let wrote = std::mem::take(&mut self.ext.seg_wrote);
         let Some(mut conn) = self.ext.seg.take() else {
             return Ok(());
         };
         conn.send_sync().await?;
         conn.flush().await?;
-        executor::drain(&mut conn).await?;
+        executor::drain(&mut conn)
+            .await
+            .map_err(|e| if wrote { e.unanswered_commit() } else { e })?;
         Ok(())
     }
 
