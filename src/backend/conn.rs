@@ -48,6 +48,9 @@ pub struct ServerConn {
     /// The longest wait for an answer (`limits.query_timeout_ms`); none for
     /// the proxy's own control connections.
     pub answer_timeout: Option<Duration>,
+    /// Set by the deadlock detector before it cancels this backend: the
+    /// error the client gets in place of the cancel's 57014.
+    pub verdict: super::Verdict,
 }
 
 impl ServerConn {
@@ -86,6 +89,7 @@ impl ServerConn {
             secret_key: 0,
             stats: None,
             sent_at: None,
+            verdict: Default::default(),
         };
         tokio::time::timeout(timeout, conn.startup(cfg))
             .await
@@ -313,12 +317,34 @@ impl ServerConn {
                     s.latency.observe(t.elapsed());
                 }
                 self.status = f.body().first().copied().unwrap_or(b'E');
+                if self.status == b'I' {
+                    // The transaction is over: a verdict on it is spent.
+                    if let Ok(mut v) = self.verdict.lock() {
+                        v.take();
+                    }
+                }
             }
             b'S' => self.note_parameter(&f),
-            b'E' => self.count(|s| &s.errors),
+            b'E' => {
+                self.count(|s| &s.errors);
+                if let Some(instead) = self.verdict_for(&f) {
+                    return Ok(instead);
+                }
+            }
             _ => {}
         }
         Ok(f)
+    }
+
+    /// The deadlock detector's error in place of `f`, when `f` is the
+    /// "canceling statement" its cancel caused.
+    fn verdict_for(&self, f: &Frame) -> Option<Frame> {
+        let v = self.verdict.lock().ok()?.clone()?;
+        let code = ErrorFields::parse(f.body()).code;
+        (code == crate::error::SqlState::QUERY_CANCELED.code()).then_some(Frame {
+            tag: b'E',
+            bytes: v,
+        })
     }
 
     /// Runs one statement and collects its responses (for the proxy's own use).

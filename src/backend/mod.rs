@@ -2,9 +2,11 @@
 
 mod conn;
 mod pool;
+mod registry;
 
 pub use conn::{send_cancel, ServerConn};
 pub use pool::{PooledConn, Pools};
+pub use registry::{Backends, Ours, Verdict};
 
 use crate::error::SqlState;
 use crate::router::ShardId;

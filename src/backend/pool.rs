@@ -14,7 +14,7 @@ use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleR
 
 use std::sync::Arc;
 
-use super::{BackendError, ServerConn};
+use super::{BackendError, Backends, ServerConn};
 use crate::admin::{ShardStats, Stats};
 use crate::config::{Config, Shard};
 use crate::router::ShardId;
@@ -26,6 +26,7 @@ pub struct ShardManager {
     /// `limits.query_timeout_ms`; `None` when 0.
     answer_timeout: Option<Duration>,
     stats: Arc<ShardStats>,
+    backends: Arc<Backends>,
 }
 
 impl managed::Manager for ShardManager {
@@ -36,6 +37,13 @@ impl managed::Manager for ShardManager {
         let mut conn = ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await?;
         conn.stats = Some(self.stats.clone());
         conn.answer_timeout = self.answer_timeout;
+        self.backends.register(
+            self.id,
+            conn.process_id,
+            &conn.verdict,
+            conn.addr.clone(),
+            conn.secret_key,
+        );
         Ok(conn)
     }
 
@@ -92,6 +100,7 @@ pub struct Pools {
     pools: Vec<managed::Pool<ShardManager>>,
     wait: Duration,
     stats: Arc<Stats>,
+    backends: Arc<Backends>,
 }
 
 impl Pools {
@@ -99,6 +108,7 @@ impl Pools {
         let mut shards: Vec<&Shard> = cfg.shards.iter().collect();
         shards.sort_by_key(|s| s.id);
         let connect_timeout = Duration::from_millis(cfg.limits.connect_timeout_ms);
+        let backends = Arc::new(Backends::default());
         let pools = shards
             .into_iter()
             .map(|s| {
@@ -109,6 +119,7 @@ impl Pools {
                     answer_timeout: (cfg.limits.query_timeout_ms > 0)
                         .then(|| Duration::from_millis(cfg.limits.query_timeout_ms)),
                     stats: stats.shards.get(s.id as usize).cloned().unwrap_or_default(),
+                    backends: backends.clone(),
                 };
                 managed::Pool::builder(mgr)
                     .max_size(s.pool_size)
@@ -121,7 +132,13 @@ impl Pools {
             pools,
             wait: Duration::from_millis(cfg.limits.pool_timeout_ms),
             stats: stats.clone(),
+            backends,
         }
+    }
+
+    /// Every live connection of these pools, by shard and backend pid.
+    pub fn backends(&self) -> Arc<Backends> {
+        self.backends.clone()
     }
 
     pub fn len(&self) -> usize {

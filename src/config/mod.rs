@@ -165,6 +165,10 @@ pub struct TxnSettings {
     /// (`after_prepare|after_decision|after_first_commit` `:crash` or `:pause=MS`).
     #[serde(default)]
     pub test_failpoint: Option<String>,
+    /// A lock wait on a shard this long makes the proxy look for deadlocks
+    /// across shards (0 = off; then participants carry no tag either).
+    #[serde(default = "default_deadlock_timeout_ms")]
+    pub deadlock_timeout_ms: u64,
 }
 
 impl Default for TxnSettings {
@@ -173,6 +177,7 @@ impl Default for TxnSettings {
             log_dir: default_log_dir(),
             recovery_interval_ms: default_recovery_interval_ms(),
             test_failpoint: None,
+            deadlock_timeout_ms: default_deadlock_timeout_ms(),
         }
     }
 }
@@ -182,6 +187,9 @@ fn default_log_dir() -> std::path::PathBuf {
 }
 fn default_recovery_interval_ms() -> u64 {
     5000
+}
+fn default_deadlock_timeout_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

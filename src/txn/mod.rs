@@ -2,6 +2,7 @@
 //! parallel two-phase commit with a durable decision when several did, and
 //! the recovery of in-doubt transactions.
 
+pub mod deadlock;
 mod log;
 pub(crate) use log::parse_records;
 mod recovery;

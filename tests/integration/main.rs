@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod chaos;
 mod config;
+mod deadlocks;
 mod demo;
 mod dirty;
 mod drivers;

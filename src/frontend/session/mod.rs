@@ -56,6 +56,8 @@ struct Txn {
     participants: Vec<Participant>,
     /// Session settings changed inside the block; they stick only on commit.
     pending: Vec<SettingChange>,
+    /// Names the block to every proxy's deadlock detector.
+    tag: crate::txn::deadlock::Tag,
 }
 
 impl Txn {
@@ -66,7 +68,14 @@ impl Txn {
             savepoints: Vec::new(),
             participants: Vec::new(),
             pending: Vec::new(),
+            tag: crate::txn::deadlock::Tag::random(),
         }
+    }
+
+    /// What a shard joining the block receives first: `BEGIN`, tagged for
+    /// deadlock detection when that is on.
+    fn begin_sql(&self, detecting: bool) -> String {
+        crate::txn::deadlock::begin_sql(&self.begin, self.tag, detecting)
     }
 
     fn has(&self, shard: ShardId) -> bool {

@@ -302,12 +302,13 @@ impl Session {
     /// A connection to `shard` for this message: the block's participant
     /// (enlisting it), or the segment's connection outside a block.
     async fn take_conn(&mut self, shard: ShardId) -> Result<(Slot, PooledConn), Error> {
+        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
         if let Some(t) = self.txn() {
             if let Some(pos) = t.participants.iter().position(|p| p.shard() == shard) {
                 let p = t.participants.swap_remove(pos);
                 return Ok((Slot::Participant { wrote: p.wrote }, p.conn));
             }
-            let mut head = vec![t.begin.clone()];
+            let mut head = vec![t.begin_sql(detecting)];
             head.extend(t.prelude.iter().cloned());
             let mut conn = self.checkout(shard).await?;
             for q in head {
