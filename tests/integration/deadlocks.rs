@@ -26,10 +26,10 @@ fn code(r: &Result<(), tokio_postgres::Error>) -> Option<String> {
         .map(|d| d.code().code().to_string())
 }
 
-async fn stat(c: &Cluster, name: &str) -> String {
+/// A counter of `SHOW STATS` on the proxy at `port`.
+async fn stat(port: u16, name: &str) -> String {
     let admin = crate::harness::connect(&format!(
-        "host=127.0.0.1 port={} user=plain password=plainpass dbname=pieskieo",
-        c.port()
+        "host=127.0.0.1 port={port} user=plain password=plainpass dbname=pieskieo"
     ))
     .await
     .unwrap();
@@ -111,7 +111,7 @@ async fn cycle(n: usize) {
         "99",
         "the loser's change is gone"
     );
-    assert_eq!(stat(&c, "deadlocks").await, "1");
+    assert_eq!(stat(c.port(), "deadlocks").await, "1");
     for i in 0..n {
         assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
     }
@@ -233,4 +233,86 @@ async fn random_order_transfers_never_hang_and_the_total_holds() {
     for i in 0..3 {
         assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
     }
+}
+
+/// Two proxies over the same shards, one transaction through each: both
+/// detectors see the same cycle and choose the same victim; only the proxy
+/// that serves it cancels, so exactly one 40P01 reaches a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_across_two_proxies_cancels_the_youngest_once() {
+    let servers = crate::harness::Servers::start(2);
+    let tables = format!("admin_users = [\"plain\"]\n{}", crate::harness::TABLES);
+    let mut proxies = Vec::new();
+    for node in ["p1", "p2"] {
+        let text = crate::harness::config_text(
+            &servers.ports(),
+            &tables,
+            &servers.dir.join(format!("txn-{node}")),
+        )
+        .replace("node_id = \"test\"", &format!("node_id = \"{node}\""));
+        let config = pieskieo::config::Config::parse(&text, "test.toml").unwrap();
+        proxies.push(pieskieo::serve(config).await.unwrap());
+    }
+    let url = |i: usize| {
+        format!(
+            "host=127.0.0.1 port={} user=app password=secret dbname=app",
+            proxies[i].addr.port()
+        )
+    };
+    let setup = crate::harness::connect(&url(0)).await.unwrap();
+    exec(&setup, crate::harness::ACCOUNTS).await;
+    let text = crate::harness::config_text(&servers.ports(), crate::harness::TABLES, &servers.dir);
+    let map = pieskieo::router::ShardMap::from_config(
+        &pieskieo::config::Config::parse(&text, "test.toml").unwrap(),
+    );
+    let keys: Vec<i64> = (0..2)
+        .map(|s| crate::harness::key_on(&map, "accounts", s))
+        .collect();
+    for k in &keys {
+        exec(
+            &setup,
+            &format!("INSERT INTO accounts (id, balance) VALUES ({k}, 100)"),
+        )
+        .await;
+    }
+    let t1 = crate::harness::connect(&url(0)).await.unwrap();
+    let t2 = crate::harness::connect(&url(1)).await.unwrap();
+    for (t, k) in [(&t1, keys[0]), (&t2, keys[1])] {
+        exec(t, "BEGIN").await;
+        exec(
+            t,
+            &format!("UPDATE accounts SET balance = balance - 1 WHERE id = {k}"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let up = |k: i64| format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}");
+    let first = spawn_query(t1, up(keys[1]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spawn_query(t2, up(keys[0]));
+    let (loser, r) = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the deadlock was not broken within 10 s")
+        .unwrap();
+    assert_eq!(code(&r).as_deref(), Some("40P01"), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    exec(&loser, "ROLLBACK").await;
+    let (winner, r) = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the survivor stayed blocked")
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    exec(&winner, "COMMIT").await;
+    assert_eq!(balance(&winner, keys[0]).await, "99");
+    assert_eq!(balance(&winner, keys[1]).await, "101");
+    let mut found = Vec::new();
+    for p in &proxies {
+        found.push(stat(p.addr.port(), "deadlocks").await);
+    }
+    assert_eq!(found, ["0", "1"], "only the victim's proxy cancels");
 }
