@@ -22,7 +22,7 @@ async fn a_commit_with_no_answer_is_unknown_and_the_outcome_agrees() {
     let c = Cluster::start_custom(2, crate::harness::TABLES, "", "query_timeout_ms = 1000").await;
     c.accounts(0, 0).await;
     let stalled = 1;
-    let keys = keys_on(&c, stalled, 3);
+    let keys = keys_on(&c, stalled, 4);
     let other = keys_on(&c, 0, 1)[0];
     let setup = c.client().await;
     for k in keys.iter().chain([&other]) {
@@ -32,11 +32,11 @@ async fn a_commit_with_no_answer_is_unknown_and_the_outcome_agrees() {
         )
         .await;
     }
-    let (committed, autocommitted, in_block) = (keys[0], keys[1], keys[2]);
+    let (committed, autocommitted, in_block, extended) = (keys[0], keys[1], keys[2], keys[3]);
     // Connections to the shard exist before it stalls (a new one would fail
     // to connect: 08006, never sent, which is not the case under test).
     let mut warm = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         let w = c.client().await;
         exec(&w, "BEGIN").await;
         balance(&w, in_block).await;
@@ -56,6 +56,11 @@ async fn a_commit_with_no_answer_is_unknown_and_the_outcome_agrees() {
     let b = c.client().await;
     let blocked = c.client().await;
     exec(&blocked, "BEGIN").await;
+    let e = c.client().await;
+    let update = e
+        .prepare("UPDATE accounts SET balance = balance + 1 WHERE id = $1")
+        .await
+        .unwrap();
 
     let pids = crate::harness::shard_pids(&c.shards.servers[stalled]);
     crate::harness::signal(&pids, "STOP");
@@ -70,6 +75,13 @@ async fn a_commit_with_no_answer_is_unknown_and_the_outcome_agrees() {
         )
         .await,
         "08007"
+    );
+    // The same through the extended protocol (Bind, Execute, Sync at once).
+    let r = e.execute(&update, &[&extended]).await.unwrap_err();
+    assert_eq!(
+        r.as_db_error().map(|d| d.code().code()),
+        Some("08007"),
+        "{r:?}"
     );
     // A statement inside a block cannot commit by itself: cancelled, truly.
     assert_eq!(
@@ -101,8 +113,10 @@ async fn a_commit_with_no_answer_is_unknown_and_the_outcome_agrees() {
     assert_eq!(balance(&check, in_block).await, "100");
     let got = balance(&check, committed).await;
     assert!(got == "7" || got == "100", "{got}");
-    let got = balance(&check, autocommitted).await;
-    assert!(got == "101" || got == "100", "{got}");
+    for k in [autocommitted, extended] {
+        let got = balance(&check, k).await;
+        assert!(got == "101" || got == "100", "{got}");
+    }
     let shard = c.shard(stalled).await;
     let t = Instant::now();
     loop {
