@@ -110,6 +110,13 @@ async fn a_connection_dropped_in_a_transaction_is_closed_and_its_locks_released(
     let pid = conn.process_id;
     drop(conn);
     assert_eq!(pools.get(ShardId(0)).await.unwrap().process_id, pid);
+
+    // One whose server hung up while it sat in the pool is not handed out.
+    exec(&shard, &format!("SELECT pg_terminate_backend({pid})")).await;
+    assert!(gone(&shard, pid, Duration::from_secs(1)).await);
+    let mut conn = pools.get(ShardId(0)).await.unwrap();
+    assert_ne!(conn.process_id, pid);
+    assert!(conn.simple("SELECT 1").await.unwrap().is_ok());
 }
 
 /// A client killed inside a block: its shard backends end the transaction at
