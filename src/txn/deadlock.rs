@@ -259,7 +259,13 @@ pub struct Detector {
     connect_timeout: Duration,
     /// Backends cancelled lately: not cancelled again while the cancel lands.
     cancelled: HashMap<(ShardId, i32), Instant>,
+    /// Per shard, a poll still under way (a shard slow to answer).
+    polling: Vec<Option<tokio::task::JoinHandle<Polled>>>,
 }
+
+/// What polling a shard gives back: the control connection, if still good,
+/// and the raw rows of [`WAITS_SQL`].
+type Polled = (Option<ServerConn>, Vec<Vec<Option<bytes::Bytes>>>);
 
 impl Detector {
     /// `None` when `txn.deadlock_timeout_ms` is 0 (off).
@@ -271,6 +277,7 @@ impl Detector {
         shards.sort_by_key(|s| s.id);
         Some(Detector {
             control: shards.iter().map(|_| None).collect(),
+            polling: shards.iter().map(|_| None).collect(),
             shards,
             backends,
             stats,
@@ -290,41 +297,48 @@ impl Detector {
         })
     }
 
-    /// Every shard's waits; a shard that cannot answer is skipped this time
-    /// (a cycle through it is found once it answers).
+    /// Every shard's waits, asked of all shards at once. A shard that
+    /// cannot answer within the pass is skipped this time (a cycle through it
+    /// is found once it answers); its poll goes on, and what it brings back
+    /// late is too old to use, but its connection is kept.
+    // The index walks four parallel vectors while `self` is borrowed mutably.
+    #[allow(clippy::needless_range_loop)]
     async fn collect(&mut self) -> (Vec<Wait>, HashMap<Tag, i64>) {
-        let mut waits = Vec::new();
-        let mut started: HashMap<Tag, i64> = HashMap::new();
+        let answer_timeout = self.threshold.max(Duration::from_secs(2));
+        let deadline =
+            tokio::time::Instant::now() + (self.threshold / 2).max(Duration::from_millis(500));
+        let mut fresh = vec![false; self.shards.len()];
         for i in 0..self.shards.len() {
-            let id = ShardId(self.shards[i].id);
-            if self.control[i].is_none() {
-                match ServerConn::connect(id, &self.shards[i], self.connect_timeout).await {
-                    Ok(mut c) => {
-                        c.answer_timeout = Some(self.threshold.max(Duration::from_secs(2)));
-                        self.control[i] = Some(c);
-                    }
-                    Err(e) => {
-                        debug!(shard = %id, error = %e, "deadlock detector cannot reach shard");
-                        continue;
-                    }
-                }
+            if self.polling[i].is_none() {
+                let shard = self.shards[i].clone();
+                let (conn, connect) = (self.control[i].take(), self.connect_timeout);
+                self.polling[i] = Some(tokio::spawn(async move {
+                    poll_shard(shard, conn, connect, answer_timeout).await
+                }));
+                fresh[i] = true;
             }
-            let Some(conn) = self.control[i].as_mut() else {
+        }
+        let mut answers = Vec::new();
+        for i in 0..self.shards.len() {
+            let Some(task) = self.polling[i].as_mut() else {
                 continue;
             };
-            let frames = match conn.simple(WAITS_SQL).await {
-                Ok(Ok(f)) => f,
-                Ok(Err(e)) => {
-                    warn!(shard = %id, error = %e, "deadlock detector query failed");
-                    continue;
-                }
-                Err(e) => {
-                    debug!(shard = %id, error = %e, "deadlock detector lost its connection");
-                    self.control[i] = None;
-                    continue;
-                }
+            let Ok(done) = tokio::time::timeout_at(deadline, task).await else {
+                continue;
             };
-            for row in ServerConn::text_values(&frames) {
+            self.polling[i] = None;
+            if let Ok((conn, rows)) = done {
+                self.control[i] = conn;
+                if fresh[i] {
+                    answers.push((i, rows));
+                }
+            }
+        }
+        let mut waits = Vec::new();
+        let mut started: HashMap<Tag, i64> = HashMap::new();
+        for (i, rows) in answers {
+            let id = ShardId(self.shards[i].id);
+            for row in rows {
                 let num = |j: usize| -> Option<i64> {
                     let b = row.get(j)?.as_ref()?;
                     std::str::from_utf8(b).ok()?.parse().ok()
@@ -402,6 +416,41 @@ impl Detector {
                     .collect();
                 warn!(victim = %d.victim, cycle = %cycle.join("; "), "distributed deadlock: cancelling the youngest transaction");
             }
+        }
+    }
+}
+
+/// One shard's lock waits (raw rows of [`WAITS_SQL`]), over `conn` or a new
+/// control connection; gives back the connection if it is still good.
+async fn poll_shard(
+    shard: Shard,
+    conn: Option<ServerConn>,
+    connect_timeout: Duration,
+    answer_timeout: Duration,
+) -> (Option<ServerConn>, Vec<Vec<Option<bytes::Bytes>>>) {
+    let id = ShardId(shard.id);
+    let mut conn = match conn {
+        Some(c) => c,
+        None => match ServerConn::connect(id, &shard, connect_timeout).await {
+            Ok(mut c) => {
+                c.answer_timeout = Some(answer_timeout);
+                c
+            }
+            Err(e) => {
+                debug!(shard = %id, error = %e, "deadlock detector cannot reach shard");
+                return (None, Vec::new());
+            }
+        },
+    };
+    match conn.simple(WAITS_SQL).await {
+        Ok(Ok(frames)) => (Some(conn), ServerConn::text_values(&frames)),
+        Ok(Err(e)) => {
+            warn!(shard = %id, error = %e, "deadlock detector query failed");
+            (Some(conn), Vec::new())
+        }
+        Err(e) => {
+            debug!(shard = %id, error = %e, "deadlock detector lost its connection");
+            (None, Vec::new())
         }
     }
 }
