@@ -587,9 +587,10 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
         || old.txn.log_dir != new.txn.log_dir
         || old.workers != new.workers
         || old.limits.query_timeout_ms != new.limits.query_timeout_ms
+        || old.txn.deadlock_timeout_ms != new.txn.deadlock_timeout_ms
     {
         return refuse(
-            "`listen`, `node_id`, `workers`, `limits.query_timeout_ms` and `txn.log_dir` change only with a restart".into(),
+            "`listen`, `node_id`, `workers`, `limits.query_timeout_ms`, `txn.deadlock_timeout_ms` and `txn.log_dir` change only with a restart".into(),
         );
     }
     if old.shards.len() != new.shards.len() {
@@ -706,6 +707,17 @@ key_type = "int8"
         assert_eq!(c.listen, "127.0.0.1:6432");
         assert_eq!(c.shards[0].pool_size, 10);
         assert_eq!(c.tables[0].method, Method::Hash);
+        assert_eq!(c.txn.deadlock_timeout_ms, 1000);
+    }
+
+    #[test]
+    fn deadlock_detection_changes_only_with_a_restart() {
+        let old = Config::parse(GOOD, "t.toml").unwrap();
+        let new =
+            Config::parse(&format!("{GOOD}[txn]\ndeadlock_timeout_ms = 0\n"), "t.toml").unwrap();
+        assert_eq!(new.txn.deadlock_timeout_ms, 0);
+        let e = reload_changes(&old, &new).unwrap_err();
+        assert!(e.contains("txn.deadlock_timeout_ms"), "{e}");
     }
 
     #[test]
