@@ -381,10 +381,12 @@ impl Detector {
         let quiet = self.threshold * 3;
         self.cancelled.retain(|_, at| at.elapsed() < quiet);
         for d in find_deadlocks(&waits, &started, threshold_ms) {
-            // The victim's waiting backends in the cycle; ours only: the
-            // proxy holding the others makes the same choice and acts.
+            // Every waiting backend of the victim, in the cycle or not (its
+            // transaction fails anyway; a wait elsewhere would hold up its
+            // client's answer); ours only: the proxy holding the others
+            // makes the same choice and acts.
             let mut acted = false;
-            for w in d.cycle.iter().filter(|w| w.waiter == Node::Txn(d.victim)) {
+            for w in waits.iter().filter(|w| w.waiter == Node::Txn(d.victim)) {
                 let Some(ours) = self.backends.ours(w.shard, w.waiter_pid) else {
                     continue;
                 };
