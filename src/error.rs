@@ -13,6 +13,7 @@ pub struct SqlState(&'static str);
 impl SqlState {
     pub const WARNING: SqlState = SqlState("01000");
     pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: SqlState = SqlState("08007");
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
@@ -37,6 +38,7 @@ impl SqlState {
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    pub const DEADLOCK_DETECTED: SqlState = SqlState("40P01");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 

@@ -13,8 +13,11 @@
 //! - [`executor`]: runs a plan on server connections and relays or merges what
 //!   the shards answer.
 //! - [`txn`]: the coordinator — one-phase and two-phase commit, the decision
-//!   log, recovery of in-doubt transactions.
-//! - [`backend`]: hand-framed connections to the shards and their pools.
+//!   log, recovery of in-doubt transactions, detection of deadlocks across
+//!   shards.
+//! - [`backend`]: hand-framed connections to the shards, their pools (a
+//!   connection that is not clean is closed, never pooled) and the registry of
+//!   this process's server backends.
 //! - [`protocol`]: message framing shared by both sides.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`admin`]: the admin console, counters and the metrics endpoint.

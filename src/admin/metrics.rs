@@ -62,6 +62,11 @@ fn render(shared: &Shared) -> String {
         vec![(String::new(), Stats::get(&st.aborts))],
     );
     counter(
+        "pieskieo_deadlocks_total",
+        "Distributed deadlocks broken (this proxy cancelled the youngest transaction of the cycle with 40P01).",
+        vec![(String::new(), Stats::get(&st.deadlocks))],
+    );
+    counter(
         "pieskieo_recovery_actions_total",
         "In-doubt transactions recovery finished.",
         vec![

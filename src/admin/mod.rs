@@ -208,6 +208,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                 ("aborts", &st.aborts),
                 ("recovered commits", &st.recovered_commits),
                 ("recovered rollbacks", &st.recovered_rollbacks),
+                ("deadlocks", &st.deadlocks),
             ] {
                 rows.push(vec![
                     name.to_string(),

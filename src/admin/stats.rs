@@ -29,6 +29,8 @@ pub struct Stats {
     pub aborts: AtomicU64,
     pub recovered_commits: AtomicU64,
     pub recovered_rollbacks: AtomicU64,
+    /// Distributed deadlocks this proxy broke (it held the victim).
+    pub deadlocks: AtomicU64,
     /// Sum of 2PC commit latencies (prepare to last COMMIT PREPARED), microseconds.
     pub two_phase_micros: AtomicU64,
     /// Sum of decision-log fsync latencies, microseconds.

@@ -51,6 +51,9 @@ pub struct ServerConn {
     /// The longest wait for an answer (`limits.query_timeout_ms`); none for
     /// the proxy's own control connections.
     pub answer_timeout: Option<Duration>,
+    /// Set by the deadlock detector before it cancels this backend: the
+    /// error the client gets in place of the cancel's 57014.
+    pub verdict: super::Verdict,
 }
 
 impl ServerConn {
@@ -90,6 +93,7 @@ impl ServerConn {
             secret_key: 0,
             stats: None,
             sent_at: None,
+            verdict: Default::default(),
         };
         tokio::time::timeout(timeout, conn.startup(cfg))
             .await
@@ -279,8 +283,12 @@ impl ServerConn {
             Some(t) => match tokio::time::timeout(t, self.reader.next(MAX_SERVER_MESSAGE)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    // Whatever the server sends later belongs to nobody: never reuse it.
+                    // Whatever the server sends later belongs to nobody: never
+                    // reuse it. Stop the statement (its locks go with it) and
+                    // hang up, so the server ends the session too.
                     self.broken = true;
+                    self.spawn_cancel();
+                    let _ = self.writer.get_mut().shutdown().await;
                     return Err(BackendError::QueryTimeout {
                         shard: self.shard,
                         ms: t.as_millis() as u64,
@@ -313,12 +321,34 @@ impl ServerConn {
                     s.latency.observe(t.elapsed());
                 }
                 self.status = f.body().first().copied().unwrap_or(b'E');
+                if self.status == b'I' {
+                    // The transaction is over: a verdict on it is spent.
+                    if let Ok(mut v) = self.verdict.lock() {
+                        v.take();
+                    }
+                }
             }
             b'S' => self.note_parameter(&f),
-            b'E' => self.count(|s| &s.errors),
+            b'E' => {
+                self.count(|s| &s.errors);
+                if let Some(instead) = self.verdict_for(&f) {
+                    return Ok(instead);
+                }
+            }
             _ => {}
         }
         Ok(f)
+    }
+
+    /// The deadlock detector's error in place of `f`, when `f` is the
+    /// "canceling statement" its cancel caused.
+    fn verdict_for(&self, f: &Frame) -> Option<Frame> {
+        let v = self.verdict.lock().ok()?.clone()?;
+        let code = ErrorFields::parse(f.body()).code;
+        (code == crate::error::SqlState::QUERY_CANCELED.code()).then_some(Frame {
+            tag: b'E',
+            bytes: v,
+        })
     }
 
     /// Runs one statement and collects its responses (for the proxy's own use).
@@ -393,6 +423,18 @@ impl ServerConn {
         self.broken = true;
     }
 
+    /// Asks the server to cancel whatever this connection runs (a
+    /// `CancelRequest` on a connection of its own), without waiting for it.
+    pub fn spawn_cancel(&self) {
+        let (addr, pid, key) = (self.addr.clone(), self.process_id, self.secret_key);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let limit = Duration::from_secs(5);
+                let _ = tokio::time::timeout(limit, send_cancel(&addr, pid, key)).await;
+            });
+        }
+    }
+
     /// Raw `DataRow` text values of a simple query's result (control queries only).
     pub fn text_values(frames: &[Frame]) -> Vec<Vec<Option<Bytes>>> {
         frames
@@ -427,6 +469,22 @@ impl ServerConn {
             })
             .collect()
     }
+}
+
+/// `CancelRequest` code (PostgreSQL protocol).
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+/// Sends a `CancelRequest` for backend `pid` (whose key is `key`) to the
+/// server at `addr`. PostgreSQL answers nothing; it just closes.
+pub async fn send_cancel(addr: &str, pid: i32, key: i32) -> std::io::Result<()> {
+    let mut msg = Vec::with_capacity(16);
+    msg.extend_from_slice(&16i32.to_be_bytes());
+    msg.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    msg.extend_from_slice(&pid.to_be_bytes());
+    msg.extend_from_slice(&key.to_be_bytes());
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(&msg).await?;
+    s.shutdown().await
 }
 
 impl ServerConn {

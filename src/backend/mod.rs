@@ -2,9 +2,11 @@
 
 mod conn;
 mod pool;
+mod registry;
 
-pub use conn::ServerConn;
+pub use conn::{send_cancel, ServerConn};
 pub use pool::{PooledConn, Pools};
+pub use registry::{Backends, Ours, Verdict};
 
 use crate::error::SqlState;
 use crate::router::ShardId;
@@ -26,6 +28,10 @@ pub enum BackendError {
     PoolTimeout { shard: ShardId },
     #[error("canceling statement: shard {shard} did not answer within query_timeout_ms ({ms} ms)")]
     QueryTimeout { shard: ShardId, ms: u64 },
+    /// A statement that commits by itself (COMMIT, an autocommit write) got
+    /// no answer: it may or may not have taken effect.
+    #[error("transaction resolution unknown: shard {shard} gave no answer to a statement that commits ({cause}); check whether it took effect before retrying")]
+    OutcomeUnknown { shard: ShardId, cause: String },
 }
 
 impl BackendError {
@@ -38,6 +44,26 @@ impl BackendError {
             | BackendError::Protocol { .. }
             | BackendError::PoolTimeout { .. } => SqlState::CONNECTION_FAILURE,
             BackendError::QueryTimeout { .. } => SqlState::QUERY_CANCELED,
+            BackendError::OutcomeUnknown { .. } => SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+        }
+    }
+
+    /// This error, met while waiting for the answer to a statement that
+    /// commits by itself: when the statement reached the server and no answer
+    /// came back, its outcome is unknown (08007), never "cancelled".
+    pub fn unanswered_commit(self) -> BackendError {
+        match self {
+            BackendError::QueryTimeout { shard, .. }
+            | BackendError::Io { shard, .. }
+            | BackendError::Closed { shard }
+            | BackendError::Protocol { shard, .. } => BackendError::OutcomeUnknown {
+                shard,
+                cause: self.to_string(),
+            },
+            BackendError::Connect { .. }
+            | BackendError::Auth { .. }
+            | BackendError::PoolTimeout { .. }
+            | BackendError::OutcomeUnknown { .. } => self,
         }
     }
 }

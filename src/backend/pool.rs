@@ -1,5 +1,12 @@
 //! Per-shard pools of [`ServerConn`]s. A connection goes back only when it owes
 //! nothing and the server is idle; anything else is closed on return.
+//!
+//! deadpool returns every dropped object to its idle queue and judges it only
+//! at the next checkout, so a dirty connection (one that owes answers, sits in
+//! a transaction holding locks, timed out, or whose server hung up) would keep
+//! its server session until some later client happened to pop it. A
+//! [`PooledConn`] therefore judges itself when dropped, and a dirty one is
+//! taken out of the pool and closed at once.
 
 use std::time::Duration;
 
@@ -7,7 +14,7 @@ use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleR
 
 use std::sync::Arc;
 
-use super::{BackendError, ServerConn};
+use super::{BackendError, Backends, ServerConn};
 use crate::admin::{ShardStats, Stats};
 use crate::config::{Config, Shard};
 use crate::router::ShardId;
@@ -19,6 +26,7 @@ pub struct ShardManager {
     /// `limits.query_timeout_ms`; `None` when 0.
     answer_timeout: Option<Duration>,
     stats: Arc<ShardStats>,
+    backends: Arc<Backends>,
 }
 
 impl managed::Manager for ShardManager {
@@ -29,11 +37,19 @@ impl managed::Manager for ShardManager {
         let mut conn = ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await?;
         conn.stats = Some(self.stats.clone());
         conn.answer_timeout = self.answer_timeout;
+        self.backends.register(
+            self.id,
+            conn.process_id,
+            &conn.verdict,
+            conn.addr.clone(),
+            conn.secret_key,
+        );
         Ok(conn)
     }
 
     async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
-        if conn.is_reusable() {
+        // The server may have hung up while the connection sat idle.
+        if conn.is_reusable() && !conn.hung_up() {
             Ok(())
         } else {
             Err(RecycleError::message(
@@ -43,13 +59,48 @@ impl managed::Manager for ShardManager {
     }
 }
 
-pub type PooledConn = Object<ShardManager>;
+/// A server connection borrowed from its shard's pool. On drop it goes back
+/// only if it is clean ([`ServerConn::is_reusable`], and the server has not
+/// hung up); otherwise it leaves the pool and its socket is closed, so the
+/// server ends the session and releases its locks now.
+pub struct PooledConn(Option<Object<ShardManager>>);
+
+impl std::ops::Deref for PooledConn {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            if !obj.is_reusable() || obj.hung_up() {
+                if obj.owes() > 0 {
+                    // The server may still be running a statement (and
+                    // would notice the closed socket only when it ends).
+                    obj.spawn_cancel();
+                }
+                // Detached from the pool (its slot is freed); dropping the
+                // connection closes the socket.
+                drop(Object::take(obj));
+            }
+        }
+    }
+}
 
 /// One pool per shard, indexed by shard id.
 pub struct Pools {
     pools: Vec<managed::Pool<ShardManager>>,
     wait: Duration,
     stats: Arc<Stats>,
+    backends: Arc<Backends>,
 }
 
 impl Pools {
@@ -57,6 +108,7 @@ impl Pools {
         let mut shards: Vec<&Shard> = cfg.shards.iter().collect();
         shards.sort_by_key(|s| s.id);
         let connect_timeout = Duration::from_millis(cfg.limits.connect_timeout_ms);
+        let backends = Arc::new(Backends::default());
         let pools = shards
             .into_iter()
             .map(|s| {
@@ -67,6 +119,7 @@ impl Pools {
                     answer_timeout: (cfg.limits.query_timeout_ms > 0)
                         .then(|| Duration::from_millis(cfg.limits.query_timeout_ms)),
                     stats: stats.shards.get(s.id as usize).cloned().unwrap_or_default(),
+                    backends: backends.clone(),
                 };
                 managed::Pool::builder(mgr)
                     .max_size(s.pool_size)
@@ -79,7 +132,13 @@ impl Pools {
             pools,
             wait: Duration::from_millis(cfg.limits.pool_timeout_ms),
             stats: stats.clone(),
+            backends,
         }
+    }
+
+    /// Every live connection of these pools, by shard and backend pid.
+    pub fn backends(&self) -> Arc<Backends> {
+        self.backends.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -130,7 +189,7 @@ impl Pools {
             s.up.store(up, std::sync::atomic::Ordering::Relaxed);
         }
         match got {
-            Ok(c) => Ok(c),
+            Ok(c) => Ok(PooledConn(Some(c))),
             Err(PoolError::Backend(e)) => Err(e),
             Err(PoolError::Timeout(_)) => Err(BackendError::PoolTimeout { shard }),
             Err(e) => Err(BackendError::Connect {

@@ -104,9 +104,11 @@ pub struct Limits {
     #[serde(default)]
     pub idle_in_transaction_timeout_ms: u64,
     /// The longest wait for any answer from a shard (0 = no limit, the
-    /// default, as PgBouncer's `query_timeout`). Past it the client gets
-    /// 57014, the server connection is closed, never reused, and a
-    /// transaction not yet decided is rolled back. Covers a shard that
+    /// default, as PgBouncer's `query_timeout`). Past it the statement is
+    /// cancelled on the shard (CancelRequest), the server connection is
+    /// closed, never reused, and a transaction not yet decided is rolled
+    /// back. The client gets 57014 when the statement cannot have taken
+    /// effect, 08007 (outcome unknown) for a COMMIT or an autocommit write. Covers a shard that
     /// stalls; a long analytical query needs a limit above its run time.
     #[serde(default)]
     pub query_timeout_ms: u64,
@@ -163,6 +165,10 @@ pub struct TxnSettings {
     /// (`after_prepare|after_decision|after_first_commit` `:crash` or `:pause=MS`).
     #[serde(default)]
     pub test_failpoint: Option<String>,
+    /// A lock wait on a shard this long makes the proxy look for deadlocks
+    /// across shards (0 = off; then participants carry no tag either).
+    #[serde(default = "default_deadlock_timeout_ms")]
+    pub deadlock_timeout_ms: u64,
 }
 
 impl Default for TxnSettings {
@@ -171,6 +177,7 @@ impl Default for TxnSettings {
             log_dir: default_log_dir(),
             recovery_interval_ms: default_recovery_interval_ms(),
             test_failpoint: None,
+            deadlock_timeout_ms: default_deadlock_timeout_ms(),
         }
     }
 }
@@ -180,6 +187,9 @@ fn default_log_dir() -> std::path::PathBuf {
 }
 fn default_recovery_interval_ms() -> u64 {
     5000
+}
+fn default_deadlock_timeout_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -577,9 +587,10 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
         || old.txn.log_dir != new.txn.log_dir
         || old.workers != new.workers
         || old.limits.query_timeout_ms != new.limits.query_timeout_ms
+        || old.txn.deadlock_timeout_ms != new.txn.deadlock_timeout_ms
     {
         return refuse(
-            "`listen`, `node_id`, `workers`, `limits.query_timeout_ms` and `txn.log_dir` change only with a restart".into(),
+            "`listen`, `node_id`, `workers`, `limits.query_timeout_ms`, `txn.deadlock_timeout_ms` and `txn.log_dir` change only with a restart".into(),
         );
     }
     if old.shards.len() != new.shards.len() {
@@ -696,6 +707,17 @@ key_type = "int8"
         assert_eq!(c.listen, "127.0.0.1:6432");
         assert_eq!(c.shards[0].pool_size, 10);
         assert_eq!(c.tables[0].method, Method::Hash);
+        assert_eq!(c.txn.deadlock_timeout_ms, 1000);
+    }
+
+    #[test]
+    fn deadlock_detection_changes_only_with_a_restart() {
+        let old = Config::parse(GOOD, "t.toml").unwrap();
+        let new =
+            Config::parse(&format!("{GOOD}[txn]\ndeadlock_timeout_ms = 0\n"), "t.toml").unwrap();
+        assert_eq!(new.txn.deadlock_timeout_ms, 0);
+        let e = reload_changes(&old, &new).unwrap_err();
+        assert!(e.contains("txn.deadlock_timeout_ms"), "{e}");
     }
 
     #[test]

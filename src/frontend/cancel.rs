@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 /// A server backend that can be cancelled: its address and key.
@@ -25,8 +23,6 @@ pub type Targets = Arc<Mutex<Vec<CancelTarget>>>;
 pub struct CancelRegistry {
     clients: Mutex<HashMap<i32, (i32, Targets)>>,
 }
-
-const CANCEL_REQUEST: i32 = 80_877_102;
 
 impl CancelRegistry {
     pub fn register(&self, process_id: i32, secret_key: i32) -> Targets {
@@ -64,17 +60,8 @@ impl CancelRegistry {
             "forwarding cancel request"
         );
         for t in targets {
-            let mut msg = Vec::with_capacity(16);
-            msg.extend_from_slice(&16i32.to_be_bytes());
-            msg.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
-            msg.extend_from_slice(&t.process_id.to_be_bytes());
-            msg.extend_from_slice(&t.secret_key.to_be_bytes());
-            match TcpStream::connect(&*t.addr).await {
-                Ok(mut s) => {
-                    let _ = s.write_all(&msg).await;
-                    let _ = s.shutdown().await;
-                }
-                Err(e) => warn!(addr = %t.addr, error = %e, "cannot reach shard to cancel"),
+            if let Err(e) = crate::backend::send_cancel(&t.addr, t.process_id, t.secret_key).await {
+                warn!(addr = %t.addr, error = %e, "cannot reach shard to cancel");
             }
         }
     }

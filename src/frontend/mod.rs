@@ -210,6 +210,8 @@ pub struct Proxy {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
     resolver: JoinHandle<()>,
+    /// The deadlock detector, when on.
+    deadlocks: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -218,6 +220,9 @@ impl Proxy {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         self.resolver.abort();
+        if let Some(d) = &self.deadlocks {
+            d.abort();
+        }
     }
 
     /// Reloads the configuration file (what SIGHUP and the admin `RELOAD` do).
@@ -247,6 +252,9 @@ impl Proxy {
         let _ = self.phase.send(Shutdown::Terminating);
         self.wait_for_sessions(grace).await;
         self.resolver.abort();
+        if let Some(d) = &self.deadlocks {
+            d.abort();
+        }
         info!("shutdown complete");
     }
 
@@ -302,10 +310,13 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
             source,
         })?;
     let (phase, shutdown) = watch::channel(Shutdown::Running);
+    let pools = Pools::new(&config, &stats);
+    let deadlocks = crate::txn::deadlock::Detector::new(&config, pools.backends(), stats.clone())
+        .map(|d| d.spawn());
     let shared = Arc::new(Shared {
         shutdown,
         current: std::sync::RwLock::new(Arc::new(snapshot)),
-        pools: Pools::new(&config, &stats),
+        pools,
         stats,
         sessions: Default::default(),
         secrets: Default::default(),
@@ -353,6 +364,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         shared: handle,
         task,
         resolver,
+        deadlocks,
     })
 }
 

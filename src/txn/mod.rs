@@ -2,6 +2,7 @@
 //! parallel two-phase commit with a durable decision when several did, and
 //! the recovery of in-doubt transactions.
 
+pub mod deadlock;
 mod log;
 pub(crate) use log::parse_records;
 mod recovery;
@@ -315,8 +316,16 @@ impl Coordinator {
             round(&mut readers, &sqls).await;
             if let Some(w) = parts.iter_mut().find(|p| p.wrote) {
                 let mut one = [&mut *w.conn];
-                let answers = round(&mut one, &["COMMIT".to_string()]).await;
-                if let Some(error) = answers[0].error_bytes() {
+                let answer = round(&mut one, &["COMMIT".to_string()])
+                    .await
+                    .into_iter()
+                    .next()
+                    .map(|a| match a {
+                        // No answer to the COMMIT: it may have committed.
+                        Answer::Lost(e) => Answer::Lost(e.unanswered_commit()),
+                        a => a,
+                    });
+                if let Some(error) = answer.as_ref().and_then(Answer::error_bytes) {
                     Stats::bump(&self.stats.aborts, 1);
                     return CommitOutcome::Aborted { error };
                 }

@@ -33,6 +33,7 @@ impl Session {
                 }
             }
         }
+        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
         let Some(t) = self.txn() else {
             return Ok((false, None));
         };
@@ -44,7 +45,7 @@ impl Session {
             )
         });
         let mut parts = std::mem::take(&mut t.participants);
-        let mut head = vec![t.begin.clone()];
+        let mut head = vec![t.begin_sql(detecting)];
         head.extend(t.prelude.iter().cloned());
 
         for (shard, _) in targets {

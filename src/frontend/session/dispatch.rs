@@ -114,11 +114,14 @@ impl Session {
         }
     }
 
-    /// Runs a statement on a borrowed connection outside any block.
+    /// Runs a statement on a borrowed connection outside any block. `write`:
+    /// it may change data, so an answer that never comes leaves its outcome
+    /// unknown (08007), not cancelled.
     pub(super) async fn autocommit_one(
         &mut self,
         shard: ShardId,
         text: &str,
+        write: bool,
     ) -> std::io::Result<bool> {
         let mut conn = match self.checkout(shard).await {
             Ok(c) => c,
@@ -144,6 +147,10 @@ impl Session {
         }
         drop(conn);
         self.refresh_cancel_targets();
+        let r = match r {
+            Err(ExecError::Backend(e)) if write => Err(ExecError::Backend(e.unanswered_commit())),
+            r => r,
+        };
         self.finish_exec(r).await
     }
 
@@ -166,7 +173,7 @@ impl Session {
         write: bool,
     ) -> std::io::Result<bool> {
         if self.txn().is_none() {
-            return self.autocommit_one(shard, text).await;
+            return self.autocommit_one(shard, text, write).await;
         }
         let (ok, last) = self
             .exec_in_block(&[(shard, text)], Merge::Union.into(), write)

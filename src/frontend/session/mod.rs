@@ -52,6 +52,8 @@ struct Txn {
     /// A statement that takes a snapshot ran (not SHOW/SET): the isolation
     /// level is fixed from here on.
     snapshot: bool,
+    /// Names the block to every proxy's deadlock detector.
+    tag: crate::txn::deadlock::Tag,
 }
 
 impl Txn {
@@ -64,7 +66,14 @@ impl Txn {
             pending: Vec::new(),
             segment: false,
             snapshot: false,
+            tag: crate::txn::deadlock::Tag::random(),
         }
+    }
+
+    /// What a shard joining the block receives first: `BEGIN`, tagged for
+    /// deadlock detection when that is on.
+    fn begin_sql(&self, detecting: bool) -> String {
+        crate::txn::deadlock::begin_sql(&self.begin, self.tag, detecting)
     }
 
     fn has(&self, shard: ShardId) -> bool {

@@ -27,6 +27,8 @@ enum Owed {
 struct Plan1 {
     shard: ShardId,
     parsed: Vec<(String, ClientStmt)>,
+    /// Some statement may write: the Sync, sent with it, commits that.
+    wrote: bool,
 }
 
 impl Session {
@@ -161,6 +163,8 @@ impl Session {
             Ok(()) => {}
             Err(ExecError::Client(e)) => return Err(e),
             Err(ExecError::Backend(e)) => {
+                // The Sync went with the batch: a write's outcome is unknown.
+                let e = if plan.wrote { e.unanswered_commit() } else { e };
                 self.error(e.into()).await?;
             }
         }
@@ -204,6 +208,7 @@ impl Session {
         let mut parsed: Vec<(String, ClientStmt)> = Vec::new();
         let mut portals: Vec<&str> = Vec::new();
         let mut shard = None;
+        let mut wrote = false;
         let lookup = |parsed: &[(String, ClientStmt)], name: &str| -> Option<(String, Vec<u32>)> {
             match parsed.iter().rev().find(|(n, _)| n == name) {
                 Some((_, s)) => Some((s.sql.clone(), s.param_types().to_vec())),
@@ -240,11 +245,18 @@ impl Session {
                     let s = match plan_text(&sql, &self.shared, &bounds(&b, &types)).ok()? {
                         Plan::Forward {
                             route: Route::One(s),
-                            ..
-                        } => s,
+                            write,
+                        } => {
+                            wrote |= write;
+                            s
+                        }
                         Plan::Forward {
-                            route: Route::Any, ..
-                        } => self.shared.map().default_shard,
+                            route: Route::Any,
+                            write,
+                        } => {
+                            wrote |= write;
+                            self.shared.map().default_shard
+                        }
                         _ => return None,
                     };
                     if shard.is_some_and(|x| x != s) {
@@ -276,6 +288,7 @@ impl Session {
         Some(Plan1 {
             shard: shard.unwrap_or(self.shared.map().default_shard),
             parsed,
+            wrote,
         })
     }
 }

@@ -316,12 +316,13 @@ impl Session {
     /// A connection to `shard` for this message: the block's participant
     /// (enlisting it), or the segment's connection outside a block.
     async fn take_conn(&mut self, shard: ShardId) -> Result<(Slot, PooledConn), Error> {
+        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
         if let Some(t) = self.txn() {
             if let Some(pos) = t.participants.iter().position(|p| p.shard() == shard) {
                 let p = t.participants.swap_remove(pos);
                 return Ok((Slot::Participant { wrote: p.wrote }, p.conn));
             }
-            let mut head = vec![t.begin.clone()];
+            let mut head = vec![t.begin_sql(detecting)];
             head.extend(t.prelude.iter().cloned());
             let mut conn = self.checkout(shard).await?;
             for q in head {
@@ -356,11 +357,23 @@ impl Session {
             return Ok(());
         };
         let wrote = std::mem::take(&mut self.ext.seg_wrote);
-        if let Err(e) = begin_in_segment(&mut conn, begin).await {
-            conn.mark_broken();
-            return Err(e);
-        }
         self.transition(Event::StartImplicit, None);
+        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
+        let head = match self.txn() {
+            Some(t) => {
+                t.begin = begin.to_string();
+                t.begin_sql(detecting)
+            }
+            None => begin.to_string(),
+        };
+        // One extended statement each: BEGIN, and the deadlock tag if any.
+        for stmt in head.split("\n;") {
+            if let Err(e) = begin_in_segment(&mut conn, stmt).await {
+                conn.mark_broken();
+                self.fail();
+                return Err(e);
+            }
+        }
         let implicit = self.block == Block::Implicit;
         if let Some(t) = self.txn() {
             t.segment |= implicit;
@@ -706,7 +719,8 @@ impl Session {
     /// Syncs the segment's connection; returns the error the shard reported
     /// at Sync, if the segment had not failed before.
     async fn close_segment(&mut self) -> Result<Option<Frame>, Error> {
-        self.ext.seg_wrote = false;
+        // A segment that wrote commits at this Sync: no answer, unknown outcome.
+        let wrote = std::mem::take(&mut self.ext.seg_wrote);
         let abort = std::mem::take(&mut self.ext.seg_abort);
         let Some(mut conn) = self.ext.seg.take() else {
             return Ok(None);
@@ -719,7 +733,13 @@ impl Session {
         }
         conn.send_sync().await?;
         conn.flush().await?;
-        let err = executor::drain(&mut conn).await?;
+        let err = executor::drain(&mut conn).await.map_err(|e| {
+            if wrote && !abort {
+                e.unanswered_commit()
+            } else {
+                e
+            }
+        })?;
         if conn.settings_unknown && conn.status == b'I' && err.is_none() && !abort {
             learn_settings(&mut conn, &mut self.settings).await?;
         }
