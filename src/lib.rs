@@ -38,6 +38,7 @@ pub mod fuzz;
 pub mod merge;
 pub mod protocol;
 pub mod router;
+pub(crate) mod session;
 pub mod txn;
 
 pub use frontend::{serve, Proxy};

@@ -3,11 +3,10 @@
 
 pub mod auth;
 pub(crate) mod cancel;
-mod session;
 mod startup;
 pub mod tls;
 
-pub(crate) use session::fuzz_messages;
+pub(crate) use crate::session::fuzz_messages;
 
 /// Reads a startup packet from `data` as a client would send it (fuzzing).
 pub(crate) async fn fuzz_startup(data: &[u8], tls: bool) {
@@ -455,7 +454,7 @@ async fn handle_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     }
     let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed);
     Stats::bump(&shared.stats.clients_total, 1);
-    session::run(reader, writer, peer, params, pid, shared.clone()).await;
+    crate::session::run(reader, writer, peer, params, pid, shared.clone()).await;
     shared.clients.fetch_sub(1, Ordering::Relaxed);
 }
 

@@ -17,19 +17,25 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tracing::{info, warn};
 
 mod block;
+mod console;
 mod dispatch;
 mod extended;
 mod state;
 pub(crate) use extended::fuzz_messages;
 mod prepared;
+mod settings;
+mod startup;
 
-use super::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, TxnMisuse};
 use crate::executor::{self, Collect, ExecError, Merge, Merger, Until};
+use crate::frontend::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
 use crate::txn::{CommitOutcome, Participant};
+use console::admin_console;
+use settings::{learn_settings, quote_ident, quote_literal, sync_settings, SettingChange};
+pub(crate) use startup::run;
 use state::{Block, Event, Step};
 
 type Io = std::io::Result<()>;
@@ -81,13 +87,6 @@ impl Txn {
     }
 }
 
-#[derive(Clone)]
-enum SettingChange {
-    Set(String, String),
-    Reset(String),
-    ResetAll,
-}
-
 struct Session {
     shared: Arc<Shared>,
     reader: BufReader<ClientRead>,
@@ -125,201 +124,8 @@ struct Session {
     /// touches must have (its name there, and the `PREPARE` that makes it).
     need_prepared: Option<(String, String)>,
     /// Server connections this client holds, for its cancel requests.
-    cancel_targets: super::cancel::Targets,
+    cancel_targets: crate::frontend::cancel::Targets,
     process_id: i32,
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-pub(super) async fn run(
-    r: ClientRead,
-    w: ClientWrite,
-    peer: SocketAddr,
-    params: Vec<(String, String)>,
-    pid: i32,
-    shared: Arc<Shared>,
-) {
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let mut reader = BufReader::with_capacity(16 * 1024, r);
-    let mut out = BufWriter::with_capacity(32 * 1024, w);
-    let Some(user) = get("user") else {
-        let e = Error::Client(ClientError::Protocol(
-            "no PostgreSQL user name specified in startup packet".into(),
-        ));
-        send_fatal(&mut out, &e).await;
-        return;
-    };
-    let database = get("database").unwrap_or_else(|| user.clone());
-    let ucfg = shared
-        .config()
-        .users
-        .iter()
-        .find(|u| u.name == user)
-        .cloned();
-    let limit = Duration::from_millis(shared.config().limits.startup_timeout_ms);
-    let authenticated = tokio::time::timeout(
-        limit,
-        auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref(), &shared.secrets),
-    )
-    .await
-    .unwrap_or(Err(ClientError::StartupTimeout));
-    if let Err(e) = authenticated {
-        warn!(%peer, %user, error = %e, "authentication failed");
-        send_fatal(&mut out, &Error::Client(e)).await;
-        return;
-    }
-    if database == shared.config().admin_database {
-        if !shared.config().admin_users.contains(&user) {
-            send_fatal(&mut out, &Error::Client(ClientError::NotAdmin(user))).await;
-            return;
-        }
-        shared.sessions.add(pid, &user, peer);
-        info!(%peer, %user, "admin console connected");
-        admin_console(reader, out, &shared, pid).await;
-        shared.sessions.remove(pid);
-        return;
-    }
-    if database != shared.config().database {
-        send_fatal(&mut out, &unknown_database(&database)).await;
-        return;
-    }
-    let mut startup_settings = BTreeMap::new();
-    for (k, v) in &params {
-        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
-            continue;
-        }
-        let name = k.to_lowercase();
-        startup_settings.insert(
-            name,
-            format!("SET {} = {}", quote_ident(k), quote_literal(v)),
-        );
-    }
-    let mut s = Session {
-        shared,
-        reader,
-        out,
-        peer,
-        user,
-        settings: startup_settings.clone(),
-        startup_settings,
-        block: Block::Default,
-        txn: None,
-        doomed: Vec::new(),
-        hold_last: false,
-        held: None,
-        risky: false,
-        learn_from: None,
-        learn_at_commit: None,
-        ext: Default::default(),
-        sql_prepared: Default::default(),
-        need_prepared: None,
-        cancel_targets: Default::default(),
-        process_id: pid,
-    };
-    if let Err(e) = s.greet(pid).await {
-        warn!(%peer, user = %s.user, error = %e, "session setup failed");
-        send_fatal(&mut s.out, &e).await;
-        return;
-    }
-    info!(%peer, user = %s.user, "client connected");
-    s.shared.sessions.add(pid, &s.user, peer);
-    s.serve().await;
-    s.cleanup().await;
-    s.shared.cancels.unregister(s.process_id);
-    s.shared.sessions.remove(pid);
-    info!(%peer, user = %s.user, "client disconnected");
-}
-
-/// The admin console: `SHOW ...` commands answered by the proxy itself.
-async fn admin_console(
-    mut reader: BufReader<ClientRead>,
-    mut out: BufWriter<ClientWrite>,
-    shared: &Shared,
-    pid: i32,
-) {
-    let mut hello = vec![protocol::authentication(0, &[])];
-    for (k, v) in [
-        ("server_version", "15.0 (Pieskieo admin)"),
-        ("server_encoding", "UTF8"),
-        ("client_encoding", "UTF8"),
-        ("DateStyle", "ISO, MDY"),
-        ("integer_datetimes", "on"),
-        ("standard_conforming_strings", "on"),
-    ] {
-        hello.push(protocol::parameter_status(k, v));
-    }
-    hello.push(protocol::backend_key_data(pid, 0));
-    hello.push(protocol::ready_for_query(b'I'));
-    for m in hello {
-        if out.write_all(&m).await.is_err() {
-            return;
-        }
-    }
-    loop {
-        if out.flush().await.is_err() {
-            return;
-        }
-        let f = match read_frame(&mut reader, 1 << 20).await {
-            Ok(f) => f,
-            Err(_) => return,
-        };
-        let mut replies = Vec::new();
-        match f.tag {
-            b'Q' => {
-                let text = String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body()))
-                    .into_owned();
-                let stmts = router::split_statements(&text);
-                if stmts.is_empty() {
-                    replies.push(protocol::empty_query_response());
-                }
-                for stmt in stmts {
-                    let msg = match crate::admin::answer(stmt, shared) {
-                        a @ crate::admin::Answer::Rows { .. } => {
-                            replies.extend(a.encode());
-                            continue;
-                        }
-                        crate::admin::Answer::Failed(msg) => msg,
-                        crate::admin::Answer::Unknown(cmd) => format!(
-                            "unknown admin command \"{cmd}\"; try RELOAD or SHOW SHARDS, POOLS, CLIENTS, TRANSACTIONS, STATS, CONFIG, VERSION"
-                        ),
-                    };
-                    let e = Error::Unsupported(msg);
-                    replies.push(protocol::error_response(
-                        Severity::Error,
-                        e.sqlstate(),
-                        &e.to_string(),
-                        None,
-                    ));
-                    break;
-                }
-                replies.push(protocol::ready_for_query(b'I'));
-            }
-            b'X' => return,
-            b'S' => replies.push(protocol::ready_for_query(b'I')),
-            _ => {
-                let e = Error::Unsupported(
-                    "the admin console speaks the simple query protocol only".into(),
-                );
-                replies.push(protocol::error_response(
-                    Severity::Error,
-                    e.sqlstate(),
-                    &e.to_string(),
-                    None,
-                ));
-            }
-        }
-        for r in replies {
-            if out.write_all(&r).await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 async fn send_fatal(out: &mut BufWriter<ClientWrite>, e: &Error) {
@@ -396,23 +202,6 @@ impl Session {
         self.txn.as_mut()
     }
 
-    /// After a block committed: settings a statement in it may have changed
-    /// unseen are read back from the shard where it ran.
-    async fn learn_after_commit(&mut self, parts: &mut [Participant]) {
-        let Some(shard) = self.learn_at_commit.take() else {
-            return;
-        };
-        if let Some(p) = parts.iter_mut().find(|p| p.shard() == shard) {
-            if p.conn.status == b'I'
-                && learn_settings(&mut p.conn, &mut self.settings)
-                    .await
-                    .is_err()
-            {
-                p.conn.mark_broken();
-            }
-        }
-    }
-
     /// Sends the closing message of a statement, or keeps it while the
     /// implicit block it ends has not committed yet.
     async fn close_statement(&mut self, last: Option<bytes::Bytes>) -> Io {
@@ -424,45 +213,6 @@ impl Session {
             Some(b) => self.write(&b).await,
             None => Ok(()),
         }
-    }
-
-    /// Sends ParameterStatus (mirrored from a shard), BackendKeyData and the
-    /// first ReadyForQuery.
-    async fn greet(&mut self, pid: i32) -> Result<(), Error> {
-        self.write(&protocol::authentication(0, &[])).await?;
-        let map = &self.shared.map();
-        let order: Vec<ShardId> = std::iter::once(map.default_shard)
-            .chain(
-                (0..map.shards)
-                    .map(ShardId)
-                    .filter(|s| *s != map.default_shard),
-            )
-            .collect();
-        let mut last = None;
-        let mut params = None;
-        for shard in order {
-            match self.checkout(shard).await {
-                Ok(conn) => {
-                    params = Some(conn.params.clone());
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let Some(mut params) = params else {
-            return Err(last.unwrap_or_else(|| Error::Unsupported("no shards configured".into())));
-        };
-        params.insert("session_authorization".into(), self.user.clone());
-        params.insert("is_superuser".into(), "off".into());
-        for (k, v) in &params {
-            self.write(&protocol::parameter_status(k, v)).await?;
-        }
-        let secret: i32 = rand::random();
-        self.cancel_targets = self.shared.cancels.register(pid, secret);
-        self.write(&protocol::backend_key_data(pid, secret)).await?;
-        self.write(&protocol::ready_for_query(b'I')).await?;
-        self.out.flush().await?;
-        Ok(())
     }
 
     async fn write(&mut self, b: &[u8]) -> Io {
@@ -761,82 +511,4 @@ impl Session {
             },
         }
     }
-}
-
-/// Makes a connection's settings equal the client's: `SET` what differs,
-/// `RESET` what the client does not have. One round trip, only when needed.
-async fn sync_settings(
-    conn: &mut ServerConn,
-    want: &BTreeMap<String, String>,
-) -> Result<(), Error> {
-    let mut batch = Vec::new();
-    if std::mem::take(&mut conn.settings_unknown) {
-        // Another client may have changed anything here: start from scratch.
-        batch.push("RESET ALL".to_string());
-        conn.applied.clear();
-    }
-    for (name, stmt) in want {
-        if conn.applied.get(name) != Some(stmt) {
-            batch.push(stmt.clone());
-        }
-    }
-    for name in conn.applied.keys() {
-        if !want.contains_key(name) {
-            batch.push(format!("RESET {}", quote_ident(name)));
-        }
-    }
-    if batch.is_empty() {
-        return Ok(());
-    }
-    match conn.simple(&batch.join("; ")).await? {
-        Ok(_) => {
-            conn.applied = want.clone();
-            Ok(())
-        }
-        Err(e) => {
-            conn.mark_broken();
-            Err(Error::Backend(BackendError::Protocol {
-                shard: conn.shard,
-                message: format!(
-                    "applying the client's session settings failed: {}",
-                    e.message
-                ),
-            }))
-        }
-    }
-}
-
-/// After a statement that may have changed settings unseen, on the
-/// connection that ran it (outside a block): the settings the client now has
-/// are whatever this server holds at session level, which become the
-/// client's (and this connection's, so it needs no reset).
-async fn learn_settings(
-    conn: &mut ServerConn,
-    settings: &mut BTreeMap<String, String>,
-) -> Result<(), Error> {
-    const SESSION_SETTINGS: &str =
-        "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
-    let frames = match conn.simple(SESSION_SETTINGS).await? {
-        Ok(f) => f,
-        Err(_) => {
-            conn.settings_unknown = true;
-            return Ok(());
-        }
-    };
-    let mut learnt = BTreeMap::new();
-    for row in ServerConn::text_values(&frames) {
-        let [Some(name), Some(value)] = row.as_slice() else {
-            continue;
-        };
-        let name = String::from_utf8_lossy(name).to_lowercase();
-        let value = String::from_utf8_lossy(value);
-        learnt.insert(
-            name.clone(),
-            format!("SET {} = {}", quote_ident(&name), quote_literal(&value)),
-        );
-    }
-    *settings = learnt.clone();
-    conn.applied = learnt;
-    conn.settings_unknown = false;
-    Ok(())
 }

@@ -408,36 +408,6 @@ impl Session {
         }
         self.finish_exec(r).await
     }
-
-    /// Records setting changes that took effect, in the session and on the
-    /// server connections that ran them.
-    pub(super) fn apply_changes(&mut self, changes: &[SettingChange], conns: &mut [Participant]) {
-        for ch in changes {
-            match ch {
-                SettingChange::Set(name, stmt) => {
-                    self.settings.insert(name.clone(), stmt.clone());
-                    for p in conns.iter_mut() {
-                        p.conn.applied.insert(name.clone(), stmt.clone());
-                    }
-                }
-                SettingChange::Reset(name) => {
-                    match self.startup_settings.get(name) {
-                        Some(s) => self.settings.insert(name.clone(), s.clone()),
-                        None => self.settings.remove(name),
-                    };
-                    for p in conns.iter_mut() {
-                        p.conn.applied.remove(name);
-                    }
-                }
-                SettingChange::ResetAll => {
-                    self.settings = self.startup_settings.clone();
-                    for p in conns.iter_mut() {
-                        p.conn.applied.clear();
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// What a savepoint command does to the block's savepoints.

@@ -1,0 +1,237 @@
+//! Bind: planning a portal by its bound values and binding it on the
+//! shard(s) it routes to, preparing the statement there first if needed.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn ext_bind(&mut self, body: &[u8]) -> Result<bool, Fatal> {
+        let b = parse_bind(body).ok_or_else(|| Fatal::Protocol(malformed("Bind")))?;
+        // PostgreSQL's order: the statement, the block, the portal's name.
+        let Some(stmt) = self.ext.stmts.get(b.stmt) else {
+            return Ok(self
+                .error(Error::Name(NameError::NoStatement(b.stmt.to_string())))
+                .await?);
+        };
+        let plan = stmt.plan(&self.shared, &bounds(&b, stmt.param_types()));
+        self.ext.risky_now = stmt.risky;
+        if self.aborted_block(plan.as_ref().ok()) {
+            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+        }
+        if !b.portal.is_empty() && self.ext.portals.contains_key(b.portal) {
+            return Ok(self
+                .error(Error::Name(NameError::PortalExists(b.portal.to_string())))
+                .await?);
+        }
+        // The unnamed portal is replaced, rows kept for it too.
+        self.ext.buffered.remove(b.portal);
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => return Ok(self.error(Error::Route(e)).await?),
+        };
+        let n = self.shared.map().shards;
+        let (shards, merge, write) = match plan {
+            Plan::Forward {
+                route: Route::Any,
+                write,
+            } => (vec![self.any_shard()], Merge::Union, write),
+            Plan::Forward { route, write } => (route.shards(n), Merge::Union, write),
+            Plan::Replicate => (route_all(n), Merge::Copies, true),
+            Plan::Merge { route, plan } => {
+                // Each shard runs the rewritten statement with its share of
+                // the parameters, in text: the proxy encodes the merged rows.
+                let Some(formats) = wire::result_formats(b.results) else {
+                    return Err(Fatal::Protocol(malformed("Bind")));
+                };
+                let shards = route.shards(n);
+                let parts: Vec<(ShardId, &str, &[usize])> = shards
+                    .iter()
+                    .map(|s| (*s, plan.sql.as_str(), plan.params.as_slice()))
+                    .collect();
+                let declared = stmt.types.clone();
+                if !self
+                    .bind_derived(&parts, &declared, &b, Some(&[0, 0]))
+                    .await?
+                {
+                    return Ok(false);
+                }
+                let kind = PortalKind::Merged {
+                    shards,
+                    plan,
+                    formats,
+                };
+                self.ext.portals.insert(b.portal.to_string(), kind);
+                return Ok(true);
+            }
+            Plan::Split { parts } => {
+                // Each shard gets its rows as a statement of its own, bound to
+                // its share of the client's parameters.
+                let declared = stmt.types.clone();
+                let derived: Vec<(ShardId, &str, &[usize])> = parts
+                    .iter()
+                    .map(|p| (p.shard, p.sql.as_str(), p.params.as_slice()))
+                    .collect();
+                if !self.bind_derived(&derived, &declared, &b, None).await? {
+                    return Ok(false);
+                }
+                let shards = parts.iter().map(|p| p.shard).collect();
+                self.ext.portals.insert(
+                    b.portal.to_string(),
+                    PortalKind::Multi {
+                        shards,
+                        merge: Merge::Union,
+                        write: true,
+                    },
+                );
+                return Ok(true);
+            }
+            control => {
+                let sql = stmt.sql.clone();
+                self.ext.portals.insert(
+                    b.portal.to_string(),
+                    PortalKind::Control {
+                        sql,
+                        plan: control,
+                        done: false,
+                    },
+                );
+                self.write(&message(b'2', |_| {})).await?;
+                return Ok(true);
+            }
+        };
+        let portal = b.portal.to_string();
+        let stmt_name = b.stmt.to_string();
+        let rest = Bytes::copy_from_slice(b.rest);
+        for (i, shard) in shards.iter().enumerate() {
+            if !self
+                .bind_on(*shard, &stmt_name, &portal, &rest, i == 0)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        let kind = match shards.as_slice() {
+            [one] => PortalKind::Single { shard: *one, write },
+            _ => PortalKind::Multi {
+                shards,
+                merge,
+                write,
+            },
+        };
+        self.ext.portals.insert(portal, kind);
+        Ok(true)
+    }
+
+    /// Binds the client's portal on each shard to a statement the router
+    /// derived from the client's: `(shard, sql, params)` where the derived
+    /// `$k` is the client's parameter `params[k - 1]`. `results` replaces the
+    /// client's result formats. The first BindComplete goes to the client.
+    pub(super) async fn bind_derived(
+        &mut self,
+        parts: &[(ShardId, &str, &[usize])],
+        declared: &[u32],
+        b: &wire::BindMsg<'_>,
+        results: Option<&[u8]>,
+    ) -> std::io::Result<bool> {
+        for (i, (shard, sql, params)) in parts.iter().enumerate() {
+            let types: Vec<u32> = params
+                .iter()
+                .map(|&p| declared.get(p).copied().unwrap_or(0))
+                .collect();
+            let derived = ClientStmt::new(sql, types);
+            let rest = b.subset(params, results.unwrap_or(b.results));
+            let (parse, backend) = (derived.parse_message(), derived.backend);
+            if !self
+                .bind_statement(*shard, &parse, &backend, b.portal, &rest, i == 0)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Binds `portal` on a shard, preparing the statement there first if needed.
+    pub(super) async fn bind_on(
+        &mut self,
+        shard: ShardId,
+        stmt: &str,
+        portal: &str,
+        rest: &[u8],
+        forward: bool,
+    ) -> std::io::Result<bool> {
+        let Some(s) = self.ext.stmts.get(stmt) else {
+            return Ok(false);
+        };
+        let (parse, backend) = (s.parse_message(), s.backend.clone());
+        self.bind_statement(shard, &parse, &backend, portal, rest, forward)
+            .await
+    }
+
+    /// Binds `portal` on a shard to the statement `parse` creates there as `backend`.
+    pub(super) async fn bind_statement(
+        &mut self,
+        shard: ShardId,
+        parse: &[u8],
+        backend: &str,
+        portal: &str,
+        rest: &[u8],
+        forward: bool,
+    ) -> std::io::Result<bool> {
+        let (slot, mut conn) = match self.take_conn(shard).await {
+            Ok(x) => x,
+            Err(e) => return self.error(e).await,
+        };
+        if std::mem::take(&mut self.ext.risky_now) {
+            conn.settings_unknown = true;
+            self.learn_from = Some(shard);
+        }
+        let bind = message(b'B', |b| {
+            put_cstr(b, portal);
+            put_cstr(b, backend);
+            b.put_slice(rest);
+        });
+        let r = self
+            .prepare_and_send(&mut conn, parse, backend, &[&bind])
+            .await;
+        let r = match r {
+            Ok(true) => reply(&mut conn, &mut self.out, b"2", forward)
+                .await
+                .map(|x| x.0),
+            other => other,
+        };
+        self.put_conn(slot, conn, false);
+        self.finish_exec(r.map(|ok| !ok)).await
+    }
+
+    /// Sends Parse if this connection lacks the statement, then `msgs` and a
+    /// Flush; reads the Parse's answer. `Ok(false)`: the Parse failed (told).
+    pub(super) async fn prepare_and_send(
+        &mut self,
+        conn: &mut ServerConn,
+        parse: &[u8],
+        backend: &str,
+        msgs: &[&[u8]],
+    ) -> Result<bool, ExecError> {
+        let fresh = !conn.prepared.contains(backend);
+        if fresh {
+            conn.send_extended(parse).await?;
+        }
+        for m in msgs {
+            conn.send_extended(m).await?;
+        }
+        conn.send_extended(&FLUSH).await?;
+        conn.flush().await?;
+        if fresh {
+            let (ok, _) = reply(conn, &mut self.out, b"1", false).await?;
+            if !ok {
+                return Ok(false);
+            }
+            conn.prepared.insert(backend.to_string());
+        }
+        Ok(true)
+    }
+}
+
+pub(super) fn route_all(n: u32) -> Vec<ShardId> {
+    (0..n).map(ShardId).collect()
+}

@@ -1,0 +1,400 @@
+//! The extended query protocol: Parse, Bind, Describe, Execute, Close, Flush
+//! and Sync, as drivers speak it.
+//!
+//! Statements live per client. Each server connection prepares them lazily
+//! under proxy-made names (a hash of the text and parameter types), so
+//! clients share prepared statements on pooled connections. Messages are
+//! gathered until Flush or Sync, then run in order on the shard each Bind
+//! routes to by the values bound to `$n`; parameter and result formats pass
+//! through untouched. Outside a block, a batch whose Binds all reach one shard
+//! runs in that shard's own implicit transaction (closed by Sync); a batch
+//! reaching several shards runs in a proxy-made block that Sync commits
+//! through the coordinator.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::{BufMut, Bytes};
+
+use super::*;
+use crate::protocol::{message, put_cstr, take_cstr, Frame};
+use crate::router::Bound;
+
+mod bind;
+mod fast;
+mod portal;
+mod segment;
+mod wire;
+
+pub(crate) use segment::sync_all;
+
+use wire::{bounds, parse_bind, parse_parse, read_i32, reply};
+
+/// A statement the client prepared.
+pub(super) struct ClientStmt {
+    sql: String,
+    /// Parameter types from Parse (0 = unspecified).
+    types: Vec<u32>,
+    /// Parameter types a server reported (ParameterDescription), when known.
+    described: Option<Vec<u32>>,
+    /// The name it is prepared under on server connections.
+    backend: String,
+    /// It may change session settings unseen (`router::may_change_settings`).
+    risky: bool,
+}
+
+enum PortalKind {
+    Single {
+        shard: ShardId,
+        write: bool,
+    },
+    Multi {
+        shards: Vec<ShardId>,
+        merge: Merge,
+        write: bool,
+    },
+    /// A cross-shard read the proxy merges: bound on every shard to the
+    /// plan's statement with text results.
+    Merged {
+        shards: Vec<ShardId>,
+        plan: std::sync::Arc<crate::merge::MergePlan>,
+        /// The client's result format codes.
+        formats: Vec<i16>,
+    },
+    /// Transaction control or a setting: run by the session, not a shard.
+    /// (Describe answers NoData, even in a failed block.)
+    Control {
+        sql: String,
+        plan: Plan,
+        /// It ran: PostgreSQL runs a utility portal once.
+        done: bool,
+    },
+}
+
+/// Extended-protocol state of a session.
+#[derive(Default)]
+pub(super) struct Extended {
+    stmts: HashMap<String, ClientStmt>,
+    portals: HashMap<String, PortalKind>,
+    /// Multi-shard portals executed with a row limit: their merged rows wait
+    /// here for the client's next Executes (the shards ran to the end).
+    buffered: HashMap<String, portal::Buffered>,
+    /// Messages since the last Flush/Sync, not yet run.
+    batch: Vec<Frame>,
+    /// Outside a block: the one connection this Sync segment uses.
+    seg: Option<PooledConn>,
+    /// Something that may write ran on `seg` in this segment.
+    seg_wrote: bool,
+    /// The segment failed: `seg`'s transaction must roll back at Sync even
+    /// if its shard saw no error (the proxy refused something).
+    seg_abort: bool,
+    /// An error happened: skip messages until Sync, as PostgreSQL does.
+    skipping: bool,
+    /// The statement being bound may change settings unseen: the
+    /// connections it runs on are reset before another client gets them,
+    /// and the client learns them from its connection.
+    risky_now: bool,
+    /// Whether the segment's mode (shard's implicit transaction, or
+    /// proxy-made block) has been chosen.
+    decided: bool,
+}
+
+/// Where a connection taken for a message came from, so it goes back there.
+enum Slot {
+    Segment,
+    Participant { wrote: bool },
+}
+
+pub(super) const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+/// A batch this long runs before Flush/Sync arrives, bounding memory.
+const MAX_BATCH: usize = 1000;
+
+fn malformed(what: &str) -> Error {
+    Error::Client(ClientError::Protocol(format!("malformed {what} message")))
+}
+
+fn backend_name(sql: &str, types: &[u32]) -> String {
+    let h = crate::protocol::fnv1a(
+        sql.bytes()
+            .chain(types.iter().flat_map(|t| t.to_be_bytes())),
+    );
+    format!("pieskieo_{h:016x}_{}", sql.len())
+}
+
+impl Extended {
+    /// A Sync segment is under way (messages queued or a shard in use).
+    pub(super) fn busy(&self) -> bool {
+        !self.batch.is_empty() || self.seg.is_some()
+    }
+
+    /// The segment failed: its shard's transaction rolls back at Sync.
+    pub(super) fn abort_segment(&mut self) {
+        self.seg_abort = true;
+    }
+
+    /// The connection this Sync segment holds, if any.
+    pub(super) fn segment(&self) -> Option<&ServerConn> {
+        self.seg.as_deref()
+    }
+}
+
+impl ClientStmt {
+    /// A statement as the client wrote it, with its server-side name.
+    fn new(sql: &str, types: Vec<u32>) -> ClientStmt {
+        ClientStmt {
+            backend: backend_name(sql, &types),
+            risky: router::may_change_settings(sql),
+            sql: sql.to_string(),
+            types,
+            described: None,
+        }
+    }
+
+    fn param_types(&self) -> &[u32] {
+        self.described.as_deref().unwrap_or(&self.types)
+    }
+
+    fn parse_message(&self) -> Bytes {
+        message(b'P', |b| {
+            put_cstr(b, &self.backend);
+            put_cstr(b, &self.sql);
+            b.put_i16(self.types.len() as i16);
+            for t in &self.types {
+                b.put_u32(*t);
+            }
+        })
+    }
+
+    fn plan(&self, shared: &Shared, params: &[Bound]) -> Result<Plan, RouteError> {
+        plan_text(&self.sql, shared, params)
+    }
+}
+
+/// Decodes a client message body as every extended-protocol message type
+/// (fuzzing): none may panic on any bytes.
+pub(crate) fn fuzz_messages(body: &[u8]) {
+    let _ = parse_parse(body);
+    let _ = wire::result_formats(body);
+    if let Some(b) = parse_bind(body) {
+        let _ = bounds(&b, &[20, 23, 21, 25, 2950, 0]);
+        let _ = b.subset(&[0, 2, 1, 7], b.results);
+        let _ = wire::result_formats(b.results);
+    }
+}
+
+/// Plans statement text with bound parameters (an empty statement runs anywhere).
+fn plan_text(sql: &str, shared: &Shared, params: &[Bound]) -> Result<Plan, RouteError> {
+    if sql.trim().is_empty() {
+        return Ok(Plan::Forward {
+            route: Route::Any,
+            write: false,
+        });
+    }
+    shared.plan_bound(sql, params)
+}
+
+impl Session {
+    /// An extended-protocol message arrived. `Err` ends the session.
+    pub(super) async fn on_extended(&mut self, f: Frame) -> Io {
+        match f.tag {
+            b'S' => {
+                if self.fast_segment().await? {
+                    return Ok(());
+                }
+                self.run_batch().await?;
+                self.sync().await
+            }
+            b'H' => self.run_batch().await,
+            _ => {
+                self.ext.batch.push(f);
+                if self.ext.batch.len() >= MAX_BATCH {
+                    self.run_batch().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn run_batch(&mut self) -> Io {
+        let batch = std::mem::take(&mut self.ext.batch);
+        // The mode is chosen at the segment's first Bind: Parse and Describe
+        // alone write nothing.
+        let binds = batch.iter().any(|f| f.tag == b'B');
+        if !self.ext.decided && binds && self.block == Block::Default {
+            self.ext.decided = true;
+            if self.batch_spans_shards(&batch) && !self.ext.seg_wrote {
+                // A connection used only to describe statements leaves the segment.
+                match self.close_segment().await {
+                    Ok(Some(e)) => self.write(&e.bytes).await?,
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.error(e).await?;
+                    }
+                }
+                self.transition(Event::StartImplicit, None);
+                if let Some(t) = self.txn() {
+                    t.segment = true;
+                }
+            }
+        }
+        for f in batch {
+            if self.ext.skipping {
+                continue;
+            }
+            let ok = match self.ext_message(&f).await {
+                Ok(ok) => ok,
+                Err(Fatal::Client(e)) => return Err(e),
+                Err(Fatal::Protocol(e)) => {
+                    warn!(peer = %self.peer, error = %e, "protocol violation");
+                    send_fatal(&mut self.out, &e).await;
+                    return Err(std::io::Error::other("protocol violation"));
+                }
+            };
+            if !ok {
+                self.ext.skipping = true;
+                self.reap().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the batch's Binds reach more than one shard (or write to
+    /// several): then it needs a block of its own to be atomic.
+    fn batch_spans_shards(&self, batch: &[Frame]) -> bool {
+        let mut parsed: HashMap<String, (String, Vec<u32>)> = HashMap::new();
+        let mut shards = HashSet::new();
+        for f in batch {
+            match f.tag {
+                b'P' => {
+                    let Some((name, sql, types)) = parse_parse(f.body()) else {
+                        continue;
+                    };
+                    parsed.insert(name.to_string(), (sql.to_string(), types));
+                }
+                b'B' => {
+                    let Some(b) = parse_bind(f.body()) else {
+                        continue;
+                    };
+                    let (sql, types) = match (parsed.get(b.stmt), self.ext.stmts.get(b.stmt)) {
+                        (Some((sql, t)), _) => (sql.clone(), t.clone()),
+                        (None, Some(s)) => (s.sql.clone(), s.param_types().to_vec()),
+                        (None, None) => continue,
+                    };
+                    if sql.trim().is_empty() {
+                        continue;
+                    }
+                    match plan_text(&sql, &self.shared, &bounds(&b, &types)) {
+                        Ok(Plan::Forward {
+                            route: Route::One(s),
+                            ..
+                        }) => {
+                            shards.insert(s);
+                        }
+                        Ok(Plan::Forward {
+                            route: Route::Any, ..
+                        })
+                        | Err(_) => {}
+                        Ok(
+                            Plan::Forward { .. }
+                            | Plan::Merge { .. }
+                            | Plan::Replicate
+                            | Plan::Split { .. },
+                        ) => return true,
+                        // Transaction control changes the mode by itself.
+                        Ok(_) => return false,
+                    }
+                }
+                _ => {}
+            }
+        }
+        shards.len() > 1
+    }
+
+    fn any_shard(&mut self) -> ShardId {
+        let default = self.shared.map().default_shard;
+        if let Some(t) = self.txn() {
+            return t.participants.first().map(|p| p.shard()).unwrap_or(default);
+        }
+        self.ext.seg.as_ref().map(|c| c.shard).unwrap_or(default)
+    }
+
+    /// Runs one message. `Ok(false)`: it failed and the client was told.
+    async fn ext_message(&mut self, f: &Frame) -> Result<bool, Fatal> {
+        let body = f.body();
+        match f.tag {
+            b'P' => self.ext_parse(body).await,
+            b'B' => self.ext_bind(body).await,
+            b'D' => {
+                let (&kind, r) = body
+                    .split_first()
+                    .ok_or_else(|| Fatal::Protocol(malformed("Describe")))?;
+                let (name, _) =
+                    take_cstr(r).ok_or_else(|| Fatal::Protocol(malformed("Describe")))?;
+                self.ext_describe(kind, name).await
+            }
+            b'E' => {
+                let (portal, r) =
+                    take_cstr(body).ok_or_else(|| Fatal::Protocol(malformed("Execute")))?;
+                let (max, _) = read_i32(r).ok_or_else(|| Fatal::Protocol(malformed("Execute")))?;
+                self.ext_execute(portal, max).await
+            }
+            b'C' => {
+                let (&kind, r) = body
+                    .split_first()
+                    .ok_or_else(|| Fatal::Protocol(malformed("Close")))?;
+                let (name, _) = take_cstr(r).ok_or_else(|| Fatal::Protocol(malformed("Close")))?;
+                self.ext_close(kind, name).await
+            }
+            _ => Ok(self
+                .error(Error::Unsupported(
+                    "the function call protocol is not supported".into(),
+                ))
+                .await?),
+        }
+    }
+
+    async fn ext_parse(&mut self, body: &[u8]) -> Result<bool, Fatal> {
+        let (name, sql, types) =
+            parse_parse(body).ok_or_else(|| Fatal::Protocol(malformed("Parse")))?;
+        if !name.is_empty() && self.ext.stmts.contains_key(name) {
+            return Ok(self
+                .error(Error::Name(NameError::StatementExists(name.to_string())))
+                .await?);
+        }
+        if router::split_statements(sql).len() > 1 {
+            let e = RouteError::Syntax(
+                "cannot insert multiple commands into a prepared statement".into(),
+            );
+            return Ok(self.error(Error::Route(e)).await?);
+        }
+        if self.block == Block::Failed && self.aborted_block(self.shared.plan(sql).ok().as_ref()) {
+            return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+        }
+        self.ext
+            .stmts
+            .insert(name.to_string(), ClientStmt::new(sql, types));
+        self.write(&message(b'1', |_| {})).await?;
+        Ok(true)
+    }
+
+    /// PostgreSQL refuses every message of a failed block with 25P02 except
+    /// those of `COMMIT`, `ROLLBACK` and `ROLLBACK TO` (`IsTransactionExitStmt`).
+    fn aborted_block(&self, plan: Option<&Plan>) -> bool {
+        self.block == Block::Failed
+            && !matches!(
+                plan,
+                Some(Plan::Commit | Plan::Rollback | Plan::RollbackTo(_))
+            )
+    }
+}
+
+/// What ends a session from inside the extended protocol.
+pub(super) enum Fatal {
+    Client(std::io::Error),
+    Protocol(Error),
+}
+
+impl From<std::io::Error> for Fatal {
+    fn from(e: std::io::Error) -> Self {
+        Fatal::Client(e)
+    }
+}
