@@ -23,6 +23,7 @@ mod extended;
 mod state;
 pub(crate) use extended::fuzz_messages;
 mod prepared;
+mod reader;
 mod settings;
 mod startup;
 
@@ -30,7 +31,7 @@ use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, TxnMisuse};
 use crate::executor::{self, Collect, ExecError, Merge, Merger, Until};
 use crate::frontend::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
-use crate::protocol::{self, read_frame, FrameError, Severity};
+use crate::protocol::{self, read_frame, Frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
 use crate::txn::{CommitOutcome, Participant};
 use console::admin_console;
@@ -87,9 +88,19 @@ impl Txn {
     }
 }
 
+/// Whether the session goes on after a client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// The client said goodbye, broke the protocol or cannot be written to.
+    End,
+}
+
 struct Session {
     shared: Arc<Shared>,
-    reader: BufReader<ClientRead>,
+    /// The client's messages, read by a task of their own (`reader.rs`) so
+    /// that a client who vanishes is noticed while a statement runs.
+    reader: Option<BufReader<ClientRead>>,
     out: BufWriter<ClientWrite>,
     peer: SocketAddr,
     user: String,
@@ -230,6 +241,10 @@ impl Session {
 
     async fn serve(&mut self) {
         let max = self.shared.config().limits.max_message_size;
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        let (mut frames, gone) = reader::spawn(reader, max);
         let mut shutdown = self.shared.shutdown.clone();
         let mut watching = true;
         loop {
@@ -254,7 +269,7 @@ impl Session {
                 }
             };
             let read = tokio::select! {
-                r = read_frame(&mut self.reader, max) => r,
+                r = frames.recv() => r.unwrap_or(Err(FrameError::Closed)),
                 changed = shutdown.changed(), if watching => {
                     watching = changed.is_ok();
                     continue;
@@ -277,42 +292,61 @@ impl Session {
                 }
                 Err(FrameError::Io(_)) => return,
             };
-            let r = match f.tag {
-                b'Q' => {
-                    let body = f.body();
-                    let text = body.strip_suffix(&[0]).unwrap_or(body);
-                    match std::str::from_utf8(text) {
-                        Ok(sql) => {
-                            let sql = sql.to_string();
-                            self.risky = router::may_change_settings(&sql);
-                            let r = self.on_query(&sql).await;
-                            self.risky = false;
-                            r
-                        }
-                        Err(_) => {
-                            self.error_then_ready(Error::Client(ClientError::InvalidUtf8))
-                                .await
-                        }
-                    }
-                }
-                b'X' => return,
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'F' | b'S' | b'H' => self.on_extended(f).await,
-                // CopyData/CopyDone/CopyFail outside COPY are ignored, as PostgreSQL does.
-                b'd' | b'c' | b'f' => Ok(()),
-                other => {
-                    let e = Error::Client(ClientError::Protocol(format!(
-                        "invalid frontend message type {}",
-                        other
-                    )));
-                    warn!(peer = %self.peer, error = %e, "protocol violation");
-                    send_fatal(&mut self.out, &e).await;
+            // While the shards work, the client may vanish: then what runs
+            // for it is dropped (its connections cancel and close) and the
+            // block rolls back in `cleanup`.
+            let mut watch = gone.clone();
+            let flow = tokio::select! {
+                flow = self.handle(f) => flow,
+                _ = reader::vanished(&mut watch) => {
+                    warn!(peer = %self.peer, user = %self.user, "client vanished while its statement ran: cancelled");
                     return;
                 }
             };
             self.refresh_cancel_targets();
-            if r.is_err() || self.out.flush().await.is_err() {
+            if flow == Flow::End || self.out.flush().await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// One client message.
+    async fn handle(&mut self, f: Frame) -> Flow {
+        let r = match f.tag {
+            b'Q' => {
+                let body = f.body();
+                let text = body.strip_suffix(&[0]).unwrap_or(body);
+                match std::str::from_utf8(text) {
+                    Ok(sql) => {
+                        let sql = sql.to_string();
+                        self.risky = router::may_change_settings(&sql);
+                        let r = self.on_query(&sql).await;
+                        self.risky = false;
+                        r
+                    }
+                    Err(_) => {
+                        self.error_then_ready(Error::Client(ClientError::InvalidUtf8))
+                            .await
+                    }
+                }
+            }
+            b'X' => return Flow::End,
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'F' | b'S' | b'H' => self.on_extended(f).await,
+            // CopyData/CopyDone/CopyFail outside COPY are ignored, as PostgreSQL does.
+            b'd' | b'c' | b'f' => Ok(()),
+            other => {
+                let e = Error::Client(ClientError::Protocol(format!(
+                    "invalid frontend message type {}",
+                    other
+                )));
+                warn!(peer = %self.peer, error = %e, "protocol violation");
+                send_fatal(&mut self.out, &e).await;
+                return Flow::End;
+            }
+        };
+        match r {
+            Ok(()) => Flow::Go,
+            Err(_) => Flow::End,
         }
     }
 

@@ -110,7 +110,7 @@ pub(crate) async fn run(
     }
     let mut s = Session {
         shared,
-        reader,
+        reader: Some(reader),
         out,
         peer,
         user,

@@ -400,3 +400,63 @@ async fn session_settings_changed_by_functions_stay_with_their_client() {
         assert_eq!(value(o, "SHOW statement_timeout").await, "0");
     }
 }
+
+/// Issue 14, case 4: a client that vanishes while its statement waits for a
+/// lock on one shard: the statement is cancelled and its block rolled back on
+/// every shard within about a second, so its other locks go too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_is_cancelled_and_rolled_back_everywhere() {
+    let c = Cluster::start(3).await;
+    let keys = c.accounts(2, 100).await;
+    let (x, y) = (keys[0], keys[1]);
+    let holder = c.client().await;
+    exec(&holder, "BEGIN").await;
+    exec(
+        &holder,
+        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {x}"),
+    )
+    .await;
+    // The doomed client locks y, then waits for x's lock, and vanishes.
+    let mut raw = RawClient::connect(c.port()).await;
+    let r = raw
+        .query(&format!(
+            "BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = {y}"
+        ))
+        .await;
+    assert_eq!(r.status, b'T');
+    let mut q = format!("UPDATE accounts SET balance = balance + 1 WHERE id = {x}").into_bytes();
+    q.push(0);
+    raw.send(b'Q', &q).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(raw);
+    // Within about a second y is free again and nobody waits on x's shard.
+    let other = c.client().await;
+    exec(&other, "SET lock_timeout = '3s'").await;
+    let started = std::time::Instant::now();
+    exec(
+        &other,
+        &format!("UPDATE accounts SET balance = balance + 10 WHERE id = {y}"),
+    )
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "y was locked for {:?}",
+        started.elapsed()
+    );
+    for i in 0..3 {
+        let s = c.shard(i).await;
+        let waiting = value(
+            &s,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .await;
+        assert_eq!(waiting, "0", "a backend still waits on shard {i}");
+    }
+    exec(&holder, "COMMIT").await;
+    assert_eq!(balance(&holder, x).await, "101");
+    assert_eq!(
+        balance(&holder, y).await,
+        "110",
+        "the vanished client's UPDATE rolled back"
+    );
+}
