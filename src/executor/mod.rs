@@ -21,6 +21,29 @@ pub enum ExecError {
     Client(std::io::Error),
 }
 
+/// How the shard(s) answered a statement: the one result the executor
+/// hands back (beside the closing message, when the caller sends it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Succeeded,
+    /// A shard reported an error (already relayed, or the closing message).
+    Failed,
+}
+
+impl Answer {
+    pub fn failed_if(failed: bool) -> Answer {
+        if failed {
+            Answer::Failed
+        } else {
+            Answer::Succeeded
+        }
+    }
+
+    pub fn failed(self) -> bool {
+        self == Answer::Failed
+    }
+}
+
 impl From<BackendError> for ExecError {
     fn from(e: BackendError) -> Self {
         ExecError::Backend(e)
@@ -39,18 +62,17 @@ async fn write<W: AsyncWrite + Unpin>(out: &mut W, b: &[u8]) -> Result<(), ExecE
     out.write_all(b).await.map_err(ExecError::Client)
 }
 
-/// Relays the answer to one query from one shard. Returns whether the
-/// server reported an error. `ReadyForQuery` is not relayed: the session
-/// sends its own, from its state.
+/// Relays the answer to one query from one shard. `ReadyForQuery` is not
+/// relayed: the session sends its own, from its state.
 pub async fn relay<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     out: &mut W,
-) -> Result<bool, ExecError> {
+) -> Result<Answer, ExecError> {
     let mut failed = false;
     loop {
         let f = conn.read().await?;
         match f.tag {
-            b'Z' => return Ok(failed),
+            b'Z' => return Ok(Answer::failed_if(failed)),
             b'G' => refuse_copy_in(conn).await?,
             b'E' => {
                 failed = true;
@@ -233,7 +255,7 @@ pub async fn collect<W: AsyncWrite + Unpin>(
 }
 
 /// Runs `sqls[i]` on `conns[i]` at once and merges the answers. Returns
-/// whether any shard failed, and the closing message (error or merged tag),
+/// how they answered, and the closing message (error or merged tag),
 /// which the caller sends when the statement is really over. Every
 /// connection is read to its `ReadyForQuery` (or marked broken).
 pub async fn fan_out<W: AsyncWrite + Unpin>(
@@ -241,7 +263,7 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
     sqls: &[&str],
     merge: Merge,
     out: &mut W,
-) -> Result<(bool, Option<Bytes>), ExecError> {
+) -> Result<(Answer, Option<Bytes>), ExecError> {
     let mut merger = Merger::default();
     let mut sent = vec![false; conns.len()];
     for (i, c) in conns.iter_mut().enumerate() {
@@ -260,6 +282,6 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
             collect(c, &mut merger, merge, i == 0, Until::Ready, out).await?;
         }
     }
-    let failed = merger.failed();
-    Ok((failed, merger.finish()))
+    let answer = Answer::failed_if(merger.failed());
+    Ok((answer, merger.finish()))
 }

@@ -11,7 +11,7 @@ use super::value::{self, compare, decode, format_float, group_key, oid, Kind, Va
 use super::{AggFunc, CmpOp, Cond, Lit, MergePlan, Output, Shape, SortKey};
 use crate::backend::{BackendError, ServerConn};
 use crate::error::SqlState;
-use crate::executor::{refuse_copy_in, ExecError};
+use crate::executor::{refuse_copy_in, Answer, ExecError};
 use crate::protocol::{self, message, Frame, Severity};
 
 /// One column of a `RowDescription`.
@@ -465,7 +465,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     plan: &MergePlan,
     opts: &RunOptions<'_>,
     out: &mut W,
-) -> Result<(bool, Option<Bytes>), ExecError> {
+) -> Result<(Answer, Option<Bytes>), ExecError> {
     let mut o = Outcome::default();
     let mut streams: Vec<Stream> = conns
         .iter()
@@ -531,9 +531,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
     drain_all(conns, &mut streams, &mut o, out).await?;
     Ok(match o.error {
-        Some(e) => (true, Some(e)),
+        Some(e) => (Answer::Failed, Some(e)),
         None => (
-            false,
+            Answer::Succeeded,
             Some(protocol::command_complete(&format!("SELECT {sent}"))),
         ),
     })

@@ -60,7 +60,7 @@ impl Session {
             }
         }
         let single = targets.len() == 1;
-        let r: Result<(bool, Option<bytes::Bytes>), ExecError> = async {
+        let r: Result<(Answer, Option<bytes::Bytes>), ExecError> = async {
             // Everything is written before anything is read: the shards work in parallel.
             let mut sent = Vec::with_capacity(targets.len());
             for (shard, sql) in targets {
@@ -119,7 +119,7 @@ impl Session {
                 } else if let Collect::Plan(_) = how {
                     ready.push(shard);
                 } else if single && !failed && !self.hold_last {
-                    failed |= executor::relay(&mut p.conn, &mut self.out).await?;
+                    failed |= executor::relay(&mut p.conn, &mut self.out).await?.failed();
                 } else if let Collect::Merge(merge) = how {
                     let merge = if single { Merge::Union } else { merge };
                     executor::collect(
@@ -151,7 +151,7 @@ impl Session {
                 }
             }
             failed |= merger.failed();
-            Ok((failed, merger.finish()))
+            Ok((Answer::failed_if(failed), merger.finish()))
         }
         .await;
         if self.risky {
@@ -168,11 +168,11 @@ impl Session {
             t.participants = parts;
         }
         match r {
-            Ok((failed, last)) => {
-                if failed || server_failed {
+            Ok((answer, last)) => {
+                if answer.failed() || server_failed {
                     self.fail();
                 }
-                Ok((!failed, last))
+                Ok((!answer.failed(), last))
             }
             Err(ExecError::Backend(e)) => Ok((self.error(e.into()).await?, None)),
             Err(ExecError::Client(e)) => Err(e),
@@ -400,7 +400,7 @@ impl Session {
             executor::relay(&mut conn, &mut self.out).await
         }
         .await;
-        if matches!(r, Ok(false)) {
+        if matches!(r, Ok(Answer::Succeeded)) {
             if let Some(ch) = change {
                 let mut one = [Participant { conn, wrote: false }];
                 self.apply_changes(&[ch], &mut one);

@@ -156,10 +156,10 @@ impl Session {
 
     pub(super) async fn finish_exec(
         &mut self,
-        r: Result<bool, ExecError>,
+        r: Result<Answer, ExecError>,
     ) -> std::io::Result<bool> {
         match r {
-            Ok(failed) => Ok(!failed),
+            Ok(answer) => Ok(answer == Answer::Succeeded),
             Err(ExecError::Backend(e)) => self.error(e.into()).await,
             Err(ExecError::Client(e)) => Err(e),
         }
@@ -232,11 +232,11 @@ impl Session {
             }
         }
         match r {
-            Ok((failed, last)) => {
+            Ok((answer, last)) => {
                 if let Some(b) = last {
                     self.write(&b).await?;
                 }
-                Ok(!failed)
+                Ok(answer == Answer::Succeeded)
             }
             Err(ExecError::Backend(e)) => self.error(e.into()).await,
             Err(ExecError::Client(e)) => Err(e),

@@ -29,7 +29,7 @@ mod startup;
 
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, TxnMisuse};
-use crate::executor::{self, Collect, ExecError, Merge, Merger, Until};
+use crate::executor::{self, Answer, Collect, ExecError, Merge, Merger, Until};
 use crate::frontend::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::protocol::{self, read_frame, Frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};

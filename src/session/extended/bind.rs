@@ -194,13 +194,13 @@ impl Session {
             .prepare_and_send(&mut conn, parse, backend, &[&bind])
             .await;
         let r = match r {
-            Ok(true) => reply(&mut conn, &mut self.out, b"2", forward)
+            Ok(Answer::Succeeded) => reply(&mut conn, &mut self.out, b"2", forward)
                 .await
                 .map(|x| x.0),
             other => other,
         };
         self.put_conn(slot, conn, false);
-        self.finish_exec(r.map(|ok| !ok)).await
+        self.finish_exec(r).await
     }
 
     /// Sends Parse if this connection lacks the statement, then `msgs` and a
@@ -211,7 +211,7 @@ impl Session {
         parse: &[u8],
         backend: &str,
         msgs: &[&[u8]],
-    ) -> Result<bool, ExecError> {
+    ) -> Result<Answer, ExecError> {
         let fresh = !conn.prepared.contains(backend);
         if fresh {
             conn.send_extended(parse).await?;
@@ -222,13 +222,13 @@ impl Session {
         conn.send_extended(&FLUSH).await?;
         conn.flush().await?;
         if fresh {
-            let (ok, _) = reply(conn, &mut self.out, b"1", false).await?;
-            if !ok {
-                return Ok(false);
+            let (answer, _) = reply(conn, &mut self.out, b"1", false).await?;
+            if answer.failed() {
+                return Ok(answer);
             }
             conn.prepared.insert(backend.to_string());
         }
-        Ok(true)
+        Ok(Answer::Succeeded)
     }
 }
 

@@ -124,20 +124,20 @@ impl Session {
                         .await
                         .map_err(ExecError::Client)?,
                     Owed::Prepared(name) => {
-                        let (ok, _) = reply(&mut conn, &mut self.out, b"1", false).await?;
-                        if ok {
+                        let (answer, _) = reply(&mut conn, &mut self.out, b"1", false).await?;
+                        if answer == Answer::Succeeded {
                             conn.prepared.insert(name);
                         }
-                        failed = !ok;
+                        failed = answer.failed();
                     }
                     Owed::Relay(done, describes) => {
-                        let (ok, types) = reply(&mut conn, &mut self.out, done, true).await?;
+                        let (answer, types) = reply(&mut conn, &mut self.out, done, true).await?;
                         if let (Some(name), Some(types)) = (describes, types) {
                             if let Some(s) = self.ext.stmts.get_mut(&name) {
                                 s.described = Some(types);
                             }
                         }
-                        failed = !ok;
+                        failed = answer.failed();
                     }
                 }
             }

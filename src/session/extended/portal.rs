@@ -84,8 +84,8 @@ impl Session {
                 .prepare_and_send(&mut conn, &parse, &backend, &[&describe])
                 .await
             {
-                Ok(true) => reply(&mut conn, &mut self.out, b"Tn", true).await,
-                Ok(false) => Ok((false, None)),
+                Ok(Answer::Succeeded) => reply(&mut conn, &mut self.out, b"Tn", true).await,
+                Ok(Answer::Failed) => Ok((Answer::Failed, None)),
                 Err(e) => Err(e),
             };
             self.put_conn(slot, conn, false);
@@ -94,7 +94,7 @@ impl Session {
                     s.described = Some(types.clone());
                 }
             }
-            return Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?);
+            return Ok(self.finish_exec(r.map(|(answer, _)| answer)).await?);
         }
         let shard = match self.ext.portals.get(name) {
             None => {
@@ -145,7 +145,7 @@ impl Session {
         }
         .await;
         self.put_conn(slot, conn, wrote);
-        Ok(self.finish_exec(r.map(|(ok, _)| !ok)).await?)
+        Ok(self.finish_exec(r.map(|(answer, _)| answer)).await?)
     }
 
     pub(super) async fn ext_execute(&mut self, portal: &str, max: i32) -> Result<bool, Fatal> {
@@ -436,19 +436,19 @@ impl Session {
         for (slot, conn) in taken {
             self.put_conn(slot, conn, false);
         }
-        if let (true, Ok((false, last))) = (max > 0, &r) {
+        if let (true, Ok((Answer::Succeeded, last))) = (max > 0, &r) {
             let last = last.clone();
             return self.buffer_then_serve(portal, &buf, last, max).await;
         }
         match r {
-            Ok((failed, last)) => {
+            Ok((answer, last)) => {
                 if let Some(b) = last {
                     self.write(&b).await?;
                 }
-                if failed {
+                if answer.failed() {
                     self.fail();
                 }
-                Ok(!failed)
+                Ok(!answer.failed())
             }
             Err(e) => Ok(self.finish_exec(Err(e)).await?),
         }

@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::FLUSH;
 use crate::backend::ServerConn;
-use crate::executor::ExecError;
+use crate::executor::{Answer, ExecError};
 use crate::router::Bound;
 
 pub(super) fn read_i16(b: &[u8]) -> Option<(i16, &[u8])> {
@@ -167,14 +167,14 @@ pub(super) async fn reply<W: AsyncWriteExt + Unpin>(
     out: &mut W,
     done: &[u8],
     forward: bool,
-) -> Result<(bool, Option<Vec<u32>>), ExecError> {
+) -> Result<(Answer, Option<Vec<u32>>), ExecError> {
     let mut types = None;
     loop {
         let f = conn.read().await?;
         match f.tag {
             b'E' => {
                 out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                return Ok((false, types));
+                return Ok((Answer::Failed, types));
             }
             b'G' => {
                 conn.send_copy_fail("COPY FROM STDIN is not supported through Pieskieo yet")
@@ -207,7 +207,7 @@ pub(super) async fn reply<W: AsyncWriteExt + Unpin>(
                     out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
                 }
                 if done.contains(&tag) {
-                    return Ok((true, types));
+                    return Ok((Answer::Succeeded, types));
                 }
             }
         }
