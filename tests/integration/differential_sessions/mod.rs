@@ -37,7 +37,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::harness::{config_text_full, Cluster, Lcg, Servers, TABLES};
 use compare::{compare, Difference, Outcome};
 use generate::{extended_session, simple_session, World};
-use session::{frame, Class, Session, Step};
+use session::{frame, Class, Expect, Session, Step};
 use wire::{Answer, Wire};
 
 const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, b bigint CHECK (b >= 0), u int UNIQUE, d int UNIQUE DEFERRABLE INITIALLY DEFERRED)";
@@ -211,7 +211,7 @@ impl Bench {
             let mut bytes = Vec::new();
             frame(&mut bytes, b'Q', observe);
             let mut out = Vec::new();
-            w.exchange(&bytes, 1, &mut out).await;
+            w.exchange(&bytes, &[Expect::ReadyForQuery], &mut out).await;
             observer[i] = out.concat();
         }
         if observer[0] != observer[1] {
@@ -276,10 +276,11 @@ fn text_rows(msgs: Vec<SimpleQueryMessage>) -> Vec<String> {
 async fn run_on(port: u16, session: &Session, oracle: bool) -> Vec<Answer> {
     let mut w = Wire::connect(port).await;
     let mut out = Vec::new();
-    for step in &session.steps {
-        let (bytes, syncs) = step.encode(oracle);
-        if !w.exchange(&bytes, syncs, &mut out).await {
-            break;
+    'steps: for step in &session.steps {
+        for (bytes, expect) in step.writes(oracle) {
+            if !w.exchange(&bytes, &expect, &mut out).await {
+                break 'steps;
+            }
         }
     }
     let _ = w.stream.write_all(&[b'X', 0, 0, 0, 4]).await;

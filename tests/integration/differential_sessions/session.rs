@@ -175,10 +175,52 @@ impl std::fmt::Display for Msg {
     }
 }
 
+/// What ends the server's answer to one client message.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(super) enum Expect {
+    ParseComplete,
+    BindComplete,
+    /// RowDescription or NoData (after any ParameterDescription).
+    Description,
+    /// CommandComplete, PortalSuspended or EmptyQueryResponse.
+    Completion,
+    CloseComplete,
+    ReadyForQuery,
+}
+
+impl Expect {
+    pub(super) fn ends(self, t: u8) -> bool {
+        match self {
+            Expect::ParseComplete => t == b'1',
+            Expect::BindComplete => t == b'2',
+            Expect::Description => t == b'T' || t == b'n',
+            Expect::Completion => matches!(t, b'C' | b's' | b'I'),
+            Expect::CloseComplete => t == b'3',
+            Expect::ReadyForQuery => t == b'Z',
+        }
+    }
+}
+
+impl Msg {
+    fn expect(&self) -> Option<Expect> {
+        Some(match self {
+            Msg::Parse { .. } => Expect::ParseComplete,
+            Msg::Bind { .. } => Expect::BindComplete,
+            Msg::Describe { .. } => Expect::Description,
+            Msg::Execute { .. } => Expect::Completion,
+            Msg::Close { .. } => Expect::CloseComplete,
+            Msg::Sync => Expect::ReadyForQuery,
+            Msg::Flush => return None,
+        })
+    }
+}
+
 impl Step {
-    /// The bytes for one system, and how many ReadyForQuery answer them.
-    pub(super) fn encode(&self, oracle: bool) -> (Vec<u8>, usize) {
-        let mut out = Vec::new();
+    /// What a client sends for one system, in the writes it makes: a query
+    /// is one write; a pipeline one write up to each Flush, after which the
+    /// client waits for the answers (as asyncpg and pgjdbc do), and one for
+    /// the rest. Each write with the answers that end what it asks.
+    pub(super) fn writes(&self, oracle: bool) -> Vec<(Vec<u8>, Vec<Expect>)> {
         match self {
             Step::Query(stmts) => {
                 let sql: Vec<&str> = stmts
@@ -187,15 +229,24 @@ impl Step {
                     .collect();
                 let mut b = Vec::new();
                 cstr(&mut b, &sql.join("; "));
+                let mut out = Vec::new();
                 frame(&mut out, b'Q', &b);
-                (out, 1)
+                vec![(out, vec![Expect::ReadyForQuery])]
             }
             Step::Pipeline(msgs) => {
+                let mut writes = Vec::new();
+                let (mut bytes, mut expect) = (Vec::new(), Vec::new());
                 for m in msgs {
-                    m.encode(&mut out, oracle);
+                    m.encode(&mut bytes, oracle);
+                    expect.extend(m.expect());
+                    if matches!(m, Msg::Flush) {
+                        writes.push((std::mem::take(&mut bytes), std::mem::take(&mut expect)));
+                    }
                 }
-                let syncs = msgs.iter().filter(|m| matches!(m, Msg::Sync)).count();
-                (out, syncs)
+                if !bytes.is_empty() {
+                    writes.push((bytes, expect));
+                }
+                writes
             }
         }
     }
@@ -262,7 +313,7 @@ impl std::fmt::Display for Session {
             match step {
                 Step::Query(s) => writeln!(f, "  {}. Query {:?}", i + 1, s.join("; "))?,
                 Step::Pipeline(msgs) => {
-                    writeln!(f, "  {}. pipeline, sent in one write:", i + 1)?;
+                    writeln!(f, "  {}. pipeline (one write; after a Flush the client waits for the answers so far):", i + 1)?;
                     for m in msgs {
                         writeln!(f, "       {m}")?;
                     }

@@ -1,11 +1,13 @@
 //! The raw wire: a protocol client whose reads time out, and each
 //! message normalised to what must agree between the two systems.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::session::Expect;
 use crate::harness::{field, RawClient};
 
 /// How long one reply may take before the session counts as hung.
@@ -14,12 +16,18 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A raw protocol connection whose reads time out instead of hanging.
 pub(super) struct Wire {
     pub(super) stream: TcpStream,
+    /// An error came and no Sync since: the server ignores messages.
+    skipping: bool,
+    /// The answer so far, up to the next ReadyForQuery.
+    answer: Answer,
 }
 
 impl Wire {
     pub(super) async fn connect(port: u16) -> Wire {
         Wire {
             stream: RawClient::connect(port).await.stream,
+            skipping: false,
+            answer: Vec::new(),
         }
     }
 
@@ -38,13 +46,16 @@ impl Wire {
         }
     }
 
-    /// Sends `bytes` and reads `syncs` answers (each up to ReadyForQuery),
-    /// normalised; a hang or a closed connection ends the last answer with
-    /// a line saying so, and `false`.
+    /// Sends `bytes` and reads until every answer in `expect` has ended,
+    /// normalised, each up to ReadyForQuery one more entry of `out`. After
+    /// an error the server skips to Sync, so the answers before the next
+    /// ReadyForQuery are no longer expected (in later writes too, until a
+    /// Sync). A hang or a closed connection ends the answer with a line
+    /// saying so, and `false`.
     pub(super) async fn exchange(
         &mut self,
         bytes: &[u8],
-        syncs: usize,
+        expect: &[Expect],
         out: &mut Vec<Answer>,
     ) -> bool {
         let fault = |key: String| Line {
@@ -55,24 +66,40 @@ impl Wire {
             out.push(vec![fault(format!("!! write failed: {e}"))]);
             return false;
         }
-        let mut cur = Vec::new();
-        let mut got = 0;
-        while got < syncs {
-            match self.read().await {
+        let mut queue = VecDeque::new();
+        for e in expect {
+            if self.skipping && *e != Expect::ReadyForQuery {
+                continue;
+            }
+            self.skipping = false;
+            queue.push_back(*e);
+        }
+        while let Some(next) = queue.front().copied() {
+            let (t, b) = match self.read().await {
                 Err(e) => {
-                    cur.push(fault(format!("!! {e}")));
-                    out.push(cur);
+                    self.answer.push(fault(format!("!! {e}")));
+                    out.push(std::mem::take(&mut self.answer));
                     return false;
                 }
-                Ok((t, b)) => {
-                    if let Some(line) = normalise(t, &b) {
-                        cur.push(line);
-                    }
-                    if t == b'Z' {
-                        out.push(std::mem::take(&mut cur));
-                        got += 1;
-                    }
+                Ok(m) => m,
+            };
+            if let Some(line) = normalise(t, &b) {
+                self.answer.push(line);
+            }
+            if t == b'E' {
+                while queue.front().is_some_and(|e| *e != Expect::ReadyForQuery) {
+                    queue.pop_front();
                 }
+                self.skipping = queue.is_empty();
+            } else if t == b'Z' {
+                // Whatever else was expected before this Sync never came.
+                while queue
+                    .pop_front()
+                    .is_some_and(|e| e != Expect::ReadyForQuery)
+                {}
+                out.push(std::mem::take(&mut self.answer));
+            } else if next.ends(t) {
+                queue.pop_front();
             }
         }
         true
