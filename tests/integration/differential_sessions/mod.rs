@@ -6,7 +6,9 @@
 //! message (types, command tags, SQLSTATEs, status bytes, rows), then the
 //! table contents, and what a later client sees of the session's settings.
 //! A difference is shrunk (statements and messages dropped while it persists)
-//! and printed as the shortest session that reproduces it.
+//! and printed as the shortest session that reproduces it. Before the random
+//! sessions, a fixed corpus (`corpus.rs`): issue 12's five cases as the
+//! clients that hit them send them.
 //!
 //! Environment:
 //! - `PIESKIEO_DIFF_SESSIONS` — how many sessions (default 2,000; the long
@@ -14,13 +16,15 @@
 //! - `PIESKIEO_DIFF_SEED` — the base seed (default 12); session `i` is
 //!   generated from the base seed and `i` alone;
 //! - `PIESKIEO_DIFF_FIRST` — the number of the first session (default 0):
-//!   with `PIESKIEO_DIFF_SESSIONS=1`, reruns one reported session;
+//!   with `PIESKIEO_DIFF_SESSIONS=1`, reruns one reported session (the
+//!   corpus is skipped when this is set);
 //! - `PIESKIEO_DIFF_CLASS` — `simple`, `extended` or `both` (default):
 //!   even-numbered sessions are simple, odd ones extended; a filter runs
 //!   the next sessions of its class;
 //! - `PIESKIEO_DIFF_REPORT` — a file to write the report to as well.
 
 mod compare;
+mod corpus;
 mod generate;
 mod session;
 mod wire;
@@ -371,8 +375,8 @@ fn class_of(i: u64) -> Class {
 }
 
 struct Found {
-    first: u64,
-    class: Class,
+    /// The first session that showed it.
+    first: String,
     count: usize,
     report: Option<String>,
 }
@@ -398,13 +402,27 @@ async fn differential_sessions_match_postgresql() {
     let numbers = (first..)
         .filter(|i| classes.contains(&class_of(*i)))
         .take(sessions as usize);
-    for i in numbers {
+    let world = &bench.world;
+    let fixed: Vec<(String, Session)> = if std::env::var("PIESKIEO_DIFF_FIRST").is_ok() {
+        Vec::new()
+    } else {
+        corpus::corpus(world)
+            .into_iter()
+            .filter(|(_, class, _)| classes.contains(class))
+            .map(|(name, _, s)| (format!("\"{name}\""), s))
+            .collect()
+    };
+    let random = numbers.map(|i| {
         let class = class_of(i);
         let mut g = session_rng(seed, i);
         let session = match class {
-            Class::Simple => simple_session(&mut g, &bench.world),
-            Class::Extended => extended_session(&mut g, &bench.world),
+            Class::Simple => simple_session(&mut g, world),
+            Class::Extended => extended_session(&mut g, world),
         };
+        (format!("#{i} ({class:?}, seed {seed})"), session)
+    });
+    let all: Vec<(String, Session)> = fixed.into_iter().chain(random).collect();
+    for (label, session) in all {
         let Some(d) = bench.differ(&session).await else {
             continue;
         };
@@ -426,7 +444,7 @@ async fn differential_sessions_match_postgresql() {
                 ),
             };
             let text = format!(
-                "### {}\nsession #{i} ({class:?}, seed {seed}){note}, {} items; client sent:\n{small}{detail}",
+                "### {}\nsession {label}{note}, {} items; client sent:\n{small}{detail}",
                 d.signature,
                 small.items()
             );
@@ -439,8 +457,7 @@ async fn differential_sessions_match_postgresql() {
         found.insert(
             d.signature.clone(),
             Found {
-                first: i,
-                class,
+                first: label,
                 count: 1,
                 report,
             },
@@ -460,12 +477,7 @@ async fn differential_sessions_match_postgresql() {
     )
     .unwrap();
     for (sig, f) in &found {
-        writeln!(
-            summary,
-            "  {} sessions, first #{} ({:?}): {sig}",
-            f.count, f.first, f.class
-        )
-        .unwrap();
+        writeln!(summary, "  {} sessions, first {}: {sig}", f.count, f.first).unwrap();
     }
     println!("{summary}");
     if let Ok(path) = std::env::var("PIESKIEO_DIFF_REPORT") {
