@@ -130,16 +130,23 @@ pub(super) fn compare(session: &Session, out: &Outcome) -> Option<Difference> {
     Some(Difference { signature, detail })
 }
 
-/// The observer's rows, shortly: `id=setting` for each.
+/// The observer's rows, shortly: `id=setting` for each, and any error.
 pub(super) fn settings(a: &Answer) -> String {
     a.iter()
-        .filter(|l| l.key.starts_with("DataRow"))
-        .map(|l| {
-            l.key
-                .trim_start_matches("DataRow [")
-                .trim_end_matches(']')
-                .replace("\", \"", "=")
-                .replace('"', "")
+        .filter_map(|l| {
+            if l.key.starts_with("DataRow") {
+                Some(
+                    l.key
+                        .trim_start_matches("DataRow [")
+                        .trim_end_matches(']')
+                        .replace("\", \"", "=")
+                        .replace('"', ""),
+                )
+            } else if l.key.starts_with("ErrorResponse") || l.key.starts_with("!!") {
+                Some(l.to_string())
+            } else {
+                None
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")
