@@ -56,6 +56,10 @@ const SHRINK_BUDGET: usize = 250;
 /// Distinct differences shrunk and reported in full; more are only counted.
 const MAX_REPORTED: usize = 80;
 
+/// Both systems: Pieskieo over 3 shards and one plain PostgreSQL, the
+/// control connections that reset and read the tables (straight to each
+/// shard, so a proxy bug cannot spoil the starting state or hide what a
+/// session left), and a client of each that looks at settings afterwards.
 struct Bench {
     cluster: Cluster,
     _oracle_servers: Servers,
