@@ -72,6 +72,8 @@ struct Bench {
     tables: String,
     /// How many times the proxy was restarted (a fresh decision log each).
     restarts: usize,
+    /// Sessions run on both systems, shrinking's replays included.
+    runs: usize,
     /// Time spent resetting the tables, running sessions, and reading
     /// what they left.
     timing: [Duration; 3],
@@ -152,6 +154,7 @@ impl Bench {
             world: World { shard_of },
             tables,
             restarts: 0,
+            runs: 0,
             timing: [Duration::ZERO; 3],
             reset_oracle,
             reset_shards,
@@ -180,6 +183,7 @@ impl Bench {
     }
 
     async fn run(&mut self, session: &Session) -> Outcome {
+        self.runs += 1;
         let t0 = Instant::now();
         self.reset().await;
         let t1 = Instant::now();
@@ -476,8 +480,8 @@ async fn differential_sessions_match_postgresql() {
     let [reset, ran, after] = bench.timing.map(|d| d.as_secs_f64());
     writeln!(
         summary,
-        "  time: resets {reset:.1}s, sessions {ran:.1}s, reading what they left {after:.1}s; proxy restarts after leaks: {}",
-        bench.restarts
+        "  {} runs (shrinking's replays included): resets {reset:.1}s, sessions {ran:.1}s, reading what they left {after:.1}s (with {} proxy restarts after leaks)",
+        bench.runs, bench.restarts
     )
     .unwrap();
     for (sig, f) in &found {
