@@ -35,6 +35,9 @@ pub(super) fn kind(line: &Line) -> &str {
     }
 }
 
+/// How Pieskieo's run differs from PostgreSQL's, if it does: the answers
+/// in order first (an answer holding a refused statement by its status and
+/// failure only), then the tables, the shards, and the observer.
 pub(super) fn compare(session: &Session, out: &Outcome) -> Option<Difference> {
     let loose = session.loose();
     let [o, p] = &out.answers;
