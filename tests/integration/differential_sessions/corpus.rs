@@ -128,6 +128,55 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
             ])]),
         ),
         (
+            "simple BEGIN, a pipeline over two shards, a failing pipeline, simple ROLLBACK",
+            Class::Extended,
+            session(vec![
+                q("BEGIN"),
+                pipeline(vec![run(add, &[a, 1]), run(add, &[b, 1]), vec![Msg::Sync]]),
+                pipeline(vec![
+                    run("SELECT b / $2 FROM t WHERE id = $1", &[c, 0]),
+                    vec![Msg::Sync],
+                ]),
+                q("ROLLBACK"),
+            ]),
+        ),
+        (
+            "extended BEGIN, a simple write, a failing extended write, simple COMMIT",
+            Class::Extended,
+            session(vec![
+                pipeline(vec![run("BEGIN", &[]), vec![Msg::Sync]]),
+                q(&format!("UPDATE t SET b = b + 1 WHERE id = {a}")),
+                pipeline(vec![run(add, &[b, -1000]), vec![Msg::Sync]]),
+                q("COMMIT"),
+            ]),
+        ),
+        (
+            "simple BEGIN, extended writes on three shards with a savepoint, simple COMMIT",
+            Class::Extended,
+            session(vec![
+                q("BEGIN"),
+                pipeline(vec![
+                    run(add, &[a, 1]),
+                    run("SAVEPOINT a", &[]),
+                    run(add, &[b, 1]),
+                    vec![Msg::Sync],
+                    run(add, &[c, -1000]),
+                    vec![Msg::Sync],
+                ]),
+                q("ROLLBACK TO a; UPDATE t SET b = b + 2 WHERE id = 1; COMMIT"),
+            ]),
+        ),
+        (
+            "a deferred conflict in an explicit block on two shards, found at COMMIT",
+            Class::Simple,
+            session(vec![
+                q("BEGIN"),
+                q(&format!("UPDATE t SET b = b + 1 WHERE id = {b}")),
+                q("UPDATE t SET d = 5 WHERE id = 1"),
+                q("COMMIT"),
+            ]),
+        ),
+        (
             "case 5: pg_dump's set_config('search_path', '', false), then another client",
             Class::Simple,
             session(vec![q("SELECT pg_catalog.set_config('search_path', '', false)")]),
