@@ -111,7 +111,7 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
         ),
         (
             "case 4: asyncpg executemany over every shard inside a transaction",
-            Class::Extended,
+            Class::Mixed,
             session(vec![
                 q("BEGIN"),
                 pipeline(vec![vec![parse("ins", add), Msg::Sync]]),
@@ -129,7 +129,7 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
         ),
         (
             "simple BEGIN, a pipeline over two shards, a failing pipeline, simple ROLLBACK",
-            Class::Extended,
+            Class::Mixed,
             session(vec![
                 q("BEGIN"),
                 pipeline(vec![run(add, &[a, 1]), run(add, &[b, 1]), vec![Msg::Sync]]),
@@ -142,7 +142,7 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
         ),
         (
             "extended BEGIN, a simple write, a failing extended write, simple COMMIT",
-            Class::Extended,
+            Class::Mixed,
             session(vec![
                 pipeline(vec![run("BEGIN", &[]), vec![Msg::Sync]]),
                 q(&format!("UPDATE t SET b = b + 1 WHERE id = {a}")),
@@ -152,7 +152,7 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
         ),
         (
             "simple BEGIN, extended writes on three shards with a savepoint, simple COMMIT",
-            Class::Extended,
+            Class::Mixed,
             session(vec![
                 q("BEGIN"),
                 pipeline(vec![

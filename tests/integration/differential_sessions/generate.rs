@@ -185,80 +185,100 @@ pub(super) fn ext_kind(g: &mut Lcg) -> usize {
 }
 
 pub(super) fn extended_session(g: &mut Lcg, w: &World) -> Session {
-    let mut named: Vec<(String, usize)> = Vec::new();
+    let mut named = Vec::new();
+    let steps = (0..1 + g.next(3))
+        .map(|_| pipeline(g, w, &mut named))
+        .collect();
+    Session { steps }
+}
+
+/// Simple queries and pipelines in one session, as drivers that send
+/// `BEGIN`/`COMMIT` as simple queries and statements extended do.
+pub(super) fn mixed_session(g: &mut Lcg, w: &World) -> Session {
+    let mut named = Vec::new();
     let mut steps = Vec::new();
-    for _ in 0..1 + g.next(3) {
-        let mut msgs = Vec::new();
-        for _ in 0..1 + g.next(5) {
-            let reuse = !named.is_empty() && g.next(4) == 0;
-            let (stmt, kind) = if reuse {
-                named[g.next(named.len() as u64) as usize].clone()
-            } else {
-                let kind = ext_kind(g);
-                let name = if g.next(3) == 0 {
-                    let n = format!("s{}", named.len() + 1);
-                    named.push((n.clone(), kind));
-                    n
-                } else {
-                    String::new()
-                };
-                msgs.push(Msg::Parse {
-                    name: name.clone(),
-                    sql: EXT[kind].to_string(),
-                });
-                (name, kind)
-            };
-            if g.next(10) == 0 {
-                msgs.push(Msg::Describe {
-                    portal: false,
-                    name: stmt.clone(),
-                });
-            }
-            let portal = if g.next(5) == 0 { "p1" } else { "" }.to_string();
-            msgs.push(Msg::Bind {
-                portal: portal.clone(),
-                stmt,
-                params: ext_params(g, w, kind),
-            });
-            if g.next(5) == 0 {
-                msgs.push(Msg::Describe {
-                    portal: true,
-                    name: portal.clone(),
-                });
-            }
-            let limited = g.next(10) < 3;
-            msgs.push(Msg::Execute {
-                portal: portal.clone(),
-                max_rows: if limited { 1 + g.next(2) as i32 } else { 0 },
-            });
-            // Only a portal with rows continues; re-running a completed
-            // portal of a utility statement is kept rare (one distinct case).
-            let continues = matches!(kind, 0 | 2 | 7 | 8 | 9 | 19 | 20 | 21);
-            if (limited && continues && g.next(5) < 3) || g.next(50) == 0 {
-                if g.next(3) == 0 {
-                    msgs.push(Msg::Flush);
-                }
-                msgs.push(Msg::Execute {
-                    portal: portal.clone(),
-                    max_rows: 0,
-                });
-            }
-            if !portal.is_empty() && g.next(3) == 0 {
-                msgs.push(Msg::Close {
-                    portal: true,
-                    name: portal,
-                });
-            }
-            match g.next(20) {
-                0..=6 => msgs.push(Msg::Sync),
-                7..=10 => msgs.push(Msg::Flush),
-                _ => {}
-            }
+    for _ in 0..2 + g.next(3) {
+        if g.next(2) == 0 {
+            let n = 1 + g.next(3);
+            steps.push(Step::Query((0..n).map(|_| simple_stmt(g, w)).collect()));
+        } else {
+            steps.push(pipeline(g, w, &mut named));
         }
-        if !matches!(msgs.last(), Some(Msg::Sync)) {
-            msgs.push(Msg::Sync);
-        }
-        steps.push(Step::Pipeline(msgs));
     }
     Session { steps }
+}
+
+/// One pipeline; `named` holds the session's named statements (name, kind).
+fn pipeline(g: &mut Lcg, w: &World, named: &mut Vec<(String, usize)>) -> Step {
+    let mut msgs = Vec::new();
+    for _ in 0..1 + g.next(5) {
+        let reuse = !named.is_empty() && g.next(4) == 0;
+        let (stmt, kind) = if reuse {
+            named[g.next(named.len() as u64) as usize].clone()
+        } else {
+            let kind = ext_kind(g);
+            let name = if g.next(3) == 0 {
+                let n = format!("s{}", named.len() + 1);
+                named.push((n.clone(), kind));
+                n
+            } else {
+                String::new()
+            };
+            msgs.push(Msg::Parse {
+                name: name.clone(),
+                sql: EXT[kind].to_string(),
+            });
+            (name, kind)
+        };
+        if g.next(10) == 0 {
+            msgs.push(Msg::Describe {
+                portal: false,
+                name: stmt.clone(),
+            });
+        }
+        let portal = if g.next(5) == 0 { "p1" } else { "" }.to_string();
+        msgs.push(Msg::Bind {
+            portal: portal.clone(),
+            stmt,
+            params: ext_params(g, w, kind),
+        });
+        if g.next(5) == 0 {
+            msgs.push(Msg::Describe {
+                portal: true,
+                name: portal.clone(),
+            });
+        }
+        let limited = g.next(10) < 3;
+        msgs.push(Msg::Execute {
+            portal: portal.clone(),
+            max_rows: if limited { 1 + g.next(2) as i32 } else { 0 },
+        });
+        // Only a portal with rows continues; re-running a completed
+        // portal of a utility statement is kept rare (one distinct case).
+        let continues = matches!(kind, 0 | 2 | 7 | 8 | 9 | 19 | 20 | 21);
+        if (limited && continues && g.next(5) < 3) || g.next(50) == 0 {
+            if g.next(3) == 0 {
+                msgs.push(Msg::Flush);
+            }
+            msgs.push(Msg::Execute {
+                portal: portal.clone(),
+                max_rows: 0,
+            });
+        }
+        if !portal.is_empty() && g.next(3) == 0 {
+            msgs.push(Msg::Close {
+                portal: true,
+                name: portal,
+            });
+        }
+        match g.next(20) {
+            0..=6 => msgs.push(Msg::Sync),
+            7..=10 => msgs.push(Msg::Flush),
+            _ => {}
+        }
+    }
+    if !matches!(msgs.last(), Some(Msg::Sync)) {
+        msgs.push(Msg::Sync);
+    }
+    Step::Pipeline(msgs)
 }

@@ -18,9 +18,10 @@
 //! - `PIESKIEO_DIFF_FIRST` — the number of the first session (default 0):
 //!   with `PIESKIEO_DIFF_SESSIONS=1`, reruns one reported session (the
 //!   corpus is skipped when this is set);
-//! - `PIESKIEO_DIFF_CLASS` — `simple`, `extended` or `both` (default):
-//!   even-numbered sessions are simple, odd ones extended; a filter runs
-//!   the next sessions of its class;
+//! - `PIESKIEO_DIFF_CLASS` — `simple`, `extended`, `mixed` (simple queries
+//!   and pipelines in one session), `both` (simple and extended) or `all`
+//!   (default): session `i` has class `i % 3` in that order; a filter runs
+//!   the next sessions of its classes;
 //! - `PIESKIEO_DIFF_REPORT` — a file to write the report to as well.
 
 mod compare;
@@ -40,7 +41,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::harness::{config_text_full, Cluster, Lcg, Servers, TABLES};
 use compare::{compare, Difference, Outcome};
-use generate::{extended_session, simple_session, World};
+use generate::{extended_session, mixed_session, simple_session, World};
 use session::{frame, Class, Expect, Session, Step};
 use wire::{Answer, Wire};
 
@@ -375,10 +376,10 @@ fn session_rng(seed: u64, i: u64) -> Lcg {
 }
 
 fn class_of(i: u64) -> Class {
-    if i.is_multiple_of(2) {
-        Class::Simple
-    } else {
-        Class::Extended
+    match i % 3 {
+        0 => Class::Simple,
+        1 => Class::Extended,
+        _ => Class::Mixed,
     }
 }
 
@@ -397,16 +398,20 @@ async fn differential_sessions_match_postgresql() {
     let classes: Vec<Class> = match std::env::var("PIESKIEO_DIFF_CLASS").as_deref() {
         Ok("simple") => vec![Class::Simple],
         Ok("extended") => vec![Class::Extended],
-        Ok("both") | Err(_) => vec![Class::Simple, Class::Extended],
-        Ok(other) => panic!("PIESKIEO_DIFF_CLASS={other}: use simple, extended or both"),
+        Ok("mixed") => vec![Class::Mixed],
+        Ok("both") => vec![Class::Simple, Class::Extended],
+        Ok("all") | Err(_) => vec![Class::Simple, Class::Extended, Class::Mixed],
+        Ok(other) => {
+            panic!("PIESKIEO_DIFF_CLASS={other}: use simple, extended, mixed, both or all")
+        }
     };
     let mut bench = Bench::start().await;
     let started = Instant::now();
     let mut found: BTreeMap<String, Found> = BTreeMap::new();
     let mut differing = 0usize;
     let mut shrinking = Duration::ZERO;
-    // Session `i` is simple when `i` is even and extended when odd, whatever
-    // the class filter: a reported number reruns the same session.
+    // Session `i` has class `i % 3` (simple, extended, mixed) whatever the
+    // class filter: a reported number reruns the same session.
     let numbers = (first..)
         .filter(|i| classes.contains(&class_of(*i)))
         .take(sessions as usize);
@@ -426,6 +431,7 @@ async fn differential_sessions_match_postgresql() {
         let session = match class {
             Class::Simple => simple_session(&mut g, world),
             Class::Extended => extended_session(&mut g, world),
+            Class::Mixed => mixed_session(&mut g, world),
         };
         (format!("#{i} ({class:?}, seed {seed})"), session)
     });

@@ -46,6 +46,8 @@ pub(super) fn for_oracle(sql: &str) -> &str {
 pub(super) enum Class {
     Simple,
     Extended,
+    /// Simple queries and pipelines in one session.
+    Mixed,
 }
 
 /// One client message of the extended protocol.
