@@ -5,9 +5,12 @@
 //!
 //! In the order a client's statement flows through them:
 //!
-//! - [`frontend`]: the listener, startup, authentication and cancellation of
-//!   clients, and the per-client session: its transaction state machine, the
-//!   simple and extended query protocols, dispatch of planned statements.
+//! - [`frontend`]: the edge — the listener, TLS, startup, authentication and
+//!   cancellation of clients, and the handles every session shares.
+//! - `session`: one per client — the transaction-block state machine after
+//!   PostgreSQL's `xact.c` (`session/state.rs`), the simple and extended
+//!   query protocols, block control, settings that stay with their client;
+//!   it decides what each message means and answers it.
 //! - [`router`]: pure routing — statement text and shard map in, [`router::Plan`] out;
 //!   PostgreSQL-compatible hash sharding.
 //! - [`executor`]: runs a plan on server connections and relays or merges what

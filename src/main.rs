@@ -87,7 +87,12 @@ fn main() -> ExitCode {
     };
     match cmd {
         Cmd::Check { config } => match load(&config) {
-            Ok(_) => {
+            Ok(cfg) => {
+                // The certificate and key as the listener will load them.
+                if let Some(Err(e)) = cfg.tls.as_ref().map(pieskieo::frontend::tls::acceptor) {
+                    eprintln!("pieskieo: {}: field `tls`: {e}", config.display());
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -2,6 +2,9 @@
 //! reference tables, limits. Loading validates everything and names the field
 //! that is wrong.
 
+mod scram;
+pub use scram::ScramSecret;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -454,7 +457,7 @@ impl Config {
                         "md5 and cleartext need `password`, not only `scram_verifier`".into(),
                     ))
                 }
-                (_, Some(v), _) if crate::frontend::auth::ScramSecret::parse(v).is_none() => {
+                (_, Some(v), _) if ScramSecret::parse(v).is_none() => {
                     return Err(bad(
                         format!("users[{i}].scram_verifier"),
                         "expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".into(),
@@ -477,9 +480,13 @@ impl Config {
                 "must differ from `database`".into(),
             ));
         }
+        // The files are read (and their PEM checked) by the frontend when
+        // it builds its acceptor, at start, at reload and by `pieskieo check`.
         if let Some(t) = &self.tls {
-            if let Err(e) = crate::frontend::tls::acceptor(t) {
-                return Err(bad("tls".into(), e));
+            for (field, path) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(bad(field.into(), format!("{}: {e}", path.display())));
+                }
             }
         }
         if let Some(m) = &self.metrics_listen {

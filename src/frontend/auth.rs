@@ -35,14 +35,7 @@ impl SecretCache {
     }
 }
 
-/// What the server keeps of a SCRAM password (as in `pg_authid.rolpassword`).
-#[derive(Clone)]
-pub struct ScramSecret {
-    iterations: u32,
-    salt: Vec<u8>,
-    stored_key: Vec<u8>,
-    server_key: Vec<u8>,
-}
+pub use crate::config::ScramSecret;
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
@@ -67,6 +60,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The secret's derivation lives with the SCRAM exchange; its text form with
+/// the configuration (`config::scram`).
 impl ScramSecret {
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
         let salted = hi(password.as_bytes(), salt, iterations);
@@ -77,31 +72,6 @@ impl ScramSecret {
             stored_key: Sha256::digest(&client_key).to_vec(),
             server_key: hmac(&salted, b"Server Key"),
         }
-    }
-
-    /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
-    pub fn parse(v: &str) -> Option<ScramSecret> {
-        let rest = v.strip_prefix("SCRAM-SHA-256$")?;
-        let (params, keys) = rest.split_once('$')?;
-        let (iter, salt) = params.split_once(':')?;
-        let (stored, server) = keys.split_once(':')?;
-        let s = ScramSecret {
-            iterations: iter.parse().ok()?,
-            salt: B64.decode(salt).ok()?,
-            stored_key: B64.decode(stored).ok()?,
-            server_key: B64.decode(server).ok()?,
-        };
-        (s.stored_key.len() == 32 && s.server_key.len() == 32 && s.iterations > 0).then_some(s)
-    }
-
-    pub fn verifier(&self) -> String {
-        format!(
-            "SCRAM-SHA-256${}:{}${}:{}",
-            self.iterations,
-            B64.encode(&self.salt),
-            B64.encode(&self.stored_key),
-            B64.encode(&self.server_key)
-        )
     }
 }
 

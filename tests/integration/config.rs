@@ -56,7 +56,7 @@ fn check_accepts_the_example_and_names_bad_fields() {
     ));
     assert!(!ok);
     assert!(
-        out.contains("field `tls`") && out.contains("/nonexistent/server.crt"),
+        out.contains("field `tls.cert`") && out.contains("/nonexistent/server.crt"),
         "{out}"
     );
 
