@@ -271,6 +271,7 @@ impl Session {
                         self.complete("COMMIT").await
                     }
                     CommitOutcome::Aborted { error } => {
+                        t.forget_settings();
                         self.write(&error).await?;
                         Ok(false)
                     }

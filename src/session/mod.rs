@@ -83,6 +83,17 @@ impl Txn {
         crate::txn::deadlock::begin_sql(&self.begin, self.tag, detecting)
     }
 
+    /// After an aborted commit: a shard that prepared kept the block's
+    /// session `SET`s (PostgreSQL settles settings at PREPARE TRANSACTION),
+    /// so its connection's settings are unknown now.
+    fn forget_settings(&mut self) {
+        if !self.pending.is_empty() {
+            for p in self.participants.iter_mut() {
+                p.conn.settings_unknown = true;
+            }
+        }
+    }
+
     fn has(&self, shard: ShardId) -> bool {
         self.participants.iter().any(|p| p.shard() == shard)
     }
@@ -454,6 +465,7 @@ impl Session {
                 Ok(true)
             }
             CommitOutcome::Aborted { error } => {
+                t.forget_settings();
                 self.write(&error).await?;
                 Ok(false)
             }

@@ -366,7 +366,14 @@ impl Session {
             );
             return Ok(self.error(Error::Route(e)).await?);
         }
-        if self.block == Block::Failed && self.aborted_block(self.shared.plan(sql).ok().as_ref()) {
+        let plan = self.shared.plan(sql).ok();
+        // Parse analysis takes the block's snapshot for anything not utility.
+        if let (Some(t), Some(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. })) =
+            (self.txn.as_mut(), &plan)
+        {
+            t.snapshot = true;
+        }
+        if self.block == Block::Failed && self.aborted_block(plan.as_ref()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
         self.ext
