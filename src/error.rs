@@ -118,6 +118,8 @@ pub enum TxnMisuse {
     /// `BEGIN ISOLATION LEVEL ...` after a statement of the implicit block
     /// it would turn into an explicit one.
     IsolationAfterQuery,
+    /// `BEGIN ISOLATION LEVEL ...` (another level) inside a savepoint.
+    IsolationInSubtransaction,
 }
 
 /// A prepared statement or portal name the client used wrongly.
@@ -155,6 +157,9 @@ impl fmt::Display for TxnMisuse {
             TxnMisuse::IsolationAfterQuery => {
                 f.write_str("SET TRANSACTION ISOLATION LEVEL must be called before any query")
             }
+            TxnMisuse::IsolationInSubtransaction => f.write_str(
+                "SET TRANSACTION ISOLATION LEVEL must not be called in a subtransaction",
+            ),
         }
     }
 }
@@ -186,6 +191,7 @@ impl Error {
             Error::Txn(TxnMisuse::NoTransaction) => SqlState::NO_ACTIVE_SQL_TRANSACTION,
             Error::Txn(TxnMisuse::AlreadyInProgress) => SqlState::ACTIVE_SQL_TRANSACTION,
             Error::Txn(TxnMisuse::IsolationAfterQuery) => SqlState::ACTIVE_SQL_TRANSACTION,
+            Error::Txn(TxnMisuse::IsolationInSubtransaction) => SqlState::ACTIVE_SQL_TRANSACTION,
             Error::Name(NameError::NoStatement(_)) => SqlState::INVALID_SQL_STATEMENT_NAME,
             Error::Name(NameError::StatementExists(_)) => SqlState::DUPLICATE_PREPARED_STATEMENT,
             Error::Name(NameError::NoPortal(_)) => SqlState::INVALID_CURSOR_NAME,

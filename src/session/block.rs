@@ -211,8 +211,14 @@ impl Session {
             Step::Refuse(e) => self.error(Error::Txn(e)).await,
             Step::Warn(w) => {
                 self.warn(w).await?;
+                let sub = self.txn.as_ref().is_some_and(|t| !t.savepoints.is_empty());
                 if ran && level_changes {
                     return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
+                }
+                if sub && level_changes {
+                    return self
+                        .error(Error::Txn(TxnMisuse::IsolationInSubtransaction))
+                        .await;
                 }
                 self.complete(tag).await
             }

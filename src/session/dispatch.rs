@@ -15,14 +15,9 @@ impl Session {
         match route {
             Route::One(s) => self.forward_one(s, stmt, write).await,
             Route::Any => {
-                let joined = self
-                    .txn()
-                    .map(|t| t.participants.first().map(|p| p.shard()));
-                match joined {
-                    // Inside a block: a shard already in it, else the default shard joins.
-                    Some(Some(s)) => self.forward_one(s, stmt, write).await,
-                    _ => self.forward_one(default, stmt, write).await,
-                }
+                // Inside a block: a shard already in it, else the default shard joins.
+                let shard = self.block_any_shard().unwrap_or(default);
+                self.forward_one(shard, stmt, write).await
             }
             Route::Some(_) | Route::All => {
                 let targets: Vec<(ShardId, &str)> = route
@@ -37,6 +32,16 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Where a statement any shard can answer runs inside a block: the
+    /// shard where a statement that may have changed settings ran (so it
+    /// sees them), else the first shard of the block.
+    pub(super) fn block_any_shard(&self) -> Option<ShardId> {
+        let t = self.txn.as_ref()?;
+        self.learn_from
+            .filter(|s| t.has(*s))
+            .or_else(|| t.participants.first().map(|p| p.shard()))
     }
 
     /// A read several shards answer whose rows the proxy combines.

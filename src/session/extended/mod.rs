@@ -311,8 +311,11 @@ impl Session {
 
     fn any_shard(&mut self) -> ShardId {
         let default = self.shared.map().default_shard;
-        if let Some(t) = self.txn() {
-            return t.participants.first().map(|p| p.shard()).unwrap_or(default);
+        if let Some(s) = self.block_any_shard() {
+            return s;
+        }
+        if self.txn.is_some() {
+            return default;
         }
         self.ext.seg.as_ref().map(|c| c.shard).unwrap_or(default)
     }
