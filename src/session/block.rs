@@ -261,26 +261,11 @@ impl Session {
                 if let Some(w) = warn {
                     self.warn(w).await?;
                 }
-                if t.participants.iter().any(|p| p.conn.status == b'E') {
+                match self.commit_block(&mut t).await? {
+                    BlockEnd::Committed => self.complete("COMMIT").await,
                     // A shard failed the block where the proxy could not see it.
-                    coord.rollback(&mut t.participants).await;
-                    return self.complete("ROLLBACK").await;
-                }
-                match coord.commit(&mut t.participants).await {
-                    CommitOutcome::Committed { warnings } => {
-                        for w in warnings {
-                            self.write(&w).await?;
-                        }
-                        let pending = std::mem::take(&mut t.pending);
-                        self.apply_changes(&pending, &mut t.participants);
-                        self.learn_after_commit(&mut t.participants).await;
-                        self.complete("COMMIT").await
-                    }
-                    CommitOutcome::Aborted { error } => {
-                        t.forget_settings();
-                        self.write(&error).await?;
-                        Ok(false)
-                    }
+                    BlockEnd::RolledBack => self.complete("ROLLBACK").await,
+                    BlockEnd::Refused => Ok(false),
                 }
             }
             Step::Refuse(e) => self.error(Error::Txn(e)).await,

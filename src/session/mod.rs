@@ -99,6 +99,15 @@ impl Txn {
     }
 }
 
+/// How a block's commit ended.
+enum BlockEnd {
+    Committed,
+    /// A shard had failed the block without the proxy seeing it: rolled back.
+    RolledBack,
+    /// The coordinator aborted it; the client has been sent the error.
+    Refused,
+}
+
 /// Whether the session goes on after a client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -446,10 +455,26 @@ impl Session {
             return Ok(true);
         };
         extended::sync_all(&mut t.participants).await;
+        match self.commit_block(&mut t).await? {
+            BlockEnd::Committed => {
+                if let Some(b) = held {
+                    self.write(&b).await?;
+                }
+                Ok(true)
+            }
+            BlockEnd::RolledBack | BlockEnd::Refused => Ok(false),
+        }
+    }
+
+    /// Commits the shards of a block that ended, through the coordinator
+    /// (or rolls it back when a shard failed it unseen). Committed: the
+    /// block's settings become the client's. Refused: the client has the
+    /// coordinator's error.
+    async fn commit_block(&mut self, t: &mut Txn) -> std::io::Result<BlockEnd> {
         let coord = self.shared.coordinator.clone();
         if t.participants.iter().any(|p| p.conn.status == b'E') {
             coord.rollback(&mut t.participants).await;
-            return Ok(false);
+            return Ok(BlockEnd::RolledBack);
         }
         match coord.commit(&mut t.participants).await {
             CommitOutcome::Committed { warnings } => {
@@ -459,15 +484,12 @@ impl Session {
                 let pending = std::mem::take(&mut t.pending);
                 self.apply_changes(&pending, &mut t.participants);
                 self.learn_after_commit(&mut t.participants).await;
-                if let Some(b) = held {
-                    self.write(&b).await?;
-                }
-                Ok(true)
+                Ok(BlockEnd::Committed)
             }
             CommitOutcome::Aborted { error } => {
                 t.forget_settings();
                 self.write(&error).await?;
-                Ok(false)
+                Ok(BlockEnd::Refused)
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use pieskieo::router::KeyValue;
 
-use crate::harness::{balance, exec, insert_numbered, prepared, value, Cluster};
+use crate::harness::{balance, bind, exec, insert_numbered, parse, prepared, value, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drivers_route_by_bound_values() {
@@ -303,27 +303,6 @@ async fn sql_prepare_execute_deallocate_route_by_arguments() {
     assert_eq!(e.as_db_error().unwrap().code().code(), "42P01");
 }
 
-/// A Parse body: statement `name`, `sql`, no parameter types.
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(name.as_bytes());
-    b.push(0);
-    b.extend_from_slice(sql.as_bytes());
-    b.extend_from_slice(&[0, 0, 0]);
-    b
-}
-
-/// A Bind body: unnamed portal over `stmt`, one text parameter, text results.
-fn bind(stmt: &str, param: &str) -> Vec<u8> {
-    let mut b = vec![0];
-    b.extend_from_slice(stmt.as_bytes());
-    b.extend_from_slice(&[0, 0, 0, 0, 1]);
-    b.extend_from_slice(&(param.len() as i32).to_be_bytes());
-    b.extend_from_slice(param.as_bytes());
-    b.extend_from_slice(&[0, 0]);
-    b
-}
-
 /// Execute of the unnamed portal, all rows.
 const EXECUTE: [u8; 5] = [0, 0, 0, 0, 0];
 
@@ -339,7 +318,7 @@ async fn pipelined_syncs_fail_and_recover_independently() {
         &parse("s1", "SELECT balance / 0 FROM accounts WHERE id = $1"),
     )
     .await;
-    raw.send(b'B', &bind("s1", &keys[0].to_string())).await;
+    raw.send(b'B', &bind("s1", &[&keys[0].to_string()])).await;
     raw.send(b'E', &EXECUTE).await;
     raw.send(b'S', b"").await;
     raw.send(
@@ -347,7 +326,7 @@ async fn pipelined_syncs_fail_and_recover_independently() {
         &parse("s2", "SELECT balance FROM accounts WHERE id = $1"),
     )
     .await;
-    raw.send(b'B', &bind("s2", &keys[1].to_string())).await;
+    raw.send(b'B', &bind("s2", &[&keys[1].to_string()])).await;
     raw.send(b'E', &EXECUTE).await;
     raw.send(b'S', b"").await;
     let first = raw.until_ready().await;
@@ -471,7 +450,7 @@ async fn one_shard_segments_keep_message_order() {
     let kinds = |r: &crate::harness::Reply| r.messages.iter().map(|m| m.0).collect::<Vec<u8>>();
     let sql = "SELECT balance FROM accounts WHERE id = $1";
     raw.send(b'P', &parse("s1", sql)).await;
-    raw.send(b'B', &bind("s1", &keys[0].to_string())).await;
+    raw.send(b'B', &bind("s1", &[&keys[0].to_string()])).await;
     raw.send(b'D', b"P\0").await;
     raw.send(b'E', &EXECUTE).await;
     raw.send(b'S', b"").await;
@@ -480,7 +459,7 @@ async fn one_shard_segments_keep_message_order() {
     assert_eq!(r.status, b'I');
     // The same statement on the other shard: prepared there on the way, silently.
     for (key, balance) in [(other, "9"), (keys[0], "5")] {
-        raw.send(b'B', &bind("s1", &key.to_string())).await;
+        raw.send(b'B', &bind("s1", &[&key.to_string()])).await;
         raw.send(b'E', &EXECUTE).await;
         raw.send(b'S', b"").await;
         let r = raw.until_ready().await;
@@ -507,14 +486,14 @@ async fn one_shard_segments_keep_message_order() {
         &parse("bad", "SELECT nosuchcol FROM accounts WHERE id = $1"),
     )
     .await;
-    raw.send(b'B', &bind("bad", &keys[0].to_string())).await;
+    raw.send(b'B', &bind("bad", &[&keys[0].to_string()])).await;
     raw.send(b'E', &EXECUTE).await;
     raw.send(b'S', b"").await;
     let r = raw.until_ready().await;
     assert_eq!(kinds(&r), vec![b'1', b'E']);
     assert_eq!(r.error_codes(), vec!["42703".to_string()]);
     assert_eq!(r.status, b'I');
-    raw.send(b'B', &bind("s1", &keys[1].to_string())).await;
+    raw.send(b'B', &bind("s1", &[&keys[1].to_string()])).await;
     raw.send(b'E', &EXECUTE).await;
     raw.send(b'S', b"").await;
     assert_eq!(kinds(&raw.until_ready().await), vec![b'2', b'D', b'C']);

@@ -695,3 +695,27 @@ impl Lcg {
         (self.next(k) != 0).then(|| v(self))
     }
 }
+
+/// A Parse body: statement `name`, `sql`, no parameter types.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    b.extend_from_slice(sql.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    b
+}
+
+/// A Bind body: unnamed portal over `stmt`, text parameters, text results.
+pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend_from_slice(stmt.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&[0, 0]);
+    b
+}

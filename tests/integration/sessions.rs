@@ -4,31 +4,7 @@
 //! of shards, row limits on merged portals, and session settings that stay
 //! with their client.
 
-use crate::harness::{balance, exec, field, value, Cluster, RawClient};
-
-/// A Parse body: statement `name`, `sql`, no parameter types.
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(name.as_bytes());
-    b.push(0);
-    b.extend_from_slice(sql.as_bytes());
-    b.extend_from_slice(&[0, 0, 0]);
-    b
-}
-
-/// A Bind body: unnamed portal over `stmt`, text parameters, text results.
-fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
-    let mut b = vec![0];
-    b.extend_from_slice(stmt.as_bytes());
-    b.extend_from_slice(&[0, 0, 0]);
-    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        b.extend_from_slice(p.as_bytes());
-    }
-    b.extend_from_slice(&[0, 0]);
-    b
-}
+use crate::harness::{balance, bind, exec, field, parse, value, Cluster, RawClient};
 
 /// Execute of the unnamed portal with a row limit (0: all rows).
 fn execute(max: i32) -> Vec<u8> {
