@@ -116,6 +116,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// Builds a tagged message from a body writer.
+/// A Flush message: the server sends what it has without waiting for Sync.
+pub const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+
 pub fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_u8(tag);

@@ -285,3 +285,58 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
     let answer = Answer::failed_if(merger.failed());
     Ok((answer, merger.finish()))
 }
+
+/// Reads a server's answer to one extended message, relaying it (when
+/// `forward`) until one of `done` or an error. Returns success, and the
+/// parameter types if a ParameterDescription passed.
+pub async fn reply<W: AsyncWrite + Unpin>(
+    conn: &mut ServerConn,
+    out: &mut W,
+    done: &[u8],
+    forward: bool,
+) -> Result<(Answer, Option<Vec<u32>>), ExecError> {
+    let mut types = None;
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'E' => {
+                write(out, &f.bytes).await?;
+                return Ok((Answer::Failed, types));
+            }
+            b'G' => {
+                conn.send_copy_fail(COPY_IN_REFUSAL).await?;
+                conn.send_extended(&protocol::FLUSH).await?;
+                conn.flush().await?;
+            }
+            b't' => {
+                types = Some(parameter_types(f.body()));
+                if forward {
+                    write(out, &f.bytes).await?;
+                }
+            }
+            tag => {
+                // Notices and parameter changes pass even when the answer itself is ours.
+                if forward || matches!(tag, b'N' | b'S' | b'A') {
+                    write(out, &f.bytes).await?;
+                }
+                if done.contains(&tag) {
+                    return Ok((Answer::Succeeded, types));
+                }
+            }
+        }
+    }
+}
+
+/// The parameter types of a ParameterDescription body (as many as are whole).
+fn parameter_types(body: &[u8]) -> Vec<u32> {
+    let n = body
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize)
+        .unwrap_or(0);
+    body.get(2..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .take(n)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}

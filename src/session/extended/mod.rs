@@ -27,7 +27,8 @@ mod wire;
 
 pub(crate) use segment::sync_all;
 
-use wire::{bounds, parse_bind, parse_parse, read_i32, reply};
+use crate::executor::reply;
+use wire::{bounds, parse_bind, parse_parse, read_i32};
 
 /// A statement the client prepared.
 pub(super) struct ClientStmt {
@@ -104,7 +105,7 @@ enum Slot {
     Participant { wrote: bool },
 }
 
-pub(super) const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+use crate::protocol::FLUSH;
 /// A batch this long runs before Flush/Sync arrives, bounding memory.
 const MAX_BATCH: usize = 1000;
 

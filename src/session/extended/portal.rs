@@ -1,8 +1,8 @@
 //! Describe, Execute and Close: answering for statements and portals from the
 //! shard(s) a portal was bound on; a portal over several shards merges their rows.
 
-use super::wire::reply;
 use super::*;
+use crate::executor::reply;
 
 /// Describe or Close (`tag`) of a portal.
 fn portal_message(tag: u8, portal: &str) -> Bytes {

@@ -3,11 +3,7 @@
 //! message.
 
 use crate::protocol::take_cstr;
-use tokio::io::AsyncWriteExt;
 
-use super::FLUSH;
-use crate::backend::ServerConn;
-use crate::executor::{Answer, ExecError};
 use crate::router::Bound;
 
 pub(super) fn read_i16(b: &[u8]) -> Option<(i16, &[u8])> {
@@ -157,59 +153,4 @@ pub(crate) fn bounds(b: &BindMsg, types: &[u32]) -> Vec<Bound> {
             bound(fmt, *v, types.get(i).copied().unwrap_or(0))
         })
         .collect()
-}
-
-/// Reads a server's answer to one extended message, relaying it (when
-/// `forward`) until one of `done` or an error. Returns success, and the
-/// parameter types if a ParameterDescription passed.
-pub(super) async fn reply<W: AsyncWriteExt + Unpin>(
-    conn: &mut ServerConn,
-    out: &mut W,
-    done: &[u8],
-    forward: bool,
-) -> Result<(Answer, Option<Vec<u32>>), ExecError> {
-    let mut types = None;
-    loop {
-        let f = conn.read().await?;
-        match f.tag {
-            b'E' => {
-                out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                return Ok((Answer::Failed, types));
-            }
-            b'G' => {
-                conn.send_copy_fail("COPY FROM STDIN is not supported through Pieskieo yet")
-                    .await?;
-                conn.send_extended(&FLUSH).await?;
-                conn.flush().await?;
-            }
-            b't' => {
-                let b = f.body();
-                if let Some((n, mut r)) = read_i16(b) {
-                    let mut v = Vec::new();
-                    for _ in 0..n.max(0) {
-                        match read_i32(r) {
-                            Some((t, next)) => {
-                                v.push(t as u32);
-                                r = next;
-                            }
-                            None => break,
-                        }
-                    }
-                    types = Some(v);
-                }
-                if forward {
-                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                }
-            }
-            tag => {
-                // Notices and parameter changes pass even when the answer itself is ours.
-                if forward || matches!(tag, b'N' | b'S' | b'A') {
-                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                }
-                if done.contains(&tag) {
-                    return Ok((Answer::Succeeded, types));
-                }
-            }
-        }
-    }
 }
