@@ -70,10 +70,6 @@ async fn main() {
             s.port
         ));
     }
-    cfg.push_str(&format!(
-        "[txn]\nlog_dir = \"{}\"\n",
-        dir.join("txn").display()
-    ));
     let config = Config::parse(&cfg, "bench.toml").unwrap();
     let map = ShardMap::from_config(&config);
     let proxy = pieskieo::serve(config).await.unwrap();

@@ -13,6 +13,7 @@ pub struct SqlState(&'static str);
 impl SqlState {
     pub const WARNING: SqlState = SqlState("01000");
     pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: SqlState = SqlState("08007");
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
@@ -27,6 +28,8 @@ impl SqlState {
     pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
     pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
     pub const INVALID_SAVEPOINT_SPECIFICATION: SqlState = SqlState("3B001");
+    pub const TRANSACTION_ROLLBACK: SqlState = SqlState("40000");
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");

@@ -160,6 +160,10 @@ pub enum RouteError {
     NoShard { table: String, key: String },
     #[error("{0}")]
     BadKey(KeyError),
+    /// The statement names the proxy's own schema (`pieskieo`, where the
+    /// commit decisions live): clients may not read or change it.
+    #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy")]
+    Reserved,
 }
 
 impl RouteError {
@@ -171,6 +175,7 @@ impl RouteError {
             RouteError::NoShard { .. } => SqlState::CHECK_VIOLATION,
             RouteError::BadKey(KeyError::Invalid(_)) => SqlState::INVALID_TEXT_REPRESENTATION,
             RouteError::BadKey(KeyError::OutOfRange(_)) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            RouteError::Reserved => SqlState::INSUFFICIENT_PRIVILEGE,
         }
     }
 }
@@ -297,6 +302,9 @@ pub fn execute_args(args: &str) -> Vec<Bound> {
 /// values are used for routing only; the statement itself is sent as the
 /// client wrote it.
 pub fn plan_bound(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, RouteError> {
+    if classify::names_reserved_schema(sql) {
+        return Err(RouteError::Reserved);
+    }
     if let Some(p) = classify::lexical(sql)? {
         return Ok(p);
     }

@@ -157,6 +157,30 @@ fn refuses_what_it_cannot_route_safely() {
     let m = map();
     let cases: Vec<(&str, SqlState)> = vec![
         (
+            "SELECT * FROM pieskieo.decisions",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "delete from PIESKIEO.decisions",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "INSERT INTO \"pieskieo\".decisions VALUES (1)",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "DROP SCHEMA pieskieo CASCADE",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "ALTER SCHEMA pieskieo RENAME TO x",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "SELECT * FROM accounts a JOIN pieskieo . decisions d ON true WHERE a.id = $1",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
             "INSERT INTO accounts (id) VALUES (NULL)",
             SqlState::NOT_NULL_VIOLATION,
         ),
@@ -263,6 +287,19 @@ fn refuses_what_it_cannot_route_safely() {
             Err(e) => assert_eq!(e.sqlstate(), code, "{sql}: {e}"),
             Ok(p) => panic!("{sql}: expected {code}, got {p:?}"),
         }
+    }
+}
+
+#[test]
+fn the_word_pieskieo_elsewhere_is_fine() {
+    let m = map();
+    for sql in [
+        "SELECT 'pieskieo.decisions'",
+        "SELECT 1 -- pieskieo.decisions",
+        "SELECT pieskieo FROM accounts WHERE id = 1",
+        "CREATE TABLE \"Pieskieo\".t (a int)",
+    ] {
+        assert!(plan(sql, &m).is_ok(), "{sql}");
     }
 }
 

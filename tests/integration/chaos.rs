@@ -73,11 +73,7 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
     let servers = Servers::start(3);
     let tables = tables();
     let map = ShardMap::from_config(
-        &Config::parse(
-            &config_text(&servers.ports(), &tables, &servers.dir.join("txn")),
-            "chaos.toml",
-        )
-        .unwrap(),
+        &Config::parse(&config_text(&servers.ports(), &tables), "chaos.toml").unwrap(),
     );
     let mut proxy = ProxyProcess::start_with(&servers, &tables, "").await;
     {

@@ -202,14 +202,14 @@ impl Session {
         match coord.commit(&mut t.participants).await {
             CommitOutcome::Committed { warnings } => {
                 for w in warnings {
-                    self.write(&w).await?;
+                    self.write(&commit_notice(&w)).await?;
                 }
                 let pending = std::mem::take(&mut t.pending);
                 self.apply_changes(&pending, &mut t.participants);
                 self.complete("COMMIT").await
             }
-            CommitOutcome::Aborted { error } => {
-                self.write(&error).await?;
+            failed => {
+                self.write(&commit_failure(&failed)).await?;
                 Ok(false)
             }
         }

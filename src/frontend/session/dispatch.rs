@@ -278,15 +278,15 @@ impl Session {
         match coord.commit(&mut t.participants).await {
             CommitOutcome::Committed { warnings } => {
                 for w in warnings {
-                    self.write(&w).await?;
+                    self.write(&commit_notice(&w)).await?;
                 }
                 if let Some(b) = last {
                     self.write(&b).await?;
                 }
                 Ok(true)
             }
-            CommitOutcome::Aborted { error } => {
-                self.write(&error).await?;
+            failed => {
+                self.write(&commit_failure(&failed)).await?;
                 Ok(false)
             }
         }

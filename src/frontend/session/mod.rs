@@ -28,7 +28,7 @@ use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
 use crate::executor::{self, Collect, ExecError, Merge, Merger, Until};
 use crate::protocol::{self, read_frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
-use crate::txn::{CommitOutcome, Participant};
+use crate::txn::{CommitOutcome, Participant, Report};
 
 type Io = std::io::Result<()>;
 
@@ -101,6 +101,32 @@ struct Session {
     /// Server connections this client holds, for its cancel requests.
     cancel_targets: super::cancel::Targets,
     process_id: i32,
+}
+
+/// A commit's WARNING for the client (the coordinator returns typed
+/// outcomes; the session encodes them).
+fn commit_notice(n: &crate::txn::Notice) -> bytes::Bytes {
+    protocol::error_response(Severity::Warning, n.sqlstate, &n.message, None)
+}
+
+/// The ErrorResponse for a commit that did not commit: a shard's own error
+/// unchanged, the proxy's, or 08007 when the outcome is unknown.
+fn commit_failure(o: &CommitOutcome) -> bytes::Bytes {
+    match o {
+        CommitOutcome::Aborted {
+            error: Report::Server(frame),
+        } => frame.bytes.clone(),
+        CommitOutcome::Aborted {
+            error: Report::Proxy { sqlstate, message },
+        } => protocol::error_response(Severity::Error, *sqlstate, message, None),
+        CommitOutcome::Unknown { message, .. } => protocol::error_response(
+            Severity::Error,
+            SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+            message,
+            None,
+        ),
+        CommitOutcome::Committed { .. } => bytes::Bytes::new(),
+    }
 }
 
 fn quote_ident(s: &str) -> String {

@@ -165,10 +165,44 @@ pub(super) fn parsed(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan
     }
 }
 
+/// Whether a statement names the proxy's schema as an identifier: `pieskieo`
+/// (any case, or quoted exactly) followed by `.`, or after `SCHEMA`. Text in
+/// string literals and comments does not count.
+pub(super) fn names_reserved_schema(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let name = crate::txn::DECISION_SCHEMA;
+    let bytes = sql.as_bytes();
+    if !bytes
+        .windows(name.len())
+        .any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        return false;
+    }
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        // Unreadable text that mentions the name: refuse rather than guess.
+        return true;
+    };
+    let tokens: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    tokens.iter().enumerate().any(|(i, t)| {
+        let Token::Word(w) = t else { return false };
+        let ours = match w.quote_style {
+            None => w.value.eq_ignore_ascii_case(name),
+            Some(_) => w.value == name,
+        };
+        let dotted = matches!(tokens.get(i + 1), Some(Token::Period));
+        let schema = i > 0
+            && matches!(tokens.get(i - 1), Some(Token::Word(k)) if k.value.eq_ignore_ascii_case("schema"));
+        ours && (dotted || schema)
+    })
+}
+
 /// The table, key parameter and write flag of a statement that one bound
 /// value routes (see [`super::KeyedPlan`]).
 pub(super) fn keyed<'m>(sql: &str, map: &'m ShardMap) -> Option<(&'m TableRule, usize, bool)> {
-    if lexical(sql).ok()?.is_some() {
+    if names_reserved_schema(sql) || lexical(sql).ok()?.is_some() {
         return None;
     }
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;

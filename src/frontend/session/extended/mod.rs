@@ -668,10 +668,10 @@ impl Session {
                     match coord.commit(&mut t.participants).await {
                         CommitOutcome::Committed { warnings } => {
                             for w in warnings {
-                                self.write(&w).await?;
+                                self.write(&commit_notice(&w)).await?;
                             }
                         }
-                        CommitOutcome::Aborted { error } => self.write(&error).await?,
+                        failed => self.write(&commit_failure(&failed)).await?,
                     }
                 }
             }
