@@ -75,14 +75,60 @@ impl Route {
     }
 }
 
+/// Whether a statement (or a participant's statements so far) wrote.
+/// Ordered: `a | b` is the less certain-to-be-read of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Writes {
+    /// Proven read-only from the text: plain reads of tables and of
+    /// functions known to be read-only.
+    #[default]
+    No,
+    /// Not proven either way (a function the classifier does not know, a
+    /// statement it cannot parse): the coordinator asks the shard
+    /// (`pg_current_xact_id_if_assigned()`) before deciding.
+    Maybe,
+    /// Writes or locks rows, or changes the schema.
+    Yes,
+}
+
+impl Writes {
+    /// Anything but a proven read.
+    pub fn may(self) -> bool {
+        self != Writes::No
+    }
+}
+
+impl From<bool> for Writes {
+    fn from(write: bool) -> Writes {
+        if write {
+            Writes::Yes
+        } else {
+            Writes::No
+        }
+    }
+}
+
+impl std::ops::BitOr for Writes {
+    type Output = Writes;
+    fn bitor(self, other: Writes) -> Writes {
+        self.max(other)
+    }
+}
+
+impl std::ops::BitOrAssign for Writes {
+    fn bitor_assign(&mut self, other: Writes) {
+        *self = (*self).max(other);
+    }
+}
+
 /// What to do with one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Send the statement text unchanged. `write` is conservative: anything
-    /// that is not a plain read counts as a write.
+    /// Send the statement text unchanged. `write` says whether it may write
+    /// (see [`Writes`]); never `No` for something that could.
     Forward {
         route: Route,
-        write: bool,
+        write: Writes,
     },
     /// A `SELECT` several shards answer whose rows the proxy must combine
     /// (sort, limit, aggregate, group): each shard runs `plan.sql`.

@@ -27,7 +27,7 @@ use crate::admin::Stats;
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::SqlState;
 use crate::protocol::{ErrorFields, Frame};
-use crate::router::ShardId;
+use crate::router::{ShardId, Writes};
 
 /// The phases of a two-phase commit, and what recovery does if the proxy
 /// dies in each. Writers other than the decision shard C are "the others".
@@ -53,15 +53,26 @@ pub enum Phase {
 /// A shard enlisted in a client's transaction.
 pub struct Participant {
     pub conn: PooledConn,
-    /// Anything but a plain read ran here.
-    pub wrote: bool,
+    /// Whether what ran here wrote: proven by the text, or to be asked.
+    pub wrote: Writes,
 }
 
 impl Participant {
     pub fn shard(&self) -> ShardId {
         self.conn.shard
     }
+
+    /// Ends like a writer: anything not proven read-only (after
+    /// [`Coordinator::settle`], `Maybe` is left only on a lone candidate,
+    /// whose one-phase COMMIT is right either way).
+    fn writer(&self) -> bool {
+        self.wrote.may()
+    }
 }
+
+/// Whether this transaction wrote or locked rows: PostgreSQL assigns a
+/// transaction id exactly then.
+const WROTE_SQL: &str = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL";
 
 /// What the client is told when a commit fails. Either PostgreSQL's own
 /// error, relayed unchanged, or one the proxy states.
@@ -232,6 +243,25 @@ async fn round(conns: &mut [&mut ServerConn], sqls: &[String]) -> Vec<Answer> {
     out
 }
 
+/// The rows of one query's answer, or the error it ended with.
+async fn read_rows(c: &mut ServerConn) -> Result<Result<Vec<Frame>, Frame>, BackendError> {
+    let mut rows = Vec::new();
+    let mut err = None;
+    loop {
+        let f = c.read().await?;
+        match f.tag {
+            b'Z' => break,
+            b'E' => err = Some(f),
+            b'D' => rows.push(f),
+            _ => {}
+        }
+    }
+    Ok(match err {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    })
+}
+
 async fn read_answer(c: &mut ServerConn) -> Answer {
     match crate::executor::drain(c).await {
         Ok(None) => Answer::Ok,
@@ -372,8 +402,12 @@ impl Coordinator {
     /// only after the decision (so nothing they hold, an advisory lock say,
     /// is released before it), and roll back if it is an abort.
     pub async fn commit(&self, parts: &mut [Participant]) -> CommitOutcome {
-        let writers = parts.iter().filter(|p| p.wrote).count();
         let started = Instant::now();
+        if let Err(error) = self.settle(parts).await {
+            self.rollback(parts).await;
+            return CommitOutcome::Aborted { error };
+        }
+        let writers = parts.iter().filter(|p| p.writer()).count();
         let outcome = match writers {
             0 => self.commit_readers(parts).await,
             1 => self.one_phase(parts).await,
@@ -395,6 +429,59 @@ impl Coordinator {
         outcome
     }
 
+    /// Exact write detection: when the outcome depends on it (two or more
+    /// participants may have written), each one whose statements the
+    /// classifier could not prove read-only or writing is asked whether its
+    /// transaction wrote, all at once, and becomes a writer or a reader.
+    async fn settle(&self, parts: &mut [Participant]) -> Result<(), Report> {
+        let candidates = parts.iter().filter(|p| p.writer()).count();
+        if candidates < 2 || !parts.iter().any(|p| p.wrote == Writes::Maybe) {
+            return Ok(());
+        }
+        let mut unsure: Vec<&mut Participant> = parts
+            .iter_mut()
+            .filter(|p| p.wrote == Writes::Maybe)
+            .collect();
+        let mut sent = Vec::with_capacity(unsure.len());
+        for p in unsure.iter_mut() {
+            let r = async {
+                p.conn.send_query(WROTE_SQL).await?;
+                p.conn.flush().await
+            }
+            .await;
+            sent.push(r);
+        }
+        let mut failure = None;
+        for (p, r) in unsure.iter_mut().zip(sent) {
+            let answer = match r {
+                Err(e) => Err(e),
+                Ok(()) => read_rows(&mut p.conn).await,
+            };
+            match answer {
+                Ok(Ok(frames)) => {
+                    let wrote = ServerConn::text_values(&frames)
+                        .first()
+                        .and_then(|r| r.first().cloned().flatten())
+                        .is_some_and(|v| v.as_ref() != b"f");
+                    p.wrote = Writes::from(wrote);
+                }
+                Ok(Err(f)) => {
+                    failure.get_or_insert(Report::Server(f));
+                }
+                Err(e) => {
+                    failure.get_or_insert(Report::Proxy {
+                        sqlstate: e.sqlstate(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        match failure {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
     /// No writer: every participant commits at once.
     async fn commit_readers(&self, parts: &mut [Participant]) -> CommitOutcome {
         let answers = round_on(parts, |_| Some("COMMIT".into())).await;
@@ -408,12 +495,12 @@ impl Coordinator {
 
     /// One writer: its COMMIT is the decision; then the readers end.
     async fn one_phase(&self, parts: &mut [Participant]) -> CommitOutcome {
-        let answers = round_on(parts, |p| p.wrote.then(|| "COMMIT".into())).await;
+        let answers = round_on(parts, |p| p.writer().then(|| "COMMIT".into())).await;
         if let Some(error) = answers.iter().find_map(|(_, a)| a.report()) {
-            round_on(parts, |p| (!p.wrote).then(|| "ROLLBACK".into())).await;
+            round_on(parts, |p| (!p.writer()).then(|| "ROLLBACK".into())).await;
             return CommitOutcome::Aborted { error };
         }
-        let answers = round_on(parts, |p| (!p.wrote).then(|| "COMMIT".into())).await;
+        let answers = round_on(parts, |p| (!p.writer()).then(|| "COMMIT".into())).await;
         let answers: Vec<(ShardId, &Answer)> = answers.iter().map(|(s, a)| (*s, a)).collect();
         CommitOutcome::Committed {
             warnings: self.reader_warnings(&answers),
@@ -459,10 +546,10 @@ impl Coordinator {
     async fn two_phase_inner(&self, txn: TxnId, parts: &mut [Participant]) -> CommitOutcome {
         let started = Instant::now();
         // C: the first writer. It never prepares; its COMMIT is the decision.
-        let Some(decider) = parts.iter().find(|p| p.wrote).map(|p| p.shard()) else {
+        let Some(decider) = parts.iter().find(|p| p.writer()).map(|p| p.shard()) else {
             return self.commit_readers(parts).await;
         };
-        let other = |p: &Participant| p.wrote && p.shard() != decider;
+        let other = |p: &Participant| p.writer() && p.shard() != decider;
 
         // Phase 1: PREPARE the others, all at once.
         let mut phase = Phase::Preparing;
@@ -540,7 +627,7 @@ impl Coordinator {
                     "COMMIT PREPARED '{}'",
                     self.gid(txn, decider, p.shard())
                 ))
-            } else if !p.wrote {
+            } else if !p.writer() {
                 Some("COMMIT".into())
             } else {
                 None
@@ -570,7 +657,7 @@ impl Coordinator {
             if a.ok() {
                 continue;
             }
-            if parts.iter().any(|p| p.shard() == *shard && !p.wrote) {
+            if parts.iter().any(|p| p.shard() == *shard && !p.writer()) {
                 warnings.extend(self.reader_warnings(std::slice::from_ref(&(*shard, a))));
                 continue;
             }

@@ -18,3 +18,4 @@ mod routing;
 mod tls;
 mod transactions;
 mod twophase;
+mod writes;

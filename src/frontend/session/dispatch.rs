@@ -9,7 +9,7 @@ impl Session {
         &mut self,
         stmt: &str,
         route: Route,
-        write: bool,
+        write: Writes,
     ) -> std::io::Result<bool> {
         let default = self.shared.map().default_shard;
         match route {
@@ -30,8 +30,9 @@ impl Session {
                     .into_iter()
                     .map(|s| (s, stmt))
                     .collect();
-                if write {
-                    self.write_across(&targets, Merge::Union).await
+                // What may write runs in a block: atomic, and decided exactly.
+                if write.may() {
+                    self.write_across(&targets, Merge::Union, write).await
                 } else {
                     self.read_across(&targets, Merge::Union.into()).await
                 }
@@ -158,7 +159,7 @@ impl Session {
         &mut self,
         shard: ShardId,
         text: &str,
-        write: bool,
+        write: Writes,
     ) -> std::io::Result<bool> {
         if self.txn().is_none() {
             return self.autocommit_one(shard, text).await;
@@ -181,7 +182,7 @@ impl Session {
         how: Collect<'_>,
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
-            let (ok, last) = self.exec_in_block(targets, how, false).await?;
+            let (ok, last) = self.exec_in_block(targets, how, Writes::No).await?;
             if let Some(b) = last {
                 self.write(&b).await?;
             }
@@ -240,19 +241,20 @@ impl Session {
         &mut self,
         targets: &[(ShardId, &str)],
         merge: Merge,
+        write: Writes,
     ) -> std::io::Result<bool> {
         if let [(only, sql)] = targets {
-            return self.forward_one(*only, sql, true).await;
+            return self.forward_one(*only, sql, write).await;
         }
         if self.txn().is_some() {
-            let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
+            let (ok, last) = self.exec_in_block(targets, merge.into(), write).await?;
             if let Some(b) = last {
                 self.write(&b).await?;
             }
             return Ok(ok);
         }
         self.state = TxnState::InTxn(Txn::new("BEGIN"));
-        let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
+        let (ok, last) = self.exec_in_block(targets, merge.into(), write).await?;
         self.finish_implicit(ok, last).await
     }
 

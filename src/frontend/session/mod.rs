@@ -27,7 +27,7 @@ use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, SqlState, TxnMisuse};
 use crate::executor::{self, Collect, ExecError, Merge, Merger, Until};
 use crate::protocol::{self, read_frame, FrameError, Severity};
-use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
+use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId, Writes};
 use crate::txn::{CommitOutcome, Participant, Report};
 
 type Io = std::io::Result<()>;
@@ -536,7 +536,11 @@ impl Session {
                 stmts.iter().map(|s| self.shared.plan(s)).collect();
             let write = plans
                 .iter()
-                .any(|p| !matches!(p, Ok(Plan::Forward { write: false, .. })));
+                .map(|p| match p {
+                    Ok(Plan::Forward { write, .. }) => *write,
+                    _ => Writes::Yes,
+                })
+                .fold(Writes::No, |a, b| a | b);
             let controls_block = plans.iter().any(|p| {
                 matches!(
                     p,
@@ -633,13 +637,14 @@ impl Session {
             Plan::Split { parts } => {
                 let targets: Vec<(ShardId, &str)> =
                     parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
-                self.write_across(&targets, Merge::Union).await
+                self.write_across(&targets, Merge::Union, Writes::Yes).await
             }
             Plan::Replicate => {
                 let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), stmt))
                     .collect();
-                self.write_across(&targets, Merge::Copies).await
+                self.write_across(&targets, Merge::Copies, Writes::Yes)
+                    .await
             }
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,

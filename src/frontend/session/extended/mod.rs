@@ -39,12 +39,12 @@ pub(super) struct ClientStmt {
 enum PortalKind {
     Single {
         shard: ShardId,
-        write: bool,
+        write: Writes,
     },
     Multi {
         shards: Vec<ShardId>,
         merge: Merge,
-        write: bool,
+        write: Writes,
     },
     /// A cross-shard read the proxy merges: bound on every shard to the
     /// plan's statement with text results.
@@ -96,7 +96,7 @@ pub(super) struct Extended {
 /// Where a connection taken for a message came from, so it goes back there.
 enum Slot {
     Segment,
-    Participant { wrote: bool },
+    Participant { wrote: Writes },
 }
 
 pub(super) const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
@@ -175,7 +175,7 @@ fn plan_text(sql: &str, shared: &Shared, params: &[Bound]) -> Result<Plan, Route
     if sql.trim().is_empty() {
         return Ok(Plan::Forward {
             route: Route::Any,
-            write: false,
+            write: Writes::No,
         });
     }
     shared.plan_bound(sql, params)
@@ -318,7 +318,7 @@ impl Session {
                     }));
                 }
             }
-            return Ok((Slot::Participant { wrote: false }, conn));
+            return Ok((Slot::Participant { wrote: Writes::No }, conn));
         }
         match self.ext.seg.take() {
             Some(c) if c.shard == shard => Ok((Slot::Segment, c)),
@@ -344,16 +344,16 @@ impl Session {
         }
     }
 
-    fn put_conn(&mut self, slot: Slot, conn: PooledConn, wrote_now: bool) {
+    fn put_conn(&mut self, slot: Slot, conn: PooledConn, wrote_now: Writes) {
         match slot {
             Slot::Segment => {
-                self.ext.seg_wrote |= wrote_now;
+                self.ext.seg_wrote |= wrote_now.may();
                 self.ext.seg = Some(conn);
             }
             Slot::Participant { wrote } => match self.txn() {
                 Some(t) => t.participants.push(Participant {
                     conn,
-                    wrote: wrote || wrote_now,
+                    wrote: wrote | wrote_now,
                 }),
                 None => drop(conn),
             },
@@ -446,7 +446,7 @@ impl Session {
                 write,
             } => (vec![self.any_shard()], Merge::Union, write),
             Plan::Forward { route, write } => (route.shards(n), Merge::Union, write),
-            Plan::Replicate => (route_all(n), Merge::Copies, true),
+            Plan::Replicate => (route_all(n), Merge::Copies, Writes::Yes),
             Plan::Merge { route, plan } => {
                 // Each shard runs the rewritten statement with its share of
                 // the parameters, in text: the proxy encodes the merged rows.
@@ -490,7 +490,7 @@ impl Session {
                     PortalKind::Multi {
                         shards,
                         merge: Merge::Union,
-                        write: true,
+                        write: Writes::Yes,
                     },
                 );
                 return Ok(true);
@@ -602,7 +602,7 @@ impl Session {
                 .map(|x| x.0),
             other => other,
         };
-        self.put_conn(slot, conn, false);
+        self.put_conn(slot, conn, Writes::No);
         self.finish_exec(r.map(|ok| !ok)).await
     }
 
