@@ -85,10 +85,6 @@ pub async fn decide(
     }
 }
 
-/// C's clock now, in microseconds since the Unix epoch (digits only, so it
-/// can go back into SQL).
-pub const CLOCK_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000000)::int8";
-
 /// Deletes up to a batch of rows nothing can need any more: commit rows
 /// decided before `mark_us` (C's clock, read before every shard was listed)
 /// for transactions no shard still has prepared, and abort rows well past

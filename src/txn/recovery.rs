@@ -51,6 +51,9 @@ pub struct Resolver {
     grace: Duration,
     /// Shards whose startup checks and schema are done.
     ready: std::sync::Mutex<HashSet<ShardId>>,
+    /// Each shard's clock as read in the previous pass, so before every
+    /// listing of this one (microseconds since the Unix epoch).
+    marks: std::sync::Mutex<HashMap<ShardId, i64>>,
 }
 
 /// What one shard's visit found.
@@ -58,6 +61,8 @@ pub struct Resolver {
 struct Visit {
     /// The shard answered its listing.
     listed: bool,
+    /// Its clock when it answered.
+    mark: Option<i64>,
     /// Transactions still prepared there after the visit (in flight, too
     /// young, undecidable), by decision shard.
     still_prepared: Vec<Gid>,
@@ -78,6 +83,7 @@ impl Resolver {
             collations,
             grace: Duration::from_millis(cfg.txn.recovery_grace_ms),
             ready: Default::default(),
+            marks: Default::default(),
         }
     }
 
@@ -145,14 +151,14 @@ impl Resolver {
     /// transactions it finished.
     pub async fn pass(&self) -> usize {
         let control = self.coord.control();
-        // Each decision shard's clock before any shard is listed: a commit row
-        // decided before it belongs to a transaction whose PREPAREs all
-        // happened before the listings, so they show whatever is left.
-        let marks = join_all(self.shards.iter().map(|s| async move {
-            let at = control.scalar(*s, decision::CLOCK_SQL).await.ok().flatten();
-            at.and_then(|v| v.parse::<i64>().ok())
-        }))
-        .await;
+        // A commit row decided before its shard's clock read in the previous
+        // pass belongs to a transaction whose PREPAREs all happened before
+        // this pass listed anything: what is left of it shows in the listings.
+        let marks = self
+            .marks
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default();
         let visits = join_all(self.shards.iter().map(|s| self.visit(*s))).await;
         let finished = visits.iter().map(|v| v.finished).sum();
         if visits.iter().all(|v| v.listed) {
@@ -160,14 +166,21 @@ impl Resolver {
             for g in visits.iter().flat_map(|v| &v.still_prepared) {
                 keep.entry(g.decider).or_default().push(g.txn);
             }
-            let prunes = self.shards.iter().zip(&marks).filter_map(|(s, mark)| {
-                let mark = (*mark)?;
+            let prunes = self.shards.iter().filter_map(|s| {
+                let mark = *marks.get(s)?;
                 let sql = decision::prune_sql(mark, keep.get(s).map(Vec::as_slice).unwrap_or(&[]));
                 Some(async move { (*s, control.query(*s, &sql).await) })
             });
             for (shard, r) in join_all(prunes).await {
                 if let Err(e) = r {
                     warn!(%shard, error = %e, "pruning decision rows failed");
+                }
+            }
+        }
+        if let Ok(mut m) = self.marks.lock() {
+            for (s, v) in self.shards.iter().zip(&visits) {
+                if let Some(mark) = v.mark {
+                    m.insert(*s, mark);
                 }
             }
         }
@@ -189,8 +202,10 @@ impl Resolver {
         }
         let control = self.coord.control();
         let cluster = self.coord.cluster();
+        // The first row carries the shard's clock, the others its prepared
+        // transactions and their ages.
         let sql = format!(
-            "SELECT gid, (extract(epoch from (now() - prepared)) * 1000)::int8 FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE '{}'",
+            "SELECT NULL::text, NULL::int8, (extract(epoch from clock_timestamp()) * 1000000)::int8 UNION ALL SELECT gid, (extract(epoch from (now() - prepared)) * 1000)::int8, NULL FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE '{}'",
             Gid::pattern(cluster)
         );
         let rows = match control.query(shard, &sql).await {
@@ -202,6 +217,10 @@ impl Resolver {
         };
         visit.listed = true;
         for row in rows {
+            if let (Some(None), Some(Some(clock))) = (row.first(), row.get(2)) {
+                visit.mark = clock.parse().ok();
+                continue;
+            }
             let (Some(Some(text)), Some(Some(age))) = (row.first(), row.get(1)) else {
                 continue;
             };
