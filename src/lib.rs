@@ -12,8 +12,9 @@
 //!   PostgreSQL-compatible hash sharding.
 //! - [`executor`]: runs a plan on server connections and relays or merges what
 //!   the shards answer.
-//! - [`txn`]: the coordinator — one-phase and two-phase commit, the decision
-//!   log, recovery of in-doubt transactions.
+//! - [`txn`]: the coordinator — one-phase and two-phase commit with the
+//!   decision stored on a participant shard, recovery of in-doubt
+//!   transactions by any proxy, the control-plane pools.
 //! - [`backend`]: hand-framed connections to the shards and their pools.
 //! - [`protocol`]: message framing shared by both sides.
 //! - [`config`]: the TOML configuration and its validation.

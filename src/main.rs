@@ -131,7 +131,7 @@ fn main() -> ExitCode {
                 tokio::select! {
                     _ = proxy.shutdown(grace) => ExitCode::SUCCESS,
                     // A second signal: exit at once. Whatever was prepared is
-                    // in the decision log or presumed aborted; recovery resolves it.
+                    // decided on its decision shard by any proxy's recovery.
                     _ = demo::wait_for_signal() => ExitCode::from(1),
                 }
             })
