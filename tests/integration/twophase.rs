@@ -405,6 +405,57 @@ async fn one_stalled_shard_does_not_delay_recovery_on_the_others() {
     assert_eq!(balance(&s2, k[2]).await, "100");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_from_the_decision_shard_gives_08007_and_recovery_finishes() {
+    let c = Cluster::start_custom(
+        3,
+        TABLES,
+        "test_failpoint = \"after_prepare:pause=700\"\ncontrol_timeout_ms = 1000",
+        "query_timeout_ms = 1000",
+    )
+    .await;
+    let k = c.accounts(2, 100).await;
+    let url = c.url();
+    let (a, b) = (k[0], k[1]);
+    let commit = tokio::spawn(async move {
+        let client = connect(&url).await.unwrap();
+        exec(&client, "BEGIN").await;
+        set_balance(&client, a, 555).await;
+        set_balance(&client, b, 555).await;
+        client.simple_query("COMMIT").await
+    });
+    // C (shard 0, the first writer) stops once shard 1 has prepared: its
+    // answer to the decision never comes, and it cannot be asked again.
+    let watcher = c.shard(1).await;
+    for _ in 0..300 {
+        if prepared(&watcher).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pids = crate::harness::shard_pids(&c.shards.servers[0]);
+    crate::harness::signal(&pids, "STOP");
+    let r = commit.await.unwrap();
+    crate::harness::signal(&pids, "CONT");
+    let e = r.expect_err("the outcome is unknown to the proxy");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "08007", "{db:?}");
+    assert!(db.message().contains("shard 0"), "{}", db.message());
+    // Recovery finishes it, one way for both shards.
+    let mut left = 1;
+    for _ in 0..100 {
+        left = prepared(&watcher).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0);
+    let on_c = balance(&c.shard(0).await, a).await;
+    assert_eq!(on_c, balance(&watcher, b).await, "never a mix");
+    no_prepared_anywhere(&c).await;
+}
+
 /// The outcome on C's and shard 1's rows agrees, and with the client's answer.
 async fn agreed(servers: &Servers, k: &[i64], answer_ok: bool) -> bool {
     let mut left = 0;
