@@ -31,6 +31,8 @@ pub enum StartupError {
     NoPreparedTransactions { shard: ShardId },
     #[error("shard {shard}: {message}")]
     Shard { shard: ShardId, message: String },
+    #[error("shard {shard}: cannot create the decision table pieskieo.decisions ({message}); the configured user needs CREATE on the database (Pieskieo keeps its two-phase-commit decisions there)")]
+    Schema { shard: ShardId, message: String },
     #[error("control connections: {0}")]
     Control(String),
     #[error("tls: {0}")]
@@ -120,10 +122,17 @@ impl Resolver {
             .map_err(err)?;
         self.collations
             .note(shard.0, collation.as_deref().unwrap_or_default());
-        control
-            .query(shard, decision::SCHEMA_SQL)
-            .await
-            .map_err(err)?;
+        match control.query(shard, decision::SCHEMA_SQL).await {
+            Ok(_) => {}
+            // The server refused: a configuration problem, not an outage.
+            Err(e) if e.code().is_some() => {
+                return Err(StartupError::Schema {
+                    shard,
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => return Err(err(e)),
+        }
         if let Ok(mut r) = self.ready.lock() {
             r.insert(shard);
         }
