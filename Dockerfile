@@ -6,9 +6,8 @@ COPY src ./src
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
-RUN useradd --system pieskieo && mkdir -p /var/lib/pieskieo && chown pieskieo /var/lib/pieskieo
-# The two-phase-commit decision log lives here: mount durable storage.
-VOLUME /var/lib/pieskieo
+# Stateless: commit decisions live on the shards, so no volume is needed.
+RUN useradd --system pieskieo
 COPY --from=build /src/target/release/pieskieo /usr/local/bin/pieskieo
 USER pieskieo
 EXPOSE 6432

@@ -217,9 +217,8 @@ fn start() -> Bench {
     let port = free_port();
     let workers = env_usize("BENCH_WORKERS", 1);
     let mut cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\nnode_id = \"suite\"\ndatabase = \"app\"\nworkers = {}\n[limits]\nmax_client_connections = 12000\npool_timeout_ms = 30000\n[txn]\nlog_dir = \"{}\"\n",
-        workers,
-        dir.join("txn").display()
+        "listen = \"127.0.0.1:{port}\"\nnode_id = \"suite\"\ndatabase = \"app\"\nworkers = {}\n[limits]\nmax_client_connections = 12000\npool_timeout_ms = 30000\n",
+        workers
     );
     cfg.push_str("[[users]]\nname = \"app\"\npassword = \"app\"\n[[users]]\nname = \"idle\"\npassword = \"idle\"\nauth = \"cleartext\"\n");
     for (i, s) in shards.iter().enumerate() {

@@ -69,9 +69,12 @@ pub fn router(data: &[u8]) {
     }
 }
 
-/// Decision-log bytes as found on disk.
-pub fn decision_log(data: &[u8]) {
-    let _ = crate::txn::parse_records(data, "fuzz.log");
+/// A gid as listed in `pg_prepared_xacts` (any program's, any cluster's).
+pub fn gid(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Some(g) = crate::txn::Gid::parse("main", &text) {
+        assert_eq!(crate::txn::Gid::parse("main", &g.text("main")), Some(g));
+    }
 }
 
 /// A configuration file.

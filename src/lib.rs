@@ -15,9 +15,10 @@
 //!   PostgreSQL-compatible hash sharding.
 //! - [`executor`]: runs a plan on server connections and relays or merges what
 //!   the shards answer.
-//! - [`txn`]: the coordinator — one-phase and two-phase commit, the decision
-//!   log, recovery of in-doubt transactions, detection of deadlocks across
-//!   shards.
+//! - [`txn`]: the coordinator — one-phase and two-phase commit with the
+//!   decision stored on a participant shard, recovery of in-doubt
+//!   transactions by any proxy, the control-plane pools, detection of
+//!   deadlocks across shards.
 //! - [`backend`]: hand-framed connections to the shards, their pools (a
 //!   connection that is not clean is closed, never pooled) and the registry of
 //!   this process's server backends.

@@ -38,9 +38,14 @@ enum Cmd {
         /// Number of shards.
         #[arg(long, default_value_t = 3)]
         shards: u32,
-        /// Port the proxy listens on; shards use the next ports.
+        /// Port the (first) proxy listens on; further proxies, then the
+        /// shards, use the next ports.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// Number of proxies over the same shards (any of them can finish
+        /// any transaction).
+        #[arg(long, default_value_t = 1)]
+        proxies: u16,
         /// Where shard data and the generated config live (reused by the next run).
         #[arg(long, default_value = "pieskieo-demo")]
         data_dir: PathBuf,
@@ -131,7 +136,7 @@ fn main() -> ExitCode {
                 tokio::select! {
                     _ = proxy.shutdown(grace) => ExitCode::SUCCESS,
                     // A second signal: exit at once. Whatever was prepared is
-                    // in the decision log or presumed aborted; recovery resolves it.
+                    // decided on its decision shard by any proxy's recovery.
                     _ = demo::wait_for_signal() => ExitCode::from(1),
                 }
             })
@@ -139,16 +144,18 @@ fn main() -> ExitCode {
         Cmd::Demo {
             shards,
             port,
+            proxies,
             data_dir,
         } => {
             init_logging(LogFormat::Text);
-            if shards == 0 {
-                eprintln!("pieskieo demo: --shards must be at least 1");
+            if shards == 0 || proxies == 0 {
+                eprintln!("pieskieo demo: --shards and --proxies must be at least 1");
                 return ExitCode::from(2);
             }
             match runtime(0).block_on(demo::run(DemoOptions {
                 shards,
                 port,
+                proxies,
                 data_dir,
             })) {
                 Ok(()) => ExitCode::SUCCESS,

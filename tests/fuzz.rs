@@ -191,35 +191,20 @@ fn fuzz_router() {
 }
 
 #[test]
-fn fuzz_decision_log() {
-    // Records as the log writes them: length, CRC-32 of the payload, payload.
-    let record = |payload: &[u8]| {
-        let mut c = 0xFFFF_FFFFu32;
-        for b in payload {
-            c ^= *b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0xEDB8_8320
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        let mut r = (payload.len() as u32).to_le_bytes().to_vec();
-        r.extend_from_slice(&(!c).to_le_bytes());
-        r.extend_from_slice(payload);
-        r
-    };
-    let mut seeds = vec![Vec::new()];
-    for payload in [
-        &b"E\x01\0\0\0\0\0\0\0"[..],
-        b"C\x01\0\0\0\0\0\0\0\x05\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0",
-        b"D\x01\0\0\0\0\0\0\0\x05\0\0\0\0\0\0\0",
-    ] {
-        let last = seeds.last().cloned().unwrap_or_default();
-        seeds.push([last, record(payload)].concat());
-    }
-    run("decision_log", seeds, pieskieo::fuzz::decision_log);
+fn fuzz_gid() {
+    let seeds = [
+        "pieskieo_main_0123456789abcdef0011223344556677_2_0",
+        "pieskieo_main__2_0",
+        "pieskieo_other_0123456789abcdef0011223344556677_1_0",
+        "pieskieo_main_0123456789abcdef00112233445566_1_0",
+        "pieskieo_main_g123456789abcdef0011223344556677_1_0",
+        "",
+    ];
+    run(
+        "gid",
+        seeds.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        pieskieo::fuzz::gid,
+    );
 }
 
 #[test]

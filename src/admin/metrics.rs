@@ -86,8 +86,8 @@ fn render(shared: &Shared) -> String {
         vec![(String::new(), Stats::get(&st.two_phase_micros))],
     );
     counter(
-        "pieskieo_decision_fsync_microseconds_total",
-        "Summed decision-log write and fsync latency.",
+        "pieskieo_decision_microseconds_total",
+        "Summed decision latency: the commit row and COMMIT on the decision shard.",
         vec![(String::new(), Stats::get(&st.decision_micros))],
     );
     let mut histogram =
@@ -134,7 +134,7 @@ fn render(shared: &Shared) -> String {
                 &st.two_phase_prepare,
             ),
             (
-                "kind=\"two_phase\",phase=\"decision_fsync\"".to_string(),
+                "kind=\"two_phase\",phase=\"decision\"".to_string(),
                 &st.two_phase_decision,
             ),
             (
@@ -157,11 +157,11 @@ fn render(shared: &Shared) -> String {
         "pieskieo_clients {}",
         shared.clients.load(std::sync::atomic::Ordering::Relaxed)
     );
-    let _ = writeln!(out, "# HELP pieskieo_in_doubt Committed transactions still being finished.\n# TYPE pieskieo_in_doubt gauge");
+    let _ = writeln!(out, "# HELP pieskieo_two_phase_in_flight Two-phase commits under way in this proxy.\n# TYPE pieskieo_two_phase_in_flight gauge");
     let _ = writeln!(
         out,
-        "pieskieo_in_doubt {}",
-        shared.coordinator.log.undone().len()
+        "pieskieo_two_phase_in_flight {}",
+        shared.coordinator.in_flight().len()
     );
     let _ = writeln!(out, "# HELP pieskieo_pool_connections Server connections per shard.\n# TYPE pieskieo_pool_connections gauge");
     for (i, (_, size, _, _)) in shared.pools.status().into_iter().enumerate() {

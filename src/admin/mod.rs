@@ -154,27 +154,13 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
         },
         "transactions" => {
             let coord = &shared.coordinator;
-            let mut rows: Vec<Vec<String>> = coord
+            // Only this proxy's: what other proxies have in doubt lives on
+            // the shards (`pg_prepared_xacts`, `pieskieo.decisions`).
+            let rows: Vec<Vec<String>> = coord
                 .in_flight()
                 .into_iter()
-                .map(|t| {
-                    vec![
-                        format!("{}.{}", t.epoch, t.number),
-                        "in flight".into(),
-                        String::new(),
-                    ]
-                })
+                .map(|t| vec![t.to_string(), "in flight".into(), String::new()])
                 .collect();
-            for (t, shards) in coord.log.undone() {
-                if !coord.is_in_flight(t) {
-                    let s: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
-                    rows.push(vec![
-                        format!("{}.{}", t.epoch, t.number),
-                        "committed, being finished".into(),
-                        s.join(","),
-                    ]);
-                }
-            }
             Answer::Rows {
                 columns: vec!["transaction", "phase", "shards"],
                 rows,
@@ -232,11 +218,15 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
         "config" => {
             let mut rows = vec![
                 vec!["listen".to_string(), cfg.listen.clone()],
-                vec!["node_id".into(), cfg.node_id.clone()],
+                vec!["node_id".into(), cfg.node_id.clone().unwrap_or_default()],
+                vec!["cluster".into(), cfg.cluster.clone()],
                 vec!["database".into(), cfg.database.clone()],
                 vec!["default_shard".into(), cfg.default_shard.to_string()],
                 vec!["shards".into(), cfg.shards.len().to_string()],
-                vec!["txn.log_dir".into(), cfg.txn.log_dir.display().to_string()],
+                vec![
+                    "txn.recovery_grace_ms".into(),
+                    cfg.txn.recovery_grace_ms.to_string(),
+                ],
                 vec![
                     "limits.max_client_connections".into(),
                     cfg.limits.max_client_connections.to_string(),

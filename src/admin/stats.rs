@@ -33,7 +33,7 @@ pub struct Stats {
     pub deadlocks: AtomicU64,
     /// Sum of 2PC commit latencies (prepare to last COMMIT PREPARED), microseconds.
     pub two_phase_micros: AtomicU64,
-    /// Sum of decision-log fsync latencies, microseconds.
+    /// Sum of decision latencies (commit row and COMMIT on the decision shard), microseconds.
     pub decision_micros: AtomicU64,
     pub one_phase_commit: Histogram,
     pub two_phase_prepare: Histogram,

@@ -37,8 +37,15 @@ pub struct Config {
     /// Address clients connect to.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Stable identity of this coordinator; part of every 2PC gid.
-    pub node_id: String,
+    /// This proxy's name in logs and `SHOW CONFIG` (optional). Proxies with
+    /// the same configuration, name included, may serve the same shards.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// The name of this Pieskieo cluster (every proxy over these shards shares
+    /// it): part of every 2PC gid, so recovery never touches another
+    /// cluster's prepared transactions on a shared server.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
     /// The database name clients connect to.
     #[serde(default = "default_database")]
     pub database: String,
@@ -154,16 +161,27 @@ pub struct TlsSettings {
 }
 
 /// Distributed transactions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TxnSettings {
-    /// Directory of the decision log (created if missing). Relative paths are
-    /// relative to the working directory.
-    #[serde(default = "default_log_dir")]
-    pub log_dir: std::path::PathBuf,
     /// How often the resolver looks for in-doubt transactions.
     #[serde(default = "default_recovery_interval_ms")]
     pub recovery_interval_ms: u64,
+    /// A prepared transaction younger than this is left to its coordinator
+    /// (in whichever proxy): longer than a commit normally takes. Resolving
+    /// earlier is safe, only wasteful: a live coordinator then loses the race
+    /// and its client gets 40000.
+    #[serde(default = "default_recovery_grace_ms")]
+    pub recovery_grace_ms: u64,
+    /// How long a coordinator has, from its first PREPARE, to record its
+    /// commit decision (judged by the decision shard's clock); past it the
+    /// transaction rolls back. Abort rows are kept this long.
+    #[serde(default = "default_commit_deadline_ms")]
+    pub commit_deadline_ms: u64,
+    /// The longest wait for any control query (recovery, schema setup,
+    /// cleanup, resolving an unknown outcome), per shard.
+    #[serde(default = "default_control_timeout_ms")]
+    pub control_timeout_ms: u64,
     /// Test-only: make the coordinator crash or pause at a point of 2PC
     /// (`after_prepare|after_decision|after_first_commit` `:crash` or `:pause=MS`).
     #[serde(default)]
@@ -177,16 +195,27 @@ pub struct TxnSettings {
 impl Default for TxnSettings {
     fn default() -> Self {
         TxnSettings {
-            log_dir: default_log_dir(),
             recovery_interval_ms: default_recovery_interval_ms(),
+            recovery_grace_ms: default_recovery_grace_ms(),
+            commit_deadline_ms: default_commit_deadline_ms(),
+            control_timeout_ms: default_control_timeout_ms(),
             test_failpoint: None,
             deadlock_timeout_ms: default_deadlock_timeout_ms(),
         }
     }
 }
 
-fn default_log_dir() -> std::path::PathBuf {
-    "pieskieo-txn".into()
+fn default_cluster() -> String {
+    "main".into()
+}
+fn default_recovery_grace_ms() -> u64 {
+    10_000
+}
+fn default_commit_deadline_ms() -> u64 {
+    120_000
+}
+fn default_control_timeout_ms() -> u64 {
+    5_000
 }
 fn default_recovery_interval_ms() -> u64 {
     5000
@@ -363,16 +392,33 @@ impl Config {
                 format!("`{}` is not an address like 127.0.0.1:6432", self.listen),
             ));
         }
-        if self.node_id.is_empty()
-            || self.node_id.len() > 16
-            || !self
-                .node_id
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_')
-        {
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 32
+                && n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        };
+        if self.node_id.as_deref().is_some_and(|n| !name_ok(n)) {
             return Err(bad(
                 "node_id".into(),
-                "must be 1 to 16 characters of letters, digits and `_`".into(),
+                "must be 1 to 32 characters of letters, digits and `_`".into(),
+            ));
+        }
+        if !name_ok(&self.cluster) {
+            return Err(bad(
+                "cluster".into(),
+                "must be 1 to 32 characters of letters, digits and `_`".into(),
+            ));
+        }
+        if self.txn.commit_deadline_ms < 1000 || self.txn.commit_deadline_ms > 86_400_000 {
+            return Err(bad(
+                "txn.commit_deadline_ms".into(),
+                "must be between 1000 and 86400000".into(),
+            ));
+        }
+        if self.txn.control_timeout_ms == 0 {
+            return Err(bad(
+                "txn.control_timeout_ms".into(),
+                "must be above 0".into(),
             ));
         }
         if self.database.is_empty() {
@@ -581,7 +627,7 @@ impl Config {
 }
 
 /// What a reload from `old` to `new` changes, or why it is refused: anything
-/// that needs a restart (address, node id, decision log, shard addresses) or
+/// that needs a restart (address, node id, cluster, `[txn]`, shard addresses) or
 /// would move rows already stored (shard count, a sharded table's key or rules).
 pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String> {
     let refuse = |what: String| {
@@ -591,13 +637,13 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
     };
     if old.listen != new.listen
         || old.node_id != new.node_id
-        || old.txn.log_dir != new.txn.log_dir
+        || old.cluster != new.cluster
+        || old.txn != new.txn
         || old.workers != new.workers
         || old.limits.query_timeout_ms != new.limits.query_timeout_ms
-        || old.txn.deadlock_timeout_ms != new.txn.deadlock_timeout_ms
     {
         return refuse(
-            "`listen`, `node_id`, `workers`, `limits.query_timeout_ms`, `txn.deadlock_timeout_ms` and `txn.log_dir` change only with a restart".into(),
+            "`listen`, `node_id`, `cluster`, `workers`, `limits.query_timeout_ms` and `[txn]` (including `txn.deadlock_timeout_ms`) change only with a restart".into(),
         );
     }
     if old.shards.len() != new.shards.len() {
@@ -740,6 +786,8 @@ key_type = "int8"
                 "key_type",
             ),
             (format!("bogus = 1\n{GOOD}"), "bogus"),
+            (format!("cluster = \"a b\"\n{GOOD}"), "cluster"),
+            (format!("{GOOD}[txn]\nlog_dir = \"x\"\n"), "log_dir"),
             (
                 format!("reference_tables = [\"accounts\"]\n{GOOD}"),
                 "reference_tables[0]",

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::error::{ClientError, Error};
 use crate::protocol::{error_response, Severity};
 use crate::router::{PlanCache, ShardMap};
-use crate::txn::{Coordinator, DecisionLog, Resolver, StartupError};
+use crate::txn::{Control, Coordinator, Resolver, StartupError};
 
 /// What every session shares: the configuration snapshot, the shard map and
 /// the pools. Passed as a handle, never global.
@@ -271,26 +271,28 @@ impl Proxy {
     }
 }
 
-/// Opens the decision log, checks the shards and recovers in-doubt
-/// transactions, then binds the configured address and serves clients until
-/// stopped.
+/// Checks the shards, creates the decision schema and recovers in-doubt
+/// transactions (any proxy's), then binds the configured address and serves
+/// clients until stopped. Nothing is read from or written to the local disk.
 pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     let snapshot = Snapshot::new(config.clone()).map_err(StartupError::Tls)?;
-    let log = DecisionLog::open(&config.txn.log_dir, &config.node_id)?;
     let failpoint = config
         .txn
         .test_failpoint
         .as_deref()
         .and_then(crate::txn::parse_failpoint);
     let stats = Arc::new(Stats::new(config.shards.len()));
+    let control = Arc::new(Control::new(&config).map_err(StartupError::Control)?);
     let coordinator = Arc::new(Coordinator::new(
-        log,
-        &config.node_id,
+        &config.cluster,
+        config.node_id.as_deref().unwrap_or_default(),
+        control,
+        std::time::Duration::from_millis(config.txn.commit_deadline_ms),
         failpoint,
         stats.clone(),
     ));
     let collations = Arc::new(crate::merge::Collations::default());
-    let mut resolver = Resolver::new(&config, coordinator.clone(), collations.clone());
+    let resolver = Resolver::new(&config, coordinator.clone(), collations.clone());
     resolver.startup().await?;
     let resolver = resolver.spawn_periodic(std::time::Duration::from_millis(
         config.txn.recovery_interval_ms,

@@ -9,7 +9,7 @@ pub struct KeyedPlan {
     rule: TableRule,
     /// The parameter (0-based) holding the key.
     param: usize,
-    write: bool,
+    write: super::Writes,
 }
 
 impl KeyedPlan {

@@ -77,14 +77,60 @@ impl Route {
     }
 }
 
+/// Whether a statement (or a participant's statements so far) wrote.
+/// Ordered: `a | b` is the less certain-to-be-read of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Writes {
+    /// Proven read-only from the text: plain reads of tables and of
+    /// functions known to be read-only.
+    #[default]
+    No,
+    /// Not proven either way (a function the classifier does not know, a
+    /// statement it cannot parse): the coordinator asks the shard
+    /// (`pg_current_xact_id_if_assigned()`) before deciding.
+    Maybe,
+    /// Writes or locks rows, or changes the schema.
+    Yes,
+}
+
+impl Writes {
+    /// Anything but a proven read.
+    pub fn may(self) -> bool {
+        self != Writes::No
+    }
+}
+
+impl From<bool> for Writes {
+    fn from(write: bool) -> Writes {
+        if write {
+            Writes::Yes
+        } else {
+            Writes::No
+        }
+    }
+}
+
+impl std::ops::BitOr for Writes {
+    type Output = Writes;
+    fn bitor(self, other: Writes) -> Writes {
+        self.max(other)
+    }
+}
+
+impl std::ops::BitOrAssign for Writes {
+    fn bitor_assign(&mut self, other: Writes) {
+        *self = (*self).max(other);
+    }
+}
+
 /// What to do with one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Send the statement text unchanged. `write` is conservative: anything
-    /// that is not a plain read counts as a write.
+    /// Send the statement text unchanged. `write` says whether it may write
+    /// (see [`Writes`]); never `No` for something that could.
     Forward {
         route: Route,
-        write: bool,
+        write: Writes,
     },
     /// A `SELECT` several shards answer whose rows the proxy must combine
     /// (sort, limit, aggregate, group): each shard runs `plan.sql`.
@@ -178,6 +224,10 @@ pub enum RouteError {
     NoShard { table: String, key: String },
     #[error("{0}")]
     BadKey(KeyError),
+    /// The statement names the proxy's own schema (`pieskieo`, where the
+    /// commit decisions live): clients may not read or change it.
+    #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy")]
+    Reserved,
 }
 
 impl RouteError {
@@ -189,6 +239,7 @@ impl RouteError {
             RouteError::NoShard { .. } => SqlState::CHECK_VIOLATION,
             RouteError::BadKey(KeyError::Invalid(_)) => SqlState::INVALID_TEXT_REPRESENTATION,
             RouteError::BadKey(KeyError::OutOfRange(_)) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            RouteError::Reserved => SqlState::INSUFFICIENT_PRIVILEGE,
         }
     }
 }
@@ -315,6 +366,9 @@ pub fn execute_args(args: &str) -> Vec<Bound> {
 /// values are used for routing only; the statement itself is sent as the
 /// client wrote it.
 pub fn plan_bound(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, RouteError> {
+    if classify::names_reserved_schema(sql) {
+        return Err(RouteError::Reserved);
+    }
     if let Some(p) = classify::lexical(sql)? {
         return Ok(p);
     }

@@ -40,8 +40,9 @@ pub fn preview(sql: &str, map: &ShardMap) -> Result<Vec<Vec<String>>, RouteError
         Plan::Forward { route, write } => {
             let merge = match (route, write) {
                 (Route::One(_) | Route::Any, _) => "none: relayed as is",
-                (_, true) => "sum the command tags; atomic across shards (two-phase commit)",
-                (_, false) => "concatenate rows",
+                (_, super::Writes::Yes) => "sum the command tags; atomic across shards (two-phase commit)",
+                (_, super::Writes::Maybe) => "sum the command tags; atomic across shards (may write: the shards are asked at commit)",
+                (_, super::Writes::No) => "concatenate rows",
             };
             let mut rows = rows_for(route, sql, merge, &why(route));
             if let Route::Any = route {

@@ -14,7 +14,10 @@ fn shard_of(m: &ShardMap, table: &str, key: KeyValue) -> ShardId {
 }
 
 fn fwd(route: Route, write: bool) -> Plan {
-    Plan::Forward { route, write }
+    Plan::Forward {
+        route,
+        write: write.into(),
+    }
 }
 
 #[test]
@@ -157,6 +160,30 @@ fn refuses_what_it_cannot_route_safely() {
     let m = map();
     let cases: Vec<(&str, SqlState)> = vec![
         (
+            "SELECT * FROM pieskieo.decisions",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "delete from PIESKIEO.decisions",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "INSERT INTO \"pieskieo\".decisions VALUES (1)",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "DROP SCHEMA pieskieo CASCADE",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "ALTER SCHEMA pieskieo RENAME TO x",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "SELECT * FROM accounts a JOIN pieskieo . decisions d ON true WHERE a.id = $1",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
             "INSERT INTO accounts (id) VALUES (NULL)",
             SqlState::NOT_NULL_VIOLATION,
         ),
@@ -263,6 +290,19 @@ fn refuses_what_it_cannot_route_safely() {
             Err(e) => assert_eq!(e.sqlstate(), code, "{sql}: {e}"),
             Ok(p) => panic!("{sql}: expected {code}, got {p:?}"),
         }
+    }
+}
+
+#[test]
+fn the_word_pieskieo_elsewhere_is_fine() {
+    let m = map();
+    for sql in [
+        "SELECT 'pieskieo.decisions'",
+        "SELECT 1 -- pieskieo.decisions",
+        "SELECT pieskieo FROM accounts WHERE id = 1",
+        "CREATE TABLE \"Pieskieo\".t (a int)",
+    ] {
+        assert!(plan(sql, &m).is_ok(), "{sql}");
     }
 }
 
@@ -519,5 +559,78 @@ fn keyed_plans_agree_with_full_plans() {
         // What the shortcut cannot place is left to the full planner.
         assert_eq!(k.plan(&[Bound::Null, Bound::Null], &m), None);
         assert_eq!(k.plan(&[Bound::Unknown, Bound::Unknown], &m), None);
+    }
+}
+
+#[test]
+fn write_detection_is_exact_or_says_maybe() {
+    let m = map();
+    let writes = |sql: &str| match plan(sql, &m) {
+        Ok(Plan::Forward { write, .. }) => write,
+        other => panic!("{sql}: {other:?}"),
+    };
+    let cases = [
+        ("SELECT * FROM accounts WHERE id = 1", Writes::No),
+        (
+            "SELECT count(*), max(balance) FROM accounts WHERE id = 1",
+            Writes::No,
+        ),
+        (
+            "SELECT lower(name), now() FROM accounts WHERE id = 1",
+            Writes::No,
+        ),
+        ("SELECT 1", Writes::No),
+        ("SELECT * FROM generate_series(1, 3)", Writes::No),
+        // A function the classifier does not know may write.
+        ("SELECT f(id) FROM accounts WHERE id = 1", Writes::Maybe),
+        ("SELECT bump(1)", Writes::Maybe),
+        (
+            "SELECT * FROM accounts WHERE id = 1 AND public.ok(balance)",
+            Writes::Maybe,
+        ),
+        ("SELECT * FROM my_srf(1)", Writes::Maybe),
+        ("SELECT pg_advisory_xact_lock(1)", Writes::Maybe),
+        // Locks anywhere are writes.
+        (
+            "SELECT * FROM accounts WHERE id = 1 FOR UPDATE",
+            Writes::Yes,
+        ),
+        (
+            "SELECT * FROM notes WHERE id IN (SELECT id FROM notes FOR UPDATE)",
+            Writes::Yes,
+        ),
+        (
+            "WITH l AS (SELECT * FROM notes FOR SHARE) SELECT * FROM l",
+            Writes::Yes,
+        ),
+        ("SELECT * INTO copy_of_notes FROM notes", Writes::Yes),
+        // EXPLAIN ANALYZE runs the statement.
+        ("EXPLAIN SELECT * FROM accounts WHERE id = 1", Writes::No),
+        (
+            "EXPLAIN UPDATE accounts SET balance = 0 WHERE id = 1",
+            Writes::No,
+        ),
+        (
+            "EXPLAIN ANALYZE UPDATE accounts SET balance = 0 WHERE id = 1",
+            Writes::Yes,
+        ),
+        (
+            "EXPLAIN (ANALYZE, COSTS OFF) DELETE FROM accounts WHERE id = 1",
+            Writes::Yes,
+        ),
+        (
+            "EXPLAIN (ANALYZE false) DELETE FROM accounts WHERE id = 1",
+            Writes::No,
+        ),
+        (
+            "EXPLAIN ANALYZE SELECT f(id) FROM accounts WHERE id = 1",
+            Writes::Maybe,
+        ),
+        ("UPDATE accounts SET balance = 0 WHERE id = 1", Writes::Yes),
+        // Text the parser cannot read.
+        ("VACUUM (SOMETHING NEW) notes", Writes::Maybe),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(writes(sql), want, "{sql}");
     }
 }

@@ -12,7 +12,7 @@ impl Session {
         &mut self,
         targets: &[(ShardId, &str)],
         how: Collect<'_>,
-        write: bool,
+        write: Writes,
     ) -> std::io::Result<(bool, Option<bytes::Bytes>)> {
         // Only a merge compares text, and only it needs the shards' collations.
         let bytewise = matches!(how, Collect::Plan(_)) && self.shared.collations.bytewise();
@@ -26,7 +26,10 @@ impl Session {
         let mut joined = Vec::new();
         for s in &missing {
             match self.checkout(*s).await {
-                Ok(conn) => joined.push(Participant { conn, wrote: false }),
+                Ok(conn) => joined.push(Participant {
+                    conn,
+                    wrote: Writes::No,
+                }),
                 Err(e) => {
                     drop(joined);
                     return Ok((self.error(e).await?, None));
@@ -286,7 +289,7 @@ impl Session {
         }
         let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, stmt)).collect();
         let (ok, last) = self
-            .exec_in_block(&targets, Merge::Copies.into(), false)
+            .exec_in_block(&targets, Merge::Copies.into(), Writes::No)
             .await?;
         self.close_statement(last).await?;
         Ok(ok)
@@ -394,7 +397,10 @@ impl Session {
         .await;
         if matches!(r, Ok(Answer::Succeeded)) {
             if let Some(ch) = change {
-                let mut one = [Participant { conn, wrote: false }];
+                let mut one = [Participant {
+                    conn,
+                    wrote: Writes::No,
+                }];
                 self.apply_changes(&[ch], &mut one);
             }
         }

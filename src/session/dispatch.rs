@@ -9,7 +9,7 @@ impl Session {
         &mut self,
         stmt: &str,
         route: Route,
-        write: bool,
+        write: Writes,
     ) -> std::io::Result<bool> {
         let default = self.shared.map().default_shard;
         match route {
@@ -25,8 +25,9 @@ impl Session {
                     .into_iter()
                     .map(|s| (s, stmt))
                     .collect();
-                if write {
-                    self.write_across(&targets, Merge::Union).await
+                // What may write runs in a block: atomic, and decided exactly.
+                if write.may() {
+                    self.write_across(&targets, Merge::Union, write).await
                 } else {
                     self.read_across(&targets, Merge::Union.into()).await
                 }
@@ -175,10 +176,10 @@ impl Session {
         &mut self,
         shard: ShardId,
         text: &str,
-        write: bool,
+        write: Writes,
     ) -> std::io::Result<bool> {
         if self.txn().is_none() {
-            return self.autocommit_one(shard, text, write).await;
+            return self.autocommit_one(shard, text, write.may()).await;
         }
         let (ok, last) = self
             .exec_in_block(&[(shard, text)], Merge::Union.into(), write)
@@ -196,7 +197,7 @@ impl Session {
         how: Collect<'_>,
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
-            let (ok, last) = self.exec_in_block(targets, how, false).await?;
+            let (ok, last) = self.exec_in_block(targets, how, Writes::No).await?;
             self.close_statement(last).await?;
             return Ok(ok);
         }
@@ -254,17 +255,18 @@ impl Session {
         &mut self,
         targets: &[(ShardId, &str)],
         merge: Merge,
+        write: Writes,
     ) -> std::io::Result<bool> {
         if let [(only, sql)] = targets {
-            return self.forward_one(*only, sql, true).await;
+            return self.forward_one(*only, sql, write).await;
         }
         if self.txn().is_some() {
-            let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
+            let (ok, last) = self.exec_in_block(targets, merge.into(), write).await?;
             self.close_statement(last).await?;
             return Ok(ok);
         }
         self.transition(Event::StartImplicit, None);
-        let (ok, last) = self.exec_in_block(targets, merge.into(), true).await?;
+        let (ok, last) = self.exec_in_block(targets, merge.into(), write).await?;
         self.finish_implicit(ok, last).await
     }
 

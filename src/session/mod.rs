@@ -32,8 +32,8 @@ use crate::error::{ClientError, Error, NameError, TxnMisuse};
 use crate::executor::{self, Answer, Collect, ExecError, Merge, Merger, Until};
 use crate::frontend::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::protocol::{self, read_frame, Frame, FrameError, Severity};
-use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId};
-use crate::txn::{CommitOutcome, Participant};
+use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId, Writes};
+use crate::txn::{CommitOutcome, Participant, Report};
 use console::admin_console;
 use settings::{learn_settings, quote_ident, quote_literal, sync_settings, SettingChange};
 pub(crate) use startup::run;
@@ -96,6 +96,32 @@ impl Txn {
 
     fn has(&self, shard: ShardId) -> bool {
         self.participants.iter().any(|p| p.shard() == shard)
+    }
+}
+
+/// A commit's WARNING for the client (the coordinator returns typed
+/// outcomes; the session encodes them).
+fn commit_notice(n: &crate::txn::Notice) -> bytes::Bytes {
+    protocol::error_response(Severity::Warning, n.sqlstate, &n.message, None)
+}
+
+/// The ErrorResponse for a commit that did not commit: a shard's own error
+/// unchanged, the proxy's, or 08007 when the outcome is unknown.
+fn commit_failure(o: &CommitOutcome) -> bytes::Bytes {
+    match o {
+        CommitOutcome::Aborted {
+            error: Report::Server(frame),
+        } => frame.bytes.clone(),
+        CommitOutcome::Aborted {
+            error: Report::Proxy { sqlstate, message },
+        } => protocol::error_response(Severity::Error, *sqlstate, message, None),
+        CommitOutcome::Unknown { message, .. } => protocol::error_response(
+            Severity::Error,
+            crate::error::SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+            message,
+            None,
+        ),
+        CommitOutcome::Committed { .. } => bytes::Bytes::new(),
     }
 }
 
@@ -411,7 +437,11 @@ impl Session {
                 stmts.iter().map(|s| self.shared.plan(s)).collect();
             let write = plans
                 .iter()
-                .any(|p| !matches!(p, Ok(Plan::Forward { write: false, .. })));
+                .map(|p| match p {
+                    Ok(Plan::Forward { write, .. }) => *write,
+                    _ => Writes::Yes,
+                })
+                .fold(Writes::No, |a, b| a | b);
             match self.common_shard(&plans) {
                 // Several statements for one shard go as one Query: the shard
                 // gives them PostgreSQL's own implicit-transaction semantics.
@@ -479,16 +509,16 @@ impl Session {
         match coord.commit(&mut t.participants).await {
             CommitOutcome::Committed { warnings } => {
                 for w in warnings {
-                    self.write(&w).await?;
+                    self.write(&commit_notice(&w)).await?;
                 }
                 let pending = std::mem::take(&mut t.pending);
                 self.apply_changes(&pending, &mut t.participants);
                 self.learn_after_commit(&mut t.participants).await;
                 Ok(BlockEnd::Committed)
             }
-            CommitOutcome::Aborted { error } => {
+            failed => {
                 t.forget_settings();
-                self.write(&error).await?;
+                self.write(&commit_failure(&failed)).await?;
                 Ok(BlockEnd::Refused)
             }
         }
@@ -546,13 +576,14 @@ impl Session {
             Plan::Split { parts } => {
                 let targets: Vec<(ShardId, &str)> =
                     parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
-                self.write_across(&targets, Merge::Union).await
+                self.write_across(&targets, Merge::Union, Writes::Yes).await
             }
             Plan::Replicate => {
                 let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), stmt))
                     .collect();
-                self.write_across(&targets, Merge::Copies).await
+                self.write_across(&targets, Merge::Copies, Writes::Yes)
+                    .await
             }
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,

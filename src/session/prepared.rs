@@ -85,7 +85,7 @@ impl Session {
                 let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), text.as_str()))
                     .collect();
-                self.write_across(&targets, Merge::Copies).await
+                self.write_across(&targets, Merge::Copies, Writes::Yes).await
             }
             Ok(Plan::Merge { .. }) => {
                 self.error(Error::Unsupported(

@@ -1,72 +1,126 @@
-//! The transaction coordinator: one-phase commit when one shard wrote,
-//! parallel two-phase commit with a durable decision when several did, and
-//! the recovery of in-doubt transactions.
+//! The transaction coordinator: one-phase commit when one shard wrote, and
+//! two-phase commit whose decision is a row committed one-phase on one of
+//! the writers when several did; recovery of in-doubt transactions by any
+//! proxy. No state on the local disk: everything recovery needs is in the
+//! gids and the shards' `pieskieo.decisions` tables.
+//!
+//! The coordinator returns typed outcomes (SQLSTATEs, messages, PostgreSQL's
+//! own error frames); the session encodes them for the client.
 
+mod control;
 pub mod deadlock;
-mod log;
-pub(crate) use log::parse_records;
+mod decision;
+mod id;
 mod recovery;
+mod round;
+mod two_phase;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tracing::{info, warn};
+use tracing::warn;
 
-pub use log::{DecisionLog, LogError, TxnId};
+use round::{read_rows, round_on, Answer};
+
+pub use control::{Control, ControlError};
+pub use decision::{Decision, SCHEMA as DECISION_SCHEMA};
+pub use id::{Gid, TxnId, GID_PREFIX};
 pub use recovery::{Resolver, StartupError};
 
 use crate::admin::Stats;
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::SqlState;
-use crate::protocol::{self, ErrorFields, Frame, Severity};
-use crate::router::ShardId;
+use crate::protocol::Frame;
+use crate::router::{ShardId, Writes};
 
 /// The phases of a two-phase commit, and what recovery does if the proxy
-/// dies in each.
+/// dies in each. Writers other than the decision shard C are "the others".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// `PREPARE TRANSACTION` sent, no decision logged. Recovery: presumed
-    /// abort — `ROLLBACK PREPARED` whatever was prepared.
+    /// `PREPARE TRANSACTION` sent to the others. Recovery (after the grace
+    /// period): C holds no commit row, so the resolver's abort row wins and
+    /// it rolls back what was prepared; C's own transaction died with the
+    /// proxy's connection.
     Preparing,
-    /// The commit decision is durable. Recovery: `COMMIT PREPARED` on every
-    /// participant still holding the transaction. Terminal for the outcome.
+    /// The commit row is inserted on C and its `COMMIT` sent. Recovery: the
+    /// resolver's abort-row insert waits for C's transaction to end, then
+    /// reads the winner: commit if C committed, else abort.
+    Deciding,
+    /// C committed: the transaction is committed. Recovery: `COMMIT
+    /// PREPARED` wherever the others still hold it. Terminal for the outcome.
     Committing,
-    /// Every participant committed; the completion record is written.
-    /// Recovery: nothing to do. Terminal.
+    /// Every participant finished. Recovery: nothing to do; the decision row
+    /// is pruned later. Terminal.
     Done,
 }
 
 /// A shard enlisted in a client's transaction.
 pub struct Participant {
     pub conn: PooledConn,
-    /// Anything but a plain read ran here.
-    pub wrote: bool,
+    /// Whether what ran here wrote: proven by the text, or to be asked.
+    pub wrote: Writes,
 }
 
 impl Participant {
     pub fn shard(&self) -> ShardId {
         self.conn.shard
     }
+
+    /// Ends like a writer: anything not proven read-only (after
+    /// [`Coordinator::settle`], `Maybe` is left only on a lone candidate,
+    /// whose one-phase COMMIT is right either way).
+    fn writer(&self) -> bool {
+        self.wrote.may()
+    }
+}
+
+/// Whether this transaction wrote or locked rows: PostgreSQL assigns a
+/// transaction id exactly then.
+const WROTE_SQL: &str = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL";
+
+/// What the client is told when a commit fails. Either PostgreSQL's own
+/// error, relayed unchanged, or one the proxy states.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// An ErrorResponse from a shard, exactly as it sent it.
+    Server(Frame),
+    Proxy {
+        sqlstate: SqlState,
+        message: String,
+    },
+}
+
+/// A WARNING for the client alongside a successful commit.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub sqlstate: SqlState,
+    pub message: String,
 }
 
 /// How a commit ended.
+#[derive(Debug)]
 pub enum CommitOutcome {
-    /// Committed. `warnings` are NoticeResponses for the client (a shard that
-    /// could not be told yet; the resolver finishes it).
-    Committed { warnings: Vec<Bytes> },
-    /// Rolled back everywhere; `error` is the ErrorResponse for the client.
-    Aborted { error: Bytes },
+    /// Committed. `warnings` name shards not yet told (recovery finishes them).
+    Committed { warnings: Vec<Notice> },
+    /// Rolled back everywhere (or left for recovery to roll back).
+    Aborted { error: Report },
+    /// The decision shard's answer to `COMMIT` was lost and it could not be
+    /// asked again: the client gets 08007 (transaction_resolution_unknown);
+    /// recovery finishes the transaction either way.
+    Unknown { shard: ShardId, message: String },
 }
 
 /// Where a test may make the coordinator crash or stall. Armed only by the
 /// test-only setting `txn.test_failpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailPoint {
-    /// After every PREPARE succeeded, before the decision is logged.
+    /// After every PREPARE succeeded, before the decision row is inserted.
     AfterPrepare,
-    /// After the decision is durable, before any COMMIT PREPARED.
+    /// After C answered the decision row's INSERT and its COMMIT was sent,
+    /// before the COMMIT's answer is read.
+    AfterDecisionInsert,
+    /// After C committed, before any COMMIT PREPARED.
     AfterDecision,
     /// After the first participant's COMMIT PREPARED.
     AfterFirstCommit,
@@ -83,6 +137,7 @@ pub fn parse_failpoint(s: &str) -> Option<(FailPoint, FailAction)> {
     let (point, action) = s.split_once(':')?;
     let point = match point {
         "after_prepare" => FailPoint::AfterPrepare,
+        "after_decision_insert" => FailPoint::AfterDecisionInsert,
         "after_decision" => FailPoint::AfterDecision,
         "after_first_commit" => FailPoint::AfterFirstCommit,
         _ => return None,
@@ -95,129 +150,52 @@ pub fn parse_failpoint(s: &str) -> Option<(FailPoint, FailAction)> {
 }
 
 pub struct Coordinator {
-    pub log: DecisionLog,
+    cluster: String,
+    /// This proxy's name in logs (optional `node_id`).
     node: String,
-    next: AtomicU64,
+    control: Arc<Control>,
+    /// How long a coordinator has, from choosing a transaction id, to insert
+    /// its commit row (judged by C's clock; see [`TxnId`]).
+    window: Duration,
     in_flight: Mutex<HashSet<TxnId>>,
     failpoint: Option<(FailPoint, FailAction)>,
     /// Phase timings of two-phase commits, kept only when a benchmark asks.
     timings: Mutex<Option<Vec<PhaseTimes>>>,
-    pub stats: std::sync::Arc<Stats>,
+    pub stats: Arc<Stats>,
 }
 
 /// How long the phases of one two-phase commit took.
 #[derive(Debug, Clone, Copy)]
 pub struct PhaseTimes {
-    /// PREPARE on every writer (and COMMIT on readers).
-    pub prepare: std::time::Duration,
-    /// The durable write of the decision.
-    pub decision: std::time::Duration,
-    /// COMMIT PREPARED on every writer.
-    pub commit: std::time::Duration,
+    /// PREPARE on every writer but C.
+    pub prepare: Duration,
+    /// The decision: C's insert and COMMIT.
+    pub decision: Duration,
+    /// COMMIT PREPARED on the others (and readers' COMMIT).
+    pub commit: Duration,
 }
 
-/// Every gid starts with this, then the node id.
-pub const GID_PREFIX: &str = "pieskieo";
-
-pub fn gid(node: &str, txn: TxnId, shard: ShardId) -> String {
-    format!(
-        "{GID_PREFIX}_{node}_{}_{}_{}",
-        txn.epoch, txn.number, shard.0
-    )
-}
-
-/// The transaction and shard of one of `node`'s gids.
-pub fn parse_gid(node: &str, gid: &str) -> Option<(TxnId, ShardId)> {
-    let rest = gid
-        .strip_prefix(GID_PREFIX)?
-        .strip_prefix('_')?
-        .strip_prefix(node)?
-        .strip_prefix('_')?;
-    let mut it = rest.split('_');
-    let epoch = it.next()?.parse().ok()?;
-    let number = it.next()?.parse().ok()?;
-    let shard = it.next()?.parse().ok()?;
-    it.next()
-        .is_none()
-        .then_some((TxnId { epoch, number }, ShardId(shard)))
-}
-
-/// What one statement sent to one connection came back with.
-enum Answer {
-    Ok,
-    Error(Frame),
-    Lost(BackendError),
-}
-
-impl Answer {
-    fn ok(&self) -> bool {
-        matches!(self, Answer::Ok)
+pub(super) fn rolled_back(message: String) -> Report {
+    Report::Proxy {
+        sqlstate: SqlState::TRANSACTION_ROLLBACK,
+        message,
     }
-
-    fn error_bytes(&self) -> Option<Bytes> {
-        match self {
-            Answer::Ok => None,
-            Answer::Error(f) => Some(f.bytes.clone()),
-            Answer::Lost(e) => Some(protocol::error_response(
-                Severity::Error,
-                e.sqlstate(),
-                &e.to_string(),
-                None,
-            )),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Answer::Ok => "ok".into(),
-            Answer::Error(f) => ErrorFields::parse(f.body()).to_string(),
-            Answer::Lost(e) => e.to_string(),
-        }
-    }
-}
-
-/// Sends `sqls[i]` to `conns[i]`, all before reading any answer, so the
-/// shards work in parallel: one write and one read per shard.
-async fn round(conns: &mut [&mut ServerConn], sqls: &[String]) -> Vec<Answer> {
-    let mut sent = Vec::with_capacity(conns.len());
-    for (c, sql) in conns.iter_mut().zip(sqls) {
-        let r = async {
-            c.send_query(sql).await?;
-            c.flush().await
-        }
-        .await;
-        sent.push(r);
-    }
-    let mut out = Vec::with_capacity(conns.len());
-    for (c, s) in conns.iter_mut().zip(sent) {
-        out.push(match s {
-            Err(e) => Answer::Lost(e),
-            Ok(()) => match crate::executor::drain(c).await {
-                Ok(None) => Answer::Ok,
-                Ok(Some(f)) => Answer::Error(f),
-                Err(e) => Answer::Lost(e),
-            },
-        });
-    }
-    for c in conns.iter_mut() {
-        if c.status != b'I' {
-            c.mark_broken();
-        }
-    }
-    out
 }
 
 impl Coordinator {
     pub fn new(
-        log: DecisionLog,
+        cluster: &str,
         node: &str,
+        control: Arc<Control>,
+        window: Duration,
         failpoint: Option<(FailPoint, FailAction)>,
-        stats: std::sync::Arc<Stats>,
+        stats: Arc<Stats>,
     ) -> Coordinator {
         Coordinator {
-            log,
+            cluster: cluster.to_string(),
             node: node.to_string(),
-            next: AtomicU64::new(1),
+            control,
+            window,
             in_flight: Mutex::new(HashSet::new()),
             failpoint,
             timings: Mutex::new(None),
@@ -253,6 +231,14 @@ impl Coordinator {
         &self.node
     }
 
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
     pub fn is_in_flight(&self, txn: TxnId) -> bool {
         self.in_flight
             .lock()
@@ -278,7 +264,7 @@ impl Coordinator {
             }
             Some((p, FailAction::Pause(ms))) if p == point => {
                 warn!(?point, ms, "test failpoint: pausing");
-                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             _ => {}
         }
@@ -286,9 +272,7 @@ impl Coordinator {
 
     /// Rolls every participant back, in parallel.
     pub async fn rollback(&self, parts: &mut [Participant]) {
-        let mut conns: Vec<&mut ServerConn> = parts.iter_mut().map(|p| &mut *p.conn).collect();
-        let sqls = vec!["ROLLBACK".to_string(); conns.len()];
-        round(&mut conns, &sqls).await;
+        round_on(parts, |_| Some("ROLLBACK".into())).await;
         Stats::bump(&self.stats.aborts, 1);
     }
 
@@ -300,208 +284,152 @@ impl Coordinator {
         }
     }
 
-    /// Commits a client's transaction over its participants.
+    /// Commits a client's transaction over its participants. Readers end
+    /// only after the decision (so nothing they hold, an advisory lock say,
+    /// is released before it), and roll back if it is an abort.
     pub async fn commit(&self, parts: &mut [Participant]) -> CommitOutcome {
-        let writers = parts.iter().filter(|p| p.wrote).count();
-        let started = std::time::Instant::now();
-        if writers <= 1 {
-            // Readers first, then the one writer: no PREPARE, no log record.
-            parts.sort_by_key(|p| p.wrote);
-            let mut readers: Vec<&mut ServerConn> = parts
-                .iter_mut()
-                .filter(|p| !p.wrote)
-                .map(|p| &mut *p.conn)
-                .collect();
-            let sqls = vec!["COMMIT".to_string(); readers.len()];
-            round(&mut readers, &sqls).await;
-            if let Some(w) = parts.iter_mut().find(|p| p.wrote) {
-                let mut one = [&mut *w.conn];
-                let answer = round(&mut one, &["COMMIT".to_string()])
-                    .await
-                    .into_iter()
-                    .next()
-                    .map(|a| match a {
-                        // No answer to the COMMIT: it may have committed.
-                        Answer::Lost(e) => Answer::Lost(e.unanswered_commit()),
-                        a => a,
-                    });
-                if let Some(error) = answer.as_ref().and_then(Answer::error_bytes) {
-                    Stats::bump(&self.stats.aborts, 1);
-                    return CommitOutcome::Aborted { error };
-                }
-            }
-            Stats::bump(&self.stats.commits_one_phase, 1);
-            self.count_participants(parts);
-            self.stats.one_phase_commit.observe(started.elapsed());
-            return CommitOutcome::Committed {
-                warnings: Vec::new(),
-            };
+        let started = Instant::now();
+        if let Err(error) = self.settle(parts).await {
+            self.rollback(parts).await;
+            return CommitOutcome::Aborted { error };
         }
-        let outcome = self.two_phase(parts).await;
+        let writers = parts.iter().filter(|p| p.writer()).count();
+        let outcome = match writers {
+            0 => self.commit_readers(parts).await,
+            1 => self.one_phase(parts).await,
+            _ => self.two_phase(parts).await,
+        };
         match &outcome {
+            CommitOutcome::Committed { .. } if writers <= 1 => {
+                Stats::bump(&self.stats.commits_one_phase, 1);
+                self.count_participants(parts);
+                self.stats.one_phase_commit.observe(started.elapsed());
+            }
             CommitOutcome::Committed { .. } => {
                 Stats::bump(&self.stats.commits_two_phase, 1);
                 self.count_participants(parts);
             }
             CommitOutcome::Aborted { .. } => Stats::bump(&self.stats.aborts, 1),
+            CommitOutcome::Unknown { .. } => {}
         }
         outcome
     }
 
-    async fn two_phase(&self, parts: &mut [Participant]) -> CommitOutcome {
-        let txn = TxnId {
-            epoch: self.log.epoch(),
-            number: self.next.fetch_add(1, Ordering::Relaxed),
-        };
-        self.set_in_flight(txn, true);
-        let outcome = self.two_phase_inner(txn, parts).await;
-        self.set_in_flight(txn, false);
-        outcome
-    }
-
-    async fn two_phase_inner(&self, txn: TxnId, parts: &mut [Participant]) -> CommitOutcome {
-        let started = std::time::Instant::now();
-        // Phase 1: readers COMMIT and writers PREPARE, all at once.
-        let sqls: Vec<String> = parts
-            .iter()
-            .map(|p| {
-                if p.wrote {
-                    format!("PREPARE TRANSACTION '{}'", gid(&self.node, txn, p.shard()))
-                } else {
-                    "COMMIT".into()
-                }
-            })
+    /// Exact write detection: when the outcome depends on it (two or more
+    /// participants may have written), each one whose statements the
+    /// classifier could not prove read-only or writing is asked whether its
+    /// transaction wrote, all at once, and becomes a writer or a reader.
+    async fn settle(&self, parts: &mut [Participant]) -> Result<(), Report> {
+        let candidates = parts.iter().filter(|p| p.writer()).count();
+        if candidates < 2 || !parts.iter().any(|p| p.wrote == Writes::Maybe) {
+            return Ok(());
+        }
+        let mut unsure: Vec<&mut Participant> = parts
+            .iter_mut()
+            .filter(|p| p.wrote == Writes::Maybe)
             .collect();
-        let answers = {
-            let mut conns: Vec<&mut ServerConn> = parts.iter_mut().map(|p| &mut *p.conn).collect();
-            round(&mut conns, &sqls).await
-        };
-        let mut phase = Phase::Preparing;
-        let failed = parts.iter().zip(&answers).find(|(p, a)| p.wrote && !a.ok());
-        if let Some((p, a)) = failed {
-            let error = a.error_bytes().unwrap_or_default();
-            warn!(shard = %p.shard(), txn = ?txn, ?phase, error = %a.describe(), "PREPARE failed; rolling back");
-            self.abort_prepared(txn, parts, &answers).await;
-            return CommitOutcome::Aborted { error };
-        }
-        self.hit(FailPoint::AfterPrepare).await;
-        let prepared_at = std::time::Instant::now();
-
-        let writers: Vec<ShardId> = parts
-            .iter()
-            .filter(|p| p.wrote)
-            .map(|p| p.shard())
-            .collect();
-        if let Err(e) = self.log.commit(txn, &writers).await {
-            warn!(txn = ?txn, ?phase, error = %e, "cannot make the commit decision durable; rolling back");
-            self.abort_prepared(txn, parts, &answers).await;
-            let error = protocol::error_response(
-                Severity::Error,
-                SqlState::INTERNAL_ERROR,
-                &format!("transaction rolled back: the decision log could not be written: {e}"),
-                None,
-            );
-            return CommitOutcome::Aborted { error };
-        }
-        phase = Phase::Committing;
-        let decided_at = std::time::Instant::now();
-        self.hit(FailPoint::AfterDecision).await;
-
-        // Phase 2: COMMIT PREPARED everywhere at once.
-        let mut writer_parts: Vec<&mut Participant> =
-            parts.iter_mut().filter(|p| p.wrote).collect();
-        let mut answers = Vec::new();
-        if matches!(self.failpoint, Some((FailPoint::AfterFirstCommit, _))) {
-            if let Some((first, rest)) = writer_parts.split_first_mut() {
-                let sql = format!("COMMIT PREPARED '{}'", gid(&self.node, txn, first.shard()));
-                answers.extend(round(&mut [&mut *first.conn], &[sql]).await);
-                self.hit(FailPoint::AfterFirstCommit).await;
-                let sqls: Vec<String> = rest
-                    .iter()
-                    .map(|p| format!("COMMIT PREPARED '{}'", gid(&self.node, txn, p.shard())))
-                    .collect();
-                let mut conns: Vec<&mut ServerConn> =
-                    rest.iter_mut().map(|p| &mut *p.conn).collect();
-                answers.extend(round(&mut conns, &sqls).await);
+        let mut sent = Vec::with_capacity(unsure.len());
+        for p in unsure.iter_mut() {
+            let r = async {
+                p.conn.send_query(WROTE_SQL).await?;
+                p.conn.flush().await
             }
-        } else {
-            let sqls: Vec<String> = writer_parts
-                .iter()
-                .map(|p| format!("COMMIT PREPARED '{}'", gid(&self.node, txn, p.shard())))
-                .collect();
-            let mut conns: Vec<&mut ServerConn> =
-                writer_parts.iter_mut().map(|p| &mut *p.conn).collect();
-            answers = round(&mut conns, &sqls).await;
+            .await;
+            sent.push(r);
         }
-        let mut warnings = Vec::new();
-        for (p, a) in writer_parts.iter().zip(&answers) {
-            if !a.ok() {
-                warn!(shard = %p.shard(), txn = ?txn, ?phase, error = %a.describe(), "COMMIT PREPARED failed; the resolver will finish it");
-                warnings.push(protocol::error_response(
-                    Severity::Warning,
-                    SqlState::WARNING,
-                    &format!(
-                        "transaction committed, but shard {} has not confirmed yet ({}); it will be finished automatically",
-                        p.shard(),
-                        a.describe()
-                    ),
-                    None,
-                ));
-            }
-        }
-        Stats::bump(
-            &self.stats.two_phase_micros,
-            started.elapsed().as_micros() as u64,
-        );
-        Stats::bump(
-            &self.stats.decision_micros,
-            (decided_at - prepared_at).as_micros() as u64,
-        );
-        self.stats.two_phase_prepare.observe(prepared_at - started);
-        self.stats
-            .two_phase_decision
-            .observe(decided_at - prepared_at);
-        self.stats.two_phase_commit.observe(decided_at.elapsed());
-        if let Ok(mut t) = self.timings.lock() {
-            if let Some(v) = t.as_mut() {
-                v.push(PhaseTimes {
-                    prepare: prepared_at - started,
-                    decision: decided_at - prepared_at,
-                    commit: decided_at.elapsed(),
-                });
-            }
-        }
-        if warnings.is_empty() {
-            let _ = self.log.done(txn).await;
-            phase = Phase::Done;
-        }
-        info!(txn = ?txn, shards = writers.len(), ?phase, "two-phase commit");
-        CommitOutcome::Committed { warnings }
-    }
-
-    /// Presumed abort, done eagerly: `ROLLBACK PREPARED` where PREPARE
-    /// succeeded, `ROLLBACK` where it did not.
-    async fn abort_prepared(&self, txn: TxnId, parts: &mut [Participant], answers: &[Answer]) {
-        let mut conns = Vec::new();
-        let mut sqls = Vec::new();
-        for (p, a) in parts.iter_mut().zip(answers) {
-            if !p.wrote {
-                continue;
-            }
-            let sql = if a.ok() {
-                format!("ROLLBACK PREPARED '{}'", gid(&self.node, txn, p.shard()))
-            } else {
-                "ROLLBACK".to_string()
+        let mut failure = None;
+        for (p, r) in unsure.iter_mut().zip(sent) {
+            let answer = match r {
+                Err(e) => Err(e),
+                Ok(()) => read_rows(&mut p.conn).await,
             };
-            if matches!(a, Answer::Lost(_)) {
-                // The connection is gone; the server rolled back (or the
-                // resolver will, for a prepared one).
-                continue;
+            match answer {
+                Ok(Ok(frames)) => {
+                    let wrote = ServerConn::text_values(&frames)
+                        .first()
+                        .and_then(|r| r.first().cloned().flatten())
+                        .is_some_and(|v| v.as_ref() != b"f");
+                    p.wrote = Writes::from(wrote);
+                }
+                Ok(Err(f)) => {
+                    failure.get_or_insert(Report::Server(f));
+                }
+                Err(e) => {
+                    failure.get_or_insert(Report::Proxy {
+                        sqlstate: e.sqlstate(),
+                        message: e.to_string(),
+                    });
+                }
             }
-            sqls.push(sql);
-            conns.push(&mut *p.conn);
         }
-        round(&mut conns, &sqls).await;
+        match failure {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
+    /// No writer: every participant commits at once.
+    async fn commit_readers(&self, parts: &mut [Participant]) -> CommitOutcome {
+        let answers = round_on(parts, |_| Some("COMMIT".into())).await;
+        match answers.iter().find_map(|(_, a)| a.report()) {
+            Some(error) => CommitOutcome::Aborted { error },
+            None => CommitOutcome::Committed {
+                warnings: Vec::new(),
+            },
+        }
+    }
+
+    /// One writer: its COMMIT is the decision; then the readers end.
+    async fn one_phase(&self, parts: &mut [Participant]) -> CommitOutcome {
+        let answers = round_on(parts, |p| p.writer().then(|| "COMMIT".into())).await;
+        // No answer to the writer's COMMIT: it may have committed (08007).
+        let lost = answers.into_iter().find_map(|(_, a)| match a {
+            Answer::Lost(e) => match e.unanswered_commit() {
+                BackendError::OutcomeUnknown { shard, cause } => Some(Err((shard, cause))),
+                other => Some(Ok(Answer::Lost(other))),
+            },
+            a => a.report().map(|_| Ok(a)),
+        });
+        match lost {
+            Some(Err((shard, cause))) => {
+                round_on(parts, |p| (!p.writer()).then(|| "ROLLBACK".into())).await;
+                return CommitOutcome::Unknown {
+                    shard,
+                    message: BackendError::OutcomeUnknown { shard, cause }.to_string(),
+                };
+            }
+            Some(Ok(a)) => {
+                round_on(parts, |p| (!p.writer()).then(|| "ROLLBACK".into())).await;
+                if let Some(error) = a.report() {
+                    return CommitOutcome::Aborted { error };
+                }
+            }
+            None => {}
+        }
+        let answers = round_on(parts, |p| (!p.writer()).then(|| "COMMIT".into())).await;
+        let answers: Vec<(ShardId, &Answer)> = answers.iter().map(|(s, a)| (*s, a)).collect();
+        CommitOutcome::Committed {
+            warnings: self.reader_warnings(&answers),
+        }
+    }
+
+    /// Readers that failed to commit after a committed decision: their
+    /// transactions wrote nothing, so the outcome stands; the client hears.
+    fn reader_warnings<'a>(
+        &self,
+        answers: impl IntoIterator<Item = &'a (ShardId, &'a Answer)>,
+    ) -> Vec<Notice> {
+        answers
+            .into_iter()
+            .filter(|(_, a)| !a.ok())
+            .map(|(shard, a)| Notice {
+                sqlstate: SqlState::WARNING,
+                message: format!(
+                    "transaction committed, but read-only shard {shard} reported: {}",
+                    a.describe()
+                ),
+            })
+            .collect()
     }
 }
 
@@ -510,23 +438,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gids_round_trip_and_stay_ours() {
-        let t = TxnId {
-            epoch: 3,
-            number: 77,
-        };
-        let g = gid("node_1", t, ShardId(2));
-        assert_eq!(g, "pieskieo_node_1_3_77_2");
-        assert_eq!(parse_gid("node_1", &g), Some((t, ShardId(2))));
-        assert_eq!(parse_gid("node", &g), None);
-        assert_eq!(parse_gid("node_1", "other_node_1_3_77_2"), None);
-    }
-
-    #[test]
     fn failpoints_parse() {
         assert_eq!(
             parse_failpoint("after_decision:crash"),
             Some((FailPoint::AfterDecision, FailAction::Crash))
+        );
+        assert_eq!(
+            parse_failpoint("after_decision_insert:crash"),
+            Some((FailPoint::AfterDecisionInsert, FailAction::Crash))
         );
         assert_eq!(
             parse_failpoint("after_prepare:pause=150"),

@@ -63,7 +63,12 @@ async fn admin_console_and_metrics() {
             "pieskieo_commit_seconds_count{kind=\"two_phase\",phase=\"prepare\"} "
         ) >= 1
     );
-    assert!(metric(&after, "pieskieo_commit_seconds_bucket{kind=\"two_phase\",phase=\"decision_fsync\",le=\"+Inf\"} ") >= 1);
+    assert!(
+        metric(
+            &after,
+            "pieskieo_commit_seconds_bucket{kind=\"two_phase\",phase=\"decision\",le=\"+Inf\"} "
+        ) >= 1
+    );
     assert!(metric(&after, "pieskieo_statement_seconds_count{shard=\"1\"} ") >= 1);
     assert!(after.contains("# TYPE pieskieo_pool_wait_seconds histogram"));
 

@@ -1,9 +1,11 @@
-//! The chaos bank: cross-shard transfers through the proxy while a fault loop
-//! kills and restarts the proxy (SIGKILL), crashes and restarts shards
-//! (`pg_ctl -m immediate`) and pauses them (SIGSTOP / SIGCONT). When the
-//! faults stop and recovery has run: the money is all there, every transfer a
-//! client saw commit is present, none it saw fail is, and no shard holds a
-//! prepared transaction.
+//! The chaos bank: cross-shard transfers through two proxies over the same
+//! shards, clients on both, while a fault loop SIGKILLs either proxy (the
+//! second, once killed, stays dead until the end: its clients move to the
+//! first, which must finish its in-doubt transactions; the first is restarted),
+//! crashes and restarts shards (`pg_ctl -m immediate`) and pauses them
+//! (SIGSTOP / SIGCONT). When the faults stop and recovery has run: the money is
+//! all there, every transfer a client saw commit is present, none it saw fail
+//! is, and no shard holds a prepared transaction.
 //!
 //! Bounded: `CHAOS_SECONDS` of faults (default 20, the CI form), 8 clients.
 //! The long form is `CHAOS_SECONDS=300 cargo test --test integration chaos`.
@@ -58,6 +60,13 @@ async fn transfer(port: u16, id: i64, a: i64, b: i64) -> Option<bool> {
     }
     match tokio::time::timeout(limit, client.simple_query("COMMIT")).await {
         Ok(Ok(_)) => Some(true),
+        // 08007: the proxy could not learn the outcome; recovery decides it.
+        Ok(Err(e))
+            if e.code()
+                == Some(&tokio_postgres::error::SqlState::TRANSACTION_RESOLUTION_UNKNOWN) =>
+        {
+            None
+        }
         // PostgreSQL answered with an error: the transaction is over, not committed.
         Ok(Err(e)) if e.as_db_error().is_some() => Some(false),
         _ => None,
@@ -73,13 +82,11 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
     let servers = Servers::start(3);
     let tables = tables();
     let map = ShardMap::from_config(
-        &Config::parse(
-            &config_text(&servers.ports(), &tables, &servers.dir.join("txn")),
-            "chaos.toml",
-        )
-        .unwrap(),
+        &Config::parse(&config_text(&servers.ports(), &tables), "chaos.toml").unwrap(),
     );
     let mut proxy = ProxyProcess::start_with(&servers, &tables, "").await;
+    // The second proxy: same shards, same configuration.
+    let mut second = Some(ProxyProcess::start_with(&servers, &tables, "").await);
     {
         let c = connect(&proxy.url()).await.unwrap();
         exec(
@@ -90,13 +97,16 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
         .await;
         insert_numbered(&c, "accounts (id, balance)", ACCOUNTS, &format!("{START}")).await;
     }
-    let port = Arc::new(AtomicU16::new(proxy.port));
+    let ports = Arc::new([
+        AtomicU16::new(proxy.port),
+        AtomicU16::new(second.as_ref().map(|p| p.port).unwrap_or(proxy.port)),
+    ]);
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let shard = |k: i64| map.tables["accounts"].shard_for(&KeyValue::Int(k), map.shards);
     let mut tasks = Vec::new();
     for w in 0..CLIENTS {
-        let (port, stop, seen) = (port.clone(), stop.clone(), seen.clone());
+        let (ports, stop, seen) = (ports.clone(), stop.clone(), seen.clone());
         let pairs: Vec<(i64, i64)> = (1..=ACCOUNTS)
             .flat_map(|a| (1..=ACCOUNTS).map(move |b| (a, b)))
             .filter(|(a, b)| shard(*a) != shard(*b))
@@ -108,7 +118,8 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
                 seq += 1;
                 let id = w as i64 * 1_000_000 + seq;
                 let (a, b) = pairs[r.next(pairs.len() as u64) as usize];
-                let outcome = transfer(port.load(Ordering::Relaxed), id, a, b).await;
+                let port = ports[w % 2].load(Ordering::Relaxed);
+                let outcome = transfer(port, id, a, b).await;
                 {
                     let mut s = seen.lock().unwrap();
                     match outcome {
@@ -127,16 +138,27 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
     // The fault loop.
     let mut r = Lcg(42);
     let (mut kills, mut crashes, mut pauses) = (0, 0, 0);
+    let mut second_killed_at = None;
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(600 + r.next(900))).await;
         match r.next(3) {
+            0 if second.is_some() && r.next(2) == 1 => {
+                // For good: nobody restarts it; the first proxy finishes its work.
+                drop(second.take());
+                kills += 1;
+                second_killed_at = Some(Instant::now());
+                ports[1].store(ports[0].load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             0 => {
                 drop(proxy);
                 kills += 1;
                 tokio::time::sleep(Duration::from_millis(200 + r.next(500))).await;
                 proxy = ProxyProcess::start_with(&servers, &tables, "").await;
-                port.store(proxy.port, Ordering::Relaxed);
+                ports[0].store(proxy.port, Ordering::Relaxed);
+                if second.is_none() {
+                    ports[1].store(proxy.port, Ordering::Relaxed);
+                }
             }
             1 => {
                 let s = &servers.servers[r.next(3) as usize];
@@ -153,6 +175,14 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
                 signal(&pids, "CONT");
             }
         }
+    }
+    // One proxy is left dead until the end, if the dice never chose it.
+    if second.is_some() {
+        drop(second.take());
+        kills += 1;
+        second_killed_at = Some(Instant::now());
+        ports[1].store(ports[0].load(Ordering::Relaxed), Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -206,6 +236,10 @@ async fn chaos_bank_keeps_every_commit_and_the_total() {
         .iter()
         .filter(|id| present.contains(id))
         .collect();
+    println!(
+        "chaos: the second proxy died for good {:?} before the end",
+        second_killed_at.map(|t| t.elapsed())
+    );
     println!(
         "chaos: {seconds} s of faults ({kills} proxy kills, {crashes} shard crashes, {pauses} shard pauses); transfers committed {}, failed {}, outcome unknown to the client {}; violations: total {} vs {}, lost commits {}, failed-but-present {}",
         seen.committed.len(),

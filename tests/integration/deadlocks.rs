@@ -258,12 +258,8 @@ async fn a_deadlock_across_two_proxies_cancels_the_youngest_once() {
     let tables = format!("admin_users = [\"plain\"]\n{}", crate::harness::TABLES);
     let mut proxies = Vec::new();
     for node in ["p1", "p2"] {
-        let text = crate::harness::config_text(
-            &servers.ports(),
-            &tables,
-            &servers.dir.join(format!("txn-{node}")),
-        )
-        .replace("node_id = \"test\"", &format!("node_id = \"{node}\""));
+        let text = crate::harness::config_text(&servers.ports(), &tables)
+            .replace("node_id = \"test\"", &format!("node_id = \"{node}\""));
         let config = pieskieo::config::Config::parse(&text, "test.toml").unwrap();
         proxies.push(pieskieo::serve(config).await.unwrap());
     }
@@ -275,7 +271,7 @@ async fn a_deadlock_across_two_proxies_cancels_the_youngest_once() {
     };
     let setup = crate::harness::connect(&url(0)).await.unwrap();
     exec(&setup, crate::harness::ACCOUNTS).await;
-    let text = crate::harness::config_text(&servers.ports(), crate::harness::TABLES, &servers.dir);
+    let text = crate::harness::config_text(&servers.ports(), crate::harness::TABLES);
     let map = pieskieo::router::ShardMap::from_config(
         &pieskieo::config::Config::parse(&text, "test.toml").unwrap(),
     );

@@ -201,13 +201,7 @@ impl Cluster {
         limits_extra: &str,
     ) -> Cluster {
         let shards = Servers::start(n);
-        let text = config_text_full(
-            &shards.ports(),
-            tables,
-            &shards.dir.join("txn"),
-            txn_extra,
-            limits_extra,
-        );
+        let text = config_text_full(&shards.ports(), tables, txn_extra, limits_extra);
         let config = Config::parse(&text, "test.toml").unwrap();
         let map = ShardMap::from_config(&config);
         let proxy = pieskieo::serve(config).await.unwrap();
@@ -312,13 +306,7 @@ impl ProxyProcess {
     /// As [`ProxyProcess::start`], with the given top-level settings and tables.
     pub async fn start_with(servers: &Servers, tables: &str, txn_extra: &str) -> ProxyProcess {
         let port = free_port();
-        let text = config_text_with(
-            &servers.ports(),
-            tables,
-            &servers.dir.join("txn"),
-            txn_extra,
-        )
-        .replace(
+        let text = config_text_with(&servers.ports(), tables, txn_extra).replace(
             "listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\""),
         );
@@ -406,25 +394,19 @@ impl Drop for ProxyProcess {
     }
 }
 
-pub fn config_text(ports: &[u16], tables: &str, log_dir: &std::path::Path) -> String {
-    config_text_with(ports, tables, log_dir, "")
+pub fn config_text(ports: &[u16], tables: &str) -> String {
+    config_text_with(ports, tables, "")
 }
 
 /// A configuration for these shard ports; `txn_extra` lines go in `[txn]`.
-pub fn config_text_with(
-    ports: &[u16],
-    tables: &str,
-    log_dir: &std::path::Path,
-    txn_extra: &str,
-) -> String {
-    config_text_full(ports, tables, log_dir, txn_extra, "")
+pub fn config_text_with(ports: &[u16], tables: &str, txn_extra: &str) -> String {
+    config_text_full(ports, tables, txn_extra, "")
 }
 
 /// As [`config_text_with`]; `limits_extra` lines go in `[limits]`.
 pub fn config_text_full(
     ports: &[u16],
     tables: &str,
-    log_dir: &std::path::Path,
     txn_extra: &str,
     limits_extra: &str,
 ) -> String {
@@ -439,10 +421,15 @@ pub fn config_text_full(
     s.push_str(&format!(
         "[limits]\npool_timeout_ms = 3000\nconnect_timeout_ms = 2000\n{limits_extra}\n"
     ));
-    s.push_str(&format!(
-        "[txn]\nlog_dir = \"{}\"\nrecovery_interval_ms = 300\n{txn_extra}\n",
-        log_dir.display()
-    ));
+    // Defaults for tests: quick passes, a short grace; a test may set its own.
+    s.push_str("[txn]\n");
+    if !txn_extra.contains("recovery_interval_ms") {
+        s.push_str("recovery_interval_ms = 300\n");
+    }
+    if !txn_extra.contains("recovery_grace_ms") {
+        s.push_str("recovery_grace_ms = 1000\n");
+    }
+    s.push_str(&format!("{txn_extra}\n"));
     s
 }
 

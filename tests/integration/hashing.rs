@@ -110,7 +110,7 @@ async fn hash_sharding_matches_postgres_hash_partitioning() {
             // The router's view of a table with that key type over `modulus` shards.
             let ports: Vec<u16> = (1..=modulus as u16).collect();
             let tables = format!("[[tables]]\nname = \"t\"\nkey = \"k\"\nkey_type = \"{name}\"\n");
-            let cfg = Config::parse(&config_text(&ports, &tables, &servers.dir), "t.toml").unwrap();
+            let cfg = Config::parse(&config_text(&ports, &tables), "t.toml").unwrap();
             let map = ShardMap::from_config(&cfg);
             let rule = &map.tables["t"];
 

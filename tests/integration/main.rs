@@ -23,3 +23,4 @@ mod timeouts;
 mod tls;
 mod transactions;
 mod twophase;
+mod writes;

@@ -582,7 +582,7 @@ async fn text_sorts_are_refused_under_a_non_c_collation() {
         )
         .await;
     }
-    let text = crate::harness::config_text(&shards.ports(), TABLES, &shards.dir.join("txn"))
+    let text = crate::harness::config_text(&shards.ports(), TABLES)
         .replace("database = \"postgres\"", "database = \"icu\"");
     let config = pieskieo::config::Config::parse(&text, "icu.toml").unwrap();
     let proxy = pieskieo::serve(config).await.unwrap();

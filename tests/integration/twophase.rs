@@ -219,40 +219,56 @@ async fn one_writer_and_read_only_blocks_never_prepare() {
             "BEGIN; UPDATE accounts SET balance = 12 WHERE id = {}; UPDATE accounts SET balance = 12 WHERE id = {}; COMMIT",
             k[0], k[1]
         )).await;
-    assert!(
-        server_log(&c, 0).contains("PREPARE TRANSACTION 'pieskieo_test_"),
-        "{}",
-        server_log(&c, 0)
-    );
-    assert!(server_log(&c, 1).contains("COMMIT PREPARED 'pieskieo_test_"));
+    // The first writer decides: it inserts the commit row and COMMITs, never prepares.
+    let (c0, c1) = (server_log(&c, 0), server_log(&c, 1));
+    assert!(!c0[before[0]..].contains("PREPARE TRANSACTION"), "{c0}");
+    assert!(c0.contains("INSERT INTO pieskieo.decisions"), "{c0}");
+    assert!(c1.contains("PREPARE TRANSACTION 'pieskieo_main_"), "{c1}");
+    assert!(c1.contains("COMMIT PREPARED 'pieskieo_main_"), "{c1}");
 }
 
-/// The proxy dies at a point of 2PC; after a restart, recovery decides.
-async fn crash_at(point: &str, writers: usize, expect_committed: bool) {
+/// Recovery settings of the proxy that survives: passes every second, a
+/// short grace period.
+const SURVIVOR: &str = "recovery_interval_ms = 1000\nrecovery_grace_ms = 300";
+const INTERVAL: Duration = Duration::from_millis(1000);
+
+/// Creates `accounts` through `proxy` with a balance of 100 for each key.
+async fn accounts_through(proxy: &ProxyProcess, keys: &[i64]) {
+    let client = connect(&proxy.url()).await.unwrap();
+    exec(&client, ACCOUNTS).await;
+    for id in keys {
+        exec(
+            &client,
+            &format!("INSERT INTO accounts (id, balance) VALUES ({id}, 100)"),
+        )
+        .await;
+    }
+}
+
+async fn prepared_on(servers: &Servers) -> usize {
+    let mut n = 0;
+    for i in 0..servers.servers.len() {
+        n += prepared(&servers.connect(i).await).await;
+    }
+    n
+}
+
+/// Two proxies over the same 3 shards; one dies for good at a point of 2PC.
+/// The other, never restarted, finishes the transaction within twice its
+/// recovery interval: committed on every writer iff the decision shard C
+/// (the first writer, shard 0) committed, nothing left prepared. Returns
+/// whether it committed.
+async fn killed_for_good_at(point: &str, writers: usize) -> bool {
     let servers = Servers::start(3);
     let map = pieskieo::router::ShardMap::from_config(
-        &Config::parse(
-            &config_text(&servers.ports(), TABLES, &servers.dir),
-            "t.toml",
-        )
-        .unwrap(),
+        &Config::parse(&config_text(&servers.ports(), TABLES), "t.toml").unwrap(),
     );
     let k = keys_on_shards(&map, 3);
-    {
-        let setup = ProxyProcess::start(&servers, "").await;
-        let client = connect(&setup.url()).await.unwrap();
-        exec(&client, ACCOUNTS).await;
-        for id in &k {
-            exec(
-                &client,
-                &format!("INSERT INTO accounts (id, balance) VALUES ({id}, 100)"),
-            )
-            .await;
-        }
-    }
-    let mut proxy =
+    let survivor = ProxyProcess::start(&servers, SURVIVOR).await;
+    accounts_through(&survivor, &k).await;
+    let mut doomed =
         ProxyProcess::start(&servers, &format!("test_failpoint = \"{point}:crash\"")).await;
-    let client = connect(&proxy.url()).await.unwrap();
+    let client = connect(&doomed.url()).await.unwrap();
     exec(&client, "BEGIN").await;
     for id in &k[..writers] {
         set_balance(&client, *id, 555).await;
@@ -260,48 +276,282 @@ async fn crash_at(point: &str, writers: usize, expect_committed: bool) {
     let r = client.simple_query("COMMIT").await;
     assert!(r.is_err(), "{point}: the proxy died during COMMIT");
     assert!(
-        proxy.wait_exit(10),
+        doomed.wait_exit(10),
         "{point}: the proxy crashed at its failpoint"
     );
+    let killed = std::time::Instant::now();
+    // (What it left prepared may already be finished: the survivor's passes
+    // run meanwhile.)
 
-    // Before recovery, the in-doubt transaction is prepared on the shards.
+    // C's own row says what was decided.
+    let c_committed = balance(&servers.connect(0).await, k[0]).await == "555";
+    let limit = 2 * INTERVAL + Duration::from_millis(500);
+    loop {
+        let mut agree = prepared_on(&servers).await == 0;
+        for (i, id) in k[..writers].iter().enumerate() {
+            let b = balance(&servers.connect(i).await, *id).await;
+            agree &= b == if c_committed { "555" } else { "100" };
+        }
+        if agree {
+            break;
+        }
+        assert!(
+            killed.elapsed() < limit,
+            "{point}: not resolved within {limit:?} (C committed: {c_committed})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The survivor serves on, and the decision row is pruned in time.
+    let c = connect(&survivor.url()).await.unwrap();
+    exec(
+        &c,
+        &format!("UPDATE accounts SET balance = balance WHERE id = {}", k[1]),
+    )
+    .await;
+    let mut rows_left = 1;
+    for _ in 0..100 {
+        rows_left = 0;
+        for i in 0..3 {
+            let s = servers.connect(i).await;
+            rows_left += value(
+                &s,
+                "SELECT count(*) FROM pieskieo.decisions WHERE outcome = 'commit'",
+            )
+            .await
+            .parse::<usize>()
+            .unwrap();
+        }
+        if rows_left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rows_left, 0,
+        "{point}: commit rows are pruned once nothing is prepared for them"
+    );
+    c_committed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_for_good_after_prepare_another_rolls_back() {
+    assert!(!killed_for_good_at("after_prepare", 3).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_for_good_after_decision_insert_another_follows_c() {
+    killed_for_good_at("after_decision_insert", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_for_good_after_decision_another_commits() {
+    assert!(killed_for_good_at("after_decision", 2).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_for_good_after_first_commit_prepared_another_commits() {
+    assert!(killed_for_good_at("after_first_commit", 3).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stalled_shard_does_not_delay_recovery_on_the_others() {
+    let servers = Servers::start(3);
+    let map = pieskieo::router::ShardMap::from_config(
+        &Config::parse(&config_text(&servers.ports(), TABLES), "t.toml").unwrap(),
+    );
+    let k = keys_on_shards(&map, 3);
+    let survivor = ProxyProcess::start(
+        &servers,
+        "recovery_interval_ms = 300\nrecovery_grace_ms = 200\ncontrol_timeout_ms = 20000",
+    )
+    .await;
+    accounts_through(&survivor, &k).await;
+    let mut doomed =
+        ProxyProcess::start(&servers, "test_failpoint = \"after_prepare:crash\"").await;
+    let client = connect(&doomed.url()).await.unwrap();
+    exec(&client, "BEGIN").await;
+    for id in &k {
+        set_balance(&client, *id, 555).await;
+    }
+    assert!(client.simple_query("COMMIT").await.is_err());
+    assert!(doomed.wait_exit(10));
+    // Shard 2 stalls with its part prepared; shard 1's part is rolled back
+    // regardless, long before the stalled shard's control timeout.
+    let pids = crate::harness::shard_pids(&servers.servers[2]);
+    crate::harness::signal(&pids, "STOP");
+    let stopped = std::time::Instant::now();
+    let s1 = servers.connect(1).await;
+    while prepared(&s1).await > 0 {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "recovery of shard 1 waited for the stalled shard 2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(balance(&s1, k[1]).await, "100");
+    crate::harness::signal(&pids, "CONT");
+    let s2 = servers.connect(2).await;
+    for _ in 0..300 {
+        if prepared(&s2).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        prepared(&s2).await,
+        0,
+        "shard 2 is finished once it is back"
+    );
+    assert_eq!(balance(&s2, k[2]).await, "100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_from_the_decision_shard_gives_08007_and_recovery_finishes() {
+    let c = Cluster::start_custom(
+        3,
+        TABLES,
+        "test_failpoint = \"after_prepare:pause=700\"\ncontrol_timeout_ms = 1000",
+        "query_timeout_ms = 1000",
+    )
+    .await;
+    let k = c.accounts(2, 100).await;
+    let url = c.url();
+    let (a, b) = (k[0], k[1]);
+    let commit = tokio::spawn(async move {
+        let client = connect(&url).await.unwrap();
+        exec(&client, "BEGIN").await;
+        set_balance(&client, a, 555).await;
+        set_balance(&client, b, 555).await;
+        client.simple_query("COMMIT").await
+    });
+    // C (shard 0, the first writer) stops once shard 1 has prepared: its
+    // answer to the decision never comes, and it cannot be asked again.
+    let watcher = c.shard(1).await;
+    for _ in 0..300 {
+        if prepared(&watcher).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pids = crate::harness::shard_pids(&c.shards.servers[0]);
+    crate::harness::signal(&pids, "STOP");
+    let r = commit.await.unwrap();
+    crate::harness::signal(&pids, "CONT");
+    let e = r.expect_err("the outcome is unknown to the proxy");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "08007", "{db:?}");
+    assert!(db.message().contains("shard 0"), "{}", db.message());
+    // Recovery finishes it, one way for both shards.
+    let mut left = 1;
+    for _ in 0..100 {
+        left = prepared(&watcher).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0);
+    let on_c = balance(&c.shard(0).await, a).await;
+    assert_eq!(on_c, balance(&watcher, b).await, "never a mix");
+    no_prepared_anywhere(&c).await;
+}
+
+/// The outcome on C's and shard 1's rows agrees, and with the client's answer.
+async fn agreed(servers: &Servers, k: &[i64], answer_ok: bool) -> bool {
     let mut left = 0;
-    for i in 0..writers {
-        left += prepared(&servers.connect(i).await).await;
+    for _ in 0..100 {
+        left = prepared_on(servers).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(left > 0, "{point}: something was left prepared");
+    assert_eq!(left, 0, "nothing stays prepared");
+    let a = balance(&servers.connect(0).await, k[0]).await;
+    let b = balance(&servers.connect(1).await, k[1]).await;
+    assert_eq!(a, b, "the commit or the abort won, never a mix");
+    assert_eq!(answer_ok, a == "555", "the client's answer agrees: {a}");
+    answer_ok
+}
 
-    let restarted = ProxyProcess::start(&servers, "").await;
-    for (i, id) in k[..writers].iter().enumerate() {
-        let s = servers.connect(i).await;
-        assert_eq!(
-            prepared(&s).await,
-            0,
-            "{point}: shard {i} still has a prepared transaction"
-        );
-        let b = balance(&s, *id).await;
-        assert_eq!(
-            b,
-            if expect_committed { "555" } else { "100" },
-            "{point}: shard {i}"
-        );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_racing_a_live_coordinator_never_mixes_outcomes() {
+    let servers = Servers::start(3);
+    let map = pieskieo::router::ShardMap::from_config(
+        &Config::parse(&config_text(&servers.ports(), TABLES), "t.toml").unwrap(),
+    );
+    let k = keys_on_shards(&map, 2);
+    // The coordinator dawdles after its PREPAREs; the other proxy's resolver
+    // sees the transaction older than its grace period meanwhile.
+    let slow = ProxyProcess::start(&servers, "test_failpoint = \"after_prepare:pause=1500\"").await;
+    let eager = ProxyProcess::start(
+        &servers,
+        "recovery_interval_ms = 100\nrecovery_grace_ms = 100",
+    )
+    .await;
+    accounts_through(&eager, &k).await;
+
+    // The resolver's abort row lands first: the coordinator's commit row is
+    // refused, it rolls back and says so.
+    let client = connect(&slow.url()).await.unwrap();
+    exec(&client, "BEGIN").await;
+    set_balance(&client, k[0], 555).await;
+    set_balance(&client, k[1], 555).await;
+    let r = client.simple_query("COMMIT").await;
+    let code = r
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_db_error())
+        .map(|d| d.code().code().to_string());
+    assert_eq!(code.as_deref(), Some("40000"), "{r:?}");
+    assert!(!agreed(&servers, &k, false).await);
+
+    // With C stopped while both the coordinator's insert and the resolver's
+    // are on their way, either may win; the shards and the client agree.
+    for round in 0..2 {
+        let url = slow.url();
+        let (a, b) = (k[0], k[1]);
+        let commit = tokio::spawn(async move {
+            let client = connect(&url).await.unwrap();
+            exec(&client, "BEGIN").await;
+            set_balance(&client, a, 100).await;
+            set_balance(&client, b, 100).await;
+            exec(
+                &client,
+                &format!("UPDATE accounts SET balance = 555 WHERE id IN ({a}, {b})"),
+            )
+            .await;
+            client.simple_query("COMMIT").await
+        });
+        let watcher = servers.connect(1).await;
+        for _ in 0..300 {
+            if prepared(&watcher).await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(watcher);
+        let pids = crate::harness::shard_pids(&servers.servers[0]);
+        crate::harness::signal(&pids, "STOP");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        crate::harness::signal(&pids, "CONT");
+        let r = tokio::time::timeout(Duration::from_secs(30), commit)
+            .await
+            .expect("the client is answered")
+            .unwrap();
+        if let Err(e) = &r {
+            let code = e.as_db_error().map(|d| d.code().code().to_string());
+            assert_eq!(code.as_deref(), Some("40000"), "round {round}: {e:?}");
+        }
+        agreed(&servers, &k, r.is_ok()).await;
+        // Back to the start for the next round.
+        let c = connect(&eager.url()).await.unwrap();
+        exec(
+            &c,
+            &format!("UPDATE accounts SET balance = 100 WHERE id IN ({a}, {b})"),
+        )
+        .await;
     }
-    drop(restarted);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_killed_after_prepare_rolls_back() {
-    crash_at("after_prepare", 2, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_killed_after_decision_commits() {
-    crash_at("after_decision", 2, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_killed_after_first_commit_prepared_commits() {
-    crash_at("after_first_commit", 3, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,34 +684,70 @@ async fn bank_transfers_keep_the_total() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn startup_refuses_shards_without_prepared_transactions_and_duplicate_nodes() {
+async fn startup_refuses_shards_without_prepared_transactions() {
     let servers = Servers::start_with(2, &[("max_prepared_transactions", "0")]);
-    let cfg = Config::parse(
-        &config_text(&servers.ports(), TABLES, &servers.dir.join("a")),
-        "t.toml",
-    )
-    .unwrap();
+    let cfg = Config::parse(&config_text(&servers.ports(), TABLES), "t.toml").unwrap();
     let e = pieskieo::serve(cfg).await.err().expect("refused");
     assert!(e.to_string().contains("max_prepared_transactions"), "{e}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_identical_proxy_starts_and_serves() {
     let servers = Servers::start(2);
-    let one = Config::parse(
-        &config_text(&servers.ports(), TABLES, &servers.dir.join("a")),
-        "t.toml",
-    )
-    .unwrap();
-    let two = Config::parse(
-        &config_text(&servers.ports(), TABLES, &servers.dir.join("b")),
-        "t.toml",
-    )
-    .unwrap();
-    let first = pieskieo::serve(one).await.unwrap();
-    let e = pieskieo::serve(two)
+    let cfg = Config::parse(&config_text(&servers.ports(), TABLES), "t.toml").unwrap();
+    let first = pieskieo::serve(cfg.clone()).await.unwrap();
+    let second = pieskieo::serve(cfg)
         .await
-        .err()
-        .expect("a second proxy with the same node_id is refused");
-    assert!(e.to_string().contains("node_id"), "{e}");
+        .expect("a second proxy with the same configuration starts");
+    let url = |p: &pieskieo::Proxy| {
+        format!(
+            "host=127.0.0.1 port={} user=app password=secret dbname=app",
+            p.addr.port()
+        )
+    };
+    let map = pieskieo::router::ShardMap::from_config(
+        &Config::parse(&config_text(&servers.ports(), TABLES), "t.toml").unwrap(),
+    );
+    let k = keys_on_shards(&map, 2);
+    let one = connect(&url(&first)).await.unwrap();
+    let two = connect(&url(&second)).await.unwrap();
+    exec(&one, ACCOUNTS).await;
+    for id in &k {
+        exec(
+            &one,
+            &format!("INSERT INTO accounts (id, balance) VALUES ({id}, 100)"),
+        )
+        .await;
+    }
+    // Transfers through both at once, each a two-phase commit.
+    let mut tasks = Vec::new();
+    for (n, c) in [one, two].into_iter().enumerate() {
+        let (a, b) = (k[0], k[1]);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let sql = format!("BEGIN; UPDATE accounts SET balance = balance - 1 WHERE id = {a}; UPDATE accounts SET balance = balance + 1 WHERE id = {b}; COMMIT");
+                c.simple_query(&sql).await.unwrap_or_else(|e| panic!("proxy {n}: {e:?}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(balance(&servers.connect(0).await, k[0]).await, "60");
+    assert_eq!(balance(&servers.connect(1).await, k[1]).await, "140");
+    assert_eq!(prepared_on(&servers).await, 0);
+    // The decision schema is there once, and clients cannot touch it.
+    let c = connect(&url(&second)).await.unwrap();
+    for sql in [
+        "SELECT * FROM pieskieo.decisions",
+        "DELETE FROM pieskieo.decisions",
+        "DROP TABLE pieskieo.decisions",
+        "DROP SCHEMA pieskieo CASCADE",
+    ] {
+        assert_eq!(sqlstate(&c, sql).await, "42501", "{sql}");
+    }
     first.stop().await;
+    second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -302,7 +302,12 @@ pub(super) fn route_select(
             )
         })
     });
-    let write = modifies || !q.locks.is_empty();
+    // Locks and functions anywhere in the query count, subqueries and CTEs too.
+    let write = if modifies {
+        Writes::Yes
+    } else {
+        t.facts.writes()
+    };
     if t.sharded.is_empty() {
         t.check_no_local_mix(map)?;
         if t.other.is_empty() {
@@ -410,7 +415,10 @@ pub(super) fn route_modify(
                     "subqueries in an UPDATE or DELETE that spans shards are not supported yet",
                 );
             }
-            Ok(Plan::Forward { route, write: true })
+            Ok(Plan::Forward {
+                route,
+                write: Writes::Yes,
+            })
         }
         Rel::Reference(name) => {
             if let Some(s) = t.sharded.first() {
@@ -421,7 +429,7 @@ pub(super) fn route_modify(
             }
             Ok(Plan::Replicate)
         }
-        Rel::Catalog | Rel::Other(_) => Ok(default_route(map, true)),
+        Rel::Catalog | Rel::Other(_) => Ok(default_route(map, Writes::Yes)),
     }
 }
 
@@ -450,7 +458,7 @@ pub(super) fn route_insert(
             return Ok(Plan::Replicate);
         }
         Rel::Catalog | Rel::Other(_) => {
-            return Ok(default_route(map, true));
+            return Ok(default_route(map, Writes::Yes));
         }
     };
     let values = match &ins.source {
@@ -520,7 +528,7 @@ pub(super) fn route_insert(
         let shard = *groups.keys().next().unwrap_or(&map.default_shard);
         return Ok(Plan::Forward {
             route: Route::One(shard),
-            write: true,
+            write: Writes::Yes,
         });
     }
     let mut parts = Vec::with_capacity(groups.len());

@@ -22,7 +22,7 @@ use dml::{route_insert, route_modify, route_select};
 
 use super::{
     after_words, leading_words, matching_paren, Bound, KeyError, KeyType, KeyValue, Plan, Route,
-    RouteError, SetCommand, ShardId, ShardMap, TableRule,
+    RouteError, SetCommand, ShardId, ShardMap, TableRule, Writes,
 };
 
 /// Transaction control and session settings, recognised by their leading words
@@ -165,10 +165,44 @@ pub(super) fn parsed(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan
     }
 }
 
+/// Whether a statement names the proxy's schema as an identifier: `pieskieo`
+/// (any case, or quoted exactly) followed by `.`, or after `SCHEMA`. Text in
+/// string literals and comments does not count.
+pub(super) fn names_reserved_schema(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let name = crate::txn::DECISION_SCHEMA;
+    let bytes = sql.as_bytes();
+    if !bytes
+        .windows(name.len())
+        .any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        return false;
+    }
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        // Unreadable text that mentions the name: refuse rather than guess.
+        return true;
+    };
+    let tokens: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    tokens.iter().enumerate().any(|(i, t)| {
+        let Token::Word(w) = t else { return false };
+        let ours = match w.quote_style {
+            None => w.value.eq_ignore_ascii_case(name),
+            Some(_) => w.value == name,
+        };
+        let dotted = matches!(tokens.get(i + 1), Some(Token::Period));
+        let schema = i > 0
+            && matches!(tokens.get(i - 1), Some(Token::Word(k)) if k.value.eq_ignore_ascii_case("schema"));
+        ours && (dotted || schema)
+    })
+}
+
 /// The table, key parameter and write flag of a statement that one bound
 /// value routes (see [`super::KeyedPlan`]).
-pub(super) fn keyed<'m>(sql: &str, map: &'m ShardMap) -> Option<(&'m TableRule, usize, bool)> {
-    if lexical(sql).ok()?.is_some() {
+pub(super) fn keyed<'m>(sql: &str, map: &'m ShardMap) -> Option<(&'m TableRule, usize, Writes)> {
+    if names_reserved_schema(sql) || lexical(sql).ok()?.is_some() {
         return None;
     }
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
@@ -177,12 +211,12 @@ pub(super) fn keyed<'m>(sql: &str, map: &'m ShardMap) -> Option<(&'m TableRule, 
     };
     let (rule, param) = dml::keyed_param(stmt, map)?;
     let write = match stmt {
-        Statement::Insert(_) => true,
+        Statement::Insert(_) => Writes::Yes,
         // Planned with the key unknown: it must route (to every shard) and
         // say whether it writes; a pinned key then narrows it to one shard.
         _ => match route_statement(stmt, map, Some(stmt)).ok()? {
             Plan::Forward { write, .. } => write,
-            Plan::Merge { .. } => false,
+            Plan::Merge { .. } => Writes::No,
             _ => return None,
         },
     };
@@ -284,9 +318,10 @@ fn unparsed(sql: &str, map: &ShardMap, err: &str) -> Result<Plan, RouteError> {
             "Pieskieo cannot parse this statement on distributed table \"{name}\": {err}"
         )));
     }
+    // Text the classifier cannot read may write anything.
     Ok(Plan::Forward {
         route: Route::One(map.default_shard),
-        write: true,
+        write: Writes::Maybe,
     })
 }
 
@@ -399,13 +434,161 @@ struct Facts {
     aggregates: bool,
     windows: bool,
     skip_next_relation: bool,
+    /// A locking clause (`FOR UPDATE`, ...) anywhere: a subquery, a CTE.
+    locks: bool,
+    /// `SELECT ... INTO`: creates a table.
+    select_into: bool,
+    /// A call of a function not known to be read-only (it may write).
+    unknown_functions: bool,
 }
+
+impl Facts {
+    /// What a query's own text proves about writing.
+    fn writes(&self) -> Writes {
+        if self.locks || self.select_into {
+            Writes::Yes
+        } else if self.unknown_functions {
+            Writes::Maybe
+        } else {
+            Writes::No
+        }
+    }
+
+    fn call(&mut self, name: &ObjectName) {
+        let (schema, name) = object_parts(name);
+        let builtin = matches!(schema.as_deref(), None | Some("pg_catalog"));
+        if !builtin || !READ_ONLY_FUNCTIONS.contains(&name.as_str()) {
+            self.unknown_functions = true;
+        }
+    }
+}
+
+/// Functions that never write (besides the aggregates): calls of anything
+/// else make a statement "may write", checked on the shard at commit.
+const READ_ONLY_FUNCTIONS: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "stddev",
+    "variance",
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "abs",
+    "ceil",
+    "ceiling",
+    "floor",
+    "round",
+    "trunc",
+    "mod",
+    "power",
+    "sqrt",
+    "exp",
+    "ln",
+    "log",
+    "sign",
+    "random",
+    "length",
+    "char_length",
+    "octet_length",
+    "lower",
+    "upper",
+    "initcap",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "substr",
+    "substring",
+    "replace",
+    "concat",
+    "concat_ws",
+    "left",
+    "right",
+    "position",
+    "strpos",
+    "split_part",
+    "repeat",
+    "reverse",
+    "lpad",
+    "rpad",
+    "format",
+    "to_char",
+    "to_date",
+    "to_timestamp",
+    "to_number",
+    "date_trunc",
+    "date_part",
+    "age",
+    "now",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "generate_series",
+    "unnest",
+    "array_length",
+    "array_position",
+    "cardinality",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "ntile",
+    "percent_rank",
+    "cume_dist",
+    "md5",
+    "encode",
+    "decode",
+    "to_json",
+    "to_jsonb",
+    "json_build_object",
+    "jsonb_build_object",
+    "json_build_array",
+    "jsonb_build_array",
+    "jsonb_array_length",
+    "jsonb_extract_path",
+    "jsonb_extract_path_text",
+    "version",
+    "current_database",
+    "current_user",
+    "current_schema",
+    "current_setting",
+    "pg_typeof",
+    "pg_backend_pid",
+    "pg_current_xact_id_if_assigned",
+    "hashint8extended",
+    "hashtextextended",
+];
 
 impl Visitor for Facts {
     type Break = ();
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
         self.queries += 1;
+        self.locks |= !q.locks.is_empty();
+        if let SetExpr::Select(sel) = q.body.as_ref() {
+            self.select_into |= sel.into.is_some();
+        }
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.ctes.insert(ident_name(&cte.alias.name));
@@ -416,8 +599,14 @@ impl Visitor for Facts {
 
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
         // `FROM generate_series(...)` is a function call, not a table.
-        if let TableFactor::Table { args: Some(_), .. } = t {
+        if let TableFactor::Table {
+            name,
+            args: Some(_),
+            ..
+        } = t
+        {
             self.skip_next_relation = true;
+            self.call(name);
         }
         ControlFlow::Continue(())
     }
@@ -435,6 +624,7 @@ impl Visitor for Facts {
             if f.over.is_some() {
                 self.windows = true;
             }
+            self.call(&f.name);
             let (_, name) = object_parts(&f.name);
             if AGGREGATES.contains(&name.as_str()) {
                 self.aggregates = true;
@@ -496,7 +686,7 @@ fn unsupported<T>(m: impl Into<String>) -> Result<T, RouteError> {
     Err(RouteError::Unsupported(m.into()))
 }
 
-fn default_route(map: &ShardMap, write: bool) -> Plan {
+fn default_route(map: &ShardMap, write: Writes) -> Plan {
     Plan::Forward {
         route: Route::One(map.default_shard),
         write,
@@ -572,20 +762,39 @@ fn route_statement(
                 map,
             )
         }
-        Statement::Explain { statement, .. } => match route_statement(statement, map, None)? {
-            Plan::Forward { route, .. } => Ok(Plan::Forward {
-                route,
-                write: false,
-            }),
-            Plan::Split { .. } => {
-                unsupported("EXPLAIN of an INSERT whose rows span shards is not supported")
+        Statement::Explain {
+            statement,
+            analyze,
+            options,
+            ..
+        } => {
+            // EXPLAIN ANALYZE runs the statement: it writes what it writes.
+            let analyze = *analyze
+                || options.iter().flatten().any(|o| {
+                    o.name.value.eq_ignore_ascii_case("analyze")
+                        && !o.arg.as_ref().is_some_and(|a| {
+                            let t = a.to_string().to_ascii_lowercase();
+                            t == "false" || t == "off" || t == "0"
+                        })
+                });
+            match route_statement(statement, map, None)? {
+                Plan::Forward { route, write } => Ok(Plan::Forward {
+                    route,
+                    write: if analyze { write } else { Writes::No },
+                }),
+                Plan::Split { .. } => {
+                    unsupported("EXPLAIN of an INSERT whose rows span shards is not supported")
+                }
+                Plan::Replicate if analyze => unsupported(
+                    "EXPLAIN ANALYZE of a statement that runs on every shard is not supported",
+                ),
+                Plan::Replicate => Ok(Plan::Forward {
+                    route: Route::Any,
+                    write: Writes::No,
+                }),
+                _ => Ok(default_route(map, Writes::No)),
             }
-            Plan::Replicate => Ok(Plan::Forward {
-                route: Route::Any,
-                write: false,
-            }),
-            _ => Ok(default_route(map, false)),
-        },
+        }
         Statement::CreateTable(c) if c.query.is_some() && tables.distributed().is_some() => {
             unsupported("CREATE TABLE ... AS over distributed tables is not supported")
         }
@@ -608,18 +817,18 @@ fn route_statement(
                 Some(t) => unsupported(format!(
                     "COPY of distributed table \"{t}\" is not supported yet"
                 )),
-                None => Ok(default_route(map, true)),
+                None => Ok(default_route(map, Writes::Yes)),
             }
         }
         Statement::ShowVariable { .. } => Ok(Plan::Forward {
             route: Route::Any,
-            write: false,
+            write: Writes::No,
         }),
         _ => match tables.distributed() {
             Some(t) => unsupported(format!(
                 "this statement is not supported on distributed table \"{t}\""
             )),
-            None => Ok(default_route(map, true)),
+            None => Ok(default_route(map, Writes::Yes)),
         },
     }
 }

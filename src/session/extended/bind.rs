@@ -35,7 +35,7 @@ impl Session {
                 write,
             } => (vec![self.any_shard()], Merge::Union, write),
             Plan::Forward { route, write } => (route.shards(n), Merge::Union, write),
-            Plan::Replicate => (route_all(n), Merge::Copies, true),
+            Plan::Replicate => (route_all(n), Merge::Copies, Writes::Yes),
             Plan::Merge { route, plan } => {
                 // Each shard runs the rewritten statement with its share of
                 // the parameters, in text: the proxy encodes the merged rows.
@@ -79,7 +79,7 @@ impl Session {
                     PortalKind::Multi {
                         shards,
                         merge: Merge::Union,
-                        write: true,
+                        write: Writes::Yes,
                     },
                 );
                 return Ok(true);
@@ -199,7 +199,7 @@ impl Session {
                 .map(|x| x.0),
             other => other,
         };
-        self.put_conn(slot, conn, false);
+        self.put_conn(slot, conn, Writes::No);
         self.finish_exec(r).await
     }
 

@@ -247,14 +247,14 @@ impl Session {
                             route: Route::One(s),
                             write,
                         } => {
-                            wrote |= write;
+                            wrote |= write.may();
                             s
                         }
                         Plan::Forward {
                             route: Route::Any,
                             write,
                         } => {
-                            wrote |= write;
+                            wrote |= write.may();
                             self.shared.map().default_shard
                         }
                         _ => return None,

@@ -46,12 +46,12 @@ pub(super) struct ClientStmt {
 enum PortalKind {
     Single {
         shard: ShardId,
-        write: bool,
+        write: Writes,
     },
     Multi {
         shards: Vec<ShardId>,
         merge: Merge,
-        write: bool,
+        write: Writes,
     },
     /// A cross-shard read the proxy merges: bound on every shard to the
     /// plan's statement with text results.
@@ -84,7 +84,7 @@ pub(super) struct Extended {
     /// Outside a block: the one connection this Sync segment uses.
     seg: Option<PooledConn>,
     /// Something that may write ran on `seg` in this segment.
-    seg_wrote: bool,
+    seg_wrote: Writes,
     /// The segment failed: `seg`'s transaction must roll back at Sync even
     /// if its shard saw no error (the proxy refused something).
     seg_abort: bool,
@@ -102,7 +102,7 @@ pub(super) struct Extended {
 /// Where a connection taken for a message came from, so it goes back there.
 enum Slot {
     Segment,
-    Participant { wrote: bool },
+    Participant { wrote: Writes },
 }
 
 use crate::protocol::FLUSH;
@@ -187,7 +187,7 @@ fn plan_text(sql: &str, shared: &Shared, params: &[Bound]) -> Result<Plan, Route
     if sql.trim().is_empty() {
         return Ok(Plan::Forward {
             route: Route::Any,
-            write: false,
+            write: Writes::No,
         });
     }
     shared.plan_bound(sql, params)
@@ -222,7 +222,7 @@ impl Session {
         let binds = batch.iter().any(|f| f.tag == b'B');
         if !self.ext.decided && binds && self.block == Block::Default {
             self.ext.decided = true;
-            if self.batch_spans_shards(&batch) && !self.ext.seg_wrote {
+            if self.batch_spans_shards(&batch) && !self.ext.seg_wrote.may() {
                 // A connection used only to describe statements leaves the segment.
                 match self.close_segment().await {
                     Ok(Some(e)) => self.write(&e.bytes).await?,

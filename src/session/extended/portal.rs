@@ -88,7 +88,7 @@ impl Session {
                 Ok(Answer::Failed) => Ok((Answer::Failed, None)),
                 Err(e) => Err(e),
             };
-            self.put_conn(slot, conn, false);
+            self.put_conn(slot, conn, Writes::No);
             if let Ok((_, Some(types))) = &r {
                 if let Some(s) = self.ext.stmts.get_mut(name) {
                     s.described = Some(types.clone());
@@ -120,7 +120,7 @@ impl Session {
                 return self.describe_merged(shard, name, &plan, &formats).await;
             }
         };
-        self.relay_one(shard, &portal_message(b'D', name), b"Tn", false)
+        self.relay_one(shard, &portal_message(b'D', name), b"Tn", Writes::No)
             .await
     }
 
@@ -131,7 +131,7 @@ impl Session {
         shard: ShardId,
         msg: &[u8],
         done: &[u8],
-        wrote: bool,
+        wrote: Writes,
     ) -> Result<bool, Fatal> {
         let (slot, mut conn) = match self.take_conn(shard).await {
             Ok(x) => x,
@@ -311,7 +311,7 @@ impl Session {
                     reply(&mut conn, &mut self.out, b"3", false).await
                 }
                 .await;
-                self.put_conn(slot, conn, false);
+                self.put_conn(slot, conn, Writes::No);
                 if let Err(ExecError::Client(e)) = r {
                     return Err(Fatal::Client(e));
                 }
@@ -330,7 +330,7 @@ impl Session {
                 Ok(x) => taken.push(x),
                 Err(e) => {
                     for (slot, conn) in taken {
-                        self.put_conn(slot, conn, false);
+                        self.put_conn(slot, conn, Writes::No);
                     }
                     return Err(e);
                 }
@@ -365,7 +365,7 @@ impl Session {
             }
         }
         .await;
-        self.put_conn(slot, conn, false);
+        self.put_conn(slot, conn, Writes::No);
         let f = match r {
             Ok(f) => f,
             Err(e) => return Ok(self.error(e.into()).await?),
@@ -434,7 +434,7 @@ impl Session {
         }
         .await;
         for (slot, conn) in taken {
-            self.put_conn(slot, conn, false);
+            self.put_conn(slot, conn, Writes::No);
         }
         if let (true, Ok((Answer::Succeeded, last))) = (max > 0, &r) {
             let last = last.clone();
@@ -572,7 +572,7 @@ impl Session {
             }
         }
         .await;
-        self.put_conn(slot, conn, false);
+        self.put_conn(slot, conn, Writes::No);
         let frames = match r {
             Ok(f) => f,
             Err(e) => return Ok(self.error(e.into()).await?),

@@ -25,7 +25,7 @@ impl Session {
                     }));
                 }
             }
-            return Ok((Slot::Participant { wrote: false }, conn));
+            return Ok((Slot::Participant { wrote: Writes::No }, conn));
         }
         match self.ext.seg.take() {
             Some(c) if c.shard == shard => Ok((Slot::Segment, c)),
@@ -74,7 +74,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn put_conn(&mut self, slot: Slot, conn: PooledConn, wrote_now: bool) {
+    pub(super) fn put_conn(&mut self, slot: Slot, conn: PooledConn, wrote_now: Writes) {
         match slot {
             Slot::Segment => {
                 self.ext.seg_wrote |= wrote_now;
@@ -83,7 +83,7 @@ impl Session {
             Slot::Participant { wrote } => {
                 let p = Participant {
                     conn,
-                    wrote: wrote || wrote_now,
+                    wrote: wrote | wrote_now,
                 };
                 // A block an error ended while this connection was out is
                 // rolled back with it.
@@ -130,7 +130,7 @@ impl Session {
         conn.send_sync().await?;
         conn.flush().await?;
         let err = executor::drain(&mut conn).await.map_err(|e| {
-            if wrote && !abort {
+            if wrote.may() && !abort {
                 e.unanswered_commit()
             } else {
                 e

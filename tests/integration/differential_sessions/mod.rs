@@ -252,13 +252,7 @@ impl Bench {
             p.stop().await;
         }
         let shards = &self.cluster.shards;
-        let text = config_text_full(
-            &shards.ports(),
-            &self.tables,
-            &shards.dir.join(format!("txn-{}", self.restarts)),
-            "",
-            "",
-        );
+        let text = config_text_full(&shards.ports(), &self.tables, "", "");
         let config = Config::parse(&text, "test.toml").unwrap();
         self.cluster.proxy = Some(pieskieo::serve(config).await.unwrap());
         self.observers[1] = Wire::connect(self.cluster.port()).await;

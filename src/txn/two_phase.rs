@@ -1,0 +1,293 @@
+//! Two-phase commit with the decision on a participant: PREPARE the other
+//! writers, insert the commit row on C and commit C (the decision), then
+//! COMMIT PREPARED the others; and every way back when something fails.
+
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::decision::{self, Decision};
+use super::round::{read_answer, round_on, Answer};
+use super::{
+    rolled_back, CommitOutcome, Coordinator, FailPoint, Gid, Notice, Participant, Phase,
+    PhaseTimes, Report, TxnId,
+};
+use crate::admin::Stats;
+use crate::backend::{BackendError, ServerConn};
+use crate::error::SqlState;
+use crate::protocol::{ErrorFields, Frame};
+use crate::router::ShardId;
+
+/// What the decision shard answered to the commit row and its COMMIT.
+enum OnDecider {
+    /// C committed: the transaction is committed.
+    Committed,
+    /// The commit row was refused (deadline passed, or a resolver's abort
+    /// row won); C rolled back.
+    Refused(Frame),
+    /// C's COMMIT failed (a deferred constraint, a serialization failure);
+    /// C rolled back.
+    Failed(Frame),
+    /// An answer never came: whether C committed is unknown.
+    Lost(BackendError),
+}
+
+impl Coordinator {
+    pub(super) async fn two_phase(&self, parts: &mut [Participant]) -> CommitOutcome {
+        let txn = TxnId::new(self.window);
+        self.set_in_flight(txn, true);
+        let outcome = self.two_phase_inner(txn, parts).await;
+        self.set_in_flight(txn, false);
+        outcome
+    }
+
+    fn gid(&self, txn: TxnId, decider: ShardId, shard: ShardId) -> String {
+        Gid {
+            txn,
+            decider,
+            shard,
+        }
+        .text(&self.cluster)
+    }
+
+    async fn two_phase_inner(&self, txn: TxnId, parts: &mut [Participant]) -> CommitOutcome {
+        let started = Instant::now();
+        // C: the first writer. It never prepares; its COMMIT is the decision.
+        let Some(decider) = parts.iter().find(|p| p.writer()).map(|p| p.shard()) else {
+            return self.commit_readers(parts).await;
+        };
+        let other = |p: &Participant| p.writer() && p.shard() != decider;
+
+        // Phase 1: PREPARE the others, all at once.
+        let mut phase = Phase::Preparing;
+        let answers = round_on(parts, |p| {
+            other(p).then(|| {
+                format!(
+                    "PREPARE TRANSACTION '{}'",
+                    self.gid(txn, decider, p.shard())
+                )
+            })
+        })
+        .await;
+        let prepared: Vec<ShardId> = answers
+            .iter()
+            .filter(|(_, a)| a.ok())
+            .map(|(s, _)| *s)
+            .collect();
+        if let Some((shard, a)) = answers.iter().find(|(_, a)| !a.ok()) {
+            warn!(%shard, %txn, ?phase, error = %a.describe(), "PREPARE failed; rolling back");
+            let error = a
+                .report()
+                .unwrap_or_else(|| rolled_back("PREPARE failed".into()));
+            self.abort_all(txn, decider, parts, &prepared).await;
+            return CommitOutcome::Aborted { error };
+        }
+        self.hit(FailPoint::AfterPrepare).await;
+        let prepared_at = Instant::now();
+
+        // The decision: the commit row and COMMIT on C, in one write unless
+        // a test stops between them.
+        phase = Phase::Deciding;
+        let Some(c) = parts.iter_mut().find(|p| p.shard() == decider) else {
+            return CommitOutcome::Aborted {
+                error: rolled_back("internal error: decision shard vanished".into()),
+            };
+        };
+        let decision = match self.decide_on(txn, &mut c.conn).await {
+            OnDecider::Committed => Ok(()),
+            OnDecider::Refused(f) => Err(self.explain_refusal(txn, decider, f)),
+            OnDecider::Failed(f) => Err(Report::Server(f)),
+            OnDecider::Lost(e) => {
+                warn!(shard = %decider, %txn, ?phase, error = %e, "decision shard's COMMIT answer lost; asking it again");
+                match decision::decide(&self.control, txn, decider).await {
+                    Ok(Decision::Commit) => Ok(()),
+                    Ok(Decision::Abort) => Err(rolled_back(format!(
+                        "the connection to shard {decider} was lost during COMMIT and the transaction was rolled back: {e}"
+                    ))),
+                    Err(again) => {
+                        warn!(shard = %decider, %txn, error = %again, "decision unknown; recovery will finish it");
+                        return CommitOutcome::Unknown {
+                            shard: decider,
+                            message: format!(
+                                "the connection to shard {decider} was lost during COMMIT and the shard cannot be reached ({again}); whether the transaction committed is unknown; recovery will finish it"
+                            ),
+                        };
+                    }
+                }
+            }
+        };
+        if let Err(error) = decision {
+            self.abort_all(txn, decider, parts, &prepared).await;
+            return CommitOutcome::Aborted { error };
+        }
+        phase = Phase::Committing;
+        let decided_at = Instant::now();
+        self.hit(FailPoint::AfterDecision).await;
+
+        // Phase 2: COMMIT PREPARED on the others and COMMIT on the readers, at once.
+        let phase2 = |p: &Participant, only: Option<ShardId>| -> Option<String> {
+            if only.is_some_and(|s| s != p.shard()) {
+                return None;
+            }
+            if other(p) {
+                Some(format!(
+                    "COMMIT PREPARED '{}'",
+                    self.gid(txn, decider, p.shard())
+                ))
+            } else if !p.writer() {
+                Some("COMMIT".into())
+            } else {
+                None
+            }
+        };
+        let mut answers = Vec::new();
+        if matches!(self.failpoint, Some((FailPoint::AfterFirstCommit, _))) {
+            let first = parts.iter().find(|p| other(p)).map(|p| p.shard());
+            answers.extend(
+                round_on(parts, |p| {
+                    phase2(p, first).filter(|_| Some(p.shard()) == first)
+                })
+                .await,
+            );
+            self.hit(FailPoint::AfterFirstCommit).await;
+            answers.extend(
+                round_on(parts, |p| {
+                    phase2(p, None).filter(|_| Some(p.shard()) != first)
+                })
+                .await,
+            );
+        } else {
+            answers = round_on(parts, |p| phase2(p, None)).await;
+        }
+        let mut warnings = Vec::new();
+        for (shard, a) in &answers {
+            if a.ok() {
+                continue;
+            }
+            if parts.iter().any(|p| p.shard() == *shard && !p.writer()) {
+                warnings.extend(self.reader_warnings(std::slice::from_ref(&(*shard, a))));
+                continue;
+            }
+            warn!(%shard, %txn, ?phase, error = %a.describe(), "COMMIT PREPARED failed; recovery will finish it");
+            warnings.push(Notice {
+                sqlstate: SqlState::WARNING,
+                message: format!(
+                    "transaction committed, but shard {shard} has not confirmed yet ({}); it will be finished automatically",
+                    a.describe()
+                ),
+            });
+        }
+        let elapsed = started.elapsed();
+        Stats::bump(&self.stats.two_phase_micros, elapsed.as_micros() as u64);
+        Stats::bump(
+            &self.stats.decision_micros,
+            (decided_at - prepared_at).as_micros() as u64,
+        );
+        self.stats.two_phase_prepare.observe(prepared_at - started);
+        self.stats
+            .two_phase_decision
+            .observe(decided_at - prepared_at);
+        self.stats.two_phase_commit.observe(decided_at.elapsed());
+        if let Ok(mut t) = self.timings.lock() {
+            if let Some(v) = t.as_mut() {
+                v.push(PhaseTimes {
+                    prepare: prepared_at - started,
+                    decision: decided_at - prepared_at,
+                    commit: decided_at.elapsed(),
+                });
+            }
+        }
+        if warnings.is_empty() {
+            phase = Phase::Done;
+        }
+        info!(%txn, decider = %decider, shards = prepared.len() + 1, ?phase, "two-phase commit");
+        CommitOutcome::Committed { warnings }
+    }
+
+    /// Inserts the commit row on C and commits C.
+    async fn decide_on(&self, txn: TxnId, conn: &mut ServerConn) -> OnDecider {
+        let insert = decision::commit_row_sql(txn);
+        let split = matches!(self.failpoint, Some((FailPoint::AfterDecisionInsert, _)));
+        let sent = async {
+            conn.send_query(&insert).await?;
+            if split {
+                conn.flush().await?;
+                if let Some(e) = crate::executor::drain(conn).await? {
+                    return Ok(Some(e));
+                }
+            }
+            conn.send_query("COMMIT").await?;
+            conn.flush().await?;
+            Ok::<_, BackendError>(None)
+        }
+        .await;
+        let outcome = match sent {
+            Err(e) => OnDecider::Lost(e),
+            Ok(Some(e)) => {
+                // The insert failed (split mode): end C's transaction.
+                let _ = conn.simple("ROLLBACK").await;
+                OnDecider::Refused(e)
+            }
+            Ok(None) => {
+                let insert = if split {
+                    self.hit(FailPoint::AfterDecisionInsert).await;
+                    Answer::Ok
+                } else {
+                    read_answer(conn).await
+                };
+                match (insert, read_answer(conn).await) {
+                    // COMMIT after a failed insert answers ROLLBACK.
+                    (Answer::Error(e), _) => OnDecider::Refused(e),
+                    (Answer::Lost(e), _) | (Answer::Ok, Answer::Lost(e)) => OnDecider::Lost(e),
+                    (Answer::Ok, Answer::Error(e)) => OnDecider::Failed(e),
+                    (Answer::Ok, Answer::Ok) => OnDecider::Committed,
+                }
+            }
+        };
+        if conn.status != b'I' || matches!(outcome, OnDecider::Lost(_)) {
+            conn.mark_broken();
+        }
+        outcome
+    }
+
+    /// A refused commit row means the deadline passed or a resolver decided
+    /// first; tell the client that, not a constraint on a table it never saw.
+    fn explain_refusal(&self, txn: TxnId, decider: ShardId, refusal: Frame) -> Report {
+        let fields = ErrorFields::parse(refusal.body());
+        let why = match fields.code.as_str() {
+            decision::DEADLINE_PASSED => "its commit deadline passed before the decision",
+            decision::ABORTED_BY_RESOLVER => {
+                "it took longer than the recovery grace period and recovery rolled it back"
+            }
+            _ => return Report::Server(refusal),
+        };
+        warn!(%txn, %decider, why, "commit refused on the decision shard");
+        rolled_back(format!("transaction rolled back: {why}"))
+    }
+
+    /// Rolls back everything after a failed PREPARE or a refused decision:
+    /// `ROLLBACK PREPARED` where PREPARE succeeded, `ROLLBACK` where a
+    /// transaction is still open; a connection that is gone took its
+    /// transaction with it (or recovery rolls back what it prepared).
+    async fn abort_all(
+        &self,
+        txn: TxnId,
+        decider: ShardId,
+        parts: &mut [Participant],
+        prepared: &[ShardId],
+    ) {
+        round_on(parts, |p| {
+            if prepared.contains(&p.shard()) {
+                Some(format!(
+                    "ROLLBACK PREPARED '{}'",
+                    self.gid(txn, decider, p.shard())
+                ))
+            } else if p.conn.status != b'I' {
+                Some("ROLLBACK".into())
+            } else {
+                None
+            }
+        })
+        .await;
+    }
+}
