@@ -381,9 +381,11 @@ async fn one_stalled_shard_does_not_delay_recovery_on_the_others() {
     crate::harness::signal(&pids, "STOP");
     let stopped = std::time::Instant::now();
     let s1 = servers.connect(1).await;
+    // Far below the stalled shard's 20 s control timeout, with room for a
+    // loaded machine.
     while prepared(&s1).await > 0 {
         assert!(
-            stopped.elapsed() < Duration::from_secs(5),
+            stopped.elapsed() < Duration::from_secs(12),
             "recovery of shard 1 waited for the stalled shard 2"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
