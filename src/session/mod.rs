@@ -208,6 +208,8 @@ impl Session {
             None
         };
         let learn_from = if ended.is_some() {
+            // The end of a transaction drops its portals, as in PostgreSQL.
+            self.ext.drop_portals();
             self.learn_from.take()
         } else {
             None
@@ -216,7 +218,10 @@ impl Session {
             self.learn_at_commit = Some(s);
         }
         if next.in_block() && self.txn.is_none() {
-            self.txn = Some(Txn::new(begin.unwrap_or("BEGIN")));
+            let mut t = Txn::new(begin.unwrap_or("BEGIN"));
+            // A Parse earlier in the segment took the transaction's snapshot.
+            t.snapshot = self.ext.took_snapshot();
+            self.txn = Some(t);
         } else if let (Step::Open, Some(t)) = (&step, self.txn.as_mut()) {
             // An explicit block now: no longer the segment's implicit one.
             t.segment = false;

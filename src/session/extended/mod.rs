@@ -97,6 +97,8 @@ pub(super) struct Extended {
     /// Whether the segment's mode (shard's implicit transaction, or
     /// proxy-made block) has been chosen.
     decided: bool,
+    /// A Parse in this segment took a snapshot (see `took_snapshot`).
+    snapshot: bool,
 }
 
 /// Where a connection taken for a message came from, so it goes back there.
@@ -125,6 +127,18 @@ impl Extended {
     /// A Sync segment is under way (messages queued or a shard in use).
     pub(super) fn busy(&self) -> bool {
         !self.batch.is_empty() || self.seg.is_some()
+    }
+
+    /// Portals end with their transaction.
+    pub(super) fn drop_portals(&mut self) {
+        self.portals.clear();
+        self.buffered.clear();
+    }
+
+    /// A Parse of this segment took a snapshot (outside a block, in the
+    /// segment's own transaction, which a BEGIN would keep).
+    pub(super) fn took_snapshot(&self) -> bool {
+        self.snapshot
     }
 
     /// The segment failed: its shard's transaction rolls back at Sync.
@@ -371,11 +385,16 @@ impl Session {
             return Ok(self.error(Error::Route(e)).await?);
         }
         let plan = self.shared.plan(sql).ok();
-        // Parse analysis takes the block's snapshot for anything not utility.
-        if let (Some(t), Some(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. })) =
-            (self.txn.as_mut(), &plan)
-        {
-            t.snapshot = true;
+        // Parse analysis takes the transaction's snapshot for anything not
+        // utility: the block's, or the segment's that a BEGIN would keep.
+        if matches!(
+            plan,
+            Some(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. })
+        ) {
+            match self.txn.as_mut() {
+                Some(t) => t.snapshot = true,
+                None => self.ext.snapshot = true,
+            }
         }
         if self.block == Block::Failed && self.aborted_block(plan.as_ref()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);

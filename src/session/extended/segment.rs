@@ -163,6 +163,7 @@ impl Session {
             self.ext.buffered.clear();
         }
         self.ext.seg_abort = false;
+        self.ext.snapshot = false;
         self.ext.risky_now = false;
         self.ext.skipping = false;
         self.ext.decided = false;
