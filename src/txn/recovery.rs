@@ -7,13 +7,15 @@
 //! cluster older than the grace period and not in flight in this process is
 //! decided on its decision shard C by [`decision::decide`] — commit if C
 //! holds its commit row, else the resolver's abort row wins — and committed
-//! or rolled back. Then, when every shard answered, decision rows nothing
-//! can need any more are pruned in batches. Idempotent: a transaction
-//! already finished is simply not found again.
+//! or rolled back. Each shard keeps its own schedule, and transactions are
+//! decided per decision shard concurrently. A shard's decision rows nothing
+//! can need any more are pruned in batches once every shard has been listed
+//! since that shard's clock was read. Idempotent: a transaction already
+//! finished is simply not found again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -44,7 +46,7 @@ pub enum StartupError {
     },
 }
 
-/// Runs recovery passes; owns nothing but handles.
+/// Runs recovery; owns nothing but handles.
 pub struct Resolver {
     shards: Vec<ShardId>,
     coord: Arc<Coordinator>,
@@ -53,20 +55,36 @@ pub struct Resolver {
     grace: Duration,
     /// Shards whose startup checks and schema are done.
     ready: std::sync::Mutex<HashSet<ShardId>>,
-    /// Each shard's clock as read in the previous pass, so before every
-    /// listing of this one (microseconds since the Unix epoch).
-    marks: std::sync::Mutex<HashMap<ShardId, i64>>,
+    /// Each shard's latest answered listing.
+    listings: std::sync::Mutex<HashMap<ShardId, Listing>>,
+    /// Per decision shard, the clock mark its next prune may use: taken at
+    /// one of its listings, usable once every shard was listed after it.
+    marks: std::sync::Mutex<HashMap<ShardId, Mark>>,
+}
+
+/// A shard's clock as read by one of its listings.
+#[derive(Clone, Copy)]
+struct Mark {
+    /// Microseconds since the Unix epoch, on that shard's clock.
+    clock_us: i64,
+    /// When its answer arrived here: after the clock was read.
+    read_by: Instant,
+}
+
+/// What one listing of a shard left behind.
+struct Listing {
+    /// When the listing was sent: before the shard looked.
+    sent: Instant,
+    /// Transactions still prepared there after the visit (in flight, too
+    /// young, undecidable), by decision shard.
+    still_prepared: Vec<Gid>,
 }
 
 /// What one shard's visit found.
-#[derive(Default)]
 struct Visit {
-    /// The shard answered its listing.
-    listed: bool,
-    /// Its clock when it answered.
-    mark: Option<i64>,
-    /// Transactions still prepared there after the visit (in flight, too
-    /// young, undecidable), by decision shard.
+    sent: Instant,
+    /// The shard's clock, when it answered its listing.
+    mark: Option<Mark>,
     still_prepared: Vec<Gid>,
     finished: usize,
 }
@@ -85,6 +103,7 @@ impl Resolver {
             collations,
             grace: Duration::from_millis(cfg.txn.recovery_grace_ms),
             ready: Default::default(),
+            listings: Default::default(),
             marks: Default::default(),
         }
     }
@@ -156,49 +175,84 @@ impl Resolver {
         Ok(())
     }
 
-    /// One recovery pass over every shard. Returns how many prepared
-    /// transactions it finished.
+    /// One recovery pass: every shard visited once, concurrently. Returns
+    /// how many prepared transactions it finished.
     pub async fn pass(&self) -> usize {
-        let control = self.coord.control();
-        // A commit row decided before its shard's clock read in the previous
-        // pass belongs to a transaction whose PREPAREs all happened before
-        // this pass listed anything: what is left of it shows in the listings.
-        let marks = self
-            .marks
-            .lock()
-            .map(|mut m| std::mem::take(&mut *m))
-            .unwrap_or_default();
-        let visits = join_all(self.shards.iter().map(|s| self.visit(*s))).await;
-        let finished = visits.iter().map(|v| v.finished).sum();
-        if visits.iter().all(|v| v.listed) {
-            let mut keep: HashMap<ShardId, Vec<TxnId>> = HashMap::new();
-            for g in visits.iter().flat_map(|v| &v.still_prepared) {
-                keep.entry(g.decider).or_default().push(g.txn);
+        join_all(self.shards.iter().map(|s| self.round(*s)))
+            .await
+            .into_iter()
+            .sum()
+    }
+
+    /// One shard's turn: its visit, then the pruning of its decision rows
+    /// when every shard has been listed since its previous mark.
+    async fn round(&self, shard: ShardId) -> usize {
+        let visit = self.visit(shard).await;
+        let Some(mark) = visit.mark else {
+            return visit.finished;
+        };
+        if let Ok(mut l) = self.listings.lock() {
+            l.insert(
+                shard,
+                Listing {
+                    sent: visit.sent,
+                    still_prepared: visit.still_prepared,
+                },
+            );
+        }
+        self.prune(shard, mark).await;
+        visit.finished
+    }
+
+    /// A commit row decided before a mark of its shard C belongs to a
+    /// transaction whose PREPAREs all happened before that clock was read:
+    /// any listing sent after its answer arrived shows what is left of that
+    /// transaction on the listed shard. Once every shard has such a listing,
+    /// C's rows decided before the mark that no listing still holds are
+    /// done with. `fresh` becomes the mark for C's next prune.
+    async fn prune(&self, shard: ShardId, fresh: Mark) {
+        let Some(mark) = self.marks.lock().ok().and_then(|m| m.get(&shard).copied()) else {
+            if let Ok(mut m) = self.marks.lock() {
+                m.insert(shard, fresh);
             }
-            let prunes = self.shards.iter().filter_map(|s| {
-                let mark = *marks.get(s)?;
-                let sql = decision::prune_sql(mark, keep.get(s).map(Vec::as_slice).unwrap_or(&[]));
-                Some(async move { (*s, control.query(*s, &sql).await) })
-            });
-            for (shard, r) in join_all(prunes).await {
-                if let Err(e) = r {
-                    warn!(%shard, error = %e, "pruning decision rows failed");
-                }
+            return;
+        };
+        let keep: Option<Vec<TxnId>> = self.listings.lock().ok().and_then(|l| {
+            let mut keep = Vec::new();
+            for s in &self.shards {
+                let listing = l.get(s).filter(|x| x.sent >= mark.read_by)?;
+                keep.extend(
+                    listing
+                        .still_prepared
+                        .iter()
+                        .filter(|g| g.decider == shard)
+                        .map(|g| g.txn),
+                );
             }
+            Some(keep)
+        });
+        // Some shard has not been listed since: the mark waits for it.
+        let Some(keep) = keep else { return };
+        let sql = decision::prune_sql(mark.clock_us, &keep);
+        if let Err(e) = self.coord.control().query(shard, &sql).await {
+            warn!(%shard, error = %e, "pruning decision rows failed");
+            return;
         }
         if let Ok(mut m) = self.marks.lock() {
-            for (s, v) in self.shards.iter().zip(&visits) {
-                if let Some(mark) = v.mark {
-                    m.insert(*s, mark);
-                }
-            }
+            m.insert(shard, fresh);
         }
-        finished
     }
 
     /// Lists one shard's prepared transactions and finishes those it can.
+    /// Transactions are decided per decision shard concurrently, so one
+    /// stalled decision shard holds up only its own.
     async fn visit(&self, shard: ShardId) -> Visit {
-        let mut visit = Visit::default();
+        let mut visit = Visit {
+            sent: Instant::now(),
+            mark: None,
+            still_prepared: Vec::new(),
+            finished: 0,
+        };
         let up = self.open(shard).await;
         if let Some(s) = self.coord.stats.shards.get(shard.0 as usize) {
             s.up.store(up.is_ok(), std::sync::atomic::Ordering::Relaxed);
@@ -217,6 +271,7 @@ impl Resolver {
             "SELECT NULL::text, NULL::int8, (extract(epoch from clock_timestamp()) * 1000000)::int8 UNION ALL SELECT gid, (extract(epoch from (now() - prepared)) * 1000)::int8, NULL FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE '{}'",
             Gid::pattern(cluster)
         );
+        visit.sent = Instant::now();
         let rows = match control.query(shard, &sql).await {
             Ok(r) => r,
             Err(e) => {
@@ -224,10 +279,14 @@ impl Resolver {
                 return visit;
             }
         };
-        visit.listed = true;
+        let read_by = Instant::now();
+        let mut due: HashMap<ShardId, Vec<Gid>> = HashMap::new();
         for row in rows {
             if let (Some(None), Some(Some(clock))) = (row.first(), row.get(2)) {
-                visit.mark = clock.parse().ok();
+                visit.mark = clock
+                    .parse()
+                    .ok()
+                    .map(|clock_us| Mark { clock_us, read_by });
                 continue;
             }
             let (Some(Some(text)), Some(Some(age))) = (row.first(), row.get(1)) else {
@@ -241,50 +300,79 @@ impl Resolver {
                 visit.still_prepared.push(g);
                 continue;
             }
-            let decision = match decision::decide(control, g.txn, g.decider).await {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(%shard, decider = %g.decider, txn = %g.txn, error = %e, "cannot decide an in-doubt transaction yet");
-                    visit.still_prepared.push(g);
-                    continue;
-                }
-            };
-            // Rebuilt from parsed numbers: only proxy-made text goes into SQL.
-            let gid = g.text(cluster);
-            let (action, counter) = match decision {
-                Decision::Commit => (
-                    format!("COMMIT PREPARED '{gid}'"),
-                    &self.coord.stats.recovered_commits,
-                ),
-                Decision::Abort => (
-                    format!("ROLLBACK PREPARED '{gid}'"),
-                    &self.coord.stats.recovered_rollbacks,
-                ),
-            };
-            match control.query(shard, &action).await {
-                Ok(_) => {
-                    visit.finished += 1;
-                    Stats::bump(counter, 1);
-                    info!(%shard, %gid, ?decision, "recovery finished an in-doubt transaction");
-                }
-                // Finished meanwhile (by its coordinator or another resolver).
-                Err(e) if e.code() == Some("42704") => {}
-                Err(e) => {
-                    visit.still_prepared.push(g);
-                    warn!(%shard, %gid, error = %e, "recovery could not finish a transaction");
+            due.entry(g.decider).or_default().push(g);
+        }
+        let by_decider = join_all(due.into_values().map(|gids| async move {
+            let mut finished = 0;
+            let mut left = Vec::new();
+            for g in gids {
+                if self.finish(shard, g).await {
+                    finished += 1;
+                } else {
+                    left.push(g);
                 }
             }
+            (finished, left)
+        }))
+        .await;
+        for (finished, left) in by_decider {
+            visit.finished += finished;
+            visit.still_prepared.extend(left);
         }
         visit
     }
 
-    /// Runs a pass every `interval`, forever.
+    /// Decides one in-doubt transaction on its decision shard and finishes
+    /// it on `shard`; false when it is still prepared there.
+    async fn finish(&self, shard: ShardId, g: Gid) -> bool {
+        let control = self.coord.control();
+        let cluster = self.coord.cluster();
+        let decision = match decision::decide(control, g.txn, g.decider).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(%shard, decider = %g.decider, txn = %g.txn, error = %e, "cannot decide an in-doubt transaction yet");
+                return false;
+            }
+        };
+        // Rebuilt from parsed numbers: only proxy-made text goes into SQL.
+        let gid = g.text(cluster);
+        let (action, counter) = match decision {
+            Decision::Commit => (
+                format!("COMMIT PREPARED '{gid}'"),
+                &self.coord.stats.recovered_commits,
+            ),
+            Decision::Abort => (
+                format!("ROLLBACK PREPARED '{gid}'"),
+                &self.coord.stats.recovered_rollbacks,
+            ),
+        };
+        match control.query(shard, &action).await {
+            Ok(_) => {
+                Stats::bump(counter, 1);
+                info!(%shard, %gid, ?decision, "recovery finished an in-doubt transaction");
+                true
+            }
+            // Finished meanwhile (by its coordinator or another resolver).
+            Err(e) if e.code() == Some("42704") => true,
+            Err(e) => {
+                warn!(%shard, %gid, error = %e, "recovery could not finish a transaction");
+                false
+            }
+        }
+    }
+
+    /// Visits every shard every `interval`, forever, each on its own
+    /// schedule: a shard that stalls delays only its own visits.
     pub fn spawn_periodic(self, interval: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(interval).await;
-                self.pass().await;
-            }
+            let this = &self;
+            join_all(this.shards.iter().map(|s| async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    this.round(*s).await;
+                }
+            }))
+            .await;
         })
     }
 }
