@@ -78,6 +78,8 @@ pub enum ClientError {
     IdleInTransaction,
     #[error("this server requires TLS (connect with sslmode=require or stricter)")]
     TlsRequired,
+    #[error("startup option \"{0}\" is not supported through Pieskieo: pass settings in options as -c name=value or --name=value")]
+    StartupOption(String),
 }
 
 /// Everything a client can be told went wrong.
@@ -181,6 +183,7 @@ impl Error {
                 ClientError::NotAdmin(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                 ClientError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 ClientError::TlsRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                ClientError::StartupOption(_) => SqlState::FEATURE_NOT_SUPPORTED,
             },
             Error::Route(e) => e.sqlstate(),
             Error::Backend(e) => e.sqlstate(),

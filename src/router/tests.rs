@@ -184,6 +184,22 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::INSUFFICIENT_PRIVILEGE,
         ),
         (
+            "SET search_path = pieskieo",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "SET search_path TO public, \"pieskieo\"",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "SELECT pg_catalog.set_config('search_path', 'public, pieskieo', false)",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
+            "SET LOCAL search_path = E'pieskieo'",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ),
+        (
             "INSERT INTO accounts (id) VALUES (NULL)",
             SqlState::NOT_NULL_VIOLATION,
         ),
@@ -301,6 +317,8 @@ fn the_word_pieskieo_elsewhere_is_fine() {
         "SELECT 1 -- pieskieo.decisions",
         "SELECT pieskieo FROM accounts WHERE id = 1",
         "CREATE TABLE \"Pieskieo\".t (a int)",
+        "SET search_path = public, \"Pieskieo\"",
+        "SELECT set_config('search_path', 'public', false)",
     ] {
         assert!(plan(sql, &m).is_ok(), "{sql}");
     }

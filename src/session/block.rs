@@ -204,7 +204,7 @@ impl Session {
         // An implicit block that already ran a statement has its snapshot:
         // its isolation level can no longer change.
         let ran = self.txn.as_ref().is_some_and(|t| t.snapshot);
-        let current = self.txn.as_ref().and_then(|t| isolation(&t.begin));
+        let current = self.txn.as_ref().and_then(Txn::isolation);
         let level_changes =
             isolation(stmt).is_some_and(|l| l != current.unwrap_or("read committed"));
         if self.block == Block::Implicit && ran && level_changes {
@@ -214,18 +214,49 @@ impl Session {
             Step::Refuse(e) => self.error(Error::Txn(e)).await,
             Step::Warn(w) => {
                 self.warn(w).await?;
-                let sub = self.txn.as_ref().is_some_and(|t| !t.savepoints.is_empty());
-                if ran && level_changes {
-                    return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
+                // Its modes still apply to the block, as PostgreSQL's do.
+                match begin_options(stmt) {
+                    Some(modes) => self.add_modes(&modes, tag).await,
+                    None => self.complete(tag).await,
                 }
-                if sub && level_changes {
-                    return self
-                        .error(Error::Txn(TxnMisuse::IsolationInSubtransaction))
-                        .await;
-                }
-                self.complete(tag).await
             }
             _ => self.complete(tag).await,
+        }
+    }
+
+    /// Transaction modes set inside a block (`SET TRANSACTION ...`, or a
+    /// later `BEGIN`'s): added to the block's `BEGIN`, so shards that join
+    /// later start with them (a `SET TRANSACTION` after that `BEGIN` would
+    /// come after the deadlock detector's lock, which takes a snapshot), and
+    /// sent to the shards already in the block, which answer for themselves.
+    async fn add_modes(&mut self, modes: &str, tag: &str) -> std::io::Result<bool> {
+        let Some(t) = self.txn() else {
+            return Ok(false);
+        };
+        let level_changes =
+            isolation(modes).is_some_and(|l| l != t.isolation().unwrap_or("read committed"));
+        if level_changes && t.snapshot {
+            return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
+        }
+        if level_changes && !t.savepoints.is_empty() {
+            return self
+                .error(Error::Txn(TxnMisuse::IsolationInSubtransaction))
+                .await;
+        }
+        t.begin = format!("{}\n{modes}", t.begin.trim_end().trim_end_matches(';'));
+        let shards: Vec<ShardId> = t.participants.iter().map(|p| p.shard()).collect();
+        if shards.is_empty() {
+            return self.complete(tag).await;
+        }
+        let set = format!("SET TRANSACTION {modes}");
+        let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, set.as_str())).collect();
+        let (ok, _) = self
+            .exec_in_block(&targets, Merge::Copies.into(), Writes::No)
+            .await?;
+        if ok {
+            self.complete(tag).await
+        } else {
+            Ok(false)
         }
     }
 
@@ -375,6 +406,9 @@ impl Session {
                 SetCommand::Local | SetCommand::Set(_) => "SET",
                 SetCommand::Reset(_) | SetCommand::ResetAll => "RESET",
             };
+            if let Some(modes) = transaction_modes(stmt) {
+                return self.add_modes(modes, tag).await;
+            }
             let ok = self.in_block(stmt, tag).await?;
             if ok {
                 if let (Some(ch), Some(t)) = (change, self.txn()) {
@@ -417,9 +451,50 @@ enum SavepointOp {
 }
 
 /// The isolation level a `BEGIN` names, if any.
+/// The modes of a `SET TRANSACTION ISOLATION LEVEL ... | READ ... | [NOT]
+/// DEFERRABLE` (not `SET TRANSACTION SNAPSHOT`).
+fn transaction_modes(stmt: &str) -> Option<&str> {
+    let words = leading_words(stmt, 3);
+    let [set, transaction, mode] = words.as_slice() else {
+        return None;
+    };
+    let modes = matches!(mode.as_str(), "isolation" | "read" | "deferrable" | "not");
+    if set != "set" || transaction != "transaction" || !modes {
+        return None;
+    }
+    let rest = &stmt[crate::router::after_words(stmt, 2)?..];
+    Some(rest.trim().trim_end_matches(';').trim()).filter(|r| !r.is_empty())
+}
+
+/// `BEGIN`'s transaction modes, when it has any.
+fn begin_options(stmt: &str) -> Option<String> {
+    let words = leading_words(stmt, 2);
+    let skip = match (
+        words.first().map(String::as_str),
+        words.get(1).map(String::as_str),
+    ) {
+        (Some("begin"), Some("work" | "transaction")) | (Some("start"), _) => 2,
+        _ => 1,
+    };
+    let rest = stmt[crate::router::after_words(stmt, skip)?..]
+        .trim()
+        .trim_end_matches(';')
+        .trim();
+    (!rest.is_empty()).then(|| rest.to_string())
+}
+
+impl Txn {
+    /// The block's isolation level as last set (its `BEGIN` holds every
+    /// mode set since).
+    fn isolation(&self) -> Option<&'static str> {
+        isolation(&self.begin)
+    }
+}
+
 fn isolation(begin: &str) -> Option<&'static str> {
     let t = begin.to_ascii_lowercase();
-    let at = t.find("isolation")?;
+    // The last mode given wins, as in PostgreSQL.
+    let at = t.rfind("isolation")?;
     let rest = &t[at..];
     [
         "serializable",

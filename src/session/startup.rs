@@ -97,16 +97,33 @@ pub(crate) async fn run(
         send_fatal(&mut out, &unknown_database(&database)).await;
         return;
     }
-    let mut startup_settings = BTreeMap::new();
+    let mut given: Vec<(String, String)> = Vec::new();
     for (k, v) in &params {
-        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
-            continue;
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => match option_settings(v) {
+                Ok(set) => given.extend(set),
+                Err(e) => {
+                    send_fatal(&mut out, &Error::Client(e)).await;
+                    return;
+                }
+            },
+            _ => given.push((k.clone(), v.clone())),
         }
+    }
+    let mut startup_settings = BTreeMap::new();
+    for (k, v) in &given {
         let name = k.to_lowercase();
-        startup_settings.insert(
-            name,
-            format!("SET {} = {}", quote_ident(k), quote_literal(v)),
-        );
+        let set = format!("SET {} = {}", quote_ident(k), quote_literal(v));
+        // A search path through Pieskieo's own schema is refused here as
+        // it is in a statement.
+        if let Err(e @ crate::router::RouteError::Reserved) =
+            crate::router::plan(&set, &shared.map())
+        {
+            send_fatal(&mut out, &Error::Route(e)).await;
+            return;
+        }
+        startup_settings.insert(name, set);
     }
     let mut s = Session {
         shared,
@@ -142,4 +159,74 @@ pub(crate) async fn run(
     s.shared.cancels.unregister(s.process_id);
     s.shared.sessions.remove(pid);
     info!(%peer, user = %s.user, "client disconnected");
+}
+
+/// The settings in a startup packet's `options`, as PostgreSQL reads them:
+/// arguments split at unescaped white space (`\` escapes the next
+/// character), each `-c name=value`, `-cname=value` or `--name=value`, with
+/// `-` in a name read as `_`. Other server switches are refused.
+fn option_settings(options: &str) -> Result<Vec<(String, String)>, ClientError> {
+    let mut args = Vec::new();
+    let mut arg = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => arg.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !arg.is_empty() {
+                    args.push(std::mem::take(&mut arg));
+                }
+            }
+            c => arg.push(c),
+        }
+    }
+    if !arg.is_empty() {
+        args.push(arg);
+    }
+    let mut settings = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        let pair = if a == "-c" {
+            args.next()
+                .ok_or_else(|| ClientError::StartupOption(a.clone()))?
+        } else if let Some(rest) = a.strip_prefix("--").or_else(|| a.strip_prefix("-c")) {
+            rest.to_string()
+        } else {
+            return Err(ClientError::StartupOption(a));
+        };
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(ClientError::StartupOption(pair));
+        };
+        if name.is_empty() {
+            return Err(ClientError::StartupOption(pair));
+        }
+        settings.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::option_settings;
+
+    #[test]
+    fn options_read_as_postgresql_reads_them() {
+        let pairs = |o: &str| option_settings(o).map_err(|e| e.to_string());
+        assert_eq!(
+            pairs("-c search_path=a,b  --statement-timeout=5s -cwork_mem=64kB").unwrap(),
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "64kB".into()),
+            ]
+        );
+        assert_eq!(
+            pairs(r"-c application_name=a\ b").unwrap(),
+            vec![("application_name".into(), "a b".into())]
+        );
+        assert!(pairs("").unwrap().is_empty());
+        assert!(pairs("-B 100").unwrap_err().contains("\"-B\""));
+        assert!(pairs("-c").is_err());
+        assert!(pairs("-c work_mem").is_err());
+    }
 }

@@ -377,6 +377,32 @@ async fn session_settings_changed_by_functions_stay_with_their_client() {
     }
 }
 
+/// `options` in the startup packet (`PGOPTIONS`) set the session's settings
+/// as in PostgreSQL; a server switch the proxy cannot honour is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_are_session_settings() {
+    let c = Cluster::start(2).await;
+    let o = crate::harness::connect(&format!(
+        "{} options='-c statement_timeout=4321 --application-name=opt'",
+        c.url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(value(&o, "SHOW statement_timeout").await, "4321ms");
+    assert_eq!(value(&o, "SHOW application_name").await, "opt");
+    // They stay with their client.
+    let other = c.client().await;
+    assert_eq!(value(&other, "SHOW statement_timeout").await, "0");
+    let e = crate::harness::connect(&format!("{} options='-B 100'", c.url()))
+        .await
+        .expect_err("a server switch is refused");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("0A000"),
+        "{e:?}"
+    );
+}
+
 /// Issue 14, case 4: a client that vanishes while its statement waits for a
 /// lock on one shard: the statement is cancelled and its block rolled back on
 /// every shard within about a second, so its other locks go too.

@@ -747,9 +747,23 @@ async fn a_second_identical_proxy_starts_and_serves() {
         "DELETE FROM pieskieo.decisions",
         "DROP TABLE pieskieo.decisions",
         "DROP SCHEMA pieskieo CASCADE",
+        "SET search_path = pieskieo",
+        "SELECT set_config('search_path', 'pieskieo, public', false)",
     ] {
         assert_eq!(sqlstate(&c, sql).await, "42501", "{sql}");
     }
+    // Nor through a search path given at startup.
+    let e = connect(&format!(
+        "{} options='-c search_path=pieskieo'",
+        url(&second)
+    ))
+    .await
+    .expect_err("a startup search path through pieskieo is refused");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("42501"),
+        "{e:?}"
+    );
     first.stop().await;
     second.stop().await;
 }

@@ -182,20 +182,46 @@ pub(super) fn names_reserved_schema(sql: &str) -> bool {
         // Unreadable text that mentions the name: refuse rather than guess.
         return true;
     };
+    // A search path is a list of names in a literal: `'pieskieo'`,
+    // `'public, "pieskieo"'`.
+    let sets_search_path = tokens.iter().any(|t| match t {
+        Token::Word(w) => w.value.eq_ignore_ascii_case("search_path"),
+        Token::SingleQuotedString(v) => v.eq_ignore_ascii_case("search_path"),
+        _ => false,
+    });
     let tokens: Vec<&Token> = tokens
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .collect();
-    tokens.iter().enumerate().any(|(i, t)| {
-        let Token::Word(w) = t else { return false };
-        let ours = match w.quote_style {
-            None => w.value.eq_ignore_ascii_case(name),
-            Some(_) => w.value == name,
-        };
-        let dotted = matches!(tokens.get(i + 1), Some(Token::Period));
-        let schema = i > 0
-            && matches!(tokens.get(i - 1), Some(Token::Word(k)) if k.value.eq_ignore_ascii_case("schema"));
-        ours && (dotted || schema)
+    tokens.iter().enumerate().any(|(i, t)| match t {
+        // As a schema: `pieskieo.t`, `SCHEMA pieskieo`; in a search path:
+        // `SET search_path = pieskieo`.
+        Token::Word(w) => {
+            let ours = match w.quote_style {
+                None => w.value.eq_ignore_ascii_case(name),
+                Some(_) => w.value == name,
+            };
+            let dotted = matches!(tokens.get(i + 1), Some(Token::Period));
+            let schema = i > 0
+                && matches!(tokens.get(i - 1), Some(Token::Word(k)) if k.value.eq_ignore_ascii_case("schema"));
+            ours && (dotted || schema || sets_search_path)
+        }
+        // A search path given as text:
+        // `set_config('search_path', 'public, pieskieo', false)`.
+        Token::SingleQuotedString(v) | Token::EscapedStringLiteral(v) if sets_search_path => {
+            path_names_schema(v, name)
+        }
+        _ => false,
+    })
+}
+
+/// Whether a search path's text (`public, "pieskieo"`) lists `schema`.
+fn path_names_schema(path: &str, schema: &str) -> bool {
+    path.split(',').map(str::trim).any(|e| {
+        match e.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+            Some(quoted) => quoted == schema,
+            None => e.eq_ignore_ascii_case(schema),
+        }
     })
 }
 

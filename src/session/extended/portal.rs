@@ -530,50 +530,47 @@ impl Session {
         Ok(true)
     }
 
-    /// Describe of a statement in a failed block, by a shard of the block:
+    /// Describe of a statement in a failed block, by a shard of the block
+    /// that has it (else by a pooled connection of the default shard):
     /// its parameters if it returns no rows, else 25P02 (PostgreSQL cannot
     /// describe result columns in an aborted transaction).
     async fn describe_in_failed_block(&mut self, name: &str) -> Result<bool, Fatal> {
-        let shard = self
-            .txn
-            .as_ref()
-            .and_then(|t| t.participants.first().map(|p| p.shard()));
-        let (Some(shard), Some(s)) = (shard, self.ext.stmts.get(name)) else {
+        let Some(s) = self.ext.stmts.get(name) else {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         };
         let (parse, backend) = (s.parse_message(), s.backend.clone());
+        // A shard of the block can describe it only if it has it already:
+        // a Parse there now would fail with the block.
+        let shard = self.txn.as_ref().and_then(|t| {
+            t.participants
+                .iter()
+                .find(|p| p.conn.prepared.contains(&backend))
+                .map(|p| p.shard())
+        });
         let describe = message(b'D', |b| {
             b.put_u8(b'S');
             put_cstr(b, &backend);
         });
-        let (slot, mut conn) = match self.take_conn(shard).await {
-            Ok(x) => x,
-            Err(e) => return Ok(self.error(e).await?),
+        let frames = match shard {
+            Some(shard) => {
+                let (slot, mut conn) = match self.take_conn(shard).await {
+                    Ok(x) => x,
+                    Err(e) => return Ok(self.error(e).await?),
+                };
+                let r = describe_on(&mut conn, &parse, &backend, &describe, false).await;
+                self.put_conn(slot, conn, Writes::No);
+                r
+            }
+            None => {
+                let shard = self.shared.map().default_shard;
+                let mut conn = match self.checkout(shard).await {
+                    Ok(c) => c,
+                    Err(e) => return Ok(self.error(e).await?),
+                };
+                describe_on(&mut conn, &parse, &backend, &describe, true).await
+            }
         };
-        let r: Result<Vec<Frame>, BackendError> = async {
-            if !conn.prepared.contains(&backend) {
-                conn.send_extended(&parse).await?;
-            }
-            conn.send_extended(&describe).await?;
-            conn.send_extended(&FLUSH).await?;
-            conn.flush().await?;
-            let mut got = Vec::new();
-            loop {
-                let f = conn.read().await?;
-                let tag = f.tag;
-                if tag == b'1' {
-                    conn.prepared.insert(backend.clone());
-                    continue;
-                }
-                got.push(f);
-                if matches!(tag, b'T' | b'n' | b'E') {
-                    return Ok(got);
-                }
-            }
-        }
-        .await;
-        self.put_conn(slot, conn, Writes::No);
-        let frames = match r {
+        let frames = match frames {
             Ok(f) => f,
             Err(e) => return Ok(self.error(e.into()).await?),
         };
@@ -592,6 +589,43 @@ impl Session {
                 Ok(false)
             }
             _ => Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?),
+        }
+    }
+}
+
+/// Describes a statement on `conn` (parsing it there first if needed): the
+/// frames up to its RowDescription, NoData or error. `sync` ends it with a
+/// Sync (a connection outside any block) rather than a Flush.
+async fn describe_on(
+    conn: &mut ServerConn,
+    parse: &[u8],
+    backend: &str,
+    describe: &[u8],
+    sync: bool,
+) -> Result<Vec<Frame>, BackendError> {
+    if !conn.prepared.contains(backend) {
+        conn.send_extended(parse).await?;
+    }
+    conn.send_extended(describe).await?;
+    if sync {
+        conn.send_sync().await?;
+    } else {
+        conn.send_extended(&FLUSH).await?;
+    }
+    conn.flush().await?;
+    let mut got = Vec::new();
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'1' => {
+                conn.prepared.insert(backend.to_string());
+            }
+            b'Z' => return Ok(got),
+            b'T' | b'n' | b'E' if !sync => {
+                got.push(f);
+                return Ok(got);
+            }
+            _ => got.push(f),
         }
     }
 }

@@ -177,6 +177,45 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
             ]),
         ),
         (
+            "long form: modes of a BEGIN inside a block apply to it (same level later is no error)",
+            Class::Simple,
+            session(vec![
+                q("BEGIN; BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                q("SELECT current_setting('transaction_isolation')"),
+                q(&format!(
+                    "SELECT b FROM t WHERE id = {b}; BEGIN ISOLATION LEVEL REPEATABLE READ"
+                )),
+                q("COMMIT"),
+            ]),
+        ),
+        (
+            "long form: SET TRANSACTION ISOLATION LEVEL in a block before its first query",
+            Class::Simple,
+            session(vec![
+                q("BEGIN"),
+                q("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+                q(&format!("SELECT b FROM t WHERE id = {c}")),
+                q("SHOW transaction_isolation"),
+                q("COMMIT"),
+            ]),
+        ),
+        (
+            "long form: Describe of a statement without result columns in a failed block no shard joined",
+            Class::Extended,
+            session(vec![
+                pipeline(vec![vec![parse("s1", "UPDATE t SET d = $2 WHERE id = $1"), Msg::Sync]]),
+                pipeline(vec![run("BEGIN", &[]), run("SELECT 1/0", &[]), vec![Msg::Sync]]),
+                pipeline(vec![vec![
+                    Msg::Describe {
+                        portal: false,
+                        name: "s1".into(),
+                    },
+                    Msg::Sync,
+                ]]),
+                q("ROLLBACK"),
+            ]),
+        ),
+        (
             "case 5: pg_dump's set_config('search_path', '', false), then another client",
             Class::Simple,
             session(vec![q("SELECT pg_catalog.set_config('search_path', '', false)")]),
