@@ -374,6 +374,13 @@ impl Session {
             }
         };
         let ok = self.in_block(stmt, tag).await?;
+        if let (true, Some(p)) = (ok, pos) {
+            match op {
+                SavepointOp::Release => self.ext.savepoint_ended(p, false),
+                SavepointOp::RollbackTo => self.ext.savepoint_ended(p, true),
+                SavepointOp::Define => {}
+            }
+        }
         if let (true, Some(t)) = (ok, self.txn()) {
             match (op, pos) {
                 (SavepointOp::Define, _) => t.savepoints.push(name),

@@ -22,6 +22,22 @@ impl Session {
                 .error(Error::Name(NameError::PortalExists(b.portal.to_string())))
                 .await?);
         }
+        let depth = self.txn.as_ref().map_or(0, |t| t.savepoints.len());
+        self.ext.depths.insert(b.portal.to_string(), depth);
+        // Bind takes the transaction's snapshot when it has parameters to
+        // read or the statement is not utility, as at Parse.
+        if !b.values.is_empty()
+            || matches!(
+                plan,
+                Ok(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. }) | Err(_)
+            )
+        {
+            // (Fields, not `took_snapshot`: `stmt` still borrows the map.)
+            match self.txn.as_mut() {
+                Some(t) => t.snapshot = true,
+                None => self.ext.snapshot = true,
+            }
+        }
         // The unnamed portal is replaced, rows kept for it too.
         self.ext.buffered.remove(b.portal);
         let plan = match plan {

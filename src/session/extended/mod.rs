@@ -76,6 +76,9 @@ enum PortalKind {
 pub(super) struct Extended {
     stmts: HashMap<String, ClientStmt>,
     portals: HashMap<String, PortalKind>,
+    /// How many savepoints were open when each portal was bound: rolling
+    /// back to one drops the portals made since, as in PostgreSQL.
+    depths: HashMap<String, usize>,
     /// Multi-shard portals executed with a row limit: their merged rows wait
     /// here for the client's next Executes (the shards ran to the end).
     buffered: HashMap<String, portal::Buffered>,
@@ -133,6 +136,27 @@ impl Extended {
     pub(super) fn drop_portals(&mut self) {
         self.portals.clear();
         self.buffered.clear();
+        self.depths.clear();
+    }
+
+    /// `ROLLBACK TO` the savepoint at `index`: the portals bound since are
+    /// gone. `RELEASE` of it: they belong to the enclosing level now.
+    pub(super) fn savepoint_ended(&mut self, index: usize, rolled_back: bool) {
+        let since: Vec<String> = self
+            .depths
+            .iter()
+            .filter(|(_, d)| **d > index)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in since {
+            if rolled_back {
+                self.portals.remove(&name);
+                self.buffered.remove(&name);
+                self.depths.remove(&name);
+            } else {
+                self.depths.insert(name, index);
+            }
+        }
     }
 
     /// A Parse of this segment took a snapshot (outside a block, in the
@@ -370,6 +394,15 @@ impl Session {
         }
     }
 
+    /// Parse or Bind took the transaction's snapshot: the block's, or the
+    /// segment's that a BEGIN would keep.
+    fn took_snapshot(&mut self) {
+        match self.txn.as_mut() {
+            Some(t) => t.snapshot = true,
+            None => self.ext.snapshot = true,
+        }
+    }
+
     async fn ext_parse(&mut self, body: &[u8]) -> Result<bool, Fatal> {
         let (name, sql, types) =
             parse_parse(body).ok_or_else(|| Fatal::Protocol(malformed("Parse")))?;
@@ -391,10 +424,7 @@ impl Session {
             plan,
             Some(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. })
         ) {
-            match self.txn.as_mut() {
-                Some(t) => t.snapshot = true,
-                None => self.ext.snapshot = true,
-            }
+            self.took_snapshot();
         }
         if self.block == Block::Failed && self.aborted_block(plan.as_ref()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);

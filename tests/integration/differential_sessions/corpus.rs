@@ -216,6 +216,52 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
             ]),
         ),
         (
+            "long form: ROLLBACK TO drops the portals bound since the savepoint",
+            Class::Extended,
+            session(vec![
+                pipeline(vec![
+                    run("BEGIN", &[]),
+                    run("SAVEPOINT a", &[]),
+                    vec![
+                        parse("s4", add),
+                        Msg::Bind {
+                            portal: "p1".into(),
+                            stmt: "s4".into(),
+                            params: vec![a.to_string(), "1".into()],
+                        },
+                        Msg::Sync,
+                    ],
+                ]),
+                pipeline(vec![
+                    run("ROLLBACK TO a", &[]),
+                    vec![
+                        parse("s6", "SELECT id, b FROM t ORDER BY id"),
+                        Msg::Bind {
+                            portal: "p1".into(),
+                            stmt: "s6".into(),
+                            params: vec![],
+                        },
+                        Msg::Execute {
+                            portal: "p1".into(),
+                            max_rows: 0,
+                        },
+                        Msg::Sync,
+                    ],
+                ]),
+                q("COMMIT"),
+            ]),
+        ),
+        (
+            "long form: a Bind with parameters takes the block's snapshot",
+            Class::Mixed,
+            session(vec![
+                pipeline(vec![vec![parse("s4", "DELETE FROM t WHERE id = $1"), Msg::Sync]]),
+                pipeline(vec![run("BEGIN", &[]), vec![bind("s4", &[b]), Msg::Sync]]),
+                q("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                q("ROLLBACK"),
+            ]),
+        ),
+        (
             "case 5: pg_dump's set_config('search_path', '', false), then another client",
             Class::Simple,
             session(vec![q("SELECT pg_catalog.set_config('search_path', '', false)")]),
