@@ -10,6 +10,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::backend::{BackendError, ServerConn};
 use crate::protocol::{self, take_cstr, Frame};
+use crate::router::ShardId;
 
 /// A statement could not be completed: which side failed decides what the
 /// session does next (tell the client, or end the session).
@@ -339,4 +340,141 @@ fn parameter_types(body: &[u8]) -> Vec<u32> {
         .take(n)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
+}
+
+/// Reads one shard's frames up to and including the first whose tag is in
+/// `stop`: the one reader for answers that end before `ReadyForQuery` (a
+/// Describe or a BEGIN sent before a Flush).
+pub async fn read_until(conn: &mut ServerConn, stop: &[u8]) -> Result<Vec<Frame>, BackendError> {
+    let mut got = Vec::new();
+    loop {
+        let f = conn.read().await?;
+        let end = stop.contains(&f.tag);
+        got.push(f);
+        if end {
+            return Ok(got);
+        }
+    }
+}
+
+/// A connection enlisted in a block, as [`run_in_block`] sees it.
+pub trait Enlisted {
+    fn shard(&self) -> ShardId;
+    fn conn(&mut self) -> &mut ServerConn;
+}
+
+/// How [`run_in_block`] starts shards and answers.
+pub struct BlockRun<'a> {
+    /// What a shard joining now receives before the statement: its
+    /// `BEGIN` and the block's prelude, one answer each.
+    pub head: &'a [String],
+    /// The shards joining with this statement.
+    pub fresh: &'a [ShardId],
+    /// One target's answer may be relayed as it comes (else it is
+    /// collected, and its closing message returned).
+    pub relay_single: bool,
+    /// Text compares bytewise in a merge (every shard's collation is C).
+    pub bytewise: bool,
+}
+
+/// Runs `targets` (a statement per shard) on the block's connections in
+/// `parts`: the shards in `run.fresh` get `run.head` first, in the same
+/// write. Everything is written before anything is read, so the shards work
+/// in parallel. One target: its answer is relayed as is; several: merged
+/// (`how`). Returns how they answered and the closing message (error or
+/// merged tag) for the caller to send when the statement is over. An error
+/// in a joining shard's head fails the statement with that error.
+pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
+    parts: &mut [P],
+    targets: &[(ShardId, &str)],
+    how: Collect<'_>,
+    run: &BlockRun<'_>,
+    out: &mut W,
+) -> Result<(Answer, Option<Bytes>), ExecError> {
+    let single = targets.len() == 1;
+    let mut sent = Vec::with_capacity(targets.len());
+    for (shard, sql) in targets {
+        let Some(p) = parts.iter_mut().find(|p| p.shard() == *shard) else {
+            continue;
+        };
+        let conn = p.conn();
+        let fresh = run.fresh.contains(shard);
+        let r = async {
+            if fresh {
+                for q in run.head {
+                    conn.send_query(q).await?;
+                }
+            }
+            conn.send_query(sql).await?;
+            conn.flush().await
+        }
+        .await;
+        sent.push((*shard, fresh, r));
+    }
+    let mut merger = Merger::default();
+    let mut failed = false;
+    // With a merge plan: the shards whose answers are ready to merge.
+    let mut ready = Vec::new();
+    for (i, (shard, fresh, r)) in sent.into_iter().enumerate() {
+        let Some(p) = parts.iter_mut().find(|p| p.shard() == shard) else {
+            continue;
+        };
+        let conn = p.conn();
+        if let Err(e) = r {
+            merger.backend_failed(&e);
+            failed = true;
+            continue;
+        }
+        let mut head_error = None;
+        if fresh {
+            for _ in run.head {
+                match drain(conn).await {
+                    Ok(Some(e)) => {
+                        head_error.get_or_insert(e);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        merger.backend_failed(&e);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = head_error {
+            failed = true;
+            merger.on_frame(e);
+            if let Err(e) = drain(conn).await {
+                merger.backend_failed(&e);
+            }
+        } else if let Collect::Plan(_) = how {
+            ready.push(shard);
+        } else if single && !failed && run.relay_single {
+            failed |= relay(conn, out).await?.failed();
+        } else if let Collect::Merge(merge) = how {
+            let merge = if single { Merge::Union } else { merge };
+            collect(conn, &mut merger, merge, i == 0, Until::Ready, out).await?;
+        }
+    }
+    if let Collect::Plan(plan) = how {
+        let mut conns: Vec<&mut ServerConn> = parts
+            .iter_mut()
+            .filter_map(|p| {
+                let c = p.conn();
+                ready.contains(&c.shard).then_some(c)
+            })
+            .collect();
+        if failed || merger.failed() {
+            for c in conns {
+                if let Err(e) = drain(c).await {
+                    merger.backend_failed(&e);
+                }
+            }
+        } else {
+            let opts = crate::merge::RunOptions::simple(run.bytewise);
+            return crate::merge::run(&mut conns, plan, &opts, out).await;
+        }
+    }
+    failed |= merger.failed();
+    Ok((Answer::failed_if(failed), merger.finish()))
 }

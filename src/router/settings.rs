@@ -222,6 +222,9 @@ pub fn may_change_settings(sql: &str) -> bool {
     let mut before_name: Option<String> = None;
     let mut qualifier: Option<String> = None;
     let mut first = true;
+    // Past the first word, only a call (`(`), or a quoted name or body that
+    // does not end (`"`, `$`), can say yes.
+    let more = b.iter().any(|c| matches!(c, b'(' | b'"' | b'$'));
     while i < b.len() {
         let c = b[i];
         if c.is_ascii_whitespace() {
@@ -313,6 +316,9 @@ pub fn may_change_settings(sql: &str) -> bool {
                 first = false;
                 if matches!(word.as_str(), "do" | "call") {
                     return true;
+                }
+                if !more {
+                    return false;
                 }
             }
             let mut j = next;

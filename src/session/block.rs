@@ -62,101 +62,18 @@ impl Session {
                 return Ok((false, None));
             }
         }
-        let single = targets.len() == 1;
-        let r: Result<(Answer, Option<bytes::Bytes>), ExecError> = async {
-            // Everything is written before anything is read: the shards work in parallel.
-            let mut sent = Vec::with_capacity(targets.len());
-            for (shard, sql) in targets {
-                let Some(p) = parts.iter_mut().find(|p| p.shard() == *shard) else {
-                    continue;
-                };
-                let fresh = missing.contains(shard);
-                let r = async {
-                    if fresh {
-                        for q in &head {
-                            p.conn.send_query(q).await?;
-                        }
-                    }
-                    p.conn.send_query(sql).await?;
-                    p.conn.flush().await
-                }
-                .await;
-                sent.push((*shard, fresh, r));
-            }
-            let mut merger = Merger::default();
-            let mut failed = false;
-            // With a merge plan: the shards whose answers are ready to merge.
-            let mut ready = Vec::new();
-            for (i, (shard, fresh, r)) in sent.into_iter().enumerate() {
-                let Some(p) = parts.iter_mut().find(|p| p.shard() == shard) else {
-                    continue;
-                };
+        let run = executor::BlockRun {
+            head: &head,
+            fresh: &missing,
+            relay_single: !self.hold_last,
+            bytewise,
+        };
+        let r = executor::run_in_block(&mut parts, targets, how, &run, &mut self.out).await;
+        for p in parts.iter_mut() {
+            if targets.iter().any(|(s, _)| *s == p.shard()) {
                 p.wrote |= write;
-                if let Err(e) = r {
-                    merger.backend_failed(&e);
-                    failed = true;
-                    continue;
-                }
-                let mut head_error = None;
-                if fresh {
-                    for _ in &head {
-                        match executor::drain(&mut p.conn).await {
-                            Ok(Some(e)) => {
-                                head_error.get_or_insert(e);
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                merger.backend_failed(&e);
-                                failed = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-                if let Some(e) = head_error {
-                    failed = true;
-                    merger.on_frame(e);
-                    if let Err(e) = executor::drain(&mut p.conn).await {
-                        merger.backend_failed(&e);
-                    }
-                } else if let Collect::Plan(_) = how {
-                    ready.push(shard);
-                } else if single && !failed && !self.hold_last {
-                    failed |= executor::relay(&mut p.conn, &mut self.out).await?.failed();
-                } else if let Collect::Merge(merge) = how {
-                    let merge = if single { Merge::Union } else { merge };
-                    executor::collect(
-                        &mut p.conn,
-                        &mut merger,
-                        merge,
-                        i == 0,
-                        Until::Ready,
-                        &mut self.out,
-                    )
-                    .await?;
-                }
             }
-            if let Collect::Plan(plan) = how {
-                let mut conns: Vec<&mut ServerConn> = parts
-                    .iter_mut()
-                    .filter(|p| ready.contains(&p.shard()))
-                    .map(|p| &mut *p.conn)
-                    .collect();
-                if failed || merger.failed() {
-                    for c in conns {
-                        if let Err(e) = executor::drain(c).await {
-                            merger.backend_failed(&e);
-                        }
-                    }
-                } else {
-                    let opts = crate::merge::RunOptions::simple(bytewise);
-                    return crate::merge::run(&mut conns, plan, &opts, &mut self.out).await;
-                }
-            }
-            failed |= merger.failed();
-            Ok((Answer::failed_if(failed), merger.finish()))
         }
-        .await;
         if self.risky {
             // Settings changed unseen inside a block: the connections are
             // reset before anyone else gets them, and the client learns its
@@ -230,7 +147,8 @@ impl Session {
     /// come after the deadlock detector's lock, which takes a snapshot), and
     /// sent to the shards already in the block, which answer for themselves.
     async fn add_modes(&mut self, modes: &str, tag: &str) -> std::io::Result<bool> {
-        let Some(t) = self.txn() else {
+        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
+        let Some(t) = self.txn.as_mut() else {
             return Ok(false);
         };
         let level_changes =
@@ -248,15 +166,61 @@ impl Session {
         if shards.is_empty() {
             return self.complete(tag).await;
         }
+        if !t.snapshot && t.participants.iter().all(|p| !p.conn.needs_sync()) {
+            // The shards in the block ran nothing that took a snapshot for
+            // the client (SHOW, SET), but the deadlock detector's lock in
+            // their BEGIN did: they start over with the new modes, and what
+            // ran there is replayed from the prelude.
+            let mut head = vec!["ROLLBACK".to_string(), t.begin_sql(detecting)];
+            head.extend(t.prelude.iter().cloned());
+            let mut failed = None;
+            for p in t.participants.iter_mut() {
+                let r = async {
+                    for q in &head {
+                        p.conn.send_query(q).await?;
+                    }
+                    p.conn.flush().await?;
+                    let mut error = None;
+                    for _ in &head {
+                        if let Some(e) = executor::drain(&mut p.conn).await? {
+                            error.get_or_insert(e);
+                        }
+                    }
+                    Ok::<_, BackendError>(error)
+                }
+                .await;
+                match r {
+                    Ok(None) => {}
+                    Ok(Some(e)) => failed = failed.or(Some(Ok(e))),
+                    Err(e) => failed = failed.or(Some(Err(e))),
+                }
+            }
+            return match failed {
+                None => self.complete(tag).await,
+                Some(Ok(e)) => {
+                    self.write(&e.bytes).await?;
+                    self.fail();
+                    Ok(false)
+                }
+                Some(Err(e)) => self.error(e.into()).await,
+            };
+        }
         let set = format!("SET TRANSACTION {modes}");
         let targets: Vec<(ShardId, &str)> = shards.iter().map(|s| (*s, set.as_str())).collect();
-        let (ok, _) = self
+        // Their notices and errors reach the client; their tag is not ours.
+        let held = std::mem::replace(&mut self.hold_last, true);
+        let r = self
             .exec_in_block(&targets, Merge::Copies.into(), Writes::No)
-            .await?;
-        if ok {
-            self.complete(tag).await
-        } else {
-            Ok(false)
+            .await;
+        self.hold_last = held;
+        match r? {
+            (true, _) => self.complete(tag).await,
+            (false, last) => {
+                if let Some(e) = last {
+                    self.write(&e).await?;
+                }
+                Ok(false)
+            }
         }
     }
 

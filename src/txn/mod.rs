@@ -62,6 +62,16 @@ pub struct Participant {
     pub wrote: Writes,
 }
 
+impl crate::executor::Enlisted for Participant {
+    fn shard(&self) -> ShardId {
+        self.conn.shard
+    }
+
+    fn conn(&mut self) -> &mut crate::backend::ServerConn {
+        &mut self.conn
+    }
+}
+
 impl Participant {
     pub fn shard(&self) -> ShardId {
         self.conn.shard

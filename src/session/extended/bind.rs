@@ -26,12 +26,7 @@ impl Session {
         self.ext.depths.insert(b.portal.to_string(), depth);
         // Bind takes the transaction's snapshot when it has parameters to
         // read or the statement is not utility, as at Parse.
-        if !b.values.is_empty()
-            || matches!(
-                plan,
-                Ok(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. }) | Err(_)
-            )
-        {
+        if !b.values.is_empty() || stmt.snapshot {
             // (Fields, not `took_snapshot`: `stmt` still borrows the map.)
             match self.txn.as_mut() {
                 Some(t) => t.snapshot = true,

@@ -41,6 +41,8 @@ pub(super) struct ClientStmt {
     backend: String,
     /// It may change session settings unseen (`router::may_change_settings`).
     risky: bool,
+    /// Its analysis takes a snapshot (see [`analysis_takes_snapshot`]).
+    snapshot: bool,
 }
 
 enum PortalKind {
@@ -114,6 +116,27 @@ use crate::protocol::FLUSH;
 /// A batch this long runs before Flush/Sync arrives, bounding memory.
 const MAX_BATCH: usize = 1000;
 
+/// Whether analysing `sql` (at Parse, or at a Bind without parameters)
+/// takes a snapshot: PostgreSQL's `analyze_requires_snapshot`, true for
+/// plannable statements and those that contain one (`DECLARE`, `EXPLAIN`,
+/// `CREATE TABLE ... AS`), not for utility statements such as `SHOW`.
+pub(super) fn analysis_takes_snapshot(sql: &str) -> bool {
+    let words = router::leading_words(sql, 8);
+    match words.first().map(String::as_str) {
+        Some(
+            "select" | "insert" | "update" | "delete" | "merge" | "values" | "table" | "with"
+            | "declare" | "explain",
+        ) => true,
+        // `SELECT` in parentheses.
+        None => sql.trim_start().starts_with('('),
+        Some("create") => {
+            words.iter().any(|w| w == "table")
+                && router::leading_words(sql, 64).iter().any(|w| w == "as")
+        }
+        _ => false,
+    }
+}
+
 fn malformed(what: &str) -> Error {
     Error::Client(ClientError::Protocol(format!("malformed {what} message")))
 }
@@ -182,6 +205,7 @@ impl ClientStmt {
         ClientStmt {
             backend: backend_name(sql, &types),
             risky: router::may_change_settings(sql),
+            snapshot: analysis_takes_snapshot(sql),
             sql: sql.to_string(),
             types,
             described: None,
@@ -420,18 +444,14 @@ impl Session {
         let plan = self.shared.plan(sql).ok();
         // Parse analysis takes the transaction's snapshot for anything not
         // utility: the block's, or the segment's that a BEGIN would keep.
-        if matches!(
-            plan,
-            Some(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. })
-        ) {
+        let stmt = ClientStmt::new(sql, types);
+        if stmt.snapshot {
             self.took_snapshot();
         }
         if self.block == Block::Failed && self.aborted_block(plan.as_ref()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
-        self.ext
-            .stmts
-            .insert(name.to_string(), ClientStmt::new(sql, types));
+        self.ext.stmts.insert(name.to_string(), stmt);
         self.write(&message(b'1', |_| {})).await?;
         Ok(true)
     }

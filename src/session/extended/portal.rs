@@ -353,21 +353,17 @@ impl Session {
             Ok(x) => x,
             Err(e) => return Ok(self.error(e).await?),
         };
-        let r: Result<Frame, BackendError> = async {
+        let r = async {
             conn.send_extended(&describe).await?;
             conn.send_extended(&FLUSH).await?;
             conn.flush().await?;
-            loop {
-                let f = conn.read().await?;
-                if matches!(f.tag, b'T' | b'n' | b'E') {
-                    return Ok(f);
-                }
-            }
+            executor::read_until(&mut conn, b"TnE").await
         }
         .await;
         self.put_conn(slot, conn, Writes::No);
-        let f = match r {
-            Ok(f) => f,
+        let f = match r.map(|mut frames| frames.pop()) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?),
             Err(e) => return Ok(self.error(e.into()).await?),
         };
         let opts = crate::merge::RunOptions {
@@ -613,19 +609,11 @@ async fn describe_on(
         conn.send_extended(&FLUSH).await?;
     }
     conn.flush().await?;
-    let mut got = Vec::new();
-    loop {
-        let f = conn.read().await?;
-        match f.tag {
-            b'1' => {
-                conn.prepared.insert(backend.to_string());
-            }
-            b'Z' => return Ok(got),
-            b'T' | b'n' | b'E' if !sync => {
-                got.push(f);
-                return Ok(got);
-            }
-            _ => got.push(f),
-        }
+    let stop: &[u8] = if sync { b"Z" } else { b"TnE" };
+    let mut got = executor::read_until(conn, stop).await?;
+    if got.iter().any(|f| f.tag == b'1') {
+        conn.prepared.insert(backend.to_string());
     }
+    got.retain(|f| !matches!(f.tag, b'1' | b'Z'));
+    Ok(got)
 }

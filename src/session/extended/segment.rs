@@ -218,18 +218,13 @@ pub(super) async fn begin_in_segment(conn: &mut ServerConn, begin: &str) -> Resu
     }
     conn.send_extended(&FLUSH).await?;
     conn.flush().await?;
-    loop {
-        let f = conn.read().await?;
-        match f.tag {
-            b'3' => return Ok(()),
-            b'E' => {
-                return Err(Error::Backend(BackendError::Protocol {
-                    shard,
-                    message: "joining the transaction failed: the shard refused BEGIN".into(),
-                }))
-            }
-            _ => {}
-        }
+    let frames = executor::read_until(conn, b"3E").await?;
+    match frames.last().map(|f| f.tag) {
+        Some(b'3') => Ok(()),
+        _ => Err(Error::Backend(BackendError::Protocol {
+            shard,
+            message: "joining the transaction failed: the shard refused BEGIN".into(),
+        })),
     }
 }
 

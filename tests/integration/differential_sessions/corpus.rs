@@ -262,6 +262,20 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
             ]),
         ),
         (
+            "long form: a Parse and Bind of SHOW take no snapshot; a later BEGIN's level is no error",
+            Class::Mixed,
+            session(vec![
+                pipeline(vec![
+                    run("BEGIN", &[]),
+                    vec![parse("", "SHOW lock_timeout"), bind("", &[]), Msg::Sync],
+                ]),
+                q("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                q(&format!("UPDATE t SET b = b + 1 WHERE id = {a}")),
+                q("BEGIN ISOLATION LEVEL REPEATABLE READ; SHOW transaction_isolation"),
+                q("COMMIT"),
+            ]),
+        ),
+        (
             "case 5: pg_dump's set_config('search_path', '', false), then another client",
             Class::Simple,
             session(vec![q("SELECT pg_catalog.set_config('search_path', '', false)")]),
