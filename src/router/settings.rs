@@ -225,6 +225,15 @@ pub fn may_change_settings(sql: &str) -> bool {
     // Past the first word, only a call (`(`), or a quoted name or body that
     // does not end (`"`, `$`), can say yes.
     let more = b.iter().any(|c| matches!(c, b'(' | b'"' | b'$'));
+    if !more {
+        // Only the first word can tell; read it without allocating unless
+        // a comment comes first.
+        let t = sql.trim_start();
+        if !t.starts_with("--") && !t.starts_with("/*") {
+            let w = &t[..t.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(t.len())];
+            return w.eq_ignore_ascii_case("do") || w.eq_ignore_ascii_case("call");
+        }
+    }
     while i < b.len() {
         let c = b[i];
         if c.is_ascii_whitespace() {
@@ -419,6 +428,13 @@ mod tests {
             ("SELECT pg_advisory_lock(1)", true),
             ("WITH x AS (SELECT 1) SELECT * FROM x", false),
             ("SELECT * FROM t WHERE EXISTS (SELECT 1)", false),
+            // No call can follow: the first word decides.
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 7;", false),
+            ("do 'BEGIN PERFORM 1; END'", true),
+            ("  Call p", true),
+            ("-- a comment\nDO 'BEGIN PERFORM 1; END'", true),
+            ("/* x */ CALL p", true),
+            ("/* x */ SELECT 1", false),
         ] {
             assert_eq!(may_change_settings(sql), risky, "{sql}");
         }
