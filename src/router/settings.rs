@@ -230,7 +230,9 @@ pub fn may_change_settings(sql: &str) -> bool {
         // a comment comes first.
         let t = sql.trim_start();
         if !t.starts_with("--") && !t.starts_with("/*") {
-            let w = &t[..t.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(t.len())];
+            let w = &t[..t
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(t.len())];
             return w.eq_ignore_ascii_case("do") || w.eq_ignore_ascii_case("call");
         }
     }
@@ -429,7 +431,10 @@ mod tests {
             ("WITH x AS (SELECT 1) SELECT * FROM x", false),
             ("SELECT * FROM t WHERE EXISTS (SELECT 1)", false),
             // No call can follow: the first word decides.
-            ("SELECT abalance FROM pgbench_accounts WHERE aid = 7;", false),
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+                false,
+            ),
             ("do 'BEGIN PERFORM 1; END'", true),
             ("  Call p", true),
             ("-- a comment\nDO 'BEGIN PERFORM 1; END'", true),

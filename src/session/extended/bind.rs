@@ -37,7 +37,14 @@ impl Session {
         self.ext.buffered.remove(b.portal);
         let plan = match plan {
             Ok(p) => p,
-            Err(e) => return Ok(self.error(Error::Route(e)).await?),
+            Err(e) => {
+                if !b.portal.is_empty() {
+                    self.ext
+                        .portals
+                        .insert(b.portal.to_string(), PortalKind::Refused(e.clone()));
+                }
+                return Ok(self.error(Error::Route(e)).await?);
+            }
         };
         let n = self.shared.map().shards;
         let (shards, merge, write) = match plan {

@@ -63,6 +63,10 @@ enum PortalKind {
         /// The client's result format codes.
         formats: Vec<i16>,
     },
+    /// A statement the proxy refused at Bind. Its name stays taken until
+    /// the portal would have ended (PostgreSQL would have bound it); using
+    /// it repeats the refusal.
+    Refused(RouteError),
     /// Transaction control or a setting: run by the session, not a shard.
     /// (Describe answers NoData, even in a failed block.)
     Control {

@@ -109,6 +109,10 @@ impl Session {
             Some(_) if self.block == Block::Failed => {
                 return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
             }
+            Some(PortalKind::Refused(e)) => {
+                let e = Error::Route(e.clone());
+                return Ok(self.error(e).await?);
+            }
             Some(PortalKind::Single { shard, .. }) => *shard,
             Some(PortalKind::Multi { shards, .. }) => shards[0],
             Some(PortalKind::Merged {
@@ -162,6 +166,13 @@ impl Session {
             return self.serve_buffered(portal, max).await;
         }
         match kind {
+            PortalKind::Refused(_) if self.block == Block::Failed => {
+                Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?)
+            }
+            PortalKind::Refused(e) => {
+                let e = Error::Route(e.clone());
+                Ok(self.error(e).await?)
+            }
             PortalKind::Control { done: true, .. } => {
                 let e = Error::Name(NameError::PortalDone(portal.to_string()));
                 Ok(self.error(e).await?)
@@ -293,7 +304,7 @@ impl Session {
             let shards = match p {
                 PortalKind::Single { shard, .. } => vec![shard],
                 PortalKind::Multi { shards, .. } | PortalKind::Merged { shards, .. } => shards,
-                PortalKind::Control { .. } => vec![],
+                PortalKind::Control { .. } | PortalKind::Refused(_) => vec![],
             };
             self.ext.buffered.remove(name);
             let close = message(b'C', |b| {

@@ -276,6 +276,34 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
             ]),
         ),
         (
+            "long form: a portal name a refused Bind took is free again after Sync",
+            Class::Extended,
+            session(vec![
+                pipeline(vec![vec![
+                    parse("s1", REFUSED[0].0),
+                    Msg::Bind {
+                        portal: "p1".into(),
+                        stmt: "s1".into(),
+                        params: vec![],
+                    },
+                    Msg::Sync,
+                ]]),
+                pipeline(vec![vec![
+                    parse("s2", "SELECT id, b FROM t ORDER BY id"),
+                    Msg::Bind {
+                        portal: "p1".into(),
+                        stmt: "s2".into(),
+                        params: vec![],
+                    },
+                    Msg::Execute {
+                        portal: "p1".into(),
+                        max_rows: 0,
+                    },
+                    Msg::Sync,
+                ]]),
+            ]),
+        ),
+        (
             "case 5: pg_dump's set_config('search_path', '', false), then another client",
             Class::Simple,
             session(vec![q("SELECT pg_catalog.set_config('search_path', '', false)")]),

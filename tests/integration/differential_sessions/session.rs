@@ -7,8 +7,10 @@ use std::collections::HashMap;
 /// Statements Pieskieo refuses on purpose (README, "Supported and not"),
 /// each with the reason. PostgreSQL is sent [`TWIN`] in their place — an
 /// error with the same SQLSTATE (0A000) — and the query or Sync segment that
-/// holds one is compared by state only: its ReadyForQuery status byte and
-/// whether it failed; everything after it, and the tables, exactly.
+/// holds one is compared by state only: the ReadyForQuery status byte it
+/// ends in (not where its error came: the proxy refuses at Bind, the twin
+/// fails at Execute); everything after it, and the tables, exactly. A Bind
+/// that reuses the name of a refused portal counts as holding one.
 pub(super) const REFUSED: &[(&str, &str)] = &[
     (
         "SELECT id, sum(b) OVER () FROM t",
@@ -274,8 +276,12 @@ impl Session {
                             }
                             Msg::Bind { portal, stmt, .. } => {
                                 let r = stmts.get(stmt).copied().unwrap_or(false);
-                                portals.insert(portal.clone(), r);
-                                touched |= r;
+                                // Rebinding a name a refused statement had:
+                                // whether it still exists depends on where
+                                // the proxy refused (Bind) and the stand-in
+                                // failed (Execute).
+                                let had = portals.insert(portal.clone(), r).unwrap_or(false);
+                                touched |= r || had;
                             }
                             Msg::Describe { portal: true, name }
                             | Msg::Execute { portal: name, .. } => {
