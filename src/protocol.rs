@@ -180,8 +180,9 @@ pub fn error_response(
     })
 }
 
-pub fn ready_for_query(status: u8) -> Bytes {
-    message(b'Z', |b| b.put_u8(status))
+/// ReadyForQuery: six bytes, built without allocating (one per statement).
+pub fn ready_for_query(status: u8) -> [u8; 6] {
+    [b'Z', 0, 0, 0, 5, status]
 }
 
 pub fn command_complete(tag: &str) -> Bytes {

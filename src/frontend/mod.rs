@@ -424,6 +424,7 @@ async fn negotiate(
 
 async fn handle_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     stream.set_nodelay(true).ok();
+    let watch = watch_handle(&stream);
     let limit = std::time::Duration::from_millis(shared.config().limits.startup_timeout_ms);
     let (reader, mut writer, startup) =
         match tokio::time::timeout(limit, negotiate(stream, &shared)).await {
@@ -456,8 +457,18 @@ async fn handle_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     }
     let pid = shared.next_pid.fetch_add(1, Ordering::Relaxed);
     Stats::bump(&shared.stats.clients_total, 1);
-    crate::session::run(reader, writer, peer, params, pid, shared.clone()).await;
+    crate::session::run(reader, writer, watch, peer, params, pid, shared.clone()).await;
     shared.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A second handle on the client's socket (a duplicated descriptor), for
+/// the session to watch for end of file while a statement runs; taken
+/// before TLS wraps the stream. None if the descriptor cannot be
+/// duplicated (the session then does without the watch).
+fn watch_handle(stream: &TcpStream) -> Option<TcpStream> {
+    use std::os::fd::AsFd;
+    let fd = stream.as_fd().try_clone_to_owned().ok()?;
+    TcpStream::from_std(std::net::TcpStream::from(fd)).ok()
 }
 
 /// Sends a FATAL error before closing a connection that never became a session.

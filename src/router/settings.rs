@@ -228,12 +228,18 @@ pub fn may_change_settings(sql: &str) -> bool {
     if !more {
         // Only the first word can tell; read it without allocating unless
         // a comment comes first.
-        let t = sql.trim_start();
-        if !t.starts_with("--") && !t.starts_with("/*") {
-            let w = &t[..t
-                .find(|c: char| !c.is_ascii_alphabetic())
-                .unwrap_or(t.len())];
-            return w.eq_ignore_ascii_case("do") || w.eq_ignore_ascii_case("call");
+        let start = b
+            .iter()
+            .position(|c| !c.is_ascii_whitespace())
+            .unwrap_or(b.len());
+        let t = &b[start..];
+        if !t.starts_with(b"--") && !t.starts_with(b"/*") {
+            let end = t
+                .iter()
+                .position(|c| !c.is_ascii_alphabetic())
+                .unwrap_or(t.len());
+            let w = &t[..end];
+            return w.eq_ignore_ascii_case(b"do") || w.eq_ignore_ascii_case(b"call");
         }
     }
     while i < b.len() {

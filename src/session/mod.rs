@@ -144,9 +144,11 @@ enum Flow {
 
 struct Session {
     shared: Arc<Shared>,
-    /// The client's messages, read by a task of their own (`reader.rs`) so
-    /// that a client who vanishes is noticed while a statement runs.
-    reader: Option<BufReader<ClientRead>>,
+    /// The client's messages (`reader.rs`), once authentication is done.
+    frames: Option<reader::Frames>,
+    /// A second handle on the client's socket, watched for end of file
+    /// while a statement runs (`reader::vanished`).
+    watch: Option<tokio::net::TcpStream>,
     out: BufWriter<ClientWrite>,
     peer: SocketAddr,
     user: String,
@@ -291,11 +293,7 @@ impl Session {
     }
 
     async fn serve(&mut self) {
-        let max = self.shared.config().limits.max_message_size;
-        let Some(reader) = self.reader.take() else {
-            return;
-        };
-        let (mut frames, gone) = reader::spawn(reader, max);
+        let watch = self.watch.take();
         let mut shutdown = self.shared.shutdown.clone();
         let mut watching = true;
         loop {
@@ -319,8 +317,13 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
+            // Reading is cancel-safe: a message half read when another
+            // branch wins stays buffered for the next turn.
+            // Biased: the branches are tried in order (no random draw per
+            // message); a shutdown or an idle timeout waits for no message.
             let read = tokio::select! {
-                r = frames.recv() => r.unwrap_or(Err(FrameError::Closed)),
+                biased;
+                r = reader::next(&mut self.frames) => r,
                 changed = shutdown.changed(), if watching => {
                     watching = changed.is_ok();
                     continue;
@@ -346,10 +349,11 @@ impl Session {
             // While the shards work, the client may vanish: then what runs
             // for it is dropped (its connections cancel and close) and the
             // block rolls back in `cleanup`.
-            let mut watch = gone.clone();
+            let quiet = self.frames.as_ref().is_some_and(|f| f.quiet());
             let flow = tokio::select! {
+                biased;
                 flow = self.handle(f) => flow,
-                _ = reader::vanished(&mut watch) => {
+                _ = reader::vanished(watch.as_ref(), quiet) => {
                     warn!(peer = %self.peer, user = %self.user, "client vanished while its statement ran: cancelled");
                     return;
                 }

