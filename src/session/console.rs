@@ -22,7 +22,9 @@ pub(super) async fn admin_console(
         hello.push(protocol::parameter_status(k, v));
     }
     hello.push(protocol::backend_key_data(pid, 0));
-    hello.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(b'I')));
+    hello.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(
+        b'I',
+    )));
     for m in hello {
         if out.write_all(&m).await.is_err() {
             return;
@@ -65,10 +67,14 @@ pub(super) async fn admin_console(
                     ));
                     break;
                 }
-                replies.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(b'I')));
+                replies.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(
+                    b'I',
+                )));
             }
             b'X' => return,
-            b'S' => replies.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(b'I'))),
+            b'S' => replies.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(
+                b'I',
+            ))),
             _ => {
                 let e = Error::Unsupported(
                     "the admin console speaks the simple query protocol only".into(),

@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 use crate::frontend::ClientRead;
 use crate::protocol::{Frame, FrameError, FrameReader};
 
+/// How long a statement runs before the client's socket is watched.
+const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The client's messages in order.
 pub(super) struct Frames {
     inner: FrameReader<BufReader<ClientRead>>,
@@ -56,6 +59,9 @@ pub(super) async fn vanished(watch: Option<&TcpStream>, quiet: bool) {
     let (Some(sock), true) = (watch, quiet) else {
         return std::future::pending().await;
     };
+    // Not for statements that end sooner: a peek is a system call, a timer
+    // is not.
+    tokio::time::sleep(WATCH_AFTER).await;
     let mut probe = [0u8; 1];
     match sock.peek(&mut probe).await {
         Ok(0) | Err(_) => {}
