@@ -3,6 +3,8 @@
 
 mod cache;
 mod classify;
+mod copy;
+mod copy_rows;
 mod hash;
 mod key;
 mod keyed;
@@ -18,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use cache::PlanCache;
+pub use copy::{CopyFormat, CopyIn, CopyOptions, CopyOut, CopyPlacement, Header};
+pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
 pub use keyed::KeyedPlan;
@@ -146,6 +150,11 @@ pub enum Plan {
     Split {
         parts: Vec<SplitPart>,
     },
+    /// `COPY ... FROM STDIN`: the client's rows go to the shards of their
+    /// keys (or every shard, or the default shard), one COPY per shard.
+    CopyIn(CopyIn),
+    /// `COPY ... TO STDOUT` several shards answer: their rows concatenated.
+    CopyOut(CopyOut),
     Begin,
     Commit,
     Rollback,
@@ -278,6 +287,15 @@ impl TableRule {
             Mapping::List(map) => map.get(key).copied(),
         }
     }
+
+    /// [`TableRule::shard_for`], or the error a row with no shard gets.
+    pub fn place(&self, key: &KeyValue, shards: u32) -> Result<ShardId, RouteError> {
+        self.shard_for(key, shards)
+            .ok_or_else(|| RouteError::NoShard {
+                table: self.name.clone(),
+                key: key.to_string(),
+            })
+    }
 }
 
 /// The routing view of the configuration.
@@ -371,6 +389,9 @@ pub fn plan_bound(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, R
     }
     if let Some(p) = classify::lexical(sql)? {
         return Ok(p);
+    }
+    if leading_words(sql, 1).first().map(String::as_str) == Some("copy") {
+        return copy::plan(sql, map);
     }
     classify::parsed(sql, map, params)
 }

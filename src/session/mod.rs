@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 mod block;
 mod console;
+mod copy;
 mod dispatch;
 mod extended;
 mod state;
@@ -147,6 +148,9 @@ struct Session {
     /// The client's messages, read by a task of their own (`reader.rs`) so
     /// that a client who vanishes is noticed while a statement runs.
     reader: Option<BufReader<ClientRead>>,
+    /// The client's messages once `serve` started reading them (COPY IN
+    /// reads its data from here while its statement runs).
+    frames: Option<reader::Frames>,
     out: BufWriter<ClientWrite>,
     peer: SocketAddr,
     user: String,
@@ -295,7 +299,8 @@ impl Session {
         let Some(reader) = self.reader.take() else {
             return;
         };
-        let (mut frames, gone) = reader::spawn(reader, max);
+        let (frames, gone) = reader::spawn(reader, max);
+        self.frames = Some(frames);
         let mut shutdown = self.shared.shutdown.clone();
         let mut watching = true;
         loop {
@@ -320,7 +325,7 @@ impl Session {
                 }
             };
             let read = tokio::select! {
-                r = frames.recv() => r.unwrap_or(Err(FrameError::Closed)),
+                r = reader::next(&mut self.frames) => r,
                 changed = shutdown.changed(), if watching => {
                     watching = changed.is_ok();
                     continue;
@@ -590,6 +595,8 @@ impl Session {
                 self.write_across(&targets, Merge::Copies, Writes::Yes)
                     .await
             }
+            Plan::CopyIn(copy) => self.copy_in(stmt, copy).await,
+            Plan::CopyOut(copy) => self.copy_out(copy).await,
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,

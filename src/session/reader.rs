@@ -12,6 +12,17 @@ use crate::protocol::{read_frame, Frame, FrameError};
 /// message allowed, so a client cannot make the proxy hold much.
 const AHEAD: usize = 4;
 
+/// The client's messages in order, or the error that ended reading.
+pub(super) type Frames = mpsc::Receiver<Result<Frame, FrameError>>;
+
+/// The next client message (`Closed` once there are no more).
+pub(super) async fn next(frames: &mut Option<Frames>) -> Result<Frame, FrameError> {
+    match frames {
+        Some(f) => f.recv().await.unwrap_or(Err(FrameError::Closed)),
+        None => Err(FrameError::Closed),
+    }
+}
+
 /// Starts reading `reader`: frames (or the error that ended reading) in
 /// order, and a flag that turns true when the client is gone (end of file or
 /// a broken socket without Terminate; not a malformed message, which the
@@ -19,10 +30,7 @@ const AHEAD: usize = 4;
 pub(super) fn spawn(
     mut reader: BufReader<ClientRead>,
     max: usize,
-) -> (
-    mpsc::Receiver<Result<Frame, FrameError>>,
-    watch::Receiver<bool>,
-) {
+) -> (Frames, watch::Receiver<bool>) {
     let (tx, rx) = mpsc::channel(AHEAD);
     let (gone_tx, gone) = watch::channel(false);
     tokio::spawn(async move {

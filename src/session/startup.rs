@@ -111,6 +111,7 @@ pub(crate) async fn run(
     let mut s = Session {
         shared,
         reader: Some(reader),
+        frames: None,
         out,
         peer,
         user,

@@ -516,12 +516,7 @@ pub(super) fn route_insert(
                 ))
             }
         };
-        let shard = rule
-            .shard_for(&key, map.shards)
-            .ok_or_else(|| RouteError::NoShard {
-                table: rule.name.clone(),
-                key: key.to_string(),
-            })?;
+        let shard = rule.place(&key, map.shards)?;
         groups.entry(shard).or_default().push(i);
     }
     if groups.len() == 1 {

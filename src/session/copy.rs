@@ -1,0 +1,543 @@
+//! `COPY ... FROM STDIN` and `COPY ... TO STDOUT` across shards.
+//!
+//! COPY IN runs in a block — the client's, or one the proxy opens for it
+//! (committed like any multi-shard write: two-phase when several shards got
+//! rows) — with one COPY per shard started before the client is asked for
+//! data. The client's CopyData is read as it comes, cut into rows
+//! (`router::RowRouter`), and each row is queued for its shard; a shard's
+//! queue goes out at [`FLUSH_AT`] bytes. Memory per COPY: one unfinished
+//! row, one queue per shard and a ring of recent line numbers per shard.
+//! Any error — a bad row, CopyFail, a shard's error, a lost shard — ends
+//! the COPY on every shard and fails the block, so nothing commits.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::router::{CopyIn, CopyPlacement, Dest, RowError, RowRouter};
+
+/// A shard's queued rows go out once they reach this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Line numbers of the last rows sent to each shard: a shard's error names
+/// its own line; this maps it back to the client's.
+const LINE_RING: usize = 1 << 16;
+
+/// Why a COPY IN stream ended.
+enum Ending {
+    /// CopyDone, and every row was routed.
+    Done,
+    /// The client sent CopyFail with this message.
+    ClientFailed(String),
+    /// The proxy refuses a row, or the client broke the protocol; the
+    /// ErrorResponse to give.
+    Refused(Bytes),
+    /// A shard ended its COPY with this error.
+    ShardFailed(Bytes),
+    /// The client is gone.
+    Vanished,
+}
+
+/// One shard's part of a COPY IN.
+struct Feed {
+    shard: ShardId,
+    /// Index of its participant.
+    part: usize,
+    queue: BytesMut,
+    /// Rows (header included) sent, and the client line of the latest ones.
+    sent: u64,
+    lines: VecDeque<u64>,
+    /// The shard is in copy-in mode (it owes the COPY's answer).
+    copying: bool,
+    /// Data rows routed here (not the header).
+    rows: u64,
+}
+
+impl Feed {
+    fn push(&mut self, row: &[u8], line: u64) {
+        self.queue.extend_from_slice(row);
+        self.sent += 1;
+        if self.lines.len() == LINE_RING {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+    }
+
+    /// The client's line for the shard's line `n` (1-based), if still known.
+    fn client_line(&self, n: u64) -> Option<u64> {
+        let first = self.sent - self.lines.len() as u64 + 1;
+        (n >= first && n <= self.sent)
+            .then(|| self.lines.get((n - first) as usize).copied())
+            .flatten()
+    }
+}
+
+/// `... line N...` in a CONTEXT, with N mapped by `f`.
+fn remap_line(context: &str, f: impl Fn(u64) -> Option<u64>) -> Option<String> {
+    let at = context.find(", line ")? + ", line ".len();
+    let digits = context[at..].bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = context[at..at + digits].parse().ok()?;
+    let mapped = f(n)?;
+    Some(format!("{}{mapped}{}", &context[..at], &context[at + digits..]))
+}
+
+impl Session {
+    /// `COPY ... FROM STDIN`: in the client's block, or in one of its own.
+    pub(super) async fn copy_in(&mut self, stmt: &str, copy: CopyIn) -> std::io::Result<bool> {
+        let map = self.shared.map();
+        let shards: Vec<ShardId> = match copy.placement {
+            CopyPlacement::Sharded | CopyPlacement::Reference => {
+                (0..map.shards).map(ShardId).collect()
+            }
+            CopyPlacement::Unsharded => vec![map.default_shard],
+        };
+        if self.txn().is_some() {
+            let (ok, last) = self.copy_in_block(stmt, &copy, &shards).await?;
+            self.close_statement(last).await?;
+            return Ok(ok);
+        }
+        self.transition(Event::StartImplicit, None);
+        let (ok, last) = self.copy_in_block(stmt, &copy, &shards).await?;
+        self.finish_implicit(ok, last).await
+    }
+
+    /// Runs the COPY on `shards` inside the block. Returns success and the
+    /// closing message (the summed `COPY n`, or the error).
+    async fn copy_in_block(
+        &mut self,
+        stmt: &str,
+        copy: &CopyIn,
+        shards: &[ShardId],
+    ) -> std::io::Result<(bool, Option<Bytes>)> {
+        let missing: Vec<ShardId> = match self.txn() {
+            Some(t) => shards.iter().copied().filter(|s| !t.has(*s)).collect(),
+            None => return Ok((false, None)),
+        };
+        let mut joined = Vec::new();
+        for s in &missing {
+            match self.checkout(*s).await {
+                Ok(conn) => joined.push(Participant {
+                    conn,
+                    wrote: Writes::No,
+                }),
+                Err(e) => return Ok((self.error(e).await?, None)),
+            }
+        }
+        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
+        let Some(t) = self.txn() else {
+            return Ok((false, None));
+        };
+        t.participants.extend(joined);
+        t.snapshot = true;
+        let mut head = vec![t.begin_sql(detecting)];
+        head.extend(t.prelude.iter().cloned());
+        let mut parts = std::mem::take(&mut t.participants);
+        let r = self
+            .copy_in_parts(stmt, copy, shards, &missing, &head, &mut parts)
+            .await;
+        if let Some(t) = self.txn() {
+            t.participants = parts;
+        }
+        match r {
+            Ok(Ok(tag)) => Ok((true, Some(tag))),
+            Ok(Err(error)) => {
+                self.fail();
+                Ok((false, Some(error)))
+            }
+            Err(ExecError::Backend(e)) => Ok((self.error(e.into()).await?, None)),
+            Err(ExecError::Client(e)) => Err(e),
+        }
+    }
+
+    /// Starts the COPY on every shard, streams the client's rows, and ends
+    /// it. `Ok(Err(e))`: it failed with `e` and no shard is left copying.
+    async fn copy_in_parts(
+        &mut self,
+        stmt: &str,
+        copy: &CopyIn,
+        shards: &[ShardId],
+        fresh: &[ShardId],
+        head: &[String],
+        parts: &mut [Participant],
+    ) -> Result<Result<Bytes, Bytes>, ExecError> {
+        let sharded = copy.placement == CopyPlacement::Sharded;
+        let catalog = (sharded && copy.columns.is_none()).then(|| {
+            format!(
+                "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = {}::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+                quote_literal(&copy.relation)
+            )
+        });
+        let mut feeds = Vec::with_capacity(shards.len());
+        for (i, s) in shards.iter().enumerate() {
+            let Some(part) = parts.iter().position(|p| p.shard() == *s) else {
+                continue;
+            };
+            feeds.push(Feed {
+                shard: *s,
+                part,
+                queue: BytesMut::new(),
+                sent: 0,
+                lines: VecDeque::new(),
+                copying: false,
+                rows: 0,
+            });
+            let conn = &mut parts[part].conn;
+            if fresh.contains(s) {
+                for q in head {
+                    conn.send_query(q).await?;
+                }
+            }
+            if let (0, Some(q)) = (i, &catalog) {
+                conn.send_query(q).await?;
+            }
+            conn.send_query(stmt).await?;
+            conn.flush().await?;
+        }
+        // Each shard's answers up to its CopyInResponse.
+        let mut first_error: Option<Bytes> = None;
+        let mut columns = copy.columns.clone();
+        let mut copy_in_response = None;
+        for (i, feed) in feeds.iter_mut().enumerate() {
+            let conn = &mut parts[feed.part].conn;
+            if fresh.contains(&feed.shard) {
+                for _ in head {
+                    if let Some(e) = executor::drain(conn).await? {
+                        first_error.get_or_insert(e.bytes);
+                    }
+                }
+            }
+            if let (0, Some(_)) = (i, &catalog) {
+                match read_rows(conn).await? {
+                    Ok(rows) => {
+                        columns = Some(
+                            ServerConn::text_values(&rows)
+                                .into_iter()
+                                .filter_map(|r| r.into_iter().next().flatten())
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                                .collect(),
+                        )
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e.bytes);
+                    }
+                }
+            }
+            loop {
+                let f = conn.read().await?;
+                match f.tag {
+                    b'G' => {
+                        feed.copying = true;
+                        copy_in_response.get_or_insert(f.bytes);
+                        break;
+                    }
+                    b'E' => {
+                        first_error.get_or_insert(f.bytes);
+                    }
+                    b'Z' => break,
+                    b'N' => self.out.write_all(&f.bytes).await.map_err(ExecError::Client)?,
+                    _ => {}
+                }
+            }
+        }
+        let mut router = None;
+        if first_error.is_none() && sharded {
+            let map = self.shared.map();
+            let rule = map.tables.get(&copy.table).cloned();
+            let max = self.shared.config().limits.max_message_size;
+            match (rule, columns) {
+                (Some(rule), Some(cols)) => {
+                    match RowRouter::new(copy.options.clone(), rule, &map, cols, max) {
+                        Ok(r) => router = Some(r),
+                        Err(e) => first_error = Some(route_error(&e)),
+                    }
+                }
+                _ => first_error = Some(route_error(&RouteError::Unsupported(format!(
+                    "the columns of \"{}\" could not be read", copy.table
+                )))),
+            }
+        }
+        let response = match (first_error, copy_in_response) {
+            (None, Some(g)) => g,
+            (e, _) => {
+                let e = e.unwrap_or_else(|| {
+                    route_error(&RouteError::Unsupported("a shard did not start the COPY".into()))
+                });
+                end_all(parts, &mut feeds, "COPY refused on another shard").await;
+                return Ok(Err(e));
+            }
+        };
+        self.out
+            .write_all(&response)
+            .await
+            .map_err(ExecError::Client)?;
+        self.out.flush().await.map_err(ExecError::Client)?;
+
+        let ending = self.stream_rows(parts, &mut feeds, router.as_mut()).await?;
+        match ending {
+            Ending::Done => {}
+            Ending::Vanished => {
+                end_all(parts, &mut feeds, "the client disconnected").await;
+                return Err(ExecError::Client(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "client vanished during COPY",
+                )));
+            }
+            Ending::ClientFailed(message) => {
+                let e = fail_all(parts, &mut feeds, &message).await;
+                return Ok(Err(e.unwrap_or_else(|| {
+                    protocol::error_response(
+                        Severity::Error,
+                        crate::error::SqlState::QUERY_CANCELED,
+                        &format!("COPY from stdin failed: {message}"),
+                        None,
+                    )
+                })));
+            }
+            Ending::Refused(e) | Ending::ShardFailed(e) => {
+                end_all(parts, &mut feeds, "COPY failed on another shard").await;
+                return Ok(Err(e));
+            }
+        }
+        // CopyDone everywhere, then each shard's count.
+        for f in feeds.iter_mut() {
+            let conn = &mut parts[f.part].conn;
+            if !f.queue.is_empty() {
+                conn.send_copy_data(&f.queue).await?;
+                f.queue.clear();
+            }
+            conn.send_copy_done().await?;
+            conn.flush().await?;
+        }
+        let mut total = 0u64;
+        let mut error = None;
+        for (i, f) in feeds.iter_mut().enumerate() {
+            let p = &mut parts[f.part];
+            loop {
+                let fr = p.conn.read().await?;
+                match fr.tag {
+                    b'C' => {
+                        let tag = protocol::take_cstr(fr.body()).map(|t| t.0).unwrap_or_default();
+                        if let Some((_, n)) = protocol::tag_rows(tag) {
+                            if sharded || i == 0 {
+                                total += n;
+                            }
+                        }
+                    }
+                    b'E' => {
+                        error.get_or_insert_with(|| f.remap(&fr.bytes));
+                    }
+                    b'N' if i == 0 => {
+                        self.out.write_all(&fr.bytes).await.map_err(ExecError::Client)?
+                    }
+                    b'Z' => break,
+                    _ => {}
+                }
+            }
+            f.copying = false;
+            // A shard that got no rows may still have written (statement
+            // triggers): the coordinator asks it.
+            p.wrote |= if f.rows > 0 || !sharded {
+                Writes::Yes
+            } else {
+                Writes::Maybe
+            };
+        }
+        Ok(match error {
+            Some(e) => Err(e),
+            None => Ok(protocol::command_complete(&format!("COPY {total}"))),
+        })
+    }
+
+    /// Reads the client's CopyData until CopyDone or an error, routing rows
+    /// to their shards' queues (all of it to every shard without a router).
+    async fn stream_rows(
+        &mut self,
+        parts: &mut [Participant],
+        feeds: &mut [Feed],
+        mut router: Option<&mut RowRouter>,
+    ) -> Result<Ending, ExecError> {
+        loop {
+            let Some(frames) = self.frames.as_mut() else {
+                return Ok(Ending::Vanished);
+            };
+            let f = match frames.recv().await {
+                Some(Ok(f)) => f,
+                Some(Err(_)) | None => return Ok(Ending::Vanished),
+            };
+            let routed = match f.tag {
+                b'd' => {
+                    let data = f.body();
+                    match router.as_deref_mut() {
+                        Some(r) => route_rows(r, feeds, data, false),
+                        None => {
+                            for feed in feeds.iter_mut() {
+                                feed.queue.extend_from_slice(data);
+                            }
+                            Ok(())
+                        }
+                    }
+                }
+                b'c' => match router.as_deref_mut() {
+                    Some(r) => match route_rows(r, feeds, &[], true) {
+                        Ok(()) => return Ok(Ending::Done),
+                        Err(e) => Err(e),
+                    },
+                    None => return Ok(Ending::Done),
+                },
+                b'f' => {
+                    let body = f.body();
+                    let msg = protocol::take_cstr(body).map(|m| m.0).unwrap_or_default();
+                    return Ok(Ending::ClientFailed(msg.to_string()));
+                }
+                // PostgreSQL ignores these during COPY, for client libraries
+                // that send them without noticing the statement was COPY.
+                b'H' | b'S' => Ok(()),
+                b'X' => return Ok(Ending::Vanished),
+                other => {
+                    return Ok(Ending::Refused(protocol::error_response(
+                        Severity::Error,
+                        crate::error::SqlState::PROTOCOL_VIOLATION,
+                        &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                        None,
+                    )))
+                }
+            };
+            if let Err(e) = routed {
+                return Ok(Ending::Refused(protocol::error_with_context(
+                    e.sqlstate,
+                    &e.message,
+                    &e.context,
+                )));
+            }
+            for feed in feeds.iter_mut() {
+                if feed.queue.len() < FLUSH_AT {
+                    continue;
+                }
+                let conn = &mut parts[feed.part].conn;
+                conn.send_copy_data(&feed.queue).await?;
+                conn.flush().await?;
+                feed.queue.clear();
+                // A shard that stopped the COPY (a bad value, a constraint)
+                // answers at once: stop there, as PostgreSQL would.
+                while conn.has_unread() {
+                    let fr = conn.read().await?;
+                    match fr.tag {
+                        b'N' => self.out.write_all(&fr.bytes).await.map_err(ExecError::Client)?,
+                        b'E' => {
+                            let e = feed.remap(&fr.bytes);
+                            // The rest of its answer: ReadyForQuery.
+                            executor::drain(conn).await?;
+                            feed.copying = false;
+                            return Ok(Ending::ShardFailed(e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Feed {
+    /// A shard's COPY error with its line number turned into the client's.
+    fn remap(&self, error: &[u8]) -> Bytes {
+        protocol::map_error_context(error, |ctx| remap_line(ctx, |n| self.client_line(n)))
+            .unwrap_or_else(|| Bytes::copy_from_slice(error))
+    }
+}
+
+/// Routes one CopyData payload (or, with `end`, the end of the stream).
+fn route_rows(
+    r: &mut RowRouter,
+    feeds: &mut [Feed],
+    data: &[u8],
+    end: bool,
+) -> Result<(), RowError> {
+    let mut sink = |dest: Dest, line: u64, row: &[u8]| match dest {
+        Dest::All => {
+            for f in feeds.iter_mut() {
+                f.push(row, line);
+            }
+        }
+        Dest::Shard(s) => {
+            if let Some(f) = feeds.iter_mut().find(|f| f.shard == s) {
+                f.push(row, line);
+                f.rows += 1;
+            }
+        }
+    };
+    if end {
+        r.finish(&mut sink)
+    } else {
+        r.feed(data, &mut sink)
+    }
+}
+
+/// The rows of one query's answer, or the error it ended with.
+async fn read_rows(c: &mut ServerConn) -> Result<Result<Vec<Frame>, Frame>, BackendError> {
+    let mut rows = Vec::new();
+    let mut err = None;
+    loop {
+        let f = c.read().await?;
+        match f.tag {
+            b'Z' => break,
+            b'E' => err = Some(f),
+            b'D' => rows.push(f),
+            _ => {}
+        }
+    }
+    Ok(match err {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    })
+}
+
+fn route_error(e: &RouteError) -> Bytes {
+    protocol::error_response(Severity::Error, e.sqlstate(), &e.to_string(), None)
+}
+
+/// Ends the COPY on every shard still copying (CopyFail), reading each
+/// one's answer; returns the first shard's error.
+async fn fail_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) -> Option<Bytes> {
+    let mut first = None;
+    for f in feeds.iter_mut().filter(|f| f.copying) {
+        let conn = &mut parts[f.part].conn;
+        let sent = async {
+            conn.send_copy_fail(message).await?;
+            conn.flush().await
+        }
+        .await;
+        if sent.is_err() {
+            conn.mark_broken();
+        }
+    }
+    for f in feeds.iter_mut().filter(|f| f.copying) {
+        let conn = &mut parts[f.part].conn;
+        match executor::drain(conn).await {
+            Ok(e) => {
+                if let (None, Some(e)) = (&first, e) {
+                    first = Some(e.bytes);
+                }
+            }
+            Err(_) => conn.mark_broken(),
+        }
+        f.copying = false;
+    }
+    first
+}
+
+/// [`fail_all`] when the error to report is another one.
+async fn end_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) {
+    let _ = fail_all(parts, feeds, message).await;
+}
+
+impl Session {
+    /// `COPY ... TO STDOUT` that several shards answer: one CopyOutResponse,
+    /// every shard's rows in turn (one header), one CopyDone, the counts summed.
+    pub(super) async fn copy_out(&mut self, copy: crate::router::CopyOut) -> std::io::Result<bool> {
+        let _ = copy;
+        self.error(Error::Unsupported("COPY TO STDOUT of a sharded table is not supported yet".into()))
+            .await
+    }
+}

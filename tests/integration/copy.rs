@@ -1,0 +1,376 @@
+//! COPY through the proxy with real clients (psql, pgbench, a raw protocol
+//! client): rows land on their keys' shards, bad input commits nothing
+//! anywhere and gets the error one plain PostgreSQL gives, and the stream
+//! is never held whole.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use pieskieo::router::KeyValue;
+
+use crate::harness::{exec, field, prepared, value, Cluster, RawClient, Servers};
+
+const ACCOUNTS: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0), note text)";
+
+/// Runs psql with `stdin` as its input; returns (ok, stdout, stderr).
+fn psql_with(url: &str, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    let mut child = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql is installed (apt-get install -y postgresql-client)");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `n` rows `id<TAB>balance<TAB>note` with ids 1..=n.
+fn text_rows(n: i64) -> String {
+    (1..=n)
+        .map(|i| format!("{i}\t{}\tnote \\\\ {i}\\ttab\n", i * 10))
+        .collect()
+}
+
+/// Rows of `accounts` on each shard, read on the shard itself.
+async fn per_shard(c: &Cluster, table: &str) -> Vec<i64> {
+    let mut v = Vec::new();
+    for i in 0..c.shards.servers.len() {
+        let s = c.shard(i).await;
+        v.push(value(&s, &format!("SELECT count(*) FROM {table}")).await.parse().unwrap());
+    }
+    v
+}
+
+/// Every id on every shard belongs there.
+async fn check_placement(c: &Cluster, table: &str) {
+    for i in 0..c.shards.servers.len() {
+        let s = c.shard(i).await;
+        for row in s.simple_query(&format!("SELECT id FROM {table}")).await.unwrap() {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
+                let id: i64 = r.get(0).unwrap().parse().unwrap();
+                assert_eq!(c.shard_of(table, KeyValue::Int(id)), i, "id {id} on shard {i}");
+            }
+        }
+    }
+}
+
+async fn no_prepared(c: &Cluster) {
+    for i in 0..c.shards.servers.len() {
+        assert_eq!(prepared(&c.shard(i).await).await, 0, "shard {i}");
+    }
+}
+
+/// Sends a COPY and its data in `step`-byte CopyData pieces; returns the reply.
+async fn raw_copy(raw: &mut RawClient, sql: &str, data: &[u8], step: usize) -> crate::harness::Reply {
+    let mut b = sql.as_bytes().to_vec();
+    b.push(0);
+    raw.send(b'Q', &b).await;
+    let (t, body) = raw.read().await;
+    if t != b'G' {
+        let mut rest = raw.until_ready().await;
+        rest.messages.insert(0, (t, body));
+        return rest;
+    }
+    for piece in data.chunks(step) {
+        raw.send(b'd', piece).await;
+    }
+    raw.send(b'c', &[]).await;
+    raw.until_ready().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_lands_every_row_on_its_shard_in_any_pieces() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    let data = text_rows(3000);
+    let mut raw = RawClient::connect(c.port()).await;
+    // 7-byte pieces: nearly every row straddles CopyData messages.
+    let r = raw_copy(&mut raw, "COPY accounts FROM STDIN", data.as_bytes(), 7).await;
+    assert_eq!(r.tags(), ["COPY 3000"], "{:?}", r.error_codes());
+    assert_eq!(r.status, b'I');
+    let counts = per_shard(&c, "accounts").await;
+    assert_eq!(counts.iter().sum::<i64>(), 3000);
+    assert!(counts.iter().all(|n| *n > 800), "{counts:?}");
+    check_placement(&c, "accounts").await;
+    // Values arrive exactly (escapes decoded by the shard).
+    assert_eq!(
+        value(&client, "SELECT note FROM accounts WHERE id = 42").await,
+        "note \\ 42\ttab"
+    );
+    assert_eq!(value(&client, "SELECT sum(balance) FROM accounts").await, "45015000");
+    no_prepared(&c).await;
+
+    // CSV with a header, a column list in another order, quotes and embedded newlines.
+    exec(&client, "TRUNCATE accounts").await;
+    let mut csv = String::from("note,balance,id\r\n");
+    for i in 1..=500 {
+        csv.push_str(&format!("\"line one\nline \"\"two\"\", {i}\",{i},{i}\r\n"));
+    }
+    let r = raw_copy(
+        &mut raw,
+        "COPY accounts (note, balance, id) FROM STDIN WITH (FORMAT csv, HEADER true)",
+        csv.as_bytes(),
+        13,
+    )
+    .await;
+    assert_eq!(r.tags(), ["COPY 500"], "{:?}", r.messages);
+    check_placement(&c, "accounts").await;
+    assert_eq!(
+        value(&client, "SELECT note FROM accounts WHERE id = 7").await,
+        "line one\nline \"two\", 7"
+    );
+    // The old option spelling, another delimiter and NULL string.
+    exec(&client, "TRUNCATE accounts").await;
+    let r = raw_copy(
+        &mut raw,
+        "COPY accounts FROM STDIN WITH DELIMITER '|' NULL 'nothing'",
+        b"1|5|nothing\n2|6|x\n\\.\n",
+        100,
+    )
+    .await;
+    assert_eq!(r.tags(), ["COPY 2"]);
+    assert_eq!(
+        value(&client, "SELECT count(*) FROM accounts WHERE note IS NULL").await,
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_inside_a_block_commits_or_rolls_back_with_it() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    let mut raw = RawClient::connect(c.port()).await;
+    raw.query("BEGIN").await;
+    let r = raw_copy(&mut raw, "COPY accounts FROM STDIN", text_rows(100).as_bytes(), 50).await;
+    assert_eq!((r.tags(), r.status), (vec!["COPY 100".to_string()], b'T'));
+    // The block sees its rows; others do not yet.
+    let r = raw.query("SELECT count(*) FROM accounts").await;
+    assert_eq!(r.status, b'T');
+    assert_eq!(value(&client, "SELECT count(*) FROM accounts").await, "0");
+    raw.query("ROLLBACK").await;
+    assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
+
+    raw.query("BEGIN").await;
+    raw_copy(&mut raw, "COPY accounts FROM STDIN", text_rows(100).as_bytes(), 50).await;
+    let r = raw.query("COMMIT").await;
+    assert_eq!(r.tags(), ["COMMIT"]);
+    assert_eq!(value(&client, "SELECT count(*) FROM accounts").await, "100");
+
+    // A bad row inside a block fails the block, as in PostgreSQL.
+    raw.query("BEGIN").await;
+    let r = raw_copy(&mut raw, "COPY accounts FROM STDIN", b"500\t1\tx\n501\n", 4).await;
+    assert_eq!((r.error_codes(), r.status), (vec!["22P04".to_string()], b'E'));
+    let r = raw.query("SELECT 1").await;
+    assert_eq!(r.error_codes(), ["25P02"]);
+    raw.query("ROLLBACK").await;
+    assert_eq!(value(&client, "SELECT count(*) FROM accounts").await, "100");
+    no_prepared(&c).await;
+}
+
+/// Each case: the COPY, its data; the same through Pieskieo and into one
+/// plain PostgreSQL must give the same psql error text (message and
+/// CONTEXT, line number included) and SQLSTATE, and leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_copy_input_gets_postgresql_s_error_and_commits_nothing() {
+    let c = Cluster::start(3).await;
+    let plain = Servers::start(1);
+    let oracle = plain.url(0);
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    let o = plain.connect(0).await;
+    o.batch_execute(ACCOUNTS).await.unwrap();
+
+    let good = text_rows(2000);
+    let mut cases: Vec<(&str, &str, String)> = vec![
+        ("wrong column count", "COPY accounts FROM STDIN", format!("{good}2001\t5\n")),
+        ("extra column", "COPY accounts FROM STDIN", format!("{good}2001\t5\tx\ty\n")),
+        ("bad key", "COPY accounts FROM STDIN", format!("{good}abc\t5\tx\n")),
+        ("key out of range", "COPY accounts FROM STDIN", format!("{good}99999999999999999999\t5\tx\n")),
+        ("NULL key", "COPY accounts FROM STDIN", format!("{good}\\N\t5\tx\n")),
+        ("bad value on a shard", "COPY accounts FROM STDIN", format!("{}1500.5\t1x\tx\n{}", text_rows(1000), "")),
+        ("check violation", "COPY accounts FROM STDIN", format!("{good}2001\t-5\tx\n")),
+        ("duplicate key", "COPY accounts FROM STDIN", format!("{good}1\t5\tx\n")),
+        ("csv unterminated", "COPY accounts FROM STDIN (FORMAT csv)", "1,2,\"open\n".to_string()),
+        ("csv NULL key", "COPY accounts FROM STDIN (FORMAT csv)", "1,2,a\n,3,b\n".to_string()),
+    ];
+    // A bad value in the middle of a large COPY: the shard's own error,
+    // its line number mapped back to the client's.
+    let mut middle = text_rows(5000);
+    middle.push_str("5001\tnot-a-number\tx\n");
+    middle.push_str(&text_rows(5000).replace("\n", "0\n"));
+    cases.push(("bad value in the middle", "COPY accounts FROM STDIN", middle));
+    for (name, sql, data) in &cases {
+        let args = ["-c", sql];
+        let (ok_p, _, err_p) = psql_with(&c.uri(), &args, data.as_bytes());
+        let (ok_o, _, err_o) = psql_with(&oracle, &args, data.as_bytes());
+        assert!(!ok_p && !ok_o, "{name}: both fail");
+        assert_eq!(err_p, err_o, "{name}: psql's report through Pieskieo vs PostgreSQL");
+        let verbose = ["-v", "VERBOSITY=sqlstate", "-c", sql];
+        let (_, _, code_p) = psql_with(&c.uri(), &verbose, data.as_bytes());
+        let (_, _, code_o) = psql_with(&oracle, &verbose, data.as_bytes());
+        assert_eq!(code_p, code_o, "{name}: SQLSTATE");
+        assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0], "{name}: nothing anywhere");
+        no_prepared(&c).await;
+    }
+
+    // CopyFail from the client: 57014 and nothing committed.
+    let mut raw = RawClient::connect(c.port()).await;
+    raw.send(b'Q', b"COPY accounts FROM STDIN\0").await;
+    assert_eq!(raw.read().await.0, b'G');
+    raw.send(b'd', good.as_bytes()).await;
+    raw.send(b'f', b"the user gave up\0").await;
+    let r = raw.until_ready().await;
+    assert_eq!((r.error_codes(), r.status), (vec!["57014".to_string()], b'I'));
+    let msg = r.messages.iter().find(|m| m.0 == b'E').map(|m| field(&m.1, b'M')).unwrap();
+    assert_eq!(msg, "COPY from stdin failed: the user gave up");
+    // Data after an error is ignored, as PostgreSQL does, and the session goes on.
+    raw.send(b'd', b"1\t2\t3\n").await;
+    raw.send(b'c', &[]).await;
+    assert_eq!(raw.query("SELECT 1").await.status, b'I');
+    assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
+    no_prepared(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_copy_in_for_sharded_reference_and_unsharded_tables() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    exec(&client, "CREATE TABLE countries (code text PRIMARY KEY, name text)").await;
+    exec(&client, "CREATE TABLE notes (id int, body text)").await;
+    let dir = std::env::temp_dir().join(format!("pieskieo-copy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let accounts = dir.join("accounts.csv");
+    let mut csv = String::from("id,balance,note\n");
+    for i in 1..=1000 {
+        csv.push_str(&format!("{i},{i},\"n,{i}\"\n"));
+    }
+    std::fs::write(&accounts, &csv).unwrap();
+    let countries = dir.join("countries.txt");
+    std::fs::write(&countries, "pl\tPoland\nfr\tFrance\nde\tGermany\n").unwrap();
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "1\tone\n2\ttwo\n").unwrap();
+    let (ok, out, err) = psql_with(
+        &c.uri(),
+        &[
+            "-c",
+            &format!("\\copy accounts FROM '{}' WITH (FORMAT csv, HEADER)", accounts.display()),
+            "-c",
+            &format!("\\copy countries FROM '{}'", countries.display()),
+            "-c",
+            &format!("\\copy notes FROM '{}'", notes.display()),
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["COPY 1000", "COPY 3", "COPY 2"]);
+    check_placement(&c, "accounts").await;
+    assert_eq!(per_shard(&c, "countries").await, vec![3, 3, 3], "every shard has every row");
+    assert_eq!(per_shard(&c, "notes").await, vec![2, 0, 0], "the default shard only");
+    assert_eq!(value(&client, "SELECT note FROM accounts WHERE id = 9").await, "n,9");
+    no_prepared(&c).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// pgbench's own initialisation (client-side generation: `COPY ... WITH
+/// (FREEZE ON)` inside its block) through the proxy, its four tables
+/// sharded; then a TPC-B run and pgbench's sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_initialises_and_runs_through_the_proxy() {
+    let c = Cluster::start(3).await;
+    // Vacuum (v) cannot run in a transaction block; DDL goes to every shard in one.
+    let out = Command::new("pgbench")
+        .args(["-i", "-s", "1", "-I", "dtgp"])
+        .arg(c.uri())
+        .output()
+        .expect("pgbench is installed");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = c.client().await;
+    assert_eq!(value(&client, "SELECT count(*) FROM pgbench_accounts").await, "100000");
+    assert_eq!(value(&client, "SELECT count(*) FROM pgbench_branches").await, "1");
+    assert_eq!(value(&client, "SELECT count(*) FROM pgbench_tellers").await, "10");
+    let counts = per_shard(&c, "pgbench_accounts").await;
+    assert!(counts.iter().all(|n| *n > 30_000), "{counts:?}");
+    no_prepared(&c).await;
+
+    let run = Command::new("pgbench")
+        .args(["-n", "-c", "2", "-j", "1", "-T", "3"])
+        .arg(c.uri())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success(), "{text}{}", String::from_utf8_lossy(&run.stderr));
+    let history: i64 = value(&client, "SELECT count(*) FROM pgbench_history").await.parse().unwrap();
+    assert!(history > 0, "{text}");
+    let mut sums = Vec::new();
+    for q in [
+        "SELECT sum(abalance) FROM pgbench_accounts",
+        "SELECT sum(bbalance) FROM pgbench_branches",
+        "SELECT sum(tbalance) FROM pgbench_tellers",
+        "SELECT sum(delta) FROM pgbench_history",
+    ] {
+        sums.push(value(&client, q).await);
+    }
+    assert!(sums.iter().all(|s| *s == sums[0]), "TPC-B sums: {sums:?}");
+    no_prepared(&c).await;
+}
+
+/// A client that disappears mid-COPY, and a shard that dies mid-COPY:
+/// nothing commits anywhere and the proxy serves the next COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_or_a_dead_shard_mid_copy_commits_nothing() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    let data = text_rows(20_000);
+    {
+        let mut raw = RawClient::connect(c.port()).await;
+        raw.send(b'Q', b"COPY accounts FROM STDIN\0").await;
+        assert_eq!(raw.read().await.0, b'G');
+        raw.send(b'd', &data.as_bytes()[..data.len() / 2]).await;
+        // Dropped here: the socket closes mid-stream.
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
+    no_prepared(&c).await;
+    let mut raw = RawClient::connect(c.port()).await;
+    let r = raw_copy(&mut raw, "COPY accounts FROM STDIN", data.as_bytes(), 8192).await;
+    assert_eq!(r.tags(), ["COPY 20000"]);
+    exec(&client, "TRUNCATE accounts").await;
+
+    // Shard 2 dies while rows stream.
+    raw.send(b'Q', b"COPY accounts FROM STDIN\0").await;
+    assert_eq!(raw.read().await.0, b'G');
+    raw.send(b'd', &data.as_bytes()[..data.len() / 2]).await;
+    c.shards.servers[2].stop("immediate").unwrap();
+    for piece in data.as_bytes()[data.len() / 2..].chunks(4096) {
+        raw.send(b'd', piece).await;
+    }
+    raw.send(b'c', &[]).await;
+    let r = raw.until_ready().await;
+    assert_eq!(r.status, b'I');
+    assert_eq!(r.error_codes().len(), 1, "{:?}", r.messages);
+    c.shards.servers[2].start().unwrap();
+    assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
+    no_prepared(&c).await;
+}
