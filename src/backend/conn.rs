@@ -512,7 +512,10 @@ impl ServerConn {
         }
         let stream: &tokio::net::TcpStream = self.reader.get_ref().as_ref();
         let mut probe = [0u8; 1];
-        matches!(stream.peek(&mut probe).now_or_never(), Some(Ok(_)) | Some(Err(_)))
+        matches!(
+            stream.peek(&mut probe).now_or_never(),
+            Some(Ok(_)) | Some(Err(_))
+        )
     }
 
     /// Ends a `COPY FROM STDIN` the proxy cannot feed.

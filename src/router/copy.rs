@@ -119,7 +119,9 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
         return plan_query_out(sql, q, &p, map);
     }
     let Some((schema, name)) = &p.relation else {
-        return Err(RouteError::Syntax("syntax error at or near \"COPY\"".into()));
+        return Err(RouteError::Syntax(
+            "syntax error at or near \"COPY\"".into(),
+        ));
     };
     let placement = if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema")) {
         CopyPlacement::Unsharded
@@ -199,7 +201,10 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
 
 /// `COPY (query) TO STDOUT`: where the query would run.
 fn plan_query_out(sql: &str, query: &str, p: &Parsed, map: &ShardMap) -> Result<Plan, RouteError> {
-    let options = p.options.clone().unwrap_or_else(|_| CopyOptions::defaults());
+    let options = p
+        .options
+        .clone()
+        .unwrap_or_else(|_| CopyOptions::defaults());
     if !p.stdio || p.from {
         // `COPY (query) FROM` is a syntax error; a server file is the shard's
         // to refuse or write, on the one shard that answers.
@@ -321,7 +326,11 @@ fn parse(sql: &str) -> Result<Parsed, RouteError> {
     let from = match word(toks.get(i)).as_deref() {
         Some("from") => true,
         Some("to") => false,
-        _ => return Err(syntax(&toks.get(i).map(|t| t.to_string()).unwrap_or_default())),
+        _ => {
+            return Err(syntax(
+                &toks.get(i).map(|t| t.to_string()).unwrap_or_default(),
+            ))
+        }
     };
     i += 1;
     let stdio = match word(toks.get(i)).as_deref() {
@@ -373,7 +382,10 @@ fn options(toks: &[Token]) -> Result<CopyOptions, String> {
     let mut escape = None;
     let mut delimiter = None;
     let mut null = None;
-    let unreadable = || "Pieskieo cannot read these COPY options; write them as WITH (option value, ...)".to_string();
+    let unreadable = || {
+        "Pieskieo cannot read these COPY options; write them as WITH (option value, ...)"
+            .to_string()
+    };
     let one_byte = |s: &str| -> Result<u8, String> {
         match s.as_bytes() {
             [b] if b.is_ascii() => Ok(*b),
@@ -400,7 +412,9 @@ fn options(toks: &[Token]) -> Result<CopyOptions, String> {
             }
             let text = || -> Result<String, String> {
                 match arg.as_slice() {
-                    [t] => string(Some(t)).or_else(|| word(Some(t))).ok_or_else(unreadable),
+                    [t] => string(Some(t))
+                        .or_else(|| word(Some(t)))
+                        .ok_or_else(unreadable),
                     _ => Err(unreadable()),
                 }
             };
@@ -549,10 +563,7 @@ mod tests {
         assert_eq!(p.options.unwrap().format, CopyFormat::Text);
 
         let p = parse("COPY public.\"Accounts\" (id, \"Bal\") FROM stdin;").unwrap();
-        assert_eq!(
-            p.relation,
-            Some((Some("public".into()), "Accounts".into()))
-        );
+        assert_eq!(p.relation, Some((Some("public".into()), "Accounts".into())));
         assert_eq!(p.columns, Some(vec!["id".into(), "Bal".into()]));
 
         let p = parse("COPY (SELECT * FROM t WHERE a = ')') TO STDOUT WITH CSV HEADER").unwrap();
@@ -578,16 +589,26 @@ mod tests {
         assert_eq!((o.delimiter, o.quote, o.escape), (b',', b'"', b'"'));
         assert_eq!(o.null, b"");
 
-        let o = opts("COPY t FROM STDIN WITH CSV HEADER DELIMITER AS '|' NULL 'x' FORCE NOT NULL a, b");
+        let o =
+            opts("COPY t FROM STDIN WITH CSV HEADER DELIMITER AS '|' NULL 'x' FORCE NOT NULL a, b");
         assert_eq!(o.format, CopyFormat::Csv);
         assert_eq!(o.header, Header::Skip);
         assert_eq!(o.delimiter, b'|');
         assert_eq!(o.force_not_null, vec!["a", "b"]);
 
         let o = opts("COPY t FROM STDIN DELIMITER ','");
-        assert_eq!((o.format, o.delimiter, o.null.as_slice()), (CopyFormat::Text, b',', &b"\\N"[..]));
-        assert_eq!(opts("COPY t FROM STDIN (FORMAT binary)").format, CopyFormat::Binary);
+        assert_eq!(
+            (o.format, o.delimiter, o.null.as_slice()),
+            (CopyFormat::Text, b',', &b"\\N"[..])
+        );
+        assert_eq!(
+            opts("COPY t FROM STDIN (FORMAT binary)").format,
+            CopyFormat::Binary
+        );
         assert_eq!(opts("COPY t FROM STDIN (HEADER off)").header, Header::No);
-        assert!(parse("COPY t FROM STDIN WITH weird").unwrap().options.is_err());
+        assert!(parse("COPY t FROM STDIN WITH weird")
+            .unwrap()
+            .options
+            .is_err());
     }
 }

@@ -24,6 +24,8 @@ pub struct RowError {
     pub message: String,
     /// PostgreSQL's CONTEXT line: `COPY t, line 3: "..."`.
     pub context: String,
+    /// The client's line it is about.
+    pub line: u64,
 }
 
 /// Longest row text quoted in an error context (PostgreSQL's limit).
@@ -57,6 +59,10 @@ pub struct RowRouter {
     binary_header: bool,
     /// The end-of-data marker (`\.`, or the binary trailer) was read.
     done: bool,
+    /// Where rows with a NULL key go (see [`RowRouter::null_key`]).
+    null_shard: ShardId,
+    /// The first row with a NULL key: its error, should its shard take it.
+    null_key: Option<RowError>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,8 +90,7 @@ impl RowRouter {
                 rule.name, rule.key
             ))
         })?;
-        let key_force_not_null =
-            opts.force_not_null_all || opts.force_not_null.contains(&rule.key);
+        let key_force_not_null = opts.force_not_null_all || opts.force_not_null.contains(&rule.key);
         let key_force_null = opts.force_null_all || opts.force_null.contains(&rule.key);
         Ok(RowRouter {
             header_pending: opts.header != Header::No && opts.format != CopyFormat::Binary,
@@ -102,12 +107,22 @@ impl RowRouter {
             scan: Scan::default(),
             line: 0,
             done: false,
+            null_shard: map.default_shard,
+            null_key: None,
         })
     }
 
     /// The current line number (the last row read).
     pub fn line(&self) -> u64 {
         self.line
+    }
+
+    /// A row with a NULL key goes to the default shard, so that a key
+    /// column declared NOT NULL fails there with PostgreSQL's own error
+    /// (and line). If that shard takes it, the COPY must still fail: this
+    /// is the error to give (a sharded table's key is never NULL).
+    pub fn null_key(&self) -> Option<&RowError> {
+        self.null_key.as_ref()
     }
 
     /// Reads a CopyData payload; `sink` gets every complete row (and the
@@ -224,7 +239,11 @@ impl RowRouter {
     }
 
     /// One complete line (with its line end, if any).
-    fn on_line(&mut self, raw: &[u8], sink: &mut dyn FnMut(Dest, u64, &[u8])) -> Result<(), RowError> {
+    fn on_line(
+        &mut self,
+        raw: &[u8],
+        sink: &mut dyn FnMut(Dest, u64, &[u8]),
+    ) -> Result<(), RowError> {
         let body = raw.strip_suffix(b"\n").unwrap_or(raw);
         let body = body.strip_suffix(b"\r").unwrap_or(body);
         if body == b"\\." {
@@ -257,7 +276,12 @@ impl RowRouter {
         }
         let shard = match key {
             Some(k) => self.shard_of_bytes(&k, Some(body))?,
-            None => return Err(self.null_key(body)),
+            None => {
+                if self.null_key.is_none() {
+                    self.null_key = Some(self.null_key_error(Some(body)));
+                }
+                self.null_shard
+            }
         };
         sink(Dest::Shard(shard), self.line, raw);
         Ok(())
@@ -276,12 +300,12 @@ impl RowRouter {
             .map_err(|e| self.key_error(e, text))
     }
 
-    fn null_key(&self, body: &[u8]) -> RowError {
+    fn null_key_error(&self, body: Option<&[u8]>) -> RowError {
         let e = RouteError::NullKey {
             table: self.rule.name.clone(),
             column: self.rule.key.clone(),
         };
-        self.line_error(e.sqlstate(), e.to_string(), Some(body))
+        self.line_error(e.sqlstate(), e.to_string(), body)
     }
 
     fn key_error(&self, e: RouteError, text: &str) -> RowError {
@@ -296,18 +320,25 @@ impl RowRouter {
             sqlstate: e.sqlstate(),
             message: e.to_string(),
             context,
+            line: self.line,
         }
     }
 
     fn line_error(&self, sqlstate: SqlState, message: String, body: Option<&[u8]>) -> RowError {
         let context = match body {
-            Some(b) => format!("COPY {}, line {}: \"{}\"", self.rule.name, self.line, display(b)),
+            Some(b) => format!(
+                "COPY {}, line {}: \"{}\"",
+                self.rule.name,
+                self.line,
+                display(b)
+            ),
             None => format!("COPY {}, line {}", self.rule.name, self.line),
         };
         RowError {
             sqlstate,
             message,
             context,
+            line: self.line,
         }
     }
 
@@ -477,15 +508,16 @@ impl RowRouter {
             return Ok(Some(2));
         }
         if count < 0 || count as usize != self.columns.len() {
-            return Err(self.line_error(
-                SqlState::BAD_COPY_FILE_FORMAT,
-                format!(
-                    "row field count is {count}, expected {}",
-                    self.columns.len()
-                ),
-                None,
-            )
-            .at_line(self.line + 1));
+            return Err(self
+                .line_error(
+                    SqlState::BAD_COPY_FILE_FORMAT,
+                    format!(
+                        "row field count is {count}, expected {}",
+                        self.columns.len()
+                    ),
+                    None,
+                )
+                .at_line(self.line + 1));
         }
         let mut at = 2usize;
         for _ in 0..count {
@@ -513,7 +545,7 @@ impl RowRouter {
     }
 
     /// The shard of a binary tuple's key.
-    fn binary_key(&self, tuple: &[u8], count: i16) -> Result<ShardId, RowError> {
+    fn binary_key(&mut self, tuple: &[u8], count: i16) -> Result<ShardId, RowError> {
         let mut at = 2usize;
         for i in 0..count as usize {
             let l = &tuple[at..at + 4];
@@ -530,11 +562,10 @@ impl RowRouter {
                 continue;
             }
             let Some(f) = field else {
-                let e = RouteError::NullKey {
-                    table: self.rule.name.clone(),
-                    column: self.rule.key.clone(),
-                };
-                return Err(self.line_error(e.sqlstate(), e.to_string(), None));
+                if self.null_key.is_none() {
+                    self.null_key = Some(self.null_key_error(None));
+                }
+                return Ok(self.null_shard);
             };
             let bad = |what: &str| {
                 let mut e = self.line_error(
@@ -542,12 +573,17 @@ impl RowRouter {
                     format!("incorrect binary data format{what}"),
                     None,
                 );
-                e.context = format!("COPY {}, line {}, column {}", self.rule.name, self.line, self.rule.key);
+                e.context = format!(
+                    "COPY {}, line {}, column {}",
+                    self.rule.name, self.line, self.rule.key
+                );
                 e
             };
             let key = match (self.rule.key_type, f.len()) {
                 (KeyType::Int2, 2) => KeyValue::Int(i16::from_be_bytes([f[0], f[1]]) as i64),
-                (KeyType::Int4, 4) => KeyValue::Int(i32::from_be_bytes([f[0], f[1], f[2], f[3]]) as i64),
+                (KeyType::Int4, 4) => {
+                    KeyValue::Int(i32::from_be_bytes([f[0], f[1], f[2], f[3]]) as i64)
+                }
                 (KeyType::Int8, 8) => {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(f);
@@ -585,6 +621,7 @@ impl RowRouter {
 
 impl RowError {
     fn at_line(mut self, line: u64) -> RowError {
+        self.line = line;
         if let Some(at) = self.context.find(", line ") {
             let table = self.context[..at].to_string();
             self.context = format!("{table}, line {line}");

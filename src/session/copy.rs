@@ -30,11 +30,11 @@ enum Ending {
     Done,
     /// The client sent CopyFail with this message.
     ClientFailed(String),
-    /// The proxy refuses a row, or the client broke the protocol; the
-    /// ErrorResponse to give.
-    Refused(Bytes),
-    /// A shard ended its COPY with this error.
-    ShardFailed(Bytes),
+    /// The proxy refuses a row, or the client broke the protocol: the
+    /// ErrorResponse to give, and the client line it is about.
+    Refused(Bytes, u64),
+    /// A shard ended its COPY with this error (about this client line).
+    ShardFailed(Bytes, u64),
     /// The client is gone.
     Vanished,
 }
@@ -79,7 +79,11 @@ fn remap_line(context: &str, f: impl Fn(u64) -> Option<u64>) -> Option<String> {
     let digits = context[at..].bytes().take_while(u8::is_ascii_digit).count();
     let n: u64 = context[at..at + digits].parse().ok()?;
     let mapped = f(n)?;
-    Some(format!("{}{mapped}{}", &context[..at], &context[at + digits..]))
+    Some(format!(
+        "{}{mapped}{}",
+        &context[..at],
+        &context[at + digits..]
+    ))
 }
 
 impl Session {
@@ -235,7 +239,11 @@ impl Session {
                         first_error.get_or_insert(f.bytes);
                     }
                     b'Z' => break,
-                    b'N' => self.out.write_all(&f.bytes).await.map_err(ExecError::Client)?,
+                    b'N' => self
+                        .out
+                        .write_all(&f.bytes)
+                        .await
+                        .map_err(ExecError::Client)?,
                     _ => {}
                 }
             }
@@ -252,16 +260,21 @@ impl Session {
                         Err(e) => first_error = Some(route_error(&e)),
                     }
                 }
-                _ => first_error = Some(route_error(&RouteError::Unsupported(format!(
-                    "the columns of \"{}\" could not be read", copy.table
-                )))),
+                _ => {
+                    first_error = Some(route_error(&RouteError::Unsupported(format!(
+                        "the columns of \"{}\" could not be read",
+                        copy.table
+                    ))))
+                }
             }
         }
         let response = match (first_error, copy_in_response) {
             (None, Some(g)) => g,
             (e, _) => {
                 let e = e.unwrap_or_else(|| {
-                    route_error(&RouteError::Unsupported("a shard did not start the COPY".into()))
+                    route_error(&RouteError::Unsupported(
+                        "a shard did not start the COPY".into(),
+                    ))
                 });
                 end_all(parts, &mut feeds, "COPY refused on another shard").await;
                 return Ok(Err(e));
@@ -274,8 +287,11 @@ impl Session {
         self.out.flush().await.map_err(ExecError::Client)?;
 
         let ending = self.stream_rows(parts, &mut feeds, router.as_mut()).await?;
-        match ending {
-            Ending::Done => {}
+        // The error to report: PostgreSQL stops at the first bad line, so of
+        // every error found (here, or by any shard for the rows it had) the
+        // one of the earliest line wins.
+        let mut found: Option<(u64, Bytes)> = match ending {
+            Ending::Done => None,
             Ending::Vanished => {
                 end_all(parts, &mut feeds, "the client disconnected").await;
                 return Err(ExecError::Client(std::io::Error::new(
@@ -283,24 +299,21 @@ impl Session {
                     "client vanished during COPY",
                 )));
             }
-            Ending::ClientFailed(message) => {
-                let e = fail_all(parts, &mut feeds, &message).await;
-                return Ok(Err(e.unwrap_or_else(|| {
-                    protocol::error_response(
-                        Severity::Error,
-                        crate::error::SqlState::QUERY_CANCELED,
-                        &format!("COPY from stdin failed: {message}"),
-                        None,
-                    )
-                })));
-            }
-            Ending::Refused(e) | Ending::ShardFailed(e) => {
-                end_all(parts, &mut feeds, "COPY failed on another shard").await;
-                return Ok(Err(e));
-            }
-        }
-        // CopyDone everywhere, then each shard's count.
-        for f in feeds.iter_mut() {
+            Ending::ClientFailed(message) => Some((
+                u64::MAX,
+                protocol::error_response(
+                    Severity::Error,
+                    crate::error::SqlState::QUERY_CANCELED,
+                    &format!("COPY from stdin failed: {message}"),
+                    None,
+                ),
+            )),
+            Ending::Refused(e, line) | Ending::ShardFailed(e, line) => Some((line, e)),
+        };
+        // Every shard still copying gets the rows queued for it and
+        // CopyDone: it reports its first error, if any, or its count (a
+        // failed COPY's rows go with the block, which then rolls back).
+        for f in feeds.iter_mut().filter(|f| f.copying) {
             let conn = &mut parts[f.part].conn;
             if !f.queue.is_empty() {
                 conn.send_copy_data(&f.queue).await?;
@@ -310,14 +323,18 @@ impl Session {
             conn.flush().await?;
         }
         let mut total = 0u64;
-        let mut error = None;
         for (i, f) in feeds.iter_mut().enumerate() {
             let p = &mut parts[f.part];
+            if !f.copying {
+                continue;
+            }
             loop {
                 let fr = p.conn.read().await?;
                 match fr.tag {
                     b'C' => {
-                        let tag = protocol::take_cstr(fr.body()).map(|t| t.0).unwrap_or_default();
+                        let tag = protocol::take_cstr(fr.body())
+                            .map(|t| t.0)
+                            .unwrap_or_default();
                         if let Some((_, n)) = protocol::tag_rows(tag) {
                             if sharded || i == 0 {
                                 total += n;
@@ -325,11 +342,16 @@ impl Session {
                         }
                     }
                     b'E' => {
-                        error.get_or_insert_with(|| f.remap(&fr.bytes));
+                        let (e, line) = f.remap(&fr.bytes);
+                        if found.as_ref().is_none_or(|(l, _)| line < *l) {
+                            found = Some((line, e));
+                        }
                     }
-                    b'N' if i == 0 => {
-                        self.out.write_all(&fr.bytes).await.map_err(ExecError::Client)?
-                    }
+                    b'N' if i == 0 => self
+                        .out
+                        .write_all(&fr.bytes)
+                        .await
+                        .map_err(ExecError::Client)?,
                     b'Z' => break,
                     _ => {}
                 }
@@ -343,8 +365,17 @@ impl Session {
                 Writes::Maybe
             };
         }
-        Ok(match error {
-            Some(e) => Err(e),
+        if let Some(e) = router.as_ref().and_then(|r| r.null_key()) {
+            // The key column took a NULL: refused all the same.
+            if found.as_ref().is_none_or(|(l, _)| e.line < *l) {
+                found = Some((
+                    e.line,
+                    protocol::error_with_context(e.sqlstate, &e.message, &e.context),
+                ));
+            }
+        }
+        Ok(match found {
+            Some((_, e)) => Err(e),
             None => Ok(protocol::command_complete(&format!("COPY {total}"))),
         })
     }
@@ -395,20 +426,24 @@ impl Session {
                 b'H' | b'S' => Ok(()),
                 b'X' => return Ok(Ending::Vanished),
                 other => {
-                    return Ok(Ending::Refused(protocol::error_response(
-                        Severity::Error,
-                        crate::error::SqlState::PROTOCOL_VIOLATION,
-                        &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
-                        None,
-                    )))
+                    return Ok(Ending::Refused(
+                        protocol::error_response(
+                            Severity::Error,
+                            crate::error::SqlState::PROTOCOL_VIOLATION,
+                            &format!(
+                                "unexpected message type 0x{other:02X} during COPY from stdin"
+                            ),
+                            None,
+                        ),
+                        u64::MAX,
+                    ))
                 }
             };
             if let Err(e) = routed {
-                return Ok(Ending::Refused(protocol::error_with_context(
-                    e.sqlstate,
-                    &e.message,
-                    &e.context,
-                )));
+                return Ok(Ending::Refused(
+                    protocol::error_with_context(e.sqlstate, &e.message, &e.context),
+                    e.line,
+                ));
             }
             for feed in feeds.iter_mut() {
                 if feed.queue.len() < FLUSH_AT {
@@ -423,13 +458,17 @@ impl Session {
                 while conn.has_unread() {
                     let fr = conn.read().await?;
                     match fr.tag {
-                        b'N' => self.out.write_all(&fr.bytes).await.map_err(ExecError::Client)?,
+                        b'N' => self
+                            .out
+                            .write_all(&fr.bytes)
+                            .await
+                            .map_err(ExecError::Client)?,
                         b'E' => {
-                            let e = feed.remap(&fr.bytes);
+                            let (e, line) = feed.remap(&fr.bytes);
                             // The rest of its answer: ReadyForQuery.
                             executor::drain(conn).await?;
                             feed.copying = false;
-                            return Ok(Ending::ShardFailed(e));
+                            return Ok(Ending::ShardFailed(e, line));
                         }
                         _ => {}
                     }
@@ -440,10 +479,21 @@ impl Session {
 }
 
 impl Feed {
-    /// A shard's COPY error with its line number turned into the client's.
-    fn remap(&self, error: &[u8]) -> Bytes {
-        protocol::map_error_context(error, |ctx| remap_line(ctx, |n| self.client_line(n)))
-            .unwrap_or_else(|| Bytes::copy_from_slice(error))
+    /// A shard's COPY error with its line number turned into the client's,
+    /// and that line (`u64::MAX - 1` when it names none the proxy knows).
+    fn remap(&self, error: &[u8]) -> (Bytes, u64) {
+        let line = std::cell::Cell::new(u64::MAX - 1);
+        let mapped = protocol::map_error_context(error, |ctx| {
+            remap_line(ctx, |n| {
+                let l = self.client_line(n)?;
+                line.set(l);
+                Some(l)
+            })
+        });
+        (
+            mapped.unwrap_or_else(|| Bytes::copy_from_slice(error)),
+            line.get(),
+        )
     }
 }
 
@@ -537,7 +587,9 @@ impl Session {
     /// every shard's rows in turn (one header), one CopyDone, the counts summed.
     pub(super) async fn copy_out(&mut self, copy: crate::router::CopyOut) -> std::io::Result<bool> {
         let _ = copy;
-        self.error(Error::Unsupported("COPY TO STDOUT of a sharded table is not supported yet".into()))
-            .await
+        self.error(Error::Unsupported(
+            "COPY TO STDOUT of a sharded table is not supported yet".into(),
+        ))
+        .await
     }
 }

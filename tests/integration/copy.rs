@@ -49,7 +49,12 @@ async fn per_shard(c: &Cluster, table: &str) -> Vec<i64> {
     let mut v = Vec::new();
     for i in 0..c.shards.servers.len() {
         let s = c.shard(i).await;
-        v.push(value(&s, &format!("SELECT count(*) FROM {table}")).await.parse().unwrap());
+        v.push(
+            value(&s, &format!("SELECT count(*) FROM {table}"))
+                .await
+                .parse()
+                .unwrap(),
+        );
     }
     v
 }
@@ -58,10 +63,18 @@ async fn per_shard(c: &Cluster, table: &str) -> Vec<i64> {
 async fn check_placement(c: &Cluster, table: &str) {
     for i in 0..c.shards.servers.len() {
         let s = c.shard(i).await;
-        for row in s.simple_query(&format!("SELECT id FROM {table}")).await.unwrap() {
+        for row in s
+            .simple_query(&format!("SELECT id FROM {table}"))
+            .await
+            .unwrap()
+        {
             if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
                 let id: i64 = r.get(0).unwrap().parse().unwrap();
-                assert_eq!(c.shard_of(table, KeyValue::Int(id)), i, "id {id} on shard {i}");
+                assert_eq!(
+                    c.shard_of(table, KeyValue::Int(id)),
+                    i,
+                    "id {id} on shard {i}"
+                );
             }
         }
     }
@@ -74,7 +87,12 @@ async fn no_prepared(c: &Cluster) {
 }
 
 /// Sends a COPY and its data in `step`-byte CopyData pieces; returns the reply.
-async fn raw_copy(raw: &mut RawClient, sql: &str, data: &[u8], step: usize) -> crate::harness::Reply {
+async fn raw_copy(
+    raw: &mut RawClient,
+    sql: &str,
+    data: &[u8],
+    step: usize,
+) -> crate::harness::Reply {
     let mut b = sql.as_bytes().to_vec();
     b.push(0);
     raw.send(b'Q', &b).await;
@@ -111,7 +129,10 @@ async fn copy_in_lands_every_row_on_its_shard_in_any_pieces() {
         value(&client, "SELECT note FROM accounts WHERE id = 42").await,
         "note \\ 42\ttab"
     );
-    assert_eq!(value(&client, "SELECT sum(balance) FROM accounts").await, "45015000");
+    assert_eq!(
+        value(&client, "SELECT sum(balance) FROM accounts").await,
+        "45015000"
+    );
     no_prepared(&c).await;
 
     // CSV with a header, a column list in another order, quotes and embedded newlines.
@@ -156,7 +177,13 @@ async fn copy_in_inside_a_block_commits_or_rolls_back_with_it() {
     exec(&client, ACCOUNTS).await;
     let mut raw = RawClient::connect(c.port()).await;
     raw.query("BEGIN").await;
-    let r = raw_copy(&mut raw, "COPY accounts FROM STDIN", text_rows(100).as_bytes(), 50).await;
+    let r = raw_copy(
+        &mut raw,
+        "COPY accounts FROM STDIN",
+        text_rows(100).as_bytes(),
+        50,
+    )
+    .await;
     assert_eq!((r.tags(), r.status), (vec!["COPY 100".to_string()], b'T'));
     // The block sees its rows; others do not yet.
     let r = raw.query("SELECT count(*) FROM accounts").await;
@@ -166,7 +193,13 @@ async fn copy_in_inside_a_block_commits_or_rolls_back_with_it() {
     assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
 
     raw.query("BEGIN").await;
-    raw_copy(&mut raw, "COPY accounts FROM STDIN", text_rows(100).as_bytes(), 50).await;
+    raw_copy(
+        &mut raw,
+        "COPY accounts FROM STDIN",
+        text_rows(100).as_bytes(),
+        50,
+    )
+    .await;
     let r = raw.query("COMMIT").await;
     assert_eq!(r.tags(), ["COMMIT"]);
     assert_eq!(value(&client, "SELECT count(*) FROM accounts").await, "100");
@@ -174,7 +207,10 @@ async fn copy_in_inside_a_block_commits_or_rolls_back_with_it() {
     // A bad row inside a block fails the block, as in PostgreSQL.
     raw.query("BEGIN").await;
     let r = raw_copy(&mut raw, "COPY accounts FROM STDIN", b"500\t1\tx\n501\n", 4).await;
-    assert_eq!((r.error_codes(), r.status), (vec!["22P04".to_string()], b'E'));
+    assert_eq!(
+        (r.error_codes(), r.status),
+        (vec!["22P04".to_string()], b'E')
+    );
     let r = raw.query("SELECT 1").await;
     assert_eq!(r.error_codes(), ["25P02"]);
     raw.query("ROLLBACK").await;
@@ -197,46 +233,135 @@ async fn bad_copy_input_gets_postgresql_s_error_and_commits_nothing() {
 
     let good = text_rows(2000);
     let mut cases: Vec<(&str, &str, String)> = vec![
-        ("wrong column count", "COPY accounts FROM STDIN", format!("{good}2001\t5\n")),
-        ("extra column", "COPY accounts FROM STDIN", format!("{good}2001\t5\tx\ty\n")),
-        ("bad key", "COPY accounts FROM STDIN", format!("{good}abc\t5\tx\n")),
-        ("key out of range", "COPY accounts FROM STDIN", format!("{good}99999999999999999999\t5\tx\n")),
-        ("NULL key", "COPY accounts FROM STDIN", format!("{good}\\N\t5\tx\n")),
-        ("bad value on a shard", "COPY accounts FROM STDIN", format!("{}1500.5\t1x\tx\n{}", text_rows(1000), "")),
-        ("check violation", "COPY accounts FROM STDIN", format!("{good}2001\t-5\tx\n")),
-        ("duplicate key", "COPY accounts FROM STDIN", format!("{good}1\t5\tx\n")),
-        ("csv unterminated", "COPY accounts FROM STDIN (FORMAT csv)", "1,2,\"open\n".to_string()),
-        ("csv NULL key", "COPY accounts FROM STDIN (FORMAT csv)", "1,2,a\n,3,b\n".to_string()),
+        (
+            "wrong column count",
+            "COPY accounts FROM STDIN",
+            format!("{good}2001\t5\n"),
+        ),
+        (
+            "extra column",
+            "COPY accounts FROM STDIN",
+            format!("{good}2001\t5\tx\ty\n"),
+        ),
+        (
+            "bad key",
+            "COPY accounts FROM STDIN",
+            format!("{good}abc\t5\tx\n"),
+        ),
+        (
+            "key out of range",
+            "COPY accounts FROM STDIN",
+            format!("{good}99999999999999999999\t5\tx\n"),
+        ),
+        (
+            "NULL key",
+            "COPY accounts FROM STDIN",
+            format!("{good}\\N\t5\tx\n"),
+        ),
+        (
+            "bad value on a shard",
+            "COPY accounts FROM STDIN",
+            format!("{}1500.5\t1x\tx\n{}", text_rows(1000), ""),
+        ),
+        (
+            "check violation",
+            "COPY accounts FROM STDIN",
+            format!("{good}2001\t-5\tx\n"),
+        ),
+        (
+            "duplicate key",
+            "COPY accounts FROM STDIN",
+            format!("{good}1\t5\tx\n"),
+        ),
+        (
+            "csv unterminated",
+            "COPY accounts FROM STDIN (FORMAT csv)",
+            "1,2,\"open\n".to_string(),
+        ),
+        (
+            "csv NULL key",
+            "COPY accounts FROM STDIN (FORMAT csv)",
+            "1,2,a\n,3,b\n".to_string(),
+        ),
     ];
     // A bad value in the middle of a large COPY: the shard's own error,
     // its line number mapped back to the client's.
     let mut middle = text_rows(5000);
     middle.push_str("5001\tnot-a-number\tx\n");
-    middle.push_str(&text_rows(5000).replace("\n", "0\n"));
-    cases.push(("bad value in the middle", "COPY accounts FROM STDIN", middle));
+    for i in 5002..=10_000 {
+        middle.push_str(&format!("{i}\t{i}\tx\n"));
+    }
+    cases.push((
+        "bad value in the middle",
+        "COPY accounts FROM STDIN",
+        middle,
+    ));
+    // A shard's error on an early line beats the proxy's on a later one.
+    let mut both = text_rows(10);
+    both.push_str("11\tbad\tx\n");
+    for i in 12..=2000 {
+        both.push_str(&format!("{i}\t{i}\tx\n"));
+    }
+    both.push_str("2001\n");
+    cases.push(("shard error first", "COPY accounts FROM STDIN", both));
     for (name, sql, data) in &cases {
         let args = ["-c", sql];
         let (ok_p, _, err_p) = psql_with(&c.uri(), &args, data.as_bytes());
         let (ok_o, _, err_o) = psql_with(&oracle, &args, data.as_bytes());
         assert!(!ok_p && !ok_o, "{name}: both fail");
-        assert_eq!(err_p, err_o, "{name}: psql's report through Pieskieo vs PostgreSQL");
+        assert_eq!(
+            err_p, err_o,
+            "{name}: psql's report through Pieskieo vs PostgreSQL"
+        );
         let verbose = ["-v", "VERBOSITY=sqlstate", "-c", sql];
         let (_, _, code_p) = psql_with(&c.uri(), &verbose, data.as_bytes());
         let (_, _, code_o) = psql_with(&oracle, &verbose, data.as_bytes());
         assert_eq!(code_p, code_o, "{name}: SQLSTATE");
-        assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0], "{name}: nothing anywhere");
+        assert_eq!(
+            per_shard(&c, "accounts").await,
+            vec![0, 0, 0],
+            "{name}: nothing anywhere"
+        );
         no_prepared(&c).await;
     }
 
-    // CopyFail from the client: 57014 and nothing committed.
+    // A key column that allows NULL: PostgreSQL would take the row, a
+    // sharded table cannot (as for INSERT): 23502, nothing committed.
+    exec(&client, "CREATE TABLE items (id bigint, name text)").await;
     let mut raw = RawClient::connect(c.port()).await;
+    let r = raw_copy(
+        &mut raw,
+        "COPY items FROM STDIN",
+        b"1\ta\n\\N\tb\n3\tc\n",
+        5,
+    )
+    .await;
+    assert_eq!(r.error_codes(), ["23502"]);
+    let ctx = r
+        .messages
+        .iter()
+        .find(|m| m.0 == b'E')
+        .map(|m| field(&m.1, b'W'))
+        .unwrap();
+    assert_eq!(ctx, "COPY items, line 2: \"\\N\tb\"");
+    assert_eq!(per_shard(&c, "items").await, vec![0, 0, 0]);
+
+    // CopyFail from the client: 57014 and nothing committed.
     raw.send(b'Q', b"COPY accounts FROM STDIN\0").await;
     assert_eq!(raw.read().await.0, b'G');
     raw.send(b'd', good.as_bytes()).await;
     raw.send(b'f', b"the user gave up\0").await;
     let r = raw.until_ready().await;
-    assert_eq!((r.error_codes(), r.status), (vec!["57014".to_string()], b'I'));
-    let msg = r.messages.iter().find(|m| m.0 == b'E').map(|m| field(&m.1, b'M')).unwrap();
+    assert_eq!(
+        (r.error_codes(), r.status),
+        (vec!["57014".to_string()], b'I')
+    );
+    let msg = r
+        .messages
+        .iter()
+        .find(|m| m.0 == b'E')
+        .map(|m| field(&m.1, b'M'))
+        .unwrap();
     assert_eq!(msg, "COPY from stdin failed: the user gave up");
     // Data after an error is ignored, as PostgreSQL does, and the session goes on.
     raw.send(b'd', b"1\t2\t3\n").await;
@@ -251,7 +376,11 @@ async fn psql_copy_in_for_sharded_reference_and_unsharded_tables() {
     let c = Cluster::start(3).await;
     let client = c.client().await;
     exec(&client, ACCOUNTS).await;
-    exec(&client, "CREATE TABLE countries (code text PRIMARY KEY, name text)").await;
+    exec(
+        &client,
+        "CREATE TABLE countries (code text PRIMARY KEY, name text)",
+    )
+    .await;
     exec(&client, "CREATE TABLE notes (id int, body text)").await;
     let dir = std::env::temp_dir().join(format!("pieskieo-copy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -269,7 +398,10 @@ async fn psql_copy_in_for_sharded_reference_and_unsharded_tables() {
         &c.uri(),
         &[
             "-c",
-            &format!("\\copy accounts FROM '{}' WITH (FORMAT csv, HEADER)", accounts.display()),
+            &format!(
+                "\\copy accounts FROM '{}' WITH (FORMAT csv, HEADER)",
+                accounts.display()
+            ),
             "-c",
             &format!("\\copy countries FROM '{}'", countries.display()),
             "-c",
@@ -278,11 +410,25 @@ async fn psql_copy_in_for_sharded_reference_and_unsharded_tables() {
         b"",
     );
     assert!(ok, "{err}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["COPY 1000", "COPY 3", "COPY 2"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["COPY 1000", "COPY 3", "COPY 2"]
+    );
     check_placement(&c, "accounts").await;
-    assert_eq!(per_shard(&c, "countries").await, vec![3, 3, 3], "every shard has every row");
-    assert_eq!(per_shard(&c, "notes").await, vec![2, 0, 0], "the default shard only");
-    assert_eq!(value(&client, "SELECT note FROM accounts WHERE id = 9").await, "n,9");
+    assert_eq!(
+        per_shard(&c, "countries").await,
+        vec![3, 3, 3],
+        "every shard has every row"
+    );
+    assert_eq!(
+        per_shard(&c, "notes").await,
+        vec![2, 0, 0],
+        "the default shard only"
+    );
+    assert_eq!(
+        value(&client, "SELECT note FROM accounts WHERE id = 9").await,
+        "n,9"
+    );
     no_prepared(&c).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -306,9 +452,18 @@ async fn pgbench_initialises_and_runs_through_the_proxy() {
         String::from_utf8_lossy(&out.stderr)
     );
     let client = c.client().await;
-    assert_eq!(value(&client, "SELECT count(*) FROM pgbench_accounts").await, "100000");
-    assert_eq!(value(&client, "SELECT count(*) FROM pgbench_branches").await, "1");
-    assert_eq!(value(&client, "SELECT count(*) FROM pgbench_tellers").await, "10");
+    assert_eq!(
+        value(&client, "SELECT count(*) FROM pgbench_accounts").await,
+        "100000"
+    );
+    assert_eq!(
+        value(&client, "SELECT count(*) FROM pgbench_branches").await,
+        "1"
+    );
+    assert_eq!(
+        value(&client, "SELECT count(*) FROM pgbench_tellers").await,
+        "10"
+    );
     let counts = per_shard(&c, "pgbench_accounts").await;
     assert!(counts.iter().all(|n| *n > 30_000), "{counts:?}");
     no_prepared(&c).await;
@@ -319,8 +474,15 @@ async fn pgbench_initialises_and_runs_through_the_proxy() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(run.status.success(), "{text}{}", String::from_utf8_lossy(&run.stderr));
-    let history: i64 = value(&client, "SELECT count(*) FROM pgbench_history").await.parse().unwrap();
+    assert!(
+        run.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let history: i64 = value(&client, "SELECT count(*) FROM pgbench_history")
+        .await
+        .parse()
+        .unwrap();
     assert!(history > 0, "{text}");
     let mut sums = Vec::new();
     for q in [
