@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::router::{CopyIn, CopyPlacement, Dest, RowError, RowRouter};
+use crate::router::{CopyFormat, CopyIn, CopyOut, CopyPlacement, Dest, RowError, RowRouter};
 
 /// A shard's queued rows go out once they reach this size.
 const FLUSH_AT: usize = 64 * 1024;
@@ -114,29 +114,9 @@ impl Session {
         copy: &CopyIn,
         shards: &[ShardId],
     ) -> std::io::Result<(bool, Option<Bytes>)> {
-        let missing: Vec<ShardId> = match self.txn() {
-            Some(t) => shards.iter().copied().filter(|s| !t.has(*s)).collect(),
-            None => return Ok((false, None)),
-        };
-        let mut joined = Vec::new();
-        for s in &missing {
-            match self.checkout(*s).await {
-                Ok(conn) => joined.push(Participant {
-                    conn,
-                    wrote: Writes::No,
-                }),
-                Err(e) => return Ok((self.error(e).await?, None)),
-            }
-        }
-        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
-        let Some(t) = self.txn() else {
+        let Some((mut parts, head, missing)) = self.enlist(shards).await? else {
             return Ok((false, None));
         };
-        t.participants.extend(joined);
-        t.snapshot = true;
-        let mut head = vec![t.begin_sql(detecting)];
-        head.extend(t.prelude.iter().cloned());
-        let mut parts = std::mem::take(&mut t.participants);
         let r = self
             .copy_in_parts(stmt, copy, shards, &missing, &head, &mut parts)
             .await;
@@ -584,12 +564,224 @@ async fn end_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) {
 
 impl Session {
     /// `COPY ... TO STDOUT` that several shards answer: one CopyOutResponse,
-    /// every shard's rows in turn (one header), one CopyDone, the counts summed.
-    pub(super) async fn copy_out(&mut self, copy: crate::router::CopyOut) -> std::io::Result<bool> {
-        let _ = copy;
-        self.error(Error::Unsupported(
-            "COPY TO STDOUT of a sharded table is not supported yet".into(),
-        ))
-        .await
+    /// every shard's rows in turn (one header), one CopyDone, the counts
+    /// summed. Inside a block on the block's shards (enlisting them), else
+    /// on borrowed connections.
+    pub(super) async fn copy_out(&mut self, stmt: &str, copy: CopyOut) -> std::io::Result<bool> {
+        let shards = copy.route.shards(self.shared.map().shards);
+        if self.txn().is_none() {
+            let mut conns = Vec::with_capacity(shards.len());
+            for s in &shards {
+                match self.checkout(*s).await {
+                    Ok(c) => conns.push(c),
+                    Err(e) => return self.error(e).await,
+                }
+            }
+            let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
+            let r = async {
+                for c in refs.iter_mut() {
+                    c.send_query(stmt).await?;
+                    c.flush().await?;
+                }
+                join_copy_out(&mut refs, &copy, &[], &mut self.out).await
+            }
+            .await;
+            for c in conns.iter_mut() {
+                if c.status != b'I' {
+                    c.mark_broken();
+                }
+            }
+            return match r {
+                Ok((answer, last)) => {
+                    if let Some(b) = last {
+                        self.write(&b).await?;
+                    }
+                    Ok(answer == Answer::Succeeded)
+                }
+                Err(ExecError::Backend(e)) => self.error(e.into()).await,
+                Err(ExecError::Client(e)) => Err(e),
+            };
+        }
+        let Some((mut parts, head, fresh)) = self.enlist(&shards).await? else {
+            return Ok(false);
+        };
+        let r = async {
+            let mut refs: Vec<&mut ServerConn> = Vec::new();
+            for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
+                if fresh.contains(&p.shard()) {
+                    for q in &head {
+                        p.conn.send_query(q).await?;
+                    }
+                }
+                p.conn.send_query(stmt).await?;
+                p.conn.flush().await?;
+                refs.push(&mut *p.conn);
+            }
+            let skip: Vec<usize> = refs
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| fresh.contains(&c.shard))
+                .map(|(i, _)| i)
+                .collect();
+            join_copy_out(&mut refs, &copy, &skip_heads(&skip, head.len()), &mut self.out).await
+        }
+        .await;
+        if let Some(t) = self.txn() {
+            t.participants = parts;
+        }
+        match r {
+            Ok((answer, last)) => {
+                if answer.failed() {
+                    self.fail();
+                }
+                self.close_statement(last).await?;
+                Ok(!answer.failed())
+            }
+            Err(ExecError::Backend(e)) => self.error(e.into()).await,
+            Err(ExecError::Client(e)) => Err(e),
+        }
     }
+
+    /// Enlists `shards` in the block: the block's participants (taken out
+    /// of it: the caller puts them back), the statements a shard that just
+    /// joined must run first, and those shards. `None`: the client was told why not.
+    async fn enlist(
+        &mut self,
+        shards: &[ShardId],
+    ) -> std::io::Result<Option<(Vec<Participant>, Vec<String>, Vec<ShardId>)>> {
+        let missing: Vec<ShardId> = match self.txn() {
+            Some(t) => shards.iter().copied().filter(|s| !t.has(*s)).collect(),
+            None => return Ok(None),
+        };
+        let mut joined = Vec::new();
+        for s in &missing {
+            match self.checkout(*s).await {
+                Ok(conn) => joined.push(Participant {
+                    conn,
+                    wrote: Writes::No,
+                }),
+                Err(e) => {
+                    self.error(e).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
+        let Some(t) = self.txn() else {
+            return Ok(None);
+        };
+        t.participants.extend(joined);
+        t.snapshot = true;
+        let mut head = vec![t.begin_sql(detecting)];
+        head.extend(t.prelude.iter().cloned());
+        Ok(Some((std::mem::take(&mut t.participants), head, missing)))
+    }
+}
+
+/// For each connection index, how many answers to drain before its COPY's.
+fn skip_heads(fresh: &[usize], heads: usize) -> Vec<(usize, usize)> {
+    fresh.iter().map(|i| (*i, heads)).collect()
+}
+
+/// Binary COPY's header: signature, flags, extension length (0).
+const BINARY_HEADER_LEN: usize = 19;
+/// Binary COPY's trailer: a field count of -1.
+const BINARY_TRAILER: [u8; 2] = [0xff, 0xff];
+
+/// Reads each connection's answer to one `COPY ... TO STDOUT` in turn and
+/// passes on one stream: the first CopyOutResponse, every CopyData (the
+/// header only from the first shard; binary: one header, one trailer), one
+/// CopyDone. `skip`: (connection, answers to drain first). Returns the
+/// closing message: `COPY n` summed, or the first error.
+async fn join_copy_out<W: tokio::io::AsyncWrite + Unpin>(
+    conns: &mut [&mut ServerConn],
+    copy: &CopyOut,
+    skip: &[(usize, usize)],
+    out: &mut W,
+) -> Result<(Answer, Option<Bytes>), ExecError> {
+    let mut started = false;
+    let mut total = 0u64;
+    let mut error: Option<Bytes> = None;
+    let binary = copy.format == CopyFormat::Binary;
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let heads = skip.iter().find(|(c, _)| *c == i).map_or(0, |s| s.1);
+        for _ in 0..heads {
+            if let Some(e) = executor::drain(conn).await? {
+                error.get_or_insert(e.bytes);
+            }
+        }
+        let mut first_data = true;
+        loop {
+            let f = conn.read().await?;
+            match f.tag {
+                b'Z' => break,
+                b'H' => {
+                    if !started && error.is_none() {
+                        out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                        started = true;
+                    }
+                }
+                b'd' if error.is_none() => {
+                    let body = f.body();
+                    let first = std::mem::replace(&mut first_data, false);
+                    let payload: &[u8] = if binary {
+                        let mut p = body;
+                        if first && i > 0 {
+                            p = p.get(BINARY_HEADER_LEN..).unwrap_or_default();
+                        }
+                        if p == BINARY_TRAILER {
+                            // One trailer, after every shard's rows.
+                            continue;
+                        }
+                        p
+                    } else if first && i > 0 && copy.header {
+                        continue;
+                    } else {
+                        body
+                    };
+                    if payload.is_empty() {
+                        continue;
+                    }
+                    if payload.len() == body.len() {
+                        out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                    } else {
+                        let len = (payload.len() + 4) as i32;
+                        let mut m = Vec::with_capacity(payload.len() + 5);
+                        m.push(b'd');
+                        m.extend_from_slice(&len.to_be_bytes());
+                        m.extend_from_slice(payload);
+                        out.write_all(&m).await.map_err(ExecError::Client)?;
+                    }
+                }
+                b'C' => {
+                    let tag = protocol::take_cstr(f.body()).map(|t| t.0).unwrap_or_default();
+                    if let Some((_, n)) = protocol::tag_rows(tag) {
+                        total += n;
+                    }
+                }
+                b'E' => {
+                    error.get_or_insert(f.bytes);
+                }
+                b'N' if i == 0 => out.write_all(&f.bytes).await.map_err(ExecError::Client)?,
+                _ => {}
+            }
+        }
+    }
+    if let Some(e) = error {
+        return Ok((Answer::Failed, Some(e)));
+    }
+    if binary && started {
+        out.write_all(&[b'd', 0, 0, 0, 6, 0xff, 0xff])
+            .await
+            .map_err(ExecError::Client)?;
+    }
+    if started {
+        out.write_all(&[b'c', 0, 0, 0, 4])
+            .await
+            .map_err(ExecError::Client)?;
+    }
+    Ok((
+        Answer::Succeeded,
+        Some(protocol::command_complete(&format!("COPY {total}"))),
+    ))
 }

@@ -596,7 +596,7 @@ impl Session {
                     .await
             }
             Plan::CopyIn(copy) => self.copy_in(stmt, copy).await,
-            Plan::CopyOut(copy) => self.copy_out(copy).await,
+            Plan::CopyOut(copy) => self.copy_out(stmt, copy).await,
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,

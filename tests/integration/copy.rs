@@ -536,3 +536,85 @@ async fn a_vanished_client_or_a_dead_shard_mid_copy_commits_nothing() {
     assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
     no_prepared(&c).await;
 }
+
+fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// psql's raw stdout bytes for one command.
+fn psql_bytes(url: &str, sql: &str) -> Vec<u8> {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_gives_every_shard_s_rows_once() {
+    let c = Cluster::start(3).await;
+    let plain = Servers::start(1);
+    let oracle = plain.url(0);
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    plain.connect(0).await.batch_execute(ACCOUNTS).await.unwrap();
+    let data = text_rows(1000);
+    for url in [c.uri(), oracle.clone()] {
+        let (ok, _, err) = psql_with(&url, &["-c", "COPY accounts FROM STDIN"], data.as_bytes());
+        assert!(ok, "{err}");
+    }
+    // Text and CSV: the same lines (one header), in shard order.
+    for sql in [
+        "COPY accounts TO STDOUT",
+        "COPY accounts (note, id) TO STDOUT WITH (FORMAT csv, HEADER)",
+        "COPY (SELECT id, balance * 2 FROM accounts WHERE balance > 5000) TO STDOUT (FORMAT csv)",
+        "COPY (SELECT * FROM accounts WHERE id = 77) TO STDOUT",
+    ] {
+        let mine = String::from_utf8(psql_bytes(&c.uri(), sql)).unwrap();
+        let theirs = String::from_utf8(psql_bytes(&oracle, sql)).unwrap();
+        if sql.contains("HEADER") {
+            assert_eq!(mine.lines().next(), Some("note,id"), "{sql}");
+            assert_eq!(mine.matches("note,id").count(), 1, "one header: {sql}");
+        }
+        assert_eq!(sorted_lines(&mine), sorted_lines(&theirs), "{sql}");
+    }
+    // The tag, through a raw client: COPY n summed, one CopyDone.
+    let mut raw = RawClient::connect(c.port()).await;
+    let r = raw.query("COPY accounts TO STDOUT").await;
+    assert_eq!(r.tags(), ["COPY 1000"]);
+    let kinds: Vec<u8> = r.messages.iter().map(|m| m.0).filter(|t| *t != b'd').collect();
+    assert_eq!(kinds, [b'H', b'c', b'C']);
+
+    // Binary: one header, one trailer; it loads back into PostgreSQL whole.
+    let bin = psql_bytes(&c.uri(), "COPY accounts TO STDOUT (FORMAT binary)");
+    let o = plain.connect(0).await;
+    o.batch_execute("CREATE TABLE back (LIKE accounts)").await.unwrap();
+    let (ok, _, err) = psql_with(&oracle, &["-c", "COPY back FROM STDIN (FORMAT binary)"], &bin);
+    assert!(ok, "{err}");
+    let same = "SELECT count(*) FROM (SELECT * FROM accounts EXCEPT SELECT * FROM back) d";
+    assert_eq!(value(&o, same).await, "0");
+    assert_eq!(value(&o, "SELECT count(*) FROM back").await, "1000");
+    // Binary in through the proxy too: the same rows on their shards.
+    exec(&client, "TRUNCATE accounts").await;
+    let (ok, out, err) = psql_with(&c.uri(), &["-c", "COPY accounts FROM STDIN (FORMAT binary)"], &bin);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "COPY 1000");
+    check_placement(&c, "accounts").await;
+
+    // A query the proxy would have to merge: refused, saying what to do.
+    let mut raw = RawClient::connect(c.port()).await;
+    let r = raw
+        .query("COPY (SELECT * FROM accounts ORDER BY id) TO STDOUT")
+        .await;
+    assert_eq!(r.error_codes(), ["0A000"]);
+    // Inside a block: the block's own rows.
+    raw.query("BEGIN").await;
+    raw.query("DELETE FROM accounts WHERE id <= 10").await;
+    let r = raw.query("COPY accounts TO STDOUT").await;
+    assert_eq!((r.tags(), r.status), (vec!["COPY 990".to_string()], b'T'));
+    raw.query("ROLLBACK").await;
+}
