@@ -235,7 +235,7 @@ pub enum RouteError {
     BadKey(KeyError),
     /// The statement names the proxy's own schema (`pieskieo`, where the
     /// commit decisions live): clients may not read or change it.
-    #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy")]
+    #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy (pg_dump: add --exclude-schema=pieskieo)")]
     Reserved,
 }
 
@@ -390,8 +390,17 @@ pub fn plan_bound(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, R
     if let Some(p) = classify::lexical(sql)? {
         return Ok(p);
     }
-    if leading_words(sql, 1).first().map(String::as_str) == Some("copy") {
-        return copy::plan(sql, map);
+    match leading_words(sql, 1).first().map(String::as_str) {
+        Some("copy") => return copy::plan(sql, map),
+        // A lock on a distributed table is taken on every shard, in the
+        // same mode (outside a block each shard refuses it, as PostgreSQL does).
+        Some("lock") if classify::sharded_table_named(sql, map, true).is_some() => {
+            return Ok(Plan::Forward {
+                route: Route::All,
+                write: Writes::No,
+            })
+        }
+        _ => {}
     }
     classify::parsed(sql, map, params)
 }

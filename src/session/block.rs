@@ -48,8 +48,7 @@ impl Session {
             )
         });
         let mut parts = std::mem::take(&mut t.participants);
-        let mut head = vec![t.begin_sql(detecting)];
-        head.extend(t.prelude.iter().cloned());
+        let head = t.head(detecting);
 
         for (shard, _) in targets {
             let Some(i) = parts.iter().position(|p| p.shard() == *shard) else {

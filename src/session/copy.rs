@@ -623,7 +623,13 @@ impl Session {
                 .filter(|(_, c)| fresh.contains(&c.shard))
                 .map(|(i, _)| i)
                 .collect();
-            join_copy_out(&mut refs, &copy, &skip_heads(&skip, head.len()), &mut self.out).await
+            join_copy_out(
+                &mut refs,
+                &copy,
+                &skip_heads(&skip, head.len()),
+                &mut self.out,
+            )
+            .await
         }
         .await;
         if let Some(t) = self.txn() {
@@ -672,8 +678,7 @@ impl Session {
         };
         t.participants.extend(joined);
         t.snapshot = true;
-        let mut head = vec![t.begin_sql(detecting)];
-        head.extend(t.prelude.iter().cloned());
+        let head = t.head(detecting);
         Ok(Some((std::mem::take(&mut t.participants), head, missing)))
     }
 }
@@ -715,11 +720,9 @@ async fn join_copy_out<W: tokio::io::AsyncWrite + Unpin>(
             let f = conn.read().await?;
             match f.tag {
                 b'Z' => break,
-                b'H' => {
-                    if !started && error.is_none() {
-                        out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                        started = true;
-                    }
+                b'H' if !started && error.is_none() => {
+                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
+                    started = true;
                 }
                 b'd' if error.is_none() => {
                     let body = f.body();
@@ -754,7 +757,9 @@ async fn join_copy_out<W: tokio::io::AsyncWrite + Unpin>(
                     }
                 }
                 b'C' => {
-                    let tag = protocol::take_cstr(f.body()).map(|t| t.0).unwrap_or_default();
+                    let tag = protocol::take_cstr(f.body())
+                        .map(|t| t.0)
+                        .unwrap_or_default();
                     if let Some((_, n)) = protocol::tag_rows(tag) {
                         total += n;
                     }

@@ -84,6 +84,36 @@ impl Txn {
         crate::txn::deadlock::begin_sql(&self.begin, self.tag, detecting)
     }
 
+    /// What a shard joining the block runs before its statement, one query
+    /// each: `BEGIN`, the block's leading `SET`s (`SET TRANSACTION
+    /// ISOLATION LEVEL` must precede the first query, and the deadlock tag
+    /// is a query), the tag, then the rest of the prelude (savepoints: the
+    /// tag must not be taken inside one, whose rollback would drop it).
+    fn head(&self, detecting: bool) -> Vec<String> {
+        let sets = self
+            .prelude
+            .iter()
+            .take_while(|s| {
+                matches!(
+                    leading_words(s, 1).first().map(String::as_str),
+                    Some("set" | "reset")
+                )
+            })
+            .count();
+        if sets == 0 {
+            let mut head = vec![self.begin_sql(detecting)];
+            head.extend(self.prelude.iter().cloned());
+            return head;
+        }
+        let mut head = vec![self.begin.clone()];
+        head.extend(self.prelude[..sets].iter().cloned());
+        if detecting {
+            head.push(crate::txn::deadlock::tag_sql(self.tag));
+        }
+        head.extend(self.prelude[sets..].iter().cloned());
+        head
+    }
+
     /// After an aborted commit: a shard that prepared kept the block's
     /// session `SET`s (PostgreSQL settles settings at PREPARE TRANSACTION),
     /// so its connection's settings are unknown now.

@@ -550,7 +550,11 @@ fn psql_bytes(url: &str, sql: &str) -> Vec<u8> {
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -561,7 +565,12 @@ async fn copy_to_stdout_gives_every_shard_s_rows_once() {
     let oracle = plain.url(0);
     let client = c.client().await;
     exec(&client, ACCOUNTS).await;
-    plain.connect(0).await.batch_execute(ACCOUNTS).await.unwrap();
+    plain
+        .connect(0)
+        .await
+        .batch_execute(ACCOUNTS)
+        .await
+        .unwrap();
     let data = text_rows(1000);
     for url in [c.uri(), oracle.clone()] {
         let (ok, _, err) = psql_with(&url, &["-c", "COPY accounts FROM STDIN"], data.as_bytes());
@@ -586,21 +595,36 @@ async fn copy_to_stdout_gives_every_shard_s_rows_once() {
     let mut raw = RawClient::connect(c.port()).await;
     let r = raw.query("COPY accounts TO STDOUT").await;
     assert_eq!(r.tags(), ["COPY 1000"]);
-    let kinds: Vec<u8> = r.messages.iter().map(|m| m.0).filter(|t| *t != b'd').collect();
+    let kinds: Vec<u8> = r
+        .messages
+        .iter()
+        .map(|m| m.0)
+        .filter(|t| *t != b'd')
+        .collect();
     assert_eq!(kinds, [b'H', b'c', b'C']);
 
     // Binary: one header, one trailer; it loads back into PostgreSQL whole.
     let bin = psql_bytes(&c.uri(), "COPY accounts TO STDOUT (FORMAT binary)");
     let o = plain.connect(0).await;
-    o.batch_execute("CREATE TABLE back (LIKE accounts)").await.unwrap();
-    let (ok, _, err) = psql_with(&oracle, &["-c", "COPY back FROM STDIN (FORMAT binary)"], &bin);
+    o.batch_execute("CREATE TABLE back (LIKE accounts)")
+        .await
+        .unwrap();
+    let (ok, _, err) = psql_with(
+        &oracle,
+        &["-c", "COPY back FROM STDIN (FORMAT binary)"],
+        &bin,
+    );
     assert!(ok, "{err}");
     let same = "SELECT count(*) FROM (SELECT * FROM accounts EXCEPT SELECT * FROM back) d";
     assert_eq!(value(&o, same).await, "0");
     assert_eq!(value(&o, "SELECT count(*) FROM back").await, "1000");
     // Binary in through the proxy too: the same rows on their shards.
     exec(&client, "TRUNCATE accounts").await;
-    let (ok, out, err) = psql_with(&c.uri(), &["-c", "COPY accounts FROM STDIN (FORMAT binary)"], &bin);
+    let (ok, out, err) = psql_with(
+        &c.uri(),
+        &["-c", "COPY accounts FROM STDIN (FORMAT binary)"],
+        &bin,
+    );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "COPY 1000");
     check_placement(&c, "accounts").await;
@@ -617,4 +641,124 @@ async fn copy_to_stdout_gives_every_shard_s_rows_once() {
     let r = raw.query("COPY accounts TO STDOUT").await;
     assert_eq!((r.tags(), r.status), (vec!["COPY 990".to_string()], b'T'));
     raw.query("ROLLBACK").await;
+}
+
+/// pg_dump through the proxy (it locks every table, then COPYs each out
+/// in one repeatable-read block): schema once, every shard's rows; the dump
+/// restores into one plain PostgreSQL with the same rows, plain and -Fc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_through_the_proxy_restores_into_plain_postgresql() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    exec(
+        &client,
+        "CREATE TABLE countries (code text PRIMARY KEY, name text)",
+    )
+    .await;
+    exec(&client, "CREATE TABLE notes (id int, body text)").await;
+    exec(
+        &client,
+        "INSERT INTO countries VALUES ('pl', 'Poland'), ('fr', 'France')",
+    )
+    .await;
+    exec(
+        &client,
+        "INSERT INTO notes VALUES (1, 'one'), (2, E'two\\nlines')",
+    )
+    .await;
+    let (ok, _, err) = psql_with(
+        &c.uri(),
+        &["-c", "COPY accounts FROM STDIN"],
+        text_rows(2000).as_bytes(),
+    );
+    assert!(ok, "{err}");
+    let dir = std::env::temp_dir().join(format!("pieskieo-dump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let queries = [
+        "SELECT id, balance, note FROM accounts ORDER BY id",
+        "SELECT code, name FROM countries ORDER BY code",
+        "SELECT id, body FROM notes ORDER BY id",
+    ];
+    let mut expected = Vec::new();
+    for q in queries {
+        expected.push(crate::harness::rows(&client, q).await);
+    }
+    for (n, format) in ["p", "c"].iter().enumerate() {
+        let file = dir.join(format!("dump.{format}"));
+        let out = Command::new("pg_dump")
+            .args([
+                "-F",
+                format,
+                "--no-owner",
+                "--exclude-schema=pieskieo",
+                "-f",
+            ])
+            .arg(&file)
+            .arg(c.uri())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump -F{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plain = Servers::start(1);
+        let restore = if *format == "p" {
+            Command::new("psql")
+                .arg(plain.url(0))
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+                .arg(&file)
+                .output()
+                .unwrap()
+        } else {
+            Command::new("pg_restore")
+                .args(["--no-owner", "-d"])
+                .arg(plain.url(0))
+                .arg(&file)
+                .output()
+                .unwrap()
+        };
+        assert!(
+            restore.status.success(),
+            "restore {n}: {}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+        let o = plain.connect(0).await;
+        for (q, want) in queries.iter().zip(&expected) {
+            assert_eq!(&crate::harness::rows(&o, q).await, want, "-F{format}: {q}");
+        }
+        if *format == "p" {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert_eq!(
+                text.matches("CREATE TABLE public.accounts").count(),
+                1,
+                "schema once"
+            );
+        }
+    }
+    no_prepared(&c).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What pg_dump opens with: `SET TRANSACTION` right after `BEGIN`, then a
+/// query. A shard joining must get the SET before the deadlock tag's query
+/// takes the snapshot (this failed with 25001 before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_transaction_after_begin_holds_on_every_shard() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    let mut raw = RawClient::connect(c.port()).await;
+    raw.query("BEGIN").await;
+    let r = raw.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").await;
+    assert!(r.error_codes().is_empty(), "{:?}", r.messages);
+    let r = raw.query("LOCK TABLE accounts IN ACCESS SHARE MODE").await;
+    assert_eq!((r.tags(), r.error_codes()), (vec!["LOCK TABLE".to_string()], vec![]));
+    let r = raw.query("SELECT current_setting('transaction_isolation'), count(*) FROM accounts").await;
+    assert!(r.error_codes().is_empty(), "{:?}", r.messages);
+    raw.query("COMMIT").await;
+    // Outside a block, as in PostgreSQL: 25P01.
+    let r = raw.query("LOCK TABLE accounts").await;
+    assert_eq!(r.error_codes(), ["25P01"]);
 }
