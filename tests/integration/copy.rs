@@ -751,14 +751,49 @@ async fn set_transaction_after_begin_holds_on_every_shard() {
     exec(&client, ACCOUNTS).await;
     let mut raw = RawClient::connect(c.port()).await;
     raw.query("BEGIN").await;
-    let r = raw.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").await;
+    let r = raw
+        .query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await;
     assert!(r.error_codes().is_empty(), "{:?}", r.messages);
     let r = raw.query("LOCK TABLE accounts IN ACCESS SHARE MODE").await;
-    assert_eq!((r.tags(), r.error_codes()), (vec!["LOCK TABLE".to_string()], vec![]));
-    let r = raw.query("SELECT current_setting('transaction_isolation'), count(*) FROM accounts").await;
+    assert_eq!(
+        (r.tags(), r.error_codes()),
+        (vec!["LOCK TABLE".to_string()], vec![])
+    );
+    let r = raw
+        .query("SELECT current_setting('transaction_isolation'), count(*) FROM accounts")
+        .await;
     assert!(r.error_codes().is_empty(), "{:?}", r.messages);
     raw.query("COMMIT").await;
     // Outside a block, as in PostgreSQL: 25P01.
     let r = raw.query("LOCK TABLE accounts").await;
     assert_eq!(r.error_codes(), ["25P01"]);
+}
+
+/// Through the extended protocol a COPY of a sharded table is refused with
+/// a message saying what to do, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_copy_is_refused_cleanly() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    let mut raw = RawClient::connect(c.port()).await;
+    raw.send(b'P', &crate::harness::parse("", "COPY accounts FROM STDIN"))
+        .await;
+    raw.send(b'B', &crate::harness::bind("", &[])).await;
+    raw.send(b'E', &[0, 0, 0, 0, 0]).await;
+    raw.send(b'S', &[]).await;
+    let r = raw.until_ready().await;
+    assert_eq!(
+        (r.error_codes(), r.status),
+        (vec!["0A000".to_string()], b'I')
+    );
+    let msg = r
+        .messages
+        .iter()
+        .find(|m| m.0 == b'E')
+        .map(|m| field(&m.1, b'M'))
+        .unwrap();
+    assert!(msg.contains("simple query"), "{msg}");
+    assert_eq!(raw.query("SELECT 1").await.status, b'I');
 }

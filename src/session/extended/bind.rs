@@ -84,6 +84,13 @@ impl Session {
                 );
                 return Ok(true);
             }
+            Plan::CopyIn(_) | Plan::CopyOut(_) => {
+                return Ok(self
+                    .error(Error::Unsupported(
+                        "COPY of a distributed table, or COPY FROM STDIN, through the extended query protocol is not supported by Pieskieo: send it as a simple query".into(),
+                    ))
+                    .await?)
+            }
             control => {
                 let sql = stmt.sql.clone();
                 self.ext.portals.insert(
