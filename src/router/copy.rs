@@ -386,10 +386,12 @@ fn options(toks: &[Token]) -> Result<CopyOptions, String> {
         "Pieskieo cannot read these COPY options; write them as WITH (option value, ...)"
             .to_string()
     };
-    let one_byte = |s: &str| -> Result<u8, String> {
+    // PostgreSQL refuses anything but one byte when the COPY starts, on
+    // every shard, before any data: what stands in for it here never frames a row.
+    let one_byte = |s: &str, default: u8| -> Result<u8, String> {
         match s.as_bytes() {
             [b] if b.is_ascii() => Ok(*b),
-            _ => Err("COPY delimiter, quote and escape must be a single one-byte character".into()),
+            _ => Ok(default),
         }
     };
     if matches!(toks.get(i), Some(Token::LParen)) {
@@ -532,16 +534,16 @@ fn options(toks: &[Token]) -> Result<CopyOptions, String> {
         o.null = Vec::new();
     }
     if let Some(d) = delimiter {
-        o.delimiter = one_byte(&d)?;
+        o.delimiter = one_byte(&d, o.delimiter)?;
     }
     if let Some(n) = null {
         o.null = n.into_bytes();
     }
     if let Some(q) = quote {
-        o.quote = one_byte(&q)?;
+        o.quote = one_byte(&q, o.quote)?;
     }
     o.escape = match escape {
-        Some(e) => one_byte(&e)?,
+        Some(e) => one_byte(&e, o.quote)?,
         None => o.quote,
     };
     Ok(o)

@@ -178,16 +178,23 @@ impl Session {
             conn.send_query(stmt).await?;
             conn.flush().await?;
         }
-        // Each shard's answers up to its CopyInResponse.
-        let mut first_error: Option<Bytes> = None;
+        // Each shard's answers up to its CopyInResponse. The error to give:
+        // a joining shard's BEGIN's, else a COPY's own (PostgreSQL's words
+        // for a missing table, column or bad option), else the catalog
+        // query's (whose failure also aborted that shard's COPY).
+        let mut head_error: Option<Bytes> = None;
+        let mut copy_error: Option<Bytes> = None;
+        let mut catalog_error: Option<Bytes> = None;
         let mut columns = copy.columns.clone();
         let mut copy_in_response = None;
         for (i, feed) in feeds.iter_mut().enumerate() {
             let conn = &mut parts[feed.part].conn;
+            let mut aborted = false;
             if fresh.contains(&feed.shard) {
                 for _ in head {
                     if let Some(e) = executor::drain(conn).await? {
-                        first_error.get_or_insert(e.bytes);
+                        head_error.get_or_insert(e.bytes);
+                        aborted = true;
                     }
                 }
             }
@@ -203,7 +210,8 @@ impl Session {
                         )
                     }
                     Err(e) => {
-                        first_error.get_or_insert(e.bytes);
+                        catalog_error.get_or_insert(e.bytes);
+                        aborted = true;
                     }
                 }
             }
@@ -215,8 +223,8 @@ impl Session {
                         copy_in_response.get_or_insert(f.bytes);
                         break;
                     }
-                    b'E' => {
-                        first_error.get_or_insert(f.bytes);
+                    b'E' if !aborted => {
+                        copy_error.get_or_insert(f.bytes);
                     }
                     b'Z' => break,
                     b'N' => self
@@ -228,6 +236,7 @@ impl Session {
                 }
             }
         }
+        let mut first_error = head_error.or(copy_error).or(catalog_error);
         let mut router = None;
         if first_error.is_none() && sharded {
             let map = self.shared.map();

@@ -797,3 +797,33 @@ async fn extended_protocol_copy_is_refused_cleanly() {
     assert!(msg.contains("simple query"), "{msg}");
     assert_eq!(raw.query("SELECT 1").await.status, b'I');
 }
+
+/// A COPY PostgreSQL refuses before any data (no such table, column or
+/// option) gets PostgreSQL's error, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_refused_at_the_start_gets_postgresql_s_error() {
+    let c = Cluster::start(3).await;
+    let plain = Servers::start(1);
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    plain
+        .connect(0)
+        .await
+        .batch_execute(ACCOUNTS)
+        .await
+        .unwrap();
+    exec(&client, "DROP TABLE IF EXISTS items").await;
+    for sql in [
+        "COPY items FROM STDIN",
+        "COPY accounts (id, nope) FROM STDIN",
+        "COPY accounts FROM STDIN WITH (FORMAT csv, DELIMITER 'ab')",
+        "COPY accounts FROM STDIN WITH (FREEZE)",
+    ] {
+        let (ok_p, _, err_p) = psql_with(&c.uri(), &["-c", sql], b"1\t2\tx\n");
+        let (ok_o, _, err_o) = psql_with(&plain.url(0), &["-c", sql], b"1\t2\tx\n");
+        assert!(!ok_p && !ok_o, "{sql}");
+        assert_eq!(err_p, err_o, "{sql}");
+    }
+    assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
+    no_prepared(&c).await;
+}
