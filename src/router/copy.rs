@@ -240,6 +240,48 @@ fn plan_query_out(sql: &str, query: &str, p: &Parsed, map: &ShardMap) -> Result<
     }
 }
 
+/// Whether a `VACUUM`/`ANALYZE` names any table (words after its options
+/// that are not options): without one it covers every table.
+pub(super) fn names_any_table(sql: &str) -> bool {
+    const OPTIONS: &[&str] = &[
+        "vacuum",
+        "analyze",
+        "analyse",
+        "full",
+        "freeze",
+        "verbose",
+        "skip_locked",
+        "index_cleanup",
+        "process_toast",
+        "truncate",
+        "parallel",
+        "disable_page_skipping",
+        "true",
+        "false",
+        "on",
+        "off",
+        "auto",
+    ];
+    let Ok(toks) = tokens(sql) else {
+        return true;
+    };
+    let mut depth = 0;
+    toks.iter().any(|t| match t {
+        Token::LParen => {
+            depth += 1;
+            false
+        }
+        Token::RParen => {
+            depth -= 1;
+            false
+        }
+        Token::Word(w) if depth == 0 => {
+            w.quote_style.is_some() || !OPTIONS.contains(&w.value.to_lowercase().as_str())
+        }
+        _ => false,
+    })
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }

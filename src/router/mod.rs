@@ -400,6 +400,19 @@ pub fn plan_bound(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, R
                 write: Writes::No,
             })
         }
+        // VACUUM and ANALYZE cannot run in a transaction block: every shard
+        // runs them on its own (outside a block; `Writes::No` keeps them out
+        // of a proxy block), each on its own rows. Inside the client's block
+        // the shards refuse them, as PostgreSQL does.
+        Some("vacuum" | "analyze" | "analyse")
+            if classify::sharded_table_named(sql, map, true).is_some()
+                || !copy::names_any_table(sql) =>
+        {
+            return Ok(Plan::Forward {
+                route: Route::All,
+                write: Writes::No,
+            });
+        }
         _ => {}
     }
     classify::parsed(sql, map, params)

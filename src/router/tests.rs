@@ -722,6 +722,10 @@ fn copy_and_lock_plans() {
             fwd(Route::All, false),
         ),
         ("LOCK TABLE notes", fwd(Route::One(m.default_shard), true)),
+        ("vacuum analyze pgbench_accounts", fwd(Route::All, false)),
+        ("VACUUM", fwd(Route::All, false)),
+        ("VACUUM (VERBOSE, ANALYZE)", fwd(Route::All, false)),
+        ("ANALYZE notes", fwd(Route::One(m.default_shard), true)),
     ];
     for (sql, want) in cases {
         assert_eq!(plan(sql, &m).unwrap(), want, "{sql}");
