@@ -46,6 +46,11 @@ pub struct CopyOptions {
 }
 
 impl CopyOptions {
+    /// The text format's defaults (what `COPY ... TO STDOUT` writes).
+    pub fn text() -> CopyOptions {
+        CopyOptions::defaults()
+    }
+
     fn defaults() -> CopyOptions {
         CopyOptions {
             format: CopyFormat::Text,
@@ -156,12 +161,12 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
     };
     if !p.from {
         return Ok(match placement {
-            CopyPlacement::Sharded => Plan::CopyOut(CopyOut {
+            CopyPlacement::Sharded => Plan::CopyOut(Box::new(CopyOut {
                 route: Route::All,
                 sql: sql.to_string(),
                 format: options.format,
                 header: options.header != Header::No,
-            }),
+            })),
             CopyPlacement::Reference => Plan::Forward {
                 route: Route::Any,
                 write: Writes::No,
@@ -190,13 +195,13 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
             }
         }
     }
-    Ok(Plan::CopyIn(CopyIn {
+    Ok(Plan::CopyIn(Box::new(CopyIn {
         table: name.clone(),
         relation,
         columns: p.columns,
         options,
         placement,
-    }))
+    })))
 }
 
 /// `COPY (query) TO STDOUT`: where the query would run.
@@ -224,12 +229,12 @@ fn plan_query_out(sql: &str, query: &str, p: &Parsed, map: &ShardMap) -> Result<
             Route::Some(_) | Route::All if write.may() => Err(RouteError::Unsupported(
                 "COPY (query) TO STDOUT of a query that may write on several shards is not supported".into(),
             )),
-            route => Ok(Plan::CopyOut(CopyOut {
+            route => Ok(Plan::CopyOut(Box::new(CopyOut {
                 route,
                 sql: sql.to_string(),
                 format: options.format,
                 header: options.header != Header::No,
-            })),
+            }))),
         },
         Plan::Merge { .. } => Err(RouteError::Unsupported(
             "COPY (query) TO STDOUT of a query whose rows the proxy would merge (ORDER BY, LIMIT, aggregates, DISTINCT across shards) is not supported: fix the shard key, or run the query itself".into(),

@@ -152,9 +152,17 @@ pub enum Plan {
     },
     /// `COPY ... FROM STDIN`: the client's rows go to the shards of their
     /// keys (or every shard, or the default shard), one COPY per shard.
-    CopyIn(CopyIn),
+    CopyIn(Box<CopyIn>),
     /// `COPY ... TO STDOUT` several shards answer: their rows concatenated.
-    CopyOut(CopyOut),
+    CopyOut(Box<CopyOut>),
+    /// `INSERT INTO sharded (cols) SELECT ...` whose SELECT reads no
+    /// sharded table: the SELECT runs on `source` (as `COPY (select) TO
+    /// STDOUT`) and its rows go to their shards as in `into`.
+    InsertSelect {
+        into: Box<CopyIn>,
+        select: String,
+        source: Route,
+    },
     Begin,
     Commit,
     Rollback,

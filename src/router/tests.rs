@@ -200,7 +200,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "INSERT INTO accounts (id) SELECT 1",
+            "INSERT INTO accounts (id) SELECT id FROM orders",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (

@@ -24,6 +24,30 @@ const FLUSH_AT: usize = 64 * 1024;
 /// its own line; this maps it back to the client's.
 const LINE_RING: usize = 1 << 16;
 
+/// One COPY IN: the statement each shard runs, what it copies, where, the
+/// shards that just joined the block and what they run first, and the verb
+/// of the closing tag (`COPY`, or `INSERT 0` for an INSERT ... SELECT).
+#[derive(Clone, Copy)]
+struct CopyRun<'a> {
+    stmt: &'a str,
+    copy: &'a CopyIn,
+    shards: &'a [ShardId],
+    fresh: &'a [ShardId],
+    head: &'a [String],
+    verb: &'a str,
+}
+
+/// Where a COPY IN's data comes from.
+pub(super) enum Source<'a> {
+    /// The client's CopyData.
+    Client,
+    /// `sql` (a `COPY (SELECT ...) TO STDOUT`) on a shard connection of its own.
+    Shard {
+        conn: &'a mut ServerConn,
+        sql: String,
+    },
+}
+
 /// Why a COPY IN stream ended.
 enum Ending {
     /// CopyDone, and every row was routed.
@@ -88,7 +112,7 @@ fn remap_line(context: &str, f: impl Fn(u64) -> Option<u64>) -> Option<String> {
 
 impl Session {
     /// `COPY ... FROM STDIN`: in the client's block, or in one of its own.
-    pub(super) async fn copy_in(&mut self, stmt: &str, copy: CopyIn) -> std::io::Result<bool> {
+    pub(super) async fn copy_in(&mut self, stmt: &str, copy: Box<CopyIn>) -> std::io::Result<bool> {
         let map = self.shared.map();
         let shards: Vec<ShardId> = match copy.placement {
             CopyPlacement::Sharded | CopyPlacement::Reference => {
@@ -96,13 +120,65 @@ impl Session {
             }
             CopyPlacement::Unsharded => vec![map.default_shard],
         };
+        self.copy_in_from(stmt, &copy, &shards, &mut Source::Client, "COPY")
+            .await
+    }
+
+    /// `INSERT INTO sharded (cols) SELECT ...` whose SELECT reads no sharded
+    /// table: the SELECT runs as `COPY (...) TO STDOUT` on one shard, on a
+    /// connection of its own, and its rows are routed like a COPY IN's.
+    pub(super) async fn insert_select(
+        &mut self,
+        into: Box<CopyIn>,
+        select: String,
+        source: Route,
+    ) -> std::io::Result<bool> {
+        let map = self.shared.map();
+        let shard = match source {
+            Route::One(s) => s,
+            _ => self.block_any_shard().unwrap_or(map.default_shard),
+        };
+        let columns: Vec<String> = into
+            .columns
+            .iter()
+            .flatten()
+            .map(|c| quote_ident(c))
+            .collect();
+        let stmt = format!("COPY {} ({}) FROM STDIN", into.relation, columns.join(", "));
+        let mut conn = match self.checkout(shard).await {
+            Ok(c) => c,
+            Err(e) => return self.error(e).await,
+        };
+        let shards: Vec<ShardId> = (0..map.shards).map(ShardId).collect();
+        let mut from = Source::Shard {
+            conn: &mut conn,
+            sql: format!("COPY ({select}) TO STDOUT"),
+        };
+        let r = self
+            .copy_in_from(&stmt, &into, &shards, &mut from, "INSERT 0")
+            .await;
+        if conn.status != b'I' || conn.owes() > 0 {
+            conn.mark_broken();
+        }
+        r
+    }
+
+    /// Runs a COPY IN in the client's block, or in one of its own.
+    async fn copy_in_from(
+        &mut self,
+        stmt: &str,
+        copy: &CopyIn,
+        shards: &[ShardId],
+        source: &mut Source<'_>,
+        verb: &str,
+    ) -> std::io::Result<bool> {
         if self.txn().is_some() {
-            let (ok, last) = self.copy_in_block(stmt, &copy, &shards).await?;
+            let (ok, last) = self.copy_in_block(stmt, copy, shards, source, verb).await?;
             self.close_statement(last).await?;
             return Ok(ok);
         }
         self.transition(Event::StartImplicit, None);
-        let (ok, last) = self.copy_in_block(stmt, &copy, &shards).await?;
+        let (ok, last) = self.copy_in_block(stmt, copy, shards, source, verb).await?;
         self.finish_implicit(ok, last).await
     }
 
@@ -113,12 +189,25 @@ impl Session {
         stmt: &str,
         copy: &CopyIn,
         shards: &[ShardId],
+        source: &mut Source<'_>,
+        verb: &str,
     ) -> std::io::Result<(bool, Option<Bytes>)> {
         let Some((mut parts, head, missing)) = self.enlist(shards).await? else {
             return Ok((false, None));
         };
         let r = self
-            .copy_in_parts(stmt, copy, shards, &missing, &head, &mut parts)
+            .copy_in_parts(
+                &CopyRun {
+                    stmt,
+                    copy,
+                    shards,
+                    fresh: &missing,
+                    head: &head,
+                    verb,
+                },
+                &mut parts,
+                source,
+            )
             .await;
         if let Some(t) = self.txn() {
             t.participants = parts;
@@ -138,13 +227,18 @@ impl Session {
     /// it. `Ok(Err(e))`: it failed with `e` and no shard is left copying.
     async fn copy_in_parts(
         &mut self,
-        stmt: &str,
-        copy: &CopyIn,
-        shards: &[ShardId],
-        fresh: &[ShardId],
-        head: &[String],
+        run: &CopyRun<'_>,
         parts: &mut [Participant],
+        source: &mut Source<'_>,
     ) -> Result<Result<Bytes, Bytes>, ExecError> {
+        let CopyRun {
+            stmt,
+            copy,
+            shards,
+            fresh,
+            head,
+            verb,
+        } = *run;
         let sharded = copy.placement == CopyPlacement::Sharded;
         let catalog = (sharded && copy.columns.is_none()).then(|| {
             format!(
@@ -269,13 +363,24 @@ impl Session {
                 return Ok(Err(e));
             }
         };
-        self.out
-            .write_all(&response)
-            .await
-            .map_err(ExecError::Client)?;
-        self.out.flush().await.map_err(ExecError::Client)?;
+        match source {
+            Source::Client => {
+                self.out
+                    .write_all(&response)
+                    .await
+                    .map_err(ExecError::Client)?;
+                self.out.flush().await.map_err(ExecError::Client)?;
+            }
+            Source::Shard { conn, sql } => {
+                // The rows' source starts once every shard is ready for them.
+                conn.send_query(sql).await?;
+                conn.flush().await?;
+            }
+        }
 
-        let ending = self.stream_rows(parts, &mut feeds, router.as_mut()).await?;
+        let ending = self
+            .stream_rows(parts, &mut feeds, router.as_mut(), source)
+            .await?;
         // The error to report: PostgreSQL stops at the first bad line, so of
         // every error found (here, or by any shard for the rows it had) the
         // one of the earliest line wins.
@@ -365,7 +470,7 @@ impl Session {
         }
         Ok(match found {
             Some((_, e)) => Err(e),
-            None => Ok(protocol::command_complete(&format!("COPY {total}"))),
+            None => Ok(protocol::command_complete(&format!("{verb} {total}"))),
         })
     }
 
@@ -376,14 +481,43 @@ impl Session {
         parts: &mut [Participant],
         feeds: &mut [Feed],
         mut router: Option<&mut RowRouter>,
+        source: &mut Source<'_>,
     ) -> Result<Ending, ExecError> {
         loop {
-            let Some(frames) = self.frames.as_mut() else {
-                return Ok(Ending::Vanished);
-            };
-            let f = match frames.recv().await {
-                Some(Ok(f)) => f,
-                Some(Err(_)) | None => return Ok(Ending::Vanished),
+            let f = match source {
+                Source::Client => {
+                    let Some(frames) = self.frames.as_mut() else {
+                        return Ok(Ending::Vanished);
+                    };
+                    match frames.recv().await {
+                        Some(Ok(f)) => f,
+                        Some(Err(_)) | None => return Ok(Ending::Vanished),
+                    }
+                }
+                Source::Shard { conn, .. } => {
+                    let f = conn.read().await?;
+                    match f.tag {
+                        b'd' => f,
+                        b'c' => {
+                            // Its CommandComplete and ReadyForQuery follow.
+                            executor::drain(conn).await?;
+                            f
+                        }
+                        b'E' => {
+                            executor::drain(conn).await?;
+                            return Ok(Ending::Refused(f.bytes, u64::MAX));
+                        }
+                        b'Z' => {
+                            return Ok(Ending::Refused(
+                                route_error(&RouteError::Unsupported(
+                                    "the SELECT of an INSERT ... SELECT did not produce rows through COPY".into(),
+                                )),
+                                u64::MAX,
+                            ))
+                        }
+                        _ => continue,
+                    }
+                }
             };
             let routed = match f.tag {
                 b'd' => {
@@ -576,7 +710,11 @@ impl Session {
     /// every shard's rows in turn (one header), one CopyDone, the counts
     /// summed. Inside a block on the block's shards (enlisting them), else
     /// on borrowed connections.
-    pub(super) async fn copy_out(&mut self, stmt: &str, copy: CopyOut) -> std::io::Result<bool> {
+    pub(super) async fn copy_out(
+        &mut self,
+        stmt: &str,
+        copy: Box<CopyOut>,
+    ) -> std::io::Result<bool> {
         let shards = copy.route.shards(self.shared.map().shards);
         if self.txn().is_none() {
             let mut conns = Vec::with_capacity(shards.len());

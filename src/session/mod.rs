@@ -627,6 +627,11 @@ impl Session {
             }
             Plan::CopyIn(copy) => self.copy_in(stmt, copy).await,
             Plan::CopyOut(copy) => self.copy_out(stmt, copy).await,
+            Plan::InsertSelect {
+                into,
+                select,
+                source,
+            } => self.insert_select(into, select, source).await,
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,

@@ -795,7 +795,7 @@ async fn extended_protocol_copy_is_refused_cleanly() {
         .find(|m| m.0 == b'E')
         .map(|m| field(&m.1, b'M'))
         .unwrap();
-    assert!(msg.contains("simple query"), "{msg}");
+    assert!(msg.contains("as simple queries"), "{msg}");
     assert_eq!(raw.query("SELECT 1").await.status, b'I');
 }
 
@@ -826,5 +826,87 @@ async fn copy_refused_at_the_start_gets_postgresql_s_error() {
         assert_eq!(err_p, err_o, "{sql}");
     }
     assert_eq!(per_shard(&c, "accounts").await, vec![0, 0, 0]);
+    no_prepared(&c).await;
+}
+
+/// `INSERT INTO sharded SELECT` from generate_series and from an unsharded
+/// table: the SELECT runs on one shard and its rows go to their shards,
+/// atomically; pgbench's server-side generation (`-I dtGvp`) through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_into_sharded_select_routes_the_rows() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    exec(&client, "CREATE TABLE notes (id int, body text)").await;
+    exec(
+        &client,
+        "INSERT INTO notes SELECT g, 'n' || g FROM generate_series(100001, 100100) g",
+    )
+    .await;
+    let mut raw = RawClient::connect(c.port()).await;
+    let r = raw
+        .query("INSERT INTO accounts (id, balance) SELECT g, g * 10 FROM generate_series(1, 5000) AS g")
+        .await;
+    assert_eq!(
+        (r.tags(), r.status),
+        (vec!["INSERT 0 5000".to_string()], b'I')
+    );
+    check_placement(&c, "accounts").await;
+    let r = raw
+        .query("INSERT INTO accounts (id, balance, note) SELECT id, id, body FROM notes WHERE id % 2 = 0")
+        .await;
+    assert_eq!(r.tags(), ["INSERT 0 50"]);
+    assert_eq!(
+        value(&client, "SELECT note FROM accounts WHERE id = 100010").await,
+        "n100010"
+    );
+    // Inside a block, rolled back with it; a bad row fails it whole.
+    raw.query("BEGIN").await;
+    raw.query("INSERT INTO accounts (id, balance) SELECT g, 1 FROM generate_series(6001, 7000) g")
+        .await;
+    raw.query("ROLLBACK").await;
+    let r = raw
+        .query("INSERT INTO accounts (id, balance) SELECT g, 5000 - g FROM generate_series(8001, 9000) g")
+        .await;
+    assert_eq!(
+        r.error_codes(),
+        ["23514"],
+        "a negative balance fails the CHECK"
+    );
+    assert_eq!(
+        value(&client, "SELECT count(*) FROM accounts").await,
+        "5050"
+    );
+    no_prepared(&c).await;
+    // Refused, saying why.
+    for sql in [
+        "INSERT INTO accounts (id, balance) SELECT id + 100000, balance FROM accounts",
+        "INSERT INTO accounts (id, balance) SELECT g, 1 FROM generate_series(1, 2) g RETURNING id",
+        "INSERT INTO accounts (balance) SELECT 1",
+    ] {
+        assert_eq!(raw.query(sql).await.error_codes(), ["0A000"], "{sql}");
+    }
+
+    let out = Command::new("pgbench")
+        .args(["-i", "-s", "1", "-I", "dtGvp"])
+        .arg(c.uri())
+        .output()
+        .expect("pgbench is installed");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        value(&client, "SELECT count(*) FROM pgbench_accounts").await,
+        "100000"
+    );
+    assert_eq!(
+        value(&client, "SELECT count(*) FROM pgbench_tellers").await,
+        "10"
+    );
+    let counts = per_shard(&c, "pgbench_accounts").await;
+    assert!(counts.iter().all(|n| *n > 30_000), "{counts:?}");
     no_prepared(&c).await;
 }

@@ -84,10 +84,10 @@ impl Session {
                 );
                 return Ok(true);
             }
-            Plan::CopyIn(_) | Plan::CopyOut(_) => {
+            Plan::CopyIn(_) | Plan::CopyOut(_) | Plan::InsertSelect { .. } => {
                 return Ok(self
                     .error(Error::Unsupported(
-                        "COPY of a distributed table, or COPY FROM STDIN, through the extended query protocol is not supported by Pieskieo: send it as a simple query".into(),
+                        "COPY of a distributed table, COPY FROM STDIN and INSERT INTO a sharded table ... SELECT through the extended query protocol are not supported by Pieskieo: send them as simple queries".into(),
                     ))
                     .await?)
             }
