@@ -738,6 +738,12 @@ async fn pg_dump_through_the_proxy_restores_into_plain_postgresql() {
             );
         }
     }
+    // pg_dump's own settings (an empty search_path, ...) stayed with it.
+    for _ in 0..4 {
+        let other = c.client().await;
+        assert_eq!(value(&other, "SHOW search_path").await, "\"$user\", public");
+        assert_eq!(value(&other, "SELECT count(*) FROM notes").await, "2");
+    }
     no_prepared(&c).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
