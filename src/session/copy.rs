@@ -1,4 +1,5 @@
-//! `COPY ... FROM STDIN` and `COPY ... TO STDOUT` across shards.
+//! `COPY ... FROM STDIN` across shards, and `INSERT INTO sharded SELECT`
+//! carried out as one (`COPY ... TO STDOUT` is in `copy_out.rs`).
 //!
 //! COPY IN runs in a block — the client's, or one the proxy opens for it
 //! (committed like any multi-shard write: two-phase when several shards got
@@ -14,15 +15,12 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use super::copy_feed::{end_all, read_rows, route_error, route_rows, Feed};
 use super::*;
-use crate::router::{CopyFormat, CopyIn, CopyOut, CopyPlacement, Dest, RowError, RowRouter};
+use crate::router::{CopyIn, CopyPlacement, RowRouter};
 
 /// A shard's queued rows go out once they reach this size.
 const FLUSH_AT: usize = 64 * 1024;
-
-/// Line numbers of the last rows sent to each shard: a shard's error names
-/// its own line; this maps it back to the client's.
-const LINE_RING: usize = 1 << 16;
 
 /// One COPY IN: the statement each shard runs, what it copies, where, the
 /// shards that just joined the block and what they run first, and the verb
@@ -61,53 +59,6 @@ enum Ending {
     ShardFailed(Bytes, u64),
     /// The client is gone.
     Vanished,
-}
-
-/// One shard's part of a COPY IN.
-struct Feed {
-    shard: ShardId,
-    /// Index of its participant.
-    part: usize,
-    queue: BytesMut,
-    /// Rows (header included) sent, and the client line of the latest ones.
-    sent: u64,
-    lines: VecDeque<u64>,
-    /// The shard is in copy-in mode (it owes the COPY's answer).
-    copying: bool,
-    /// Data rows routed here (not the header).
-    rows: u64,
-}
-
-impl Feed {
-    fn push(&mut self, row: &[u8], line: u64) {
-        self.queue.extend_from_slice(row);
-        self.sent += 1;
-        if self.lines.len() == LINE_RING {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(line);
-    }
-
-    /// The client's line for the shard's line `n` (1-based), if still known.
-    fn client_line(&self, n: u64) -> Option<u64> {
-        let first = self.sent - self.lines.len() as u64 + 1;
-        (n >= first && n <= self.sent)
-            .then(|| self.lines.get((n - first) as usize).copied())
-            .flatten()
-    }
-}
-
-/// `... line N...` in a CONTEXT, with N mapped by `f`.
-fn remap_line(context: &str, f: impl Fn(u64) -> Option<u64>) -> Option<String> {
-    let at = context.find(", line ")? + ", line ".len();
-    let digits = context[at..].bytes().take_while(u8::is_ascii_digit).count();
-    let n: u64 = context[at..at + digits].parse().ok()?;
-    let mapped = f(n)?;
-    Some(format!(
-        "{}{mapped}{}",
-        &context[..at],
-        &context[at + digits..]
-    ))
 }
 
 impl Session {
@@ -601,204 +552,11 @@ impl Session {
     }
 }
 
-impl Feed {
-    /// A shard's COPY error with its line number turned into the client's,
-    /// and that line (`u64::MAX - 1` when it names none the proxy knows).
-    fn remap(&self, error: &[u8]) -> (Bytes, u64) {
-        let line = std::cell::Cell::new(u64::MAX - 1);
-        let mapped = protocol::map_error_context(error, |ctx| {
-            remap_line(ctx, |n| {
-                let l = self.client_line(n)?;
-                line.set(l);
-                Some(l)
-            })
-        });
-        (
-            mapped.unwrap_or_else(|| Bytes::copy_from_slice(error)),
-            line.get(),
-        )
-    }
-}
-
-/// Routes one CopyData payload (or, with `end`, the end of the stream).
-fn route_rows(
-    r: &mut RowRouter,
-    feeds: &mut [Feed],
-    data: &[u8],
-    end: bool,
-) -> Result<(), RowError> {
-    let mut sink = |dest: Dest, line: u64, row: &[u8]| match dest {
-        Dest::All => {
-            for f in feeds.iter_mut() {
-                f.push(row, line);
-            }
-        }
-        Dest::Shard(s) => {
-            if let Some(f) = feeds.iter_mut().find(|f| f.shard == s) {
-                f.push(row, line);
-                f.rows += 1;
-            }
-        }
-    };
-    if end {
-        r.finish(&mut sink)
-    } else {
-        r.feed(data, &mut sink)
-    }
-}
-
-/// The rows of one query's answer, or the error it ended with.
-async fn read_rows(c: &mut ServerConn) -> Result<Result<Vec<Frame>, Frame>, BackendError> {
-    let mut rows = Vec::new();
-    let mut err = None;
-    loop {
-        let f = c.read().await?;
-        match f.tag {
-            b'Z' => break,
-            b'E' => err = Some(f),
-            b'D' => rows.push(f),
-            _ => {}
-        }
-    }
-    Ok(match err {
-        Some(e) => Err(e),
-        None => Ok(rows),
-    })
-}
-
-fn route_error(e: &RouteError) -> Bytes {
-    protocol::error_response(Severity::Error, e.sqlstate(), &e.to_string(), None)
-}
-
-/// Ends the COPY on every shard still copying (CopyFail), reading each
-/// one's answer; returns the first shard's error.
-async fn fail_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) -> Option<Bytes> {
-    let mut first = None;
-    for f in feeds.iter_mut().filter(|f| f.copying) {
-        let conn = &mut parts[f.part].conn;
-        let sent = async {
-            conn.send_copy_fail(message).await?;
-            conn.flush().await
-        }
-        .await;
-        if sent.is_err() {
-            conn.mark_broken();
-        }
-    }
-    for f in feeds.iter_mut().filter(|f| f.copying) {
-        let conn = &mut parts[f.part].conn;
-        match executor::drain(conn).await {
-            Ok(e) => {
-                if let (None, Some(e)) = (&first, e) {
-                    first = Some(e.bytes);
-                }
-            }
-            Err(_) => conn.mark_broken(),
-        }
-        f.copying = false;
-    }
-    first
-}
-
-/// [`fail_all`] when the error to report is another one.
-async fn end_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) {
-    let _ = fail_all(parts, feeds, message).await;
-}
-
 impl Session {
-    /// `COPY ... TO STDOUT` that several shards answer: one CopyOutResponse,
-    /// every shard's rows in turn (one header), one CopyDone, the counts
-    /// summed. Inside a block on the block's shards (enlisting them), else
-    /// on borrowed connections.
-    pub(super) async fn copy_out(
-        &mut self,
-        stmt: &str,
-        copy: Box<CopyOut>,
-    ) -> std::io::Result<bool> {
-        let shards = copy.route.shards(self.shared.map().shards);
-        if self.txn().is_none() {
-            let mut conns = Vec::with_capacity(shards.len());
-            for s in &shards {
-                match self.checkout(*s).await {
-                    Ok(c) => conns.push(c),
-                    Err(e) => return self.error(e).await,
-                }
-            }
-            let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
-            let r = async {
-                for c in refs.iter_mut() {
-                    c.send_query(stmt).await?;
-                    c.flush().await?;
-                }
-                join_copy_out(&mut refs, &copy, &[], &mut self.out).await
-            }
-            .await;
-            for c in conns.iter_mut() {
-                if c.status != b'I' {
-                    c.mark_broken();
-                }
-            }
-            return match r {
-                Ok((answer, last)) => {
-                    if let Some(b) = last {
-                        self.write(&b).await?;
-                    }
-                    Ok(answer == Answer::Succeeded)
-                }
-                Err(ExecError::Backend(e)) => self.error(e.into()).await,
-                Err(ExecError::Client(e)) => Err(e),
-            };
-        }
-        let Some((mut parts, head, fresh)) = self.enlist(&shards).await? else {
-            return Ok(false);
-        };
-        let r = async {
-            let mut refs: Vec<&mut ServerConn> = Vec::new();
-            for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
-                if fresh.contains(&p.shard()) {
-                    for q in &head {
-                        p.conn.send_query(q).await?;
-                    }
-                }
-                p.conn.send_query(stmt).await?;
-                p.conn.flush().await?;
-                refs.push(&mut *p.conn);
-            }
-            let skip: Vec<usize> = refs
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| fresh.contains(&c.shard))
-                .map(|(i, _)| i)
-                .collect();
-            join_copy_out(
-                &mut refs,
-                &copy,
-                &skip_heads(&skip, head.len()),
-                &mut self.out,
-            )
-            .await
-        }
-        .await;
-        if let Some(t) = self.txn() {
-            t.participants = parts;
-        }
-        match r {
-            Ok((answer, last)) => {
-                if answer.failed() {
-                    self.fail();
-                }
-                self.close_statement(last).await?;
-                Ok(!answer.failed())
-            }
-            Err(ExecError::Backend(e)) => self.error(e.into()).await,
-            Err(ExecError::Client(e)) => Err(e),
-        }
-    }
-
     /// Enlists `shards` in the block: the block's participants (taken out
     /// of it: the caller puts them back), the statements a shard that just
     /// joined must run first, and those shards. `None`: the client was told why not.
-    async fn enlist(
+    pub(super) async fn enlist(
         &mut self,
         shards: &[ShardId],
     ) -> std::io::Result<Option<(Vec<Participant>, Vec<String>, Vec<ShardId>)>> {
@@ -828,112 +586,4 @@ impl Session {
         let head = t.head(detecting);
         Ok(Some((std::mem::take(&mut t.participants), head, missing)))
     }
-}
-
-/// For each connection index, how many answers to drain before its COPY's.
-fn skip_heads(fresh: &[usize], heads: usize) -> Vec<(usize, usize)> {
-    fresh.iter().map(|i| (*i, heads)).collect()
-}
-
-/// Binary COPY's header: signature, flags, extension length (0).
-const BINARY_HEADER_LEN: usize = 19;
-/// Binary COPY's trailer: a field count of -1.
-const BINARY_TRAILER: [u8; 2] = [0xff, 0xff];
-
-/// Reads each connection's answer to one `COPY ... TO STDOUT` in turn and
-/// passes on one stream: the first CopyOutResponse, every CopyData (the
-/// header only from the first shard; binary: one header, one trailer), one
-/// CopyDone. `skip`: (connection, answers to drain first). Returns the
-/// closing message: `COPY n` summed, or the first error.
-async fn join_copy_out<W: tokio::io::AsyncWrite + Unpin>(
-    conns: &mut [&mut ServerConn],
-    copy: &CopyOut,
-    skip: &[(usize, usize)],
-    out: &mut W,
-) -> Result<(Answer, Option<Bytes>), ExecError> {
-    let mut started = false;
-    let mut total = 0u64;
-    let mut error: Option<Bytes> = None;
-    let binary = copy.format == CopyFormat::Binary;
-    for (i, conn) in conns.iter_mut().enumerate() {
-        let heads = skip.iter().find(|(c, _)| *c == i).map_or(0, |s| s.1);
-        for _ in 0..heads {
-            if let Some(e) = executor::drain(conn).await? {
-                error.get_or_insert(e.bytes);
-            }
-        }
-        let mut first_data = true;
-        loop {
-            let f = conn.read().await?;
-            match f.tag {
-                b'Z' => break,
-                b'H' if !started && error.is_none() => {
-                    out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                    started = true;
-                }
-                b'd' if error.is_none() => {
-                    let body = f.body();
-                    let first = std::mem::replace(&mut first_data, false);
-                    let payload: &[u8] = if binary {
-                        let mut p = body;
-                        if first && i > 0 {
-                            p = p.get(BINARY_HEADER_LEN..).unwrap_or_default();
-                        }
-                        if p == BINARY_TRAILER {
-                            // One trailer, after every shard's rows.
-                            continue;
-                        }
-                        p
-                    } else if first && i > 0 && copy.header {
-                        continue;
-                    } else {
-                        body
-                    };
-                    if payload.is_empty() {
-                        continue;
-                    }
-                    if payload.len() == body.len() {
-                        out.write_all(&f.bytes).await.map_err(ExecError::Client)?;
-                    } else {
-                        let len = (payload.len() + 4) as i32;
-                        let mut m = Vec::with_capacity(payload.len() + 5);
-                        m.push(b'd');
-                        m.extend_from_slice(&len.to_be_bytes());
-                        m.extend_from_slice(payload);
-                        out.write_all(&m).await.map_err(ExecError::Client)?;
-                    }
-                }
-                b'C' => {
-                    let tag = protocol::take_cstr(f.body())
-                        .map(|t| t.0)
-                        .unwrap_or_default();
-                    if let Some((_, n)) = protocol::tag_rows(tag) {
-                        total += n;
-                    }
-                }
-                b'E' => {
-                    error.get_or_insert(f.bytes);
-                }
-                b'N' if i == 0 => out.write_all(&f.bytes).await.map_err(ExecError::Client)?,
-                _ => {}
-            }
-        }
-    }
-    if let Some(e) = error {
-        return Ok((Answer::Failed, Some(e)));
-    }
-    if binary && started {
-        out.write_all(&[b'd', 0, 0, 0, 6, 0xff, 0xff])
-            .await
-            .map_err(ExecError::Client)?;
-    }
-    if started {
-        out.write_all(&[b'c', 0, 0, 0, 4])
-            .await
-            .map_err(ExecError::Client)?;
-    }
-    Ok((
-        Answer::Succeeded,
-        Some(protocol::command_complete(&format!("COPY {total}"))),
-    ))
 }

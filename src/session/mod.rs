@@ -19,6 +19,8 @@ use tracing::{info, warn};
 mod block;
 mod console;
 mod copy;
+mod copy_feed;
+mod copy_out;
 mod dispatch;
 mod extended;
 mod state;

@@ -1,5 +1,6 @@
 //! Row framing and routing of COPY streams, in every piece size.
 
+use super::binary::BINARY_SIGNATURE;
 use super::*;
 use crate::config::Config;
 use crate::router::{copy, Plan, SAMPLE_CONFIG};
