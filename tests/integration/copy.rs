@@ -1005,3 +1005,47 @@ async fn copy_in_memory_stays_bounded_while_a_million_rows_stream() {
         data.len() >> 20
     );
 }
+
+/// psql's `\copy ... TO` for a reference and an unsharded table, in every
+/// format: one shard's rows (each holds the reference table whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_copy_out_of_reference_and_unsharded_tables() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(
+        &client,
+        "CREATE TABLE countries (code text PRIMARY KEY, name text)",
+    )
+    .await;
+    exec(&client, "CREATE TABLE notes (id int, body text)").await;
+    exec(
+        &client,
+        "INSERT INTO countries VALUES ('pl', 'Poland'), ('fr', 'France')",
+    )
+    .await;
+    exec(
+        &client,
+        "INSERT INTO notes VALUES (1, 'one'), (2, 'two, too')",
+    )
+    .await;
+    for (table, want) in [
+        ("countries", "code,name\nfr,France\npl,Poland\n"),
+        ("notes", "id,body\n1,one\n2,\"two, too\"\n"),
+    ] {
+        let sql = format!(
+            "\\copy (SELECT * FROM {table} ORDER BY 1) TO STDOUT WITH (FORMAT csv, HEADER)"
+        );
+        let (ok, out, err) = psql_with(&c.uri(), &["-c", &sql], b"");
+        assert!(ok, "{err}");
+        assert_eq!(out, want, "{table}");
+        let (ok, out, err) =
+            psql_with(&c.uri(), &["-c", &format!("\\copy {table} TO STDOUT")], b"");
+        assert!(ok, "{err}");
+        assert_eq!(out.lines().count(), 2, "{table}: {out}");
+        let bin = psql_bytes(&c.uri(), &format!("COPY {table} TO STDOUT (FORMAT binary)"));
+        assert!(
+            bin.starts_with(b"PGCOPY\n\xff\r\n\0") && bin.ends_with(&[0xff, 0xff]),
+            "{table}"
+        );
+    }
+}
