@@ -185,6 +185,61 @@ pub fn ready_for_query(status: u8) -> [u8; 6] {
     [b'Z', 0, 0, 0, 5, status]
 }
 
+/// An `ErrorResponse` with PostgreSQL's CONTEXT field (`W`), for errors the
+/// proxy finds in a client's COPY data.
+pub fn error_with_context(code: SqlState, msg: &str, context: &str) -> Bytes {
+    message(b'E', |b| {
+        for (field, value) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', code.code()),
+            (b'M', msg),
+            (b'W', context),
+        ] {
+            b.put_u8(field);
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    })
+}
+
+/// An `ErrorResponse` with its CONTEXT field passed through `f` (the other
+/// fields unchanged); `None` when `bytes` is not a well-formed one.
+pub fn map_error_context(bytes: &[u8], f: impl Fn(&str) -> Option<String>) -> Option<Bytes> {
+    let body = bytes.get(5..)?;
+    let mut fields = Vec::new();
+    let mut rest = body;
+    while let Some((&code, after)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let (value, next) = take_cstr(after)?;
+        fields.push((code, value));
+        rest = next;
+    }
+    let mut changed = false;
+    let mapped: Vec<(u8, String)> = fields
+        .iter()
+        .map(|(code, value)| match (*code, f(value)) {
+            (b'W', Some(v)) => {
+                changed = true;
+                (*code, v)
+            }
+            _ => (*code, value.to_string()),
+        })
+        .collect();
+    if !changed {
+        return None;
+    }
+    Some(message(b'E', |b| {
+        for (code, value) in &mapped {
+            b.put_u8(*code);
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    }))
+}
+
 pub fn command_complete(tag: &str) -> Bytes {
     message(b'C', |b| put_cstr(b, tag))
 }

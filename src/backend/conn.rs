@@ -488,6 +488,36 @@ pub async fn send_cancel(addr: &str, pid: i32, key: i32) -> std::io::Result<()> 
 }
 
 impl ServerConn {
+    /// Queues one `CopyData` message (a server in copy-in mode reads it).
+    pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), BackendError> {
+        let len = i32::try_from(payload.len() + 4).map_err(|_| self.proto("CopyData too large"))?;
+        let mut head = [b'd', 0, 0, 0, 0];
+        head[1..].copy_from_slice(&len.to_be_bytes());
+        self.write_all(&head).await?;
+        self.write_all(payload).await
+    }
+
+    /// Queues `CopyDone`: the end of a `COPY FROM STDIN` stream.
+    pub async fn send_copy_done(&mut self) -> Result<(), BackendError> {
+        self.write_all(&[b'c', 0, 0, 0, 4]).await
+    }
+
+    /// Whether the server has sent something not read yet, checked without
+    /// blocking or consuming it (during COPY IN, an error ends the copy
+    /// early; the proxy stops feeding that shard).
+    pub fn has_unread(&self) -> bool {
+        use futures_util::FutureExt;
+        if self.reader.buffered() > 0 {
+            return true;
+        }
+        let stream: &tokio::net::TcpStream = self.reader.get_ref().as_ref();
+        let mut probe = [0u8; 1];
+        matches!(
+            stream.peek(&mut probe).now_or_never(),
+            Some(Ok(_)) | Some(Err(_))
+        )
+    }
+
     /// Ends a `COPY FROM STDIN` the proxy cannot feed.
     pub async fn send_copy_fail(&mut self, message: &str) -> Result<(), BackendError> {
         let mut buf = BytesMut::new();

@@ -12,6 +12,8 @@ use crate::backend::{BackendError, ServerConn};
 use crate::protocol::{self, take_cstr, Frame};
 use crate::router::ShardId;
 
+pub(crate) mod copy_out;
+
 /// A statement could not be completed: which side failed decides what the
 /// session does next (tell the client, or end the session).
 #[derive(Debug)]

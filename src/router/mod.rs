@@ -3,6 +3,8 @@
 
 mod cache;
 mod classify;
+mod copy;
+mod copy_rows;
 mod hash;
 mod key;
 mod keyed;
@@ -18,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use cache::PlanCache;
+pub use copy::{CopyFormat, CopyIn, CopyOptions, CopyOut, CopyPlacement, Header};
+pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
 pub use keyed::KeyedPlan;
@@ -146,6 +150,19 @@ pub enum Plan {
     Split {
         parts: Vec<SplitPart>,
     },
+    /// `COPY ... FROM STDIN`: the client's rows go to the shards of their
+    /// keys (or every shard, or the default shard), one COPY per shard.
+    CopyIn(Box<CopyIn>),
+    /// `COPY ... TO STDOUT` several shards answer: their rows concatenated.
+    CopyOut(Box<CopyOut>),
+    /// `INSERT INTO sharded (cols) SELECT ...` whose SELECT reads no
+    /// sharded table: the SELECT runs on `source` (as `COPY (select) TO
+    /// STDOUT`) and its rows go to their shards as in `into`.
+    InsertSelect {
+        into: Box<CopyIn>,
+        select: String,
+        source: Route,
+    },
     Begin,
     Commit,
     Rollback,
@@ -226,7 +243,7 @@ pub enum RouteError {
     BadKey(KeyError),
     /// The statement names the proxy's own schema (`pieskieo`, where the
     /// commit decisions live): clients may not read or change it.
-    #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy")]
+    #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy (pg_dump: add --exclude-schema=pieskieo)")]
     Reserved,
 }
 
@@ -277,6 +294,15 @@ impl TableRule {
                 .map(|r| r.2),
             Mapping::List(map) => map.get(key).copied(),
         }
+    }
+
+    /// [`TableRule::shard_for`], or the error a row with no shard gets.
+    pub fn place(&self, key: &KeyValue, shards: u32) -> Result<ShardId, RouteError> {
+        self.shard_for(key, shards)
+            .ok_or_else(|| RouteError::NoShard {
+                table: self.name.clone(),
+                key: key.to_string(),
+            })
     }
 }
 
@@ -371,6 +397,31 @@ pub fn plan_bound(sql: &str, map: &ShardMap, params: &[Bound]) -> Result<Plan, R
     }
     if let Some(p) = classify::lexical(sql)? {
         return Ok(p);
+    }
+    match leading_words(sql, 1).first().map(String::as_str) {
+        Some("copy") => return copy::plan(sql, map),
+        // A lock on a distributed table is taken on every shard, in the
+        // same mode (outside a block each shard refuses it, as PostgreSQL does).
+        Some("lock") if classify::sharded_table_named(sql, map, true).is_some() => {
+            return Ok(Plan::Forward {
+                route: Route::All,
+                write: Writes::No,
+            })
+        }
+        // VACUUM and ANALYZE cannot run in a transaction block: every shard
+        // runs them on its own (outside a block; `Writes::No` keeps them out
+        // of a proxy block), each on its own rows. Inside the client's block
+        // the shards refuse them, as PostgreSQL does.
+        Some("vacuum" | "analyze" | "analyse")
+            if classify::sharded_table_named(sql, map, true).is_some()
+                || !copy::names_any_table(sql) =>
+        {
+            return Ok(Plan::Forward {
+                route: Route::All,
+                write: Writes::No,
+            });
+        }
+        _ => {}
     }
     classify::parsed(sql, map, params)
 }

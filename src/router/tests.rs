@@ -216,7 +216,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "INSERT INTO accounts (id) SELECT 1",
+            "INSERT INTO accounts (id) SELECT id FROM orders",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -299,7 +299,34 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::SYNTAX_ERROR,
         ),
         ("SET ROLE admin", SqlState::FEATURE_NOT_SUPPORTED),
-        ("COPY accounts FROM STDIN", SqlState::FEATURE_NOT_SUPPORTED),
+        (
+            "COPY accounts FROM '/tmp/data'",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "COPY accounts TO PROGRAM 'cat'",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "COPY accounts (balance) FROM STDIN",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "COPY accounts FROM STDIN WITH (ENCODING 'LATIN1')",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "COPY accounts FROM STDIN WITH SOMETHING",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "COPY (SELECT * FROM accounts ORDER BY id) TO STDOUT",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "COPY (SELECT * FROM accounts) TO '/tmp/x'",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
     ];
     for (sql, code) in cases {
         match plan(sql, &m) {
@@ -650,5 +677,75 @@ fn write_detection_is_exact_or_says_maybe() {
     ];
     for (sql, want) in cases {
         assert_eq!(writes(sql), want, "{sql}");
+    }
+}
+
+#[test]
+fn copy_and_lock_plans() {
+    let m = map();
+    let s7 = shard_of(&m, "accounts", KeyValue::Int(7));
+    let copy_in = |sql: &str| match plan(sql, &m) {
+        Ok(Plan::CopyIn(c)) => (c.table, c.placement, c.columns),
+        other => panic!("{sql}: {other:?}"),
+    };
+    assert_eq!(
+        copy_in("copy pgbench_accounts from stdin with (freeze on)"),
+        ("pgbench_accounts".into(), CopyPlacement::Sharded, None)
+    );
+    assert_eq!(
+        copy_in("COPY public.accounts (id, balance) FROM stdin;"),
+        (
+            "accounts".into(),
+            CopyPlacement::Sharded,
+            Some(vec!["id".into(), "balance".into()])
+        )
+    );
+    let reference = m.reference.iter().next().unwrap().clone();
+    assert_eq!(
+        copy_in(&format!("COPY {reference} FROM STDIN")).1,
+        CopyPlacement::Reference
+    );
+    assert_eq!(copy_in("COPY notes FROM STDIN").1, CopyPlacement::Unsharded);
+    let copy_out = |sql: &str| match plan(sql, &m) {
+        Ok(Plan::CopyOut(c)) => (c.route, c.format, c.header),
+        other => panic!("{sql}: {other:?}"),
+    };
+    assert_eq!(
+        copy_out("COPY accounts TO STDOUT WITH (FORMAT csv, HEADER)"),
+        (Route::All, CopyFormat::Csv, true)
+    );
+    assert_eq!(
+        copy_out("COPY (SELECT * FROM accounts WHERE id IN (1, 2, 3, 4, 5, 6)) TO STDOUT (FORMAT binary)").1,
+        CopyFormat::Binary
+    );
+    let cases: Vec<(&str, Plan)> = vec![
+        (
+            "COPY (SELECT * FROM accounts WHERE id = 7) TO STDOUT",
+            fwd(Route::One(s7), false),
+        ),
+        (
+            "COPY notes TO STDOUT",
+            fwd(Route::One(m.default_shard), false),
+        ),
+        (
+            "COPY notes FROM '/tmp/x'",
+            fwd(Route::One(m.default_shard), true),
+        ),
+        (
+            "LOCK TABLE public.accounts IN ACCESS SHARE MODE",
+            fwd(Route::All, false),
+        ),
+        (
+            "lock accounts, notes in exclusive mode nowait",
+            fwd(Route::All, false),
+        ),
+        ("LOCK TABLE notes", fwd(Route::One(m.default_shard), true)),
+        ("vacuum analyze pgbench_accounts", fwd(Route::All, false)),
+        ("VACUUM", fwd(Route::All, false)),
+        ("VACUUM (VERBOSE, ANALYZE)", fwd(Route::All, false)),
+        ("ANALYZE notes", fwd(Route::One(m.default_shard), true)),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(plan(sql, &m).unwrap(), want, "{sql}");
     }
 }

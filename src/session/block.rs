@@ -48,8 +48,7 @@ impl Session {
             )
         });
         let mut parts = std::mem::take(&mut t.participants);
-        let mut head = vec![t.begin_sql(detecting)];
-        head.extend(t.prelude.iter().cloned());
+        let head = t.head(detecting);
 
         for (shard, _) in targets {
             let Some(i) = parts.iter().position(|p| p.shard() == *shard) else {
@@ -171,8 +170,8 @@ impl Session {
             // the client (SHOW, SET), but the deadlock detector's lock in
             // their BEGIN did: they start over with the new modes, and what
             // ran there is replayed from the prelude.
-            let mut head = vec!["ROLLBACK".to_string(), t.begin_sql(detecting)];
-            head.extend(t.prelude.iter().cloned());
+            let mut head = vec!["ROLLBACK".to_string()];
+            head.extend(t.head(detecting));
             let mut failed = None;
             for p in t.participants.iter_mut() {
                 let r = async {

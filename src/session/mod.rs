@@ -18,6 +18,9 @@ use tracing::{info, warn};
 
 mod block;
 mod console;
+mod copy;
+mod copy_feed;
+mod copy_out;
 mod dispatch;
 mod extended;
 mod state;
@@ -83,6 +86,36 @@ impl Txn {
         crate::txn::deadlock::begin_sql(&self.begin, self.tag, detecting)
     }
 
+    /// What a shard joining the block runs before its statement, one query
+    /// each: `BEGIN`, the block's leading `SET`s (`SET TRANSACTION
+    /// ISOLATION LEVEL` must precede the first query, and the deadlock tag
+    /// is a query), the tag, then the rest of the prelude (savepoints: the
+    /// tag must not be taken inside one, whose rollback would drop it).
+    fn head(&self, detecting: bool) -> Vec<String> {
+        let sets = self
+            .prelude
+            .iter()
+            .take_while(|s| {
+                matches!(
+                    leading_words(s, 1).first().map(String::as_str),
+                    Some("set" | "reset")
+                )
+            })
+            .count();
+        if sets == 0 {
+            let mut head = vec![self.begin_sql(detecting)];
+            head.extend(self.prelude.iter().cloned());
+            return head;
+        }
+        let mut head = vec![self.begin.clone()];
+        head.extend(self.prelude[..sets].iter().cloned());
+        if detecting {
+            head.push(crate::txn::deadlock::tag_sql(self.tag));
+        }
+        head.extend(self.prelude[sets..].iter().cloned());
+        head
+    }
+
     /// After an aborted commit: a shard that prepared kept the block's
     /// session `SET`s (PostgreSQL settles settings at PREPARE TRANSACTION),
     /// so its connection's settings are unknown now.
@@ -144,7 +177,8 @@ enum Flow {
 
 struct Session {
     shared: Arc<Shared>,
-    /// The client's messages (`reader.rs`), once authentication is done.
+    /// The client's messages (`reader.rs`), once authentication is done
+    /// (COPY IN reads its data from here while its statement runs).
     frames: Option<reader::Frames>,
     /// A second handle on the client's socket, watched for end of file
     /// while a statement runs (`reader::vanished`).
@@ -594,6 +628,13 @@ impl Session {
                 self.write_across(&targets, Merge::Copies, Writes::Yes)
                     .await
             }
+            Plan::CopyIn(copy) => self.copy_in(stmt, copy).await,
+            Plan::CopyOut(copy) => self.copy_out(stmt, copy).await,
+            Plan::InsertSelect {
+                into,
+                select,
+                source,
+            } => self.insert_select(into, select, source).await,
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,

@@ -65,8 +65,14 @@ pub fn begin_sql(begin: &str, tag: Tag, detecting: bool) -> String {
     if !detecting {
         return begin.to_string();
     }
+    format!("{begin}\n;{}", tag_sql(tag))
+}
+
+/// The query that tags a shard's transaction for the detector (a shared
+/// advisory lock held to the end of the transaction).
+pub fn tag_sql(tag: Tag) -> String {
     let (k1, k2) = tag.keys();
-    format!("{begin}\n;SELECT pg_advisory_xact_lock_shared({k1}, {k2})")
+    format!("SELECT pg_advisory_xact_lock_shared({k1}, {k2})")
 }
 
 /// Every lock wait on a shard: waiter, blocker, their tags (if they serve a

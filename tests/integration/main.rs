@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod chaos;
 mod config;
+mod copy;
 mod deadlocks;
 mod demo;
 mod differential_sessions;

@@ -445,6 +445,11 @@ pub(super) fn route_insert(
     let TableObject::TableName(target) = &ins.table else {
         return unsupported("INSERT INTO a table function is not supported");
     };
+    if let (Rel::Sharded(rule), Some(q)) = (classify_rel(target, map, &t.facts.ctes), &ins.source) {
+        if !matches!(q.body.as_ref(), SetExpr::Values(_)) {
+            return insert_select(ins, target, rule, q, t, map);
+        }
+    }
     t.check_no_local_mix(map)?;
     let rule = match classify_rel(target, map, &t.facts.ctes) {
         Rel::Sharded(rule) => rule,
@@ -516,12 +521,7 @@ pub(super) fn route_insert(
                 ))
             }
         };
-        let shard = rule
-            .shard_for(&key, map.shards)
-            .ok_or_else(|| RouteError::NoShard {
-                table: rule.name.clone(),
-                key: key.to_string(),
-            })?;
+        let shard = rule.place(&key, map.shards)?;
         groups.entry(shard).or_default().push(i);
     }
     if groups.len() == 1 {
@@ -707,4 +707,64 @@ pub(super) fn keyed_param<'m>(
         }
         _ => None,
     }
+}
+
+/// `INSERT INTO sharded (cols) SELECT ...`: planned when the SELECT reads
+/// only unsharded tables (on the default shard), reference tables, catalogs
+/// or functions such as `generate_series`, and proves read-only.
+fn insert_select(
+    ins: &sqlparser::ast::Insert,
+    target: &sqlparser::ast::ObjectName,
+    rule: &TableRule,
+    q: &sqlparser::ast::Query,
+    t: &Tables,
+    map: &ShardMap,
+) -> Result<Plan, RouteError> {
+    if t.sharded.len() > 1 {
+        return unsupported(format!(
+            "INSERT INTO sharded table \"{}\" ... SELECT from sharded tables is not supported: the SELECT may read only unsharded or reference tables",
+            rule.name
+        ));
+    }
+    if ins.returning.is_some() || ins.on.is_some() {
+        return unsupported(format!(
+            "INSERT INTO sharded table \"{}\" ... SELECT with RETURNING or ON CONFLICT is not supported",
+            rule.name
+        ));
+    }
+    if t.facts.writes() != Writes::No {
+        return unsupported(format!(
+            "INSERT INTO sharded table \"{}\" ... SELECT whose SELECT may write (a function Pieskieo does not know) is not supported",
+            rule.name
+        ));
+    }
+    let columns: Vec<String> = ins.columns.iter().map(|c| object_parts(c).1).collect();
+    if !columns.contains(&rule.key) {
+        return unsupported(format!(
+            "INSERT into sharded table \"{}\" must name its columns, including the shard key \"{}\"",
+            rule.name, rule.key
+        ));
+    }
+    let (schema, name) = object_parts(target);
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let relation = match schema {
+        Some(s) => format!("{}.{}", quote(&s), quote(&name)),
+        None => quote(&name),
+    };
+    let source = if t.other.is_empty() {
+        Route::Any
+    } else {
+        Route::One(map.default_shard)
+    };
+    Ok(Plan::InsertSelect {
+        into: Box::new(crate::router::CopyIn {
+            table: rule.name.clone(),
+            relation,
+            columns: Some(columns),
+            options: crate::router::CopyOptions::text(),
+            placement: crate::router::CopyPlacement::Sharded,
+        }),
+        select: q.to_string(),
+        source,
+    })
 }

@@ -102,6 +102,13 @@ impl Session {
                 );
                 return Ok(true);
             }
+            Plan::CopyIn(_) | Plan::CopyOut(_) | Plan::InsertSelect { .. } => {
+                return Ok(self
+                    .error(Error::Unsupported(
+                        "COPY of a distributed table, COPY FROM STDIN and INSERT INTO a sharded table ... SELECT through the extended query protocol are not supported by Pieskieo: send them as simple queries".into(),
+                    ))
+                    .await?)
+            }
             control => {
                 let sql = stmt.sql.clone();
                 self.ext.portals.insert(

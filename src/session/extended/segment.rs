@@ -14,8 +14,7 @@ impl Session {
                 let p = t.participants.swap_remove(pos);
                 return Ok((Slot::Participant { wrote: p.wrote }, p.conn));
             }
-            let mut head = vec![t.begin_sql(detecting)];
-            head.extend(t.prelude.iter().cloned());
+            let head = t.head(detecting);
             let mut conn = self.checkout(shard).await?;
             for q in head {
                 if let Err(e) = conn.simple(&q).await? {

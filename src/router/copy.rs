@@ -1,0 +1,663 @@
+//! `COPY` statements: read far enough to route them (which table, which
+//! columns, which direction, the options that decide how rows are framed),
+//! with PostgreSQL's own grammar (sqlparser does not read every option
+//! pgbench and pg_dump send). The statement text itself goes to the shards
+//! unchanged: they check what the proxy does not need to.
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use super::{matching_paren, Plan, Route, RouteError, ShardMap, Writes};
+
+/// How rows are written in the data stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Csv,
+    Binary,
+}
+
+/// Whether the data starts with a header line (text and CSV).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    No,
+    Skip,
+    /// `HEADER MATCH`: each shard checks the names against its columns.
+    Match,
+}
+
+/// The options that decide how rows are framed and read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    pub format: CopyFormat,
+    pub delimiter: u8,
+    pub null: Vec<u8>,
+    pub header: Header,
+    pub quote: u8,
+    pub escape: u8,
+    /// Columns whose unquoted null string is read as a value (CSV).
+    pub force_not_null: Vec<String>,
+    /// Columns whose quoted null string is read as NULL (CSV).
+    pub force_null: Vec<String>,
+    /// `FORCE_NOT_NULL *` / `FORCE_NULL *` (PostgreSQL 17): every column.
+    pub force_not_null_all: bool,
+    pub force_null_all: bool,
+    pub encoding: Option<String>,
+}
+
+impl CopyOptions {
+    /// The text format's defaults (what `COPY ... TO STDOUT` writes).
+    pub fn text() -> CopyOptions {
+        CopyOptions::defaults()
+    }
+
+    fn defaults() -> CopyOptions {
+        CopyOptions {
+            format: CopyFormat::Text,
+            delimiter: b'\t',
+            null: b"\\N".to_vec(),
+            header: Header::No,
+            quote: b'"',
+            escape: b'"',
+            force_not_null: Vec::new(),
+            force_null: Vec::new(),
+            force_not_null_all: false,
+            force_null_all: false,
+            encoding: None,
+        }
+    }
+}
+
+/// Where a `COPY FROM STDIN`'s rows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyPlacement {
+    /// Each row to the shard of its key.
+    Sharded,
+    /// Every row to every shard.
+    Reference,
+    /// Every row to the default shard, relayed as sent.
+    Unsharded,
+}
+
+/// A planned `COPY ... FROM STDIN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    /// The table's name in the shard map (folded).
+    pub table: String,
+    /// The relation as an SQL identifier (schema-qualified when written so).
+    pub relation: String,
+    /// The column list, folded; `None`: every column, in the catalog's order.
+    pub columns: Option<Vec<String>>,
+    pub options: CopyOptions,
+    pub placement: CopyPlacement,
+}
+
+/// A planned `COPY ... TO STDOUT` that several shards answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOut {
+    pub route: Route,
+    /// The statement each shard runs (the client's).
+    pub sql: String,
+    pub format: CopyFormat,
+    /// CSV/text with `HEADER`: only the first shard's header goes out.
+    pub header: bool,
+}
+
+/// What a `COPY` statement names, before the shard map is consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parsed {
+    /// `(schema, name)`, folded; `None` for `COPY (query)`.
+    relation: Option<(Option<String>, String)>,
+    query: Option<String>,
+    columns: Option<Vec<String>>,
+    /// `FROM` (true) or `TO`.
+    from: bool,
+    /// `STDIN`/`STDOUT` (true) or a server file or program.
+    stdio: bool,
+    options: Result<CopyOptions, String>,
+}
+
+/// Plans a `COPY` statement.
+pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
+    let p = parse(sql)?;
+    if let Some(q) = &p.query {
+        return plan_query_out(sql, q, &p, map);
+    }
+    let Some((schema, name)) = &p.relation else {
+        return Err(RouteError::Syntax(
+            "syntax error at or near \"COPY\"".into(),
+        ));
+    };
+    let placement = if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema")) {
+        CopyPlacement::Unsharded
+    } else if map.tables.contains_key(name) {
+        CopyPlacement::Sharded
+    } else if map.reference.contains(name) {
+        CopyPlacement::Reference
+    } else {
+        CopyPlacement::Unsharded
+    };
+    let relation = match schema {
+        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
+        None => quote_ident(name),
+    };
+    let distributed = placement != CopyPlacement::Unsharded;
+    if !p.stdio {
+        if distributed {
+            return Err(RouteError::Unsupported(format!(
+                "COPY of distributed table \"{name}\" to or from a server file or program is not supported: use COPY ... FROM STDIN / TO STDOUT (psql's \\copy)"
+            )));
+        }
+        return Ok(Plan::Forward {
+            route: Route::One(map.default_shard),
+            write: Writes::Yes,
+        });
+    }
+    let options = match p.options {
+        Ok(o) => o,
+        Err(m) if distributed => return Err(RouteError::Unsupported(m)),
+        // An unsharded table's shard reads the options itself.
+        Err(_) => CopyOptions::defaults(),
+    };
+    if !p.from {
+        return Ok(match placement {
+            CopyPlacement::Sharded => Plan::CopyOut(Box::new(CopyOut {
+                route: Route::All,
+                sql: sql.to_string(),
+                format: options.format,
+                header: options.header != Header::No,
+            })),
+            CopyPlacement::Reference => Plan::Forward {
+                route: Route::Any,
+                write: Writes::No,
+            },
+            CopyPlacement::Unsharded => Plan::Forward {
+                route: Route::One(map.default_shard),
+                write: Writes::No,
+            },
+        });
+    }
+    if placement == CopyPlacement::Sharded {
+        if let Some(enc) = &options.encoding {
+            let e = enc.to_ascii_lowercase().replace(['-', '_'], "");
+            if !matches!(e.as_str(), "utf8" | "unicode" | "sqlascii") {
+                return Err(RouteError::Unsupported(format!(
+                    "COPY into sharded table \"{name}\" with ENCODING '{enc}' is not supported: convert the data to UTF8"
+                )));
+            }
+        }
+        if let (Some(cols), Some(rule)) = (&p.columns, map.tables.get(name)) {
+            if !cols.contains(&rule.key) {
+                return Err(RouteError::Unsupported(format!(
+                    "COPY into sharded table \"{name}\" must include the shard key column \"{}\" in its column list",
+                    rule.key
+                )));
+            }
+        }
+    }
+    Ok(Plan::CopyIn(Box::new(CopyIn {
+        table: name.clone(),
+        relation,
+        columns: p.columns,
+        options,
+        placement,
+    })))
+}
+
+/// `COPY (query) TO STDOUT`: where the query would run.
+fn plan_query_out(sql: &str, query: &str, p: &Parsed, map: &ShardMap) -> Result<Plan, RouteError> {
+    let options = p
+        .options
+        .clone()
+        .unwrap_or_else(|_| CopyOptions::defaults());
+    if !p.stdio || p.from {
+        // `COPY (query) FROM` is a syntax error; a server file is the shard's
+        // to refuse or write, on the one shard that answers.
+        if super::classify::sharded_table_named(query, map, true).is_some() {
+            return Err(RouteError::Unsupported(
+                "COPY (query) of distributed tables to a server file or program is not supported: use TO STDOUT".into(),
+            ));
+        }
+        return Ok(Plan::Forward {
+            route: Route::One(map.default_shard),
+            write: Writes::Yes,
+        });
+    }
+    match super::plan(query, map)? {
+        Plan::Forward { route, write } => match route {
+            Route::One(_) | Route::Any => Ok(Plan::Forward { route, write }),
+            Route::Some(_) | Route::All if write.may() => Err(RouteError::Unsupported(
+                "COPY (query) TO STDOUT of a query that may write on several shards is not supported".into(),
+            )),
+            route => Ok(Plan::CopyOut(Box::new(CopyOut {
+                route,
+                sql: sql.to_string(),
+                format: options.format,
+                header: options.header != Header::No,
+            }))),
+        },
+        Plan::Merge { .. } => Err(RouteError::Unsupported(
+            "COPY (query) TO STDOUT of a query whose rows the proxy would merge (ORDER BY, LIMIT, aggregates, DISTINCT across shards) is not supported: fix the shard key, or run the query itself".into(),
+        )),
+        _ => Err(RouteError::Unsupported(
+            "COPY (query) TO STDOUT supports only SELECT queries through Pieskieo".into(),
+        )),
+    }
+}
+
+/// Whether a `VACUUM`/`ANALYZE` names any table (words after its options
+/// that are not options): without one it covers every table.
+pub(super) fn names_any_table(sql: &str) -> bool {
+    const OPTIONS: &[&str] = &[
+        "vacuum",
+        "analyze",
+        "analyse",
+        "full",
+        "freeze",
+        "verbose",
+        "skip_locked",
+        "index_cleanup",
+        "process_toast",
+        "truncate",
+        "parallel",
+        "disable_page_skipping",
+        "true",
+        "false",
+        "on",
+        "off",
+        "auto",
+    ];
+    let Ok(toks) = tokens(sql) else {
+        return true;
+    };
+    let mut depth = 0;
+    toks.iter().any(|t| match t {
+        Token::LParen => {
+            depth += 1;
+            false
+        }
+        Token::RParen => {
+            depth -= 1;
+            false
+        }
+        Token::Word(w) if depth == 0 => {
+            w.quote_style.is_some() || !OPTIONS.contains(&w.value.to_lowercase().as_str())
+        }
+        _ => false,
+    })
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn syntax(near: &str) -> RouteError {
+    RouteError::Syntax(format!("syntax error at or near \"{near}\""))
+}
+
+/// Tokens without whitespace and comments.
+fn tokens(text: &str) -> Result<Vec<Token>, RouteError> {
+    let toks = Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize()
+        .map_err(|e| RouteError::Syntax(e.to_string()))?;
+    Ok(toks
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+        .collect())
+}
+
+/// An identifier as PostgreSQL folds it, or a keyword word lowercased.
+fn ident(t: &Token) -> Option<String> {
+    match t {
+        Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+        Token::Word(w) => Some(w.value.to_lowercase()),
+        _ => None,
+    }
+}
+
+/// A bare (unquoted) word, lowercased.
+fn word(t: Option<&Token>) -> Option<String> {
+    match t {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_lowercase()),
+        _ => None,
+    }
+}
+
+fn string(t: Option<&Token>) -> Option<String> {
+    match t {
+        Some(Token::SingleQuotedString(s)) | Some(Token::EscapedStringLiteral(s)) => {
+            Some(s.clone())
+        }
+        _ => None,
+    }
+}
+
+fn parse(sql: &str) -> Result<Parsed, RouteError> {
+    let trimmed = sql.trim_start();
+    let start = sql.len() - trimmed.len();
+    let Some(after_copy) = trimmed.get(4..) else {
+        return Err(syntax("COPY"));
+    };
+    let rest = after_copy.trim_start();
+    let mut query = None;
+    let tail: &str;
+    if rest.starts_with('(') {
+        let open = sql.len() - rest.len();
+        let close = matching_paren(sql, open).ok_or_else(|| syntax("("))?;
+        query = Some(sql[open + 1..close].trim().to_string());
+        tail = &sql[close + 1..];
+    } else {
+        tail = &sql[start + 4..];
+    }
+    let toks = tokens(tail)?;
+    let mut i = 0;
+    let mut relation = None;
+    let mut columns = None;
+    if query.is_none() {
+        let first = toks.get(i).and_then(ident).ok_or_else(|| syntax("COPY"))?;
+        i += 1;
+        relation = Some(if matches!(toks.get(i), Some(Token::Period)) {
+            let name = toks.get(i + 1).and_then(ident).ok_or_else(|| syntax("."))?;
+            i += 2;
+            (Some(first), name)
+        } else {
+            (None, first)
+        });
+        if matches!(toks.get(i), Some(Token::LParen)) {
+            i += 1;
+            let (cols, next) = name_list(&toks, i)?;
+            columns = Some(cols);
+            i = next;
+        }
+    }
+    let from = match word(toks.get(i)).as_deref() {
+        Some("from") => true,
+        Some("to") => false,
+        _ => {
+            return Err(syntax(
+                &toks.get(i).map(|t| t.to_string()).unwrap_or_default(),
+            ))
+        }
+    };
+    i += 1;
+    let stdio = match word(toks.get(i)).as_deref() {
+        Some("stdin") | Some("stdout") => {
+            i += 1;
+            true
+        }
+        _ => false,
+    };
+    let options = if stdio {
+        options(&toks[i..])
+    } else {
+        Err("server files".into())
+    };
+    Ok(Parsed {
+        relation,
+        query,
+        columns,
+        from,
+        stdio,
+        options,
+    })
+}
+
+/// `a, "B", c)` from `i`: the names and the index after `)`.
+fn name_list(toks: &[Token], mut i: usize) -> Result<(Vec<String>, usize), RouteError> {
+    let mut names = Vec::new();
+    loop {
+        let name = toks.get(i).and_then(ident).ok_or_else(|| syntax("("))?;
+        names.push(name);
+        i += 1;
+        match toks.get(i) {
+            Some(Token::Comma) => i += 1,
+            Some(Token::RParen) => return Ok((names, i + 1)),
+            _ => return Err(syntax(",")),
+        }
+    }
+}
+
+/// The options after `STDIN`/`STDOUT`: `[WITH] ( ... )` or the old forms.
+/// `Err`: text the proxy cannot read (the message says why).
+fn options(toks: &[Token]) -> Result<CopyOptions, String> {
+    let mut i = 0;
+    if word(toks.first()).as_deref() == Some("with") {
+        i = 1;
+    }
+    let mut o = CopyOptions::defaults();
+    let mut quote = None;
+    let mut escape = None;
+    let mut delimiter = None;
+    let mut null = None;
+    let unreadable = || {
+        "Pieskieo cannot read these COPY options; write them as WITH (option value, ...)"
+            .to_string()
+    };
+    // PostgreSQL refuses anything but one byte when the COPY starts, on
+    // every shard, before any data: what stands in for it here never frames a row.
+    let one_byte = |s: &str, default: u8| -> Result<u8, String> {
+        match s.as_bytes() {
+            [b] if b.is_ascii() => Ok(*b),
+            _ => Ok(default),
+        }
+    };
+    if matches!(toks.get(i), Some(Token::LParen)) {
+        i += 1;
+        loop {
+            let name = word(toks.get(i)).ok_or_else(unreadable)?;
+            i += 1;
+            // The argument, up to the next `,` or `)`.
+            let mut arg = Vec::new();
+            let mut depth = 0;
+            while let Some(t) = toks.get(i) {
+                match t {
+                    Token::Comma | Token::RParen if depth == 0 => break,
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                arg.push(t.clone());
+                i += 1;
+            }
+            let text = || -> Result<String, String> {
+                match arg.as_slice() {
+                    [t] => string(Some(t))
+                        .or_else(|| word(Some(t)))
+                        .ok_or_else(unreadable),
+                    _ => Err(unreadable()),
+                }
+            };
+            let boolean = || -> Result<bool, String> {
+                match arg.as_slice() {
+                    [] => Ok(true),
+                    [Token::Number(n, _)] => Ok(n != "0"),
+                    [t] => match string(Some(t)).or_else(|| word(Some(t))).as_deref() {
+                        Some("true" | "on") => Ok(true),
+                        Some("false" | "off") => Ok(false),
+                        _ => Err(unreadable()),
+                    },
+                    _ => Err(unreadable()),
+                }
+            };
+            let columns = || -> Result<(Vec<String>, bool), String> {
+                match arg.as_slice() {
+                    [Token::Mul] => Ok((Vec::new(), true)),
+                    [Token::LParen, ..] => name_list(&arg, 1)
+                        .map(|(n, _)| (n, false))
+                        .map_err(|_| unreadable()),
+                    _ => Err(unreadable()),
+                }
+            };
+            match name.as_str() {
+                "format" => {
+                    o.format = match text()?.to_ascii_lowercase().as_str() {
+                        "text" => CopyFormat::Text,
+                        "csv" => CopyFormat::Csv,
+                        "binary" => CopyFormat::Binary,
+                        _ => return Err(unreadable()),
+                    }
+                }
+                "delimiter" => delimiter = Some(text()?),
+                "null" => null = Some(text()?),
+                "quote" => quote = Some(text()?),
+                "escape" => escape = Some(text()?),
+                "encoding" => o.encoding = Some(text()?),
+                "header" => {
+                    o.header = match arg.as_slice() {
+                        [t] if word(Some(t)).as_deref() == Some("match") => Header::Match,
+                        _ if boolean()? => Header::Skip,
+                        _ => Header::No,
+                    }
+                }
+                "force_not_null" => (o.force_not_null, o.force_not_null_all) = columns()?,
+                "force_null" => (o.force_null, o.force_null_all) = columns()?,
+                // FREEZE, FORCE_QUOTE, DEFAULT and the rest do not change how
+                // rows are framed; the shards read and check them.
+                _ => {}
+            }
+            match toks.get(i) {
+                Some(Token::Comma) => i += 1,
+                Some(Token::RParen) => break,
+                _ => return Err(unreadable()),
+            }
+        }
+    } else {
+        // The old forms: BINARY, DELIMITER [AS] 'c', NULL [AS] 's', CSV,
+        // HEADER, QUOTE [AS] 'c', ESCAPE [AS] 'c', FORCE NOT NULL cols,
+        // FORCE QUOTE cols | *.
+        while i < toks.len() {
+            let w = word(toks.get(i)).ok_or_else(unreadable)?;
+            i += 1;
+            let value = |i: &mut usize| -> Result<String, String> {
+                if word(toks.get(*i)).as_deref() == Some("as") {
+                    *i += 1;
+                }
+                let s = string(toks.get(*i)).ok_or_else(unreadable)?;
+                *i += 1;
+                Ok(s)
+            };
+            match w.as_str() {
+                "binary" => o.format = CopyFormat::Binary,
+                "csv" => o.format = CopyFormat::Csv,
+                "header" => o.header = Header::Skip,
+                "delimiter" => delimiter = Some(value(&mut i)?),
+                "null" => null = Some(value(&mut i)?),
+                "quote" => quote = Some(value(&mut i)?),
+                "escape" => escape = Some(value(&mut i)?),
+                "freeze" => {}
+                "force" => {
+                    let what = word(toks.get(i));
+                    let cols_at = match what.as_deref() {
+                        Some("not") if word(toks.get(i + 1)).as_deref() == Some("null") => i + 2,
+                        Some("quote") => i + 1,
+                        _ => return Err(unreadable()),
+                    };
+                    i = cols_at;
+                    if matches!(toks.get(i), Some(Token::Mul)) {
+                        i += 1;
+                        continue;
+                    }
+                    let mut cols = Vec::new();
+                    loop {
+                        cols.push(toks.get(i).and_then(ident).ok_or_else(unreadable)?);
+                        i += 1;
+                        if matches!(toks.get(i), Some(Token::Comma)) {
+                            i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    if what.as_deref() == Some("not") {
+                        o.force_not_null = cols;
+                    }
+                }
+                _ => return Err(unreadable()),
+            }
+        }
+    }
+    let csv = o.format == CopyFormat::Csv;
+    if csv {
+        o.delimiter = b',';
+        o.null = Vec::new();
+    }
+    if let Some(d) = delimiter {
+        o.delimiter = one_byte(&d, o.delimiter)?;
+    }
+    if let Some(n) = null {
+        o.null = n.into_bytes();
+    }
+    if let Some(q) = quote {
+        o.quote = one_byte(&q, o.quote)?;
+    }
+    o.escape = match escape {
+        Some(e) => one_byte(&e, o.quote)?,
+        None => o.quote,
+    };
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(sql: &str) -> CopyOptions {
+        parse(sql).unwrap().options.unwrap()
+    }
+
+    #[test]
+    fn statements() {
+        let p = parse("copy pgbench_accounts from stdin with (freeze on)").unwrap();
+        assert_eq!(p.relation, Some((None, "pgbench_accounts".into())));
+        assert!(p.from && p.stdio && p.columns.is_none());
+        assert_eq!(p.options.unwrap().format, CopyFormat::Text);
+
+        let p = parse("COPY public.\"Accounts\" (id, \"Bal\") FROM stdin;").unwrap();
+        assert_eq!(p.relation, Some((Some("public".into()), "Accounts".into())));
+        assert_eq!(p.columns, Some(vec!["id".into(), "Bal".into()]));
+
+        let p = parse("COPY (SELECT * FROM t WHERE a = ')') TO STDOUT WITH CSV HEADER").unwrap();
+        assert_eq!(p.query.as_deref(), Some("SELECT * FROM t WHERE a = ')'"));
+        assert!(!p.from);
+        let o = p.options.unwrap();
+        assert_eq!((o.format, o.header), (CopyFormat::Csv, Header::Skip));
+
+        assert!(!parse("COPY t FROM '/tmp/x'").unwrap().stdio);
+    }
+
+    #[test]
+    fn options_new_and_old() {
+        let o = opts("COPY t FROM STDIN (FORMAT csv, HEADER match, DELIMITER ';', NULL 'NA', QUOTE '''', ESCAPE '\\', FORCE_NULL (a, b), FORCE_NOT_NULL (c))");
+        assert_eq!(o.format, CopyFormat::Csv);
+        assert_eq!(o.header, Header::Match);
+        assert_eq!((o.delimiter, o.quote, o.escape), (b';', b'\'', b'\\'));
+        assert_eq!(o.null, b"NA");
+        assert_eq!(o.force_null, vec!["a", "b"]);
+        assert_eq!(o.force_not_null, vec!["c"]);
+
+        let o = opts("COPY t FROM STDIN WITH (FORMAT csv)");
+        assert_eq!((o.delimiter, o.quote, o.escape), (b',', b'"', b'"'));
+        assert_eq!(o.null, b"");
+
+        let o =
+            opts("COPY t FROM STDIN WITH CSV HEADER DELIMITER AS '|' NULL 'x' FORCE NOT NULL a, b");
+        assert_eq!(o.format, CopyFormat::Csv);
+        assert_eq!(o.header, Header::Skip);
+        assert_eq!(o.delimiter, b'|');
+        assert_eq!(o.force_not_null, vec!["a", "b"]);
+
+        let o = opts("COPY t FROM STDIN DELIMITER ','");
+        assert_eq!(
+            (o.format, o.delimiter, o.null.as_slice()),
+            (CopyFormat::Text, b',', &b"\\N"[..])
+        );
+        assert_eq!(
+            opts("COPY t FROM STDIN (FORMAT binary)").format,
+            CopyFormat::Binary
+        );
+        assert_eq!(opts("COPY t FROM STDIN (HEADER off)").header, Header::No);
+        assert!(parse("COPY t FROM STDIN WITH weird")
+            .unwrap()
+            .options
+            .is_err());
+    }
+}

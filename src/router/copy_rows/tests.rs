@@ -1,0 +1,168 @@
+//! Row framing and routing of COPY streams, in every piece size.
+
+use super::binary::BINARY_SIGNATURE;
+use super::*;
+use crate::config::Config;
+use crate::router::{copy, Plan, SAMPLE_CONFIG};
+
+fn map() -> ShardMap {
+    ShardMap::from_config(&Config::parse(SAMPLE_CONFIG, "sample.toml").unwrap())
+}
+
+fn router(sql: &str, columns: &[&str]) -> RowRouter {
+    let m = map();
+    let Ok(Plan::CopyIn(c)) = copy::plan(sql, &m) else {
+        panic!("not a COPY IN plan: {sql}");
+    };
+    let rule = m.tables[&c.table].clone();
+    RowRouter::new(
+        c.options,
+        rule,
+        &m,
+        columns.iter().map(|s| s.to_string()).collect(),
+        1 << 20,
+    )
+    .unwrap()
+}
+
+/// Feeds `data` in pieces of `step` bytes; returns (dest, row) pairs.
+fn run(r: &mut RowRouter, data: &[u8], step: usize) -> Result<Vec<(Dest, Vec<u8>)>, RowError> {
+    let mut out = Vec::new();
+    let mut sink = |d: Dest, _line: u64, b: &[u8]| out.push((d, b.to_vec()));
+    for piece in data.chunks(step.max(1)) {
+        r.feed(piece, &mut sink)?;
+    }
+    r.finish(&mut sink)?;
+    Ok(out)
+}
+
+fn shard(id: i64) -> Dest {
+    let m = map();
+    Dest::Shard(
+        m.tables["accounts"]
+            .shard_for(&KeyValue::Int(id), m.shards)
+            .unwrap(),
+    )
+}
+
+#[test]
+fn text_rows_in_any_pieces() {
+    let data = b"1\tone\n2\ttwo \\\\ \\n still two\n3\t\\N\n\\.\nignored\n";
+    for step in [1, 2, 3, 7, 100] {
+        let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+        let rows = run(&mut r, data, step).unwrap();
+        assert_eq!(rows.len(), 3, "step {step}");
+        assert_eq!(rows[0], (shard(1), b"1\tone\n".to_vec()));
+        assert_eq!(rows[1].0, shard(2));
+        assert_eq!(rows[1].1, b"2\ttwo \\\\ \\n still two\n".to_vec());
+        assert_eq!(rows[2].0, shard(3));
+    }
+}
+
+#[test]
+fn text_key_not_first_and_escaped() {
+    let mut r = router("COPY accounts (name, id) FROM STDIN", &["name", "id"]);
+    // A delimiter escaped with a backslash is data; the key is "\061" = "1".
+    let rows = run(&mut r, b"a\\\tb\t\\061\nx\t2", 4).unwrap();
+    assert_eq!(rows[0].0, shard(1));
+    assert_eq!(rows[1], (shard(2), b"x\t2".to_vec()));
+}
+
+#[test]
+fn text_errors_name_the_line() {
+    let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+    let e = run(&mut r, b"1\ta\n2\n", 3).unwrap_err();
+    assert_eq!(e.sqlstate, SqlState::BAD_COPY_FILE_FORMAT);
+    assert_eq!(e.message, "missing data for column \"name\"");
+    assert_eq!(e.context, "COPY accounts, line 2: \"2\"");
+
+    let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+    let e = run(&mut r, b"1\ta\tb\n", 3).unwrap_err();
+    assert_eq!(e.message, "extra data after last expected column");
+
+    let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+    let e = run(&mut r, b"1\ta\nx1\ta\n", 5).unwrap_err();
+    assert_eq!(e.sqlstate, SqlState::INVALID_TEXT_REPRESENTATION);
+    assert_eq!(e.message, "invalid input syntax for type bigint: \"x1\"");
+    assert_eq!(e.context, "COPY accounts, line 2, column id: \"x1\"");
+
+    // A NULL key goes to the default shard (whose NOT NULL says it in
+    // PostgreSQL's words), and the COPY fails anyway.
+    let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+    let rows = run(&mut r, b"1\ta\n\\N\ta\n", 5).unwrap();
+    assert_eq!(rows[1].0, Dest::Shard(ShardId(0)));
+    let e = r.null_key().unwrap();
+    assert_eq!(e.sqlstate, SqlState::NOT_NULL_VIOLATION);
+    assert_eq!(e.context, "COPY accounts, line 2: \"\\N\ta\"");
+}
+
+#[test]
+fn csv_quotes_newlines_header_and_nulls() {
+    let data = b"id,name\n1,\"a,b\"\n\"2\",\"multi\nline \"\"q\"\"\"\r\n3,\n";
+    for step in [1, 2, 5, 64] {
+        let mut r = router(
+            "COPY accounts FROM STDIN (FORMAT csv, HEADER true)",
+            &["id", "name"],
+        );
+        let rows = run(&mut r, data, step).unwrap();
+        assert_eq!(rows.len(), 4, "step {step}");
+        assert_eq!(rows[0], (Dest::All, b"id,name\n".to_vec()));
+        assert_eq!(rows[1].0, shard(1));
+        assert_eq!(rows[2].0, shard(2));
+        assert_eq!(rows[2].1, b"\"2\",\"multi\nline \"\"q\"\"\"\r\n".to_vec());
+        assert_eq!(rows[3].0, shard(3));
+    }
+    // Unquoted empty is NULL; quoted empty is an empty string (not a bigint).
+    let mut r = router("COPY accounts FROM STDIN (FORMAT csv)", &["id", "name"]);
+    run(&mut r, b",x\n", 2).unwrap();
+    assert!(r.null_key().is_some());
+    let mut r = router("COPY accounts FROM STDIN (FORMAT csv)", &["id", "name"]);
+    let e = run(&mut r, b"\"\",x\n", 2).unwrap_err();
+    assert_eq!(e.sqlstate, SqlState::INVALID_TEXT_REPRESENTATION);
+    // FORCE_NULL: a quoted null string is NULL too.
+    let mut r = router(
+        "COPY accounts FROM STDIN (FORMAT csv, FORCE_NULL (id))",
+        &["id", "name"],
+    );
+    run(&mut r, b"\"\",x\n", 2).unwrap();
+    assert!(r.null_key().is_some());
+    // Another escape character; an unterminated quote at the end.
+    let mut r = router(
+        "COPY accounts FROM STDIN (FORMAT csv, ESCAPE '\\', DELIMITER ';')",
+        &["name", "id"],
+    );
+    let rows = run(&mut r, b"\"a\\\"b;\";7\n", 3).unwrap();
+    assert_eq!(rows[0].0, shard(7));
+    let mut r = router("COPY accounts FROM STDIN (FORMAT csv)", &["id", "name"]);
+    let e = run(&mut r, b"1,\"open\n", 3).unwrap_err();
+    assert_eq!(e.message, "unterminated CSV quoted field");
+}
+
+#[test]
+fn binary_tuples_in_any_pieces() {
+    let mut data = BINARY_SIGNATURE.to_vec();
+    data.extend_from_slice(&0u32.to_be_bytes());
+    data.extend_from_slice(&4u32.to_be_bytes());
+    data.extend_from_slice(b"ext!");
+    let tuple = |id: i64, name: &[u8]| {
+        let mut t = 2i16.to_be_bytes().to_vec();
+        t.extend_from_slice(&8i32.to_be_bytes());
+        t.extend_from_slice(&id.to_be_bytes());
+        t.extend_from_slice(&(name.len() as i32).to_be_bytes());
+        t.extend_from_slice(name);
+        t
+    };
+    data.extend(tuple(1, b"one"));
+    data.extend(tuple(2, b""));
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    for step in [1, 3, 10, 1000] {
+        let mut r = router("COPY accounts FROM STDIN (FORMAT binary)", &["id", "name"]);
+        let rows = run(&mut r, &data, step).unwrap();
+        assert_eq!(rows.len(), 4, "step {step}");
+        assert_eq!(rows[0].0, Dest::All);
+        assert_eq!(rows[0].1.len(), 23);
+        assert_eq!(rows[1], (shard(1), tuple(1, b"one")));
+        assert_eq!(rows[2], (shard(2), tuple(2, b"")));
+        assert_eq!(rows[3], (Dest::All, (-1i16).to_be_bytes().to_vec()));
+    }
+}
