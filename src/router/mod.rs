@@ -12,6 +12,8 @@ mod settings;
 mod split;
 
 #[cfg(test)]
+mod subquery_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};

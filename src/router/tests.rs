@@ -264,7 +264,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT * FROM accounts, (SELECT 1) s ORDER BY id",
+            "SELECT * FROM accounts, (SELECT id FROM accounts) s ORDER BY 1",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (

@@ -19,6 +19,7 @@ mod merges;
 mod psql;
 mod routing;
 mod sessions;
+mod subqueries;
 mod timeouts;
 mod tls;
 mod transactions;

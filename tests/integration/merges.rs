@@ -83,9 +83,9 @@ fn rows(n: usize) -> Vec<String> {
 }
 
 /// Column (name, type OID) and rows as text, from a RowDescription and DataRows.
-type Answer = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
+pub(crate) type Answer = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
 
-fn decode_answer(messages: &[(u8, Vec<u8>)]) -> Result<Answer, String> {
+pub(crate) fn decode_answer(messages: &[(u8, Vec<u8>)]) -> Result<Answer, String> {
     let mut cols = Vec::new();
     let mut out = Vec::new();
     for (t, b) in messages {
@@ -126,7 +126,7 @@ fn decode_answer(messages: &[(u8, Vec<u8>)]) -> Result<Answer, String> {
 }
 
 /// The plain server's answer: types from Describe, rows from a simple query.
-async fn reference(c: &Client, sql: &str) -> Result<Answer, String> {
+pub(crate) async fn reference(c: &Client, sql: &str) -> Result<Answer, String> {
     let st = c
         .prepare(sql)
         .await
@@ -478,7 +478,7 @@ async fn cross_shard_reads_match_one_postgres() {
         ),
         (
             "SELECT id FROM facts ORDER BY id LIMIT (SELECT 3)",
-            "subquer",
+            "LIMIT other than",
         ),
         (
             "SELECT id, ts - interval '1 day' FROM facts UNION SELECT 1, now()",

@@ -1,6 +1,7 @@
 //! Routing of queries and data changes: which shards a `SELECT`, `UPDATE`,
 //! `DELETE` or `INSERT` reaches, from the shard keys it fixes.
 
+use super::scope::Reach;
 use super::*;
 use crate::router::SplitPart;
 
@@ -48,7 +49,7 @@ fn bind_from<'m>(
     out
 }
 
-fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+pub(super) fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
     match e {
         Expr::BinaryOp {
             left,
@@ -120,8 +121,8 @@ fn is_null(e: &Expr) -> bool {
 
 /// The shards a binding's rows can be on, from `key = c` / `key IN (...)` in the
 /// top-level AND chain; `None` when the WHERE does not pin the key.
-fn key_shards(
-    selection: Option<&Expr>,
+pub(super) fn key_shards<'a>(
+    selection: Option<&'a Expr>,
     b: &Binding,
     all: &[Binding],
     map: &ShardMap,
@@ -135,10 +136,14 @@ fn key_shards(
                 op: BinaryOperator::Eq,
                 right,
             } => {
+                let side = |e: &'a Expr| match e {
+                    Expr::Subquery(q) => constant_rows(q).filter(|v| v.len() == 1),
+                    e => Some(vec![e]),
+                };
                 if is_key_ref(left, b, all) {
-                    Some(vec![right.as_ref()])
+                    side(right)
                 } else if is_key_ref(right, b, all) {
-                    Some(vec![left.as_ref()])
+                    side(left)
                 } else {
                     None
                 }
@@ -149,6 +154,13 @@ fn key_shards(
                 negated: false,
                 ..
             } if is_key_ref(expr, b, all) => Some(list.iter().collect()),
+            // `key IN (SELECT 17)`, `key IN (VALUES (1), (2))`: constants.
+            Expr::In {
+                expr,
+                target: InTarget::Subquery(q),
+                negated: false,
+                ..
+            } if is_key_ref(expr, b, all) => constant_rows(q),
             _ => None,
         };
         let Some(values) = values else { continue };
@@ -170,8 +182,57 @@ fn key_shards(
     None
 }
 
+/// The values of a subquery that only lists constants, one column wide:
+/// `SELECT 17`, `VALUES (1), (2)`, and `UNION ALL`s of them.
+fn constant_rows(q: &Query) -> Option<Vec<&Expr>> {
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return None;
+    }
+    fn rows<'q>(body: &'q SetExpr, out: &mut Vec<&'q Expr>) -> Option<()> {
+        match body {
+            SetExpr::Select(sel) => {
+                let plain = sel.from.is_empty()
+                    && sel.selection.is_none()
+                    && sel.having.is_none()
+                    && sel.distinct.is_none()
+                    && matches!(&sel.group_by, GroupByExpr::Expressions(g, _) if g.is_empty());
+                match (plain, sel.projection.as_slice()) {
+                    (true, [sqlparser::ast::SelectItem::UnnamedExpr(e)])
+                    | (true, [sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. }]) => {
+                        out.push(e)
+                    }
+                    _ => return None,
+                }
+            }
+            SetExpr::Values(v) => {
+                for row in &v.rows {
+                    match row.content.as_slice() {
+                        [e] => out.push(e),
+                        _ => return None,
+                    }
+                }
+            }
+            SetExpr::SetOperation {
+                op: sqlparser::ast::SetOperator::Union,
+                left,
+                right,
+                ..
+            } => {
+                rows(left, out)?;
+                rows(right, out)?;
+            }
+            SetExpr::Query(q) => out.extend(constant_rows(q)?),
+            _ => return None,
+        }
+        Some(())
+    }
+    let mut out = Vec::new();
+    rows(&q.body, &mut out)?;
+    Some(out)
+}
+
 /// The ON conditions of joins.
-fn join_conditions<'a>(
+pub(super) fn join_conditions<'a>(
     joins: impl Iterator<Item = &'a sqlparser::ast::Join>,
     out: &mut Vec<&'a Expr>,
 ) {
@@ -194,7 +255,7 @@ fn join_conditions<'a>(
 }
 
 /// Tables whose equal keys always live on the same shard.
-fn co_located(a: &TableRule, b: &TableRule) -> bool {
+pub(super) fn co_located(a: &TableRule, b: &TableRule) -> bool {
     a.key_type == b.key_type
         && (matches!(
             (&a.mapping, &b.mapping),
@@ -308,6 +369,35 @@ pub(super) fn route_select(
     } else {
         t.facts.writes()
     };
+    // Subqueries and CTEs: one shard when every sharded table they read,
+    // at any depth, is pinned there (scoped as SQL scopes names: a CTE may
+    // shadow a sharded table in one part of the statement only).
+    let reach = if t.facts.queries > 1 {
+        super::scope::reach(q, map)
+    } else {
+        Reach::NoSharded
+    };
+    match reach {
+        Reach::One(shard) => {
+            t.check_no_local_mix(map)?;
+            return Ok(Plan::Forward {
+                route: Route::One(shard),
+                write,
+            });
+        }
+        // The routing below reads names without scopes: a CTE named like a
+        // distributed table would hide the table everywhere.
+        Reach::Spread | Reach::Local
+            if t.facts.ctes.iter().any(|c| {
+                map.tables.contains_key(c) || map.reference.contains(c)
+            }) =>
+        {
+            return unsupported(
+                "a sharded table read in one part of the statement shares its name with a CTE of another part; rename the CTE",
+            )
+        }
+        Reach::Spread | Reach::NoSharded | Reach::Local => {}
+    }
     if t.sharded.is_empty() {
         t.check_no_local_mix(map)?;
         if t.other.is_empty() {
@@ -330,7 +420,8 @@ pub(super) fn route_select(
     };
     let from: Vec<&TableWithJoins> = sel.from.iter().collect();
     let bindings = bind_from(&from, map, &t.facts.ctes);
-    if bindings.len() < t.sharded.len() {
+    let local = reach == Reach::Local || t.facts.queries == 1;
+    if bindings.len() < t.sharded.len() && !local {
         return unsupported(format!(
             "sharded table \"{}\" in a subquery or CTE is not supported yet",
             t.sharded[0].name
@@ -343,7 +434,7 @@ pub(super) fn route_select(
         return Ok(Plan::Forward { route, write });
     }
     // Several shards answer: merge what concatenation would get wrong.
-    match super::merge::plan_merge(q, source, t, &bindings)? {
+    match super::merge::plan_merge(q, source, t, &bindings, local)? {
         None => Ok(Plan::Forward { route, write }),
         Some(plan) => Ok(Plan::Merge {
             route,

@@ -134,6 +134,39 @@ fn has_aggregate(e: &Expr) -> bool {
     found
 }
 
+/// Whether a query calls aggregates of its own (not only in subqueries).
+fn own_aggregates(q: &Query) -> bool {
+    struct Own {
+        depth: usize,
+        found: bool,
+    }
+    impl Visitor for Own {
+        type Break = ();
+        fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if self.depth == 1 && AGGREGATES.contains(&object_parts(&f.name).1.as_str()) {
+                    self.found = true;
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = Own {
+        depth: 0,
+        found: false,
+    };
+    let _ = q.visit(&mut v);
+    v.found
+}
+
 fn quoted(name: &str) -> Ident {
     Ident::with_quote('"', name)
 }
@@ -248,6 +281,7 @@ pub(super) fn plan_merge(
     source: Option<&Query>,
     t: &Tables,
     bindings: &[Binding],
+    local: bool,
 ) -> Result<Option<MergePlan>, RouteError> {
     let q = source.unwrap_or(bound);
     let SetExpr::Select(sel) = q.body.as_ref() else {
@@ -257,7 +291,9 @@ pub(super) fn plan_merge(
     if t.facts.windows || !sel.named_window.is_empty() {
         return refuse("window functions");
     }
-    if t.facts.queries > 1 {
+    // Subqueries each shard evaluates for its own rows are part of its
+    // statement; others would be answered from one shard's rows only.
+    if t.facts.queries > 1 && !local {
         return refuse("subqueries and CTEs");
     }
     if sel.into.is_some() {
@@ -285,7 +321,12 @@ pub(super) fn plan_merge(
     }
     let limits = limits(bound)?;
     let order = order_items(q)?;
-    let grouped = t.facts.aggregates || !group_exprs.is_empty() || sel.having.is_some();
+    let aggregates = if t.facts.queries > 1 {
+        own_aggregates(q)
+    } else {
+        t.facts.aggregates
+    };
+    let grouped = aggregates || !group_exprs.is_empty() || sel.having.is_some();
     let mut plan = if !grouped {
         if order.is_empty() && limits.limit.is_none() && limits.offset == 0 && !distinct {
             return Ok(None);

@@ -15,6 +15,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 
 mod dml;
 mod merge;
+mod scope;
 
 pub(super) use self::names_table as sharded_table_named;
 
