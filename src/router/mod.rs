@@ -12,6 +12,8 @@ mod settings;
 mod split;
 
 #[cfg(test)]
+mod key_tests;
+#[cfg(test)]
 mod subquery_tests;
 #[cfg(test)]
 mod tests;
@@ -20,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use cache::PlanCache;
+pub use classify::fill_keys;
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
 pub use keyed::KeyedPlan;
@@ -171,6 +174,35 @@ pub enum Plan {
     Deallocate(Option<String>),
     /// `PREVIEW statement`: where it would go, without running it.
     Preview(String),
+    /// An `INSERT` into a sharded table that leaves some rows' shard key to
+    /// the cluster: the session obtains the keys, fills them in with
+    /// [`fill_keys`] and plans the statement that results.
+    NeedKeys(KeyRequest),
+}
+
+/// The keys an `INSERT` needs before it can be routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequest {
+    /// The table as the statement names it (for the catalog lookup).
+    pub table: String,
+    /// The shard key column.
+    pub column: String,
+    /// How many rows need a key.
+    pub rows: usize,
+    pub source: KeySource,
+}
+
+/// Where keys chosen by the cluster come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// The column's own sequence (`serial`, `bigserial`, identity) on the
+    /// sequence shard, the default shard: one sequence for the whole
+    /// cluster, so keys are unique and numbered as one server numbers them.
+    Sequence,
+    /// A random (version 4) uuid made by the proxy.
+    Random,
+    /// The cluster cannot choose such keys (text).
+    None,
 }
 
 impl Plan {

@@ -68,6 +68,26 @@ pub fn preview(sql: &str, map: &ShardMap) -> Result<Vec<Vec<String>>, RouteError
             "answer once; atomic across shards (two-phase commit)",
             "schema change or reference-table write: every shard holds a copy",
         ),
+        Plan::NeedKeys(req) => {
+            let from = match req.source {
+                super::KeySource::Sequence => format!(
+                    "the column's sequence on shard {} (the sequence shard)",
+                    map.default_shard
+                ),
+                super::KeySource::Random | super::KeySource::None => {
+                    "random uuids made by the proxy".into()
+                }
+            };
+            vec![vec![
+                "proxy".into(),
+                sql.to_string(),
+                format!(
+                    "{} key(s) for \"{}\" from {from}; then routed by them",
+                    req.rows, req.column
+                ),
+                "the INSERT leaves the shard key to the cluster".into(),
+            ]]
+        }
         other => {
             let what = match other {
                 Plan::Set(_) => "session setting: kept by the proxy and applied to each server connection the session uses",

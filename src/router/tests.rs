@@ -192,7 +192,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "INSERT INTO accounts (balance) VALUES (1)",
+            "INSERT INTO users (note) VALUES ('x')",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (

@@ -20,6 +20,7 @@ mod block;
 mod console;
 mod dispatch;
 mod extended;
+mod keys;
 mod state;
 pub(crate) use extended::fuzz_messages;
 mod prepared;
@@ -600,6 +601,7 @@ impl Session {
             Plan::Prepare { name, types, body } => self.sql_prepare(name, types, body).await,
             Plan::Execute { name, args } => self.sql_execute(name, args).await,
             Plan::Deallocate(name) => self.sql_deallocate(name).await,
+            Plan::NeedKeys(req) => self.insert_with_keys(stmt, req).await,
             Plan::Preview(inner) => match router::preview(&inner, &self.shared.map()) {
                 Ok(rows) => {
                     let answer = crate::admin::Answer::Rows {

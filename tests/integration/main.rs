@@ -15,6 +15,7 @@ mod extended;
 mod faults;
 mod hashing;
 mod hostile;
+mod keys;
 mod merges;
 mod psql;
 mod routing;

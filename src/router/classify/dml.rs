@@ -552,6 +552,11 @@ pub(super) fn route_insert(
             return Ok(default_route(map, Writes::Yes));
         }
     };
+    if t.sharded.len() <= 1 {
+        if let Some(req) = super::keys::request(ins, target, rule)? {
+            return Ok(Plan::NeedKeys(req));
+        }
+    }
     let values = match &ins.source {
         Some(q) if q.with.is_none() => match q.body.as_ref() {
             SetExpr::Values(v) => v,

@@ -14,8 +14,11 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 mod dml;
+mod keys;
 mod merge;
 mod scope;
+
+pub use keys::fill_keys;
 
 pub(super) use self::names_table as sharded_table_named;
 

@@ -312,6 +312,7 @@ impl Session {
                             Plan::Forward { .. }
                             | Plan::Merge { .. }
                             | Plan::Replicate
+                            | Plan::NeedKeys(_)
                             | Plan::Split { .. },
                         ) => return true,
                         // Transaction control changes the mode by itself.
@@ -389,7 +390,9 @@ impl Session {
         // utility: the block's, or the segment's that a BEGIN would keep.
         if matches!(
             plan,
-            Some(Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. })
+            Some(
+                Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. } | Plan::NeedKeys(_)
+            )
         ) {
             match self.txn.as_mut() {
                 Some(t) => t.snapshot = true,

@@ -53,6 +53,7 @@ impl Session {
                     Ok(Plan::Forward { .. }
                         | Plan::Merge { .. }
                         | Plan::Split { .. }
+                        | Plan::NeedKeys(_)
                         | Plan::Replicate)
                         | Err(_)
                 );
