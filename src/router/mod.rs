@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use cache::PlanCache;
-pub use classify::fill_keys;
+pub use classify::{fill_keys, materialize};
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
 pub use keyed::KeyedPlan;
@@ -178,6 +178,39 @@ pub enum Plan {
     /// the cluster: the session obtains the keys, fills them in with
     /// [`fill_keys`] and plans the statement that results.
     NeedKeys(KeyRequest),
+    /// A query in two stages: each stage (a subquery or CTE over sharded
+    /// tables, or the aggregates an expression computes over) runs first,
+    /// then the outer query with the stages' rows in place of them.
+    Staged(std::sync::Arc<StagedPlan>),
+}
+
+/// See [`Plan::Staged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPlan {
+    pub stages: Vec<Stage>,
+    /// The outer query, stage `i` written as `SELECT * FROM pieskieo_stage_i`.
+    pub outer: String,
+}
+
+/// One stage of a [`StagedPlan`]: a cross-shard read of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    /// The subquery as a statement of its own.
+    pub sql: String,
+    /// How it runs: [`Plan::Forward`] (no write) or [`Plan::Merge`].
+    pub plan: Plan,
+}
+
+impl StagedPlan {
+    /// The outer query with each stage's rows (from [`materialize`]) in place.
+    pub fn fill(&self, rows: &[String]) -> String {
+        let mut out = self.outer.clone();
+        // Highest first: `pieskieo_stage_1` is a prefix of `pieskieo_stage_10`.
+        for (i, r) in rows.iter().enumerate().rev() {
+            out = out.replace(&format!("SELECT * FROM pieskieo_stage_{i}"), r);
+        }
+        out
+    }
 }
 
 /// The keys an `INSERT` needs before it can be routed.

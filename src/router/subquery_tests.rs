@@ -22,6 +22,8 @@ fn elsewhere(m: &ShardMap, key: i64) -> i64 {
 fn route_of(sql: &str, m: &ShardMap) -> Result<Route, RouteError> {
     match plan(sql, m)? {
         Plan::Forward { route, .. } | Plan::Merge { route, .. } => Ok(route),
+        // Two stages: never "one shard" as a whole.
+        Plan::Staged(_) => Err(RouteError::Unsupported("staged".into())),
         other => panic!("{sql}: unexpected plan {other:?}"),
     }
 }
@@ -150,6 +152,82 @@ fn subqueries_each_shard_can_answer_for_its_own_rows_run_everywhere() {
             ),
             "{sql}: {:?}",
             plan(sql, &m)
+        );
+    }
+}
+
+#[test]
+fn across_shards_subqueries_and_expressions_over_aggregates_run_in_two_stages() {
+    let m = map();
+    let staged = |sql: &str| match plan(sql, &m) {
+        Ok(Plan::Staged(s)) => (*s).clone(),
+        other => panic!("{sql}: {other:?}"),
+    };
+    let s = staged("SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 10) s");
+    assert_eq!(
+        s.outer,
+        "SELECT count(*) FROM (SELECT * FROM pieskieo_stage_0) s"
+    );
+    assert_eq!(
+        s.stages[0].sql,
+        "SELECT id FROM accounts WHERE balance > 10"
+    );
+    let s = staged("SELECT note, round(avg(balance), 2), count(*) > 1 FROM accounts GROUP BY 1 HAVING count(*) % 2 = 0 ORDER BY 2 DESC LIMIT 3");
+    assert_eq!(
+        s.outer,
+        "SELECT \"pieskieo_g1\" AS \"note\", round(\"pieskieo_a1\", 2), \"pieskieo_a2\" > 1 FROM (SELECT * FROM pieskieo_stage_0) AS pieskieo_groups WHERE \"pieskieo_a2\" % 2 = 0 ORDER BY 2 DESC LIMIT 3"
+    );
+    assert!(matches!(s.stages[0].plan, Plan::Merge { .. }));
+    let s = staged(
+        "SELECT * FROM accounts WHERE id IN (SELECT account_id FROM orders WHERE account_id < 5)",
+    );
+    assert_eq!(
+        s.outer,
+        "SELECT * FROM accounts WHERE id IN (SELECT * FROM pieskieo_stage_0)"
+    );
+    // Once the stage's rows are in, the outer query routes by them.
+    let rows = materialize(
+        &[("account_id".into(), 20)],
+        &[vec![Some("17".into())], vec![Some("17".into())]],
+    )
+    .unwrap();
+    let outer = s.fill(&[rows]);
+    assert_eq!(
+        outer,
+        "SELECT * FROM accounts WHERE id IN (SELECT * FROM (VALUES ('17'::int8), ('17'::int8)) AS pieskieo_values(\"account_id\"))"
+    );
+    let s17 = m.tables["accounts"]
+        .shard_for(&KeyValue::Int(17), m.shards)
+        .unwrap();
+    assert_eq!(route_of(&outer, &m), Ok(Route::One(s17)));
+    // Values keep their exact text; no rows is a typed empty query.
+    assert_eq!(
+        materialize(
+            &[("t".into(), 25)],
+            &[vec![Some("a'b\\c".into())], vec![None]]
+        )
+        .unwrap(),
+        "SELECT * FROM (VALUES (E'a''b\\\\c'::text), (NULL::text)) AS pieskieo_values(\"t\")"
+    );
+    assert_eq!(
+        materialize(&[("n".into(), 1700)], &[]).unwrap(),
+        "SELECT NULL::numeric AS \"n\" WHERE false"
+    );
+    assert!(
+        materialize(&[("x".into(), 600)], &[]).is_err(),
+        "point: no name known"
+    );
+    // What cannot run in stages is refused, saying so.
+    for sql in [
+        "SELECT * FROM accounts a WHERE balance > (SELECT avg(account_id) FROM orders o WHERE o.note = a.note)",
+        "SELECT string_agg(note, ',') || 'x' FROM accounts",
+        "SELECT sum(balance) OVER () + 1 FROM accounts",
+        "SELECT * FROM (SELECT * FROM accounts FOR UPDATE) s",
+    ] {
+        assert_eq!(
+            plan(sql, &m).map(|_| ()).unwrap_err().sqlstate(),
+            crate::error::SqlState::FEATURE_NOT_SUPPORTED,
+            "{sql}"
         );
     }
 }

@@ -224,7 +224,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
+            "SELECT * FROM accounts a WHERE balance > (SELECT avg(account_id) FROM orders o WHERE o.note = a.note)",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -244,7 +244,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT sum(balance) + 1 FROM accounts",
+            "SELECT string_agg(note, ',') || 'x' FROM accounts",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (

@@ -26,6 +26,7 @@ pub(crate) use extended::fuzz_messages;
 mod prepared;
 mod reader;
 mod settings;
+mod staged;
 mod startup;
 
 use crate::backend::{BackendError, PooledConn, ServerConn};
@@ -602,6 +603,7 @@ impl Session {
             Plan::Execute { name, args } => self.sql_execute(name, args).await,
             Plan::Deallocate(name) => self.sql_deallocate(name).await,
             Plan::NeedKeys(req) => self.insert_with_keys(stmt, req).await,
+            Plan::Staged(staged) => self.run_staged(staged).await,
             Plan::Preview(inner) => match router::preview(&inner, &self.shared.map()) {
                 Ok(rows) => {
                     let answer = crate::admin::Answer::Rows {

@@ -435,18 +435,12 @@ async fn cross_shard_reads_match_one_postgres() {
         failures.join("\n")
     );
 
-    // What cannot be merged exactly is refused, naming what.
+    // What cannot be merged exactly is refused, naming what. (Expressions
+    // over aggregates, HAVING over them and subqueries run in two stages:
+    // subqueries.rs.)
     let refused = [
         ("SELECT id, sum(qty) OVER () FROM facts", "window functions"),
         ("SELECT count(DISTINCT cat) FROM facts", "count(DISTINCT"),
-        (
-            "SELECT sum(qty) + 1 FROM facts",
-            "expressions over aggregates",
-        ),
-        (
-            "SELECT round(avg(qty), 2) FROM facts GROUP BY grp",
-            "expressions over aggregates",
-        ),
         ("SELECT string_agg(cat, ',') FROM facts", "string_agg"),
         (
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) FROM facts",
@@ -467,14 +461,6 @@ async fn cross_shard_reads_match_one_postgres() {
         (
             "SELECT a.id FROM facts a JOIN facts b ON a.grp = b.grp",
             "joins",
-        ),
-        (
-            "SELECT * FROM facts WHERE qty > (SELECT avg(qty) FROM facts)",
-            "subquer",
-        ),
-        (
-            "SELECT grp, count(*) FROM facts GROUP BY grp HAVING count(*) % 2 = 0",
-            "HAVING",
         ),
         (
             "SELECT id FROM facts ORDER BY id LIMIT (SELECT 3)",

@@ -200,3 +200,84 @@ async fn pinned_subqueries_and_ctes_run_on_one_shard_and_match_one_postgres() {
     let failures = compare(&mut raw, &single, &answerable).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Subqueries, CTEs and expressions over aggregates across shards run in two
+/// stages: the same rows and column types as one PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stage_plans_match_one_postgres() {
+    let c = Cluster::start_with(3, TABLES).await;
+    let plain = Servers::start(1);
+    let single = plain.connect(0).await;
+    let client = c.client().await;
+    load(&client, &single).await;
+    let unordered = [
+        "SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 10) s",
+        "SELECT count(*), sum(s.qty), avg(s.price), min(s.cat) FROM (SELECT * FROM facts WHERE qty > 0) s",
+        "SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 1000) s",
+        "WITH x AS (SELECT * FROM facts WHERE qty > 1) SELECT count(*), max(price) FROM x",
+        "SELECT sum(qty) * 100 / count(*) FROM facts",
+        "SELECT sum(price) * 100 / count(*), sum(qty)::numeric / count(*) FROM facts WHERE grp < 4",
+        "SELECT round(avg(price), 2), coalesce(max(price), 0), count(*) > 0 FROM facts",
+        "SELECT coalesce(max(price), 0) FROM facts WHERE qty > 1000",
+        "SELECT count(*) FILTER (WHERE qty > 0) * 2, max(qty) - min(qty) FROM facts",
+        "SELECT * FROM facts WHERE qty > (SELECT avg(qty) FROM facts)",
+        "SELECT id FROM facts WHERE id IN (SELECT fact_id FROM notes WHERE body = 'note 1')",
+        "SELECT count(*) FROM facts WHERE grp IN (SELECT grp FROM facts WHERE qty = 7)",
+        "SELECT id FROM facts WHERE id NOT IN (SELECT fact_id FROM notes)",
+        "SELECT EXISTS (SELECT 1 FROM facts WHERE qty > 19), EXISTS (SELECT 1 FROM facts WHERE qty > 99)",
+        "SELECT (SELECT max(price) FROM facts), (SELECT count(*) FROM notes)",
+        "SELECT k.label, (SELECT count(*) FROM facts) FROM kinds k",
+    ];
+    let ordered = [
+        "WITH x AS (SELECT id, price FROM facts) SELECT * FROM x WHERE price > 100 ORDER BY price DESC, id LIMIT 5",
+        "SELECT grp, round(avg(price), 2) AS r, count(*) FROM facts GROUP BY grp HAVING count(*) % 2 = 0 ORDER BY r DESC, grp",
+        "SELECT grp, sum(qty)::numeric / nullif(count(price), 0) FROM facts GROUP BY 1 ORDER BY 1",
+        "SELECT cat, count(*) FROM (SELECT cat FROM facts) s GROUP BY cat ORDER BY cat NULLS FIRST",
+        "SELECT s.grp, k.label, s.n FROM (SELECT grp, count(*) AS n FROM facts GROUP BY grp) s LEFT JOIN kinds k ON k.grp = s.grp ORDER BY s.grp",
+        "SELECT grp, count(*) FROM facts GROUP BY grp HAVING sum(qty) > 2 * avg(qty) ORDER BY grp",
+        "SELECT id, qty FROM facts WHERE qty = (SELECT max(qty) FROM facts) ORDER BY id",
+    ];
+    let corpus: Vec<(String, bool)> = unordered
+        .iter()
+        .map(|s| (s.to_string(), false))
+        .chain(ordered.iter().map(|s| (s.to_string(), true)))
+        .collect();
+    // Each runs in stages (PREVIEW names them).
+    for (sql, _) in &corpus {
+        let p = crate::harness::rows(&client, &format!("PREVIEW {sql}")).await;
+        assert!(
+            p.iter()
+                .any(|r| r[2].as_deref().unwrap_or("").contains("stage 1")),
+            "{sql}: {p:?}"
+        );
+    }
+    let mut raw = RawClient::connect(c.port()).await;
+    let failures = compare(&mut raw, &single, &corpus).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Inside a transaction block the stages see the block's own writes.
+    let sql = "SELECT count(*), sum(qty) * 2 FROM facts";
+    for cl in [&client, &single] {
+        exec(cl, "BEGIN").await;
+        exec(cl, "UPDATE facts SET qty = qty + 1000 WHERE id < 50").await;
+    }
+    assert_eq!(
+        crate::harness::rows(&client, sql).await,
+        crate::harness::rows(&single, sql).await
+    );
+    for cl in [&client, &single] {
+        exec(cl, "ROLLBACK").await;
+    }
+    // PostgreSQL's own errors in the outer part.
+    assert_eq!(
+        crate::harness::sqlstate(&client, "SELECT sum(qty) / 0 FROM facts").await,
+        "22012"
+    );
+    // Through the extended protocol these are refused, saying what to do.
+    let e = client
+        .query("SELECT sum(qty) * 2 FROM facts", &[])
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("simple query"), "{}", db.message());
+}

@@ -190,6 +190,23 @@ fn constant_rows(q: &Query) -> Option<Vec<&Expr>> {
     }
     fn rows<'q>(body: &'q SetExpr, out: &mut Vec<&'q Expr>) -> Option<()> {
         match body {
+            // A stage's rows: SELECT * FROM (VALUES ...) AS v(c).
+            SetExpr::Select(sel)
+                if sel.selection.is_none()
+                    && matches!(
+                        sel.projection.as_slice(),
+                        [sqlparser::ast::SelectItem::Wildcard(_)]
+                    )
+                    && matches!(sel.from.as_slice(), [f] if f.joins.is_empty()
+                        && matches!(&f.relation, TableFactor::Derived { subquery, .. }
+                            if matches!(subquery.body.as_ref(), SetExpr::Values(_)))) =>
+            {
+                if let Some(TableFactor::Derived { subquery, .. }) =
+                    sel.from.first().map(|f| &f.relation)
+                {
+                    out.extend(constant_rows(subquery)?);
+                }
+            }
             SetExpr::Select(sel) => {
                 let plain = sel.from.is_empty()
                     && sel.selection.is_none()
@@ -422,6 +439,12 @@ pub(super) fn route_select(
     let bindings = bind_from(&from, map, &t.facts.ctes);
     let local = reach == Reach::Local || t.facts.queries == 1;
     if bindings.len() < t.sharded.len() && !local {
+        // Subqueries over sharded tables run first, as stages of their own.
+        if source.is_none() {
+            if let Some(p) = super::stage::plan_staged(q, map)? {
+                return Ok(p);
+            }
+        }
         return unsupported(format!(
             "sharded table \"{}\" in a subquery or CTE is not supported yet",
             t.sharded[0].name
@@ -434,7 +457,19 @@ pub(super) fn route_select(
         return Ok(Plan::Forward { route, write });
     }
     // Several shards answer: merge what concatenation would get wrong.
-    match super::merge::plan_merge(q, source, t, &bindings, local)? {
+    let merged = match super::merge::plan_merge(q, source, t, &bindings, local) {
+        Ok(m) => m,
+        // Expressions over aggregates: the aggregates as a stage, the
+        // expressions evaluated by PostgreSQL over their merged values.
+        Err(e) if source.is_none() && t.facts.queries == 1 && t.facts.aggregates => {
+            match super::stage::lift_aggregates(q).map(|l| super::stage::plan_staged(&l, map)) {
+                Some(Ok(Some(p))) => return Ok(p),
+                _ => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    match merged {
         None => Ok(Plan::Forward { route, write }),
         Some(plan) => Ok(Plan::Merge {
             route,

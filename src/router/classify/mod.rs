@@ -17,8 +17,10 @@ mod dml;
 mod keys;
 mod merge;
 mod scope;
+mod stage;
 
 pub use keys::fill_keys;
+pub use stage::materialize;
 
 pub(super) use self::names_table as sharded_table_named;
 
@@ -373,6 +375,7 @@ fn classify_rel<'m>(name: &ObjectName, map: &'m ShardMap, ctes: &HashSet<String>
     }
     if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema"))
         || table.starts_with("pg_")
+        || schema.is_none() && stage::is_marker(&table)
     {
         return Rel::Catalog;
     }

@@ -84,6 +84,13 @@ impl Session {
                 );
                 return Ok(true);
             }
+            Plan::Staged(_) => {
+                return Ok(self
+                    .error(Error::Unsupported(
+                        "a query that runs in two stages across shards (subqueries or CTEs over sharded tables, expressions over aggregates) is supported through the simple query protocol only; send it without parameters as a simple query, or fix the shard key to reach one shard".into(),
+                    ))
+                    .await?)
+            }
             Plan::NeedKeys(req) => {
                 let (sql, declared) = (stmt.sql.clone(), stmt.types.clone());
                 return self.bind_with_keys(&sql, &declared, &b, req).await;

@@ -313,6 +313,7 @@ impl Session {
                             | Plan::Merge { .. }
                             | Plan::Replicate
                             | Plan::NeedKeys(_)
+                            | Plan::Staged(_)
                             | Plan::Split { .. },
                         ) => return true,
                         // Transaction control changes the mode by itself.
@@ -391,7 +392,11 @@ impl Session {
         if matches!(
             plan,
             Some(
-                Plan::Forward { .. } | Plan::Merge { .. } | Plan::Split { .. } | Plan::NeedKeys(_)
+                Plan::Forward { .. }
+                    | Plan::Merge { .. }
+                    | Plan::Split { .. }
+                    | Plan::NeedKeys(_)
+                    | Plan::Staged(_)
             )
         ) {
             match self.txn.as_mut() {

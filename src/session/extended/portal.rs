@@ -54,6 +54,7 @@ impl Session {
                         | Plan::Merge { .. }
                         | Plan::Split { .. }
                         | Plan::NeedKeys(_)
+                        | Plan::Staged(_)
                         | Plan::Replicate)
                         | Err(_)
                 );
