@@ -40,6 +40,10 @@ impl tokio::io::AsyncWrite for Capture {
     }
 }
 
+/// The most rows a stage may pass to its outer query: they travel as SQL
+/// text, and the proxy holds them all meanwhile.
+const MAX_STAGE_ROWS: usize = 100_000;
+
 /// A stage's answer: its columns (name, type OID) and rows as text.
 type Rows = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
 
@@ -107,6 +111,13 @@ impl Session {
             let frame = &bytes[at..at + 1 + len];
             match tag {
                 b'T' => cols = columns(body),
+                b'D' if rows.len() >= MAX_STAGE_ROWS => {
+                    self.error(Error::Unsupported(format!(
+                        "a subquery over sharded tables returned more than {MAX_STAGE_ROWS} rows to pass to its outer query across shards; filter it further, or fix the shard key to reach one shard"
+                    )))
+                    .await?;
+                    return Ok(None);
+                }
                 b'D' => rows.push(values(body)),
                 b'E' => {
                     self.write(frame).await?;
