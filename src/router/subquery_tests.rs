@@ -231,3 +231,38 @@ fn across_shards_subqueries_and_expressions_over_aggregates_run_in_two_stages() 
         );
     }
 }
+
+#[test]
+fn updates_and_deletes_with_subqueries_route_like_selects() {
+    let m = map();
+    let s17 = shard(&m, 17);
+    let w = |route| Plan::Forward {
+        route,
+        write: Writes::Yes,
+    };
+    let cases = [
+        ("DELETE FROM orders WHERE account_id = 17 AND note IN (SELECT note FROM orders WHERE account_id = 17)", w(Route::One(s17))),
+        ("UPDATE accounts a SET balance = (SELECT count(*) FROM orders o WHERE o.account_id = a.id) WHERE a.id = 17", w(Route::One(s17))),
+        ("DELETE FROM accounts WHERE id IN (SELECT 17)", w(Route::One(s17))),
+        ("UPDATE accounts a SET balance = (SELECT count(*) FROM orders o WHERE o.account_id = a.id)", w(Route::All)),
+        ("DELETE FROM accounts a WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.account_id = a.id)", w(Route::All)),
+        ("UPDATE accounts SET balance = 0 WHERE note IN (SELECT name FROM countries)", w(Route::All)),
+        // Each shard answers NOT EXISTS for its own rows: the orders of an
+        // account live with it.
+        ("UPDATE accounts a SET balance = 1 WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.account_id = a.id AND o.account_id = 17)", w(Route::All)),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(plan(sql, &m), Ok(want), "{sql}");
+    }
+    for sql in [
+        "DELETE FROM accounts WHERE id = 17 AND balance > (SELECT avg(balance) FROM accounts)",
+        "UPDATE accounts SET balance = (SELECT max(account_id) FROM orders) WHERE id = 17",
+        "DELETE FROM orders WHERE account_id = 17 RETURNING (SELECT count(*) FROM accounts)",
+    ] {
+        let p = plan(sql, &m);
+        assert!(
+            matches!(&p, Err(e) if e.sqlstate() == crate::error::SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {p:?}"
+        );
+    }
+}

@@ -281,3 +281,46 @@ async fn two_stage_plans_match_one_postgres() {
     assert_eq!(db.code().code(), "0A000");
     assert!(db.message().contains("simple query"), "{}", db.message());
 }
+
+/// UPDATE and DELETE with subqueries pinned to the target's shard, or
+/// correlated on the key: the tables end as one PostgreSQL's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_pinned_or_key_correlated_subqueries_match_one_postgres() {
+    let c = Cluster::start_with(3, TABLES).await;
+    let plain = Servers::start(1);
+    let single = plain.connect(0).await;
+    let client = c.client().await;
+    load(&client, &single).await;
+    let k = c.key_on("facts", 2);
+    let writes = [
+        format!("DELETE FROM notes WHERE fact_id = {k} AND n IN (SELECT n FROM notes WHERE fact_id = {k} AND n > 0)"),
+        format!("UPDATE facts f SET qty = (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) WHERE f.id = {k}"),
+        "UPDATE facts f SET qty = (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) WHERE f.grp = 3".to_string(),
+        "DELETE FROM facts f WHERE f.grp = 5 AND NOT EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id)".to_string(),
+        "UPDATE facts SET cat = 'k' WHERE grp IN (SELECT grp FROM kinds WHERE label LIKE 't%')".to_string(),
+    ];
+    for w in &writes {
+        let want = crate::harness::tags(&single, w).await;
+        let got = crate::harness::tags(&client, w).await;
+        assert_eq!(want, got, "{w}");
+    }
+    for sql in [
+        "SELECT * FROM facts ORDER BY id",
+        "SELECT * FROM notes ORDER BY fact_id, n",
+    ] {
+        assert_eq!(
+            crate::harness::rows(&single, sql).await,
+            crate::harness::rows(&client, sql).await,
+            "{sql}"
+        );
+    }
+    // Not pinned and not correlated on the key: refused, nothing changed.
+    assert_eq!(
+        crate::harness::sqlstate(
+            &client,
+            &format!("DELETE FROM facts WHERE id = {k} AND qty < (SELECT avg(qty) FROM facts)")
+        )
+        .await,
+        "0A000"
+    );
+}

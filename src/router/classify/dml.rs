@@ -486,10 +486,27 @@ pub(super) fn route_modify(
     extra: &[&TableWithJoins],
     selection: Option<&Expr>,
     assignments: &[(&AssignmentTarget, &Expr)],
+    returning: Option<&Vec<sqlparser::ast::SelectItem>>,
     t: &Tables,
     map: &ShardMap,
 ) -> Result<Plan, RouteError> {
     t.check_no_local_mix(map)?;
+    // Subqueries: pinned to one shard, or answered per shard for its own
+    // rows, as for a SELECT over the same tables and conditions.
+    let reach = if t.facts.queries > 0 {
+        modify_reach(
+            target,
+            alias,
+            joins,
+            extra,
+            selection,
+            assignments,
+            returning,
+            map,
+        )
+    } else {
+        Reach::NoSharded
+    };
     match classify_rel(target, map, &t.facts.ctes) {
         Rel::Sharded(rule) => {
             let mut bindings = vec![Binding {
@@ -502,9 +519,10 @@ pub(super) fn route_modify(
                 bind(&j.relation, map, &t.facts.ctes, &mut bindings);
             }
             bindings.extend(bind_from(extra, map, &t.facts.ctes));
-            if bindings.len() < t.sharded.len() {
+            let scoped = matches!(reach, Reach::One(_) | Reach::Local);
+            if bindings.len() < t.sharded.len() && !scoped {
                 return unsupported(format!(
-                    "sharded table \"{}\" in a subquery is not supported yet",
+                    "sharded table \"{}\" in a subquery of an UPDATE or DELETE is supported only when every sharded table it reads is pinned to the target rows' shard (by key, or correlated on the key); fix the shard key or select the keys first",
                     t.sharded[0].name
                 ));
             }
@@ -515,7 +533,10 @@ pub(super) fn route_modify(
                     .chain(extra.iter().flat_map(|t| t.joins.iter())),
                 &mut on,
             );
-            let route = route_bindings(&bindings, selection, &on, map)?;
+            let route = match reach {
+                Reach::One(s) => Route::One(s),
+                _ => route_bindings(&bindings, selection, &on, map)?,
+            };
             for (target, value) in assignments {
                 let names: Vec<&ObjectName> = match target {
                     AssignmentTarget::ColumnName(n) => vec![n],
@@ -536,7 +557,10 @@ pub(super) fn route_modify(
                     }
                 }
             }
-            if route != Route::One(route.shards(map.shards)[0]) && t.facts.queries > 0 {
+            if route != Route::One(route.shards(map.shards)[0])
+                && t.facts.queries > 0
+                && reach != Reach::Local
+            {
                 return unsupported(
                     "subqueries in an UPDATE or DELETE that spans shards are not supported yet",
                 );
@@ -556,6 +580,44 @@ pub(super) fn route_modify(
             Ok(Plan::Replicate)
         }
         Rel::Catalog | Rel::Other(_) => Ok(default_route(map, Writes::Yes)),
+    }
+}
+
+/// [`super::scope::reach`] of an UPDATE or DELETE, read as the SELECT of
+/// the same tables, conditions and expressions.
+#[allow(clippy::too_many_arguments)]
+fn modify_reach(
+    target: &ObjectName,
+    alias: Option<&sqlparser::ast::Ident>,
+    joins: &[sqlparser::ast::Join],
+    extra: &[&TableWithJoins],
+    selection: Option<&Expr>,
+    assignments: &[(&AssignmentTarget, &Expr)],
+    returning: Option<&Vec<sqlparser::ast::SelectItem>>,
+    map: &ShardMap,
+) -> Reach {
+    let mut items: Vec<String> = assignments.iter().map(|(_, v)| v.to_string()).collect();
+    items.extend(returning.into_iter().flatten().map(|i| i.to_string()));
+    if items.is_empty() {
+        items.push("1".into());
+    }
+    let mut from = target.to_string();
+    if let Some(a) = alias {
+        from.push_str(&format!(" AS {a}"));
+    }
+    for j in joins {
+        from.push_str(&format!(" {j}"));
+    }
+    for e in extra {
+        from.push_str(&format!(", {e}"));
+    }
+    let mut sql = format!("SELECT {} FROM {from}", items.join(", "));
+    if let Some(w) = selection {
+        sql.push_str(&format!(" WHERE {w}"));
+    }
+    match Parser::parse_sql(&PostgreSqlDialect {}, &sql).map(|mut v| v.pop()) {
+        Ok(Some(Statement::Query(q))) => super::scope::reach(&q, map),
+        _ => Reach::Spread,
     }
 }
 

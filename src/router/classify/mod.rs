@@ -739,6 +739,7 @@ fn route_statement(
                 &extra,
                 u.selection.as_ref(),
                 &assignments,
+                u.returning.as_ref(),
                 &tables,
                 map,
             )
@@ -765,6 +766,7 @@ fn route_statement(
                 &extra,
                 d.selection.as_ref(),
                 &[],
+                d.returning.as_ref(),
                 &tables,
                 map,
             )
