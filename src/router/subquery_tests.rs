@@ -163,15 +163,44 @@ fn across_shards_subqueries_and_expressions_over_aggregates_run_in_two_stages() 
         Ok(Plan::Staged(s)) => (*s).clone(),
         other => panic!("{sql}: {other:?}"),
     };
-    let s = staged("SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 10) s");
+    let s = staged("SELECT max(s.id) FROM (SELECT id FROM accounts WHERE balance > 10) s");
     assert_eq!(
         s.outer,
-        "SELECT count(*) FROM (SELECT * FROM pieskieo_stage_0) s"
+        "SELECT max(s.id) FROM (SELECT * FROM pieskieo_stage_0) s"
     );
     assert_eq!(
         s.stages[0].sql,
         "SELECT id FROM accounts WHERE balance > 10"
     );
+    // Counting a filtering subquery is counting its rows: one merge, no stages
+    // (what ORMs send for pagination; parameters and both protocols work).
+    match plan(
+        "SELECT count(*) AS count_1 FROM (SELECT accounts.id, accounts.note FROM accounts WHERE balance > 10) AS anon_1",
+        &m,
+    ) {
+        Ok(Plan::Merge { plan, .. }) => assert_eq!(
+            plan.sql,
+            "SELECT count(*) AS count_1 FROM accounts WHERE balance > 10"
+        ),
+        other => panic!("{other:?}"),
+    }
+    match plan_bound(
+        "SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > $1) s",
+        &m,
+        &[Bound::Text("3".into())],
+    ) {
+        Ok(Plan::Merge { plan, .. }) => {
+            assert_eq!(
+                plan.sql,
+                "SELECT count(*) AS \"count\" FROM accounts WHERE balance > $1"
+            );
+            assert_eq!(plan.params, vec![0]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not a plain filter: DISTINCT, LIMIT change the count; staged instead.
+    staged("SELECT count(*) FROM (SELECT DISTINCT note FROM accounts) s");
+    staged("SELECT count(*) FROM (SELECT id FROM accounts ORDER BY id LIMIT 5) s");
     let s = staged("SELECT note, round(avg(balance), 2), count(*) > 1 FROM accounts GROUP BY 1 HAVING count(*) % 2 = 0 ORDER BY 2 DESC LIMIT 3");
     assert_eq!(
         s.outer,

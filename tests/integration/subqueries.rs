@@ -254,6 +254,24 @@ async fn two_stage_plans_match_one_postgres() {
     let mut raw = RawClient::connect(c.port()).await;
     let failures = compare(&mut raw, &single, &corpus).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Several statements in one query: each answered in order, the stages'
+    // own answers never reaching the client.
+    let r = raw
+        .query("SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 10) s; SELECT sum(qty) * 2 FROM facts; SELECT 1")
+        .await;
+    assert_eq!(
+        r.tags(),
+        vec!["SELECT 1", "SELECT 1", "SELECT 1"],
+        "{:?}",
+        r.messages
+    );
+    let want = crate::harness::rows(
+        &single,
+        "SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 10) s",
+    )
+    .await;
+    let got: Vec<_> = decode_answer(&r.messages).unwrap().1;
+    assert_eq!(got[0], want[0]);
     // Inside a transaction block the stages see the block's own writes.
     let sql = "SELECT count(*), sum(qty) * 2 FROM facts";
     for cl in [&client, &single] {

@@ -439,6 +439,13 @@ pub(super) fn route_select(
     let bindings = bind_from(&from, map, &t.facts.ctes);
     let local = reach == Reach::Local || t.facts.queries == 1;
     if bindings.len() < t.sharded.len() && !local {
+        // A count of a filtering subquery is a count of the same rows.
+        if let Some(flat) = super::stage::flatten_count(q) {
+            let flat_source = source.and_then(super::stage::flatten_count);
+            let stmt = Statement::Query(Box::new(flat.clone()));
+            let ft = Tables::gather(&stmt, map);
+            return route_select(&flat, flat_source.as_ref(), &ft, map);
+        }
         // Subqueries over sharded tables run first, as stages of their own.
         if source.is_none() {
             if let Some(p) = super::stage::plan_staged(q, map)? {

@@ -26,6 +26,8 @@ fn count_literal(e: &Expr, what: &str) -> Result<u64, RouteError> {
             _ => String::new(),
         },
         Expr::Nested(inner) => return count_literal(inner, what),
+        // `LIMIT $1::INTEGER` (SQLAlchemy), the value bound.
+        Expr::Cast { expr, .. } => return count_literal(expr, what),
         _ => String::new(),
     };
     text.trim()

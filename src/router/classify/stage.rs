@@ -599,3 +599,86 @@ fn type_name(oid: u32) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// `SELECT count(*) FROM (SELECT ... FROM t WHERE w) s` (how ORMs count a
+/// page's rows) as `SELECT count(*) FROM t WHERE w`, when that is the same
+/// query: the subquery only filters rows (no DISTINCT, grouping, aggregates,
+/// limits or locks) and the outer query only counts them. Runs as an
+/// ordinary cross-shard merge, parameters and both protocols included.
+pub(super) fn flatten_count(q: &Query) -> Option<Query> {
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return None;
+    };
+    let counts_only = !sel.projection.is_empty()
+        && sel.projection.iter().all(|i| {
+            let e = match i {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => return false,
+            };
+            matches!(e, Expr::Function(f)
+                if object_parts(&f.name).1 == "count"
+                    && f.over.is_none()
+                    && f.filter.is_none()
+                    && matches!(&f.args, FunctionArguments::List(l)
+                        if l.duplicate_treatment.is_none()
+                            && l.clauses.is_empty()
+                            && matches!(l.args.as_slice(),
+                                [sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Wildcard)])))
+        });
+    let plain_outer = counts_only
+        && sel.selection.is_none()
+        && sel.having.is_none()
+        && sel.distinct.is_none()
+        && matches!(&sel.group_by, GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty());
+    if !plain_outer {
+        return None;
+    }
+    let [TableWithJoins {
+        relation:
+            TableFactor::Derived {
+                lateral: false,
+                subquery,
+                ..
+            },
+        joins,
+    }] = sel.from.as_slice()
+    else {
+        return None;
+    };
+    if !joins.is_empty()
+        || subquery.with.is_some()
+        || subquery.order_by.is_some()
+        || subquery.limit_clause.is_some()
+        || subquery.fetch.is_some()
+        || !subquery.locks.is_empty()
+    {
+        return None;
+    }
+    let SetExpr::Select(inner) = subquery.body.as_ref() else {
+        return None;
+    };
+    let mut calls = false;
+    let _ = sqlparser::ast::visit_expressions(&inner.projection, |e| {
+        if let Expr::Function(f) = e {
+            calls |= f.over.is_some() || AGGREGATES.contains(&object_parts(&f.name).1.as_str());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let filters_only = inner.distinct.is_none()
+        && inner.having.is_none()
+        && inner.into.is_none()
+        && inner.named_window.is_empty()
+        && matches!(&inner.group_by, GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty())
+        && !calls;
+    if !filters_only {
+        return None;
+    }
+    let mut flat = (**subquery).clone();
+    if let SetExpr::Select(s) = flat.body.as_mut() {
+        s.projection = sel.projection.clone();
+    }
+    Some(flat)
+}
