@@ -98,3 +98,32 @@ fn keys_are_filled_in_then_routed() {
         })
     ));
 }
+
+#[test]
+fn insertmanyvalues_is_read_as_the_rows_it_lists() {
+    let m = map();
+    let sql = "INSERT INTO accounts (note, balance) SELECT p0::VARCHAR, p1::NUMERIC(12, 2) FROM (VALUES ($1::VARCHAR, $2, 0), ($3::VARCHAR, $4, 1)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING accounts.id, accounts.id AS id__1";
+    match plan(sql, &m) {
+        Ok(Plan::NeedKeys(r)) => assert_eq!(r.rows, 2),
+        other => panic!("{other:?}"),
+    }
+    let filled = fill_keys(sql, "id", &["5".into(), "6".into()], Some(5), false).unwrap();
+    assert_eq!(
+        filled,
+        "INSERT INTO accounts (note, balance, \"id\") VALUES (($1::VARCHAR)::VARCHAR, ($2)::NUMERIC(12,2), $5), (($3::VARCHAR)::VARCHAR, ($4)::NUMERIC(12,2), $6) RETURNING accounts.id, accounts.id AS id__1"
+    );
+    // Keys given: split by them like any multi-row INSERT.
+    let given = "INSERT INTO accounts (id, note) SELECT p0, p1 FROM (VALUES (1, 'a', 0), (2, 'b', 1), (3, 'c', 2)) AS s(p0, p1, n) ORDER BY n";
+    assert!(matches!(
+        plan(given, &m),
+        Ok(Plan::Split { .. } | Plan::Forward { .. })
+    ));
+    // Not that shape: refused as before.
+    for sql in [
+        "INSERT INTO accounts (id) SELECT p0 FROM (VALUES (1, 1), (2, 0)) AS s(p0, n) ORDER BY n",
+        "INSERT INTO accounts (id) SELECT id FROM accounts",
+        "INSERT INTO accounts (id) SELECT p0 + x FROM (VALUES (1)) AS s(p0)",
+    ] {
+        assert!(plan(sql, &m).is_err(), "{sql}");
+    }
+}

@@ -50,9 +50,7 @@ class Child(Base):
 
 def app(uri, seen):
     """The application: records what it saw, step by step, in `seen`."""
-    engine = create_engine(
-        uri.replace("postgres://", "postgresql+psycopg://", 1), use_insertmanyvalues=False
-    )
+    engine = create_engine(uri.replace("postgres://", "postgresql+psycopg://", 1))
     def step(name, value):
         seen.append((name, value))
 
@@ -64,6 +62,10 @@ def app(uri, seen):
         s.commit()
         ids = sorted(p.id for p in ps)
         step("parent ids", ids)
+        # Each object got the key its row was stored with.
+        step("objects", sorted((p.id, p.name) for p in ps))
+        s.expire_all()
+        step("stored", s.execute(select(Parent.id, Parent.name).order_by(Parent.id)).all())
         for p in ps:
             for n in range(p.id % 4):
                 s.add(Child(parent_id=p.id, n=n, note=f"c{p.id}-{n}"))

@@ -641,6 +641,22 @@ pub(super) fn route_insert(
         return unsupported("INSERT INTO a table function is not supported");
     };
     t.check_no_local_mix(map)?;
+    // SQLAlchemy's INSERT ... SELECT ... FROM (VALUES ...) ORDER BY n: the
+    // rows it lists, in that order.
+    if let (Rel::Sharded(_), Some(v)) = (
+        classify_rel(target, map, &t.facts.ctes),
+        super::keys::values_form(ins),
+    ) {
+        let orig = match original {
+            Some(Statement::Insert(o)) => super::keys::values_form(o).map(Statement::Insert),
+            _ => None,
+        };
+        if original.is_none() || orig.is_some() {
+            let stmt = Statement::Insert(v);
+            let t = Tables::gather(&stmt, map);
+            return route_insert(&stmt, &t, map, orig.as_ref());
+        }
+    }
     let rule = match classify_rel(target, map, &t.facts.ctes) {
         Rel::Sharded(rule) => rule,
         Rel::Reference(name) => {

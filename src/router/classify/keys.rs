@@ -80,6 +80,9 @@ pub fn fill_keys(
     let Some(Statement::Insert(ins)) = stmts.first_mut() else {
         return Err(RouteError::Syntax("not an INSERT".into()));
     };
+    if let Some(v) = values_form(ins) {
+        *ins = v;
+    }
     let mut next = keys.iter().enumerate().map(|(i, k)| match first_param {
         Some(p) => Expr::value(Value::Placeholder(format!("${}", p + i))),
         None => Expr::value(Value::SingleQuotedString(k.clone())),
@@ -130,4 +133,133 @@ pub fn fill_keys(
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join("; "))
+}
+
+/// `INSERT INTO t (a, b) SELECT p0::T, p1 FROM (VALUES ($1, $2, 0), ($3, $4,
+/// 1)) AS s(p0, p1, n) ORDER BY n` — SQLAlchemy's "insertmanyvalues", which
+/// makes sequence values follow the parameters' order — as the `INSERT ...
+/// VALUES` it means: one row per `VALUES` row in that order, each the select
+/// list over that row. `None` when the statement is not of that shape.
+pub(super) fn values_form(ins: &sqlparser::ast::Insert) -> Option<sqlparser::ast::Insert> {
+    let q = ins.source.as_ref()?;
+    if q.with.is_some() || q.limit_clause.is_some() || q.fetch.is_some() || !q.locks.is_empty() {
+        return None;
+    }
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return None;
+    };
+    let [TableWithJoins {
+        relation:
+            TableFactor::Derived {
+                lateral: false,
+                subquery,
+                alias: Some(alias),
+                ..
+            },
+        joins,
+    }] = sel.from.as_slice()
+    else {
+        return None;
+    };
+    let plain = joins.is_empty()
+        && sel.selection.is_none()
+        && sel.having.is_none()
+        && sel.distinct.is_none()
+        && matches!(&sel.group_by, GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty());
+    let SetExpr::Values(values) = subquery.body.as_ref() else {
+        return None;
+    };
+    if !plain || subquery.order_by.is_some() || subquery.limit_clause.is_some() {
+        return None;
+    }
+    let cols: Vec<String> = alias.columns.iter().map(|c| ident_name(&c.name)).collect();
+    let table = ident_name(&alias.name);
+    // The order is the VALUES order when there is none, or ORDER BY a
+    // column holding increasing integer constants.
+    if let Some(o) = &q.order_by {
+        let sqlparser::ast::OrderByKind::Expressions(items) = &o.kind else {
+            return None;
+        };
+        let [item] = items.as_slice() else {
+            return None;
+        };
+        if !matches!(
+            item.options.sort,
+            None | Some(sqlparser::ast::OrderBySort::Asc)
+        ) || item.options.nulls_first.is_some()
+        {
+            return None;
+        }
+        let col = match &item.expr {
+            Expr::Identifier(id) => ident_name(id),
+            Expr::CompoundIdentifier(p) if p.len() == 2 && ident_name(&p[0]) == table => {
+                ident_name(&p[1])
+            }
+            _ => return None,
+        };
+        let at = cols.iter().position(|c| *c == col)?;
+        let mut last: Option<i64> = None;
+        for row in &values.rows {
+            let n: i64 = match row.content.get(at)? {
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => n.parse().ok()?,
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            if last.is_some_and(|l| l >= n) {
+                return None;
+            }
+            last = Some(n);
+        }
+    }
+    let mut rows = Vec::with_capacity(values.rows.len());
+    for row in &values.rows {
+        if row.content.len() != cols.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(sel.projection.len());
+        for item in &sel.projection {
+            let sqlparser::ast::SelectItem::UnnamedExpr(e) = item else {
+                return None;
+            };
+            let mut e = e.clone();
+            let mut stray = false;
+            let _ = sqlparser::ast::visit_expressions_mut(&mut e, |x| {
+                let name = match &*x {
+                    Expr::Identifier(id) => Some(ident_name(id)),
+                    Expr::CompoundIdentifier(p) if p.len() == 2 && ident_name(&p[0]) == table => {
+                        Some(ident_name(&p[1]))
+                    }
+                    Expr::CompoundIdentifier(_) => {
+                        stray = true;
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(n) = name {
+                    match cols.iter().position(|c| *c == n) {
+                        Some(i) => *x = Expr::Nested(Box::new(row.content[i].clone())),
+                        None => stray = true,
+                    }
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            if stray {
+                return None;
+            }
+            out.push(e);
+        }
+        let mut r = row.clone();
+        r.content = out;
+        rows.push(r);
+    }
+    let mut v = ins.clone();
+    let mut body = (**subquery).clone();
+    if let SetExpr::Values(vals) = body.body.as_mut() {
+        vals.rows = rows;
+    }
+    body.order_by = None;
+    v.source = Some(Box::new(body));
+    Some(v)
 }
