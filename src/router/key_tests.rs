@@ -127,3 +127,37 @@ fn insertmanyvalues_is_read_as_the_rows_it_lists() {
         assert!(plan(sql, &m).is_err(), "{sql}");
     }
 }
+
+#[test]
+fn unnest_of_constant_arrays_is_read_as_rows() {
+    let m = map();
+    let sql = r#"INSERT INTO "accounts" ("note", "balance") SELECT * FROM UNNEST(( E'{b0,b''1,NULL,"x\\"y\\\\z",""}')::varchar[], ('{1.50,0,2,3,4}')::numeric[]) RETURNING "accounts"."id""#;
+    match plan(sql, &m) {
+        Ok(Plan::NeedKeys(r)) => assert_eq!(r.rows, 5),
+        other => panic!("{other:?}"),
+    }
+    let filled = fill_keys(
+        sql,
+        "id",
+        &["1".into(), "2".into(), "3".into(), "4".into(), "5".into()],
+        None,
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        filled,
+        r#"INSERT INTO "accounts" ("note", "balance", "id") VALUES ('b0'::VARCHAR, '1.50'::NUMERIC, '1'), ('b''1'::VARCHAR, '0'::NUMERIC, '2'), (NULL::VARCHAR, '2'::NUMERIC, '3'), ('x"y\z'::VARCHAR, '3'::NUMERIC, '4'), (''::VARCHAR, '4'::NUMERIC, '5') RETURNING "accounts"."id""#
+    );
+    let given = "INSERT INTO accounts (id, note) SELECT * FROM UNNEST('{1,2,3}'::int8[], '{a,b,c}'::text[])";
+    assert!(matches!(
+        plan(given, &m),
+        Ok(Plan::Split { .. } | Plan::Forward { .. })
+    ));
+    // Arrays that are not constants, or nested, are not read.
+    for sql in [
+        "INSERT INTO accounts (id) SELECT * FROM UNNEST($1::int8[])",
+        "INSERT INTO accounts (id) SELECT * FROM UNNEST('{{1,2}}'::int8[])",
+    ] {
+        assert!(plan(sql, &m).is_err(), "{sql}");
+    }
+}

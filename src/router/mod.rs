@@ -263,6 +263,8 @@ pub struct SplitPart {
     /// With parameters: the statement's `$k` is the client's parameter
     /// `params[k - 1]` (0-based); empty without parameters.
     pub params: Vec<usize>,
+    /// The positions (0-based) in the client's `VALUES` of this part's rows.
+    pub rows: Vec<usize>,
 }
 
 /// Session-setting statements, keyed by the setting they change.

@@ -103,11 +103,7 @@ impl Session {
         };
         match self.shared.plan(&filled) {
             Ok(Plan::Forward { route, write }) => self.forward(&filled, route, write).await,
-            Ok(Plan::Split { parts }) => {
-                let targets: Vec<(ShardId, &str)> =
-                    parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
-                self.write_across(&targets, Merge::Union, Writes::Yes).await
-            }
+            Ok(Plan::Split { parts }) => self.split_in_order(&parts).await,
             Ok(other) => {
                 self.error(Error::Unsupported(format!(
                     "INSERT with keys chosen by the cluster planned as {other:?}"

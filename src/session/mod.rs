@@ -580,11 +580,7 @@ impl Session {
         match plan {
             Plan::Forward { route, write } => self.forward(stmt, route, write).await,
             Plan::Merge { route, plan } => self.merge_across(route, plan).await,
-            Plan::Split { parts } => {
-                let targets: Vec<(ShardId, &str)> =
-                    parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
-                self.write_across(&targets, Merge::Union, Writes::Yes).await
-            }
+            Plan::Split { parts } => self.split_in_order(&parts).await,
             Plan::Replicate => {
                 let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), stmt))

@@ -40,6 +40,84 @@ impl tokio::io::AsyncWrite for Capture {
     }
 }
 
+impl Session {
+    /// A split `INSERT ... RETURNING`: the shards' rows go back in the
+    /// client's `VALUES` order (ORMs match returned keys to objects by
+    /// position), not grouped by shard. When a shard returns another
+    /// number of rows than it inserted (`ON CONFLICT DO NOTHING`), or the
+    /// statement's answer is held for the end of a multi-statement query,
+    /// the rows go as they come.
+    pub(super) async fn split_in_order(
+        &mut self,
+        parts: &[router::SplitPart],
+    ) -> std::io::Result<bool> {
+        let targets: Vec<(ShardId, &str)> =
+            parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
+        if self.hold_last {
+            return self.write_across(&targets, Merge::Union, Writes::Yes).await;
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink: ClientWrite = Box::new(Capture(buf.clone()));
+        let real = std::mem::replace(&mut self.out, BufWriter::new(sink));
+        let ran = self.write_across(&targets, Merge::Union, Writes::Yes).await;
+        let flushed = self.out.flush().await;
+        self.out = real;
+        let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut frames: Vec<&[u8]> = Vec::new();
+        let mut at = 0;
+        while let Some(len) = bytes
+            .get(at + 1..at + 5)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 4]| u32::from_be_bytes(b) as usize)
+        {
+            let Some(f) = bytes.get(at..at + 1 + len) else {
+                break;
+            };
+            frames.push(f);
+            at += 1 + len;
+        }
+        if let Some(rest) = bytes.get(at..) {
+            if !rest.is_empty() {
+                frames.push(rest);
+            }
+        }
+        let rows: Vec<&[u8]> = frames.iter().copied().filter(|f| f[0] == b'D').collect();
+        let total: usize = parts.iter().map(|p| p.rows.len()).sum();
+        if rows.len() == total && total > 0 {
+            // Shard by shard, in the order their answers were read.
+            let mut per: Vec<std::collections::VecDeque<&[u8]>> = Vec::new();
+            let mut it = rows.iter();
+            for p in parts {
+                per.push(it.by_ref().take(p.rows.len()).copied().collect());
+            }
+            let mut owner = vec![0usize; total];
+            for (i, p) in parts.iter().enumerate() {
+                for &r in &p.rows {
+                    if let Some(o) = owner.get_mut(r) {
+                        *o = i;
+                    }
+                }
+            }
+            let mut ordered = owner
+                .iter()
+                .filter_map(|&i| per.get_mut(i).and_then(|q| q.pop_front()));
+            for f in &frames {
+                if f[0] == b'D' {
+                    if let Some(r) = ordered.next() {
+                        self.write(r).await?;
+                    }
+                } else {
+                    self.write(f).await?;
+                }
+            }
+        } else {
+            self.write(&bytes).await?;
+        }
+        flushed?;
+        ran
+    }
+}
+
 /// The most rows a stage may pass to its outer query: they travel as SQL
 /// text, and the proxy holds them all meanwhile.
 const MAX_STAGE_ROWS: usize = 100_000;

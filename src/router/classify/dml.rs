@@ -767,6 +767,7 @@ pub(super) fn route_insert(
             shard,
             sql: s.to_string(),
             params,
+            rows,
         });
     }
     Ok(Plan::Split { parts })

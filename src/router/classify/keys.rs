@@ -141,6 +141,9 @@ pub fn fill_keys(
 /// VALUES` it means: one row per `VALUES` row in that order, each the select
 /// list over that row. `None` when the statement is not of that shape.
 pub(super) fn values_form(ins: &sqlparser::ast::Insert) -> Option<sqlparser::ast::Insert> {
+    if let Some(v) = unnest_form(ins) {
+        return Some(v);
+    }
     let q = ins.source.as_ref()?;
     if q.with.is_some() || q.limit_clause.is_some() || q.fetch.is_some() || !q.locks.is_empty() {
         return None;
@@ -262,4 +265,196 @@ pub(super) fn values_form(ins: &sqlparser::ast::Insert) -> Option<sqlparser::ast
     body.order_by = None;
     v.source = Some(Box::new(body));
     Some(v)
+}
+
+/// `INSERT INTO t (a, b) SELECT * FROM UNNEST('{1,2}'::int8[], '{x,y}'::text[])`
+/// — Django's bulk_create — as `INSERT INTO t (a, b) VALUES ('1'::int8,
+/// 'x'::text), ('2'::int8, 'y'::text)`: the arrays must be constants
+/// (client-side binding), one-dimensional.
+fn unnest_form(ins: &sqlparser::ast::Insert) -> Option<sqlparser::ast::Insert> {
+    let q = ins.source.as_ref()?;
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return None;
+    };
+    let star = matches!(
+        sel.projection.as_slice(),
+        [sqlparser::ast::SelectItem::Wildcard(_)]
+    );
+    let plain = star
+        && sel.selection.is_none()
+        && sel.having.is_none()
+        && sel.distinct.is_none()
+        && matches!(&sel.group_by, GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty());
+    let [TableWithJoins { relation, joins }] = sel.from.as_slice() else {
+        return None;
+    };
+    if !plain || !joins.is_empty() {
+        return None;
+    }
+    let arrays: Vec<&Expr> = match relation {
+        TableFactor::UNNEST {
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } => array_exprs.iter().collect(),
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            with_ordinality: false,
+            ..
+        } if object_parts(name).1 == "unnest" => args
+            .args
+            .iter()
+            .map(|a| match a {
+                sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(e)) => {
+                    Some(e)
+                }
+                _ => None,
+            })
+            .collect::<Option<_>>()?,
+        _ => return None,
+    };
+    if arrays.is_empty() || (!ins.columns.is_empty() && arrays.len() != ins.columns.len()) {
+        return None;
+    }
+    let mut columns: Vec<Vec<Expr>> = Vec::new();
+    for a in arrays {
+        let (text, elem) = array_constant(a)?;
+        let items = parse_array(&text)?;
+        columns.push(
+            items
+                .into_iter()
+                .map(|v| {
+                    let value = match v {
+                        Some(v) => Expr::value(Value::SingleQuotedString(v)),
+                        None => Expr::value(Value::Null),
+                    };
+                    match &elem {
+                        Some(t) => Expr::Cast {
+                            kind: sqlparser::ast::CastKind::DoubleColon,
+                            expr: Box::new(value),
+                            data_type: t.clone(),
+                            format: None,
+                        },
+                        None => value,
+                    }
+                })
+                .collect(),
+        );
+    }
+    // UNNEST pads shorter arrays with NULLs.
+    let n = columns.iter().map(Vec::len).max()?;
+    let mut template = match Parser::parse_sql(&PostgreSqlDialect {}, "VALUES (NULL)")
+        .ok()?
+        .pop()?
+    {
+        Statement::Query(q) => q,
+        _ => return None,
+    };
+    let SetExpr::Values(v) = template.body.as_mut() else {
+        return None;
+    };
+    let proto = v.rows.first()?.clone();
+    v.rows = (0..n)
+        .map(|i| {
+            let mut r = proto.clone();
+            r.content = columns
+                .iter()
+                .map(|c| {
+                    c.get(i)
+                        .cloned()
+                        .unwrap_or_else(|| Expr::value(Value::Null))
+                })
+                .collect();
+            r
+        })
+        .collect();
+    let mut out = ins.clone();
+    out.source = Some(template);
+    Some(out)
+}
+
+/// The text and element type of `('{...}')::type[]` / `'{...}'::type[]`.
+fn array_constant(e: &Expr) -> Option<(String, Option<sqlparser::ast::DataType>)> {
+    use sqlparser::ast::{ArrayElemTypeDef, DataType};
+    match e {
+        Expr::Nested(inner) => array_constant(inner),
+        Expr::Cast {
+            expr, data_type, ..
+        } => {
+            let (text, inner) = array_constant(expr)?;
+            let elem = match data_type {
+                DataType::Array(
+                    ArrayElemTypeDef::SquareBracket(t, _) | ArrayElemTypeDef::AngleBracket(t),
+                ) => Some((**t).clone()),
+                _ => return None,
+            };
+            Some((text, elem.or(inner)))
+        }
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
+                Some((s.clone(), None))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A one-dimensional PostgreSQL array literal's elements (`NULL` unquoted
+/// is NULL; quoted elements take backslash escapes).
+fn parse_array(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut v = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => v.push(chars.next()?),
+                    '"' => break,
+                    c => v.push(c),
+                }
+            }
+            out.push(Some(v));
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            let mut v = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if matches!(c, '{' | '}' | '"' | '\\') {
+                    return None;
+                }
+                v.push(c);
+                chars.next();
+            }
+            let v = v.trim().to_string();
+            out.push(if v.eq_ignore_ascii_case("null") {
+                None
+            } else {
+                Some(v)
+            });
+        }
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
 }
