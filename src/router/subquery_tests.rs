@@ -295,3 +295,35 @@ fn updates_and_deletes_with_subqueries_route_like_selects() {
         );
     }
 }
+
+#[test]
+fn window_functions_partitioned_by_the_shard_key_run_per_shard() {
+    let m = map();
+    assert_eq!(
+        route_of(
+            "SELECT id, sum(balance) OVER (PARTITION BY id) FROM accounts",
+            &m
+        ),
+        Ok(Route::All)
+    );
+    match plan(
+        "SELECT id, row_number() OVER (PARTITION BY note, id ORDER BY balance) AS r FROM accounts ORDER BY r DESC, id LIMIT 5",
+        &m,
+    ) {
+        Ok(Plan::Merge { plan, .. }) => assert!(plan.sql.contains("OVER"), "{}", plan.sql),
+        other => panic!("{other:?}"),
+    }
+    for sql in [
+        "SELECT id, sum(balance) OVER () FROM accounts",
+        "SELECT id, sum(balance) OVER (PARTITION BY note) FROM accounts",
+        "SELECT id, sum(balance) OVER w FROM accounts WINDOW w AS (PARTITION BY id)",
+        "SELECT id, count(*), sum(balance) OVER (PARTITION BY id) FROM accounts GROUP BY id, balance",
+        "SELECT a.id, sum(o.account_id) OVER (PARTITION BY a.id) FROM accounts a JOIN orders o ON o.account_id = a.id",
+    ] {
+        assert!(
+            matches!(plan(sql, &m), Err(e) if e.sqlstate() == crate::error::SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {:?}",
+            plan(sql, &m)
+        );
+    }
+}

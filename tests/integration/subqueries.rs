@@ -192,6 +192,9 @@ async fn pinned_subqueries_and_ctes_run_on_one_shard_and_match_one_postgres() {
     .into_iter()
     .map(|s| (s, false))
     .chain([
+        // Window functions partitioned by the shard key: per shard.
+        ("SELECT id, sum(qty) OVER (PARTITION BY id), rank() OVER (PARTITION BY grp, id ORDER BY qty) FROM facts".to_string(), false),
+        ("SELECT id, qty, row_number() OVER (PARTITION BY id ORDER BY qty) AS r FROM facts ORDER BY qty DESC, id LIMIT 7".to_string(), true),
         ("SELECT f.id, (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) AS c FROM facts f ORDER BY c DESC, f.id LIMIT 7".to_string(), true),
         ("SELECT count(*) FROM facts f WHERE EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id)".to_string(), true),
         ("SELECT f.grp, count(*), sum(f.qty) FROM facts f WHERE f.id IN (SELECT n.fact_id FROM notes n WHERE n.fact_id = f.id AND n.body = 'note 1') GROUP BY f.grp ORDER BY f.grp".to_string(), true),

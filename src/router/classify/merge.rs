@@ -136,6 +136,29 @@ fn has_aggregate(e: &Expr) -> bool {
     found
 }
 
+/// Whether every window function of a query over one sharded table has
+/// the table's shard key among its `PARTITION BY` expressions.
+fn partitioned_by_key(q: &Query, bindings: &[Binding]) -> bool {
+    let [b] = bindings else {
+        return false;
+    };
+    let mut all = true;
+    let _ = sqlparser::ast::visit_expressions(q, |e| {
+        if let Expr::Function(f) = e {
+            match &f.over {
+                None => {}
+                Some(sqlparser::ast::WindowType::WindowSpec(spec)) => {
+                    all &= spec.window_name.is_none()
+                        && spec.partition_by.iter().any(|p| is_key_ref(p, b, bindings));
+                }
+                Some(sqlparser::ast::WindowType::NamedWindow(_)) => all = false,
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    all
+}
+
 /// Whether a query calls aggregates of its own (not only in subqueries).
 fn own_aggregates(q: &Query) -> bool {
     struct Own {
@@ -154,7 +177,10 @@ fn own_aggregates(q: &Query) -> bool {
         }
         fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
             if let Expr::Function(f) = e {
-                if self.depth == 1 && AGGREGATES.contains(&object_parts(&f.name).1.as_str()) {
+                if self.depth == 1
+                    && f.over.is_none()
+                    && AGGREGATES.contains(&object_parts(&f.name).1.as_str())
+                {
                     self.found = true;
                 }
             }
@@ -290,8 +316,11 @@ pub(super) fn plan_merge(
         return refuse("set operations");
     };
     let sel: &Select = sel;
-    if t.facts.windows || !sel.named_window.is_empty() {
-        return refuse("window functions");
+    // Window functions partitioned by the shard key: every partition lives
+    // on one shard, so each shard computes them exactly for its rows.
+    let windows = t.facts.windows || !sel.named_window.is_empty();
+    if windows && !(sel.named_window.is_empty() && partitioned_by_key(q, bindings)) {
+        return refuse("window functions (unless PARTITION BY includes the shard key)");
     }
     // Subqueries each shard evaluates for its own rows are part of its
     // statement; others would be answered from one shard's rows only.
@@ -323,12 +352,15 @@ pub(super) fn plan_merge(
     }
     let limits = limits(bound)?;
     let order = order_items(q)?;
-    let aggregates = if t.facts.queries > 1 {
+    let aggregates = if t.facts.queries > 1 || windows {
         own_aggregates(q)
     } else {
         t.facts.aggregates
     };
     let grouped = aggregates || !group_exprs.is_empty() || sel.having.is_some();
+    if windows && grouped {
+        return refuse("window functions together with aggregates or GROUP BY");
+    }
     let mut plan = if !grouped {
         if order.is_empty() && limits.limit.is_none() && limits.offset == 0 && !distinct {
             return Ok(None);
