@@ -1,9 +1,8 @@
-//! Routing of queries and data changes: which shards a `SELECT`, `UPDATE`,
-//! `DELETE` or `INSERT` reaches, from the shard keys it fixes.
+//! Routing of queries and data changes: which shards a `SELECT`, `UPDATE`
+//! or `DELETE` reaches, from the shard keys it fixes (`INSERT`s: insert.rs).
 
 use super::scope::Reach;
 use super::*;
-use crate::router::SplitPart;
 
 /// A sharded table in a FROM list, with the name it is referred to by.
 pub(super) struct Binding<'m> {
@@ -111,7 +110,7 @@ fn literal_value(v: &Value, ty: KeyType, sign: &str) -> Option<Result<KeyValue, 
     Some(KeyValue::parse_typed(ty, &text))
 }
 
-fn is_null(e: &Expr) -> bool {
+pub(super) fn is_null(e: &Expr) -> bool {
     match e {
         Expr::Value(v) => matches!(v.value, Value::Null),
         Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => is_null(inner),
@@ -626,179 +625,6 @@ fn modify_reach(
         Ok(Some(Statement::Query(q))) => super::scope::reach(&q, map),
         _ => Reach::Spread,
     }
-}
-
-pub(super) fn route_insert(
-    stmt: &Statement,
-    t: &Tables,
-    map: &ShardMap,
-    original: Option<&Statement>,
-) -> Result<Plan, RouteError> {
-    let Statement::Insert(ins) = stmt else {
-        return unsupported("not an INSERT");
-    };
-    let TableObject::TableName(target) = &ins.table else {
-        return unsupported("INSERT INTO a table function is not supported");
-    };
-    t.check_no_local_mix(map)?;
-    // SQLAlchemy's INSERT ... SELECT ... FROM (VALUES ...) ORDER BY n: the
-    // rows it lists, in that order.
-    if let (Rel::Sharded(_), Some(v)) = (
-        classify_rel(target, map, &t.facts.ctes),
-        super::keys::values_form(ins),
-    ) {
-        let orig = match original {
-            Some(Statement::Insert(o)) => super::keys::values_form(o).map(Statement::Insert),
-            _ => None,
-        };
-        if original.is_none() || orig.is_some() {
-            let stmt = Statement::Insert(v);
-            let t = Tables::gather(&stmt, map);
-            return route_insert(&stmt, &t, map, orig.as_ref());
-        }
-    }
-    let rule = match classify_rel(target, map, &t.facts.ctes) {
-        Rel::Sharded(rule) => rule,
-        Rel::Reference(name) => {
-            if let Some(s) = t.sharded.first() {
-                return unsupported(format!(
-                    "filling reference table \"{name}\" from sharded table \"{}\" is not supported",
-                    s.name
-                ));
-            }
-            return Ok(Plan::Replicate);
-        }
-        Rel::Catalog | Rel::Other(_) => {
-            return Ok(default_route(map, Writes::Yes));
-        }
-    };
-    if t.sharded.len() <= 1 {
-        if let Some(req) = super::keys::request(ins, target, rule)? {
-            return Ok(Plan::NeedKeys(req));
-        }
-    }
-    let values = match &ins.source {
-        Some(q) if q.with.is_none() => match q.body.as_ref() {
-            SetExpr::Values(v) => v,
-            _ => {
-                return unsupported(format!(
-                    "INSERT into sharded table \"{}\" needs VALUES (INSERT ... SELECT is not supported yet)",
-                    rule.name
-                ))
-            }
-        },
-        _ => {
-            return unsupported(format!(
-                "INSERT into sharded table \"{}\" needs VALUES with the shard key \"{}\"",
-                rule.name, rule.key
-            ))
-        }
-    };
-    if t.sharded.len() > 1 {
-        return unsupported(
-            "INSERT into a sharded table that reads other sharded tables is not supported",
-        );
-    }
-    let Some(idx) = ins
-        .columns
-        .iter()
-        .position(|c| object_parts(c).1 == rule.key)
-    else {
-        return unsupported(format!(
-            "INSERT into sharded table \"{}\" must name its columns, including the shard key \"{}\"",
-            rule.name, rule.key
-        ));
-    };
-    let mut groups: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
-    for (i, row) in values.rows.iter().enumerate() {
-        let Some(e) = row.content.get(idx) else {
-            return Err(RouteError::Syntax(
-                "INSERT has more target columns than expressions".into(),
-            ));
-        };
-        if is_null(e) {
-            return Err(RouteError::NullKey {
-                table: rule.name.clone(),
-                column: rule.key.clone(),
-            });
-        }
-        let key = match literal_key(e, rule.key_type) {
-            Some(Ok(k)) => k,
-            Some(Err(err)) => return Err(RouteError::BadKey(err)),
-            None => {
-                return unsupported(format!(
-                    "the shard key \"{}\" of table \"{}\" must be a constant in INSERT",
-                    rule.key, rule.name
-                ))
-            }
-        };
-        let shard = rule
-            .shard_for(&key, map.shards)
-            .ok_or_else(|| RouteError::NoShard {
-                table: rule.name.clone(),
-                key: key.to_string(),
-            })?;
-        groups.entry(shard).or_default().push(i);
-    }
-    if groups.len() == 1 {
-        let shard = *groups.keys().next().unwrap_or(&map.default_shard);
-        return Ok(Plan::Forward {
-            route: Route::One(shard),
-            write: Writes::Yes,
-        });
-    }
-    let mut parts = Vec::with_capacity(groups.len());
-    for (shard, rows) in groups {
-        // With parameters, the client's own statement is cut, not the one
-        // carrying bound values.
-        let mut s = original.unwrap_or(stmt).clone();
-        if let Statement::Insert(i) = &mut s {
-            if let Some(SetExpr::Values(v)) = i.source.as_mut().map(|q| q.body.as_mut()) {
-                let all = std::mem::take(&mut v.rows);
-                v.rows = rows.iter().filter_map(|&r| all.get(r).cloned()).collect();
-            }
-        }
-        let params = if original.is_some() {
-            renumber_placeholders(&mut s)
-        } else {
-            Vec::new()
-        };
-        parts.push(SplitPart {
-            shard,
-            sql: s.to_string(),
-            params,
-            rows,
-        });
-    }
-    Ok(Plan::Split { parts })
-}
-
-/// Renumbers `$n` placeholders `$1..$k` in order of appearance; returns, for
-/// each new number, the client's parameter index (0-based).
-pub(super) fn renumber_placeholders(stmt: &mut Statement) -> Vec<usize> {
-    let mut order: Vec<usize> = Vec::new();
-    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
-        if let Expr::Value(v) = e {
-            if let Value::Placeholder(p) = &v.value {
-                if let Some(n) = p
-                    .strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .filter(|n| *n > 0)
-                {
-                    let k = match order.iter().position(|&o| o == n - 1) {
-                        Some(k) => k,
-                        None => {
-                            order.push(n - 1);
-                            order.len() - 1
-                        }
-                    };
-                    v.value = Value::Placeholder(format!("${}", k + 1));
-                }
-            }
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    order
 }
 
 /// For a statement whose only sharded table is pinned by `key = $n` (or, in

@@ -384,7 +384,7 @@ fn renumber(sql: &mut String) -> Vec<usize> {
     let Some(stmt) = stmts.first_mut() else {
         return Vec::new();
     };
-    let params = super::dml::renumber_placeholders(stmt);
+    let params = super::insert::renumber_placeholders(stmt);
     *sql = stmt.to_string();
     params
 }

@@ -14,6 +14,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 mod dml;
+mod insert;
 mod keys;
 mod merge;
 mod scope;
@@ -24,7 +25,8 @@ pub use stage::materialize;
 
 pub(super) use self::names_table as sharded_table_named;
 
-use dml::{route_insert, route_modify, route_select};
+use dml::{route_modify, route_select};
+use insert::route_insert;
 
 use super::{
     after_words, leading_words, matching_paren, Bound, KeyError, KeyType, KeyValue, Plan, Route,
