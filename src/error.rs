@@ -34,6 +34,7 @@ impl SqlState {
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    pub const UNDEFINED_TABLE: SqlState = SqlState("42P01");
     pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
@@ -102,6 +103,8 @@ pub enum Error {
     Txn(TxnMisuse),
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error(transparent)]
+    Keys(#[from] NoKeys),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -127,6 +130,23 @@ pub enum TxnMisuse {
     IsolationAfterQuery,
     /// `BEGIN ISOLATION LEVEL ...` (another level) inside a savepoint.
     IsolationInSubtransaction,
+}
+
+/// Why the keys an `INSERT` left to the cluster could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum NoKeys {
+    #[error("relation \"{0}\" does not exist")]
+    NoTable(String),
+    #[error("column \"{column}\" of sharded table \"{table}\" has no sequence (serial, bigserial or identity): give the shard key in the INSERT")]
+    NoSequence { table: String, column: String },
+    /// The sequence shard did not answer: inserts that give their keys
+    /// still work.
+    #[error("keys for \"{table}\" come from its sequence on shard {shard}, which is unavailable ({cause}); give the shard key in the INSERT, or retry")]
+    Unavailable {
+        table: String,
+        shard: crate::router::ShardId,
+        cause: String,
+    },
 }
 
 /// A prepared statement or portal name the client used wrongly.
@@ -205,6 +225,9 @@ impl Error {
             Error::Name(NameError::NoPortal(_)) => SqlState::INVALID_CURSOR_NAME,
             Error::Name(NameError::PortalExists(_)) => SqlState::DUPLICATE_CURSOR,
             Error::Name(NameError::PortalDone(_)) => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::Keys(NoKeys::NoTable(_)) => SqlState::UNDEFINED_TABLE,
+            Error::Keys(NoKeys::NoSequence { .. }) => SqlState::FEATURE_NOT_SUPPORTED,
+            Error::Keys(NoKeys::Unavailable { .. }) => SqlState::CONNECTION_FAILURE,
             Error::Io(_) => SqlState::CONNECTION_FAILURE,
         }
     }

@@ -14,12 +14,17 @@ mod settings;
 mod split;
 
 #[cfg(test)]
+mod key_tests;
+#[cfg(test)]
+mod subquery_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use cache::PlanCache;
+pub use classify::{fill_keys, materialize};
 pub use copy::{CopyFormat, CopyIn, CopyOptions, CopyOut, CopyPlacement, Header};
 pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;
@@ -186,6 +191,68 @@ pub enum Plan {
     Deallocate(Option<String>),
     /// `PREVIEW statement`: where it would go, without running it.
     Preview(String),
+    /// An `INSERT` into a sharded table that leaves some rows' shard key to
+    /// the cluster: the session obtains the keys, fills them in with
+    /// [`fill_keys`] and plans the statement that results.
+    NeedKeys(KeyRequest),
+    /// A query in two stages: each stage (a subquery or CTE over sharded
+    /// tables, or the aggregates an expression computes over) runs first,
+    /// then the outer query with the stages' rows in place of them.
+    Staged(std::sync::Arc<StagedPlan>),
+}
+
+/// See [`Plan::Staged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPlan {
+    pub stages: Vec<Stage>,
+    /// The outer query, stage `i` written as `SELECT * FROM pieskieo_stage_i`.
+    pub outer: String,
+}
+
+/// One stage of a [`StagedPlan`]: a cross-shard read of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    /// The subquery as a statement of its own.
+    pub sql: String,
+    /// How it runs: [`Plan::Forward`] (no write) or [`Plan::Merge`].
+    pub plan: Plan,
+}
+
+impl StagedPlan {
+    /// The outer query with each stage's rows (from [`materialize`]) in place.
+    pub fn fill(&self, rows: &[String]) -> String {
+        let mut out = self.outer.clone();
+        // Highest first: `pieskieo_stage_1` is a prefix of `pieskieo_stage_10`.
+        for (i, r) in rows.iter().enumerate().rev() {
+            out = out.replace(&format!("SELECT * FROM pieskieo_stage_{i}"), r);
+        }
+        out
+    }
+}
+
+/// The keys an `INSERT` needs before it can be routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequest {
+    /// The table as the statement names it (for the catalog lookup).
+    pub table: String,
+    /// The shard key column.
+    pub column: String,
+    /// How many rows need a key.
+    pub rows: usize,
+    pub source: KeySource,
+}
+
+/// Where keys chosen by the cluster come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// The column's own sequence (`serial`, `bigserial`, identity) on the
+    /// sequence shard, the default shard: one sequence for the whole
+    /// cluster, so keys are unique and numbered as one server numbers them.
+    Sequence,
+    /// A random (version 4) uuid made by the proxy.
+    Random,
+    /// The cluster cannot choose such keys (text).
+    None,
 }
 
 impl Plan {
@@ -213,6 +280,8 @@ pub struct SplitPart {
     /// With parameters: the statement's `$k` is the client's parameter
     /// `params[k - 1]` (0-based); empty without parameters.
     pub params: Vec<usize>,
+    /// The positions (0-based) in the client's `VALUES` of this part's rows.
+    pub rows: Vec<usize>,
 }
 
 /// Session-setting statements, keyed by the setting they change.

@@ -68,6 +68,44 @@ pub fn preview(sql: &str, map: &ShardMap) -> Result<Vec<Vec<String>>, RouteError
             "answer once; atomic across shards (two-phase commit)",
             "schema change or reference-table write: every shard holds a copy",
         ),
+        Plan::Staged(staged) => {
+            let mut rows = Vec::new();
+            for (i, stage) in staged.stages.iter().enumerate() {
+                let inner = super::preview(&stage.sql, map)?;
+                for mut r in inner {
+                    r[2] = format!("stage {}: {}; rows kept for the outer query", i + 1, r[2]);
+                    rows.push(r);
+                }
+            }
+            rows.push(vec![
+                "any".into(),
+                staged.outer.clone(),
+                "outer query over the stages' rows (as typed VALUES), routed like any statement"
+                    .into(),
+                "subqueries over sharded tables, or expressions over aggregates, run first".into(),
+            ]);
+            rows
+        }
+        Plan::NeedKeys(req) => {
+            let from = match req.source {
+                super::KeySource::Sequence => format!(
+                    "the column's sequence on shard {} (the sequence shard)",
+                    map.default_shard
+                ),
+                super::KeySource::Random | super::KeySource::None => {
+                    "random uuids made by the proxy".into()
+                }
+            };
+            vec![vec![
+                "proxy".into(),
+                sql.to_string(),
+                format!(
+                    "{} key(s) for \"{}\" from {from}; then routed by them",
+                    req.rows, req.column
+                ),
+                "the INSERT leaves the shard key to the cluster".into(),
+            ]]
+        }
         other => {
             let what = match other {
                 Plan::Set(_) => "session setting: kept by the proxy and applied to each server connection the session uses",

@@ -208,7 +208,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "INSERT INTO accounts (balance) VALUES (1)",
+            "INSERT INTO users (note) VALUES ('x')",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -240,7 +240,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
+            "SELECT * FROM accounts a WHERE balance > (SELECT avg(account_id) FROM orders o WHERE o.note = a.note)",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -260,7 +260,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT sum(balance) + 1 FROM accounts",
+            "SELECT string_agg(note, ',') || 'x' FROM accounts",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -280,7 +280,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "SELECT * FROM accounts, (SELECT 1) s ORDER BY id",
+            "SELECT * FROM accounts, (SELECT id FROM accounts) s ORDER BY 1",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (

@@ -23,11 +23,13 @@ mod copy_feed;
 mod copy_out;
 mod dispatch;
 mod extended;
+mod keys;
 mod state;
 pub(crate) use extended::fuzz_messages;
 mod prepared;
 mod reader;
 mod settings;
+mod staged;
 mod startup;
 
 use crate::backend::{BackendError, PooledConn, ServerConn};
@@ -616,11 +618,7 @@ impl Session {
         match plan {
             Plan::Forward { route, write } => self.forward(stmt, route, write).await,
             Plan::Merge { route, plan } => self.merge_across(route, plan).await,
-            Plan::Split { parts } => {
-                let targets: Vec<(ShardId, &str)> =
-                    parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
-                self.write_across(&targets, Merge::Union, Writes::Yes).await
-            }
+            Plan::Split { parts } => self.split_in_order(&parts).await,
             Plan::Replicate => {
                 let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), stmt))
@@ -645,6 +643,8 @@ impl Session {
             Plan::Prepare { name, types, body } => self.sql_prepare(name, types, body).await,
             Plan::Execute { name, args } => self.sql_execute(name, args).await,
             Plan::Deallocate(name) => self.sql_deallocate(name).await,
+            Plan::NeedKeys(req) => self.insert_with_keys(stmt, req).await,
+            Plan::Staged(staged) => self.run_staged(staged).await,
             Plan::Preview(inner) => match router::preview(&inner, &self.shared.map()) {
                 Ok(rows) => {
                     let answer = crate::admin::Answer::Rows {

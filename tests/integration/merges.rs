@@ -83,9 +83,9 @@ fn rows(n: usize) -> Vec<String> {
 }
 
 /// Column (name, type OID) and rows as text, from a RowDescription and DataRows.
-type Answer = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
+pub(crate) type Answer = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
 
-fn decode_answer(messages: &[(u8, Vec<u8>)]) -> Result<Answer, String> {
+pub(crate) fn decode_answer(messages: &[(u8, Vec<u8>)]) -> Result<Answer, String> {
     let mut cols = Vec::new();
     let mut out = Vec::new();
     for (t, b) in messages {
@@ -126,7 +126,7 @@ fn decode_answer(messages: &[(u8, Vec<u8>)]) -> Result<Answer, String> {
 }
 
 /// The plain server's answer: types from Describe, rows from a simple query.
-async fn reference(c: &Client, sql: &str) -> Result<Answer, String> {
+pub(crate) async fn reference(c: &Client, sql: &str) -> Result<Answer, String> {
     let st = c
         .prepare(sql)
         .await
@@ -435,18 +435,12 @@ async fn cross_shard_reads_match_one_postgres() {
         failures.join("\n")
     );
 
-    // What cannot be merged exactly is refused, naming what.
+    // What cannot be merged exactly is refused, naming what. (Expressions
+    // over aggregates, HAVING over them and subqueries run in two stages:
+    // subqueries.rs.)
     let refused = [
         ("SELECT id, sum(qty) OVER () FROM facts", "window functions"),
         ("SELECT count(DISTINCT cat) FROM facts", "count(DISTINCT"),
-        (
-            "SELECT sum(qty) + 1 FROM facts",
-            "expressions over aggregates",
-        ),
-        (
-            "SELECT round(avg(qty), 2) FROM facts GROUP BY grp",
-            "expressions over aggregates",
-        ),
         ("SELECT string_agg(cat, ',') FROM facts", "string_agg"),
         (
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY qty) FROM facts",
@@ -469,16 +463,8 @@ async fn cross_shard_reads_match_one_postgres() {
             "joins",
         ),
         (
-            "SELECT * FROM facts WHERE qty > (SELECT avg(qty) FROM facts)",
-            "subquer",
-        ),
-        (
-            "SELECT grp, count(*) FROM facts GROUP BY grp HAVING count(*) % 2 = 0",
-            "HAVING",
-        ),
-        (
             "SELECT id FROM facts ORDER BY id LIMIT (SELECT 3)",
-            "subquer",
+            "LIMIT other than",
         ),
         (
             "SELECT id, ts - interval '1 day' FROM facts UNION SELECT 1, now()",

@@ -1,8 +1,8 @@
-//! Routing of queries and data changes: which shards a `SELECT`, `UPDATE`,
-//! `DELETE` or `INSERT` reaches, from the shard keys it fixes.
+//! Routing of queries and data changes: which shards a `SELECT`, `UPDATE`
+//! or `DELETE` reaches, from the shard keys it fixes (`INSERT`s: insert.rs).
 
+use super::scope::Reach;
 use super::*;
-use crate::router::SplitPart;
 
 /// A sharded table in a FROM list, with the name it is referred to by.
 pub(super) struct Binding<'m> {
@@ -48,7 +48,7 @@ fn bind_from<'m>(
     out
 }
 
-fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+pub(super) fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
     match e {
         Expr::BinaryOp {
             left,
@@ -110,7 +110,7 @@ fn literal_value(v: &Value, ty: KeyType, sign: &str) -> Option<Result<KeyValue, 
     Some(KeyValue::parse_typed(ty, &text))
 }
 
-fn is_null(e: &Expr) -> bool {
+pub(super) fn is_null(e: &Expr) -> bool {
     match e {
         Expr::Value(v) => matches!(v.value, Value::Null),
         Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => is_null(inner),
@@ -120,8 +120,8 @@ fn is_null(e: &Expr) -> bool {
 
 /// The shards a binding's rows can be on, from `key = c` / `key IN (...)` in the
 /// top-level AND chain; `None` when the WHERE does not pin the key.
-fn key_shards(
-    selection: Option<&Expr>,
+pub(super) fn key_shards<'a>(
+    selection: Option<&'a Expr>,
     b: &Binding,
     all: &[Binding],
     map: &ShardMap,
@@ -135,10 +135,14 @@ fn key_shards(
                 op: BinaryOperator::Eq,
                 right,
             } => {
+                let side = |e: &'a Expr| match e {
+                    Expr::Subquery(q) => constant_rows(q).filter(|v| v.len() == 1),
+                    e => Some(vec![e]),
+                };
                 if is_key_ref(left, b, all) {
-                    Some(vec![right.as_ref()])
+                    side(right)
                 } else if is_key_ref(right, b, all) {
-                    Some(vec![left.as_ref()])
+                    side(left)
                 } else {
                     None
                 }
@@ -149,6 +153,13 @@ fn key_shards(
                 negated: false,
                 ..
             } if is_key_ref(expr, b, all) => Some(list.iter().collect()),
+            // `key IN (SELECT 17)`, `key IN (VALUES (1), (2))`: constants.
+            Expr::In {
+                expr,
+                target: InTarget::Subquery(q),
+                negated: false,
+                ..
+            } if is_key_ref(expr, b, all) => constant_rows(q),
             _ => None,
         };
         let Some(values) = values else { continue };
@@ -170,8 +181,74 @@ fn key_shards(
     None
 }
 
+/// The values of a subquery that only lists constants, one column wide:
+/// `SELECT 17`, `VALUES (1), (2)`, and `UNION ALL`s of them.
+fn constant_rows(q: &Query) -> Option<Vec<&Expr>> {
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return None;
+    }
+    fn rows<'q>(body: &'q SetExpr, out: &mut Vec<&'q Expr>) -> Option<()> {
+        match body {
+            // A stage's rows: SELECT * FROM (VALUES ...) AS v(c).
+            SetExpr::Select(sel)
+                if sel.selection.is_none()
+                    && matches!(
+                        sel.projection.as_slice(),
+                        [sqlparser::ast::SelectItem::Wildcard(_)]
+                    )
+                    && matches!(sel.from.as_slice(), [f] if f.joins.is_empty()
+                        && matches!(&f.relation, TableFactor::Derived { subquery, .. }
+                            if matches!(subquery.body.as_ref(), SetExpr::Values(_)))) =>
+            {
+                if let Some(TableFactor::Derived { subquery, .. }) =
+                    sel.from.first().map(|f| &f.relation)
+                {
+                    out.extend(constant_rows(subquery)?);
+                }
+            }
+            SetExpr::Select(sel) => {
+                let plain = sel.from.is_empty()
+                    && sel.selection.is_none()
+                    && sel.having.is_none()
+                    && sel.distinct.is_none()
+                    && matches!(&sel.group_by, GroupByExpr::Expressions(g, _) if g.is_empty());
+                match (plain, sel.projection.as_slice()) {
+                    (true, [sqlparser::ast::SelectItem::UnnamedExpr(e)])
+                    | (true, [sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. }]) => {
+                        out.push(e)
+                    }
+                    _ => return None,
+                }
+            }
+            SetExpr::Values(v) => {
+                for row in &v.rows {
+                    match row.content.as_slice() {
+                        [e] => out.push(e),
+                        _ => return None,
+                    }
+                }
+            }
+            SetExpr::SetOperation {
+                op: sqlparser::ast::SetOperator::Union,
+                left,
+                right,
+                ..
+            } => {
+                rows(left, out)?;
+                rows(right, out)?;
+            }
+            SetExpr::Query(q) => out.extend(constant_rows(q)?),
+            _ => return None,
+        }
+        Some(())
+    }
+    let mut out = Vec::new();
+    rows(&q.body, &mut out)?;
+    Some(out)
+}
+
 /// The ON conditions of joins.
-fn join_conditions<'a>(
+pub(super) fn join_conditions<'a>(
     joins: impl Iterator<Item = &'a sqlparser::ast::Join>,
     out: &mut Vec<&'a Expr>,
 ) {
@@ -194,7 +271,7 @@ fn join_conditions<'a>(
 }
 
 /// Tables whose equal keys always live on the same shard.
-fn co_located(a: &TableRule, b: &TableRule) -> bool {
+pub(super) fn co_located(a: &TableRule, b: &TableRule) -> bool {
     a.key_type == b.key_type
         && (matches!(
             (&a.mapping, &b.mapping),
@@ -308,6 +385,35 @@ pub(super) fn route_select(
     } else {
         t.facts.writes()
     };
+    // Subqueries and CTEs: one shard when every sharded table they read,
+    // at any depth, is pinned there (scoped as SQL scopes names: a CTE may
+    // shadow a sharded table in one part of the statement only).
+    let reach = if t.facts.queries > 1 {
+        super::scope::reach(q, map)
+    } else {
+        Reach::NoSharded
+    };
+    match reach {
+        Reach::One(shard) => {
+            t.check_no_local_mix(map)?;
+            return Ok(Plan::Forward {
+                route: Route::One(shard),
+                write,
+            });
+        }
+        // The routing below reads names without scopes: a CTE named like a
+        // distributed table would hide the table everywhere.
+        Reach::Spread | Reach::Local
+            if t.facts.ctes.iter().any(|c| {
+                map.tables.contains_key(c) || map.reference.contains(c)
+            }) =>
+        {
+            return unsupported(
+                "a sharded table read in one part of the statement shares its name with a CTE of another part; rename the CTE",
+            )
+        }
+        Reach::Spread | Reach::NoSharded | Reach::Local => {}
+    }
     if t.sharded.is_empty() {
         t.check_no_local_mix(map)?;
         if t.other.is_empty() {
@@ -330,7 +436,21 @@ pub(super) fn route_select(
     };
     let from: Vec<&TableWithJoins> = sel.from.iter().collect();
     let bindings = bind_from(&from, map, &t.facts.ctes);
-    if bindings.len() < t.sharded.len() {
+    let local = reach == Reach::Local || t.facts.queries == 1;
+    if bindings.len() < t.sharded.len() && !local {
+        // A count of a filtering subquery is a count of the same rows.
+        if let Some(flat) = super::stage::flatten_count(q) {
+            let flat_source = source.and_then(super::stage::flatten_count);
+            let stmt = Statement::Query(Box::new(flat.clone()));
+            let ft = Tables::gather(&stmt, map);
+            return route_select(&flat, flat_source.as_ref(), &ft, map);
+        }
+        // Subqueries over sharded tables run first, as stages of their own.
+        if source.is_none() {
+            if let Some(p) = super::stage::plan_staged(q, map)? {
+                return Ok(p);
+            }
+        }
         return unsupported(format!(
             "sharded table \"{}\" in a subquery or CTE is not supported yet",
             t.sharded[0].name
@@ -343,7 +463,19 @@ pub(super) fn route_select(
         return Ok(Plan::Forward { route, write });
     }
     // Several shards answer: merge what concatenation would get wrong.
-    match super::merge::plan_merge(q, source, t, &bindings)? {
+    let merged = match super::merge::plan_merge(q, source, t, &bindings, local) {
+        Ok(m) => m,
+        // Expressions over aggregates: the aggregates as a stage, the
+        // expressions evaluated by PostgreSQL over their merged values.
+        Err(e) if source.is_none() && t.facts.queries == 1 && t.facts.aggregates => {
+            match super::stage::lift_aggregates(q).map(|l| super::stage::plan_staged(&l, map)) {
+                Some(Ok(Some(p))) => return Ok(p),
+                _ => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    match merged {
         None => Ok(Plan::Forward { route, write }),
         Some(plan) => Ok(Plan::Merge {
             route,
@@ -360,10 +492,27 @@ pub(super) fn route_modify(
     extra: &[&TableWithJoins],
     selection: Option<&Expr>,
     assignments: &[(&AssignmentTarget, &Expr)],
+    returning: Option<&Vec<sqlparser::ast::SelectItem>>,
     t: &Tables,
     map: &ShardMap,
 ) -> Result<Plan, RouteError> {
     t.check_no_local_mix(map)?;
+    // Subqueries: pinned to one shard, or answered per shard for its own
+    // rows, as for a SELECT over the same tables and conditions.
+    let reach = if t.facts.queries > 0 {
+        modify_reach(
+            target,
+            alias,
+            joins,
+            extra,
+            selection,
+            assignments,
+            returning,
+            map,
+        )
+    } else {
+        Reach::NoSharded
+    };
     match classify_rel(target, map, &t.facts.ctes) {
         Rel::Sharded(rule) => {
             let mut bindings = vec![Binding {
@@ -376,9 +525,10 @@ pub(super) fn route_modify(
                 bind(&j.relation, map, &t.facts.ctes, &mut bindings);
             }
             bindings.extend(bind_from(extra, map, &t.facts.ctes));
-            if bindings.len() < t.sharded.len() {
+            let scoped = matches!(reach, Reach::One(_) | Reach::Local);
+            if bindings.len() < t.sharded.len() && !scoped {
                 return unsupported(format!(
-                    "sharded table \"{}\" in a subquery is not supported yet",
+                    "sharded table \"{}\" in a subquery of an UPDATE or DELETE is supported only when every sharded table it reads is pinned to the target rows' shard (by key, or correlated on the key); fix the shard key or select the keys first",
                     t.sharded[0].name
                 ));
             }
@@ -389,7 +539,10 @@ pub(super) fn route_modify(
                     .chain(extra.iter().flat_map(|t| t.joins.iter())),
                 &mut on,
             );
-            let route = route_bindings(&bindings, selection, &on, map)?;
+            let route = match reach {
+                Reach::One(s) => Route::One(s),
+                _ => route_bindings(&bindings, selection, &on, map)?,
+            };
             for (target, value) in assignments {
                 let names: Vec<&ObjectName> = match target {
                     AssignmentTarget::ColumnName(n) => vec![n],
@@ -410,7 +563,10 @@ pub(super) fn route_modify(
                     }
                 }
             }
-            if route != Route::One(route.shards(map.shards)[0]) && t.facts.queries > 0 {
+            if route != Route::One(route.shards(map.shards)[0])
+                && t.facts.queries > 0
+                && reach != Reach::Local
+            {
                 return unsupported(
                     "subqueries in an UPDATE or DELETE that spans shards are not supported yet",
                 );
@@ -433,155 +589,42 @@ pub(super) fn route_modify(
     }
 }
 
-pub(super) fn route_insert(
-    stmt: &Statement,
-    t: &Tables,
+/// [`super::scope::reach`] of an UPDATE or DELETE, read as the SELECT of
+/// the same tables, conditions and expressions.
+#[allow(clippy::too_many_arguments)]
+fn modify_reach(
+    target: &ObjectName,
+    alias: Option<&sqlparser::ast::Ident>,
+    joins: &[sqlparser::ast::Join],
+    extra: &[&TableWithJoins],
+    selection: Option<&Expr>,
+    assignments: &[(&AssignmentTarget, &Expr)],
+    returning: Option<&Vec<sqlparser::ast::SelectItem>>,
     map: &ShardMap,
-    original: Option<&Statement>,
-) -> Result<Plan, RouteError> {
-    let Statement::Insert(ins) = stmt else {
-        return unsupported("not an INSERT");
-    };
-    let TableObject::TableName(target) = &ins.table else {
-        return unsupported("INSERT INTO a table function is not supported");
-    };
-    if let (Rel::Sharded(rule), Some(q)) = (classify_rel(target, map, &t.facts.ctes), &ins.source) {
-        if !matches!(q.body.as_ref(), SetExpr::Values(_)) {
-            return insert_select(ins, target, rule, q, t, map);
-        }
+) -> Reach {
+    let mut items: Vec<String> = assignments.iter().map(|(_, v)| v.to_string()).collect();
+    items.extend(returning.into_iter().flatten().map(|i| i.to_string()));
+    if items.is_empty() {
+        items.push("1".into());
     }
-    t.check_no_local_mix(map)?;
-    let rule = match classify_rel(target, map, &t.facts.ctes) {
-        Rel::Sharded(rule) => rule,
-        Rel::Reference(name) => {
-            if let Some(s) = t.sharded.first() {
-                return unsupported(format!(
-                    "filling reference table \"{name}\" from sharded table \"{}\" is not supported",
-                    s.name
-                ));
-            }
-            return Ok(Plan::Replicate);
-        }
-        Rel::Catalog | Rel::Other(_) => {
-            return Ok(default_route(map, Writes::Yes));
-        }
-    };
-    let values = match &ins.source {
-        Some(q) if q.with.is_none() => match q.body.as_ref() {
-            SetExpr::Values(v) => v,
-            _ => {
-                return unsupported(format!(
-                    "INSERT into sharded table \"{}\" needs VALUES (INSERT ... SELECT is not supported yet)",
-                    rule.name
-                ))
-            }
-        },
-        _ => {
-            return unsupported(format!(
-                "INSERT into sharded table \"{}\" needs VALUES with the shard key \"{}\"",
-                rule.name, rule.key
-            ))
-        }
-    };
-    if t.sharded.len() > 1 {
-        return unsupported(
-            "INSERT into a sharded table that reads other sharded tables is not supported",
-        );
+    let mut from = target.to_string();
+    if let Some(a) = alias {
+        from.push_str(&format!(" AS {a}"));
     }
-    let Some(idx) = ins
-        .columns
-        .iter()
-        .position(|c| object_parts(c).1 == rule.key)
-    else {
-        return unsupported(format!(
-            "INSERT into sharded table \"{}\" must name its columns, including the shard key \"{}\"",
-            rule.name, rule.key
-        ));
-    };
-    let mut groups: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
-    for (i, row) in values.rows.iter().enumerate() {
-        let Some(e) = row.content.get(idx) else {
-            return Err(RouteError::Syntax(
-                "INSERT has more target columns than expressions".into(),
-            ));
-        };
-        if is_null(e) {
-            return Err(RouteError::NullKey {
-                table: rule.name.clone(),
-                column: rule.key.clone(),
-            });
-        }
-        let key = match literal_key(e, rule.key_type) {
-            Some(Ok(k)) => k,
-            Some(Err(err)) => return Err(RouteError::BadKey(err)),
-            None => {
-                return unsupported(format!(
-                    "the shard key \"{}\" of table \"{}\" must be a constant in INSERT",
-                    rule.key, rule.name
-                ))
-            }
-        };
-        let shard = rule.place(&key, map.shards)?;
-        groups.entry(shard).or_default().push(i);
+    for j in joins {
+        from.push_str(&format!(" {j}"));
     }
-    if groups.len() == 1 {
-        let shard = *groups.keys().next().unwrap_or(&map.default_shard);
-        return Ok(Plan::Forward {
-            route: Route::One(shard),
-            write: Writes::Yes,
-        });
+    for e in extra {
+        from.push_str(&format!(", {e}"));
     }
-    let mut parts = Vec::with_capacity(groups.len());
-    for (shard, rows) in groups {
-        // With parameters, the client's own statement is cut, not the one
-        // carrying bound values.
-        let mut s = original.unwrap_or(stmt).clone();
-        if let Statement::Insert(i) = &mut s {
-            if let Some(SetExpr::Values(v)) = i.source.as_mut().map(|q| q.body.as_mut()) {
-                let all = std::mem::take(&mut v.rows);
-                v.rows = rows.iter().filter_map(|&r| all.get(r).cloned()).collect();
-            }
-        }
-        let params = if original.is_some() {
-            renumber_placeholders(&mut s)
-        } else {
-            Vec::new()
-        };
-        parts.push(SplitPart {
-            shard,
-            sql: s.to_string(),
-            params,
-        });
+    let mut sql = format!("SELECT {} FROM {from}", items.join(", "));
+    if let Some(w) = selection {
+        sql.push_str(&format!(" WHERE {w}"));
     }
-    Ok(Plan::Split { parts })
-}
-
-/// Renumbers `$n` placeholders `$1..$k` in order of appearance; returns, for
-/// each new number, the client's parameter index (0-based).
-pub(super) fn renumber_placeholders(stmt: &mut Statement) -> Vec<usize> {
-    let mut order: Vec<usize> = Vec::new();
-    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
-        if let Expr::Value(v) = e {
-            if let Value::Placeholder(p) = &v.value {
-                if let Some(n) = p
-                    .strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .filter(|n| *n > 0)
-                {
-                    let k = match order.iter().position(|&o| o == n - 1) {
-                        Some(k) => k,
-                        None => {
-                            order.push(n - 1);
-                            order.len() - 1
-                        }
-                    };
-                    v.value = Value::Placeholder(format!("${}", k + 1));
-                }
-            }
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    order
+    match Parser::parse_sql(&PostgreSqlDialect {}, &sql).map(|mut v| v.pop()) {
+        Ok(Some(Statement::Query(q))) => super::scope::reach(&q, map),
+        _ => Reach::Spread,
+    }
 }
 
 /// For a statement whose only sharded table is pinned by `key = $n` (or, in
@@ -707,64 +750,4 @@ pub(super) fn keyed_param<'m>(
         }
         _ => None,
     }
-}
-
-/// `INSERT INTO sharded (cols) SELECT ...`: planned when the SELECT reads
-/// only unsharded tables (on the default shard), reference tables, catalogs
-/// or functions such as `generate_series`, and proves read-only.
-fn insert_select(
-    ins: &sqlparser::ast::Insert,
-    target: &sqlparser::ast::ObjectName,
-    rule: &TableRule,
-    q: &sqlparser::ast::Query,
-    t: &Tables,
-    map: &ShardMap,
-) -> Result<Plan, RouteError> {
-    if t.sharded.len() > 1 {
-        return unsupported(format!(
-            "INSERT INTO sharded table \"{}\" ... SELECT from sharded tables is not supported: the SELECT may read only unsharded or reference tables",
-            rule.name
-        ));
-    }
-    if ins.returning.is_some() || ins.on.is_some() {
-        return unsupported(format!(
-            "INSERT INTO sharded table \"{}\" ... SELECT with RETURNING or ON CONFLICT is not supported",
-            rule.name
-        ));
-    }
-    if t.facts.writes() != Writes::No {
-        return unsupported(format!(
-            "INSERT INTO sharded table \"{}\" ... SELECT whose SELECT may write (a function Pieskieo does not know) is not supported",
-            rule.name
-        ));
-    }
-    let columns: Vec<String> = ins.columns.iter().map(|c| object_parts(c).1).collect();
-    if !columns.contains(&rule.key) {
-        return unsupported(format!(
-            "INSERT into sharded table \"{}\" must name its columns, including the shard key \"{}\"",
-            rule.name, rule.key
-        ));
-    }
-    let (schema, name) = object_parts(target);
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let relation = match schema {
-        Some(s) => format!("{}.{}", quote(&s), quote(&name)),
-        None => quote(&name),
-    };
-    let source = if t.other.is_empty() {
-        Route::Any
-    } else {
-        Route::One(map.default_shard)
-    };
-    Ok(Plan::InsertSelect {
-        into: Box::new(crate::router::CopyIn {
-            table: rule.name.clone(),
-            relation,
-            columns: Some(columns),
-            options: crate::router::CopyOptions::text(),
-            placement: crate::router::CopyPlacement::Sharded,
-        }),
-        select: q.to_string(),
-        source,
-    })
 }

@@ -26,6 +26,8 @@ fn count_literal(e: &Expr, what: &str) -> Result<u64, RouteError> {
             _ => String::new(),
         },
         Expr::Nested(inner) => return count_literal(inner, what),
+        // `LIMIT $1::INTEGER` (SQLAlchemy), the value bound.
+        Expr::Cast { expr, .. } => return count_literal(expr, what),
         _ => String::new(),
     };
     text.trim()
@@ -132,6 +134,65 @@ fn has_aggregate(e: &Expr) -> bool {
         ControlFlow::<()>::Continue(())
     });
     found
+}
+
+/// Whether every window function of a query over one sharded table has
+/// the table's shard key among its `PARTITION BY` expressions.
+fn partitioned_by_key(q: &Query, bindings: &[Binding]) -> bool {
+    let [b] = bindings else {
+        return false;
+    };
+    let mut all = true;
+    let _ = sqlparser::ast::visit_expressions(q, |e| {
+        if let Expr::Function(f) = e {
+            match &f.over {
+                None => {}
+                Some(sqlparser::ast::WindowType::WindowSpec(spec)) => {
+                    all &= spec.window_name.is_none()
+                        && spec.partition_by.iter().any(|p| is_key_ref(p, b, bindings));
+                }
+                Some(sqlparser::ast::WindowType::NamedWindow(_)) => all = false,
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    all
+}
+
+/// Whether a query calls aggregates of its own (not only in subqueries).
+fn own_aggregates(q: &Query) -> bool {
+    struct Own {
+        depth: usize,
+        found: bool,
+    }
+    impl Visitor for Own {
+        type Break = ();
+        fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if self.depth == 1
+                    && f.over.is_none()
+                    && AGGREGATES.contains(&object_parts(&f.name).1.as_str())
+                {
+                    self.found = true;
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = Own {
+        depth: 0,
+        found: false,
+    };
+    let _ = q.visit(&mut v);
+    v.found
 }
 
 fn quoted(name: &str) -> Ident {
@@ -248,16 +309,22 @@ pub(super) fn plan_merge(
     source: Option<&Query>,
     t: &Tables,
     bindings: &[Binding],
+    local: bool,
 ) -> Result<Option<MergePlan>, RouteError> {
     let q = source.unwrap_or(bound);
     let SetExpr::Select(sel) = q.body.as_ref() else {
         return refuse("set operations");
     };
     let sel: &Select = sel;
-    if t.facts.windows || !sel.named_window.is_empty() {
-        return refuse("window functions");
+    // Window functions partitioned by the shard key: every partition lives
+    // on one shard, so each shard computes them exactly for its rows.
+    let windows = t.facts.windows || !sel.named_window.is_empty();
+    if windows && !(sel.named_window.is_empty() && partitioned_by_key(q, bindings)) {
+        return refuse("window functions (unless PARTITION BY includes the shard key)");
     }
-    if t.facts.queries > 1 {
+    // Subqueries each shard evaluates for its own rows are part of its
+    // statement; others would be answered from one shard's rows only.
+    if t.facts.queries > 1 && !local {
         return refuse("subqueries and CTEs");
     }
     if sel.into.is_some() {
@@ -285,7 +352,15 @@ pub(super) fn plan_merge(
     }
     let limits = limits(bound)?;
     let order = order_items(q)?;
-    let grouped = t.facts.aggregates || !group_exprs.is_empty() || sel.having.is_some();
+    let aggregates = if t.facts.queries > 1 || windows {
+        own_aggregates(q)
+    } else {
+        t.facts.aggregates
+    };
+    let grouped = aggregates || !group_exprs.is_empty() || sel.having.is_some();
+    if windows && grouped {
+        return refuse("window functions together with aggregates or GROUP BY");
+    }
     let mut plan = if !grouped {
         if order.is_empty() && limits.limit.is_none() && limits.offset == 0 && !distinct {
             return Ok(None);
@@ -309,7 +384,7 @@ fn renumber(sql: &mut String) -> Vec<usize> {
     let Some(stmt) = stmts.first_mut() else {
         return Vec::new();
     };
-    let params = super::dml::renumber_placeholders(stmt);
+    let params = super::insert::renumber_placeholders(stmt);
     *sql = stmt.to_string();
     params
 }

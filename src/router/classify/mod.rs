@@ -14,11 +14,19 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 mod dml;
+mod insert;
+mod keys;
 mod merge;
+mod scope;
+mod stage;
+
+pub use keys::fill_keys;
+pub use stage::materialize;
 
 pub(super) use self::names_table as sharded_table_named;
 
-use dml::{route_insert, route_modify, route_select};
+use dml::{route_modify, route_select};
+use insert::route_insert;
 
 use super::{
     after_words, leading_words, matching_paren, Bound, KeyError, KeyType, KeyValue, Plan, Route,
@@ -395,6 +403,7 @@ fn classify_rel<'m>(name: &ObjectName, map: &'m ShardMap, ctes: &HashSet<String>
     }
     if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema"))
         || table.starts_with("pg_")
+        || schema.is_none() && stage::is_marker(&table)
     {
         return Rel::Catalog;
     }
@@ -758,6 +767,7 @@ fn route_statement(
                 &extra,
                 u.selection.as_ref(),
                 &assignments,
+                u.returning.as_ref(),
                 &tables,
                 map,
             )
@@ -784,6 +794,7 @@ fn route_statement(
                 &extra,
                 d.selection.as_ref(),
                 &[],
+                d.returning.as_ref(),
                 &tables,
                 map,
             )

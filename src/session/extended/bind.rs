@@ -109,6 +109,17 @@ impl Session {
                     ))
                     .await?)
             }
+            Plan::Staged(_) => {
+                return Ok(self
+                    .error(Error::Unsupported(
+                        "a query that runs in two stages across shards (subqueries or CTEs over sharded tables, expressions over aggregates) is supported through the simple query protocol only; send it without parameters as a simple query, or fix the shard key to reach one shard".into(),
+                    ))
+                    .await?)
+            }
+            Plan::NeedKeys(req) => {
+                let (sql, declared) = (stmt.sql.clone(), stmt.types.clone());
+                return self.bind_with_keys(&sql, &declared, &b, req).await;
+            }
             control => {
                 let sql = stmt.sql.clone();
                 self.ext.portals.insert(
@@ -172,6 +183,95 @@ impl Session {
                 return Ok(false);
             }
         }
+        Ok(true)
+    }
+
+    /// Binds an INSERT that leaves keys to the cluster: the keys become
+    /// parameters after the client's (`$n+1`, ...), so the statement each
+    /// shard prepares is the same from one execution to the next.
+    async fn bind_with_keys(
+        &mut self,
+        sql: &str,
+        declared: &[u32],
+        b: &wire::BindMsg<'_>,
+        req: router::KeyRequest,
+    ) -> Result<bool, Fatal> {
+        let keys = match self.cluster_keys(&req).await {
+            Ok(k) => k,
+            Err(e) => return Ok(self.error(e).await?),
+        };
+        let n = b.values.len();
+        let filled =
+            match router::fill_keys(sql, &req.column, &keys.values, Some(n + 1), keys.always) {
+                Ok(s) => s,
+                Err(e) => return Ok(self.error(Error::Route(e)).await?),
+            };
+        // The client's parameters, then the keys as text.
+        let mut formats: Vec<i16> = (0..n)
+            .map(|i| match b.formats.as_slice() {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
+            })
+            .collect();
+        formats.extend(keys.values.iter().map(|_| 0));
+        let mut values = b.values.clone();
+        values.extend(keys.values.iter().map(|k| Some(k.as_bytes())));
+        let all = wire::BindMsg {
+            portal: b.portal,
+            stmt: b.stmt,
+            rest: b.rest,
+            formats,
+            values,
+            results: b.results,
+        };
+        let mut types = declared.to_vec();
+        types.resize(n, 0);
+        let mut bound = bounds(b, &types);
+        bound.extend(keys.values.iter().map(|k| router::Bound::Text(k.clone())));
+        types.extend(keys.values.iter().map(|_| 0));
+        let every: Vec<usize> = (0..n + keys.values.len()).collect();
+        let (parts, shards): (Vec<Derived>, Vec<ShardId>) =
+            match router::plan_bound(&filled, &self.shared.map(), &bound) {
+                Ok(Plan::Forward {
+                    route: Route::One(s),
+                    ..
+                }) => (vec![(s, filled.clone(), every)], vec![s]),
+                Ok(Plan::Split { parts }) => (
+                    parts
+                        .iter()
+                        .map(|p| (p.shard, p.sql.clone(), p.params.clone()))
+                        .collect(),
+                    parts.iter().map(|p| p.shard).collect(),
+                ),
+                Ok(other) => {
+                    return Ok(self
+                        .error(Error::Unsupported(format!(
+                            "INSERT with keys chosen by the cluster planned as {other:?}"
+                        )))
+                        .await?)
+                }
+                Err(e) => return Ok(self.error(Error::Route(e)).await?),
+            };
+        let derived: Vec<(ShardId, &str, &[usize])> = parts
+            .iter()
+            .map(|(s, sql, p)| (*s, sql.as_str(), p.as_slice()))
+            .collect();
+        if !self.bind_derived(&derived, &types, &all, None).await? {
+            return Ok(false);
+        }
+        let kind = match shards.as_slice() {
+            [one] => PortalKind::Single {
+                shard: *one,
+                write: Writes::Yes,
+            },
+            _ => PortalKind::Multi {
+                shards,
+                merge: Merge::Union,
+                write: Writes::Yes,
+            },
+        };
+        self.ext.portals.insert(b.portal.to_string(), kind);
         Ok(true)
     }
 
@@ -256,6 +356,9 @@ impl Session {
         Ok(Answer::Succeeded)
     }
 }
+
+/// A statement derived from the client's for one shard, with its parameters.
+type Derived = (ShardId, String, Vec<usize>);
 
 pub(super) fn route_all(n: u32) -> Vec<ShardId> {
     (0..n).map(ShardId).collect()

@@ -364,6 +364,8 @@ impl Session {
                             Plan::Forward { .. }
                             | Plan::Merge { .. }
                             | Plan::Replicate
+                            | Plan::NeedKeys(_)
+                            | Plan::Staged(_)
                             | Plan::Split { .. },
                         ) => return true,
                         // Transaction control changes the mode by itself.

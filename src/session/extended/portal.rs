@@ -53,6 +53,8 @@ impl Session {
                     Ok(Plan::Forward { .. }
                         | Plan::Merge { .. }
                         | Plan::Split { .. }
+                        | Plan::NeedKeys(_)
+                        | Plan::Staged(_)
                         | Plan::Replicate)
                         | Err(_)
                 );

@@ -1,0 +1,132 @@
+//! Keys chosen by the cluster for an `INSERT` that leaves its shard key to
+//! it: integers from the column's own sequence on the sequence shard (the
+//! default shard), uuids made here; filled into the statement, which is
+//! then routed like any `INSERT`.
+//!
+//! One sequence serves the whole cluster, so keys are unique across shards
+//! and proxies and come out as one PostgreSQL would number them (1, 2, 3,
+//! ...). Cost: one control round trip to the sequence shard per such
+//! `INSERT`, whatever its number of rows. When that shard is down, such
+//! inserts fail (`08006`) and inserts that give their keys still work.
+
+use crate::error::NoKeys;
+use crate::router::{KeyRequest, KeySource};
+
+use super::settings::quote_literal;
+use super::*;
+
+/// Keys for the rows that need one, in row order, and whether the column
+/// is an identity `GENERATED ALWAYS` (then the INSERT must say
+/// `OVERRIDING SYSTEM VALUE`).
+pub(super) struct Keys {
+    pub values: Vec<String>,
+    pub always: bool,
+}
+
+impl Session {
+    pub(super) async fn cluster_keys(&self, req: &KeyRequest) -> Result<Keys, Error> {
+        match req.source {
+            KeySource::Random | KeySource::None => {
+                let values = (0..req.rows).map(|_| random_uuid()).collect();
+                return Ok(Keys {
+                    values,
+                    always: false,
+                });
+            }
+            KeySource::Sequence => {}
+        }
+        let shard = self.shared.map().default_shard;
+        let (t, c) = (quote_literal(&req.table), quote_literal(&req.column));
+        // Nothing here raises an error for a missing table or column: they
+        // come back as NULLs and are told apart below.
+        let sql = format!(
+            "WITH t AS (SELECT to_regclass({t}) AS r), \
+             a AS (SELECT a.attidentity, pg_get_serial_sequence({t}, {c}) AS s \
+                   FROM t JOIN pg_attribute a ON a.attrelid = t.r AND a.attname = {c} AND NOT a.attisdropped) \
+             SELECT (SELECT r IS NOT NULL FROM t), (SELECT attidentity FROM a), nextval((SELECT s FROM a)) \
+             FROM generate_series(1, {})",
+            req.rows
+        );
+        let rows = self
+            .shared
+            .coordinator
+            .control()
+            .query(shard, &sql)
+            .await
+            .map_err(|e| NoKeys::Unavailable {
+                table: req.table.clone(),
+                shard,
+                cause: e.to_string(),
+            })?;
+        let exists = rows.first().and_then(|r| r.first().cloned().flatten());
+        if exists.as_deref() != Some("t") {
+            return Err(NoKeys::NoTable(req.table.clone()).into());
+        }
+        let always = rows
+            .first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .is_some_and(|k| k == "a");
+        let mut values: Vec<i64> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match r.get(2).cloned().flatten().and_then(|v| v.parse().ok()) {
+                Some(v) => values.push(v),
+                None => {
+                    return Err(NoKeys::NoSequence {
+                        table: req.table.clone(),
+                        column: req.column.clone(),
+                    }
+                    .into())
+                }
+            }
+        }
+        // Rows take the values in order, as one server's sequence would give them.
+        values.sort_unstable();
+        Ok(Keys {
+            values: values.iter().map(i64::to_string).collect(),
+            always,
+        })
+    }
+
+    /// Runs an INSERT that leaves keys to the cluster (simple protocol).
+    pub(super) async fn insert_with_keys(
+        &mut self,
+        stmt: &str,
+        req: KeyRequest,
+    ) -> std::io::Result<bool> {
+        let keys = match self.cluster_keys(&req).await {
+            Ok(k) => k,
+            Err(e) => return self.error(e).await,
+        };
+        let filled = match router::fill_keys(stmt, &req.column, &keys.values, None, keys.always) {
+            Ok(s) => s,
+            Err(e) => return self.error(Error::Route(e)).await,
+        };
+        match self.shared.plan(&filled) {
+            Ok(Plan::Forward { route, write }) => self.forward(&filled, route, write).await,
+            Ok(Plan::Split { parts }) => self.split_in_order(&parts).await,
+            Ok(other) => {
+                self.error(Error::Unsupported(format!(
+                    "INSERT with keys chosen by the cluster planned as {other:?}"
+                )))
+                .await
+            }
+            Err(e) => self.error(Error::Route(e)).await,
+        }
+    }
+}
+
+/// A version 4 (random) uuid, as `gen_random_uuid()` makes them.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

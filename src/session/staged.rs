@@ -1,0 +1,257 @@
+//! Two-stage plans ([`Plan::Staged`]): each stage runs as a cross-shard read
+//! whose answer the session keeps instead of sending it; the rows go into
+//! the outer query as typed `VALUES`, and the outer query runs like any
+//! statement, its answer going to the client. Memory: every stage's whole
+//! result, once as rows and once as SQL text.
+
+use std::sync::Mutex;
+
+use crate::router::{Stage, StagedPlan};
+
+use super::*;
+
+/// A client writer that keeps what is written.
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Session {
+    /// A split `INSERT ... RETURNING`: the shards' rows go back in the
+    /// client's `VALUES` order (ORMs match returned keys to objects by
+    /// position), not grouped by shard. When a shard returns another
+    /// number of rows than it inserted (`ON CONFLICT DO NOTHING`), or the
+    /// statement's answer is held for the end of a multi-statement query,
+    /// the rows go as they come.
+    pub(super) async fn split_in_order(
+        &mut self,
+        parts: &[router::SplitPart],
+    ) -> std::io::Result<bool> {
+        let targets: Vec<(ShardId, &str)> =
+            parts.iter().map(|p| (p.shard, p.sql.as_str())).collect();
+        if self.hold_last {
+            return self.write_across(&targets, Merge::Union, Writes::Yes).await;
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink: ClientWrite = Box::new(Capture(buf.clone()));
+        let real = std::mem::replace(&mut self.out, BufWriter::new(sink));
+        let ran = self.write_across(&targets, Merge::Union, Writes::Yes).await;
+        let flushed = self.out.flush().await;
+        self.out = real;
+        let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut frames: Vec<&[u8]> = Vec::new();
+        let mut at = 0;
+        while let Some(len) = bytes
+            .get(at + 1..at + 5)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 4]| u32::from_be_bytes(b) as usize)
+        {
+            let Some(f) = bytes.get(at..at + 1 + len) else {
+                break;
+            };
+            frames.push(f);
+            at += 1 + len;
+        }
+        if let Some(rest) = bytes.get(at..) {
+            if !rest.is_empty() {
+                frames.push(rest);
+            }
+        }
+        let rows: Vec<&[u8]> = frames.iter().copied().filter(|f| f[0] == b'D').collect();
+        let total: usize = parts.iter().map(|p| p.rows.len()).sum();
+        if rows.len() == total && total > 0 {
+            // Shard by shard, in the order their answers were read.
+            let mut per: Vec<std::collections::VecDeque<&[u8]>> = Vec::new();
+            let mut it = rows.iter();
+            for p in parts {
+                per.push(it.by_ref().take(p.rows.len()).copied().collect());
+            }
+            let mut owner = vec![0usize; total];
+            for (i, p) in parts.iter().enumerate() {
+                for &r in &p.rows {
+                    if let Some(o) = owner.get_mut(r) {
+                        *o = i;
+                    }
+                }
+            }
+            let mut ordered = owner
+                .iter()
+                .filter_map(|&i| per.get_mut(i).and_then(|q| q.pop_front()));
+            for f in &frames {
+                if f[0] == b'D' {
+                    if let Some(r) = ordered.next() {
+                        self.write(r).await?;
+                    }
+                } else {
+                    self.write(f).await?;
+                }
+            }
+        } else {
+            self.write(&bytes).await?;
+        }
+        flushed?;
+        ran
+    }
+}
+
+/// The most rows a stage may pass to its outer query: they travel as SQL
+/// text, and the proxy holds them all meanwhile.
+const MAX_STAGE_ROWS: usize = 100_000;
+
+/// A stage's answer: its columns (name, type OID) and rows as text.
+type Rows = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
+
+impl Session {
+    pub(super) async fn run_staged(&mut self, staged: Arc<StagedPlan>) -> std::io::Result<bool> {
+        let mut filled = Vec::with_capacity(staged.stages.len());
+        for stage in &staged.stages {
+            let Some((cols, rows)) = self.capture(stage).await? else {
+                return Ok(false);
+            };
+            match router::materialize(&cols, &rows) {
+                Ok(sql) => filled.push(sql),
+                Err(m) => return self.error(Error::Unsupported(m)).await,
+            }
+        }
+        let outer = staged.fill(&filled);
+        let plan = router::plan(&outer, &self.shared.map());
+        match plan {
+            Ok(Plan::Forward { route, write }) => self.forward(&outer, route, write).await,
+            Ok(Plan::Merge { route, plan }) => self.merge_across(route, plan).await,
+            Ok(_) => {
+                self.error(Error::Unsupported(
+                    "the outer query over subqueries across shards is not supported".into(),
+                ))
+                .await
+            }
+            Err(e) => self.error(Error::Route(e)).await,
+        }
+    }
+
+    /// Runs one stage and keeps its answer; `None` when it failed (the
+    /// client has been sent the error).
+    async fn capture(&mut self, stage: &Stage) -> std::io::Result<Option<Rows>> {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink: ClientWrite = Box::new(Capture(buf.clone()));
+        let real = std::mem::replace(&mut self.out, BufWriter::new(sink));
+        let hold = std::mem::replace(&mut self.hold_last, false);
+        let ran = match &stage.plan {
+            Plan::Forward { route, .. } => {
+                self.forward(&stage.sql, route.clone(), Writes::No).await
+            }
+            Plan::Merge { route, plan } => self.merge_across(route.clone(), plan.clone()).await,
+            _ => Ok(false),
+        };
+        let flushed = self.out.flush().await;
+        self.out = real;
+        self.hold_last = hold;
+        ran?;
+        flushed?;
+        let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut cols = Vec::new();
+        let mut rows = Vec::new();
+        let mut at = 0;
+        while let Some(&tag) = bytes.get(at) {
+            let Some(len) = bytes
+                .get(at + 1..at + 5)
+                .and_then(|b| b.try_into().ok())
+                .map(|b: [u8; 4]| u32::from_be_bytes(b) as usize)
+            else {
+                break;
+            };
+            let Some(body) = bytes.get(at + 5..at + 1 + len) else {
+                break;
+            };
+            let frame = &bytes[at..at + 1 + len];
+            match tag {
+                b'T' => cols = columns(body),
+                b'D' if rows.len() >= MAX_STAGE_ROWS => {
+                    self.error(Error::Unsupported(format!(
+                        "a subquery over sharded tables returned more than {MAX_STAGE_ROWS} rows to pass to its outer query across shards; filter it further, or fix the shard key to reach one shard"
+                    )))
+                    .await?;
+                    return Ok(None);
+                }
+                b'D' => rows.push(values(body)),
+                b'E' => {
+                    self.write(frame).await?;
+                    return Ok(None);
+                }
+                b'N' => self.write(frame).await?,
+                _ => {}
+            }
+            at += 1 + len;
+        }
+        Ok(Some((cols, rows)))
+    }
+}
+
+fn columns(b: &[u8]) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let n = b.get(..2).map_or(0, |x| i16::from_be_bytes([x[0], x[1]]));
+    let mut at = 2;
+    for _ in 0..n.max(0) {
+        let Some(end) = b.get(at..).and_then(|r| r.iter().position(|&c| c == 0)) else {
+            break;
+        };
+        let name = String::from_utf8_lossy(&b[at..at + end]).into_owned();
+        let oid = b
+            .get(at + end + 7..at + end + 11)
+            .and_then(|x| x.try_into().ok())
+            .map_or(0, u32::from_be_bytes);
+        out.push((name, oid));
+        at += end + 19;
+    }
+    out
+}
+
+fn values(b: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let n = b.get(..2).map_or(0, |x| i16::from_be_bytes([x[0], x[1]]));
+    let mut at = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = b
+            .get(at..at + 4)
+            .and_then(|x| x.try_into().ok())
+            .map(i32::from_be_bytes)
+        else {
+            break;
+        };
+        at += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = at + len as usize;
+            out.push(
+                b.get(at..end)
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+            );
+            at = end;
+        }
+    }
+    out
+}

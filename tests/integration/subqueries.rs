@@ -1,0 +1,347 @@
+//! Subqueries and CTEs against one plain PostgreSQL holding the same rows:
+//! those whose sharded tables are all pinned to one shard run there (PREVIEW
+//! shows one shard) and give the plain server's answer; those that look
+//! pinned but are not never go to one shard.
+
+use tokio_postgres::Client;
+
+use crate::harness::{exec, field, Cluster, RawClient, Servers};
+use crate::merges::{decode_answer, reference};
+
+const TABLES: &str = r#"
+reference_tables = ["kinds"]
+
+[[tables]]
+name = "facts"
+key = "id"
+key_type = "int8"
+
+[[tables]]
+name = "notes"
+key = "fact_id"
+key_type = "int8"
+"#;
+
+const SCHEMA: &str =
+    "CREATE TABLE facts (id bigint PRIMARY KEY, grp int, qty int, price numeric(10,2), cat text);
+CREATE TABLE notes (fact_id bigint, n int, body text, PRIMARY KEY (fact_id, n));
+CREATE TABLE kinds (grp int PRIMARY KEY, label text)";
+
+/// The same rows on the proxy and on the plain server.
+async fn load(proxy: &Client, single: &Client) {
+    exec(proxy, SCHEMA).await;
+    exec(single, SCHEMA).await;
+    let facts: Vec<String> = (1..=300i64)
+        .map(|id| {
+            let price = if id % 11 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("{}.{:02}", (id * 37) % 500 - 100, id % 100)
+            };
+            let cat = ["'a'", "'b'", "NULL", "'c''q'"][id as usize % 4];
+            format!(
+                "({id}, {}, {}, {price}, {cat})",
+                id % 7,
+                (id * 13) % 41 - 20
+            )
+        })
+        .collect();
+    let notes: Vec<String> = (1..=300i64)
+        .filter(|id| id % 3 != 0)
+        .flat_map(|id| (0..id % 4).map(move |n| format!("({id}, {n}, 'note {}')", (id + n) % 5)))
+        .collect();
+    let kinds = "INSERT INTO kinds VALUES (0, 'zero'), (1, 'one'), (2, 'two'), (3, 'three')";
+    for c in [proxy, single] {
+        exec(
+            c,
+            &format!(
+                "INSERT INTO facts (id, grp, qty, price, cat) VALUES {}",
+                facts.join(", ")
+            ),
+        )
+        .await;
+        exec(
+            c,
+            &format!(
+                "INSERT INTO notes (fact_id, n, body) VALUES {}",
+                notes.join(", ")
+            ),
+        )
+        .await;
+        exec(c, kinds).await;
+    }
+}
+
+/// Runs each query on both and returns the differences; `ordered` queries
+/// compare row order too.
+async fn compare(raw: &mut RawClient, single: &Client, corpus: &[(String, bool)]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (sql, ordered) in corpus {
+        let want = reference(single, sql).await;
+        let got = decode_answer(&raw.query(sql).await.messages);
+        match (want, got) {
+            (Ok(w), Ok(g)) => {
+                let (mut w, mut g) = (w, g);
+                if !ordered {
+                    w.1.sort();
+                    g.1.sort();
+                }
+                if w != g {
+                    failures.push(format!("{sql}\n  reference: {w:?}\n  proxy:     {g:?}"));
+                }
+            }
+            (w, g) => failures.push(format!("{sql}\n  reference: {w:?}\n  proxy: {g:?}")),
+        }
+    }
+    failures
+}
+
+/// How many shards `PREVIEW` says a statement reaches.
+async fn reached(c: &Client, sql: &str) -> usize {
+    crate::harness::rows(c, &format!("PREVIEW {sql}"))
+        .await
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_subqueries_and_ctes_run_on_one_shard_and_match_one_postgres() {
+    let c = Cluster::start_with(3, TABLES).await;
+    let plain = Servers::start(1);
+    let single = plain.connect(0).await;
+    let client = c.client().await;
+    load(&client, &single).await;
+    let k = c.key_on("facts", 1);
+    let other = c.key_on("facts", 2);
+    let pinned: Vec<(String, bool)> = [
+        format!("WITH x AS (SELECT * FROM facts WHERE id = {k}) SELECT * FROM x"),
+        format!("SELECT s.qty, s.price FROM (SELECT id, qty, price FROM facts WHERE id = {k}) s"),
+        format!("SELECT count(*), sum(s.qty) FROM (SELECT id, qty FROM facts WHERE id = {k} AND qty > -100) s"),
+        format!("SELECT id FROM facts WHERE id IN (SELECT {k})"),
+        format!("SELECT id, qty FROM facts WHERE id = (SELECT {k})"),
+        format!("SELECT * FROM facts WHERE id = {k} AND qty >= (SELECT min(qty) FROM facts WHERE id = {k})"),
+        format!("SELECT f.id, (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) FROM facts f WHERE f.id = {k}"),
+        format!("SELECT * FROM facts f WHERE f.id = {k} AND EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id)"),
+        format!("SELECT * FROM facts f WHERE f.id = {k} AND NOT EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id AND n.n > 5)"),
+        format!("WITH j AS (SELECT f.id, n.body FROM facts f JOIN notes n ON n.fact_id = f.id WHERE n.fact_id = {k}) SELECT body, count(*) FROM j GROUP BY body ORDER BY body"),
+        format!("SELECT f.*, k.label FROM facts f, (SELECT * FROM kinds) k WHERE f.id = {k} AND k.grp = f.grp"),
+        format!("WITH facts AS (SELECT * FROM facts WHERE id = {k}) SELECT id, cat FROM facts"),
+        format!("WITH RECURSIVE r(id, d) AS (SELECT id, 0 FROM facts WHERE id = {k} UNION ALL SELECT id, d + 1 FROM r WHERE d < 3) SELECT * FROM r ORDER BY d"),
+        format!("SELECT * FROM (SELECT id FROM facts WHERE id = {k}) a UNION ALL SELECT fact_id FROM notes WHERE fact_id = {k}"),
+        format!("SELECT * FROM facts WHERE id = {k} AND price IS DISTINCT FROM (SELECT max(price) FROM facts WHERE id = {k} AND false)"),
+    ]
+    .into_iter()
+    .map(|s| (s, false))
+    .collect();
+    for (sql, _) in &pinned {
+        assert_eq!(reached(&client, sql).await, 1, "{sql}");
+    }
+    let mut raw = RawClient::connect(c.port()).await;
+    let failures = compare(&mut raw, &single, &pinned).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The same through the extended protocol with a bound key.
+    let st = "SELECT s.qty FROM (SELECT qty FROM facts WHERE id = $1) s";
+    for key in [k, other] {
+        let want: Vec<i32> = single
+            .query(st, &[&key])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let got: Vec<i32> = client
+            .query(st, &[&key])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(want, got);
+    }
+
+    // Looks pinned, is not: these read rows of several shards, so they never
+    // run on one (answered over every shard, or refused with 0A000).
+    let spread = [
+        format!("SELECT * FROM (SELECT * FROM facts WHERE id = {k} OR qty > 10) s"),
+        format!("WITH x AS (SELECT * FROM facts WHERE id = {k}) SELECT * FROM x, facts y WHERE y.id = {other}"),
+        format!("SELECT * FROM facts WHERE id = {k} AND qty > (SELECT avg(qty) FROM facts)"),
+        format!("SELECT * FROM facts f WHERE NOT EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id AND n.fact_id = {k})"),
+        format!("SELECT f.id, (SELECT count(*) FROM notes n WHERE n.fact_id = f.id AND n.fact_id = {k}) FROM facts f"),
+        format!("SELECT * FROM facts f WHERE f.id = {k} AND EXISTS (SELECT 1 FROM notes WHERE fact_id = qty)"),
+        format!("SELECT id FROM facts WHERE id IN (SELECT {k} UNION SELECT {other})"),
+        "SELECT * FROM facts WHERE qty > 0 AND EXISTS (WITH facts AS (SELECT 1) SELECT 1 FROM facts)".to_string(),
+    ];
+    for sql in &spread {
+        let r = raw.query(&format!("PREVIEW {sql}")).await;
+        let rows = r.messages.iter().filter(|(t, _)| *t == b'D').count();
+        let err = r.messages.iter().find(|(t, _)| *t == b'E');
+        match err {
+            Some((_, b)) => assert_eq!(field(b, b'C'), "0A000", "{sql}"),
+            None => assert!(rows > 1, "{sql}: reaches {rows} shard(s)"),
+        }
+    }
+    // Those that answer give the plain server's rows.
+    let answerable: Vec<(String, bool)> = [
+        format!("SELECT id FROM facts WHERE id IN (SELECT {k} UNION SELECT {other})"),
+        "SELECT * FROM facts f WHERE f.qty > 5 AND EXISTS (SELECT 1 FROM kinds k WHERE k.grp = f.grp)".to_string(),
+        // Correlated on the key: every shard answers for its own rows.
+        "SELECT * FROM facts f WHERE EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id AND n.n > 1)".to_string(),
+        "SELECT f.id, (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) AS c FROM facts f".to_string(),
+        "SELECT f.id FROM facts f WHERE NOT EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id)".to_string(),
+        "WITH k AS (SELECT * FROM kinds WHERE grp < 3) SELECT f.id, k.label FROM facts f JOIN k ON k.grp = f.grp".to_string(),
+    ]
+    .into_iter()
+    .map(|s| (s, false))
+    .chain([
+        // Window functions partitioned by the shard key: per shard.
+        ("SELECT id, sum(qty) OVER (PARTITION BY id), rank() OVER (PARTITION BY grp, id ORDER BY qty) FROM facts".to_string(), false),
+        ("SELECT id, qty, row_number() OVER (PARTITION BY id ORDER BY qty) AS r FROM facts ORDER BY qty DESC, id LIMIT 7".to_string(), true),
+        ("SELECT f.id, (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) AS c FROM facts f ORDER BY c DESC, f.id LIMIT 7".to_string(), true),
+        ("SELECT count(*) FROM facts f WHERE EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id)".to_string(), true),
+        ("SELECT f.grp, count(*), sum(f.qty) FROM facts f WHERE f.id IN (SELECT n.fact_id FROM notes n WHERE n.fact_id = f.id AND n.body = 'note 1') GROUP BY f.grp ORDER BY f.grp".to_string(), true),
+    ])
+    .collect();
+    let failures = compare(&mut raw, &single, &answerable).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Subqueries, CTEs and expressions over aggregates across shards run in two
+/// stages: the same rows and column types as one PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stage_plans_match_one_postgres() {
+    let c = Cluster::start_with(3, TABLES).await;
+    let plain = Servers::start(1);
+    let single = plain.connect(0).await;
+    let client = c.client().await;
+    load(&client, &single).await;
+    let unordered = [
+        "SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 10) s",
+        "SELECT count(*), sum(s.qty), avg(s.price), min(s.cat) FROM (SELECT * FROM facts WHERE qty > 0) s",
+        "SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 1000) s",
+        "WITH x AS (SELECT * FROM facts WHERE qty > 1) SELECT count(*), max(price) FROM x",
+        "SELECT sum(qty) * 100 / count(*) FROM facts",
+        "SELECT sum(price) * 100 / count(*), sum(qty)::numeric / count(*) FROM facts WHERE grp < 4",
+        "SELECT round(avg(price), 2), coalesce(max(price), 0), count(*) > 0 FROM facts",
+        "SELECT coalesce(max(price), 0) FROM facts WHERE qty > 1000",
+        "SELECT count(*) FILTER (WHERE qty > 0) * 2, max(qty) - min(qty) FROM facts",
+        "SELECT * FROM facts WHERE qty > (SELECT avg(qty) FROM facts)",
+        "SELECT id FROM facts WHERE id IN (SELECT fact_id FROM notes WHERE body = 'note 1')",
+        "SELECT count(*) FROM facts WHERE grp IN (SELECT grp FROM facts WHERE qty = 7)",
+        "SELECT id FROM facts WHERE id NOT IN (SELECT fact_id FROM notes)",
+        "SELECT EXISTS (SELECT 1 FROM facts WHERE qty > 19), EXISTS (SELECT 1 FROM facts WHERE qty > 99)",
+        "SELECT (SELECT max(price) FROM facts), (SELECT count(*) FROM notes)",
+        "SELECT k.label, (SELECT count(*) FROM facts) FROM kinds k",
+    ];
+    let ordered = [
+        "WITH x AS (SELECT id, price FROM facts) SELECT * FROM x WHERE price > 100 ORDER BY price DESC, id LIMIT 5",
+        "SELECT grp, round(avg(price), 2) AS r, count(*) FROM facts GROUP BY grp HAVING count(*) % 2 = 0 ORDER BY r DESC, grp",
+        "SELECT grp, sum(qty)::numeric / nullif(count(price), 0) FROM facts GROUP BY 1 ORDER BY 1",
+        "SELECT cat, count(*) FROM (SELECT cat FROM facts) s GROUP BY cat ORDER BY cat NULLS FIRST",
+        "SELECT s.grp, k.label, s.n FROM (SELECT grp, count(*) AS n FROM facts GROUP BY grp) s LEFT JOIN kinds k ON k.grp = s.grp ORDER BY s.grp",
+        "SELECT grp, count(*) FROM facts GROUP BY grp HAVING sum(qty) > 2 * avg(qty) ORDER BY grp",
+        "SELECT id, qty FROM facts WHERE qty = (SELECT max(qty) FROM facts) ORDER BY id",
+    ];
+    let corpus: Vec<(String, bool)> = unordered
+        .iter()
+        .map(|s| (s.to_string(), false))
+        .chain(ordered.iter().map(|s| (s.to_string(), true)))
+        .collect();
+    // Each runs in stages (PREVIEW names them).
+    for (sql, _) in &corpus {
+        let p = crate::harness::rows(&client, &format!("PREVIEW {sql}")).await;
+        assert!(
+            p.iter()
+                .any(|r| r[2].as_deref().unwrap_or("").contains("stage 1")),
+            "{sql}: {p:?}"
+        );
+    }
+    let mut raw = RawClient::connect(c.port()).await;
+    let failures = compare(&mut raw, &single, &corpus).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Several statements in one query: each answered in order, the stages'
+    // own answers never reaching the client.
+    let r = raw
+        .query("SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 10) s; SELECT sum(qty) * 2 FROM facts; SELECT 1")
+        .await;
+    assert_eq!(
+        r.tags(),
+        vec!["SELECT 1", "SELECT 1", "SELECT 1"],
+        "{:?}",
+        r.messages
+    );
+    let want = crate::harness::rows(
+        &single,
+        "SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 10) s",
+    )
+    .await;
+    let got: Vec<_> = decode_answer(&r.messages).unwrap().1;
+    assert_eq!(got[0], want[0]);
+    // Inside a transaction block the stages see the block's own writes.
+    let sql = "SELECT count(*), sum(qty) * 2 FROM facts";
+    for cl in [&client, &single] {
+        exec(cl, "BEGIN").await;
+        exec(cl, "UPDATE facts SET qty = qty + 1000 WHERE id < 50").await;
+    }
+    assert_eq!(
+        crate::harness::rows(&client, sql).await,
+        crate::harness::rows(&single, sql).await
+    );
+    for cl in [&client, &single] {
+        exec(cl, "ROLLBACK").await;
+    }
+    // PostgreSQL's own errors in the outer part.
+    assert_eq!(
+        crate::harness::sqlstate(&client, "SELECT sum(qty) / 0 FROM facts").await,
+        "22012"
+    );
+    // Through the extended protocol these are refused, saying what to do.
+    let e = client
+        .query("SELECT sum(qty) * 2 FROM facts", &[])
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("simple query"), "{}", db.message());
+}
+
+/// UPDATE and DELETE with subqueries pinned to the target's shard, or
+/// correlated on the key: the tables end as one PostgreSQL's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_pinned_or_key_correlated_subqueries_match_one_postgres() {
+    let c = Cluster::start_with(3, TABLES).await;
+    let plain = Servers::start(1);
+    let single = plain.connect(0).await;
+    let client = c.client().await;
+    load(&client, &single).await;
+    let k = c.key_on("facts", 2);
+    let writes = [
+        format!("DELETE FROM notes WHERE fact_id = {k} AND n IN (SELECT n FROM notes WHERE fact_id = {k} AND n > 0)"),
+        format!("UPDATE facts f SET qty = (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) WHERE f.id = {k}"),
+        "UPDATE facts f SET qty = (SELECT count(*) FROM notes n WHERE n.fact_id = f.id) WHERE f.grp = 3".to_string(),
+        "DELETE FROM facts f WHERE f.grp = 5 AND NOT EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id)".to_string(),
+        "UPDATE facts SET cat = 'k' WHERE grp IN (SELECT grp FROM kinds WHERE label LIKE 't%')".to_string(),
+    ];
+    for w in &writes {
+        let want = crate::harness::tags(&single, w).await;
+        let got = crate::harness::tags(&client, w).await;
+        assert_eq!(want, got, "{w}");
+    }
+    for sql in [
+        "SELECT * FROM facts ORDER BY id",
+        "SELECT * FROM notes ORDER BY fact_id, n",
+    ] {
+        assert_eq!(
+            crate::harness::rows(&single, sql).await,
+            crate::harness::rows(&client, sql).await,
+            "{sql}"
+        );
+    }
+    // Not pinned and not correlated on the key: refused, nothing changed.
+    assert_eq!(
+        crate::harness::sqlstate(
+            &client,
+            &format!("DELETE FROM facts WHERE id = {k} AND qty < (SELECT avg(qty) FROM facts)")
+        )
+        .await,
+        "0A000"
+    );
+}
