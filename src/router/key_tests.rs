@@ -124,7 +124,10 @@ fn insertmanyvalues_is_read_as_the_rows_it_lists() {
         "INSERT INTO accounts (id) SELECT p0 FROM (VALUES (1, 1), (2, 0)) AS s(p0, n) ORDER BY n",
         "INSERT INTO accounts (id) SELECT p0 + x FROM (VALUES (1)) AS s(p0)",
     ] {
-        assert!(matches!(plan(sql, &m), Ok(Plan::InsertSelect { .. })), "{sql}");
+        assert!(
+            matches!(plan(sql, &m), Ok(Plan::InsertSelect { .. })),
+            "{sql}"
+        );
     }
     assert!(plan("INSERT INTO accounts (id) SELECT id FROM accounts", &m).is_err());
 }
@@ -160,6 +163,9 @@ fn unnest_of_constant_arrays_is_read_as_rows() {
         "INSERT INTO accounts (id) SELECT * FROM UNNEST($1::int8[])",
         "INSERT INTO accounts (id) SELECT * FROM UNNEST('{{1,2}}'::int8[])",
     ] {
-        assert!(matches!(plan(sql, &m), Ok(Plan::InsertSelect { .. })), "{sql}");
+        assert!(
+            matches!(plan(sql, &m), Ok(Plan::InsertSelect { .. })),
+            "{sql}"
+        );
     }
 }

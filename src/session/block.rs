@@ -240,6 +240,9 @@ impl Session {
         match step {
             Step::Warn(w) => {
                 self.warn(w).await?;
+                // In a Sync segment it still ends the segment's own
+                // transaction: what a Parse there took (its snapshot) is gone.
+                self.ext.new_transaction();
                 let tag = if ev == Event::Commit {
                     "COMMIT"
                 } else {

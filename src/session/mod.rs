@@ -246,8 +246,10 @@ impl Session {
             None
         };
         let learn_from = if ended.is_some() {
-            // The end of a transaction drops its portals, as in PostgreSQL.
+            // The end of a transaction drops its portals, as in PostgreSQL,
+            // and its snapshot: the next statement starts afresh.
             self.ext.drop_portals();
+            self.ext.new_transaction();
             self.learn_from.take()
         } else {
             None

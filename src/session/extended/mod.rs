@@ -186,6 +186,12 @@ impl Extended {
         }
     }
 
+    /// A COMMIT or ROLLBACK outside a block ended the segment's own
+    /// transaction; the next statement starts another, with no snapshot.
+    pub(super) fn new_transaction(&mut self) {
+        self.snapshot = false;
+    }
+
     /// A Parse of this segment took a snapshot (outside a block, in the
     /// segment's own transaction, which a BEGIN would keep).
     pub(super) fn took_snapshot(&self) -> bool {

@@ -304,6 +304,33 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
             ]),
         ),
         (
+            "long form: a ROLLBACK outside a block in a segment ends the snapshot a Parse took",
+            Class::Mixed,
+            session(vec![
+                pipeline(vec![
+                    vec![parse("", "ROLLBACK"), bind("", &[])],
+                    vec![parse("", add), execute(0)],
+                    run("BEGIN", &[]),
+                    vec![Msg::Sync],
+                ]),
+                q("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                q("ROLLBACK"),
+            ]),
+        ),
+        (
+            "long form: a COMMIT that ends a segment's block ends its snapshot too",
+            Class::Mixed,
+            session(vec![
+                pipeline(vec![
+                    vec![parse("", add), bind("", &[a, 2])],
+                    run("COMMIT", &[]),
+                    vec![parse("s1", "BEGIN"), bind("s1", &[]), execute(0), Msg::Sync],
+                ]),
+                q("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                q("ROLLBACK"),
+            ]),
+        ),
+        (
             "case 5: pg_dump's set_config('search_path', '', false), then another client",
             Class::Simple,
             session(vec![q("SELECT pg_catalog.set_config('search_path', '', false)")]),
