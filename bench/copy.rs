@@ -132,7 +132,12 @@ async fn main() {
     // Each path loads the same rows into an empty table; the direct one first
     // so neither gets a warmer page cache for its own table.
     let direct = psql(&base, "COPY accounts FROM STDIN", &data);
+    // The proxy runs in this process, which holds the rows already: its
+    // cost is how far the peak RSS rises above that while it streams them.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = status_kib("VmRSS");
     let through = psql(&url, "COPY accounts FROM STDIN", &data);
+    let peak = status_kib("VmHWM");
     let rate = |d: Duration| (rows as f64 / d.as_secs_f64(), mb / d.as_secs_f64());
     let (dr, dm) = rate(direct);
     let (pr, pm) = rate(through);
@@ -142,6 +147,14 @@ async fn main() {
         "  through Pieskieo, 3 shards:  {through:>10.2?}  {pr:>10.0} rows/s  {pm:>6.1} MB/s  ({:.2}x direct)",
         pr / dr
     );
+
+    if let (Some(b), Some(p)) = (before, peak) {
+        println!(
+            "  proxy memory while streaming: peak RSS {:.1} MiB above the {:.1} MiB before it (the rows, held by this program)",
+            p.saturating_sub(b) as f64 / 1024.0,
+            b as f64 / 1024.0
+        );
+    }
 
     let dump_direct = pg_dump(&base);
     let dump_through = pg_dump(&url);
@@ -157,4 +170,11 @@ async fn main() {
         let _ = s.stop("fast");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
