@@ -126,6 +126,7 @@ impl Session {
         if self.block == Block::Implicit && ran && level_changes {
             return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
         }
+        let implicit = self.block == Block::Implicit;
         match self.transition(Event::Begin, Some(stmt)).0 {
             Step::Refuse(e) => self.error(Error::Txn(e)).await,
             Step::Warn(w) => {
@@ -136,6 +137,12 @@ impl Session {
                     None => self.complete(tag).await,
                 }
             }
+            // An implicit block turned explicit keeps what ran, and takes
+            // this BEGIN's modes.
+            _ if implicit => match begin_options(stmt) {
+                Some(modes) => self.add_modes(&modes, tag).await,
+                None => self.complete(tag).await,
+            },
             _ => self.complete(tag).await,
         }
     }

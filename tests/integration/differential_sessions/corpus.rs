@@ -331,6 +331,17 @@ pub(super) fn corpus(w: &World) -> Vec<(&'static str, Class, Session)> {
             ]),
         ),
         (
+            "long form: a BEGIN that turns a query's implicit block explicit brings its modes",
+            Class::Simple,
+            session(vec![
+                q(&format!(
+                    "SHOW lock_timeout; BEGIN ISOLATION LEVEL REPEATABLE READ; UPDATE t SET u = 6 WHERE id = {a}; BEGIN ISOLATION LEVEL REPEATABLE READ"
+                )),
+                q("SHOW transaction_isolation"),
+                q("ROLLBACK"),
+            ]),
+        ),
+        (
             "case 5: pg_dump's set_config('search_path', '', false), then another client",
             Class::Simple,
             session(vec![q("SELECT pg_catalog.set_config('search_path', '', false)")]),
