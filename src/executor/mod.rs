@@ -359,6 +359,26 @@ pub async fn read_until(conn: &mut ServerConn, stop: &[u8]) -> Result<Vec<Frame>
     }
 }
 
+/// The rows of one query's answer (its DataRows), or the error it ended
+/// with, read to its ReadyForQuery.
+pub async fn read_rows(c: &mut ServerConn) -> Result<Result<Vec<Frame>, Frame>, BackendError> {
+    let mut rows = Vec::new();
+    let mut err = None;
+    loop {
+        let f = c.read().await?;
+        match f.tag {
+            b'Z' => break,
+            b'E' => err = Some(f),
+            b'D' => rows.push(f),
+            _ => {}
+        }
+    }
+    Ok(match err {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    })
+}
+
 /// A connection enlisted in a block, as [`run_in_block`] sees it.
 pub trait Enlisted {
     fn shard(&self) -> ShardId;

@@ -15,8 +15,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::copy_feed::{end_all, read_rows, route_error, route_rows, Feed};
+use super::copy_feed::{end_all, route_error, route_rows, Feed};
 use super::*;
+use crate::executor::read_rows;
 use crate::router::{CopyIn, CopyPlacement, RowRouter};
 
 /// A shard's queued rows go out once they reach this size.

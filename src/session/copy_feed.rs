@@ -106,27 +106,6 @@ pub(super) fn route_rows(
     }
 }
 
-/// The rows of one query's answer, or the error it ended with.
-pub(super) async fn read_rows(
-    c: &mut ServerConn,
-) -> Result<Result<Vec<Frame>, Frame>, BackendError> {
-    let mut rows = Vec::new();
-    let mut err = None;
-    loop {
-        let f = c.read().await?;
-        match f.tag {
-            b'Z' => break,
-            b'E' => err = Some(f),
-            b'D' => rows.push(f),
-            _ => {}
-        }
-    }
-    Ok(match err {
-        Some(e) => Err(e),
-        None => Ok(rows),
-    })
-}
-
 pub(super) fn route_error(e: &RouteError) -> Bytes {
     protocol::error_response(Severity::Error, e.sqlstate(), &e.to_string(), None)
 }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use round::{read_rows, round_on, Answer};
+use crate::executor::read_rows;
+use round::{round_on, Answer};
 
 pub use control::{Control, ControlError};
 pub use decision::{Decision, SCHEMA as DECISION_SCHEMA};

@@ -212,20 +212,8 @@ name = "children"
 key = "parent_id"
 key_type = "int8"
 "#;
-    let c = Cluster::start_with(3, tables).await;
-    let plain = crate::harness::Servers::start(1);
-    let plain_uri = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres",
-        pieskieo::cluster::SUPERUSER_PASSWORD,
-        plain.ports()[0]
-    );
-    let mut cmd = Command::new("python3");
-    cmd.arg(drivers_dir().join("sqlalchemy_check.py"))
-        .arg(c.uri())
-        .arg(plain_uri);
-    run_expecting(&mut cmd, "sqlalchemy_check.py", "sqlalchemy ok");
+    let c = orm_check(tables, "sqlalchemy_check.py", "sqlalchemy ok").await;
     for i in 0..3 {
-        assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
         let n = rows(&c.shard(i).await, "SELECT count(*) FROM parents").await;
         assert_ne!(n[0][0].as_deref(), Some("0"), "shard {i} holds no parent");
     }
@@ -249,6 +237,13 @@ name = "djapp_entry"
 key = "account_id"
 key_type = "int8"
 "#;
+    orm_check(tables, "django_check.py", "django ok").await;
+}
+
+/// Runs an ORM check script against Pieskieo over 3 shards with `tables`
+/// and against one plain PostgreSQL; it must print `ok`. Nothing is left
+/// prepared on any shard afterwards. Returns the cluster for more checks.
+async fn orm_check(tables: &str, script: &str, ok: &str) -> Cluster {
     let c = Cluster::start_with(3, tables).await;
     let plain = crate::harness::Servers::start(1);
     let plain_uri = format!(
@@ -257,11 +252,12 @@ key_type = "int8"
         plain.ports()[0]
     );
     let mut cmd = Command::new("python3");
-    cmd.arg(drivers_dir().join("django_check.py"))
+    cmd.arg(drivers_dir().join(script))
         .arg(c.uri())
         .arg(plain_uri);
-    run_expecting(&mut cmd, "django_check.py", "django ok");
+    run_expecting(&mut cmd, script, ok);
     for i in 0..3 {
         assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
     }
+    c
 }
