@@ -72,9 +72,17 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 /// The runtime serving clients: `workers` threads, or one per core when 0.
+/// One worker is tokio's current-thread scheduler: the same single thread
+/// without the work-stealing scheduler's bookkeeping (its poll-time
+/// averages and clock reads per batch of tasks), which on the simple-query
+/// path cost about 900 instructions per query (`bench/compare-binaries`).
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         b.worker_threads(workers);
     }
     b.enable_all().build().expect("tokio runtime")

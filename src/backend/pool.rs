@@ -30,10 +30,13 @@ pub struct ShardManager {
 }
 
 impl managed::Manager for ShardManager {
-    type Type = ServerConn;
+    /// Boxed: deadpool moves its objects through several layers per
+    /// checkout, and a connection's buffers and maps are some hundreds of
+    /// bytes to copy each time; a box is one pointer.
+    type Type = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn create(&self) -> Result<ServerConn, BackendError> {
+    async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
         let mut conn = ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await?;
         conn.stats = Some(self.stats.clone());
         conn.answer_timeout = self.answer_timeout;
@@ -44,10 +47,14 @@ impl managed::Manager for ShardManager {
             conn.addr.clone(),
             conn.secret_key,
         );
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
+    async fn recycle(
+        &self,
+        conn: &mut Box<ServerConn>,
+        _: &Metrics,
+    ) -> RecycleResult<BackendError> {
         // The server may have hung up while the connection sat idle.
         if conn.is_reusable() && !conn.hung_up() {
             Ok(())
@@ -172,18 +179,33 @@ impl Pools {
         let pool = self
             .pools
             .get(shard.0 as usize)
-            .ok_or(BackendError::Connect {
+            .ok_or_else(|| BackendError::Connect {
                 shard,
                 message: "no such shard".into(),
             })?;
-        let timeouts = Timeouts {
-            wait: Some(self.wait),
+        // A free connection first, with no timer and no clock read; only a
+        // checkout that must wait is timed (and bounded by `pool_timeout_ms`).
+        let now = Timeouts {
+            wait: Some(Duration::ZERO),
             create: None,
             recycle: None,
         };
-        let started = std::time::Instant::now();
-        let got = pool.timeout_get(&timeouts).await;
-        self.stats.pool_wait.observe(started.elapsed());
+        let got = match pool.timeout_get(&now).await {
+            Err(PoolError::Timeout(_)) => {
+                let timeouts = Timeouts {
+                    wait: Some(self.wait),
+                    ..now
+                };
+                let started = std::time::Instant::now();
+                let got = pool.timeout_get(&timeouts).await;
+                self.stats.pool_wait.observe(started.elapsed());
+                got
+            }
+            got => {
+                self.stats.pool_wait.observe(Duration::ZERO);
+                got
+            }
+        };
         if let Some(s) = self.stats.shards.get(shard.0 as usize) {
             let up = !matches!(got, Err(PoolError::Backend(_)));
             s.up.store(up, std::sync::atomic::Ordering::Relaxed);

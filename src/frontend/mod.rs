@@ -50,6 +50,8 @@ pub struct Shared {
     pub secrets: auth::SecretCache,
     /// Shutdown progress, watched by every session.
     pub shutdown: watch::Receiver<Shutdown>,
+    /// The clock of the sessions' watch on their clients (`session::reader`).
+    pub ticks: Arc<tokio::sync::Notify>,
 }
 
 /// A configuration and what is derived from it once, not per client.
@@ -326,6 +328,7 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         next_pid: AtomicI32::new(1),
         clients: AtomicUsize::new(0),
         cancels: Default::default(),
+        ticks: crate::session::ticks(),
     });
     let (stop, mut stopped) = watch::channel(false);
     info!(%addr, shards = shared.pools.len(), "pieskieo listening");

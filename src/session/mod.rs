@@ -28,6 +28,7 @@ mod state;
 pub(crate) use extended::fuzz_messages;
 mod prepared;
 mod reader;
+pub(crate) use reader::ticks;
 mod settings;
 mod staged;
 mod startup;
@@ -332,6 +333,7 @@ impl Session {
 
     async fn serve(&mut self) {
         let watch = self.watch.take();
+        let ticks = self.shared.ticks.clone();
         let mut shutdown = self.shared.shutdown.clone();
         let mut watching = true;
         loop {
@@ -391,7 +393,7 @@ impl Session {
             let flow = tokio::select! {
                 biased;
                 flow = self.handle(f) => flow,
-                _ = reader::vanished(watch.as_ref(), quiet) => {
+                _ = reader::vanished(watch.as_ref(), quiet, &ticks) => {
                     warn!(peer = %self.peer, user = %self.user, "client vanished while its statement ran: cancelled");
                     return;
                 }
