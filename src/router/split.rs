@@ -5,6 +5,20 @@
 /// Byte ranges of the statements in `sql`, blank ones (only spaces and
 /// comments) left out, as PostgreSQL ignores them.
 pub fn split_statements(sql: &str) -> Vec<&str> {
+    // Most queries are one statement with no quote, comment or `;` but
+    // perhaps a final one (pgbench, ORMs): then the lexer has nothing to find.
+    if let Some(one) = plain_statement(sql) {
+        return if one.is_empty() {
+            Vec::new()
+        } else {
+            vec![one]
+        };
+    }
+    split_statements_lexed(sql)
+}
+
+/// [`split_statements`] by the lexer alone.
+fn split_statements_lexed(sql: &str) -> Vec<&str> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut start = 0;
@@ -66,6 +80,34 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         out.push(sql[start..].trim());
     }
     out
+}
+
+/// `sql` as one statement (trimmed, its final `;` dropped) when the lexer
+/// could find nothing in it: ASCII with no quote, dollar, comment or other `;`, and a
+/// final `;` outside parentheses (inside them, it is part of the text).
+fn plain_statement(sql: &str) -> Option<&str> {
+    // Non-ASCII: the lexer's blank test and `trim` differ there.
+    if !sql.is_ascii() {
+        return None;
+    }
+    let text = sql.trim_end();
+    let (body, semicolon) = match text.strip_suffix(';') {
+        Some(b) => (b, true),
+        None => (text, false),
+    };
+    let mut depth = 0i32;
+    for c in body.bytes() {
+        match c {
+            b';' | b'\'' | b'"' | b'$' | b'-' | b'/' => return None,
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            _ => {}
+        }
+    }
+    if semicolon && depth > 0 {
+        return None;
+    }
+    Some(body.trim())
 }
 
 fn is_ident(c: u8) -> bool {
@@ -249,6 +291,42 @@ mod tests {
             split_statements("select $1 from a$b; select 2"),
             vec!["select $1 from a$b", "select 2"]
         );
+    }
+
+    /// What the lexer gives for the texts the shortcut takes, and those it
+    /// must leave to the lexer.
+    #[test]
+    fn the_one_statement_shortcut_agrees_with_the_lexer() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 17;",
+            "  SELECT count(*) FROM t  ;  ",
+            "SELECT 1",
+            "",
+            "   ",
+            ";",
+            " ; ",
+            "SELECT (1;",
+            "SELECT (1));",
+            "SELECT 1;;",
+            "SELECT 1; SELECT 2",
+            "SELECT 'a;'",
+            "SELECT 1 -- x;",
+            "SELECT $$;$$;",
+            "/* ; */ SELECT 1;",
+            "SELECT \"a;b\" FROM t;",
+            "\u{a0}",
+            "SELECT\u{a0}1;",
+        ] {
+            let shortcut = plain_statement(sql);
+            if let Some(one) = shortcut {
+                let lexed = split_statements_lexed(sql);
+                let expect: Vec<&str> = if one.is_empty() { vec![] } else { vec![one] };
+                assert_eq!(lexed, expect, "{sql:?}");
+            }
+        }
+        assert!(plain_statement("SELECT (1;").is_none());
+        assert!(plain_statement("SELECT 'a;'").is_none());
+        assert_eq!(plain_statement("SELECT 1 ;"), Some("SELECT 1"));
     }
 
     #[test]
