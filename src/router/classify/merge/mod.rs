@@ -7,7 +7,7 @@ use sqlparser::ast::{
     OrderBySort, Select, SelectItem,
 };
 
-use super::dml::{is_key_ref, Binding};
+use super::bindings::{is_key_ref, Binding};
 use super::*;
 use crate::merge::{AggFunc, CmpOp, Cond, Lit, MergePlan, Output, Shape, SortKey};
 
