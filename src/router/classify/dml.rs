@@ -83,8 +83,8 @@ pub(super) fn route_select(
     let local = reach == Reach::Local || t.facts.queries == 1;
     if bindings.len() < t.sharded.len() && !local {
         // A count of a filtering subquery is a count of the same rows.
-        if let Some(flat) = super::stage::flatten_count(q) {
-            let flat_source = source.and_then(super::stage::flatten_count);
+        if let Some(flat) = super::rewrite::flatten_count(q) {
+            let flat_source = source.and_then(super::rewrite::flatten_count);
             let stmt = Statement::Query(Box::new(flat.clone()));
             let ft = Tables::gather(&stmt, map);
             return route_select(&flat, flat_source.as_ref(), &ft, map);
@@ -112,7 +112,7 @@ pub(super) fn route_select(
         // Expressions over aggregates: the aggregates as a stage, the
         // expressions evaluated by PostgreSQL over their merged values.
         Err(e) if source.is_none() && t.facts.queries == 1 && t.facts.aggregates => {
-            match super::stage::lift_aggregates(q).map(|l| super::stage::plan_staged(&l, map)) {
+            match super::rewrite::lift_aggregates(q).map(|l| super::stage::plan_staged(&l, map)) {
                 Some(Ok(Some(p))) => return Ok(p),
                 _ => return Err(e),
             }

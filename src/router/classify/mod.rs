@@ -18,6 +18,7 @@ mod dml;
 mod insert;
 mod keys;
 mod merge;
+mod rewrite;
 mod scope;
 mod stage;
 mod tables;
