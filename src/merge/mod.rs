@@ -6,10 +6,13 @@
 //! [`MergePlan`] saying how the answers combine; [`run`] carries it out on
 //! the shards' text-format results.
 
+mod aggregate;
 mod binary;
 mod decimal;
+mod having;
 mod run;
 mod value;
+mod wire;
 
 pub use decimal::{Decimal, Numeric};
 pub use run::{describe, run, RunOptions};

@@ -32,6 +32,7 @@ pub(crate) use reader::ticks;
 mod settings;
 mod staged;
 mod startup;
+mod txn;
 
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, TxnMisuse};
@@ -39,136 +40,14 @@ use crate::executor::{self, Answer, Collect, ExecError, Merge, Merger, Until};
 use crate::frontend::{auth, unknown_database, ClientRead, ClientWrite, Shared, Shutdown};
 use crate::protocol::{self, read_frame, Frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId, Writes};
-use crate::txn::{CommitOutcome, Participant, Report};
+use crate::txn::{CommitOutcome, Participant};
 use console::admin_console;
 use settings::{learn_settings, quote_ident, quote_literal, sync_settings, SettingChange};
 pub(crate) use startup::run;
 use state::{Block, Event, Step};
+use txn::{commit_failure, commit_notice, BlockEnd, Txn};
 
 type Io = std::io::Result<()>;
-
-/// A transaction block and the shards enlisted in it.
-struct Txn {
-    /// The `BEGIN` text sent to each shard as it joins.
-    begin: String,
-    /// Block-control statements so far (savepoints, `SET LOCAL`, ...),
-    /// replayed in order on each shard that joins later.
-    prelude: Vec<String>,
-    savepoints: Vec<String>,
-    participants: Vec<Participant>,
-    /// Session settings changed inside the block; they stick only on commit.
-    pending: Vec<SettingChange>,
-    /// An extended-protocol segment's implicit block: PostgreSQL's
-    /// `TBLOCK_STARTED`, where `SET LOCAL` warns (a multi-statement query's
-    /// `TBLOCK_IMPLICIT_INPROGRESS` does not).
-    segment: bool,
-    /// A statement that takes a snapshot ran (not SHOW/SET): the isolation
-    /// level is fixed from here on.
-    snapshot: bool,
-    /// Names the block to every proxy's deadlock detector.
-    tag: crate::txn::deadlock::Tag,
-}
-
-impl Txn {
-    fn new(begin: &str) -> Txn {
-        Txn {
-            begin: begin.to_string(),
-            prelude: Vec::new(),
-            savepoints: Vec::new(),
-            participants: Vec::new(),
-            pending: Vec::new(),
-            segment: false,
-            snapshot: false,
-            tag: crate::txn::deadlock::Tag::random(),
-        }
-    }
-
-    /// What a shard joining the block receives first: `BEGIN`, tagged for
-    /// deadlock detection when that is on.
-    fn begin_sql(&self, detecting: bool) -> String {
-        crate::txn::deadlock::begin_sql(&self.begin, self.tag, detecting)
-    }
-
-    /// What a shard joining the block runs before its statement, one query
-    /// each: `BEGIN`, the block's leading `SET`s (`SET TRANSACTION
-    /// ISOLATION LEVEL` must precede the first query, and the deadlock tag
-    /// is a query), the tag, then the rest of the prelude (savepoints: the
-    /// tag must not be taken inside one, whose rollback would drop it).
-    fn head(&self, detecting: bool) -> Vec<String> {
-        let sets = self
-            .prelude
-            .iter()
-            .take_while(|s| {
-                matches!(
-                    leading_words(s, 1).first().map(String::as_str),
-                    Some("set" | "reset")
-                )
-            })
-            .count();
-        if sets == 0 {
-            let mut head = vec![self.begin_sql(detecting)];
-            head.extend(self.prelude.iter().cloned());
-            return head;
-        }
-        let mut head = vec![self.begin.clone()];
-        head.extend(self.prelude[..sets].iter().cloned());
-        if detecting {
-            head.push(crate::txn::deadlock::tag_sql(self.tag));
-        }
-        head.extend(self.prelude[sets..].iter().cloned());
-        head
-    }
-
-    /// After an aborted commit: a shard that prepared kept the block's
-    /// session `SET`s (PostgreSQL settles settings at PREPARE TRANSACTION),
-    /// so its connection's settings are unknown now.
-    fn forget_settings(&mut self) {
-        if !self.pending.is_empty() {
-            for p in self.participants.iter_mut() {
-                p.conn.settings_unknown = true;
-            }
-        }
-    }
-
-    fn has(&self, shard: ShardId) -> bool {
-        self.participants.iter().any(|p| p.shard() == shard)
-    }
-}
-
-/// A commit's WARNING for the client (the coordinator returns typed
-/// outcomes; the session encodes them).
-fn commit_notice(n: &crate::txn::Notice) -> bytes::Bytes {
-    protocol::error_response(Severity::Warning, n.sqlstate, &n.message, None)
-}
-
-/// The ErrorResponse for a commit that did not commit: a shard's own error
-/// unchanged, the proxy's, or 08007 when the outcome is unknown.
-fn commit_failure(o: &CommitOutcome) -> bytes::Bytes {
-    match o {
-        CommitOutcome::Aborted {
-            error: Report::Server(frame),
-        } => frame.bytes.clone(),
-        CommitOutcome::Aborted {
-            error: Report::Proxy { sqlstate, message },
-        } => protocol::error_response(Severity::Error, *sqlstate, message, None),
-        CommitOutcome::Unknown { message, .. } => protocol::error_response(
-            Severity::Error,
-            crate::error::SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
-            message,
-            None,
-        ),
-        CommitOutcome::Committed { .. } => bytes::Bytes::new(),
-    }
-}
-
-/// How a block's commit ended.
-enum BlockEnd {
-    Committed,
-    /// A shard had failed the block without the proxy seeing it: rolled back.
-    RolledBack,
-    /// The coordinator aborted it; the client has been sent the error.
-    Refused,
-}
 
 /// Whether the session goes on after a client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! (a multi-row `INSERT` split per shard), keys left to the cluster, and the
 //! `INSERT ... SELECT` forms ORMs send for many rows.
 
-use super::dml::{is_null, literal_key};
+use super::bindings::{is_null, literal_key};
 use super::*;
 use crate::router::SplitPart;
 

@@ -10,7 +10,7 @@
 //! shard of the outer row. The outer row is never narrowed by the inner
 //! one — `NOT EXISTS (... AND o.account_id = 5)` keeps every other row.
 
-use super::dml::{co_located, conjuncts, is_key_ref, join_conditions, key_shards, Binding};
+use super::bindings::{co_located, conjuncts, is_key_ref, join_conditions, key_shards, Binding};
 use super::*;
 
 /// Where the sharded tables of a statement with subqueries can be read.

@@ -21,6 +21,7 @@ use crate::router::Bound;
 
 mod bind;
 mod fast;
+mod merged;
 mod portal;
 mod segment;
 mod wire;
@@ -87,7 +88,7 @@ pub(super) struct Extended {
     depths: HashMap<String, usize>,
     /// Multi-shard portals executed with a row limit: their merged rows wait
     /// here for the client's next Executes (the shards ran to the end).
-    buffered: HashMap<String, portal::Buffered>,
+    buffered: HashMap<String, merged::Buffered>,
     /// Messages since the last Flush/Sync, not yet run.
     batch: Vec<Frame>,
     /// Outside a block: the one connection this Sync segment uses.

@@ -1,0 +1,131 @@
+//! The data of a transaction block beside its state: the shards enlisted,
+//! the `BEGIN` and prelude replayed on each shard that joins, the settings
+//! pending until commit; and how a block's commit is reported to the client.
+
+use super::settings::SettingChange;
+use crate::protocol::{self, Severity};
+use crate::router::{leading_words, ShardId};
+use crate::txn::{CommitOutcome, Participant, Report};
+
+/// A transaction block and the shards enlisted in it.
+pub(super) struct Txn {
+    /// The `BEGIN` text sent to each shard as it joins.
+    pub(super) begin: String,
+    /// Block-control statements so far (savepoints, `SET LOCAL`, ...),
+    /// replayed in order on each shard that joins later.
+    pub(super) prelude: Vec<String>,
+    pub(super) savepoints: Vec<String>,
+    pub(super) participants: Vec<Participant>,
+    /// Session settings changed inside the block; they stick only on commit.
+    pub(super) pending: Vec<SettingChange>,
+    /// An extended-protocol segment's implicit block: PostgreSQL's
+    /// `TBLOCK_STARTED`, where `SET LOCAL` warns (a multi-statement query's
+    /// `TBLOCK_IMPLICIT_INPROGRESS` does not).
+    pub(super) segment: bool,
+    /// A statement that takes a snapshot ran (not SHOW/SET): the isolation
+    /// level is fixed from here on.
+    pub(super) snapshot: bool,
+    /// Names the block to every proxy's deadlock detector.
+    tag: crate::txn::deadlock::Tag,
+}
+
+impl Txn {
+    pub(super) fn new(begin: &str) -> Txn {
+        Txn {
+            begin: begin.to_string(),
+            prelude: Vec::new(),
+            savepoints: Vec::new(),
+            participants: Vec::new(),
+            pending: Vec::new(),
+            segment: false,
+            snapshot: false,
+            tag: crate::txn::deadlock::Tag::random(),
+        }
+    }
+
+    /// What a shard joining the block receives first: `BEGIN`, tagged for
+    /// deadlock detection when that is on.
+    pub(super) fn begin_sql(&self, detecting: bool) -> String {
+        crate::txn::deadlock::begin_sql(&self.begin, self.tag, detecting)
+    }
+
+    /// What a shard joining the block runs before its statement, one query
+    /// each: `BEGIN`, the block's leading `SET`s (`SET TRANSACTION
+    /// ISOLATION LEVEL` must precede the first query, and the deadlock tag
+    /// is a query), the tag, then the rest of the prelude (savepoints: the
+    /// tag must not be taken inside one, whose rollback would drop it).
+    pub(super) fn head(&self, detecting: bool) -> Vec<String> {
+        let sets = self
+            .prelude
+            .iter()
+            .take_while(|s| {
+                matches!(
+                    leading_words(s, 1).first().map(String::as_str),
+                    Some("set" | "reset")
+                )
+            })
+            .count();
+        if sets == 0 {
+            let mut head = vec![self.begin_sql(detecting)];
+            head.extend(self.prelude.iter().cloned());
+            return head;
+        }
+        let mut head = vec![self.begin.clone()];
+        head.extend(self.prelude[..sets].iter().cloned());
+        if detecting {
+            head.push(crate::txn::deadlock::tag_sql(self.tag));
+        }
+        head.extend(self.prelude[sets..].iter().cloned());
+        head
+    }
+
+    /// After an aborted commit: a shard that prepared kept the block's
+    /// session `SET`s (PostgreSQL settles settings at PREPARE TRANSACTION),
+    /// so its connection's settings are unknown now.
+    pub(super) fn forget_settings(&mut self) {
+        if !self.pending.is_empty() {
+            for p in self.participants.iter_mut() {
+                p.conn.settings_unknown = true;
+            }
+        }
+    }
+
+    pub(super) fn has(&self, shard: ShardId) -> bool {
+        self.participants.iter().any(|p| p.shard() == shard)
+    }
+}
+
+/// A commit's WARNING for the client (the coordinator returns typed
+/// outcomes; the session encodes them).
+pub(super) fn commit_notice(n: &crate::txn::Notice) -> bytes::Bytes {
+    protocol::error_response(Severity::Warning, n.sqlstate, &n.message, None)
+}
+
+/// The ErrorResponse for a commit that did not commit: a shard's own error
+/// unchanged, the proxy's, or 08007 when the outcome is unknown.
+pub(super) fn commit_failure(o: &CommitOutcome) -> bytes::Bytes {
+    match o {
+        CommitOutcome::Aborted {
+            error: Report::Server(frame),
+        } => frame.bytes.clone(),
+        CommitOutcome::Aborted {
+            error: Report::Proxy { sqlstate, message },
+        } => protocol::error_response(Severity::Error, *sqlstate, message, None),
+        CommitOutcome::Unknown { message, .. } => protocol::error_response(
+            Severity::Error,
+            crate::error::SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+            message,
+            None,
+        ),
+        CommitOutcome::Committed { .. } => bytes::Bytes::new(),
+    }
+}
+
+/// How a block's commit ended.
+pub(super) enum BlockEnd {
+    Committed,
+    /// A shard had failed the block without the proxy seeing it: rolled back.
+    RolledBack,
+    /// The coordinator aborted it; the client has been sent the error.
+    Refused,
+}
