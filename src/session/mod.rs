@@ -29,10 +29,10 @@ pub(crate) use extended::fuzz_messages;
 mod prepared;
 mod reader;
 pub(crate) use reader::ticks;
+mod block_data;
 mod settings;
 mod staged;
 mod startup;
-mod txn;
 
 use crate::backend::{BackendError, PooledConn, ServerConn};
 use crate::error::{ClientError, Error, NameError, TxnMisuse};
@@ -41,11 +41,11 @@ use crate::frontend::{auth, unknown_database, ClientRead, ClientWrite, Shared, S
 use crate::protocol::{self, read_frame, Frame, FrameError, Severity};
 use crate::router::{self, leading_words, Plan, Route, RouteError, SetCommand, ShardId, Writes};
 use crate::txn::{CommitOutcome, Participant};
+use block_data::{commit_failure, commit_notice, BlockEnd, Txn};
 use console::admin_console;
 use settings::{learn_settings, quote_ident, quote_literal, sync_settings, SettingChange};
 pub(crate) use startup::run;
 use state::{Block, Event, Step};
-use txn::{commit_failure, commit_notice, BlockEnd, Txn};
 
 type Io = std::io::Result<()>;
 
