@@ -41,14 +41,21 @@ impl Session {
             return Ok((false, None));
         };
         t.participants.extend(joined);
-        t.snapshot |= targets.iter().any(|(_, sql)| {
-            !matches!(
-                leading_words(sql, 1).first().map(String::as_str),
-                Some("show" | "set" | "reset")
-            )
-        });
+        if !t.snapshot {
+            t.snapshot = targets.iter().any(|(_, sql)| {
+                !matches!(
+                    leading_words(sql, 1).first().map(String::as_str),
+                    Some("show" | "set" | "reset")
+                )
+            });
+        }
         let mut parts = std::mem::take(&mut t.participants);
-        let head = t.head(detecting);
+        // Only a shard joining now runs the head (the tag's text is formatted).
+        let head = if missing.is_empty() {
+            Vec::new()
+        } else {
+            t.head(detecting)
+        };
 
         for (shard, _) in targets {
             let Some(i) = parts.iter().position(|p| p.shard() == *shard) else {
