@@ -223,8 +223,13 @@ pub fn may_change_settings(sql: &str) -> bool {
     let mut qualifier: Option<String> = None;
     let mut first = true;
     // Past the first word, only a call (`(`), or a quoted name or body that
-    // does not end (`"`, `$`), can say yes.
-    let more = b.iter().any(|c| matches!(c, b'(' | b'"' | b'$'));
+    // does not end (`"`, `$` — not a parameter's `$1`, since a dollar
+    // quote's tag cannot start with a digit), can say yes.
+    let more = b.iter().enumerate().any(|(i, c)| match c {
+        b'(' | b'"' => true,
+        b'$' => !b.get(i + 1).is_some_and(u8::is_ascii_digit),
+        _ => false,
+    });
     if !more {
         // Only the first word can tell; read it without allocating unless
         // a comment comes first.
@@ -446,6 +451,15 @@ mod tests {
             ("-- a comment\nDO 'BEGIN PERFORM 1; END'", true),
             ("/* x */ CALL p", true),
             ("/* x */ SELECT 1", false),
+            // A parameter is not a dollar quote: the first word decides.
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+                false,
+            ),
+            ("CALL p($1)", true),
+            ("DO $1$ BEGIN END $1$", true),
+            ("SELECT $1, set_config('a.b', $2, false)", true),
+            ("SELECT $f$x$f$, sneaky()", true),
         ] {
             assert_eq!(may_change_settings(sql), risky, "{sql}");
         }

@@ -126,7 +126,8 @@ const MAX_BATCH: usize = 1000;
 /// plannable statements and those that contain one (`DECLARE`, `EXPLAIN`,
 /// `CREATE TABLE ... AS`), not for utility statements such as `SHOW`.
 pub(super) fn analysis_takes_snapshot(sql: &str) -> bool {
-    let words = router::leading_words(sql, 8);
+    // One word decides but for CREATE (read per Parse: no more words than that).
+    let words = router::leading_words(sql, 1);
     match words.first().map(String::as_str) {
         Some(
             "select" | "insert" | "update" | "delete" | "merge" | "values" | "table" | "with"
@@ -135,7 +136,7 @@ pub(super) fn analysis_takes_snapshot(sql: &str) -> bool {
         // `SELECT` in parentheses.
         None => sql.trim_start().starts_with('('),
         Some("create") => {
-            words.iter().any(|w| w == "table")
+            router::leading_words(sql, 8).iter().any(|w| w == "table")
                 && router::leading_words(sql, 64).iter().any(|w| w == "as")
         }
         _ => false,
