@@ -317,8 +317,7 @@ mod tests {
             "\u{a0}",
             "SELECT\u{a0}1;",
         ] {
-            let shortcut = plain_statement(sql);
-            if let Some(one) = shortcut {
+            if let Some(one) = plain_statement(sql) {
                 let lexed = split_statements_lexed(sql);
                 let expect: Vec<&str> = if one.is_empty() { vec![] } else { vec![one] };
                 assert_eq!(lexed, expect, "{sql:?}");

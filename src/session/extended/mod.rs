@@ -136,8 +136,8 @@ pub(super) fn analysis_takes_snapshot(sql: &str) -> bool {
         // `SELECT` in parentheses.
         None => sql.trim_start().starts_with('('),
         Some("create") => {
-            router::leading_words(sql, 8).iter().any(|w| w == "table")
-                && router::leading_words(sql, 64).iter().any(|w| w == "as")
+            let words = router::leading_words(sql, 64);
+            words.iter().take(8).any(|w| w == "table") && words.iter().any(|w| w == "as")
         }
         _ => false,
     }
