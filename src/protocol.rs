@@ -188,17 +188,27 @@ pub fn ready_for_query(status: u8) -> [u8; 6] {
 /// An `ErrorResponse` with PostgreSQL's CONTEXT field (`W`), for errors the
 /// proxy finds in a client's COPY data.
 pub fn error_with_context(code: SqlState, msg: &str, context: &str) -> Bytes {
+    error_with_hint(code, msg, None, context)
+}
+
+/// An `ErrorResponse` with a HINT (when there is one) and a CONTEXT line.
+pub fn error_with_hint(code: SqlState, msg: &str, hint: Option<&str>, context: &str) -> Bytes {
     message(b'E', |b| {
         for (field, value) in [
             (b'S', "ERROR"),
             (b'V', "ERROR"),
             (b'C', code.code()),
             (b'M', msg),
-            (b'W', context),
         ] {
             b.put_u8(field);
             put_cstr(b, value);
         }
+        if let Some(h) = hint {
+            b.put_u8(b'H');
+            put_cstr(b, h);
+        }
+        b.put_u8(b'W');
+        put_cstr(b, context);
         b.put_u8(0);
     })
 }

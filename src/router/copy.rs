@@ -178,14 +178,6 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
         });
     }
     if placement == CopyPlacement::Sharded {
-        if let Some(enc) = &options.encoding {
-            let e = enc.to_ascii_lowercase().replace(['-', '_'], "");
-            if !matches!(e.as_str(), "utf8" | "unicode" | "sqlascii") {
-                return Err(RouteError::Unsupported(format!(
-                    "COPY into sharded table \"{name}\" with ENCODING '{enc}' is not supported: convert the data to UTF8"
-                )));
-            }
-        }
         if let (Some(cols), Some(rule)) = (&p.columns, map.tables.get(name)) {
             if !cols.contains(&rule.key) {
                 return Err(RouteError::Unsupported(format!(

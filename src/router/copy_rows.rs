@@ -5,9 +5,14 @@
 //! each row's bytes unchanged with the shard that owns it. It holds at most
 //! one unfinished row.
 
+use std::borrow::Cow;
+
 use super::copy::{CopyFormat, CopyOptions, Header};
 use super::{KeyError, KeyType, KeyValue, RouteError, ShardId, ShardMap, TableRule};
 use crate::error::SqlState;
+pub use encoding::DataEncoding;
+use encoding::Unconvertible;
+use lines::Eol;
 
 /// Where a piece of the stream goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +27,7 @@ pub enum Dest {
 pub struct RowError {
     pub sqlstate: SqlState,
     pub message: String,
+    pub hint: Option<&'static str>,
     /// PostgreSQL's CONTEXT line: `COPY t, line 3: "..."`.
     pub context: String,
     /// The client's line it is about.
@@ -60,6 +66,10 @@ pub struct RowRouter {
     null_shard: ShardId,
     /// The first row with a NULL key: its error, should its shard take it.
     null_key: Option<RowError>,
+    /// The data's encoding (the `ENCODING` option, else `client_encoding`).
+    enc: DataEncoding,
+    /// The line end, taken from the first line as PostgreSQL does.
+    eol: Eol,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,6 +79,12 @@ struct Scan {
     /// last byte was an escape.
     escaped: bool,
     in_quote: bool,
+    /// A line-ending `\r` was the last byte: the next one says whether a
+    /// `\n` follows.
+    cr: bool,
+    /// Bytes of a multibyte character still to pass over (client-only
+    /// encodings, whose later bytes may look like ASCII).
+    skip: usize,
 }
 
 impl RowRouter {
@@ -89,6 +105,10 @@ impl RowRouter {
         })?;
         let key_force_not_null = opts.force_not_null_all || opts.force_not_null.contains(&rule.key);
         let key_force_null = opts.force_null_all || opts.force_null.contains(&rule.key);
+        let opts_encoding = opts
+            .encoding
+            .as_deref()
+            .map_or(DataEncoding::Utf8, DataEncoding::named);
         Ok(RowRouter {
             header_pending: opts.header != Header::No && opts.format != CopyFormat::Binary,
             binary_header: opts.format == CopyFormat::Binary,
@@ -106,7 +126,17 @@ impl RowRouter {
             done: false,
             null_shard: map.default_shard,
             null_key: None,
+            enc: opts_encoding,
+            eol: Eol::Unknown,
         })
+    }
+
+    /// The session's `client_encoding`: the data's encoding unless the
+    /// COPY names one.
+    pub fn set_client_encoding(&mut self, name: &str) {
+        if self.opts.encoding.is_none() {
+            self.enc = DataEncoding::named(name);
+        }
     }
 
     /// The current line number (the last row read).
@@ -138,7 +168,7 @@ impl RowRouter {
             // Scan on from where the unfinished row's scan stopped.
             let mut scan = self.scan;
             scan.at = 0;
-            match self.find_end(data, &mut scan) {
+            match self.find_end(data, &mut scan)? {
                 Some(end) => {
                     if self.partial.is_empty() {
                         self.on_line(&data[..end], sink)?;
@@ -167,6 +197,13 @@ impl RowRouter {
     pub fn finish(&mut self, sink: &mut dyn FnMut(Dest, u64, &[u8])) -> Result<(), RowError> {
         if self.done || self.partial.is_empty() {
             return Ok(());
+        }
+        if std::mem::take(&mut self.scan.cr) {
+            // A `\r` ended the data: the line end PostgreSQL finds there.
+            if self.eol == Eol::CrNl {
+                return Err(self.eol_error(true));
+            }
+            self.eol = Eol::Cr;
         }
         let row = std::mem::take(&mut self.partial);
         if self.opts.format == CopyFormat::Binary {
@@ -203,46 +240,19 @@ impl RowRouter {
         Ok(())
     }
 
-    /// The index just past the line end in `data`, continuing `scan`.
-    fn find_end(&self, data: &[u8], scan: &mut Scan) -> Option<usize> {
-        let csv = self.opts.format == CopyFormat::Csv;
-        let (quote, escape) = (self.opts.quote, self.opts.escape);
-        for (i, &c) in data.iter().enumerate() {
-            if csv {
-                // Inside quotes an escape (other than the quote itself) takes
-                // the next byte as data; a doubled quote closes and reopens.
-                if scan.in_quote {
-                    if scan.escaped {
-                        scan.escaped = false;
-                    } else if c == escape && escape != quote {
-                        scan.escaped = true;
-                    } else if c == quote {
-                        scan.in_quote = false;
-                    }
-                } else if c == quote {
-                    scan.in_quote = true;
-                } else if c == b'\n' {
-                    return Some(i + 1);
-                }
-            } else if scan.escaped {
-                scan.escaped = false;
-            } else if c == b'\\' {
-                scan.escaped = true;
-            } else if c == b'\n' {
-                return Some(i + 1);
-            }
-        }
-        None
-    }
-
     /// One complete line (with its line end, if any).
     fn on_line(
         &mut self,
         raw: &[u8],
         sink: &mut dyn FnMut(Dest, u64, &[u8]),
     ) -> Result<(), RowError> {
-        let body = raw.strip_suffix(b"\n").unwrap_or(raw);
-        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        let end: &[u8] = match self.eol {
+            Eol::Nl => b"\n",
+            Eol::Cr => b"\r",
+            Eol::CrNl => b"\r\n",
+            Eol::Unknown => b"",
+        };
+        let body = raw.strip_suffix(end).unwrap_or(raw);
         if body == b"\\." {
             self.done = true;
             return Ok(());
@@ -252,6 +262,17 @@ impl RowRouter {
             sink(Dest::All, self.line, raw);
             return Ok(());
         }
+        // PostgreSQL splits the line once it is in the server's encoding.
+        let (body, converted): (Cow<[u8]>, bool) = match self.enc.to_utf8(body) {
+            Ok(text) => (text, true),
+            Err(Unconvertible::NotConverted) => (Cow::Borrowed(body), false),
+            Err(Unconvertible::NoCharacter) => {
+                // PostgreSQL refuses the line in its own words: a shard will.
+                sink(Dest::Shard(self.null_shard), self.line, raw);
+                return Ok(());
+            }
+        };
+        let body = body.as_ref();
         let (count, key) = match self.opts.format {
             CopyFormat::Csv => self.fields_csv(body),
             _ => self.fields_text(body),
@@ -272,6 +293,7 @@ impl RowRouter {
             ));
         }
         let shard = match key {
+            Some(k) if !converted && !k.is_ascii() => self.unconverted_key(body)?,
             Some(k) => self.shard_of_bytes(&k, Some(body))?,
             None => {
                 if self.null_key.is_none() {
@@ -297,6 +319,23 @@ impl RowRouter {
             .map_err(|e| self.key_error(e, text))
     }
 
+    /// A key the proxy cannot read in UTF-8 (non-ASCII, in an encoding it
+    /// does not convert). A text key is refused; no other key type takes
+    /// non-ASCII text, so the row goes to the default shard to fail there
+    /// in PostgreSQL's words (and the COPY fails anyway if it does not).
+    fn unconverted_key(&mut self, body: &[u8]) -> Result<ShardId, RowError> {
+        let e = RouteError::Unsupported(format!(
+            "COPY into sharded table \"{}\": a key of non-ASCII text in an encoding other than UTF8, LATIN1 or WIN1252 is not supported by Pieskieo: convert the data to UTF8",
+            self.rule.name
+        ));
+        let e = self.line_error(e.sqlstate(), e.to_string(), Some(body));
+        if self.rule.key_type == KeyType::Text {
+            return Err(e);
+        }
+        self.null_key.get_or_insert(e);
+        Ok(self.null_shard)
+    }
+
     fn null_key_error(&self, body: Option<&[u8]>) -> RowError {
         let e = RouteError::NullKey {
             table: self.rule.name.clone(),
@@ -316,6 +355,7 @@ impl RowRouter {
         RowError {
             sqlstate: e.sqlstate(),
             message: e.to_string(),
+            hint: None,
             context,
             line: self.line,
         }
@@ -334,100 +374,10 @@ impl RowRouter {
         RowError {
             sqlstate,
             message,
+            hint: None,
             context,
             line: self.line,
         }
-    }
-
-    /// Text format: how many fields, and the key's value (`None`: NULL).
-    fn fields_text(&self, body: &[u8]) -> (usize, Option<Vec<u8>>) {
-        let delim = self.opts.delimiter;
-        let mut count = 0;
-        let mut key = None;
-        let mut start = 0;
-        let mut i = 0;
-        loop {
-            let at_end = i >= body.len();
-            if at_end || body[i] == delim {
-                if count == self.key {
-                    let raw = &body[start..i.min(body.len())];
-                    key = (raw != self.opts.null.as_slice()).then(|| unescape_text(raw));
-                }
-                count += 1;
-                if at_end {
-                    break;
-                }
-                start = i + 1;
-                i += 1;
-                continue;
-            }
-            if body[i] == b'\\' {
-                i += 1;
-            }
-            i += 1;
-        }
-        (count, key)
-    }
-
-    /// CSV: how many fields, and the key's value (`None`: NULL).
-    fn fields_csv(&self, body: &[u8]) -> (usize, Option<Vec<u8>>) {
-        let (delim, quote, escape) = (self.opts.delimiter, self.opts.quote, self.opts.escape);
-        let mut count = 0;
-        let mut key = None;
-        let mut i = 0;
-        loop {
-            let start = i;
-            let mut value = Vec::new();
-            let mut quoted = false;
-            while i < body.len() && body[i] != delim {
-                if body[i] == quote {
-                    quoted = true;
-                    i += 1;
-                    while i < body.len() {
-                        let c = body[i];
-                        if c == escape && escape != quote {
-                            if let Some(&n) = body.get(i + 1) {
-                                if n == quote || n == escape {
-                                    value.push(n);
-                                    i += 2;
-                                    continue;
-                                }
-                            }
-                        }
-                        if c == quote {
-                            if escape == quote && body.get(i + 1) == Some(&quote) {
-                                value.push(quote);
-                                i += 2;
-                                continue;
-                            }
-                            i += 1;
-                            break;
-                        }
-                        value.push(c);
-                        i += 1;
-                    }
-                } else {
-                    value.push(body[i]);
-                    i += 1;
-                }
-            }
-            if count == self.key {
-                let raw = &body[start..i];
-                let null = self.opts.null.as_slice();
-                let is_null = if quoted {
-                    self.key_force_null && value == null
-                } else {
-                    !self.key_force_not_null && raw == null
-                };
-                key = (!is_null).then_some(value);
-            }
-            count += 1;
-            if i >= body.len() {
-                break;
-            }
-            i += 1;
-        }
-        (count, key)
     }
 }
 
@@ -455,58 +405,6 @@ fn display(b: &[u8]) -> String {
     format!("{}...", &s[..end])
 }
 
-/// A text-format field's value: PostgreSQL's backslash escapes.
-fn unescape_text(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' || i + 1 >= raw.len() {
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let n = raw[i + 1];
-        i += 2;
-        match n {
-            b'0'..=b'7' => {
-                let mut v = (n - b'0') as u32;
-                for _ in 0..2 {
-                    match raw.get(i) {
-                        Some(d @ b'0'..=b'7') => {
-                            v = v * 8 + (d - b'0') as u32;
-                            i += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                out.push((v & 0xff) as u8);
-            }
-            b'x' if raw.get(i).is_some_and(|d| d.is_ascii_hexdigit()) => {
-                let mut v = 0u32;
-                for _ in 0..2 {
-                    match raw.get(i) {
-                        Some(d) if d.is_ascii_hexdigit() => {
-                            v = v * 16 + (*d as char).to_digit(16).unwrap_or(0);
-                            i += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                out.push(v as u8);
-            }
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 impl KeyError {
     fn into_route(self) -> RouteError {
         RouteError::BadKey(self)
@@ -523,6 +421,9 @@ impl TableRule {
 }
 
 mod binary;
+mod encoding;
+mod fields;
+mod lines;
 
 #[cfg(test)]
 mod tests;

@@ -198,6 +198,9 @@ impl Session {
                 quote_literal(&copy.relation)
             )
         });
+        // The data's encoding, when the COPY does not name it: the session's.
+        let encoding = (sharded && copy.options.encoding.is_none())
+            .then_some("SELECT pg_catalog.current_setting('client_encoding')");
         let mut feeds = Vec::with_capacity(shards.len());
         for (i, s) in shards.iter().enumerate() {
             let Some(part) = parts.iter().position(|p| p.shard() == *s) else {
@@ -218,8 +221,10 @@ impl Session {
                     conn.send_query(q).await?;
                 }
             }
-            if let (0, Some(q)) = (i, &catalog) {
-                conn.send_query(q).await?;
+            if i == 0 {
+                for q in catalog.as_deref().into_iter().chain(encoding) {
+                    conn.send_query(q).await?;
+                }
             }
             conn.send_query(stmt).await?;
             conn.flush().await?;
@@ -232,6 +237,7 @@ impl Session {
         let mut copy_error: Option<Bytes> = None;
         let mut catalog_error: Option<Bytes> = None;
         let mut columns = copy.columns.clone();
+        let mut client_encoding = None;
         let mut copy_in_response = None;
         for (i, feed) in feeds.iter_mut().enumerate() {
             let conn = &mut parts[feed.part].conn;
@@ -254,6 +260,21 @@ impl Session {
                                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                                 .collect(),
                         )
+                    }
+                    Err(e) => {
+                        catalog_error.get_or_insert(e.bytes);
+                        aborted = true;
+                    }
+                }
+            }
+            if let (0, Some(_)) = (i, encoding) {
+                match read_rows(conn).await? {
+                    Ok(rows) => {
+                        client_encoding = ServerConn::text_values(&rows)
+                            .into_iter()
+                            .next()
+                            .and_then(|r| r.into_iter().next().flatten())
+                            .map(|b| String::from_utf8_lossy(&b).into_owned());
                     }
                     Err(e) => {
                         catalog_error.get_or_insert(e.bytes);
@@ -291,7 +312,12 @@ impl Session {
             match (rule, columns) {
                 (Some(rule), Some(cols)) => {
                     match RowRouter::new(copy.options.clone(), rule, &map, cols, max) {
-                        Ok(r) => router = Some(r),
+                        Ok(mut r) => {
+                            if let Some(e) = &client_encoding {
+                                r.set_client_encoding(e);
+                            }
+                            router = Some(r)
+                        }
                         Err(e) => first_error = Some(route_error(&e)),
                     }
                 }
@@ -416,7 +442,7 @@ impl Session {
             if found.as_ref().is_none_or(|(l, _)| e.line < *l) {
                 found = Some((
                     e.line,
-                    protocol::error_with_context(e.sqlstate, &e.message, &e.context),
+                    protocol::error_with_hint(e.sqlstate, &e.message, e.hint, &e.context),
                 ));
             }
         }
@@ -516,7 +542,7 @@ impl Session {
             };
             if let Err(e) = routed {
                 return Ok(Ending::Refused(
-                    protocol::error_with_context(e.sqlstate, &e.message, &e.context),
+                    protocol::error_with_hint(e.sqlstate, &e.message, e.hint, &e.context),
                     e.line,
                 ));
             }

@@ -7,6 +7,7 @@ mod auth;
 mod chaos;
 mod config;
 mod copy;
+mod copy_encodings;
 mod deadlocks;
 mod demo;
 mod differential_sessions;
@@ -19,6 +20,7 @@ mod hostile;
 mod keys;
 mod merges;
 mod psql;
+
 mod routing;
 mod sessions;
 mod subqueries;

@@ -98,7 +98,7 @@ fn text_errors_name_the_line() {
 
 #[test]
 fn csv_quotes_newlines_header_and_nulls() {
-    let data = b"id,name\n1,\"a,b\"\n\"2\",\"multi\nline \"\"q\"\"\"\r\n3,\n";
+    let data = b"id,name\n1,\"a,b\"\n\"2\",\"multi\r\nline \"\"q\"\"\"\n3,\n";
     for step in [1, 2, 5, 64] {
         let mut r = router(
             "COPY accounts FROM STDIN (FORMAT csv, HEADER true)",
@@ -109,7 +109,7 @@ fn csv_quotes_newlines_header_and_nulls() {
         assert_eq!(rows[0], (Dest::All, b"id,name\n".to_vec()));
         assert_eq!(rows[1].0, shard(1));
         assert_eq!(rows[2].0, shard(2));
-        assert_eq!(rows[2].1, b"\"2\",\"multi\nline \"\"q\"\"\"\r\n".to_vec());
+        assert_eq!(rows[2].1, b"\"2\",\"multi\r\nline \"\"q\"\"\"\n".to_vec());
         assert_eq!(rows[3].0, shard(3));
     }
     // Unquoted empty is NULL; quoted empty is an empty string (not a bigint).
@@ -165,4 +165,95 @@ fn binary_tuples_in_any_pieces() {
         assert_eq!(rows[2], (shard(2), tuple(2, b"")));
         assert_eq!(rows[3], (Dest::All, (-1i16).to_be_bytes().to_vec()));
     }
+}
+
+#[test]
+fn line_ends_as_the_first_line_has_them() {
+    // A bare CR ends lines when the first line ends so, in any pieces.
+    for step in [1, 2, 3, 100] {
+        let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+        let rows = run(&mut r, b"1\ta\r2\tb\\\rc\r\\.\r", step).unwrap();
+        assert_eq!(rows.len(), 2, "step {step}");
+        assert_eq!(rows[0], (shard(1), b"1\ta\r".to_vec()));
+        assert_eq!(rows[1], (shard(2), b"2\tb\\\rc\r".to_vec()));
+        let mut r = router("COPY accounts FROM STDIN (FORMAT csv)", &["id", "name"]);
+        let rows = run(&mut r, b"1,\"a\rb\"\r2,b\r3,c", step).unwrap();
+        assert_eq!(rows.len(), 3, "step {step}");
+        assert_eq!(rows[2], (shard(3), b"3,c".to_vec()));
+        // A CR at the very end: the line end, the last line's.
+        let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+        let rows = run(&mut r, b"1\ta\r", step).unwrap();
+        assert_eq!(rows, vec![(shard(1), b"1\ta\r".to_vec())]);
+    }
+    // A line end that changes: PostgreSQL's error, on the line it is found.
+    for (data, message) in [
+        (
+            &b"1\ta\n2\tb\r\n"[..],
+            "literal carriage return found in data",
+        ),
+        (b"1\ta\r2\tb\n", "literal newline found in data"),
+        (
+            b"1\ta\r\n2\tb\r3\tc\r\n",
+            "literal carriage return found in data",
+        ),
+        (b"1\ta\r\n2\tb\r", "literal carriage return found in data"),
+        (b"1\ta\r\n2\tb\n", "literal newline found in data"),
+    ] {
+        for step in [1, 2, 64] {
+            let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+            let e = run(&mut r, data, step).unwrap_err();
+            assert_eq!(e.sqlstate, SqlState::BAD_COPY_FILE_FORMAT);
+            assert_eq!(e.message, message, "{data:?}");
+            assert_eq!(e.context, "COPY accounts, line 2");
+            assert!(e.hint.is_some());
+        }
+    }
+    let mut r = router("COPY accounts FROM STDIN (FORMAT csv)", &["id", "name"]);
+    let e = run(&mut r, b"1,a\n2,b\r\n", 4).unwrap_err();
+    assert_eq!(e.message, "unquoted carriage return found in data");
+    assert_eq!(
+        e.hint,
+        Some("Use quoted CSV field to represent carriage return.")
+    );
+}
+
+#[test]
+fn keys_in_other_encodings() {
+    let m = map();
+    let users = |enc: &str| {
+        let sql = format!("COPY users FROM STDIN (ENCODING '{enc}')");
+        let Ok(Plan::CopyIn(c)) = copy::plan(&sql, &m) else {
+            panic!("not a COPY IN plan: {sql}");
+        };
+        let cols = vec!["email".to_string(), "n".to_string()];
+        RowRouter::new(c.options, m.tables["users"].clone(), &m, cols, 1 << 20).unwrap()
+    };
+    let text = |s: &str| {
+        Dest::Shard(
+            m.tables["users"]
+                .shard_for(&KeyValue::Text(s.into()), m.shards)
+                .unwrap(),
+        )
+    };
+    let rows = run(&mut users("LATIN1"), b"jos\xe9\t1\n", 3).unwrap();
+    assert_eq!(rows[0].0, text("josé"));
+    let rows = run(&mut users("WIN1252"), b"\x80\t1\n\x81\t2\n", 3).unwrap();
+    assert_eq!(rows[0].0, text("€"));
+    // No character for 0x81: the default shard refuses it in its words.
+    assert_eq!(rows[1].0, Dest::Shard(m.default_shard));
+    // SJIS: 0x5C after a lead byte is part of the character, not an escape.
+    let rows = run(&mut users("SJIS"), b"a\t\x95\x5c\nb\t2\n", 1).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].0, rows[1].0), (text("a"), text("b")));
+    // A non-ASCII text key it cannot convert: refused, not guessed.
+    let e = run(&mut users("SJIS"), b"\x95\x5c\t1\n", 1).unwrap_err();
+    assert_eq!(e.sqlstate, SqlState::FEATURE_NOT_SUPPORTED);
+    // client_encoding applies when the COPY names none.
+    let Ok(Plan::CopyIn(c)) = copy::plan("COPY users FROM STDIN", &m) else {
+        panic!()
+    };
+    let cols = vec!["email".to_string(), "n".to_string()];
+    let mut r = RowRouter::new(c.options, m.tables["users"].clone(), &m, cols, 1 << 20).unwrap();
+    r.set_client_encoding("latin1");
+    assert_eq!(run(&mut r, b"jos\xe9\t1\n", 2).unwrap()[0].0, text("josé"));
 }
