@@ -7,7 +7,9 @@
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::{matching_paren, Plan, Route, RouteError, ShardMap, Writes};
+use std::sync::Arc;
+
+use super::{matching_paren, Plan, Route, RouteError, ShardMap, Stage, StagedPlan, Writes};
 
 /// How rows are written in the data stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,9 @@ struct Parsed {
     /// `(schema, name)`, folded; `None` for `COPY (query)`.
     relation: Option<(Option<String>, String)>,
     query: Option<String>,
+    /// For `COPY (query)`: the text after the query's `)`, as written
+    /// (`TO STDOUT WITH (...)`).
+    after_query: String,
     columns: Option<Vec<String>>,
     /// `FROM` (true) or `TO`.
     from: bool,
@@ -236,13 +241,38 @@ fn plan_query_out(sql: &str, query: &str, p: &Parsed, map: &ShardMap) -> Result<
                 header: options.header != Header::No,
             }))),
         },
-        Plan::Merge { .. } => Err(RouteError::Unsupported(
-            "COPY (query) TO STDOUT of a query whose rows the proxy would merge (ORDER BY, LIMIT, aggregates, DISTINCT across shards) is not supported: fix the shard key, or run the query itself".into(),
+        // Rows the proxy merges, or a query in two stages: the rows of the
+        // query are obtained as for a plain SELECT, then one shard runs the
+        // COPY over them as typed VALUES (see `staged_copy`).
+        merge @ Plan::Merge { .. } => Ok(staged_copy(
+            vec![Stage {
+                sql: query.to_string(),
+                plan: merge,
+            }],
+            &super::classify::stage_marker(0),
+            &p.after_query,
         )),
+        Plan::Staged(s) => Ok(staged_copy(s.stages.clone(), &s.outer, &p.after_query)),
         _ => Err(RouteError::Unsupported(
             "COPY (query) TO STDOUT supports only SELECT queries through Pieskieo".into(),
         )),
     }
+}
+
+/// `COPY (query) TO STDOUT` of a query the proxy merges or stages, as a
+/// [`Plan::Staged`] whose outer statement is the COPY itself, with the
+/// client's options unchanged: `COPY (SELECT * FROM pieskieo_stage_0) TO
+/// STDOUT ...` for a merge, `COPY (<outer query>) TO STDOUT ...` for a
+/// staged query. Once the stages' rows are in place as typed `VALUES` (in
+/// their merged order: a VALUES scan returns its rows as written), the
+/// COPY reads no sharded table and one shard runs it, so PostgreSQL itself
+/// writes the CopyOutResponse, every byte of text, CSV or binary (header
+/// names, NULLs, quoting, FORCE_QUOTE, ENCODING) and `COPY n`.
+fn staged_copy(stages: Vec<Stage>, outer_query: &str, after_query: &str) -> Plan {
+    Plan::Staged(Arc::new(StagedPlan {
+        stages,
+        outer: format!("COPY ({outer_query}) {after_query}"),
+    }))
 }
 
 /// Whether a `VACUUM`/`ANALYZE` names any table (words after its options
@@ -340,12 +370,14 @@ fn parse(sql: &str) -> Result<Parsed, RouteError> {
     };
     let rest = after_copy.trim_start();
     let mut query = None;
+    let mut after_query = String::new();
     let tail: &str;
     if rest.starts_with('(') {
         let open = sql.len() - rest.len();
         let close = matching_paren(sql, open).ok_or_else(|| syntax("("))?;
         query = Some(sql[open + 1..close].trim().to_string());
         tail = &sql[close + 1..];
+        after_query = tail.trim().to_string();
     } else {
         tail = &sql[start + 4..];
     }
@@ -395,6 +427,7 @@ fn parse(sql: &str) -> Result<Parsed, RouteError> {
     Ok(Parsed {
         relation,
         query,
+        after_query,
         columns,
         from,
         stdio,

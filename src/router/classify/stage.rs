@@ -21,7 +21,7 @@ fn marker(i: usize) -> String {
 }
 
 /// The placeholder query `SELECT * FROM pieskieo_stage_i`, as printed.
-pub(super) fn marker_sql(i: usize) -> String {
+pub(in crate::router) fn marker_sql(i: usize) -> String {
     format!("SELECT * FROM {}", marker(i))
 }
 
