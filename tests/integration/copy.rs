@@ -1120,6 +1120,8 @@ async fn copy_of_a_merged_query_is_what_one_postgresql_writes() {
         "COPY (SELECT * FROM accounts ORDER BY balance, id DESC) TO STDOUT (FORMAT binary)",
         "COPY (SELECT id, balance::numeric / 7 AS q, balance::float8 / 3 AS f, id % 2 = 0 AS even, DATE '2020-01-01' + id::int AS d, ARRAY[id, balance] AS arr, note::varchar(40) AS v FROM accounts ORDER BY id) TO STDOUT (FORMAT binary)",
         "COPY (SELECT id, balance::numeric / 7 AS q, balance::float8 / 3 AS f, DATE '2020-01-01' + id::int AS d, ARRAY[id, balance] AS arr FROM accounts ORDER BY id) TO STDOUT WITH CSV HEADER",
+        "COPY (SELECT id, ('10.0.0.' || (id % 250))::inet AS ip, int4range(id::int, id::int + 5) AS r, ARRAY[DATE '2020-01-01' + id::int] AS ds, to_tsvector('simple', coalesce(note, '')) AS tv, ARRAY[note] AS notes FROM accounts ORDER BY id) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT id, ('10.0.0.' || (id % 250))::inet AS ip, int4range(id::int, id::int + 5) AS r, ARRAY[DATE '2020-01-01' + id::int] AS ds, to_tsvector('simple', coalesce(note, '')) AS tv, ARRAY[note] AS notes FROM accounts ORDER BY id) TO STDOUT",
         // LIMIT / OFFSET.
         "COPY (SELECT id, balance FROM accounts ORDER BY balance DESC, id LIMIT 7 OFFSET 3) TO STDOUT (FORMAT csv)",
         "COPY (SELECT id FROM accounts ORDER BY id OFFSET 235) TO STDOUT",
