@@ -320,7 +320,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "COPY (SELECT * FROM accounts ORDER BY id) TO STDOUT",
+            "COPY (SELECT * FROM accounts FOR UPDATE) TO STDOUT",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
