@@ -1134,6 +1134,8 @@ async fn copy_of_a_merged_query_is_what_one_postgresql_writes() {
         "COPY (SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 10) s) TO STDOUT",
         "COPY (SELECT sum(balance) * 100 / count(*), count(*) FROM accounts) TO STDOUT (FORMAT csv, HEADER, FORCE_QUOTE *)",
         "COPY (SELECT round(avg(balance), 2) AS a FROM accounts GROUP BY balance % 5 ORDER BY 1) TO STDOUT (FORMAT binary)",
+        // The outer query of two stages merged in turn.
+        "COPY (SELECT id, balance FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts) ORDER BY balance, id) TO STDOUT (FORMAT csv, HEADER)",
         // Unnamed and repeated column names.
         "COPY (SELECT id, note, id + 1, 2, note FROM accounts ORDER BY id LIMIT 20) TO STDOUT (FORMAT csv, HEADER)",
         // The options that change the bytes.
@@ -1158,6 +1160,15 @@ async fn copy_of_a_merged_query_is_what_one_postgresql_writes() {
         );
         assert_eq!(mine, theirs, "{sql}");
     }
+    // Two stages whose outer query is only concatenated: the same rows.
+    let sql = "COPY (SELECT id, note FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)) TO STDOUT";
+    let (ok, mine, err) = psql_out(&c.uri(), sql);
+    assert!(ok, "{sql}: {err}");
+    let (_, theirs, _) = psql_out(&oracle, sql);
+    assert_eq!(
+        sorted_lines(&String::from_utf8_lossy(&mine)),
+        sorted_lines(&String::from_utf8_lossy(&theirs))
+    );
     // psql's \copy of a sorted query.
     for sql in [
         "\\copy (SELECT * FROM accounts ORDER BY id DESC) TO STDOUT WITH (FORMAT csv, HEADER)",
