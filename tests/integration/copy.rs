@@ -1378,6 +1378,9 @@ async fn a_merged_copy_sends_postgresql_s_messages() {
         "COPY (SELECT * FROM accounts WHERE id > 1000 ORDER BY id) TO STDOUT (FORMAT binary)",
         "COPY (SELECT DISTINCT balance FROM accounts ORDER BY 1) TO STDOUT (HEADER)",
         "COPY (SELECT * FROM accounts ORDER BY id) TO STDOUT (FORMAT bogus)",
+        // In a multi-statement query (an implicit block).
+        "SELECT 1; COPY (SELECT id FROM accounts ORDER BY id LIMIT 3) TO STDOUT; COPY (SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 1) s) TO STDOUT; SELECT 2",
+        "UPDATE accounts SET note = 'changed' WHERE id = 3; COPY (SELECT id, note FROM accounts ORDER BY id LIMIT 4) TO STDOUT",
         "COPY (SELECT id / balance FROM accounts ORDER BY id) TO STDOUT",
         "COPY (SELECT id / balance AS q FROM accounts ORDER BY id) TO STDOUT (FORMAT csv, HEADER)",
         "COPY (SELECT id / balance AS q FROM accounts ORDER BY id) TO STDOUT (FORMAT binary)",
