@@ -786,6 +786,8 @@ fn copy_of_merged_and_staged_queries() {
     let filled = s.fill(&[rows]);
     assert!(filled.starts_with("COPY (SELECT * FROM (VALUES ('1'::int8, 'a\tb'::text), ('2'::int8, NULL::text)) AS pieskieo_values(\"id\", \"?column?\")) TO STDOUT"), "{filled}");
     assert_eq!(plan(&filled, &m).unwrap(), fwd(Route::Any, false));
+    // Known before the rows are in place: no statement of every row to plan.
+    assert_eq!(s.filled.as_deref(), Some(&fwd(Route::Any, false)));
     let none = s.fill(&[materialize(&[("n".into(), 20)], &[]).unwrap()]);
     assert_eq!(plan(&none, &m).unwrap(), fwd(Route::Any, false));
 
@@ -799,14 +801,29 @@ fn copy_of_merged_and_staged_queries() {
         assert!(s.outer.starts_with("COPY (SELECT * FROM pieskieo_stage_0) "), "{sql}");
     }
 
+    // A count over a subquery that only filters is a merge (counted as
+    // `SELECT count(*) FROM accounts WHERE ...`).
+    let s = staged(
+        "COPY (SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 10) s) TO STDOUT",
+    );
+    assert!(matches!(
+        s.stages[..],
+        [Stage {
+            plan: Plan::Merge { .. },
+            ..
+        }]
+    ));
+    assert_eq!(s.outer, "COPY (SELECT * FROM pieskieo_stage_0) TO STDOUT");
+
     // Two stages already: the outer query becomes the COPY's.
     for sql in [
-        "COPY (SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 10) s) TO STDOUT",
+        "COPY (SELECT count(*) FROM (SELECT DISTINCT balance FROM accounts) s) TO STDOUT",
         "COPY (SELECT sum(balance) * 100 / count(*) FROM accounts) TO STDOUT (FORMAT csv, FORCE_QUOTE *)",
     ] {
         let s = staged(sql);
         assert!(!s.stages.is_empty(), "{sql}");
         assert!(s.outer.starts_with("COPY (SELECT "), "{sql}: {}", s.outer);
+        assert_eq!(s.filled, None, "{sql}");
         assert!(s.outer.contains("pieskieo_stage_0"), "{sql}: {}", s.outer);
         let tail = sql.rsplit(") TO STDOUT").next().unwrap();
         assert!(s.outer.ends_with(&format!(") TO STDOUT{tail}")), "{sql}: {}", s.outer);

@@ -140,7 +140,10 @@ impl Session {
             }
         }
         let outer = staged.fill(&filled);
-        let plan = router::plan(&outer, &self.shared.map());
+        let plan = match &staged.filled {
+            Some(known) => Ok((**known).clone()),
+            None => router::plan(&outer, &self.shared.map()),
+        };
         match plan {
             Ok(Plan::Forward { route, write }) => self.forward(&outer, route, write).await,
             Ok(Plan::Merge { route, plan }) => self.merge_across(route, plan).await,

@@ -1132,6 +1132,7 @@ async fn copy_of_a_merged_query_is_what_one_postgresql_writes() {
         "COPY (SELECT DISTINCT note FROM accounts ORDER BY note) TO STDOUT",
         // Two stages: PostgreSQL evaluates the outer part.
         "COPY (SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 10) s) TO STDOUT",
+        "COPY (SELECT count(*), sum(b) FROM (SELECT DISTINCT balance AS b FROM accounts) s) TO STDOUT (FORMAT csv, HEADER)",
         "COPY (SELECT sum(balance) * 100 / count(*), count(*) FROM accounts) TO STDOUT (FORMAT csv, HEADER, FORCE_QUOTE *)",
         "COPY (SELECT round(avg(balance), 2) AS a FROM accounts GROUP BY balance % 5 ORDER BY 1) TO STDOUT (FORMAT binary)",
         // The outer query of two stages merged in turn.
@@ -1404,4 +1405,47 @@ async fn a_merged_copy_sends_postgresql_s_messages() {
             assert_eq!(shape(&a), errors(&a), "{sql}");
         }
     }
+}
+
+/// A merged `COPY (query)` holds its rows: up to the stage limit (100,000
+/// rows) they come out whole and in order; past it, `0A000`, and the
+/// session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_copy_holds_at_most_the_stage_limit() {
+    let c = Cluster::start(3).await;
+    let client = c.client().await;
+    exec(&client, ACCOUNTS).await;
+    exec(
+        &client,
+        "INSERT INTO accounts (id, balance, note) SELECT i, i % 1000, 'n' || i FROM generate_series(1, 100000) i",
+    )
+    .await;
+    let sql = "COPY (SELECT id, balance, note FROM accounts ORDER BY id DESC) TO STDOUT";
+    let started = std::time::Instant::now();
+    let out = String::from_utf8(psql_bytes(&c.uri(), sql)).unwrap();
+    let took = started.elapsed();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 100_000);
+    assert_eq!(lines[0], "100000\t0\tn100000");
+    assert_eq!(lines[99_999], "1\t1\tn1");
+    assert!(lines.windows(2).all(|w| {
+        let id = |l: &str| l.split('\t').next().unwrap().parse::<i64>().unwrap();
+        id(w[0]) == id(w[1]) + 1
+    }));
+    eprintln!("100,000 merged rows through COPY: {took:?}");
+    exec(
+        &client,
+        "INSERT INTO accounts (id, balance) VALUES (100001, 1)",
+    )
+    .await;
+    let mut raw = RawClient::connect(c.port()).await;
+    let r = raw.query(sql).await;
+    assert_eq!(
+        (r.error_codes(), r.status),
+        (vec!["0A000".to_string()], b'I')
+    );
+    let r = raw
+        .query("COPY (SELECT count(*) FROM accounts) TO STDOUT")
+        .await;
+    assert_eq!(r.tags(), ["COPY 1"]);
 }

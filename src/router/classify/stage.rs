@@ -239,6 +239,7 @@ pub(super) fn plan_staged(q: &Query, map: &ShardMap) -> Result<Option<Plan>, Rou
     Ok(Some(Plan::Staged(std::sync::Arc::new(StagedPlan {
         stages: st.stages,
         outer: outer.to_string(),
+        filled: None,
     }))))
 }
 

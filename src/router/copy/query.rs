@@ -55,8 +55,18 @@ pub(super) fn plan_query_out(
             }],
             &classify::stage_marker(0),
             &p.after_query,
+            // Over the rows alone the COPY reads no table.
+            Some(Box::new(Plan::Forward {
+                route: Route::Any,
+                write: Writes::No,
+            })),
         )),
-        Plan::Staged(s) => Ok(staged_copy(s.stages.clone(), &s.outer, &p.after_query)),
+        Plan::Staged(s) => Ok(staged_copy(
+            s.stages.clone(),
+            &s.outer,
+            &p.after_query,
+            None,
+        )),
         _ => Err(RouteError::Unsupported(
             "COPY (query) TO STDOUT supports only SELECT queries through Pieskieo".into(),
         )),
@@ -72,9 +82,15 @@ pub(super) fn plan_query_out(
 /// COPY reads no sharded table and one shard runs it, so PostgreSQL itself
 /// writes the CopyOutResponse, every byte of text, CSV or binary (header
 /// names, NULLs, quoting, FORCE_QUOTE, ENCODING) and `COPY n`.
-fn staged_copy(stages: Vec<Stage>, outer_query: &str, after_query: &str) -> Plan {
+fn staged_copy(
+    stages: Vec<Stage>,
+    outer_query: &str,
+    after_query: &str,
+    filled: Option<Box<Plan>>,
+) -> Plan {
     Plan::Staged(Arc::new(StagedPlan {
         stages,
         outer: format!("COPY ({outer_query}) {after_query}"),
+        filled,
     }))
 }
