@@ -7,6 +7,8 @@
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
+mod query;
+
 use super::{matching_paren, Plan, Route, RouteError, ShardMap, Writes};
 
 /// How rows are written in the data stream.
@@ -109,6 +111,9 @@ struct Parsed {
     /// `(schema, name)`, folded; `None` for `COPY (query)`.
     relation: Option<(Option<String>, String)>,
     query: Option<String>,
+    /// For `COPY (query)`: the text after the query's `)`, as written
+    /// (`TO STDOUT WITH (...)`).
+    after_query: String,
     columns: Option<Vec<String>>,
     /// `FROM` (true) or `TO`.
     from: bool,
@@ -121,7 +126,7 @@ struct Parsed {
 pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
     let p = parse(sql)?;
     if let Some(q) = &p.query {
-        return plan_query_out(sql, q, &p, map);
+        return query::plan_query_out(sql, q, &p, map);
     }
     let Some((schema, name)) = &p.relation else {
         return Err(RouteError::Syntax(
@@ -194,47 +199,6 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
         options,
         placement,
     })))
-}
-
-/// `COPY (query) TO STDOUT`: where the query would run.
-fn plan_query_out(sql: &str, query: &str, p: &Parsed, map: &ShardMap) -> Result<Plan, RouteError> {
-    let options = p
-        .options
-        .clone()
-        .unwrap_or_else(|_| CopyOptions::defaults());
-    if !p.stdio || p.from {
-        // `COPY (query) FROM` is a syntax error; a server file is the shard's
-        // to refuse or write, on the one shard that answers.
-        if super::classify::sharded_table_named(query, map, true).is_some() {
-            return Err(RouteError::Unsupported(
-                "COPY (query) of distributed tables to a server file or program is not supported: use TO STDOUT".into(),
-            ));
-        }
-        return Ok(Plan::Forward {
-            route: Route::One(map.default_shard),
-            write: Writes::Yes,
-        });
-    }
-    match super::plan(query, map)? {
-        Plan::Forward { route, write } => match route {
-            Route::One(_) | Route::Any => Ok(Plan::Forward { route, write }),
-            Route::Some(_) | Route::All if write.may() => Err(RouteError::Unsupported(
-                "COPY (query) TO STDOUT of a query that may write on several shards is not supported".into(),
-            )),
-            route => Ok(Plan::CopyOut(Box::new(CopyOut {
-                route,
-                sql: sql.to_string(),
-                format: options.format,
-                header: options.header != Header::No,
-            }))),
-        },
-        Plan::Merge { .. } => Err(RouteError::Unsupported(
-            "COPY (query) TO STDOUT of a query whose rows the proxy would merge (ORDER BY, LIMIT, aggregates, DISTINCT across shards) is not supported: fix the shard key, or run the query itself".into(),
-        )),
-        _ => Err(RouteError::Unsupported(
-            "COPY (query) TO STDOUT supports only SELECT queries through Pieskieo".into(),
-        )),
-    }
 }
 
 /// Whether a `VACUUM`/`ANALYZE` names any table (words after its options
@@ -332,12 +296,14 @@ fn parse(sql: &str) -> Result<Parsed, RouteError> {
     };
     let rest = after_copy.trim_start();
     let mut query = None;
+    let mut after_query = String::new();
     let tail: &str;
     if rest.starts_with('(') {
         let open = sql.len() - rest.len();
         let close = matching_paren(sql, open).ok_or_else(|| syntax("("))?;
         query = Some(sql[open + 1..close].trim().to_string());
         tail = &sql[close + 1..];
+        after_query = tail.trim().to_string();
     } else {
         tail = &sql[start + 4..];
     }
@@ -387,6 +353,7 @@ fn parse(sql: &str) -> Result<Parsed, RouteError> {
     Ok(Parsed {
         relation,
         query,
+        after_query,
         columns,
         from,
         stdio,

@@ -207,6 +207,11 @@ pub struct StagedPlan {
     pub stages: Vec<Stage>,
     /// The outer query, stage `i` written as `SELECT * FROM pieskieo_stage_i`.
     pub outer: String,
+    /// How the filled outer statement runs, when that is known before the
+    /// stages' rows are in place (a COPY over one stage's rows: any one
+    /// shard), so the session need not plan a statement of every row again;
+    /// `None`: plan the filled statement.
+    pub filled: Option<Box<Plan>>,
 }
 
 /// One stage of a [`StagedPlan`]: a cross-shard read of its own.

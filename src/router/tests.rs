@@ -320,7 +320,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "COPY (SELECT * FROM accounts ORDER BY id) TO STDOUT",
+            "COPY (SELECT * FROM accounts FOR UPDATE) TO STDOUT",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -747,5 +747,98 @@ fn copy_and_lock_plans() {
     ];
     for (sql, want) in cases {
         assert_eq!(plan(sql, &m).unwrap(), want, "{sql}");
+    }
+}
+
+/// `COPY (query) TO STDOUT` of a query the proxy merges or stages: a staged
+/// plan whose outer statement is the COPY with the client's options, which
+/// reaches one shard once the rows are in place.
+#[test]
+fn copy_of_merged_and_staged_queries() {
+    let m = map();
+    let staged = |sql: &str| match plan(sql, &m) {
+        Ok(Plan::Staged(s)) => s,
+        other => panic!("{sql}: {other:?}"),
+    };
+    let s = staged("COPY (SELECT * FROM accounts ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)");
+    assert_eq!(s.stages.len(), 1);
+    assert_eq!(s.stages[0].sql, "SELECT * FROM accounts ORDER BY id");
+    assert!(matches!(
+        s.stages[0].plan,
+        Plan::Merge {
+            route: Route::All,
+            ..
+        }
+    ));
+    assert_eq!(
+        s.outer,
+        "COPY (SELECT * FROM pieskieo_stage_0) TO STDOUT WITH (FORMAT csv, HEADER)"
+    );
+    // Filled with the merged rows, the COPY reads no sharded table.
+    let rows = materialize(
+        &[("id".into(), 20), ("?column?".into(), 25)],
+        &[
+            vec![Some("1".into()), Some("a\tb".into())],
+            vec![Some("2".into()), None],
+        ],
+    )
+    .unwrap();
+    let filled = s.fill(&[rows]);
+    assert!(filled.starts_with("COPY (SELECT * FROM (VALUES ('1'::int8, 'a\tb'::text), ('2'::int8, NULL::text)) AS pieskieo_values(\"id\", \"?column?\")) TO STDOUT"), "{filled}");
+    assert_eq!(plan(&filled, &m).unwrap(), fwd(Route::Any, false));
+    // Known before the rows are in place: no statement of every row to plan.
+    assert_eq!(s.filled.as_deref(), Some(&fwd(Route::Any, false)));
+    let none = s.fill(&[materialize(&[("n".into(), 20)], &[]).unwrap()]);
+    assert_eq!(plan(&none, &m).unwrap(), fwd(Route::Any, false));
+
+    for sql in [
+        "COPY (SELECT id, balance FROM accounts ORDER BY balance DESC LIMIT 5 OFFSET 2) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT DISTINCT balance FROM accounts) TO STDOUT",
+        "copy (select balance % 3, count(*) from accounts group by 1) to stdout with csv header",
+    ] {
+        let s = staged(sql);
+        assert!(matches!(s.stages[..], [Stage { plan: Plan::Merge { .. }, .. }]), "{sql}");
+        assert!(s.outer.starts_with("COPY (SELECT * FROM pieskieo_stage_0) "), "{sql}");
+    }
+
+    // A count over a subquery that only filters is a merge (counted as
+    // `SELECT count(*) FROM accounts WHERE ...`).
+    let s = staged(
+        "COPY (SELECT count(*) FROM (SELECT id FROM accounts WHERE balance > 10) s) TO STDOUT",
+    );
+    assert!(matches!(
+        s.stages[..],
+        [Stage {
+            plan: Plan::Merge { .. },
+            ..
+        }]
+    ));
+    assert_eq!(s.outer, "COPY (SELECT * FROM pieskieo_stage_0) TO STDOUT");
+
+    // Two stages already: the outer query becomes the COPY's.
+    for sql in [
+        "COPY (SELECT count(*) FROM (SELECT DISTINCT balance FROM accounts) s) TO STDOUT",
+        "COPY (SELECT sum(balance) * 100 / count(*) FROM accounts) TO STDOUT (FORMAT csv, FORCE_QUOTE *)",
+    ] {
+        let s = staged(sql);
+        assert!(!s.stages.is_empty(), "{sql}");
+        assert!(s.outer.starts_with("COPY (SELECT "), "{sql}: {}", s.outer);
+        assert_eq!(s.filled, None, "{sql}");
+        assert!(s.outer.contains("pieskieo_stage_0"), "{sql}: {}", s.outer);
+        let tail = sql.rsplit(") TO STDOUT").next().unwrap();
+        assert!(s.outer.ends_with(&format!(") TO STDOUT{tail}")), "{sql}: {}", s.outer);
+    }
+
+    // Still refused: a query that may write on several shards, and COPY
+    // (query) to a server file.
+    for sql in [
+        "COPY (SELECT * FROM accounts ORDER BY id) TO '/tmp/x'",
+        "COPY (SELECT * FROM accounts FOR UPDATE) TO STDOUT",
+    ] {
+        assert!(
+            matches!(plan(sql, &m), Err(RouteError::Unsupported(_))),
+            "{sql}: {:?}",
+            plan(sql, &m)
+        );
     }
 }

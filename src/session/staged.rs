@@ -2,7 +2,9 @@
 //! whose answer the session keeps instead of sending it; the rows go into
 //! the outer query as typed `VALUES`, and the outer query runs like any
 //! statement, its answer going to the client. Memory: every stage's whole
-//! result, once as rows and once as SQL text.
+//! result, once as rows and once as SQL text. `COPY (query) TO STDOUT` of a
+//! merged or staged query is such a plan too, its outer statement the COPY
+//! (router/copy.rs).
 
 use std::sync::Mutex;
 
@@ -138,10 +140,20 @@ impl Session {
             }
         }
         let outer = staged.fill(&filled);
-        let plan = router::plan(&outer, &self.shared.map());
+        let plan = match &staged.filled {
+            Some(known) => Ok((**known).clone()),
+            None => router::plan(&outer, &self.shared.map()),
+        };
         match plan {
             Ok(Plan::Forward { route, write }) => self.forward(&outer, route, write).await,
             Ok(Plan::Merge { route, plan }) => self.merge_across(route, plan).await,
+            // `COPY (query) TO STDOUT` of a staged query whose outer part
+            // still reads sharded tables: the shards' COPY streams joined,
+            // or (rows the proxy merges) one more stage.
+            Ok(Plan::CopyOut(copy)) => self.copy_out(&outer, copy).await,
+            Ok(Plan::Staged(next)) if outer.starts_with("COPY") => {
+                Box::pin(self.run_staged(next)).await
+            }
             Ok(_) => {
                 self.error(Error::Unsupported(
                     "the outer query over subqueries across shards is not supported".into(),
@@ -191,7 +203,7 @@ impl Session {
                 b'T' => cols = columns(body),
                 b'D' if rows.len() >= MAX_STAGE_ROWS => {
                     self.error(Error::Unsupported(format!(
-                        "a subquery over sharded tables returned more than {MAX_STAGE_ROWS} rows to pass to its outer query across shards; filter it further, or fix the shard key to reach one shard"
+                        "a subquery over sharded tables (or the query of a COPY whose rows the proxy merges) returned more than {MAX_STAGE_ROWS} rows to pass to its outer query across shards; filter it further, or fix the shard key to reach one shard"
                     )))
                     .await?;
                     return Ok(None);

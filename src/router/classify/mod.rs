@@ -24,6 +24,7 @@ mod stage;
 mod tables;
 
 pub use keys::fill_keys;
+pub(super) use stage::marker_sql as stage_marker;
 pub use stage::materialize;
 
 pub(super) use self::names_table as sharded_table_named;

@@ -21,7 +21,7 @@ fn marker(i: usize) -> String {
 }
 
 /// The placeholder query `SELECT * FROM pieskieo_stage_i`, as printed.
-pub(super) fn marker_sql(i: usize) -> String {
+pub(in crate::router) fn marker_sql(i: usize) -> String {
     format!("SELECT * FROM {}", marker(i))
 }
 
@@ -239,6 +239,7 @@ pub(super) fn plan_staged(q: &Query, map: &ShardMap) -> Result<Option<Plan>, Rou
     Ok(Some(Plan::Staged(std::sync::Arc::new(StagedPlan {
         stages: st.stages,
         outer: outer.to_string(),
+        filled: None,
     }))))
 }
 
@@ -326,6 +327,33 @@ fn type_name(oid: u32) -> Option<&'static str> {
         1231 => "numeric[]",
         1022 => "float8[]",
         2951 => "uuid[]",
+        // Text forms that read back as the same value (a COPY of merged
+        // rows carries any column). Not `bit`: without its length it reads
+        // as `bit(1)`.
+        142 => "xml",
+        650 => "cidr",
+        774 => "macaddr8",
+        829 => "macaddr",
+        869 => "inet",
+        1562 => "varbit",
+        3614 => "tsvector",
+        3904 => "int4range",
+        3906 => "numrange",
+        3908 => "tsrange",
+        3910 => "tstzrange",
+        3912 => "daterange",
+        3926 => "int8range",
+        199 => "json[]",
+        1001 => "bytea[]",
+        1014 => "bpchar[]",
+        1021 => "float4[]",
+        1041 => "inet[]",
+        1115 => "timestamp[]",
+        1182 => "date[]",
+        1183 => "time[]",
+        1185 => "timestamptz[]",
+        1187 => "interval[]",
+        3807 => "jsonb[]",
         _ => return None,
     })
 }
