@@ -20,6 +20,7 @@ mod hostile;
 mod keys;
 mod merges;
 mod psql;
+mod restore;
 
 mod routing;
 mod sessions;
