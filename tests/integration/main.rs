@@ -7,6 +7,7 @@ mod auth;
 mod chaos;
 mod config;
 mod copy;
+mod copy_extended;
 mod deadlocks;
 mod demo;
 mod differential_sessions;
