@@ -250,7 +250,6 @@ async fn copy_in_and_out_through_the_extended_protocol_match_postgresql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_errors_through_copy_in_match_postgresql_and_commit_nothing() {
     let p = Pair::start().await;
-    let (proxy, oracle) = (p.proxy().await, p.oracle().await);
     let mut data = text_rows(1, 300);
     data.push_str("301\tnot a number\tx\n");
     data.push_str(&text_rows(302, 300));
@@ -259,14 +258,22 @@ async fn copy_in_errors_through_copy_in_match_postgresql_and_commit_nothing() {
         "COPY accounts (id, nope) FROM STDIN",
         "COPY nothing_here FROM STDIN",
     ] {
+        // A connection each: after an error at COPY's start tokio-postgres
+        // sends CopyFail and Sync, and the ReadyForQuery that gets (from
+        // PostgreSQL too) confuses its next statement.
+        let (proxy, oracle) = (p.proxy().await, p.oracle().await);
         let mine = copy_in(&proxy, sql, data.as_bytes()).await.unwrap_err();
         let theirs = copy_in(&oracle, sql, data.as_bytes()).await.unwrap_err();
-        let (mine, theirs) = (mine.as_db_error().unwrap(), theirs.as_db_error().unwrap());
+        let (mine, theirs) = match (mine.as_db_error(), theirs.as_db_error()) {
+            (Some(a), Some(b)) => (a, b),
+            _ => panic!("{sql}: {mine:?} / {theirs:?}"),
+        };
         assert_eq!(mine.code(), theirs.code(), "{sql}");
         assert_eq!(mine.message(), theirs.message(), "{sql}");
         assert_eq!(mine.where_(), theirs.where_(), "{sql}");
     }
     assert_eq!(p.per_shard("accounts").await, vec![0, 0, 0]);
+    let proxy = p.proxy().await;
     assert_eq!(value(&proxy, "SELECT count(*) FROM accounts").await, "0");
     p.no_prepared().await;
 }
@@ -274,7 +281,7 @@ async fn copy_in_errors_through_copy_in_match_postgresql_and_commit_nothing() {
 /// Sends `script` to both raw clients, then reads each up to one
 /// ReadyForQuery: the messages, summarised (type; tag, SQLSTATE and message
 /// of errors, ReadyForQuery status), must be the same.
-async fn same_answers(raws: &mut [RawClient; 2], script: &[(u8, Vec<u8>)]) -> Vec<String> {
+async fn same_answers(raws: &mut [RawClient; 2], script: &[Msg]) -> Vec<String> {
     let mut answers = Vec::new();
     for raw in raws.iter_mut() {
         for (tag, body) in script {
@@ -299,28 +306,50 @@ async fn same_answers(raws: &mut [RawClient; 2], script: &[(u8, Vec<u8>)]) -> Ve
     answers.swap_remove(0)
 }
 
-fn execute() -> (u8, Vec<u8>) {
+/// Every message up to the end of the connection, summarised as in [`same_answers`].
+async fn until_closed(raw: &mut RawClient) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    loop {
+        let Ok(t) = raw.stream.read_u8().await else {
+            return seen;
+        };
+        let len = raw.stream.read_i32().await.unwrap();
+        let mut b = vec![0; len as usize - 4];
+        raw.stream.read_exact(&mut b).await.unwrap();
+        seen.push(match t {
+            b'E' => format!("E {} {}", field(&b, b'C'), field(&b, b'M')),
+            b'C' => format!("C {}", String::from_utf8_lossy(&b[..b.len() - 1])),
+            other => (other as char).to_string(),
+        });
+    }
+}
+
+/// A client message: its type and body.
+type Msg = (u8, Vec<u8>);
+
+fn execute() -> Msg {
     (b'E', vec![0, 0, 0, 0, 0])
 }
 
-fn sync() -> (u8, Vec<u8>) {
+fn sync() -> Msg {
     (b'S', vec![])
 }
 
-fn flush() -> (u8, Vec<u8>) {
+fn flush() -> Msg {
     (b'H', vec![])
 }
 
-fn data(rows: &str) -> (u8, Vec<u8>) {
+fn data(rows: &str) -> Msg {
     (b'd', rows.as_bytes().to_vec())
 }
 
-fn done() -> (u8, Vec<u8>) {
+fn done() -> Msg {
     (b'c', vec![])
 }
 
 /// Parse, Bind, Describe of the portal and Execute of `sql`.
-fn copy_start(sql: &str) -> Vec<(u8, Vec<u8>)> {
+fn copy_start(sql: &str) -> Vec<Msg> {
     vec![
         (b'P', parse("", sql)),
         (b'B', bind("", &[])),
@@ -467,7 +496,7 @@ async fn raw_extended_copy_failures_commit_nothing() {
         ]
     };
     let bad = format!("{}301\tnope\tx\n{}", text_rows(1, 300), text_rows(302, 50));
-    let cases: Vec<(Vec<(u8, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(Vec<Msg>, &str)> = vec![
         // CopyFail, after tokio-postgres's early Sync.
         (
             [
@@ -501,21 +530,6 @@ async fn raw_extended_copy_failures_commit_nothing() {
             ]
             .concat(),
             "22P02",
-        ),
-        // A message COPY does not take.
-        (
-            [
-                copy_start("COPY accounts FROM STDIN"),
-                vec![
-                    data(&text_rows(1, 300)),
-                    (b'P', parse("", "SELECT 1")),
-                    data(&text_rows(301, 30)),
-                    done(),
-                    sync(),
-                ],
-            ]
-            .concat(),
-            "08P01",
         ),
         // Refused before any data: the data that comes anyway is ignored.
         (
@@ -551,6 +565,37 @@ async fn raw_extended_copy_failures_commit_nothing() {
         assert_eq!(p.per_shard("accounts").await, vec![0, 0, 0], "{code}");
         p.no_prepared().await;
     }
+    // A message COPY does not take: PostgreSQL stops reading inside it, so
+    // it ends the session (ERROR, then FATAL); nothing is committed.
+    let script = [
+        insert(5003),
+        copy_start("COPY accounts FROM STDIN"),
+        vec![
+            data(&text_rows(1, 300)),
+            (b'P', parse("", "SELECT 1")),
+            data(&text_rows(301, 30)),
+            done(),
+            sync(),
+        ],
+    ]
+    .concat();
+    let mut seen = Vec::new();
+    for raw in p.raws().await.iter_mut() {
+        for (tag, body) in &script {
+            raw.send(*tag, body).await;
+        }
+        seen.push(until_closed(raw).await);
+    }
+    assert_eq!(seen[0], seen[1], "proxy, then plain PostgreSQL");
+    assert_eq!(
+        seen[0][seen[0].len() - 2..],
+        [
+            "E 08P01 unexpected message type 0x50 during COPY from stdin",
+            "E 08P01 terminating connection because protocol synchronization was lost"
+        ]
+    );
+    assert_eq!(p.per_shard("accounts").await, vec![0, 0, 0]);
+    p.no_prepared().await;
     // A multi-shard COPY commits on every shard at once: after a bad last
     // row, no shard has any; after CopyDone, every shard has its rows.
     let mut script = copy_start("COPY accounts FROM STDIN");

@@ -102,10 +102,12 @@ impl Session {
                 );
                 return Ok(true);
             }
-            Plan::CopyIn(_) | Plan::CopyOut(_) | Plan::InsertSelect { .. } => {
+            // The SELECT runs as `COPY (...) TO STDOUT` on a shard, where
+            // the client's parameters do not exist.
+            Plan::InsertSelect { .. } if !b.values.is_empty() => {
                 return Ok(self
                     .error(Error::Unsupported(
-                        "COPY of a distributed table, COPY FROM STDIN and INSERT INTO a sharded table ... SELECT through the extended query protocol are not supported by Pieskieo: send them as simple queries".into(),
+                        "INSERT INTO a sharded table ... SELECT with parameters is not supported by Pieskieo through the extended query protocol: write the values into the statement, or send it as a simple query".into(),
                     ))
                     .await?)
             }
