@@ -422,6 +422,20 @@ async fn raw_extended_copy_answers_as_postgresql_does() {
     assert_eq!(got.last().map(String::as_str), Some("Z I"));
     assert!(got.contains(&"C COPY 1".to_string()), "{got:?}");
     assert_eq!(p.per_shard("countries").await, vec![1, 1, 1]);
+    // CopyData and CopyDone that no COPY takes are ignored.
+    let got = same_answers(
+        &mut raws,
+        &[
+            (b'P', parse("", "SELECT 1")),
+            (b'B', bind("", &[])),
+            execute(),
+            data("1\t1\tx\n"),
+            done(),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(got, ["1", "2", "D", "C SELECT 1", "Z I"]);
     // COPY TO STDOUT through Execute: one CopyOutResponse, one CopyDone.
     let got = same_answers(&mut raws, &{
         let mut s = copy_start("COPY (SELECT id FROM accounts WHERE id <= 3) TO STDOUT");
@@ -513,10 +527,13 @@ async fn raw_extended_copy_failures_commit_nothing() {
             .concat(),
             "57014",
         ),
-        // A bad row mid-stream: what follows up to Sync is discarded.
+        // A bad row mid-stream: what follows up to Sync is discarded. (The
+        // Flush runs the INSERT first, in its shard's own transaction,
+        // which the COPY's block then takes in.)
         (
             [
                 insert(5001),
+                vec![flush()],
                 copy_start("COPY accounts FROM STDIN"),
                 vec![
                     data(&bad),

@@ -484,6 +484,9 @@ impl Session {
                 let (name, _) = take_cstr(r).ok_or_else(|| Fatal::Protocol(malformed("Close")))?;
                 self.ext_close(kind, name).await
             }
+            // CopyData, CopyDone and CopyFail outside COPY (queued with
+            // the batch): ignored, as PostgreSQL does.
+            b'd' | b'c' | b'f' => Ok(true),
             _ => Ok(self
                 .error(Error::Unsupported(
                     "the function call protocol is not supported".into(),
