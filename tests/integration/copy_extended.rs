@@ -677,3 +677,59 @@ async fn insert_select_through_the_extended_protocol() {
     assert_eq!(value(&proxy, "SELECT count(*) FROM accounts").await, "600");
     p.no_prepared().await;
 }
+
+/// A multi-shard COPY through `copy_in` commits at Sync with two-phase
+/// commit: a proxy that dies after PREPARE leaves nothing, one that dies
+/// after the decision leaves every row (recovery by a surviving proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_copy_whose_proxy_dies_mid_commit_is_finished_whole() {
+    use crate::harness::{prepared, ProxyProcess};
+    for (point, committed) in [("after_prepare", false), ("after_decision", true)] {
+        let servers = Servers::start(3);
+        let survivor = ProxyProcess::start(
+            &servers,
+            "recovery_interval_ms = 1000\nrecovery_grace_ms = 300",
+        )
+        .await;
+        let s = crate::harness::connect(&survivor.url()).await.unwrap();
+        exec(&s, ACCOUNTS).await;
+        let mut doomed =
+            ProxyProcess::start(&servers, &format!("test_failpoint = \"{point}:crash\"")).await;
+        let c = crate::harness::connect(&doomed.url()).await.unwrap();
+        // As from PostgreSQL, `COPY n` comes before the commit at Sync,
+        // and tokio-postgres's copy_in returns with it: the lost proxy
+        // shows at the next statement.
+        let _ = copy_in(
+            &c,
+            "COPY accounts FROM STDIN",
+            text_rows(1, 3000).as_bytes(),
+        )
+        .await;
+        assert!(
+            c.simple_query("SELECT 1").await.is_err(),
+            "{point}: the proxy died during the COPY's commit"
+        );
+        assert!(doomed.wait_exit(10), "{point}: crashed at its failpoint");
+        let want = if committed { 3000 } else { 0 };
+        let started = std::time::Instant::now();
+        loop {
+            let (mut rows, mut left) = (0, 0);
+            for i in 0..3 {
+                let c = servers.connect(i).await;
+                rows += value(&c, "SELECT count(*) FROM accounts")
+                    .await
+                    .parse::<i64>()
+                    .unwrap();
+                left += prepared(&c).await;
+            }
+            if rows == want && left == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{point}: {rows} rows, {left} prepared"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
