@@ -144,7 +144,6 @@ pub(super) async fn fail_all(
     first
 }
 
-/// [`fail_all`] when the error to report is another one.
 /// A message COPY does not take: the client gets `error`, then the FATAL
 /// PostgreSQL sends when it lost the message boundaries, and the session
 /// ends (the returned error; its block rolls back in cleanup).
@@ -161,6 +160,7 @@ pub(super) async fn lost_sync(out: &mut BufWriter<ClientWrite>, error: &[u8]) ->
     ExecError::Client(std::io::Error::other("protocol violation during COPY"))
 }
 
+/// [`fail_all`] when the error to report is another one.
 pub(super) async fn end_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) {
     let _ = fail_all(parts, feeds, message).await;
 }

@@ -596,23 +596,32 @@ async fn raw_extended_copy_failures_commit_nothing() {
         ],
     ]
     .concat();
-    let mut seen = Vec::new();
-    for raw in p.raws().await.iter_mut() {
-        for (tag, body) in &script {
-            raw.send(*tag, body).await;
+    // The same through the simple protocol.
+    let simple = vec![
+        (b'Q', b"COPY accounts FROM STDIN\0".to_vec()),
+        data(&text_rows(1, 300)),
+        (b'P', parse("", "SELECT 1")),
+        done(),
+    ];
+    for script in [script, simple] {
+        let mut seen = Vec::new();
+        for raw in p.raws().await.iter_mut() {
+            for (tag, body) in &script {
+                raw.send(*tag, body).await;
+            }
+            seen.push(until_closed(raw).await);
         }
-        seen.push(until_closed(raw).await);
+        assert_eq!(seen[0], seen[1], "proxy, then plain PostgreSQL");
+        assert_eq!(
+            seen[0][seen[0].len() - 2..],
+            [
+                "E 08P01 unexpected message type 0x50 during COPY from stdin",
+                "E 08P01 terminating connection because protocol synchronization was lost"
+            ]
+        );
+        assert_eq!(p.per_shard("accounts").await, vec![0, 0, 0]);
+        p.no_prepared().await;
     }
-    assert_eq!(seen[0], seen[1], "proxy, then plain PostgreSQL");
-    assert_eq!(
-        seen[0][seen[0].len() - 2..],
-        [
-            "E 08P01 unexpected message type 0x50 during COPY from stdin",
-            "E 08P01 terminating connection because protocol synchronization was lost"
-        ]
-    );
-    assert_eq!(p.per_shard("accounts").await, vec![0, 0, 0]);
-    p.no_prepared().await;
     // A multi-shard COPY commits on every shard at once: after a bad last
     // row, no shard has any; after CopyDone, every shard has its rows.
     let mut script = copy_start("COPY accounts FROM STDIN");

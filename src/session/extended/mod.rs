@@ -9,7 +9,10 @@
 //! through untouched. Outside a block, a batch whose Binds all reach one shard
 //! runs in that shard's own implicit transaction (closed by Sync); a batch
 //! reaching several shards runs in a proxy-made block that Sync commits
-//! through the coordinator.
+//! through the coordinator. COPY and INSERT ... SELECT across shards are
+//! portals the session runs itself; a COPY FROM STDIN's Execute hands the
+//! rest of its batch back to the client reader, where the COPY reads its
+//! data (see [`BatchEnd`]).
 
 use std::collections::{HashMap, HashSet};
 
