@@ -422,6 +422,19 @@ async fn raw_extended_copy_answers_as_postgresql_does() {
     assert_eq!(got.last().map(String::as_str), Some("Z I"));
     assert!(got.contains(&"C COPY 1".to_string()), "{got:?}");
     assert_eq!(p.per_shard("countries").await, vec![1, 1, 1]);
+    // A COPY takes no parameters but those Parse declared.
+    let got = same_answers(
+        &mut raws,
+        &[
+            (b'P', parse("", "COPY accounts FROM STDIN")),
+            (b'B', bind("", &["1"])),
+            execute(),
+            sync(),
+        ],
+    )
+    .await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[1].starts_with("E 08P01 bind message supplies 1 parameters"));
     // CopyData and CopyDone that no COPY takes are ignored.
     let got = same_answers(
         &mut raws,

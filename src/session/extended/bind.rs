@@ -102,6 +102,17 @@ impl Session {
                 );
                 return Ok(true);
             }
+            // PostgreSQL analyses a COPY only when it runs: at Bind it takes
+            // exactly the parameters Parse declared.
+            Plan::CopyIn(_) | Plan::CopyOut(_) if b.values.len() != stmt.types.len() => {
+                let e = ClientError::Protocol(format!(
+                    "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                    b.values.len(),
+                    b.stmt,
+                    stmt.types.len()
+                ));
+                return Ok(self.error(Error::Client(e)).await?);
+            }
             // The SELECT runs as `COPY (...) TO STDOUT` on a shard, where
             // the client's parameters do not exist.
             Plan::InsertSelect { .. } if !b.values.is_empty() => {
