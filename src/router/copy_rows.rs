@@ -278,6 +278,11 @@ impl RowRouter {
             _ => self.fields_text(body),
         };
         if count < self.columns.len() {
+            // PostgreSQL converts the fields in order: a bad key before the
+            // first missing column is the error it reports.
+            if let Some(k) = &key {
+                self.shard_of_bytes(k, Some(body))?;
+            }
             let missing = &self.columns[count];
             return Err(self.line_error(
                 SqlState::BAD_COPY_FILE_FORMAT,

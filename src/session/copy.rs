@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::copy_feed::{end_all, route_error, route_rows, Feed};
+use super::copy_feed::{end_all, lost_sync, route_error, route_rows, Feed};
 use super::*;
 use crate::executor::read_rows;
 use crate::router::{CopyIn, CopyPlacement, RowRouter};
@@ -58,6 +58,10 @@ enum Ending {
     Refused(Bytes, u64),
     /// A shard ended its COPY with this error (about this client line).
     ShardFailed(Bytes, u64),
+    /// The client sent a message COPY does not take: the ErrorResponse to
+    /// give. PostgreSQL then ends the session (it stopped reading inside
+    /// that message, so it lost the message boundaries).
+    Violation(Bytes),
     /// The client is gone.
     Vanished,
 }
@@ -371,6 +375,10 @@ impl Session {
                     "client vanished during COPY",
                 )));
             }
+            Ending::Violation(e) => {
+                end_all(parts, &mut feeds, "protocol violation").await;
+                return Err(lost_sync(&mut self.out, &e).await);
+            }
             Ending::ClientFailed(message) => Some((
                 u64::MAX,
                 protocol::error_response(
@@ -527,17 +535,12 @@ impl Session {
                 b'H' | b'S' => Ok(()),
                 b'X' => return Ok(Ending::Vanished),
                 other => {
-                    return Ok(Ending::Refused(
-                        protocol::error_response(
-                            Severity::Error,
-                            crate::error::SqlState::PROTOCOL_VIOLATION,
-                            &format!(
-                                "unexpected message type 0x{other:02X} during COPY from stdin"
-                            ),
-                            None,
-                        ),
-                        u64::MAX,
-                    ))
+                    return Ok(Ending::Violation(protocol::error_response(
+                        Severity::Error,
+                        crate::error::SqlState::PROTOCOL_VIOLATION,
+                        &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                        None,
+                    )))
                 }
             };
             if let Err(e) = routed {

@@ -144,6 +144,22 @@ pub(super) async fn fail_all(
     first
 }
 
+/// A message COPY does not take: the client gets `error`, then the FATAL
+/// PostgreSQL sends when it lost the message boundaries, and the session
+/// ends (the returned error; its block rolls back in cleanup).
+pub(super) async fn lost_sync(out: &mut BufWriter<ClientWrite>, error: &[u8]) -> ExecError {
+    let fatal = protocol::error_response(
+        Severity::Fatal,
+        crate::error::SqlState::PROTOCOL_VIOLATION,
+        "terminating connection because protocol synchronization was lost",
+        None,
+    );
+    let _ = out.write_all(error).await;
+    let _ = out.write_all(&fatal).await;
+    let _ = out.flush().await;
+    ExecError::Client(std::io::Error::other("protocol violation during COPY"))
+}
+
 /// [`fail_all`] when the error to report is another one.
 pub(super) async fn end_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) {
     let _ = fail_all(parts, feeds, message).await;

@@ -306,6 +306,9 @@ impl Session {
             }
             b'X' => return Flow::End,
             b'P' | b'B' | b'D' | b'E' | b'C' | b'F' | b'S' | b'H' => self.on_extended(f).await,
+            // Behind extended-protocol messages still to run, they may be
+            // the data of a COPY FROM STDIN those start: they wait with them.
+            b'd' | b'c' | b'f' if self.ext.gathering() => self.on_extended(f).await,
             // CopyData/CopyDone/CopyFail outside COPY are ignored, as PostgreSQL does.
             b'd' | b'c' | b'f' => Ok(()),
             other => {

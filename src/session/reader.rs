@@ -9,6 +9,8 @@
 //! is still talking (a pipeline), and the watch stands down until the
 //! session reads them, so it never spins.
 
+use std::collections::VecDeque;
+
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
@@ -46,6 +48,10 @@ pub(crate) fn ticks() -> std::sync::Arc<tokio::sync::Notify> {
 pub(super) struct Frames {
     inner: FrameReader<BufReader<ClientRead>>,
     max: usize,
+    /// Messages already read that come again before the socket's: the rest
+    /// of an extended-protocol batch when an Execute in it starts a COPY
+    /// FROM STDIN (whose data the COPY reads from here).
+    again: VecDeque<Frame>,
 }
 
 impl Frames {
@@ -53,17 +59,29 @@ impl Frames {
         Frames {
             inner: FrameReader::new(reader),
             max,
+            again: VecDeque::new(),
         }
     }
 
     /// The next message. Cancel-safe: a message half read stays buffered.
     pub(super) async fn next(&mut self) -> Result<Frame, FrameError> {
+        if let Some(f) = self.again.pop_front() {
+            return Ok(f);
+        }
         self.inner.next(self.max).await
     }
 
-    /// Bytes the client sent that no message was made of yet.
+    /// `frames`, read already, are the next messages, in their order.
+    pub(super) fn read_again(&mut self, frames: impl IntoIterator<Item = Frame>) {
+        let mut earlier: VecDeque<Frame> = frames.into_iter().collect();
+        earlier.append(&mut self.again);
+        self.again = earlier;
+    }
+
+    /// Bytes the client sent that no message was made of yet (or a message
+    /// to be read again).
     fn unread(&self) -> usize {
-        self.inner.buffered() + self.inner.get_ref().buffer().len()
+        self.again.len() + self.inner.buffered() + self.inner.get_ref().buffer().len()
     }
 }
 

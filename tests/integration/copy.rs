@@ -777,34 +777,6 @@ async fn set_transaction_after_begin_holds_on_every_shard() {
     assert_eq!(r.error_codes(), ["25P01"]);
 }
 
-/// Through the extended protocol a COPY of a sharded table is refused with
-/// a message saying what to do, and the session goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extended_protocol_copy_is_refused_cleanly() {
-    let c = Cluster::start(3).await;
-    let client = c.client().await;
-    exec(&client, ACCOUNTS).await;
-    let mut raw = RawClient::connect(c.port()).await;
-    raw.send(b'P', &crate::harness::parse("", "COPY accounts FROM STDIN"))
-        .await;
-    raw.send(b'B', &crate::harness::bind("", &[])).await;
-    raw.send(b'E', &[0, 0, 0, 0, 0]).await;
-    raw.send(b'S', &[]).await;
-    let r = raw.until_ready().await;
-    assert_eq!(
-        (r.error_codes(), r.status),
-        (vec!["0A000".to_string()], b'I')
-    );
-    let msg = r
-        .messages
-        .iter()
-        .find(|m| m.0 == b'E')
-        .map(|m| field(&m.1, b'M'))
-        .unwrap();
-    assert!(msg.contains("as simple queries"), "{msg}");
-    assert_eq!(raw.query("SELECT 1").await.status, b'I');
-}
-
 /// A COPY PostgreSQL refuses before any data (no such table, column or
 /// option) gets PostgreSQL's error, and the session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

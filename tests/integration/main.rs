@@ -8,6 +8,7 @@ mod chaos;
 mod config;
 mod copy;
 mod copy_encodings;
+mod copy_extended;
 mod deadlocks;
 mod demo;
 mod differential_sessions;

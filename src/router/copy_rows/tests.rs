@@ -76,6 +76,12 @@ fn text_errors_name_the_line() {
     assert_eq!(e.message, "missing data for column \"name\"");
     assert_eq!(e.context, "COPY accounts, line 2: \"2\"");
 
+    // A bad key before the missing column: PostgreSQL converts it first.
+    let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+    let e = run(&mut r, b"1\ta\nx\n", 3).unwrap_err();
+    assert_eq!(e.sqlstate, SqlState::INVALID_TEXT_REPRESENTATION);
+    assert_eq!(e.context, "COPY accounts, line 2, column id: \"x\"");
+
     let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
     let e = run(&mut r, b"1\ta\tb\n", 3).unwrap_err();
     assert_eq!(e.message, "extra data after last expected column");

@@ -102,10 +102,23 @@ impl Session {
                 );
                 return Ok(true);
             }
-            Plan::CopyIn(_) | Plan::CopyOut(_) | Plan::InsertSelect { .. } => {
+            // PostgreSQL analyses a COPY only when it runs: at Bind it takes
+            // exactly the parameters Parse declared.
+            Plan::CopyIn(_) | Plan::CopyOut(_) if b.values.len() != stmt.types.len() => {
+                let e = ClientError::Protocol(format!(
+                    "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                    b.values.len(),
+                    b.stmt,
+                    stmt.types.len()
+                ));
+                return Ok(self.error(Error::Client(e)).await?);
+            }
+            // The SELECT runs as `COPY (...) TO STDOUT` on a shard, where
+            // the client's parameters do not exist.
+            Plan::InsertSelect { .. } if !b.values.is_empty() => {
                 return Ok(self
                     .error(Error::Unsupported(
-                        "COPY of a distributed table, COPY FROM STDIN and INSERT INTO a sharded table ... SELECT through the extended query protocol are not supported by Pieskieo: send them as simple queries".into(),
+                        "INSERT INTO a sharded table ... SELECT with parameters is not supported by Pieskieo through the extended query protocol: write the values into the statement, or send it as a simple query".into(),
                     ))
                     .await?)
             }

@@ -9,7 +9,10 @@
 //! through untouched. Outside a block, a batch whose Binds all reach one shard
 //! runs in that shard's own implicit transaction (closed by Sync); a batch
 //! reaching several shards runs in a proxy-made block that Sync commits
-//! through the coordinator.
+//! through the coordinator. COPY and INSERT ... SELECT across shards are
+//! portals the session runs itself; a COPY FROM STDIN's Execute hands the
+//! rest of its batch back to the client reader, where the COPY reads its
+//! data (see [`BatchEnd`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -68,8 +71,11 @@ enum PortalKind {
     /// the portal would have ended (PostgreSQL would have bound it); using
     /// it repeats the refusal.
     Refused(RouteError),
-    /// Transaction control or a setting: run by the session, not a shard.
-    /// (Describe answers NoData, even in a failed block.)
+    /// A statement the session runs itself, not one shard: transaction
+    /// control, a setting, a COPY across shards (or one that reads the
+    /// client's CopyData) or an INSERT ... SELECT carried out as a COPY.
+    /// (Describe answers NoData, even in a failed block, as PostgreSQL
+    /// does for these.)
     Control {
         sql: String,
         plan: Plan,
@@ -109,6 +115,17 @@ pub(super) struct Extended {
     decided: bool,
     /// A Parse in this segment took a snapshot (see `took_snapshot`).
     snapshot: bool,
+}
+
+/// How running a batch of messages ended.
+enum BatchEnd {
+    /// Every message ran, or was skipped after an error.
+    Ran,
+    /// An Execute started a COPY FROM STDIN: the messages after it and the
+    /// Flush or Sync that ran the batch went back to the client's reader
+    /// (the COPY reads its data there, ignoring Flush and Sync as
+    /// PostgreSQL does; what it leaves runs after it).
+    HandedBack,
 }
 
 /// Where a connection taken for a message came from, so it goes back there.
@@ -159,6 +176,11 @@ impl Extended {
     /// A Sync segment is under way (messages queued or a shard in use).
     pub(super) fn busy(&self) -> bool {
         !self.batch.is_empty() || self.seg.is_some()
+    }
+
+    /// Messages wait to be run (at the next Flush or Sync).
+    pub(super) fn gathering(&self) -> bool {
+        !self.batch.is_empty()
     }
 
     /// Portals end with their transaction.
@@ -275,21 +297,25 @@ impl Session {
                 if self.fast_segment().await? {
                     return Ok(());
                 }
-                self.run_batch().await?;
-                self.sync().await
+                match self.run_batch(Some(f)).await? {
+                    BatchEnd::Ran => self.sync().await,
+                    BatchEnd::HandedBack => Ok(()),
+                }
             }
-            b'H' => self.run_batch().await,
+            b'H' => self.run_batch(Some(f)).await.map(|_| ()),
             _ => {
                 self.ext.batch.push(f);
                 if self.ext.batch.len() >= MAX_BATCH {
-                    self.run_batch().await?;
+                    self.run_batch(None).await?;
                 }
                 Ok(())
             }
         }
     }
 
-    async fn run_batch(&mut self) -> Io {
+    /// Runs the messages gathered so far; `trigger`: the Flush or Sync
+    /// that asked for it (not yet acted on).
+    async fn run_batch(&mut self, mut trigger: Option<Frame>) -> std::io::Result<BatchEnd> {
         let batch = std::mem::take(&mut self.ext.batch);
         // The mode is chosen at the segment's first Bind: Parse and Describe
         // alone write nothing.
@@ -311,10 +337,21 @@ impl Session {
                 }
             }
         }
-        for f in batch {
+        let mut rest = batch.into_iter();
+        while let Some(f) = rest.next() {
             if self.ext.skipping {
                 continue;
             }
+            // What the client sent after an Execute that starts a COPY FROM
+            // STDIN is the COPY's to read, as in PostgreSQL.
+            let handed = self.starts_copy_in(&f)
+                && match self.frames.as_mut() {
+                    Some(frames) => {
+                        frames.read_again(rest.by_ref().chain(trigger.take()));
+                        true
+                    }
+                    None => false,
+                };
             let ok = match self.ext_message(&f).await {
                 Ok(ok) => ok,
                 Err(Fatal::Client(e)) => return Err(e),
@@ -328,8 +365,29 @@ impl Session {
                 self.ext.skipping = true;
                 self.reap().await;
             }
+            if handed {
+                return Ok(BatchEnd::HandedBack);
+            }
         }
-        Ok(())
+        Ok(BatchEnd::Ran)
+    }
+
+    /// Whether `f` is an Execute of a portal that reads the client's CopyData.
+    fn starts_copy_in(&self, f: &Frame) -> bool {
+        if f.tag != b'E' {
+            return false;
+        }
+        let Some((portal, _)) = take_cstr(f.body()) else {
+            return false;
+        };
+        matches!(
+            self.ext.portals.get(portal),
+            Some(PortalKind::Control {
+                plan: Plan::CopyIn(_),
+                done: false,
+                ..
+            })
+        )
     }
 
     /// Whether the batch's Binds reach more than one shard (or write to
@@ -364,9 +422,12 @@ impl Session {
                         }) => {
                             shards.insert(s);
                         }
+                        // A COPY TO reads where it runs (outside a block,
+                        // on connections of its own).
                         Ok(Plan::Forward {
                             route: Route::Any, ..
                         })
+                        | Ok(Plan::CopyOut(_))
                         | Err(_) => {}
                         Ok(
                             Plan::Forward { .. }
@@ -374,7 +435,9 @@ impl Session {
                             | Plan::Replicate
                             | Plan::NeedKeys(_)
                             | Plan::Staged(_)
-                            | Plan::Split { .. },
+                            | Plan::Split { .. }
+                            | Plan::CopyIn(_)
+                            | Plan::InsertSelect { .. },
                         ) => return true,
                         // Transaction control changes the mode by itself.
                         Ok(_) => return false,
@@ -424,6 +487,9 @@ impl Session {
                 let (name, _) = take_cstr(r).ok_or_else(|| Fatal::Protocol(malformed("Close")))?;
                 self.ext_close(kind, name).await
             }
+            // CopyData, CopyDone and CopyFail outside COPY (queued with
+            // the batch): ignored, as PostgreSQL does.
+            b'd' | b'c' | b'f' => Ok(true),
             _ => Ok(self
                 .error(Error::Unsupported(
                     "the function call protocol is not supported".into(),

@@ -179,10 +179,17 @@ impl Session {
                         return Ok(self.error(e).await?);
                     }
                 } else if self.block == Block::Default
-                    && plan == Plan::Set(router::SetCommand::Local)
+                    && matches!(
+                        plan,
+                        Plan::Set(router::SetCommand::Local)
+                            | Plan::CopyIn(_)
+                            | Plan::InsertSelect { .. }
+                    )
                 {
                     // SET LOCAL holds until Sync: the segment becomes an
                     // implicit block whose shards replay it as they join.
+                    // A COPY's rows commit at Sync too, on every shard at
+                    // once (the coordinator's commit of that block).
                     self.transition(Event::StartImplicit, None);
                     if let Some(t) = self.txn() {
                         t.segment = true;
