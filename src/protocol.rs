@@ -216,6 +216,21 @@ pub fn error_with_hint(code: SqlState, msg: &str, hint: Option<&str>, context: &
 /// An `ErrorResponse` with its CONTEXT field passed through `f` (the other
 /// fields unchanged); `None` when `bytes` is not a well-formed one.
 pub fn map_error_context(bytes: &[u8], f: impl Fn(&str) -> Option<String>) -> Option<Bytes> {
+    let changed = std::cell::Cell::new(false);
+    let mapped = rewrite_error(bytes, |code, value| match (code, f(value)) {
+        (b'W', Some(v)) => {
+            changed.set(true);
+            Some(v)
+        }
+        _ => Some(value.to_string()),
+    })?;
+    changed.get().then_some(mapped)
+}
+
+/// An `ErrorResponse` with every field passed through `f` (given its code
+/// and value; `None` drops the field); `None` when `bytes` is not a
+/// well-formed one.
+pub fn rewrite_error(bytes: &[u8], f: impl Fn(u8, &str) -> Option<String>) -> Option<Bytes> {
     let body = bytes.get(5..)?;
     let mut fields = Vec::new();
     let mut rest = body;
@@ -224,25 +239,13 @@ pub fn map_error_context(bytes: &[u8], f: impl Fn(&str) -> Option<String>) -> Op
             break;
         }
         let (value, next) = take_cstr(after)?;
-        fields.push((code, value));
+        if let Some(v) = f(code, value) {
+            fields.push((code, v));
+        }
         rest = next;
     }
-    let mut changed = false;
-    let mapped: Vec<(u8, String)> = fields
-        .iter()
-        .map(|(code, value)| match (*code, f(value)) {
-            (b'W', Some(v)) => {
-                changed = true;
-                (*code, v)
-            }
-            _ => (*code, value.to_string()),
-        })
-        .collect();
-    if !changed {
-        return None;
-    }
     Some(message(b'E', |b| {
-        for (code, value) in &mapped {
+        for (code, value) in &fields {
             b.put_u8(*code);
             put_cstr(b, value);
         }

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use super::copy_feed::{end_all, lost_sync, route_error, route_rows, Feed};
+use super::copy_source::SourcePosition;
 use super::*;
 use crate::executor::read_rows;
 use crate::router::{CopyIn, CopyPlacement, RowRouter};
@@ -40,10 +41,12 @@ struct CopyRun<'a> {
 pub(super) enum Source<'a> {
     /// The client's CopyData.
     Client,
-    /// `sql` (a `COPY (SELECT ...) TO STDOUT`) on a shard connection of its own.
+    /// `sql` (ending in a `COPY ... TO STDOUT`) on a shard connection of
+    /// its own; an error's position there, in the client's statement.
     Shard {
         conn: &'a mut ServerConn,
         sql: String,
+        position: SourcePosition,
     },
 }
 
@@ -80,47 +83,8 @@ impl Session {
             .await
     }
 
-    /// `INSERT INTO sharded (cols) SELECT ...` whose SELECT reads no sharded
-    /// table: the SELECT runs as `COPY (...) TO STDOUT` on one shard, on a
-    /// connection of its own, and its rows are routed like a COPY IN's.
-    pub(super) async fn insert_select(
-        &mut self,
-        into: Box<CopyIn>,
-        select: String,
-        source: Route,
-    ) -> std::io::Result<bool> {
-        let map = self.shared.map();
-        let shard = match source {
-            Route::One(s) => s,
-            _ => self.block_any_shard().unwrap_or(map.default_shard),
-        };
-        let columns: Vec<String> = into
-            .columns
-            .iter()
-            .flatten()
-            .map(|c| quote_ident(c))
-            .collect();
-        let stmt = format!("COPY {} ({}) FROM STDIN", into.relation, columns.join(", "));
-        let mut conn = match self.checkout(shard).await {
-            Ok(c) => c,
-            Err(e) => return self.error(e).await,
-        };
-        let shards: Vec<ShardId> = (0..map.shards).map(ShardId).collect();
-        let mut from = Source::Shard {
-            conn: &mut conn,
-            sql: format!("COPY ({select}) TO STDOUT"),
-        };
-        let r = self
-            .copy_in_from(&stmt, &into, &shards, &mut from, "INSERT 0")
-            .await;
-        if conn.status != b'I' || conn.owes() > 0 {
-            conn.mark_broken();
-        }
-        r
-    }
-
     /// Runs a COPY IN in the client's block, or in one of its own.
-    async fn copy_in_from(
+    pub(super) async fn copy_in_from(
         &mut self,
         stmt: &str,
         copy: &CopyIn,
@@ -353,7 +317,7 @@ impl Session {
                     .map_err(ExecError::Client)?;
                 self.out.flush().await.map_err(ExecError::Client)?;
             }
-            Source::Shard { conn, sql } => {
+            Source::Shard { conn, sql, .. } => {
                 // The rows' source starts once every shard is ready for them.
                 conn.send_query(sql).await?;
                 conn.flush().await?;
@@ -455,6 +419,12 @@ impl Session {
             }
         }
         Ok(match found {
+            // An INSERT ... SELECT is no COPY to the client: PostgreSQL's
+            // error has no COPY line to point at.
+            Some((_, e)) if verb != "COPY" => Err(protocol::rewrite_error(&e, |code, v| {
+                (code != b'W' || !v.starts_with("COPY ")).then(|| v.to_string())
+            })
+            .unwrap_or(e)),
             Some((_, e)) => Err(e),
             None => Ok(protocol::command_complete(&format!("{verb} {total}"))),
         })
@@ -480,7 +450,7 @@ impl Session {
                         Err(_) => return Ok(Ending::Vanished),
                     }
                 }
-                Source::Shard { conn, .. } => {
+                Source::Shard { conn, position, .. } => {
                     let f = conn.read().await?;
                     match f.tag {
                         b'd' => f,
@@ -491,7 +461,8 @@ impl Session {
                         }
                         b'E' => {
                             executor::drain(conn).await?;
-                            return Ok(Ending::Refused(f.bytes, u64::MAX));
+                            let e = position.map(&f.bytes).unwrap_or(f.bytes);
+                            return Ok(Ending::Refused(e, u64::MAX));
                         }
                         b'Z' => {
                             return Ok(Ending::Refused(

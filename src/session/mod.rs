@@ -21,6 +21,7 @@ mod console;
 mod copy;
 mod copy_feed;
 mod copy_out;
+mod copy_source;
 mod dispatch;
 mod extended;
 mod keys;
@@ -518,7 +519,7 @@ impl Session {
                 into,
                 select,
                 source,
-            } => self.insert_select(into, select, source).await,
+            } => self.insert_select(stmt, into, select, source).await,
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,

@@ -18,6 +18,7 @@ mod extended;
 mod faults;
 mod hashing;
 mod hostile;
+mod insert_select;
 mod keys;
 mod merges;
 mod psql;
