@@ -312,10 +312,6 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "COPY accounts FROM STDIN WITH (ENCODING 'LATIN1')",
-            SqlState::FEATURE_NOT_SUPPORTED,
-        ),
-        (
             "COPY accounts FROM STDIN WITH SOMETHING",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
