@@ -838,3 +838,47 @@ fn copy_of_merged_and_staged_queries() {
         );
     }
 }
+
+#[test]
+fn a_cast_that_changes_a_key_literal_is_no_key() {
+    let m = map();
+    let s7 = shard_of(&m, "accounts", KeyValue::Int(7));
+    let sa = shard_of(&m, "users", KeyValue::Text("abc".into()));
+    // Casts that keep the value route as before.
+    for sql in [
+        "SELECT * FROM accounts WHERE id = '7'::int4",
+        "SELECT * FROM accounts WHERE id = 7::pg_catalog.int8",
+        "SELECT * FROM accounts WHERE id = bigint '7'",
+    ] {
+        assert_eq!(plan(sql, &m).unwrap(), fwd(Route::One(s7), false), "{sql}");
+    }
+    assert_eq!(
+        plan("SELECT * FROM users WHERE email = 'abc'::text", &m).unwrap(),
+        fwd(Route::One(sa), false)
+    );
+    // 'abcdef'::varchar(3) is 'abc', '0012'::int is 12: never routed by
+    // the literal as written (the shard of "abcdef" may hold no "abc").
+    for sql in [
+        "SELECT * FROM users WHERE email = 'abcdef'::varchar(3)",
+        "SELECT * FROM users WHERE email = 'abcdef'::char(3)",
+        "SELECT * FROM users WHERE email = '0012'::int",
+        "SELECT * FROM accounts WHERE id = '7'::text",
+    ] {
+        let p = plan(sql, &m).unwrap();
+        assert!(
+            !matches!(
+                p,
+                Plan::Forward {
+                    route: Route::One(_),
+                    ..
+                }
+            ),
+            "{sql}: {p:?}"
+        );
+    }
+    assert!(plan(
+        "INSERT INTO users (email) VALUES ('abcdef'::varchar(3))",
+        &m
+    )
+    .is_err());
+}

@@ -82,8 +82,15 @@ pub(super) fn is_key_ref(e: &Expr, b: &Binding, all: &[Binding]) -> bool {
 pub(super) fn literal_key(e: &Expr, ty: KeyType) -> Option<Result<KeyValue, KeyError>> {
     match e {
         Expr::Nested(inner) => literal_key(inner, ty),
-        Expr::Cast { expr, .. } => literal_key(expr, ty),
-        Expr::TypedString(ts) => literal_value(&ts.value.value, ty, ""),
+        // Only a cast that keeps the literal's value as the column will hold
+        // it: `'abcdef'::varchar(3)` is "abc", `'0012'::int` into a text
+        // key is "12"; any other is no constant the proxy can read.
+        Expr::Cast {
+            expr, data_type, ..
+        } if cast_keeps_value(data_type, ty) => literal_key(expr, ty),
+        Expr::TypedString(ts) if cast_keeps_value(&ts.data_type, ty) => {
+            literal_value(&ts.value.value, ty, "")
+        }
         Expr::UnaryOp { op, expr } => match (op, expr.as_ref()) {
             (UnaryOperator::Minus, Expr::Value(v)) => literal_value(&v.value, ty, "-"),
             (UnaryOperator::Plus, Expr::Value(v)) => literal_value(&v.value, ty, ""),
@@ -91,6 +98,22 @@ pub(super) fn literal_key(e: &Expr, ty: KeyType) -> Option<Result<KeyValue, KeyE
         },
         Expr::Value(v) => literal_value(&v.value, ty, ""),
         _ => None,
+    }
+}
+
+/// Whether a cast to `to` leaves a key literal's text as the key column of
+/// type `ty` reads it: a cast within the integer types (whose ranges the
+/// key's own parse checks), to unbounded text, or to uuid.
+fn cast_keeps_value(to: &sqlparser::ast::DataType, ty: KeyType) -> bool {
+    let name = to.to_string().to_ascii_lowercase();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    match ty {
+        KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => matches!(
+            name,
+            "smallint" | "int2" | "integer" | "int" | "int4" | "bigint" | "int8"
+        ),
+        KeyType::Text => matches!(name, "text" | "varchar" | "character varying"),
+        KeyType::Uuid => name == "uuid",
     }
 }
 
