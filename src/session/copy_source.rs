@@ -4,6 +4,7 @@
 //! back to the client's statement.
 
 use super::copy::Source;
+use super::settings::quote_literal;
 use super::*;
 use crate::router::CopyIn;
 use bytes::Bytes;
@@ -40,7 +41,24 @@ impl Session {
             Err(e) => return self.error(e).await,
         };
         let shards: Vec<ShardId> = (0..map.shards).map(ShardId).collect();
-        let (sql, position) = source_sql(client_stmt, &select, &into.relation, &columns);
+        // The target's column types, read where the target is visible as
+        // the block sees it (a table it created, too): a participant, else
+        // the source connection. Catalog reads take no lock, so a block
+        // holding the table (pgbench's TRUNCATE) cannot stall the source.
+        let names = into.columns.clone().unwrap_or_default();
+        let types = match self.txn().and_then(|t| t.participants.first_mut()) {
+            Some(p) => column_types(&mut p.conn, &into.relation, &names).await,
+            None => column_types(&mut conn, &into.relation, &names).await,
+        };
+        let defs = types.map(|types| {
+            let defs: Vec<String> = names
+                .iter()
+                .zip(&types)
+                .map(|(c, t)| format!("{} {t}", quote_ident(c)))
+                .collect();
+            defs.join(", ")
+        });
+        let (sql, position) = source_sql(client_stmt, &select, defs.as_deref(), &columns);
         let mut from = Source::Shard {
             conn: &mut conn,
             sql,
@@ -84,17 +102,51 @@ impl SourcePosition {
     }
 }
 
+/// The types of `columns` of `relation` (as `format_type` writes them, in
+/// that order); `None` when any cannot be read. It cannot fail the
+/// connection's transaction: `to_regclass` gives NULL for a missing table.
+async fn column_types(
+    conn: &mut ServerConn,
+    relation: &str,
+    columns: &[String],
+) -> Option<Vec<String>> {
+    let q = format!(
+        "SELECT attname, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass({}) AND attnum > 0 AND NOT attisdropped",
+        quote_literal(relation)
+    );
+    conn.send_query(&q).await.ok()?;
+    conn.flush().await.ok()?;
+    let rows = crate::executor::read_rows(conn).await.ok()?.ok()?;
+    let found: Vec<(String, String)> = ServerConn::text_values(&rows)
+        .into_iter()
+        .filter_map(|r| {
+            let mut r = r.into_iter();
+            let name = r.next().flatten()?;
+            let ty = r.next().flatten()?;
+            Some((
+                String::from_utf8_lossy(&name).into_owned(),
+                String::from_utf8_lossy(&ty).into_owned(),
+            ))
+        })
+        .collect();
+    columns
+        .iter()
+        .map(|c| found.iter().find(|(n, _)| n == c).map(|(_, t)| t.clone()))
+        .collect()
+}
+
 /// The statement the source shard runs for an `INSERT ... SELECT`: the
 /// client's `SELECT` inserted into a temporary table with the target
-/// columns' types (`CREATE TABLE AS ... WITH NO DATA` keeps types and
-/// modifiers, and no constraints or defaults: those are the target's), then
-/// copied out, in a transaction rolled back at the end (the table is gone;
-/// the connection is as it was). The client's own text is used when it can
-/// be found (after the column list), so error positions map back to it.
+/// columns' types and modifiers (no constraints or defaults: those are the
+/// target's), then copied out, in a transaction rolled back at the end (the
+/// table is gone; the connection is as it was). Without the types, the
+/// `SELECT`'s rows are copied out as they are. The client's own text is
+/// used when it can be found (after the column list), so error positions
+/// map back to it.
 fn source_sql(
     client_stmt: &str,
     rendered: &str,
-    relation: &str,
+    defs: Option<&str>,
     columns: &str,
 ) -> (String, SourcePosition) {
     const TEMP: &str = "pg_temp.pieskieo_insert_rows";
@@ -102,17 +154,24 @@ fn source_sql(
         Some((at, text)) => (text, Some(client_stmt[..at].chars().count())),
         None => (rendered, None),
     };
-    let head = format!(
-        "BEGIN; CREATE TEMPORARY TABLE {TEMP} ON COMMIT DROP AS SELECT {columns} FROM {relation} WITH NO DATA; INSERT INTO {TEMP} ({columns}) "
-    );
+    // A newline after the client's text: it may end in a `--` comment.
+    let (head, tail) = match defs {
+        Some(defs) => {
+            (
+                format!(
+                    "BEGIN; CREATE TEMPORARY TABLE {TEMP} ({defs}) ON COMMIT DROP; INSERT INTO {TEMP} ({columns}) "
+                ),
+                format!("\n; COPY {TEMP} ({columns}) TO STDOUT; ROLLBACK"),
+            )
+        }
+        None => ("COPY (".to_string(), "\n) TO STDOUT".to_string()),
+    };
     let position = SourcePosition {
         at: head.chars().count(),
         len: text.chars().count(),
         client_at,
     };
-    // A newline first: the client's text may end in a `--` comment.
-    let sql = format!("{head}{text}\n; COPY {TEMP} ({columns}) TO STDOUT; ROLLBACK");
-    (sql, position)
+    (format!("{head}{text}{tail}"), position)
 }
 
 /// The query of `INSERT INTO t (columns) <query>` as the client wrote it,

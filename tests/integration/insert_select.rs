@@ -95,6 +95,16 @@ async fn insert_select_values_take_the_columns_types_as_in_postgresql() {
         exec(&client, "TRUNCATE accounts").await;
         assert!(psql(&oracle, "TRUNCATE accounts").0);
     }
+    // A target the block itself created (and holds locked): its column
+    // types are read where the block sees them, and nothing waits.
+    let sql = "BEGIN; CREATE TABLE items (id bigint PRIMARY KEY, name varchar(2)); INSERT INTO items (id, name) SELECT i * 1.5, 'n' || (i % 10) FROM generate_series(1, 30) i; COMMIT";
+    assert_eq!(psql(&c.uri(), sql), psql(&oracle, sql), "{sql}");
+    let q = "SELECT id, name FROM items ORDER BY id";
+    assert_eq!(psql(&c.uri(), q), psql(&oracle, q));
+    let sql = "BEGIN; TRUNCATE items; INSERT INTO items (id, name) SELECT i, 'x' FROM generate_series(1, 30) i; COMMIT";
+    assert_eq!(psql(&c.uri(), sql), psql(&oracle, sql), "{sql}");
+    assert_eq!(psql(&c.uri(), q), psql(&oracle, q));
+
     // The proxy's source connection leaves nothing behind: no temporary
     // table, no open transaction, for the next client of that connection.
     for _ in 0..4 {
