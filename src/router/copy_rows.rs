@@ -222,6 +222,19 @@ impl RowRouter {
                 Some(&row),
             ));
         }
+        // `\.` with no line end after it: PostgreSQL 15's text format calls
+        // the marker corrupt; CSV reads it as data.
+        if row.as_slice() == b"\\." {
+            if self.opts.format == CopyFormat::Text {
+                self.line += 1;
+                return Err(self.line_error(
+                    SqlState::BAD_COPY_FILE_FORMAT,
+                    "end-of-copy marker corrupt".into(),
+                    None,
+                ));
+            }
+            return self.on_data_line(&row, &row, sink);
+        }
         self.on_line(&row, sink)
     }
 
@@ -257,6 +270,16 @@ impl RowRouter {
             self.done = true;
             return Ok(());
         }
+        self.on_data_line(raw, body, sink)
+    }
+
+    /// A line that is not the end marker: the header, or a row.
+    fn on_data_line(
+        &mut self,
+        raw: &[u8],
+        body: &[u8],
+        sink: &mut dyn FnMut(Dest, u64, &[u8]),
+    ) -> Result<(), RowError> {
         self.line += 1;
         if std::mem::take(&mut self.header_pending) {
             sink(Dest::All, self.line, raw);
@@ -273,6 +296,12 @@ impl RowRouter {
             }
         };
         let body = body.as_ref();
+        if converted && std::str::from_utf8(body).is_err() {
+            // Not UTF-8: PostgreSQL refuses the line in its words
+            // (`invalid byte sequence ...: 0xff`), and so will a shard.
+            sink(Dest::Shard(self.null_shard), self.line, raw);
+            return Ok(());
+        }
         let (count, key) = match self.opts.format {
             CopyFormat::Csv => self.fields_csv(body),
             _ => self.fields_text(body),
@@ -299,6 +328,17 @@ impl RowRouter {
         }
         let shard = match key {
             Some(k) if !converted && !k.is_ascii() => self.unconverted_key(body)?,
+            Some(k) if std::str::from_utf8(&k).is_err() => {
+                // Escapes made bytes that are no UTF-8 (`\\351`): the
+                // column's input function refuses them, on any shard.
+                let e = self.line_error(
+                    SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+                    "invalid byte sequence for encoding \"UTF8\"".into(),
+                    Some(body),
+                );
+                self.null_key.get_or_insert(e);
+                self.null_shard
+            }
             Some(k) => self.shard_of_bytes(&k, Some(body))?,
             None => {
                 if self.null_key.is_none() {

@@ -133,6 +133,38 @@ async fn copy_line_ends_and_encodings_match_postgresql() {
             b"1,10,a\n2,20,b\r\n".to_vec(),
         ),
         ("CSV: CR, then LF", vec![csv], b"1,10,a\r2,20,b\n".to_vec()),
+        // An end marker with no line end after it: corrupt (text), data (CSV).
+        (
+            "end marker, no line end",
+            vec![text],
+            b"1\t10\ta\n\\.".to_vec(),
+        ),
+        (
+            "bare CR, end marker, no line end",
+            vec![text],
+            b"1\t10\ta\r\\.".to_vec(),
+        ),
+        (
+            "CSV end marker, no line end",
+            vec![csv],
+            b"1,10,a\n\\.".to_vec(),
+        ),
+        // Bytes that are no UTF-8: PostgreSQL's words, from a shard.
+        (
+            "invalid UTF-8 in a text key",
+            vec!["COPY users FROM STDIN"],
+            b"a@x\t1\tz\nb\xff@x\t2\tz\n".to_vec(),
+        ),
+        (
+            "invalid UTF-8 after a key's escape",
+            vec!["COPY users FROM STDIN"],
+            b"a@x\t1\tz\nb\\351@x\t2\tz\n".to_vec(),
+        ),
+        (
+            "invalid UTF-8 in a short row",
+            vec!["COPY users FROM STDIN"],
+            b"a@x\t1\tz\nb\xe9@x\n".to_vec(),
+        ),
         // Encodings: the key is converted as the shard will convert it.
         (
             "LATIN1 text keys",

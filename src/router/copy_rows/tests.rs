@@ -263,3 +263,18 @@ fn keys_in_other_encodings() {
     r.set_client_encoding("latin1");
     assert_eq!(run(&mut r, b"jos\xe9\t1\n", 2).unwrap()[0].0, text("josé"));
 }
+
+#[test]
+fn an_end_marker_without_a_line_end() {
+    let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+    let e = run(&mut r, b"1\ta\n\\.", 3).unwrap_err();
+    assert_eq!(e.message, "end-of-copy marker corrupt");
+    assert_eq!(e.context, "COPY accounts, line 2");
+    // In CSV it is a row's data (a key that is no bigint).
+    let mut r = router("COPY accounts FROM STDIN (FORMAT csv)", &["id"]);
+    let e = run(&mut r, b"1\n\\.", 3).unwrap_err();
+    assert_eq!(e.sqlstate, SqlState::INVALID_TEXT_REPRESENTATION);
+    // With a line end it ends the data.
+    let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
+    assert_eq!(run(&mut r, b"1\ta\n\\.\n", 3).unwrap().len(), 1);
+}
