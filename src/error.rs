@@ -41,6 +41,7 @@ impl SqlState {
     pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
     pub const DUPLICATE_CURSOR: SqlState = SqlState("42P03");
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
+    pub const LOCK_NOT_AVAILABLE: SqlState = SqlState("55P03");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");

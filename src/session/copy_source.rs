@@ -6,6 +6,7 @@
 use super::copy::Source;
 use super::settings::quote_literal;
 use super::*;
+use crate::error::SqlState;
 use crate::router::CopyIn;
 use bytes::Bytes;
 
@@ -58,7 +59,8 @@ impl Session {
                 .collect();
             defs.join(", ")
         });
-        let (sql, position) = source_sql(client_stmt, &select, defs.as_deref(), &columns);
+        let in_block = self.txn().is_some();
+        let (sql, position) = source_sql(client_stmt, &select, defs.as_deref(), &columns, in_block);
         let mut from = Source::Shard {
             conn: &mut conn,
             sql,
@@ -85,12 +87,26 @@ pub(super) struct SourcePosition {
     /// Characters of the client's statement before that text; `None`: the
     /// text is the proxy's rendering, so no position can be given.
     client_at: Option<usize>,
+    /// The client's block is open: a lock wait that timed out may be on a
+    /// lock of its own.
+    in_block: bool,
 }
 
 impl SourcePosition {
     /// The ErrorResponse with its position moved to the client's statement,
     /// or dropped where it does not fall in the client's text.
     pub(super) fn map(&self, error: &[u8]) -> Option<Bytes> {
+        let timed_out = error.get(5..).is_some_and(|body| {
+            protocol::ErrorFields::parse(body).code == SqlState::LOCK_NOT_AVAILABLE.code()
+        });
+        if self.in_block && timed_out {
+            return Some(protocol::error_response(
+                Severity::Error,
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "the SELECT of an INSERT INTO a sharded table ... SELECT runs outside the transaction block, and it waited on a lock (perhaps one this block holds: LOCK TABLE, TRUNCATE or ALTER of a table it reads): run the INSERT ... SELECT before taking that lock, or outside the block",
+                None,
+            ));
+        }
         protocol::rewrite_error(error, |code, value| {
             if code != b'P' {
                 return Some(value.to_string());
@@ -148,28 +164,38 @@ fn source_sql(
     rendered: &str,
     defs: Option<&str>,
     columns: &str,
+    in_block: bool,
 ) -> (String, SourcePosition) {
     const TEMP: &str = "pg_temp.pieskieo_insert_rows";
     let (text, client_at) = match client_select(client_stmt) {
         Some((at, text)) => (text, Some(client_stmt[..at].chars().count())),
         None => (rendered, None),
     };
+    // Inside the client's block the SELECT runs outside it: a lock of the
+    // block's own would be waited on for ever, so waits end after a second.
+    let wait = if in_block {
+        "SET LOCAL lock_timeout = 1000; "
+    } else {
+        ""
+    };
     // A newline after the client's text: it may end in a `--` comment.
     let (head, tail) = match defs {
-        Some(defs) => {
-            (
-                format!(
-                    "BEGIN; CREATE TEMPORARY TABLE {TEMP} ({defs}) ON COMMIT DROP; INSERT INTO {TEMP} ({columns}) "
-                ),
-                format!("\n; COPY {TEMP} ({columns}) TO STDOUT; ROLLBACK"),
-            )
-        }
-        None => ("COPY (".to_string(), "\n) TO STDOUT".to_string()),
+        Some(defs) => (
+            format!(
+                "BEGIN; {wait}CREATE TEMPORARY TABLE {TEMP} ({defs}) ON COMMIT DROP; INSERT INTO {TEMP} ({columns}) "
+            ),
+            format!("\n; COPY {TEMP} ({columns}) TO STDOUT; ROLLBACK"),
+        ),
+        None => (
+            format!("BEGIN; {wait}COPY ("),
+            "\n) TO STDOUT; ROLLBACK".to_string(),
+        ),
     };
     let position = SourcePosition {
         at: head.chars().count(),
         len: text.chars().count(),
         client_at,
+        in_block,
     };
     (format!("{head}{text}{tail}"), position)
 }

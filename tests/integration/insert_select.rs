@@ -105,6 +105,34 @@ async fn insert_select_values_take_the_columns_types_as_in_postgresql() {
     assert_eq!(psql(&c.uri(), sql), psql(&oracle, sql), "{sql}");
     assert_eq!(psql(&c.uri(), q), psql(&oracle, q));
 
+    // A SELECT that would wait on the block's own lock (it runs outside
+    // the block): refused within a second with 0A000, never a hang, and
+    // nothing committed.
+    let sql = "BEGIN; LOCK TABLE source IN ACCESS EXCLUSIVE MODE; INSERT INTO accounts (id, balance) SELECT n * 10, 1 FROM source; COMMIT";
+    let started = std::time::Instant::now();
+    let out = Command::new("psql")
+        .arg(c.uri())
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=sqlstate",
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (ok, err) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(!ok && err.contains("0A000"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let q = "SELECT count(*) FROM accounts";
+    assert_eq!(psql(&c.uri(), q).1, "0\n");
+
     // The proxy's source connection leaves nothing behind: no temporary
     // table, no open transaction, for the next client of that connection.
     for _ in 0..4 {
