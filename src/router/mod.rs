@@ -167,6 +167,9 @@ pub enum Plan {
         into: Box<CopyIn>,
         select: String,
         source: Route,
+        /// The SELECT reads tables (not only functions such as
+        /// `generate_series`): it would miss writes of the client's block.
+        reads_tables: bool,
     },
     Begin,
     Commit,

@@ -519,7 +519,23 @@ impl Session {
                 into,
                 select,
                 source,
-            } => self.insert_select(stmt, into, select, source).await,
+                reads_tables,
+            } => {
+                let wrote = self
+                    .txn()
+                    .is_some_and(|t| t.participants.iter().any(|p| p.wrote.may()));
+                if reads_tables && wrote {
+                    // Its SELECT runs outside the block: it would not see
+                    // what the block wrote, so it is refused, not answered
+                    // wrongly.
+                    return self
+                        .error(Error::Unsupported(
+                            "INSERT INTO a sharded table ... SELECT from tables, in a transaction block that has written, is not supported by Pieskieo: its SELECT runs outside the block and would not see the block's writes; run it before the block writes, or outside the block".into(),
+                        ))
+                        .await;
+                }
+                self.insert_select(stmt, into, select, source).await
+            }
             Plan::Begin => self.begin(stmt).await,
             Plan::Commit => self.commit(stmt).await,
             Plan::Rollback => self.rollback(stmt).await,

@@ -133,6 +133,20 @@ async fn insert_select_values_take_the_columns_types_as_in_postgresql() {
     let q = "SELECT count(*) FROM accounts";
     assert_eq!(psql(&c.uri(), q).1, "0\n");
 
+    // After the block wrote, a SELECT from tables (run outside the block)
+    // would miss those writes: refused, and the block fails whole. Before
+    // any write, it runs.
+    let sql = "BEGIN; INSERT INTO source VALUES (7, 'x'); INSERT INTO accounts (id, balance) SELECT n * 10, 1 FROM source; COMMIT";
+    let (ok, _, err) = psql(&c.uri(), sql);
+    assert!(
+        !ok && err.contains("would not see the block's writes"),
+        "{err}"
+    );
+    assert_eq!(psql(&c.uri(), "SELECT count(*) FROM source").1, "3\n");
+    let sql = "BEGIN; INSERT INTO accounts (id, balance) SELECT n * 100, 1 FROM source; COMMIT";
+    assert_eq!(psql(&c.uri(), sql), psql(&oracle, sql), "{sql}");
+    assert_eq!(psql(&c.uri(), q), psql(&oracle, q));
+
     // The proxy's source connection leaves nothing behind: no temporary
     // table, no open transaction, for the next client of that connection.
     for _ in 0..4 {

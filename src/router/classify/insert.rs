@@ -243,5 +243,6 @@ fn insert_select(
         }),
         select: q.to_string(),
         source,
+        reads_tables: !t.reference.is_empty() || !t.other.is_empty(),
     })
 }
