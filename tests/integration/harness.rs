@@ -135,10 +135,19 @@ impl Servers {
             dir: dir.clone(),
         };
         for i in 0..n {
-            let s =
+            let mut s =
                 LocalServer::create(&bindir, &dir.join(format!("shard{i}")), free_port(), &fast)
                     .unwrap_or_else(|e| panic!("initdb: {e}"));
-            s.start().unwrap_or_else(|e| panic!("start shard {i}: {e}"));
+            // A free port can be taken by another process before the server
+            // binds it: then another port (the port is only pg_ctl's option).
+            let mut tries = 0;
+            while let Err(e) = s.start() {
+                tries += 1;
+                if tries >= 5 || !e.contains("Address already in use") {
+                    panic!("start shard {i}: {e}");
+                }
+                s.port = free_port();
+            }
             servers.push(s.clone());
             me.servers.push(s);
         }
