@@ -327,3 +327,29 @@ fn window_functions_partitioned_by_the_shard_key_run_per_shard() {
         );
     }
 }
+
+/// An expression over aggregates that names no column (`count(*) + 1`) is
+/// not a constant: each shard has its own value. It runs in two stages.
+#[test]
+fn expressions_over_aggregates_without_columns_are_staged() {
+    let m = map();
+    for sql in [
+        "SELECT count(*) + 1 FROM accounts",
+        "SELECT count(*) > 0 FROM accounts",
+        "SELECT 'n='::text || count(*) FROM accounts",
+        "SELECT 1, count(*) * 2 FROM accounts WHERE balance > 3",
+        // A stage that runs in stages itself.
+        "SELECT id FROM accounts WHERE balance > (SELECT avg(balance) + 15 FROM accounts)",
+    ] {
+        assert!(
+            matches!(plan(sql, &m), Ok(Plan::Staged(_))),
+            "{sql}: {:?}",
+            plan(sql, &m)
+        );
+    }
+    // A true constant beside an aggregate still passes through the merge.
+    assert!(matches!(
+        plan("SELECT 1, now() IS NOT NULL, count(*) FROM accounts", &m),
+        Ok(Plan::Merge { .. })
+    ));
+}

@@ -128,21 +128,37 @@ const MAX_STAGE_ROWS: usize = 100_000;
 type Rows = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
 
 impl Session {
-    pub(super) async fn run_staged(&mut self, staged: Arc<StagedPlan>) -> std::io::Result<bool> {
+    /// Runs the stages and gives the outer statement with their rows in
+    /// place, and how it runs; `None` when a stage failed (the client has
+    /// been sent the error).
+    pub(super) async fn fill_stages(
+        &mut self,
+        staged: &StagedPlan,
+    ) -> std::io::Result<Option<(String, Result<Plan, router::RouteError>)>> {
         let mut filled = Vec::with_capacity(staged.stages.len());
         for stage in &staged.stages {
             let Some((cols, rows)) = self.capture(stage).await? else {
-                return Ok(false);
+                return Ok(None);
             };
             match router::materialize(&cols, &rows) {
                 Ok(sql) => filled.push(sql),
-                Err(m) => return self.error(Error::Unsupported(m)).await,
+                Err(m) => {
+                    self.error(Error::Unsupported(m)).await?;
+                    return Ok(None);
+                }
             }
         }
         let outer = staged.fill(&filled);
         let plan = match &staged.filled {
             Some(known) => Ok((**known).clone()),
             None => router::plan(&outer, &self.shared.map()),
+        };
+        Ok(Some((outer, plan)))
+    }
+
+    pub(super) async fn run_staged(&mut self, staged: Arc<StagedPlan>) -> std::io::Result<bool> {
+        let Some((outer, plan)) = self.fill_stages(&staged).await? else {
+            return Ok(false);
         };
         match plan {
             Ok(Plan::Forward { route, write }) => self.forward(&outer, route, write).await,
@@ -176,6 +192,23 @@ impl Session {
                 self.forward(&stage.sql, route.clone(), Writes::No).await
             }
             Plan::Merge { route, plan } => self.merge_across(route.clone(), plan.clone()).await,
+            Plan::Staged(inner) => match Box::pin(self.fill_stages(inner)).await {
+                Ok(Some((sql, Ok(Plan::Forward { route, .. })))) => {
+                    self.forward(&sql, route, Writes::No).await
+                }
+                Ok(Some((_, Ok(Plan::Merge { route, plan })))) => {
+                    self.merge_across(route, plan).await
+                }
+                Ok(Some((_, Ok(_)))) => {
+                    self.error(Error::Unsupported(
+                        "this subquery over subqueries is not supported across shards".into(),
+                    ))
+                    .await
+                }
+                Ok(Some((_, Err(e)))) => self.error(Error::Route(e)).await,
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            },
             _ => Ok(false),
         };
         let flushed = self.out.flush().await;

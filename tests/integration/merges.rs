@@ -151,7 +151,7 @@ pub(crate) async fn reference(c: &Client, sql: &str) -> Result<Answer, String> {
 
 /// A value exactly as the server sent it in binary.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Raw(Option<Vec<u8>>);
+pub(crate) struct Raw(Option<Vec<u8>>);
 
 impl<'a> FromSql<'a> for Raw {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
@@ -169,7 +169,7 @@ impl<'a> FromSql<'a> for Raw {
 
 /// Column types and binary rows through the extended protocol (tokio-postgres
 /// asks for binary results).
-async fn binary(
+pub(crate) async fn binary(
     c: &Client,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],

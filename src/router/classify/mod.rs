@@ -26,6 +26,7 @@ mod tables;
 pub use keys::fill_keys;
 pub(super) use stage::marker_sql as stage_marker;
 pub use stage::materialize;
+pub(crate) use stage::type_name;
 
 pub(super) use self::names_table as sharded_table_named;
 

@@ -104,6 +104,9 @@ fn stage_plan(q: &Query, map: &ShardMap) -> Result<Plan, RouteError> {
             write: Writes::No, ..
         } => Ok(p),
         p @ Plan::Merge { .. } => Ok(p),
+        // A stage in stages of its own (`x > (SELECT avg(x) + 1 FROM t)`):
+        // its stages run first, then it, then the outer query.
+        p @ Plan::Staged(_) => Ok(p),
         Plan::Forward { .. } => unsupported(
             "a subquery or CTE that locks rows or calls functions that may write, over a sharded table across shards, is not supported",
         ),
@@ -264,10 +267,7 @@ pub fn materialize(
         .collect();
     let value = |v: &Option<String>, t: &str| match v {
         None => format!("NULL::{t}"),
-        Some(s) if s.contains('\\') => {
-            format!("E'{}'::{t}", s.replace('\\', "\\\\").replace('\'', "''"))
-        }
-        Some(s) => format!("'{}'::{t}", s.replace('\'', "''")),
+        Some(s) => format!("{}::{t}", crate::router::inline::quote(s)),
     };
     if rows.is_empty() {
         let cols: Vec<String> = names
@@ -292,7 +292,7 @@ pub fn materialize(
 }
 
 /// Type names for the built-in types a stage may carry.
-fn type_name(oid: u32) -> Option<&'static str> {
+pub(crate) fn type_name(oid: u32) -> Option<&'static str> {
     Some(match oid {
         16 => "bool",
         17 => "bytea",

@@ -35,6 +35,21 @@ impl Session {
         }
         // The unnamed portal is replaced, rows kept for it too.
         self.ext.buffered.remove(b.portal);
+        // A statement refused with its parameters as placeholders may run
+        // in stages once their values are in it (a subquery filtered by
+        // `$1`, `round(avg(x), $1)`).
+        if let (Err(RouteError::Unsupported(_)), false) = (&plan, b.values.is_empty()) {
+            let (sql, declared) = (stmt.sql.clone(), stmt.param_types().to_vec());
+            let Some(text) = self.inline_bound(&sql, &declared, &b).await? else {
+                return Ok(false);
+            };
+            if let staged @ Ok(Plan::Staged(_)) = router::plan(&text, &self.shared.map()) {
+                return self.bind_staged(text, staged, &b).await;
+            }
+        }
+        let Some(stmt) = self.ext.stmts.get(b.stmt) else {
+            return Ok(false);
+        };
         let plan = match plan {
             Ok(p) => p,
             Err(e) => {
@@ -122,12 +137,16 @@ impl Session {
                     ))
                     .await?)
             }
+            staged @ Plan::Staged(_) if b.values.is_empty() => {
+                return self.bind_staged(stmt.sql.clone(), Ok(staged), &b).await;
+            }
             Plan::Staged(_) => {
-                return Ok(self
-                    .error(Error::Unsupported(
-                        "a query that runs in two stages across shards (subqueries or CTEs over sharded tables, expressions over aggregates) is supported through the simple query protocol only; send it without parameters as a simple query, or fix the shard key to reach one shard".into(),
-                    ))
-                    .await?)
+                let (sql, declared) = (stmt.sql.clone(), stmt.param_types().to_vec());
+                let Some(text) = self.inline_bound(&sql, &declared, &b).await? else {
+                    return Ok(false);
+                };
+                let plan = router::plan(&text, &self.shared.map());
+                return self.bind_staged(text, plan, &b).await;
             }
             Plan::NeedKeys(req) => {
                 let (sql, declared) = (stmt.sql.clone(), stmt.types.clone());

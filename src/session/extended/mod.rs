@@ -27,6 +27,7 @@ mod fast;
 mod merged;
 mod portal;
 mod segment;
+mod staged;
 mod wire;
 
 pub(crate) use segment::sync_all;

@@ -1,0 +1,99 @@
+//! A statement's `$n` parameters written into its text as typed literals,
+//! for plans the proxy carries out in steps of its own (two-stage plans
+//! through the extended protocol): each step is SQL text that runs on some
+//! shard where the client's parameters do not exist. `$1` of type `int4`
+//! bound to `5` becomes `('5'::int4)`, which PostgreSQL reads back as the
+//! same value: the text form of a value is its type's exact input.
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use super::classify::type_name;
+
+/// A parameter's value as SQL: a literal of the parameter's type, or, when
+/// the proxy cannot spell that type (a user's enum or domain, or a type the
+/// client left to the server), an untyped literal that PostgreSQL resolves
+/// from its context exactly as it resolved the parameter's type.
+pub fn param_literal(value: Option<&str>, oid: u32) -> String {
+    let t = type_name(oid);
+    match (value, t) {
+        (None, Some(t)) => format!("(NULL::{t})"),
+        (None, None) => "NULL".to_string(),
+        (Some(v), Some(t)) => format!("({}::{t})", quote(v)),
+        (Some(v), None) => quote(v),
+    }
+}
+
+/// A string constant that reads as `v` whatever `standard_conforming_strings` is.
+pub(crate) fn quote(v: &str) -> String {
+    if v.contains('\\') {
+        format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", v.replace('\'', "''"))
+    }
+}
+
+/// `sql` with every `$n` outside strings, quoted names and comments
+/// replaced by `literals[n - 1]`; `None` when the text does not scan or
+/// names a parameter that has no value.
+pub fn inline_params(sql: &str, literals: &[String]) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    // Byte offset of each line's start: the tokenizer counts lines from 1
+    // and columns in characters from 1.
+    let mut line_starts = vec![0usize];
+    line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    let mut out = String::with_capacity(sql.len() + 16 * literals.len());
+    let mut copied = 0;
+    for t in tokens {
+        let Token::Placeholder(p) = &t.token else {
+            continue;
+        };
+        let n: usize = p.strip_prefix('$')?.parse().ok()?;
+        let literal = literals.get(n.checked_sub(1)?)?;
+        let line = usize::try_from(t.span.start.line).ok()?.checked_sub(1)?;
+        let col = usize::try_from(t.span.start.column).ok()?.checked_sub(1)?;
+        let start = *line_starts.get(line)?;
+        let at = start + sql.get(start..)?.char_indices().nth(col)?.0;
+        if sql.get(at..at + p.len())? != p {
+            return None;
+        }
+        out.push_str(&sql[copied..at]);
+        out.push_str(literal);
+        copied = at + p.len();
+    }
+    out.push_str(&sql[copied..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_become_typed_literals_outside_strings_and_comments() {
+        let lits = vec![
+            param_literal(Some("2"), 23),
+            param_literal(Some("o'k\\"), 25),
+        ];
+        assert_eq!(
+            inline_params(
+                "SELECT round(avg(x), $1) -- $2\n, '$1', \"$2\", $$ $1 $$, $2 FROM t WHERE ü = $2",
+                &lits
+            )
+            .unwrap(),
+            "SELECT round(avg(x), ('2'::int4)) -- $2\n, '$1', \"$2\", $$ $1 $$, (E'o''k\\\\'::text) FROM t WHERE ü = (E'o''k\\\\'::text)"
+        );
+        assert_eq!(param_literal(None, 20), "(NULL::int8)");
+        assert_eq!(param_literal(Some("a"), 0), "'a'");
+        assert_eq!(param_literal(None, 0), "NULL");
+        // $10 is not $1 followed by 0.
+        let many: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
+        assert_eq!(
+            inline_params("SELECT $10, $1", &many).unwrap(),
+            "SELECT 10, 1"
+        );
+        assert_eq!(inline_params("SELECT $2", &lits[..1]), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! Two-stage plans through the extended protocol. At Bind, where
+//! PostgreSQL takes a portal's snapshot, the bound values are written into
+//! the statement as typed literals, the stages run (as in the simple
+//! protocol), and the outer statement with the stages' rows in place is
+//! bound as the client's portal on the shard(s) it routes to. Describe,
+//! Execute with a row limit, result formats and Close are then those of an
+//! ordinary portal, answered by PostgreSQL.
+//!
+//! The filled statement is new text at every Bind, so it goes to the
+//! shards as their unnamed statement (which the proxy uses for nothing
+//! else): nothing is left prepared on a pooled connection.
+
+use super::*;
+
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+impl Session {
+    /// The statement with its bound values written in as typed literals;
+    /// `None` when an error was sent.
+    pub(super) async fn inline_bound(
+        &mut self,
+        sql: &str,
+        types: &[u32],
+        b: &wire::BindMsg<'_>,
+    ) -> std::io::Result<Option<String>> {
+        // Types the client left unspecified are the server's to infer: their
+        // values go in as untyped literals, which it resolves the same way.
+        let mut types = types.to_vec();
+        types.resize(b.values.len(), 0);
+        let Some(texts) = self.param_texts(b, &types).await? else {
+            return Ok(None);
+        };
+        let literals: Vec<String> = texts
+            .iter()
+            .zip(&types)
+            .map(|(v, oid)| router::param_literal(v.as_deref(), *oid))
+            .collect();
+        match router::inline_params(sql, &literals) {
+            Some(text) => Ok(Some(text)),
+            None => {
+                self.error(Error::Unsupported(
+                    "the proxy could not write this statement's parameters into it to run it in stages across shards; send it as a simple query".into(),
+                ))
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Binds the client's portal to `text` (a statement without parameters)
+    /// planned as `plan`: a two-stage plan's stages run now.
+    pub(super) async fn bind_staged(
+        &mut self,
+        text: String,
+        plan: Result<Plan, router::RouteError>,
+        b: &wire::BindMsg<'_>,
+    ) -> Result<bool, Fatal> {
+        let Some(formats) = wire::result_formats(b.results) else {
+            return Err(Fatal::Protocol(malformed("Bind")));
+        };
+        let (outer, plan) = match plan {
+            Ok(Plan::Staged(staged)) => match self.fill_stages(&staged).await? {
+                Some(filled) => filled,
+                None => return Ok(false),
+            },
+            other => (text, other),
+        };
+        self.ext.risky_now = false;
+        let n = self.shared.map().shards;
+        let (shards, kind) = match plan {
+            Ok(Plan::Forward {
+                route: Route::Any,
+                write: Writes::No,
+            }) => {
+                let s = self.any_shard();
+                (
+                    vec![s],
+                    PortalKind::Single {
+                        shard: s,
+                        write: Writes::No,
+                    },
+                )
+            }
+            Ok(Plan::Forward {
+                route,
+                write: Writes::No,
+            }) => {
+                let shards = route.shards(n);
+                let kind = match shards.as_slice() {
+                    [one] => PortalKind::Single {
+                        shard: *one,
+                        write: Writes::No,
+                    },
+                    _ => PortalKind::Multi {
+                        shards: shards.clone(),
+                        merge: Merge::Union,
+                        write: Writes::No,
+                    },
+                };
+                (shards, kind)
+            }
+            Ok(Plan::Merge { route, plan }) => {
+                let shards = route.shards(n);
+                let sql = plan.sql.clone();
+                let kind = PortalKind::Merged {
+                    shards: shards.clone(),
+                    plan,
+                    formats,
+                };
+                // The shards answer in text; the proxy encodes the merged rows.
+                return self
+                    .bind_unnamed(&shards, &sql, b.portal, &[0, 0], kind)
+                    .await;
+            }
+            Ok(_) => {
+                return Ok(self
+                    .error(Error::Unsupported(
+                        "the outer query over subqueries across shards is not supported".into(),
+                    ))
+                    .await?)
+            }
+            Err(e) => return Ok(self.error(Error::Route(e)).await?),
+        };
+        self.bind_unnamed(&shards, &outer, b.portal, b.results, kind)
+            .await
+    }
+
+    /// Binds `portal` on each shard to `sql` as the shard's unnamed
+    /// statement, with `results` as the result-format part; the first
+    /// BindComplete goes to the client.
+    async fn bind_unnamed(
+        &mut self,
+        shards: &[ShardId],
+        sql: &str,
+        portal: &str,
+        results: &[u8],
+        kind: PortalKind,
+    ) -> Result<bool, Fatal> {
+        let parse = message(b'P', |m| {
+            put_cstr(m, "");
+            put_cstr(m, sql);
+            m.put_i16(0);
+        });
+        let bind = message(b'B', |m| {
+            put_cstr(m, portal);
+            put_cstr(m, "");
+            m.put_i16(0);
+            m.put_i16(0);
+            m.put_slice(results);
+        });
+        for (i, shard) in shards.iter().enumerate() {
+            let (slot, mut conn) = match self.take_conn(*shard).await {
+                Ok(x) => x,
+                Err(e) => return Ok(self.error(e).await?),
+            };
+            let r = async {
+                conn.send_extended(&parse).await?;
+                conn.send_extended(&bind).await?;
+                conn.send_extended(&FLUSH).await?;
+                conn.flush().await?;
+                let (parsed, _) = reply(&mut conn, &mut self.out, b"1", false).await?;
+                if parsed.failed() {
+                    return Ok(parsed);
+                }
+                reply(&mut conn, &mut self.out, b"2", i == 0)
+                    .await
+                    .map(|x| x.0)
+            }
+            .await;
+            self.put_conn(slot, conn, Writes::No);
+            if !self.finish_exec(r).await? {
+                return Ok(false);
+            }
+        }
+        self.ext.portals.insert(portal.to_string(), kind);
+        Ok(true)
+    }
+
+    /// The bound values as text: text-format values as they are, binary
+    /// ones the proxy can read decoded, and the others rendered by a shard
+    /// (`$1::text`, in the client's settings), so that every value reads
+    /// back exactly. `None`: an error was sent.
+    async fn param_texts(
+        &mut self,
+        b: &wire::BindMsg<'_>,
+        types: &[u32],
+    ) -> std::io::Result<Option<Vec<Option<String>>>> {
+        let mut out = Vec::with_capacity(types.len());
+        let mut unread = Vec::new();
+        for (i, v) in bounds(b, types).into_iter().enumerate() {
+            out.push(match v {
+                Bound::Null => None,
+                Bound::Text(t) => Some(t),
+                Bound::Unknown => {
+                    unread.push(i);
+                    None
+                }
+            });
+        }
+        if unread.is_empty() {
+            return Ok(Some(out));
+        }
+        let format = |i: usize| match b.formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        };
+        let cols: Vec<String> = (1..=unread.len()).map(|k| format!("${k}::text")).collect();
+        let parse = message(b'P', |m| {
+            put_cstr(m, "");
+            put_cstr(m, &format!("SELECT {}", cols.join(", ")));
+            m.put_i16(unread.len() as i16);
+            for &i in &unread {
+                m.put_u32(types.get(i).copied().unwrap_or(0));
+            }
+        });
+        let bind = message(b'B', |m| {
+            put_cstr(m, "");
+            put_cstr(m, "");
+            m.put_i16(unread.len() as i16);
+            for &i in &unread {
+                m.put_i16(format(i));
+            }
+            m.put_i16(unread.len() as i16);
+            for &i in &unread {
+                match b.values.get(i).copied().flatten() {
+                    Some(v) => {
+                        m.put_i32(v.len() as i32);
+                        m.put_slice(v);
+                    }
+                    None => m.put_i32(-1),
+                }
+            }
+            m.put_i16(0);
+        });
+        let execute = message(b'E', |m| {
+            put_cstr(m, "");
+            m.put_i32(0);
+        });
+        let mut conn = match self.checkout(self.shared.map().default_shard).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(e).await?;
+                return Ok(None);
+            }
+        };
+        let r = async {
+            for msg in [&parse[..], &bind[..], &execute[..], &SYNC[..]] {
+                conn.send_extended(msg).await?;
+            }
+            conn.flush().await?;
+            executor::read_rows(&mut conn).await
+        }
+        .await;
+        match r {
+            Ok(Ok(rows)) => {
+                let row = rows.first().map(|f| f.body()).unwrap_or_default();
+                let mut at = 2;
+                for &i in &unread {
+                    let len = row
+                        .get(at..at + 4)
+                        .map_or(-1, |x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]));
+                    at += 4;
+                    if len >= 0 {
+                        let end = at + len as usize;
+                        out[i] = row
+                            .get(at..end)
+                            .map(|v| String::from_utf8_lossy(v).into_owned());
+                        at = end;
+                    }
+                }
+                Ok(Some(out))
+            }
+            // The shard could not read a value: its error is PostgreSQL's own.
+            Ok(Err(e)) => {
+                self.write(&e.bytes).await?;
+                self.fail();
+                Ok(None)
+            }
+            Err(e) => {
+                conn.mark_broken();
+                self.error(e.into()).await?;
+                Ok(None)
+            }
+        }
+    }
+}
