@@ -755,3 +755,92 @@ async fn an_extended_copy_whose_proxy_dies_mid_commit_is_finished_whole() {
         }
     }
 }
+
+/// A two-stage read in a pipeline after a write, before one Sync: its
+/// stages see the write, as the statement would in PostgreSQL's implicit
+/// transaction; an error in a stage fails the segment, which commits
+/// nothing. Message for message (and value for value) as plain PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_reads_in_a_pipeline_see_its_writes() {
+    let p = Pair::start().await;
+    let mut raws = p.raws().await;
+    let seed = "INSERT INTO accounts (id, balance) SELECT i, i FROM generate_series(1, 30) i";
+    for c in [p.proxy().await, p.oracle().await] {
+        exec(&c, seed).await;
+    }
+    let staged = "SELECT count(*) * 10, round(avg(balance), 1) FROM accounts";
+    for (id, flushed) in [(1001, false), (1002, true)] {
+        let insert = format!("INSERT INTO accounts (id, balance) VALUES ({id}, 500)");
+        let mut script = vec![(b'P', parse("", &insert)), (b'B', bind("", &[])), execute()];
+        if flushed {
+            // The INSERT runs alone first, on its shard's own transaction.
+            script.push(flush());
+        }
+        script.extend([
+            (b'P', parse("", staged)),
+            (b'B', bind("", &[])),
+            (b'D', b"P\0".to_vec()),
+            execute(),
+            sync(),
+        ]);
+        let got = with_rows(&mut raws, &script).await;
+        assert_eq!(got[0], got[1], "proxy, then plain PostgreSQL");
+        assert_eq!(got[0].len(), 9, "{:?}", got[0]);
+    }
+    // A stage that fails: the segment's INSERT is rolled back.
+    let script = [
+        (
+            b'P',
+            parse("", "INSERT INTO accounts (id, balance) VALUES (1003, 1)"),
+        ),
+        (b'B', bind("", &[])),
+        execute(),
+        (
+            b'P',
+            parse(
+                "",
+                "SELECT count(*) FROM accounts WHERE balance > (SELECT sum(balance) / (count(*) - 33) FROM accounts)",
+            ),
+        ),
+        (b'B', bind("", &[])),
+        execute(),
+        sync(),
+    ];
+    // The stages run at Bind: the error answers the Bind, where PostgreSQL
+    // answers the Bind and then fails the Execute (see the README).
+    let got = with_rows(&mut raws, &script).await;
+    assert_eq!(got[0], ["1", "2", "C INSERT 0 1", "1", "E 22012", "Z I"]);
+    assert_eq!(
+        got[1],
+        ["1", "2", "C INSERT 0 1", "1", "2", "E 22012", "Z I"]
+    );
+    let n = "SELECT count(*) FROM accounts";
+    assert_eq!(value(&p.proxy().await, n).await, "32");
+    assert_eq!(value(&p.oracle().await, n).await, "32");
+}
+
+/// Sends `script` to both raw clients; each one's answer up to
+/// ReadyForQuery, summarised with the values of DataRows.
+async fn with_rows(raws: &mut [RawClient; 2], script: &[Msg]) -> Vec<Vec<String>> {
+    let mut answers = Vec::new();
+    for raw in raws.iter_mut() {
+        for (tag, body) in script {
+            raw.send(*tag, body).await;
+        }
+        let r = raw.until_ready().await;
+        let mut seen: Vec<String> = r
+            .messages
+            .iter()
+            .filter(|(t, _)| *t != b'N' && *t != b'S')
+            .map(|(t, b)| match t {
+                b'C' => format!("C {}", String::from_utf8_lossy(&b[..b.len() - 1])),
+                b'E' => format!("E {}", field(b, b'C')),
+                b'D' => format!("D {:?}", crate::merges::decode_answer(&[(b'D', b.clone())])),
+                other => (*other as char).to_string(),
+            })
+            .collect();
+        seen.push(format!("Z {}", r.status as char));
+        answers.push(seen);
+    }
+    answers
+}

@@ -38,7 +38,7 @@ impl Session {
         // A statement refused with its parameters as placeholders may run
         // in stages once their values are in it (a subquery filtered by
         // `$1`, `round(avg(x), $1)`).
-        if let (Err(RouteError::Unsupported(_)), false) = (&plan, b.values.is_empty()) {
+        let stmt = if let (Err(RouteError::Unsupported(_)), false) = (&plan, b.values.is_empty()) {
             let (sql, declared) = (stmt.sql.clone(), stmt.param_types().to_vec());
             let Some(text) = self.inline_bound(&sql, &declared, &b).await? else {
                 return Ok(false);
@@ -46,9 +46,12 @@ impl Session {
             if let staged @ Ok(Plan::Staged(_)) = router::plan(&text, &self.shared.map()) {
                 return self.bind_staged(text, staged, &b).await;
             }
-        }
-        let Some(stmt) = self.ext.stmts.get(b.stmt) else {
-            return Ok(false);
+            match self.ext.stmts.get(b.stmt) {
+                Some(s) => s,
+                None => return Ok(false),
+            }
+        } else {
+            stmt
         };
         let plan = match plan {
             Ok(p) => p,

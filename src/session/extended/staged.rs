@@ -58,6 +58,13 @@ impl Session {
         let Some(formats) = wire::result_formats(b.results) else {
             return Err(Fatal::Protocol(malformed("Bind")));
         };
+        // The stages must see what this segment wrote on its one shard's
+        // own transaction: the segment becomes the implicit block they run in.
+        if self.ext.seg_wrote.may() && self.ext.segment().is_some() {
+            if let Err(e) = self.promote_segment("BEGIN").await {
+                return Ok(self.error(e).await?);
+            }
+        }
         let (outer, plan) = match plan {
             Ok(Plan::Staged(staged)) => match self.fill_stages(&staged).await? {
                 Some(filled) => filled,
