@@ -353,3 +353,25 @@ fn expressions_over_aggregates_without_columns_are_staged() {
         Ok(Plan::Merge { .. })
     ));
 }
+
+/// A CTE over sharded tables runs as a stage unless it names an earlier CTE
+/// as a table (a `GROUP BY` in it does not name a CTE called `g`).
+#[test]
+fn ctes_reading_no_earlier_cte_are_staged() {
+    let m = map();
+    let sql = "WITH g AS (SELECT balance, sum(id) AS q FROM accounts GROUP BY balance) SELECT max(q) - min(q), count(*) FROM g";
+    assert!(
+        matches!(plan(sql, &m), Ok(Plan::Staged(_))),
+        "{:?}",
+        plan(sql, &m)
+    );
+    // `b` reads only `a`: it stays in the outer query, over `a`'s rows.
+    let sql = "WITH a AS (SELECT id FROM accounts WHERE balance > 1), b AS (SELECT count(*) FROM a) SELECT * FROM b";
+    match plan(sql, &m) {
+        Ok(Plan::Staged(s)) => assert_eq!(s.stages.len(), 1, "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    // `b` reads `a` and a sharded table: it cannot run as a stage alone.
+    let sql = "WITH a AS (SELECT id FROM accounts WHERE balance > 1), b AS (SELECT count(*) FROM a JOIN accounts x ON x.id = a.id) SELECT * FROM b";
+    assert!(plan(sql, &m).is_err(), "{:?}", plan(sql, &m));
+}

@@ -284,6 +284,29 @@ fn corpus() -> Vec<(String, bool)> {
         ("SELECT count(*) FROM facts f, notes n WHERE n.fact_id = f.id AND f.qty > 0", false),
     ];
     q.extend(edge.iter().map(|(s, o)| (s.to_string(), *o)));
+    // Two stages: subqueries and CTEs over sharded tables that no key pins,
+    // expressions over aggregates, HAVING over them; PostgreSQL evaluates
+    // the outer query over the merged rows.
+    let staged = [
+        ("SELECT count(*) FROM (SELECT id FROM facts WHERE qty > 10) s", false),
+        ("SELECT count(*), sum(s.qty), avg(s.price) FROM (SELECT DISTINCT grp, qty, price FROM facts) s", false),
+        ("SELECT count(*) FROM (SELECT id FROM facts ORDER BY price DESC NULLS LAST, id LIMIT 40) s", false),
+        ("WITH x AS (SELECT id, price, d FROM facts WHERE ok) SELECT * FROM x WHERE price > 100 ORDER BY d NULLS FIRST, id LIMIT 9", true),
+        ("WITH g AS (SELECT grp, sum(qty) AS q FROM facts GROUP BY grp) SELECT max(q) - min(q), count(*) FROM g", false),
+        ("SELECT sum(qty) * 100 / count(*), sum(price) / nullif(count(price), 0) FROM facts", false),
+        ("SELECT round(avg(price), 2), coalesce(max(price), 0), count(*) > 0, count(*) + 1 FROM facts WHERE cat IS NOT NULL", false),
+        ("SELECT 'n=' || count(*), max(d) - min(d), extract(year FROM max(ts)) FROM facts", false),
+        ("SELECT grp, round(avg(qty), 3) AS a, count(*) FROM facts GROUP BY grp HAVING sum(qty) > 2 * avg(qty) ORDER BY a DESC, grp", true),
+        ("SELECT cat, count(*) * 2 FROM facts GROUP BY cat HAVING count(*) % 2 = 0 ORDER BY cat NULLS FIRST", true),
+        ("SELECT id, qty FROM facts WHERE qty > (SELECT avg(qty) + 15 FROM facts) ORDER BY id LIMIT 30", true),
+        ("SELECT id FROM facts WHERE id IN (SELECT fact_id FROM notes WHERE body = 'note 3') ORDER BY id", true),
+        ("SELECT count(*) FROM facts WHERE grp IN (SELECT grp FROM facts WHERE qty = 7)", false),
+        ("SELECT EXISTS (SELECT 1 FROM facts WHERE qty > 45), (SELECT max(price) FROM facts), (SELECT count(*) FROM notes)", false),
+        ("SELECT r.name, s.n FROM (SELECT grp, count(*) AS n FROM facts GROUP BY grp) s JOIN regions r ON r.id = s.grp ORDER BY r.name", true),
+        ("SELECT s.cat, count(*) FROM (SELECT f.cat FROM facts f JOIN notes n ON n.fact_id = f.id) s GROUP BY s.cat ORDER BY 1 NULLS LAST", true),
+        ("SELECT id, grp, rank() OVER (PARTITION BY id ORDER BY qty) FROM facts WHERE qty > 30", false),
+    ];
+    q.extend(staged.iter().map(|(s, o)| (s.to_string(), *o)));
     q
 }
 

@@ -186,10 +186,17 @@ pub(super) fn plan_staged(q: &Query, map: &ShardMap) -> Result<Option<Plan>, Rou
             .iter()
             .map(|c| ident_name(&c.alias.name))
             .collect();
-        for cte in with.cte_tables.iter_mut() {
+        for (i, cte) in with.cte_tables.iter_mut().enumerate() {
             // A CTE reading an earlier one cannot run on its own.
-            let text = cte.query.to_string().to_lowercase();
-            if names.iter().any(|n| text.contains(n.as_str())) && reads_sharded(&cte.query, map) {
+            let mut reads_earlier = false;
+            let _ = sqlparser::ast::visit_relations(&*cte.query, |r| {
+                if let [one] = r.0.as_slice() {
+                    let read = one.as_ident().map(ident_name);
+                    reads_earlier |= names[..i].iter().any(|n| Some(n) == read.as_ref());
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            if reads_earlier && reads_sharded(&cte.query, map) {
                 return Ok(None);
             }
             st.take(&mut cte.query);
