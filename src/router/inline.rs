@@ -33,6 +33,51 @@ pub(crate) fn quote(v: &str) -> String {
     }
 }
 
+/// The items of a comma-separated list (`EXECUTE name (1, 'a,b', f(2, 3))`'s
+/// arguments, `PREPARE name (int, numeric(10, 2))`'s types) as written, split
+/// only at commas outside parentheses, brackets, strings and comments;
+/// `None` when the text does not scan.
+pub fn split_list(text: &str) -> Option<Vec<String>> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize_with_location()
+        .ok()?;
+    let offsets = line_starts(text);
+    let mut items = Vec::new();
+    let (mut depth, mut from) = (0usize, 0usize);
+    for t in tokens {
+        match t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.checked_sub(1)?,
+            Token::Comma if depth == 0 => {
+                let at = byte_at(text, &offsets, t.span.start)?;
+                items.push(text[from..at].trim().to_string());
+                from = at + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = text[from..].trim();
+    if !last.is_empty() || !items.is_empty() {
+        items.push(last.to_string());
+    }
+    Some(items)
+}
+
+/// Byte offset of each line's start: the tokenizer counts lines from 1 and
+/// columns in characters from 1.
+fn line_starts(sql: &str) -> Vec<usize> {
+    let mut starts = vec![0usize];
+    starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    starts
+}
+
+fn byte_at(sql: &str, starts: &[usize], at: sqlparser::tokenizer::Location) -> Option<usize> {
+    let line = usize::try_from(at.line).ok()?.checked_sub(1)?;
+    let col = usize::try_from(at.column).ok()?.checked_sub(1)?;
+    let start = *starts.get(line)?;
+    Some(start + sql.get(start..)?.char_indices().nth(col)?.0)
+}
+
 /// `sql` with every `$n` outside strings, quoted names and comments
 /// replaced by `literals[n - 1]`; `None` when the text does not scan or
 /// names a parameter that has no value.
@@ -40,10 +85,7 @@ pub fn inline_params(sql: &str, literals: &[String]) -> Option<String> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize_with_location()
         .ok()?;
-    // Byte offset of each line's start: the tokenizer counts lines from 1
-    // and columns in characters from 1.
-    let mut line_starts = vec![0usize];
-    line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    let starts = line_starts(sql);
     let mut out = String::with_capacity(sql.len() + 16 * literals.len());
     let mut copied = 0;
     for t in tokens {
@@ -52,10 +94,7 @@ pub fn inline_params(sql: &str, literals: &[String]) -> Option<String> {
         };
         let n: usize = p.strip_prefix('$')?.parse().ok()?;
         let literal = literals.get(n.checked_sub(1)?)?;
-        let line = usize::try_from(t.span.start.line).ok()?.checked_sub(1)?;
-        let col = usize::try_from(t.span.start.column).ok()?.checked_sub(1)?;
-        let start = *line_starts.get(line)?;
-        let at = start + sql.get(start..)?.char_indices().nth(col)?.0;
+        let at = byte_at(sql, &starts, t.span.start)?;
         if sql.get(at..at + p.len())? != p {
             return None;
         }
@@ -95,5 +134,21 @@ mod tests {
             "SELECT 10, 1"
         );
         assert_eq!(inline_params("SELECT $2", &lits[..1]), None);
+    }
+
+    #[test]
+    fn lists_split_at_top_level_commas_only() {
+        assert_eq!(
+            split_list(" 1, 'a,b' , f(2, 3), ARRAY[4, 5], E'\\',' -- x,\n").unwrap(),
+            // (A comment stays with its item: whoever writes it into a
+            // statement ends it with a line end.)
+            ["1", "'a,b'", "f(2, 3)", "ARRAY[4, 5]", "E'\\',' -- x,"]
+        );
+        assert_eq!(
+            split_list("int, numeric(10, 2)").unwrap(),
+            ["int", "numeric(10, 2)"]
+        );
+        assert_eq!(split_list("").unwrap(), Vec::<String>::new());
+        assert_eq!(split_list("(1, 2"), Some(vec!["(1, 2".to_string()]));
     }
 }

@@ -8,6 +8,8 @@ use crate::router::{execute_args, plan_bound};
 /// A statement prepared with SQL `PREPARE`.
 pub(super) struct SqlPrepared {
     body: String,
+    /// The parameter types as `PREPARE` listed them (may be empty).
+    types: String,
     /// Its name on server connections.
     backend: String,
     /// The `PREPARE` that creates it there, from the client's own text.
@@ -39,6 +41,7 @@ impl Session {
         };
         let stmt = SqlPrepared {
             body,
+            types,
             backend,
             prepare,
         };
@@ -78,21 +81,43 @@ impl Session {
             format!("EXECUTE {} ({args})", stmt.backend)
         };
         self.need_prepared = Some((stmt.backend.clone(), stmt.prepare.clone()));
+        let (body, types) = (stmt.body.clone(), stmt.types.clone());
         let r = match plan {
-            Err(e) => self.error(Error::Route(e)).await,
             Ok(Plan::Forward { route, write }) => self.forward(&text, route, write).await,
             Ok(Plan::Replicate) => {
                 let targets: Vec<(ShardId, &str)> = (0..self.shared.map().shards)
                     .map(|s| (ShardId(s), text.as_str()))
                     .collect();
-                self.write_across(&targets, Merge::Copies, Writes::Yes).await
+                self.write_across(&targets, Merge::Copies, Writes::Yes)
+                    .await
             }
-            Ok(Plan::Merge { .. }) => {
-                self.error(Error::Unsupported(
-                    "EXECUTE of a prepared SELECT that needs a cross-shard merge is not supported; run the SELECT itself, or prepare it with the extended protocol".into(),
-                ))
-                .await
+            // A read the proxy merges or runs in stages: the arguments go
+            // into the statement's text, which runs as that read.
+            Ok(Plan::Merge { .. } | Plan::Staged(_)) | Err(RouteError::Unsupported(_)) => {
+                // The shards run the text: they need no prepared statement.
+                self.need_prepared = None;
+                let text = inline_arguments(&body, &types, &args);
+                match text.map(|t| {
+                    let p = router::plan(&t, &self.shared.map());
+                    (t, p)
+                }) {
+                    Some((_, Ok(Plan::Merge { route, plan }))) => {
+                        self.merge_across(route, plan).await
+                    }
+                    Some((_, Ok(Plan::Staged(s)))) => self.run_staged(s).await,
+                    Some((_, Err(e))) => self.error(Error::Route(e)).await,
+                    _ => match plan {
+                        Err(e) => self.error(Error::Route(e)).await,
+                        Ok(_) => {
+                            self.error(Error::Unsupported(
+                                "EXECUTE of a prepared SELECT that needs a cross-shard merge is supported only when its arguments can be written into its text; run the SELECT itself".into(),
+                            ))
+                            .await
+                        }
+                    },
+                }
             }
+            Err(e) => self.error(Error::Route(e)).await,
             Ok(_) => {
                 self.error(Error::Unsupported(
                     "EXECUTE of this kind of statement is not supported".into(),
@@ -116,6 +141,23 @@ impl Session {
                 .await?),
         }
     }
+}
+
+/// The body of a `PREPARE` with `EXECUTE`'s arguments in place of its
+/// `$n`, each cast to its declared type when `PREPARE` gave one (else
+/// resolved from its context, as the parameter's type was).
+fn inline_arguments(body: &str, types: &str, args: &str) -> Option<String> {
+    let args = router::split_list(args)?;
+    let types = router::split_list(types)?;
+    let values: Vec<String> = args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match types.get(i) {
+            Some(t) => format!("(({a}\n)::{t})"),
+            None => format!("({a}\n)"),
+        })
+        .collect();
+    router::inline_params(body, &values)
 }
 
 /// Creates the statement an `EXECUTE` needs on `conn` if it lacks it.

@@ -300,6 +300,24 @@ async fn two_stage_plans_match_one_postgres() {
         crate::harness::sqlstate(&client, "SELECT sum(qty) / 0 FROM facts").await,
         "22012"
     );
+    // SQL-level PREPARE / EXECUTE of merged and staged reads: the arguments
+    // go into the text (cast to PREPARE's types).
+    for cl in [&client, &single] {
+        exec(cl, "PREPARE agg (int) AS SELECT grp, round(avg(price), $1) AS r, count(*) FROM facts GROUP BY grp ORDER BY grp").await;
+        exec(cl, "PREPARE top AS SELECT id, price FROM facts WHERE qty > $1 ORDER BY price DESC NULLS LAST, id LIMIT $2").await;
+        exec(cl, "PREPARE sub (text) AS SELECT count(*), min(id) FROM (SELECT id FROM facts WHERE cat = $1) s").await;
+    }
+    for sql in [
+        "EXECUTE agg (2)",
+        "EXECUTE agg (1 + 0)",
+        "EXECUTE top (5, 7)",
+        "EXECUTE sub ('c''q')",
+        "EXECUTE sub (E'a')",
+    ] {
+        let want = crate::harness::rows(&single, sql).await;
+        assert!(!want.is_empty(), "{sql}");
+        assert_eq!(crate::harness::rows(&client, sql).await, want, "{sql}");
+    }
     // The same through the extended protocol, binary results and all.
     let failures = compare_extended(&client, &single, &corpus).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
