@@ -65,13 +65,17 @@ pub fn split_list(text: &str) -> Option<Vec<String>> {
 
 /// Byte offset of each line's start: the tokenizer counts lines from 1 and
 /// columns in characters from 1.
-fn line_starts(sql: &str) -> Vec<usize> {
+pub(crate) fn line_starts(sql: &str) -> Vec<usize> {
     let mut starts = vec![0usize];
     starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
     starts
 }
 
-fn byte_at(sql: &str, starts: &[usize], at: sqlparser::tokenizer::Location) -> Option<usize> {
+pub(crate) fn byte_at(
+    sql: &str,
+    starts: &[usize],
+    at: sqlparser::tokenizer::Location,
+) -> Option<usize> {
     let line = usize::try_from(at.line).ok()?.checked_sub(1)?;
     let col = usize::try_from(at.column).ok()?.checked_sub(1)?;
     let start = *starts.get(line)?;

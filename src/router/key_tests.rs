@@ -169,3 +169,49 @@ fn unnest_of_constant_arrays_is_read_as_rows() {
         );
     }
 }
+
+/// An INSERT without a column list asks for the table's columns; with
+/// them, the list goes right after the table (and alias), the rest of the
+/// text untouched.
+#[test]
+fn inserts_without_a_column_list_get_one() {
+    let m = map();
+    for (sql, count) in [
+        ("INSERT INTO accounts VALUES (1, 2)", 2),
+        (
+            "INSERT INTO accounts VALUES (DEFAULT, 2, 'x') RETURNING id",
+            3,
+        ),
+        ("INSERT INTO accounts SELECT 1, 2", 2),
+    ] {
+        match plan(sql, &m) {
+            Ok(Plan::NeedColumns(r)) => {
+                assert_eq!((r.table.as_str(), r.count), ("accounts", count))
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // SELECT *: the width is unknown, so the column list is still required.
+    assert!(plan("INSERT INTO accounts SELECT * FROM other", &m).is_err());
+    let cols = ["id".to_string(), "Bal\"x".to_string()];
+    for (sql, want) in [
+        (
+            "INSERT INTO accounts VALUES (1, 2)",
+            "INSERT INTO accounts (\"id\", \"Bal\"\"x\") VALUES (1, 2)",
+        ),
+        (
+            "insert into public.\"accounts\" as a /* ü */ values ('ü', 2)",
+            "insert into public.\"accounts\" as a (\"id\", \"Bal\"\"x\") /* ü */ values ('ü', 2)",
+        ),
+        (
+            "INSERT\n  INTO\taccounts\nSELECT 1, 2",
+            "INSERT\n  INTO\taccounts (\"id\", \"Bal\"\"x\")\nSELECT 1, 2",
+        ),
+    ] {
+        assert_eq!(with_columns(sql, &cols).as_deref(), Some(want), "{sql}");
+    }
+    assert_eq!(
+        with_columns("INSERT INTO accounts (id) VALUES (1)", &cols),
+        None
+    );
+}

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use cache::PlanCache;
-pub use classify::{fill_keys, materialize};
+pub use classify::{fill_keys, materialize, with_columns};
 pub use copy::{CopyFormat, CopyIn, CopyOptions, CopyOut, CopyPlacement, Header};
 pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;
@@ -200,6 +200,11 @@ pub enum Plan {
     /// the cluster: the session obtains the keys, fills them in with
     /// [`fill_keys`] and plans the statement that results.
     NeedKeys(KeyRequest),
+    /// An `INSERT` into a sharded table without a column list: the session
+    /// reads the table's columns from the catalog, lists the first `count`
+    /// of them with [`with_columns`] (what PostgreSQL fills in the same
+    /// order), and plans the statement that results.
+    NeedColumns(ColumnRequest),
     /// A query in two stages: each stage (a subquery or CTE over sharded
     /// tables, or the aggregates an expression computes over) runs first,
     /// then the outer query with the stages' rows in place of them.
@@ -238,6 +243,15 @@ impl StagedPlan {
         }
         out
     }
+}
+
+/// The columns an `INSERT` without a column list fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRequest {
+    /// The table as the statement names it (for the catalog lookup).
+    pub table: String,
+    /// How many values each row gives.
+    pub count: usize,
 }
 
 /// The keys an `INSERT` needs before it can be routed.

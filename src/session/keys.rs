@@ -115,6 +115,70 @@ impl Session {
     }
 }
 
+impl Session {
+    /// An `INSERT` without a column list, with the columns its values fill
+    /// listed (read from the catalog where the statement will run: on a
+    /// shard of the client's block, else on the default shard), and its
+    /// plan. A table the catalog does not know: the statement as it is, to
+    /// the default shard, which gives PostgreSQL's error. `None`: an error
+    /// was sent.
+    pub(super) async fn listing_columns(
+        &mut self,
+        stmt: &str,
+        req: &router::ColumnRequest,
+    ) -> std::io::Result<Option<(String, Result<Plan, router::RouteError>)>> {
+        let sql = format!(
+            "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass({}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            quote_literal(&req.table)
+        );
+        let read = async |conn: &mut ServerConn| -> Result<Vec<String>, BackendError> {
+            conn.send_query(&sql).await?;
+            conn.flush().await?;
+            let rows = executor::read_rows(conn).await?.unwrap_or_default();
+            Ok(ServerConn::text_values(&rows)
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .map(|n| String::from_utf8_lossy(&n).into_owned())
+                .collect())
+        };
+        let found = match self.txn.as_mut().and_then(|t| t.participants.first_mut()) {
+            Some(p) => read(&mut p.conn).await,
+            None => match self.checkout(self.shared.map().default_shard).await {
+                Ok(mut conn) => read(&mut conn).await,
+                Err(e) => {
+                    self.error(e).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        let mut columns = match found {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(e.into()).await?;
+                return Ok(None);
+            }
+        };
+        if columns.is_empty() {
+            let plan = Plan::Forward {
+                route: router::Route::One(self.shared.map().default_shard),
+                write: Writes::Yes,
+            };
+            return Ok(Some((stmt.to_string(), Ok(plan))));
+        }
+        // More values than columns: PostgreSQL's own error, with all listed.
+        columns.truncate(req.count);
+        let Some(text) = router::with_columns(stmt, &columns) else {
+            self.error(Error::Unsupported(
+                "this INSERT without a column list could not be given one; name its columns".into(),
+            ))
+            .await?;
+            return Ok(None);
+        };
+        let plan = self.shared.plan(&text);
+        Ok(Some((text, plan)))
+    }
+}
+
 /// A version 4 (random) uuid, as `gen_random_uuid()` makes them.
 fn random_uuid() -> String {
     let mut b: [u8; 16] = rand::random();

@@ -502,6 +502,11 @@ impl Session {
                 return self.error(Error::Txn(e)).await;
             }
         }
+        self.run_plan(stmt, plan).await
+    }
+
+    /// Carries out a statement's plan (its block transition made).
+    async fn run_plan(&mut self, stmt: &str, plan: Plan) -> std::io::Result<bool> {
         match plan {
             Plan::Forward { route, write } => self.forward(stmt, route, write).await,
             Plan::Merge { route, plan } => self.merge_across(route, plan).await,
@@ -547,6 +552,21 @@ impl Session {
             Plan::Execute { name, args } => self.sql_execute(name, args).await,
             Plan::Deallocate(name) => self.sql_deallocate(name).await,
             Plan::NeedKeys(req) => self.insert_with_keys(stmt, req).await,
+            Plan::NeedColumns(req) => {
+                let Some((text, plan)) = self.listing_columns(stmt, &req).await? else {
+                    return Ok(false);
+                };
+                match plan {
+                    Ok(Plan::NeedColumns(_)) => {
+                        self.error(Error::Unsupported(
+                            "this INSERT without a column list could not be planned; name its columns".into(),
+                        ))
+                        .await
+                    }
+                    Ok(plan) => Box::pin(self.run_plan(&text, plan)).await,
+                    Err(e) => self.error(Error::Route(e)).await,
+                }
+            }
             Plan::Staged(staged) => self.run_staged(staged).await,
             Plan::Preview(inner) => match router::preview(&inner, &self.shared.map()) {
                 Ok(rows) => {

@@ -178,6 +178,77 @@ async fn keys_chosen_by_the_cluster_match_one_postgres_and_route_by_key() {
     );
 }
 
+/// INSERTs without a column list (psql users, `pg_dump --inserts`): the
+/// values fill the table's first columns, as in PostgreSQL — the proxy reads
+/// which from the catalog — so each row goes to its key's shard, keys left
+/// to the cluster (`DEFAULT`) included. Compared with one plain PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_without_a_column_list_match_one_postgres() {
+    let c = Cluster::start_with(3, TABLES).await;
+    let plain = Servers::start(1);
+    let single = plain.connect(0).await;
+    let client = c.client().await;
+    exec(&client, SCHEMA).await;
+    exec(&single, SCHEMA).await;
+    let script = [
+        "INSERT INTO things VALUES (DEFAULT, 'nc1') RETURNING id",
+        "INSERT INTO things VALUES (500, 'nc2'), (501, 'nc3'), (DEFAULT, 'nc4'), (502, 'nc5') RETURNING id, v",
+        "INSERT INTO things VALUES (503) RETURNING *",
+        "INSERT INTO things AS t VALUES (504, 'al') RETURNING t.id, t.v",
+        "INSERT INTO \"things\"  /* c */ VALUES (505, 'q''uote')",
+        "INSERT INTO public.things SELECT 506, 'sel'",
+        "INSERT INTO nokey VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')",
+    ];
+    for sql in script {
+        assert_eq!(rows(&single, sql).await, rows(&client, sql).await, "{sql}");
+    }
+    // PostgreSQL's own errors.
+    for sql in [
+        "INSERT INTO things VALUES (507, 'a', 'extra')",
+        "INSERT INTO things VALUES (508, 'a'), (509)",
+        "INSERT INTO nokey VALUES (NULL, 'n')",
+    ] {
+        assert_eq!(
+            sqlstate(&client, sql).await,
+            sqlstate(&single, sql).await,
+            "{sql}"
+        );
+    }
+    // Through the extended protocol, a prepared statement run several times.
+    let st = "INSERT INTO things VALUES ($1, $2) RETURNING id, v";
+    for (k, v) in [(600i64, "p"), (601, "q"), (602, "r")] {
+        let want = single.query_one(st, &[&k, &v]).await.unwrap();
+        let got = client.query_one(st, &[&k, &v]).await.unwrap();
+        assert_eq!(
+            (want.get::<_, i64>(0), want.get::<_, String>(1)),
+            (got.get::<_, i64>(0), got.get::<_, String>(1))
+        );
+    }
+    let st = "INSERT INTO things VALUES (DEFAULT, $1) RETURNING id";
+    for v in ["d1", "d2"] {
+        let want: i64 = single.query_one(st, &[&v]).await.unwrap().get(0);
+        let got: i64 = client.query_one(st, &[&v]).await.unwrap().get(0);
+        assert_eq!(want, got);
+    }
+    for sql in [
+        "SELECT id, v FROM things ORDER BY id",
+        "SELECT id, v FROM nokey ORDER BY id",
+    ] {
+        assert_eq!(rows(&single, sql).await, rows(&client, sql).await, "{sql}");
+    }
+    assert_eq!(placed(&c, "things", false).await, 14);
+    assert_eq!(placed(&c, "nokey", false).await, 4);
+    // Inside a block that made the table: the columns are read in the block.
+    for cl in [&client, &single] {
+        exec(cl, "BEGIN; ALTER TABLE nokey ADD COLUMN w int").await;
+        exec(cl, "INSERT INTO nokey VALUES (10, 'x', 7), (11, 'y', 8)").await;
+        exec(cl, "COMMIT").await;
+    }
+    let sql = "SELECT id, v, w FROM nokey ORDER BY id";
+    assert_eq!(rows(&single, sql).await, rows(&client, sql).await);
+    assert_eq!(placed(&c, "nokey", false).await, 6);
+}
+
 /// The sequence shard down: inserts that leave the key to the cluster fail
 /// with 08006 naming it; inserts that give their keys still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

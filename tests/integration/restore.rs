@@ -83,17 +83,21 @@ async fn a_plain_dump_restores_through_the_proxy() {
     }
     let dir = std::env::temp_dir().join(format!("pieskieo-restore-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for format in ["p", "c"] {
+    // `inserts`: a plain dump of INSERT statements without column lists
+    // (`pg_dump --inserts`), one per row.
+    for format in ["p", "c", "inserts"] {
         let file = dir.join(format!("source.{format}"));
+        let mut dump = Command::new("pg_dump");
+        match format {
+            "inserts" => dump.args(["-F", "p", "--inserts", "-f"]),
+            f => dump.args(["-F", f, "-f"]),
+        };
         run(
-            Command::new("pg_dump")
-                .args(["-F", format, "-f"])
-                .arg(&file)
-                .arg(source.url(0)),
+            dump.arg(&file).arg(source.url(0)),
             "pg_dump of the plain server",
         );
         let c = Cluster::start(3).await;
-        if format == "p" {
+        if format != "c" {
             run(
                 Command::new("psql")
                     .arg(c.uri())
@@ -131,7 +135,7 @@ async fn a_plain_dump_restores_through_the_proxy() {
             Command::new("pg_dump")
                 .args([
                     "-F",
-                    format,
+                    if format == "c" { "c" } else { "p" },
                     "--no-owner",
                     "--exclude-schema=pieskieo",
                     "-f",
@@ -141,7 +145,7 @@ async fn a_plain_dump_restores_through_the_proxy() {
             "pg_dump through the proxy",
         );
         let again = Servers::start(1);
-        if format == "p" {
+        if format != "c" {
             run(
                 Command::new("psql")
                     .arg(again.url(0))

@@ -27,6 +27,12 @@ pub(super) fn route_insert(
         super::keys::values_form(ins),
     ) {
         if !matches!(q.body.as_ref(), SetExpr::Values(_)) {
+            if let (true, Some(count)) = (ins.columns.is_empty(), values_width(ins)) {
+                return Ok(Plan::NeedColumns(crate::router::ColumnRequest {
+                    table: target.to_string(),
+                    count,
+                }));
+            }
             return insert_select(ins, target, rule, q, t, map);
         }
     }
@@ -62,6 +68,14 @@ pub(super) fn route_insert(
             return Ok(default_route(map, Writes::Yes));
         }
     };
+    // Without a column list the values fill the table's first columns: the
+    // session learns which, and the key's place among them, from the catalog.
+    if let (true, Some(count)) = (ins.columns.is_empty(), values_width(ins)) {
+        return Ok(Plan::NeedColumns(crate::router::ColumnRequest {
+            table: target.to_string(),
+            count,
+        }));
+    }
     if t.sharded.len() <= 1 {
         if let Some(req) = super::keys::request(ins, target, rule)? {
             return Ok(Plan::NeedKeys(req));
@@ -245,4 +259,59 @@ fn insert_select(
         source,
         reads_tables: !t.reference.is_empty() || !t.other.is_empty(),
     })
+}
+
+/// How many values each row of an `INSERT ... VALUES` (or `INSERT ...
+/// SELECT` of a plain select list) gives; `None` for `DEFAULT VALUES` and
+/// sources whose width the text does not show (`SELECT *`).
+fn values_width(ins: &sqlparser::ast::Insert) -> Option<usize> {
+    let q = ins.source.as_ref()?;
+    match q.body.as_ref() {
+        SetExpr::Values(v) => v.rows.first().map(|r| r.len()),
+        SetExpr::Select(s)
+            if !s.projection.iter().any(|i| {
+                matches!(
+                    i,
+                    sqlparser::ast::SelectItem::Wildcard(_)
+                        | sqlparser::ast::SelectItem::QualifiedWildcard(..)
+                )
+            }) =>
+        {
+            Some(s.projection.len())
+        }
+        _ => None,
+    }
+}
+
+/// `sql`, an `INSERT` without a column list, with `columns` listed after
+/// its table (and alias): the rest of the text stays as the client wrote
+/// it, so PostgreSQL's error positions after that point move by the
+/// length of the list only. `None` when the text cannot be read so.
+pub fn with_columns(sql: &str, columns: &[String]) -> Option<String> {
+    use sqlparser::ast::Spanned;
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [Statement::Insert(ins)] = stmts.as_slice() else {
+        return None;
+    };
+    if !ins.columns.is_empty() {
+        return None;
+    }
+    let TableObject::TableName(name) = &ins.table else {
+        return None;
+    };
+    let end = match &ins.table_alias {
+        Some(a) => a.alias.span.end,
+        None => name.span().end,
+    };
+    let at = crate::router::inline::byte_at(sql, &crate::router::inline::line_starts(sql), end)?;
+    let list: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+        .collect();
+    Some(format!(
+        "{} ({}){}",
+        &sql[..at],
+        list.join(", "),
+        &sql[at..]
+    ))
 }

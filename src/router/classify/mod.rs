@@ -23,6 +23,7 @@ mod scope;
 mod stage;
 mod tables;
 
+pub use insert::with_columns;
 pub use keys::fill_keys;
 pub(super) use stage::marker_sql as stage_marker;
 pub use stage::materialize;

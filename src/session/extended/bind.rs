@@ -155,6 +155,29 @@ impl Session {
                 let (sql, declared) = (stmt.sql.clone(), stmt.types.clone());
                 return self.bind_with_keys(&sql, &declared, &b, req).await;
             }
+            // The statement with its columns listed replaces the client's
+            // (the same meaning), and is bound instead.
+            Plan::NeedColumns(req) => {
+                let sql = stmt.sql.clone();
+                let Some((text, plan)) = self.listing_columns(&sql, &req).await? else {
+                    return Ok(false);
+                };
+                if text == sql {
+                    // A table the catalog does not know: PostgreSQL's error.
+                    (vec![self.shared.map().default_shard], Merge::Union, Writes::Yes)
+                } else if matches!(plan, Ok(Plan::NeedColumns(_))) {
+                    let e = Error::Unsupported(
+                        "this INSERT without a column list could not be planned; name its columns"
+                            .into(),
+                    );
+                    return Ok(self.error(e).await?);
+                } else {
+                    if let Some(s) = self.ext.stmts.get_mut(b.stmt) {
+                        s.set_sql(&text);
+                    }
+                    return Box::pin(self.ext_bind(body)).await;
+                }
+            }
             control => {
                 let sql = stmt.sql.clone();
                 self.ext.portals.insert(

@@ -247,6 +247,16 @@ impl ClientStmt {
         }
     }
 
+    /// Another text of the same meaning (an `INSERT` given its column
+    /// list): prepared on shards under its own name from now on.
+    fn set_sql(&mut self, sql: &str) {
+        let fresh = ClientStmt::new(sql, std::mem::take(&mut self.types));
+        *self = ClientStmt {
+            described: self.described.take(),
+            ..fresh
+        };
+    }
+
     fn param_types(&self) -> &[u32] {
         self.described.as_deref().unwrap_or(&self.types)
     }
@@ -435,6 +445,7 @@ impl Session {
                             | Plan::Merge { .. }
                             | Plan::Replicate
                             | Plan::NeedKeys(_)
+                            | Plan::NeedColumns(_)
                             | Plan::Staged(_)
                             | Plan::Split { .. }
                             | Plan::CopyIn(_)

@@ -30,6 +30,7 @@ impl Session {
                         | Plan::Merge { .. }
                         | Plan::Split { .. }
                         | Plan::NeedKeys(_)
+                        | Plan::NeedColumns(_)
                         | Plan::Staged(_)
                         | Plan::Replicate)
                         | Err(_)
