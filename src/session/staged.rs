@@ -65,59 +65,71 @@ impl Session {
         let flushed = self.out.flush().await;
         self.out = real;
         let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
-        let mut frames: Vec<&[u8]> = Vec::new();
-        let mut at = 0;
-        while let Some(len) = bytes
-            .get(at + 1..at + 5)
-            .and_then(|b| b.try_into().ok())
-            .map(|b: [u8; 4]| u32::from_be_bytes(b) as usize)
-        {
-            let Some(f) = bytes.get(at..at + 1 + len) else {
-                break;
-            };
-            frames.push(f);
-            at += 1 + len;
-        }
-        if let Some(rest) = bytes.get(at..) {
-            if !rest.is_empty() {
-                frames.push(rest);
-            }
-        }
-        let rows: Vec<&[u8]> = frames.iter().copied().filter(|f| f[0] == b'D').collect();
-        let total: usize = parts.iter().map(|p| p.rows.len()).sum();
-        if rows.len() == total && total > 0 {
-            // Shard by shard, in the order their answers were read.
-            let mut per: Vec<std::collections::VecDeque<&[u8]>> = Vec::new();
-            let mut it = rows.iter();
-            for p in parts {
-                per.push(it.by_ref().take(p.rows.len()).copied().collect());
-            }
-            let mut owner = vec![0usize; total];
-            for (i, p) in parts.iter().enumerate() {
-                for &r in &p.rows {
-                    if let Some(o) = owner.get_mut(r) {
-                        *o = i;
-                    }
-                }
-            }
-            let mut ordered = owner
-                .iter()
-                .filter_map(|&i| per.get_mut(i).and_then(|q| q.pop_front()));
-            for f in &frames {
-                if f[0] == b'D' {
-                    if let Some(r) = ordered.next() {
-                        self.write(r).await?;
-                    }
-                } else {
-                    self.write(f).await?;
-                }
-            }
-        } else {
-            self.write(&bytes).await?;
+        let rows: Vec<&[usize]> = parts.iter().map(|p| p.rows.as_slice()).collect();
+        match in_values_order(&bytes, &rows) {
+            Some(ordered) => self.write(&ordered).await?,
+            None => self.write(&bytes).await?,
         }
         flushed?;
         ran
     }
+}
+
+/// A split `INSERT ... RETURNING`'s answer (`bytes`: the shards' answers
+/// one after the other, in the order of `rows`, each shard's part's
+/// positions in the client's `VALUES`) with its rows in `VALUES` order;
+/// `None` when the rows do not match the parts (a shard returned another
+/// number of rows than it inserted: `ON CONFLICT DO NOTHING`).
+pub(super) fn in_values_order(bytes: &[u8], rows: &[&[usize]]) -> Option<Vec<u8>> {
+    let mut frames: Vec<&[u8]> = Vec::new();
+    let mut at = 0;
+    while let Some(len) = bytes
+        .get(at + 1..at + 5)
+        .and_then(|b| b.try_into().ok())
+        .map(|b: [u8; 4]| u32::from_be_bytes(b) as usize)
+    {
+        let Some(f) = bytes.get(at..at + 1 + len) else {
+            break;
+        };
+        frames.push(f);
+        at += 1 + len;
+    }
+    if let Some(rest) = bytes.get(at..) {
+        if !rest.is_empty() {
+            frames.push(rest);
+        }
+    }
+    let data: Vec<&[u8]> = frames.iter().copied().filter(|f| f[0] == b'D').collect();
+    let total: usize = rows.iter().map(|r| r.len()).sum();
+    if data.len() != total || total == 0 {
+        return None;
+    }
+    // Shard by shard, in the order their answers were read.
+    let mut per: Vec<std::collections::VecDeque<&[u8]>> = Vec::new();
+    let mut it = data.iter();
+    for r in rows {
+        per.push(it.by_ref().take(r.len()).copied().collect());
+    }
+    let mut owner = vec![0usize; total];
+    for (i, r) in rows.iter().enumerate() {
+        for &k in r.iter() {
+            if let Some(o) = owner.get_mut(k) {
+                *o = i;
+            }
+        }
+    }
+    let mut ordered = owner
+        .iter()
+        .filter_map(|&i| per.get_mut(i).and_then(|q| q.pop_front()));
+    let mut out = Vec::with_capacity(bytes.len());
+    for f in &frames {
+        if f[0] == b'D' {
+            out.extend_from_slice(ordered.next()?);
+        } else {
+            out.extend_from_slice(f);
+        }
+    }
+    Some(out)
 }
 
 /// The most rows a stage may pass to its outer query: they travel as SQL

@@ -87,6 +87,27 @@ async fn keys_chosen_by_the_cluster_match_one_postgres_and_route_by_key() {
     assert_eq!(rows(&single, sql).await, rows(&client, sql).await);
     let sql = "INSERT INTO things (id, v) VALUES (2001, 'x'), (2002, 'y'), (2003, 'z'), (2004, 'w') RETURNING v";
     assert_eq!(rows(&single, sql).await, rows(&client, sql).await);
+    // And through the extended protocol: given keys, and keys left to the cluster.
+    let given = "INSERT INTO things (id, v) VALUES ($1, 'e1'), ($2, 'e2'), ($3, 'e3'), ($4, 'e4'), ($5, 'e5') RETURNING id, v";
+    let left = "INSERT INTO things (v) VALUES ($1), ($2), ($3), ($4), ($5) RETURNING id, v";
+    for (st, p) in [(given, [3005i64, 3001, 3004, 3002, 3003]), (left, [0; 5])] {
+        let vals: Vec<String> = p
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("l{i}:{k}"))
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = if st == given {
+            p.iter().map(|k| k as _).collect()
+        } else {
+            vals.iter().map(|v| v as _).collect()
+        };
+        let order = |r: Vec<tokio_postgres::Row>| -> Vec<(i64, String)> {
+            r.iter().map(|r| (r.get(0), r.get(1))).collect()
+        };
+        let want = order(single.query(st, &params).await.unwrap());
+        let got = order(client.query(st, &params).await.unwrap());
+        assert_eq!(want, got, "{st}");
+    }
     // A rolled-back insert uses up its key, as a sequence does.
     for c2 in [&client, &single] {
         exec(c2, "BEGIN").await;
@@ -135,7 +156,7 @@ async fn keys_chosen_by_the_cluster_match_one_postgres_and_route_by_key() {
         assert_eq!(rows(&single, sql).await, rows(&client, sql).await, "{sql}");
     }
     // Spread over the shards, each row where its key belongs, no key twice.
-    assert_eq!(placed(&c, "things", false).await, 26);
+    assert_eq!(placed(&c, "things", false).await, 36);
     assert_eq!(placed(&c, "always", false).await, 4);
     for s in 0..3 {
         let n = rows(&c.shard(s).await, "SELECT count(*) FROM things").await;

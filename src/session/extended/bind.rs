@@ -110,12 +110,14 @@ impl Session {
                     return Ok(false);
                 }
                 let shards = parts.iter().map(|p| p.shard).collect();
+                let order = Some(parts.iter().map(|p| p.rows.clone()).collect());
                 self.ext.portals.insert(
                     b.portal.to_string(),
                     PortalKind::Multi {
                         shards,
                         merge: Merge::Union,
                         write: Writes::Yes,
+                        order,
                     },
                 );
                 return Ok(true);
@@ -209,6 +211,7 @@ impl Session {
                 shards,
                 merge,
                 write,
+                order: None,
             },
         };
         self.ext.portals.insert(portal, kind);
@@ -289,18 +292,19 @@ impl Session {
         bound.extend(keys.values.iter().map(|k| router::Bound::Text(k.clone())));
         types.extend(keys.values.iter().map(|_| 0));
         let every: Vec<usize> = (0..n + keys.values.len()).collect();
-        let (parts, shards): (Vec<Derived>, Vec<ShardId>) =
+        let (parts, shards, order): (Vec<Derived>, Vec<ShardId>, _) =
             match router::plan_bound(&filled, &self.shared.map(), &bound) {
                 Ok(Plan::Forward {
                     route: Route::One(s),
                     ..
-                }) => (vec![(s, filled.clone(), every)], vec![s]),
+                }) => (vec![(s, filled.clone(), every)], vec![s], None),
                 Ok(Plan::Split { parts }) => (
                     parts
                         .iter()
                         .map(|p| (p.shard, p.sql.clone(), p.params.clone()))
                         .collect(),
                     parts.iter().map(|p| p.shard).collect(),
+                    Some(parts.iter().map(|p| p.rows.clone()).collect()),
                 ),
                 Ok(other) => {
                     return Ok(self
@@ -327,6 +331,7 @@ impl Session {
                 shards,
                 merge: Merge::Union,
                 write: Writes::Yes,
+                order,
             },
         };
         self.ext.portals.insert(b.portal.to_string(), kind);

@@ -59,6 +59,9 @@ enum PortalKind {
         shards: Vec<ShardId>,
         merge: Merge,
         write: Writes,
+        /// A split `INSERT`: each shard's rows' positions in the client's
+        /// `VALUES`, so `RETURNING` rows go back in that order.
+        order: Option<Vec<Vec<usize>>>,
     },
     /// A cross-shard read the proxy merges: bound on every shard to the
     /// plan's statement with text results.

@@ -215,8 +215,12 @@ impl Session {
                 shards,
                 merge,
                 write,
+                order,
             } => {
                 let (shards, merge, write) = (shards.clone(), *merge, *write);
+                let order = order.clone();
+                // Rows to put in VALUES order are collected first.
+                let keep = max > 0 || order.is_some();
                 // With a row limit the shards run to the end and the rows
                 // wait in the proxy for the client's next Executes.
                 let execute = message(b'E', |b| {
@@ -236,7 +240,7 @@ impl Session {
                         conn.flush().await?;
                     }
                     for (i, (_, conn)) in taken.iter_mut().enumerate() {
-                        if max > 0 {
+                        if keep {
                             executor::collect(
                                 conn,
                                 &mut merger,
@@ -269,8 +273,17 @@ impl Session {
                 }
                 let failed = merger.failed();
                 let last = merger.finish();
+                if let (Some(order), false) = (&order, failed) {
+                    let rows: Vec<&[usize]> = order.iter().map(Vec::as_slice).collect();
+                    if let Some(ordered) = crate::session::staged::in_values_order(&buf, &rows) {
+                        buf = ordered;
+                    }
+                }
                 if max > 0 && !failed {
                     return self.buffer_then_serve(portal, &buf, last, max).await;
+                }
+                if max <= 0 && keep {
+                    self.write(&buf).await?;
                 }
                 if let Some(last) = last {
                     self.write(&last).await?;

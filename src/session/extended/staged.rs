@@ -102,6 +102,7 @@ impl Session {
                         shards: shards.clone(),
                         merge: Merge::Union,
                         write: Writes::No,
+                        order: None,
                     },
                 };
                 (shards, kind)
