@@ -204,7 +204,7 @@ fn refuses_what_it_cannot_route_safely() {
             SqlState::NOT_NULL_VIOLATION,
         ),
         (
-            "INSERT INTO accounts VALUES (1, 2)",
+            "INSERT INTO accounts SELECT * FROM other",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
