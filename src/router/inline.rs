@@ -82,6 +82,54 @@ pub(crate) fn byte_at(
     Some(start + sql.get(start..)?.char_indices().nth(col)?.0)
 }
 
+/// `sql` with each marker `SELECT * FROM pieskieo_stage_<i>` (as tokens)
+/// replaced by `rows[i]`; `None` when the text does not scan.
+pub(crate) fn fill_markers(sql: &str, rows: &[String]) -> Option<String> {
+    let tokens: Vec<_> = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let starts = line_starts(sql);
+    let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+    let mut out = String::with_capacity(sql.len() + rows.iter().map(String::len).sum::<usize>());
+    let mut copied = 0;
+    for w in tokens.windows(4) {
+        if !(word(&w[0].token, "select") && w[1].token == Token::Mul && word(&w[2].token, "from")) {
+            continue;
+        }
+        let Token::Word(name) = &w[3].token else {
+            continue;
+        };
+        let Some(k) = name
+            .value
+            .strip_prefix("pieskieo_stage_")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if name.quote_style.is_some() {
+            continue;
+        }
+        let (Some(r), Some(from), Some(at)) = (
+            rows.get(k),
+            byte_at(sql, &starts, w[0].span.start),
+            byte_at(sql, &starts, w[3].span.start),
+        ) else {
+            continue;
+        };
+        if from < copied {
+            continue;
+        }
+        out.push_str(&sql[copied..from]);
+        out.push_str(r);
+        copied = at + name.value.len();
+    }
+    out.push_str(&sql[copied..]);
+    Some(out)
+}
+
 /// `sql` with every `$n` outside strings, quoted names and comments
 /// replaced by `literals[n - 1]`; `None` when the text does not scan or
 /// names a parameter that has no value.
@@ -138,6 +186,26 @@ mod tests {
             "SELECT 10, 1"
         );
         assert_eq!(inline_params("SELECT $2", &lits[..1]), None);
+    }
+
+    #[test]
+    fn only_the_planner_s_markers_are_filled() {
+        let rows = vec!["VALUES (1)".to_string(), "VALUES (2)".to_string()];
+        let sql = "SELECT 'SELECT * FROM pieskieo_stage_0', \"SELECT * FROM pieskieo_stage_1\" FROM (SELECT * FROM pieskieo_stage_1) a, (SELECT * FROM pieskieo_stage_0) b WHERE x = E'\\' SELECT * FROM pieskieo_stage_0'";
+        assert_eq!(
+            fill_markers(sql, &rows).unwrap(),
+            "SELECT 'SELECT * FROM pieskieo_stage_0', \"SELECT * FROM pieskieo_stage_1\" FROM (VALUES (2)) a, (VALUES (1)) b WHERE x = E'\\' SELECT * FROM pieskieo_stage_0'"
+        );
+        // pieskieo_stage_10 is not pieskieo_stage_1 followed by 0.
+        let many: Vec<String> = (0..11).map(|i| format!("V{i}")).collect();
+        assert_eq!(
+            fill_markers(
+                "SELECT * FROM pieskieo_stage_10 JOIN (SELECT * FROM pieskieo_stage_1) x",
+                &many
+            )
+            .unwrap(),
+            "V10 JOIN (V1) x"
+        );
     }
 
     #[test]

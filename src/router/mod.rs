@@ -235,13 +235,13 @@ pub struct Stage {
 
 impl StagedPlan {
     /// The outer query with each stage's rows (from [`materialize`]) in place.
+    ///
+    /// Only the markers the planner wrote are replaced: the tokens `SELECT *
+    /// FROM pieskieo_stage_<i>`, never the same text inside a string
+    /// constant or a quoted name (a bound value, or a stored value passed
+    /// between stages, can hold anything).
     pub fn fill(&self, rows: &[String]) -> String {
-        let mut out = self.outer.clone();
-        // Highest first: `pieskieo_stage_1` is a prefix of `pieskieo_stage_10`.
-        for (i, r) in rows.iter().enumerate().rev() {
-            out = out.replace(&format!("SELECT * FROM pieskieo_stage_{i}"), r);
-        }
-        out
+        inline::fill_markers(&self.outer, rows).unwrap_or_else(|| self.outer.clone())
     }
 }
 

@@ -359,7 +359,7 @@ async fn compare_extended(
 /// query, in every format tokio-postgres sends (binary int4, text, float8,
 /// NULL): the values go into the statement as typed literals.
 async fn extended_with_parameters(client: &mut Client, single: &mut Client) {
-    let cases: [(&str, &[&(dyn ToSql + Sync)], bool); 9] = [
+    let cases: [(&str, &[&(dyn ToSql + Sync)], bool); 10] = [
         ("SELECT round(avg(price), $1), count(*) > $2 FROM facts", &[&2i32, &0i64], true),
         (
             "SELECT count(*) FROM (SELECT id FROM facts WHERE qty > $1 AND cat = $2) s",
@@ -391,6 +391,12 @@ async fn extended_with_parameters(client: &mut Client, single: &mut Client) {
         (
             "SELECT count(*), min(cat) FROM (SELECT cat FROM facts WHERE cat <> $1) s",
             &[&"x\\y'z"],
+            true,
+        ),
+        // Values that look like the proxy's own markers stay values.
+        (
+            "SELECT $1::text AS echo, count(*) FROM (SELECT DISTINCT $2::text AS c FROM facts) s",
+            &[&"A SELECT * FROM pieskieo_stage_0 B", &"'||current_user||'"],
             true,
         ),
     ];
