@@ -213,30 +213,33 @@ impl Session {
             [one] => *one,
             many => many.get(i).copied().unwrap_or(0),
         };
-        let cols: Vec<String> = (1..=unread.len()).map(|k| format!("${k}::text")).collect();
+        // Each value keeps its number (PostgreSQL's error context names
+        // it); the others are bound as NULL text, which reads as nothing.
+        let cols: Vec<String> = unread.iter().map(|i| format!("${}::text", i + 1)).collect();
+        let n = types.len();
         let parse = message(b'P', |m| {
             put_cstr(m, "");
             put_cstr(m, &format!("SELECT {}", cols.join(", ")));
-            m.put_i16(unread.len() as i16);
-            for &i in &unread {
-                m.put_u32(types.get(i).copied().unwrap_or(0));
+            m.put_i16(n as i16);
+            for (i, t) in types.iter().enumerate() {
+                m.put_u32(if unread.contains(&i) { *t } else { 25 });
             }
         });
         let bind = message(b'B', |m| {
             put_cstr(m, "");
             put_cstr(m, "");
-            m.put_i16(unread.len() as i16);
-            for &i in &unread {
+            m.put_i16(n as i16);
+            for i in 0..n {
                 m.put_i16(format(i));
             }
-            m.put_i16(unread.len() as i16);
-            for &i in &unread {
+            m.put_i16(n as i16);
+            for i in 0..n {
                 match b.values.get(i).copied().flatten() {
-                    Some(v) => {
+                    Some(v) if unread.contains(&i) => {
                         m.put_i32(v.len() as i32);
                         m.put_slice(v);
                     }
-                    None => m.put_i32(-1),
+                    _ => m.put_i32(-1),
                 }
             }
             m.put_i16(0);
@@ -252,12 +255,25 @@ impl Session {
                 return Ok(None);
             }
         };
+        // Text that reads back as the same value whatever the settings of
+        // the statement it goes into (the session's, or a block's `SET
+        // LOCAL`): ISO dates, UTC offsets, ISO 8601 intervals, every float
+        // digit, hex bytea.
+        const EXACT: &str = "BEGIN; SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL IntervalStyle = 'iso_8601'; SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
         let r = async {
+            conn.send_query(EXACT).await?;
             for msg in [&parse[..], &bind[..], &execute[..], &SYNC[..]] {
                 conn.send_extended(msg).await?;
             }
+            conn.send_query("COMMIT").await?;
             conn.flush().await?;
-            executor::read_rows(&mut conn).await
+            let set = executor::drain(&mut conn).await?;
+            let rows = executor::read_rows(&mut conn).await?;
+            let end = executor::drain(&mut conn).await?;
+            Ok::<_, BackendError>(match (set, end) {
+                (None, None) => rows,
+                (Some(e), _) | (None, Some(e)) => Err(e),
+            })
         }
         .await;
         match r {
