@@ -82,6 +82,22 @@ pub(crate) fn byte_at(
     Some(start + sql.get(start..)?.char_indices().nth(col)?.0)
 }
 
+/// The highest `$n` that `sql` names outside strings and comments (0 for
+/// none); `None` when the text does not scan.
+pub fn max_param(sql: &str) -> Option<usize> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    Some(
+        tokens
+            .iter()
+            .filter_map(|t| match t {
+                Token::Placeholder(p) => p.strip_prefix('$')?.parse::<usize>().ok(),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0),
+    )
+}
+
 /// `sql` with each marker `SELECT * FROM pieskieo_stage_<i>` (as tokens)
 /// replaced by `rows[i]`; `None` when the text does not scan.
 pub(crate) fn fill_markers(sql: &str, rows: &[String]) -> Option<String> {

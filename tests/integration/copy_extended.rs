@@ -817,6 +817,21 @@ async fn staged_reads_in_a_pipeline_see_its_writes() {
     let n = "SELECT count(*) FROM accounts";
     assert_eq!(value(&p.proxy().await, n).await, "32");
     assert_eq!(value(&p.oracle().await, n).await, "32");
+    // A Bind with too many or too few values for a staged statement: 08P01.
+    let sql = "SELECT round(avg(balance), $1) FROM accounts WHERE balance > $2";
+    for values in [&["1", "2", "3"][..], &["1"][..]] {
+        let script = [
+            (b'P', parse("", sql)),
+            (b'B', bind("", values)),
+            execute(),
+            sync(),
+        ];
+        let got = same_answers(&mut raws, &script).await;
+        assert!(
+            got[1].starts_with("E 08P01 bind message supplies"),
+            "{got:?}"
+        );
+    }
 }
 
 /// Sends `script` to both raw clients; each one's answer up to

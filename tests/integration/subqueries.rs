@@ -428,7 +428,8 @@ async fn extended_with_parameters(client: &mut Client, single: &mut Client) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Binary values the proxy has a shard render as text read back exactly
     // whatever the session's output settings (and a block's SET LOCAL).
-    let settings = "SET extra_float_digits = 0; SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'";
+    let settings =
+        "SET extra_float_digits = 0; SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'";
     let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(946_688_400);
     let f = 0.300_000_000_000_000_04f64;
     let shapes: [(&str, &[&(dyn ToSql + Sync)]); 2] = [
@@ -450,14 +451,20 @@ async fn extended_with_parameters(client: &mut Client, single: &mut Client) {
         }
         for (sql, params) in shapes {
             let want = binary(single, sql, params).await;
-            assert_eq!(binary(client, sql, params).await, want, "{sql} (block: {block})");
+            assert_eq!(
+                binary(client, sql, params).await,
+                want,
+                "{sql} (block: {block})"
+            );
             assert!(want.is_ok_and(|w| w.1.len() == 1), "{sql}");
         }
         for c in [&*single, &*client] {
             if block {
                 c.batch_execute("COMMIT").await.unwrap();
             }
-            c.batch_execute("RESET extra_float_digits; RESET TimeZone; RESET DateStyle").await.unwrap();
+            c.batch_execute("RESET extra_float_digits; RESET TimeZone; RESET DateStyle")
+                .await
+                .unwrap();
         }
     }
     // A portal read a few rows at a time, inside a block: PostgreSQL keeps

@@ -23,6 +23,17 @@ impl Session {
         types: &[u32],
         b: &wire::BindMsg<'_>,
     ) -> std::io::Result<Option<String>> {
+        // As many values as the statement has parameters, as PostgreSQL checks.
+        let need = router::max_param(sql).unwrap_or(0).max(types.len());
+        if b.values.len() != need {
+            let e = ClientError::Protocol(format!(
+                "bind message supplies {} parameters, but prepared statement \"{}\" requires {need}",
+                b.values.len(),
+                b.stmt,
+            ));
+            self.error(Error::Client(e)).await?;
+            return Ok(None);
+        }
         // Types the client left unspecified are the server's to infer: their
         // values go in as untyped literals, which it resolves the same way.
         let mut types = types.to_vec();
