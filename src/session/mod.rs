@@ -99,6 +99,10 @@ struct Session {
     /// While an `EXECUTE` runs: the statement each server connection it
     /// touches must have (its name there, and the `PREPARE` that makes it).
     need_prepared: Option<(String, String)>,
+    /// A Bind's stages are running (extended protocol): inside a block they
+    /// read with extended-protocol messages, not simple queries, which would
+    /// drop the client's unnamed portal on those connections.
+    ext_stages: bool,
     /// Server connections this client holds, for its cancel requests.
     cancel_targets: crate::frontend::cancel::Targets,
     process_id: i32,

@@ -199,7 +199,15 @@ impl Session {
         let sink: ClientWrite = Box::new(Capture(buf.clone()));
         let real = std::mem::replace(&mut self.out, BufWriter::new(sink));
         let hold = std::mem::replace(&mut self.hold_last, false);
+        let in_block = self.ext_stages && self.txn.is_some();
         let ran = match &stage.plan {
+            Plan::Forward { route, .. } if in_block => {
+                self.stage_in_block(route.clone(), &stage.sql, None).await
+            }
+            Plan::Merge { route, plan } if in_block => {
+                self.stage_in_block(route.clone(), &plan.sql, Some(plan.clone()))
+                    .await
+            }
             Plan::Forward { route, .. } => {
                 self.forward(&stage.sql, route.clone(), Writes::No).await
             }

@@ -147,6 +147,7 @@ pub(crate) async fn run(
         ext: Default::default(),
         sql_prepared: Default::default(),
         need_prepared: None,
+        ext_stages: false,
         cancel_targets: Default::default(),
         process_id: pid,
     };

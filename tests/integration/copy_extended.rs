@@ -834,6 +834,75 @@ async fn staged_reads_in_a_pipeline_see_its_writes() {
     }
 }
 
+/// A staged Bind of a named portal while the client's unnamed portal is
+/// open on the same shards (in a block, and in a segment that spans
+/// shards): the stages read with extended-protocol messages under a portal
+/// of the proxy's, so the unnamed portal survives, as in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_binds_keep_the_unnamed_portal() {
+    let p = Pair::start().await;
+    let mut raws = p.raws().await;
+    let seed = "INSERT INTO accounts (id, balance) SELECT i, i FROM generate_series(1, 30) i";
+    for c in [p.proxy().await, p.oracle().await] {
+        exec(&c, seed).await;
+    }
+    let staged =
+        "SELECT round(avg(balance), $1) AS r, count(*) + 1 AS c FROM accounts WHERE balance > $2";
+    let named = |portal: &str, values: &[&str]| {
+        // A Bind body for an unnamed portal starts with its name's NUL.
+        let mut m = portal.as_bytes().to_vec();
+        m.extend_from_slice(&bind("s1", values));
+        m
+    };
+    let exec_portal = |portal: &str| {
+        let mut m = portal.as_bytes().to_vec();
+        m.extend_from_slice(&[0, 0, 0, 0, 0]);
+        (b'E', m)
+    };
+    for begin in [true, false] {
+        if begin {
+            for raw in raws.iter_mut() {
+                raw.query("BEGIN").await;
+            }
+        }
+        let script = [
+            (b'P', parse("s1", staged)),
+            (
+                b'P',
+                parse(
+                    "n1",
+                    "SELECT id FROM accounts WHERE id = 3 OR id = 4 ORDER BY id",
+                ),
+            ),
+            (b'B', bind("n1", &[])),
+            (b'B', named("p", &["1", "5"])),
+            exec_portal(""),
+            exec_portal("p"),
+            (b'B', bind("s1", &["2", "3"])),
+            (b'B', named("q", &["0", "20"])),
+            exec_portal(""),
+            exec_portal("q"),
+            (b'C', b"Ss1\0".to_vec()),
+            (b'C', b"Sn1\0".to_vec()),
+            sync(),
+        ];
+        let got = with_rows(&mut raws, &script).await;
+        assert_eq!(
+            got[0], got[1],
+            "proxy, then plain PostgreSQL (block: {begin})"
+        );
+        assert!(!got[0].iter().any(|m| m.starts_with('E')), "{:?}", got[0]);
+        if begin {
+            let got = [
+                raws[0].query("COMMIT").await.tags(),
+                raws[1].query("COMMIT").await.tags(),
+            ];
+            assert_eq!(got[0], got[1]);
+            assert_eq!(got[0], ["COMMIT"]);
+        }
+    }
+}
+
 /// Sends `script` to both raw clients; each one's answer up to
 /// ReadyForQuery, summarised with the values of DataRows.
 async fn with_rows(raws: &mut [RawClient; 2], script: &[Msg]) -> Vec<Vec<String>> {

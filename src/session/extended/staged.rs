@@ -10,6 +10,7 @@
 //! shards as their unnamed statement (which the proxy uses for nothing
 //! else): nothing is left prepared on a pooled connection.
 
+use super::portal::portal_message;
 use super::*;
 
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
@@ -77,10 +78,15 @@ impl Session {
             }
         }
         let (outer, plan) = match plan {
-            Ok(Plan::Staged(staged)) => match self.fill_stages(&staged).await? {
-                Some(filled) => filled,
-                None => return Ok(false),
-            },
+            Ok(Plan::Staged(staged)) => {
+                self.ext_stages = true;
+                let filled = self.fill_stages(&staged).await;
+                self.ext_stages = false;
+                match filled? {
+                    Some(filled) => filled,
+                    None => return Ok(false),
+                }
+            }
             other => (text, other),
         };
         self.ext.risky_now = false;
@@ -142,6 +148,99 @@ impl Session {
         };
         self.bind_unnamed(&shards, &outer, b.portal, b.results, kind)
             .await
+    }
+
+    /// A stage inside a block, read on the block's connections with
+    /// extended-protocol messages under a portal of the proxy's own (a
+    /// simple query would drop the client's unnamed portal there), its
+    /// answer written as a simple query's would be: RowDescription,
+    /// DataRows, CommandComplete (or the error). `merge`: the rows of
+    /// several shards combined by that plan; else concatenated.
+    pub(in crate::session) async fn stage_in_block(
+        &mut self,
+        route: Route,
+        sql: &str,
+        merge: Option<std::sync::Arc<crate::merge::MergePlan>>,
+    ) -> std::io::Result<bool> {
+        const PORTAL: &str = "pieskieo_stage";
+        let shards = match route {
+            Route::Any => vec![self
+                .block_any_shard()
+                .unwrap_or(self.shared.map().default_shard)],
+            r => r.shards(self.shared.map().shards),
+        };
+        let plan = merge.unwrap_or_else(|| {
+            std::sync::Arc::new(crate::merge::MergePlan {
+                sql: sql.to_string(),
+                shape: crate::merge::Shape::Rows { hidden: 0 },
+                order: Vec::new(),
+                offset: 0,
+                limit: None,
+                distinct: false,
+                params: Vec::new(),
+            })
+        });
+        let mut taken = match self.take_conns(&shards).await {
+            Ok(t) => t,
+            Err(e) => return self.error(e).await,
+        };
+        let msgs = [
+            message(b'P', |m| {
+                put_cstr(m, "");
+                put_cstr(m, sql);
+                m.put_i16(0);
+            }),
+            message(b'B', |m| {
+                put_cstr(m, PORTAL);
+                put_cstr(m, "");
+                m.put_i16(0);
+                m.put_i16(0);
+                m.put_i16(0);
+            }),
+            portal_message(b'D', PORTAL),
+            message(b'E', |m| {
+                put_cstr(m, PORTAL);
+                m.put_i32(0);
+            }),
+            portal_message(b'C', PORTAL),
+            // In a block a Sync ends nothing: it answers ReadyForQuery, and
+            // after an error ends the shard's skipping of messages.
+            Bytes::from_static(&SYNC),
+        ];
+        // Read as a simple query's answer: described, and ended by the
+        // Sync's ReadyForQuery.
+        let opts = crate::merge::RunOptions {
+            bytewise: self.shared.collations.bytewise(),
+            formats: &[],
+            executed: false,
+        };
+        let r = async {
+            for (_, conn) in taken.iter_mut() {
+                for m in &msgs {
+                    conn.send_extended(m).await?;
+                }
+                conn.flush().await?;
+            }
+            let mut refs: Vec<&mut ServerConn> = taken.iter_mut().map(|(_, c)| &mut **c).collect();
+            crate::merge::run(&mut refs, &plan, &opts, &mut self.out).await
+        }
+        .await;
+        for (slot, conn) in taken {
+            self.put_conn(slot, conn, Writes::No);
+        }
+        match r {
+            Ok((answer, last)) => {
+                if let Some(b) = last {
+                    self.write(&b).await?;
+                }
+                if answer.failed() {
+                    self.fail();
+                }
+                Ok(!answer.failed())
+            }
+            Err(ExecError::Backend(e)) => self.error(e.into()).await,
+            Err(ExecError::Client(e)) => Err(e),
+        }
     }
 
     /// Binds `portal` on each shard to `sql` as the shard's unnamed
