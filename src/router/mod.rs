@@ -25,7 +25,7 @@ use std::fmt;
 
 pub use cache::PlanCache;
 pub use classify::{fill_keys, materialize};
-pub use copy::{CopyFormat, CopyIn, CopyOptions, CopyOut, CopyPlacement, Header};
+pub use copy::{CopyFormat, CopyIn, CopyKeys, CopyOptions, CopyOut, CopyPlacement, Header};
 pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;
 pub use key::{KeyError, KeyType, KeyValue};
