@@ -138,11 +138,11 @@ pub enum TxnMisuse {
 pub enum NoKeys {
     #[error("relation \"{0}\" does not exist")]
     NoTable(String),
-    #[error("column \"{column}\" of sharded table \"{table}\" has no sequence (serial, bigserial or identity): give the shard key in the INSERT")]
+    #[error("column \"{column}\" of sharded table \"{table}\" has no sequence (serial, bigserial or identity): give the shard key in the INSERT (or in the COPY's column list)")]
     NoSequence { table: String, column: String },
     /// The sequence shard did not answer: inserts that give their keys
     /// still work.
-    #[error("keys for \"{table}\" come from its sequence on shard {shard}, which is unavailable ({cause}); give the shard key in the INSERT, or retry")]
+    #[error("keys for \"{table}\" come from its sequence on shard {shard}, which is unavailable ({cause}); give the shard key in the INSERT (or in the COPY's column list), or retry")]
     Unavailable {
         table: String,
         shard: crate::router::ShardId,

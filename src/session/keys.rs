@@ -87,6 +87,54 @@ impl Session {
         })
     }
 
+    /// Before a COPY that leaves its keys to the cluster asks for data: the
+    /// key column's type (`format_type`), checking that the keys can come
+    /// from its sequence on the sequence shard. `None`: no such table (the
+    /// shards' COPY says so in PostgreSQL's words).
+    pub(super) async fn copy_key_type(
+        &self,
+        relation: &str,
+        name: &str,
+        column: &str,
+        source: KeySource,
+    ) -> Result<Option<String>, Error> {
+        if source != KeySource::Sequence {
+            return Ok(Some("uuid".into()));
+        }
+        let shard = self.shared.map().default_shard;
+        let (t, c) = (quote_literal(relation), quote_literal(column));
+        let sql = format!(
+            "WITH t AS (SELECT to_regclass({t}) AS r), \
+             a AS (SELECT pg_catalog.format_type(a.atttypid, NULL) AS ty, pg_get_serial_sequence({t}, {c}) AS s \
+                   FROM t JOIN pg_attribute a ON a.attrelid = t.r AND a.attname = {c} AND NOT a.attisdropped) \
+             SELECT (SELECT r IS NOT NULL FROM t), (SELECT ty FROM a), (SELECT s FROM a)"
+        );
+        let rows = self
+            .shared
+            .coordinator
+            .control()
+            .query(shard, &sql)
+            .await
+            .map_err(|e| NoKeys::Unavailable {
+                table: name.to_string(),
+                shard,
+                cause: e.to_string(),
+            })?;
+        let row = rows.first();
+        let field = |i: usize| row.and_then(|r| r.get(i).cloned().flatten());
+        if field(0).as_deref() != Some("t") {
+            return Ok(None);
+        }
+        if field(2).is_none() {
+            return Err(NoKeys::NoSequence {
+                table: name.to_string(),
+                column: column.to_string(),
+            }
+            .into());
+        }
+        Ok(field(1))
+    }
+
     /// Runs an INSERT that leaves keys to the cluster (simple protocol).
     pub(super) async fn insert_with_keys(
         &mut self,
