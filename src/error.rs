@@ -35,6 +35,7 @@ impl SqlState {
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     pub const UNDEFINED_TABLE: SqlState = SqlState("42P01");
+    pub const INVALID_COLUMN_REFERENCE: SqlState = SqlState("42P10");
     pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");

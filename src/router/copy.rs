@@ -228,6 +228,19 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
                         )))
                     }
                 };
+                // PostgreSQL checks these against the client's list; the
+                // shards' has the key.
+                for (option, cols) in [
+                    ("FORCE_NOT_NULL", &options.force_not_null),
+                    ("FORCE_NULL", &options.force_null),
+                ] {
+                    if cols.contains(&rule.key) {
+                        return Err(RouteError::NotInCopy {
+                            option,
+                            column: rule.key.clone(),
+                        });
+                    }
+                }
                 let (sql, at, len) = with_key_column(sql, &rule.key).ok_or_else(|| syntax("("))?;
                 keys = Some(CopyKeys {
                     source,
@@ -686,6 +699,16 @@ mod tests {
         let format_at = sql.find("FORMAT").unwrap() + 1;
         assert_eq!(k.client_position(format_at + k.len), format_at);
         assert_eq!(k.client_position(3), 3);
+        // Options about the key, which the client's list leaves out.
+        let e = plan(
+            "COPY accounts (name) FROM STDIN (FORMAT csv, FORCE_NULL (id))",
+            &m,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "FORCE_NULL column \"id\" not referenced by COPY"
+        );
         // Text keys are the application's to give.
         match plan("COPY users (name) FROM STDIN", &m) {
             Err(RouteError::Unsupported(m)) => assert!(m.contains("shard key"), "{m}"),

@@ -322,6 +322,13 @@ pub enum RouteError {
     /// commit decisions live): clients may not read or change it.
     #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy (pg_dump: add --exclude-schema=pieskieo)")]
     Reserved,
+    /// A COPY option names a column its column list leaves out (the shard
+    /// key, which the shards' list has): PostgreSQL's error.
+    #[error("{option} column \"{column}\" not referenced by COPY")]
+    NotInCopy {
+        option: &'static str,
+        column: String,
+    },
 }
 
 impl RouteError {
@@ -334,6 +341,7 @@ impl RouteError {
             RouteError::BadKey(KeyError::Invalid(_)) => SqlState::INVALID_TEXT_REPRESENTATION,
             RouteError::BadKey(KeyError::OutOfRange(_)) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
             RouteError::Reserved => SqlState::INSUFFICIENT_PRIVILEGE,
+            RouteError::NotInCopy { .. } => SqlState::INVALID_COLUMN_REFERENCE,
         }
     }
 }
