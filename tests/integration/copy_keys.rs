@@ -45,7 +45,7 @@ key_type = "text"
 "#;
 
 const SCHEMA: &str = "CREATE TABLE things (id bigserial PRIMARY KEY, v text);
-CREATE TABLE counted (id bigserial PRIMARY KEY, v text, n int);
+CREATE TABLE counted (id bigserial PRIMARY KEY, v text, n int CHECK (n >= 0));
 CREATE TABLE always (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
 CREATE TABLE tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), v text);
 CREATE TABLE fives (id bigint PRIMARY KEY DEFAULT 5, v text);
@@ -67,8 +67,8 @@ async fn copy(
     sink.finish().await
 }
 
-/// The error's SQLSTATE, message and CONTEXT.
-fn described(e: tokio_postgres::Error) -> (String, String, Option<String>) {
+/// The error's SQLSTATE, message, CONTEXT, and DETAIL and position.
+fn described(e: tokio_postgres::Error) -> (String, String, Option<String>, String) {
     let db = e
         .as_db_error()
         .unwrap_or_else(|| panic!("a server error: {e:?}"));
@@ -76,6 +76,7 @@ fn described(e: tokio_postgres::Error) -> (String, String, Option<String>) {
         db.code().code().to_string(),
         db.message().to_string(),
         db.where_().map(str::to_string),
+        format!("{:?} {:?}", db.detail(), db.position()),
     )
 }
 
@@ -266,6 +267,12 @@ async fn copy_without_the_key_numbers_rows_as_one_postgres_and_routes_them() {
             "COPY things (v) FROM STDIN WITH (HEADER match)",
             &b"\\N\na\n"[..],
         ),
+        // Options: PostgreSQL's words and position in the client's text.
+        ("COPY things (v) FROM STDIN WITH (BOGUS 1)", &b"a\n"[..]),
+        (
+            "COPY things (v) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (id))",
+            &b"a\n"[..],
+        ),
     ] {
         // A connection each: tokio-postgres is confused after a COPY error.
         let (one, proxy) = (plain.connect(0).await, c.client().await);
@@ -296,6 +303,13 @@ async fn a_bad_row_in_a_copy_without_the_key_commits_nothing() {
             .into_bytes()
     };
     for (sql, data) in [
+        // First, so both sequences start at 1: the failing row's id is the
+        // one one server gives it; the shard's context quotes the line as
+        // the client sent it.
+        (
+            "COPY counted (v, n) FROM STDIN",
+            with_line_1700("minus\t-5\n"),
+        ),
         (
             "COPY counted (v, n) FROM STDIN",
             with_line_1700("v\tnot a number\n"),
