@@ -17,9 +17,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::copy_feed::{end_all, feed_some, lost_sync, place_keys, route_error, route_rows, Feed};
 use super::copy_source::SourcePosition;
+use super::keys::CopyKeySource;
 use super::*;
 use crate::executor::read_rows;
-use crate::router::{CopyFormat, CopyIn, CopyPlacement, KeyRequest, RowRouter};
+use crate::router::{CopyFormat, CopyIn, CopyPlacement, RowRouter};
 
 /// A shard's queued rows go out once they reach this size.
 const FLUSH_AT: usize = 64 * 1024;
@@ -30,8 +31,8 @@ const FLUSH_AT: usize = 64 * 1024;
 #[derive(Clone, Copy)]
 struct CopyRun<'a> {
     stmt: &'a str,
-    /// A keyless COPY's key column type (`format_type`), read at its start.
-    key_type: Option<&'a str>,
+    /// A keyless COPY's key column, read at its start.
+    key_type: Option<&'a CopyKeySource>,
     copy: &'a CopyIn,
     shards: &'a [ShardId],
     fresh: &'a [ShardId],
@@ -99,7 +100,7 @@ impl Session {
             &shards,
             &mut Source::Client,
             "COPY",
-            key_type.as_deref(),
+            key_type.as_ref(),
         )
         .await
     }
@@ -112,7 +113,7 @@ impl Session {
         shards: &[ShardId],
         source: &mut Source<'_>,
         verb: &str,
-        key_type: Option<&str>,
+        key_type: Option<&CopyKeySource>,
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
             let (ok, last) = self
@@ -137,7 +138,7 @@ impl Session {
         shards: &[ShardId],
         source: &mut Source<'_>,
         verb: &str,
-        key_type: Option<&str>,
+        key_type: Option<&CopyKeySource>,
     ) -> std::io::Result<(bool, Option<Bytes>)> {
         let Some((mut parts, head, missing)) = self.enlist(shards).await? else {
             return Ok((false, None));
@@ -325,7 +326,7 @@ impl Session {
                     let made = match (&copy.keys, key_type) {
                         (Some(_), Some(ty)) => {
                             RowRouter::keyless(copy.options.clone(), rule, &map, cols, max)
-                                .and_then(|mut r| r.set_key_type(ty).map(|()| r))
+                                .and_then(|mut r| r.set_key_type(&ty.type_name).map(|()| r))
                         }
                         // No table: a shard's COPY said so already.
                         (Some(_), None) => Err(RouteError::Unsupported(format!(
@@ -380,13 +381,13 @@ impl Session {
         }
 
         let mut ending = self
-            .stream_rows(parts, &mut feeds, router.as_mut(), source, copy)
+            .stream_rows(parts, &mut feeds, router.as_mut(), source, copy, key_type)
             .await?;
         if let (Ending::Refused(_, line), Some(r)) = (&ending, router.as_mut()) {
             // Rows before the refused one still wait for keys: the shards
             // check them too, as an error on one of them comes first.
             if r.holds() {
-                if let Err((e, at)) = self.place_waiting(copy, r, &mut feeds).await {
+                if let Err((e, at)) = self.place_waiting(copy, key_type, r, &mut feeds).await {
                     if at < *line {
                         ending = Ending::Refused(e, at);
                     }
@@ -505,6 +506,7 @@ impl Session {
         mut router: Option<&mut RowRouter>,
         source: &mut Source<'_>,
         copy: &CopyIn,
+        keys: Option<&CopyKeySource>,
     ) -> Result<Ending, ExecError> {
         loop {
             let f = match source {
@@ -548,7 +550,7 @@ impl Session {
                     let data = f.body();
                     match router.as_deref_mut() {
                         Some(r) if copy.keys.is_some() => {
-                            match self.route_keyless(copy, r, feeds, data).await {
+                            match self.route_keyless(copy, keys, r, feeds, data).await {
                                 Ok(()) => Ok(()),
                                 Err((e, line)) => return Ok(Ending::Refused(e, line)),
                             }
@@ -564,7 +566,8 @@ impl Session {
                 }
                 b'c' => match router.as_deref_mut() {
                     Some(r) => match route_rows(r, feeds, &[], true) {
-                        Ok(()) if r.holds() => match self.place_waiting(copy, r, feeds).await {
+                        Ok(()) if r.holds() => match self.place_waiting(copy, keys, r, feeds).await
+                        {
                             Ok(()) => return Ok(Ending::Done),
                             Err((e, line)) => return Ok(Ending::Refused(e, line)),
                         },
@@ -637,6 +640,7 @@ impl Session {
     async fn route_keyless(
         &self,
         copy: &CopyIn,
+        keys: Option<&CopyKeySource>,
         r: &mut RowRouter,
         feeds: &mut [Feed],
         mut data: &[u8],
@@ -651,7 +655,7 @@ impl Session {
             })?;
             data = data.get(used..).unwrap_or_default();
             if r.batch_full() {
-                self.place_waiting(copy, r, feeds).await?;
+                self.place_waiting(copy, keys, r, feeds).await?;
             }
             if data.is_empty() {
                 return Ok(());
@@ -665,45 +669,28 @@ impl Session {
     async fn place_waiting(
         &self,
         copy: &CopyIn,
+        source: Option<&CopyKeySource>,
         r: &mut RowRouter,
         feeds: &mut [Feed],
     ) -> Result<(), (Bytes, u64)> {
         let line = r.waiting_from().unwrap_or(u64::MAX - 1);
-        let failed = |e: crate::error::Error| {
-            let e = match e {
-                crate::error::Error::Keys(crate::error::NoKeys::Unavailable {
-                    shard,
-                    cause,
-                    ..
-                }) => crate::error::NoKeys::Unavailable {
-                    table: copy.table.clone(),
-                    shard,
-                    cause,
-                }
-                .into(),
-                e => e,
-            };
-            (
-                protocol::error_response(Severity::Error, e.sqlstate(), &e.to_string(), None),
-                line,
-            )
-        };
-        let (Some(k), Some(rule)) = (
-            &copy.keys,
-            self.shared.map().tables.get(&copy.table).cloned(),
-        ) else {
+        let Some(source) = source else {
             return Ok(());
         };
         let keys = if r.waiting() == 0 {
             Vec::new()
         } else {
-            let req = KeyRequest {
-                table: copy.relation.clone(),
-                column: rule.key.clone(),
-                rows: r.waiting(),
-                source: k.source,
-            };
-            self.cluster_keys(&req).await.map_err(failed)?.values
+            self.copy_keys(&copy.table, source, r.waiting())
+                .await
+                .map_err(|e| {
+                    let e = protocol::error_response(
+                        Severity::Error,
+                        e.sqlstate(),
+                        &e.to_string(),
+                        None,
+                    );
+                    (e, line)
+                })?
         };
         place_keys(r, feeds, &keys).map_err(|e| {
             (

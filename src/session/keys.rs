@@ -23,6 +23,15 @@ pub(super) struct Keys {
     pub always: bool,
 }
 
+/// Where a COPY that leaves its keys to the cluster gets them, read
+/// before it starts.
+pub(super) struct CopyKeySource {
+    /// The key column's type, as `format_type` names it.
+    pub type_name: String,
+    /// The column's sequence on the sequence shard; `None`: uuids made here.
+    pub sequence: Option<String>,
+}
+
 impl Session {
     pub(super) async fn cluster_keys(&self, req: &KeyRequest) -> Result<Keys, Error> {
         match req.source {
@@ -88,18 +97,20 @@ impl Session {
     }
 
     /// Before a COPY that leaves its keys to the cluster asks for data: the
-    /// key column's type (`format_type`), checking that the keys can come
-    /// from its sequence on the sequence shard. `None`: no such table (the
-    /// shards' COPY says so in PostgreSQL's words).
+    /// key column's type and sequence on the sequence shard. `None`: no such
+    /// table (the shards' COPY says so in PostgreSQL's words).
     pub(super) async fn copy_key_type(
         &self,
         relation: &str,
         name: &str,
         column: &str,
         source: KeySource,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<CopyKeySource>, Error> {
         if source != KeySource::Sequence {
-            return Ok(Some("uuid".into()));
+            return Ok(Some(CopyKeySource {
+                type_name: "uuid".into(),
+                sequence: None,
+            }));
         }
         let shard = self.shared.map().default_shard;
         let (t, c) = (quote_literal(relation), quote_literal(column));
@@ -125,14 +136,62 @@ impl Session {
         if field(0).as_deref() != Some("t") {
             return Ok(None);
         }
-        if field(2).is_none() {
+        let Some(sequence) = field(2) else {
             return Err(NoKeys::NoSequence {
                 table: name.to_string(),
                 column: column.to_string(),
             }
             .into());
+        };
+        Ok(Some(CopyKeySource {
+            type_name: field(1).unwrap_or_default(),
+            sequence: Some(sequence),
+        }))
+    }
+
+    /// `n` keys for a COPY's waiting rows, in the order one server would
+    /// give them: one round trip to the sequence shard (the values in one
+    /// text, which costs far less than a row each), or uuids made here.
+    pub(super) async fn copy_keys(
+        &self,
+        table: &str,
+        source: &CopyKeySource,
+        n: usize,
+    ) -> Result<Vec<String>, Error> {
+        let Some(seq) = &source.sequence else {
+            return Ok((0..n).map(|_| random_uuid()).collect());
+        };
+        let shard = self.shared.map().default_shard;
+        // In the order of the calls, as the rows would call it (a
+        // descending sequence counts down): each value tagged by its call.
+        let sql = format!(
+            "SELECT pg_catalog.string_agg(pg_catalog.nextval({}::pg_catalog.regclass)::text, ',' ORDER BY g) \
+             FROM pg_catalog.generate_series(1, {n}) AS g",
+            quote_literal(seq)
+        );
+        let rows = self
+            .shared
+            .coordinator
+            .control()
+            .query(shard, &sql)
+            .await
+            .map_err(|e| NoKeys::Unavailable {
+                table: table.to_string(),
+                shard,
+                cause: e.to_string(),
+            })?;
+        let text = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default();
+        let keys: Vec<String> = text.split(',').map(str::to_string).collect();
+        if keys.len() != n {
+            return Err(Error::Unsupported(format!(
+                "the sequence shard gave {} keys for {n} rows of \"{table}\"",
+                keys.len()
+            )));
         }
-        Ok(field(1))
+        Ok(keys)
     }
 
     /// Runs an INSERT that leaves keys to the cluster (simple protocol).

@@ -29,6 +29,11 @@ key = "id"
 key_type = "int4"
 
 [[tables]]
+name = "downs"
+key = "id"
+key_type = "int4"
+
+[[tables]]
 name = "tokens"
 key = "id"
 key_type = "uuid"
@@ -47,6 +52,7 @@ key_type = "text"
 const SCHEMA: &str = "CREATE TABLE things (id bigserial PRIMARY KEY, v text);
 CREATE TABLE counted (id bigserial PRIMARY KEY, v text, n int CHECK (n >= 0));
 CREATE TABLE always (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+CREATE TABLE downs (id int GENERATED ALWAYS AS IDENTITY (START WITH 100000 INCREMENT BY -1 MAXVALUE 100000) PRIMARY KEY, v text);
 CREATE TABLE tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), v text);
 CREATE TABLE fives (id bigint PRIMARY KEY DEFAULT 5, v text);
 CREATE TABLE names (id text PRIMARY KEY, v text)";
@@ -181,6 +187,12 @@ async fn copy_without_the_key_numbers_rows_as_one_postgres_and_routes_them() {
             text_rows(1, 1001).into_bytes(),
             65536,
         ),
+        // A sequence that counts down numbers the rows down.
+        (
+            "COPY downs (v) FROM STDIN",
+            text_rows(1, 1500).into_bytes(),
+            65536,
+        ),
         (
             "COPY always (v) FROM STDIN (FORMAT binary)",
             binary.clone(),
@@ -201,6 +213,7 @@ async fn copy_without_the_key_numbers_rows_as_one_postgres_and_routes_them() {
     for sql in [
         "SELECT id, v FROM things ORDER BY id",
         "SELECT id, v FROM always ORDER BY id",
+        "SELECT id, v FROM downs ORDER BY id",
     ] {
         let want = rows(&single, sql).await;
         assert_eq!(want, rows(&client, sql).await, "{sql}");
