@@ -675,7 +675,10 @@ impl Session {
     ) -> Result<(), (Bytes, u64)> {
         let line = r.waiting_from().unwrap_or(u64::MAX - 1);
         let Some(source) = source else {
-            return Ok(());
+            // A keyless router is made only with its source: never here, but
+            // the rows must not wait for ever.
+            let e = RouteError::Unsupported("keys for the COPY could not be chosen".into());
+            return Err((route_error(&e), line));
         };
         let keys = if r.waiting() == 0 {
             Vec::new()
