@@ -334,7 +334,7 @@ fn keyless_rows_get_their_keys_in_order_in_batches() {
     for i in 1..=2500 {
         data.push_str(&format!("v{i}\t{i}\n"));
     }
-    for step in [1000, 7777, 1 << 20] {
+    for step in [1, 3, 1000, 7777, 1 << 20] {
         let mut r = keyless("COPY accounts (name, n) FROM STDIN");
         let (rows, batches) = run_keyless(&mut r, data.as_bytes(), step).unwrap();
         assert_eq!(rows.len(), 2500, "step {step}");
@@ -351,12 +351,16 @@ fn keyless_rows_get_their_keys_in_order_in_batches() {
 #[test]
 fn keyless_csv_header_and_fields() {
     // HEADER MATCH: the key's name goes on the header for the shards.
-    let mut r =
-        keyless("COPY accounts (name) FROM STDIN (FORMAT csv, HEADER match, DELIMITER ';')");
-    let (rows, _) = run_keyless(&mut r, b"name\r\n\"a;b\"\r\nlast", 3).unwrap();
-    assert_eq!(rows[0], (Dest::All, 1, b"name;id\r\n".to_vec()));
-    assert_eq!(rows[1].2, b"\"a;b\";1\r\n".to_vec());
-    assert_eq!(rows[2].2, b"last;2".to_vec());
+    let data = b"name\r\n\"a;b\"\r\n\"multi\r\nline\"\r\nlast";
+    for step in [1, 2, 3, 100] {
+        let mut r =
+            keyless("COPY accounts (name) FROM STDIN (FORMAT csv, HEADER match, DELIMITER ';')");
+        let (rows, _) = run_keyless(&mut r, data, step).unwrap();
+        assert_eq!(rows[0], (Dest::All, 1, b"name;id\r\n".to_vec()));
+        assert_eq!(rows[1].2, b"\"a;b\";1\r\n".to_vec());
+        assert_eq!(rows[2].2, b"\"multi\r\nline\";2\r\n".to_vec());
+        assert_eq!(rows[3], (shard(3), 4, b"last;3".to_vec()));
+    }
     // A header with another count of fields: PostgreSQL's error, line 1.
     let mut r = keyless("COPY accounts (name) FROM STDIN (FORMAT csv, HEADER match)");
     let e = run_keyless(&mut r, b"name,x\na\n", 100).unwrap_err();
