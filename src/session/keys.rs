@@ -88,8 +88,9 @@ impl Session {
                 }
             }
         }
-        // Rows take the values in order, as one server's sequence would give them.
-        values.sort_unstable();
+        // Rows take the values in the order of the calls (the scan's), as
+        // one server's rows would call it: a sequence that counts down
+        // counts the rows down, so the values are not sorted.
         Ok(Keys {
             values: values.iter().map(i64::to_string).collect(),
             always,
