@@ -100,6 +100,18 @@ async fn placed(c: &Cluster, table: &str, key_type: KeyType) -> usize {
     n
 }
 
+/// asyncpg's binary COPY of 1100 rows into `things (v)`; prints its tag.
+const ASYNCPG_COPY: &str = r#"
+import asyncio, sys
+import asyncpg
+async def main(url):
+    conn = await asyncpg.connect(url)
+    tag = await conn.copy_records_to_table(
+        "things", records=[(f"asyncpg {i}",) for i in range(1100)], columns=["v"])
+    print(tag)
+asyncio.run(main(sys.argv[1]))
+"#;
+
 /// Runs psql's `command` with `stdin` as its input: (ok, stdout, stderr).
 fn psql_copy(url: &str, command: &str, stdin: &[u8]) -> (bool, String, String) {
     use std::io::Write;
@@ -204,6 +216,22 @@ async fn copy_without_the_key_numbers_rows_as_one_postgres_and_routes_them() {
         let got = copy(&client, sql, data, *piece).await.unwrap();
         assert_eq!(want, got, "{sql}");
     }
+    // asyncpg's copy_records_to_table: binary, a schema-qualified name.
+    let plain_uri = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres",
+        pieskieo::cluster::SUPERUSER_PASSWORD,
+        plain.servers[0].port
+    );
+    for uri in [c.uri(), plain_uri] {
+        let out = std::process::Command::new("python3")
+            .args(["-c", ASYNCPG_COPY, &uri])
+            .output()
+            .expect("python3 runs (scripts/ensure-drivers installs asyncpg)");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("COPY 1100"),
+            "{out:?}"
+        );
+    }
     // The simple protocol: psql's \\copy.
     let data = text_rows(1, 1500);
     for url in [c.url(), plain.url(0)] {
@@ -218,7 +246,7 @@ async fn copy_without_the_key_numbers_rows_as_one_postgres_and_routes_them() {
         let want = rows(&single, sql).await;
         assert_eq!(want, rows(&client, sql).await, "{sql}");
     }
-    let things = 2500 + 1200 + 1200 + 2 + 700 + 1500;
+    let things = 2500 + 1200 + 1200 + 2 + 700 + 1100 + 1500;
     assert_eq!(placed(&c, "things", KeyType::Int8).await, things);
     assert_eq!(placed(&c, "always", KeyType::Int4).await, 1701);
     for s in 0..3 {
