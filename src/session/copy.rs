@@ -8,6 +8,9 @@
 //! (`router::RowRouter`), and each row is queued for its shard; a shard's
 //! queue goes out at [`FLUSH_AT`] bytes. Memory per COPY: one unfinished
 //! row, one queue per shard and a ring of recent line numbers per shard.
+//! A column list without the shard key: rows wait in batches for the keys
+//! the cluster chooses (`router/copy_rows/keyless.rs`), one round trip to
+//! the sequence shard per batch, so one batch more is held.
 //! Any error — a bad row, CopyFail, a shard's error, a lost shard — ends
 //! the COPY on every shard and fails the block, so nothing commits.
 

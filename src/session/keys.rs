@@ -6,8 +6,10 @@
 //! One sequence serves the whole cluster, so keys are unique across shards
 //! and proxies and come out as one PostgreSQL would number them (1, 2, 3,
 //! ...). Cost: one control round trip to the sequence shard per such
-//! `INSERT`, whatever its number of rows. When that shard is down, such
-//! inserts fail (`08006`) and inserts that give their keys still work.
+//! `INSERT`, whatever its number of rows; a `COPY` without the key takes
+//! one at its start and one per batch of rows (`copy.rs`). When that shard
+//! is down, such inserts fail (`08006`) and inserts that give their keys
+//! still work.
 
 use crate::error::NoKeys;
 use crate::router::{KeyRequest, KeySource};
