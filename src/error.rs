@@ -35,6 +35,7 @@ impl SqlState {
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     pub const UNDEFINED_TABLE: SqlState = SqlState("42P01");
+    pub const INVALID_COLUMN_REFERENCE: SqlState = SqlState("42P10");
     pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
@@ -138,11 +139,11 @@ pub enum TxnMisuse {
 pub enum NoKeys {
     #[error("relation \"{0}\" does not exist")]
     NoTable(String),
-    #[error("column \"{column}\" of sharded table \"{table}\" has no sequence (serial, bigserial or identity): give the shard key in the INSERT")]
+    #[error("column \"{column}\" of sharded table \"{table}\" has no sequence (serial, bigserial or identity): give the shard key in the INSERT (or in the COPY's column list)")]
     NoSequence { table: String, column: String },
     /// The sequence shard did not answer: inserts that give their keys
     /// still work.
-    #[error("keys for \"{table}\" come from its sequence on shard {shard}, which is unavailable ({cause}); give the shard key in the INSERT, or retry")]
+    #[error("keys for \"{table}\" come from its sequence on shard {shard}, which is unavailable ({cause}); give the shard key in the INSERT (or in the COPY's column list), or retry")]
     Unavailable {
         table: String,
         shard: crate::router::ShardId,

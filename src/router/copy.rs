@@ -9,7 +9,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 
 mod query;
 
-use super::{matching_paren, Plan, Route, RouteError, ShardMap, Writes};
+use super::{matching_paren, KeySource, KeyType, Plan, Route, RouteError, ShardMap, Writes};
 
 /// How rows are written in the data stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,38 @@ pub struct CopyIn {
     pub columns: Option<Vec<String>>,
     pub options: CopyOptions,
     pub placement: CopyPlacement,
+    /// The column list leaves out the shard key: the cluster chooses it.
+    pub keys: Option<CopyKeys>,
+}
+
+/// A COPY into a sharded table whose column list leaves out the shard key:
+/// as PostgreSQL gives such rows the column's default, the cluster chooses
+/// each row's key (as for an `INSERT` without it), and the shards run the
+/// COPY with the key appended to the column list, each row carrying its key
+/// as the last field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyKeys {
+    /// [`KeySource::Sequence`] or [`KeySource::Random`].
+    pub source: KeySource,
+    /// The statement the shards run: the client's, `, "key"` inserted at
+    /// the end of its column list.
+    pub sql: String,
+    /// Characters of the client's statement before the insertion, and the
+    /// insertion's: a shard's error position maps back to the client's text.
+    pub at: usize,
+    pub len: usize,
+}
+
+impl CopyKeys {
+    /// A position (1-based, in characters) in the shards' statement, as
+    /// one in the client's.
+    pub fn client_position(&self, p: usize) -> usize {
+        if p > self.at + self.len {
+            p - self.len
+        } else {
+            p.min(self.at + 1)
+        }
+    }
 }
 
 /// A planned `COPY ... TO STDOUT` that several shards answer.
@@ -182,13 +214,40 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
             },
         });
     }
+    let mut keys = None;
     if placement == CopyPlacement::Sharded {
         if let (Some(cols), Some(rule)) = (&p.columns, map.tables.get(name)) {
             if !cols.contains(&rule.key) {
-                return Err(RouteError::Unsupported(format!(
-                    "COPY into sharded table \"{name}\" must include the shard key column \"{}\" in its column list",
-                    rule.key
-                )));
+                let source = match rule.key_type {
+                    KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => KeySource::Sequence,
+                    KeyType::Uuid => KeySource::Random,
+                    KeyType::Text => {
+                        return Err(RouteError::Unsupported(format!(
+                            "COPY into sharded table \"{name}\" must include the shard key \"{}\" in its column list: the cluster chooses keys only for integer (sequence) and uuid keys",
+                            rule.key
+                        )))
+                    }
+                };
+                // PostgreSQL checks these against the client's list; the
+                // shards' has the key.
+                for (option, cols) in [
+                    ("FORCE_NOT_NULL", &options.force_not_null),
+                    ("FORCE_NULL", &options.force_null),
+                ] {
+                    if cols.contains(&rule.key) {
+                        return Err(RouteError::NotInCopy {
+                            option,
+                            column: rule.key.clone(),
+                        });
+                    }
+                }
+                let (sql, at, len) = with_key_column(sql, &rule.key).ok_or_else(|| syntax("("))?;
+                keys = Some(CopyKeys {
+                    source,
+                    sql,
+                    at,
+                    len,
+                });
             }
         }
     }
@@ -198,7 +257,42 @@ pub(super) fn plan(sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
         columns: p.columns,
         options,
         placement,
+        keys,
     })))
+}
+
+/// `sql` (a `COPY table (columns) ...`) with `key` appended to its column
+/// list, the rest as the client wrote it; where it went in (characters
+/// before it) and its length in characters.
+fn with_key_column(sql: &str, key: &str) -> Option<(String, usize, usize)> {
+    let toks = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    // The first `)` closes the column list: the relation before it is
+    // words and dots, and comments are whitespace tokens.
+    let close = toks.iter().find(|t| t.token == Token::RParen)?.span.start;
+    let (mut line, mut col) = (1u64, 1u64);
+    let mut at = None;
+    for (chars, (byte, c)) in sql.char_indices().enumerate() {
+        if line == close.line && col == close.column {
+            at = Some((byte, chars));
+            break;
+        }
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    let (byte, chars) = at?;
+    let insert = format!(", {}", quote_ident(key));
+    let len = insert.chars().count();
+    Some((
+        format!("{}{insert}{}", &sql[..byte], &sql[byte..]),
+        chars,
+        len,
+    ))
 }
 
 /// Whether a `VACUUM`/`ANALYZE` names any table (words after its options
@@ -581,6 +675,45 @@ mod tests {
         assert_eq!((o.format, o.header), (CopyFormat::Csv, Header::Skip));
 
         assert!(!parse("COPY t FROM '/tmp/x'").unwrap().stdio);
+    }
+
+    #[test]
+    fn keys_left_to_the_cluster() {
+        let m = ShardMap::from_config(
+            &crate::config::Config::parse(crate::router::SAMPLE_CONFIG, "sample.toml").unwrap(),
+        );
+        let keys = |sql: &str| match plan(sql, &m) {
+            Ok(Plan::CopyIn(c)) => c.keys,
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(keys("COPY accounts (id, name) FROM STDIN"), None);
+        assert_eq!(keys("COPY accounts FROM STDIN"), None);
+        let sql = "COPY /* (c) */ \"accounts\" (\n name, \"n)\" ) FROM STDIN WITH (FORMAT csv)";
+        let k = keys(sql).unwrap();
+        assert_eq!(k.source, KeySource::Sequence);
+        assert_eq!(
+            k.sql,
+            "COPY /* (c) */ \"accounts\" (\n name, \"n)\" , \"id\") FROM STDIN WITH (FORMAT csv)"
+        );
+        // Positions after the insertion move back to the client's text.
+        let format_at = sql.find("FORMAT").unwrap() + 1;
+        assert_eq!(k.client_position(format_at + k.len), format_at);
+        assert_eq!(k.client_position(3), 3);
+        // Options about the key, which the client's list leaves out.
+        let e = plan(
+            "COPY accounts (name) FROM STDIN (FORMAT csv, FORCE_NULL (id))",
+            &m,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "FORCE_NULL column \"id\" not referenced by COPY"
+        );
+        // Text keys are the application's to give.
+        match plan("COPY users (name) FROM STDIN", &m) {
+            Err(RouteError::Unsupported(m)) => assert!(m.contains("shard key"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

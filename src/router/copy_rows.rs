@@ -12,6 +12,7 @@ use super::{KeyError, KeyType, KeyValue, RouteError, ShardId, ShardMap, TableRul
 use crate::error::SqlState;
 pub use encoding::DataEncoding;
 use encoding::Unconvertible;
+use keyless::Keyless;
 use lines::Eol;
 
 /// Where a piece of the stream goes.
@@ -70,6 +71,9 @@ pub struct RowRouter {
     enc: DataEncoding,
     /// The line end, taken from the first line as PostgreSQL does.
     eol: Eol,
+    /// The column list leaves out the key: rows wait for the cluster's
+    /// keys (see `keyless.rs`).
+    keyless: Option<Keyless>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -128,6 +132,7 @@ impl RowRouter {
             null_key: None,
             enc: opts_encoding,
             eol: Eol::Unknown,
+            keyless: None,
         })
     }
 
@@ -154,13 +159,25 @@ impl RowRouter {
 
     /// Reads a CopyData payload; `sink` gets every complete row (and the
     /// header) with where it goes and its line number, as slices of `data`
-    /// where possible.
+    /// where possible. (A keyless router stops when a batch is full: use
+    /// [`RowRouter::feed_some`].)
     pub fn feed(
+        &mut self,
+        data: &[u8],
+        sink: &mut dyn FnMut(Dest, u64, &[u8]),
+    ) -> Result<(), RowError> {
+        self.feed_some(data, sink).map(|_| ())
+    }
+
+    /// [`RowRouter::feed`] up to where a keyless router's batch is full:
+    /// how much of `data` was read (all of it once the data has ended).
+    pub fn feed_some(
         &mut self,
         mut data: &[u8],
         sink: &mut dyn FnMut(Dest, u64, &[u8]),
-    ) -> Result<(), RowError> {
-        while !data.is_empty() && !self.done {
+    ) -> Result<usize, RowError> {
+        let total = data.len();
+        while !data.is_empty() && !self.done && !self.batch_full() {
             if self.opts.format == CopyFormat::Binary {
                 data = self.feed_binary(data, sink)?;
                 continue;
@@ -186,11 +203,11 @@ impl RowRouter {
                 None => {
                     self.scan = scan;
                     self.grow(data)?;
-                    return Ok(());
+                    return Ok(total);
                 }
             }
         }
-        Ok(())
+        Ok(if self.done { total } else { total - data.len() })
     }
 
     /// The end of the stream (CopyDone): a last row without a line end.
@@ -282,16 +299,27 @@ impl RowRouter {
     ) -> Result<(), RowError> {
         self.line += 1;
         if std::mem::take(&mut self.header_pending) {
-            sink(Dest::All, self.line, raw);
+            if self.keyless.is_some() && self.opts.header == Header::Match {
+                let header = self.keyless_header(raw, body)?;
+                sink(Dest::All, self.line, &header);
+            } else {
+                sink(Dest::All, self.line, raw);
+            }
             return Ok(());
         }
+        let body_len = body.len();
         // PostgreSQL splits the line once it is in the server's encoding.
         let (body, converted): (Cow<[u8]>, bool) = match self.enc.to_utf8(body) {
             Ok(text) => (text, true),
             Err(Unconvertible::NotConverted) => (Cow::Borrowed(body), false),
             Err(Unconvertible::NoCharacter) => {
-                // PostgreSQL refuses the line in its own words: a shard will.
-                sink(Dest::Shard(self.null_shard), self.line, raw);
+                // PostgreSQL refuses the line in its own words: a shard will
+                // (a keyless row in its turn, so earlier rows fail first).
+                if self.keyless.is_some() {
+                    self.queue_line(raw, body_len);
+                } else {
+                    sink(Dest::Shard(self.null_shard), self.line, raw);
+                }
                 return Ok(());
             }
         };
@@ -299,7 +327,11 @@ impl RowRouter {
         if converted && std::str::from_utf8(body).is_err() {
             // Not UTF-8: PostgreSQL refuses the line in its words
             // (`invalid byte sequence ...: 0xff`), and so will a shard.
-            sink(Dest::Shard(self.null_shard), self.line, raw);
+            if self.keyless.is_some() {
+                self.queue_line(raw, body_len);
+            } else {
+                sink(Dest::Shard(self.null_shard), self.line, raw);
+            }
             return Ok(());
         }
         let (count, key) = match self.opts.format {
@@ -325,6 +357,10 @@ impl RowRouter {
                 "extra data after last expected column".into(),
                 Some(body),
             ));
+        }
+        if self.keyless.is_some() {
+            self.queue_line(raw, body_len);
+            return Ok(());
         }
         let shard = match key {
             Some(k) if !converted && !k.is_ascii() => self.unconverted_key(body)?,
@@ -468,6 +504,7 @@ impl TableRule {
 mod binary;
 mod encoding;
 mod fields;
+mod keyless;
 mod lines;
 
 #[cfg(test)]

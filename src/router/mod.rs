@@ -26,7 +26,7 @@ use std::fmt;
 
 pub use cache::PlanCache;
 pub use classify::{fill_keys, materialize, with_columns};
-pub use copy::{CopyFormat, CopyIn, CopyOptions, CopyOut, CopyPlacement, Header};
+pub use copy::{CopyFormat, CopyIn, CopyKeys, CopyOptions, CopyOut, CopyPlacement, Header};
 pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;
 pub use inline::{inline_params, max_param, param_literal, split_list};
@@ -338,6 +338,13 @@ pub enum RouteError {
     /// commit decisions live): clients may not read or change it.
     #[error("permission denied for schema pieskieo: it holds Pieskieo's commit decisions and is reserved to the proxy (pg_dump: add --exclude-schema=pieskieo)")]
     Reserved,
+    /// A COPY option names a column its column list leaves out (the shard
+    /// key, which the shards' list has): PostgreSQL's error.
+    #[error("{option} column \"{column}\" not referenced by COPY")]
+    NotInCopy {
+        option: &'static str,
+        column: String,
+    },
 }
 
 impl RouteError {
@@ -350,6 +357,7 @@ impl RouteError {
             RouteError::BadKey(KeyError::Invalid(_)) => SqlState::INVALID_TEXT_REPRESENTATION,
             RouteError::BadKey(KeyError::OutOfRange(_)) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
             RouteError::Reserved => SqlState::INSUFFICIENT_PRIVILEGE,
+            RouteError::NotInCopy { .. } => SqlState::INVALID_COLUMN_REFERENCE,
         }
     }
 }

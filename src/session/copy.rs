@@ -8,6 +8,9 @@
 //! (`router::RowRouter`), and each row is queued for its shard; a shard's
 //! queue goes out at [`FLUSH_AT`] bytes. Memory per COPY: one unfinished
 //! row, one queue per shard and a ring of recent line numbers per shard.
+//! A column list without the shard key: rows wait in batches for the keys
+//! the cluster chooses (`router/copy_rows/keyless.rs`), one round trip to
+//! the sequence shard per batch, so one batch more is held.
 //! Any error — a bad row, CopyFail, a shard's error, a lost shard — ends
 //! the COPY on every shard and fails the block, so nothing commits.
 
@@ -15,11 +18,12 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::copy_feed::{end_all, lost_sync, route_error, route_rows, Feed};
+use super::copy_feed::{end_all, feed_some, lost_sync, place_keys, route_error, route_rows, Feed};
 use super::copy_source::SourcePosition;
+use super::keys::CopyKeySource;
 use super::*;
 use crate::executor::read_rows;
-use crate::router::{CopyIn, CopyPlacement, RowRouter};
+use crate::router::{CopyFormat, CopyIn, CopyPlacement, RowRouter};
 
 /// A shard's queued rows go out once they reach this size.
 const FLUSH_AT: usize = 64 * 1024;
@@ -30,6 +34,8 @@ const FLUSH_AT: usize = 64 * 1024;
 #[derive(Clone, Copy)]
 struct CopyRun<'a> {
     stmt: &'a str,
+    /// A keyless COPY's key column, read at its start.
+    key_type: Option<&'a CopyKeySource>,
     copy: &'a CopyIn,
     shards: &'a [ShardId],
     fresh: &'a [ShardId],
@@ -79,8 +85,27 @@ impl Session {
             }
             CopyPlacement::Unsharded => vec![map.default_shard],
         };
-        self.copy_in_from(stmt, &copy, &shards, &mut Source::Client, "COPY")
-            .await
+        // Keys chosen by the cluster: checked before the client is asked
+        // for data (a key without a sequence, the sequence shard down).
+        let mut key_type = None;
+        if let (Some(k), Some(rule)) = (&copy.keys, map.tables.get(&copy.table)) {
+            match self
+                .copy_key_type(&copy.relation, &copy.table, &rule.key, k.source)
+                .await
+            {
+                Ok(t) => key_type = t,
+                Err(e) => return self.error(e).await,
+            }
+        }
+        self.copy_in_from(
+            stmt,
+            &copy,
+            &shards,
+            &mut Source::Client,
+            "COPY",
+            key_type.as_ref(),
+        )
+        .await
     }
 
     /// Runs a COPY IN in the client's block, or in one of its own.
@@ -91,14 +116,19 @@ impl Session {
         shards: &[ShardId],
         source: &mut Source<'_>,
         verb: &str,
+        key_type: Option<&CopyKeySource>,
     ) -> std::io::Result<bool> {
         if self.txn().is_some() {
-            let (ok, last) = self.copy_in_block(stmt, copy, shards, source, verb).await?;
+            let (ok, last) = self
+                .copy_in_block(stmt, copy, shards, source, verb, key_type)
+                .await?;
             self.close_statement(last).await?;
             return Ok(ok);
         }
         self.transition(Event::StartImplicit, None);
-        let (ok, last) = self.copy_in_block(stmt, copy, shards, source, verb).await?;
+        let (ok, last) = self
+            .copy_in_block(stmt, copy, shards, source, verb, key_type)
+            .await?;
         self.finish_implicit(ok, last).await
     }
 
@@ -111,6 +141,7 @@ impl Session {
         shards: &[ShardId],
         source: &mut Source<'_>,
         verb: &str,
+        key_type: Option<&CopyKeySource>,
     ) -> std::io::Result<(bool, Option<Bytes>)> {
         let Some((mut parts, head, missing)) = self.enlist(shards).await? else {
             return Ok((false, None));
@@ -118,7 +149,9 @@ impl Session {
         let r = self
             .copy_in_parts(
                 &CopyRun {
-                    stmt,
+                    // Keyless: the shards' COPY names the key last.
+                    stmt: copy.keys.as_ref().map_or(stmt, |k| k.sql.as_str()),
+                    key_type,
                     copy,
                     shards,
                     fresh: &missing,
@@ -153,6 +186,7 @@ impl Session {
     ) -> Result<Result<Bytes, Bytes>, ExecError> {
         let CopyRun {
             stmt,
+            key_type,
             copy,
             shards,
             fresh,
@@ -182,6 +216,8 @@ impl Session {
                 lines: VecDeque::new(),
                 copying: false,
                 rows: 0,
+                appended: (copy.keys.is_some() && copy.options.format != CopyFormat::Binary)
+                    .then_some(copy.options.delimiter),
             });
             let conn = &mut parts[part].conn;
             if fresh.contains(s) {
@@ -259,7 +295,18 @@ impl Session {
                         break;
                     }
                     b'E' if !aborted => {
-                        copy_error.get_or_insert(f.bytes);
+                        let e = match &copy.keys {
+                            // Its position, in the client's statement.
+                            Some(k) => protocol::rewrite_error(&f.bytes, |code, v| {
+                                if code != b'P' {
+                                    return Some(v.to_string());
+                                }
+                                v.parse().ok().map(|p| k.client_position(p).to_string())
+                            })
+                            .unwrap_or(f.bytes),
+                            None => f.bytes,
+                        };
+                        copy_error.get_or_insert(e);
                     }
                     b'Z' => break,
                     b'N' => self
@@ -279,7 +326,19 @@ impl Session {
             let max = self.shared.config().limits.max_message_size;
             match (rule, columns) {
                 (Some(rule), Some(cols)) => {
-                    match RowRouter::new(copy.options.clone(), rule, &map, cols, max) {
+                    let made = match (&copy.keys, key_type) {
+                        (Some(_), Some(ty)) => {
+                            RowRouter::keyless(copy.options.clone(), rule, &map, cols, max)
+                                .and_then(|mut r| r.set_key_type(&ty.type_name).map(|()| r))
+                        }
+                        // No table: a shard's COPY said so already.
+                        (Some(_), None) => Err(RouteError::Unsupported(format!(
+                            "the key column of \"{}\" could not be read",
+                            copy.table
+                        ))),
+                        (None, _) => RowRouter::new(copy.options.clone(), rule, &map, cols, max),
+                    };
+                    match made {
                         Ok(mut r) => {
                             if let Some(e) = &client_encoding {
                                 r.set_client_encoding(e);
@@ -324,9 +383,20 @@ impl Session {
             }
         }
 
-        let ending = self
-            .stream_rows(parts, &mut feeds, router.as_mut(), source)
+        let mut ending = self
+            .stream_rows(parts, &mut feeds, router.as_mut(), source, copy, key_type)
             .await?;
+        if let (Ending::Refused(_, line), Some(r)) = (&ending, router.as_mut()) {
+            // Rows before the refused one still wait for keys: the shards
+            // check them too, as an error on one of them comes first.
+            if r.holds() {
+                if let Err((e, at)) = self.place_waiting(copy, key_type, r, &mut feeds).await {
+                    if at < *line {
+                        ending = Ending::Refused(e, at);
+                    }
+                }
+            }
+        }
         // The error to report: PostgreSQL stops at the first bad line, so of
         // every error found (here, or by any shard for the rows it had) the
         // one of the earliest line wins.
@@ -438,6 +508,8 @@ impl Session {
         feeds: &mut [Feed],
         mut router: Option<&mut RowRouter>,
         source: &mut Source<'_>,
+        copy: &CopyIn,
+        keys: Option<&CopyKeySource>,
     ) -> Result<Ending, ExecError> {
         loop {
             let f = match source {
@@ -480,6 +552,12 @@ impl Session {
                 b'd' => {
                     let data = f.body();
                     match router.as_deref_mut() {
+                        Some(r) if copy.keys.is_some() => {
+                            match self.route_keyless(copy, keys, r, feeds, data).await {
+                                Ok(()) => Ok(()),
+                                Err((e, line)) => return Ok(Ending::Refused(e, line)),
+                            }
+                        }
                         Some(r) => route_rows(r, feeds, data, false),
                         None => {
                             for feed in feeds.iter_mut() {
@@ -491,6 +569,11 @@ impl Session {
                 }
                 b'c' => match router.as_deref_mut() {
                     Some(r) => match route_rows(r, feeds, &[], true) {
+                        Ok(()) if r.holds() => match self.place_waiting(copy, keys, r, feeds).await
+                        {
+                            Ok(()) => return Ok(Ending::Done),
+                            Err((e, line)) => return Ok(Ending::Refused(e, line)),
+                        },
                         Ok(()) => return Ok(Ending::Done),
                         Err(e) => Err(e),
                     },
@@ -554,6 +637,75 @@ impl Session {
 }
 
 impl Session {
+    /// A keyless COPY's CopyData: rows are read into batches; each full
+    /// batch gets its keys (one round trip) and goes to its rows' shards.
+    /// `Err`: the ErrorResponse to give, and the line it is about.
+    async fn route_keyless(
+        &self,
+        copy: &CopyIn,
+        keys: Option<&CopyKeySource>,
+        r: &mut RowRouter,
+        feeds: &mut [Feed],
+        mut data: &[u8],
+    ) -> Result<(), (Bytes, u64)> {
+        loop {
+            let used = feed_some(r, feeds, data).map_err(|e| {
+                let line = e.line;
+                (
+                    protocol::error_with_hint(e.sqlstate, &e.message, e.hint, &e.context),
+                    line,
+                )
+            })?;
+            data = data.get(used..).unwrap_or_default();
+            if r.batch_full() {
+                self.place_waiting(copy, keys, r, feeds).await?;
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The keys for a keyless router's waiting rows, from the cluster (one
+    /// round trip to the sequence shard, the values in row order), and the
+    /// rows queued for their shards.
+    async fn place_waiting(
+        &self,
+        copy: &CopyIn,
+        source: Option<&CopyKeySource>,
+        r: &mut RowRouter,
+        feeds: &mut [Feed],
+    ) -> Result<(), (Bytes, u64)> {
+        let line = r.waiting_from().unwrap_or(u64::MAX - 1);
+        let Some(source) = source else {
+            // A keyless router is made only with its source: never here, but
+            // the rows must not wait for ever.
+            let e = RouteError::Unsupported("keys for the COPY could not be chosen".into());
+            return Err((route_error(&e), line));
+        };
+        let keys = if r.waiting() == 0 {
+            Vec::new()
+        } else {
+            self.copy_keys(&copy.table, source, r.waiting())
+                .await
+                .map_err(|e| {
+                    let e = protocol::error_response(
+                        Severity::Error,
+                        e.sqlstate(),
+                        &e.to_string(),
+                        None,
+                    );
+                    (e, line)
+                })?
+        };
+        place_keys(r, feeds, &keys).map_err(|e| {
+            (
+                protocol::error_with_hint(e.sqlstate, &e.message, e.hint, &e.context),
+                e.line,
+            )
+        })
+    }
+
     /// Enlists `shards` in the block: the block's participants (taken out
     /// of it: the caller puts them back), the statements a shard that just
     /// joined must run first, and those shards. `None`: the client was told why not.

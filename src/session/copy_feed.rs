@@ -26,6 +26,10 @@ pub(super) struct Feed {
     pub(super) copying: bool,
     /// Data rows routed here (not the header).
     pub(super) rows: u64,
+    /// Keyless text/CSV: each line got the key as a last field after this
+    /// delimiter, which the shard's error context quotes and the client's
+    /// must not.
+    pub(super) appended: Option<u8>,
 }
 
 impl Feed {
@@ -60,17 +64,37 @@ pub(super) fn remap_line(context: &str, f: impl Fn(u64) -> Option<u64>) -> Optio
     ))
 }
 
+/// `COPY t, line N: "text<delim>key"` as `COPY t, line N: "text"`: the
+/// line as the client sent it. A line the shard cut (`...`, past 100
+/// bytes) is left as it is: its first 100 bytes are the client's when the
+/// client's line was that long.
+pub(super) fn without_key(context: &str, delim: u8) -> Option<String> {
+    let at = context.find(", line ")? + ", line ".len();
+    let digits = context[at..].bytes().take_while(u8::is_ascii_digit).count();
+    let head = &context[..at + digits];
+    let text = context[at + digits..]
+        .strip_prefix(": \"")?
+        .strip_suffix('"')?;
+    if text.ends_with("...") {
+        return None;
+    }
+    let cut = text.rfind(char::from(delim))?;
+    Some(format!("{head}: \"{}\"", &text[..cut]))
+}
+
 impl Feed {
     /// A shard's COPY error with its line number turned into the client's,
     /// and that line (`u64::MAX - 1` when it names none the proxy knows).
     pub(super) fn remap(&self, error: &[u8]) -> (Bytes, u64) {
         let line = std::cell::Cell::new(u64::MAX - 1);
         let mapped = protocol::map_error_context(error, |ctx| {
-            remap_line(ctx, |n| {
+            let mapped = remap_line(ctx, |n| {
                 let l = self.client_line(n)?;
                 line.set(l);
                 Some(l)
-            })
+            });
+            let base = mapped.as_deref().unwrap_or(ctx);
+            self.appended.and_then(|d| without_key(base, d)).or(mapped)
         });
         (
             mapped.unwrap_or_else(|| Bytes::copy_from_slice(error)),
@@ -79,14 +103,9 @@ impl Feed {
     }
 }
 
-/// Routes one CopyData payload (or, with `end`, the end of the stream).
-pub(super) fn route_rows(
-    r: &mut RowRouter,
-    feeds: &mut [Feed],
-    data: &[u8],
-    end: bool,
-) -> Result<(), RowError> {
-    let mut sink = |dest: Dest, line: u64, row: &[u8]| match dest {
+/// Queues a routed piece for its shard (or every shard).
+fn deliver(feeds: &mut [Feed], dest: Dest, line: u64, row: &[u8]) {
+    match dest {
         Dest::All => {
             for f in feeds.iter_mut() {
                 f.push(row, line);
@@ -98,12 +117,41 @@ pub(super) fn route_rows(
                 f.rows += 1;
             }
         }
-    };
+    }
+}
+
+/// Routes one CopyData payload (or, with `end`, the end of the stream).
+pub(super) fn route_rows(
+    r: &mut RowRouter,
+    feeds: &mut [Feed],
+    data: &[u8],
+    end: bool,
+) -> Result<(), RowError> {
+    let mut sink = |dest: Dest, line: u64, row: &[u8]| deliver(feeds, dest, line, row);
     if end {
         r.finish(&mut sink)
     } else {
         r.feed(data, &mut sink)
     }
+}
+
+/// Routes a payload up to where a keyless router's batch is full: how
+/// much of it was read.
+pub(super) fn feed_some(
+    r: &mut RowRouter,
+    feeds: &mut [Feed],
+    data: &[u8],
+) -> Result<usize, RowError> {
+    r.feed_some(data, &mut |dest, line, row| deliver(feeds, dest, line, row))
+}
+
+/// Routes a keyless router's waiting rows with their keys.
+pub(super) fn place_keys(
+    r: &mut RowRouter,
+    feeds: &mut [Feed],
+    keys: &[String],
+) -> Result<(), RowError> {
+    r.place_keys(keys, &mut |dest, line, row| deliver(feeds, dest, line, row))
 }
 
 pub(super) fn route_error(e: &RouteError) -> Bytes {
@@ -163,4 +211,21 @@ pub(super) async fn lost_sync(out: &mut BufWriter<ClientWrite>, error: &[u8]) ->
 /// [`fail_all`] when the error to report is another one.
 pub(super) async fn end_all(parts: &mut [Participant], feeds: &mut [Feed], message: &str) {
     let _ = fail_all(parts, feeds, message).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_s_context_quotes_the_client_s_line() {
+        assert_eq!(
+            without_key("COPY t, line 7: \"a,b,123\"", b',').as_deref(),
+            Some("COPY t, line 7: \"a,b\"")
+        );
+        // A column's value, or a line the shard cut: as the shard wrote it.
+        assert_eq!(without_key("COPY t, line 7, column n: \"x,1\"", b','), None);
+        assert_eq!(without_key("COPY t, line 7: \"aaaa...\"", b','), None);
+        assert_eq!(without_key("COPY t, line 7", b','), None);
+    }
 }

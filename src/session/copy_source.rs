@@ -67,7 +67,7 @@ impl Session {
             position,
         };
         let r = self
-            .copy_in_from(&stmt, &into, &shards, &mut from, "INSERT 0")
+            .copy_in_from(&stmt, &into, &shards, &mut from, "INSERT 0", None)
             .await;
         if conn.status != b'I' || conn.owes() > 0 {
             conn.mark_broken();

@@ -6,8 +6,10 @@
 //! One sequence serves the whole cluster, so keys are unique across shards
 //! and proxies and come out as one PostgreSQL would number them (1, 2, 3,
 //! ...). Cost: one control round trip to the sequence shard per such
-//! `INSERT`, whatever its number of rows. When that shard is down, such
-//! inserts fail (`08006`) and inserts that give their keys still work.
+//! `INSERT`, whatever its number of rows; a `COPY` without the key takes
+//! one at its start and one per batch of rows (`copy.rs`). When that shard
+//! is down, such inserts fail (`08006`) and inserts that give their keys
+//! still work.
 
 use crate::error::NoKeys;
 use crate::router::{KeyRequest, KeySource};
@@ -21,6 +23,15 @@ use super::*;
 pub(super) struct Keys {
     pub values: Vec<String>,
     pub always: bool,
+}
+
+/// Where a COPY that leaves its keys to the cluster gets them, read
+/// before it starts.
+pub(super) struct CopyKeySource {
+    /// The key column's type, as `format_type` names it.
+    pub type_name: String,
+    /// The column's sequence on the sequence shard; `None`: uuids made here.
+    pub sequence: Option<String>,
 }
 
 impl Session {
@@ -79,12 +90,111 @@ impl Session {
                 }
             }
         }
-        // Rows take the values in order, as one server's sequence would give them.
-        values.sort_unstable();
+        // Rows take the values in the order of the calls (the scan's), as
+        // one server's rows would call it: a sequence that counts down
+        // counts the rows down, so the values are not sorted.
         Ok(Keys {
             values: values.iter().map(i64::to_string).collect(),
             always,
         })
+    }
+
+    /// Before a COPY that leaves its keys to the cluster asks for data: the
+    /// key column's type and sequence on the sequence shard. `None`: no such
+    /// table (the shards' COPY says so in PostgreSQL's words).
+    pub(super) async fn copy_key_type(
+        &self,
+        relation: &str,
+        name: &str,
+        column: &str,
+        source: KeySource,
+    ) -> Result<Option<CopyKeySource>, Error> {
+        if source != KeySource::Sequence {
+            return Ok(Some(CopyKeySource {
+                type_name: "uuid".into(),
+                sequence: None,
+            }));
+        }
+        let shard = self.shared.map().default_shard;
+        let (t, c) = (quote_literal(relation), quote_literal(column));
+        let sql = format!(
+            "WITH t AS (SELECT to_regclass({t}) AS r), \
+             a AS (SELECT pg_catalog.format_type(a.atttypid, NULL) AS ty, pg_get_serial_sequence({t}, {c}) AS s \
+                   FROM t JOIN pg_attribute a ON a.attrelid = t.r AND a.attname = {c} AND NOT a.attisdropped) \
+             SELECT (SELECT r IS NOT NULL FROM t), (SELECT ty FROM a), (SELECT s FROM a)"
+        );
+        let rows = self
+            .shared
+            .coordinator
+            .control()
+            .query(shard, &sql)
+            .await
+            .map_err(|e| NoKeys::Unavailable {
+                table: name.to_string(),
+                shard,
+                cause: e.to_string(),
+            })?;
+        let row = rows.first();
+        let field = |i: usize| row.and_then(|r| r.get(i).cloned().flatten());
+        if field(0).as_deref() != Some("t") {
+            return Ok(None);
+        }
+        let Some(sequence) = field(2) else {
+            return Err(NoKeys::NoSequence {
+                table: name.to_string(),
+                column: column.to_string(),
+            }
+            .into());
+        };
+        Ok(Some(CopyKeySource {
+            type_name: field(1).unwrap_or_default(),
+            sequence: Some(sequence),
+        }))
+    }
+
+    /// `n` keys for a COPY's waiting rows, in the order one server would
+    /// give them: one round trip to the sequence shard (the values in one
+    /// text, which costs far less than a row each), or uuids made here.
+    pub(super) async fn copy_keys(
+        &self,
+        table: &str,
+        source: &CopyKeySource,
+        n: usize,
+    ) -> Result<Vec<String>, Error> {
+        let Some(seq) = &source.sequence else {
+            return Ok((0..n).map(|_| random_uuid()).collect());
+        };
+        let shard = self.shared.map().default_shard;
+        // In the order of the calls, as the rows would call it (a
+        // descending sequence counts down): each value tagged by its call.
+        let sql = format!(
+            "SELECT pg_catalog.string_agg(pg_catalog.nextval({}::pg_catalog.regclass)::text, ',' ORDER BY g) \
+             FROM pg_catalog.generate_series(1, {n}) AS g",
+            quote_literal(seq)
+        );
+        let rows = self
+            .shared
+            .coordinator
+            .control()
+            .query(shard, &sql)
+            .await
+            .map_err(|e| NoKeys::Unavailable {
+                table: table.to_string(),
+                shard,
+                cause: e.to_string(),
+            })?;
+        let text = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default();
+        let keys: Vec<String> = text.split(',').map(str::to_string).collect();
+        if keys.len() != n {
+            return Err(Error::Unsupported(format!(
+                "the sequence shard gave {} keys for {n} rows of \"{table}\"",
+                keys.len()
+            )));
+        }
+        Ok(keys)
     }
 
     /// Runs an INSERT that leaves keys to the cluster (simple protocol).

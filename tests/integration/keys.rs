@@ -24,6 +24,11 @@ key = "id"
 key_type = "int8"
 
 [[tables]]
+name = "downs"
+key = "id"
+key_type = "int4"
+
+[[tables]]
 name = "tokens"
 key = "id"
 key_type = "uuid"
@@ -32,6 +37,7 @@ key_type = "uuid"
 const SCHEMA: &str = "CREATE TABLE things (id bigserial PRIMARY KEY, v text);
 CREATE TABLE always (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
 CREATE TABLE nokey (id bigint PRIMARY KEY, v text);
+CREATE TABLE downs (id int GENERATED ALWAYS AS IDENTITY (START WITH 100000 INCREMENT BY -1 MAXVALUE 100000) PRIMARY KEY, v text);
 CREATE TABLE tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), v text)";
 
 fn ids(r: Vec<Vec<Option<String>>>) -> Vec<i64> {
@@ -82,6 +88,9 @@ async fn keys_chosen_by_the_cluster_match_one_postgres_and_route_by_key() {
         let got = ids(rows(&client, sql).await);
         assert_eq!(want, got, "{sql}");
     }
+    // A sequence that counts down numbers the rows down, in VALUES order.
+    let sql = "INSERT INTO downs (v) VALUES ('a'), ('b'), ('c') RETURNING id, v";
+    assert_eq!(rows(&single, sql).await, rows(&client, sql).await);
     // RETURNING rows of a split come back in VALUES order, as from one server.
     let sql = "INSERT INTO things (v) VALUES ('r0'), ('r1'), ('r2'), ('r3'), ('r4'), ('r5'), ('r6') RETURNING id, v";
     assert_eq!(rows(&single, sql).await, rows(&client, sql).await);

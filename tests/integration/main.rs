@@ -9,6 +9,7 @@ mod config;
 mod copy;
 mod copy_encodings;
 mod copy_extended;
+mod copy_keys;
 mod deadlocks;
 mod demo;
 mod differential_sessions;

@@ -254,6 +254,7 @@ fn insert_select(
             columns: Some(columns),
             options: crate::router::CopyOptions::text(),
             placement: crate::router::CopyPlacement::Sharded,
+            keys: None,
         }),
         select: q.to_string(),
         source,

@@ -60,11 +60,20 @@ impl RowRouter {
             let count = i16::from_be_bytes([tuple[0], tuple[1]]);
             if count == -1 {
                 self.done = true;
-                sink(Dest::All, self.line, tuple);
+                if self.keyless.is_some() {
+                    // After the rows still waiting for keys.
+                    self.queue_tuple(tuple, false);
+                } else {
+                    sink(Dest::All, self.line, tuple);
+                }
             } else {
                 self.line += 1;
-                let shard = self.binary_key(tuple, count)?;
-                sink(Dest::Shard(shard), self.line, tuple);
+                if self.keyless.is_some() {
+                    self.queue_tuple(tuple, true);
+                } else {
+                    let shard = self.binary_key(tuple, count)?;
+                    sink(Dest::Shard(shard), self.line, tuple);
+                }
             }
         }
         // What of `data` this piece used: everything past the old partial.

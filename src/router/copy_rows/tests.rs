@@ -278,3 +278,154 @@ fn an_end_marker_without_a_line_end() {
     let mut r = router("COPY accounts FROM STDIN", &["id", "name"]);
     assert_eq!(run(&mut r, b"1\ta\n\\.\n", 3).unwrap().len(), 1);
 }
+
+/// A router for a COPY whose column list leaves out the key.
+fn keyless(sql: &str) -> RowRouter {
+    let m = map();
+    let Ok(Plan::CopyIn(c)) = copy::plan(sql, &m) else {
+        panic!("not a COPY IN plan: {sql}");
+    };
+    assert!(c.keys.is_some(), "{sql}");
+    let rule = m.tables[&c.table].clone();
+    RowRouter::keyless(c.options, rule, &m, c.columns.unwrap(), 1 << 20).unwrap()
+}
+
+/// Pieces routed: where, the client line, the bytes.
+type Routed = Vec<(Dest, u64, Vec<u8>)>;
+
+/// Feeds `data` in `step`-byte pieces to a keyless router, giving each full
+/// batch (and the rest at the end) keys counting on from 1; the pieces
+/// routed, and how many batches.
+fn run_keyless(r: &mut RowRouter, data: &[u8], step: usize) -> Result<(Routed, usize), RowError> {
+    let mut out = Vec::new();
+    let mut next = 1i64;
+    let mut batches = 0;
+    let mut give = |r: &mut RowRouter, out: &mut Routed| {
+        let keys: Vec<String> = (next..next + r.waiting() as i64)
+            .map(|k| k.to_string())
+            .collect();
+        next += keys.len() as i64;
+        batches += 1;
+        r.place_keys(&keys, &mut |d, l, b| out.push((d, l, b.to_vec())))
+    };
+    for piece in data.chunks(step.max(1)) {
+        let mut rest = piece;
+        loop {
+            let used = r.feed_some(rest, &mut |d, l, b| out.push((d, l, b.to_vec())))?;
+            rest = &rest[used..];
+            if r.batch_full() {
+                give(r, &mut out)?;
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    r.finish(&mut |d, l, b| out.push((d, l, b.to_vec())))?;
+    if r.holds() {
+        give(r, &mut out)?;
+    }
+    Ok((out, batches))
+}
+
+#[test]
+fn keyless_rows_get_their_keys_in_order_in_batches() {
+    let mut data = String::new();
+    for i in 1..=2500 {
+        data.push_str(&format!("v{i}\t{i}\n"));
+    }
+    for step in [1, 3, 1000, 7777, 1 << 20] {
+        let mut r = keyless("COPY accounts (name, n) FROM STDIN");
+        let (rows, batches) = run_keyless(&mut r, data.as_bytes(), step).unwrap();
+        assert_eq!(rows.len(), 2500, "step {step}");
+        assert_eq!(batches, 3, "step {step}");
+        for (i, (dest, line, row)) in rows.iter().enumerate() {
+            let k = i as i64 + 1;
+            assert_eq!(*line, k as u64);
+            assert_eq!(*dest, shard(k));
+            assert_eq!(row, format!("v{k}\t{k}\t{k}\n").as_bytes());
+        }
+    }
+}
+
+#[test]
+fn keyless_csv_header_and_fields() {
+    // HEADER MATCH: the key's name goes on the header for the shards.
+    let data = b"name\r\n\"a;b\"\r\n\"multi\r\nline\"\r\nlast";
+    for step in [1, 2, 3, 100] {
+        let mut r =
+            keyless("COPY accounts (name) FROM STDIN (FORMAT csv, HEADER match, DELIMITER ';')");
+        let (rows, _) = run_keyless(&mut r, data, step).unwrap();
+        assert_eq!(rows[0], (Dest::All, 1, b"name;id\r\n".to_vec()));
+        assert_eq!(rows[1].2, b"\"a;b\";1\r\n".to_vec());
+        assert_eq!(rows[2].2, b"\"multi\r\nline\";2\r\n".to_vec());
+        assert_eq!(rows[3], (shard(3), 4, b"last;3".to_vec()));
+    }
+    // A header with another count of fields: PostgreSQL's error, line 1.
+    let mut r = keyless("COPY accounts (name) FROM STDIN (FORMAT csv, HEADER match)");
+    let e = run_keyless(&mut r, b"name,x\na\n", 100).unwrap_err();
+    assert_eq!(e.sqlstate, SqlState::BAD_COPY_FILE_FORMAT);
+    assert_eq!(
+        e.message,
+        "wrong number of fields in header line: got 2, expected 1"
+    );
+    assert_eq!(e.context, "COPY accounts, line 1: \"name,x\"");
+    // Plain HEADER: passed on as sent.
+    let mut r = keyless("COPY accounts (name) FROM STDIN (FORMAT csv, HEADER)");
+    let (rows, _) = run_keyless(&mut r, b"whatever,x\na\n", 100).unwrap();
+    assert_eq!(rows[0].2, b"whatever,x\n".to_vec());
+    // Rows with a wrong field count are refused before they wait.
+    let mut r = keyless("COPY accounts (name, n) FROM STDIN");
+    let e = run_keyless(&mut r, b"a\t1\nb\n", 100).unwrap_err();
+    assert_eq!(e.message, "missing data for column \"n\"");
+    assert_eq!(e.line, 2);
+}
+
+#[test]
+fn keyless_fields_are_written_so_that_shards_read_the_key() {
+    let text = CopyOptions::text();
+    assert_eq!(keyless::text_field(b"12", &text), b"12");
+    let mut o = CopyOptions::text();
+    o.delimiter = b'-';
+    o.null = b"7".to_vec();
+    assert_eq!(keyless::text_field(b"a-b", &o), b"a\\-b");
+    // Never the null string: its first byte as an escape.
+    assert_eq!(keyless::text_field(b"7", &o), b"\\x37");
+    let mut csv = CopyOptions::text();
+    csv.format = CopyFormat::Csv;
+    csv.delimiter = b',';
+    csv.null = Vec::new();
+    assert_eq!(keyless::csv_field(b"42", &csv), b"42");
+    assert_eq!(keyless::csv_field(b"", &csv), b"\"\"");
+    assert_eq!(keyless::csv_field(b"a\"b", &csv), b"\"a\"\"b\"");
+}
+
+#[test]
+fn keyless_binary_tuples_get_the_key_field() {
+    let mut data = BINARY_SIGNATURE.to_vec();
+    data.extend_from_slice(&[0; 8]);
+    for v in ["x", "yy"] {
+        data.extend_from_slice(&1i16.to_be_bytes());
+        data.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        data.extend_from_slice(v.as_bytes());
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    for (ty, width) in [("bigint", 8), ("integer", 4), ("smallint", 2)] {
+        let mut r = keyless("COPY accounts (name) FROM STDIN (FORMAT binary)");
+        r.set_key_type(ty).unwrap();
+        let (rows, _) = run_keyless(&mut r, &data, 5).unwrap();
+        assert_eq!(rows.len(), 4, "header, two rows, trailer");
+        assert_eq!(rows[0].0, Dest::All);
+        let mut want = 2i16.to_be_bytes().to_vec();
+        want.extend_from_slice(&1i32.to_be_bytes());
+        want.push(b'x');
+        want.extend_from_slice(&(width as i32).to_be_bytes());
+        want.extend_from_slice(&1i64.to_be_bytes()[8 - width..]);
+        assert_eq!(rows[1], (shard(1), 1, want));
+        assert_eq!(rows[2].0, shard(2));
+        // The trailer comes after the rows that waited for keys.
+        assert_eq!(rows[3], (Dest::All, 2, (-1i16).to_be_bytes().to_vec()));
+    }
+    let mut r = keyless("COPY accounts (name) FROM STDIN (FORMAT binary)");
+    assert!(r.set_key_type("numeric").is_err());
+}
