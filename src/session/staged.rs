@@ -137,7 +137,7 @@ pub(super) fn in_values_order(bytes: &[u8], rows: &[&[usize]]) -> Option<Vec<u8>
 const MAX_STAGE_ROWS: usize = 100_000;
 
 /// A stage's answer: its columns (name, type OID) and rows as text.
-type Rows = (Vec<(String, u32)>, Vec<Vec<Option<String>>>);
+type Rows = (Vec<(String, u32, i32)>, Vec<Vec<Option<String>>>);
 
 impl Session {
     /// Runs the stages and gives the outer statement with their rows in
@@ -152,7 +152,7 @@ impl Session {
             let Some((cols, rows)) = self.capture(stage).await? else {
                 return Ok(None);
             };
-            match router::materialize(&cols, &rows) {
+            match router::materialize_typed(&cols, &rows) {
                 Ok(sql) => filled.push(sql),
                 Err(m) => {
                     self.error(Error::Unsupported(m)).await?;
@@ -275,7 +275,7 @@ impl Session {
     }
 }
 
-fn columns(b: &[u8]) -> Vec<(String, u32)> {
+fn columns(b: &[u8]) -> Vec<(String, u32, i32)> {
     let mut out = Vec::new();
     let n = b.get(..2).map_or(0, |x| i16::from_be_bytes([x[0], x[1]]));
     let mut at = 2;
@@ -283,13 +283,18 @@ fn columns(b: &[u8]) -> Vec<(String, u32)> {
         let Some(end) = b.get(at..).and_then(|r| r.iter().position(|&c| c == 0)) else {
             break;
         };
-        let name = String::from_utf8_lossy(&b[at..at + end]).into_owned();
-        let oid = b
-            .get(at + end + 7..at + end + 11)
-            .and_then(|x| x.try_into().ok())
-            .map_or(0, u32::from_be_bytes);
-        out.push((name, oid));
-        at += end + 19;
+        let end = at + end;
+        let name = String::from_utf8_lossy(&b[at..end]).into_owned();
+        // After the name: table OID, column number, type OID, size, modifier, format.
+        let int = |from: usize| {
+            b.get(from..from + 4)
+                .and_then(|x| x.try_into().ok())
+                .map(i32::from_be_bytes)
+        };
+        let oid = int(end + 7).map_or(0, |v| v as u32);
+        let typmod = int(end + 13).unwrap_or(-1);
+        out.push((name, oid, typmod));
+        at = end + 19;
     }
     out
 }

@@ -295,6 +295,20 @@ async fn two_stage_plans_match_one_postgres() {
     for cl in [&client, &single] {
         exec(cl, "ROLLBACK").await;
     }
+    // The stage's column keeps its type modifier: price is numeric(10,2)
+    // (atttypmod (10 << 16 | 2) + 4), as in one PostgreSQL's RowDescription.
+    let r = raw
+        .query("SELECT s.price FROM (SELECT price FROM facts ORDER BY id LIMIT 3) s")
+        .await;
+    let t = r
+        .messages
+        .iter()
+        .find(|(t, _)| *t == b'T')
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    let end = 2 + t[2..].iter().position(|&c| c == 0).unwrap();
+    let typmod = i32::from_be_bytes(t[end + 13..end + 17].try_into().unwrap());
+    assert_eq!(typmod, (10 << 16 | 2) + 4);
     // PostgreSQL's own errors in the outer part.
     assert_eq!(
         crate::harness::sqlstate(&client, "SELECT sum(qty) / 0 FROM facts").await,

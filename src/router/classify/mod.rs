@@ -26,8 +26,8 @@ mod tables;
 pub use insert::with_columns;
 pub use keys::fill_keys;
 pub(super) use stage::marker_sql as stage_marker;
-pub use stage::materialize;
 pub(crate) use stage::type_name;
+pub use stage::{materialize, materialize_typed};
 
 pub(super) use self::names_table as sharded_table_named;
 

@@ -260,17 +260,31 @@ pub fn materialize(
     columns: &[(String, u32)],
     rows: &[Vec<Option<String>>],
 ) -> Result<String, String> {
-    let types: Vec<&str> = columns
+    let typed: Vec<(String, u32, i32)> = columns.iter().map(|(n, t)| (n.clone(), *t, -1)).collect();
+    materialize_typed(&typed, rows)
+}
+
+/// [`materialize`] of columns with their type modifiers (a RowDescription's
+/// `atttypmod`, -1 for none): `numeric(10,2)`, `varchar(8)` and the like keep
+/// them, so the outer query's RowDescription has them too.
+pub fn materialize_typed(
+    columns: &[(String, u32, i32)],
+    rows: &[Vec<Option<String>>],
+) -> Result<String, String> {
+    let types: Vec<String> = columns
         .iter()
-        .map(|(_, oid)| {
-            type_name(*oid).ok_or_else(|| {
-                format!("a subquery's column of type OID {oid} cannot be passed between the stages of a cross-shard query; cast it to text")
-            })
+        .map(|(_, oid, typmod)| {
+            type_name(*oid)
+                .map(|t| format!("{t}{}", modifier(*oid, *typmod)))
+                .ok_or_else(|| {
+                    format!("a subquery's column of type OID {oid} cannot be passed between the stages of a cross-shard query; cast it to text")
+                })
         })
         .collect::<Result<_, _>>()?;
+    let types: Vec<&str> = types.iter().map(String::as_str).collect();
     let names: Vec<String> = columns
         .iter()
-        .map(|(n, _)| format!("\"{}\"", n.replace('"', "\"\"")))
+        .map(|(n, _, _)| format!("\"{}\"", n.replace('"', "\"\"")))
         .collect();
     let value = |v: &Option<String>, t: &str| match v {
         None => format!("NULL::{t}"),
@@ -296,6 +310,27 @@ pub fn materialize(
     }
     out.push_str(&format!(") AS pieskieo_values({})", names.join(", ")));
     Ok(out)
+}
+
+/// A type modifier as SQL writes it (`(10,2)`, `(8)`), for the types whose
+/// values read back unchanged under it; empty for none.
+fn modifier(oid: u32, typmod: i32) -> String {
+    match oid {
+        // numeric: ((precision << 16) | scale) + 4, scale 0..=precision.
+        1700 if typmod >= 4 => {
+            let (p, s) = (((typmod - 4) >> 16) & 0xffff, (typmod - 4) & 0xffff);
+            if (1..=1000).contains(&p) && s <= p {
+                format!("({p},{s})")
+            } else {
+                String::new()
+            }
+        }
+        // varchar, bpchar: length + 4.
+        1042 | 1043 if typmod >= 5 => format!("({})", typmod - 4),
+        // time, timestamp, timestamptz, timetz: fractional digits.
+        1083 | 1114 | 1184 | 1266 if (0..=6).contains(&typmod) => format!("({typmod})"),
+        _ => String::new(),
+    }
 }
 
 /// Type names for the built-in types a stage may carry.
