@@ -880,3 +880,29 @@ fn a_cast_that_changes_a_key_literal_is_no_key() {
     )
     .is_err());
 }
+
+/// `standard_conforming_strings = off` is refused: the proxy reads `'a\'`
+/// as PostgreSQL does with it on.
+#[test]
+fn nonstandard_strings_are_refused() {
+    let m = map();
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "set standard_conforming_strings to 'OFF'",
+        "SET SESSION standard_conforming_strings = false",
+        "SET LOCAL standard_conforming_strings TO 0",
+        "SET standard_conforming_strings = n",
+    ] {
+        match plan(sql, &m) {
+            Err(e) => assert_eq!(e.sqlstate(), SqlState::FEATURE_NOT_SUPPORTED, "{sql}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    for sql in [
+        "SET standard_conforming_strings = on",
+        "SET standard_conforming_strings TO DEFAULT",
+        "SET LOCAL standard_conforming_strings = true",
+    ] {
+        assert!(matches!(plan(sql, &m), Ok(Plan::Set(_))), "{sql}");
+    }
+}

@@ -116,13 +116,24 @@ pub(crate) async fn run(
     for (k, v) in &given {
         let name = k.to_lowercase();
         let set = format!("SET {} = {}", quote_ident(k), quote_literal(v));
-        // A search path through Pieskieo's own schema is refused here as
-        // it is in a statement.
-        if let Err(e @ crate::router::RouteError::Reserved) =
-            crate::router::plan(&set, &shared.map())
-        {
-            send_fatal(&mut out, &Error::Route(e)).await;
-            return;
+        // A search path through Pieskieo's own schema, or strings read
+        // without standard conformance, are refused here as in a statement.
+        let check = match name.as_str() {
+            "standard_conforming_strings" => format!("SET {name} = {}", quote_literal(v)),
+            _ => set.clone(),
+        };
+        match crate::router::plan(&check, &shared.map()) {
+            Err(e @ crate::router::RouteError::Reserved) => {
+                send_fatal(&mut out, &Error::Route(e)).await;
+                return;
+            }
+            Err(e @ crate::router::RouteError::Unsupported(_))
+                if name == "standard_conforming_strings" =>
+            {
+                send_fatal(&mut out, &Error::Route(e)).await;
+                return;
+            }
+            _ => {}
         }
         startup_settings.insert(name, set);
     }

@@ -401,6 +401,27 @@ async fn startup_options_are_session_settings() {
         Some("0A000"),
         "{e:?}"
     );
+    // Strings read without standard conformance would be routed by a
+    // misreading of their text: refused at startup and in SET.
+    let e = crate::harness::connect(&format!(
+        "{} options='-c standard_conforming_strings=off'",
+        c.url()
+    ))
+    .await
+    .expect_err("standard_conforming_strings=off is refused");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("0A000"),
+        "{e:?}"
+    );
+    assert_eq!(
+        crate::harness::sqlstate(&other, "SET standard_conforming_strings = off").await,
+        "0A000"
+    );
+    assert_eq!(
+        value(&other, "SHOW standard_conforming_strings").await,
+        "on"
+    );
 }
 
 /// Issue 14, case 4: a client that vanishes while its statement waits for a

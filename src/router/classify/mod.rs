@@ -98,6 +98,12 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
         | ["reset", "session", "authorization", ..] => {
             return unsupported("SET ROLE and SET SESSION AUTHORIZATION are not supported through Pieskieo")
         }
+        ["set", "local" | "session", "standard_conforming_strings", ..]
+        | ["set", "standard_conforming_strings", ..]
+            if sets_bool_off(sql, "standard_conforming_strings") =>
+        {
+            return unsupported("standard_conforming_strings = off is not supported by Pieskieo: it reads every statement with backslashes as ordinary characters in '...' strings, as PostgreSQL does by default; keep it on and write backslash escapes as E'...'")
+        }
         ["set", "local", ..] | ["set", "transaction", ..] => Plan::Set(SetCommand::Local),
         ["set", "session", "characteristics", ..] => Plan::Set(SetCommand::Set("session_characteristics".into())),
         ["set", "session", rest @ ..] | ["set", rest @ ..] => match setting_name(rest) {
@@ -112,6 +118,34 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
         _ => return Ok(None),
     };
     Ok(Some(plan))
+}
+
+/// Whether `SET ... name {=|TO} value` sets a boolean to false, with the
+/// spellings PostgreSQL's `parse_bool` takes (`off`, `of`, `false` and its
+/// prefixes, `no`, `n`, `0`), quoted or not.
+fn sets_bool_off(sql: &str, name: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let Some(at) = lower.find(name) else {
+        return false;
+    };
+    let rest = lower[at + name.len()..].trim_start();
+    let rest = rest
+        .strip_prefix('=')
+        .or_else(|| {
+            rest.strip_prefix("to")
+                .filter(|r| r.starts_with(char::is_whitespace))
+        })
+        .unwrap_or(rest);
+    let value = rest
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"')
+        .trim();
+    !value.is_empty()
+        && (matches!(value, "of" | "off" | "0")
+            || "false".starts_with(value)
+            || "no".starts_with(value))
 }
 
 fn syntax_near(rest: &str) -> RouteError {
