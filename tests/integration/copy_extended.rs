@@ -817,9 +817,16 @@ async fn staged_reads_in_a_pipeline_see_its_writes() {
     let n = "SELECT count(*) FROM accounts";
     assert_eq!(value(&p.proxy().await, n).await, "32");
     assert_eq!(value(&p.oracle().await, n).await, "32");
-    // A Bind with too many or too few values for a staged statement: 08P01.
-    let sql = "SELECT round(avg(balance), $1) FROM accounts WHERE balance > $2";
-    for values in [&["1", "2", "3"][..], &["1"][..]] {
+    // A Bind with too many or too few values for a staged or merged
+    // statement: 08P01.
+    let staged = "SELECT round(avg(balance), $1) FROM accounts WHERE balance > $2";
+    let merged = "SELECT count(*) FROM accounts WHERE balance > $1 AND balance < $2";
+    for (sql, values) in [
+        (staged, &["1", "2", "3"][..]),
+        (staged, &["1"][..]),
+        (merged, &["1"][..]),
+        (merged, &["1", "2", "3"][..]),
+    ] {
         let script = [
             (b'P', parse("", sql)),
             (b'B', bind("", values)),

@@ -65,6 +65,20 @@ impl Session {
             }
         };
         let n = self.shared.map().shards;
+        // Statements the proxy derives from the client's take the client's
+        // values by number: a Bind with another number of them gets
+        // PostgreSQL's 08P01 here (a single shard checks it itself).
+        if matches!(plan, Plan::Merge { .. } | Plan::Split { .. })
+            && b.values.len() != stmt.param_count()
+        {
+            let e = ClientError::Protocol(format!(
+                "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                b.values.len(),
+                b.stmt,
+                stmt.param_count()
+            ));
+            return Ok(self.error(Error::Client(e)).await?);
+        }
         let (shards, merge, write) = match plan {
             Plan::Forward {
                 route: Route::Any,

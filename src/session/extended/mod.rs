@@ -260,6 +260,18 @@ impl ClientStmt {
         };
     }
 
+    /// How many parameters PostgreSQL gives the statement: those a server
+    /// described, else the most of those declared and the `$n` named.
+    fn param_count(&self) -> usize {
+        match &self.described {
+            Some(d) => d.len(),
+            None => self
+                .types
+                .len()
+                .max(router::max_param(&self.sql).unwrap_or(0)),
+        }
+    }
+
     fn param_types(&self) -> &[u32] {
         self.described.as_deref().unwrap_or(&self.types)
     }
