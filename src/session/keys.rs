@@ -35,6 +35,26 @@ pub(super) struct CopyKeySource {
 }
 
 impl Session {
+    /// `sql` on the sequence shard, through the control plane; a shard that
+    /// cannot answer is [`NoKeys::Unavailable`] for `table`'s keys.
+    async fn sequence_query(
+        &self,
+        shard: ShardId,
+        sql: &str,
+        table: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, NoKeys> {
+        self.shared
+            .coordinator
+            .control()
+            .query(shard, sql)
+            .await
+            .map_err(|e| NoKeys::Unavailable {
+                table: table.to_string(),
+                shard,
+                cause: e.to_string(),
+            })
+    }
+
     pub(super) async fn cluster_keys(&self, req: &KeyRequest) -> Result<Keys, Error> {
         match req.source {
             KeySource::Random | KeySource::None => {
@@ -58,17 +78,7 @@ impl Session {
              FROM generate_series(1, {})",
             req.rows
         );
-        let rows = self
-            .shared
-            .coordinator
-            .control()
-            .query(shard, &sql)
-            .await
-            .map_err(|e| NoKeys::Unavailable {
-                table: req.table.clone(),
-                shard,
-                cause: e.to_string(),
-            })?;
+        let rows = self.sequence_query(shard, &sql, &req.table).await?;
         let exists = rows.first().and_then(|r| r.first().cloned().flatten());
         if exists.as_deref() != Some("t") {
             return Err(NoKeys::NoTable(req.table.clone()).into());
@@ -123,17 +133,7 @@ impl Session {
                    FROM t JOIN pg_attribute a ON a.attrelid = t.r AND a.attname = {c} AND NOT a.attisdropped) \
              SELECT (SELECT r IS NOT NULL FROM t), (SELECT ty FROM a), (SELECT s FROM a)"
         );
-        let rows = self
-            .shared
-            .coordinator
-            .control()
-            .query(shard, &sql)
-            .await
-            .map_err(|e| NoKeys::Unavailable {
-                table: name.to_string(),
-                shard,
-                cause: e.to_string(),
-            })?;
+        let rows = self.sequence_query(shard, &sql, name).await?;
         let row = rows.first();
         let field = |i: usize| row.and_then(|r| r.get(i).cloned().flatten());
         if field(0).as_deref() != Some("t") {
@@ -172,17 +172,7 @@ impl Session {
              FROM pg_catalog.generate_series(1, {n}) AS g",
             quote_literal(seq)
         );
-        let rows = self
-            .shared
-            .coordinator
-            .control()
-            .query(shard, &sql)
-            .await
-            .map_err(|e| NoKeys::Unavailable {
-                table: table.to_string(),
-                shard,
-                cause: e.to_string(),
-            })?;
+        let rows = self.sequence_query(shard, &sql, table).await?;
         let text = rows
             .first()
             .and_then(|r| r.first().cloned().flatten())

@@ -282,6 +282,15 @@ async fn copy_in_errors_through_copy_in_match_postgresql_and_commit_nothing() {
 /// ReadyForQuery: the messages, summarised (type; tag, SQLSTATE and message
 /// of errors, ReadyForQuery status), must be the same.
 async fn same_answers(raws: &mut [RawClient; 2], script: &[Msg]) -> Vec<String> {
+    let mut answers = answers(raws, script, false).await;
+    assert_eq!(answers[0], answers[1], "proxy, then plain PostgreSQL");
+    answers.swap_remove(0)
+}
+
+/// Sends `script` to both raw clients; each one's answer up to
+/// ReadyForQuery, summarised: type; tag; SQLSTATE (and message, unless
+/// `rows`); DataRows' values when `rows`; ReadyForQuery status.
+async fn answers(raws: &mut [RawClient; 2], script: &[Msg], rows: bool) -> Vec<Vec<String>> {
     let mut answers = Vec::new();
     for raw in raws.iter_mut() {
         for (tag, body) in script {
@@ -294,7 +303,11 @@ async fn same_answers(raws: &mut [RawClient; 2], script: &[Msg]) -> Vec<String> 
             .filter(|(t, _)| *t != b'N' && *t != b'S')
             .map(|(t, b)| match t {
                 b'C' => format!("C {}", String::from_utf8_lossy(&b[..b.len() - 1])),
+                b'E' if rows => format!("E {}", field(b, b'C')),
                 b'E' => format!("E {} {}", field(b, b'C'), field(b, b'M')),
+                b'D' if rows => {
+                    format!("D {:?}", crate::merges::decode_answer(&[(b'D', b.clone())]))
+                }
                 b'G' | b'H' => format!("{} {:?}", *t as char, b),
                 other => (*other as char).to_string(),
             })
@@ -302,8 +315,7 @@ async fn same_answers(raws: &mut [RawClient; 2], script: &[Msg]) -> Vec<String> 
         seen.push(format!("Z {}", r.status as char));
         answers.push(seen);
     }
-    assert_eq!(answers[0], answers[1], "proxy, then plain PostgreSQL");
-    answers.swap_remove(0)
+    answers
 }
 
 /// Every message up to the end of the connection, summarised as in [`same_answers`].
@@ -783,7 +795,7 @@ async fn staged_reads_in_a_pipeline_see_its_writes() {
             execute(),
             sync(),
         ]);
-        let got = with_rows(&mut raws, &script).await;
+        let got = answers(&mut raws, &script, true).await;
         assert_eq!(got[0], got[1], "proxy, then plain PostgreSQL");
         assert_eq!(got[0].len(), 9, "{:?}", got[0]);
     }
@@ -808,7 +820,7 @@ async fn staged_reads_in_a_pipeline_see_its_writes() {
     ];
     // The stages run at Bind: the error answers the Bind, where PostgreSQL
     // answers the Bind and then fails the Execute (see the README).
-    let got = with_rows(&mut raws, &script).await;
+    let got = answers(&mut raws, &script, true).await;
     assert_eq!(got[0], ["1", "2", "C INSERT 0 1", "1", "E 22012", "Z I"]);
     assert_eq!(
         got[1],
@@ -893,7 +905,7 @@ async fn staged_binds_keep_the_unnamed_portal() {
             (b'C', b"Sn1\0".to_vec()),
             sync(),
         ];
-        let got = with_rows(&mut raws, &script).await;
+        let got = answers(&mut raws, &script, true).await;
         assert_eq!(
             got[0], got[1],
             "proxy, then plain PostgreSQL (block: {begin})"
@@ -908,30 +920,4 @@ async fn staged_binds_keep_the_unnamed_portal() {
             assert_eq!(got[0], ["COMMIT"]);
         }
     }
-}
-
-/// Sends `script` to both raw clients; each one's answer up to
-/// ReadyForQuery, summarised with the values of DataRows.
-async fn with_rows(raws: &mut [RawClient; 2], script: &[Msg]) -> Vec<Vec<String>> {
-    let mut answers = Vec::new();
-    for raw in raws.iter_mut() {
-        for (tag, body) in script {
-            raw.send(*tag, body).await;
-        }
-        let r = raw.until_ready().await;
-        let mut seen: Vec<String> = r
-            .messages
-            .iter()
-            .filter(|(t, _)| *t != b'N' && *t != b'S')
-            .map(|(t, b)| match t {
-                b'C' => format!("C {}", String::from_utf8_lossy(&b[..b.len() - 1])),
-                b'E' => format!("E {}", field(b, b'C')),
-                b'D' => format!("D {:?}", crate::merges::decode_answer(&[(b'D', b.clone())])),
-                other => (*other as char).to_string(),
-            })
-            .collect();
-        seen.push(format!("Z {}", r.status as char));
-        answers.push(seen);
-    }
-    answers
 }

@@ -147,6 +147,15 @@ impl Session {
             let last = last.clone();
             return self.buffer_then_serve(portal, &buf, last, max).await;
         }
+        Ok(self.finish_merge(r).await?)
+    }
+
+    /// Ends a merge's answer: its closing message (CommandComplete or the
+    /// error) to the client, the block failed if it failed.
+    pub(super) async fn finish_merge(
+        &mut self,
+        r: Result<(Answer, Option<Bytes>), ExecError>,
+    ) -> std::io::Result<bool> {
         match r {
             Ok((answer, last)) => {
                 if let Some(b) = last {
@@ -157,7 +166,7 @@ impl Session {
                 }
                 Ok(!answer.failed())
             }
-            Err(e) => Ok(self.finish_exec(Err(e)).await?),
+            Err(e) => self.finish_exec(Err(e)).await,
         }
     }
 

@@ -188,31 +188,8 @@ pub(super) fn abort_segment_message() -> Bytes {
 /// server's unnamed statement is the proxy's (client statements are
 /// prepared under names), so it may be replaced.
 pub(super) async fn begin_in_segment(conn: &mut ServerConn, begin: &str) -> Result<(), Error> {
-    const PORTAL: &str = "pieskieo_begin";
     let shard = conn.shard;
-    let msgs = [
-        message(b'P', |b| {
-            put_cstr(b, "");
-            put_cstr(b, begin);
-            b.put_i16(0);
-        }),
-        message(b'B', |b| {
-            put_cstr(b, PORTAL);
-            put_cstr(b, "");
-            b.put_i16(0);
-            b.put_i16(0);
-            b.put_i16(0);
-        }),
-        message(b'E', |b| {
-            put_cstr(b, PORTAL);
-            b.put_i32(0);
-        }),
-        message(b'C', |b| {
-            b.put_u8(b'P');
-            put_cstr(b, PORTAL);
-        }),
-    ];
-    for m in &msgs {
+    for m in &run_in_portal(begin, "pieskieo_begin", false) {
         conn.send_extended(m).await?;
     }
     conn.send_extended(&FLUSH).await?;
@@ -225,6 +202,35 @@ pub(super) async fn begin_in_segment(conn: &mut ServerConn, begin: &str) -> Resu
             message: "joining the transaction failed: the shard refused BEGIN".into(),
         })),
     }
+}
+
+/// The messages that run `sql` (no parameters, text results) as the
+/// server's unnamed statement under the proxy's `portal`, and close that
+/// portal: Parse, Bind, Describe (when `describe`), Execute, Close.
+pub(super) fn run_in_portal(sql: &str, portal: &str, describe: bool) -> Vec<Bytes> {
+    let mut msgs = vec![
+        message(b'P', |b| {
+            put_cstr(b, "");
+            put_cstr(b, sql);
+            b.put_i16(0);
+        }),
+        message(b'B', |b| {
+            put_cstr(b, portal);
+            put_cstr(b, "");
+            b.put_i16(0);
+            b.put_i16(0);
+            b.put_i16(0);
+        }),
+    ];
+    if describe {
+        msgs.push(super::portal::portal_message(b'D', portal));
+    }
+    msgs.push(message(b'E', |b| {
+        put_cstr(b, portal);
+        b.put_i32(0);
+    }));
+    msgs.push(super::portal::portal_message(b'C', portal));
+    msgs
 }
 
 /// Sends Sync to every participant that has unsynced extended messages.

@@ -10,7 +10,6 @@
 //! shards as their unnamed statement (which the proxy uses for nothing
 //! else): nothing is left prepared on a pooled connection.
 
-use super::portal::portal_message;
 use super::*;
 
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
@@ -184,29 +183,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.error(e).await,
         };
-        let msgs = [
-            message(b'P', |m| {
-                put_cstr(m, "");
-                put_cstr(m, sql);
-                m.put_i16(0);
-            }),
-            message(b'B', |m| {
-                put_cstr(m, PORTAL);
-                put_cstr(m, "");
-                m.put_i16(0);
-                m.put_i16(0);
-                m.put_i16(0);
-            }),
-            portal_message(b'D', PORTAL),
-            message(b'E', |m| {
-                put_cstr(m, PORTAL);
-                m.put_i32(0);
-            }),
-            portal_message(b'C', PORTAL),
-            // In a block a Sync ends nothing: it answers ReadyForQuery, and
-            // after an error ends the shard's skipping of messages.
-            Bytes::from_static(&SYNC),
-        ];
+        let msgs = super::segment::run_in_portal(sql, PORTAL, true);
         // Read as a simple query's answer: described, and ended by the
         // Sync's ReadyForQuery.
         let opts = crate::merge::RunOptions {
@@ -219,6 +196,9 @@ impl Session {
                 for m in &msgs {
                     conn.send_extended(m).await?;
                 }
+                // In a block a Sync ends nothing: it answers ReadyForQuery,
+                // and after an error ends the shard's skipping of messages.
+                conn.send_sync().await?;
                 conn.flush().await?;
             }
             let mut refs: Vec<&mut ServerConn> = taken.iter_mut().map(|(_, c)| &mut **c).collect();
@@ -228,19 +208,7 @@ impl Session {
         for (slot, conn) in taken {
             self.put_conn(slot, conn, Writes::No);
         }
-        match r {
-            Ok((answer, last)) => {
-                if let Some(b) = last {
-                    self.write(&b).await?;
-                }
-                if answer.failed() {
-                    self.fail();
-                }
-                Ok(!answer.failed())
-            }
-            Err(ExecError::Backend(e)) => self.error(e.into()).await,
-            Err(ExecError::Client(e)) => Err(e),
-        }
+        self.finish_merge(r).await
     }
 
     /// Binds `portal` on each shard to `sql` as the shard's unnamed
