@@ -3,8 +3,7 @@
 //! anywhere and gets the error one plain PostgreSQL gives, and the stream
 //! is never held whole.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use pieskieo::router::KeyValue;
 
@@ -14,27 +13,11 @@ const ACCOUNTS: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bi
 
 /// Runs psql with `stdin` as its input; returns (ok, stdout, stderr).
 fn psql_with(url: &str, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
-    let mut child = Command::new("psql")
-        .arg(url)
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql is installed (apt-get install -y postgresql-client)");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = writer.join();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let all: Vec<&str> = ["-A", "-t"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    crate::harness::psql_run(url, &all, stdin, None)
 }
 
 /// `n` rows `id<TAB>balance<TAB>note` with ids 1..=n.

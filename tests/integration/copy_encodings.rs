@@ -5,9 +5,6 @@
 //! byte is a backslash or a delimiter). psql's report and the rows must be
 //! the same; nothing is committed anywhere when PostgreSQL refuses.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use pieskieo::router::KeyValue;
 
 use crate::harness::{exec, Cluster, Servers};
@@ -16,28 +13,11 @@ const TABLES: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigi
 
 /// Runs psql with `stdin` as its input; returns (ok, stdout, stderr).
 fn psql(url: &str, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
-    let mut child = Command::new("psql")
-        .arg(url)
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(args)
-        .env("PGCLIENTENCODING", "UTF8")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql is installed (apt-get install -y postgresql-client)");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = writer.join();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let all: Vec<&str> = ["-A", "-t"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    crate::harness::psql_run(url, &all, stdin, Some("UTF8"))
 }
 
 /// Every row of both tables, in one order, as psql prints them.

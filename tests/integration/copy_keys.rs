@@ -114,28 +114,7 @@ asyncio.run(main(sys.argv[1]))
 
 /// Runs psql's `command` with `stdin` as its input: (ok, stdout, stderr).
 fn psql_copy(url: &str, command: &str, stdin: &[u8]) -> (bool, String, String) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("psql")
-        .arg(url)
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", command])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql is installed (apt-get install -y postgresql-client)");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = writer.join();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::harness::psql_run(url, &["-c", command], stdin, None)
 }
 
 fn text_rows(from: usize, to: usize) -> String {

@@ -715,3 +715,41 @@ pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
     b.extend_from_slice(&[0, 0]);
     b
 }
+
+/// Runs psql on `url` with `args` (after `-X -v ON_ERROR_STOP=1`) and
+/// `stdin` as its input, the client encoding `encoding` when given;
+/// returns (ok, stdout, stderr).
+pub fn psql_run(
+    url: &str,
+    args: &[&str],
+    stdin: &[u8],
+    encoding: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new("psql");
+    cmd.arg(url)
+        .args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .args(args);
+    if let Some(e) = encoding {
+        cmd.env("PGCLIENTENCODING", e);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql is installed (apt-get install -y postgresql-client)");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
