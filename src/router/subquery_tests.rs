@@ -375,4 +375,3 @@ fn ctes_reading_no_earlier_cte_are_staged() {
     let sql = "WITH a AS (SELECT id FROM accounts WHERE balance > 1), b AS (SELECT count(*) FROM a JOIN accounts x ON x.id = a.id) SELECT * FROM b";
     assert!(plan(sql, &m).is_err(), "{:?}", plan(sql, &m));
 }
-
