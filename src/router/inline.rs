@@ -15,12 +15,19 @@ use super::classify::type_name;
 /// client left to the server), an untyped literal that PostgreSQL resolves
 /// from its context exactly as it resolved the parameter's type.
 pub fn param_literal(value: Option<&str>, oid: u32) -> String {
-    let t = type_name(oid);
-    match (value, t) {
-        (None, Some(t)) => format!("(NULL::{t})"),
+    match (value, type_name(oid)) {
+        (v, Some(t)) => typed_literal(v, t),
         (None, None) => "NULL".to_string(),
-        (Some(v), Some(t)) => format!("({}::{t})", quote(v)),
         (Some(v), None) => quote(v),
+    }
+}
+
+/// A value in its text form as a literal of the type `ty` (SQL that names
+/// a type): `('5'::int4)`, `(NULL::int4)`.
+pub fn typed_literal(value: Option<&str>, ty: &str) -> String {
+    match value {
+        None => format!("(NULL::{ty})"),
+        Some(v) => format!("({}::{ty})", quote(v)),
     }
 }
 
@@ -195,6 +202,11 @@ mod tests {
         assert_eq!(param_literal(None, 20), "(NULL::int8)");
         assert_eq!(param_literal(Some("a"), 0), "'a'");
         assert_eq!(param_literal(None, 0), "NULL");
+        assert_eq!(
+            typed_literal(Some("it's"), "pg_catalog.text"),
+            "('it''s'::pg_catalog.text)"
+        );
+        assert_eq!(typed_literal(None, "public.\"T\""), "(NULL::public.\"T\")");
         // $10 is not $1 followed by 0.
         let many: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
         assert_eq!(

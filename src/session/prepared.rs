@@ -1,6 +1,9 @@
 //! SQL-level `PREPARE` / `EXECUTE` / `DEALLOCATE`. A prepared statement lives
 //! per client; each server connection gets it, under a proxy-made name, the
 //! first time an `EXECUTE` runs there. `EXECUTE` routes by its arguments.
+//! An `EXECUTE` of a read the proxy merges or runs in stages has its
+//! arguments evaluated by PostgreSQL first (a helper `EXECUTE` on a shard)
+//! and written into the statement's text as typed literals.
 
 use super::*;
 use crate::router::{execute_args, plan_bound};
@@ -8,8 +11,10 @@ use crate::router::{execute_args, plan_bound};
 /// A statement prepared with SQL `PREPARE`.
 pub(super) struct SqlPrepared {
     body: String,
-    /// The parameter types as `PREPARE` listed them (may be empty).
-    types: String,
+    /// The parameter types PostgreSQL resolved, one per parameter, as
+    /// schema-qualified names without typmod (which `EXECUTE` ignores):
+    /// what each argument is coerced to.
+    params: Vec<String>,
     /// Its name on server connections.
     backend: String,
     /// The `PREPARE` that creates it there, from the client's own text.
@@ -39,9 +44,9 @@ impl Session {
         } else {
             format!("PREPARE {backend} ({types}) AS {body}")
         };
-        let stmt = SqlPrepared {
+        let mut stmt = SqlPrepared {
             body,
-            types,
+            params: Vec::new(),
             backend,
             prepare,
         };
@@ -53,6 +58,15 @@ impl Session {
         match ensure_prepared(&mut conn, Some((&stmt.backend, &stmt.prepare))).await {
             Ok(None) => {}
             Ok(Some(err)) => {
+                self.write(&err.bytes).await?;
+                self.fail();
+                return Ok(false);
+            }
+            Err(e) => return self.error(e.into()).await,
+        }
+        match parameter_types(&mut conn, &stmt.backend).await {
+            Ok(Ok(params)) => stmt.params = params,
+            Ok(Err(err)) => {
                 self.write(&err.bytes).await?;
                 self.fail();
                 return Ok(false);
@@ -81,7 +95,7 @@ impl Session {
             format!("EXECUTE {} ({args})", stmt.backend)
         };
         self.need_prepared = Some((stmt.backend.clone(), stmt.prepare.clone()));
-        let (body, types) = (stmt.body.clone(), stmt.types.clone());
+        let (body, params) = (stmt.body.clone(), stmt.params.clone());
         let r = match plan {
             Ok(Plan::Forward { route, write }) => self.forward(&text, route, write).await,
             Ok(Plan::Replicate) => {
@@ -96,26 +110,8 @@ impl Session {
             Ok(Plan::Merge { .. } | Plan::Staged(_)) | Err(RouteError::Unsupported(_)) => {
                 // The shards run the text: they need no prepared statement.
                 self.need_prepared = None;
-                let text = inline_arguments(&body, &types, &args);
-                match text.map(|t| {
-                    let p = router::plan(&t, &self.shared.map());
-                    (t, p)
-                }) {
-                    Some((_, Ok(Plan::Merge { route, plan }))) => {
-                        self.merge_across(route, plan).await
-                    }
-                    Some((_, Ok(Plan::Staged(s)))) => self.run_staged(s).await,
-                    Some((_, Err(e))) => self.error(Error::Route(e)).await,
-                    _ => match plan {
-                        Err(e) => self.error(Error::Route(e)).await,
-                        Ok(_) => {
-                            self.error(Error::Unsupported(
-                                "EXECUTE of a prepared SELECT that needs a cross-shard merge is supported only when its arguments can be written into its text; run the SELECT itself".into(),
-                            ))
-                            .await
-                        }
-                    },
-                }
+                self.execute_inlined(&name, &body, &params, &args, plan)
+                    .await
             }
             Err(e) => self.error(Error::Route(e)).await,
             Ok(_) => {
@@ -143,21 +139,180 @@ impl Session {
     }
 }
 
-/// The body of a `PREPARE` with `EXECUTE`'s arguments in place of its
-/// `$n`, each cast to its declared type when `PREPARE` gave one (else
-/// resolved from its context, as the parameter's type was).
-fn inline_arguments(body: &str, types: &str, args: &str) -> Option<String> {
-    let args = router::split_list(args)?;
-    let types = router::split_list(types)?;
-    let values: Vec<String> = args
+/// The statement's parameter types as PostgreSQL resolved them, read on
+/// the connection where `backend` is prepared.
+async fn parameter_types(
+    conn: &mut ServerConn,
+    backend: &str,
+) -> Result<Result<Vec<String>, crate::protocol::Frame>, BackendError> {
+    // Qualified names: the types PostgreSQL chose, whatever `search_path`
+    // is when the statement runs.
+    let sql = format!(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, t.typname) \
+         FROM pg_catalog.pg_prepared_statements s \
+         CROSS JOIN LATERAL pg_catalog.unnest(s.parameter_types) WITH ORDINALITY AS a(oid, i) \
+         JOIN pg_catalog.pg_type t ON t.oid = a.oid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+         WHERE s.name = {} ORDER BY a.i",
+        quote_literal(backend)
+    );
+    conn.send_query(&sql).await?;
+    conn.flush().await?;
+    Ok(executor::read_rows(conn).await?.map(|rows| {
+        ServerConn::text_values(&rows)
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .collect()
+    }))
+}
+
+/// Sets output settings for the rest of the helper's transaction, so that
+/// each value's text reads back as the same value in any session: ISO
+/// dates and intervals, timestamps with their offset from UTC, floats with
+/// all their digits, bytea in hex. As select-list items they run after
+/// PostgreSQL evaluated the arguments (`EvaluateParams`, before the
+/// executor starts) and before it renders the row, so the arguments are
+/// still read with the session's own `DateStyle`, `TimeZone` and
+/// `IntervalStyle`; `true` (local) ends them with the helper's statement.
+const FIXED_OUTPUT: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "iso_8601"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
+/// How a shard answered the helper that evaluates `EXECUTE`'s arguments.
+enum Arguments {
+    /// Each argument as a literal of its parameter's type.
+    Literals(Vec<String>),
+    /// PostgreSQL's error, for the client as it is.
+    Refused(crate::protocol::Frame),
+}
+
+/// Evaluates `EXECUTE name (args)`'s arguments exactly as PostgreSQL's own
+/// `EXECUTE` does, by having PostgreSQL do it: `PREPARE name (types) AS
+/// SELECT $1, ...` and `EXECUTE name (args)` on `conn`. It checks their
+/// number and kind (42601 with the client's statement name, 0A000 for a
+/// subquery) and coerces each by assignment to its parameter's type
+/// without typmod (2.5 to `3` for an int, 42804 for a boolean); no cast
+/// spelled in SQL does that (an explicit cast accepts more, a function
+/// argument's implicit coercion less). The helper is gone when this
+/// returns: its `DEALLOCATE` is sent whatever the `EXECUTE` answered.
+async fn evaluate_arguments(
+    conn: &mut ServerConn,
+    name: &str,
+    params: &[String],
+    args: &str,
+) -> Result<Arguments, BackendError> {
+    let fixed: Vec<String> = FIXED_OUTPUT
         .iter()
-        .enumerate()
-        .map(|(i, a)| match types.get(i) {
-            Some(t) => format!("(({a}\n)::{t})"),
-            None => format!("({a}\n)"),
+        .map(|(k, v)| format!("pg_catalog.set_config('{k}', '{v}', true)"))
+        .collect();
+    let refs = (1..=params.len()).map(|i| format!(", ${i}"));
+    let select = format!("SELECT {}{}", fixed.join(", "), refs.collect::<String>());
+    let helper = quote_ident(name);
+    let prepare = if params.is_empty() {
+        format!("PREPARE {helper} AS {select}")
+    } else {
+        format!("PREPARE {helper} ({}) AS {select}", params.join(", "))
+    };
+    conn.send_query(&prepare).await?;
+    conn.flush().await?;
+    // A failed PREPARE created nothing (and an EXECUTE after it could find
+    // some other statement of that name): stop here.
+    if let Some(err) = executor::drain(conn).await? {
+        return Ok(Arguments::Refused(err));
+    }
+    let execute = if args.is_empty() {
+        format!("EXECUTE {helper}")
+    } else {
+        // A line end closes a comment the arguments may end with.
+        format!("EXECUTE {helper} ({args}\n)")
+    };
+    conn.send_query(&execute).await?;
+    conn.send_query(&format!("DEALLOCATE {helper}")).await?;
+    conn.flush().await?;
+    let rows = executor::read_rows(conn).await?;
+    executor::drain(conn).await?;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(err) => return Ok(Arguments::Refused(err)),
+    };
+    let values = ServerConn::text_values(&rows)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let literals = params
+        .iter()
+        .zip(values.iter().skip(FIXED_OUTPUT.len()))
+        .map(|(ty, v)| {
+            let text = v.as_ref().map(|t| String::from_utf8_lossy(t));
+            router::typed_literal(text.as_deref(), ty)
         })
         .collect();
-    router::inline_params(body, &values)
+    Ok(Arguments::Literals(literals))
+}
+
+impl Session {
+    /// `EXECUTE` of a read the proxy merges or runs in stages: the body
+    /// with the evaluated arguments in place of its `$n` runs as that read.
+    /// `plan` is how the statement routed with the arguments as written.
+    /// The arguments are evaluated on a pooled connection of the default
+    /// shard, with the session's settings but outside any block of the
+    /// client's: they hold no subquery, but a function such as `now()`
+    /// among them sees that connection's transaction.
+    async fn execute_inlined(
+        &mut self,
+        name: &str,
+        body: &str,
+        params: &[String],
+        args: &str,
+        plan: Result<Plan, RouteError>,
+    ) -> std::io::Result<bool> {
+        let literals = if params.is_empty() && args.is_empty() {
+            Vec::new()
+        } else {
+            let mut conn = match self.checkout(self.shared.map().default_shard).await {
+                Ok(c) => c,
+                Err(e) => return self.error(e).await,
+            };
+            match evaluate_arguments(&mut conn, name, params, args).await {
+                Ok(Arguments::Literals(l)) => l,
+                Ok(Arguments::Refused(err)) => {
+                    self.write(&err.bytes).await?;
+                    self.fail();
+                    return Ok(false);
+                }
+                Err(e) => return self.error(e.into()).await,
+            }
+        };
+        let Some(text) = router::inline_params(body, &literals) else {
+            return match plan {
+                Err(e) => self.error(Error::Route(e)).await,
+                Ok(_) => {
+                    self.error(Error::Unsupported(
+                        "EXECUTE of a prepared SELECT that needs a cross-shard merge is supported only when its arguments can be written into its text; run the SELECT itself".into(),
+                    ))
+                    .await
+                }
+            };
+        };
+        match router::plan(&text, &self.shared.map()) {
+            Ok(Plan::Merge { route, plan }) => self.merge_across(route, plan).await,
+            Ok(Plan::Staged(s)) => self.run_staged(s).await,
+            // The values written in may pin the read to one shard.
+            Ok(Plan::Forward { route, write }) => self.forward(&text, route, write).await,
+            Ok(_) => {
+                self.error(Error::Unsupported(
+                    "EXECUTE of this kind of statement is not supported".into(),
+                ))
+                .await
+            }
+            Err(e) => self.error(Error::Route(e)).await,
+        }
+    }
 }
 
 /// Creates the statement an `EXECUTE` needs on `conn` if it lacks it.

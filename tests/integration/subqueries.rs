@@ -332,6 +332,7 @@ async fn two_stage_plans_match_one_postgres() {
         assert!(!want.is_empty(), "{sql}");
         assert_eq!(crate::harness::rows(&client, sql).await, want, "{sql}");
     }
+    execute_coerces_as_postgres(&client, &single).await;
     // The same through the extended protocol, binary results and all.
     let failures = compare_extended(&client, &single, &corpus).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -560,4 +561,86 @@ async fn writes_with_pinned_or_key_correlated_subqueries_match_one_postgres() {
         .await,
         "0A000"
     );
+}
+
+/// SQL `EXECUTE` of merged and staged reads: each argument coerced to the
+/// type PostgreSQL resolved for its parameter (by assignment, typmods in
+/// `PREPARE`'s list ignored), PostgreSQL's own argument checks, and values
+/// that read back exactly whatever the session's output settings.
+async fn execute_coerces_as_postgres(client: &Client, single: &Client) {
+    for cl in [client, single] {
+        for sql in [
+            "PREPARE p1 AS SELECT count(*) FROM (SELECT id FROM facts WHERE qty > $1) s",
+            "PREPARE t1 AS SELECT count(*), min(id) FROM (SELECT id FROM facts WHERE cat = $1) s",
+            "PREPARE p2 (numeric(10,2)) AS SELECT $1::text || ' ' || count(*) FROM facts",
+            "PREPARE p3 (varchar(2)) AS SELECT $1::text || ' ' || count(*) FROM facts",
+            "PREPARE p6 (int) AS SELECT count(*) FROM facts WHERE qty > $1",
+            "PREPARE fl AS SELECT count(*) FROM facts WHERE $1 = 0.1::float8 + 0.2::float8",
+            "PREPARE tz (timestamptz) AS SELECT $1::text || ' ' || count(*) FROM facts",
+            "PREPARE iv (interval) AS SELECT $1::text || ' ' || count(*) FROM facts",
+            "PREPARE none AS SELECT count(*) FROM facts",
+        ] {
+            exec(cl, sql).await;
+        }
+    }
+    let same_rows = [
+        "EXECUTE p1 (2.5)",
+        "EXECUTE p1 ('3')",
+        "EXECUTE p1 (2)",
+        "EXECUTE t1 (5)",
+        "EXECUTE t1 ('b')",
+        "EXECUTE p2 (1.005)",
+        "EXECUTE p3 ('abcdef')",
+        "EXECUTE p6 (-2.5)",
+        "EXECUTE p6 (NULL)",
+        "EXECUTE fl (0.1::float8 + 0.2::float8)",
+        "EXECUTE tz ('2024-03-10 12:00')",
+        "EXECUTE iv ('-1 2:03:04')",
+        "EXECUTE none",
+        // PostgreSQL evaluates no arguments for a statement without parameters.
+        "EXECUTE none (1, (SELECT 2))",
+    ];
+    let errors = [
+        "EXECUTE p6 (true)",
+        "EXECUTE p6 (3, 4)",
+        "EXECUTE p6",
+        "EXECUTE p6 ((SELECT 3))",
+        "EXECUTE p6 ('x')",
+        "EXECUTE p6 (count(*))",
+    ];
+    // Output settings the values must not depend on, and input settings
+    // the arguments must be read with (the session's).
+    let settings = [
+        "SET TimeZone = 'America/New_York'; SET extra_float_digits = 0; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = sql_standard; SET bytea_output = escape",
+        "RESET ALL",
+    ];
+    for set in settings {
+        for cl in [client, single] {
+            exec(cl, set).await;
+        }
+        for sql in same_rows {
+            let want = crate::harness::rows(single, sql).await;
+            assert!(!want.is_empty(), "{sql}");
+            assert_eq!(
+                crate::harness::rows(client, sql).await,
+                want,
+                "{set}: {sql}"
+            );
+        }
+        // Twice: an error leaves nothing behind on the server that ran it.
+        for _ in 0..2 {
+            for sql in errors {
+                assert_eq!(
+                    crate::harness::sqlstate(client, sql).await,
+                    crate::harness::sqlstate(single, sql).await,
+                    "{sql}"
+                );
+                assert_eq!(
+                    crate::harness::error_message(client, sql).await,
+                    crate::harness::error_message(single, sql).await,
+                    "{sql}"
+                );
+            }
+        }
+    }
 }
