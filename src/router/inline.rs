@@ -40,36 +40,6 @@ pub(crate) fn quote(v: &str) -> String {
     }
 }
 
-/// The items of a comma-separated list (`EXECUTE name (1, 'a,b', f(2, 3))`'s
-/// arguments, `PREPARE name (int, numeric(10, 2))`'s types) as written, split
-/// only at commas outside parentheses, brackets, strings and comments;
-/// `None` when the text does not scan.
-pub fn split_list(text: &str) -> Option<Vec<String>> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
-        .tokenize_with_location()
-        .ok()?;
-    let offsets = line_starts(text);
-    let mut items = Vec::new();
-    let (mut depth, mut from) = (0usize, 0usize);
-    for t in tokens {
-        match t.token {
-            Token::LParen | Token::LBracket => depth += 1,
-            Token::RParen | Token::RBracket => depth = depth.checked_sub(1)?,
-            Token::Comma if depth == 0 => {
-                let at = byte_at(text, &offsets, t.span.start)?;
-                items.push(text[from..at].trim().to_string());
-                from = at + 1;
-            }
-            _ => {}
-        }
-    }
-    let last = text[from..].trim();
-    if !last.is_empty() || !items.is_empty() {
-        items.push(last.to_string());
-    }
-    Some(items)
-}
-
 /// Byte offset of each line's start: the tokenizer counts lines from 1 and
 /// columns in characters from 1.
 pub(crate) fn line_starts(sql: &str) -> Vec<usize> {
@@ -234,21 +204,5 @@ mod tests {
             .unwrap(),
             "V10 JOIN (V1) x"
         );
-    }
-
-    #[test]
-    fn lists_split_at_top_level_commas_only() {
-        assert_eq!(
-            split_list(" 1, 'a,b' , f(2, 3), ARRAY[4, 5], E'\\',' -- x,\n").unwrap(),
-            // (A comment stays with its item: whoever writes it into a
-            // statement ends it with a line end.)
-            ["1", "'a,b'", "f(2, 3)", "ARRAY[4, 5]", "E'\\',' -- x,"]
-        );
-        assert_eq!(
-            split_list("int, numeric(10, 2)").unwrap(),
-            ["int", "numeric(10, 2)"]
-        );
-        assert_eq!(split_list("").unwrap(), Vec::<String>::new());
-        assert_eq!(split_list("(1, 2"), Some(vec!["(1, 2".to_string()]));
     }
 }

@@ -29,7 +29,7 @@ pub use classify::{fill_keys, materialize, materialize_typed, with_columns};
 pub use copy::{CopyFormat, CopyIn, CopyKeys, CopyOptions, CopyOut, CopyPlacement, Header};
 pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;
-pub use inline::{inline_params, max_param, param_literal, split_list, typed_literal};
+pub use inline::{inline_params, max_param, param_literal, typed_literal};
 pub use key::{KeyError, KeyType, KeyValue};
 pub use keyed::KeyedPlan;
 pub use preview::{preview, PREVIEW_COLUMNS};
