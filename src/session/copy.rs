@@ -6,8 +6,9 @@
 //! rows) — with one COPY per shard started before the client is asked for
 //! data. The client's CopyData is read as it comes, cut into rows
 //! (`router::RowRouter`), and each row is queued for its shard; a shard's
-//! queue goes out at [`FLUSH_AT`] bytes. Memory per COPY: one unfinished
-//! row, one queue per shard and a ring of recent line numbers per shard.
+//! queue goes out at `FLUSH_AT` bytes (`copy_stream.rs`). Memory per COPY:
+//! one unfinished row, one queue per shard and a ring of recent line
+//! numbers per shard.
 //! A column list without the shard key: rows wait in batches for the keys
 //! the cluster chooses (`router/copy_rows/keyless.rs`), one round trip to
 //! the sequence shard per batch, so one batch more is held.
@@ -18,15 +19,13 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::copy_feed::{end_all, feed_some, lost_sync, place_keys, route_error, route_rows, Feed};
+use super::copy_feed::{end_all, lost_sync, route_error, Feed};
 use super::copy_source::SourcePosition;
+use super::copy_stream::Ending;
 use super::keys::CopyKeySource;
 use super::*;
 use crate::executor::read_rows;
 use crate::router::{CopyFormat, CopyIn, CopyPlacement, RowRouter};
-
-/// A shard's queued rows go out once they reach this size.
-const FLUSH_AT: usize = 64 * 1024;
 
 /// One COPY IN: the statement each shard runs, what it copies, where, the
 /// shards that just joined the block and what they run first, and the verb
@@ -54,25 +53,6 @@ pub(super) enum Source<'a> {
         sql: String,
         position: SourcePosition,
     },
-}
-
-/// Why a COPY IN stream ended.
-enum Ending {
-    /// CopyDone, and every row was routed.
-    Done,
-    /// The client sent CopyFail with this message.
-    ClientFailed(String),
-    /// The proxy refuses a row, or the client broke the protocol: the
-    /// ErrorResponse to give, and the client line it is about.
-    Refused(Bytes, u64),
-    /// A shard ended its COPY with this error (about this client line).
-    ShardFailed(Bytes, u64),
-    /// The client sent a message COPY does not take: the ErrorResponse to
-    /// give. PostgreSQL then ends the session (it stopped reading inside
-    /// that message, so it lost the message boundaries).
-    Violation(Bytes),
-    /// The client is gone.
-    Vanished,
 }
 
 impl Session {
@@ -499,213 +479,9 @@ impl Session {
             None => Ok(protocol::command_complete(&format!("{verb} {total}"))),
         })
     }
-
-    /// Reads the client's CopyData until CopyDone or an error, routing rows
-    /// to their shards' queues (all of it to every shard without a router).
-    async fn stream_rows(
-        &mut self,
-        parts: &mut [Participant],
-        feeds: &mut [Feed],
-        mut router: Option<&mut RowRouter>,
-        source: &mut Source<'_>,
-        copy: &CopyIn,
-        keys: Option<&CopyKeySource>,
-    ) -> Result<Ending, ExecError> {
-        loop {
-            let f = match source {
-                Source::Client => {
-                    let Some(frames) = self.frames.as_mut() else {
-                        return Ok(Ending::Vanished);
-                    };
-                    match frames.next().await {
-                        Ok(f) => f,
-                        Err(_) => return Ok(Ending::Vanished),
-                    }
-                }
-                Source::Shard { conn, position, .. } => {
-                    let f = conn.read().await?;
-                    match f.tag {
-                        b'd' => f,
-                        b'c' => {
-                            // Its CommandComplete and ReadyForQuery follow.
-                            executor::drain(conn).await?;
-                            f
-                        }
-                        b'E' => {
-                            executor::drain(conn).await?;
-                            let e = position.map(&f.bytes).unwrap_or(f.bytes);
-                            return Ok(Ending::Refused(e, u64::MAX));
-                        }
-                        b'Z' => {
-                            return Ok(Ending::Refused(
-                                route_error(&RouteError::Unsupported(
-                                    "the SELECT of an INSERT ... SELECT did not produce rows through COPY".into(),
-                                )),
-                                u64::MAX,
-                            ))
-                        }
-                        _ => continue,
-                    }
-                }
-            };
-            let routed = match f.tag {
-                b'd' => {
-                    let data = f.body();
-                    match router.as_deref_mut() {
-                        Some(r) if copy.keys.is_some() => {
-                            match self.route_keyless(copy, keys, r, feeds, data).await {
-                                Ok(()) => Ok(()),
-                                Err((e, line)) => return Ok(Ending::Refused(e, line)),
-                            }
-                        }
-                        Some(r) => route_rows(r, feeds, data, false),
-                        None => {
-                            for feed in feeds.iter_mut() {
-                                feed.queue.extend_from_slice(data);
-                            }
-                            Ok(())
-                        }
-                    }
-                }
-                b'c' => match router.as_deref_mut() {
-                    Some(r) => match route_rows(r, feeds, &[], true) {
-                        Ok(()) if r.holds() => match self.place_waiting(copy, keys, r, feeds).await
-                        {
-                            Ok(()) => return Ok(Ending::Done),
-                            Err((e, line)) => return Ok(Ending::Refused(e, line)),
-                        },
-                        Ok(()) => return Ok(Ending::Done),
-                        Err(e) => Err(e),
-                    },
-                    None => return Ok(Ending::Done),
-                },
-                b'f' => {
-                    let body = f.body();
-                    let msg = protocol::take_cstr(body).map(|m| m.0).unwrap_or_default();
-                    return Ok(Ending::ClientFailed(msg.to_string()));
-                }
-                // PostgreSQL ignores these during COPY, for client libraries
-                // that send them without noticing the statement was COPY.
-                b'H' | b'S' => Ok(()),
-                b'X' => return Ok(Ending::Vanished),
-                other => {
-                    return Ok(Ending::Violation(protocol::error_response(
-                        Severity::Error,
-                        crate::error::SqlState::PROTOCOL_VIOLATION,
-                        &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
-                        None,
-                    )))
-                }
-            };
-            if let Err(e) = routed {
-                return Ok(Ending::Refused(
-                    protocol::error_with_hint(e.sqlstate, &e.message, e.hint, &e.context),
-                    e.line,
-                ));
-            }
-            for feed in feeds.iter_mut() {
-                if feed.queue.len() < FLUSH_AT {
-                    continue;
-                }
-                let conn = &mut parts[feed.part].conn;
-                conn.send_copy_data(&feed.queue).await?;
-                conn.flush().await?;
-                feed.queue.clear();
-                // A shard that stopped the COPY (a bad value, a constraint)
-                // answers at once: stop there, as PostgreSQL would.
-                while conn.has_unread() {
-                    let fr = conn.read().await?;
-                    match fr.tag {
-                        b'N' => self
-                            .out
-                            .write_all(&fr.bytes)
-                            .await
-                            .map_err(ExecError::Client)?,
-                        b'E' => {
-                            let (e, line) = feed.remap(&fr.bytes);
-                            // The rest of its answer: ReadyForQuery.
-                            executor::drain(conn).await?;
-                            feed.copying = false;
-                            return Ok(Ending::ShardFailed(e, line));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl Session {
-    /// A keyless COPY's CopyData: rows are read into batches; each full
-    /// batch gets its keys (one round trip) and goes to its rows' shards.
-    /// `Err`: the ErrorResponse to give, and the line it is about.
-    async fn route_keyless(
-        &self,
-        copy: &CopyIn,
-        keys: Option<&CopyKeySource>,
-        r: &mut RowRouter,
-        feeds: &mut [Feed],
-        mut data: &[u8],
-    ) -> Result<(), (Bytes, u64)> {
-        loop {
-            let used = feed_some(r, feeds, data).map_err(|e| {
-                let line = e.line;
-                (
-                    protocol::error_with_hint(e.sqlstate, &e.message, e.hint, &e.context),
-                    line,
-                )
-            })?;
-            data = data.get(used..).unwrap_or_default();
-            if r.batch_full() {
-                self.place_waiting(copy, keys, r, feeds).await?;
-            }
-            if data.is_empty() {
-                return Ok(());
-            }
-        }
-    }
-
-    /// The keys for a keyless router's waiting rows, from the cluster (one
-    /// round trip to the sequence shard, the values in row order), and the
-    /// rows queued for their shards.
-    async fn place_waiting(
-        &self,
-        copy: &CopyIn,
-        source: Option<&CopyKeySource>,
-        r: &mut RowRouter,
-        feeds: &mut [Feed],
-    ) -> Result<(), (Bytes, u64)> {
-        let line = r.waiting_from().unwrap_or(u64::MAX - 1);
-        let Some(source) = source else {
-            // A keyless router is made only with its source: never here, but
-            // the rows must not wait for ever.
-            let e = RouteError::Unsupported("keys for the COPY could not be chosen".into());
-            return Err((route_error(&e), line));
-        };
-        let keys = if r.waiting() == 0 {
-            Vec::new()
-        } else {
-            self.copy_keys(&copy.table, source, r.waiting())
-                .await
-                .map_err(|e| {
-                    let e = protocol::error_response(
-                        Severity::Error,
-                        e.sqlstate(),
-                        &e.to_string(),
-                        None,
-                    );
-                    (e, line)
-                })?
-        };
-        place_keys(r, feeds, &keys).map_err(|e| {
-            (
-                protocol::error_with_hint(e.sqlstate, &e.message, e.hint, &e.context),
-                e.line,
-            )
-        })
-    }
-
     /// Enlists `shards` in the block: the block's participants (taken out
     /// of it: the caller puts them back), the statements a shard that just
     /// joined must run first, and those shards. `None`: the client was told why not.
