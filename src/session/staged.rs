@@ -184,7 +184,7 @@ impl Session {
             }
             Ok(_) => {
                 self.error(Error::Unsupported(
-                    "the outer query over subqueries across shards is not supported".into(),
+                    "the outer query over subqueries across shards is not supported; fix the shard key to reach one shard, or run the subquery as a query of its own first".into(),
                 ))
                 .await
             }
@@ -221,7 +221,7 @@ impl Session {
                 }
                 Ok(Some((_, Ok(_)))) => {
                     self.error(Error::Unsupported(
-                        "this subquery over subqueries is not supported across shards".into(),
+                        "this subquery over subqueries is not supported across shards; fix the shard key to reach one shard, or run the inner subquery as a query of its own first".into(),
                     ))
                     .await
                 }

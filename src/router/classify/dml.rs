@@ -70,7 +70,7 @@ pub(super) fn route_select(
     }
     t.check_no_local_mix(map)?;
     if modifies {
-        return unsupported("data-modifying WITH on sharded tables is not supported");
+        return unsupported("data-modifying WITH on sharded tables is not supported; run each modifying statement on its own (in one transaction block for atomicity)");
     }
     let SetExpr::Select(sel) = q.body.as_ref() else {
         return unsupported(format!(
@@ -96,7 +96,7 @@ pub(super) fn route_select(
             }
         }
         return unsupported(format!(
-            "sharded table \"{}\" in a subquery or CTE is not supported yet",
+            "sharded table \"{}\" in this subquery or CTE is not supported across shards; fix its shard key to reach one shard, join it on the shard key, or run it as a query of its own first",
             t.sharded[0].name
         ));
     }

@@ -100,7 +100,7 @@ pub(super) fn route_insert(
     };
     if t.sharded.len() > 1 {
         return unsupported(
-            "INSERT into a sharded table that reads other sharded tables is not supported",
+            "INSERT into a sharded table that reads other sharded tables is not supported; SELECT the values first, then INSERT them",
         );
     }
     let Some(idx) = ins
@@ -219,13 +219,13 @@ fn insert_select(
     }
     if ins.returning.is_some() || ins.on.is_some() {
         return unsupported(format!(
-            "INSERT INTO sharded table \"{}\" ... SELECT with RETURNING or ON CONFLICT is not supported",
+            "INSERT INTO sharded table \"{}\" ... SELECT with RETURNING or ON CONFLICT is not supported; INSERT ... VALUES supports both",
             rule.name
         ));
     }
     if t.facts.writes() != Writes::No {
         return unsupported(format!(
-            "INSERT INTO sharded table \"{}\" ... SELECT whose SELECT may write (a function Pieskieo does not know) is not supported",
+            "INSERT INTO sharded table \"{}\" ... SELECT whose SELECT may write (a function Pieskieo does not know) is not supported; SELECT the values first, then INSERT them",
             rule.name
         ));
     }

@@ -108,7 +108,7 @@ fn stage_plan(q: &Query, map: &ShardMap) -> Result<Plan, RouteError> {
         // its stages run first, then it, then the outer query.
         p @ Plan::Staged(_) => Ok(p),
         Plan::Forward { .. } => unsupported(
-            "a subquery or CTE that locks rows or calls functions that may write, over a sharded table across shards, is not supported",
+            "a subquery or CTE that locks rows or calls functions that may write, over a sharded table across shards, is not supported; lock or write in a statement of its own, or fix the shard key to reach one shard",
         ),
         _ => unsupported(
             "subqueries and CTEs over sharded tables nested in each other across shards are not supported; fix the shard key to reach one shard",
@@ -244,7 +244,7 @@ pub(super) fn plan_staged(q: &Query, map: &ShardMap) -> Result<Option<Plan>, Rou
     let check = Statement::Query(Box::new(outer.clone()));
     match super::route_statement(&check, map, None)? {
         Plan::Forward { .. } | Plan::Merge { .. } => {}
-        _ => return unsupported("this outer query over subqueries is not supported across shards"),
+        _ => return unsupported("this outer query over subqueries is not supported across shards; fix the shard key to reach one shard, or run the subquery as a query of its own first"),
     }
     Ok(Some(Plan::Staged(std::sync::Arc::new(StagedPlan {
         stages: st.stages,

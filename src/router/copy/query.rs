@@ -36,7 +36,7 @@ pub(super) fn plan_query_out(
         Plan::Forward { route, write } => match route {
             Route::One(_) | Route::Any => Ok(Plan::Forward { route, write }),
             Route::Some(_) | Route::All if write.may() => Err(RouteError::Unsupported(
-                "COPY (query) TO STDOUT of a query that may write on several shards is not supported".into(),
+                "COPY (query) TO STDOUT of a query that may write on several shards is not supported; run the writing statement first, then COPY what it wrote".into(),
             )),
             route => Ok(Plan::CopyOut(Box::new(CopyOut {
                 route,

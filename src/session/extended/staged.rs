@@ -139,7 +139,7 @@ impl Session {
             Ok(_) => {
                 return Ok(self
                     .error(Error::Unsupported(
-                        "the outer query over subqueries across shards is not supported".into(),
+                        "the outer query over subqueries across shards is not supported; fix the shard key to reach one shard, or run the subquery as a query of its own first".into(),
                     ))
                     .await?)
             }
