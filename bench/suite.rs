@@ -13,7 +13,10 @@
 //!
 //! Run: `cargo bench --bench suite` (BENCH_SECONDS=N per run, default 10;
 //! BENCH_WORKERS=N proxy threads, default 1; SCALE_CLIENTS / SCALE_ACTIVE to
-//! change the scale run; SKIP_SCALE=1).
+//! change the scale run; SKIP_SCALE=1; WORKLOADS=simple,one shard runs only
+//! the cells whose names contain one of those words). Beside each proxy's
+//! TPS it prints the proxy's CPU time (user + system, from `/proc`) per
+//! statement.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -70,6 +73,8 @@ fn psql(url: &str, sql: &str) -> String {
 /// One measured run.
 struct Measure {
     tps: f64,
+    /// Transactions pgbench completed.
+    done: u64,
     p50_ms: f64,
     p99_ms: f64,
     failed: u64,
@@ -109,6 +114,12 @@ fn pgbench(url: &str, mode: &str, script: &Path, dir: &Path) -> Result<Measure, 
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or(f64::NAN);
+    let done = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|s| s.split(['/', ' ']).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let failed = text
         .lines()
         .find_map(|l| l.strip_prefix("number of failed transactions: "))
@@ -133,6 +144,7 @@ fn pgbench(url: &str, mode: &str, script: &Path, dir: &Path) -> Result<Measure, 
     };
     Ok(Measure {
         tps,
+        done,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         failed,
@@ -158,6 +170,19 @@ fn proc_kb(pid: u32, field: &str) -> u64 {
 struct Target {
     name: &'static str,
     url: String,
+    /// The process whose CPU time is counted per query (proxies only).
+    pid: Option<u32>,
+}
+
+/// User plus system CPU time a process has used so far, in microseconds
+/// (`/proc/<pid>/stat`, clock ticks of 10 ms).
+fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000)
 }
 
 struct Bench {
@@ -322,17 +347,23 @@ fn start() -> Bench {
     let mut targets = vec![Target {
         name: "direct",
         url: plain_url.clone(),
+        pid: None,
     }];
     let bouncer = start_bouncer(&dir, plain.port);
     if let Some((_, bport)) = &bouncer {
+        let pid = std::fs::read_to_string(dir.join("bouncer/pgbouncer.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
         targets.push(Target {
             name: "pgbouncer",
             url: url_of(*bport),
+            pid,
         });
     }
     targets.push(Target {
         name: "pieskieo",
         url: proxy_url,
+        pid: Some(proxy.id()),
     });
     Bench {
         dir,
@@ -605,24 +636,42 @@ async fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!();
-    println!("| workload | target | TPS | p50 ms | p99 ms | failed | pieskieo / target |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("| workload | target | TPS | p50 ms | p99 ms | failed | pieskieo / target | proxy CPU µs per statement |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let scripts = bench.dir.join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
+    // WORKLOADS=simple,one shard: only the cells whose names contain one of these.
+    let only: Vec<String> = std::env::var("WORKLOADS")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
     for (i, w) in workloads().iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|o| w.name.contains(o.as_str())) {
+            continue;
+        }
         let path = scripts.join(format!("w{i}.sql"));
         std::fs::write(&path, &w.script).unwrap();
-        let results: Vec<(&str, Result<Measure, String>)> = bench
+        let statements = w
+            .script
+            .lines()
+            .filter(|l| !l.starts_with('\\') && !l.trim().is_empty())
+            .count()
+            .max(1) as u64;
+        let results: Vec<(&str, Result<Measure, String>, Option<u64>)> = bench
             .targets
             .iter()
-            .map(|t| (t.name, pgbench(&t.url, w.mode, &path, &bench.dir)))
+            .map(|t| {
+                let before = t.pid.and_then(cpu_us);
+                let m = pgbench(&t.url, w.mode, &path, &bench.dir);
+                let used = before.zip(t.pid.and_then(cpu_us)).map(|(a, b)| b - a);
+                (t.name, m, used)
+            })
             .collect();
         let ours = results
             .iter()
             .find(|r| r.0 == "pieskieo")
             .and_then(|r| r.1.as_ref().ok())
             .map_or(f64::NAN, |m| m.tps);
-        for (name, m) in &results {
+        for (name, m, used) in &results {
             match m {
                 Ok(m) => {
                     let ratio = if *name == "pieskieo" {
@@ -630,12 +679,18 @@ async fn main() {
                     } else {
                         format!("{:.2}×", ours / m.tps)
                     };
+                    let cpu = match used {
+                        Some(us) if m.done > 0 => {
+                            format!("{:.1}", *us as f64 / (m.done * statements) as f64)
+                        }
+                        _ => String::new(),
+                    };
                     println!(
-                        "| {} | {name} | {:.0} | {:.2} | {:.2} | {} | {ratio} |",
+                        "| {} | {name} | {:.0} | {:.2} | {:.2} | {} | {ratio} | {cpu} |",
                         w.name, m.tps, m.p50_ms, m.p99_ms, m.failed
                     );
                 }
-                Err(e) => println!("| {} | {name} | could not run: {e} | | | | |", w.name),
+                Err(e) => println!("| {} | {name} | could not run: {e} | | | | | |", w.name),
             }
         }
     }

@@ -7,6 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::SqlState;
+use pgwire::messages as pg;
 
 /// One protocol message: `bytes` holds the tag, the length and the body.
 #[derive(Debug, Clone)]
@@ -134,6 +135,25 @@ pub fn put_cstr(buf: &mut BytesMut, s: &str) {
     buf.put_u8(0);
 }
 
+/// Encodes one of pgwire's message types: tag, length, body. Used for every
+/// message the proxy writes to a client itself.
+///
+/// `Message::encode`'s length limits protect a decoder; what the proxy
+/// writes may be longer (a `ParameterStatus` of a long `search_path`), so
+/// the frame is made here around pgwire's body encoder.
+pub fn encode<M: pgwire::messages::Message>(m: &M) -> Bytes {
+    let len = m.message_length();
+    let mut buf = BytesMut::with_capacity(len + 1);
+    if let Some(tag) = M::message_type() {
+        buf.put_u8(tag);
+    }
+    buf.put_i32(len as i32);
+    // The body encoders of the messages used here cannot fail.
+    let encoded = m.encode_body(&mut buf);
+    debug_assert!(encoded.is_ok(), "{encoded:?}");
+    buf.freeze()
+}
+
 /// Severity of a proxy-made error or notice.
 #[derive(Debug, Clone, Copy)]
 pub enum Severity {
@@ -152,6 +172,24 @@ impl Severity {
     }
 }
 
+/// An `ErrorResponse` (or `NoticeResponse` for warnings) from its fields.
+fn error_or_notice(severity: Severity, fields: Vec<(u8, String)>) -> Bytes {
+    match severity {
+        Severity::Warning => encode(&pg::response::NoticeResponse::new(fields)),
+        Severity::Error | Severity::Fatal => encode(&pg::response::ErrorResponse::new(fields)),
+    }
+}
+
+/// The fields every proxy-made error starts with.
+fn head_fields(severity: Severity, code: SqlState, msg: &str) -> Vec<(u8, String)> {
+    vec![
+        (b'S', severity.as_str().to_string()),
+        (b'V', severity.as_str().to_string()),
+        (b'C', code.code().to_string()),
+        (b'M', msg.to_string()),
+    ]
+}
+
 /// An `ErrorResponse` (or `NoticeResponse` for warnings) made by the proxy itself.
 pub fn error_response(
     severity: Severity,
@@ -159,30 +197,29 @@ pub fn error_response(
     msg: &str,
     detail: Option<&str>,
 ) -> Bytes {
-    let tag = match severity {
-        Severity::Warning => b'N',
-        Severity::Error | Severity::Fatal => b'E',
-    };
-    message(tag, |b| {
-        b.put_u8(b'S');
-        put_cstr(b, severity.as_str());
-        b.put_u8(b'V');
-        put_cstr(b, severity.as_str());
-        b.put_u8(b'C');
-        put_cstr(b, code.code());
-        b.put_u8(b'M');
-        put_cstr(b, msg);
-        if let Some(d) = detail {
-            b.put_u8(b'D');
-            put_cstr(b, d);
-        }
-        b.put_u8(0);
-    })
+    let mut fields = head_fields(severity, code, msg);
+    if let Some(d) = detail {
+        fields.push((b'D', d.to_string()));
+    }
+    error_or_notice(severity, fields)
 }
 
-/// ReadyForQuery: six bytes, built without allocating (one per statement).
-pub fn ready_for_query(status: u8) -> [u8; 6] {
-    [b'Z', 0, 0, 0, 5, status]
+/// ReadyForQuery, encoded once per status (one is sent per statement).
+pub fn ready_for_query(status: u8) -> &'static [u8] {
+    use pg::response::{ReadyForQuery, TransactionStatus};
+    static READY: std::sync::LazyLock<[Bytes; 3]> = std::sync::LazyLock::new(|| {
+        [
+            TransactionStatus::Idle,
+            TransactionStatus::Transaction,
+            TransactionStatus::Error,
+        ]
+        .map(|s| encode(&ReadyForQuery::new(s)))
+    });
+    match status {
+        b'T' => &READY[1],
+        b'E' => &READY[2],
+        _ => &READY[0],
+    }
 }
 
 /// An `ErrorResponse` with PostgreSQL's CONTEXT field (`W`), for errors the
@@ -193,24 +230,12 @@ pub fn error_with_context(code: SqlState, msg: &str, context: &str) -> Bytes {
 
 /// An `ErrorResponse` with a HINT (when there is one) and a CONTEXT line.
 pub fn error_with_hint(code: SqlState, msg: &str, hint: Option<&str>, context: &str) -> Bytes {
-    message(b'E', |b| {
-        for (field, value) in [
-            (b'S', "ERROR"),
-            (b'V', "ERROR"),
-            (b'C', code.code()),
-            (b'M', msg),
-        ] {
-            b.put_u8(field);
-            put_cstr(b, value);
-        }
-        if let Some(h) = hint {
-            b.put_u8(b'H');
-            put_cstr(b, h);
-        }
-        b.put_u8(b'W');
-        put_cstr(b, context);
-        b.put_u8(0);
-    })
+    let mut fields = head_fields(Severity::Error, code, msg);
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_string()));
+    }
+    fields.push((b'W', context.to_string()));
+    error_or_notice(Severity::Error, fields)
 }
 
 /// An `ErrorResponse` with its CONTEXT field passed through `f` (the other
@@ -230,6 +255,10 @@ pub fn map_error_context(bytes: &[u8], f: impl Fn(&str) -> Option<String>) -> Op
 /// An `ErrorResponse` with every field passed through `f` (given its code
 /// and value; `None` drops the field); `None` when `bytes` is not a
 /// well-formed one.
+///
+/// Read here, not with pgwire's decoder: that one panics on a body without
+/// its final NUL and replaces bytes that are not UTF-8, and this reads what
+/// a shard sent.
 pub fn rewrite_error(bytes: &[u8], f: impl Fn(u8, &str) -> Option<String>) -> Option<Bytes> {
     let body = bytes.get(5..)?;
     let mut fields = Vec::new();
@@ -244,43 +273,82 @@ pub fn rewrite_error(bytes: &[u8], f: impl Fn(u8, &str) -> Option<String>) -> Op
         }
         rest = next;
     }
-    Some(message(b'E', |b| {
-        for (code, value) in &fields {
-            b.put_u8(*code);
-            put_cstr(b, value);
-        }
-        b.put_u8(0);
-    }))
+    Some(encode(&pg::response::ErrorResponse::new(fields)))
 }
 
 pub fn command_complete(tag: &str) -> Bytes {
-    message(b'C', |b| put_cstr(b, tag))
+    encode(&pg::response::CommandComplete::new(tag.to_string()))
 }
 
 pub fn empty_query_response() -> Bytes {
-    message(b'I', |_| {})
+    encode(&pg::response::EmptyQueryResponse::new())
 }
 
 pub fn parameter_status(name: &str, value: &str) -> Bytes {
-    message(b'S', |b| {
-        put_cstr(b, name);
-        put_cstr(b, value);
-    })
+    encode(&pg::startup::ParameterStatus::new(
+        name.to_string(),
+        value.to_string(),
+    ))
 }
 
 pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
-    message(b'K', |b| {
-        b.put_i32(pid);
-        b.put_i32(secret);
-    })
+    encode(&pg::startup::BackendKeyData::new(
+        pid,
+        pg::startup::SecretKey::I32(secret),
+    ))
 }
 
-/// `Authentication*` message with a code and optional payload.
+pub fn parse_complete() -> Bytes {
+    encode(&pg::extendedquery::ParseComplete::new())
+}
+
+pub fn bind_complete() -> Bytes {
+    encode(&pg::extendedquery::BindComplete::new())
+}
+
+pub fn close_complete() -> Bytes {
+    encode(&pg::extendedquery::CloseComplete::new())
+}
+
+pub fn portal_suspended() -> Bytes {
+    encode(&pg::extendedquery::PortalSuspended::new())
+}
+
+pub fn no_data() -> Bytes {
+    encode(&pg::data::NoData::new())
+}
+
+pub fn parameter_description(types: &[u32]) -> Bytes {
+    encode(&pg::data::ParameterDescription::new(types.to_vec()))
+}
+
+/// NegotiateProtocolVersion: the newest minor version the proxy speaks
+/// and the startup options it does not know.
+pub fn negotiate_protocol_version(minor: i32, unknown: &[String]) -> Bytes {
+    encode(&pg::startup::NegotiateProtocolVersion::new(
+        minor,
+        unknown.to_vec(),
+    ))
+}
+
+/// `Authentication*` message with a code and its payload.
 pub fn authentication(code: i32, payload: &[u8]) -> Bytes {
-    message(b'R', |b| {
-        b.put_i32(code);
-        b.put_slice(payload);
-    })
+    use pg::startup::Authentication as A;
+    let m = match code {
+        0 => A::Ok,
+        3 => A::CleartextPassword,
+        5 => A::MD5Password(payload.to_vec()),
+        10 => A::SASL(
+            payload
+                .split(|&b| b == 0)
+                .filter(|m| !m.is_empty())
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .collect(),
+        ),
+        11 => A::SASLContinue(Bytes::copy_from_slice(payload)),
+        _ => A::SASLFinal(Bytes::copy_from_slice(payload)),
+    };
+    encode(&m)
 }
 
 /// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
@@ -373,6 +441,69 @@ mod tests {
             read_frame(&mut r, 1 << 20).await,
             Err(FrameError::BadLength(2))
         ));
+    }
+
+    /// The messages the proxy makes with pgwire are byte for byte what
+    /// PostgreSQL sends (the layouts of the protocol documentation).
+    #[test]
+    fn pgwire_messages_are_postgres_bytes() {
+        assert_eq!(ready_for_query(b'I'), b"Z\0\0\0\x05I");
+        assert_eq!(ready_for_query(b'T'), b"Z\0\0\0\x05T");
+        assert_eq!(ready_for_query(b'E'), b"Z\0\0\0\x05E");
+        assert_eq!(&command_complete("SELECT 1")[..], b"C\0\0\0\x0dSELECT 1\0");
+        assert_eq!(
+            &error_response(Severity::Error, SqlState::FEATURE_NOT_SUPPORTED, "no", None)[..],
+            b"E\0\0\0\x1eSERROR\0VERROR\0C0A000\0Mno\0\0"
+        );
+        assert_eq!(&parse_complete()[..], b"1\0\0\0\x04");
+        assert_eq!(&bind_complete()[..], b"2\0\0\0\x04");
+        assert_eq!(&no_data()[..], b"n\0\0\0\x04");
+        assert_eq!(
+            &parameter_description(&[23])[..],
+            b"t\0\0\0\x0a\0\x01\0\0\0\x17"
+        );
+        assert_eq!(&authentication(0, &[])[..], b"R\0\0\0\x08\0\0\0\0");
+        assert_eq!(
+            &authentication(10, b"SCRAM-SHA-256\0\0")[..],
+            b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0"
+        );
+        assert_eq!(
+            &negotiate_protocol_version(0, &["_pq_.x".into()])[..],
+            b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0"
+        );
+        // A long ParameterStatus (pgwire's decoder limit is 30,000 bytes).
+        let long = "x".repeat(40_000);
+        assert_eq!(
+            parameter_status("search_path", &long).len(),
+            1 + 4 + 12 + 40_001
+        );
+    }
+
+    /// Why the messages of the query phase are still read by hand: pgwire's
+    /// decoders turn bytes that are not UTF-8 into U+FFFD (a LATIN1
+    /// client's query would reach the shard changed) and panic on a
+    /// truncated Bind, where PostgreSQL answers 08P01.
+    #[test]
+    fn pgwire_query_phase_decoders_cannot_serve_a_proxy() {
+        use pgwire::messages::{extendedquery::Bind, simplequery::Query, DecodeContext, Message};
+        let latin1 = b"SELECT 'caf\xe9'\0";
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'Q');
+        buf.put_i32(4 + latin1.len() as i32);
+        buf.put_slice(latin1);
+        let q = Query::decode(&mut buf, &DecodeContext::default())
+            .unwrap()
+            .unwrap();
+        assert_ne!(q.query.as_bytes(), &latin1[..latin1.len() - 1]);
+
+        let mut bind = BytesMut::new();
+        bind.put_u8(b'B');
+        bind.put_i32(4 + 2 + 2 + 2);
+        bind.put_slice(b"\0\0\0\0\0\x05");
+        let panicked = std::panic::catch_unwind(move || {
+            let _ = Bind::decode(&mut bind, &DecodeContext::default());
+        });
+        assert!(panicked.is_err(), "pgwire now rejects a truncated Bind");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use metrics::serve_metrics;
 pub use stats::{ShardStats, Stats};
 
 use crate::frontend::Shared;
-use crate::protocol::{command_complete, message, put_cstr};
+use crate::protocol::{command_complete, encode};
 use crate::router::leading_words;
 
 /// What the console answers: rows of text under named columns, or an error.
@@ -41,26 +41,19 @@ impl Answer {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(rows.len() + 2);
-        out.push(message(b'T', |b| {
-            b.put_i16(columns.len() as i16);
-            for c in columns {
-                put_cstr(b, c);
-                b.put_u32(0);
-                b.put_i16(0);
-                b.put_u32(TEXT_OID);
-                b.put_i16(-1);
-                b.put_i32(-1);
-                b.put_i16(0);
-            }
-        }));
+        use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+        let fields = columns
+            .iter()
+            .map(|c| FieldDescription::new(c.to_string(), 0, 0, TEXT_OID, -1, -1, 0))
+            .collect();
+        out.push(encode(&RowDescription::new(fields)));
         for r in rows {
-            out.push(message(b'D', |b| {
-                b.put_i16(r.len() as i16);
-                for v in r {
-                    b.put_i32(v.len() as i32);
-                    b.put_slice(v.as_bytes());
-                }
-            }));
+            let mut data = bytes::BytesMut::new();
+            for v in r {
+                data.put_i32(v.len() as i32);
+                data.put_slice(v.as_bytes());
+            }
+            out.push(encode(&DataRow::new(data, r.len() as i16)));
         }
         out.push(command_complete(&format!("{verb} {}", rows.len())));
         out

@@ -3,7 +3,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ClientError;
-use crate::protocol::{message, put_cstr, take_cstr};
+use crate::protocol::{self, take_cstr};
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -92,13 +92,7 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
                 let minor = c & 0xffff;
                 if minor > 0 || !unknown.is_empty() {
                     // We speak 3.0; tell the client, as PostgreSQL does.
-                    let m = message(b'v', |b| {
-                        b.extend_from_slice(&0i32.to_be_bytes());
-                        b.extend_from_slice(&(unknown.len() as i32).to_be_bytes());
-                        for u in &unknown {
-                            put_cstr(b, u);
-                        }
-                    });
+                    let m = protocol::negotiate_protocol_version(0, &unknown);
                     stream
                         .write_all(&m)
                         .await

@@ -41,6 +41,26 @@ pub(super) fn parse_description(body: &[u8]) -> Option<Vec<Field>> {
 }
 
 fn description(fields: &[Field]) -> Bytes {
+    use pgwire::messages::data::{FieldDescription, RowDescription};
+    let named: Option<Vec<FieldDescription>> = fields
+        .iter()
+        .map(|f| {
+            Some(FieldDescription::new(
+                String::from_utf8(f.name.clone()).ok()?,
+                f.table,
+                f.attnum,
+                f.type_oid,
+                f.typlen,
+                f.typmod,
+                f.format,
+            ))
+        })
+        .collect();
+    if let Some(named) = named {
+        return protocol::encode(&RowDescription::new(named));
+    }
+    // pgwire's field names are Rust strings; a name in a client encoding
+    // other than UTF-8 (LATIN1, say) is written as the shard sent it.
     message(b'T', |b| {
         b.put_i16(fields.len() as i16);
         for f in fields {
@@ -140,18 +160,24 @@ pub(super) fn parse_row(f: &Frame) -> Option<Row> {
 }
 
 fn data_row(cols: &[Option<Bytes>]) -> Bytes {
-    message(b'D', |b| {
-        b.put_i16(cols.len() as i16);
-        for c in cols {
-            match c {
-                Some(v) => {
-                    b.put_i32(v.len() as i32);
-                    b.put_slice(v);
-                }
-                None => b.put_i32(-1),
+    let mut data = bytes::BytesMut::with_capacity(
+        cols.iter()
+            .map(|c| 4 + c.as_ref().map_or(0, |v| v.len()))
+            .sum(),
+    );
+    for c in cols {
+        match c {
+            Some(v) => {
+                data.put_i32(v.len() as i32);
+                data.put_slice(v);
             }
+            None => data.put_i32(-1),
         }
-    })
+    }
+    protocol::encode(&pgwire::messages::data::DataRow::new(
+        data,
+        cols.len() as i16,
+    ))
 }
 
 /// An error the merge itself raises, as the client will see it.

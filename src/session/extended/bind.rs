@@ -204,7 +204,7 @@ impl Session {
                         done: false,
                     },
                 );
-                self.write(&message(b'2', |_| {})).await?;
+                self.write(&protocol::bind_complete()).await?;
                 return Ok(true);
             }
         };

@@ -120,7 +120,7 @@ impl Session {
                 }
                 match o {
                     Owed::Synth(_) => self
-                        .write(&message(b'1', |_| {}))
+                        .write(&protocol::parse_complete())
                         .await
                         .map_err(ExecError::Client)?,
                     Owed::Prepared(name) => {

@@ -221,7 +221,7 @@ impl Session {
             self.write(&r).await?;
         }
         if suspended {
-            self.write(&message(b's', |_| {})).await?;
+            self.write(&protocol::portal_suspended()).await?;
             return Ok(true);
         }
         let tag = tail

@@ -559,7 +559,7 @@ impl Session {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
         self.ext.stmts.insert(name.to_string(), stmt);
-        self.write(&message(b'1', |_| {})).await?;
+        self.write(&protocol::parse_complete()).await?;
         Ok(true)
     }
 

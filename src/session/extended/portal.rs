@@ -39,14 +39,8 @@ impl Session {
                     return self.describe_in_failed_block(name).await;
                 }
                 let types = s.types.clone();
-                self.write(&message(b't', |b| {
-                    b.put_i16(types.len() as i16);
-                    for t in &types {
-                        b.put_u32(*t);
-                    }
-                }))
-                .await?;
-                self.write(&message(b'n', |_| {})).await?;
+                self.write(&protocol::parameter_description(&types)).await?;
+                self.write(&protocol::no_data()).await?;
                 return Ok(true);
             }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
@@ -82,7 +76,7 @@ impl Session {
                     .await?);
             }
             Some(PortalKind::Control { .. }) => {
-                self.write(&message(b'n', |_| {})).await?;
+                self.write(&protocol::no_data()).await?;
                 return Ok(true);
             }
             Some(_) if self.block == Block::Failed => {
@@ -327,7 +321,7 @@ impl Session {
                 }
             }
         }
-        self.write(&message(b'3', |_| {})).await?;
+        self.write(&protocol::close_complete()).await?;
         Ok(true)
     }
 
