@@ -22,7 +22,7 @@ pub(super) async fn admin_console(
         hello.push(protocol::parameter_status(k, v));
     }
     hello.push(protocol::backend_key_data(pid, 0));
-    hello.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(
+    hello.push(bytes::Bytes::copy_from_slice(protocol::ready_for_query(
         b'I',
     )));
     for m in hello {
@@ -67,12 +67,12 @@ pub(super) async fn admin_console(
                     ));
                     break;
                 }
-                replies.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(
+                replies.push(bytes::Bytes::copy_from_slice(protocol::ready_for_query(
                     b'I',
                 )));
             }
             b'X' => return,
-            b'S' => replies.push(bytes::Bytes::copy_from_slice(&protocol::ready_for_query(
+            b'S' => replies.push(bytes::Bytes::copy_from_slice(protocol::ready_for_query(
                 b'I',
             ))),
             _ => {

@@ -359,7 +359,7 @@ impl Session {
     async fn error_then_ready(&mut self, e: Error) -> Io {
         self.error(e).await?;
         let rfq = protocol::ready_for_query(self.status_byte());
-        self.write(&rfq).await
+        self.write(rfq).await
     }
 
     /// A simple query. Several statements are one implicit block, as in
@@ -407,7 +407,7 @@ impl Session {
             }
         }
         let rfq = protocol::ready_for_query(self.status_byte());
-        self.write(&rfq).await
+        self.write(rfq).await
     }
 
     /// The end of a query or segment: an implicit block still open commits

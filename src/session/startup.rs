@@ -39,7 +39,7 @@ impl Session {
         let secret: i32 = rand::random();
         self.cancel_targets = self.shared.cancels.register(pid, secret);
         self.write(&protocol::backend_key_data(pid, secret)).await?;
-        self.write(&protocol::ready_for_query(b'I')).await?;
+        self.write(protocol::ready_for_query(b'I')).await?;
         self.out.flush().await?;
         Ok(())
     }

@@ -177,7 +177,7 @@ impl Session {
         self.ext.buffered.clear();
         self.ext.decided = false;
         let rfq = protocol::ready_for_query(self.status_byte());
-        self.write(&rfq).await
+        self.write(rfq).await
     }
 
     /// The server-side name of client statement `name`, with a Parse queued

@@ -167,7 +167,7 @@ impl Session {
         self.ext.skipping = false;
         self.ext.decided = false;
         let rfq = protocol::ready_for_query(self.status_byte());
-        self.write(&rfq).await
+        self.write(rfq).await
     }
 }
 
