@@ -84,6 +84,12 @@ pub enum ClientError {
     IdleInTransaction,
     #[error("this server requires TLS (connect with sslmode=require or stricter)")]
     TlsRequired,
+    /// The `auth_query` shard could not be reached (the log names it).
+    #[error("could not look up the password of user \"{0}\": the auth_query shard is unavailable")]
+    AuthLookupUnavailable(String),
+    /// The `auth_query` shard answered with an error (the log says which).
+    #[error("could not look up the password of user \"{0}\": the auth_query failed (see the proxy's log)")]
+    AuthLookupFailed(String),
     #[error("startup option \"{0}\" is not supported through Pieskieo: pass settings in options as -c name=value or --name=value")]
     StartupOption(String),
 }
@@ -209,6 +215,8 @@ impl Error {
                 ClientError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 ClientError::TlsRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                 ClientError::StartupOption(_) => SqlState::FEATURE_NOT_SUPPORTED,
+                ClientError::AuthLookupUnavailable(_) => SqlState::CONNECTION_FAILURE,
+                ClientError::AuthLookupFailed(_) => SqlState::INTERNAL_ERROR,
             },
             Error::Route(e) => e.sqlstate(),
             Error::Backend(e) => e.sqlstate(),

@@ -5,8 +5,9 @@
 //!
 //! In the order a client's statement flows through them:
 //!
-//! - [`frontend`]: the edge — the listener, TLS, startup, authentication and
-//!   cancellation of clients, and the handles every session shares.
+//! - [`frontend`]: the edge — the listener, TLS, startup, authentication
+//!   (with passthrough lookups on a shard) and cancellation of clients, and
+//!   the handles every session shares.
 //! - `session`: one per client — the transaction-block state machine after
 //!   PostgreSQL's `xact.c` (`session/state.rs`), the simple and extended
 //!   query protocols, block control, settings that stay with their client;

@@ -106,6 +106,13 @@ fn main() -> ExitCode {
                     eprintln!("pieskieo: {}: field `tls`: {e}", config.display());
                     return ExitCode::from(2);
                 }
+                if let Some(users) = cfg.exposed_trust_users() {
+                    eprintln!(
+                        "pieskieo: warning: trust users ({}) log in without a password and `listen` ({}) is not loopback",
+                        users.join(", "),
+                        cfg.listen
+                    );
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -217,6 +217,12 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                 vec!["default_shard".into(), cfg.default_shard.to_string()],
                 vec!["shards".into(), cfg.shards.len().to_string()],
                 vec![
+                    "auth_query".into(),
+                    cfg.auth_query.as_ref().map_or("off".into(), |q| {
+                        format!("shard {}", q.shard.unwrap_or(cfg.default_shard))
+                    }),
+                ],
+                vec![
                     "txn.recovery_grace_ms".into(),
                     cfg.txn.recovery_grace_ms.to_string(),
                 ],

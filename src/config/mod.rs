@@ -81,6 +81,10 @@ pub struct Config {
     pub txn: TxnSettings,
     #[serde(default)]
     pub users: Vec<User>,
+    /// Passthrough authentication: users not in `users` are looked up on a
+    /// shard (PgBouncer's `auth_query`); off when left out.
+    #[serde(default)]
+    pub auth_query: Option<AuthQuery>,
     pub shards: Vec<Shard>,
     #[serde(default)]
     pub tables: Vec<ShardedTable>,
@@ -232,18 +236,65 @@ pub enum AuthMethod {
     Md5,
     #[serde(rename = "cleartext")]
     Cleartext,
+    /// No password asked, as PostgreSQL's `trust`.
+    #[serde(rename = "trust")]
+    Trust,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
-    /// Plain password; or give `scram_verifier` instead (SCRAM only).
+    /// Plain password; or give `scram_verifier` instead (SCRAM only). A
+    /// `trust` user takes neither.
     pub password: Option<String>,
     /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as in `pg_authid`.
     pub scram_verifier: Option<String>,
     #[serde(default = "default_auth")]
     pub auth: AuthMethod,
+}
+
+/// Where and how the passwords of users not listed in `users` are looked up.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthQuery {
+    /// Run with the user name as `$1`; the last column of its first row is
+    /// the stored password (`SCRAM-SHA-256$...` or `md5...`). No row, or
+    /// NULL, fails as a wrong password does.
+    #[serde(default = "default_auth_query")]
+    pub query: String,
+    /// The shard it runs on (default: `default_shard`).
+    #[serde(default)]
+    pub shard: Option<u32>,
+    /// The role it connects as (default: the shard's own `user`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// That role's password; with `user` left out, the shard's own password.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `pg_authid` as PostgreSQL's own login reads it: only roles that may log
+/// in, and no password once `VALID UNTIL` has passed. Needs a superuser (or
+/// a `SECURITY DEFINER` function in its place).
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil IS NULL OR rolvaliduntil > now() THEN rolpassword END FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolcanlogin";
+
+fn default_auth_query() -> String {
+    DEFAULT_AUTH_QUERY.into()
+}
+
+impl Config {
+    /// Names of `trust` users, when the listener is reachable from another
+    /// host: a warning for the log at startup and at reload.
+    pub fn exposed_trust_users(&self) -> Option<Vec<&str>> {
+        let trust: Vec<&str> = self
+            .users
+            .iter()
+            .filter(|u| u.auth == AuthMethod::Trust)
+            .map(|u| u.name.as_str())
+            .collect();
+        (!trust.is_empty() && !self.listen_addr().ip().is_loopback()).then_some(trust)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -467,13 +518,14 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
     }
     let users = |c: &Config| c.users.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
     if users(old) != users(new)
-        || old
-            .users
-            .iter()
-            .zip(&new.users)
-            .any(|(a, b)| a.password != b.password || a.scram_verifier != b.scram_verifier)
+        || old.users.iter().zip(&new.users).any(|(a, b)| {
+            a.password != b.password || a.scram_verifier != b.scram_verifier || a.auth != b.auth
+        })
     {
         changes.push("users".into());
+    }
+    if old.auth_query != new.auth_query {
+        changes.push("auth_query".into());
     }
     if format!("{:?}", old.limits) != format!("{:?}", new.limits) {
         changes.push("limits".into());
@@ -526,6 +578,64 @@ key_type = "int8"
         assert_eq!(new.txn.deadlock_timeout_ms, 0);
         let e = reload_changes(&old, &new).unwrap_err();
         assert!(e.contains("txn.deadlock_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn trust_users_need_no_password_and_warn_off_loopback() {
+        let trust = "[[users]]\nname = \"t\"\nauth = \"trust\"\n";
+        let c = Config::parse(&format!("{GOOD}{trust}"), "t.toml").unwrap();
+        assert_eq!(c.users[1].auth, AuthMethod::Trust);
+        assert!(c.exposed_trust_users().is_none(), "127.0.0.1 is loopback");
+        for listen in ["0.0.0.0:6432", "192.168.1.5:6432", "[::]:6432"] {
+            let text = format!("listen = \"{listen}\"\n{GOOD}{trust}");
+            let c = Config::parse(&text, "t.toml").unwrap();
+            assert_eq!(c.exposed_trust_users(), Some(vec!["t"]), "{listen}");
+        }
+        let v6 = format!("listen = \"[::1]:6432\"\n{GOOD}{trust}");
+        assert!(Config::parse(&v6, "t.toml")
+            .unwrap()
+            .exposed_trust_users()
+            .is_none());
+        let exposed = format!("listen = \"0.0.0.0:6432\"\n{GOOD}");
+        assert!(Config::parse(&exposed, "t.toml")
+            .unwrap()
+            .exposed_trust_users()
+            .is_none());
+        // A password on a trust user would protect nothing: refused.
+        let e = Config::parse(&format!("{GOOD}{trust}password = \"p\"\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("users[1].auth") && e.contains("never asked"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn auth_query_defaults_and_checks() {
+        let no_users = GOOD.replace("[[users]]\nname = \"app\"\npassword = \"secret\"\n", "");
+        assert!(
+            Config::parse(&no_users, "t.toml").is_err(),
+            "no users, no auth_query"
+        );
+        let c = Config::parse(&format!("{no_users}[auth_query]\n"), "t.toml").unwrap();
+        let q = c.auth_query.as_ref().unwrap();
+        assert_eq!(q.query, DEFAULT_AUTH_QUERY);
+        assert_eq!((q.shard, q.user.as_deref()), (None, None));
+        let cases = [
+            ("shard = 2\n", "auth_query.shard"),
+            ("query = \"SELECT 1\"\n", "auth_query.query"),
+            ("password = \"p\"\n", "auth_query.password"),
+            ("timeout = 1\n", "timeout"),
+        ];
+        for (extra, field) in cases {
+            let text = format!("{GOOD}[auth_query]\n{extra}");
+            let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let old = Config::parse(GOOD, "t.toml").unwrap();
+        let new = Config::parse(&format!("{GOOD}[auth_query]\nshard = 1\n"), "t.toml").unwrap();
+        assert_eq!(reload_changes(&old, &new).unwrap(), vec!["auth_query"]);
     }
 
     #[test]

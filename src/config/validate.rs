@@ -107,8 +107,31 @@ impl Config {
                 format!("no shard with id {}", self.default_shard),
             ));
         }
-        if self.users.is_empty() {
-            return Err(bad("users".into(), "at least one user is required".into()));
+        if self.users.is_empty() && self.auth_query.is_none() {
+            return Err(bad(
+                "users".into(),
+                "at least one user is required (or `[auth_query]`)".into(),
+            ));
+        }
+        if let Some(q) = &self.auth_query {
+            if !q.query.contains("$1") {
+                return Err(bad(
+                    "auth_query.query".into(),
+                    "must take the user name as `$1`".into(),
+                ));
+            }
+            if q.shard.is_some_and(|s| s >= n) {
+                return Err(bad(
+                    "auth_query.shard".into(),
+                    format!("no shard with id {}", q.shard.unwrap_or_default()),
+                ));
+            }
+            if q.password.is_some() && q.user.is_none() {
+                return Err(bad(
+                    "auth_query.password".into(),
+                    "needs `auth_query.user` (without both, the shard's own user and password are used)".into(),
+                ));
+            }
         }
         let mut names = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
@@ -119,6 +142,13 @@ impl Config {
                 ));
             }
             match (&u.password, &u.scram_verifier, u.auth) {
+                (None, None, AuthMethod::Trust) => {}
+                (Some(_), _, AuthMethod::Trust) | (_, Some(_), AuthMethod::Trust) => {
+                    return Err(bad(
+                        format!("users[{i}].auth"),
+                        "a trust user is never asked for a password: remove `password` and `scram_verifier`, or choose another `auth`".into(),
+                    ))
+                }
                 (None, None, _) => {
                     return Err(bad(
                         format!("users[{i}]"),

@@ -1,24 +1,43 @@
 //! Client authentication: SCRAM-SHA-256 (server side, RFC 5802/7677 as
-//! PostgreSQL speaks it), md5 and cleartext, against the configured users.
+//! PostgreSQL speaks it), md5, cleartext and trust, against the configured
+//! users or, for users not configured, the password `auth_query` finds on a
+//! shard (`passthrough`). A user with nothing to check against runs a mock
+//! SCRAM exchange that costs as little as a real one and fails as a wrong
+//! password does.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::BufMut;
 use hmac::{Hmac, KeyInit, Mac};
+use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{AuthMethod, User};
+use super::passthrough::{Found, LookupError, PasswordLookup};
+use crate::config::{AuthMethod, Config, User};
 use crate::error::ClientError;
 use crate::protocol::{authentication, read_frame, take_cstr};
 
 const ITERATIONS: u32 = 4096;
 
 /// SCRAM secrets derived from configured plain passwords, one salt per user as
-/// PostgreSQL keeps them: the 4096-round key derivation runs once, not per login.
-#[derive(Default)]
+/// PostgreSQL keeps them: the 4096-round key derivation runs once, not per
+/// login. Also the per-process key of mock salts.
 pub struct SecretCache {
     secrets: std::sync::Mutex<std::collections::HashMap<(String, String), ScramSecret>>,
+    /// Mixed into mock salts (PostgreSQL's `mock_auth_nonce`): an unknown
+    /// user's salt is the same at every attempt, as a real user's is, but
+    /// cannot be computed outside this process.
+    mock_key: [u8; 32],
+}
+
+impl Default for SecretCache {
+    fn default() -> Self {
+        SecretCache {
+            secrets: Default::default(),
+            mock_key: random_bytes(),
+        }
+    }
 }
 
 impl SecretCache {
@@ -33,6 +52,176 @@ impl SecretCache {
         }
         s
     }
+
+    /// The secret a user with no password is "checked" against, as
+    /// PostgreSQL's `scram_mock_salt`: the salt is a hash of the name and
+    /// the process's key, the keys are random and no key derivation runs,
+    /// so a guess costs the proxy a few hashes and the answer says nothing.
+    fn mock(&self, user: &str) -> ScramSecret {
+        let mut h = Sha256::new();
+        h.update(user.as_bytes());
+        h.update(self.mock_key);
+        ScramSecret {
+            iterations: ITERATIONS,
+            salt: h.finalize()[..16].to_vec(),
+            stored_key: random_bytes::<32>().to_vec(),
+            server_key: random_bytes::<32>().to_vec(),
+        }
+    }
+}
+
+/// Why a user has nothing to check a password against (for the log; the
+/// client sees a wrong password either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// Not in `users`, and no `[auth_query]`.
+    NotConfigured,
+    /// `auth_query` found no row (no such role, or one that cannot log in).
+    NotFound,
+    /// No password to check: none in the configuration, or `auth_query`
+    /// found the role with a NULL one (none set, or expired under the
+    /// default query).
+    NoPassword,
+    /// `auth_query` found something neither a SCRAM verifier nor an md5 hash.
+    Unusable,
+}
+
+impl Miss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Miss::NotConfigured => "no such user",
+            Miss::NotFound => "auth_query found no role that can log in",
+            Miss::NoPassword => "no valid password is set",
+            Miss::Unusable => "auth_query returned neither a SCRAM verifier nor an md5 hash",
+        }
+    }
+}
+
+/// What a client's password is checked against, found before the exchange
+/// (its kind decides which exchange runs).
+#[derive(Clone)]
+pub enum Credential {
+    /// No password asked (`auth = "trust"`).
+    Trust,
+    /// The password itself (`auth = "cleartext"`).
+    Cleartext(String),
+    /// `md5` and the hex MD5 of password and user name, as PostgreSQL stores it.
+    Md5(String),
+    Scram(ScramSecret),
+    /// Nothing: a mock SCRAM exchange runs, then fails as a wrong password.
+    Missing(Miss),
+}
+
+/// A refused login: what the client is told, and why for the log.
+pub struct Refusal {
+    pub error: ClientError,
+    pub miss: Option<Miss>,
+}
+
+impl From<ClientError> for Refusal {
+    fn from(error: ClientError) -> Self {
+        Refusal { error, miss: None }
+    }
+}
+
+/// The credential of `user`: its `[[users]]` entry, else what `lookup`
+/// finds on its shard, else nothing.
+pub(crate) async fn credential(
+    config: &Config,
+    lookup: Option<&PasswordLookup>,
+    user: &str,
+    cache: &SecretCache,
+) -> Result<Credential, ClientError> {
+    if let Some(u) = config.users.iter().find(|u| u.name == user) {
+        return Ok(configured(u, cache));
+    }
+    let Some(lookup) = lookup else {
+        return Ok(Credential::Missing(Miss::NotConfigured));
+    };
+    match lookup.stored_password(user).await {
+        Ok(Found::NoRow) => Ok(Credential::Missing(Miss::NotFound)),
+        Ok(Found::NoPassword) => Ok(Credential::Missing(Miss::NoPassword)),
+        Ok(Found::Password(stored)) => Ok(stored_credential(&stored)),
+        Err(LookupError::Unavailable { .. }) => {
+            Err(ClientError::AuthLookupUnavailable(user.to_string()))
+        }
+        Err(LookupError::Failed { .. }) => Err(ClientError::AuthLookupFailed(user.to_string())),
+    }
+}
+
+fn configured(u: &User, cache: &SecretCache) -> Credential {
+    let none = Credential::Missing(Miss::NoPassword);
+    match (u.auth, &u.password, &u.scram_verifier) {
+        (AuthMethod::Trust, _, _) => Credential::Trust,
+        (AuthMethod::Cleartext, Some(p), _) => Credential::Cleartext(p.clone()),
+        (AuthMethod::Md5, Some(p), _) => Credential::Md5(md5_stored(&u.name, p)),
+        (AuthMethod::ScramSha256, _, Some(v)) => {
+            ScramSecret::parse(v).map_or(none, Credential::Scram)
+        }
+        (AuthMethod::ScramSha256, Some(p), None) => Credential::Scram(cache.secret(&u.name, p)),
+        // Refused by validation; never a login without a password.
+        (AuthMethod::Cleartext | AuthMethod::Md5 | AuthMethod::ScramSha256, None, _) => none,
+    }
+}
+
+/// A password as `pg_authid.rolpassword` stores it.
+fn stored_credential(stored: &str) -> Credential {
+    if let Some(s) = ScramSecret::parse(stored) {
+        return Credential::Scram(s);
+    }
+    match stored.strip_prefix("md5") {
+        Some(h) if h.len() == 32 && h.bytes().all(|c| c.is_ascii_hexdigit()) => {
+            Credential::Md5(stored.to_ascii_lowercase())
+        }
+        _ => Credential::Missing(Miss::Unusable),
+    }
+}
+
+/// `md5` and MD5(password, user) in hex: what PostgreSQL stores for md5.
+fn md5_stored(user: &str, password: &str) -> String {
+    let mut h = Md5::new();
+    h.update(password.as_bytes());
+    h.update(user.as_bytes());
+    format!("md5{}", hex(&h.finalize()))
+}
+
+/// What a client proving an md5 password sends: `md5` and
+/// MD5(hex of MD5(password, user), salt), computed from the stored hash alone.
+fn md5_response(stored: &str, salt: [u8; 4]) -> String {
+    let mut h = Md5::new();
+    h.update(stored.strip_prefix("md5").unwrap_or(stored).as_bytes());
+    h.update(salt);
+    format!("md5{}", hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Finds the credential of `user` and runs its exchange; `Ok` means the
+/// client may log in.
+pub(crate) async fn login<R, W>(
+    r: &mut R,
+    w: &mut W,
+    user: &str,
+    config: &Config,
+    lookup: Option<&PasswordLookup>,
+    cache: &SecretCache,
+) -> Result<(), Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let c = credential(config, lookup, user, cache).await?;
+    authenticate(r, w, user, &c, cache)
+        .await
+        .map_err(|error| Refusal {
+            error,
+            miss: match c {
+                Credential::Missing(m) => Some(m),
+                _ => None,
+            },
+        })
 }
 
 pub use crate::config::ScramSecret;
@@ -102,14 +291,15 @@ async fn read_password_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8
     Ok(f.body().to_vec())
 }
 
-/// Runs the configured exchange; `Ok` means the client proved the password.
-/// An unknown user runs a SCRAM exchange against a random secret, so failure
-/// looks the same as a wrong password.
+/// Runs the exchange `credential` asks for; `Ok` means the client proved the
+/// password (or none was asked). A missing credential runs a SCRAM
+/// exchange against a mock secret, so failure looks the same as a wrong
+/// password.
 pub async fn authenticate<R, W>(
     r: &mut R,
     w: &mut W,
     user_name: &str,
-    user: Option<&User>,
+    credential: &Credential,
     cache: &SecretCache,
 ) -> Result<(), ClientError>
 where
@@ -117,59 +307,37 @@ where
     W: AsyncWrite + Unpin,
 {
     let failed = || ClientError::AuthFailed(user_name.to_string());
-    let method = user.map(|u| u.auth).unwrap_or(AuthMethod::ScramSha256);
-    match method {
-        AuthMethod::Cleartext => {
+    match credential {
+        Credential::Trust => Ok(()),
+        Credential::Cleartext(expected) => {
             send(w, &authentication(3, &[])).await?;
             let body = read_password_message(r).await?;
             let given = take_cstr(&body).map(|x| x.0).unwrap_or_default();
-            let expected = user
-                .and_then(|u| u.password.as_deref())
-                .ok_or_else(failed)?;
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
             } else {
                 Err(failed())
             }
         }
-        AuthMethod::Md5 => {
+        Credential::Md5(stored) => {
             let salt: [u8; 4] = random_bytes();
             send(w, &authentication(5, &salt)).await?;
             let body = read_password_message(r).await?;
             let given = take_cstr(&body).map(|x| x.0).unwrap_or_default();
-            let password = user
-                .and_then(|u| u.password.as_deref())
-                .ok_or_else(failed)?;
-            let expected = postgres_protocol::authentication::md5_hash(
-                user_name.as_bytes(),
-                password.as_bytes(),
-                salt,
-            );
+            let expected = md5_response(stored, salt);
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
             } else {
                 Err(failed())
             }
         }
-        AuthMethod::ScramSha256 => {
-            let secret = match user {
-                Some(u) => match (&u.scram_verifier, &u.password) {
-                    (Some(v), _) => ScramSecret::parse(v).ok_or_else(failed)?,
-                    (None, Some(p)) => cache.secret(&u.name, p),
-                    (None, None) => return Err(failed()),
-                },
-                None => ScramSecret::from_password(
-                    &B64.encode(random_bytes::<16>()),
-                    &random_bytes::<16>(),
-                    ITERATIONS,
-                ),
-            };
-            let ok = scram_exchange(r, w, &secret).await?;
-            if ok && user.is_some() {
-                Ok(())
-            } else {
-                Err(failed())
-            }
+        Credential::Scram(secret) => match scram_exchange(r, w, secret).await? {
+            true => Ok(()),
+            false => Err(failed()),
+        },
+        Credential::Missing(_) => {
+            scram_exchange(r, w, &cache.mock(user_name)).await?;
+            Err(failed())
         }
     }
 }
@@ -263,6 +431,72 @@ mod tests {
         let p = ScramSecret::parse(&v).unwrap();
         assert_eq!(p.stored_key, s.stored_key);
         assert!(ScramSecret::parse("md5abc").is_none());
+    }
+
+    #[test]
+    fn md5_checks_against_the_stored_hash_as_libpq_answers() {
+        let salt = [0x2a, 0x3d, 0x8f, 0xe0];
+        let stored = md5_stored("md5_user", "password");
+        // What PostgreSQL stores for this user and password.
+        assert_eq!(stored, "md57cd2b9a92689eab2e58caf2da80afa15");
+        let client = postgres_protocol::authentication::md5_hash(b"md5_user", b"password", salt);
+        assert_eq!(md5_response(&stored, salt), client);
+        assert_ne!(md5_response(&stored, [0, 0, 0, 0]), client);
+    }
+
+    #[test]
+    fn stored_passwords_are_read_as_postgresql_writes_them() {
+        let v = ScramSecret::from_password("x", b"0123456789abcdef", 4096).verifier();
+        assert!(matches!(stored_credential(&v), Credential::Scram(_)));
+        let md5 = md5_stored("bob", "x");
+        assert!(matches!(stored_credential(&md5), Credential::Md5(h) if h == md5));
+        for junk in ["x", "md5abc", "SCRAM-SHA-256$4096:bad", ""] {
+            assert!(
+                matches!(stored_credential(junk), Credential::Missing(Miss::Unusable)),
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn mock_salt_is_stable_per_user_and_private_to_the_process() {
+        let a = SecretCache::default();
+        let b = SecretCache::default();
+        assert_eq!(a.mock("ghost").salt, a.mock("ghost").salt);
+        assert_eq!(a.mock("ghost").salt.len(), 16);
+        assert_ne!(a.mock("ghost").salt, a.mock("ghost2").salt);
+        assert_ne!(a.mock("ghost").salt, b.mock("ghost").salt);
+        // The keys no client can match are not derived from anything.
+        assert_ne!(a.mock("ghost").stored_key, a.mock("ghost").stored_key);
+        assert_eq!(a.mock("ghost").iterations, ITERATIONS);
+    }
+
+    #[test]
+    fn a_mock_secret_costs_far_less_than_a_key_derivation() {
+        // Best of several runs on each side, so a busy machine does not decide.
+        let best = |f: &dyn Fn()| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let cache = SecretCache::default();
+        let hundred_mocks = best(&|| {
+            for i in 0..100 {
+                std::hint::black_box(cache.mock(&format!("ghost{i}")));
+            }
+        });
+        let one_derivation = best(&|| {
+            std::hint::black_box(hi(b"pw", b"0123456789abcdef", ITERATIONS));
+        });
+        assert!(
+            hundred_mocks < one_derivation,
+            "100 mock secrets took {hundred_mocks:?}, one PBKDF2 {one_derivation:?}"
+        );
     }
 
     #[test]

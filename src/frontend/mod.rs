@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub(crate) mod cancel;
+mod passthrough;
 mod startup;
 pub mod tls;
 
@@ -62,12 +63,24 @@ struct Snapshot {
     plans: PlanCache,
     /// Built from `config.tls`; `None` when TLS is off.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Built from `config.auth_query`; `None` when passthrough is off.
+    lookup: Option<Arc<passthrough::PasswordLookup>>,
 }
 
 impl Snapshot {
-    fn new(config: Config) -> Result<Snapshot, String> {
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    /// `previous`'s password lookup is kept when its settings are the same.
+    fn new(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::acceptor)
+            .transpose()
+            .map_err(|e| format!("tls: {e}"))?;
+        let lookup =
+            passthrough::PasswordLookup::new(&config, previous.and_then(|p| p.lookup.as_ref()))?;
+        warn_exposed_trust(&config);
         Ok(Snapshot {
+            lookup,
             map: Arc::new(ShardMap::from_config(&config)),
             config: Arc::new(config),
             plans: PlanCache::new(PLAN_CACHE_SIZE),
@@ -87,6 +100,11 @@ impl Shared {
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
         self.snapshot().config.clone()
+    }
+
+    /// The password lookup in force, when `[auth_query]` is configured.
+    pub(crate) fn password_lookup(&self) -> Option<Arc<passthrough::PasswordLookup>> {
+        self.snapshot().lookup.clone()
     }
 
     /// The shard map in force.
@@ -143,7 +161,7 @@ impl Shared {
                 self.pools.resize(crate::router::ShardId(s.id), s.pool_size);
             }
         }
-        let next = Arc::new(Snapshot::new(new)?);
+        let next = Arc::new(Snapshot::new(new, Some(&self.snapshot()))?);
         match self.current.write() {
             Ok(mut c) => *c = next,
             Err(p) => *p.into_inner() = next,
@@ -152,6 +170,18 @@ impl Shared {
             info!(change = %c, "configuration reloaded");
         }
         Ok(changes)
+    }
+}
+
+/// Logs a warning when `trust` users can log in from other hosts (at
+/// startup and at every reload, so the warning stays in view).
+fn warn_exposed_trust(config: &Config) {
+    if let Some(users) = config.exposed_trust_users() {
+        warn!(
+            listen = %config.listen,
+            users = %users.join(","),
+            "trust users log in without a password and the listen address is not loopback: anyone who can reach it can log in as them"
+        );
     }
 }
 
@@ -277,7 +307,7 @@ impl Proxy {
 /// transactions (any proxy's), then binds the configured address and serves
 /// clients until stopped. Nothing is read from or written to the local disk.
 pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
-    let snapshot = Snapshot::new(config.clone()).map_err(StartupError::Tls)?;
+    let snapshot = Snapshot::new(config.clone(), None).map_err(StartupError::Frontend)?;
     let failpoint = config
         .txn
         .test_failpoint

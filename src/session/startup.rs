@@ -65,22 +65,30 @@ pub(crate) async fn run(
         return;
     };
     let database = get("database").unwrap_or_else(|| user.clone());
-    let ucfg = shared
-        .config()
-        .users
-        .iter()
-        .find(|u| u.name == user)
-        .cloned();
-    let limit = Duration::from_millis(shared.config().limits.startup_timeout_ms);
+    let config = shared.config();
+    let lookup = shared.password_lookup();
+    let limit = Duration::from_millis(config.limits.startup_timeout_ms);
     let authenticated = tokio::time::timeout(
         limit,
-        auth::authenticate(&mut reader, &mut out, &user, ucfg.as_ref(), &shared.secrets),
+        auth::login(
+            &mut reader,
+            &mut out,
+            &user,
+            &config,
+            lookup.as_deref(),
+            &shared.secrets,
+        ),
     )
     .await
-    .unwrap_or(Err(ClientError::StartupTimeout));
-    if let Err(e) = authenticated {
-        warn!(%peer, %user, error = %e, "authentication failed");
-        send_fatal(&mut out, &Error::Client(e)).await;
+    .unwrap_or(Err(ClientError::StartupTimeout.into()));
+    if let Err(r) = authenticated {
+        match r.miss {
+            Some(m) => {
+                warn!(%peer, %user, error = %r.error, reason = m.as_str(), "authentication failed")
+            }
+            None => warn!(%peer, %user, error = %r.error, "authentication failed"),
+        }
+        send_fatal(&mut out, &Error::Client(r.error)).await;
         return;
     }
     if database == shared.config().admin_database {

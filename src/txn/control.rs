@@ -50,17 +50,43 @@ pub struct Control {
 const POOL_SIZE: usize = 4;
 
 fn pool(shard: &Shard, timeout: Duration, connect: Duration) -> Result<Pool, String> {
+    let login = Login {
+        user: &shard.user,
+        password: shard.password.as_deref(),
+        application_name: "pieskieo-control",
+        size: POOL_SIZE,
+    };
+    control_pool(shard, &login, timeout, connect)
+}
+
+/// Who a control pool logs in as, and how many connections it keeps.
+pub(crate) struct Login<'a> {
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    pub application_name: &'a str,
+    pub size: usize,
+}
+
+/// A control pool to `shard` as `login`, with the control plane's deadlines:
+/// `timeout` for a connection from the pool and, as `statement_timeout`, on
+/// the server; `connect` for a new connection. Connects lazily.
+pub(crate) fn control_pool(
+    shard: &Shard,
+    login: &Login<'_>,
+    timeout: Duration,
+    connect: Duration,
+) -> Result<Pool, String> {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&shard.host)
         .port(shard.port)
         .dbname(&shard.database)
-        .user(&shard.user)
-        .application_name("pieskieo-control")
+        .user(login.user)
+        .application_name(login.application_name)
         .connect_timeout(connect)
         .keepalives_idle(Duration::from_secs(10))
         // A server-side wait (a lock, a unique-key check) ends too.
         .options(format!("-c statement_timeout={}", timeout.as_millis()));
-    if let Some(p) = &shard.password {
+    if let Some(p) = login.password {
         pg.password(p);
     }
     let mgr = Manager::from_config(
@@ -71,7 +97,7 @@ fn pool(shard: &Shard, timeout: Duration, connect: Duration) -> Result<Pool, Str
         },
     );
     Pool::builder(mgr)
-        .max_size(POOL_SIZE)
+        .max_size(login.size)
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(connect))
         .wait_timeout(Some(timeout))

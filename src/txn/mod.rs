@@ -24,6 +24,7 @@ use tracing::warn;
 use crate::executor::read_rows;
 use round::{round_on, Answer};
 
+pub(crate) use control::{control_pool, Login};
 pub use control::{Control, ControlError};
 pub use decision::{Decision, SCHEMA as DECISION_SCHEMA};
 pub use id::{Gid, TxnId, GID_PREFIX};

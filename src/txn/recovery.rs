@@ -37,8 +37,10 @@ pub enum StartupError {
     Schema { shard: ShardId, message: String },
     #[error("control connections: {0}")]
     Control(String),
-    #[error("tls: {0}")]
-    Tls(String),
+    /// What the listener needs from the configuration (TLS files, the
+    /// `auth_query` pool); the message says which.
+    #[error("{0}")]
+    Frontend(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,

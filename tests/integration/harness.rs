@@ -314,10 +314,21 @@ impl ProxyProcess {
 
     /// As [`ProxyProcess::start`], with the given top-level settings and tables.
     pub async fn start_with(servers: &Servers, tables: &str, txn_extra: &str) -> ProxyProcess {
+        ProxyProcess::start_on(servers, "127.0.0.1", tables, txn_extra).await
+    }
+
+    /// As [`ProxyProcess::start_with`], listening on `host` (clients still
+    /// connect to 127.0.0.1, which `0.0.0.0` includes).
+    pub async fn start_on(
+        servers: &Servers,
+        host: &str,
+        tables: &str,
+        txn_extra: &str,
+    ) -> ProxyProcess {
         let port = free_port();
         let text = config_text_with(&servers.ports(), tables, txn_extra).replace(
             "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
+            &format!("listen = \"{host}:{port}\""),
         );
         let path = servers.dir.join(format!("proxy-{port}.toml"));
         std::fs::write(&path, text).unwrap();
