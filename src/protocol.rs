@@ -331,23 +331,8 @@ pub fn negotiate_protocol_version(minor: i32, unknown: &[String]) -> Bytes {
     ))
 }
 
-/// `Authentication*` message with a code and its payload.
-pub fn authentication(code: i32, payload: &[u8]) -> Bytes {
-    use pg::startup::Authentication as A;
-    let m = match code {
-        0 => A::Ok,
-        3 => A::CleartextPassword,
-        5 => A::MD5Password(payload.to_vec()),
-        10 => A::SASL(
-            payload
-                .split(|&b| b == 0)
-                .filter(|m| !m.is_empty())
-                .map(|m| String::from_utf8_lossy(m).into_owned())
-                .collect(),
-        ),
-        11 => A::SASLContinue(Bytes::copy_from_slice(payload)),
-        _ => A::SASLFinal(Bytes::copy_from_slice(payload)),
-    };
+/// An `Authentication*` message.
+pub fn authentication(m: pg::startup::Authentication) -> Bytes {
     encode(&m)
 }
 
@@ -462,9 +447,10 @@ mod tests {
             &parameter_description(&[23])[..],
             b"t\0\0\0\x0a\0\x01\0\0\0\x17"
         );
-        assert_eq!(&authentication(0, &[])[..], b"R\0\0\0\x08\0\0\0\0");
+        use pg::startup::Authentication as A;
+        assert_eq!(&authentication(A::Ok)[..], b"R\0\0\0\x08\0\0\0\0");
         assert_eq!(
-            &authentication(10, b"SCRAM-SHA-256\0\0")[..],
+            &authentication(A::SASL(vec!["SCRAM-SHA-256".into()]))[..],
             b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0"
         );
         assert_eq!(

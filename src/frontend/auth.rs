@@ -16,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::passthrough::{Found, LookupError, PasswordLookup};
 use crate::config::{AuthMethod, Config, User};
 use crate::error::ClientError;
-use crate::protocol::{authentication, read_frame, take_cstr};
+use crate::protocol::{authentication, read_frame};
+use pgwire::messages::startup::{Authentication as Auth, PasswordMessageFamily};
+use pgwire::messages::{DecodeContext, Message};
 
 const ITERATIONS: u32 = 4096;
 
@@ -277,8 +279,12 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> Result<(), ClientEr
         .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
-/// Reads the client's next `PasswordMessage`-family message ('p').
-async fn read_password_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ClientError> {
+/// Reads the client's next `PasswordMessage`-family message ('p'), which
+/// only the exchange in progress can tell apart (password, SASL initial
+/// response, SASL response).
+async fn read_password_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<PasswordMessageFamily, ClientError> {
     let f = read_frame(r, 64 * 1024)
         .await
         .map_err(|e| ClientError::Protocol(format!("expected password response: {e}")))?;
@@ -288,7 +294,36 @@ async fn read_password_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8
             f.tag as char
         )));
     }
-    Ok(f.body().to_vec())
+    let mut buf = bytes::BytesMut::from(&f.bytes[..]);
+    match PasswordMessageFamily::decode(&mut buf, &DecodeContext::default()) {
+        Ok(Some(m)) => Ok(m),
+        _ => Err(ClientError::Protocol("malformed password message".into())),
+    }
+}
+
+/// The password of a `PasswordMessage`.
+fn password_of(m: PasswordMessageFamily) -> Result<String, ClientError> {
+    m.into_password()
+        .map(|p| p.password)
+        .map_err(|e| ClientError::Protocol(format!("malformed password message: {e}")))
+}
+
+/// Whether a SASLInitialResponse body is whole: mechanism, a length, and
+/// that many bytes (or -1). pgwire's decoder reads past the end of a
+/// truncated one (a panic), so the shape is checked first.
+fn sasl_initial_is_whole(m: &PasswordMessageFamily) -> bool {
+    let PasswordMessageFamily::Raw(body) = m else {
+        return true;
+    };
+    let Some(nul) = body.iter().position(|&b| b == 0) else {
+        return false;
+    };
+    let Some(len) = body.get(nul + 1..nul + 5) else {
+        return false;
+    };
+    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    let rest = body.len() - nul - 5;
+    len == -1 || (len >= 0 && len as usize <= rest)
 }
 
 /// Runs the exchange `credential` asks for; `Ok` means the client proved the
@@ -310,9 +345,8 @@ where
     match credential {
         Credential::Trust => Ok(()),
         Credential::Cleartext(expected) => {
-            send(w, &authentication(3, &[])).await?;
-            let body = read_password_message(r).await?;
-            let given = take_cstr(&body).map(|x| x.0).unwrap_or_default();
+            send(w, &authentication(Auth::CleartextPassword)).await?;
+            let given = password_of(read_password_message(r).await?)?;
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
             } else {
@@ -321,9 +355,8 @@ where
         }
         Credential::Md5(stored) => {
             let salt: [u8; 4] = random_bytes();
-            send(w, &authentication(5, &salt)).await?;
-            let body = read_password_message(r).await?;
-            let given = take_cstr(&body).map(|x| x.0).unwrap_or_default();
+            send(w, &authentication(Auth::MD5Password(salt.to_vec()))).await?;
+            let given = password_of(read_password_message(r).await?)?;
             let expected = md5_response(stored, salt);
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
@@ -352,18 +385,24 @@ where
     W: AsyncWrite + Unpin,
 {
     let bad = |m: &str| ClientError::Protocol(format!("malformed SCRAM message: {m}"));
-    send(w, &authentication(10, b"SCRAM-SHA-256\0\0")).await?;
+    send(w, &authentication(Auth::SASL(vec!["SCRAM-SHA-256".into()]))).await?;
 
     // SASLInitialResponse: mechanism, length, client-first-message.
-    let body = read_password_message(r).await?;
-    let (mech, rest) = take_cstr(&body).ok_or_else(|| bad("no mechanism"))?;
-    if mech != "SCRAM-SHA-256" {
+    let m = read_password_message(r).await?;
+    if !sasl_initial_is_whole(&m) {
+        return Err(bad("short initial response"));
+    }
+    let initial = m
+        .into_sasl_initial_response()
+        .map_err(|_| bad("no mechanism"))?;
+    if initial.auth_method != "SCRAM-SHA-256" {
         return Err(ClientError::Protocol(format!(
-            "unsupported SASL mechanism \"{mech}\""
+            "unsupported SASL mechanism \"{}\"",
+            initial.auth_method
         )));
     }
-    let data = rest.get(4..).ok_or_else(|| bad("short initial response"))?;
-    let first = std::str::from_utf8(data).map_err(|_| bad("not UTF-8"))?;
+    let data = initial.data.unwrap_or_default();
+    let first = std::str::from_utf8(&data).map_err(|_| bad("not UTF-8"))?;
     // gs2 header: "n,," (no channel binding) or "y,," (client could, server can't).
     let (gs2, bare) = if let Some(b) = first.strip_prefix("n,,") {
         ("n,,", b)
@@ -384,10 +423,18 @@ where
         B64.encode(&secret.salt),
         secret.iterations
     );
-    send(w, &authentication(11, server_first.as_bytes())).await?;
+    send(
+        w,
+        &authentication(Auth::SASLContinue(server_first.clone().into())),
+    )
+    .await?;
 
     // SASLResponse: client-final-message.
-    let body = read_password_message(r).await?;
+    let body = read_password_message(r)
+        .await?
+        .into_sasl_response()
+        .map_err(|_| bad("expected a SASL response"))?
+        .data;
     let fin = std::str::from_utf8(&body).map_err(|_| bad("not UTF-8"))?;
     let (without_proof, proof) = fin.rsplit_once(",p=").ok_or_else(|| bad("no proof"))?;
     let mut cb = None;
@@ -416,7 +463,7 @@ where
     let mut fin = Vec::new();
     fin.put_slice(b"v=");
     fin.put_slice(B64.encode(server_signature).as_bytes());
-    send(w, &authentication(12, &fin)).await?;
+    send(w, &authentication(Auth::SASLFinal(fin.into()))).await?;
     Ok(true)
 }
 

@@ -3,11 +3,12 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ClientError;
-use crate::protocol::{self, take_cstr};
+use crate::protocol;
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::{GssEncRequest, SslRequest};
+use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 
-const SSL_REQUEST: i32 = 80_877_103;
-const GSSENC_REQUEST: i32 = 80_877_104;
-const CANCEL_REQUEST: i32 = 80_877_102;
 const PROTOCOL_3: i32 = 3;
 /// PostgreSQL's own limit on a startup packet.
 const MAX_STARTUP: usize = 10_000;
@@ -42,15 +43,16 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
         if len < 8 || len as usize > MAX_STARTUP {
             return Err(proto("invalid length of startup packet"));
         }
-        let mut buf = vec![0u8; len as usize - 4];
+        let mut buf = BytesMut::with_capacity(len as usize);
+        buf.put_i32(len);
+        buf.resize(len as usize, 0);
         stream
-            .read_exact(&mut buf)
+            .read_exact(&mut buf[4..])
             .await
             .map_err(|_| proto("incomplete startup packet"))?;
-        let code = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let body = &buf[4..];
+        let code = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
         match code {
-            SSL_REQUEST if tls => {
+            _ if SslRequest::is_ssl_request_packet(&buf) && tls => {
                 stream
                     .write_all(b"S")
                     .await
@@ -58,39 +60,39 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
                 stream.flush().await.map_err(|e| proto(e.to_string()))?;
                 return Ok(Startup::Tls);
             }
-            SSL_REQUEST | GSSENC_REQUEST => {
+            _ if SslRequest::is_ssl_request_packet(&buf)
+                || GssEncRequest::is_gss_enc_request_packet(&buf) =>
+            {
                 stream
                     .write_all(b"N")
                     .await
                     .map_err(|e| proto(e.to_string()))?;
             }
-            CANCEL_REQUEST => {
-                if body.len() < 8 {
-                    return Err(proto("invalid cancel request"));
-                }
+            _ if CancelRequest::is_cancel_request_packet(&buf) => {
+                let ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+                let cancel = match CancelRequest::decode(&mut buf, &ctx) {
+                    Ok(Some(c)) => c,
+                    _ => return Err(proto("invalid cancel request")),
+                };
                 return Ok(Startup::Cancel {
-                    process_id: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-                    secret_key: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                    process_id: cancel.pid,
+                    secret_key: cancel.secret_key.as_i32().unwrap_or_default(),
                 });
             }
             c if c >> 16 == PROTOCOL_3 => {
-                let mut params = Vec::new();
-                let mut rest = body;
-                let mut unknown = Vec::new();
-                while rest.first().is_some_and(|&b| b != 0) {
-                    let (k, r) =
-                        take_cstr(rest).ok_or_else(|| proto("invalid startup packet layout"))?;
-                    let (v, r) =
-                        take_cstr(r).ok_or_else(|| proto("invalid startup packet layout"))?;
-                    if k.starts_with("_pq_.") {
-                        unknown.push(k.to_string());
-                    } else {
-                        params.push((k.to_string(), v.to_string()));
-                    }
-                    rest = r;
-                }
-                let minor = c & 0xffff;
-                if minor > 0 || !unknown.is_empty() {
+                let startup = match pgwire::messages::startup::Startup::decode(
+                    &mut buf,
+                    &DecodeContext::default(),
+                ) {
+                    Ok(Some(s)) => s,
+                    _ => return Err(proto("invalid startup packet layout")),
+                };
+                let (unknown, params): (Vec<_>, Vec<_>) = startup
+                    .parameters
+                    .into_iter()
+                    .partition(|(k, _)| k.starts_with("_pq_."));
+                let unknown: Vec<String> = unknown.into_iter().map(|(k, _)| k).collect();
+                if startup.protocol_number_minor > 0 || !unknown.is_empty() {
                     // We speak 3.0; tell the client, as PostgreSQL does.
                     let m = protocol::negotiate_protocol_version(0, &unknown);
                     stream

@@ -10,7 +10,9 @@ pub(super) async fn admin_console(
     shared: &Shared,
     pid: i32,
 ) {
-    let mut hello = vec![protocol::authentication(0, &[])];
+    let mut hello = vec![protocol::authentication(
+        pgwire::messages::startup::Authentication::Ok,
+    )];
     for (k, v) in [
         ("server_version", "15.0 (Pieskieo admin)"),
         ("server_encoding", "UTF8"),

@@ -8,7 +8,10 @@ impl Session {
     /// Sends ParameterStatus (mirrored from a shard), BackendKeyData and the
     /// first ReadyForQuery.
     pub(super) async fn greet(&mut self, pid: i32) -> Result<(), Error> {
-        self.write(&protocol::authentication(0, &[])).await?;
+        self.write(&protocol::authentication(
+            pgwire::messages::startup::Authentication::Ok,
+        ))
+        .await?;
         let map = &self.shared.map();
         let order: Vec<ShardId> = std::iter::once(map.default_shard)
             .chain(
