@@ -94,12 +94,15 @@ fn render(shared: &Shared) -> String {
         |name: &str, help: &str, series: Vec<(String, &super::stats::Histogram)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for (labels, h) in series {
-                let (buckets, count, sum) = h.snapshot();
+                let snapshot = h.snapshot();
+                let (count, sum) = (snapshot.count(), snapshot.sum_secs);
                 let sep = if labels.is_empty() { "" } else { "," };
-                for (b, c) in super::stats::BUCKETS_US.iter().zip(buckets) {
+                let mut below = 0;
+                for (b, c) in super::stats::BUCKETS_US.iter().zip(snapshot.buckets) {
+                    below += c;
                     let _ = writeln!(
                         out,
-                        "{name}_bucket{{{labels}{sep}le=\"{}\"}} {c}",
+                        "{name}_bucket{{{labels}{sep}le=\"{}\"}} {below}",
                         *b as f64 / 1e6
                     );
                 }

@@ -173,11 +173,12 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let (_, n, secs) = s.latency.snapshot();
+                    let latency = s.latency.snapshot();
+                    let n = latency.count();
                     let avg_ms = if n == 0 {
                         0.0
                     } else {
-                        secs * 1000.0 / n as f64
+                        latency.sum_secs * 1000.0 / n as f64
                     };
                     vec![
                         format!("shard {i}"),
