@@ -3,12 +3,13 @@
 //! CLIENTS`, `SHOW TRANSACTIONS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`)
 //! and the Prometheus metrics endpoint.
 
+mod endpoint;
 mod metrics;
 mod stats;
 
 use bytes::{BufMut, Bytes};
 
-pub use metrics::serve_metrics;
+pub use endpoint::serve_metrics;
 pub use stats::{ShardStats, Stats};
 
 use crate::frontend::Shared;
