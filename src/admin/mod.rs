@@ -3,12 +3,13 @@
 //! CLIENTS`, `SHOW TRANSACTIONS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`)
 //! and the Prometheus metrics endpoint.
 
+mod endpoint;
 mod metrics;
 mod stats;
 
 use bytes::{BufMut, Bytes};
 
-pub use metrics::serve_metrics;
+pub use endpoint::serve_metrics;
 pub use stats::{ShardStats, Stats};
 
 use crate::frontend::Shared;
@@ -166,11 +167,12 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let (_, n, secs) = s.latency.snapshot();
+                    let latency = s.latency.snapshot();
+                    let n = latency.count();
                     let avg_ms = if n == 0 {
                         0.0
                     } else {
-                        secs * 1000.0 / n as f64
+                        latency.sum_secs * 1000.0 / n as f64
                     };
                     vec![
                         format!("shard {i}"),

@@ -67,37 +67,70 @@ pub const BUCKETS_US: [u64; 12] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 500_000, 2_000_000,
 ];
 
-/// A Prometheus-style cumulative histogram of durations.
+/// A Prometheus-style histogram of durations: one counter per bucket (the
+/// last one for what is slower than every bound) and the sum. The count is
+/// the buckets' total, so a scrape always sees the `+Inf` bucket equal to
+/// the count, whatever observations race with it. Two relaxed atomic adds
+/// per observation and no lock (prometheus-client's own `Histogram` takes a
+/// mutex per observation, which is why this one stays).
 #[derive(Default, Debug)]
 pub struct Histogram {
-    buckets: [AtomicU64; 12],
-    count: AtomicU64,
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
     sum_us: AtomicU64,
+}
+
+/// What a histogram held at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket (not cumulative), in the order of
+    /// [`BUCKETS_US`], then those above the last bound.
+    pub buckets: [u64; BUCKETS_US.len() + 1],
+    /// Summed observations, in seconds.
+    pub sum_secs: f64,
+}
+
+impl HistogramSnapshot {
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 impl Histogram {
     pub fn observe(&self, d: std::time::Duration) {
         let us = d.as_micros() as u64;
-        // One bucket per observation; `snapshot` makes them cumulative.
-        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = BUCKETS_US.partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    /// (cumulative bucket counts, count, sum in seconds).
-    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
-        (
-            self.buckets
-                .iter()
-                .scan(0, |total, b| {
-                    *total += b.load(Ordering::Relaxed);
-                    Some(*total)
-                })
-                .collect(),
-            self.count.load(Ordering::Relaxed),
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-        )
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_secs: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn observations_land_in_the_first_bucket_at_or_above_them() {
+        let h = Histogram::default();
+        for us in [0, 100, 101, 2_000_000, 2_000_001, 60_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let s = h.snapshot();
+        let mut want = [0; BUCKETS_US.len() + 1];
+        want[0] = 2; // 0 and 100: `le` is inclusive
+        want[1] = 1; // 101
+        want[11] = 1; // 2 s exactly
+        want[12] = 2; // above every bound
+        assert_eq!(s.buckets, want);
+        assert_eq!(s.count(), 6);
+        assert!((s.sum_secs - 64.000202).abs() < 1e-9, "{}", s.sum_secs);
     }
 }

@@ -223,6 +223,11 @@ impl Coordinator {
             .unwrap_or_default()
     }
 
+    /// How many two-phase commits are under way in this process.
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.lock().map(|s| s.len()).unwrap_or_default()
+    }
+
     /// Starts keeping phase timings (for benchmarks).
     pub fn record_timings(&self) {
         if let Ok(mut t) = self.timings.lock() {

@@ -22,6 +22,7 @@ mod hostile;
 mod insert_select;
 mod keys;
 mod merges;
+mod metrics;
 mod psql;
 mod restore;
 
