@@ -2,8 +2,10 @@
 //! reference tables, limits. Loading validates everything and names the field
 //! that is wrong.
 
+mod ca;
 mod scram;
 mod validate;
+pub use ca::read_roots;
 pub use scram::ScramSecret;
 
 use std::net::SocketAddr;
@@ -258,6 +260,47 @@ pub struct Shard {
     pub password: Option<String>,
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// TLS to this shard, as libpq's `sslmode`; both the relayed
+    /// connections and the proxy's own control connections follow it.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of the CA(s) the shard's certificate must chain to; needed
+    /// by `verify-ca` and `verify-full`, checked by `require` when given.
+    #[serde(default)]
+    pub sslrootcert: Option<std::path::PathBuf>,
+}
+
+/// libpq's `sslmode`, for the proxy's connections to one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS: no `SSLRequest` is sent.
+    Disable,
+    /// TLS when the shard offers it (its certificate unchecked), plain when
+    /// it answers `N`. The default, as in libpq: an existing configuration
+    /// keeps working against a shard without TLS, and is encrypted against
+    /// one with it.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is checked only when
+    /// `sslrootcert` is given (then as `verify-ca`, as libpq does).
+    Require,
+    /// TLS, the certificate chaining to `sslrootcert`; any host name.
+    VerifyCa,
+    /// TLS, the certificate chaining to `sslrootcert` and valid for `host`.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -420,6 +463,14 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
         if (&o.host, o.port, &o.database, &o.user) != (&n.host, n.port, &n.database, &n.user) {
             return refuse(format!(
                 "shard {}'s address changes only with a restart",
+                n.id
+            ));
+        }
+        // Connections already open keep the TLS they were made with, and
+        // an encrypted pool must never quietly hand out plain ones.
+        if (o.sslmode, &o.sslrootcert) != (n.sslmode, &n.sslrootcert) {
+            return refuse(format!(
+                "shard {}'s `sslmode` and `sslrootcert` change only with a restart",
                 n.id
             ));
         }
