@@ -580,6 +580,17 @@ key_type = "int8"
     }
 
     #[test]
+    fn shard_tls_defaults_to_prefer_and_changes_only_with_a_restart() {
+        let old = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(old.shards[0].sslmode, SslMode::Prefer);
+        let off = GOOD.replace("port = 5433\n", "port = 5433\nsslmode = \"disable\"\n");
+        let new = Config::parse(&off, "t.toml").unwrap();
+        assert_eq!(new.shards[1].sslmode, SslMode::Disable);
+        let e = reload_changes(&old, &new).unwrap_err();
+        assert!(e.contains("shard 1") && e.contains("sslmode"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (
@@ -599,6 +610,21 @@ key_type = "int8"
                 "reference_tables[0]",
             ),
             (format!("default_shard = 7\n{GOOD}"), "default_shard"),
+            (
+                GOOD.replace("port = 5433\n", "port = 5433\nsslmode = \"verify-full\"\n"),
+                "shards[1].sslrootcert",
+            ),
+            (
+                GOOD.replace(
+                    "port = 5433\n",
+                    "port = 5433\nsslmode = \"verify-ca\"\nsslrootcert = \"/no/such/ca.crt\"\n",
+                ),
+                "shards[1].sslrootcert",
+            ),
+            (
+                GOOD.replace("port = 5433\n", "port = 5433\nhost = \"a b\"\n"),
+                "shards[1].host",
+            ),
             (
                 GOOD.replace("method", "x").replace(
                     "key_type = \"int8\"",
