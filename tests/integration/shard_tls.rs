@@ -124,15 +124,20 @@ async fn assert_sessions(c: &Cluster, i: usize, ssl: bool) {
     );
 }
 
-/// A counter of `SHOW STATS`.
-async fn stat(c: &Cluster, name: &str) -> String {
+/// The rows of an admin console command.
+async fn console(c: &Cluster, command: &str) -> Vec<Vec<Option<String>>> {
     let admin = connect(&format!(
         "host=127.0.0.1 port={} user=plain password=plainpass dbname=pieskieo",
         c.port()
     ))
     .await
     .unwrap();
-    rows(&admin, "SHOW STATS")
+    rows(&admin, command).await
+}
+
+/// A counter of `SHOW STATS`.
+async fn stat(c: &Cluster, name: &str) -> String {
+    console(c, "SHOW STATS")
         .await
         .iter()
         .find(|r| r.first().and_then(|x| x.as_deref()) == Some(name))
@@ -194,6 +199,10 @@ async fn verify_full_encrypts_statements_two_phase_commit_and_the_control_plane(
     for i in 0..2 {
         assert_eq!(crate::harness::prepared(&c.shard(i).await).await, 0);
         assert_sessions(&c, i, true).await;
+    }
+    // SHOW SHARDS says how each shard is reached.
+    for r in console(&c, "SHOW SHARDS").await {
+        assert_eq!(r[6].as_deref(), Some("verify-full"), "{r:?}");
     }
 
     // A cancel reaches the shard too (over TLS, as the shard's sessions).
