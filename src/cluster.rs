@@ -147,6 +147,18 @@ impl LocalServer {
         Ok(server)
     }
 
+    /// Copies `from` into the data directory as `name`, readable by the
+    /// server's user only (as PostgreSQL wants of `ssl_key_file`).
+    pub fn install_file(&self, name: &str, from: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let to = self.data_dir.join(name);
+        std::fs::copy(from, &to)
+            .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", to.display()))?;
+        self.give(&to)
+    }
+
     /// Hands a path to the server's user.
     fn give(&self, path: &Path) -> Result<(), String> {
         if let Some((uid, gid)) = self.owner {

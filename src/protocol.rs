@@ -68,6 +68,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    /// [`FrameReader::read_ready`] saw the end of the stream (or an error):
+    /// the next read past the buffer reports it at once.
+    ended: bool,
+}
+
+/// What [`FrameReader::read_ready`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrived {
+    /// Nothing new can be read now.
+    Nothing,
+    /// Bytes, now buffered.
+    Data,
+    /// The peer closed the stream, or it failed.
+    Closed,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -75,6 +89,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             inner,
             buf: BytesMut::with_capacity(32 * 1024),
+            ended: false,
+        }
+    }
+
+    /// Takes in whatever the peer has sent already, without waiting (one
+    /// poll, whose wake-up nobody waits for). Under TLS this is the only
+    /// exact test: bytes on the socket may be no more than a TLS record
+    /// that decrypts to nothing.
+    pub fn read_ready(&mut self) -> Arrived {
+        use futures_util::FutureExt;
+        if self.ended {
+            return Arrived::Closed;
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(32 * 1024);
+        }
+        match self.inner.read_buf(&mut self.buf).now_or_never() {
+            None => Arrived::Nothing,
+            Some(Ok(0)) | Some(Err(_)) => {
+                self.ended = true;
+                Arrived::Closed
+            }
+            Some(Ok(_)) => Arrived::Data,
         }
     }
 
@@ -105,6 +142,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     });
                 }
                 self.buf.reserve(total - self.buf.len());
+            }
+            if self.ended {
+                return Err(FrameError::Closed);
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(32 * 1024);

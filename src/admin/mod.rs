@@ -91,6 +91,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                 "database",
                 "user",
                 "pool_size",
+                "sslmode",
                 "connections",
                 "idle",
                 "state",
@@ -107,6 +108,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                         s.database.clone(),
                         s.user.clone(),
                         max.to_string(),
+                        s.sslmode.as_str().into(),
                         size.to_string(),
                         avail.to_string(),
                         match shared.stats.shards.get(s.id as usize) {

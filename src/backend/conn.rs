@@ -3,18 +3,18 @@
 //! when every `ReadyForQuery` it owes has been read and the server is idle.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
-use super::BackendError;
+use super::endpoint::{ServerRead, ServerWrite};
+use super::{BackendError, Endpoint};
 use crate::config::Shard;
-use crate::protocol::{take_cstr, ErrorFields, Frame, FrameError, FrameReader};
+use crate::protocol::{take_cstr, Arrived, ErrorFields, Frame, FrameError, FrameReader};
 use crate::router::ShardId;
 
 /// Largest message accepted from a server (rows can be big; this bounds garbage).
@@ -22,8 +22,8 @@ const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 pub struct ServerConn {
     pub shard: ShardId,
-    reader: FrameReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: FrameReader<ServerRead>,
+    writer: BufWriter<ServerWrite>,
     /// Parameters the server reported with `ParameterStatus`.
     pub params: BTreeMap<String, String>,
     /// Session settings a client applied here: name -> the statement that set it.
@@ -46,8 +46,8 @@ pub struct ServerConn {
     sent_at: Option<std::time::Instant>,
     /// This shard's counters, when the connection belongs to a pool.
     pub stats: Option<std::sync::Arc<crate::admin::ShardStats>>,
-    /// `host:port` it was reached at (where a cancel request goes).
-    pub addr: std::sync::Arc<str>,
+    /// The shard as it was reached (where a cancel request goes, and how).
+    pub endpoint: Arc<Endpoint>,
     /// The longest wait for an answer (`limits.query_timeout_ms`); none for
     /// the proxy's own control connections.
     pub answer_timeout: Option<Duration>,
@@ -57,27 +57,17 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// Opens a connection to `endpoint` (TLS as its `sslmode` says) and
+    /// runs the startup; each step within `timeout`.
     pub async fn connect(
-        id: ShardId,
-        cfg: &Shard,
+        endpoint: &Arc<Endpoint>,
         timeout: Duration,
     ) -> Result<ServerConn, BackendError> {
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| BackendError::Connect {
-                shard: id,
-                message: format!("timed out connecting to {addr}"),
-            })?
-            .map_err(|e| BackendError::Connect {
-                shard: id,
-                message: format!("{addr}: {e}"),
-            })?;
-        stream.set_nodelay(true).ok();
-        let (r, w) = stream.into_split();
+        let id = endpoint.shard;
+        let (r, w) = endpoint.open(timeout).await?.split();
         let mut conn = ServerConn {
             answer_timeout: None,
-            addr: addr.as_str().into(),
+            endpoint: endpoint.clone(),
             shard: id,
             reader: FrameReader::new(r),
             writer: BufWriter::with_capacity(16 * 1024, w),
@@ -95,11 +85,11 @@ impl ServerConn {
             sent_at: None,
             verdict: Default::default(),
         };
-        tokio::time::timeout(timeout, conn.startup(cfg))
+        tokio::time::timeout(timeout, conn.startup(&endpoint.cfg))
             .await
             .map_err(|_| BackendError::Connect {
                 shard: id,
-                message: format!("timed out during startup with {addr}"),
+                message: format!("timed out during startup with {}", endpoint.addr),
             })??;
         Ok(conn)
     }
@@ -404,15 +394,8 @@ impl ServerConn {
     /// Whether the server hung up (or said something unasked, such as
     /// "terminating connection") while the connection sat idle in the pool.
     /// Checked without blocking when a pooled connection is handed out.
-    pub fn hung_up(&self) -> bool {
-        if self.reader.buffered() > 0 {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        match self.reader.get_ref().try_read(&mut probe) {
-            Ok(_) => true,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
+    pub fn hung_up(&mut self) -> bool {
+        self.has_unread()
     }
 
     pub fn owes(&self) -> usize {
@@ -426,11 +409,10 @@ impl ServerConn {
     /// Asks the server to cancel whatever this connection runs (a
     /// `CancelRequest` on a connection of its own), without waiting for it.
     pub fn spawn_cancel(&self) {
-        let (addr, pid, key) = (self.addr.clone(), self.process_id, self.secret_key);
+        let (endpoint, pid, key) = (self.endpoint.clone(), self.process_id, self.secret_key);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let limit = Duration::from_secs(5);
-                let _ = tokio::time::timeout(limit, send_cancel(&addr, pid, key)).await;
+                let _ = send_cancel(&endpoint, pid, key).await;
             });
         }
     }
@@ -474,17 +456,34 @@ impl ServerConn {
 /// `CancelRequest` code (PostgreSQL protocol).
 const CANCEL_REQUEST: i32 = 80_877_102;
 
+/// How long a cancel request may take to reach a server, TLS included.
+const CANCEL_LIMIT: Duration = Duration::from_secs(5);
+
 /// Sends a `CancelRequest` for backend `pid` (whose key is `key`) to the
-/// server at `addr`. PostgreSQL answers nothing; it just closes.
-pub async fn send_cancel(addr: &str, pid: i32, key: i32) -> std::io::Result<()> {
+/// shard at `endpoint`, over TLS when its connections use TLS (the key is a
+/// secret too). PostgreSQL answers nothing; it just closes.
+pub async fn send_cancel(endpoint: &Endpoint, pid: i32, key: i32) -> Result<(), BackendError> {
     let mut msg = Vec::with_capacity(16);
     msg.extend_from_slice(&16i32.to_be_bytes());
     msg.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
     msg.extend_from_slice(&pid.to_be_bytes());
     msg.extend_from_slice(&key.to_be_bytes());
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(&msg).await?;
-    s.shutdown().await
+    let send = async {
+        let stream = endpoint.open(CANCEL_LIMIT).await?;
+        stream
+            .send_and_close(&msg)
+            .await
+            .map_err(|e| BackendError::Io {
+                shard: endpoint.shard,
+                message: e.to_string(),
+            })
+    };
+    tokio::time::timeout(CANCEL_LIMIT, send)
+        .await
+        .map_err(|_| BackendError::Connect {
+            shard: endpoint.shard,
+            message: format!("timed out sending a cancel request to {endpoint}"),
+        })?
 }
 
 impl ServerConn {
@@ -502,20 +501,13 @@ impl ServerConn {
         self.write_all(&[b'c', 0, 0, 0, 4]).await
     }
 
-    /// Whether the server has sent something not read yet, checked without
-    /// blocking or consuming it (during COPY IN, an error ends the copy
-    /// early; the proxy stops feeding that shard).
-    pub fn has_unread(&self) -> bool {
-        use futures_util::FutureExt;
-        if self.reader.buffered() > 0 {
-            return true;
-        }
-        let stream: &tokio::net::TcpStream = self.reader.get_ref().as_ref();
-        let mut probe = [0u8; 1];
-        matches!(
-            stream.peek(&mut probe).now_or_never(),
-            Some(Ok(_)) | Some(Err(_))
-        )
+    /// Whether the server has sent something not read yet (or closed),
+    /// checked without blocking. What arrived stays buffered for the next
+    /// read: during COPY IN, an error ends the copy early and the proxy
+    /// stops feeding that shard. Bytes on the socket are not enough to
+    /// tell, under TLS: only what decrypts to the protocol counts.
+    pub fn has_unread(&mut self) -> bool {
+        self.reader.buffered() > 0 || !matches!(self.reader.read_ready(), Arrived::Nothing)
     }
 
     /// Ends a `COPY FROM STDIN` the proxy cannot feed.

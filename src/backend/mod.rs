@@ -1,10 +1,13 @@
 //! Server side: hand-framed connections to PostgreSQL shards and their pools.
 
 mod conn;
+mod endpoint;
 mod pool;
 mod registry;
+mod tls;
 
 pub use conn::{send_cancel, ServerConn};
+pub use endpoint::Endpoint;
 pub use pool::{PooledConn, Pools};
 pub use registry::{Backends, Ours, Verdict};
 
@@ -16,6 +19,10 @@ use crate::router::ShardId;
 pub enum BackendError {
     #[error("shard {shard} is unavailable: {message}")]
     Connect { shard: ShardId, message: String },
+    /// TLS as the shard's `sslmode` asks could not be had: the shard
+    /// offers none, or its certificate failed the check.
+    #[error("shard {shard}: {message}")]
+    Tls { shard: ShardId, message: String },
     #[error("shard {shard}: authentication failed: {message}")]
     Auth { shard: ShardId, message: String },
     #[error("shard {shard}: connection lost: {message}")]
@@ -38,6 +45,7 @@ impl BackendError {
     pub fn sqlstate(&self) -> SqlState {
         match self {
             BackendError::Connect { .. }
+            | BackendError::Tls { .. }
             | BackendError::Auth { .. }
             | BackendError::Io { .. }
             | BackendError::Closed { .. }
@@ -61,6 +69,7 @@ impl BackendError {
                 cause: self.to_string(),
             },
             BackendError::Connect { .. }
+            | BackendError::Tls { .. }
             | BackendError::Auth { .. }
             | BackendError::PoolTimeout { .. }
             | BackendError::OutcomeUnknown { .. } => self,

@@ -14,14 +14,14 @@ use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleR
 
 use std::sync::Arc;
 
-use super::{BackendError, Backends, ServerConn};
+use super::{BackendError, Backends, Endpoint, ServerConn};
 use crate::admin::{ShardStats, Stats};
-use crate::config::{Config, Shard};
+use crate::config::Config;
 use crate::router::ShardId;
 
 pub struct ShardManager {
     id: ShardId,
-    cfg: Shard,
+    endpoint: Arc<Endpoint>,
     connect_timeout: Duration,
     /// `limits.query_timeout_ms`; `None` when 0.
     answer_timeout: Option<Duration>,
@@ -37,14 +37,14 @@ impl managed::Manager for ShardManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
-        let mut conn = ServerConn::connect(self.id, &self.cfg, self.connect_timeout).await?;
+        let mut conn = ServerConn::connect(&self.endpoint, self.connect_timeout).await?;
         conn.stats = Some(self.stats.clone());
         conn.answer_timeout = self.answer_timeout;
         self.backends.register(
             self.id,
             conn.process_id,
             &conn.verdict,
-            conn.addr.clone(),
+            conn.endpoint.clone(),
             conn.secret_key,
         );
         Ok(Box::new(conn))
@@ -87,7 +87,7 @@ impl std::ops::DerefMut for PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        if let Some(obj) = self.0.take() {
+        if let Some(mut obj) = self.0.take() {
             if !obj.is_reusable() || obj.hung_up() {
                 if obj.owes() > 0 {
                     // The server may still be running a statement (and
@@ -111,17 +111,17 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(cfg: &Config, stats: &Arc<Stats>) -> Pools {
-        let mut shards: Vec<&Shard> = cfg.shards.iter().collect();
-        shards.sort_by_key(|s| s.id);
+    /// One pool per endpoint (`endpoints` indexed by shard id).
+    pub fn new(cfg: &Config, endpoints: &[Arc<Endpoint>], stats: &Arc<Stats>) -> Pools {
         let connect_timeout = Duration::from_millis(cfg.limits.connect_timeout_ms);
         let backends = Arc::new(Backends::default());
-        let pools = shards
-            .into_iter()
-            .map(|s| {
+        let pools = endpoints
+            .iter()
+            .map(|e| {
+                let s = &e.cfg;
                 let mgr = ShardManager {
-                    id: ShardId(s.id),
-                    cfg: s.clone(),
+                    id: e.shard,
+                    endpoint: e.clone(),
                     connect_timeout,
                     answer_timeout: (cfg.limits.query_timeout_ms > 0)
                         .then(|| Duration::from_millis(cfg.limits.query_timeout_ms)),

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
+use super::Endpoint;
 use crate::router::ShardId;
 
 /// The ErrorResponse a connection's client gets instead of the
@@ -20,13 +21,13 @@ pub type Verdict = Arc<Mutex<Option<Bytes>>>;
 pub struct Ours {
     pub verdict: Verdict,
     /// Where a `CancelRequest` for it goes, and its key.
-    pub addr: Arc<str>,
+    pub endpoint: Arc<Endpoint>,
     pub secret_key: i32,
 }
 
 struct Entry {
     verdict: Weak<Mutex<Option<Bytes>>>,
-    addr: Arc<str>,
+    endpoint: Arc<Endpoint>,
     secret_key: i32,
 }
 
@@ -38,7 +39,14 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn register(&self, shard: ShardId, pid: i32, verdict: &Verdict, addr: Arc<str>, key: i32) {
+    pub fn register(
+        &self,
+        shard: ShardId,
+        pid: i32,
+        verdict: &Verdict,
+        endpoint: Arc<Endpoint>,
+        key: i32,
+    ) {
         let Ok(mut m) = self.map.lock() else {
             return;
         };
@@ -50,7 +58,7 @@ impl Backends {
             (shard, pid),
             Entry {
                 verdict: Arc::downgrade(verdict),
-                addr,
+                endpoint,
                 secret_key: key,
             },
         );
@@ -62,7 +70,7 @@ impl Backends {
         let e = m.get(&(shard, pid))?;
         Some(Ours {
             verdict: e.verdict.upgrade()?,
-            addr: e.addr.clone(),
+            endpoint: e.endpoint.clone(),
             secret_key: e.secret_key,
         })
     }

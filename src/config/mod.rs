@@ -2,8 +2,10 @@
 //! reference tables, limits. Loading validates everything and names the field
 //! that is wrong.
 
+mod ca;
 mod scram;
 mod validate;
+pub use ca::read_roots;
 pub use scram::ScramSecret;
 
 use std::net::SocketAddr;
@@ -309,6 +311,47 @@ pub struct Shard {
     pub password: Option<String>,
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// TLS to this shard, as libpq's `sslmode`; both the relayed
+    /// connections and the proxy's own control connections follow it.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of the CA(s) the shard's certificate must chain to; needed
+    /// by `verify-ca` and `verify-full`, checked by `require` when given.
+    #[serde(default)]
+    pub sslrootcert: Option<std::path::PathBuf>,
+}
+
+/// libpq's `sslmode`, for the proxy's connections to one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS: no `SSLRequest` is sent.
+    Disable,
+    /// TLS when the shard offers it (its certificate unchecked), plain when
+    /// it answers `N`. The default, as in libpq: an existing configuration
+    /// keeps working against a shard without TLS, and is encrypted against
+    /// one with it.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is checked only when
+    /// `sslrootcert` is given (then as `verify-ca`, as libpq does).
+    Require,
+    /// TLS, the certificate chaining to `sslrootcert`; any host name.
+    VerifyCa,
+    /// TLS, the certificate chaining to `sslrootcert` and valid for `host`.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -471,6 +514,14 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
         if (&o.host, o.port, &o.database, &o.user) != (&n.host, n.port, &n.database, &n.user) {
             return refuse(format!(
                 "shard {}'s address changes only with a restart",
+                n.id
+            ));
+        }
+        // Connections already open keep the TLS they were made with, and
+        // an encrypted pool must never quietly hand out plain ones.
+        if (o.sslmode, &o.sslrootcert) != (n.sslmode, &n.sslrootcert) {
+            return refuse(format!(
+                "shard {}'s `sslmode` and `sslrootcert` change only with a restart",
                 n.id
             ));
         }
@@ -639,6 +690,17 @@ key_type = "int8"
     }
 
     #[test]
+    fn shard_tls_defaults_to_prefer_and_changes_only_with_a_restart() {
+        let old = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(old.shards[0].sslmode, SslMode::Prefer);
+        let off = GOOD.replace("port = 5433\n", "port = 5433\nsslmode = \"disable\"\n");
+        let new = Config::parse(&off, "t.toml").unwrap();
+        assert_eq!(new.shards[1].sslmode, SslMode::Disable);
+        let e = reload_changes(&old, &new).unwrap_err();
+        assert!(e.contains("shard 1") && e.contains("sslmode"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (
@@ -658,6 +720,21 @@ key_type = "int8"
                 "reference_tables[0]",
             ),
             (format!("default_shard = 7\n{GOOD}"), "default_shard"),
+            (
+                GOOD.replace("port = 5433\n", "port = 5433\nsslmode = \"verify-full\"\n"),
+                "shards[1].sslrootcert",
+            ),
+            (
+                GOOD.replace(
+                    "port = 5433\n",
+                    "port = 5433\nsslmode = \"verify-ca\"\nsslrootcert = \"/no/such/ca.crt\"\n",
+                ),
+                "shards[1].sslrootcert",
+            ),
+            (
+                GOOD.replace("port = 5433\n", "port = 5433\nhost = \"a b\"\n"),
+                "shards[1].host",
+            ),
             (
                 GOOD.replace("method", "x").replace(
                     "key_type = \"int8\"",

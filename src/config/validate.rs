@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{toml_key, AuthMethod, Config, ConfigError, Method, ScramSecret};
+use super::{toml_key, AuthMethod, Config, ConfigError, Method, ScramSecret, Shard, SslMode};
 use crate::router::KeyType;
 
 impl Config {
@@ -100,6 +100,7 @@ impl Config {
             if s.port == 0 {
                 return Err(bad(format!("shards[{i}].port"), "must not be 0".into()));
             }
+            check_shard_tls(s).map_err(|(field, m)| bad(format!("shards[{i}].{field}"), m))?;
         }
         if self.default_shard >= n {
             return Err(bad(
@@ -282,4 +283,43 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A shard's `sslmode` and `sslrootcert` agree, the CA file loads, and the
+/// host can be checked against a certificate: (field, what is wrong).
+fn check_shard_tls(s: &Shard) -> Result<(), (&'static str, String)> {
+    let mode = s.sslmode.as_str();
+    match (s.sslmode, &s.sslrootcert) {
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err((
+                "sslrootcert",
+                format!("sslmode {mode} needs `sslrootcert`, the PEM file of the CA the shard's certificate is checked against"),
+            ))
+        }
+        (SslMode::Disable | SslMode::Prefer, Some(_)) => {
+            return Err((
+                "sslrootcert",
+                format!("is used only with sslmode require, verify-ca or verify-full; sslmode is {mode}"),
+            ))
+        }
+        (_, Some(path)) => {
+            super::read_roots(path).map_err(|m| ("sslrootcert", m))?;
+        }
+        (_, None) => {}
+    }
+    // The name a certificate is checked against (verify-full) and sent as
+    // SNI; also parsed under the other modes that may use TLS, so a host
+    // that cannot be named fails here rather than at the first handshake.
+    if s.sslmode != SslMode::Disable
+        && rustls_pki_types::ServerName::try_from(s.host.as_str()).is_err()
+    {
+        return Err((
+            "host",
+            format!(
+                "`{}` is neither a DNS name nor an IP address, which TLS (sslmode {mode}) needs",
+                s.host
+            ),
+        ));
+    }
+    Ok(())
 }

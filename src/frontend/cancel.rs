@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-/// A server backend that can be cancelled: its address and key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A server backend that can be cancelled: its shard and key.
+#[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub addr: Arc<str>,
+    pub endpoint: Arc<crate::backend::Endpoint>,
     pub process_id: i32,
     pub secret_key: i32,
 }
@@ -60,8 +60,10 @@ impl CancelRegistry {
             "forwarding cancel request"
         );
         for t in targets {
-            if let Err(e) = crate::backend::send_cancel(&t.addr, t.process_id, t.secret_key).await {
-                warn!(addr = %t.addr, error = %e, "cannot reach shard to cancel");
+            if let Err(e) =
+                crate::backend::send_cancel(&t.endpoint, t.process_id, t.secret_key).await
+            {
+                warn!(addr = %t.endpoint, error = %e, "cannot reach shard to cancel");
             }
         }
     }

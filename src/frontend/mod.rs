@@ -314,7 +314,9 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
         .as_deref()
         .and_then(crate::txn::parse_failpoint);
     let stats = Arc::new(Stats::new(config.shards.len()));
-    let control = Arc::new(Control::new(&config).map_err(StartupError::Control)?);
+    // Each shard's address and TLS, made once: both planes use them.
+    let endpoints = crate::backend::Endpoint::all(&config).map_err(StartupError::Frontend)?;
+    let control = Arc::new(Control::new(&config, &endpoints).map_err(StartupError::Control)?);
     let coordinator = Arc::new(Coordinator::new(
         &config.cluster,
         config.node_id.as_deref().unwrap_or_default(),
@@ -343,9 +345,10 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
             source,
         })?;
     let (phase, shutdown) = watch::channel(Shutdown::Running);
-    let pools = Pools::new(&config, &stats);
-    let deadlocks = crate::txn::deadlock::Detector::new(&config, pools.backends(), stats.clone())
-        .map(|d| d.spawn());
+    let pools = Pools::new(&config, &endpoints, &stats);
+    let deadlocks =
+        crate::txn::deadlock::Detector::new(&config, &endpoints, pools.backends(), stats.clone())
+            .map(|d| d.spawn());
     let shared = Arc::new(Shared {
         shutdown,
         current: std::sync::RwLock::new(Arc::new(snapshot)),

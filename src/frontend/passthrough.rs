@@ -106,8 +106,11 @@ impl PasswordLookup {
             application_name: "pieskieo-auth",
             size: POOL_SIZE,
         };
+        // The lookup reaches its shard as the control plane does, TLS included.
+        let endpoint =
+            crate::backend::Endpoint::new(shard).map_err(|e| format!("auth_query: {e}"))?;
         let pool = crate::txn::control_pool(
-            shard,
+            &endpoint,
             &login,
             Duration::from_millis(settings.timeout_ms),
             Duration::from_millis(settings.connect_ms),

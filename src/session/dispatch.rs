@@ -69,7 +69,7 @@ impl Session {
 
     pub(super) fn cancel_target(&self, conn: &ServerConn) -> crate::frontend::cancel::CancelTarget {
         crate::frontend::cancel::CancelTarget {
-            addr: conn.addr.clone(),
+            endpoint: conn.endpoint.clone(),
             process_id: conn.process_id,
             secret_key: conn.secret_key,
         }

@@ -3,14 +3,20 @@
 //! outcome), through `tokio-postgres` with one small `deadpool-postgres`
 //! pool per shard. Every call has a deadline, on the client side and as
 //! `statement_timeout` on the server, so a stalled or partitioned shard
-//! costs its caller that deadline and nothing more.
+//! costs its caller that deadline and nothing more. TLS follows the
+//! shard's `sslmode`, with the same rustls configuration (and certificate
+//! check) as the relayed connections, through `tokio-postgres-rustls`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{Config, Shard};
+use crate::backend::Endpoint;
+use crate::config::{Config, SslMode};
 use crate::router::ShardId;
 
 /// Why a control query got no answer.
@@ -49,14 +55,15 @@ pub struct Control {
 /// one, and a commit whose outcome is unknown may need another meanwhile.
 const POOL_SIZE: usize = 4;
 
-fn pool(shard: &Shard, timeout: Duration, connect: Duration) -> Result<Pool, String> {
+fn pool(endpoint: &Endpoint, timeout: Duration, connect: Duration) -> Result<Pool, String> {
+    let shard = &endpoint.cfg;
     let login = Login {
         user: &shard.user,
         password: shard.password.as_deref(),
         application_name: "pieskieo-control",
         size: POOL_SIZE,
     };
-    control_pool(shard, &login, timeout, connect)
+    control_pool(endpoint, &login, timeout, connect)
 }
 
 /// Who a control pool logs in as, and how many connections it keeps.
@@ -71,11 +78,12 @@ pub(crate) struct Login<'a> {
 /// `timeout` for a connection from the pool and, as `statement_timeout`, on
 /// the server; `connect` for a new connection. Connects lazily.
 pub(crate) fn control_pool(
-    shard: &Shard,
+    endpoint: &Endpoint,
     login: &Login<'_>,
     timeout: Duration,
     connect: Duration,
 ) -> Result<Pool, String> {
+    let shard = &endpoint.cfg;
     let mut pg = tokio_postgres::Config::new();
     pg.host(&shard.host)
         .port(shard.port)
@@ -89,13 +97,24 @@ pub(crate) fn control_pool(
     if let Some(p) = login.password {
         pg.password(p);
     }
-    let mgr = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    // tokio-postgres knows whether to ask for TLS and whether a plain answer
+    // will do; what the certificate must prove is the rustls verifier's.
+    pg.ssl_mode(match shard.sslmode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+    });
+    let recycling = || ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match endpoint.client_config() {
+        Some(tls) => Manager::from_config(
+            pg,
+            MakeRustlsConnect::new(Arc::unwrap_or_clone(tls)),
+            recycling(),
+        ),
+        None => Manager::from_config(pg, NoTls, recycling()),
+    };
     Pool::builder(mgr)
         .max_size(login.size)
         .runtime(Runtime::Tokio1)
@@ -106,13 +125,31 @@ pub(crate) fn control_pool(
         .map_err(|e| e.to_string())
 }
 
+/// An error and what caused it, on one line: tokio-postgres and deadpool
+/// keep the reason (a refused certificate, a refused connection) in the
+/// source chain, out of their own messages.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
+}
+
 impl Control {
-    pub fn new(cfg: &Config) -> Result<Control, String> {
+    /// One pool per endpoint.
+    pub fn new(cfg: &Config, endpoints: &[Arc<Endpoint>]) -> Result<Control, String> {
         let timeout = Duration::from_millis(cfg.txn.control_timeout_ms);
         let connect = Duration::from_millis(cfg.limits.connect_timeout_ms);
         let mut pools = Vec::new();
-        for s in &cfg.shards {
-            pools.push((ShardId(s.id), pool(s, timeout, connect)?));
+        for e in endpoints {
+            pools.push((e.shard, pool(e, timeout, connect)?));
         }
         Ok(Control { pools, timeout })
     }
@@ -141,7 +178,7 @@ impl Control {
         let client = match tokio::time::timeout(self.timeout, pool.get()).await {
             Err(_) => return Err(timeout),
             Ok(Err(deadpool_postgres::PoolError::Timeout(_))) => return Err(timeout),
-            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Ok(Err(e)) => return Err(failed(with_causes(&e))),
             Ok(Ok(c)) => c,
         };
         match tokio::time::timeout(self.timeout, client.simple_query(sql)).await {
@@ -156,7 +193,7 @@ impl Control {
                 message: e
                     .as_db_error()
                     .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string()),
+                    .unwrap_or_else(|| with_causes(&e)),
             }),
             Ok(Ok(messages)) => Ok(messages
                 .iter()

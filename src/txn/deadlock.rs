@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::admin::Stats;
-use crate::backend::{send_cancel, Backends, ServerConn};
-use crate::config::{Config, Shard};
+use crate::backend::{send_cancel, Backends, Endpoint, ServerConn};
+use crate::config::Config;
 use crate::error::SqlState;
 use crate::protocol::{self, Severity};
 use crate::router::ShardId;
@@ -257,7 +257,8 @@ fn find_cycle(waits: &[Wait], removed: &HashSet<Node>) -> Option<Vec<usize>> {
 /// The background task: one control connection per shard, polled every half
 /// threshold.
 pub struct Detector {
-    shards: Vec<Shard>,
+    /// Indexed by shard id.
+    shards: Vec<Arc<Endpoint>>,
     control: Vec<Option<ServerConn>>,
     backends: Arc<Backends>,
     stats: Arc<Stats>,
@@ -275,12 +276,16 @@ type Polled = (Option<ServerConn>, Vec<Vec<Option<bytes::Bytes>>>);
 
 impl Detector {
     /// `None` when `txn.deadlock_timeout_ms` is 0 (off).
-    pub fn new(cfg: &Config, backends: Arc<Backends>, stats: Arc<Stats>) -> Option<Detector> {
+    pub fn new(
+        cfg: &Config,
+        endpoints: &[Arc<Endpoint>],
+        backends: Arc<Backends>,
+        stats: Arc<Stats>,
+    ) -> Option<Detector> {
         if cfg.txn.deadlock_timeout_ms == 0 {
             return None;
         }
-        let mut shards = cfg.shards.clone();
-        shards.sort_by_key(|s| s.id);
+        let shards = endpoints.to_vec();
         Some(Detector {
             control: shards.iter().map(|_| None).collect(),
             polling: shards.iter().map(|_| None).collect(),
@@ -343,7 +348,7 @@ impl Detector {
         let mut waits = Vec::new();
         let mut started: HashMap<Tag, i64> = HashMap::new();
         for (i, rows) in answers {
-            let id = ShardId(self.shards[i].id);
+            let id = self.shards[i].shard;
             for row in rows {
                 let num = |j: usize| -> Option<i64> {
                     let b = row.get(j)?.as_ref()?;
@@ -405,13 +410,10 @@ impl Detector {
                 }
                 self.cancelled
                     .insert((w.shard, w.waiter_pid), Instant::now());
-                let (addr, pid, key) = (ours.addr.clone(), w.waiter_pid, ours.secret_key);
+                let (endpoint, pid, key) = (ours.endpoint.clone(), w.waiter_pid, ours.secret_key);
                 tokio::spawn(async move {
-                    let limit = Duration::from_secs(5);
-                    if let Ok(Err(e)) =
-                        tokio::time::timeout(limit, send_cancel(&addr, pid, key)).await
-                    {
-                        warn!(%addr, error = %e, "cannot cancel a deadlock victim");
+                    if let Err(e) = send_cancel(&endpoint, pid, key).await {
+                        warn!(addr = %endpoint, error = %e, "cannot cancel a deadlock victim");
                     }
                 });
             }
@@ -431,15 +433,15 @@ impl Detector {
 /// One shard's lock waits (raw rows of [`WAITS_SQL`]), over `conn` or a new
 /// control connection; gives back the connection if it is still good.
 async fn poll_shard(
-    shard: Shard,
+    shard: Arc<Endpoint>,
     conn: Option<ServerConn>,
     connect_timeout: Duration,
     answer_timeout: Duration,
 ) -> (Option<ServerConn>, Vec<Vec<Option<bytes::Bytes>>>) {
-    let id = ShardId(shard.id);
+    let id = shard.shard;
     let mut conn = match conn {
         Some(c) => c,
-        None => match ServerConn::connect(id, &shard, connect_timeout).await {
+        None => match ServerConn::connect(&shard, connect_timeout).await {
             Ok(mut c) => {
                 c.answer_timeout = Some(answer_timeout);
                 c

@@ -55,7 +55,8 @@ async fn a_connection_dropped_in_a_transaction_is_closed_and_its_locks_released(
     let servers = Servers::start(1);
     let text = config_text(&servers.ports(), TABLES);
     let config = Config::parse(&text, "test.toml").unwrap();
-    let pools = Pools::new(&config, &Arc::new(Stats::new(1)));
+    let endpoints = pieskieo::backend::Endpoint::all(&config).unwrap();
+    let pools = Pools::new(&config, &endpoints, &Arc::new(Stats::new(1)));
     let shard = servers.connect(0).await;
     exec(
         &shard,

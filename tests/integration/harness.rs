@@ -109,6 +109,17 @@ impl Servers {
 
     /// Starts `n` fresh servers with extra `postgresql.conf` settings.
     pub fn start_with(n: usize, extra: &[(&str, &str)]) -> Servers {
+        Servers::start_with_files(n, extra, &[])
+    }
+
+    /// As [`Servers::start_with`], with `files` (name in the data
+    /// directory, source) copied into each before it starts: a server
+    /// certificate and key for `ssl = on`.
+    pub fn start_with_files(
+        n: usize,
+        extra: &[(&str, &str)],
+        files: &[(&str, &std::path::Path)],
+    ) -> Servers {
         let bindir = find_bindir().unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!(
             "pieskieo-test-{}-{}",
@@ -138,6 +149,10 @@ impl Servers {
             let mut s =
                 LocalServer::create(&bindir, &dir.join(format!("shard{i}")), free_port(), &fast)
                     .unwrap_or_else(|e| panic!("initdb: {e}"));
+            for (name, from) in files {
+                s.install_file(name, from)
+                    .unwrap_or_else(|e| panic!("shard {i}: {e}"));
+            }
             // A free port can be taken by another process before the server
             // binds it: then another port (the port is only pg_ctl's option).
             let mut tries = 0;
@@ -325,8 +340,20 @@ impl ProxyProcess {
         tables: &str,
         txn_extra: &str,
     ) -> ProxyProcess {
+        let text = config_text_with(&servers.ports(), tables, txn_extra);
+        ProxyProcess::start_text_on(servers, host, &text).await
+    }
+
+    /// A proxy over `servers` with the configuration `text` (whose
+    /// `listen = "127.0.0.1:0"` gets a free port).
+    pub async fn start_text(servers: &Servers, text: &str) -> ProxyProcess {
+        ProxyProcess::start_text_on(servers, "127.0.0.1", text).await
+    }
+
+    /// As [`ProxyProcess::start_text`], listening on `host`.
+    async fn start_text_on(servers: &Servers, host: &str, text: &str) -> ProxyProcess {
         let port = free_port();
-        let text = config_text_with(&servers.ports(), tables, txn_extra).replace(
+        let text = text.replace(
             "listen = \"127.0.0.1:0\"",
             &format!("listen = \"{host}:{port}\""),
         );

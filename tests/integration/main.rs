@@ -28,6 +28,7 @@ mod restore;
 
 mod routing;
 mod sessions;
+mod shard_tls;
 mod subqueries;
 mod timeouts;
 mod tls;

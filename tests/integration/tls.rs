@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::harness::{Cluster, TABLES};
 
-fn openssl(dir: &Path, args: &[&str]) {
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -19,26 +19,29 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA, and a server certificate it signs for localhost and 127.0.0.1.
-fn make_certs(dir: &Path) {
+/// A self-signed CA in `dir`: `{name}.crt` and `{name}.key`.
+pub fn make_ca(dir: &Path, name: &str) {
     std::fs::create_dir_all(dir).unwrap();
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+    let subject = format!("/CN=Pieskieo Test CA {name}");
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Pieskieo Test CA",
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt,
+            "-days", "2", "-subj", &subject,
         ],
+    );
+}
+
+/// A server certificate `{name}.crt` / `{name}.key` in `dir`, signed by the
+/// CA `{ca}.crt`, valid for `san` (subjectAltName syntax, e.g.
+/// `DNS:localhost,IP:127.0.0.1`).
+pub fn make_server_cert(dir: &Path, ca: &str, name: &str, san: &str) {
+    let (crt, key, csr, ext) = (
+        format!("{name}.crt"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.cnf"),
     );
     openssl(
         dir,
@@ -48,38 +51,45 @@ fn make_certs(dir: &Path) {
             "rsa:2048",
             "-nodes",
             "-keyout",
-            "server.key",
+            &key,
             "-out",
-            "server.csr",
+            &csr,
             "-subj",
             "/CN=localhost",
         ],
     );
     std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        dir.join(&ext),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
+    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
-            "ca.crt",
+            &ca_crt,
             "-CAkey",
-            "ca.key",
+            &ca_key,
             "-CAcreateserial",
             "-out",
-            "server.crt",
+            &crt,
             "-days",
             "2",
             "-extfile",
-            "ext.cnf",
+            &ext,
         ],
     );
+}
+
+/// A CA, and a server certificate it signs for localhost and 127.0.0.1.
+fn make_certs(dir: &Path) {
+    make_ca(dir, "ca");
+    make_server_cert(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
 }
 
 fn psql(port: u16, sslmode: &str, ca: &Path) -> (bool, String) {
