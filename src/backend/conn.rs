@@ -249,10 +249,22 @@ impl ServerConn {
     }
 
     /// Queues a simple `Query`; the caller flushes and reads the responses.
+    /// Framed straight into the write buffer: no message is built apart.
     pub async fn send_query(&mut self, sql: &str) -> Result<(), BackendError> {
-        let mut buf = BytesMut::with_capacity(sql.len() + 6);
-        frontend::query(sql, &mut buf).map_err(|e| self.io_err(e))?;
-        self.write_all(&buf).await?;
+        let len = i32::try_from(sql.len() + 5)
+            .ok()
+            .filter(|_| !sql.as_bytes().contains(&0));
+        let Some(len) = len else {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "string contains embedded null or is too long",
+            );
+            return Err(self.io_err(e));
+        };
+        let [a, b, c, d] = len.to_be_bytes();
+        self.write_all(&[b'Q', a, b, c, d]).await?;
+        self.write_all(sql.as_bytes()).await?;
+        self.write_all(&[0]).await?;
         self.pending += 1;
         self.count(|s| &s.statements);
         if self.sent_at.is_none() {

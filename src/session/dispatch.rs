@@ -96,7 +96,9 @@ impl Session {
                 .zip(held.clone())
                 .all(|(a, c)| a.process_id == c.process_id && a.secret_key == c.secret_key);
         if !same {
-            *t = held.map(|c| self.cancel_target(c)).collect();
+            // Cleared, not replaced: the list keeps its room for the next statement.
+            t.clear();
+            t.extend(held.map(|c| self.cancel_target(c)));
         }
     }
 
