@@ -90,6 +90,18 @@ pub enum ClientError {
     /// The `auth_query` shard answered with an error (the log says which).
     #[error("could not look up the password of user \"{0}\": the auth_query failed (see the proxy's log)")]
     AuthLookupFailed(String),
+    #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
+    UnsupportedProtocol(u16, u16),
+    #[error("invalid byte sequence for encoding \"UTF8\" in startup parameter \"{0}\"")]
+    StartupEncoding(String),
+    /// The connection is closed without an answer (PostgreSQL logs these
+    /// and answers nothing): the reason is for the log.
+    #[error("{0}")]
+    Dropped(String),
+    #[error("empty password returned by client")]
+    EmptyPassword,
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
     #[error("startup option \"{0}\" is not supported through Pieskieo: pass settings in options as -c name=value or --name=value")]
     StartupOption(String),
 }
@@ -215,6 +227,11 @@ impl Error {
                 ClientError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 ClientError::TlsRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                 ClientError::StartupOption(_) => SqlState::FEATURE_NOT_SUPPORTED,
+                ClientError::UnsupportedProtocol(..) => SqlState::FEATURE_NOT_SUPPORTED,
+                ClientError::StartupEncoding(_) => SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+                ClientError::Dropped(_) => SqlState::PROTOCOL_VIOLATION,
+                ClientError::EmptyPassword => SqlState::INVALID_PASSWORD,
+                ClientError::NoUser => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                 ClientError::AuthLookupUnavailable(_) => SqlState::CONNECTION_FAILURE,
                 ClientError::AuthLookupFailed(_) => SqlState::INTERNAL_ERROR,
             },

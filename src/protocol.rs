@@ -362,11 +362,12 @@ pub fn parameter_description(types: &[u32]) -> Bytes {
     encode(&pg::data::ParameterDescription::new(types.to_vec()))
 }
 
-/// NegotiateProtocolVersion: the newest minor version the proxy speaks
+/// NegotiateProtocolVersion: the newest version the proxy speaks, whole
+/// (major in the high 16 bits, 196608 for 3.0, as PostgreSQL sends it),
 /// and the startup options it does not know.
-pub fn negotiate_protocol_version(minor: i32, unknown: &[String]) -> Bytes {
+pub fn negotiate_protocol_version(version: i32, unknown: &[String]) -> Bytes {
     encode(&pg::startup::NegotiateProtocolVersion::new(
-        minor,
+        version,
         unknown.to_vec(),
     ))
 }
@@ -494,8 +495,8 @@ mod tests {
             b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0"
         );
         assert_eq!(
-            &negotiate_protocol_version(0, &["_pq_.x".into()])[..],
-            b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0"
+            &negotiate_protocol_version(196608, &["_pq_.x".into()])[..],
+            b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0"
         );
         // A long ParameterStatus (pgwire's decoder limit is 30,000 bytes).
         let long = "x".repeat(40_000);

@@ -17,8 +17,7 @@ use super::passthrough::{Found, LookupError, PasswordLookup};
 use crate::config::{AuthMethod, Config, User};
 use crate::error::ClientError;
 use crate::protocol::{authentication, read_frame};
-use pgwire::messages::startup::{Authentication as Auth, PasswordMessageFamily};
-use pgwire::messages::{DecodeContext, Message};
+use pgwire::messages::startup::Authentication as Auth;
 
 const ITERATIONS: u32 = 4096;
 
@@ -279,51 +278,72 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> Result<(), ClientEr
         .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
-/// Reads the client's next `PasswordMessage`-family message ('p'), which
-/// only the exchange in progress can tell apart (password, SASL initial
-/// response, SASL response).
+/// PostgreSQL's limit on an authentication message, its length word
+/// included (`PG_MAX_AUTH_TOKEN_LENGTH`).
+const MAX_AUTH_TOKEN: usize = 65_535;
+
+/// Reads the body of the client's next `PasswordMessage`-family message
+/// ('p'), which only the exchange in progress can tell apart (password,
+/// SASL initial response, SASL response); `expected` names it for the
+/// error. Read by hand, as PostgreSQL reads them: pgwire's decoder takes
+/// at most 10,000 bytes, accepts bytes after a password, and reads past the
+/// end of a truncated SASL initial response. Too long a message, or the
+/// client gone, closes the connection without an answer, as in PostgreSQL.
 async fn read_password_message<R: AsyncRead + Unpin>(
     r: &mut R,
-) -> Result<PasswordMessageFamily, ClientError> {
-    let f = read_frame(r, 64 * 1024)
+    expected: &str,
+) -> Result<bytes::Bytes, ClientError> {
+    let f = read_frame(r, MAX_AUTH_TOKEN)
         .await
-        .map_err(|e| ClientError::Protocol(format!("expected password response: {e}")))?;
+        .map_err(|e| ClientError::Dropped(format!("expected {expected} response: {e}")))?;
     if f.tag != b'p' {
         return Err(ClientError::Protocol(format!(
-            "expected password response, got message type {}",
-            f.tag as char
+            "expected {expected} response, got message type {}",
+            f.tag
         )));
     }
-    let mut buf = bytes::BytesMut::from(&f.bytes[..]);
-    match PasswordMessageFamily::decode(&mut buf, &DecodeContext::default()) {
-        Ok(Some(m)) => Ok(m),
-        _ => Err(ClientError::Protocol("malformed password message".into())),
+    Ok(f.bytes.slice(5..))
+}
+
+/// The password of a `PasswordMessage`: one string filling the body.
+fn password_of(body: &[u8]) -> Result<String, ClientError> {
+    match body.split_last() {
+        Some((0, text)) if !text.contains(&0) => {
+            if text.is_empty() {
+                return Err(ClientError::EmptyPassword);
+            }
+            String::from_utf8(text.to_vec())
+                .map_err(|_| ClientError::Protocol("invalid password packet size".into()))
+        }
+        _ => Err(ClientError::Protocol("invalid password packet size".into())),
     }
 }
 
-/// The password of a `PasswordMessage`.
-fn password_of(m: PasswordMessageFamily) -> Result<String, ClientError> {
-    m.into_password()
-        .map(|p| p.password)
-        .map_err(|e| ClientError::Protocol(format!("malformed password message: {e}")))
-}
-
-/// Whether a SASLInitialResponse body is whole: mechanism, a length, and
-/// that many bytes (or -1). pgwire's decoder reads past the end of a
-/// truncated one (a panic), so the shape is checked first.
-fn sasl_initial_is_whole(m: &PasswordMessageFamily) -> bool {
-    let PasswordMessageFamily::Raw(body) = m else {
-        return true;
-    };
-    let Some(nul) = body.iter().position(|&b| b == 0) else {
-        return false;
-    };
-    let Some(len) = body.get(nul + 1..nul + 5) else {
-        return false;
-    };
+/// A SASLInitialResponse: the mechanism, then the length of the client's
+/// first message (-1: none) and the message, and nothing after it.
+fn sasl_initial(body: &[u8]) -> Result<(&str, Option<&[u8]>), ClientError> {
+    let bad = |m: &str| ClientError::Protocol(m.to_string());
+    let nul = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| bad("invalid string in message"))?;
+    let mechanism =
+        std::str::from_utf8(&body[..nul]).map_err(|_| bad("invalid string in message"))?;
+    let rest = &body[nul + 1..];
+    let len = rest
+        .get(..4)
+        .ok_or_else(|| bad("insufficient data left in message"))?;
     let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-    let rest = body.len() - nul - 5;
-    len == -1 || (len >= 0 && len as usize <= rest)
+    let rest = &rest[4..];
+    let data = match len {
+        -1 => None,
+        n if n >= 0 && n as usize <= rest.len() => Some(&rest[..n as usize]),
+        _ => return Err(bad("insufficient data left in message")),
+    };
+    if rest.len() != data.map_or(0, <[u8]>::len) {
+        return Err(bad("invalid message format"));
+    }
+    Ok((mechanism, data))
 }
 
 /// Runs the exchange `credential` asks for; `Ok` means the client proved the
@@ -346,7 +366,7 @@ where
         Credential::Trust => Ok(()),
         Credential::Cleartext(expected) => {
             send(w, &authentication(Auth::CleartextPassword)).await?;
-            let given = password_of(read_password_message(r).await?)?;
+            let given = password_of(&read_password_message(r, "password").await?)?;
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
             } else {
@@ -356,7 +376,7 @@ where
         Credential::Md5(stored) => {
             let salt: [u8; 4] = random_bytes();
             send(w, &authentication(Auth::MD5Password(salt.to_vec()))).await?;
-            let given = password_of(read_password_message(r).await?)?;
+            let given = password_of(&read_password_message(r, "password").await?)?;
             let expected = md5_response(stored, salt);
             if ct_eq(given.as_bytes(), expected.as_bytes()) {
                 Ok(())
@@ -388,20 +408,16 @@ where
     send(w, &authentication(Auth::SASL(vec!["SCRAM-SHA-256".into()]))).await?;
 
     // SASLInitialResponse: mechanism, length, client-first-message.
-    let m = read_password_message(r).await?;
-    if !sasl_initial_is_whole(&m) {
-        return Err(bad("short initial response"));
+    let body = read_password_message(r, "SASL").await?;
+    let (mechanism, data) = sasl_initial(&body)?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(ClientError::Protocol(
+            "client selected an invalid SASL authentication mechanism".into(),
+        ));
     }
-    let initial = m
-        .into_sasl_initial_response()
-        .map_err(|_| bad("no mechanism"))?;
-    if initial.auth_method != "SCRAM-SHA-256" {
-        return Err(ClientError::Protocol(format!(
-            "unsupported SASL mechanism \"{}\"",
-            initial.auth_method
-        )));
-    }
-    let data = initial.data.unwrap_or_default();
+    // A client may hold its first message back (length -1); PostgreSQL then
+    // asks for it with an empty SASLContinue. No known client does; refused.
+    let data = data.ok_or_else(|| bad("no client-first-message"))?;
     let first = std::str::from_utf8(&data).map_err(|_| bad("not UTF-8"))?;
     // gs2 header: "n,," (no channel binding) or "y,," (client could, server can't).
     let (gs2, bare) = if let Some(b) = first.strip_prefix("n,,") {
@@ -430,11 +446,7 @@ where
     .await?;
 
     // SASLResponse: client-final-message.
-    let body = read_password_message(r)
-        .await?
-        .into_sasl_response()
-        .map_err(|_| bad("expected a SASL response"))?
-        .data;
+    let body = read_password_message(r, "SASL").await?;
     let fin = std::str::from_utf8(&body).map_err(|_| bad("not UTF-8"))?;
     let (without_proof, proof) = fin.rsplit_once(",p=").ok_or_else(|| bad("no proof"))?;
     let mut cb = None;

@@ -12,7 +12,7 @@ pub(crate) use crate::session::fuzz_messages;
 /// Reads a startup packet from `data` as a client would send it (fuzzing).
 pub(crate) async fn fuzz_startup(data: &[u8], tls: bool) {
     let mut stream = tokio::io::join(data, tokio::io::sink());
-    let _ = startup::read_startup(&mut stream, tls).await;
+    let _ = startup::read_startup(&mut stream, tls, Default::default()).await;
 }
 
 use std::net::SocketAddr;
@@ -422,7 +422,7 @@ async fn negotiate(
     let snap = shared.snapshot();
     let acceptor = snap.tls.clone();
     let mut stream = stream;
-    match startup::read_startup(&mut stream, acceptor.is_some()).await {
+    match startup::read_startup(&mut stream, acceptor.is_some(), Default::default()).await {
         Ok(startup::Startup::Tls) => {
             let Some(acceptor) = acceptor else {
                 let (r, w) = stream.into_split();
@@ -434,7 +434,9 @@ async fn negotiate(
             };
             match acceptor.accept(stream).await {
                 Ok(mut tls) => {
-                    let r = startup::read_startup(&mut tls, false).await;
+                    let r =
+                        startup::read_startup(&mut tls, false, startup::Negotiated::encrypted())
+                            .await;
                     let (rd, wr) = tokio::io::split(tls);
                     (Box::new(rd), Box::new(wr), r)
                 }
@@ -469,6 +471,16 @@ async fn handle_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         };
     let params = match startup {
         Ok(startup::Startup::Tls) => return,
+        Ok(startup::Startup::Close(why)) => {
+            // PostgreSQL answers nothing here either; a client that
+            // connected and left (a port probe) is not worth a warning.
+            if why.starts_with("incomplete") {
+                tracing::debug!(%peer, reason = %why, "startup packet dropped");
+            } else {
+                warn!(%peer, reason = %why, "startup packet dropped");
+            }
+            return;
+        }
         Ok(startup::Startup::Session(p)) => p,
         Ok(startup::Startup::Cancel {
             process_id,

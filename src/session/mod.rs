@@ -111,6 +111,9 @@ struct Session {
 }
 
 async fn send_fatal(out: &mut BufWriter<ClientWrite>, e: &Error) {
+    if let Error::Client(ClientError::Dropped(_)) = e {
+        return;
+    }
     let m = protocol::error_response(Severity::Fatal, e.sqlstate(), &e.to_string(), None);
     let _ = out.write_all(&m).await;
     let _ = out.flush().await;

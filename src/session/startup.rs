@@ -57,14 +57,12 @@ pub(crate) async fn run(
     pid: i32,
     shared: Arc<Shared>,
 ) {
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    // A name given twice counts once, the later value, as in PostgreSQL.
+    let get = |k: &str| params.iter().rfind(|(n, _)| n == k).map(|(_, v)| v.clone());
     let mut reader = BufReader::with_capacity(16 * 1024, r);
     let mut out = BufWriter::with_capacity(32 * 1024, w);
     let Some(user) = get("user") else {
-        let e = Error::Client(ClientError::Protocol(
-            "no PostgreSQL user name specified in startup packet".into(),
-        ));
-        send_fatal(&mut out, &e).await;
+        send_fatal(&mut out, &Error::Client(ClientError::NoUser)).await;
         return;
     };
     let database = get("database").unwrap_or_else(|| user.clone());
@@ -109,17 +107,19 @@ pub(crate) async fn run(
         send_fatal(&mut out, &unknown_database(&database)).await;
         return;
     }
-    let mut given: Vec<(String, String)> = Vec::new();
+    // PostgreSQL applies `options` first, then the other parameters in
+    // packet order; the last value of a name wins.
+    let mut given: Vec<(String, String)> = match get("options").map(|o| option_settings(&o)) {
+        Some(Ok(set)) => set,
+        Some(Err(e)) => {
+            send_fatal(&mut out, &Error::Client(e)).await;
+            return;
+        }
+        None => Vec::new(),
+    };
     for (k, v) in &params {
         match k.as_str() {
-            "user" | "database" | "replication" => {}
-            "options" => match option_settings(v) {
-                Ok(set) => given.extend(set),
-                Err(e) => {
-                    send_fatal(&mut out, &Error::Client(e)).await;
-                    return;
-                }
-            },
+            "user" | "database" | "replication" | "options" => {}
             _ => given.push((k.clone(), v.clone())),
         }
     }

@@ -61,7 +61,6 @@ async fn scram_verifier_in_config() {
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use tokio::net::TcpStream;
 
 use crate::harness::{field, ProxyProcess, RawClient, Servers, TABLES};
 
@@ -75,21 +74,7 @@ fn message(e: &tokio_postgres::Error) -> String {
 /// Sends a startup packet for `user`; the client and the proxy's first
 /// Authentication request code.
 async fn start_login(port: u16, user: &str) -> (RawClient, i32) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", "app")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    let mut c = RawClient { stream };
-    tokio::io::AsyncWriteExt::write_all(&mut c.stream, &msg)
-        .await
-        .unwrap();
+    let mut c = RawClient::start(port, &[("user", user), ("database", "app")]).await;
     let (t, b) = c.read().await;
     assert_eq!(t, b'R', "{user}: expected an authentication request");
     (c, i32::from_be_bytes(b[..4].try_into().unwrap()))

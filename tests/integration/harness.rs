@@ -612,22 +612,40 @@ pub fn field(body: &[u8], code: u8) -> String {
     String::new()
 }
 
-impl RawClient {
-    pub async fn connect(port: u16) -> RawClient {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", "plain"), ("database", "app")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
+/// A packet of the startup phase: its length, then `body`.
+pub fn startup_packet(body: &[u8]) -> Vec<u8> {
+    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+/// A protocol 3.0 startup message with `params`, in order.
+pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
         body.push(0);
-        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        msg.extend_from_slice(&body);
-        stream.write_all(&msg).await.unwrap();
-        let mut c = RawClient { stream };
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    startup_packet(&body)
+}
+
+impl RawClient {
+    /// Connects and sends a startup message with `params`.
+    pub async fn start(port: u16, params: &[(&str, &str)]) -> RawClient {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.write_all(&startup_message(params)).await.unwrap();
+        RawClient { stream }
+    }
+
+    /// Logs in as the cleartext user `plain` with `params` added to the
+    /// startup message.
+    pub async fn login_with(port: u16, params: &[(&str, &str)]) -> RawClient {
+        let mut all = vec![("user", "plain"), ("database", "app")];
+        all.extend_from_slice(params);
+        let mut c = RawClient::start(port, &all).await;
         let (t, b) = c.read().await;
         assert_eq!(
             (t, &b[..]),
@@ -644,6 +662,10 @@ impl RawClient {
             }
         }
         c
+    }
+
+    pub async fn connect(port: u16) -> RawClient {
+        RawClient::login_with(port, &[]).await
     }
 
     pub async fn send(&mut self, tag: u8, body: &[u8]) {

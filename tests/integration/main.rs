@@ -29,6 +29,7 @@ mod restore;
 mod routing;
 mod sessions;
 mod shard_tls;
+mod startup;
 mod subqueries;
 mod timeouts;
 mod tls;
