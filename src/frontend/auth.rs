@@ -418,7 +418,7 @@ where
     // A client may hold its first message back (length -1); PostgreSQL then
     // asks for it with an empty SASLContinue. No known client does; refused.
     let data = data.ok_or_else(|| bad("no client-first-message"))?;
-    let first = std::str::from_utf8(&data).map_err(|_| bad("not UTF-8"))?;
+    let first = std::str::from_utf8(data).map_err(|_| bad("not UTF-8"))?;
     // gs2 header: "n,," (no channel binding) or "y,," (client could, server can't).
     let (gs2, bare) = if let Some(b) = first.strip_prefix("n,,") {
         ("n,,", b)

@@ -129,6 +129,9 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A startup message's name-value pairs, in packet order.
+type Params = Vec<(String, String)>;
+
 /// The name-value pairs of a startup message's body (after the version),
 /// read as PostgreSQL reads them: in order, a name with no value or a
 /// packet not ending in exactly one terminator is a protocol violation.
@@ -136,7 +139,7 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
 /// apart for NegotiateProtocolVersion. Pieskieo keeps settings as text, so
 /// a name or value that is not UTF-8 is refused (PostgreSQL would pass
 /// the bytes on).
-fn parameters(body: &[u8]) -> Result<(Vec<(String, String)>, Vec<String>), ClientError> {
+fn parameters(body: &[u8]) -> Result<(Params, Vec<String>), ClientError> {
     let layout = || proto("invalid startup packet layout: expected terminator as last byte");
     // PostgreSQL reads the packet with a NUL appended, so a string running
     // to the end still ends; the terminator must then be the last byte.
