@@ -559,6 +559,13 @@ async fn stalled_scrapers_do_not_hold_up_clients() {
             .unwrap();
         stalled.push(s);
     }
+    // Idle connections cannot keep a scraper out: the oldest that has not
+    // sent its request makes room.
+    let r = tokio::time::timeout(Duration::from_secs(3), get(addr, "/metrics", None))
+        .await
+        .expect("a scrape is served while stalled connections hold every slot");
+    assert_eq!(r.status, 200);
+
     // One that asks and vanishes before the answer.
     let mut gone = TcpStream::connect(addr).await.unwrap();
     gone.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -579,8 +586,8 @@ async fn stalled_scrapers_do_not_hold_up_clients() {
         started.elapsed()
     );
 
-    // The endpoint drops each stalled scraper by itself (the header timeout),
-    // then serves again.
+    // The endpoint drops each stalled scraper by itself (made room for, or
+    // the header timeout), then serves again.
     for mut s in stalled {
         let mut sink = Vec::new();
         tokio::time::timeout(Duration::from_secs(12), s.read_to_end(&mut sink))
