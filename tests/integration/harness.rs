@@ -226,7 +226,12 @@ impl Cluster {
     ) -> Cluster {
         let shards = Servers::start(n);
         let text = config_text_full(&shards.ports(), tables, txn_extra, limits_extra);
-        let config = Config::parse(&text, "test.toml").unwrap();
+        Cluster::over(shards, &text).await
+    }
+
+    /// An in-process proxy with configuration `text` over `shards`.
+    pub async fn over(shards: Servers, text: &str) -> Cluster {
+        let config = Config::parse(text, "test.toml").unwrap();
         let map = ShardMap::from_config(&config);
         let proxy = pieskieo::serve(config).await.unwrap();
         Cluster {

@@ -6,9 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pieskieo::config::Config;
-use pieskieo::router::ShardMap;
-
 use crate::harness::{
     config_text, connect, exec, rows, value, Cluster, ProxyProcess, Servers, TABLES,
 };
@@ -73,18 +70,6 @@ fn tls_config(ports: &[u16], sslmode: &str, rootcert: Option<&Path>) -> String {
         shard.push_str(&format!("sslrootcert = \"{}\"\n", ca.display()));
     }
     config_text(ports, &tables).replace("pool_size = 8\n", &shard)
-}
-
-/// An in-process proxy with configuration `text` over `shards`.
-async fn cluster(shards: Servers, text: &str) -> Cluster {
-    let config = Config::parse(text, "test.toml").unwrap();
-    let map = ShardMap::from_config(&config);
-    let proxy = pieskieo::serve(config).await.unwrap();
-    Cluster {
-        shards,
-        proxy: Some(proxy),
-        map,
-    }
 }
 
 /// The proxy's sessions on shard `i` as the shard sees them:
@@ -170,6 +155,16 @@ async fn refused(url: &str) -> (String, String) {
     }
 }
 
+/// Starts a proxy over `shards` with `sslmode` (and `sslrootcert`), whose
+/// first statement must fail with 08006: the message, and the proxy's log.
+async fn refused_under(shards: &Servers, sslmode: &str, ca: Option<&Path>) -> (String, String) {
+    let p = ProxyProcess::start_text(shards, &tls_config(&shards.ports(), sslmode, ca)).await;
+    let (code, message) = refused(&p.url()).await;
+    assert_eq!(code, "08006", "{sslmode}: {message}");
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    (message, log)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_encrypts_statements_two_phase_commit_and_the_control_plane() {
     let certs = Certs::new("full")
@@ -177,7 +172,7 @@ async fn verify_full_encrypts_statements_two_phase_commit_and_the_control_plane(
         .server("ca", "good", "DNS:localhost,IP:127.0.0.1");
     let shards = ssl_shards(2, &certs, "good");
     let text = tls_config(&shards.ports(), "verify-full", Some(&certs.path("ca.crt")));
-    let c = cluster(shards, &text).await;
+    let c = Cluster::over(shards, &text).await;
 
     let keys = c.accounts(2, 100).await;
     let client = c.client().await;
@@ -224,15 +219,12 @@ async fn require_refuses_a_shard_without_tls_and_prefer_uses_it_plain() {
 
     // require: the statement fails with 08006 naming the shard and why,
     // and the proxy's log says the same.
-    let p = ProxyProcess::start_text(&shards, &tls_config(&shards.ports(), "require", None)).await;
-    let (code, message) = refused(&p.url()).await;
-    assert_eq!(code, "08006", "{message}");
+    let (message, log) = refused_under(&shards, "require", None).await;
     assert!(
         message.contains("shard 0") && message.contains("does not support TLS"),
         "{message}"
     );
     assert!(message.contains("sslmode is require"), "{message}");
-    let log = std::fs::read_to_string(&p.log).unwrap();
     assert!(
         log.lines()
             .any(|l| l.contains("shard 0") && l.contains("does not support TLS")),
@@ -245,11 +237,10 @@ async fn require_refuses_a_shard_without_tls_and_prefer_uses_it_plain() {
                 && l.contains("server does not support TLS")),
         "{log}"
     );
-    drop(p);
 
     // prefer: plain, everything works.
     let text = tls_config(&shards.ports(), "prefer", None);
-    let c = cluster(shards, &text).await;
+    let c = Cluster::over(shards, &text).await;
     c.accounts(1, 5).await;
     let client = c.client().await;
     assert_eq!(
@@ -268,7 +259,7 @@ async fn prefer_uses_tls_when_the_shard_offers_it() {
     // No sslmode at all: the default.
     let text = config_text(&shards.ports(), TABLES);
     assert!(!text.contains("sslmode"));
-    let c = cluster(shards, &text).await;
+    let c = Cluster::over(shards, &text).await;
     c.accounts(1, 5).await;
     assert_eq!(
         value(&c.client().await, "SELECT count(*) FROM accounts").await,
@@ -288,17 +279,13 @@ async fn a_certificate_from_another_ca_is_refused() {
     let ca = certs.path("ca.crt");
 
     for mode in ["verify-ca", "verify-full"] {
-        let text = tls_config(&shards.ports(), mode, Some(&ca));
-        let p = ProxyProcess::start_text(&shards, &text).await;
-        let (code, message) = refused(&p.url()).await;
-        assert_eq!(code, "08006", "{mode}: {message}");
+        let (message, log) = refused_under(&shards, mode, Some(&ca)).await;
         assert!(
             message.contains("shard 0")
                 && message.contains("not signed by a CA in sslrootcert")
                 && message.contains(&ca.display().to_string()),
             "{mode}: {message}"
         );
-        let log = std::fs::read_to_string(&p.log).unwrap();
         assert!(
             log.lines().any(|l| !l.contains("unreachable at startup")
                 && l.contains("shard 0")
@@ -335,27 +322,22 @@ async fn a_wrong_host_name_is_refused_by_verify_full_and_accepted_by_verify_ca()
     let shards = ssl_shards(1, &certs, "misnamed");
     let ca = certs.path("ca.crt");
 
-    let text = tls_config(&shards.ports(), "verify-full", Some(&ca));
-    let p = ProxyProcess::start_text(&shards, &text).await;
-    let (code, message) = refused(&p.url()).await;
-    assert_eq!(code, "08006", "{message}");
+    let (message, log) = refused_under(&shards, "verify-full", Some(&ca)).await;
     assert!(
         message.contains("shard 0")
             && message.contains("does not name the configured host")
             && message.contains("127.0.0.1"),
         "{message}"
     );
-    let log = std::fs::read_to_string(&p.log).unwrap();
     assert!(
         log.lines().any(|l| l.contains("unreachable at startup")
             && l.contains("certificate not valid for name")),
         "{log}"
     );
-    drop(p);
 
     // verify-ca checks the chain only: served, encrypted.
     let text = tls_config(&shards.ports(), "verify-ca", Some(&ca));
-    let c = cluster(shards, &text).await;
+    let c = Cluster::over(shards, &text).await;
     c.accounts(1, 5).await;
     assert_eq!(
         value(&c.client().await, "SELECT count(*) FROM accounts").await,
