@@ -17,6 +17,9 @@ impl SqlState {
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    pub const CANT_CHANGE_RUNTIME_PARAM: SqlState = SqlState("55P02");
     pub const CHARACTER_NOT_IN_REPERTOIRE: SqlState = SqlState("22021");
     pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
     pub const INVALID_BINARY_REPRESENTATION: SqlState = SqlState("22P03");
@@ -52,6 +55,22 @@ impl SqlState {
 
     pub fn code(&self) -> &'static str {
         self.0
+    }
+
+    /// The SQLSTATE a shard gave for a setting it refused, when it is one
+    /// of those `SET` gives.
+    pub fn of_setting(code: &str) -> Option<SqlState> {
+        [
+            SqlState::UNDEFINED_OBJECT,
+            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::CANT_CHANGE_RUNTIME_PARAM,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::SYNTAX_ERROR,
+        ]
+        .into_iter()
+        .find(|s| s.0 == code)
     }
 }
 
@@ -98,6 +117,13 @@ pub enum ClientError {
     /// and answers nothing): the reason is for the log.
     #[error("{0}")]
     Dropped(String),
+    #[error("replication connections are not supported through Pieskieo: connect a WAL sender or logical decoding client to a shard directly")]
+    Replication,
+    #[error("invalid value for parameter \"replication\": \"{0}\"")]
+    BadReplication(String),
+    /// A malformed `options` argument, in PostgreSQL's words.
+    #[error("{0}")]
+    OptionSyntax(String),
     #[error("empty password returned by client")]
     EmptyPassword,
     #[error("no PostgreSQL user name specified in startup packet")]
@@ -127,6 +153,10 @@ pub enum Error {
     Keys(#[from] NoKeys),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A shard refused a setting of the client's (from its startup packet,
+    /// most likely), in the shard's words and with its SQLSTATE.
+    #[error("{message}")]
+    Setting { code: SqlState, message: String },
 }
 
 /// Transaction-block misuse the proxy itself detects.
@@ -230,6 +260,9 @@ impl Error {
                 ClientError::UnsupportedProtocol(..) => SqlState::FEATURE_NOT_SUPPORTED,
                 ClientError::StartupEncoding(_) => SqlState::CHARACTER_NOT_IN_REPERTOIRE,
                 ClientError::Dropped(_) => SqlState::PROTOCOL_VIOLATION,
+                ClientError::Replication => SqlState::FEATURE_NOT_SUPPORTED,
+                ClientError::BadReplication(_) => SqlState::INVALID_PARAMETER_VALUE,
+                ClientError::OptionSyntax(_) => SqlState::SYNTAX_ERROR,
                 ClientError::EmptyPassword => SqlState::INVALID_PASSWORD,
                 ClientError::NoUser => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
                 ClientError::AuthLookupUnavailable(_) => SqlState::CONNECTION_FAILURE,
@@ -256,6 +289,7 @@ impl Error {
             Error::Keys(NoKeys::NoSequence { .. }) => SqlState::FEATURE_NOT_SUPPORTED,
             Error::Keys(NoKeys::Unavailable { .. }) => SqlState::CONNECTION_FAILURE,
             Error::Io(_) => SqlState::CONNECTION_FAILURE,
+            Error::Setting { code, .. } => *code,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -57,7 +57,7 @@ pub async fn serve_metrics(addr: &str, shared: Arc<Shared>) -> std::io::Result<S
                     continue;
                 }
             };
-            let Some(slot) = slot(&slots, &waiting).await else {
+            let Some(slot) = slot(&slots, &waiting) else {
                 debug!(%peer, "metrics: too many scrape connections; closed");
                 continue;
             };
@@ -65,10 +65,23 @@ pub async fn serve_metrics(addr: &str, shared: Arc<Shared>) -> std::io::Result<S
             let evict = Arc::new(Notify::new());
             let asked = Arc::new(AtomicBool::new(false));
             if let Ok(mut w) = waiting.lock() {
-                w.push_back((asked.clone(), evict.clone()));
+                w.push_back((Instant::now(), asked.clone(), evict.clone()));
             }
+            let slots = slots.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                // A slot being freed for this connection: waited for here,
+                // not in the accept loop.
+                let _slot = match slot {
+                    Some(s) => s,
+                    None => {
+                        match tokio::time::timeout(Duration::from_secs(1), slots.acquire_owned())
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            _ => return,
+                        }
+                    }
+                };
                 let service = service_fn(move |req| {
                     asked.store(true, Ordering::Relaxed);
                     let response = respond(&exposition, &req);
@@ -95,35 +108,31 @@ pub async fn serve_metrics(addr: &str, shared: Arc<Shared>) -> std::io::Result<S
     Ok(local)
 }
 
-/// The open connections in the order they came, each with whether its
-/// request has arrived and how to close it.
-type Waiting = std::sync::Mutex<VecDeque<(Arc<AtomicBool>, Arc<Notify>)>>;
+/// The open connections in the order they came, each with when it came,
+/// whether its request has arrived, and how to close it.
+type Waiting = std::sync::Mutex<VecDeque<(Instant, Arc<AtomicBool>, Arc<Notify>)>>;
 
-/// A connection slot. When all are taken, the oldest connection that has
-/// not sent its request yet is closed to make room: idle connections
-/// cannot keep a scraper out, since a scraper sends its request at once.
-async fn slot(slots: &Arc<Semaphore>, waiting: &Waiting) -> Option<OwnedSemaphorePermit> {
+/// How long a connection may sit without a request before a newer one may
+/// take its place: a scraper's request follows its connect at once, so it
+/// is read well within this, while idle connections make room.
+const EVICTABLE_AFTER: Duration = Duration::from_millis(100);
+
+/// A connection slot: `Some(Some(_))` free now, `Some(None)` to be freed by
+/// the oldest connection that has sat longer than [`EVICTABLE_AFTER`]
+/// without a request (closed now), `None` when there is no such connection.
+fn slot(slots: &Arc<Semaphore>, waiting: &Waiting) -> Option<Option<OwnedSemaphorePermit>> {
+    let mut w = waiting.lock().ok()?;
+    // Forget connections that have ended (only this list still holds them).
+    w.retain(|(_, _, evict)| Arc::strong_count(evict) > 1);
     if let Ok(s) = slots.clone().try_acquire_owned() {
-        prune(waiting);
-        return Some(s);
+        return Some(Some(s));
     }
-    let victim = waiting.lock().ok().and_then(|mut w| {
-        w.retain(|(asked, evict)| Arc::strong_count(evict) > 1 && !asked.load(Ordering::Relaxed));
-        w.pop_front()
-    });
-    let (_, evict) = victim?;
+    let victim = w.iter().position(|(since, asked, _)| {
+        !asked.load(Ordering::Relaxed) && since.elapsed() >= EVICTABLE_AFTER
+    })?;
+    let (_, _, evict) = w.remove(victim)?;
     evict.notify_one();
-    tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned())
-        .await
-        .ok()?
-        .ok()
-}
-
-/// Forgets connections that have ended.
-fn prune(waiting: &Waiting) {
-    if let Ok(mut w) = waiting.lock() {
-        w.retain(|(_, evict)| Arc::strong_count(evict) > 1);
-    }
+    Some(None)
 }
 
 /// The answer to one request: the exposition for `GET`/`HEAD /metrics`

@@ -11,12 +11,12 @@ use bytes::BufMut;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::passthrough::{Found, LookupError, PasswordLookup};
 use crate::config::{AuthMethod, Config, User};
 use crate::error::ClientError;
-use crate::protocol::{authentication, read_frame};
+use crate::protocol::authentication;
 use pgwire::messages::startup::Authentication as Auth;
 
 const ITERATIONS: u32 = 4096;
@@ -292,43 +292,56 @@ const MAX_AUTH_TOKEN: usize = 65_535;
 async fn read_password_message<R: AsyncRead + Unpin>(
     r: &mut R,
     expected: &str,
-) -> Result<bytes::Bytes, ClientError> {
-    let f = read_frame(r, MAX_AUTH_TOKEN)
-        .await
-        .map_err(|e| ClientError::Dropped(format!("expected {expected} response: {e}")))?;
-    if f.tag != b'p' {
+) -> Result<Vec<u8>, ClientError> {
+    let gone =
+        |e: std::io::Error| ClientError::Dropped(format!("expected {expected} response: {e}"));
+    // The type first: a wrong one is refused before its length is read.
+    let tag = r.read_u8().await.map_err(gone)?;
+    if tag != b'p' {
         return Err(ClientError::Protocol(format!(
-            "expected {expected} response, got message type {}",
-            f.tag
+            "expected {expected} response, got message type {tag}"
         )));
     }
-    Ok(f.bytes.slice(5..))
+    let len = r.read_i32().await.map_err(gone)?;
+    if len < 4 || len as usize > MAX_AUTH_TOKEN {
+        return Err(ClientError::Dropped(format!(
+            "expected {expected} response: invalid message length {len}"
+        )));
+    }
+    let mut body = vec![0; len as usize - 4];
+    r.read_exact(&mut body).await.map_err(gone)?;
+    Ok(body)
 }
 
-/// The password of a `PasswordMessage`: one string filling the body.
-fn password_of(body: &[u8]) -> Result<String, ClientError> {
+/// The password of a `PasswordMessage`: one string filling the body, as
+/// bytes (PostgreSQL compares bytes, whatever the encoding).
+fn password_of(body: &[u8]) -> Result<&[u8], ClientError> {
     match body.split_last() {
         Some((0, text)) if !text.contains(&0) => {
             if text.is_empty() {
                 return Err(ClientError::EmptyPassword);
             }
-            String::from_utf8(text.to_vec())
-                .map_err(|_| ClientError::Protocol("invalid password packet size".into()))
+            Ok(text)
         }
         _ => Err(ClientError::Protocol("invalid password packet size".into())),
     }
 }
 
-/// A SASLInitialResponse: the mechanism, then the length of the client's
-/// first message (-1: none) and the message, and nothing after it.
-fn sasl_initial(body: &[u8]) -> Result<(&str, Option<&[u8]>), ClientError> {
+/// A SASLInitialResponse: the mechanism (SCRAM-SHA-256, the one offered),
+/// then the length of the client's first message (-1: none) and the
+/// message, and nothing after it.
+fn sasl_initial(body: &[u8]) -> Result<Option<&[u8]>, ClientError> {
     let bad = |m: &str| ClientError::Protocol(m.to_string());
     let nul = body
         .iter()
         .position(|&b| b == 0)
         .ok_or_else(|| bad("invalid string in message"))?;
-    let mechanism =
-        std::str::from_utf8(&body[..nul]).map_err(|_| bad("invalid string in message"))?;
+    // PostgreSQL checks the mechanism before it reads any further.
+    if &body[..nul] != b"SCRAM-SHA-256" {
+        return Err(bad(
+            "client selected an invalid SASL authentication mechanism",
+        ));
+    }
     let rest = &body[nul + 1..];
     let len = rest
         .get(..4)
@@ -343,7 +356,7 @@ fn sasl_initial(body: &[u8]) -> Result<(&str, Option<&[u8]>), ClientError> {
     if rest.len() != data.map_or(0, <[u8]>::len) {
         return Err(bad("invalid message format"));
     }
-    Ok((mechanism, data))
+    Ok(data)
 }
 
 /// Runs the exchange `credential` asks for; `Ok` means the client proved the
@@ -366,8 +379,8 @@ where
         Credential::Trust => Ok(()),
         Credential::Cleartext(expected) => {
             send(w, &authentication(Auth::CleartextPassword)).await?;
-            let given = password_of(&read_password_message(r, "password").await?)?;
-            if ct_eq(given.as_bytes(), expected.as_bytes()) {
+            let given = read_password_message(r, "password").await?;
+            if ct_eq(password_of(&given)?, expected.as_bytes()) {
                 Ok(())
             } else {
                 Err(failed())
@@ -376,22 +389,25 @@ where
         Credential::Md5(stored) => {
             let salt: [u8; 4] = random_bytes();
             send(w, &authentication(Auth::MD5Password(salt.to_vec()))).await?;
-            let given = password_of(&read_password_message(r, "password").await?)?;
+            let given = read_password_message(r, "password").await?;
             let expected = md5_response(stored, salt);
-            if ct_eq(given.as_bytes(), expected.as_bytes()) {
+            if ct_eq(password_of(&given)?, expected.as_bytes()) {
                 Ok(())
             } else {
                 Err(failed())
             }
         }
-        Credential::Scram(secret) => match scram_exchange(r, w, secret).await? {
-            true => Ok(()),
-            false => Err(failed()),
+        // A SASL message that cannot be read (too long, cut off) fails the
+        // login, as in PostgreSQL, where a password message closes quietly.
+        Credential::Scram(secret) => match scram_exchange(r, w, secret).await {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(ClientError::Dropped(_)) => Err(failed()),
+            Err(e) => Err(e),
         },
-        Credential::Missing(_) => {
-            scram_exchange(r, w, &cache.mock(user_name)).await?;
-            Err(failed())
-        }
+        Credential::Missing(_) => match scram_exchange(r, w, &cache.mock(user_name)).await {
+            Ok(_) | Err(ClientError::Dropped(_)) => Err(failed()),
+            Err(e) => Err(e),
+        },
     }
 }
 
@@ -409,12 +425,7 @@ where
 
     // SASLInitialResponse: mechanism, length, client-first-message.
     let body = read_password_message(r, "SASL").await?;
-    let (mechanism, data) = sasl_initial(&body)?;
-    if mechanism != "SCRAM-SHA-256" {
-        return Err(ClientError::Protocol(
-            "client selected an invalid SASL authentication mechanism".into(),
-        ));
-    }
+    let data = sasl_initial(&body)?;
     // A client may hold its first message back (length -1); PostgreSQL then
     // asks for it with an empty SASLContinue. No known client does; refused.
     let data = data.ok_or_else(|| bad("no client-first-message"))?;

@@ -491,6 +491,14 @@ async fn handle_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         }
         Err(e) => {
             warn!(%peer, error = %e, "bad startup");
+            if let ClientError::UnsupportedProtocol(1..=2, _) = e {
+                // A protocol 1 or 2 client reads errors in the old format
+                // (no length word), which PostgreSQL still uses for this one.
+                let old = format!("EFATAL:  {e}\n\0");
+                let _ = writer.write_all(old.as_bytes()).await;
+                let _ = writer.flush().await;
+                return;
+            }
             fatal(&mut writer, &Error::Client(e)).await;
             return;
         }

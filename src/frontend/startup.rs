@@ -89,6 +89,7 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ if !done.ssl && SslRequest::is_ssl_request_packet(&buf) => {
                 done.ssl = true;
+                let early = !tls && early_bytes(stream).await;
                 let answer = if tls { b"S" } else { b"N" };
                 stream
                     .write_all(answer)
@@ -98,17 +99,27 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
                 if tls {
                     return Ok(Startup::Tls);
                 }
+                if early {
+                    return Err(proto("received unencrypted data after SSL request"));
+                }
             }
             _ if !done.gss && GssEncRequest::is_gss_enc_request_packet(&buf) => {
                 done.gss = true;
+                let early = early_bytes(stream).await;
                 stream
                     .write_all(b"N")
                     .await
                     .map_err(|e| proto(e.to_string()))?;
                 stream.flush().await.map_err(|e| proto(e.to_string()))?;
+                if early {
+                    return Err(proto(
+                        "received unencrypted data after GSSAPI encryption request",
+                    ));
+                }
             }
             c if c >> 16 == PROTOCOL_3 => {
                 let (params, unknown) = parameters(&buf[8..])?;
+                check_parameters(&params)?;
                 if c & 0xffff > 0 || !unknown.is_empty() {
                     // We speak 3.0; tell the client, as PostgreSQL does.
                     let m = protocol::negotiate_protocol_version(PROTOCOL_LATEST, &unknown);
@@ -127,6 +138,69 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// What PostgreSQL checks of the parameters before authentication: a user
+/// name (the last one given) that is not empty, and `replication` a boolean
+/// or `database`. Replication connections themselves are refused: a
+/// WAL sender belongs on a shard, not behind a pooler.
+fn check_parameters(params: &[(String, String)]) -> Result<(), ClientError> {
+    let last = |k: &str| {
+        params
+            .iter()
+            .rfind(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(r) = last("replication") {
+        match r {
+            "database" => return Err(ClientError::Replication),
+            r => match parse_bool(r) {
+                Some(true) => return Err(ClientError::Replication),
+                Some(false) => {}
+                None => return Err(ClientError::BadReplication(r.to_string())),
+            },
+        }
+    }
+    match last("user") {
+        None | Some("") => Err(ClientError::NoUser),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A boolean as PostgreSQL's `parse_bool` reads one: any prefix of `true`,
+/// `false`, `yes`, `no`, at least two letters of `on`/`off`, or `1`/`0`,
+/// in any case.
+fn parse_bool(v: &str) -> Option<bool> {
+    let l = v.to_ascii_lowercase();
+    let prefix = |word: &str, min: usize| l.len() >= min && word.starts_with(&l);
+    match l.as_bytes().first()? {
+        b't' if prefix("true", 1) => Some(true),
+        b'f' if prefix("false", 1) => Some(false),
+        b'y' if prefix("yes", 1) => Some(true),
+        b'n' if prefix("no", 1) => Some(false),
+        b'o' if prefix("on", 2) => Some(true),
+        b'o' if prefix("off", 2) => Some(false),
+        b'1' if l == "1" => Some(true),
+        b'0' if l == "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether bytes came with an SSL or GSS request, before its answer: they
+/// were never meant to travel in plain text (or were injected by someone
+/// in between), so PostgreSQL refuses them after answering, and so does
+/// the proxy. Only what has already arrived counts; nothing is waited for.
+async fn early_bytes<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
+    use std::task::Poll;
+    let mut byte = [0u8; 1];
+    std::future::poll_fn(|cx| {
+        let mut rb = tokio::io::ReadBuf::new(&mut byte);
+        Poll::Ready(match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Pending => false,
+            Poll::Ready(r) => r.is_ok() && !rb.filled().is_empty(),
+        })
+    })
+    .await
 }
 
 /// A startup message's name-value pairs, in packet order.
@@ -152,34 +226,59 @@ fn parameters(body: &[u8]) -> Result<(Params, Vec<String>), ClientError> {
         String::from_utf8(bytes.to_vec())
             .map_err(|_| ClientError::StartupEncoding(String::from_utf8_lossy(name).into_owned()))
     };
-    let (mut params, mut unknown) = (Vec::new(), Vec::new());
+    let mut raw = Vec::new();
     let mut at = 0;
     while at < body.len() {
         let (name, value_at) = cstr(at);
-        if name.is_empty() {
-            break;
-        }
-        if value_at >= body.len() {
+        if name.is_empty() || value_at >= body.len() {
             break;
         }
         let (value, next) = cstr(value_at);
+        raw.push((name, value));
+        at = next;
+    }
+    if at + 1 != body.len() {
+        return Err(layout());
+    }
+    let (mut params, mut unknown) = (Vec::new(), Vec::new());
+    for (name, value) in raw {
         let key = text(name, name)?;
         if key.starts_with("_pq_.") {
             unknown.push(key);
         } else {
             params.push((key, text(value, name)?));
         }
-        at = next;
-    }
-    if at + 1 != body.len() {
-        return Err(layout());
     }
     Ok((params, unknown))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parameters;
+    use super::{parameters, parse_bool};
+
+    #[test]
+    fn booleans_read_as_postgresql_reads_them() {
+        for (v, want) in [
+            ("t", Some(true)),
+            ("TRUE", Some(true)),
+            ("tru", Some(true)),
+            ("f", Some(false)),
+            ("y", Some(true)),
+            ("no", Some(false)),
+            ("on", Some(true)),
+            ("of", Some(false)),
+            ("OFF", Some(false)),
+            ("o", None),
+            ("1", Some(true)),
+            ("0", Some(false)),
+            ("01", None),
+            ("maybe", None),
+            ("", None),
+            (" true", None),
+        ] {
+            assert_eq!(parse_bool(v), want, "{v:?}");
+        }
+    }
 
     #[test]
     fn parameters_are_read_as_postgresql_reads_them() {

@@ -3,6 +3,7 @@
 //! from a connection after a statement that may have changed them unseen.
 
 use super::*;
+use crate::error::SqlState;
 
 impl Session {
     /// Records setting changes that took effect, in the session and on the
@@ -100,13 +101,22 @@ pub(super) async fn sync_settings(
         }
         Err(e) => {
             conn.mark_broken();
-            Err(Error::Backend(BackendError::Protocol {
-                shard: conn.shard,
-                message: format!(
-                    "applying the client's session settings failed: {}",
-                    e.message
-                ),
-            }))
+            // A setting the shard refuses (a name it does not know, a bad
+            // value): the shard's own error, as PostgreSQL gives it at
+            // startup. Anything else means the connection cannot be used.
+            match SqlState::of_setting(&e.code) {
+                Some(code) => Err(Error::Setting {
+                    code,
+                    message: e.message,
+                }),
+                None => Err(Error::Backend(BackendError::Protocol {
+                    shard: conn.shard,
+                    message: format!(
+                        "applying the client's session settings failed: {}",
+                        e.message
+                    ),
+                })),
+            }
         }
     }
 }

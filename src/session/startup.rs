@@ -61,11 +61,13 @@ pub(crate) async fn run(
     let get = |k: &str| params.iter().rfind(|(n, _)| n == k).map(|(_, v)| v.clone());
     let mut reader = BufReader::with_capacity(16 * 1024, r);
     let mut out = BufWriter::with_capacity(32 * 1024, w);
-    let Some(user) = get("user") else {
+    let Some(user) = get("user").filter(|u| !u.is_empty()) else {
         send_fatal(&mut out, &Error::Client(ClientError::NoUser)).await;
         return;
     };
-    let database = get("database").unwrap_or_else(|| user.clone());
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     let config = shared.config();
     let lookup = shared.password_lookup();
     let limit = Duration::from_millis(config.limits.startup_timeout_ms);
@@ -187,41 +189,59 @@ pub(crate) async fn run(
     info!(%peer, user = %s.user, "client disconnected");
 }
 
-/// The settings in a startup packet's `options`, as PostgreSQL reads them:
-/// arguments split at unescaped white space (`\` escapes the next
-/// character), each `-c name=value`, `-cname=value` or `--name=value`, with
-/// `-` in a name read as `_`. Other server switches are refused.
+/// The settings in a startup packet's `options`, as PostgreSQL reads them
+/// (`pg_split_opts`, then its switches): arguments split at unescaped white
+/// space as C's `isspace` knows it (`\` escapes the next character), each
+/// `-c name=value`, `-cname=value` or `--name=value`, with `-` in a name
+/// read as `_`; `--` ends them. Malformed arguments get PostgreSQL's 42601;
+/// other server switches are refused.
 fn option_settings(options: &str) -> Result<Vec<(String, String)>, ClientError> {
+    let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r');
     let mut args = Vec::new();
-    let mut arg = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => arg.extend(chars.next()),
-            c if c.is_ascii_whitespace() => {
-                if !arg.is_empty() {
-                    args.push(std::mem::take(&mut arg));
-                }
-            }
-            c => arg.push(c),
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.next_if(|&c| space(c)).is_some() {}
+        if chars.peek().is_none() {
+            break;
         }
-    }
-    if !arg.is_empty() {
+        let mut arg = String::new();
+        while let Some(c) = chars.next_if(|&c| !space(c)) {
+            match c {
+                '\\' => arg.extend(chars.next()),
+                c => arg.push(c),
+            }
+        }
         args.push(arg);
     }
+    let invalid = |a: &str| {
+        ClientError::OptionSyntax(format!(
+            "invalid command-line argument for server process: {a}"
+        ))
+    };
     let mut settings = Vec::new();
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
-        let pair = if a == "-c" {
-            args.next()
-                .ok_or_else(|| ClientError::StartupOption(a.clone()))?
-        } else if let Some(rest) = a.strip_prefix("--").or_else(|| a.strip_prefix("-c")) {
-            rest.to_string()
-        } else {
+        let (flag, pair) = if a == "--" {
+            // The end of the switches: anything after it is no setting.
+            return match args.next() {
+                Some(rest) => Err(invalid(&rest)),
+                None => Ok(settings),
+            };
+        } else if a == "-c" {
+            ("-c ", args.next().ok_or_else(|| invalid(&a))?)
+        } else if let Some(rest) = a.strip_prefix("--") {
+            ("--", rest.to_string())
+        } else if let Some(rest) = a.strip_prefix("-c") {
+            ("-c ", rest.to_string())
+        } else if a.starts_with('-') && a.len() > 1 {
             return Err(ClientError::StartupOption(a));
+        } else {
+            return Err(invalid(&a));
         };
         let Some((name, value)) = pair.split_once('=') else {
-            return Err(ClientError::StartupOption(pair));
+            return Err(ClientError::OptionSyntax(format!(
+                "{flag}{pair} requires a value"
+            )));
         };
         if name.is_empty() {
             return Err(ClientError::StartupOption(pair));
@@ -252,7 +272,27 @@ mod tests {
         );
         assert!(pairs("").unwrap().is_empty());
         assert!(pairs("-B 100").unwrap_err().contains("\"-B\""));
-        assert!(pairs("-c").is_err());
-        assert!(pairs("-c work_mem").is_err());
+        assert_eq!(
+            pairs("-c").unwrap_err(),
+            "invalid command-line argument for server process: -c"
+        );
+        assert_eq!(
+            pairs("-c work_mem").unwrap_err(),
+            "-c work_mem requires a value"
+        );
+        assert_eq!(
+            pairs("--work-mem").unwrap_err(),
+            "--work-mem requires a value"
+        );
+        assert_eq!(
+            pairs("\\").unwrap_err(),
+            "invalid command-line argument for server process: "
+        );
+        assert_eq!(
+            pairs("-c\x0bwork_mem=64kB\x0c-c a=b").unwrap(),
+            vec![("work_mem".into(), "64kB".into()), ("a".into(), "b".into())]
+        );
+        assert_eq!(pairs("-c a=b --").unwrap(), vec![("a".into(), "b".into())]);
+        assert!(pairs("-c a=b -- -c").unwrap_err().contains("argument"));
     }
 }

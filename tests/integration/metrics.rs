@@ -559,8 +559,9 @@ async fn stalled_scrapers_do_not_hold_up_clients() {
             .unwrap();
         stalled.push(s);
     }
-    // Idle connections cannot keep a scraper out: the oldest that has not
-    // sent its request makes room.
+    // Idle connections cannot keep a scraper out: the oldest that has sat
+    // without a request for a while makes room.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = tokio::time::timeout(Duration::from_secs(3), get(addr, "/metrics", None))
         .await
         .expect("a scrape is served while stalled connections hold every slot");

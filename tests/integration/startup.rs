@@ -132,6 +132,30 @@ async fn malformed_and_unusual_startup_packets_are_answered_as_postgresql_answer
             vec![body(b"user\0postgres\0_pq_.frobnicate\0on\0\0")],
         ),
         ("protocol 4.0", vec![coded(4 << 16, b"user\0postgres\0\0")]),
+        (
+            "an empty user name",
+            vec![body(b"user\0\0database\0postgres\0\0")],
+        ),
+        (
+            "a user name given twice, the last empty",
+            vec![body(b"user\0postgres\0user\0\0\0")],
+        ),
+        (
+            "replication neither boolean nor database",
+            vec![body(b"user\0postgres\0replication\0maybe\0\0")],
+        ),
+        (
+            "replication off",
+            vec![body(b"user\0postgres\0replication\0of\0\0")],
+        ),
+        (
+            "a name that is not UTF-8 in a packet of the wrong layout",
+            vec![body(b"user\0t\xe9\0orphan\0")],
+        ),
+        (
+            "a startup message sent with the SSL request, before its answer",
+            vec![[coded(SSL, b""), startup_message(&[("user", "postgres")])].concat()],
+        ),
         ("a packet too short", vec![startup_packet(&[0, 3])]),
         (
             "a packet as long as allowed",
@@ -406,6 +430,31 @@ async fn password_messages_are_read_as_postgresql_reads_them() {
             false,
             message(b'Q', b"SELECT 1\0"),
         ),
+        (
+            "SCRAM: a first message too long",
+            false,
+            sasl_initial("SCRAM-SHA-256", 65_600, &[b'x'; 65_600]),
+        ),
+        (
+            "SCRAM: a mechanism not offered, with nothing after it",
+            false,
+            message(b'p', b"FOO\0"),
+        ),
+        (
+            "SCRAM: a query claiming a huge length",
+            false,
+            [&b"Q"[..], &100_000i32.to_be_bytes()].concat(),
+        ),
+        (
+            "a query claiming a huge length instead of a password",
+            true,
+            [&b"Q"[..], &100_000i32.to_be_bytes()].concat(),
+        ),
+        (
+            "a password that is not UTF-8",
+            true,
+            message(b'p', b"caf\xe9\0"),
+        ),
     ];
     let mut wrong = Vec::new();
     for (what, cleartext, answer) in &cases {
@@ -423,4 +472,84 @@ async fn password_messages_are_read_as_postgresql_reads_them() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Logs in with `params` added and reads up to the first ReadyForQuery or
+/// error: the error's SQLSTATE and text, or "ready". PostgreSQL is reached
+/// on its Unix socket (trusted), the proxy as the cleartext user `plain`.
+async fn login_outcome<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    user: &str,
+    params: &[(&str, &str)],
+) -> String {
+    let mut all = vec![("user", user), ("database", "app")];
+    if user == "postgres" {
+        all[1].1 = "postgres";
+    }
+    all.extend_from_slice(params);
+    s.write_all(&startup_message(&all)).await.unwrap();
+    loop {
+        let tag = s.read_u8().await.unwrap();
+        let len = s.read_i32().await.unwrap();
+        let mut body = vec![0; len as usize - 4];
+        s.read_exact(&mut body).await.unwrap();
+        match tag {
+            b'E' => return format!("{} {}", field(&body, b'C'), field(&body, b'M')),
+            b'Z' => return "ready".into(),
+            b'R' if body[..4] == 3i32.to_be_bytes() => {
+                s.write_all(&message(b'p', b"plainpass\0")).await.unwrap()
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_a_shard_refuses_at_startup_fail_as_in_postgresql() {
+    let c = Cluster::start(1).await;
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().unwrap();
+    let pg = Servers::start_with(1, &[("unix_socket_directories", &format!("'{dir}'"))]);
+    let socket = format!("{dir}/.s.PGSQL.{}", pg.servers[0].port);
+    let cases: [&[(&str, &str)]; 6] = [
+        &[("no_such_setting", "x")],
+        &[("work_mem", "zzz")],
+        &[("is_superuser", "on")],
+        &[("options", "-c work_mem")],
+        &[("options", "\\")],
+        &[("options", "-c\x0bwork_mem=64kB")],
+    ];
+    let mut wrong = Vec::new();
+    for params in cases {
+        let mut a = UnixStream::connect(&socket).await.unwrap();
+        let want = login_outcome(&mut a, "postgres", params).await;
+        let mut b = TcpStream::connect(("127.0.0.1", c.port())).await.unwrap();
+        let got = login_outcome(&mut b, "plain", params).await;
+        if want != got {
+            wrong.push(format!(
+                "{params:?}:\n  PostgreSQL {want}\n  Pieskieo   {got}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_2_clients_get_postgresqls_old_style_error() {
+    let c = Cluster::start(1).await;
+    let pg = Servers::start(1);
+    let packet = coded(2 << 16, b"user\0postgres\0\0");
+    let mut answers = Vec::new();
+    for port in [pg.servers[0].port, c.port()] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(&packet).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
+            .await
+            .unwrap()
+            .unwrap();
+        answers.push(String::from_utf8_lossy(&all).into_owned());
+    }
+    assert_eq!(answers[1], answers[0]);
+    assert!(answers[0].starts_with("EFATAL:  unsupported frontend protocol 2.0"));
 }
