@@ -7,6 +7,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::decision::{self, Decision};
+use super::fence::Class;
 use super::round::{read_answer, round_on, Answer};
 use super::{
     rolled_back, CommitOutcome, Coordinator, FailPoint, Gid, Notice, Participant, Phase,
@@ -58,17 +59,25 @@ impl Coordinator {
         };
         let other = |p: &Participant| p.writer() && p.shard() != decider;
 
-        // Phase 1: PREPARE the others, all at once.
+        // Phase 1: PREPARE the others, all at once; meanwhile (no round trip
+        // of its own) enter the consistent-read fence, held from C's COMMIT
+        // to the last COMMIT PREPARED's answer.
         let mut phase = Phase::Preparing;
-        let answers = round_on(parts, |p| {
+        let prepare = round_on(parts, |p| {
             other(p).then(|| {
                 format!(
                     "PREPARE TRANSACTION '{}'",
                     self.gid(txn, decider, p.shard())
                 )
             })
-        })
-        .await;
+        });
+        let enter = async {
+            match &self.fence {
+                Some(f) => f.enter(Class::Commit).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (answers, fenced) = tokio::join!(prepare, enter);
         let prepared: Vec<ShardId> = answers
             .iter()
             .filter(|(_, a)| a.ok())
@@ -82,6 +91,19 @@ impl Coordinator {
             self.abort_all(txn, decider, parts, &prepared).await;
             return CommitOutcome::Aborted { error };
         }
+        let _fenced = match fenced {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(%txn, ?phase, error = %e, "consistent-read fence refused; rolling back");
+                self.abort_all(txn, decider, parts, &prepared).await;
+                return CommitOutcome::Aborted {
+                    error: Report::Proxy {
+                        sqlstate: SqlState::CONNECTION_FAILURE,
+                        message: format!("transaction rolled back: {e}"),
+                    },
+                };
+            }
+        };
         self.hit(FailPoint::AfterPrepare).await;
         let prepared_at = Instant::now();
 
