@@ -115,6 +115,9 @@ pub enum Error {
     Keys(#[from] NoKeys),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// `consistent_reads`: the lock shard did not grant the fence's lock.
+    #[error(transparent)]
+    Fence(#[from] crate::txn::fence::FenceError),
 }
 
 /// Transaction-block misuse the proxy itself detects.
@@ -239,6 +242,7 @@ impl Error {
             Error::Keys(NoKeys::NoSequence { .. }) => SqlState::FEATURE_NOT_SUPPORTED,
             Error::Keys(NoKeys::Unavailable { .. }) => SqlState::CONNECTION_FAILURE,
             Error::Io(_) => SqlState::CONNECTION_FAILURE,
+            Error::Fence(_) => SqlState::CONNECTION_FAILURE,
         }
     }
 }
