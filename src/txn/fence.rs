@@ -22,7 +22,7 @@
 //! tasks of the fence's own, never by a future that can be dropped halfway.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::Notify;
@@ -35,9 +35,11 @@ use crate::router::ShardId;
 /// (`0x7069xxxx`, k2), which PostgreSQL keeps in another key space.
 pub const LOCK_KEY: i64 = 0x7069_6573_6b66_6e63;
 
-/// The longest a batch admits newcomers, so that another proxy waiting for
-/// the advisory lock in the other mode gets it.
-pub const MAX_BATCH: Duration = Duration::from_millis(20);
+/// How often a batch that holds the advisory lock looks for other proxies
+/// waiting for it (`pg_locks`, through the control pool): when one waits,
+/// the batch takes no newcomers, so it ends and the other proxy's batch
+/// gets the lock.
+pub const WATCH_EVERY: Duration = Duration::from_millis(20);
 
 /// Who enters the fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,16 +95,38 @@ pub struct LockShard {
     pub shard: ShardId,
     pool: Pool,
     timeout: Duration,
+    /// For watching `pg_locks` while a batch holds the lock.
+    control: Option<Arc<super::Control>>,
 }
 
 impl LockShard {
     /// `pool` must hold at most one connection: that serializes batches.
-    pub fn new(shard: ShardId, pool: Pool, timeout: Duration) -> LockShard {
+    pub fn new(
+        shard: ShardId,
+        pool: Pool,
+        timeout: Duration,
+        control: Option<Arc<super::Control>>,
+    ) -> LockShard {
         LockShard {
             shard,
             pool,
             timeout,
+            control,
         }
+    }
+
+    /// Whether another session waits for the fence's lock. This proxy's
+    /// own connection never waits while it holds the lock, so a waiter is
+    /// another proxy.
+    async fn others_wait(&self) -> bool {
+        let Some(control) = &self.control else {
+            return false;
+        };
+        let (hi, lo) = ((LOCK_KEY >> 32) as u32, LOCK_KEY as u32);
+        let sql = format!(
+            "SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = {hi} AND objid = {lo} AND objsubid = 1 LIMIT 1"
+        );
+        matches!(control.query(self.shard, &sql).await, Ok(rows) if !rows.is_empty())
     }
 
     async fn take(&self, class: Class) -> Result<Object, String> {
@@ -165,8 +189,9 @@ struct State {
     holders: usize,
     /// Numbers batches, so a late lock answer finds out its batch is over.
     batch: u64,
-    started: Instant,
     lock: Lock,
+    /// The batch takes no newcomers (another proxy waits for the lock).
+    closed: bool,
     /// Tasks waiting to enter, per class.
     waiting: [usize; 2],
     /// The class of the batch that ended last: when both wait, the other goes.
@@ -231,8 +256,8 @@ impl Fence {
                     active: None,
                     holders: 0,
                     batch: 0,
-                    started: Instant::now(),
                     lock: Lock::Held(None),
+                    closed: false,
                     waiting: [0, 0],
                     last: None,
                 }),
@@ -248,6 +273,7 @@ impl Fence {
     pub(crate) fn for_config(
         cfg: &crate::config::Config,
         endpoints: &[Arc<crate::backend::Endpoint>],
+        control: Arc<super::Control>,
     ) -> Result<Option<Fence>, String> {
         if !cfg.consistent_reads {
             return Ok(None);
@@ -266,7 +292,12 @@ impl Fence {
         let timeout = Duration::from_millis(cfg.txn.control_timeout_ms);
         let connect = Duration::from_millis(cfg.limits.connect_timeout_ms);
         let pool = super::control::control_pool(endpoint, &login, timeout, connect)?;
-        Ok(Some(Fence::new(Some(LockShard::new(shard, pool, timeout)))))
+        Ok(Some(Fence::new(Some(LockShard::new(
+            shard,
+            pool,
+            timeout,
+            Some(control),
+        )))))
     }
 
     /// The shard holding the cross-proxy lock, if any.
@@ -296,12 +327,17 @@ impl Fence {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match &inner.state().lock {
-                Lock::Held(_) => return Ok(guard),
-                Lock::Failed(e) => return Err(e.clone()),
-                Lock::Pending => {}
+            // (The state's lock is let go before `guard` may be dropped.)
+            let now = match &inner.state().lock {
+                Lock::Held(_) => Ok(true),
+                Lock::Failed(e) => Err(e.clone()),
+                Lock::Pending => Ok(false),
+            };
+            match now {
+                Ok(true) => return Ok(guard),
+                Err(e) => return Err(e),
+                Ok(false) => notified.await,
             }
-            notified.await;
         }
     }
 
@@ -311,7 +347,7 @@ impl Fence {
         let other_waits = s.waiting[class.other().index()] > 0;
         match s.active {
             Some(c) if c == class => {
-                if other_waits || s.started.elapsed() > MAX_BATCH {
+                if other_waits || s.closed {
                     return None;
                 }
                 s.holders += 1;
@@ -324,7 +360,7 @@ impl Fence {
                 s.active = Some(class);
                 s.holders = 1;
                 s.batch += 1;
-                s.started = Instant::now();
+                s.closed = false;
                 if self.inner.lock.is_some() {
                     s.lock = Lock::Pending;
                     let batch = s.batch;
@@ -357,6 +393,7 @@ async fn take_lock(inner: Arc<Inner>, batch: u64, class: Class) {
         match got {
             Ok(conn) if current => {
                 s.lock = Lock::Held(Some(conn));
+                tokio::spawn(watch(inner.clone(), batch));
                 None
             }
             Ok(conn) => Some(conn),
@@ -376,6 +413,30 @@ async fn take_lock(inner: Arc<Inner>, batch: u64, class: Class) {
         // Everyone left while it was taken: nobody needs it.
         Some(conn) => lock.release(conn, class).await,
         None => inner.changed.notify_waiters(),
+    }
+}
+
+/// While batch `batch` holds the lock, closes it to newcomers once
+/// another proxy waits for the lock.
+async fn watch(inner: Arc<Inner>, batch: u64) {
+    let Some(lock) = inner.lock.as_ref() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        {
+            let s = inner.state();
+            if s.batch != batch || s.holders == 0 {
+                return;
+            }
+        }
+        if lock.others_wait().await {
+            let mut s = inner.state();
+            if s.batch == batch {
+                s.closed = true;
+            }
+            return;
+        }
     }
 }
 

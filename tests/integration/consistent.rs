@@ -106,9 +106,16 @@ impl Bank {
 /// Moves money between accounts on different shards until `stop`; rows
 /// are updated in key order, so transfers never deadlock. Returns how
 /// many committed.
-async fn transfers(port: u16, bank: Arc<Bank>, stop: Arc<AtomicBool>, seed: u64) -> usize {
+async fn transfers(
+    port: u16,
+    bank: Arc<Bank>,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+    seed: u64,
+) -> usize {
     let mut rng = Lcg(seed);
-    let mut client: Option<Client> = None;
+    let mut client = connect(&url(port)).await.ok();
+    ready.fetch_add(1, Ordering::Relaxed);
     let mut done = 0;
     while !stop.load(Ordering::Relaxed) {
         let c = match &client {
@@ -274,9 +281,17 @@ impl Reads {
 }
 
 /// Reads the total in `mode` until `stop`.
-async fn reader(port: u16, bank: Arc<Bank>, mode: Mode, stop: Arc<AtomicBool>, reads: Arc<Reads>) {
+async fn reader(
+    port: u16,
+    bank: Arc<Bank>,
+    mode: Mode,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+    reads: Arc<Reads>,
+) {
     let i = MODES.iter().position(|m| *m == mode).unwrap();
-    let mut client: Option<Client> = None;
+    let mut client = connect(&url(port)).await.ok();
+    ready.fetch_add(1, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         let c = match &mut client {
             Some(c) if !c.is_closed() => c,
@@ -326,6 +341,7 @@ async fn load(
     mut done: impl FnMut(&Reads, Duration) -> bool,
 ) -> (Arc<Reads>, usize) {
     let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(Reads::default());
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -333,6 +349,7 @@ async fn load(
             write_port,
             bank.clone(),
             stop.clone(),
+            ready.clone(),
             w as u64 * 7919 + 1,
         )));
     }
@@ -343,8 +360,17 @@ async fn load(
             bank.clone(),
             mode,
             stop.clone(),
+            ready.clone(),
             reads.clone(),
         )));
+    }
+    // The clock starts once every client is in (logins are slow in a
+    // debug build on a busy machine).
+    let t = Instant::now();
+    while ready.load(Ordering::Relaxed) < WRITERS + MODES.len()
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
     while !done(&reads, started.elapsed()) {

@@ -107,7 +107,7 @@ async fn neither_class_starves() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         for _ in 0..10 {
-            let t = Instant::now();
+            let t = std::time::Instant::now();
             let g = enters_within(&f, lone, 500).await;
             assert!(
                 g.is_some(),
@@ -129,23 +129,12 @@ async fn neither_class_starves() {
 }
 
 #[tokio::test]
-async fn an_old_batch_takes_no_newcomers() {
-    let f = fence();
-    let c = enters_within(&f, Class::Commit, 100).await.unwrap();
-    tokio::time::sleep(MAX_BATCH + Duration::from_millis(5)).await;
-    assert!(enters_within(&f, Class::Commit, 30).await.is_none());
-    drop(c);
-    assert!(enters_within(&f, Class::Commit, 30).await.is_some());
-}
-
-#[tokio::test]
 async fn a_cancelled_waiter_leaves_nothing_behind() {
     let f = fence();
     let c = enters_within(&f, Class::Commit, 100).await.unwrap();
     // A reader gives up while it waits (its client disconnected).
-    assert!(enters_within(&f, Class::Snapshot, 5).await.is_none());
-    // Its count is gone: another committer may still join the open batch
-    // (younger than MAX_BATCH).
+    assert!(enters_within(&f, Class::Snapshot, 30).await.is_none());
+    // Its count is gone: another committer may still join the open batch.
     assert!(enters_within(&f, Class::Commit, 100).await.is_some());
     drop(c);
     // Nothing is held: both classes enter at once.
