@@ -19,7 +19,13 @@ impl Session {
         let snapshots = targets
             .iter()
             .any(|(_, sql)| consistent::takes_snapshot(sql));
-        if snapshots && self.needs_snapshot_everywhere() && !self.snapshot_everywhere().await? {
+        // A joining shard's deadlock tag is a query: it takes the block's
+        // snapshot there even for a SHOW.
+        let tagged = self.shared.config().txn.deadlock_timeout_ms > 0;
+        if (snapshots || tagged)
+            && self.needs_snapshot_everywhere()
+            && !self.snapshot_everywhere().await?
+        {
             return Ok((false, None));
         }
         let mut missing: Vec<ShardId> = match self.txn() {

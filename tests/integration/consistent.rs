@@ -756,3 +756,32 @@ async fn a_reload_does_not_change_the_setting() {
     let read = format!("SELECT balance FROM accounts WHERE id IN ({a}, {b})");
     assert_eq!(sqlstate(&c, &read).await, "08006");
 }
+
+/// A REPEATABLE READ block whose first statement is a SHOW (which joins a
+/// shard, and the deadlock tag there takes the snapshot) still takes its
+/// snapshot everywhere at once: every shard is in the block after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeatable_read_block_joins_every_shard_at_its_first_statement() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, true, "").await;
+    let c = connect(&url(p.addr.port())).await.unwrap();
+    exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    exec(&c, "SHOW application_name").await;
+    let mut joined = 0;
+    for i in 0..SHARDS {
+        let s = servers.connect(i).await;
+        joined += value(
+            &s,
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .await
+        .parse::<i64>()
+        .unwrap()
+        .min(1);
+    }
+    exec(&c, "COMMIT").await;
+    assert_eq!(
+        joined, SHARDS as i64,
+        "every shard holds the block's snapshot"
+    );
+}
