@@ -157,6 +157,9 @@ pub enum Error {
     /// most likely), in the shard's words and with its SQLSTATE.
     #[error("{message}")]
     Setting { code: SqlState, message: String },
+    /// `consistent_reads`: the lock shard did not grant the fence's lock.
+    #[error(transparent)]
+    Fence(#[from] crate::txn::fence::FenceError),
 }
 
 /// Transaction-block misuse the proxy itself detects.
@@ -290,6 +293,7 @@ impl Error {
             Error::Keys(NoKeys::Unavailable { .. }) => SqlState::CONNECTION_FAILURE,
             Error::Io(_) => SqlState::CONNECTION_FAILURE,
             Error::Setting { code, .. } => *code,
+            Error::Fence(_) => SqlState::CONNECTION_FAILURE,
         }
     }
 }

@@ -234,6 +234,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Answer {
                     "limits.max_client_connections".into(),
                     cfg.limits.max_client_connections.to_string(),
                 ],
+                vec!["consistent_reads".into(), cfg.consistent_reads.to_string()],
             ];
             for t in &cfg.tables {
                 rows.push(vec![

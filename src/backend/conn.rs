@@ -54,6 +54,21 @@ pub struct ServerConn {
     /// Set by the deadlock detector before it cancels this backend: the
     /// error the client gets in place of the cancel's 57014.
     pub verdict: super::Verdict,
+    /// Held until the statement sent here has its snapshot (see
+    /// [`SnapshotHold`]); `consistent_reads` only.
+    pub snapshot_hold: Option<SnapshotHold>,
+}
+
+/// A hold (a consistent-read fence guard, shared by every shard of one
+/// statement) let go at this connection's first answer that PostgreSQL
+/// sends after taking the statement's snapshot: the first message after
+/// `skip` ReadyForQuery (the answers to a block's `BEGIN` and prelude, sent
+/// before the statement), other than notices, parameter reports,
+/// notifications, ParseComplete and ParameterDescription (a Parse's
+/// snapshot is not the one a portal runs with; Bind's BindComplete is).
+pub struct SnapshotHold {
+    pub skip: usize,
+    pub hold: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl ServerConn {
@@ -84,6 +99,7 @@ impl ServerConn {
             stats: None,
             sent_at: None,
             verdict: Default::default(),
+            snapshot_hold: None,
         };
         tokio::time::timeout(timeout, conn.startup(&endpoint.cfg))
             .await
@@ -314,7 +330,21 @@ impl ServerConn {
     /// Reads the next response message, keeping the owed-response count and
     /// the reported parameters up to date.
     pub async fn read(&mut self) -> Result<Frame, BackendError> {
-        let f = self.read_raw().await?;
+        let f = match self.read_raw().await {
+            Ok(f) => f,
+            Err(e) => {
+                self.snapshot_hold = None;
+                return Err(e);
+            }
+        };
+        if let Some(h) = &mut self.snapshot_hold {
+            match f.tag {
+                b'Z' if h.skip > 0 => h.skip -= 1,
+                _ if h.skip > 0 => {}
+                b'N' | b'S' | b'A' | b'1' | b't' => {}
+                _ => self.snapshot_hold = None,
+            }
+        }
         match f.tag {
             b'Z' => {
                 self.pending = self.pending.saturating_sub(1);

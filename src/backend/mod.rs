@@ -6,7 +6,7 @@ mod pool;
 mod registry;
 mod tls;
 
-pub use conn::{send_cancel, ServerConn};
+pub use conn::{send_cancel, ServerConn, SnapshotHold};
 pub use endpoint::Endpoint;
 pub use pool::{PooledConn, Pools};
 pub use registry::{Backends, Ours, Verdict};

@@ -88,6 +88,8 @@ impl std::ops::DerefMut for PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if let Some(mut obj) = self.0.take() {
+            // Whatever it still held for a statement is over with it.
+            obj.snapshot_hold = None;
             if !obj.is_reusable() || obj.hung_up() {
                 if obj.owes() > 0 {
                     // The server may still be running a statement (and

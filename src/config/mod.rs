@@ -93,6 +93,12 @@ pub struct Config {
     /// Tables copied on every shard: writes go everywhere, reads to one.
     #[serde(default)]
     pub reference_tables: Vec<String>,
+    /// Every statement that reads several shards, and every REPEATABLE READ
+    /// or SERIALIZABLE block, sees each distributed transaction whole or not
+    /// at all (the consistent-read fence; an advisory lock on
+    /// `default_shard` across proxies). Off by default; restart-only.
+    #[serde(default)]
+    pub consistent_reads: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -495,6 +501,12 @@ pub fn reload_changes(old: &Config, new: &Config) -> Result<Vec<String>, String>
             "`listen`, `node_id`, `cluster`, `workers`, `limits.query_timeout_ms` and `[txn]` (including `txn.deadlock_timeout_ms`) change only with a restart".into(),
         );
     }
+    if old.consistent_reads != new.consistent_reads {
+        return refuse(format!(
+            "`consistent_reads` changes only with a restart (it is {}, the file says {})",
+            old.consistent_reads, new.consistent_reads
+        ));
+    }
     if old.shards.len() != new.shards.len() {
         return refuse(format!(
             "the shard count would change from {} to {}, moving existing rows",
@@ -619,6 +631,23 @@ key_type = "int8"
         assert_eq!(c.shards[0].pool_size, 10);
         assert_eq!(c.tables[0].method, Method::Hash);
         assert_eq!(c.txn.deadlock_timeout_ms, 1000);
+    }
+
+    #[test]
+    fn consistent_reads_is_off_by_default_and_changes_only_with_a_restart() {
+        let old = Config::parse(GOOD, "t.toml").unwrap();
+        assert!(!old.consistent_reads);
+        let new = Config::parse(&format!("consistent_reads = true\n{GOOD}"), "t.toml").unwrap();
+        assert!(new.consistent_reads);
+        let e = reload_changes(&old, &new).unwrap_err();
+        assert!(
+            e.contains("`consistent_reads`") && e.contains("old configuration stays"),
+            "{e}"
+        );
+        let e = Config::parse(&format!("consistent_reads = \"yes\"\n{GOOD}"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consistent_reads"), "{e}");
     }
 
     #[test]

@@ -317,14 +317,19 @@ pub async fn serve(config: Config) -> Result<Proxy, StartupError> {
     // Each shard's address and TLS, made once: both planes use them.
     let endpoints = crate::backend::Endpoint::all(&config).map_err(StartupError::Frontend)?;
     let control = Arc::new(Control::new(&config, &endpoints).map_err(StartupError::Control)?);
-    let coordinator = Arc::new(Coordinator::new(
-        &config.cluster,
-        config.node_id.as_deref().unwrap_or_default(),
-        control,
-        std::time::Duration::from_millis(config.txn.commit_deadline_ms),
-        failpoint,
-        stats.clone(),
-    ));
+    let fence = crate::txn::fence::Fence::for_config(&config, &endpoints, control.clone())
+        .map_err(StartupError::Control)?;
+    let coordinator = Arc::new(
+        Coordinator::new(
+            &config.cluster,
+            config.node_id.as_deref().unwrap_or_default(),
+            control,
+            std::time::Duration::from_millis(config.txn.commit_deadline_ms),
+            failpoint,
+            stats.clone(),
+        )
+        .with_fence(fence),
+    );
     let collations = Arc::new(crate::merge::Collations::default());
     let resolver = Resolver::new(&config, coordinator.clone(), collations.clone());
     resolver.startup().await?;

@@ -16,6 +16,18 @@ impl Session {
     ) -> std::io::Result<(bool, Option<bytes::Bytes>)> {
         // Only a merge compares text, and only it needs the shards' collations.
         let bytewise = matches!(how, Collect::Plan(_)) && self.shared.collations.bytewise();
+        let snapshots = targets
+            .iter()
+            .any(|(_, sql)| consistent::takes_snapshot(sql));
+        // A joining shard's deadlock tag is a query: it takes the block's
+        // snapshot there even for a SHOW.
+        let tagged = self.shared.config().txn.deadlock_timeout_ms > 0;
+        if (snapshots || tagged)
+            && self.needs_snapshot_everywhere()
+            && !self.snapshot_everywhere().await?
+        {
+            return Ok((false, None));
+        }
         let mut missing: Vec<ShardId> = match self.txn() {
             Some(t) => targets.iter().map(|x| x.0).filter(|s| !t.has(*s)).collect(),
             None => return Ok((false, None)),
@@ -42,12 +54,7 @@ impl Session {
         };
         t.participants.extend(joined);
         if !t.snapshot {
-            t.snapshot = targets.iter().any(|(_, sql)| {
-                !matches!(
-                    leading_words(sql, 1).first().map(String::as_str),
-                    Some("show" | "set" | "reset")
-                )
-            });
+            t.snapshot = snapshots;
         }
         let mut parts = std::mem::take(&mut t.participants);
         // Only a shard joining now runs the head (the tag's text is formatted).
@@ -66,6 +73,35 @@ impl Session {
                     t.participants = parts;
                 }
                 return Ok((false, None));
+            }
+        }
+        // A statement reading several shards with a snapshot of its own
+        // takes them all under the fence.
+        let mut shards: Vec<ShardId> = targets.iter().map(|t| t.0).collect();
+        shards.sort();
+        shards.dedup();
+        let hold = if snapshots && self.per_statement_snapshot() {
+            self.snapshot_hold(shards.len()).await
+        } else {
+            Ok(None)
+        };
+        match hold {
+            Ok(Some(h)) => {
+                for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
+                    let skip = if missing.contains(&p.shard()) {
+                        head.len()
+                    } else {
+                        0
+                    };
+                    consistent::attach(&mut p.conn, &h, skip);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if let Some(t) = self.txn() {
+                    t.participants = parts;
+                }
+                return Ok((self.error(e).await?, None));
             }
         }
         let run = executor::BlockRun {
@@ -476,9 +512,14 @@ impl Txn {
     fn isolation(&self) -> Option<&'static str> {
         isolation(&self.begin)
     }
+
+    /// The level as the block's `BEGIN` and `SET TRANSACTION`s set it.
+    pub(super) fn level(&self) -> Option<&'static str> {
+        self.isolation()
+    }
 }
 
-fn isolation(begin: &str) -> Option<&'static str> {
+pub(super) fn isolation(begin: &str) -> Option<&'static str> {
     let t = begin.to_ascii_lowercase();
     // The last mode given wins, as in PostgreSQL.
     let at = t.rfind("isolation")?;

@@ -25,6 +25,9 @@ pub(super) struct Txn {
     /// A statement that takes a snapshot ran (not SHOW/SET): the isolation
     /// level is fixed from here on.
     pub(super) snapshot: bool,
+    /// `consistent_reads`: the block's snapshot was taken on every shard
+    /// under the fence (REPEATABLE READ and SERIALIZABLE blocks).
+    pub(super) fenced: bool,
     /// Names the block to every proxy's deadlock detector.
     tag: crate::txn::deadlock::Tag,
 }
@@ -39,6 +42,7 @@ impl Txn {
             pending: Vec::new(),
             segment: false,
             snapshot: false,
+            fenced: false,
             tag: crate::txn::deadlock::Tag::random(),
         }
     }

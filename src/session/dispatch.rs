@@ -215,6 +215,15 @@ impl Session {
                 Err(e) => return self.error(e).await,
             }
         }
+        match self.snapshot_hold(conns.len()).await {
+            Ok(Some(h)) => {
+                for c in conns.iter_mut() {
+                    consistent::attach(c, &h, 0);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return self.error(e).await,
+        }
         let sqls: Vec<&str> = targets.iter().map(|t| t.1).collect();
         let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
         let r = match how {

@@ -17,6 +17,7 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tracing::{info, warn};
 
 mod block;
+mod consistent;
 mod console;
 mod copy;
 mod copy_feed;

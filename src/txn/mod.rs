@@ -10,6 +10,7 @@
 mod control;
 pub mod deadlock;
 mod decision;
+pub mod fence;
 mod id;
 mod recovery;
 mod round;
@@ -173,6 +174,8 @@ pub struct Coordinator {
     failpoint: Option<(FailPoint, FailAction)>,
     /// Phase timings of two-phase commits, kept only when a benchmark asks.
     timings: Mutex<Option<Vec<PhaseTimes>>>,
+    /// `consistent_reads`: the fence commit phases and snapshots share.
+    fence: Option<fence::Fence>,
     pub stats: Arc<Stats>,
 }
 
@@ -211,8 +214,20 @@ impl Coordinator {
             in_flight: Mutex::new(HashSet::new()),
             failpoint,
             timings: Mutex::new(None),
+            fence: None,
             stats,
         }
+    }
+
+    /// With `consistent_reads`: commit phases enter `fence`.
+    pub fn with_fence(mut self, fence: Option<fence::Fence>) -> Coordinator {
+        self.fence = fence;
+        self
+    }
+
+    /// The consistent-read fence, when `consistent_reads` is on.
+    pub fn fence(&self) -> Option<&fence::Fence> {
+        self.fence.as_ref()
     }
 
     /// Two-phase commits under way in this process.

@@ -7,6 +7,12 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::decision::{self, Decision};
+use super::fence::{Class, FenceGuard};
+
+/// How often a commit holding the fence for unfinished prepared parts
+/// tries again, and for how long at most.
+const FINISH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const FINISH_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 use super::round::{read_answer, round_on, Answer};
 use super::{
     rolled_back, CommitOutcome, Coordinator, FailPoint, Gid, Notice, Participant, Phase,
@@ -58,17 +64,25 @@ impl Coordinator {
         };
         let other = |p: &Participant| p.writer() && p.shard() != decider;
 
-        // Phase 1: PREPARE the others, all at once.
+        // Phase 1: PREPARE the others, all at once; meanwhile (no round trip
+        // of its own) enter the consistent-read fence, held from C's COMMIT
+        // to the last COMMIT PREPARED's answer.
         let mut phase = Phase::Preparing;
-        let answers = round_on(parts, |p| {
+        let prepare = round_on(parts, |p| {
             other(p).then(|| {
                 format!(
                     "PREPARE TRANSACTION '{}'",
                     self.gid(txn, decider, p.shard())
                 )
             })
-        })
-        .await;
+        });
+        let enter = async {
+            match &self.fence {
+                Some(f) => f.enter(Class::Commit).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (answers, fenced) = tokio::join!(prepare, enter);
         let prepared: Vec<ShardId> = answers
             .iter()
             .filter(|(_, a)| a.ok())
@@ -82,6 +96,19 @@ impl Coordinator {
             self.abort_all(txn, decider, parts, &prepared).await;
             return CommitOutcome::Aborted { error };
         }
+        let fenced = match fenced {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(%txn, ?phase, error = %e, "consistent-read fence refused; rolling back");
+                self.abort_all(txn, decider, parts, &prepared).await;
+                return CommitOutcome::Aborted {
+                    error: Report::Proxy {
+                        sqlstate: SqlState::CONNECTION_FAILURE,
+                        message: format!("transaction rolled back: {e}"),
+                    },
+                };
+            }
+        };
         self.hit(FailPoint::AfterPrepare).await;
         let prepared_at = Instant::now();
 
@@ -106,6 +133,8 @@ impl Coordinator {
                     ))),
                     Err(again) => {
                         warn!(shard = %decider, %txn, error = %again, "decision unknown; recovery will finish it");
+                        let others: Vec<ShardId> = prepared.clone();
+                        self.keep_fence(fenced, txn, decider, others, false);
                         return CommitOutcome::Unknown {
                             shard: decider,
                             message: format!(
@@ -160,6 +189,14 @@ impl Coordinator {
             answers = round_on(parts, |p| phase2(p, None)).await;
         }
         let mut warnings = Vec::new();
+        let unfinished: Vec<ShardId> = answers
+            .iter()
+            .filter(|(s, a)| !a.ok() && parts.iter().any(|p| p.shard() == *s && other(p)))
+            .map(|(s, _)| *s)
+            .collect();
+        if !unfinished.is_empty() {
+            self.keep_fence(fenced, txn, decider, unfinished, true);
+        }
         for (shard, a) in &answers {
             if a.ok() {
                 continue;
@@ -202,6 +239,57 @@ impl Coordinator {
         }
         info!(%txn, decider = %decider, shards = prepared.len() + 1, ?phase, "two-phase commit");
         CommitOutcome::Committed { warnings }
+    }
+
+    /// consistent_reads: a transaction committed (or perhaps committed) on
+    /// C whose prepared parts on `shards` are not finished yet would be
+    /// half visible, so its commit-class hold stays until they are: a
+    /// task finishes them itself when the outcome is commit (`COMMIT
+    /// PREPARED` through the control plane, every [`FINISH_EVERY`]), or
+    /// waits for recovery to when it is unknown; at most [`FINISH_FOR`].
+    fn keep_fence(
+        &self,
+        guard: Option<FenceGuard>,
+        txn: TxnId,
+        decider: ShardId,
+        shards: Vec<ShardId>,
+        committed: bool,
+    ) {
+        let Some(guard) = guard else {
+            return;
+        };
+        let control = self.control.clone();
+        let gids: Vec<(ShardId, String)> = shards
+            .iter()
+            .map(|s| (*s, self.gid(txn, decider, *s)))
+            .collect();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut left = gids;
+            while !left.is_empty() && started.elapsed() < FINISH_FOR {
+                tokio::time::sleep(FINISH_EVERY).await;
+                let mut still = Vec::new();
+                for (shard, gid) in left {
+                    let sql = if committed {
+                        format!("COMMIT PREPARED '{gid}'")
+                    } else {
+                        format!("SELECT 1 FROM pg_prepared_xacts WHERE gid = '{gid}'")
+                    };
+                    match control.query(shard, &sql).await {
+                        // Committed now, or no longer prepared.
+                        Ok(rows) if committed || rows.is_empty() => {}
+                        // 42704: recovery finished it first.
+                        Err(e) if e.code() == Some("42704") => {}
+                        _ => still.push((shard, gid)),
+                    }
+                }
+                left = still;
+            }
+            if !left.is_empty() {
+                warn!(%txn, "consistent reads: prepared parts still unfinished; readers may now see part of this transaction until recovery finishes it");
+            }
+            drop(guard);
+        });
     }
 
     /// Inserts the commit row on C and commits C.

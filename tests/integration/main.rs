@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod chaos;
 mod config;
+mod consistent;
 mod copy;
 mod copy_encodings;
 mod copy_extended;

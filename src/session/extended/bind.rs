@@ -6,6 +6,20 @@ use super::*;
 impl Session {
     pub(super) async fn ext_bind(&mut self, body: &[u8]) -> Result<bool, Fatal> {
         let b = parse_bind(body).ok_or_else(|| Fatal::Protocol(malformed("Bind")))?;
+        // consistent_reads: a REPEATABLE READ block's snapshot is taken on
+        // every shard at once, before this Bind takes it on one.
+        let snapshots = self
+            .ext
+            .stmts
+            .get(b.stmt)
+            .is_some_and(|s| s.snapshot || !b.values.is_empty());
+        if snapshots
+            && self.block != Block::Failed
+            && self.needs_snapshot_everywhere()
+            && !self.snapshot_everywhere().await?
+        {
+            return Ok(false);
+        }
         // PostgreSQL's order: the statement, the block, the portal's name.
         let Some(stmt) = self.ext.stmts.get(b.stmt) else {
             return Ok(self
@@ -98,12 +112,18 @@ impl Session {
                     .map(|s| (*s, plan.sql.as_str(), plan.params.as_slice()))
                     .collect();
                 let declared = stmt.types.clone();
+                // Every shard's Bind (its snapshot) under the fence.
+                let hold = match self.bind_hold(&shards).await {
+                    Ok(h) => h,
+                    Err(e) => return Ok(self.error(e).await?),
+                };
                 if !self
                     .bind_derived(&parts, &declared, &b, Some(&[0, 0]))
                     .await?
                 {
                     return Ok(false);
                 }
+                drop(hold);
                 let kind = PortalKind::Merged {
                     shards,
                     plan,
@@ -211,6 +231,10 @@ impl Session {
         let portal = b.portal.to_string();
         let stmt_name = b.stmt.to_string();
         let rest = Bytes::copy_from_slice(b.rest);
+        let hold = match self.bind_hold(&shards).await {
+            Ok(h) => h,
+            Err(e) => return Ok(self.error(e).await?),
+        };
         for (i, shard) in shards.iter().enumerate() {
             if !self
                 .bind_on(*shard, &stmt_name, &portal, &rest, i == 0)
@@ -219,6 +243,7 @@ impl Session {
                 return Ok(false);
             }
         }
+        drop(hold);
         let kind = match shards.as_slice() {
             [one] => PortalKind::Single { shard: *one, write },
             _ => PortalKind::Multi {
@@ -230,6 +255,30 @@ impl Session {
         };
         self.ext.portals.insert(portal, kind);
         Ok(true)
+    }
+
+    /// consistent_reads: the fence's snapshot class over the Binds of a
+    /// portal on `shards` shards (each Bind's BindComplete comes after its
+    /// shard took the portal's snapshot), unless the block keeps one
+    /// snapshot, taken everywhere already.
+    async fn bind_hold(
+        &mut self,
+        shards: &[ShardId],
+    ) -> Result<Option<super::consistent::Hold>, Error> {
+        if shards.len() < 2
+            || self.shared.coordinator.fence().is_none()
+            || !self.per_statement_snapshot()
+        {
+            return Ok(None);
+        }
+        // Every shard's connection first: the fence is never held while
+        // waiting for a pool (a committer holding it may hold the last
+        // connection).
+        for s in shards {
+            let (slot, conn) = self.take_conn(*s).await?;
+            self.put_conn(slot, conn, Writes::No);
+        }
+        self.snapshot_hold(shards.len()).await
     }
 
     /// Binds the client's portal on each shard to a statement the router

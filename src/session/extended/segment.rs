@@ -9,6 +9,11 @@ impl Session {
     /// (enlisting it), or the segment's connection outside a block.
     pub(super) async fn take_conn(&mut self, shard: ShardId) -> Result<(Slot, PooledConn), Error> {
         let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
+        // consistent_reads: a REPEATABLE READ block takes its snapshot on
+        // every shard at once before any shard joins on its own.
+        if self.txn.as_ref().is_some_and(|t| !t.has(shard)) && self.needs_snapshot_everywhere() {
+            self.join_everywhere_or().await?;
+        }
         if let Some(t) = self.txn() {
             if let Some(pos) = t.participants.iter().position(|p| p.shard() == shard) {
                 let p = t.participants.swap_remove(pos);

@@ -1,0 +1,467 @@
+//! The consistent-read fence (`consistent_reads = true`): the commit phase
+//! of two-phase commits (C's `COMMIT` to the last `COMMIT PREPARED`
+//! answered) and the moment multi-shard readers take their snapshots never
+//! overlap, so a reader sees each distributed transaction whole or not at
+//! all.
+//!
+//! Two levels, one shape. In this process, a two-class lock: committers
+//! share it, snapshot-takers share it, the classes exclude each other. It is
+//! phase-fair: while one class waits, newcomers of the class that holds it
+//! queue behind, and when a batch ends a waiting class of the other kind
+//! goes first; so neither class starves. Across proxies, each batch (a run
+//! of holders of one class) takes one PostgreSQL advisory lock on the lock
+//! shard over a dedicated control connection: shared for committers,
+//! exclusive for snapshot-takers — so all readers waiting in this proxy
+//! take their snapshots under one acquisition. A batch also closes to
+//! newcomers after [`MAX_BATCH`], so a busy proxy lets other proxies'
+//! batches in. The lock is session-level: if the proxy dies, its connection
+//! dies and PostgreSQL releases it.
+//!
+//! Holds are RAII guards: a waiter dropped while it waits (its client went
+//! away) leaves nothing behind; the advisory lock is taken and released by
+//! tasks of the fence's own, never by a future that can be dropped halfway.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::router::ShardId;
+
+/// The advisory lock's key: `'pieskfnc'` as a big-endian `bigint`. One-key
+/// advisory locks never collide with the two-key deadlock tags
+/// (`0x7069xxxx`, k2), which PostgreSQL keeps in another key space.
+pub const LOCK_KEY: i64 = 0x7069_6573_6b66_6e63;
+
+/// How often a batch that holds the advisory lock looks for other proxies
+/// waiting for it (`pg_locks`, through the control pool): when one waits,
+/// the batch takes no newcomers, so it ends and the other proxy's batch
+/// gets the lock.
+pub const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// Who enters the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A two-phase commit in its commit phase.
+    Commit,
+    /// A reader taking its snapshots on several shards.
+    Snapshot,
+}
+
+impl Class {
+    fn index(self) -> usize {
+        match self {
+            Class::Commit => 0,
+            Class::Snapshot => 1,
+        }
+    }
+
+    fn other(self) -> Class {
+        match self {
+            Class::Commit => Class::Snapshot,
+            Class::Snapshot => Class::Commit,
+        }
+    }
+
+    fn lock_sql(self) -> String {
+        match self {
+            Class::Commit => format!("SELECT pg_advisory_lock_shared({LOCK_KEY})"),
+            Class::Snapshot => format!("SELECT pg_advisory_lock({LOCK_KEY})"),
+        }
+    }
+
+    fn unlock_sql(self) -> String {
+        match self {
+            Class::Commit => format!("SELECT pg_advisory_unlock_shared({LOCK_KEY})"),
+            Class::Snapshot => format!("SELECT pg_advisory_unlock({LOCK_KEY})"),
+        }
+    }
+}
+
+/// The fence could not be entered: the lock shard did not grant the
+/// advisory lock. Nothing was held; the caller did nothing yet.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("consistent reads: could not take the commit/snapshot lock on shard {shard}: {message}")]
+pub struct FenceError {
+    pub shard: ShardId,
+    pub message: String,
+}
+
+/// The cross-proxy half: the lock shard and its dedicated connection (a
+/// pool of one, so each batch's lock waits for the previous batch's unlock).
+pub struct LockShard {
+    pub shard: ShardId,
+    pool: Pool,
+    timeout: Duration,
+    /// For watching `pg_locks` while a batch holds the lock.
+    control: Option<Arc<super::Control>>,
+}
+
+impl LockShard {
+    /// `pool` must hold at most one connection: that serializes batches.
+    pub fn new(
+        shard: ShardId,
+        pool: Pool,
+        timeout: Duration,
+        control: Option<Arc<super::Control>>,
+    ) -> LockShard {
+        LockShard {
+            shard,
+            pool,
+            timeout,
+            control,
+        }
+    }
+
+    /// Whether another session waits for the fence's lock. This proxy's
+    /// own connection never waits while it holds the lock, so a waiter is
+    /// another proxy.
+    async fn others_wait(&self) -> bool {
+        let Some(control) = &self.control else {
+            return false;
+        };
+        let (hi, lo) = ((LOCK_KEY >> 32) as u32, LOCK_KEY as u32);
+        let sql = format!(
+            "SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = {hi} AND objid = {lo} AND objsubid = 1 LIMIT 1"
+        );
+        matches!(control.query(self.shard, &sql).await, Ok(rows) if !rows.is_empty())
+    }
+
+    async fn take(&self, class: Class) -> Result<Object, String> {
+        let client = match tokio::time::timeout(self.timeout, self.pool.get()).await {
+            Err(_) => {
+                return Err(format!(
+                    "no connection within {} ms",
+                    self.timeout.as_millis()
+                ))
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(c)) => c,
+        };
+        match tokio::time::timeout(self.timeout, client.simple_query(&class.lock_sql())).await {
+            Ok(Ok(_)) => Ok(client),
+            Ok(Err(e)) => {
+                // A lock wait cut by statement_timeout leaves nothing held,
+                // but the connection is not worth keeping either way.
+                let _ = Object::take(client);
+                Err(e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string()))
+            }
+            Err(_) => {
+                // The lock may still be granted later: drop the connection
+                // so the server lets it go.
+                let _ = Object::take(client);
+                Err(format!("no answer within {} ms", self.timeout.as_millis()))
+            }
+        }
+    }
+
+    async fn release(&self, client: Object, class: Class) {
+        let sql = class.unlock_sql();
+        match tokio::time::timeout(self.timeout, client.simple_query(&sql)).await {
+            Ok(Ok(_)) => {}
+            outcome => {
+                warn!(shard = %self.shard, ok = outcome.is_ok(), "consistent reads: unlock failed; closing the lock connection");
+                // Closing the session releases every advisory lock it held.
+                let _ = Object::take(client);
+            }
+        }
+    }
+}
+
+/// The cross-proxy lock of the current batch.
+enum Lock {
+    /// Being taken.
+    Pending,
+    /// Held (by `conn`, when there is a lock shard).
+    Held(Option<Object>),
+    /// Refused: every holder of this batch gets the error.
+    Failed(FenceError),
+}
+
+struct State {
+    /// The class holding the fence, if any.
+    active: Option<Class>,
+    holders: usize,
+    /// Numbers batches, so a late lock answer finds out its batch is over.
+    batch: u64,
+    lock: Lock,
+    /// The batch takes no newcomers (another proxy waits for the lock).
+    closed: bool,
+    /// Tasks waiting to enter, per class.
+    waiting: [usize; 2],
+    /// The class of the batch that ended last: when both wait, the other goes.
+    last: Option<Class>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    changed: Notify,
+    lock: Option<LockShard>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// The two-class fence. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Fence {
+    inner: Arc<Inner>,
+}
+
+/// A hold on the fence; dropping it leaves.
+pub struct FenceGuard {
+    inner: Arc<Inner>,
+    class: Class,
+}
+
+impl std::fmt::Debug for FenceGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FenceGuard({:?})", self.class)
+    }
+}
+
+/// Counts a waiter for as long as it waits (dropped when it enters or is
+/// cancelled).
+struct Waiting<'a> {
+    inner: &'a Inner,
+    class: Class,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.inner.state();
+        s.waiting[self.class.index()] -= 1;
+        drop(s);
+        self.inner.changed.notify_waiters();
+    }
+}
+
+impl Fence {
+    /// A fence for this process only (tests), or also across proxies.
+    pub fn new(lock: Option<LockShard>) -> Fence {
+        Fence {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    active: None,
+                    holders: 0,
+                    batch: 0,
+                    lock: Lock::Held(None),
+                    closed: false,
+                    waiting: [0, 0],
+                    last: None,
+                }),
+                changed: Notify::new(),
+                lock,
+            }),
+        }
+    }
+
+    /// The fence `consistent_reads` asks for, its lock on `default_shard`
+    /// over a dedicated control connection (`application_name`
+    /// `pieskieo-fence`); `None` when the setting is off.
+    pub(crate) fn for_config(
+        cfg: &crate::config::Config,
+        endpoints: &[Arc<crate::backend::Endpoint>],
+        control: Arc<super::Control>,
+    ) -> Result<Option<Fence>, String> {
+        if !cfg.consistent_reads {
+            return Ok(None);
+        }
+        let shard = ShardId(cfg.default_shard);
+        let endpoint = endpoints
+            .iter()
+            .find(|e| e.shard == shard)
+            .ok_or_else(|| format!("consistent_reads: shard {shard} is not configured"))?;
+        let login = super::control::Login {
+            user: &endpoint.cfg.user,
+            password: endpoint.cfg.password.as_deref(),
+            application_name: "pieskieo-fence",
+            size: 1,
+        };
+        let timeout = Duration::from_millis(cfg.txn.control_timeout_ms);
+        let connect = Duration::from_millis(cfg.limits.connect_timeout_ms);
+        let pool = super::control::control_pool(endpoint, &login, timeout, connect)?;
+        Ok(Some(Fence::new(Some(LockShard::new(
+            shard,
+            pool,
+            timeout,
+            Some(control),
+        )))))
+    }
+
+    /// The shard holding the cross-proxy lock, if any.
+    pub fn lock_shard(&self) -> Option<ShardId> {
+        self.inner.lock.as_ref().map(|l| l.shard)
+    }
+
+    /// Enters as `class`: waits for the other class to leave (and for this
+    /// batch's advisory lock). Cancel-safe.
+    pub async fn enter(&self, class: Class) -> Result<FenceGuard, FenceError> {
+        let inner = &self.inner;
+        let waiting = {
+            inner.state().waiting[class.index()] += 1;
+            Waiting { inner, class }
+        };
+        let guard = loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(g) = self.try_join(class) {
+                break g;
+            }
+            notified.await;
+        };
+        drop(waiting);
+        loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // (The state's lock is let go before `guard` may be dropped.)
+            let now = match &inner.state().lock {
+                Lock::Held(_) => Ok(true),
+                Lock::Failed(e) => Err(e.clone()),
+                Lock::Pending => Ok(false),
+            };
+            match now {
+                Ok(true) => return Ok(guard),
+                Err(e) => return Err(e),
+                Ok(false) => notified.await,
+            }
+        }
+    }
+
+    /// Joins the batch of `class` or starts one, if the rules allow now.
+    fn try_join(&self, class: Class) -> Option<FenceGuard> {
+        let mut s = self.inner.state();
+        let other_waits = s.waiting[class.other().index()] > 0;
+        match s.active {
+            Some(c) if c == class => {
+                if other_waits || s.closed {
+                    return None;
+                }
+                s.holders += 1;
+            }
+            Some(_) => return None,
+            None => {
+                if other_waits && s.last == Some(class) {
+                    return None;
+                }
+                s.active = Some(class);
+                s.holders = 1;
+                s.batch += 1;
+                s.closed = false;
+                if self.inner.lock.is_some() {
+                    s.lock = Lock::Pending;
+                    let batch = s.batch;
+                    let inner = self.inner.clone();
+                    // Spawned before anything awaits: a cancelled leader
+                    // cannot leave the lock half taken.
+                    tokio::spawn(take_lock(inner, batch, class));
+                } else {
+                    s.lock = Lock::Held(None);
+                }
+            }
+        }
+        Some(FenceGuard {
+            inner: self.inner.clone(),
+            class,
+        })
+    }
+}
+
+/// Takes the advisory lock for batch `batch`; hands it to the batch, or
+/// releases it at once if the batch is already over.
+async fn take_lock(inner: Arc<Inner>, batch: u64, class: Class) {
+    let Some(lock) = inner.lock.as_ref() else {
+        return;
+    };
+    let got = lock.take(class).await;
+    let late = {
+        let mut s = inner.state();
+        let current = s.batch == batch && s.holders > 0;
+        match got {
+            Ok(conn) if current => {
+                s.lock = Lock::Held(Some(conn));
+                tokio::spawn(watch(inner.clone(), batch));
+                None
+            }
+            Ok(conn) => Some(conn),
+            Err(message) => {
+                warn!(shard = %lock.shard, %message, "consistent reads: the lock shard refused the fence lock");
+                if current {
+                    s.lock = Lock::Failed(FenceError {
+                        shard: lock.shard,
+                        message,
+                    });
+                }
+                None
+            }
+        }
+    };
+    match late {
+        // Everyone left while it was taken: nobody needs it.
+        Some(conn) => lock.release(conn, class).await,
+        None => inner.changed.notify_waiters(),
+    }
+}
+
+/// While batch `batch` holds the lock, closes it to newcomers once
+/// another proxy waits for the lock.
+async fn watch(inner: Arc<Inner>, batch: u64) {
+    let Some(lock) = inner.lock.as_ref() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        {
+            let s = inner.state();
+            if s.batch != batch || s.holders == 0 {
+                return;
+            }
+        }
+        if lock.others_wait().await {
+            let mut s = inner.state();
+            if s.batch == batch {
+                s.closed = true;
+            }
+            return;
+        }
+    }
+}
+
+impl Drop for FenceGuard {
+    fn drop(&mut self) {
+        let mut s = self.inner.state();
+        s.holders -= 1;
+        if s.holders == 0 {
+            s.active = None;
+            s.last = Some(self.class);
+            let lock = std::mem::replace(&mut s.lock, Lock::Held(None));
+            if let Lock::Held(Some(conn)) = lock {
+                let inner = self.inner.clone();
+                let class = self.class;
+                tokio::spawn(async move {
+                    if let Some(l) = inner.lock.as_ref() {
+                        l.release(conn, class).await;
+                    }
+                });
+            }
+        }
+        drop(s);
+        self.inner.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests;

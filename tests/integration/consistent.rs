@@ -1,0 +1,787 @@
+//! `consistent_reads`: the bank. Accounts on 3 shards, clients moving money
+//! between accounts on different shards (two-phase commits), readers summing
+//! every balance — in autocommit (a merged `sum`, simple protocol; every row,
+//! extended protocol), in a READ COMMITTED block, and in REPEATABLE READ
+//! blocks whose first statement reads one shard and whose second reads the
+//! rest (simple and extended). A sum that is not the total is a fractured
+//! read. Without the setting they happen (the test shows it, so it can
+//! fail); with it, none — on one proxy, across two, with commits paused at
+//! every phase, with a shard crashing, and after a proxy dies mid-commit.
+//! The lock shard down gives 08006 and changes nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pieskieo::config::Config;
+use pieskieo::router::{KeyValue, ShardMap};
+use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
+
+use crate::harness::{
+    config_text_with, connect, error_message, exec, prepared, sqlstate, value, Lcg, ProxyProcess,
+    Servers, TABLES,
+};
+
+const SHARDS: usize = 3;
+const PER_SHARD: usize = 4;
+const START: i64 = 1_000;
+const WRITERS: usize = 6;
+
+fn tables(consistent: bool) -> String {
+    format!("consistent_reads = {consistent}\n{TABLES}")
+}
+
+fn config(servers: &Servers, consistent: bool, txn_extra: &str) -> Config {
+    let text = config_text_with(&servers.ports(), &tables(consistent), txn_extra);
+    Config::parse(&text, "test.toml").unwrap()
+}
+
+async fn proxy(servers: &Servers, consistent: bool, txn_extra: &str) -> pieskieo::Proxy {
+    pieskieo::serve(config(servers, consistent, txn_extra))
+        .await
+        .unwrap()
+}
+
+fn url(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=app password=secret dbname=app connect_timeout=5")
+}
+
+/// The accounts, per shard, and the money in all of them.
+struct Bank {
+    keys: Vec<Vec<i64>>,
+    total: i64,
+}
+
+impl Bank {
+    /// Creates `accounts` through the proxy at `port`, `PER_SHARD` accounts
+    /// on each shard holding `START` each.
+    async fn open(servers: &Servers, port: u16) -> Arc<Bank> {
+        let map = ShardMap::from_config(&config(servers, false, ""));
+        let mut keys = vec![Vec::new(); SHARDS];
+        for k in 1..100_000i64 {
+            let s = map.tables["accounts"]
+                .shard_for(&KeyValue::Int(k), map.shards)
+                .unwrap()
+                .0 as usize;
+            if keys[s].len() < PER_SHARD {
+                keys[s].push(k);
+            }
+            if keys.iter().all(|v| v.len() == PER_SHARD) {
+                break;
+            }
+        }
+        let c = connect(&url(port)).await.unwrap();
+        exec(
+            &c,
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)",
+        )
+        .await;
+        for k in keys.iter().flatten() {
+            exec(
+                &c,
+                &format!("INSERT INTO accounts (id, balance) VALUES ({k}, {START})"),
+            )
+            .await;
+        }
+        Arc::new(Bank {
+            total: START * (SHARDS * PER_SHARD) as i64,
+            keys,
+        })
+    }
+
+    /// The total read on each shard directly (after the load).
+    async fn shard_total(&self, servers: &Servers) -> i64 {
+        let mut sum = 0;
+        for i in 0..SHARDS {
+            let c = servers.connect(i).await;
+            sum += value(&c, "SELECT coalesce(sum(balance), 0) FROM accounts")
+                .await
+                .parse::<i64>()
+                .unwrap();
+        }
+        sum
+    }
+}
+
+/// Moves money between accounts on different shards until `stop`; rows
+/// are updated in key order, so transfers never deadlock. Returns how
+/// many committed.
+async fn transfers(
+    port: u16,
+    bank: Arc<Bank>,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+    seed: u64,
+) -> usize {
+    let mut rng = Lcg(seed);
+    let mut client = connect(&url(port)).await.ok();
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut done = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let c = match &client {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                client = tokio::time::timeout(Duration::from_secs(5), connect(&url(port)))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                if client.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let sa = rng.next(SHARDS as u64) as usize;
+        let sb = (sa + 1 + rng.next(SHARDS as u64 - 1) as usize) % SHARDS;
+        let a = bank.keys[sa][rng.next(PER_SHARD as u64) as usize];
+        let b = bank.keys[sb][rng.next(PER_SHARD as u64) as usize];
+        let amount = 1 + rng.next(50) as i64;
+        let (first, second) = if a < b {
+            ((a, -amount), (b, amount))
+        } else {
+            ((b, amount), (a, -amount))
+        };
+        let sql = format!(
+            "BEGIN; UPDATE accounts SET balance = balance + ({}) WHERE id = {}; UPDATE accounts SET balance = balance + ({}) WHERE id = {}; COMMIT",
+            first.1, first.0, second.1, second.0
+        );
+        match tokio::time::timeout(Duration::from_secs(20), c.simple_query(&sql)).await {
+            Ok(Ok(_)) => done += 1,
+            Ok(Err(e)) => {
+                if std::env::var("PIESKIEO_CONSISTENT_VERBOSE").is_ok() {
+                    eprintln!("transfer: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(_) => client = None,
+        }
+    }
+    done
+}
+
+/// How a reader reads the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `SELECT sum(balance)`, a merge, simple protocol, autocommit.
+    Sum,
+    /// Every balance, extended protocol (tokio-postgres), autocommit.
+    Rows,
+    /// The sum in a READ COMMITTED block (simple protocol).
+    ReadCommitted,
+    /// REPEATABLE READ: one shard's account first, then the rest (simple).
+    RepeatableSimple,
+    /// The same through the extended protocol.
+    RepeatableExtended,
+}
+
+const MODES: [Mode; 5] = [
+    Mode::Sum,
+    Mode::Rows,
+    Mode::ReadCommitted,
+    Mode::RepeatableSimple,
+    Mode::RepeatableExtended,
+];
+
+fn simple_values(msgs: &[SimpleQueryMessage]) -> Vec<i64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse::<i64>().unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn read_total(c: &mut Client, bank: &Bank, mode: Mode) -> Result<i64, tokio_postgres::Error> {
+    let first = bank.keys[0][0];
+    Ok(match mode {
+        Mode::Sum => simple_values(&c.simple_query("SELECT sum(balance) FROM accounts").await?)
+            .iter()
+            .sum(),
+        Mode::Rows => c
+            .query("SELECT balance FROM accounts", &[])
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .sum(),
+        Mode::ReadCommitted => simple_values(
+            &c.simple_query("BEGIN; SELECT sum(balance) FROM accounts; COMMIT")
+                .await?,
+        )
+        .iter()
+        .sum(),
+        Mode::RepeatableSimple => simple_values(
+            &c.simple_query(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT balance FROM accounts WHERE id = {first}; SELECT pg_sleep(0.002); SELECT sum(balance) FROM accounts WHERE id <> {first}; COMMIT"
+            ))
+            .await?
+            .into_iter()
+            .filter(|m| !matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("")))
+            .collect::<Vec<_>>(),
+        )
+        .iter()
+        .sum(),
+        Mode::RepeatableExtended => {
+            let t = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .start()
+                .await?;
+            let one: i64 = t
+                .query_one("SELECT balance FROM accounts WHERE id = $1", &[&first])
+                .await?
+                .get(0);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let rest: i64 = t
+                .query("SELECT balance FROM accounts WHERE id <> $1", &[&first])
+                .await?
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .sum();
+            t.commit().await?;
+            one + rest
+        }
+    })
+}
+
+/// What the readers saw, per mode.
+#[derive(Default)]
+struct Reads {
+    ok: [AtomicUsize; 5],
+    fractured: [AtomicUsize; 5],
+    errors: AtomicUsize,
+}
+
+impl Reads {
+    fn total_fractured(&self) -> usize {
+        self.fractured
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn total_ok(&self) -> usize {
+        self.ok.iter().map(|f| f.load(Ordering::Relaxed)).sum()
+    }
+
+    fn summary(&self) -> String {
+        MODES
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                format!(
+                    "{m:?}: {} right, {} fractured",
+                    self.ok[i].load(Ordering::Relaxed),
+                    self.fractured[i].load(Ordering::Relaxed)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+            + &format!("; {} errors", self.errors.load(Ordering::Relaxed))
+    }
+}
+
+/// Reads the total in `mode` until `stop`.
+async fn reader(
+    port: u16,
+    bank: Arc<Bank>,
+    mode: Mode,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+    reads: Arc<Reads>,
+) {
+    let i = MODES.iter().position(|m| *m == mode).unwrap();
+    let mut client = connect(&url(port)).await.ok();
+    ready.fetch_add(1, Ordering::Relaxed);
+    while !stop.load(Ordering::Relaxed) {
+        let c = match &mut client {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                client = tokio::time::timeout(Duration::from_secs(5), connect(&url(port)))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                if client.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(20), read_total(c, &bank, mode)).await {
+            Ok(Ok(sum)) if sum == bank.total => {
+                reads.ok[i].fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(sum)) => {
+                eprintln!("{mode:?}: fractured read {sum} != {}", bank.total);
+                reads.fractured[i].fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                reads.errors.fetch_add(1, Ordering::Relaxed);
+                if c.is_closed() {
+                    client = None;
+                } else {
+                    // A failed block: end it.
+                    let _ = c.simple_query("ROLLBACK").await;
+                }
+                if reads.errors.load(Ordering::Relaxed) % 50 == 1 {
+                    eprintln!("{mode:?}: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => client = None,
+        }
+    }
+}
+
+/// A bank load: writers through `write_port`, one reader per mode through
+/// `read_port`, until `done` says so (given the reads so far and the time).
+async fn load(
+    write_port: u16,
+    read_port: u16,
+    bank: &Arc<Bank>,
+    mut done: impl FnMut(&Reads, Duration) -> bool,
+) -> (Arc<Reads>, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(Reads::default());
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        writers.push(tokio::spawn(transfers(
+            write_port,
+            bank.clone(),
+            stop.clone(),
+            ready.clone(),
+            w as u64 * 7919 + 1,
+        )));
+    }
+    let mut readers = Vec::new();
+    for mode in MODES {
+        readers.push(tokio::spawn(reader(
+            read_port,
+            bank.clone(),
+            mode,
+            stop.clone(),
+            ready.clone(),
+            reads.clone(),
+        )));
+    }
+    // The clock starts once every client is in (logins are slow in a
+    // debug build on a busy machine).
+    let t = Instant::now();
+    while ready.load(Ordering::Relaxed) < WRITERS + MODES.len()
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    while !done(&reads, started.elapsed()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for w in writers {
+        committed += w.await.unwrap();
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    (reads, committed)
+}
+
+/// Waits until no shard holds a prepared transaction (recovery finished).
+async fn settled(servers: &Servers) {
+    for _ in 0..200 {
+        let mut left = 0;
+        for i in 0..SHARDS {
+            if let Ok(c) = connect(&servers.url(i)).await {
+                left += prepared(&c).await;
+            } else {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("prepared transactions left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_setting_reads_are_fractured() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, false, "").await;
+    let bank = Bank::open(&servers, p.addr.port()).await;
+    let port = p.addr.port();
+    // Until both an autocommit and a REPEATABLE READ read were fractured,
+    // or a generous limit.
+    let (reads, committed) = load(port, port, &bank, |r, t| {
+        let f = |m: Mode| {
+            r.fractured[MODES.iter().position(|x| *x == m).unwrap()].load(Ordering::Relaxed)
+        };
+        let autocommit = f(Mode::Sum) + f(Mode::Rows);
+        let repeatable = f(Mode::RepeatableSimple) + f(Mode::RepeatableExtended);
+        (autocommit > 0 && repeatable > 0) || t > Duration::from_secs(60)
+    })
+    .await;
+    eprintln!("off: {committed} transfers; {}", reads.summary());
+    let f = |m: Mode| {
+        reads.fractured[MODES.iter().position(|x| *x == m).unwrap()].load(Ordering::Relaxed)
+    };
+    assert!(
+        f(Mode::Sum) + f(Mode::Rows) > 0,
+        "no fractured autocommit read: the load is too weak to test anything"
+    );
+    assert!(
+        f(Mode::RepeatableSimple) + f(Mode::RepeatableExtended) > 0,
+        "no fractured REPEATABLE READ read: the load is too weak to test anything"
+    );
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+fn seconds(default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var("PIESKIEO_CONSISTENT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_setting_no_read_is_fractured_on_one_proxy() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, true, "").await;
+    let port = p.addr.port();
+    let bank = Bank::open(&servers, port).await;
+    let limit = seconds(8);
+    let (reads, committed) = load(port, port, &bank, |_, t| t > limit).await;
+    eprintln!("on: {committed} transfers; {}", reads.summary());
+    assert_eq!(reads.total_fractured(), 0, "{}", reads.summary());
+    assert!(committed > 50, "only {committed} transfers");
+    for (i, m) in MODES.iter().enumerate() {
+        assert!(
+            reads.ok[i].load(Ordering::Relaxed) > 5,
+            "{m:?}: {}",
+            reads.summary()
+        );
+    }
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_setting_no_read_is_fractured_across_two_proxies() {
+    let servers = Servers::start(SHARDS);
+    let writer = proxy(&servers, true, "").await;
+    let reader = proxy(&servers, true, "").await;
+    let bank = Bank::open(&servers, writer.addr.port()).await;
+    let limit = seconds(8);
+    let (reads, committed) = load(writer.addr.port(), reader.addr.port(), &bank, |_, t| {
+        t > limit
+    })
+    .await;
+    eprintln!("two proxies: {committed} transfers; {}", reads.summary());
+    assert_eq!(reads.total_fractured(), 0, "{}", reads.summary());
+    assert!(
+        committed > 20,
+        "only {committed} transfers; {}",
+        reads.summary()
+    );
+    assert!(reads.total_ok() > 10, "{}", reads.summary());
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+/// Readers race commits stopped at each phase of 2PC: readers on the
+/// committing proxy and on another never see half a transfer. The same
+/// race without the setting, stopped after the decision, does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_racing_commits_paused_at_every_phase() {
+    let servers = Servers::start(SHARDS);
+    let plain = proxy(&servers, true, "").await;
+    let bank = Bank::open(&servers, plain.addr.port()).await;
+    for point in [
+        "after_prepare",
+        "after_decision_insert",
+        "after_decision",
+        "after_first_commit",
+    ] {
+        let extra = format!("test_failpoint = \"{point}:pause=150\"");
+        let paused = proxy(&servers, true, &extra).await;
+        let other = proxy(&servers, true, "").await;
+        let (on_paused, committed) = load(paused.addr.port(), paused.addr.port(), &bank, |_, t| {
+            t > Duration::from_millis(1500)
+        })
+        .await;
+        let (on_other, _) = load(paused.addr.port(), other.addr.port(), &bank, |_, t| {
+            t > Duration::from_millis(1500)
+        })
+        .await;
+        eprintln!(
+            "{point}: {committed} transfers; same proxy: {}; other proxy: {}",
+            on_paused.summary(),
+            on_other.summary()
+        );
+        assert_eq!(
+            on_paused.total_fractured(),
+            0,
+            "{point}: {}",
+            on_paused.summary()
+        );
+        assert_eq!(
+            on_other.total_fractured(),
+            0,
+            "{point}: {}",
+            on_other.summary()
+        );
+        assert!(committed > 0, "{point}");
+        assert!(
+            on_paused.total_ok() > 0 && on_other.total_ok() > 0,
+            "{point}"
+        );
+    }
+    // Without the setting, a commit stopped between C's COMMIT and the
+    // COMMIT PREPAREDs is seen half done.
+    let servers_off = Servers::start(SHARDS);
+    let plain = proxy(&servers_off, false, "").await;
+    let bank = Bank::open(&servers_off, plain.addr.port()).await;
+    let paused = proxy(
+        &servers_off,
+        false,
+        "test_failpoint = \"after_decision:pause=150\"",
+    )
+    .await;
+    let (reads, _) = load(paused.addr.port(), plain.addr.port(), &bank, |r, t| {
+        r.total_fractured() > 0 || t > Duration::from_secs(20)
+    })
+    .await;
+    eprintln!("off, after_decision: {}", reads.summary());
+    assert!(reads.total_fractured() > 0, "the race is not reached");
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+/// A shard crashes (immediate stop) in the middle of the load and comes
+/// back: readers get errors meanwhile, never a wrong sum; nothing is left
+/// prepared and the money is all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_crash_gives_errors_never_a_wrong_sum() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, true, "").await;
+    let port = p.addr.port();
+    let bank = Bank::open(&servers, port).await;
+    let mut crashed = false;
+    let mut restarted = false;
+    let (reads, committed) = load(port, port, &bank, |_, t| {
+        if t > Duration::from_secs(2) && !crashed {
+            servers.servers[2].stop("immediate").unwrap();
+            crashed = true;
+        }
+        if t > Duration::from_secs(4) && !restarted {
+            servers.servers[2].start().unwrap();
+            restarted = true;
+        }
+        t > Duration::from_secs(8)
+    })
+    .await;
+    eprintln!("shard crash: {committed} transfers; {}", reads.summary());
+    assert_eq!(reads.total_fractured(), 0, "{}", reads.summary());
+    assert!(
+        reads.errors.load(Ordering::Relaxed) > 0,
+        "the crash was not seen"
+    );
+    assert!(reads.total_ok() > 10, "{}", reads.summary());
+    settled(&servers).await;
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+/// The lock shard (the default shard, 0) down: a read of shards 1 and 2
+/// and a transfer between them get 08006 naming shard 0, and nothing
+/// changed; reads of one shard go on; when it is back, so is everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_shard_down_gives_08006_and_changes_nothing() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, true, "control_timeout_ms = 1500").await;
+    let port = p.addr.port();
+    let bank = Bank::open(&servers, port).await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let c = connect(&url(port)).await.unwrap();
+    servers.servers[0].stop("immediate").unwrap();
+
+    let read = format!("SELECT balance FROM accounts WHERE id IN ({a}, {b})");
+    assert_eq!(sqlstate(&c, &read).await, "08006");
+    let m = error_message(&c, &read).await;
+    assert!(m.contains("shard 0"), "{m}");
+    // Through the extended protocol too.
+    let e = c
+        .query(
+            "SELECT balance FROM accounts WHERE id = $1 OR id = $2",
+            &[&a, &b],
+        )
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().expect("an error from the proxy");
+    assert_eq!(db.code().code(), "08006");
+    assert!(db.message().contains("shard 0"), "{}", db.message());
+
+    let transfer = format!(
+        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
+    );
+    let e = c.simple_query(&transfer).await.unwrap_err();
+    let db = e.as_db_error().expect("an error from the proxy");
+    assert_eq!(db.code().code(), "08006", "{}", db.message());
+    assert!(db.message().contains("shard 0"), "{}", db.message());
+    // Nothing half done: the balances are as they were, nothing prepared.
+    for (shard, key) in [(1, a), (2, b)] {
+        let s = servers.connect(shard).await;
+        assert_eq!(
+            value(
+                &s,
+                &format!("SELECT balance FROM accounts WHERE id = {key}")
+            )
+            .await,
+            START.to_string()
+        );
+        assert_eq!(prepared(&s).await, 0);
+    }
+    // One shard needs no fence.
+    assert_eq!(
+        value(&c, &format!("SELECT balance FROM accounts WHERE id = {a}")).await,
+        START.to_string()
+    );
+
+    servers.servers[0].start().unwrap();
+    let mut back = false;
+    for _ in 0..100 {
+        if c.simple_query(&transfer).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "transfers work again once the lock shard is back");
+    let sum: i64 = simple_values(&exec(&c, &read).await).iter().sum();
+    assert_eq!(sum, 2 * START);
+}
+
+/// A proxy SIGKILLed while it holds the commit lock (paused after the
+/// decision): the other proxy's readers wait meanwhile instead of seeing
+/// half; the lock dies with the process; once recovery has finished the
+/// transfer, sums are right again and nothing is left prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_mid_commit_releases_the_lock() {
+    let servers = Servers::start(SHARDS);
+    let survivor = proxy(&servers, true, "").await;
+    let bank = Bank::open(&servers, survivor.addr.port()).await;
+    let doomed = ProxyProcess::start_with(
+        &servers,
+        &tables(true),
+        "test_failpoint = \"after_decision:pause=30000\"",
+    )
+    .await;
+    let (a, b) = (bank.keys[0][0], bank.keys[1][0]);
+    let transfer = format!(
+        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
+    );
+    let w = connect(&doomed.url()).await.unwrap();
+    let stuck = tokio::spawn(async move { w.simple_query(&transfer).await.map(|_| ()) });
+    // The transfer is decided and stopped before its COMMIT PREPARED,
+    // holding the lock: readers on the survivor wait, never see half.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut r = connect(&url(survivor.addr.port())).await.unwrap();
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(1000),
+        read_total(&mut r, &bank, Mode::Sum),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "a reader got past a commit in progress: {waiting:?}"
+    );
+    doomed.signal("KILL");
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "its client lost the connection"
+    );
+    // The lock went with the process: readers go on at once. Recovery
+    // finishes the transfer after its grace period.
+    let mut r = connect(&url(survivor.addr.port())).await.unwrap();
+    let t = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        read_total(&mut r, &bank, Mode::Rows),
+    )
+    .await
+    .expect("the lock died with the proxy")
+    .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3));
+    settled(&servers).await;
+    let (reads, committed) = load(survivor.addr.port(), survivor.addr.port(), &bank, |_, t| {
+        t > Duration::from_secs(3)
+    })
+    .await;
+    eprintln!("after the kill: {committed} transfers; {}", reads.summary());
+    assert_eq!(reads.total_fractured(), 0, "{}", reads.summary());
+    assert!(reads.total_ok() > 5);
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+/// `consistent_reads` changes only with a restart: a reload that changes
+/// it is refused with a warning naming it, and the proxy keeps fencing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_change_the_setting() {
+    let servers = Servers::start(SHARDS);
+    let p = ProxyProcess::start_with(&servers, &tables(true), "").await;
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        text.replace("consistent_reads = true", "consistent_reads = false"),
+    )
+    .unwrap();
+    p.signal("HUP");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        if log.contains("reload refused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        log.contains("reload refused") && log.contains("consistent_reads"),
+        "{log}"
+    );
+    // Still on: with the lock shard down, a read of two shards says so.
+    let bank = Bank::open(&servers, p.port).await;
+    let c = connect(&p.url()).await.unwrap();
+    servers.servers[0].stop("immediate").unwrap();
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let read = format!("SELECT balance FROM accounts WHERE id IN ({a}, {b})");
+    assert_eq!(sqlstate(&c, &read).await, "08006");
+}
+
+/// A REPEATABLE READ block whose first statement is a SHOW (which joins a
+/// shard, and the deadlock tag there takes the snapshot) still takes its
+/// snapshot everywhere at once: every shard is in the block after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeatable_read_block_joins_every_shard_at_its_first_statement() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, true, "").await;
+    let c = connect(&url(p.addr.port())).await.unwrap();
+    exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    exec(&c, "SHOW application_name").await;
+    let mut joined = 0;
+    for i in 0..SHARDS {
+        let s = servers.connect(i).await;
+        joined += value(
+            &s,
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .await
+        .parse::<i64>()
+        .unwrap()
+        .min(1);
+    }
+    exec(&c, "COMMIT").await;
+    assert_eq!(
+        joined, SHARDS as i64,
+        "every shard holds the block's snapshot"
+    );
+}
