@@ -195,10 +195,12 @@ async fn early_bytes<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut byte = [0u8; 1];
     std::future::poll_fn(|cx| {
         let mut rb = tokio::io::ReadBuf::new(&mut byte);
-        Poll::Ready(match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-            Poll::Pending => false,
-            Poll::Ready(r) => r.is_ok() && !rb.filled().is_empty(),
-        })
+        Poll::Ready(
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Pending => false,
+                Poll::Ready(r) => r.is_ok() && !rb.filled().is_empty(),
+            },
+        )
     })
     .await
 }
