@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use super::{BackendError, Backends, Endpoint, ServerConn};
@@ -114,6 +115,23 @@ pub struct Pools {
     wait: Duration,
     stats: Arc<Stats>,
     backends: Arc<Backends>,
+    /// Per shard: checkouts waiting now for a free connection. Sessions
+    /// keeping an idle connection of that shard ([`super::Kept`]) hand it
+    /// back while this is not zero.
+    wanting: Vec<AtomicUsize>,
+    /// Per shard: the sessions that have kept a connection of it, and how
+    /// many connections are kept now; a waiting checkout takes one of those
+    /// ([`super::Kept`]).
+    keepers: Vec<super::kept::Keepers>,
+}
+
+/// A checkout waiting for a connection, counted while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl Pools {
@@ -142,6 +160,8 @@ impl Pools {
             })
             .collect();
         Pools {
+            wanting: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
+            keepers: endpoints.iter().map(|_| Default::default()).collect(),
             pools,
             wait: Duration::from_millis(cfg.limits.pool_timeout_ms),
             stats: stats.clone(),
@@ -180,6 +200,18 @@ impl Pools {
             .collect()
     }
 
+    /// Some checkout waits for a connection of `shard` now.
+    pub(super) fn is_wanted(&self, shard: ShardId) -> bool {
+        self.wanting
+            .get(shard.0 as usize)
+            .is_some_and(|w| w.load(SeqCst) > 0)
+    }
+
+    /// Who keeps connections of `shard`.
+    pub(super) fn keepers(&self, shard: ShardId) -> Option<&super::kept::Keepers> {
+        self.keepers.get(shard.0 as usize)
+    }
+
     /// A connection to `shard`, waiting at most the configured pool timeout.
     pub async fn get(&self, shard: ShardId) -> Result<PooledConn, BackendError> {
         let pool = self
@@ -198,6 +230,17 @@ impl Pools {
         };
         let got = match pool.timeout_get(&now).await {
             Err(PoolError::Timeout(_)) => {
+                // Counted first: a session that keeps a connection after
+                // this sees the count and hands it back to the pool; one
+                // kept before is found by the look that follows.
+                let _waiting = self.wanting.get(shard.0 as usize).map(|w| {
+                    w.fetch_add(1, SeqCst);
+                    Waiting(w)
+                });
+                if let Some(c) = self.keepers.get(shard.0 as usize).and_then(|k| k.take_one(shard)) {
+                    self.stats.pool_wait.observe(Duration::ZERO);
+                    return Ok(c);
+                }
                 let timeouts = Timeouts {
                     wait: Some(self.wait),
                     ..now

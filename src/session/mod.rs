@@ -107,6 +107,9 @@ struct Session {
     ext_stages: bool,
     /// Server connections this client holds, for its cancel requests.
     cancel_targets: crate::frontend::cancel::Targets,
+    /// Clean connections kept while the client is idle, one per shard
+    /// (`backend::Kept`: a client waiting for a connection takes them).
+    kept: Arc<crate::backend::Kept>,
     process_id: i32,
 }
 
