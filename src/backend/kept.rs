@@ -64,10 +64,7 @@ impl Keepers {
             let Ok(mut slots) = k.slots.try_lock() else {
                 continue;
             };
-            let taken = slots
-                .conns
-                .get_mut(shard.0 as usize)
-                .and_then(Option::take);
+            let taken = slots.conns.get_mut(shard.0 as usize).and_then(Option::take);
             drop(slots);
             if let Some(mut c) = taken {
                 self.kept.fetch_sub(1, SeqCst);

@@ -237,7 +237,11 @@ impl Pools {
                     w.fetch_add(1, SeqCst);
                     Waiting(w)
                 });
-                if let Some(c) = self.keepers.get(shard.0 as usize).and_then(|k| k.take_one(shard)) {
+                if let Some(c) = self
+                    .keepers
+                    .get(shard.0 as usize)
+                    .and_then(|k| k.take_one(shard))
+                {
                     self.stats.pool_wait.observe(Duration::ZERO);
                     return Ok(c);
                 }

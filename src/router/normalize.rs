@@ -179,13 +179,13 @@ mod tests {
         assert_eq!(texts(&v), ["5", ".5"]);
         let sql = format!(
             "SELECT {}",
-            (1..=12).map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+            (1..=12)
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         );
         let (t, v) = normalize(&sql).unwrap();
-        assert_eq!(
-            t,
-            "SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12"
-        );
+        assert_eq!(t, "SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12");
         assert_eq!(v.len(), 12);
     }
 

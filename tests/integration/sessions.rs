@@ -517,7 +517,7 @@ async fn kept_connections_go_at_once_to_waiting_clients_and_clean() {
         assert_eq!(balance(&b, *k).await, "100");
     }
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(1),
+        started.elapsed() < std::time::Duration::from_secs(2),
         "waited {:?} for connections an idle session kept",
         started.elapsed()
     );
@@ -535,7 +535,7 @@ async fn kept_connections_go_at_once_to_waiting_clients_and_clean() {
     let started = std::time::Instant::now();
     assert_eq!(balance(&b, keys[1]).await, "100");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(1),
+        started.elapsed() < std::time::Duration::from_secs(2),
         "waited {:?} for a connection kept by a busy session",
         started.elapsed()
     );
