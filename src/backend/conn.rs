@@ -440,6 +440,13 @@ impl ServerConn {
         self.has_unread()
     }
 
+    /// Bytes from the server are buffered that nobody asked for (an
+    /// unasked message read along with the last answer), judged without
+    /// polling the socket.
+    pub fn holds_unread(&self) -> bool {
+        self.reader.buffered() > 0
+    }
+
     pub fn owes(&self) -> usize {
         self.pending
     }

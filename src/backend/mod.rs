@@ -2,12 +2,14 @@
 
 mod conn;
 mod endpoint;
+mod kept;
 mod pool;
 mod registry;
 mod tls;
 
 pub use conn::{send_cancel, ServerConn, SnapshotHold};
 pub use endpoint::Endpoint;
+pub use kept::Kept;
 pub use pool::{PooledConn, Pools};
 pub use registry::{Backends, Ours, Verdict};
 

@@ -57,9 +57,14 @@ impl Session {
         self.read_across(&targets, Collect::Plan(&plan)).await
     }
 
-    /// Borrows a connection and brings its session settings in line with the client's.
+    /// Borrows a connection (the one this session kept for `shard`, else
+    /// one from the pool) and brings its session settings in line with the
+    /// client's.
     pub(super) async fn checkout(&self, shard: ShardId) -> Result<PooledConn, Error> {
-        let mut conn = self.shared.pools.get(shard).await?;
+        let mut conn = match self.kept.take(shard, &self.shared.pools) {
+            Some(c) => c,
+            None => self.shared.pools.get(shard).await?,
+        };
         sync_settings(&mut conn, &self.settings).await?;
         if let Ok(mut t) = self.cancel_targets.lock() {
             t.push(self.cancel_target(&conn));
@@ -153,7 +158,8 @@ impl Session {
                 warn!(peer = %self.peer, error = %e, "could not read back session settings");
             }
         }
-        drop(conn);
+        // Kept while the client is idle, unless another client waits.
+        self.kept.keep(conn, &self.shared.pools);
         self.refresh_cancel_targets();
         let r = match r {
             Err(ExecError::Backend(e)) if write => Err(ExecError::Backend(e.unanswered_commit())),

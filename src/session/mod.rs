@@ -108,6 +108,9 @@ struct Session {
     ext_stages: bool,
     /// Server connections this client holds, for its cancel requests.
     cancel_targets: crate::frontend::cancel::Targets,
+    /// Clean connections kept while the client is idle, one per shard
+    /// (`backend::Kept`: a client waiting for a connection takes them).
+    kept: Arc<crate::backend::Kept>,
     process_id: i32,
 }
 
@@ -303,9 +306,10 @@ impl Session {
                 let text = body.strip_suffix(&[0]).unwrap_or(body);
                 match std::str::from_utf8(text) {
                     Ok(sql) => {
-                        let sql = sql.to_string();
-                        self.risky = router::may_change_settings(&sql);
-                        let r = self.on_query(&sql).await;
+                        // Read in place (the frame is a view of the read
+                        // buffer), not copied out first.
+                        self.risky = router::may_change_settings(sql);
+                        let r = self.on_query(sql).await;
                         self.risky = false;
                         r
                     }

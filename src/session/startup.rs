@@ -173,6 +173,7 @@ pub(crate) async fn run(
         need_prepared: None,
         ext_stages: false,
         cancel_targets: Default::default(),
+        kept: Default::default(),
         process_id: pid,
     };
     if let Err(e) = s.greet(pid).await {
@@ -183,6 +184,7 @@ pub(crate) async fn run(
     info!(%peer, user = %s.user, "client connected");
     s.shared.sessions.add(pid, &s.user, peer);
     s.serve().await;
+    s.kept.release_all(&s.shared.pools);
     s.cleanup().await;
     s.shared.cancels.unregister(s.process_id);
     s.shared.sessions.remove(pid);

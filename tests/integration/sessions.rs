@@ -483,3 +483,119 @@ async fn a_vanished_client_is_cancelled_and_rolled_back_everywhere() {
         "the vanished client's UPDATE rolled back"
     );
 }
+
+/// A session keeps its last clean connection to each shard while its client
+/// is idle. With one connection per shard and two clients, the other client
+/// still gets a connection at once (the idle session hands its own back),
+/// also while that session runs a long statement on another shard, and sees
+/// none of its settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_go_at_once_to_waiting_clients_and_clean() {
+    let shards = crate::harness::Servers::start(2);
+    let text = crate::harness::config_text_full(&shards.ports(), crate::harness::TABLES, "", "")
+        .replace("pool_size = 8", "pool_size = 1");
+    let c = Cluster::over(shards, &text).await;
+    let keys = c.accounts(2, 100).await;
+
+    let a = c.client().await;
+    exec(&a, "SET work_mem = '7MB'").await;
+    for k in &keys {
+        assert_eq!(balance(&a, *k).await, "100");
+    }
+    // `a` is idle and keeps a connection to each shard: `b` gets them.
+    let started = std::time::Instant::now();
+    let b = c.client().await;
+    assert_eq!(value(&b, "SHOW work_mem").await, "4MB");
+    for k in &keys {
+        assert_eq!(balance(&b, *k).await, "100");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "waited {:?} for connections an idle session kept",
+        started.elapsed()
+    );
+    assert_eq!(value(&a, "SHOW work_mem").await, "7MB");
+
+    // `a` keeps shard 1's connection, then runs a statement on shard 0 for
+    // longer than the pool timeout: `b` still gets shard 1 at once.
+    assert_eq!(balance(&a, keys[1]).await, "100");
+    let first = keys[0];
+    let long = tokio::spawn(async move {
+        let sql = format!("SELECT pg_sleep(4), balance FROM accounts WHERE id = {first}");
+        a.simple_query(&sql).await.map(|_| ())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(balance(&b, keys[1]).await, "100");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "waited {:?} for a connection kept by a busy session",
+        started.elapsed()
+    );
+    long.await.unwrap().unwrap();
+}
+
+/// Kept connections are counted as available by the admin console, and a
+/// reload that makes a pool smaller closes what it holds beyond the new
+/// size, kept or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_count_as_available_and_follow_a_smaller_pool() {
+    let shards = crate::harness::Servers::start(1);
+    let text = crate::harness::config_text_full(
+        &shards.ports(),
+        &format!("admin_users = [\"plain\"]\n{}", crate::harness::TABLES),
+        "",
+        "",
+    )
+    .replace("pool_size = 8", "pool_size = 3");
+    let path = shards.dir.join("kept.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = pieskieo::config::Config::load(&path).unwrap();
+    let map = pieskieo::router::ShardMap::from_config(&config);
+    let c = Cluster {
+        shards,
+        proxy: Some(pieskieo::serve(config).await.unwrap()),
+        map,
+    };
+    let clients = [c.client().await, c.client().await, c.client().await];
+    let busy = clients
+        .iter()
+        .map(|x| x.simple_query("SELECT pg_sleep(0.3)"));
+    for r in futures_util::future::join_all(busy).await {
+        r.unwrap();
+    }
+    let admin = crate::harness::connect(
+        &c.url_for("plain", "plainpass")
+            .replace("dbname=app", "dbname=pieskieo"),
+    )
+    .await
+    .unwrap();
+    // (shard, max_size, size, available, waiting): all three idle.
+    let pools = crate::harness::rows(&admin, "SHOW POOLS").await;
+    assert_eq!(
+        pools[0][1..4],
+        [Some("3".into()), Some("3".into()), Some("3".into())],
+        "{pools:?}"
+    );
+
+    std::fs::write(&path, text.replace("pool_size = 3", "pool_size = 1")).unwrap();
+    c.proxy.as_ref().unwrap().reload().unwrap();
+    for _ in 0..2 {
+        for x in &clients {
+            x.simple_query("SELECT 1").await.unwrap();
+        }
+    }
+    let pools = crate::harness::rows(&admin, "SHOW POOLS").await;
+    assert_eq!(
+        pools[0][1..3],
+        [Some("1".into()), Some("1".into())],
+        "{pools:?}"
+    );
+    let shard = c.shard(0).await;
+    let relayed = crate::harness::value(
+        &shard,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pieskieo'",
+    )
+    .await;
+    assert_eq!(relayed, "1");
+}

@@ -158,7 +158,8 @@ impl Session {
                 conn.mark_broken();
             }
         }
-        drop(conn);
+        // Kept while the client is idle, unless another client waits.
+        self.kept.keep(conn, &self.shared.pools);
         match r {
             Ok(()) => {}
             Err(ExecError::Client(e)) => return Err(e),
