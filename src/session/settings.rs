@@ -88,7 +88,7 @@ pub(super) async fn sync_settings(
     }
     for name in conn.applied.keys() {
         if !want.contains_key(name) {
-            batch.push(format!("RESET {}", quote_ident(name)));
+            batch.push(reset(name));
         }
     }
     if batch.is_empty() {
@@ -118,6 +118,17 @@ pub(super) async fn sync_settings(
                 })),
             }
         }
+    }
+}
+
+/// The statement that takes back the setting `name` at session level.
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION ...` is kept under the name
+/// `session_characteristics`, which is no setting of PostgreSQL's: it sets
+/// the three `default_transaction_*` ones.
+fn reset(name: &str) -> String {
+    match name {
+        "session_characteristics" => "RESET default_transaction_isolation; RESET default_transaction_read_only; RESET default_transaction_deferrable".into(),
+        _ => format!("RESET {}", quote_ident(name)),
     }
 }
 

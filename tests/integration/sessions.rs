@@ -610,3 +610,31 @@ async fn kept_connections_count_as_available_and_follow_a_smaller_pool() {
     }
     assert_eq!(relayed, "1");
 }
+
+/// `SET SESSION CHARACTERISTICS` stays with its client: the next client on
+/// the same server connection gets PostgreSQL's defaults back, no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_characteristics_stay_with_their_client() {
+    let shards = crate::harness::Servers::start(1);
+    let text = crate::harness::config_text_full(&shards.ports(), crate::harness::TABLES, "", "")
+        .replace("pool_size = 8", "pool_size = 1");
+    let c = Cluster::over(shards, &text).await;
+    let a = c.client().await;
+    let b = c.client().await;
+    exec(
+        &a,
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .await;
+    assert_eq!(
+        value(&b, "SHOW default_transaction_isolation").await,
+        "read committed"
+    );
+    assert_eq!(value(&b, "SHOW default_transaction_read_only").await, "off");
+    assert_eq!(
+        value(&a, "SHOW default_transaction_isolation").await,
+        "repeatable read"
+    );
+    assert_eq!(value(&a, "SHOW transaction_read_only").await, "on");
+    assert_eq!(value(&b, "SELECT 1").await, "1");
+}
