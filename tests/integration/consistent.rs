@@ -1259,6 +1259,11 @@ async fn rv18_slow_reader_holds_commits() {
         eprintln!(
             "rv18 slow reader (consistent {consistent}): reader {rd:?}, transfer took {took:?}"
         );
+        assert!(rd.0, "the slow reader's statement fails");
+        assert!(
+            took < Duration::from_millis(700),
+            "consistent {consistent}: a 2PC commit waited {took:?} behind a slow multi-shard statement"
+        );
     }
 }
 
@@ -1338,6 +1343,10 @@ async fn rv18_copy_out_is_not_fenced() {
             t.elapsed(),
             bank.total
         );
+        // Waiting for the commit phase is right; a sum is right only whole.
+        if let Ok(Ok(sum)) = got {
+            assert_eq!(sum, bank.total, "{sql}: a fractured COPY");
+        }
     }
     let _ = stuck.await;
 }
@@ -1378,6 +1387,14 @@ async fn rv18_startup_options_isolation() {
     for l in &report {
         eprintln!("rv18 {l}");
     }
+    // Every spelling starts a block that keeps one snapshot and joins every
+    // shard at its first statement.
+    assert!(
+        report
+            .iter()
+            .all(|l| l.contains(&format!("joined {SHARDS}"))),
+        "{report:?}"
+    );
 }
 
 /// Deadlock detection off: a REPEATABLE READ block whose first statement
