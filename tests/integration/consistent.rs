@@ -628,9 +628,7 @@ async fn the_lock_shard_down_gives_08006_and_changes_nothing() {
     assert_eq!(db.code().code(), "08006");
     assert!(db.message().contains("shard 0"), "{}", db.message());
 
-    let transfer = format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    );
+    let transfer = transfer_sql(a, b);
     let e = c.simple_query(&transfer).await.unwrap_err();
     let db = e.as_db_error().expect("an error from the proxy");
     assert_eq!(db.code().code(), "08006", "{}", db.message());
@@ -684,9 +682,7 @@ async fn a_proxy_killed_mid_commit_releases_the_lock() {
     )
     .await;
     let (a, b) = (bank.keys[0][0], bank.keys[1][0]);
-    let transfer = format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    );
+    let transfer = transfer_sql(a, b);
     let w = connect(&doomed.url()).await.unwrap();
     let stuck = tokio::spawn(async move { w.simple_query(&transfer).await.map(|_| ()) });
     // The transfer is decided and stopped before its COMMIT PREPARED,
@@ -793,6 +789,35 @@ async fn a_repeatable_read_block_joins_every_shard_at_its_first_statement() {
     );
 }
 
+/// A transfer of 10 from account `a` to account `b` in one block.
+fn transfer_sql(a: i64, b: i64) -> String {
+    format!(
+        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
+    )
+}
+
+/// Starts a transfer from `a` (shard 1) to `b` (shard 2) through the proxy
+/// at `port`, whose failpoint pauses it after its decision, and returns once
+/// it is paused there (one part prepared).
+async fn paused_transfer(
+    servers: &Servers,
+    port: u16,
+    a: i64,
+    b: i64,
+) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
+    let c = connect(&url(port)).await.unwrap();
+    let transfer = transfer_sql(a, b);
+    let stuck = tokio::spawn(async move { c.simple_query(&transfer).await.map(|_| ()) });
+    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
+    let t = Instant::now();
+    while prepared(&s1).await + prepared(&s2).await == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stuck
+}
+
 // ---- Known defects of consistent_reads (issue 18) ----
 //
 // Reproductions written by an adversarial review: each asserts what should
@@ -895,19 +920,9 @@ async fn rv18_lock_connection_killed_mid_commit() {
     )
     .await;
     let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
-    let transfer = format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    );
-    let wc = connect(&url(w.addr.port())).await.unwrap();
-    let stuck = tokio::spawn(async move { wc.simple_query(&transfer).await.map(|_| ()) });
-    // Wait until the commit is paused after its decision: one part prepared.
-    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
     let t0 = Instant::now();
-    while prepared(&s1).await + prepared(&s2).await == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "never prepared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stuck = paused_transfer(&servers, w.addr.port(), a, b).await;
+    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
     eprintln!("rv18 prepared after {:?}", t0.elapsed());
     let mut r = connect(&url(readers.addr.port())).await.unwrap();
     let waiting = tokio::time::timeout(
@@ -1149,16 +1164,7 @@ async fn rv18_cancel_a_reader_waiting_in_the_fence() {
     .await;
     let bank = Bank::open(&servers, p.addr.port()).await;
     let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
-    let transfer = format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    );
-    let wc = connect(&url(p.addr.port())).await.unwrap();
-    let _stuck = tokio::spawn(async move { wc.simple_query(&transfer).await.map(|_| ()) });
-    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
-    while prepared(&s1).await + prepared(&s2).await == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _stuck = paused_transfer(&servers, p.addr.port(), a, b).await;
     let r = connect(&url(p.addr.port())).await.unwrap();
     let token = r.cancel_token();
     let t = Instant::now();
@@ -1211,7 +1217,7 @@ async fn rv18_unseen_repeatable_read_is_fractured() {
             .await,
         )[0];
         let w = connect(&url(p.addr.port())).await.unwrap();
-        exec(&w, &format!("BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT")).await;
+        exec(&w, &transfer_sql(a, b)).await;
         let second: i64 =
             simple_values(&exec(&r, &format!("SELECT balance FROM accounts WHERE id = {b}")).await)
                 [0];
@@ -1253,7 +1259,7 @@ async fn rv18_slow_reader_holds_commits() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let w = connect(&url(p.addr.port())).await.unwrap();
         let tc = Instant::now();
-        exec(&w, &format!("BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT")).await;
+        exec(&w, &transfer_sql(a, b)).await;
         let took = tc.elapsed();
         let rd = q.await.unwrap();
         eprintln!(
@@ -1310,16 +1316,7 @@ async fn rv18_copy_out_is_not_fenced() {
     .await;
     let bank = Bank::open(&servers, p.addr.port()).await;
     let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
-    let transfer = format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    );
-    let wc = connect(&url(p.addr.port())).await.unwrap();
-    let stuck = tokio::spawn(async move { wc.simple_query(&transfer).await.map(|_| ()) });
-    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
-    while prepared(&s1).await + prepared(&s2).await == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stuck = paused_transfer(&servers, p.addr.port(), a, b).await;
     let r = connect(&url(p.addr.port())).await.unwrap();
     for sql in [
         "COPY accounts (balance) TO STDOUT",
@@ -1422,7 +1419,7 @@ async fn rv18_parse_takes_the_snapshot() {
             .unwrap();
         let j2 = rv18_joined(&servers).await;
         let w = connect(&url(p.addr.port())).await.unwrap();
-        exec(&w, &format!("BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT")).await;
+        exec(&w, &transfer_sql(a, b)).await;
         let va: i64 = r.query_one(&st, &[&a]).await.unwrap().get(0);
         let vb: i64 = r.query_one(&st, &[&b]).await.unwrap().get(0);
         exec(&r, "COMMIT").await;
