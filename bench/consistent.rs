@@ -16,14 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pieskieo::cluster::{find_bindir, LocalServer, SUPERUSER_PASSWORD};
+use pieskieo::cluster::{LocalServer, SUPERUSER_PASSWORD};
 use pieskieo::config::Config;
 use pieskieo::router::{KeyValue, ShardMap};
 use tokio_postgres::{Client, NoTls};
 
 #[path = "common.rs"]
 mod common;
-use common::free_port;
 
 const SHARDS: usize = 3;
 const PER_SHARD: usize = 10;
@@ -183,23 +182,7 @@ async fn main() {
     let secs = env("BENCH_SECONDS", 10);
     let writers = env("WRITERS", 8) as usize;
     let readers = env("READERS", 2) as usize;
-    let bindir = find_bindir().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("pieskieo-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut servers = Vec::new();
-    for i in 0..SHARDS {
-        let s = LocalServer::create(
-            &bindir,
-            &dir.join(format!("shard{i}")),
-            free_port(),
-            &[("shared_buffers", "'64MB'")],
-        )
-        .unwrap();
-        s.start().unwrap();
-        servers.push(s);
-    }
+    let (dir, servers) = common::start_servers(SHARDS);
     let config = Config::parse(&config_text(&servers, false), "bench.toml").unwrap();
     let map = ShardMap::from_config(&config);
     let setup = pieskieo::serve(config).await.unwrap();

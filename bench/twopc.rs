@@ -10,14 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use pieskieo::cluster::{find_bindir, LocalServer, SUPERUSER_PASSWORD};
+use pieskieo::cluster::SUPERUSER_PASSWORD;
 use pieskieo::config::Config;
 use pieskieo::router::{KeyValue, ShardMap};
 use tokio_postgres::{Client, NoTls};
 
 #[path = "common.rs"]
 mod common;
-use common::free_port;
 
 async fn connect(url: &str) -> Client {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
@@ -46,23 +45,7 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let bindir = find_bindir().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("pieskieo-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut servers = Vec::new();
-    for i in 0..3 {
-        let s = LocalServer::create(
-            &bindir,
-            &dir.join(format!("shard{i}")),
-            free_port(),
-            &[("shared_buffers", "'64MB'")],
-        )
-        .unwrap();
-        s.start().unwrap();
-        servers.push(s);
-    }
+    let (dir, servers) = common::start_servers(3);
     let mut cfg = String::from("listen = \"127.0.0.1:0\"\nnode_id = \"bench\"\n[[users]]\nname = \"app\"\npassword = \"app\"\n[[tables]]\nname = \"accounts\"\nkey = \"id\"\nkey_type = \"int8\"\n");
     for (i, s) in servers.iter().enumerate() {
         cfg.push_str(&format!(
