@@ -125,6 +125,10 @@ pub struct Pools {
     /// many connections are kept now; a waiting checkout takes one of those
     /// ([`super::Kept`]).
     keepers: Vec<super::kept::Keepers>,
+    /// Per shard: a reload made the pool smaller and it may still hold more
+    /// connections than it may; read at every keep and take, so the pool's
+    /// status (a lock) is only asked while this is set.
+    shrunk: Vec<std::sync::atomic::AtomicBool>,
 }
 
 /// A checkout waiting for a connection, counted while it waits.
@@ -164,6 +168,7 @@ impl Pools {
         Pools {
             wanting: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
             keepers: endpoints.iter().map(|_| Default::default()).collect(),
+            shrunk: endpoints.iter().map(|_| Default::default()).collect(),
             pools,
             wait: Duration::from_millis(cfg.limits.pool_timeout_ms),
             stats: stats.clone(),
@@ -187,6 +192,11 @@ impl Pools {
     /// Changes a shard's pool size (a reload).
     pub fn resize(&self, shard: ShardId, size: usize) {
         if let Some(p) = self.pools.get(shard.0 as usize) {
+            if size < p.status().max_size {
+                if let Some(f) = self.shrunk.get(shard.0 as usize) {
+                    f.store(true, SeqCst);
+                }
+            }
             p.resize(size);
         }
     }
@@ -209,10 +219,18 @@ impl Pools {
     /// The pool of `shard` holds more connections than it may (its size
     /// was lowered by a reload): none is kept, each goes back to be closed.
     pub(super) fn over_limit(&self, shard: ShardId) -> bool {
-        self.pools.get(shard.0 as usize).is_some_and(|p| {
+        let i = shard.0 as usize;
+        let Some(flag) = self.shrunk.get(i).filter(|f| f.load(SeqCst)) else {
+            return false;
+        };
+        let over = self.pools.get(i).is_some_and(|p| {
             let s = p.status();
             s.size > s.max_size
-        })
+        });
+        if !over {
+            flag.store(false, SeqCst);
+        }
+        over
     }
 
     /// Some checkout waits for a connection of `shard` now.
