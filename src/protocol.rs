@@ -244,6 +244,22 @@ pub fn error_response(
     error_or_notice(severity, fields)
 }
 
+/// [`error_response`] with a hint line.
+pub fn error_response_with_hint(
+    severity: Severity,
+    code: SqlState,
+    msg: &str,
+    detail: Option<&str>,
+    hint: &str,
+) -> Bytes {
+    let mut fields = head_fields(severity, code, msg);
+    if let Some(d) = detail {
+        fields.push((b'D', d.to_string()));
+    }
+    fields.push((b'H', hint.to_string()));
+    error_or_notice(severity, fields)
+}
+
 /// ReadyForQuery, encoded once per status (one is sent per statement).
 pub fn ready_for_query(status: u8) -> &'static [u8] {
     use pg::response::{ReadyForQuery, TransactionStatus};

@@ -7,18 +7,26 @@
 
 use super::*;
 use crate::backend::SnapshotHold;
-use crate::txn::fence::{Class, FenceGuard};
+use crate::txn::fence::{Class, Reading};
 
 /// A fence hold shared by the shards of one statement: let go when the
-/// last of them has answered (or went back to its pool).
-pub(super) type Hold = Arc<FenceGuard>;
+/// last of them has answered (or went back to its pool), or when the
+/// fence's watcher saw the rest wait for row locks.
+pub(super) type Hold = Arc<Reading>;
 
 /// Hands `conn` a share of `hold`, let go at its first answer after `skip`
 /// ReadyForQuery (the answers to a joining shard's `BEGIN` and prelude).
 pub(super) fn attach(conn: &mut ServerConn, hold: &Hold, skip: usize) {
+    let share = hold.share(
+        conn.shard,
+        conn.process_id,
+        conn.secret_key,
+        conn.endpoint.clone(),
+        conn.verdict.clone(),
+    );
     conn.snapshot_hold = Some(SnapshotHold {
         skip,
-        hold: hold.clone(),
+        hold: Arc::new(share),
     });
 }
 
@@ -47,7 +55,7 @@ impl Session {
         let Some(f) = self.shared.coordinator.fence() else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(f.enter(Class::Snapshot).await?)))
+        Ok(Some(f.reading(f.enter(Class::Snapshot).await?)))
     }
 
     /// The isolation level the current block runs at: its `BEGIN` and

@@ -21,14 +21,18 @@
 //! away) leaves nothing behind; the advisory lock is taken and released by
 //! tasks of the fence's own, never by a future that can be dropped halfway.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::router::ShardId;
+
+mod stall;
+pub use stall::{Reading, Share, STALL_AFTER};
 
 /// The advisory lock's key: `'pieskfnc'` as a big-endian `bigint`. One-key
 /// advisory locks never collide with the two-key deadlock tags
@@ -196,12 +200,21 @@ struct State {
     waiting: [usize; 2],
     /// The class of the batch that ended last: when both wait, the other goes.
     last: Option<Class>,
+    /// When the batch began.
+    since: Instant,
+    /// The statements of a snapshot batch, for [`stall::unstall`].
+    readings: Vec<Weak<Reading>>,
 }
 
 struct Inner {
     state: Mutex<State>,
     changed: Notify,
     lock: Option<LockShard>,
+    /// A look at stalled readers is under way.
+    looking: AtomicBool,
+    /// How long a reader may hold the fence while it waits for a lock
+    /// (other than a row lock) before it is cancelled.
+    victim_after: Duration,
 }
 
 impl Inner {
@@ -260,9 +273,13 @@ impl Fence {
                     closed: false,
                     waiting: [0, 0],
                     last: None,
+                    since: Instant::now(),
+                    readings: Vec::new(),
                 }),
                 changed: Notify::new(),
                 lock,
+                looking: AtomicBool::new(false),
+                victim_after: Duration::from_millis(1000),
             }),
         }
     }
@@ -292,12 +309,24 @@ impl Fence {
         let timeout = Duration::from_millis(cfg.txn.control_timeout_ms);
         let connect = Duration::from_millis(cfg.limits.connect_timeout_ms);
         let pool = super::control::control_pool(endpoint, &login, timeout, connect)?;
-        Ok(Some(Fence::new(Some(LockShard::new(
-            shard,
-            pool,
-            timeout,
-            Some(control),
-        )))))
+        let mut fence = Fence::new(Some(LockShard::new(shard, pool, timeout, Some(control))));
+        // The deadlock timeout, also when the detector is off: the fence's
+        // stalls are its own.
+        let victim_after = match cfg.txn.deadlock_timeout_ms {
+            0 => 1000,
+            ms => ms,
+        };
+        if let Some(inner) = Arc::get_mut(&mut fence.inner) {
+            inner.victim_after = Duration::from_millis(victim_after);
+        }
+        Ok(Some(fence))
+    }
+
+    /// A multi-shard statement's snapshot hold, seen by the stall watcher.
+    pub fn reading(&self, guard: FenceGuard) -> Arc<Reading> {
+        let r = Arc::new(Reading::new(guard));
+        self.inner.state().readings.push(Arc::downgrade(&r));
+        r
     }
 
     /// The shard holding the cross-proxy lock, if any.
@@ -320,7 +349,14 @@ impl Fence {
             if let Some(g) = self.try_join(class) {
                 break g;
             }
-            notified.await;
+            if class == Class::Snapshot {
+                notified.await;
+                continue;
+            }
+            // A committer held up by readers looks at why, now and then.
+            if tokio::time::timeout(STALL_AFTER, notified).await.is_err() {
+                self.look_at_stalls();
+            }
         };
         drop(waiting);
         loop {
@@ -338,6 +374,16 @@ impl Fence {
                 Err(e) => return Err(e),
                 Ok(false) => notified.await,
             }
+        }
+    }
+
+    /// When a batch of readers has held the fence for [`STALL_AFTER`],
+    /// looks (in a task of its own) at the readers that may be stuck.
+    fn look_at_stalls(&self) {
+        let s = self.inner.state();
+        if s.active == Some(Class::Snapshot) && s.since.elapsed() >= STALL_AFTER {
+            drop(s);
+            tokio::spawn(stall::unstall(self.inner.clone(), self.inner.victim_after));
         }
     }
 
@@ -361,6 +407,7 @@ impl Fence {
                 s.holders = 1;
                 s.batch += 1;
                 s.closed = false;
+                s.since = Instant::now();
                 if self.inner.lock.is_some() {
                     s.lock = Lock::Pending;
                     let batch = s.batch;
@@ -435,8 +482,27 @@ async fn watch(inner: Arc<Inner>, batch: u64) {
             if s.batch == batch {
                 s.closed = true;
             }
-            return;
+            if s.active != Some(Class::Snapshot) {
+                return;
+            }
+            drop(s);
+            break;
         }
+    }
+    // A batch of readers that another proxy waits for (perhaps a commit)
+    // is looked at until it ends, as a local committer would.
+    let fence = Fence {
+        inner: inner.clone(),
+    };
+    loop {
+        tokio::time::sleep(STALL_AFTER).await;
+        {
+            let s = inner.state();
+            if s.batch != batch || s.holders == 0 {
+                return;
+            }
+        }
+        fence.look_at_stalls();
     }
 }
 
@@ -447,6 +513,7 @@ impl Drop for FenceGuard {
         if s.holders == 0 {
             s.active = None;
             s.last = Some(self.class);
+            s.readings.clear();
             let lock = std::mem::replace(&mut s.lock, Lock::Held(None));
             if let Lock::Held(Some(conn)) = lock {
                 let inner = self.inner.clone();

@@ -825,16 +825,29 @@ async fn paused_transfer(
 // README lists them under "Experimental"); three are probes that pass. Run one with
 // `cargo test --test integration -- --ignored consistent::rv18_<name> --nocapture`.
 
-/// A multi-shard statement that waits for a row lock held by an open
+/// A multi-shard statement that waits for a lock held by an open
 /// distributed transaction holds the fence's snapshot class (no first
-/// answer yet) while that transaction's COMMIT waits for the fence.
-async fn rv18_lock_wait(consistent: bool, reader_sql: &str) -> (bool, bool) {
+/// answer yet) while that transaction's COMMIT waits for the fence; the
+/// fence's watcher must untangle it. The transaction runs on a second proxy
+/// when `two_proxies`. Whether the COMMIT went through, whether a third
+/// reader got an answer, and the stuck reader's outcome (SQLSTATE on error).
+async fn lock_wait(
+    consistent: bool,
+    reader_sql: &str,
+    two_proxies: bool,
+) -> (bool, bool, Result<(), String>) {
     let servers = Servers::start(SHARDS);
     let p = proxy(&servers, consistent, "").await;
     let port = p.addr.port();
     let bank = Bank::open(&servers, port).await;
     let (a, b) = (bank.keys[0][0], bank.keys[1][0]);
-    let t = connect(&url(port)).await.unwrap();
+    let other = if two_proxies {
+        Some(proxy(&servers, consistent, "").await)
+    } else {
+        None
+    };
+    let tport = other.as_ref().map_or(port, |o| o.addr.port());
+    let t = connect(&url(tport)).await.unwrap();
     exec(&t, "BEGIN").await;
     exec(
         &t,
@@ -850,13 +863,22 @@ async fn rv18_lock_wait(consistent: bool, reader_sql: &str) -> (bool, bool) {
     let sql = reader_sql
         .replace("{a}", &a.to_string())
         .replace("{b}", &b.to_string());
-    let reader = tokio::spawn(async move { r.simple_query(&sql).await.map(|_| ()) });
+    let reader = tokio::spawn(async move {
+        r.simple_query(&sql)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code().map_or(e.to_string(), |c| c.code().to_string()))
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let commit = tokio::time::timeout(Duration::from_secs(8), t.simple_query("COMMIT")).await;
     let committed = matches!(commit, Ok(Ok(_)));
     eprintln!("rv18 lock wait ({consistent}, {reader_sql}): commit = {commit:?}");
     let rd = tokio::time::timeout(Duration::from_secs(3), reader).await;
     eprintln!("rv18 reader: {rd:?}");
+    let rd = match rd {
+        Ok(Ok(r)) => r,
+        other => Err(format!("no answer: {other:?}")),
+    };
     // Others stuck too?
     let o = connect(&url(port)).await.unwrap();
     let other = tokio::time::timeout(
@@ -865,43 +887,61 @@ async fn rv18_lock_wait(consistent: bool, reader_sql: &str) -> (bool, bool) {
     )
     .await;
     eprintln!("rv18 a third reader: {other:?}");
-    (committed, other.is_ok())
+    settled(&servers).await;
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+    (committed, matches!(other, Ok(Ok(_))), rd)
+}
+
+/// A reader waiting for a row lock has taken its snapshot: the watcher
+/// lets its fence hold go, the COMMIT goes through, and the reader then
+/// gets its rows, as from one PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_waiting_for_row_locks_does_not_stall_commits() {
+    let sql = "SELECT balance FROM accounts WHERE id IN ({a}, {b}) FOR UPDATE";
+    let off = lock_wait(false, sql, false).await;
+    assert!(off.0 && off.2.is_ok(), "without the setting: {off:?}");
+    for two_proxies in [false, true] {
+        let on = lock_wait(true, sql, two_proxies).await;
+        assert!(
+            on.0,
+            "two proxies {two_proxies}: the COMMIT hung behind the reader waiting for its row lock"
+        );
+        assert!(on.1, "two proxies {two_proxies}: a third reader hung");
+        assert_eq!(on.2, Ok(()), "two proxies {two_proxies}: the reader");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
-async fn rv18_for_update_across_shards_deadlocks_with_a_commit() {
-    let off = rv18_lock_wait(
-        false,
-        "SELECT balance FROM accounts WHERE id IN ({a}, {b}) FOR UPDATE",
-    )
-    .await;
-    let on = rv18_lock_wait(
-        true,
-        "SELECT balance FROM accounts WHERE id IN ({a}, {b}) FOR UPDATE",
-    )
-    .await;
-    eprintln!("rv18 off: {off:?}, on: {on:?}");
-    assert!(off.0, "without the setting the commit goes through");
-    assert!(
-        on.0,
-        "with the setting the commit hangs behind the reader that waits for its row lock"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
-async fn rv18_multi_shard_update_deadlocks_with_a_commit() {
-    let on = rv18_lock_wait(
+async fn a_multi_shard_update_waiting_for_row_locks_does_not_stall_commits() {
+    let on = lock_wait(
         true,
         "UPDATE accounts SET balance = balance WHERE id IN ({a}, {b})",
+        false,
     )
     .await;
-    eprintln!("rv18 on: {on:?}");
     assert!(
         on.0,
-        "with the setting the commit hangs behind a multi-shard UPDATE waiting for its row lock"
+        "the COMMIT hung behind a multi-shard UPDATE waiting for its row lock"
     );
+    assert!(on.1, "a third reader hung");
+    assert_eq!(on.2, Ok(()), "the UPDATE");
+}
+
+/// The plainest reader, `SELECT sum(balance) FROM accounts`, waits for the
+/// relation lock of a distributed DDL block (at parse analysis, before its
+/// snapshot), whose COMMIT waits for the fence: after the deadlock timeout
+/// the reader is the victim (40P01) and the COMMIT goes through. Over two
+/// proxies too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_a_ddl_lock_is_a_deadlock_victim() {
+    for two_proxies in [false, true] {
+        let on = ddl_lock_wait(two_proxies).await;
+        assert!(
+            on.0,
+            "two proxies {two_proxies}: the DDL commit hung behind the reader"
+        );
+        assert_eq!(on.1, Err("40P01".to_string()), "two proxies {two_proxies}");
+    }
 }
 
 /// The fence's control connection (the one holding the advisory lock for
@@ -1273,16 +1313,19 @@ async fn rv18_slow_reader_holds_commits() {
     }
 }
 
-/// The plainest reader, `SELECT sum(balance) FROM accounts`, waits for the
-/// relation lock of a distributed DDL block, whose COMMIT waits for the fence.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
-async fn rv18_plain_sum_deadlocks_with_a_ddl_commit() {
+async fn ddl_lock_wait(two_proxies: bool) -> (bool, Result<(), String>) {
     let servers = Servers::start(SHARDS);
     let p = proxy(&servers, true, "").await;
     let port = p.addr.port();
     let _bank = Bank::open(&servers, port).await;
-    let t = connect(&url(port)).await.unwrap();
+    let other = if two_proxies {
+        Some(proxy(&servers, true, "").await)
+    } else {
+        None
+    };
+    let t = connect(&url(other.as_ref().map_or(port, |o| o.addr.port())))
+        .await
+        .unwrap();
     exec(&t, "BEGIN").await;
     exec(&t, "ALTER TABLE accounts ADD COLUMN note text").await;
     let r = connect(&url(port)).await.unwrap();
@@ -1290,16 +1333,18 @@ async fn rv18_plain_sum_deadlocks_with_a_ddl_commit() {
         r.simple_query("SELECT sum(balance) FROM accounts")
             .await
             .map(|_| ())
+            .map_err(|e| e.code().map_or(e.to_string(), |c| c.code().to_string()))
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let commit = tokio::time::timeout(Duration::from_secs(8), t.simple_query("COMMIT")).await;
-    eprintln!("rv18 ddl commit: {commit:?}");
+    eprintln!("ddl commit: {commit:?}");
     let rd = tokio::time::timeout(Duration::from_secs(2), reader).await;
-    eprintln!("rv18 ddl reader: {rd:?}");
-    assert!(
-        matches!(commit, Ok(Ok(_))),
-        "the DDL commit hangs behind the reader"
-    );
+    eprintln!("ddl reader: {rd:?}");
+    let rd = match rd {
+        Ok(Ok(r)) => r,
+        other => Err(format!("no answer: {other:?}")),
+    };
+    (matches!(commit, Ok(Ok(_))), rd)
 }
 
 /// `COPY accounts TO STDOUT` reads every shard: is it fenced?

@@ -1,0 +1,256 @@
+//! Readers that stall the fence. A multi-shard statement holds the
+//! snapshot class from sending until each shard's first answer; a shard
+//! that waits for a lock sends nothing, so if the lock's holder is a
+//! distributed transaction whose commit waits for the fence, nobody moves —
+//! and every commit and multi-shard read of the cluster waits with it. No
+//! server's deadlock detector sees the fence.
+//!
+//! So a batch of readers the fence holds longer than [`STALL_AFTER`] while
+//! commits wait is looked at (`pg_locks` on the shards not yet answered):
+//! - a shard waiting for a row lock (`transactionid`, `tuple`) has taken
+//!   its snapshot — PostgreSQL locks rows only while executing, after
+//!   `PortalStart` took the snapshot — so it no longer needs the fence; a
+//!   statement whose every shard answered or waits so lets go;
+//! - a shard waiting for any other lock (a relation lock behind an
+//!   uncommitted `ALTER`, taken at parse analysis, before the snapshot) may
+//!   not take its snapshot yet: once the statement has held the fence so for
+//!   the deadlock timeout, it is cancelled with `40P01`, as a deadlock victim.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::warn;
+
+use super::{FenceGuard, Inner};
+use crate::backend::{send_cancel, Endpoint, Verdict};
+use crate::error::SqlState;
+use crate::protocol::{self, Severity};
+use crate::router::ShardId;
+
+/// How long a commit waits behind readers before the fence asks why: a
+/// batch of readers normally lasts about one round trip.
+pub const STALL_AFTER: Duration = Duration::from_millis(100);
+
+/// A statement's hold on the snapshot class, shared by its shards'
+/// connections (each through a [`Share`]). The hold goes when the last
+/// share and the statement let go of it, or earlier when the watcher saw
+/// every shard still owing an answer wait for a row lock.
+pub struct Reading {
+    guard: Mutex<Option<FenceGuard>>,
+    parts: Mutex<Vec<Part>>,
+    next: AtomicU64,
+    since: Instant,
+    cancelled: AtomicBool,
+}
+
+/// A shard of a reading that has not answered yet.
+#[derive(Clone)]
+pub struct Part {
+    id: u64,
+    pub shard: ShardId,
+    /// The server backend and how to cancel it, with the error its client
+    /// gets instead of the cancel's.
+    pub pid: i32,
+    pub secret_key: i32,
+    pub endpoint: Arc<Endpoint>,
+    pub verdict: Verdict,
+}
+
+/// One connection's part of a reading: dropped at the shard's first
+/// answer (or when the connection goes).
+pub struct Share {
+    reading: Arc<Reading>,
+    id: u64,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.reading.parts().retain(|p| p.id != self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Reading {
+    pub(super) fn new(guard: FenceGuard) -> Reading {
+        Reading {
+            guard: Mutex::new(Some(guard)),
+            parts: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+            since: Instant::now(),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    fn parts(&self) -> MutexGuard<'_, Vec<Part>> {
+        lock(&self.parts)
+    }
+
+    /// A share for the connection to `shard`'s backend `pid`, which owes
+    /// the statement's first answer.
+    pub fn share(
+        self: &Arc<Reading>,
+        shard: ShardId,
+        pid: i32,
+        secret_key: i32,
+        endpoint: Arc<Endpoint>,
+        verdict: Verdict,
+    ) -> Share {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.parts().push(Part {
+            id,
+            shard,
+            pid,
+            secret_key,
+            endpoint,
+            verdict,
+        });
+        Share {
+            reading: self.clone(),
+            id,
+        }
+    }
+
+    /// Whether it still holds the fence.
+    fn holds(&self) -> bool {
+        lock(&self.guard).is_some()
+    }
+
+    /// Lets go of the fence now.
+    fn release(&self) {
+        let guard = lock(&self.guard).take();
+        drop(guard);
+    }
+}
+
+/// The error a stalled reader's client gets.
+fn victim_error(waits: &[(ShardId, i32, String)]) -> Bytes {
+    let detail: Vec<String> = waits
+        .iter()
+        .map(|(shard, pid, locktype)| {
+            format!("Process {pid} on shard {shard} waits for a {locktype} lock while the statement holds the consistent-read fence, which a committing transaction waits for.")
+        })
+        .collect();
+    protocol::error_response_with_hint(
+        Severity::Error,
+        SqlState::DEADLOCK_DETECTED,
+        "deadlock detected",
+        Some(&detail.join("\n")),
+        "Retry the statement. With consistent_reads on, a statement reading several shards cannot wait, before its snapshot, for a lock a committing transaction holds.",
+    )
+}
+
+/// Resets the "a look is under way" flag however the look ends.
+struct Looking<'a>(&'a AtomicBool);
+
+impl Drop for Looking<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Looks at the readers holding the fence (see the module doc): lets go of
+/// those whose shards all took their snapshots, cancels those that waited
+/// for another lock longer than `victim_after`. One look at a time.
+pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
+    if inner.looking.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let _looking = Looking(&inner.looking);
+    let Some(control) = inner.lock.as_ref().and_then(|l| l.control.clone()) else {
+        return;
+    };
+    let readings: Vec<Arc<Reading>> = inner
+        .state()
+        .readings
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .filter(|r| r.holds())
+        .collect();
+    let mut pids: BTreeMap<ShardId, Vec<i32>> = BTreeMap::new();
+    for r in &readings {
+        for p in r.parts().iter() {
+            pids.entry(p.shard).or_default().push(p.pid);
+        }
+    }
+    if pids.is_empty() {
+        return;
+    }
+    let asks = pids.into_iter().map(|(shard, pids)| {
+        let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+        let sql = format!(
+            "SELECT pid, locktype FROM pg_catalog.pg_locks WHERE NOT granted AND pid IN ({})",
+            list.join(", ")
+        );
+        let control = control.clone();
+        async move { (shard, control.query(shard, &sql).await) }
+    });
+    let mut waiting: HashMap<(ShardId, i32), String> = HashMap::new();
+    for (shard, rows) in futures_util::future::join_all(asks).await {
+        let Ok(rows) = rows else {
+            continue;
+        };
+        for row in rows {
+            if let [Some(pid), Some(locktype)] = row.as_slice() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    waiting.insert((shard, pid), locktype.clone());
+                }
+            }
+        }
+    }
+    for r in readings {
+        let mut parts = r.parts();
+        // A row lock is taken while executing: that shard has its snapshot.
+        parts.retain(|p| {
+            !matches!(
+                waiting.get(&(p.shard, p.pid)).map(String::as_str),
+                Some("transactionid" | "tuple")
+            )
+        });
+        // (A statement that attached no shard holds the fence itself.)
+        if parts.is_empty() {
+            drop(parts);
+            if r.next.load(Ordering::Relaxed) > 0 {
+                r.release();
+            }
+            continue;
+        }
+        let blocked: Vec<(ShardId, i32, String)> = parts
+            .iter()
+            .filter_map(|p| {
+                waiting
+                    .get(&(p.shard, p.pid))
+                    .map(|l| (p.shard, p.pid, l.clone()))
+            })
+            .collect();
+        if blocked.is_empty()
+            || r.since.elapsed() < victim_after
+            || r.cancelled.swap(true, Ordering::AcqRel)
+        {
+            continue;
+        }
+        let error = victim_error(&blocked);
+        let victims: Vec<Part> = parts.clone();
+        drop(parts);
+        warn!(waits = ?blocked.iter().map(|(s, p, l)| format!("shard {s} pid {p} waits for {l}")).collect::<Vec<_>>(),
+            "consistent reads: a statement waits for a lock while holding the fence that commits wait for; cancelling it (40P01)");
+        for p in victims {
+            if let Ok(mut v) = p.verdict.lock() {
+                *v = Some(error.clone());
+            }
+            tokio::spawn(async move {
+                if let Err(e) = send_cancel(&p.endpoint, p.pid, p.secret_key).await {
+                    warn!(addr = %p.endpoint, error = %e, "consistent reads: cannot cancel a stalled reader");
+                }
+            });
+        }
+    }
+}
