@@ -264,17 +264,14 @@ pub async fn collect<W: AsyncWrite + Unpin>(
 pub async fn fan_out<W: AsyncWrite + Unpin>(
     conns: &mut [&mut ServerConn],
     sqls: &[&str],
+    primed: bool,
     merge: Merge,
     out: &mut W,
 ) -> Result<(Answer, Option<Bytes>), ExecError> {
     let mut merger = Merger::default();
     let mut sent = vec![false; conns.len()];
     for (i, c) in conns.iter_mut().enumerate() {
-        let r = async {
-            c.send_query(sqls[i]).await?;
-            c.flush().await
-        }
-        .await;
+        let r = send_statement(c, sqls[i], primed).await;
         match r {
             Ok(()) => sent[i] = true,
             Err(e) => merger.backend_failed(&e),
@@ -287,6 +284,24 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
     }
     let answer = Answer::failed_if(merger.failed());
     Ok((answer, merger.finish()))
+}
+
+/// Sends `sql` as a simple query and flushes; or, when `primed` (the
+/// server's unnamed portal already holds it, see `Session::prime`),
+/// Describe, Execute and Sync, whose answers read as a simple query's.
+pub async fn send_statement(
+    c: &mut ServerConn,
+    sql: &str,
+    primed: bool,
+) -> Result<(), BackendError> {
+    if primed {
+        c.send_extended(&[b'D', 0, 0, 0, 6, b'P', 0]).await?;
+        c.send_extended(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]).await?;
+        c.send_sync().await?;
+    } else {
+        c.send_query(sql).await?;
+    }
+    c.flush().await
 }
 
 /// Reads a server's answer to one extended message, relaying it (when

@@ -5,6 +5,8 @@
 //! SERIALIZABLE block taken on every shard at once, under the fence, before
 //! its first statement. One shard never enters the fence.
 
+use bytes::{BufMut, Bytes};
+
 use super::*;
 use crate::backend::SnapshotHold;
 use crate::txn::fence::{Class, Reading};
@@ -44,7 +46,153 @@ pub(super) fn takes_snapshot(sql: &str) -> bool {
     )
 }
 
+/// Whether a statement the classifier proved read-only runs in a portal
+/// whose snapshot PostgreSQL takes at Bind (`PORTAL_ONE_SELECT`:
+/// `PortalStart` takes it, and BindComplete follows), so the fence need
+/// cover only the Bind. Utility statements (`SHOW`, `EXPLAIN`) take theirs
+/// at Execute.
+pub(super) fn binds_snapshot(sql: &str) -> bool {
+    matches!(
+        leading_words(sql, 1).first().map(String::as_str),
+        Some("select" | "with" | "values" | "table")
+    )
+}
+
+/// How a primed statement's Parse and Bind went.
+pub(super) enum Primed {
+    /// Every shard has its portal, snapshot taken: Describe and Execute
+    /// follow.
+    Ready,
+    /// A shard refused; its error went to the client and every connection
+    /// is idle again.
+    Failed,
+}
+
+/// Sends `msg` and Flush to every connection and reads each one's answer
+/// up to `done`: the first ErrorResponse, if any; notices, once each, into
+/// `notices`.
+async fn step(
+    conns: &mut [PooledConn],
+    msgs: &[Bytes],
+    done: u8,
+    notices: &mut Vec<Bytes>,
+) -> Result<Option<Frame>, BackendError> {
+    for (c, m) in conns.iter_mut().zip(msgs) {
+        c.send_extended(m).await?;
+        c.send_extended(&[b'H', 0, 0, 0, 4]).await?;
+        c.flush().await?;
+    }
+    let mut failed = None;
+    for c in conns.iter_mut() {
+        loop {
+            let f = c.read().await?;
+            match f.tag {
+                t if t == done => break,
+                b'E' => {
+                    failed.get_or_insert(f);
+                    break;
+                }
+                b'N' => {
+                    if !notices.contains(&f.bytes) {
+                        notices.push(f.bytes.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(failed)
+}
+
 impl Session {
+    /// `consistent_reads`, a SELECT on several shards outside a block: the
+    /// fence held for one round trip, not for the statement's run.
+    /// PostgreSQL buffers a simple query's answer (RowDescription
+    /// included) until it is done or 8 kB long, so "the first answer" may
+    /// come only at the end. Run it instead as the server's unnamed portal:
+    /// Parse first, outside the fence (it takes the relation locks, and may
+    /// wait for them), then Bind under the fence, whose BindComplete says
+    /// the snapshot is taken. Describe, Execute and Sync follow
+    /// ([`executor::fan_out`] with `primed`). One round trip more per shard.
+    pub(super) async fn prime(
+        &mut self,
+        conns: &mut [PooledConn],
+        sqls: &[&str],
+    ) -> std::io::Result<Primed> {
+        let mut notices = Vec::new();
+        let parses: Vec<Bytes> = sqls
+            .iter()
+            .map(|sql| {
+                protocol::message(b'P', |b| {
+                    protocol::put_cstr(b, "");
+                    protocol::put_cstr(b, sql);
+                    b.put_i16(0);
+                })
+            })
+            .collect();
+        let parsed = step(conns, &parses, b'1', &mut notices).await;
+        let failed = match parsed {
+            Ok(None) => match self.snapshot_hold(conns.len()).await {
+                Ok(hold) => {
+                    if let Some(h) = &hold {
+                        for c in conns.iter_mut() {
+                            attach(c, h, 0);
+                        }
+                    }
+                    drop(hold);
+                    let bind = protocol::message(b'B', |b| {
+                        protocol::put_cstr(b, "");
+                        protocol::put_cstr(b, "");
+                        b.put_i16(0);
+                        b.put_i16(0);
+                        b.put_i16(0);
+                    });
+                    let binds = vec![bind; conns.len()];
+                    step(conns, &binds, b'2', &mut notices).await
+                }
+                Err(e) => {
+                    // Nothing was bound: end the Parse's transaction.
+                    for c in conns.iter_mut() {
+                        if c.send_sync().await.is_ok() && c.flush().await.is_ok() {
+                            let _ = executor::drain(c).await;
+                        }
+                    }
+                    self.error(e).await?;
+                    return Ok(Primed::Failed);
+                }
+            },
+            other => other,
+        };
+        for n in &notices {
+            self.write(n).await?;
+        }
+        match failed {
+            Ok(None) => Ok(Primed::Ready),
+            Ok(Some(frame)) => {
+                for c in conns.iter_mut() {
+                    let r = async {
+                        c.send_sync().await?;
+                        c.flush().await?;
+                        executor::drain(c).await
+                    }
+                    .await;
+                    if r.is_err() {
+                        c.mark_broken();
+                    }
+                }
+                self.write(&frame.bytes).await?;
+                Ok(Primed::Failed)
+            }
+            Err(e) => {
+                for c in conns.iter_mut() {
+                    c.mark_broken();
+                }
+                self.error(e.into()).await?;
+                Ok(Primed::Failed)
+            }
+        }
+    }
+
     /// The snapshot class of the fence for a statement about to read
     /// `shards` shards at once; `None` when `consistent_reads` is off or
     /// it reads one shard.

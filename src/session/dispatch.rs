@@ -221,27 +221,35 @@ impl Session {
                 Err(e) => return self.error(e).await,
             }
         }
-        match self.snapshot_hold(conns.len()).await {
-            Ok(Some(h)) => {
-                for c in conns.iter_mut() {
-                    consistent::attach(c, &h, 0);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return self.error(e).await,
-        }
         let sqls: Vec<&str> = targets.iter().map(|t| t.1).collect();
+        let primed = conns.len() > 1
+            && self.shared.coordinator.fence().is_some()
+            && sqls.iter().all(|s| consistent::binds_snapshot(s));
+        if primed {
+            if let consistent::Primed::Failed = self.prime(&mut conns, &sqls).await? {
+                return Ok(false);
+            }
+        } else {
+            match self.snapshot_hold(conns.len()).await {
+                Ok(Some(h)) => {
+                    for c in conns.iter_mut() {
+                        consistent::attach(c, &h, 0);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return self.error(e).await,
+            }
+        }
         let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
         let r = match how {
             Collect::Merge(merge) => {
-                executor::fan_out(&mut refs, &sqls, merge, &mut self.out).await
+                executor::fan_out(&mut refs, &sqls, primed, merge, &mut self.out).await
             }
             Collect::Plan(plan) => {
                 let opts = crate::merge::RunOptions::simple(self.shared.collations.bytewise());
                 async {
                     for (c, sql) in refs.iter_mut().zip(&sqls) {
-                        c.send_query(sql).await?;
-                        c.flush().await?;
+                        executor::send_statement(c, sql, primed).await?;
                     }
                     crate::merge::run(&mut refs, plan, &opts, &mut self.out).await
                 }
