@@ -92,11 +92,7 @@ async fn step(
                     failed.get_or_insert(f);
                     break;
                 }
-                b'N' => {
-                    if !notices.contains(&f.bytes) {
-                        notices.push(f.bytes.clone());
-                    }
-                }
+                b'N' if !notices.contains(&f.bytes) => notices.push(f.bytes.clone()),
                 _ => {}
             }
         }
