@@ -412,6 +412,9 @@ pub struct BlockRun<'a> {
     pub relay_single: bool,
     /// Text compares bytewise in a merge (every shard's collation is C).
     pub bytewise: bool,
+    /// The statements wait in the shards' unnamed portals (see
+    /// [`send_statement`]); nobody is fresh.
+    pub primed: bool,
 }
 
 /// Runs `targets` (a statement per shard) on the block's connections in
@@ -442,8 +445,7 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
                     conn.send_query(q).await?;
                 }
             }
-            conn.send_query(sql).await?;
-            conn.flush().await
+            send_statement(conn, sql, run.primed).await
         }
         .await;
         sent.push((*shard, fresh, r));

@@ -80,7 +80,47 @@ impl Session {
         let mut shards: Vec<ShardId> = targets.iter().map(|t| t.0).collect();
         shards.sort();
         shards.dedup();
-        let hold = if snapshots && self.per_statement_snapshot() {
+        // A SELECT primed (see `Session::prime`) holds the fence for its
+        // Bind only; not on a shard inside an extended Sync segment, whose
+        // implicit transaction a Sync would end.
+        let primed = shards.len() > 1
+            && snapshots
+            && !write.may()
+            && self.shared.coordinator.fence().is_some()
+            && self.per_statement_snapshot()
+            && targets
+                .iter()
+                .all(|(_, sql)| consistent::binds_snapshot(sql))
+            && parts
+                .iter()
+                .filter(|p| shards.contains(&p.shard()))
+                .all(|p| !p.conn.needs_sync());
+        if primed {
+            let mut conns = Vec::with_capacity(shards.len());
+            let mut heads: Vec<&[String]> = Vec::with_capacity(shards.len());
+            let mut sqls = Vec::with_capacity(shards.len());
+            for p in parts.iter_mut() {
+                let Some((shard, sql)) = targets.iter().find(|(s, _)| *s == p.shard()) else {
+                    continue;
+                };
+                heads.push(if missing.contains(shard) { &head } else { &[] });
+                sqls.push(*sql);
+                conns.push(&mut *p.conn);
+            }
+            let r = self.prime(&mut conns, &heads, &sqls).await;
+            if let Some(t) = self.txn() {
+                t.participants = parts;
+            }
+            if let consistent::Primed::Failed = r? {
+                self.fail();
+                return Ok((false, None));
+            }
+            let Some(t) = self.txn() else {
+                return Ok((false, None));
+            };
+            parts = std::mem::take(&mut t.participants);
+        }
+        let hold = if snapshots && self.per_statement_snapshot() && !primed {
             self.snapshot_hold(shards.len()).await
         } else {
             Ok(None)
@@ -106,9 +146,10 @@ impl Session {
         }
         let run = executor::BlockRun {
             head: &head,
-            fresh: &missing,
+            fresh: if primed { &[] } else { &missing },
             relay_single: !self.hold_last,
             bytewise,
+            primed,
         };
         let r = executor::run_in_block(&mut parts, targets, how, &run, &mut self.out).await;
         for p in parts.iter_mut() {

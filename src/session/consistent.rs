@@ -68,22 +68,32 @@ pub(super) enum Primed {
     Failed,
 }
 
-/// Sends `msg` and Flush to every connection and reads each one's answer
+/// Sends each connection its `heads` (a joining shard's `BEGIN` and
+/// prelude, as queries), then `msg` and Flush, and reads each one's answers
 /// up to `done`: the first ErrorResponse, if any; notices, once each, into
 /// `notices`.
 async fn step(
-    conns: &mut [PooledConn],
+    conns: &mut [&mut ServerConn],
+    heads: &[&[String]],
     msgs: &[Bytes],
     done: u8,
     notices: &mut Vec<Bytes>,
 ) -> Result<Option<Frame>, BackendError> {
-    for (c, m) in conns.iter_mut().zip(msgs) {
+    for (i, (c, m)) in conns.iter_mut().zip(msgs).enumerate() {
+        for q in heads.get(i).copied().unwrap_or_default() {
+            c.send_query(q).await?;
+        }
         c.send_extended(m).await?;
         c.send_extended(&[b'H', 0, 0, 0, 4]).await?;
         c.flush().await?;
     }
     let mut failed = None;
-    for c in conns.iter_mut() {
+    for (i, c) in conns.iter_mut().enumerate() {
+        for _ in heads.get(i).copied().unwrap_or_default() {
+            if let Some(e) = executor::drain(c).await? {
+                failed.get_or_insert(e);
+            }
+        }
         loop {
             let f = c.read().await?;
             match f.tag {
@@ -101,18 +111,22 @@ async fn step(
 }
 
 impl Session {
-    /// `consistent_reads`, a SELECT on several shards outside a block: the
-    /// fence held for one round trip, not for the statement's run.
+    /// `consistent_reads`, a SELECT on several shards with a snapshot of its
+    /// own: the fence held for one round trip, not for the statement's run.
     /// PostgreSQL buffers a simple query's answer (RowDescription
     /// included) until it is done or 8 kB long, so "the first answer" may
     /// come only at the end. Run it instead as the server's unnamed portal:
     /// Parse first, outside the fence (it takes the relation locks, and may
     /// wait for them), then Bind under the fence, whose BindComplete says
     /// the snapshot is taken. Describe, Execute and Sync follow
-    /// ([`executor::fan_out`] with `primed`). One round trip more per shard.
+    /// ([`executor::send_statement`] with `primed`). One round trip more per
+    /// shard. `heads`: what each connection runs first (a joining shard's
+    /// `BEGIN` and prelude); `Failed` leaves each connection synced, in the
+    /// state PostgreSQL left it (a block's shard that failed is in `E`).
     pub(super) async fn prime(
         &mut self,
-        conns: &mut [PooledConn],
+        conns: &mut [&mut ServerConn],
+        heads: &[&[String]],
         sqls: &[&str],
     ) -> std::io::Result<Primed> {
         let mut notices = Vec::new();
@@ -126,7 +140,7 @@ impl Session {
                 })
             })
             .collect();
-        let parsed = step(conns, &parses, b'1', &mut notices).await;
+        let parsed = step(conns, heads, &parses, b'1', &mut notices).await;
         let failed = match parsed {
             Ok(None) => match self.snapshot_hold(conns.len()).await {
                 Ok(hold) => {
@@ -144,7 +158,7 @@ impl Session {
                         b.put_i16(0);
                     });
                     let binds = vec![bind; conns.len()];
-                    step(conns, &binds, b'2', &mut notices).await
+                    step(conns, &[], &binds, b'2', &mut notices).await
                 }
                 Err(e) => {
                     // Nothing was bound: end the Parse's transaction.

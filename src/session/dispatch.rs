@@ -226,7 +226,8 @@ impl Session {
             && self.shared.coordinator.fence().is_some()
             && sqls.iter().all(|s| consistent::binds_snapshot(s));
         if primed {
-            if let consistent::Primed::Failed = self.prime(&mut conns, &sqls).await? {
+            let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
+            if let consistent::Primed::Failed = self.prime(&mut refs, &[], &sqls).await? {
                 return Ok(false);
             }
         } else {

@@ -929,24 +929,25 @@ async fn a_multi_shard_update_waiting_for_row_locks_does_not_stall_commits() {
 
 /// The plainest reader, `SELECT sum(balance) FROM accounts`, waits for the
 /// relation lock of a distributed DDL block (at parse analysis, before its
-/// snapshot), whose COMMIT needs the fence. Outside a block the reader's
-/// Parse runs before the fence, so it waits as on one PostgreSQL and then
-/// reads. Inside a block (READ COMMITTED) its wait is under the fence:
-/// after the deadlock timeout the reader is the victim (40P01). Either way
-/// the COMMIT goes through; over two proxies too.
+/// snapshot), whose COMMIT needs the fence. Its Parse runs before the
+/// fence, in a block or not, so it waits as on one PostgreSQL and then
+/// reads. A multi-shard UPDATE waits so under the fence (its snapshot comes
+/// at Execute): after the deadlock timeout it is the victim (40P01). Either
+/// way the COMMIT goes through; over two proxies too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_behind_a_ddl_lock_waits_or_is_a_deadlock_victim() {
+    let sum = "SELECT sum(balance) FROM accounts";
+    let update = "UPDATE accounts SET balance = balance WHERE balance >= 0";
     for two_proxies in [false, true] {
-        for in_block in [false, true] {
-            let on = ddl_lock_wait(two_proxies, in_block).await;
-            let case = format!("two proxies {two_proxies}, in a block {in_block}");
+        for (sql, in_block, expected) in [
+            (sum, false, Ok(())),
+            (sum, true, Ok(())),
+            (update, false, Err("40P01".to_string())),
+        ] {
+            let on = ddl_lock_wait(two_proxies, sql, in_block).await;
+            let case = format!("two proxies {two_proxies}, in a block {in_block}: {sql}");
             assert!(on.0, "{case}: the DDL commit hung behind the reader");
-            let expected = if in_block {
-                Err("40P01".to_string())
-            } else {
-                Ok(())
-            };
-            assert_eq!(on.1, expected, "{case}: the reader");
+            assert_eq!(on.1, expected, "{case}");
         }
     }
 }
@@ -1291,12 +1292,15 @@ async fn rv18_unseen_repeatable_read_is_fractured() {
 /// round trip: a transfer started during the read finishes before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_multi_shard_select_does_not_hold_commits() {
-    for consistent in [false, true] {
+    for (consistent, in_block) in [(false, false), (true, false), (true, true)] {
         let servers = Servers::start(SHARDS);
         let p = proxy(&servers, consistent, "").await;
         let bank = Bank::open(&servers, p.addr.port()).await;
         let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
         let r = connect(&url(p.addr.port())).await.unwrap();
+        if in_block {
+            exec(&r, "BEGIN").await;
+        }
         let q = tokio::spawn(async move {
             r.simple_query("SELECT sum(balance) FROM accounts WHERE pg_sleep(0.5) IS NOT NULL")
                 .await
@@ -1307,17 +1311,21 @@ async fn a_slow_multi_shard_select_does_not_hold_commits() {
         exec(&w, &transfer_sql(a, b)).await;
         assert!(
             !q.is_finished(),
-            "consistent {consistent}: the transfer waited for the slow multi-shard statement"
+            "consistent {consistent}, in a block {in_block}: the transfer waited for the slow multi-shard statement"
         );
         let sum = q.await.unwrap().expect("the slow reader's statement");
         assert_eq!(sum, vec![bank.total], "consistent {consistent}");
     }
 }
 
-/// A sum racing a distributed `ALTER` (see
+/// `sql` racing a distributed `ALTER` (see
 /// [`a_reader_behind_a_ddl_lock_waits_or_is_a_deadlock_victim`]): whether
 /// the COMMIT went through, and the reader's outcome.
-async fn ddl_lock_wait(two_proxies: bool, in_block: bool) -> (bool, Result<(), String>) {
+async fn ddl_lock_wait(
+    two_proxies: bool,
+    sql: &'static str,
+    in_block: bool,
+) -> (bool, Result<(), String>) {
     let servers = Servers::start(SHARDS);
     let p = proxy(&servers, true, "").await;
     let port = p.addr.port();
@@ -1337,7 +1345,7 @@ async fn ddl_lock_wait(two_proxies: bool, in_block: bool) -> (bool, Result<(), S
         exec(&r, "BEGIN").await;
     }
     let reader = tokio::spawn(async move {
-        r.simple_query("SELECT sum(balance) FROM accounts")
+        r.simple_query(sql)
             .await
             .map(|_| ())
             .map_err(|e| e.code().map_or(e.to_string(), |c| c.code().to_string()))
