@@ -39,15 +39,26 @@ pub(super) fn takes_snapshot(sql: &str) -> bool {
 impl Session {
     /// The snapshot class of the fence for a statement about to read
     /// `shards` shards at once; `None` when `consistent_reads` is off or
-    /// it reads one shard.
-    pub(super) async fn snapshot_hold(&self, shards: usize) -> Result<Option<Hold>, Error> {
+    /// it reads one shard. The client's cancel request ends the wait with
+    /// PostgreSQL's `57014` (the wait is the statement's: nothing was sent
+    /// yet, so nothing else is to undo; `enter` is cancel-safe).
+    pub(super) async fn snapshot_hold(&mut self, shards: usize) -> Result<Option<Hold>, Error> {
         if shards < 2 {
             return Ok(None);
         }
         let Some(f) = self.shared.coordinator.fence() else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(f.enter(Class::Snapshot).await?)))
+        let signal = self.cancel_signal.clone();
+        tokio::select! {
+            biased;
+            entered = f.enter(Class::Snapshot) => Ok(Some(Arc::new(entered?))),
+            _ = signal.after(self.cancel_seen) => {
+                // Spent, as PostgreSQL clears a cancel it acted on.
+                self.cancel_seen = signal.count();
+                Err(Error::Canceled)
+            }
+        }
     }
 
     /// The isolation level the current block runs at: its `BEGIN` and
