@@ -18,6 +18,17 @@ pub(super) type Hold = Arc<FenceGuard>;
 pub(super) fn attach(conn: &mut ServerConn, hold: &Hold, skip: usize) {
     conn.snapshot_hold = Some(SnapshotHold {
         skip,
+        execute: false,
+        hold: hold.clone(),
+    });
+}
+
+/// Hands `conn` a share of `hold`, let go at its first answer to an
+/// Execute sent after Bind or Describe messages (their answers pass).
+pub(super) fn attach_for_execute(conn: &mut ServerConn, hold: &Hold) {
+    conn.snapshot_hold = Some(SnapshotHold {
+        skip: 0,
+        execute: true,
         hold: hold.clone(),
     });
 }

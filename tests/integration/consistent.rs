@@ -891,6 +891,25 @@ async fn a_cancel_ends_a_readers_wait_in_the_fence() {
     assert!(took < Duration::from_millis(1500), "extended: {took:?}");
     assert_eq!(value(&r, "SELECT 1").await, "1", "the session goes on");
 
+    exec(&r, "BEGIN").await;
+    let (code, took) = cancelled(&token, r.query(sum, &[])).await;
+    assert_eq!(
+        code.as_deref(),
+        Some("57014"),
+        "extended in a block, after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "extended in a block: {took:?}"
+    );
+    let code = r.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(
+        code.code().map(|c| c.code()),
+        Some("25P02"),
+        "the block is aborted"
+    );
+    exec(&r, "ROLLBACK").await;
+
     assert!(
         !stuck.is_finished(),
         "the reads waited behind the paused commit"
@@ -1149,7 +1168,6 @@ async fn rv18_function_reads(sleep: bool) -> (usize, usize, usize, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
 async fn rv18_volatile_function_portal_is_fractured() {
     let r = rv18_function_reads(false).await;
     let r2 = rv18_function_reads(true).await;
@@ -1352,6 +1370,114 @@ async fn rv18_plain_sum_deadlocks_with_a_ddl_commit() {
         matches!(commit, Ok(Ok(_))),
         "the DDL commit hangs behind the reader"
     );
+}
+
+/// Creates, on every shard, `shard_total()`: a VOLATILE SQL function
+/// summing that shard's balances (at READ COMMITTED its query takes a
+/// snapshot of its own, when it runs).
+async fn create_shard_total(servers: &Servers) {
+    for i in 0..SHARDS {
+        let s = servers.connect(i).await;
+        exec(&s, "CREATE FUNCTION shard_total() RETURNS bigint LANGUAGE sql VOLATILE AS $f$SELECT sum(balance)::bigint FROM accounts$f$").await;
+    }
+}
+
+/// A portal bound on every shard whose Execute comes in a later write than
+/// its Bind: the client's Bind + Flush holds nothing (a 2PC commit goes
+/// through while the client sits there), and the Execute takes its
+/// snapshots under the fence of its own: run while a commit phase is
+/// paused, it waits for it and then sees the whole transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_executed_after_a_flush_is_fenced_at_its_execute() {
+    use crate::harness::RawClient;
+    let servers = Servers::start(SHARDS);
+    let p = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
+    )
+    .await;
+    let port = p.addr.port();
+    let bank = Bank::open(&servers, port).await;
+    create_shard_total(&servers).await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let keys: Vec<String> = (0..SHARDS).map(|s| bank.keys[s][0].to_string()).collect();
+    let sql = format!(
+        "SELECT shard_total() FROM accounts WHERE id IN ({})",
+        keys.join(", ")
+    );
+    let mut raw = RawClient::connect(port).await;
+    let mut parse = vec![0u8];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    raw.send(b'P', &parse).await;
+    raw.send(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]).await;
+    raw.send(b'H', &[]).await;
+    assert_eq!(raw.read().await.0, b'1');
+    assert_eq!(raw.read().await.0, b'2');
+
+    // The client sits after its Flush: commits go on.
+    let t = connect(&url(port)).await.unwrap();
+    let commit =
+        tokio::time::timeout(Duration::from_secs(10), t.simple_query(&transfer_sql(a, b))).await;
+    assert!(
+        matches!(commit, Ok(Ok(_))),
+        "a 2PC commit behind a client's Bind + Flush: {commit:?}"
+    );
+
+    let stuck = paused_transfer(&servers, port, b, a).await;
+    raw.send(b'E', &[0, 0, 0, 0, 0]).await;
+    raw.send(b'S', &[]).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), raw.until_ready())
+        .await
+        .expect("the Execute never ended");
+    assert!(reply.error_codes().is_empty(), "{:?}", reply.error_codes());
+    let sums: Vec<i64> = reply
+        .messages
+        .iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, b)| String::from_utf8_lossy(&b[6..]).parse::<i64>().unwrap())
+        .collect();
+    assert_eq!(sums.len(), SHARDS);
+    assert_eq!(
+        sums.iter().sum::<i64>(),
+        bank.total,
+        "the Execute's snapshots fractured: {sums:?}"
+    );
+    stuck.await.unwrap().unwrap();
+}
+
+/// A two-stage read through the extended protocol (`sum(...)::bigint`:
+/// the sum merged first, the cast applied by an outer query) runs its
+/// stage on every shard inside a block of the proxy's: the stage takes its
+/// snapshots under the fence too. Run while a commit phase is paused, it
+/// waits for it and sees the whole transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_stage_read_in_the_extended_protocol_is_fenced() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
+    )
+    .await;
+    let port = p.addr.port();
+    let bank = Bank::open(&servers, port).await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let c = connect(&url(port)).await.unwrap();
+    for (from, to) in [(a, b), (b, a)] {
+        let stuck = paused_transfer(&servers, port, from, to).await;
+        let sum: i64 = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.query_one("SELECT sum(balance)::bigint FROM accounts", &[]),
+        )
+        .await
+        .expect("the read never ended")
+        .unwrap()
+        .get(0);
+        assert_eq!(sum, bank.total, "a fractured two-stage read");
+        stuck.await.unwrap().unwrap();
+    }
 }
 
 /// The balances in a `COPY ... TO STDOUT` answer (text, one a line).

@@ -123,7 +123,7 @@ impl Session {
                 {
                     return Ok(false);
                 }
-                drop(hold);
+                self.keep_for_execute(b.portal, hold);
                 let kind = PortalKind::Merged {
                     shards,
                     plan,
@@ -243,7 +243,7 @@ impl Session {
                 return Ok(false);
             }
         }
-        drop(hold);
+        self.keep_for_execute(&portal, hold);
         let kind = match shards.as_slice() {
             [one] => PortalKind::Single { shard: *one, write },
             _ => PortalKind::Multi {
@@ -257,11 +257,42 @@ impl Session {
         Ok(true)
     }
 
+    /// consistent_reads: the Binds' hold goes on to the portal's Execute
+    /// when that comes next in the batch (one turn of the fence for both),
+    /// else it ends here.
+    pub(super) fn keep_for_execute(&mut self, portal: &str, hold: Option<super::consistent::Hold>) {
+        self.ext.carried = match hold {
+            Some(h) if self.ext.executed_next => Some((portal.to_string(), h)),
+            _ => None,
+        };
+    }
+
+    /// consistent_reads: the fence's snapshot class over an Execute of a
+    /// portal bound on `shards` (PostgreSQL takes the snapshots of all but
+    /// a plain SELECT there, and a VOLATILE function's queries take their
+    /// own): the Binds' hold if it was kept for it, else a new one. Each
+    /// connection is then given a share, let go at its first answer.
+    pub(super) async fn execute_hold(
+        &mut self,
+        portal: &str,
+        shards: usize,
+    ) -> Result<Option<super::consistent::Hold>, Error> {
+        if let Some((p, h)) = self.ext.carried.take() {
+            if p == portal {
+                return Ok(Some(h));
+            }
+        }
+        if self.shared.coordinator.fence().is_none() || !self.per_statement_snapshot() {
+            return Ok(None);
+        }
+        self.snapshot_hold(shards).await
+    }
+
     /// consistent_reads: the fence's snapshot class over the Binds of a
     /// portal on `shards` shards (each Bind's BindComplete comes after its
     /// shard took the portal's snapshot), unless the block keeps one
     /// snapshot, taken everywhere already.
-    async fn bind_hold(
+    pub(super) async fn bind_hold(
         &mut self,
         shards: &[ShardId],
     ) -> Result<Option<super::consistent::Hold>, Error> {

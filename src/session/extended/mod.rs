@@ -119,6 +119,13 @@ pub(super) struct Extended {
     decided: bool,
     /// A Parse in this segment took a snapshot (see `took_snapshot`).
     snapshot: bool,
+    /// consistent_reads: the message being run is a Bind whose portal's
+    /// Execute comes next in this batch (past Describes only).
+    executed_next: bool,
+    /// consistent_reads: the fence hold of a multi-shard portal's Binds,
+    /// kept for that portal's Execute, next in the batch. Never kept past
+    /// the batch: the fence is not held while the client is waited for.
+    carried: Option<(String, super::consistent::Hold)>,
 }
 
 /// How running a batch of messages ended.
@@ -304,6 +311,18 @@ pub(crate) fn fuzz_messages(body: &[u8]) {
     }
 }
 
+/// Whether `bind`'s portal is executed by the next message of `rest` but
+/// Describes (a driver's Bind, Describe portal, Execute).
+fn executed_next(bind: &Frame, rest: &[Frame]) -> bool {
+    let Some(portal) = parse_bind(bind.body()).map(|b| b.portal) else {
+        return false;
+    };
+    match rest.iter().find(|f| f.tag != b'D') {
+        Some(f) if f.tag == b'E' => take_cstr(f.body()).is_some_and(|(p, _)| p == portal),
+        _ => false,
+    }
+}
+
 /// Plans statement text with bound parameters (an empty statement runs anywhere).
 fn plan_text(sql: &str, shared: &Shared, params: &[Bound]) -> Result<Plan, RouteError> {
     if sql.trim().is_empty() {
@@ -364,10 +383,23 @@ impl Session {
             }
         }
         let mut rest = batch.into_iter();
+        let end = self.run_messages(&mut rest, &mut trigger).await;
+        // A hold kept for an Execute that did not come (an error, a COPY)
+        // ends with the batch.
+        self.ext.carried = None;
+        end
+    }
+
+    async fn run_messages(
+        &mut self,
+        rest: &mut std::vec::IntoIter<Frame>,
+        trigger: &mut Option<Frame>,
+    ) -> std::io::Result<BatchEnd> {
         while let Some(f) = rest.next() {
             if self.ext.skipping {
                 continue;
             }
+            self.ext.executed_next = f.tag == b'B' && executed_next(&f, rest.as_slice());
             // What the client sent after an Execute that starts a COPY FROM
             // STDIN is the COPY's to read, as in PostgreSQL.
             let handed = self.starts_copy_in(&f)
@@ -389,6 +421,7 @@ impl Session {
             };
             if !ok {
                 self.ext.skipping = true;
+                self.ext.carried = None;
                 self.reap().await;
             }
             if handed {

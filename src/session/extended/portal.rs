@@ -225,6 +225,22 @@ impl Session {
                     Ok(t) => t,
                     Err(e) => return Ok(self.error(e).await?),
                 };
+                // consistent_reads: the Execute's snapshots under the fence
+                // (connections first: never held while waiting for a pool).
+                match self.execute_hold(portal, taken.len()).await {
+                    Ok(Some(h)) => {
+                        for (_, conn) in taken.iter_mut() {
+                            crate::session::consistent::attach(conn, &h, 0);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        for (slot, conn) in taken {
+                            self.put_conn(slot, conn, Writes::No);
+                        }
+                        return Ok(self.error(e).await?);
+                    }
+                }
                 let mut merger = Merger::default();
                 let mut buf: Vec<u8> = Vec::new();
                 let r: Result<(), ExecError> = async {

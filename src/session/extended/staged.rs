@@ -183,6 +183,27 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.error(e).await,
         };
+        // consistent_reads: a stage reading several shards is a read like
+        // any other: its snapshots (Bind's and Execute's) under the fence.
+        let hold = if self.per_statement_snapshot() {
+            self.snapshot_hold(taken.len()).await
+        } else {
+            Ok(None)
+        };
+        match hold {
+            Ok(Some(h)) => {
+                for (_, conn) in taken.iter_mut() {
+                    crate::session::consistent::attach_for_execute(conn, &h);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                for (slot, conn) in taken {
+                    self.put_conn(slot, conn, Writes::No);
+                }
+                return self.error(e).await;
+            }
+        }
         let msgs = super::segment::run_in_portal(sql, PORTAL, true);
         // Read as a simple query's answer: described, and ended by the
         // Sync's ReadyForQuery.
@@ -234,6 +255,12 @@ impl Session {
             m.put_i16(0);
             m.put_slice(results);
         });
+        // Every shard's Bind (its snapshot) under the fence, as any
+        // portal's.
+        let hold = match self.bind_hold(shards).await {
+            Ok(h) => h,
+            Err(e) => return Ok(self.error(e).await?),
+        };
         for (i, shard) in shards.iter().enumerate() {
             let (slot, mut conn) = match self.take_conn(*shard).await {
                 Ok(x) => x,
@@ -258,6 +285,7 @@ impl Session {
                 return Ok(false);
             }
         }
+        self.keep_for_execute(portal, hold);
         self.ext.portals.insert(portal.to_string(), kind);
         Ok(true)
     }
