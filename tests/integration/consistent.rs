@@ -1480,6 +1480,78 @@ async fn a_two_stage_read_in_the_extended_protocol_is_fenced() {
     }
 }
 
+/// A REPEATABLE READ block whose first statement is a `COPY ... FROM
+/// STDIN` reaching every shard: the COPY would take the block's snapshot on
+/// each shard as it reaches it; it is taken everywhere at once first, under
+/// the fence. Begun while a commit phase is paused, the block then sees
+/// the whole transfer. Simple protocol (raw wire) and extended
+/// (tokio-postgres).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeatable_read_block_opened_by_copy_from_sees_whole_transfers() {
+    use futures_util::SinkExt;
+    let servers = Servers::start(SHARDS);
+    let p = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
+    )
+    .await;
+    let port = p.addr.port();
+    let bank = Bank::open(&servers, port).await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    // New accounts holding nothing, on every shard.
+    let rows: String = (200_001..200_031).map(|k| format!("{k}\t0\n")).collect();
+    let copy = "COPY accounts (id, balance) FROM STDIN";
+    let sum = "SELECT sum(balance) FROM accounts";
+
+    let mut raw = crate::harness::RawClient::connect(port).await;
+    let stuck = paused_transfer(&servers, port, a, b).await;
+    assert_eq!(
+        raw.query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .status,
+        b'T'
+    );
+    let mut q = copy.as_bytes().to_vec();
+    q.push(0);
+    raw.send(b'Q', &q).await;
+    assert_eq!(raw.read().await.0, b'G', "CopyInResponse");
+    raw.send(b'd', rows.as_bytes()).await;
+    raw.send(b'c', &[]).await;
+    let done = raw.until_ready().await;
+    assert_eq!(done.tags(), ["COPY 30"], "{:?}", done.error_codes());
+    let read = raw.query(sum).await;
+    let seen: Vec<String> = read
+        .messages
+        .iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, b)| String::from_utf8_lossy(&b[6..]).into_owned())
+        .collect();
+    assert_eq!(raw.query("ROLLBACK").await.status, b'I');
+    assert_eq!(
+        seen,
+        [bank.total.to_string()],
+        "simple: the block's snapshot is fractured"
+    );
+    stuck.await.unwrap().unwrap();
+
+    let c = connect(&url(port)).await.unwrap();
+    let stuck = paused_transfer(&servers, port, b, a).await;
+    exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    let sink = c.copy_in(copy).await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(rows)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 30);
+    let seen = simple_values(&c.simple_query(sum).await.unwrap());
+    exec(&c, "ROLLBACK").await;
+    assert_eq!(
+        seen,
+        [bank.total],
+        "extended: the block's snapshot is fractured"
+    );
+    stuck.await.unwrap().unwrap();
+}
+
 /// The balances in a `COPY ... TO STDOUT` answer (text, one a line).
 fn copied_sum(data: &[u8]) -> i64 {
     String::from_utf8_lossy(data)
