@@ -117,3 +117,30 @@ impl CancelRegistry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_cancel_wakes_only_a_wait_that_began_before_it() {
+        let s = Arc::new(CancelSignal::default());
+        let seen = s.count();
+        let quiet = tokio::time::timeout(Duration::from_millis(20), s.after(seen)).await;
+        assert!(quiet.is_err(), "no cancel yet: the wait goes on");
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.after(seen).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.raise();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the cancel wakes the wait")
+            .unwrap();
+        // A cancel already seen (it came while the session was idle) does nothing.
+        let later = tokio::time::timeout(Duration::from_millis(20), s.after(s.count())).await;
+        assert!(later.is_err());
+    }
+}
