@@ -160,6 +160,10 @@ pub enum Error {
     /// `consistent_reads`: the lock shard did not grant the fence's lock.
     #[error(transparent)]
     Fence(#[from] crate::txn::fence::FenceError),
+    /// The client's cancel request ended a wait in the proxy itself (the
+    /// consistent-read fence), in PostgreSQL's words.
+    #[error("canceling statement due to user request")]
+    Canceled,
 }
 
 /// Transaction-block misuse the proxy itself detects.
@@ -294,6 +298,7 @@ impl Error {
             Error::Io(_) => SqlState::CONNECTION_FAILURE,
             Error::Setting { code, .. } => *code,
             Error::Fence(_) => SqlState::CONNECTION_FAILURE,
+            Error::Canceled => SqlState::QUERY_CANCELED,
         }
     }
 }

@@ -66,8 +66,12 @@ pub struct ServerConn {
 /// before the statement), other than notices, parameter reports,
 /// notifications, ParseComplete and ParameterDescription (a Parse's
 /// snapshot is not the one a portal runs with; Bind's BindComplete is).
+/// With `execute`, BindComplete and a Describe's answers (RowDescription,
+/// NoData) pass too: it is let go at the first answer to an Execute, sent
+/// with them, which takes snapshots of its own.
 pub struct SnapshotHold {
     pub skip: usize,
+    pub execute: bool,
     pub hold: Arc<dyn std::any::Any + Send + Sync>,
 }
 
@@ -342,6 +346,7 @@ impl ServerConn {
                 b'Z' if h.skip > 0 => h.skip -= 1,
                 _ if h.skip > 0 => {}
                 b'N' | b'S' | b'A' | b'1' | b't' => {}
+                b'2' | b'T' | b'n' if h.execute => {}
                 _ => self.snapshot_hold = None,
             }
         }

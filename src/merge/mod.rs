@@ -34,6 +34,11 @@ pub struct MergePlan {
     /// With parameters: the statement's `$k` is the client's parameter
     /// `params[k - 1]` (0-based); empty without parameters.
     pub params: Vec<usize>,
+    /// Whether the statement may write (a function the classifier does not
+    /// know): it still merges as a read, but `consistent_reads` does not
+    /// take its snapshot at Bind (the function's own queries take theirs
+    /// while it runs).
+    pub write: crate::router::Writes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

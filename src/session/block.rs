@@ -88,9 +88,7 @@ impl Session {
             && !write.may()
             && self.shared.coordinator.fence().is_some()
             && self.per_statement_snapshot()
-            && targets
-                .iter()
-                .all(|(_, sql)| consistent::binds_snapshot(sql))
+            && consistent::primable(&targets.iter().map(|t| t.1).collect::<Vec<_>>(), &how)
             && parts
                 .iter()
                 .filter(|p| shards.contains(&p.shard()))

@@ -19,6 +19,16 @@ pub(super) type Hold = Arc<Reading>;
 /// Hands `conn` a share of `hold`, let go at its first answer after `skip`
 /// ReadyForQuery (the answers to a joining shard's `BEGIN` and prelude).
 pub(super) fn attach(conn: &mut ServerConn, hold: &Hold, skip: usize) {
+    give_share(conn, hold, skip, false);
+}
+
+/// Hands `conn` a share of `hold`, let go at its first answer to an
+/// Execute sent after Bind or Describe messages (their answers pass).
+pub(super) fn attach_for_execute(conn: &mut ServerConn, hold: &Hold) {
+    give_share(conn, hold, 0, true);
+}
+
+fn give_share(conn: &mut ServerConn, hold: &Hold, skip: usize, execute: bool) {
     let share = hold.share(
         conn.shard,
         conn.process_id,
@@ -28,6 +38,7 @@ pub(super) fn attach(conn: &mut ServerConn, hold: &Hold, skip: usize) {
     );
     conn.snapshot_hold = Some(SnapshotHold {
         skip,
+        execute,
         hold: Arc::new(share),
     });
 }
@@ -56,6 +67,17 @@ pub(super) fn binds_snapshot(sql: &str) -> bool {
         leading_words(sql, 1).first().map(String::as_str),
         Some("select" | "with" | "values" | "table")
     )
+}
+
+/// Whether statements `sqls`, collected by `how`, may be primed: each a
+/// `SELECT` proven read-only (see [`binds_snapshot`]); a merge plan says
+/// whether it may write.
+pub(super) fn primable(sqls: &[&str], how: &Collect<'_>) -> bool {
+    let reads = match how {
+        Collect::Plan(p) => !p.write.may(),
+        Collect::Merge(_) => true,
+    };
+    reads && sqls.iter().all(|s| binds_snapshot(s))
 }
 
 /// How a primed statement's Parse and Bind went.
@@ -205,15 +227,26 @@ impl Session {
 
     /// The snapshot class of the fence for a statement about to read
     /// `shards` shards at once; `None` when `consistent_reads` is off or
-    /// it reads one shard.
-    pub(super) async fn snapshot_hold(&self, shards: usize) -> Result<Option<Hold>, Error> {
+    /// it reads one shard. The client's cancel request ends the wait with
+    /// PostgreSQL's `57014` (the wait is the statement's: nothing was sent
+    /// yet, so nothing else is to undo; `enter` is cancel-safe).
+    pub(super) async fn snapshot_hold(&mut self, shards: usize) -> Result<Option<Hold>, Error> {
         if shards < 2 {
             return Ok(None);
         }
         let Some(f) = self.shared.coordinator.fence() else {
             return Ok(None);
         };
-        Ok(Some(f.reading(f.enter(Class::Snapshot).await?)))
+        let signal = self.cancel_signal.clone();
+        tokio::select! {
+            biased;
+            entered = f.enter(Class::Snapshot) => Ok(Some(f.reading(entered?))),
+            _ = signal.after(self.cancel_seen) => {
+                // Spent, as PostgreSQL clears a cancel it acted on.
+                self.cancel_seen = signal.count();
+                Err(Error::Canceled)
+            }
+        }
     }
 
     /// The isolation level the current block runs at: its `BEGIN` and

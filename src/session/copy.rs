@@ -123,6 +123,12 @@ impl Session {
         verb: &str,
         key_type: Option<&CopyKeySource>,
     ) -> std::io::Result<(bool, Option<Bytes>)> {
+        // consistent_reads, REPEATABLE READ: the COPY would take the block's
+        // snapshot on each shard it reaches; it is taken everywhere at once
+        // first, as for any statement.
+        if self.needs_snapshot_everywhere() && !self.snapshot_everywhere().await? {
+            return Ok((false, None));
+        }
         let Some((mut parts, head, missing)) = self.enlist(shards).await? else {
             return Ok((false, None));
         };

@@ -1,7 +1,10 @@
 //! `COPY ... TO STDOUT` that several shards answer, outside a block on
 //! borrowed connections, inside one on the block's shards (enlisting them);
 //! the shards' answers are joined into one stream by
-//! [`executor::copy_out::join`].
+//! [`executor::copy_out::join`]. With `consistent_reads`, the shards take
+//! the COPY's snapshots under the fence: PostgreSQL takes it (for the
+//! utility statement, before `DoCopy`) before it sends CopyOutResponse,
+//! each shard's first answer, where that shard's share is let go.
 
 use super::*;
 use crate::executor::copy_out;
@@ -25,6 +28,17 @@ impl Session {
                     Ok(c) => conns.push(c),
                     Err(e) => return self.error(e).await,
                 }
+            }
+            // Every connection first: the fence is never held while
+            // waiting for a pool.
+            match self.snapshot_hold(conns.len()).await {
+                Ok(Some(h)) => {
+                    for c in conns.iter_mut() {
+                        consistent::attach(c, &h, 0);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return self.error(e).await,
             }
             let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
             let r = async {
@@ -51,9 +65,38 @@ impl Session {
                 Err(ExecError::Client(e)) => Err(e),
             };
         }
+        // REPEATABLE READ: the block's snapshot is taken everywhere at once
+        // first, as for any statement (the COPY would take it on its shards).
+        if self.needs_snapshot_everywhere() && !self.snapshot_everywhere().await? {
+            return Ok(false);
+        }
         let Some((mut parts, head, fresh)) = self.enlist(&shards).await? else {
             return Ok(false);
         };
+        let hold = if self.per_statement_snapshot() {
+            self.snapshot_hold(shards.len()).await
+        } else {
+            Ok(None)
+        };
+        match hold {
+            Ok(Some(h)) => {
+                for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
+                    let skip = if fresh.contains(&p.shard()) {
+                        head.len()
+                    } else {
+                        0
+                    };
+                    consistent::attach(&mut p.conn, &h, skip);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if let Some(t) = self.txn() {
+                    t.participants = parts;
+                }
+                return self.error(e).await;
+            }
+        }
         let r = async {
             let mut refs: Vec<&mut ServerConn> = Vec::new();
             for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {

@@ -224,7 +224,7 @@ impl Session {
         let sqls: Vec<&str> = targets.iter().map(|t| t.1).collect();
         let primed = conns.len() > 1
             && self.shared.coordinator.fence().is_some()
-            && sqls.iter().all(|s| consistent::binds_snapshot(s));
+            && consistent::primable(&sqls, &how);
         if primed {
             let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
             if let consistent::Primed::Failed = self.prime(&mut refs, &[], &sqls).await? {

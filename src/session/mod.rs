@@ -108,6 +108,11 @@ struct Session {
     ext_stages: bool,
     /// Server connections this client holds, for its cancel requests.
     cancel_targets: crate::frontend::cancel::Targets,
+    /// The client's cancel requests, for waits in the proxy itself.
+    cancel_signal: Arc<crate::frontend::cancel::CancelSignal>,
+    /// The cancel count when the client's last message was read: a cancel
+    /// counts from then on (one sent while the session was idle does nothing).
+    cancel_seen: u64,
     /// Clean connections kept while the client is idle, one per shard
     /// (`backend::Kept`: a client waiting for a connection takes them).
     kept: Arc<crate::backend::Kept>,
@@ -279,6 +284,7 @@ impl Session {
                 }
                 Err(FrameError::Io(_)) => return,
             };
+            self.cancel_seen = self.cancel_signal.count();
             // While the shards work, the client may vanish: then what runs
             // for it is dropped (its connections cancel and close) and the
             // block rolls back in `cleanup`.

@@ -40,7 +40,7 @@ impl Session {
             self.write(&protocol::parameter_status(k, v)).await?;
         }
         let secret: i32 = rand::random();
-        self.cancel_targets = self.shared.cancels.register(pid, secret);
+        (self.cancel_targets, self.cancel_signal) = self.shared.cancels.register(pid, secret);
         self.write(&protocol::backend_key_data(pid, secret)).await?;
         self.write(protocol::ready_for_query(b'I')).await?;
         self.out.flush().await?;
@@ -173,6 +173,8 @@ pub(crate) async fn run(
         need_prepared: None,
         ext_stages: false,
         cancel_targets: Default::default(),
+        cancel_signal: Default::default(),
+        cancel_seen: 0,
         kept: Default::default(),
         process_id: pid,
     };

@@ -123,7 +123,7 @@ pub(super) fn route_select(
         None => Ok(Plan::Forward { route, write }),
         Some(plan) => Ok(Plan::Merge {
             route,
-            plan: std::sync::Arc::new(plan),
+            plan: std::sync::Arc::new(crate::merge::MergePlan { write, ..plan }),
         }),
     }
 }

@@ -231,6 +231,7 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
     "localtime",
     "localtimestamp",
     "clock_timestamp",
+    "pg_sleep",
     "statement_timestamp",
     "transaction_timestamp",
     "generate_series",

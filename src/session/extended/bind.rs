@@ -93,6 +93,7 @@ impl Session {
             ));
             return Ok(self.error(Error::Client(e)).await?);
         }
+        let select = super::consistent::binds_snapshot(&stmt.sql);
         let (shards, merge, write) = match plan {
             Plan::Forward {
                 route: Route::Any,
@@ -123,7 +124,8 @@ impl Session {
                 {
                     return Ok(false);
                 }
-                drop(hold);
+                let at_bind = !plan.write.may() && super::consistent::binds_snapshot(&plan.sql);
+                self.keep_for_execute(b.portal, hold, at_bind);
                 let kind = PortalKind::Merged {
                     shards,
                     plan,
@@ -152,6 +154,7 @@ impl Session {
                         merge: Merge::Union,
                         write: Writes::Yes,
                         order,
+                        at_bind: false,
                     },
                 );
                 return Ok(true);
@@ -243,7 +246,8 @@ impl Session {
                 return Ok(false);
             }
         }
-        drop(hold);
+        let at_bind = !write.may() && select;
+        self.keep_for_execute(&portal, hold, at_bind);
         let kind = match shards.as_slice() {
             [one] => PortalKind::Single { shard: *one, write },
             _ => PortalKind::Multi {
@@ -251,17 +255,58 @@ impl Session {
                 merge,
                 write,
                 order: None,
+                at_bind,
             },
         };
         self.ext.portals.insert(portal, kind);
         Ok(true)
     }
 
+    /// consistent_reads: the Binds' hold goes on to the portal's Execute
+    /// when that comes next in the batch (one turn of the fence for both),
+    /// else it ends here. It ends here too when the portal took its
+    /// snapshot at Bind (`at_bind`: a SELECT proven read-only, see
+    /// `consistent::binds_snapshot`).
+    pub(super) fn keep_for_execute(
+        &mut self,
+        portal: &str,
+        hold: Option<super::consistent::Hold>,
+        at_bind: bool,
+    ) {
+        self.ext.binding = None;
+        self.ext.carried = match hold {
+            Some(h) if self.ext.executed_next && !at_bind => Some((portal.to_string(), h)),
+            _ => None,
+        };
+    }
+
+    /// consistent_reads: the fence's snapshot class over an Execute of a
+    /// portal bound on `shards` (PostgreSQL takes the snapshots of all but
+    /// a plain SELECT there, and a VOLATILE function's queries take their
+    /// own): the Binds' hold if it was kept for it, else a new one. Each
+    /// connection is then given a share, let go at its first answer.
+    pub(super) async fn execute_hold(
+        &mut self,
+        portal: &str,
+        shards: usize,
+        at_bind: bool,
+    ) -> Result<Option<super::consistent::Hold>, Error> {
+        if let Some((p, h)) = self.ext.carried.take() {
+            if p == portal {
+                return Ok(Some(h));
+            }
+        }
+        if at_bind || self.shared.coordinator.fence().is_none() || !self.per_statement_snapshot() {
+            return Ok(None);
+        }
+        self.snapshot_hold(shards).await
+    }
+
     /// consistent_reads: the fence's snapshot class over the Binds of a
     /// portal on `shards` shards (each Bind's BindComplete comes after its
     /// shard took the portal's snapshot), unless the block keeps one
     /// snapshot, taken everywhere already.
-    async fn bind_hold(
+    pub(super) async fn bind_hold(
         &mut self,
         shards: &[ShardId],
     ) -> Result<Option<super::consistent::Hold>, Error> {
@@ -278,7 +323,9 @@ impl Session {
             let (slot, conn) = self.take_conn(*s).await?;
             self.put_conn(slot, conn, Writes::No);
         }
-        self.snapshot_hold(shards.len()).await
+        let hold = self.snapshot_hold(shards.len()).await?;
+        self.ext.binding = hold.clone();
+        Ok(hold)
     }
 
     /// Binds the client's portal on each shard to a statement the router
@@ -395,6 +442,7 @@ impl Session {
                 merge: Merge::Union,
                 write: Writes::Yes,
                 order,
+                at_bind: false,
             },
         };
         self.ext.portals.insert(b.portal.to_string(), kind);
@@ -432,6 +480,9 @@ impl Session {
             Ok(x) => x,
             Err(e) => return self.error(e).await,
         };
+        if let Some(h) = &self.ext.binding {
+            crate::session::consistent::attach(&mut conn, h, 0);
+        }
         if std::mem::take(&mut self.ext.risky_now) {
             conn.settings_unknown = true;
             self.learn_from = Some(shard);

@@ -114,6 +114,23 @@ impl Session {
             Ok(t) => t,
             Err(e) => return Ok(self.error(e).await?),
         };
+        // consistent_reads: the Execute's snapshots under the fence, let go
+        // at each shard's first answer past its Describe's.
+        let at_bind = !plan.write.may() && crate::session::consistent::binds_snapshot(&plan.sql);
+        match self.execute_hold(portal, taken.len(), at_bind).await {
+            Ok(Some(h)) => {
+                for (_, conn) in taken.iter_mut() {
+                    crate::session::consistent::attach_for_execute(conn, &h);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                for (slot, conn) in taken {
+                    self.put_conn(slot, conn, Writes::No);
+                }
+                return Ok(self.error(e).await?);
+            }
+        }
         let describe = portal_message(b'D', portal);
         let execute = message(b'E', |b| {
             put_cstr(b, portal);

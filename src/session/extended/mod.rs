@@ -62,6 +62,9 @@ enum PortalKind {
         /// A split `INSERT`: each shard's rows' positions in the client's
         /// `VALUES`, so `RETURNING` rows go back in that order.
         order: Option<Vec<Vec<usize>>>,
+        /// consistent_reads: a SELECT proven read-only, whose snapshot
+        /// each shard took at Bind: its Execute takes no fence.
+        at_bind: bool,
     },
     /// A cross-shard read the proxy merges: bound on every shard to the
     /// plan's statement with text results.
@@ -119,6 +122,16 @@ pub(super) struct Extended {
     decided: bool,
     /// A Parse in this segment took a snapshot (see `took_snapshot`).
     snapshot: bool,
+    /// consistent_reads: the message being run is a Bind whose portal's
+    /// Execute comes next in this batch (past Describes only).
+    executed_next: bool,
+    /// consistent_reads: the fence hold of a multi-shard portal's Binds,
+    /// kept for that portal's Execute, next in the batch. Never kept past
+    /// the batch: the fence is not held while the client is waited for.
+    carried: Option<(String, super::consistent::Hold)>,
+    /// consistent_reads: the hold of the Binds being sent, so each shard's
+    /// connection gets a share the fence's stall watcher can see.
+    binding: Option<super::consistent::Hold>,
 }
 
 /// How running a batch of messages ended.
@@ -304,6 +317,18 @@ pub(crate) fn fuzz_messages(body: &[u8]) {
     }
 }
 
+/// Whether `bind`'s portal is executed by the next message of `rest` but
+/// Describes (a driver's Bind, Describe portal, Execute).
+fn executed_next(bind: &Frame, rest: &[Frame]) -> bool {
+    let Some(portal) = parse_bind(bind.body()).map(|b| b.portal) else {
+        return false;
+    };
+    match rest.iter().find(|f| f.tag != b'D') {
+        Some(f) if f.tag == b'E' => take_cstr(f.body()).is_some_and(|(p, _)| p == portal),
+        _ => false,
+    }
+}
+
 /// Plans statement text with bound parameters (an empty statement runs anywhere).
 fn plan_text(sql: &str, shared: &Shared, params: &[Bound]) -> Result<Plan, RouteError> {
     if sql.trim().is_empty() {
@@ -364,10 +389,24 @@ impl Session {
             }
         }
         let mut rest = batch.into_iter();
+        let end = self.run_messages(&mut rest, &mut trigger).await;
+        // A hold kept for an Execute that did not come (an error, a COPY)
+        // ends with the batch.
+        self.ext.carried = None;
+        self.ext.binding = None;
+        end
+    }
+
+    async fn run_messages(
+        &mut self,
+        rest: &mut std::vec::IntoIter<Frame>,
+        trigger: &mut Option<Frame>,
+    ) -> std::io::Result<BatchEnd> {
         while let Some(f) = rest.next() {
             if self.ext.skipping {
                 continue;
             }
+            self.ext.executed_next = f.tag == b'B' && executed_next(&f, rest.as_slice());
             // What the client sent after an Execute that starts a COPY FROM
             // STDIN is the COPY's to read, as in PostgreSQL.
             let handed = self.starts_copy_in(&f)
@@ -389,6 +428,8 @@ impl Session {
             };
             if !ok {
                 self.ext.skipping = true;
+                self.ext.carried = None;
+                self.ext.binding = None;
                 self.reap().await;
             }
             if handed {

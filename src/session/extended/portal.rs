@@ -210,8 +210,9 @@ impl Session {
                 merge,
                 write,
                 order,
+                at_bind,
             } => {
-                let (shards, merge, write) = (shards.clone(), *merge, *write);
+                let (shards, merge, write, at_bind) = (shards.clone(), *merge, *write, *at_bind);
                 let order = order.clone();
                 // Rows to put in VALUES order are collected first.
                 let keep = max > 0 || order.is_some();
@@ -225,6 +226,22 @@ impl Session {
                     Ok(t) => t,
                     Err(e) => return Ok(self.error(e).await?),
                 };
+                // consistent_reads: the Execute's snapshots under the fence
+                // (connections first: never held while waiting for a pool).
+                match self.execute_hold(portal, taken.len(), at_bind).await {
+                    Ok(Some(h)) => {
+                        for (_, conn) in taken.iter_mut() {
+                            crate::session::consistent::attach(conn, &h, 0);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        for (slot, conn) in taken {
+                            self.put_conn(slot, conn, Writes::No);
+                        }
+                        return Ok(self.error(e).await?);
+                    }
+                }
                 let mut merger = Merger::default();
                 let mut buf: Vec<u8> = Vec::new();
                 let r: Result<(), ExecError> = async {

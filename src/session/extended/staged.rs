@@ -119,6 +119,7 @@ impl Session {
                         merge: Merge::Union,
                         write: Writes::No,
                         order: None,
+                        at_bind: super::consistent::binds_snapshot(&outer),
                     },
                 };
                 (shards, kind)
@@ -177,12 +178,34 @@ impl Session {
                 limit: None,
                 distinct: false,
                 params: Vec::new(),
+                write: Writes::No,
             })
         });
         let mut taken = match self.take_conns(&shards).await {
             Ok(t) => t,
             Err(e) => return self.error(e).await,
         };
+        // consistent_reads: a stage reading several shards is a read like
+        // any other: its snapshots (Bind's and Execute's) under the fence.
+        let hold = if self.per_statement_snapshot() {
+            self.snapshot_hold(taken.len()).await
+        } else {
+            Ok(None)
+        };
+        match hold {
+            Ok(Some(h)) => {
+                for (_, conn) in taken.iter_mut() {
+                    crate::session::consistent::attach_for_execute(conn, &h);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                for (slot, conn) in taken {
+                    self.put_conn(slot, conn, Writes::No);
+                }
+                return self.error(e).await;
+            }
+        }
         let msgs = super::segment::run_in_portal(sql, PORTAL, true);
         // Read as a simple query's answer: described, and ended by the
         // Sync's ReadyForQuery.
@@ -234,11 +257,20 @@ impl Session {
             m.put_i16(0);
             m.put_slice(results);
         });
+        // Every shard's Bind (its snapshot) under the fence, as any
+        // portal's.
+        let hold = match self.bind_hold(shards).await {
+            Ok(h) => h,
+            Err(e) => return Ok(self.error(e).await?),
+        };
         for (i, shard) in shards.iter().enumerate() {
             let (slot, mut conn) = match self.take_conn(*shard).await {
                 Ok(x) => x,
                 Err(e) => return Ok(self.error(e).await?),
             };
+            if let Some(h) = &self.ext.binding {
+                crate::session::consistent::attach(&mut conn, h, 0);
+            }
             let r = async {
                 conn.send_extended(&parse).await?;
                 conn.send_extended(&bind).await?;
@@ -258,6 +290,14 @@ impl Session {
                 return Ok(false);
             }
         }
+        let at_bind = match &kind {
+            PortalKind::Multi { at_bind, .. } => *at_bind,
+            PortalKind::Merged { plan, .. } => {
+                !plan.write.may() && super::consistent::binds_snapshot(&plan.sql)
+            }
+            _ => false,
+        };
+        self.keep_for_execute(portal, hold, at_bind);
         self.ext.portals.insert(portal.to_string(), kind);
         Ok(true)
     }

@@ -57,6 +57,8 @@ pub struct Part {
     pub secret_key: i32,
     pub endpoint: Arc<Endpoint>,
     pub verdict: Verdict,
+    /// Seen waiting for a row lock: it has its snapshot.
+    taken: bool,
 }
 
 /// One connection's part of a reading: dropped at the shard's first
@@ -112,6 +114,7 @@ impl Reading {
             secret_key,
             endpoint,
             verdict,
+            taken: false,
         });
         Share {
             reading: self.clone(),
@@ -177,7 +180,7 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
         .collect();
     let mut pids: BTreeMap<ShardId, Vec<i32>> = BTreeMap::new();
     for r in &readings {
-        for p in r.parts().iter() {
+        for p in r.parts().iter().filter(|p| !p.taken) {
             pids.entry(p.shard).or_default().push(p.pid);
         }
     }
@@ -209,22 +212,20 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
     for r in readings {
         let mut parts = r.parts();
         // A row lock is taken while executing: that shard has its snapshot.
-        parts.retain(|p| {
-            !matches!(
-                waiting.get(&(p.shard, p.pid)).map(String::as_str),
-                Some("transactionid" | "tuple")
-            )
-        });
-        // (A statement that attached no shard holds the fence itself.)
-        if parts.is_empty() {
+        for p in parts.iter_mut() {
+            let lock = waiting.get(&(p.shard, p.pid)).map(String::as_str);
+            p.taken |= matches!(lock, Some("transactionid" | "tuple"));
+        }
+        // Every shard still owing an answer has its snapshot. (With none
+        // owing, the statement holds the fence itself, for a step to come.)
+        if !parts.is_empty() && parts.iter().all(|p| p.taken) {
             drop(parts);
-            if r.next.load(Ordering::Relaxed) > 0 {
-                r.release();
-            }
+            r.release();
             continue;
         }
         let blocked: Vec<(ShardId, i32, String)> = parts
             .iter()
+            .filter(|p| !p.taken)
             .filter_map(|p| {
                 waiting
                     .get(&(p.shard, p.pid))

@@ -288,6 +288,7 @@ pub(super) fn plan_groups(
         },
         order: sort,
         offset: limits.offset,
+        write: Writes::No,
         limit: limits.limit,
         distinct,
         params: Vec::new(),

@@ -470,6 +470,7 @@ fn plan_rows(
         limit: limits.limit,
         distinct,
         params: Vec::new(),
+        write: Writes::No,
     })
 }
 
