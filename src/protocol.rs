@@ -120,6 +120,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.len()
     }
 
+    /// The tag and whole length of the frame buffered at byte `at`, if all
+    /// of it is there (not handed out: [`FrameReader::next`] still will).
+    pub fn peek_at(&self, at: usize) -> Option<(u8, usize)> {
+        let head = self.buf.get(at..at + 5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let total = usize::try_from(len).ok().filter(|l| *l >= 4)? + 1;
+        (self.buf.len() >= at + total).then_some((head[0], total))
+    }
+
+    /// Waits for more bytes and buffers them; `false` at the end of the
+    /// stream or on an error (the next [`FrameReader::next`] reports it).
+    pub async fn fill(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(32 * 1024);
+        }
+        match self.inner.read_buf(&mut self.buf).await {
+            Ok(n) if n > 0 => true,
+            _ => {
+                self.ended = true;
+                false
+            }
+        }
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.inner
     }

@@ -75,7 +75,56 @@ pub struct SnapshotHold {
     pub hold: Arc<dyn std::any::Any + Send + Sync>,
 }
 
+/// Whether a frame tagged `tag` is the answer that ends a snapshot hold
+/// (see [`SnapshotHold`]); counts its skipped ReadyForQuery down.
+fn ends_hold(skip: &mut usize, execute: bool, tag: u8) -> bool {
+    match tag {
+        b'Z' if *skip > 0 => {
+            *skip -= 1;
+            false
+        }
+        _ if *skip > 0 => false,
+        b'N' | b'S' | b'A' | b'1' | b't' => false,
+        b'2' | b'T' | b'n' if execute => false,
+        _ => true,
+    }
+}
+
 impl ServerConn {
+    /// With a snapshot hold: waits until the answer that ends it has
+    /// arrived (buffered, still to be read) and lets it go. The shards of a
+    /// statement are read one after another; without this, a shard that
+    /// answered while an earlier one waits (for a row lock, say) would keep
+    /// its share until the proxy gets to it. Gives up at the answer
+    /// timeout or a closed stream: the next read reports those.
+    pub async fn settle(&mut self) {
+        let Some(h) = &self.snapshot_hold else {
+            return;
+        };
+        let (mut skip, execute) = (h.skip, h.execute);
+        let scan = async {
+            let mut at = 0;
+            loop {
+                while let Some((tag, len)) = self.reader.peek_at(at) {
+                    if ends_hold(&mut skip, execute, tag) {
+                        return true;
+                    }
+                    at += len;
+                }
+                if !self.reader.fill().await {
+                    return false;
+                }
+            }
+        };
+        let arrived = match self.answer_timeout {
+            Some(t) => tokio::time::timeout(t, scan).await.unwrap_or(false),
+            None => scan.await,
+        };
+        if arrived {
+            self.snapshot_hold = None;
+        }
+    }
+
     /// Opens a connection to `endpoint` (TLS as its `sslmode` says) and
     /// runs the startup; each step within `timeout`.
     pub async fn connect(
@@ -342,12 +391,8 @@ impl ServerConn {
             }
         };
         if let Some(h) = &mut self.snapshot_hold {
-            match f.tag {
-                b'Z' if h.skip > 0 => h.skip -= 1,
-                _ if h.skip > 0 => {}
-                b'N' | b'S' | b'A' | b'1' | b't' => {}
-                b'2' | b'T' | b'n' if h.execute => {}
-                _ => self.snapshot_hold = None,
+            if ends_hold(&mut h.skip, h.execute, f.tag) {
+                self.snapshot_hold = None;
             }
         }
         match f.tag {
@@ -360,8 +405,12 @@ impl ServerConn {
                 self.status = f.body().first().copied().unwrap_or(b'E');
                 if self.status == b'I' {
                     // The transaction is over: a verdict on it is spent.
+                    // Its cancel may still be on its way, to hit whatever
+                    // this backend runs next: never hand it out again.
                     if let Ok(mut v) = self.verdict.lock() {
-                        v.take();
+                        if v.take().is_some() {
+                            self.broken = true;
+                        }
                     }
                 }
             }

@@ -277,6 +277,7 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
             Err(e) => merger.backend_failed(&e),
         }
     }
+    settle_all(conns).await;
     for (i, c) in conns.iter_mut().enumerate() {
         if sent[i] {
             collect(c, &mut merger, merge, i == 0, Until::Ready, out).await?;
@@ -284,6 +285,16 @@ pub async fn fan_out<W: AsyncWrite + Unpin>(
     }
     let answer = Answer::failed_if(merger.failed());
     Ok((answer, merger.finish()))
+}
+
+/// Lets each connection's snapshot share go as soon as its answer has
+/// arrived, all at once (see [`ServerConn::settle`]); a no-op without
+/// `consistent_reads`.
+pub async fn settle_all(conns: &mut [&mut ServerConn]) {
+    if conns.iter().all(|c| c.snapshot_hold.is_none()) {
+        return;
+    }
+    futures_util::future::join_all(conns.iter_mut().map(|c| c.settle())).await;
 }
 
 /// Sends `sql` as a simple query and flushes; or, when `primed` (the
@@ -449,6 +460,14 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
         }
         .await;
         sent.push((*shard, fresh, r));
+    }
+    {
+        let mut conns: Vec<&mut ServerConn> = parts
+            .iter_mut()
+            .filter(|p| targets.iter().any(|(s, _)| *s == p.shard()))
+            .map(|p| p.conn())
+            .collect();
+        settle_all(&mut conns).await;
     }
     let mut merger = Merger::default();
     let mut failed = false;

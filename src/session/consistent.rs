@@ -5,7 +5,7 @@
 //! SERIALIZABLE block taken on every shard at once, under the fence, before
 //! its first statement. One shard never enters the fence.
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::*;
 use crate::backend::SnapshotHold;
@@ -77,7 +77,9 @@ pub(super) fn primable(sqls: &[&str], how: &Collect<'_>) -> bool {
         Collect::Plan(p) => !p.write.may(),
         Collect::Merge(_) => true,
     };
-    reads && sqls.iter().all(|s| binds_snapshot(s))
+    // (`$1` in the text: PostgreSQL's 42P02 comes from a simple query, an
+    // 08P01 from a Bind without values; dollar quotes are let be too.)
+    reads && sqls.iter().all(|s| binds_snapshot(s) && !s.contains('$'))
 }
 
 /// How a primed statement's Parse and Bind went.
@@ -138,63 +140,53 @@ impl Session {
     /// PostgreSQL buffers a simple query's answer (RowDescription
     /// included) until it is done or 8 kB long, so "the first answer" may
     /// come only at the end. Run it instead as the server's unnamed portal:
-    /// Parse first, outside the fence (it takes the relation locks, and may
-    /// wait for them), then Bind under the fence, whose BindComplete says
-    /// the snapshot is taken. Describe, Execute and Sync follow
-    /// ([`executor::send_statement`] with `primed`). One round trip more per
-    /// shard. `heads`: what each connection runs first (a joining shard's
-    /// `BEGIN` and prelude); `Failed` leaves each connection synced, in the
-    /// state PostgreSQL left it (a block's shard that failed is in `E`).
+    /// enter the fence (waiting there with no lock held on the shards), send
+    /// Parse, Bind and Flush, and let the fence go at each BindComplete —
+    /// the snapshot is taken by then, at Parse under REPEATABLE READ, at
+    /// Bind (`PortalStart`) under READ COMMITTED. Describe, Execute and Sync
+    /// follow ([`executor::send_statement`] with `primed`). `heads`: what
+    /// each connection runs first (a joining shard's `BEGIN` and prelude);
+    /// `Failed` leaves each connection synced, in the state PostgreSQL left
+    /// it (a block's shard that failed is in `E`).
     pub(super) async fn prime(
         &mut self,
         conns: &mut [&mut ServerConn],
         heads: &[&[String]],
         sqls: &[&str],
     ) -> std::io::Result<Primed> {
-        let mut notices = Vec::new();
-        let parses: Vec<Bytes> = sqls
-            .iter()
-            .map(|sql| {
-                protocol::message(b'P', |b| {
-                    protocol::put_cstr(b, "");
-                    protocol::put_cstr(b, sql);
-                    b.put_i16(0);
-                })
-            })
-            .collect();
-        let parsed = step(conns, heads, &parses, b'1', &mut notices).await;
-        let failed = match parsed {
-            Ok(None) => match self.snapshot_hold(conns.len()).await {
-                Ok(hold) => {
-                    if let Some(h) = &hold {
-                        for c in conns.iter_mut() {
-                            attach(c, h, 0);
-                        }
-                    }
-                    drop(hold);
-                    let bind = protocol::message(b'B', |b| {
-                        protocol::put_cstr(b, "");
-                        protocol::put_cstr(b, "");
-                        b.put_i16(0);
-                        b.put_i16(0);
-                        b.put_i16(0);
-                    });
-                    let binds = vec![bind; conns.len()];
-                    step(conns, &[], &binds, b'2', &mut notices).await
-                }
-                Err(e) => {
-                    // Nothing was bound: end the Parse's transaction.
-                    for c in conns.iter_mut() {
-                        if c.send_sync().await.is_ok() && c.flush().await.is_ok() {
-                            let _ = executor::drain(c).await;
-                        }
-                    }
-                    self.error(e).await?;
-                    return Ok(Primed::Failed);
-                }
-            },
-            other => other,
+        let hold = match self.snapshot_hold(conns.len()).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(e).await?;
+                return Ok(Primed::Failed);
+            }
         };
+        if let Some(h) = &hold {
+            for c in conns.iter_mut() {
+                attach(c, h, 0);
+            }
+        }
+        drop(hold);
+        let bind = protocol::message(b'B', |b| {
+            protocol::put_cstr(b, "");
+            protocol::put_cstr(b, "");
+            b.put_i16(0);
+            b.put_i16(0);
+            b.put_i16(0);
+        });
+        let mut msgs = Vec::with_capacity(sqls.len());
+        for sql in sqls {
+            let mut m = BytesMut::new();
+            m.extend_from_slice(&protocol::message(b'P', |b| {
+                protocol::put_cstr(b, "");
+                protocol::put_cstr(b, sql);
+                b.put_i16(0);
+            }));
+            m.extend_from_slice(&bind);
+            msgs.push(m.freeze());
+        }
+        let mut notices = Vec::new();
+        let failed = step(conns, heads, &msgs, b'2', &mut notices).await;
         for n in &notices {
             self.write(n).await?;
         }

@@ -252,6 +252,7 @@ impl Session {
                     for (c, sql) in refs.iter_mut().zip(&sqls) {
                         executor::send_statement(c, sql, primed).await?;
                     }
+                    executor::settle_all(&mut refs).await;
                     crate::merge::run(&mut refs, plan, &opts, &mut self.out).await
                 }
                 .await

@@ -27,6 +27,7 @@ mod metrics;
 mod psql;
 mod restore;
 
+mod review18;
 mod routing;
 mod sessions;
 mod shard_tls;

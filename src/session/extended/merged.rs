@@ -150,6 +150,7 @@ impl Session {
                 conn.flush().await?;
             }
             let mut refs: Vec<&mut ServerConn> = taken.iter_mut().map(|(_, c)| &mut **c).collect();
+            executor::settle_all(&mut refs).await;
             if max > 0 {
                 crate::merge::run(&mut refs, plan, &opts, &mut buf).await
             } else {

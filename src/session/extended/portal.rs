@@ -250,6 +250,9 @@ impl Session {
                         conn.send_extended(&FLUSH).await?;
                         conn.flush().await?;
                     }
+                    let mut refs: Vec<&mut ServerConn> =
+                        taken.iter_mut().map(|(_, c)| &mut **c).collect();
+                    executor::settle_all(&mut refs).await;
                     for (i, (_, conn)) in taken.iter_mut().enumerate() {
                         if keep {
                             executor::collect(

@@ -239,14 +239,20 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
             continue;
         }
         let error = victim_error(&blocked);
+        // The verdicts are set while the shares are still owed (the parts'
+        // lock held): each connection then reads its ReadyForQuery after
+        // the verdict, and is closed rather than reused, so a cancel that
+        // comes late hits no other statement.
+        for p in parts.iter() {
+            if let Ok(mut v) = p.verdict.lock() {
+                *v = Some(error.clone());
+            }
+        }
         let victims: Vec<Part> = parts.clone();
         drop(parts);
         warn!(waits = ?blocked.iter().map(|(s, p, l)| format!("shard {s} pid {p} waits for {l}")).collect::<Vec<_>>(),
             "consistent reads: a statement waits for a lock while holding the fence that commits wait for; cancelling it (40P01)");
         for p in victims {
-            if let Ok(mut v) = p.verdict.lock() {
-                *v = Some(error.clone());
-            }
             tokio::spawn(async move {
                 if let Err(e) = send_cancel(&p.endpoint, p.pid, p.secret_key).await {
                     warn!(addr = %p.endpoint, error = %e, "consistent reads: cannot cancel a stalled reader");
