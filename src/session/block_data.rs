@@ -15,6 +15,8 @@ pub(super) struct Txn {
     /// replayed in order on each shard that joins later.
     pub(super) prelude: Vec<String>,
     pub(super) savepoints: Vec<String>,
+    /// Per savepoint (same order): what `ROLLBACK TO` it takes back.
+    marks: Vec<Mark>,
     pub(super) participants: Vec<Participant>,
     /// Session settings changed inside the block; they stick only on commit.
     pub(super) pending: Vec<SettingChange>,
@@ -38,6 +40,7 @@ impl Txn {
             begin: begin.to_string(),
             prelude: Vec::new(),
             savepoints: Vec::new(),
+            marks: Vec::new(),
             participants: Vec::new(),
             pending: Vec::new(),
             segment: false,
@@ -94,9 +97,45 @@ impl Txn {
         }
     }
 
+    /// `SAVEPOINT name` succeeded.
+    pub(super) fn define_savepoint(&mut self, name: String) {
+        self.savepoints.push(name);
+        self.marks.push(Mark {
+            pending: self.pending.len(),
+            begin: self.begin.clone(),
+        });
+    }
+
+    /// `RELEASE` of the savepoint at `at`: it and those after it are gone;
+    /// what they did stays.
+    pub(super) fn release_savepoint(&mut self, at: usize) {
+        self.savepoints.truncate(at);
+        self.marks.truncate(at);
+    }
+
+    /// `ROLLBACK TO` the savepoint at `at`, which stays: PostgreSQL takes
+    /// back every setting changed since, the session's (pending here) and
+    /// the block's own modes (its `BEGIN` here) alike.
+    pub(super) fn rollback_to_savepoint(&mut self, at: usize) {
+        self.savepoints.truncate(at + 1);
+        self.marks.truncate(at + 1);
+        if let Some(m) = self.marks.get(at) {
+            self.pending.truncate(m.pending);
+            self.begin = m.begin.clone();
+        }
+    }
+
     pub(super) fn has(&self, shard: ShardId) -> bool {
         self.participants.iter().any(|p| p.shard() == shard)
     }
+}
+
+/// The block as a savepoint found it.
+struct Mark {
+    /// How many session-setting changes were pending.
+    pending: usize,
+    /// The block's `BEGIN` with its modes.
+    begin: String,
 }
 
 /// A commit's WARNING for the client (the coordinator returns typed
