@@ -41,6 +41,12 @@ pub const LOCK_KEY: i64 = 0x7069_6573_6b66_6e63;
 /// gets the lock.
 pub const WATCH_EVERY: Duration = Duration::from_millis(20);
 
+/// Run on each new lock connection: no server-side timeout may end the
+/// session (and with it the lock) or a lock wait; the proxy bounds its own
+/// waits. Through `pg_settings`, so a server without one of them (before
+/// PostgreSQL 14, `idle_session_timeout`) still connects.
+const LOCK_SESSION_SETUP: &str = "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', 'idle_session_timeout')";
+
 /// Who enters the fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -288,6 +294,7 @@ impl Fence {
             password: endpoint.cfg.password.as_deref(),
             application_name: "pieskieo-fence",
             size: 1,
+            setup: Some(LOCK_SESSION_SETUP),
         };
         let timeout = Duration::from_millis(cfg.txn.control_timeout_ms);
         let connect = Duration::from_millis(cfg.limits.connect_timeout_ms);
