@@ -906,9 +906,14 @@ async fn rv18_multi_shard_update_deadlocks_with_a_commit() {
 
 /// The fence's control connection (the one holding the advisory lock for
 /// a commit batch) is terminated while a commit is paused after its
-/// decision: the other proxy's reader gets the lock and reads half.
+/// decision: the other proxy's reader gets the lock the instant the server
+/// lets it go, and reads half. A commit phase already under way when the
+/// lock connection dies is not covered (README, "Limits"): this still
+/// fails. What is covered is in
+/// `a_lock_connection_killed_before_the_decision_is_taken_again` and
+/// `an_idle_session_timeout_on_the_lock_shard_fractures_nothing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
+#[ignore = "issue 18: a commit phase under way when its lock connection is killed is not covered (README, limits); still fails"]
 async fn rv18_lock_connection_killed_mid_commit() {
     let servers = Servers::start(SHARDS);
     let readers = proxy(&servers, true, "recovery_grace_ms = 60000").await;
@@ -974,6 +979,201 @@ async fn rv18_lock_connection_killed_mid_commit() {
             "fractured read: the lock was gone while the commit phase went on"
         );
     }
+}
+
+/// Terminates, on shard 0, every backend of a proxy's fence that holds the
+/// lock; returns their pids.
+async fn kill_lock_holders(servers: &Servers) -> Vec<String> {
+    let s0 = servers.connect(0).await;
+    let hi = (pieskieo::txn::fence::LOCK_KEY >> 32) as u32;
+    let lo = pieskieo::txn::fence::LOCK_KEY as u32;
+    rows(&s0, &format!(
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {hi} AND objid = {lo} AND objsubid = 1"
+    ))
+    .await
+    .into_iter()
+    .filter_map(|r| r.into_iter().next().flatten())
+    .collect()
+}
+
+/// Whether a proxy's fence, in a backend other than `killed`, asks for
+/// (waits for, or holds) the shared (committers') lock on shard 0.
+async fn committers_ask_for_the_lock(servers: &Servers, killed: &[String]) -> bool {
+    let s0 = servers.connect(0).await;
+    let lo = pieskieo::txn::fence::LOCK_KEY as u32;
+    let killed = killed.join(", ");
+    value(&s0, &format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND l.mode = 'ShareLock' AND l.objid = {lo} AND a.application_name = 'pieskieo-fence' AND l.pid NOT IN ({killed})"
+    ))
+    .await
+        != "0"
+}
+
+/// The committing proxy's lock connection is terminated while its transfer
+/// is prepared but not yet decided (paused after its PREPAREs), with the
+/// other proxy's readers queued for the lock: they get in at once; the
+/// committer asks for the lock again at once (it waits in PostgreSQL's lock
+/// queue behind those readers) and decides only once it has it. Every
+/// read, slow ones that hold the lock for a while and fast ones, before,
+/// during and after, gives the total. (The old code failed this by never
+/// asking again; its commit phase after the pause is short, so a fractured
+/// read there is possible but not forced.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_connection_killed_before_the_decision_is_taken_again() {
+    let servers = Servers::start(SHARDS);
+    let readers = proxy(&servers, true, "recovery_grace_ms = 60000").await;
+    let bank = Bank::open(&servers, readers.addr.port()).await;
+    let w = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_prepare:pause=3000\"",
+    )
+    .await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let stuck = paused_transfer(&servers, w.addr.port(), a, b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sums = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    // Slow readers (each holds the lock about 0.8 s), and a fast one: all
+    // wait for the committer's lock now.
+    for i in 0..2u64 {
+        let (stop, sums, port) = (stop.clone(), sums.clone(), readers.addr.port());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            let c = connect(&url(port)).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let m = c
+                    .simple_query(
+                        "SELECT sum(balance) FROM accounts WHERE pg_sleep(0.2) IS NOT NULL",
+                    )
+                    .await;
+                sums.lock()
+                    .unwrap()
+                    .push(m.map(|m| simple_values(&m)[0]).map_err(|e| e.to_string()));
+            }
+        }));
+    }
+    {
+        let (stop, sums, port, bank) = (
+            stop.clone(),
+            sums.clone(),
+            readers.addr.port(),
+            bank.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&url(port)).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let r = read_total(&mut c, &bank, Mode::Sum).await;
+                sums.lock().unwrap().push(r.map_err(|e| e.to_string()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        sums.lock().unwrap().is_empty(),
+        "a reader got past the committer's lock"
+    );
+    let killed = kill_lock_holders(&servers).await;
+    assert_eq!(killed.len(), 1, "the committer held the lock");
+    // Until the transfer is over: does the committer ask for the lock again?
+    let mut asked = false;
+    while !stuck.is_finished() {
+        asked |= committers_ask_for_the_lock(&servers, &killed).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let transfer = stuck.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sums = sums.lock().unwrap().clone();
+    let wrong: Vec<_> = sums
+        .iter()
+        .filter(|s| s.as_ref().ok() != Some(&bank.total))
+        .collect();
+    eprintln!("killed before the decision: transfer {transfer:?}, committer asked for the lock again: {asked}, {} reads, wrong or failed: {wrong:?}", sums.len());
+    assert!(transfer.is_ok(), "{transfer:?}");
+    assert!(wrong.is_empty(), "{wrong:?}");
+    assert!(sums.len() > 10, "{}", sums.len());
+    assert!(
+        asked,
+        "the committer never asked for the lock again before its decision"
+    );
+    settled(&servers).await;
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+/// `idle_session_timeout` on the lock shard, shorter than a commit phase
+/// held after its decision: the fence's connection turns it off for
+/// itself, so it keeps the lock, and the other proxy's readers wait for the
+/// commit phase instead of reading half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_timeout_on_the_lock_shard_fractures_nothing() {
+    let servers = Servers::start(SHARDS);
+    let readers = proxy(&servers, true, "recovery_grace_ms = 60000").await;
+    let bank = Bank::open(&servers, readers.addr.port()).await;
+    let w = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=2500\"",
+    )
+    .await;
+    // Set once the cluster is up: the committer's lock connection, made at
+    // its first commit below, starts with it.
+    {
+        let s0 = servers.connect(0).await;
+        exec(&s0, "ALTER SYSTEM SET idle_session_timeout = '300ms'").await;
+        exec(&s0, "SELECT pg_reload_conf()").await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let stuck = paused_transfer(&servers, w.addr.port(), a, b).await;
+    // Well past the timeout, while the transfer is decided but not
+    // finished: readers on the other proxy wait for it, then read it whole.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut readers_tasks = Vec::new();
+    for i in 0..3u64 {
+        let (port, bank) = (readers.addr.port(), bank.clone());
+        readers_tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200 * i)).await;
+            let (mut sums, mut failed) = (Vec::new(), Vec::new());
+            // The proxy's own pooled connections to shard 0 can be ended
+            // by the timeout too (an error, retried; never a sum).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while sums.len() < 4 && Instant::now() < deadline {
+                let Ok(mut c) = connect(&url(port)).await else {
+                    continue;
+                };
+                for mode in [Mode::Sum, Mode::Rows] {
+                    match read_total(&mut c, &bank, mode).await {
+                        Ok(sum) => sums.push(sum),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+            }
+            (sums, failed)
+        }));
+    }
+    let (mut sums, mut failed) = (Vec::new(), Vec::new());
+    for t in readers_tasks {
+        let (s, f) = t.await.unwrap();
+        sums.extend(s);
+        failed.extend(f);
+    }
+    let transfer = stuck.await.unwrap();
+    let wrong: Vec<_> = sums.iter().filter(|s| **s != bank.total).collect();
+    eprintln!("idle_session_timeout on the lock shard: transfer {transfer:?}, {} sums, wrong: {wrong:?}; failed reads: {failed:?}", sums.len());
+    assert!(transfer.is_ok(), "{transfer:?}");
+    assert!(
+        wrong.is_empty(),
+        "fractured: {wrong:?} (total {})",
+        bank.total
+    );
+    assert!(sums.len() >= 6, "{} sums; failed: {failed:?}", sums.len());
+    settled(&servers).await;
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
 }
 
 /// A portal on several shards whose snapshot PostgreSQL takes at Execute,
