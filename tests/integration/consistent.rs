@@ -687,7 +687,15 @@ async fn a_proxy_killed_mid_commit_releases_the_lock() {
     let stuck = tokio::spawn(async move { w.simple_query(&transfer).await.map(|_| ()) });
     // The transfer is decided and stopped before its COMMIT PREPARED,
     // holding the lock: readers on the survivor wait, never see half.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // (Waited for, not slept: on a loaded machine the other process may take
+    // more than a second to get there.)
+    let (s0, s1) = (servers.connect(0).await, servers.connect(1).await);
+    let t = Instant::now();
+    while prepared(&s0).await + prepared(&s1).await == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut r = connect(&url(survivor.addr.port())).await.unwrap();
     let waiting = tokio::time::timeout(
         Duration::from_millis(1000),
