@@ -990,13 +990,13 @@ async fn rv18_lock_connection_killed_mid_commit() {
 }
 
 /// Terminates, on shard 0, every backend of a proxy's fence that holds the
-/// lock; returns their pids.
-async fn kill_lock_holders(servers: &Servers) -> Vec<String> {
+/// shared (committers') lock; returns their pids.
+async fn kill_committers_lock(servers: &Servers) -> Vec<String> {
     let s0 = servers.connect(0).await;
     let hi = (pieskieo::txn::fence::LOCK_KEY >> 32) as u32;
     let lo = pieskieo::txn::fence::LOCK_KEY as u32;
     rows(&s0, &format!(
-        "SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {hi} AND objid = {lo} AND objsubid = 1"
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ShareLock' AND classid = {hi} AND objid = {lo} AND objsubid = 1"
     ))
     .await
     .into_iter()
@@ -1034,7 +1034,7 @@ async fn a_lock_connection_killed_before_the_decision_is_taken_again() {
     let w = proxy(
         &servers,
         true,
-        "recovery_grace_ms = 60000\ntest_failpoint = \"after_prepare:pause=3000\"",
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_prepare:pause=6000\"",
     )
     .await;
     let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
@@ -1082,7 +1082,11 @@ async fn a_lock_connection_killed_before_the_decision_is_taken_again() {
         sums.lock().unwrap().is_empty(),
         "a reader got past the committer's lock"
     );
-    let killed = kill_lock_holders(&servers).await;
+    assert!(
+        !stuck.is_finished(),
+        "the transfer did not wait for its pause"
+    );
+    let killed = kill_committers_lock(&servers).await;
     assert_eq!(killed.len(), 1, "the committer held the lock");
     // Until the transfer is over: does the committer ask for the lock again?
     let mut asked = false;
@@ -1125,7 +1129,7 @@ async fn an_idle_session_timeout_on_the_lock_shard_fractures_nothing() {
     let w = proxy(
         &servers,
         true,
-        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=2500\"",
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=4000\"",
     )
     .await;
     // Set once the cluster is up: the committer's lock connection, made at
@@ -1141,6 +1145,10 @@ async fn an_idle_session_timeout_on_the_lock_shard_fractures_nothing() {
     // Well past the timeout, while the transfer is decided but not
     // finished: readers on the other proxy wait for it, then read it whole.
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !stuck.is_finished(),
+        "the transfer did not wait for its pause"
+    );
     let mut readers_tasks = Vec::new();
     for i in 0..3u64 {
         let (port, bank) = (readers.addr.port(), bank.clone());
