@@ -172,3 +172,49 @@ pub(super) enum BlockEnd {
     /// The coordinator aborted it; the client has been sent the error.
     Refused,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(t: &Txn) -> Vec<String> {
+        t.pending
+            .iter()
+            .map(|c| match c {
+                SettingChange::Set(n, _) => format!("set {n}"),
+                SettingChange::Reset(n) => format!("reset {n}"),
+                SettingChange::ResetAll => "reset all".into(),
+            })
+            .collect()
+    }
+
+    /// As PostgreSQL: `ROLLBACK TO` takes back the settings and block modes
+    /// changed after its savepoint and keeps it; `RELEASE` keeps them.
+    #[test]
+    fn savepoints_take_back_what_came_after_them() {
+        let mut t = Txn::new("BEGIN");
+        let set = |n: &str| SettingChange::Set(n.into(), format!("SET {n} = 1"));
+        t.pending.push(set("a"));
+        t.define_savepoint("s1".into());
+        t.pending.push(set("b"));
+        t.begin = "BEGIN\nISOLATION LEVEL READ COMMITTED".into();
+        t.define_savepoint("s2".into());
+        t.pending.push(SettingChange::Reset("a".into()));
+        t.rollback_to_savepoint(1);
+        assert_eq!(pending(&t), ["set a", "set b"]);
+        assert_eq!(t.savepoints, ["s1", "s2"]);
+        t.rollback_to_savepoint(0);
+        assert_eq!(pending(&t), ["set a"]);
+        assert_eq!(t.begin, "BEGIN");
+        assert_eq!(t.savepoints, ["s1"]);
+        t.pending.push(set("c"));
+        t.release_savepoint(0);
+        assert!(t.savepoints.is_empty());
+        assert_eq!(pending(&t), ["set a", "set c"]);
+        // A savepoint defined after a release counts from there.
+        t.define_savepoint("s3".into());
+        t.pending.push(set("d"));
+        t.rollback_to_savepoint(0);
+        assert_eq!(pending(&t), ["set a", "set c"]);
+    }
+}
