@@ -830,7 +830,10 @@ async fn paused_transfer(
 //
 // Reproductions written by an adversarial review: each asserts what should
 // happen and fails today, so each is ignored until its defect is fixed (the
-// README lists them under "Experimental"); three are probes that pass. Run one with
+// README lists them under "Experimental"); three are probes that pass. Those
+// of the isolation level's spellings pass since it was fixed and run with the
+// rest; the lock connection killed mid-commit stays ignored (a documented
+// limit). Run one with
 // `cargo test --test integration -- --ignored consistent::rv18_<name> --nocapture`.
 
 /// A multi-shard statement that waits for a row lock held by an open
