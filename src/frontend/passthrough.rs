@@ -105,6 +105,7 @@ impl PasswordLookup {
             password: settings.password.as_deref(),
             application_name: "pieskieo-auth",
             size: POOL_SIZE,
+            setup: None,
         };
         // The lookup reaches its shard as the control plane does, TLS included.
         let endpoint =

@@ -315,9 +315,16 @@ pub enum SetCommand {
     Set(String),
     /// `RESET name`.
     Reset(String),
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION ...`: the
+    /// `default_transaction_*` settings it sets, each with a statement that
+    /// sets it alone.
+    Defaults(Vec<(String, String)>),
     /// `RESET ALL` / `DISCARD ALL`.
     ResetAll,
-    /// `SET LOCAL ...` / `SET TRANSACTION ...`: lasts until the transaction ends.
+    /// `SET LOCAL ...`, `SET TRANSACTION ...`, and `SET`/`RESET` of the
+    /// current transaction's own modes (`transaction_isolation`,
+    /// `transaction_read_only`, `transaction_deferrable`, which every
+    /// transaction starts afresh): lasts until the transaction ends.
     Local,
 }
 

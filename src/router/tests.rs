@@ -149,6 +149,69 @@ fn transaction_control_and_settings() {
             "RESET application_name",
             Plan::Set(SetCommand::Reset("application_name".into())),
         ),
+        // The current transaction's own modes last until it ends.
+        (
+            "SET transaction_isolation = 'repeatable read'",
+            Plan::Set(SetCommand::Local),
+        ),
+        (
+            "set session transaction_isolation to serializable",
+            Plan::Set(SetCommand::Local),
+        ),
+        (
+            "SET LOCAL transaction_read_only = on",
+            Plan::Set(SetCommand::Local),
+        ),
+        ("RESET transaction_isolation", Plan::Set(SetCommand::Local)),
+        (
+            "SET transaction_deferrable TO DEFAULT",
+            Plan::Set(SetCommand::Local),
+        ),
+        // Under the settings it really sets, each alone.
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            Plan::Set(SetCommand::Defaults(vec![(
+                "default_transaction_isolation".into(),
+                "SET default_transaction_isolation = 'repeatable read'".into(),
+            )])),
+        ),
+        (
+            "set session characteristics as transaction read only, isolation level serializable not deferrable isolation level read committed",
+            Plan::Set(SetCommand::Defaults(vec![
+                (
+                    "default_transaction_deferrable".into(),
+                    "SET default_transaction_deferrable = off".into(),
+                ),
+                (
+                    "default_transaction_isolation".into(),
+                    "SET default_transaction_isolation = 'read committed'".into(),
+                ),
+                (
+                    "default_transaction_read_only".into(),
+                    "SET default_transaction_read_only = on".into(),
+                ),
+            ])),
+        ),
+        // Outside the grammar: kept whole under all three names.
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE /* */",
+            Plan::Set(SetCommand::Defaults(
+                [
+                    "default_transaction_isolation",
+                    "default_transaction_read_only",
+                    "default_transaction_deferrable",
+                ]
+                .iter()
+                .map(|n| {
+                    (
+                        n.to_string(),
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE /* */"
+                            .into(),
+                    )
+                })
+                .collect(),
+            )),
+        ),
     ];
     for (sql, want) in cases {
         assert_eq!(plan(sql, &m).as_ref(), Ok(&want), "{sql}");

@@ -202,9 +202,8 @@ impl Session {
         // An implicit block that already ran a statement has its snapshot:
         // its isolation level can no longer change.
         let ran = self.txn.as_ref().is_some_and(|t| t.snapshot);
-        let current = self.txn.as_ref().and_then(Txn::isolation);
-        let level_changes =
-            isolation(stmt).is_some_and(|l| l != current.unwrap_or("read committed"));
+        let current = self.block_level().unwrap_or("read committed");
+        let level_changes = isolation(stmt).is_some_and(|l| l != current);
         if self.block == Block::Implicit && ran && level_changes {
             return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
         }
@@ -236,11 +235,13 @@ impl Session {
     /// sent to the shards already in the block, which answer for themselves.
     async fn add_modes(&mut self, modes: &str, tag: &str) -> std::io::Result<bool> {
         let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
+        // The level the block runs at now (the session's default when it
+        // named none): PostgreSQL refuses only a change.
+        let current = self.block_level().unwrap_or("read committed");
         let Some(t) = self.txn.as_mut() else {
             return Ok(false);
         };
-        let level_changes =
-            isolation(modes).is_some_and(|l| l != t.isolation().unwrap_or("read committed"));
+        let level_changes = isolation(modes).is_some_and(|l| l != current);
         if level_changes && t.snapshot {
             return self.error(Error::Txn(TxnMisuse::IsolationAfterQuery)).await;
         }
@@ -438,9 +439,9 @@ impl Session {
         }
         if let (true, Some(t)) = (ok, self.txn()) {
             match (op, pos) {
-                (SavepointOp::Define, _) => t.savepoints.push(name),
-                (SavepointOp::Release, Some(p)) => t.savepoints.truncate(p),
-                (SavepointOp::RollbackTo, Some(p)) => t.savepoints.truncate(p + 1),
+                (SavepointOp::Define, _) => t.define_savepoint(name),
+                (SavepointOp::Release, Some(p)) => t.release_savepoint(p),
+                (SavepointOp::RollbackTo, Some(p)) => t.rollback_to_savepoint(p),
                 (_, None) => {}
             }
         }
@@ -448,33 +449,56 @@ impl Session {
     }
 
     pub(super) async fn set(&mut self, stmt: &str, cmd: SetCommand) -> std::io::Result<bool> {
-        let change = match &cmd {
-            SetCommand::Local => None,
-            SetCommand::Set(name) => Some(SettingChange::Set(name.clone(), stmt.to_string())),
-            SetCommand::Reset(name) => Some(SettingChange::Reset(name.clone())),
-            SetCommand::ResetAll => Some(SettingChange::ResetAll),
+        let changes: Vec<SettingChange> = match &cmd {
+            SetCommand::Local => Vec::new(),
+            SetCommand::Set(name) => vec![SettingChange::Set(name.clone(), stmt.to_string())],
+            SetCommand::Defaults(sets) => sets
+                .iter()
+                .map(|(name, set)| SettingChange::Set(name.clone(), set.clone()))
+                .collect(),
+            SetCommand::Reset(name) => vec![SettingChange::Reset(name.clone())],
+            SetCommand::ResetAll => vec![SettingChange::ResetAll],
         };
         if self.txn().is_some() {
-            let discard = leading_words(stmt, 1)
-                .first()
-                .is_some_and(|w| w == "discard");
-            if discard {
+            let words = leading_words(stmt, 2);
+            let first = words.first().map(String::as_str);
+            if first == Some("discard") {
                 return self.error(Error::Txn(TxnMisuse::DiscardInBlock)).await;
             }
-            if matches!(cmd, SetCommand::Local) && self.txn.as_ref().is_some_and(|t| t.segment) {
-                self.warn(TxnMisuse::OutsideBlock("SET LOCAL")).await?;
-            }
-            let tag = match cmd {
-                SetCommand::Local | SetCommand::Set(_) => "SET",
-                SetCommand::Reset(_) | SetCommand::ResetAll => "RESET",
+            // PostgreSQL warns for these two outside a block (an
+            // extended-protocol segment), not for `SET transaction_isolation`.
+            let outside = match words.get(1).map(String::as_str) {
+                Some("local") => Some("SET LOCAL"),
+                Some("transaction") => Some("SET TRANSACTION"),
+                _ => None,
             };
-            if let Some(modes) = transaction_modes(stmt) {
-                return self.add_modes(modes, tag).await;
+            if let (Some(what), true) = (outside, self.txn.as_ref().is_some_and(|t| t.segment)) {
+                self.warn(TxnMisuse::OutsideBlock(what)).await?;
+            }
+            let tag = match first {
+                Some("reset") => "RESET",
+                _ => "SET",
+            };
+            match transaction_set(stmt) {
+                Some(TxnSet::Modes(modes)) => return self.add_modes(&modes, tag).await,
+                Some(TxnSet::LevelReset) => {
+                    // PostgreSQL 15 takes `transaction_isolation` back to
+                    // READ COMMITTED, with no check (not even after the
+                    // first query): the block takes a snapshot per
+                    // statement from here on, on every shard.
+                    if let Some(t) = self.txn() {
+                        t.begin = format!(
+                            "{}\nISOLATION LEVEL READ COMMITTED",
+                            t.begin.trim_end().trim_end_matches(';')
+                        );
+                    }
+                }
+                None => {}
             }
             let ok = self.in_block(stmt, tag).await?;
             if ok {
-                if let (Some(ch), Some(t)) = (change, self.txn()) {
-                    t.pending.push(ch);
+                if let Some(t) = self.txn() {
+                    t.pending.extend(changes);
                 }
             }
             return Ok(ok);
@@ -491,14 +515,12 @@ impl Session {
             executor::relay(&mut conn, &mut self.out).await
         }
         .await;
-        if matches!(r, Ok(Answer::Succeeded)) {
-            if let Some(ch) = change {
-                let mut one = [Participant {
-                    conn,
-                    wrote: Writes::No,
-                }];
-                self.apply_changes(&[ch], &mut one);
-            }
+        if matches!(r, Ok(Answer::Succeeded)) && !changes.is_empty() {
+            let mut one = [Participant {
+                conn,
+                wrote: Writes::No,
+            }];
+            self.apply_changes(&changes, &mut one);
         }
         self.finish_exec(r).await
     }
@@ -512,20 +534,73 @@ enum SavepointOp {
     RollbackTo,
 }
 
-/// The isolation level a `BEGIN` names, if any.
+/// What a statement in a block does to the block's own modes.
+#[derive(Debug, PartialEq, Eq)]
+enum TxnSet {
+    /// Sets these modes, as `SET TRANSACTION` words them.
+    Modes(String),
+    /// `RESET transaction_isolation` / `SET transaction_isolation TO
+    /// DEFAULT`: READ COMMITTED, unchecked.
+    LevelReset,
+}
+
 /// The modes of a `SET TRANSACTION ISOLATION LEVEL ... | READ ... | [NOT]
-/// DEFERRABLE` (not `SET TRANSACTION SNAPSHOT`).
-fn transaction_modes(stmt: &str) -> Option<&str> {
+/// DEFERRABLE` (not `SET TRANSACTION SNAPSHOT`), and the isolation level a
+/// `SET [SESSION | LOCAL] transaction_isolation {= | TO} value` or `RESET
+/// transaction_isolation` gives the block. `None`: not one of these, or a
+/// value PostgreSQL will refuse (the shards answer for it).
+fn transaction_set(stmt: &str) -> Option<TxnSet> {
     let words = leading_words(stmt, 3);
-    let [set, transaction, mode] = words.as_slice() else {
-        return None;
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let named = match w.as_slice() {
+        ["set", "transaction", "isolation" | "read" | "deferrable" | "not"] => {
+            let rest = &stmt[crate::router::after_words(stmt, 2)?..];
+            let modes = rest.trim().trim_end_matches(';').trim();
+            return (!modes.is_empty()).then(|| TxnSet::Modes(modes.to_string()));
+        }
+        ["reset", "transaction_isolation", ..] => return Some(TxnSet::LevelReset),
+        ["set", "session" | "local", "transaction_isolation"] => 3,
+        ["set", "transaction_isolation", ..] => 2,
+        _ => return None,
     };
-    let modes = matches!(mode.as_str(), "isolation" | "read" | "deferrable" | "not");
-    if set != "set" || transaction != "transaction" || !modes {
+    let rest = stmt[crate::router::after_words(stmt, named)?..].trim_start();
+    let value = match rest.strip_prefix('=') {
+        Some(v) => v,
+        None => {
+            let to = rest.get(..2)?;
+            let after = rest.get(2..)?;
+            if !to.eq_ignore_ascii_case("to") || !after.starts_with(char::is_whitespace) {
+                return None;
+            }
+            after
+        }
+    };
+    let value = value.trim().trim_end_matches(';').trim();
+    if value.eq_ignore_ascii_case("default") {
+        return Some(TxnSet::LevelReset);
+    }
+    // A string, or a quoted or bare name: PostgreSQL compares the text with
+    // the level names ignoring case, and refuses anything else.
+    let text = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .or_else(|| value.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+        .unwrap_or(value);
+    if text.contains(['\'', '"', '\\']) {
         return None;
     }
-    let rest = &stmt[crate::router::after_words(stmt, 2)?..];
-    Some(rest.trim().trim_end_matches(';').trim()).filter(|r| !r.is_empty())
+    let level = [
+        "serializable",
+        "repeatable read",
+        "read committed",
+        "read uncommitted",
+    ]
+    .into_iter()
+    .find(|l| text.eq_ignore_ascii_case(l))?;
+    Some(TxnSet::Modes(format!(
+        "ISOLATION LEVEL {}",
+        level.to_uppercase()
+    )))
 }
 
 /// `BEGIN`'s transaction modes, when it has any.
@@ -576,4 +651,54 @@ pub(super) fn isolation(begin: &str) -> Option<&'static str> {
             .join(" ")
             .contains(l)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{transaction_set, TxnSet};
+
+    #[test]
+    fn every_spelling_of_the_block_level_is_read() {
+        let rr = || Some(TxnSet::Modes("ISOLATION LEVEL REPEATABLE READ".into()));
+        let cases = [
+            ("SET transaction_isolation = 'repeatable read'", rr()),
+            (
+                "set local transaction_isolation to 'Repeatable Read';",
+                rr(),
+            ),
+            (
+                "SET SESSION transaction_isolation TO \"repeatable read\"",
+                rr(),
+            ),
+            (
+                "SET transaction_isolation = serializable",
+                Some(TxnSet::Modes("ISOLATION LEVEL SERIALIZABLE".into())),
+            ),
+            (
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                Some(TxnSet::Modes(
+                    "ISOLATION LEVEL REPEATABLE READ, READ ONLY".into(),
+                )),
+            ),
+            ("RESET transaction_isolation", Some(TxnSet::LevelReset)),
+            (
+                "SET transaction_isolation TO DEFAULT",
+                Some(TxnSet::LevelReset),
+            ),
+            (
+                "SET LOCAL transaction_isolation = default",
+                Some(TxnSet::LevelReset),
+            ),
+            // PostgreSQL refuses these; the shards say so.
+            ("SET transaction_isolation = 'default'", None),
+            ("SET transaction_isolation = 'repeatable  read'", None),
+            ("SET transaction_isolation = 'serializable', 'x'", None),
+            ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", None),
+            ("SET default_transaction_isolation = 'serializable'", None),
+            ("SET transaction_read_only = on", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(transaction_set(sql), want, "{sql}");
+        }
+    }
 }

@@ -15,6 +15,8 @@ pub(super) struct Txn {
     /// replayed in order on each shard that joins later.
     pub(super) prelude: Vec<String>,
     pub(super) savepoints: Vec<String>,
+    /// Per savepoint (same order): what `ROLLBACK TO` it takes back.
+    marks: Vec<Mark>,
     pub(super) participants: Vec<Participant>,
     /// Session settings changed inside the block; they stick only on commit.
     pub(super) pending: Vec<SettingChange>,
@@ -38,6 +40,7 @@ impl Txn {
             begin: begin.to_string(),
             prelude: Vec::new(),
             savepoints: Vec::new(),
+            marks: Vec::new(),
             participants: Vec::new(),
             pending: Vec::new(),
             segment: false,
@@ -94,9 +97,45 @@ impl Txn {
         }
     }
 
+    /// `SAVEPOINT name` succeeded.
+    pub(super) fn define_savepoint(&mut self, name: String) {
+        self.savepoints.push(name);
+        self.marks.push(Mark {
+            pending: self.pending.len(),
+            begin: self.begin.clone(),
+        });
+    }
+
+    /// `RELEASE` of the savepoint at `at`: it and those after it are gone;
+    /// what they did stays.
+    pub(super) fn release_savepoint(&mut self, at: usize) {
+        self.savepoints.truncate(at);
+        self.marks.truncate(at);
+    }
+
+    /// `ROLLBACK TO` the savepoint at `at`, which stays: PostgreSQL takes
+    /// back every setting changed since, the session's (pending here) and
+    /// the block's own modes (its `BEGIN` here) alike.
+    pub(super) fn rollback_to_savepoint(&mut self, at: usize) {
+        self.savepoints.truncate(at + 1);
+        self.marks.truncate(at + 1);
+        if let Some(m) = self.marks.get(at) {
+            self.pending.truncate(m.pending);
+            self.begin = m.begin.clone();
+        }
+    }
+
     pub(super) fn has(&self, shard: ShardId) -> bool {
         self.participants.iter().any(|p| p.shard() == shard)
     }
+}
+
+/// The block as a savepoint found it.
+struct Mark {
+    /// How many session-setting changes were pending.
+    pending: usize,
+    /// The block's `BEGIN` with its modes.
+    begin: String,
 }
 
 /// A commit's WARNING for the client (the coordinator returns typed
@@ -132,4 +171,50 @@ pub(super) enum BlockEnd {
     RolledBack,
     /// The coordinator aborted it; the client has been sent the error.
     Refused,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(t: &Txn) -> Vec<String> {
+        t.pending
+            .iter()
+            .map(|c| match c {
+                SettingChange::Set(n, _) => format!("set {n}"),
+                SettingChange::Reset(n) => format!("reset {n}"),
+                SettingChange::ResetAll => "reset all".into(),
+            })
+            .collect()
+    }
+
+    /// As PostgreSQL: `ROLLBACK TO` takes back the settings and block modes
+    /// changed after its savepoint and keeps it; `RELEASE` keeps them.
+    #[test]
+    fn savepoints_take_back_what_came_after_them() {
+        let mut t = Txn::new("BEGIN");
+        let set = |n: &str| SettingChange::Set(n.into(), format!("SET {n} = 1"));
+        t.pending.push(set("a"));
+        t.define_savepoint("s1".into());
+        t.pending.push(set("b"));
+        t.begin = "BEGIN\nISOLATION LEVEL READ COMMITTED".into();
+        t.define_savepoint("s2".into());
+        t.pending.push(SettingChange::Reset("a".into()));
+        t.rollback_to_savepoint(1);
+        assert_eq!(pending(&t), ["set a", "set b"]);
+        assert_eq!(t.savepoints, ["s1", "s2"]);
+        t.rollback_to_savepoint(0);
+        assert_eq!(pending(&t), ["set a"]);
+        assert_eq!(t.begin, "BEGIN");
+        assert_eq!(t.savepoints, ["s1"]);
+        t.pending.push(set("c"));
+        t.release_savepoint(0);
+        assert!(t.savepoints.is_empty());
+        assert_eq!(pending(&t), ["set a", "set c"]);
+        // A savepoint defined after a release counts from there.
+        t.define_savepoint("s3".into());
+        t.pending.push(set("d"));
+        t.rollback_to_savepoint(0);
+        assert_eq!(pending(&t), ["set a", "set c"]);
+    }
 }

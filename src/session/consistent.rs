@@ -243,7 +243,7 @@ impl Session {
 
     /// The isolation level the current block runs at: its `BEGIN` and
     /// `SET TRANSACTION`s, else the session's `default_transaction_isolation`.
-    fn block_level(&self) -> Option<&'static str> {
+    pub(super) fn block_level(&self) -> Option<&'static str> {
         let t = self.txn.as_ref()?;
         t.level().or_else(|| {
             self.settings

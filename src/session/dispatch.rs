@@ -264,6 +264,17 @@ impl Session {
                 c.mark_broken();
             }
         }
+        if self.risky && matches!(r, Ok((Answer::Succeeded, _))) {
+            // Every shard ran it: the client's settings are what the first
+            // of them now holds (`set_config(..., false)` in a read across
+            // shards); the others are reset to them when next used.
+            if let Some(c) = conns.iter_mut().find(|c| c.status == b'I') {
+                if let Err(e) = learn_settings(c, &mut self.settings).await {
+                    c.mark_broken();
+                    warn!(peer = %self.peer, error = %e, "could not read back session settings");
+                }
+            }
+        }
         match r {
             Ok((answer, last)) => {
                 if let Some(b) = last {

@@ -122,14 +122,8 @@ pub(super) async fn sync_settings(
 }
 
 /// The statement that takes back the setting `name` at session level.
-/// `SET SESSION CHARACTERISTICS AS TRANSACTION ...` is kept under the name
-/// `session_characteristics`, which is no setting of PostgreSQL's: it sets
-/// the three `default_transaction_*` ones.
 fn reset(name: &str) -> String {
-    match name {
-        "session_characteristics" => "RESET default_transaction_isolation; RESET default_transaction_read_only; RESET default_transaction_deferrable".into(),
-        _ => format!("RESET {}", quote_ident(name)),
-    }
+    format!("RESET {}", quote_ident(name))
 }
 
 /// After a statement that may have changed settings unseen, on the

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -62,6 +62,7 @@ fn pool(endpoint: &Endpoint, timeout: Duration, connect: Duration) -> Result<Poo
         password: shard.password.as_deref(),
         application_name: "pieskieo-control",
         size: POOL_SIZE,
+        setup: None,
     };
     control_pool(endpoint, &login, timeout, connect)
 }
@@ -72,6 +73,8 @@ pub(crate) struct Login<'a> {
     pub password: Option<&'a str>,
     pub application_name: &'a str,
     pub size: usize,
+    /// A query run once on each new connection, before anyone uses it.
+    pub setup: Option<&'static str>,
 }
 
 /// A control pool to `shard` as `login`, with the control plane's deadlines:
@@ -115,8 +118,19 @@ pub(crate) fn control_pool(
         ),
         None => Manager::from_config(pg, NoTls, recycling()),
     };
-    Pool::builder(mgr)
-        .max_size(login.size)
+    let mut builder = Pool::builder(mgr).max_size(login.size);
+    if let Some(sql) = login.setup {
+        builder = builder.post_create(Hook::async_fn(move |client, _| {
+            Box::pin(async move {
+                client
+                    .simple_query(sql)
+                    .await
+                    .map(|_| ())
+                    .map_err(HookError::Backend)
+            })
+        }));
+    }
+    builder
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(connect))
         .wait_timeout(Some(timeout))

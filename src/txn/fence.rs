@@ -17,6 +17,17 @@
 //! batches in. The lock is session-level: if the proxy dies, its connection
 //! dies and PostgreSQL releases it.
 //!
+//! The lock connection can die while the proxy lives (terminated, a
+//! network cut): PostgreSQL lets the lock go with it. The connection turns
+//! off every server-side timeout that could end it, and a batch looks at it
+//! before each holder goes on (entering, and a committer again just before
+//! its decision: [`FenceGuard::confirm`]) and every [`WATCH_EVERY`]: once
+//! it is closed the batch takes the lock again on a new connection, and
+//! nobody of the batch goes on until it has. What was already under way
+//! when the server let go (a commit phase, a reader's snapshot-taking) is
+//! not covered: nothing this proxy does can stop another proxy's batch
+//! from taking the lock at that instant.
+//!
 //! Holds are RAII guards: a waiter dropped while it waits (its client went
 //! away) leaves nothing behind; the advisory lock is taken and released by
 //! tasks of the fence's own, never by a future that can be dropped halfway.
@@ -42,8 +53,18 @@ pub const LOCK_KEY: i64 = 0x7069_6573_6b66_6e63;
 /// How often a batch that holds the advisory lock looks for other proxies
 /// waiting for it (`pg_locks`, through the control pool): when one waits,
 /// the batch takes no newcomers, so it ends and the other proxy's batch
-/// gets the lock.
+/// gets the lock. As often, it looks whether its lock connection closed.
 pub const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// Every how many watch ticks a closed batch of readers is looked at for
+/// stalls ([`STALL_AFTER`] apart).
+const STALL_TICKS: u32 = 5;
+
+/// Run on each new lock connection: no server-side timeout may end the
+/// session (and with it the lock) or a lock wait; the proxy bounds its own
+/// waits. Through `pg_settings`, so a server without one of them (before
+/// PostgreSQL 14, `idle_session_timeout`) still connects.
+const LOCK_SESSION_SETUP: &str = "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', 'idle_session_timeout')";
 
 /// Who enters the fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +186,12 @@ impl LockShard {
     }
 
     async fn release(&self, client: Object, class: Class) {
+        if client.is_closed() {
+            // Seen only now: the batch ended within one watch of the loss.
+            warn!(shard = %self.shard, ?class, "consistent reads: the fence's lock connection had closed before its batch ended; what the batch began after that was not covered");
+            drop(Object::take(client));
+            return;
+        }
         let sql = class.unlock_sql();
         match tokio::time::timeout(self.timeout, client.simple_query(&sql)).await {
             Ok(Ok(_)) => {}
@@ -179,12 +206,20 @@ impl LockShard {
 
 /// The cross-proxy lock of the current batch.
 enum Lock {
-    /// Being taken.
+    /// Being taken (again, after its connection closed).
     Pending,
     /// Held (by `conn`, when there is a lock shard).
     Held(Option<Object>),
     /// Refused: every holder of this batch gets the error.
     Failed(FenceError),
+}
+
+impl Lock {
+    /// Whether the lock connection has closed under the batch: then
+    /// PostgreSQL no longer holds the lock for it.
+    fn lost(&self) -> bool {
+        matches!(self, Lock::Held(Some(c)) if c.is_closed())
+    }
 }
 
 struct State {
@@ -194,6 +229,9 @@ struct State {
     /// Numbers batches, so a late lock answer finds out its batch is over.
     batch: u64,
     lock: Lock,
+    /// Numbers the times a lock was handed to a batch, so a watcher of a
+    /// lock connection that closed stops when the lock is taken again.
+    taken: u64,
     /// The batch takes no newcomers (another proxy waits for the lock).
     closed: bool,
     /// Tasks waiting to enter, per class.
@@ -223,6 +261,53 @@ impl Inner {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// Whether the batch holds the lock now: `Ok(false)` while it is being
+    /// taken — and when its connection turns out closed, which starts
+    /// taking it again (nobody of the batch goes on meanwhile).
+    fn held(self: &Arc<Inner>) -> Result<bool, FenceError> {
+        let mut s = self.state();
+        if s.lock.lost() {
+            retake(self, &mut s);
+        }
+        match &s.lock {
+            Lock::Held(_) => Ok(true),
+            Lock::Failed(e) => Err(e.clone()),
+            Lock::Pending => Ok(false),
+        }
+    }
+
+    /// Waits until the batch holds the lock (or it was refused).
+    async fn until_held(self: &Arc<Inner>) -> Result<(), FenceError> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.held()? {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The batch's lock connection closed (terminated, a server-side timeout,
+/// the network): the server let the lock go. The batch takes it again on a
+/// new connection; until then `held` says no.
+fn retake(inner: &Arc<Inner>, s: &mut State) {
+    let Lock::Held(Some(conn)) = std::mem::replace(&mut s.lock, Lock::Pending) else {
+        return;
+    };
+    // Out of the pool for good: its replacement is a new connection.
+    drop(Object::take(conn));
+    let shard = inner.lock.as_ref().map(|l| l.shard);
+    match (s.active, s.holders > 0) {
+        (Some(class), true) => {
+            warn!(shard = ?shard, ?class, holders = s.holders, "consistent reads: the fence's lock connection closed while its batch held the lock; taking it again before anyone of the batch goes on (a commit phase or snapshot already under way was not covered meanwhile)");
+            tokio::spawn(take_lock(inner.clone(), s.batch, class));
+        }
+        _ => s.lock = Lock::Held(None),
     }
 }
 
@@ -270,6 +355,7 @@ impl Fence {
                     holders: 0,
                     batch: 0,
                     lock: Lock::Held(None),
+                    taken: 0,
                     closed: false,
                     waiting: [0, 0],
                     last: None,
@@ -305,6 +391,7 @@ impl Fence {
             password: endpoint.cfg.password.as_deref(),
             application_name: "pieskieo-fence",
             size: 1,
+            setup: Some(LOCK_SESSION_SETUP),
         };
         let timeout = Duration::from_millis(cfg.txn.control_timeout_ms);
         let connect = Duration::from_millis(cfg.limits.connect_timeout_ms);
@@ -359,22 +446,9 @@ impl Fence {
             }
         };
         drop(waiting);
-        loop {
-            let notified = inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // (The state's lock is let go before `guard` may be dropped.)
-            let now = match &inner.state().lock {
-                Lock::Held(_) => Ok(true),
-                Lock::Failed(e) => Err(e.clone()),
-                Lock::Pending => Ok(false),
-            };
-            match now {
-                Ok(true) => return Ok(guard),
-                Err(e) => return Err(e),
-                Ok(false) => notified.await,
-            }
-        }
+        // (The state's lock is let go before `guard` may be dropped.)
+        inner.until_held().await?;
+        Ok(guard)
     }
 
     /// When a batch of readers has held the fence for [`STALL_AFTER`],
@@ -440,7 +514,8 @@ async fn take_lock(inner: Arc<Inner>, batch: u64, class: Class) {
         match got {
             Ok(conn) if current => {
                 s.lock = Lock::Held(Some(conn));
-                tokio::spawn(watch(inner.clone(), batch));
+                s.taken += 1;
+                tokio::spawn(watch(inner.clone(), batch, s.taken));
                 None
             }
             Ok(conn) => Some(conn),
@@ -463,46 +538,55 @@ async fn take_lock(inner: Arc<Inner>, batch: u64, class: Class) {
     }
 }
 
-/// While batch `batch` holds the lock, closes it to newcomers once
-/// another proxy waits for the lock.
-async fn watch(inner: Arc<Inner>, batch: u64) {
+/// While batch `batch` holds the lock it was handed the `taken`-th time:
+/// closes the batch to newcomers once another proxy waits for the lock, and
+/// takes the lock again if its connection closed (which ends this watcher;
+/// the new lock gets its own).
+async fn watch(inner: Arc<Inner>, batch: u64, taken: u64) {
     let Some(lock) = inner.lock.as_ref() else {
         return;
     };
+    let fence = Fence {
+        inner: inner.clone(),
+    };
+    let mut ticks = 0u32;
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        {
-            let s = inner.state();
-            if s.batch != batch || s.holders == 0 {
+        let closed = {
+            let mut s = inner.state();
+            if s.batch != batch || s.holders == 0 || s.taken != taken {
                 return;
             }
-        }
-        if lock.others_wait().await {
+            if s.lock.lost() {
+                retake(&inner, &mut s);
+                drop(s);
+                inner.changed.notify_waiters();
+                return;
+            }
+            s.closed
+        };
+        if !closed && lock.others_wait().await {
             let mut s = inner.state();
             if s.batch == batch {
                 s.closed = true;
             }
-            if s.active != Some(Class::Snapshot) {
-                return;
-            }
-            drop(s);
-            break;
+        }
+        // A batch of readers that another proxy waits for (perhaps a
+        // commit) is looked at, as a local committer would look at it.
+        ticks += 1;
+        if closed && ticks.is_multiple_of(STALL_TICKS) {
+            fence.look_at_stalls();
         }
     }
-    // A batch of readers that another proxy waits for (perhaps a commit)
-    // is looked at until it ends, as a local committer would.
-    let fence = Fence {
-        inner: inner.clone(),
-    };
-    loop {
-        tokio::time::sleep(STALL_AFTER).await;
-        {
-            let s = inner.state();
-            if s.batch != batch || s.holders == 0 {
-                return;
-            }
-        }
-        fence.look_at_stalls();
+}
+
+impl FenceGuard {
+    /// Right before a holder starts what the fence protects (a committer
+    /// its decision): waits until the batch holds the lock, taking it again
+    /// first if its connection closed since the holder entered. An error:
+    /// the lock shard refused it again; nothing was started.
+    pub async fn confirm(&self) -> Result<(), FenceError> {
+        self.inner.until_held().await
     }
 }
 

@@ -110,6 +110,20 @@ impl Coordinator {
             }
         };
         self.hit(FailPoint::AfterPrepare).await;
+        // The fence's lock may have been lost since it was entered (its
+        // connection closed): taken again before the commit phase starts.
+        if let Some(g) = &fenced {
+            if let Err(e) = g.confirm().await {
+                warn!(%txn, ?phase, error = %e, "consistent-read fence lost and not taken again; rolling back");
+                self.abort_all(txn, decider, parts, &prepared).await;
+                return CommitOutcome::Aborted {
+                    error: Report::Proxy {
+                        sqlstate: SqlState::CONNECTION_FAILURE,
+                        message: format!("transaction rolled back: {e}"),
+                    },
+                };
+            }
+        }
         let prepared_at = Instant::now();
 
         // The decision: the commit row and COMMIT on C, in one write unless

@@ -687,7 +687,15 @@ async fn a_proxy_killed_mid_commit_releases_the_lock() {
     let stuck = tokio::spawn(async move { w.simple_query(&transfer).await.map(|_| ()) });
     // The transfer is decided and stopped before its COMMIT PREPARED,
     // holding the lock: readers on the survivor wait, never see half.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // (Waited for, not slept: on a loaded machine the other process may take
+    // more than a second to get there.)
+    let (s0, s1) = (servers.connect(0).await, servers.connect(1).await);
+    let t = Instant::now();
+    while prepared(&s0).await + prepared(&s1).await == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut r = connect(&url(survivor.addr.port())).await.unwrap();
     let waiting = tokio::time::timeout(
         Duration::from_millis(1000),
@@ -930,7 +938,10 @@ async fn a_cancel_ends_a_readers_wait_in_the_fence() {
 //
 // Reproductions written by an adversarial review: each asserts what should
 // happen and fails today, so each is ignored until its defect is fixed (the
-// README lists them under "Experimental"); three are probes that pass. Run one with
+// README lists them under "Experimental"); three are probes that pass. Those
+// of the isolation level's spellings pass since it was fixed and run with the
+// rest; the lock connection killed mid-commit stays ignored (a documented
+// limit). Run one with
 // `cargo test --test integration -- --ignored consistent::rv18_<name> --nocapture`.
 
 /// A multi-shard statement that waits for a lock held by an open
@@ -1065,9 +1076,14 @@ async fn a_reader_behind_a_ddl_lock_waits_or_is_a_deadlock_victim() {
 
 /// The fence's control connection (the one holding the advisory lock for
 /// a commit batch) is terminated while a commit is paused after its
-/// decision: the other proxy's reader gets the lock and reads half.
+/// decision: the other proxy's reader gets the lock the instant the server
+/// lets it go, and reads half. A commit phase already under way when the
+/// lock connection dies is not covered (README, "Limits"): this still
+/// fails. What is covered is in
+/// `a_lock_connection_killed_before_the_decision_is_taken_again` and
+/// `an_idle_session_timeout_on_the_lock_shard_fractures_nothing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
+#[ignore = "issue 18: a commit phase under way when its lock connection is killed is not covered (README, limits); still fails"]
 async fn rv18_lock_connection_killed_mid_commit() {
     let servers = Servers::start(SHARDS);
     let readers = proxy(&servers, true, "recovery_grace_ms = 60000").await;
@@ -1133,6 +1149,209 @@ async fn rv18_lock_connection_killed_mid_commit() {
             "fractured read: the lock was gone while the commit phase went on"
         );
     }
+}
+
+/// Terminates, on shard 0, every backend of a proxy's fence that holds the
+/// shared (committers') lock; returns their pids.
+async fn kill_committers_lock(servers: &Servers) -> Vec<String> {
+    let s0 = servers.connect(0).await;
+    let hi = (pieskieo::txn::fence::LOCK_KEY >> 32) as u32;
+    let lo = pieskieo::txn::fence::LOCK_KEY as u32;
+    rows(&s0, &format!(
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ShareLock' AND classid = {hi} AND objid = {lo} AND objsubid = 1"
+    ))
+    .await
+    .into_iter()
+    .filter_map(|r| r.into_iter().next().flatten())
+    .collect()
+}
+
+/// Whether a proxy's fence, in a backend other than `killed`, asks for
+/// (waits for, or holds) the shared (committers') lock on shard 0.
+async fn committers_ask_for_the_lock(servers: &Servers, killed: &[String]) -> bool {
+    let s0 = servers.connect(0).await;
+    let lo = pieskieo::txn::fence::LOCK_KEY as u32;
+    let killed = killed.join(", ");
+    value(&s0, &format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND l.mode = 'ShareLock' AND l.objid = {lo} AND a.application_name = 'pieskieo-fence' AND l.pid NOT IN ({killed})"
+    ))
+    .await
+        != "0"
+}
+
+/// The committing proxy's lock connection is terminated while its transfer
+/// is prepared but not yet decided (paused after its PREPAREs), with the
+/// other proxy's readers queued for the lock: they get in at once; the
+/// committer asks for the lock again at once (it waits in PostgreSQL's lock
+/// queue behind those readers) and decides only once it has it. Every
+/// read, slow ones that hold the lock for a while and fast ones, before,
+/// during and after, gives the total. (The old code failed this by never
+/// asking again; its commit phase after the pause is short, so a fractured
+/// read there is possible but not forced.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_connection_killed_before_the_decision_is_taken_again() {
+    let servers = Servers::start(SHARDS);
+    let readers = proxy(&servers, true, "recovery_grace_ms = 60000").await;
+    let bank = Bank::open(&servers, readers.addr.port()).await;
+    let w = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_prepare:pause=6000\"",
+    )
+    .await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let stuck = paused_transfer(&servers, w.addr.port(), a, b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sums = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    // Slow readers (each holds the lock about 0.8 s), and a fast one: all
+    // wait for the committer's lock now.
+    for i in 0..2u64 {
+        let (stop, sums, port) = (stop.clone(), sums.clone(), readers.addr.port());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            let c = connect(&url(port)).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let m = c
+                    .simple_query(
+                        "SELECT sum(balance) FROM accounts WHERE pg_sleep(0.2) IS NOT NULL",
+                    )
+                    .await;
+                sums.lock()
+                    .unwrap()
+                    .push(m.map(|m| simple_values(&m)[0]).map_err(|e| e.to_string()));
+            }
+        }));
+    }
+    {
+        let (stop, sums, port, bank) = (
+            stop.clone(),
+            sums.clone(),
+            readers.addr.port(),
+            bank.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&url(port)).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let r = read_total(&mut c, &bank, Mode::Sum).await;
+                sums.lock().unwrap().push(r.map_err(|e| e.to_string()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        sums.lock().unwrap().is_empty(),
+        "a reader got past the committer's lock"
+    );
+    assert!(
+        !stuck.is_finished(),
+        "the transfer did not wait for its pause"
+    );
+    let killed = kill_committers_lock(&servers).await;
+    assert_eq!(killed.len(), 1, "the committer held the lock");
+    // Until the transfer is over: does the committer ask for the lock again?
+    let mut asked = false;
+    while !stuck.is_finished() {
+        asked |= committers_ask_for_the_lock(&servers, &killed).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let transfer = stuck.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sums = sums.lock().unwrap().clone();
+    let wrong: Vec<_> = sums
+        .iter()
+        .filter(|s| s.as_ref().ok() != Some(&bank.total))
+        .collect();
+    eprintln!("killed before the decision: transfer {transfer:?}, committer asked for the lock again: {asked}, {} reads, wrong or failed: {wrong:?}", sums.len());
+    assert!(transfer.is_ok(), "{transfer:?}");
+    assert!(wrong.is_empty(), "{wrong:?}");
+    assert!(sums.len() > 10, "{}", sums.len());
+    assert!(
+        asked,
+        "the committer never asked for the lock again before its decision"
+    );
+    settled(&servers).await;
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
+}
+
+/// `idle_session_timeout` on the lock shard, shorter than a commit phase
+/// held after its decision: the fence's connection turns it off for
+/// itself, so it keeps the lock, and the other proxy's readers wait for the
+/// commit phase instead of reading half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_timeout_on_the_lock_shard_fractures_nothing() {
+    let servers = Servers::start(SHARDS);
+    let readers = proxy(&servers, true, "recovery_grace_ms = 60000").await;
+    let bank = Bank::open(&servers, readers.addr.port()).await;
+    let w = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=4000\"",
+    )
+    .await;
+    // Set once the cluster is up: the committer's lock connection, made at
+    // its first commit below, starts with it.
+    {
+        let s0 = servers.connect(0).await;
+        exec(&s0, "ALTER SYSTEM SET idle_session_timeout = '300ms'").await;
+        exec(&s0, "SELECT pg_reload_conf()").await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
+    let stuck = paused_transfer(&servers, w.addr.port(), a, b).await;
+    // Well past the timeout, while the transfer is decided but not
+    // finished: readers on the other proxy wait for it, then read it whole.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !stuck.is_finished(),
+        "the transfer did not wait for its pause"
+    );
+    let mut readers_tasks = Vec::new();
+    for i in 0..3u64 {
+        let (port, bank) = (readers.addr.port(), bank.clone());
+        readers_tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200 * i)).await;
+            let (mut sums, mut failed) = (Vec::new(), Vec::new());
+            // The proxy's own pooled connections to shard 0 can be ended
+            // by the timeout too (an error, retried; never a sum).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while sums.len() < 4 && Instant::now() < deadline {
+                let Ok(mut c) = connect(&url(port)).await else {
+                    continue;
+                };
+                for mode in [Mode::Sum, Mode::Rows] {
+                    match read_total(&mut c, &bank, mode).await {
+                        Ok(sum) => sums.push(sum),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+            }
+            (sums, failed)
+        }));
+    }
+    let (mut sums, mut failed) = (Vec::new(), Vec::new());
+    for t in readers_tasks {
+        let (s, f) = t.await.unwrap();
+        sums.extend(s);
+        failed.extend(f);
+    }
+    let transfer = stuck.await.unwrap();
+    let wrong: Vec<_> = sums.iter().filter(|s| **s != bank.total).collect();
+    eprintln!("idle_session_timeout on the lock shard: transfer {transfer:?}, {} sums, wrong: {wrong:?}; failed reads: {failed:?}", sums.len());
+    assert!(transfer.is_ok(), "{transfer:?}");
+    assert!(
+        wrong.is_empty(),
+        "fractured: {wrong:?} (total {})",
+        bank.total
+    );
+    assert!(sums.len() >= 6, "{} sums; failed: {failed:?}", sums.len());
+    settled(&servers).await;
+    assert_eq!(bank.shard_total(&servers).await, bank.total);
 }
 
 /// A portal on several shards whose snapshot PostgreSQL takes at Execute,
@@ -1245,39 +1464,95 @@ async fn rv18_joined(servers: &Servers) -> i64 {
     joined
 }
 
-/// The ways a client sets REPEATABLE READ: does the block take its
-/// snapshot on every shard at its first statement?
+/// Every way a client sets the isolation level (PostgreSQL 15 gave each
+/// expected level, the same session run against one plain server): a block
+/// that keeps one snapshot takes it on every shard at its first statement
+/// (every shard holds a snapshot after a one-shard read), and a READ
+/// COMMITTED one does not. Also the session settings behind them (`SET
+/// SESSION CHARACTERISTICS`, `set_config`, savepoints rolled back) must end
+/// where PostgreSQL's do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
 async fn rv18_isolation_spellings() {
     let servers = Servers::start(SHARDS);
     let p = proxy(&servers, true, "").await;
     let bank = Bank::open(&servers, p.addr.port()).await;
     let k = bank.keys[0][0];
-    let mut report = Vec::new();
-    for (setup, begin) in [
-        ("", "BEGIN ISOLATION LEVEL REPEATABLE READ"),
-        ("", "BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
-        ("", "BEGIN; SET transaction_isolation = 'repeatable read'"),
-        (
-            "",
-            "BEGIN; SET LOCAL transaction_isolation = 'repeatable read'",
-        ),
-        (
-            "SET default_transaction_isolation = 'repeatable read'",
-            "BEGIN",
-        ),
+    const RR: &str = "repeatable read";
+    const SER: &str = "serializable";
+    const RC: &str = "read committed";
+    let mut bad = Vec::new();
+    for (setup, begin, want) in [
+        ("", "BEGIN ISOLATION LEVEL REPEATABLE READ", RR),
+        ("", "BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", RR),
+        ("", "BEGIN; SET transaction_isolation = 'repeatable read'", RR),
+        ("", "BEGIN; SET LOCAL transaction_isolation = 'repeatable read'", RR),
+        ("", "BEGIN; SET SESSION transaction_isolation TO serializable", SER),
+        ("", "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE", SER),
+        ("SET default_transaction_isolation = 'repeatable read'", "BEGIN", RR),
         (
             "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
             "BEGIN",
+            RR,
+        ),
+        // A later one of other modes leaves the level alone.
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            "BEGIN",
+            SER,
+        ),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ; RESET default_transaction_isolation",
+            "BEGIN",
+            RC,
         ),
         (
             "SELECT set_config('default_transaction_isolation', 'repeatable read', false)",
             "BEGIN",
+            RR,
+        ),
+        (
+            "BEGIN; SELECT set_config('default_transaction_isolation', 'repeatable read', false); COMMIT",
+            "BEGIN",
+            RR,
+        ),
+        (
+            "SELECT set_config('default_transaction_isolation', 'serializable', false) FROM accounts",
+            "BEGIN",
+            SER,
+        ),
+        // ROLLBACK TO takes back a session setting changed after the savepoint.
+        (
+            "SET default_transaction_isolation = 'repeatable read'; BEGIN; SAVEPOINT a; RESET default_transaction_isolation; ROLLBACK TO a; COMMIT",
+            "BEGIN",
+            RR,
+        ),
+        (
+            "BEGIN; SAVEPOINT a; SET default_transaction_isolation = 'repeatable read'; ROLLBACK TO a; COMMIT",
+            "BEGIN",
+            RC,
+        ),
+        // PostgreSQL 15 resets transaction_isolation to READ COMMITTED.
+        (
+            "SET default_transaction_isolation = 'repeatable read'",
+            "BEGIN; SET transaction_isolation TO DEFAULT",
+            RC,
+        ),
+        ("", "BEGIN ISOLATION LEVEL REPEATABLE READ; RESET transaction_isolation", RC),
+        (
+            "",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; SAVEPOINT a; SET transaction_isolation TO DEFAULT; ROLLBACK TO a",
+            SER,
         ),
         (
             "",
-            "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE",
+            "BEGIN; SET transaction_isolation = 'repeatable read'; SAVEPOINT a; RESET transaction_isolation; RELEASE a",
+            RC,
+        ),
+        // The same level again after the first query is no change.
+        (
+            "SET default_transaction_isolation = 'serializable'",
+            "BEGIN; SELECT 1; SET transaction_isolation = 'serializable'",
+            SER,
         ),
     ] {
         let c = connect(&url(p.addr.port())).await.unwrap();
@@ -1292,26 +1567,36 @@ async fn rv18_isolation_spellings() {
         let level = value(&c, "SHOW transaction_isolation").await;
         let joined = rv18_joined(&servers).await;
         let _ = c.simple_query("COMMIT").await;
-        report.push(format!(
-            "[{setup}] [{begin}] -> ok {} level {level} joined {joined}",
+        let keeps = level == RR || level == SER;
+        let line = format!(
+            "[{setup}] [{begin}] -> ok {} level {level} (PostgreSQL: {want}) joined {joined}",
             r.is_ok()
-        ));
+        );
+        eprintln!("rv18 {line}");
+        if r.is_err() || level != want || keeps != (joined == SHARDS as i64) {
+            bad.push(line);
+        }
     }
-    for l in &report {
-        eprintln!("rv18 {l}");
+    // What PostgreSQL refuses, the proxy refuses alike.
+    for sql in [
+        "BEGIN; SAVEPOINT a; SET transaction_isolation = 'repeatable read'",
+        "BEGIN; SELECT 1; SET transaction_isolation = 'repeatable read'",
+        "BEGIN; SELECT 1; SET LOCAL transaction_isolation TO 'serializable'",
+    ] {
+        let c = connect(&url(p.addr.port())).await.unwrap();
+        let code = sqlstate(&c, sql).await;
+        eprintln!("rv18 [{sql}] -> {code}");
+        if code != "25001" {
+            bad.push(format!("[{sql}] -> {code}"));
+        }
     }
-    assert!(
-        report
-            .iter()
-            .all(|l| !l.contains("repeatable") || l.ends_with("joined 3")),
-        "{report:#?}"
-    );
+    assert!(bad.is_empty(), "{bad:#?}");
 }
 
-/// A REPEATABLE READ block whose level the proxy does not see: its second
-/// shard takes its snapshot after a transfer committed, its first before.
+/// A REPEATABLE READ block set in each way the proxy used not to see: its
+/// first statement reads one shard, a transfer commits, its second reads
+/// another; the two balances must add up as before the transfer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: a known defect of consistent_reads, reproduced"]
 async fn rv18_unseen_repeatable_read_is_fractured() {
     let servers = Servers::start(SHARDS);
     let p = proxy(&servers, true, "").await;
@@ -1323,6 +1608,14 @@ async fn rv18_unseen_repeatable_read_is_fractured() {
         ("", "BEGIN ISOLATION LEVEL REPEATABLE READ"),
         (
             "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "BEGIN",
+        ),
+        (
+            "SELECT set_config('default_transaction_isolation', 'serializable', false)",
+            "BEGIN",
+        ),
+        (
+            "SET default_transaction_isolation = 'repeatable read'; BEGIN; SAVEPOINT a; RESET default_transaction_isolation; ROLLBACK TO a; COMMIT",
             "BEGIN",
         ),
     ] {

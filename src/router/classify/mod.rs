@@ -104,8 +104,11 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
         {
             return unsupported("standard_conforming_strings = off is not supported by Pieskieo: it reads every statement with backslashes as ordinary characters in '...' strings, as PostgreSQL does by default; keep it on and write backslash escapes as E'...'")
         }
-        ["set", "local", ..] | ["set", "transaction", ..] => Plan::Set(SetCommand::Local),
-        ["set", "session", "characteristics", ..] => Plan::Set(SetCommand::Set("session_characteristics".into())),
+        ["set", "local", ..]
+        | ["set", "transaction", ..]
+        | ["set", "session", TXN_MODE_A | TXN_MODE_B | TXN_MODE_C, ..]
+        | ["set" | "reset", TXN_MODE_A | TXN_MODE_B | TXN_MODE_C, ..] => Plan::Set(SetCommand::Local),
+        ["set", "session", "characteristics", ..] => Plan::Set(SetCommand::Defaults(session_characteristics(sql))),
         ["set", "session", rest @ ..] | ["set", rest @ ..] => match setting_name(rest) {
             Some(name) => Plan::Set(SetCommand::Set(name)),
             None => return Ok(None),
@@ -118,6 +121,87 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
         _ => return Ok(None),
     };
     Ok(Some(plan))
+}
+
+/// The settings of the current transaction's modes, which PostgreSQL
+/// starts afresh from the `default_transaction_*` ones in every transaction.
+const TXN_MODE_A: &str = "transaction_isolation";
+const TXN_MODE_B: &str = "transaction_read_only";
+const TXN_MODE_C: &str = "transaction_deferrable";
+
+/// What `SET SESSION CHARACTERISTICS AS TRANSACTION modes` sets: each
+/// `default_transaction_*` setting it names, with a statement setting it
+/// alone (so that `RESET default_transaction_isolation` takes back that
+/// one). PostgreSQL's grammar: modes separated by commas or blanks, the last
+/// of a kind wins. Text outside that grammar (PostgreSQL will refuse it, or
+/// this reads it wrong) is kept whole under all three names: replaying it is
+/// harmless, and the isolation level is still read from its text.
+fn session_characteristics(sql: &str) -> Vec<(String, String)> {
+    const NAMES: [&str; 3] = [
+        "default_transaction_isolation",
+        "default_transaction_read_only",
+        "default_transaction_deferrable",
+    ];
+    let whole = || {
+        NAMES
+            .iter()
+            .map(|n| (n.to_string(), sql.trim().trim_end_matches(';').to_string()))
+            .collect()
+    };
+    let Some(words) = transaction_mode_words(sql) else {
+        return whole();
+    };
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut set: BTreeMap<&str, String> = BTreeMap::new();
+    let mut rest = w.as_slice();
+    while !rest.is_empty() {
+        let (name, value, n) = match rest {
+            ["isolation", "level", "read", "uncommitted", ..] => {
+                (NAMES[0], "'read uncommitted'", 4)
+            }
+            ["isolation", "level", "read", "committed", ..] => (NAMES[0], "'read committed'", 4),
+            ["isolation", "level", "repeatable", "read", ..] => (NAMES[0], "'repeatable read'", 4),
+            ["isolation", "level", "serializable", ..] => (NAMES[0], "'serializable'", 3),
+            ["read", "only", ..] => (NAMES[1], "on", 2),
+            ["read", "write", ..] => (NAMES[1], "off", 2),
+            ["deferrable", ..] => (NAMES[2], "on", 1),
+            ["not", "deferrable", ..] => (NAMES[2], "off", 2),
+            _ => return whole(),
+        };
+        set.insert(name, format!("SET {name} = {value}"));
+        rest = &rest[n..];
+    }
+    if set.is_empty() {
+        return whole();
+    }
+    set.into_iter().map(|(n, s)| (n.to_string(), s)).collect()
+}
+
+/// The words after `SET SESSION CHARACTERISTICS AS TRANSACTION`, commas
+/// between modes skipped; `None` when anything else stands there.
+fn transaction_mode_words(sql: &str) -> Option<Vec<String>> {
+    let head = leading_words(sql, 5);
+    if head != ["set", "session", "characteristics", "as", "transaction"] {
+        return None;
+    }
+    let mut rest = &sql[after_words(sql, 5)?..];
+    let mut out = Vec::new();
+    loop {
+        let words = leading_words(rest, usize::MAX);
+        if !words.is_empty() {
+            rest = &rest[after_words(rest, words.len())?..];
+            out.extend(words);
+        }
+        let t = rest.trim_start();
+        if let Some(r) = t.strip_prefix(',') {
+            rest = r;
+            continue;
+        }
+        if t.trim_end_matches(';').trim().is_empty() {
+            return Some(out);
+        }
+        return None;
+    }
 }
 
 /// Whether `SET ... name {=|TO} value` sets a boolean to false, with the
