@@ -125,6 +125,9 @@ impl Session {
         };
         match hold {
             Ok(Some(h)) => {
+                if write == Writes::Maybe {
+                    h.may_resnapshot();
+                }
                 for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
                     let skip = if missing.contains(&p.shard()) {
                         head.len()

@@ -622,7 +622,9 @@ async fn review18_a_late_watcher_cancel_hits_the_next_statement() {
 /// the release, is under way on the other shards. Here shard 2 (the last
 /// the proxy reads, see the next test for why) waits and sums after the
 /// transfer; shards 0 and 1 summed before it: 3010. One PostgreSQL gives
-/// 3000 (the function's sum sees the whole transfer).
+/// 3000 (the function's sum sees the whole transfer). Fixed: such a
+/// statement (an unknown function: it may write, and may take snapshots)
+/// is not let go on a row-lock wait; it becomes the stall's 40P01 victim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18_watcher_release_on_a_row_lock_fractures_a_volatile_read() {
     let servers = Servers::start(SHARDS);
@@ -680,10 +682,12 @@ async fn review18_watcher_release_on_a_row_lock_fractures_a_volatile_read() {
     eprintln!("review18 the locking reader: {got:?} (total {total})");
     assert!(matches!(commit, Ok(Ok(_))), "the COMMIT hung");
     let got = got.expect("the reader answers").unwrap();
-    assert_eq!(
-        got,
-        Ok(total),
-        "a fractured read after the watcher let the share go"
+    // A statement with a function the classifier does not know may take
+    // snapshots as it runs: its row-lock wait does not let it go, so it is
+    // the stall's victim (40P01), never a wrong sum.
+    assert!(
+        got == Ok(total) || got.as_ref().is_err_and(|e| e.starts_with("40P01")),
+        "a fractured read after the watcher let the share go: {got:?}"
     );
 }
 

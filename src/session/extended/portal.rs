@@ -230,6 +230,9 @@ impl Session {
                 // (connections first: never held while waiting for a pool).
                 match self.execute_hold(portal, taken.len(), at_bind).await {
                     Ok(Some(h)) => {
+                        if write == Writes::Maybe {
+                            h.may_resnapshot();
+                        }
                         for (_, conn) in taken.iter_mut() {
                             crate::session::consistent::attach(conn, &h, 0);
                         }

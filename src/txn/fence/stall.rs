@@ -44,6 +44,9 @@ pub struct Reading {
     next: AtomicU64,
     since: Instant,
     cancelled: AtomicBool,
+    /// The statement may take snapshots while it runs (a function the
+    /// classifier does not know): a row-lock wait proves nothing.
+    resnapshots: AtomicBool,
 }
 
 /// A shard of a reading that has not answered yet.
@@ -89,6 +92,7 @@ impl Reading {
             next: AtomicU64::new(0),
             since: Instant::now(),
             cancelled: AtomicBool::new(false),
+            resnapshots: AtomicBool::new(false),
         }
     }
 
@@ -120,6 +124,13 @@ impl Reading {
             reading: self.clone(),
             id,
         }
+    }
+
+    /// The statement may take snapshots of its own while it runs (a
+    /// `VOLATILE` function's queries): its shards waiting for row locks do
+    /// not let it go; only the victim rule applies.
+    pub fn may_resnapshot(&self) {
+        self.resnapshots.store(true, Ordering::Relaxed);
     }
 
     /// Whether it still holds the fence.
@@ -211,10 +222,12 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
     }
     for r in readings {
         let mut parts = r.parts();
-        // A row lock is taken while executing: that shard has its snapshot.
+        // A row lock is taken while executing: that shard has its snapshot
+        // (its only one, unless the statement may take more).
+        let once = !r.resnapshots.load(Ordering::Relaxed);
         for p in parts.iter_mut() {
             let lock = waiting.get(&(p.shard, p.pid)).map(String::as_str);
-            p.taken |= matches!(lock, Some("transactionid" | "tuple"));
+            p.taken |= once && matches!(lock, Some("transactionid" | "tuple"));
         }
         // Every shard still owing an answer has its snapshot. (With none
         // owing, the statement holds the fence itself, for a step to come.)
