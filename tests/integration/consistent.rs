@@ -1047,13 +1047,11 @@ async fn a_multi_shard_update_waiting_for_row_locks_does_not_stall_commits() {
 }
 
 /// The plainest reader, `SELECT sum(balance) FROM accounts`, waits for the
-/// relation lock of a distributed DDL block (at parse analysis, before its
-/// snapshot), whose COMMIT needs the fence. Its Parse runs before the
-/// fence, in a block or not, so it waits as on one PostgreSQL and then
-/// reads. A multi-shard UPDATE waits so under the fence (its snapshot comes
-/// at Execute), and so does the Bind of a statement prepared before: after
-/// the deadlock timeout it is the victim (40P01). Either way the COMMIT
-/// goes through; over two proxies too.
+/// relation lock of a distributed DDL block (at parse analysis, under the
+/// fence: under REPEATABLE READ parse analysis takes the snapshot), whose
+/// COMMIT needs the fence; so does a multi-shard UPDATE, and the Bind of a
+/// statement prepared before. After the deadlock timeout the reader is the
+/// victim (40P01) and the COMMIT goes through; over two proxies too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_behind_a_ddl_lock_waits_or_is_a_deadlock_victim() {
     let sum = "SELECT sum(balance) FROM accounts";
@@ -1061,8 +1059,8 @@ async fn a_reader_behind_a_ddl_lock_waits_or_is_a_deadlock_victim() {
     let victim = Err("40P01".to_string());
     for two_proxies in [false, true] {
         for (sql, run, expected) in [
-            (sum, Run::Autocommit, Ok(())),
-            (sum, Run::InBlock, Ok(())),
+            (sum, Run::Autocommit, victim.clone()),
+            (sum, Run::InBlock, victim.clone()),
             (update, Run::Autocommit, victim.clone()),
             (sum, Run::Prepared, victim.clone()),
         ] {
