@@ -162,8 +162,9 @@ impl Session {
             }
         };
         if let Some(h) = &hold {
-            for c in conns.iter_mut() {
-                attach(c, h, 0);
+            // (A joining shard answers its head first.)
+            for (i, c) in conns.iter_mut().enumerate() {
+                attach(c, h, heads.get(i).map_or(0, |q| q.len()));
             }
         }
         drop(hold);

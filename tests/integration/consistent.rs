@@ -1217,7 +1217,9 @@ async fn a_lock_connection_killed_before_the_decision_is_taken_again() {
                     .await;
                 sums.lock()
                     .unwrap()
-                    .push(m.map(|m| simple_values(&m)[0]).map_err(|e| e.to_string()));
+                    .push(m.map(|m| simple_values(&m)[0]).map_err(|e| {
+                        format!("{:?} {e}", e.as_db_error().map(|d| (d.code(), d.message())))
+                    }));
             }
         }));
     }
@@ -1673,7 +1675,8 @@ async fn a_slow_multi_shard_select_does_not_hold_commits() {
         }
         // Every balance (a plain fan-out, proven read-only), slowly: the
         // shards' answers, small, come only at their ends.
-        let sql = "SELECT balance FROM accounts WHERE pg_sleep(0.5) IS NOT NULL";
+        let sql =
+            "SELECT a.balance FROM accounts a, generate_series(1, 4000000) g WHERE g = 4000000";
         let w = connect(&url(p.addr.port())).await.unwrap();
         let started = Instant::now();
         let q = tokio::spawn(async move {

@@ -231,7 +231,6 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
     "localtime",
     "localtimestamp",
     "clock_timestamp",
-    "pg_sleep",
     "statement_timestamp",
     "transaction_timestamp",
     "generate_series",
