@@ -13,8 +13,8 @@
 //! shard over a dedicated control connection: shared for committers,
 //! exclusive for snapshot-takers — so all readers waiting in this proxy
 //! take their snapshots under one acquisition. A batch also closes to
-//! newcomers after [`MAX_BATCH`], so a busy proxy lets other proxies'
-//! batches in. The lock is session-level: if the proxy dies, its connection
+//! newcomers once another proxy waits for the lock (see `watch`), so a busy
+//! proxy lets other proxies' batches in. The lock is session-level: if the proxy dies, its connection
 //! dies and PostgreSQL releases it.
 //!
 //! The lock connection can die while the proxy lives (terminated, a
@@ -412,7 +412,14 @@ impl Fence {
     /// A multi-shard statement's snapshot hold, seen by the stall watcher.
     pub fn reading(&self, guard: FenceGuard) -> Arc<Reading> {
         let r = Arc::new(Reading::new(guard));
-        self.inner.state().readings.push(Arc::downgrade(&r));
+        let mut s = self.inner.state();
+        // A batch of readers may never end (no committer waits): drop the
+        // finished now and then, amortized O(1) per statement.
+        if s.readings.len() >= 64 && s.readings.len().is_power_of_two() {
+            s.readings.retain(|w| w.strong_count() > 0);
+        }
+        s.readings.push(Arc::downgrade(&r));
+        drop(s);
         r
     }
 

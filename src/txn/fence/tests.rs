@@ -143,3 +143,18 @@ async fn a_cancelled_waiter_leaves_nothing_behind() {
     drop(s);
     assert!(enters_within(&f, Class::Commit, 100).await.is_some());
 }
+
+#[tokio::test]
+async fn a_batch_of_readers_that_never_ends_keeps_no_list_of_the_dead() {
+    let f = fence();
+    let _keep = enters_within(&f, Class::Snapshot, 100).await.unwrap();
+    for _ in 0..1000 {
+        let g = enters_within(&f, Class::Snapshot, 100).await.unwrap();
+        drop(f.reading(g));
+    }
+    let n = f.inner.state().readings.len();
+    assert!(
+        n <= 512,
+        "{n} readings kept for a batch of 1000 finished statements"
+    );
+}
