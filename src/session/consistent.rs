@@ -219,6 +219,18 @@ impl Session {
     }
 
     /// The snapshot class of the fence for a statement about to read
+    /// every one of `conns` (taken already: the fence is never held while
+    /// waiting for a pool), each given a share let go at its first answer.
+    pub(super) async fn fence_all(&mut self, conns: &mut [PooledConn]) -> Result<(), Error> {
+        if let Some(h) = self.snapshot_hold(conns.len()).await? {
+            for c in conns.iter_mut() {
+                attach(c, &h, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshot class of the fence for a statement about to read
     /// `shards` shards at once; `None` when `consistent_reads` is off or
     /// it reads one shard. The client's cancel request ends the wait with
     /// PostgreSQL's `57014` (the wait is the statement's: nothing was sent

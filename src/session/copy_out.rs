@@ -31,14 +31,8 @@ impl Session {
             }
             // Every connection first: the fence is never held while
             // waiting for a pool.
-            match self.snapshot_hold(conns.len()).await {
-                Ok(Some(h)) => {
-                    for c in conns.iter_mut() {
-                        consistent::attach(c, &h, 0);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => return self.error(e).await,
+            if let Err(e) = self.fence_all(&mut conns).await {
+                return self.error(e).await;
             }
             let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
             let r = async {

@@ -230,16 +230,8 @@ impl Session {
             if let consistent::Primed::Failed = self.prime(&mut refs, &[], &sqls).await? {
                 return Ok(false);
             }
-        } else {
-            match self.snapshot_hold(conns.len()).await {
-                Ok(Some(h)) => {
-                    for c in conns.iter_mut() {
-                        consistent::attach(c, &h, 0);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => return self.error(e).await,
-            }
+        } else if let Err(e) = self.fence_all(&mut conns).await {
+            return self.error(e).await;
         }
         let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
         let r = match how {
