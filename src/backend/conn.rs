@@ -57,6 +57,12 @@ pub struct ServerConn {
     /// Held until the statement sent here has its snapshot (see
     /// [`SnapshotHold`]); `consistent_reads` only.
     pub snapshot_hold: Option<SnapshotHold>,
+    /// [`ServerConn::settle`] waited the whole answer timeout: the next
+    /// read waits no longer.
+    late: bool,
+    /// A verdict replaced an error in this transaction: its connection is
+    /// closed when the transaction ends.
+    victim: bool,
 }
 
 /// A hold (a consistent-read fence guard, shared by every shard of one
@@ -117,7 +123,13 @@ impl ServerConn {
             }
         };
         let arrived = match self.answer_timeout {
-            Some(t) => tokio::time::timeout(t, scan).await.unwrap_or(false),
+            Some(t) => match tokio::time::timeout(t, scan).await {
+                Ok(arrived) => arrived,
+                Err(_) => {
+                    self.late = true;
+                    false
+                }
+            },
             None => scan.await,
         };
         if arrived {
@@ -153,6 +165,8 @@ impl ServerConn {
             sent_at: None,
             verdict: Default::default(),
             snapshot_hold: None,
+            late: false,
+            victim: false,
         };
         tokio::time::timeout(timeout, conn.startup(&endpoint.cfg))
             .await
@@ -349,9 +363,15 @@ impl ServerConn {
     }
 
     async fn read_raw(&mut self) -> Result<Frame, BackendError> {
+        let late = std::mem::take(&mut self.late);
         let next = match self.answer_timeout {
             None => self.reader.next(MAX_SERVER_MESSAGE).await,
-            Some(t) => match tokio::time::timeout(t, self.reader.next(MAX_SERVER_MESSAGE)).await {
+            Some(t) => match tokio::time::timeout(
+                if late { Duration::ZERO } else { t },
+                self.reader.next(MAX_SERVER_MESSAGE),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => {
                     // Whatever the server sends later belongs to nobody: never
@@ -407,10 +427,9 @@ impl ServerConn {
                     // The transaction is over: a verdict on it is spent.
                     // Its cancel may still be on its way, to hit whatever
                     // this backend runs next: never hand it out again.
-                    if let Ok(mut v) = self.verdict.lock() {
-                        if v.take().is_some() {
-                            self.broken = true;
-                        }
+                    let pending = self.verdict.lock().map(|mut v| v.take().is_some());
+                    if std::mem::take(&mut self.victim) || pending.unwrap_or(false) {
+                        self.broken = true;
                     }
                 }
             }
@@ -428,13 +447,16 @@ impl ServerConn {
 
     /// The deadlock detector's error in place of `f`, when `f` is the
     /// "canceling statement" its cancel caused.
-    fn verdict_for(&self, f: &Frame) -> Option<Frame> {
-        let v = self.verdict.lock().ok()?.clone()?;
+    /// Spent once delivered: a later cancel or timeout in the same block is
+    /// its own (the connection is still closed when the block ends).
+    fn verdict_for(&mut self, f: &Frame) -> Option<Frame> {
         let code = ErrorFields::parse(f.body()).code;
-        (code == crate::error::SqlState::QUERY_CANCELED.code()).then_some(Frame {
-            tag: b'E',
-            bytes: v,
-        })
+        if code != crate::error::SqlState::QUERY_CANCELED.code() {
+            return None;
+        }
+        let bytes = self.verdict.lock().ok()?.take()?;
+        self.victim = true;
+        Some(Frame { tag: b'E', bytes })
     }
 
     /// Runs one statement and collects its responses (for the proxy's own use).

@@ -25,7 +25,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use cache::PlanCache;
-pub use classify::{fill_keys, materialize, materialize_typed, with_columns};
+pub use classify::{
+    calls_unknown_function, fill_keys, materialize, materialize_typed, with_columns,
+};
 pub use copy::{CopyFormat, CopyIn, CopyKeys, CopyOptions, CopyOut, CopyPlacement, Header};
 pub use copy_rows::{Dest, RowError, RowRouter};
 pub use hash::partition_hash;

@@ -969,3 +969,17 @@ fn nonstandard_strings_are_refused() {
         assert!(matches!(plan(sql, &m), Ok(Plan::Set(_))), "{sql}");
     }
 }
+
+#[test]
+fn a_merge_calling_an_unknown_function_may_write() {
+    for sql in [
+        "SELECT sum(f()) FROM accounts",
+        "SELECT sum(f())::bigint FROM accounts WHERE id IN (1, 2, 3)",
+        "SELECT f() FROM accounts ORDER BY id",
+    ] {
+        match plan(sql, &map()) {
+            Ok(Plan::Merge { plan, .. }) => assert_eq!(plan.write, Writes::Maybe, "{sql}"),
+            other => eprintln!("{sql}: {other:?}"),
+        }
+    }
+}

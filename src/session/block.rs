@@ -125,8 +125,12 @@ impl Session {
         };
         match hold {
             Ok(Some(h)) => {
-                if write == Writes::Maybe {
-                    h.may_resnapshot();
+                let map = self.shared.map();
+                if targets
+                    .iter()
+                    .all(|(_, sql)| !router::calls_unknown_function(sql, &map))
+                {
+                    h.single_snapshot();
                 }
                 for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
                     let skip = if missing.contains(&p.shard()) {

@@ -221,8 +221,17 @@ impl Session {
     /// The snapshot class of the fence for a statement about to read
     /// every one of `conns` (taken already: the fence is never held while
     /// waiting for a pool), each given a share let go at its first answer.
-    pub(super) async fn fence_all(&mut self, conns: &mut [PooledConn]) -> Result<(), Error> {
+    /// `single`: the statement calls no function the classifier does not
+    /// know (see [`Reading::single_snapshot`]).
+    pub(super) async fn fence_all(
+        &mut self,
+        conns: &mut [PooledConn],
+        single: bool,
+    ) -> Result<(), Error> {
         if let Some(h) = self.snapshot_hold(conns.len()).await? {
+            if single {
+                h.single_snapshot();
+            }
             for c in conns.iter_mut() {
                 attach(c, &h, 0);
             }

@@ -31,7 +31,7 @@ impl Session {
             }
             // Every connection first: the fence is never held while
             // waiting for a pool.
-            if let Err(e) = self.fence_all(&mut conns).await {
+            if let Err(e) = self.fence_all(&mut conns, false).await {
                 return self.error(e).await;
             }
             let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();

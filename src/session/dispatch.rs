@@ -230,7 +230,10 @@ impl Session {
             if let consistent::Primed::Failed = self.prime(&mut refs, &[], &sqls).await? {
                 return Ok(false);
             }
-        } else if let Err(e) = self.fence_all(&mut conns).await {
+        } else if let Err(e) = self
+            .fence_all(&mut conns, consistent::primable(&[], &how))
+            .await
+        {
             return self.error(e).await;
         }
         let mut refs: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();

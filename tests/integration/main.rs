@@ -28,6 +28,7 @@ mod psql;
 mod restore;
 
 mod review18;
+mod review18c;
 mod routing;
 mod sessions;
 mod shard_tls;

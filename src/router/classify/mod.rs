@@ -33,6 +33,7 @@ pub(super) use self::names_table as sharded_table_named;
 
 use dml::{route_modify, route_select};
 use insert::route_insert;
+pub use tables::calls_unknown_function;
 use tables::{classify_rel, ident_name, object_parts, Rel, Tables, AGGREGATES};
 
 use super::{

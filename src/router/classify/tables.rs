@@ -9,6 +9,9 @@ use sqlparser::ast::{
     Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
 
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
 use super::stage;
 use super::{RouteError, ShardMap, TableRule, Writes};
 
@@ -132,6 +135,17 @@ pub(super) struct Facts {
     select_into: bool,
     /// A call of a function not known to be read-only (it may write).
     unknown_functions: bool,
+}
+
+/// Whether `sql` may call a function the classifier does not know (one that
+/// may write, or take snapshots as it runs); `true` when it cannot tell.
+pub fn calls_unknown_function(sql: &str, map: &ShardMap) -> bool {
+    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return true;
+    };
+    stmts
+        .iter()
+        .any(|s| Tables::gather(s, map).facts.unknown_functions)
 }
 
 impl Facts {

@@ -119,6 +119,9 @@ impl Session {
         let at_bind = !plan.write.may() && crate::session::consistent::binds_snapshot(&plan.sql);
         match self.execute_hold(portal, taken.len(), at_bind).await {
             Ok(Some(h)) => {
+                if !plan.write.may() {
+                    h.single_snapshot();
+                }
                 for (_, conn) in taken.iter_mut() {
                     crate::session::consistent::attach_for_execute(conn, &h);
                 }

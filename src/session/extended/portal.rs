@@ -230,8 +230,8 @@ impl Session {
                 // (connections first: never held while waiting for a pool).
                 match self.execute_hold(portal, taken.len(), at_bind).await {
                     Ok(Some(h)) => {
-                        if write == Writes::Maybe {
-                            h.may_resnapshot();
+                        if write == Writes::No {
+                            h.single_snapshot();
                         }
                         for (_, conn) in taken.iter_mut() {
                             crate::session::consistent::attach(conn, &h, 0);

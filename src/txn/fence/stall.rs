@@ -45,7 +45,8 @@ pub struct Reading {
     since: Instant,
     cancelled: AtomicBool,
     /// The statement may take snapshots while it runs (a function the
-    /// classifier does not know): a row-lock wait proves nothing.
+    /// classifier does not know, or nobody said): a row-lock wait proves
+    /// nothing. Cleared by [`Reading::single_snapshot`].
     resnapshots: AtomicBool,
 }
 
@@ -92,7 +93,7 @@ impl Reading {
             next: AtomicU64::new(0),
             since: Instant::now(),
             cancelled: AtomicBool::new(false),
-            resnapshots: AtomicBool::new(false),
+            resnapshots: AtomicBool::new(true),
         }
     }
 
@@ -126,11 +127,13 @@ impl Reading {
         }
     }
 
-    /// The statement may take snapshots of its own while it runs (a
-    /// `VOLATILE` function's queries): its shards waiting for row locks do
-    /// not let it go; only the victim rule applies.
-    pub fn may_resnapshot(&self) {
-        self.resnapshots.store(true, Ordering::Relaxed);
+    /// The statement is known to take one snapshot per shard (it calls no
+    /// function the classifier does not know): a shard waiting for a row
+    /// lock has taken it, and may let go. Otherwise (a `VOLATILE`
+    /// function's queries snapshot as they run) only the victim rule
+    /// applies.
+    pub fn single_snapshot(&self) {
+        self.resnapshots.store(false, Ordering::Relaxed);
     }
 
     /// Whether it still holds the fence.
