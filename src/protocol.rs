@@ -468,9 +468,14 @@ impl std::fmt::Display for ErrorFields {
 /// (server-side statement names, the node's advisory-lock key), so no
 /// client- or config-supplied text is pasted into SQL.
 pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv1a_from(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// FNV-1a continued from the state `h` of the bytes before these.
+pub fn fnv1a_from(h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes
+        .into_iter()
+        .fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A command tag split into the verb and the row count PostgreSQL reports,

@@ -24,6 +24,8 @@ pub struct ServerConn {
     pub shard: ShardId,
     reader: FrameReader<ServerRead>,
     writer: BufWriter<ServerWrite>,
+    /// Room to frame messages in before they are written (`send_bound`).
+    scratch: Vec<u8>,
     /// Parameters the server reported with `ParameterStatus`.
     pub params: BTreeMap<String, String>,
     /// Session settings a client applied here: name -> the statement that set it.
@@ -151,6 +153,7 @@ impl ServerConn {
             shard: id,
             reader: FrameReader::new(r),
             writer: BufWriter::with_capacity(16 * 1024, w),
+            scratch: Vec::new(),
             params: BTreeMap::new(),
             applied: BTreeMap::new(),
             settings_unknown: false,
@@ -348,6 +351,84 @@ impl ServerConn {
         self.write_all(&[b'Q', a, b, c, d]).await?;
         self.write_all(sql.as_bytes()).await?;
         self.write_all(&[0]).await?;
+        self.pending += 1;
+        self.count(|s| &s.statements);
+        if self.sent_at.is_none() {
+            self.sent_at = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Queues `Close` of the statement prepared under `name`, and `Sync`.
+    pub async fn send_close_statement(&mut self, name: &str) -> Result<(), BackendError> {
+        let len = (name.len() + 6) as i32;
+        let mut m = Vec::with_capacity(name.len() + 12);
+        m.push(b'C');
+        m.extend_from_slice(&len.to_be_bytes());
+        m.push(b'S');
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
+        m.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        self.pending += 1;
+        self.write_all(&m).await
+    }
+
+    /// Queues a statement prepared under `name` (a Parse first when `parse`
+    /// gives its text and parameter types), bound to `values` as text, its
+    /// portal described and run to the end, then `Sync`: the answer a
+    /// simple query gets, with ParseComplete, BindComplete and NoData added.
+    /// Framed in one buffer and written at once.
+    pub async fn send_bound(
+        &mut self,
+        name: &str,
+        parse: Option<(&str, &[u32])>,
+        values: &[crate::router::Bound],
+    ) -> Result<(), BackendError> {
+        // Framed in a buffer the connection keeps: no allocation per query.
+        let mut m = std::mem::take(&mut self.scratch);
+        m.clear();
+        fn frame(m: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
+            m.push(tag);
+            let at = m.len();
+            m.extend_from_slice(&[0; 4]);
+            body(m);
+            let len = (m.len() - at) as i32;
+            m[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        if let Some((text, types)) = parse {
+            frame(&mut m, b'P', |m| {
+                m.extend_from_slice(name.as_bytes());
+                m.push(0);
+                m.extend_from_slice(text.as_bytes());
+                m.push(0);
+                m.extend_from_slice(&(types.len() as i16).to_be_bytes());
+                for t in types {
+                    m.extend_from_slice(&t.to_be_bytes());
+                }
+            });
+        }
+        frame(&mut m, b'B', |m| {
+            m.push(0);
+            m.extend_from_slice(name.as_bytes());
+            m.extend_from_slice(&[0, 0, 0]);
+            m.extend_from_slice(&(values.len() as i16).to_be_bytes());
+            for v in values {
+                match v {
+                    crate::router::Bound::Text(t) => {
+                        m.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                        m.extend_from_slice(t.as_bytes());
+                    }
+                    _ => m.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+            m.extend_from_slice(&[0, 0]);
+        });
+        m.extend_from_slice(&[b'D', 0, 0, 0, 6, b'P', 0]);
+        m.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+        m.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        let r = self.write_all(&m).await;
+        self.scratch = m;
+        r?;
         self.pending += 1;
         self.count(|s| &s.statements);
         if self.sent_at.is_none() {

@@ -99,6 +99,16 @@ pub struct Config {
     /// `default_shard` across proxies). Off by default; restart-only.
     #[serde(default)]
     pub consistent_reads: bool,
+    /// A simple query that one key constant routes to one shard, outside a
+    /// transaction block, runs there as a statement prepared with its
+    /// constants taken out (parsed and planned once per server connection)
+    /// and bound with them. On by default; a reload changes it.
+    #[serde(default = "yes")]
+    pub prepare_simple_queries: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

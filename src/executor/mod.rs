@@ -86,6 +86,78 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     }
 }
 
+/// How a statement sent with `ServerConn::send_bound` was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundAnswer {
+    /// It ran: its answer was relayed as a simple query's would be.
+    Ran(Answer),
+    /// The shard refused it before running anything, at its Parse
+    /// (`parsed: false`: the text is no statement on its own) or at its Bind
+    /// (a value or the prepared statement itself). Nothing was relayed.
+    Refused { parsed: bool },
+}
+
+/// Relays the answer to `ServerConn::send_bound` as the answer to a simple
+/// query: ParseComplete, BindComplete and NoData are dropped, an error
+/// before BindComplete relays nothing (the caller sends the query as
+/// written), and CommandComplete waits for what the commit at Sync says.
+/// `ReadyForQuery` is not relayed.
+pub async fn relay_bound<W: AsyncWrite + Unpin>(
+    conn: &mut ServerConn,
+    out: &mut W,
+    parse: bool,
+) -> Result<BoundAnswer, ExecError> {
+    let mut parsed = !parse;
+    // Notices before the statement runs wait: it may yet be refused.
+    let mut early: Vec<Bytes> = Vec::new();
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'1' => parsed = true,
+            b'2' => break,
+            b'E' => {
+                drain(conn).await?;
+                return Ok(BoundAnswer::Refused { parsed });
+            }
+            b'Z' => {
+                return Err(ExecError::Backend(BackendError::Protocol {
+                    shard: conn.shard,
+                    message: "ReadyForQuery before BindComplete".into(),
+                }))
+            }
+            _ => early.push(f.bytes),
+        }
+    }
+    for b in early {
+        write(out, &b).await?;
+    }
+    let mut failed = false;
+    // The command tag waits for the commit at Sync: a simple query commits
+    // before its CommandComplete, so an error there (a deferred constraint)
+    // comes in its place, and what the commit says comes before it.
+    let mut tag: Option<Bytes> = None;
+    loop {
+        let f = conn.read().await?;
+        match f.tag {
+            b'Z' => {
+                if let Some(t) = tag {
+                    write(out, &t).await?;
+                }
+                return Ok(BoundAnswer::Ran(Answer::failed_if(failed)));
+            }
+            b'n' => {}
+            b'C' => tag = Some(f.bytes),
+            b'G' => refuse_copy_in(conn).await?,
+            b'E' => {
+                failed = true;
+                tag = None;
+                write(out, &f.bytes).await?;
+            }
+            _ => write(out, &f.bytes).await?,
+        }
+    }
+}
+
 /// Reads the answer to one query without relaying it; returns the first error.
 pub async fn drain(conn: &mut ServerConn) -> Result<Option<Frame>, BackendError> {
     let mut err = None;

@@ -118,6 +118,20 @@ impl Shared {
         snap.plans.plan(sql, &snap.map)
     }
 
+    /// The plan of a simple query's only statement, and the prepared
+    /// statement a shard may run in its place (`prepare_simple_queries`).
+    pub fn plan_simple(
+        &self,
+        sql: &str,
+    ) -> (
+        Result<crate::router::Plan, crate::router::RouteError>,
+        Option<crate::router::Prepare>,
+    ) {
+        let snap = self.snapshot();
+        let (plan, prepare) = snap.plans.plan_simple(sql, &snap.map);
+        (plan, prepare.filter(|_| snap.config.prepare_simple_queries))
+    }
+
     /// Plans a statement with bound parameters: without parameters from the
     /// plan cache, with them through the keyed plan when one key value
     /// routes it, else in full.

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 use std::sync::Arc;
 
-use super::{plan, KeyedPlan, Plan, RouteError, ShardMap};
+use super::normalize::{normalize, Normalized};
+use super::{plan, Bound, KeyedPlan, Plan, RouteError, ShardMap};
 
 /// Statements longer than this are planned every time (bulk inserts differ
 /// per call and would only churn the cache).
@@ -35,20 +36,35 @@ impl PlanCache {
 
     /// The plan for `sql` under `map` (which must be the map this cache belongs to).
     pub fn plan(&self, sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
+        self.plan_simple(sql, map).0
+    }
+
+    /// The plan for `sql`, and, when one key constant routes it, the text
+    /// with its constants taken out, which a shard may run as a prepared
+    /// statement in its place (`Prepare`).
+    pub fn plan_simple(
+        &self,
+        sql: &str,
+        map: &ShardMap,
+    ) -> (Result<Plan, RouteError>, Option<Prepare>) {
         if sql.len() > MAX_SQL {
-            return plan(sql, map);
+            return (plan(sql, map), None);
         }
         if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(sql).cloned()) {
-            return p;
+            return (p, None);
         }
         // Statements that differ only in the key's constant share a keyed
         // plan; caching each text would only churn the cache.
-        if let Some((template, values)) = super::normalize::normalize(sql) {
-            if let Some(p) = self
-                .keyed(&template, map)
-                .and_then(|k| k.plan(&values, map))
-            {
-                return Ok(p);
+        if let Some(n) = normalize(sql) {
+            if let Some(k) = self.keyed(&n.template, map) {
+                if let Some(p) = k.plan(&n.values, map) {
+                    let prepare = k.server_name(&n.types).map(|name| Prepare {
+                        name,
+                        normalized: n,
+                        keyed: k,
+                    });
+                    return (Ok(p), prepare);
+                }
             }
         }
         let p = plan(sql, map);
@@ -58,7 +74,29 @@ impl PlanCache {
             }
             m.insert(sql.to_string(), p.clone());
         }
-        p
+        (p, None)
+    }
+}
+
+/// A simple query's text with its constants taken out, to be prepared on
+/// the shard and bound with them: PostgreSQL then parses and plans it once
+/// per server connection, not once per query.
+#[derive(Debug)]
+pub struct Prepare {
+    /// The statement's name on a server connection.
+    pub name: Arc<str>,
+    pub normalized: Normalized,
+    keyed: Arc<KeyedPlan>,
+}
+
+impl Prepare {
+    pub fn values(&self) -> &[Bound] {
+        &self.normalized.values
+    }
+
+    /// The shard would not prepare the text: later queries go as written.
+    pub fn refuse(&self) {
+        self.keyed.refuse();
     }
 }
 

@@ -2,14 +2,46 @@
 //! key compared with `$n` (or inserted as `$n`). Found once per statement;
 //! each Bind then costs a key parse and a hash, not a SQL parse.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use super::{classify, Bound, KeyValue, Plan, Route, ShardMap, TableRule};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KeyedPlan {
     rule: TableRule,
     /// The parameter (0-based) holding the key.
     param: usize,
     write: super::Writes,
+    /// The text's FNV-1a state, continued over parameter types to name the
+    /// statement on a server connection.
+    hash: u64,
+    len: usize,
+    /// Taken out of a simple query, the text means what the query meant:
+    /// no constant in it is read by position (`ORDER BY 1`, `GROUP BY 1`,
+    /// `DISTINCT ON (1)`), and it is a plain statement, not `EXPLAIN`.
+    preparable: bool,
+    /// A shard refused to prepare it (it is valid only with its constants
+    /// in place, such as `SELECT 'x'` or `interval '1 day'`).
+    refused: AtomicBool,
+    /// The server name for the first parameter types seen (nearly always
+    /// the only ones), made once.
+    named: OnceLock<(Vec<u32>, Arc<str>)>,
+}
+
+/// Whether a constant-free text may be prepared in place of the query it
+/// came from: a plain statement, with no clause that reads a number as a
+/// column position.
+fn preparable(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let first = lower
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next();
+    matches!(first, Some("select" | "insert" | "update" | "delete"))
+        && !lower.contains("order")
+        && !lower.contains("group")
+        && !lower.contains("distinct")
 }
 
 impl KeyedPlan {
@@ -20,7 +52,36 @@ impl KeyedPlan {
             rule: rule.clone(),
             param,
             write,
+            hash: crate::protocol::fnv1a(sql.bytes()),
+            len: sql.len(),
+            preparable: preparable(sql),
+            refused: AtomicBool::new(false),
+            named: OnceLock::new(),
         })
+    }
+
+    /// The name of this text, with these parameter types, on a server
+    /// connection: the name the extended protocol gives the same statement
+    /// (`pieskieo_<hash>_<length>`), so the two share it; `None` when the
+    /// text may not stand for the simple query it came from.
+    pub fn server_name(&self, types: &[u32]) -> Option<Arc<str>> {
+        if !self.preparable || self.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Some((t, name)) = self.named.get() {
+            if t == types {
+                return Some(name.clone());
+            }
+        }
+        let h = crate::protocol::fnv1a_from(self.hash, types.iter().flat_map(|t| t.to_be_bytes()));
+        let name: Arc<str> = format!("pieskieo_{h:016x}_{}", self.len).into();
+        let _ = self.named.set((types.to_vec(), name.clone()));
+        Some(name)
+    }
+
+    /// A shard would not prepare the text: its queries go as written from now on.
+    pub fn refuse(&self) {
+        self.refused.store(true, Ordering::Relaxed);
     }
 
     /// The plan for these values; `None` when the key value is not one the

@@ -24,7 +24,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-pub use cache::PlanCache;
+pub use cache::{PlanCache, Prepare};
 pub use classify::{
     calls_unknown_function, fill_keys, materialize, materialize_typed, with_columns,
 };
@@ -34,6 +34,7 @@ pub use hash::partition_hash;
 pub use inline::{inline_params, max_param, param_literal, typed_literal};
 pub use key::{KeyError, KeyType, KeyValue};
 pub use keyed::KeyedPlan;
+pub use normalize::Normalized;
 pub use preview::{preview, PREVIEW_COLUMNS};
 pub use settings::may_change_settings;
 pub use split::{after_words, leading_words, matching_paren, split_statements};

@@ -34,12 +34,45 @@ fn push_number(out: &mut String, n: usize) {
     out.push(char::from(b'0' + (n % 10) as u8));
 }
 
+/// A statement with its constants taken out.
+#[derive(Debug, PartialEq)]
+pub struct Normalized {
+    /// The text with `$1..$n` where the constants stood.
+    pub template: String,
+    /// The constants, in order, as text.
+    pub values: Vec<Bound>,
+    /// The type PostgreSQL's parser gives each constant: `int4`, `int8` or
+    /// `numeric` for a number (by its digits and value, as its lexer and
+    /// `make_const` do), 0 (unknown: the context decides) for a quoted string.
+    pub types: Vec<u32>,
+}
+
+const INT4: u32 = 23;
+const INT8: u32 = 20;
+const NUMERIC: u32 = 1700;
+
+/// The type of an unsigned numeric literal, as PostgreSQL types it: digits
+/// alone are `int4` when they fit, else `int8`, else `numeric`; a point or
+/// an exponent makes `numeric`.
+fn number_type(text: &str) -> u32 {
+    if text.bytes().any(|c| !c.is_ascii_digit()) {
+        NUMERIC
+    } else if text.parse::<i32>().is_ok() {
+        INT4
+    } else if text.parse::<i64>().is_ok() {
+        INT8
+    } else {
+        NUMERIC
+    }
+}
+
 /// The statement with its string and number constants replaced by `$1..$n`,
 /// and those constants; `None` when it has none or cannot be read safely.
-pub fn normalize(sql: &str) -> Option<(String, Vec<Bound>)> {
+pub fn normalize(sql: &str) -> Option<Normalized> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len() + 8);
     let mut values = Vec::new();
+    let mut types = Vec::new();
     let mut i = 0;
     let mut copied = 0;
     let placeholder = |out: &mut String, values: &mut Vec<Bound>, v: String| {
@@ -82,6 +115,7 @@ pub fn normalize(sql: &str) -> Option<(String, Vec<Bound>)> {
                     }
                 }
                 out.push_str(&sql[copied..i]);
+                types.push(0);
                 placeholder(&mut out, &mut values, String::from_utf8(text).ok()?);
                 i = j + 1;
                 copied = i;
@@ -129,6 +163,7 @@ pub fn normalize(sql: &str) -> Option<(String, Vec<Bound>)> {
                     return None;
                 }
                 out.push_str(&sql[copied..i]);
+                types.push(number_type(&sql[i..j]));
                 placeholder(&mut out, &mut values, sql[i..j].to_string());
                 i = j;
                 copied = i;
@@ -140,7 +175,11 @@ pub fn normalize(sql: &str) -> Option<(String, Vec<Bound>)> {
         return None;
     }
     out.push_str(&sql[copied..]);
-    Some((out, values))
+    Some(Normalized {
+        template: out,
+        values,
+        types,
+    })
 }
 
 #[cfg(test)]
@@ -158,10 +197,18 @@ mod tests {
 
     #[test]
     fn constants_become_placeholders() {
-        let (t, v) = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 12345").unwrap();
-        assert_eq!(t, "SELECT abalance FROM pgbench_accounts WHERE aid = $1");
-        assert_eq!(texts(&v), ["12345"]);
-        let (t, v) = normalize(
+        let n = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 12345").unwrap();
+        assert_eq!(
+            n.template,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        );
+        assert_eq!(texts(&n.values), ["12345"]);
+        assert_eq!(n.types, [INT4]);
+        let Normalized {
+            template: t,
+            values: v,
+            types,
+        } = normalize(
             "UPDATE \"t 1\" SET note = 'it''s -- not a comment' WHERE id = 7 AND x1 = 1.5e3 -- 'no'",
         )
         .unwrap();
@@ -170,11 +217,20 @@ mod tests {
             "UPDATE \"t 1\" SET note = $1 WHERE id = $2 AND x1 = $3 -- 'no'"
         );
         assert_eq!(texts(&v), ["it's -- not a comment", "7", "1.5e3"]);
+        assert_eq!(types, [0, INT4, NUMERIC]);
+    }
+
+    #[test]
+    fn numbers_are_typed_as_postgresql_types_them() {
+        let n = normalize("SELECT 2147483647, 2147483648, 9223372036854775808, 1.0, .5, 1e3, '7'")
+            .unwrap();
+        assert_eq!(n.types, [INT4, INT8, NUMERIC, NUMERIC, NUMERIC, NUMERIC, 0]);
     }
 
     #[test]
     fn names_keep_their_digits_and_placeholders_count_past_nine() {
-        let (t, v) = normalize("SELECT a1, é2, x$3 FROM t9 WHERE id=5 AND b = .5").unwrap();
+        let n = normalize("SELECT a1, é2, x$3 FROM t9 WHERE id=5 AND b = .5").unwrap();
+        let (t, v) = (n.template, n.values);
         assert_eq!(t, "SELECT a1, é2, x$3 FROM t9 WHERE id=$1 AND b = $2");
         assert_eq!(texts(&v), ["5", ".5"]);
         let sql = format!(
@@ -184,7 +240,8 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let (t, v) = normalize(&sql).unwrap();
+        let n = normalize(&sql).unwrap();
+        let (t, v) = (n.template, n.values);
         assert_eq!(t, "SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12");
         assert_eq!(v.len(), 12);
     }

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Statements the proxy prepares on one server connection for simple
+/// queries, at most (`execute_prepared`).
+const MAX_PREPARED_PER_CONNECTION: usize = 1000;
+
 impl Session {
     pub(super) async fn forward(
         &mut self,
@@ -163,6 +167,122 @@ impl Session {
         self.refresh_cancel_targets();
         let r = match r {
             Err(ExecError::Backend(e)) if write => Err(ExecError::Backend(e.unanswered_commit())),
+            r => r,
+        };
+        self.finish_exec(r).await
+    }
+
+    /// Whether a simple query's only statement may be sent to its shard as
+    /// a prepared statement (`prepare_simple_queries`): outside a block (a
+    /// refused Bind is then retried as written, with nothing to undo), not
+    /// a statement that may change settings (they are read back after a
+    /// query), and only where string constants mean what `normalize` reads
+    /// them as (`standard_conforming_strings` on: checked on the connection).
+    pub(super) fn may_prepare(&self, stmt: &str) -> bool {
+        self.block == Block::Default
+            && self.txn.is_none()
+            && !self.risky
+            && self.need_prepared.is_none()
+            && !stmt.as_bytes().contains(&0)
+    }
+
+    /// Runs a simple query's only statement, which one key constant routes
+    /// to `shard`, as the prepared statement `p` (see `may_prepare`).
+    pub(super) async fn execute_prepared(
+        &mut self,
+        stmt: &str,
+        shard: ShardId,
+        write: Writes,
+        p: router::Prepare,
+    ) -> std::io::Result<bool> {
+        if let (Step::Refuse(e), _) = self.transition(Event::Statement, None) {
+            return self.error(Error::Txn(e)).await;
+        }
+        if self.txn.is_some() {
+            // Not outside a block after all: run as written.
+            return self.forward_one(shard, stmt, write).await;
+        }
+        let mut conn = match self.checkout(shard).await {
+            Ok(c) => c,
+            Err(e) => return self.error(e).await,
+        };
+        let r = async {
+            let n = &p.normalized;
+            let parse = !conn.prepared.contains(&*p.name);
+            // Backslashes in quotes are escapes where this is off: the
+            // constants would not be what `normalize` read. And a
+            // connection holds so many statements at most (each costs the
+            // server memory); past that, new texts go as written.
+            let scs = conn.params.get("standard_conforming_strings");
+            if scs.map(String::as_str) != Some("on")
+                || (parse && conn.prepared.len() >= MAX_PREPARED_PER_CONNECTION)
+            {
+                conn.send_query(stmt).await?;
+                conn.flush().await?;
+                return executor::relay(&mut conn, &mut self.out).await;
+            }
+            conn.send_bound(
+                &p.name,
+                parse.then_some((n.template.as_str(), n.types.as_slice())),
+                p.values(),
+            )
+            .await?;
+            conn.flush().await?;
+            match executor::relay_bound(&mut conn, &mut self.out, parse).await? {
+                executor::BoundAnswer::Ran(answer) => {
+                    if parse {
+                        conn.prepared.insert(p.name.to_string());
+                    }
+                    Ok(answer)
+                }
+                executor::BoundAnswer::Refused { parsed } => {
+                    // Nothing ran: the query as written gives PostgreSQL's
+                    // own answer, errors and their positions included.
+                    if !parsed {
+                        conn.send_query(stmt).await?;
+                        conn.flush().await?;
+                        let answer = executor::relay(&mut conn, &mut self.out).await?;
+                        if answer == Answer::Succeeded {
+                            // The text is no statement without its
+                            // constants (`SELECT 'x'`, `interval '1 day'`):
+                            // it goes as written from now on. (When the
+                            // text fails too, a table missing, say, it is
+                            // tried again next time.)
+                            p.refuse();
+                        }
+                        return Ok(answer);
+                    } else {
+                        // A value the type refuses, or the prepared
+                        // statement outdated by DDL ("cached plan must not
+                        // change result type"): it is made again next time.
+                        conn.prepared.remove(&*p.name);
+                        conn.send_close_statement(&p.name).await?;
+                        conn.send_query(stmt).await?;
+                        conn.flush().await?;
+                        if let Some(e) = executor::drain(&mut conn).await? {
+                            return Err(ExecError::Backend(BackendError::Protocol {
+                                shard,
+                                message: format!(
+                                    "closing a prepared statement: {}",
+                                    protocol::ErrorFields::parse(e.body())
+                                ),
+                            }));
+                        }
+                    }
+                    executor::relay(&mut conn, &mut self.out).await
+                }
+            }
+        }
+        .await;
+        if conn.status != b'I' {
+            conn.mark_broken();
+        }
+        self.kept.keep(conn, &self.shared.pools);
+        self.refresh_cancel_targets();
+        let r = match r {
+            Err(ExecError::Backend(e)) if write.may() => {
+                Err(ExecError::Backend(e.unanswered_commit()))
+            }
             r => r,
         };
         self.finish_exec(r).await

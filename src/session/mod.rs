@@ -385,8 +385,16 @@ impl Session {
         if stmts.is_empty() {
             self.write(&protocol::empty_query_response()).await?;
         } else {
-            let plans: Vec<Result<Plan, RouteError>> =
-                stmts.iter().map(|s| self.shared.plan(s)).collect();
+            // One statement may run on its shard as a prepared statement.
+            let mut prepare = None;
+            let plans: Vec<Result<Plan, RouteError>> = match stmts.as_slice() {
+                [one] if self.may_prepare(one) => {
+                    let (plan, p) = self.shared.plan_simple(one);
+                    prepare = p;
+                    vec![plan]
+                }
+                _ => stmts.iter().map(|s| self.shared.plan(s)).collect(),
+            };
             let write = plans
                 .iter()
                 .map(|p| match p {
@@ -409,7 +417,16 @@ impl Session {
                             self.transition(Event::StartImplicit, None);
                         }
                         self.hold_last = several && i == last;
-                        let ok = self.execute(stmt, plan).await?;
+                        let ok = match (prepare.take(), plan) {
+                            (
+                                Some(p),
+                                Ok(Plan::Forward {
+                                    route: Route::One(shard),
+                                    write,
+                                }),
+                            ) => self.execute_prepared(stmt, shard, write, p).await?,
+                            (_, plan) => self.execute(stmt, plan).await?,
+                        };
                         self.hold_last = false;
                         if !ok {
                             break;

@@ -24,6 +24,7 @@ mod insert_select;
 mod keys;
 mod merges;
 mod metrics;
+mod prepared_simple;
 mod psql;
 mod restore;
 
