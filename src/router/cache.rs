@@ -36,7 +36,7 @@ impl PlanCache {
 
     /// The plan for `sql` under `map` (which must be the map this cache belongs to).
     pub fn plan(&self, sql: &str, map: &ShardMap) -> Result<Plan, RouteError> {
-        self.plan_simple(sql, map).0
+        self.plan_text(sql, map, false).0
     }
 
     /// The plan for `sql`, and, when one key constant routes it, the text
@@ -46,6 +46,15 @@ impl PlanCache {
         &self,
         sql: &str,
         map: &ShardMap,
+    ) -> (Result<Plan, RouteError>, Option<Prepare>) {
+        self.plan_text(sql, map, true)
+    }
+
+    fn plan_text(
+        &self,
+        sql: &str,
+        map: &ShardMap,
+        prepare: bool,
     ) -> (Result<Plan, RouteError>, Option<Prepare>) {
         if sql.len() > MAX_SQL {
             return (plan(sql, map), None);
@@ -58,7 +67,11 @@ impl PlanCache {
         if let Some(n) = normalize(sql) {
             if let Some(k) = self.keyed(&n.template, map) {
                 if let Some(p) = k.plan(&n.values, map) {
-                    let prepare = k.server_name(&n.types).map(|name| Prepare {
+                    let name = match (prepare, n.types()) {
+                        (true, Some(types)) => k.server_name(types),
+                        _ => None,
+                    };
+                    let prepare = name.map(|name| Prepare {
                         name,
                         normalized: n,
                         keyed: k,

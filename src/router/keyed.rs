@@ -64,18 +64,18 @@ impl KeyedPlan {
     /// connection: the name the extended protocol gives the same statement
     /// (`pieskieo_<hash>_<length>`), so the two share it; `None` when the
     /// text may not stand for the simple query it came from.
-    pub fn server_name(&self, types: &[u32]) -> Option<Arc<str>> {
+    pub fn server_name(&self, types: impl Iterator<Item = u32> + Clone) -> Option<Arc<str>> {
         if !self.preparable || self.refused.load(Ordering::Relaxed) {
             return None;
         }
         if let Some((t, name)) = self.named.get() {
-            if t == types {
+            if t.iter().copied().eq(types.clone()) {
                 return Some(name.clone());
             }
         }
-        let h = crate::protocol::fnv1a_from(self.hash, types.iter().flat_map(|t| t.to_be_bytes()));
+        let h = crate::protocol::fnv1a_from(self.hash, types.clone().flat_map(u32::to_be_bytes));
         let name: Arc<str> = format!("pieskieo_{h:016x}_{}", self.len).into();
-        let _ = self.named.set((types.to_vec(), name.clone()));
+        let _ = self.named.set((types.collect(), name.clone()));
         Some(name)
     }
 
@@ -97,5 +97,33 @@ impl KeyedPlan {
             route: Route::One(shard),
             write: self.write,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preparable;
+
+    #[test]
+    fn only_plain_statements_without_positional_numbers_are_prepared() {
+        for yes in [
+            "SELECT b FROM t WHERE id = $1",
+            "  update t SET b = $1 WHERE id = $2",
+            "INSERT INTO t (id) VALUES ($1)",
+            "DELETE FROM t WHERE id = $1",
+        ] {
+            assert!(preparable(yes), "{yes}");
+        }
+        for no in [
+            "SELECT b FROM t WHERE id = $1 ORDER BY $2",
+            "SELECT b, count(*) FROM t WHERE id = $1 GROUP BY $2",
+            "SELECT DISTINCT ON ($1) b FROM t WHERE id = $2",
+            "select b from t where id = $1 order by 1",
+            "EXPLAIN SELECT b FROM t WHERE id = $1",
+            "WITH x AS (SELECT 1) SELECT b FROM t WHERE id = $1",
+            "PREVIEW SELECT b FROM t WHERE id = $1",
+        ] {
+            assert!(!preparable(no), "{no}");
+        }
     }
 }

@@ -41,10 +41,24 @@ pub struct Normalized {
     pub template: String,
     /// The constants, in order, as text.
     pub values: Vec<Bound>,
+    /// Bit `i`: constant `i` was a quoted string (the first 64; past them
+    /// `types` gives nothing).
+    quoted: u64,
+}
+
+impl Normalized {
     /// The type PostgreSQL's parser gives each constant: `int4`, `int8` or
     /// `numeric` for a number (by its digits and value, as its lexer and
-    /// `make_const` do), 0 (unknown: the context decides) for a quoted string.
-    pub types: Vec<u32>,
+    /// `make_const` do), 0 (unknown: the context decides) for a quoted
+    /// string; `None` past 64 constants.
+    pub fn types(&self) -> Option<impl Iterator<Item = u32> + Clone + '_> {
+        (self.values.len() <= 64).then(|| {
+            self.values.iter().enumerate().map(|(i, v)| match v {
+                Bound::Text(t) if self.quoted & (1 << i) == 0 => number_type(t),
+                _ => 0,
+            })
+        })
+    }
 }
 
 const INT4: u32 = 23;
@@ -72,7 +86,7 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len() + 8);
     let mut values = Vec::new();
-    let mut types = Vec::new();
+    let mut quoted = 0u64;
     let mut i = 0;
     let mut copied = 0;
     let placeholder = |out: &mut String, values: &mut Vec<Bound>, v: String| {
@@ -115,7 +129,9 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
                     }
                 }
                 out.push_str(&sql[copied..i]);
-                types.push(0);
+                if values.len() < 64 {
+                    quoted |= 1 << values.len();
+                }
                 placeholder(&mut out, &mut values, String::from_utf8(text).ok()?);
                 i = j + 1;
                 copied = i;
@@ -163,7 +179,6 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
                     return None;
                 }
                 out.push_str(&sql[copied..i]);
-                types.push(number_type(&sql[i..j]));
                 placeholder(&mut out, &mut values, sql[i..j].to_string());
                 i = j;
                 copied = i;
@@ -178,7 +193,7 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
     Some(Normalized {
         template: out,
         values,
-        types,
+        quoted,
     })
 }
 
@@ -203,15 +218,13 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
         );
         assert_eq!(texts(&n.values), ["12345"]);
-        assert_eq!(n.types, [INT4]);
-        let Normalized {
-            template: t,
-            values: v,
-            types,
-        } = normalize(
+        assert_eq!(n.types().unwrap().collect::<Vec<_>>(), [INT4]);
+        let n = normalize(
             "UPDATE \"t 1\" SET note = 'it''s -- not a comment' WHERE id = 7 AND x1 = 1.5e3 -- 'no'",
         )
         .unwrap();
+        let types: Vec<u32> = n.types().unwrap().collect();
+        let (t, v) = (n.template, n.values);
         assert_eq!(
             t,
             "UPDATE \"t 1\" SET note = $1 WHERE id = $2 AND x1 = $3 -- 'no'"
@@ -224,7 +237,10 @@ mod tests {
     fn numbers_are_typed_as_postgresql_types_them() {
         let n = normalize("SELECT 2147483647, 2147483648, 9223372036854775808, 1.0, .5, 1e3, '7'")
             .unwrap();
-        assert_eq!(n.types, [INT4, INT8, NUMERIC, NUMERIC, NUMERIC, NUMERIC, 0]);
+        assert_eq!(
+            n.types().unwrap().collect::<Vec<_>>(),
+            [INT4, INT8, NUMERIC, NUMERIC, NUMERIC, NUMERIC, 0]
+        );
     }
 
     #[test]

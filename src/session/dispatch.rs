@@ -221,9 +221,13 @@ impl Session {
                 conn.flush().await?;
                 return executor::relay(&mut conn, &mut self.out).await;
             }
+            let types: Vec<u32> = match n.types() {
+                Some(t) if parse => t.collect(),
+                _ => Vec::new(),
+            };
             conn.send_bound(
                 &p.name,
-                parse.then_some((n.template.as_str(), n.types.as_slice())),
+                parse.then_some((n.template.as_str(), types.as_slice())),
                 p.values(),
             )
             .await?;
