@@ -89,19 +89,32 @@ pub async fn relay<W: AsyncWrite + Unpin>(
 /// How a statement sent with `ServerConn::send_bound` was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoundAnswer {
-    /// It ran: its answer was relayed as a simple query's would be.
-    Ran(Answer),
+    /// It ran (or failed for a reason of its own): its answer was relayed
+    /// as a simple query's would be. `parsed`: the connection has the
+    /// statement now.
+    Ran { answer: Answer, parsed: bool },
     /// The shard refused it before running anything, at its Parse
     /// (`parsed: false`: the text is no statement on its own) or at its Bind
-    /// (a value or the prepared statement itself). Nothing was relayed.
+    /// (a value or the prepared statement itself), for what the text says.
+    /// Nothing was relayed.
     Refused { parsed: bool },
+}
+
+/// Whether an error before BindComplete is about what the text says (a
+/// syntax or type error, a value its type refuses, a prepared statement
+/// outdated or missing), so that the query as written answers instead. A
+/// cancel, a timeout or the server going away is the client's answer as it
+/// is: it must not run again.
+fn refusal(e: &Frame) -> bool {
+    let code = protocol::ErrorFields::parse(e.body()).code;
+    code.starts_with("42") || code.starts_with("22") || code == "0A000" || code == "26000"
 }
 
 /// Relays the answer to `ServerConn::send_bound` as the answer to a simple
 /// query: ParseComplete, BindComplete and NoData are dropped, an error
-/// before BindComplete relays nothing (the caller sends the query as
-/// written), and CommandComplete waits for what the commit at Sync says.
-/// `ReadyForQuery` is not relayed.
+/// before BindComplete about the text relays nothing (the caller sends the
+/// query as written), and CommandComplete waits for what the commit at Sync
+/// says. `ReadyForQuery` is not relayed.
 pub async fn relay_bound<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     out: &mut W,
@@ -115,9 +128,20 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
         match f.tag {
             b'1' => parsed = true,
             b'2' => break,
-            b'E' => {
+            b'E' if refusal(&f) => {
                 drain(conn).await?;
                 return Ok(BoundAnswer::Refused { parsed });
+            }
+            b'E' => {
+                for b in early {
+                    write(out, &b).await?;
+                }
+                write(out, &f.bytes).await?;
+                drain(conn).await?;
+                return Ok(BoundAnswer::Ran {
+                    answer: Answer::Failed,
+                    parsed,
+                });
             }
             b'Z' => {
                 return Err(ExecError::Backend(BackendError::Protocol {
@@ -143,7 +167,10 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
                 if let Some(t) = tag {
                     write(out, &t).await?;
                 }
-                return Ok(BoundAnswer::Ran(Answer::failed_if(failed)));
+                return Ok(BoundAnswer::Ran {
+                    answer: Answer::failed_if(failed),
+                    parsed: true,
+                });
             }
             b'n' => {}
             b'C' => tag = Some(f.bytes),

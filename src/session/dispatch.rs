@@ -233,8 +233,8 @@ impl Session {
             .await?;
             conn.flush().await?;
             match executor::relay_bound(&mut conn, &mut self.out, parse).await? {
-                executor::BoundAnswer::Ran(answer) => {
-                    if parse {
+                executor::BoundAnswer::Ran { answer, parsed } => {
+                    if parse && parsed {
                         conn.prepared.insert(p.name.to_string());
                     }
                     Ok(answer)

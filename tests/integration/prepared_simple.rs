@@ -225,3 +225,34 @@ async fn with_prepare_simple_queries_off_queries_go_as_written() {
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     assert_eq!(executed_prepared(&c), "");
 }
+
+/// A cancel that reaches the shard while it plans the statement at Bind
+/// (a custom plan folds `md5(repeat(...))` of its constants then) is the
+/// client's answer: `57014`, as PostgreSQL gives it while planning the query
+/// as written. The proxy must not take it for a refusal and run the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_the_shard_plans_is_the_answer_not_a_retry() {
+    let c = cluster("").await;
+    let client = c.client().await;
+    let q = |n: u64| format!("SELECT b FROM t WHERE id = 2 AND md5(repeat('x', {n})) <> ''");
+    // Prepared on the session's connection to that shard.
+    assert_eq!(crate::harness::rows(&client, &q(10)).await.len(), 1);
+    let token = client.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let r = client.simple_query(&q(300_000_000)).await;
+    cancel.await.unwrap();
+    let e = r.expect_err("cancelled while the shard planned it");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e} after {:?}",
+        started.elapsed()
+    );
+    // The statement stays usable on that connection.
+    assert_eq!(crate::harness::rows(&client, &q(10)).await.len(), 1);
+    assert!(executed_prepared(&c).contains("md5(repeat($2, $3)) <> $4"));
+}
