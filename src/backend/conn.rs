@@ -26,6 +26,7 @@ pub struct ServerConn {
     writer: BufWriter<ServerWrite>,
     /// Room to frame messages in before they are written (`send_bound`).
     scratch: Vec<u8>,
+    conforming_strings: bool,
     /// Parameters the server reported with `ParameterStatus`.
     pub params: BTreeMap<String, String>,
     /// Session settings a client applied here: name -> the statement that set it.
@@ -40,7 +41,9 @@ pub struct ServerConn {
     /// Extended-protocol messages were sent that no `Sync` has closed yet.
     unsynced: bool,
     /// Statements prepared here under the proxy's names.
-    pub prepared: std::collections::HashSet<String>,
+    /// (Looked up per query when simple queries run prepared: foldhash,
+    /// not SipHash.)
+    pub prepared: std::collections::HashSet<String, foldhash::fast::RandomState>,
     broken: bool,
     pub process_id: i32,
     pub secret_key: i32,
@@ -154,6 +157,7 @@ impl ServerConn {
             reader: FrameReader::new(r),
             writer: BufWriter::with_capacity(16 * 1024, w),
             scratch: Vec::new(),
+            conforming_strings: false,
             params: BTreeMap::new(),
             applied: BTreeMap::new(),
             settings_unknown: false,
@@ -315,9 +319,18 @@ impl ServerConn {
     fn note_parameter(&mut self, f: &Frame) {
         if let Some((name, rest)) = take_cstr(f.body()) {
             if let Some((value, _)) = take_cstr(rest) {
+                if name == "standard_conforming_strings" {
+                    self.conforming_strings = value == "on";
+                }
                 self.params.insert(name.to_string(), value.to_string());
             }
         }
+    }
+
+    /// The server reads backslashes in `'...'` as ordinary characters
+    /// (`standard_conforming_strings` reported on).
+    pub fn conforming_strings(&self) -> bool {
+        self.conforming_strings
     }
 
     async fn write_all(&mut self, b: &[u8]) -> Result<(), BackendError> {

@@ -213,8 +213,7 @@ impl Session {
             // constants would not be what `normalize` read. And a
             // connection holds so many statements at most (each costs the
             // server memory); past that, new texts go as written.
-            let scs = conn.params.get("standard_conforming_strings");
-            if scs.map(String::as_str) != Some("on")
+            if !conn.conforming_strings()
                 || (parse && conn.prepared.len() >= MAX_PREPARED_PER_CONNECTION)
             {
                 conn.send_query(stmt).await?;
