@@ -44,7 +44,7 @@ fn give_share(conn: &mut ServerConn, hold: &Hold, skip: usize, execute: bool) {
 }
 
 /// Whether a block at this level keeps its first snapshot to the end.
-fn keeps_snapshot(level: Option<&str>) -> bool {
+pub(super) fn keeps_snapshot(level: Option<&str>) -> bool {
     matches!(level, Some("repeatable read" | "serializable"))
 }
 
