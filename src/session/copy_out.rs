@@ -40,6 +40,9 @@ impl Session {
                     c.send_query(stmt).await?;
                     c.flush().await?;
                 }
+                // Each share goes at its shard's CopyOutResponse, not when
+                // the shards before it have been relayed.
+                executor::settle_all(&mut refs).await;
                 copy_out::join(&mut refs, copy.format, copy.header, &[], &mut self.out).await
             }
             .await;
@@ -103,6 +106,7 @@ impl Session {
                 p.conn.flush().await?;
                 refs.push(&mut *p.conn);
             }
+            executor::settle_all(&mut refs).await;
             let skip: Vec<usize> = refs
                 .iter()
                 .enumerate()

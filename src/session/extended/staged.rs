@@ -225,6 +225,7 @@ impl Session {
                 conn.flush().await?;
             }
             let mut refs: Vec<&mut ServerConn> = taken.iter_mut().map(|(_, c)| &mut **c).collect();
+            executor::settle_all(&mut refs).await;
             crate::merge::run(&mut refs, &plan, &opts, &mut self.out).await
         }
         .await;
