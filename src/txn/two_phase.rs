@@ -59,7 +59,8 @@ impl Unfinished<'_> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if self.guard.is_none() {
+        // (No runtime: the process is going down, and its lock with it.)
+        if self.guard.is_none() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         warn!(txn = %self.txn, committed = self.committed, "consistent reads: a commit was dropped in its commit phase (its client went away); its prepared parts are finished before the fence lets readers in");

@@ -162,3 +162,60 @@ async fn review18d_a_copy_to_a_slow_client_does_not_hold_commits() {
         "the transfer waited {transfer:?} for a COPY whose every shard had its snapshot"
     );
 }
+
+/// A shard that stalls (its processes stopped) under a multi-shard read
+/// holding the fence: without the setting, only statements that need that
+/// shard wait; with it, the reader's share on the stalled shard was held
+/// until its answer — with no `query_timeout_ms`, for ever — and every
+/// 2PC commit and multi-shard read of the cluster waited behind it, a
+/// transfer between the two shards that answer included. The fence's look
+/// at the stall finds the shard not answering; after the deadlock timeout
+/// it lets the reader's hold go and refuses whatever that shard answers
+/// later (`40P01`), so no answer taken outside the fence reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18d_a_stalled_shard_holds_no_commit_of_the_others() {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, true, "control_timeout_ms = 1000").await;
+    let port = p.addr.port();
+    let keys = accounts(&servers, port).await;
+    let w = connect(&url(port)).await.unwrap();
+    // Warm: connections to every shard in the pool.
+    exec(&w, &transfer_sql(keys[0], keys[1])).await;
+    let r = connect(&url(port)).await.unwrap();
+    assert_eq!(
+        sum_of(&r, "SELECT sum(balance) FROM accounts").await,
+        Ok(TOTAL)
+    );
+    let stopped = crate::harness::shard_pids(&servers.servers[2]);
+    crate::harness::signal(&stopped, "STOP");
+    let reading = tokio::spawn(async move {
+        let s = sum_of(&r, "SELECT sum(balance) FROM accounts").await;
+        (s, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let moved = tokio::time::timeout(
+        Duration::from_secs(10),
+        w.simple_query(&transfer_sql(keys[1], keys[0])),
+    )
+    .await;
+    let took = t.elapsed();
+    crate::harness::signal(&stopped, "CONT");
+    eprintln!(
+        "transfer between shards 0 and 1: {:?} after {took:?}",
+        moved.as_ref().map(|r| r.is_ok())
+    );
+    let (sum, _r) = tokio::time::timeout(Duration::from_secs(20), reading)
+        .await
+        .expect("the reader never ended")
+        .unwrap();
+    eprintln!("the reader got {sum:?}");
+    assert!(
+        moved.is_ok_and(|r| r.is_ok()),
+        "a transfer between two shards that answer waited {took:?} for a reader stuck on a stopped shard"
+    );
+    assert!(
+        sum == Ok(TOTAL) || sum.as_ref().is_err_and(|e| e.starts_with("40P01")),
+        "the stuck reader: {sum:?}"
+    );
+}
