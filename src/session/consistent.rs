@@ -35,6 +35,7 @@ fn give_share(conn: &mut ServerConn, hold: &Hold, skip: usize, execute: bool) {
         conn.secret_key,
         conn.endpoint.clone(),
         conn.verdict.clone(),
+        conn.fenced_out.clone(),
     );
     conn.snapshot_hold = Some(SnapshotHold {
         skip,

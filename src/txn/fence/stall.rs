@@ -61,7 +61,11 @@ pub struct Part {
     pub secret_key: i32,
     pub endpoint: Arc<Endpoint>,
     pub verdict: Verdict,
-    /// Seen waiting for a row lock: it has its snapshot.
+    /// Set to refuse what the connection reads from now on (see
+    /// [`unstall`]: a shard that answers nobody).
+    fenced_out: Arc<AtomicBool>,
+    /// Seen waiting for a row lock: it has its snapshot. Or fenced out:
+    /// nothing it answers is used.
     taken: bool,
 }
 
@@ -110,6 +114,7 @@ impl Reading {
         secret_key: i32,
         endpoint: Arc<Endpoint>,
         verdict: Verdict,
+        fenced_out: Arc<AtomicBool>,
     ) -> Share {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.parts().push(Part {
@@ -119,6 +124,7 @@ impl Reading {
             secret_key,
             endpoint,
             verdict,
+            fenced_out,
             taken: false,
         });
         Share {
@@ -211,8 +217,11 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
         async move { (shard, control.query(shard, &sql).await) }
     });
     let mut waiting: HashMap<(ShardId, i32), String> = HashMap::new();
+    // Shards that did not answer the look (within the control timeout).
+    let mut silent: Vec<ShardId> = Vec::new();
     for (shard, rows) in futures_util::future::join_all(asks).await {
         let Ok(rows) = rows else {
+            silent.push(shard);
             continue;
         };
         for row in rows {
@@ -228,9 +237,24 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
         // A row lock is taken while executing: that shard has its snapshot
         // (its only one, unless the statement may take more).
         let once = !r.resnapshots.load(Ordering::Relaxed);
+        // A shard that answers neither the statement nor the look (stopped,
+        // cut off) would hold every commit of the cluster for as long as
+        // it stalls: after the deadlock timeout its part is fenced out —
+        // whatever its connection reads from then on is refused (40P01),
+        // so no snapshot it takes after the fence let go reaches the client.
+        let overdue = r.since.elapsed() >= victim_after;
         for p in parts.iter_mut() {
             let lock = waiting.get(&(p.shard, p.pid)).map(String::as_str);
             p.taken |= once && matches!(lock, Some("transactionid" | "tuple"));
+            if overdue && !p.taken && silent.contains(&p.shard) {
+                p.fenced_out.store(true, Ordering::Release);
+                p.taken = true;
+                warn!(shard = %p.shard, pid = p.pid, "consistent reads: a shard answers neither a statement holding the fence nor the fence's look at it; letting the statement go (its answer there will be refused, 40P01)");
+                let (endpoint, pid, key) = (p.endpoint.clone(), p.pid, p.secret_key);
+                tokio::spawn(async move {
+                    let _ = send_cancel(&endpoint, pid, key).await;
+                });
+            }
         }
         // Every shard still owing an answer has its snapshot. (With none
         // owing, the statement holds the fence itself, for a step to come.)
