@@ -132,14 +132,7 @@ impl Session {
                 {
                     h.single_snapshot();
                 }
-                for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
-                    let skip = if missing.contains(&p.shard()) {
-                        head.len()
-                    } else {
-                        0
-                    };
-                    consistent::attach(&mut p.conn, &h, skip);
-                }
+                consistent::attach_in_block(&mut parts, &shards, &missing, head.len(), &h);
             }
             Ok(None) => {}
             Err(e) => {

@@ -22,6 +22,22 @@ pub(super) fn attach(conn: &mut ServerConn, hold: &Hold, skip: usize) {
     give_share(conn, hold, skip, false);
 }
 
+/// Hands each of the block's `parts` on `shards` a share of `hold`; a
+/// shard joining now (in `fresh`) answers its `head` (so many queries)
+/// first.
+pub(super) fn attach_in_block(
+    parts: &mut [crate::txn::Participant],
+    shards: &[ShardId],
+    fresh: &[ShardId],
+    head: usize,
+    hold: &Hold,
+) {
+    for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
+        let skip = if fresh.contains(&p.shard()) { head } else { 0 };
+        attach(&mut p.conn, hold, skip);
+    }
+}
+
 /// Hands `conn` a share of `hold`, let go at its first answer to an
 /// Execute sent after Bind or Describe messages (their answers pass).
 pub(super) fn attach_for_execute(conn: &mut ServerConn, hold: &Hold) {

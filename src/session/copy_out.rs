@@ -77,14 +77,7 @@ impl Session {
         };
         match hold {
             Ok(Some(h)) => {
-                for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
-                    let skip = if fresh.contains(&p.shard()) {
-                        head.len()
-                    } else {
-                        0
-                    };
-                    consistent::attach(&mut p.conn, &h, skip);
-                }
+                consistent::attach_in_block(&mut parts, &shards, &fresh, head.len(), &h);
             }
             Ok(None) => {}
             Err(e) => {
