@@ -373,6 +373,12 @@ impl Session {
         };
         let head = t.head(detecting);
         t.participants.extend(joined);
+        if let Some(h) = &hold {
+            // Seen by the stall watcher: a shard's first snapshot may wait
+            // (a DEFERRABLE block's, for a safe snapshot) while commits wait.
+            let all: Vec<ShardId> = (0..n).map(ShardId).collect();
+            attach_in_block(&mut t.participants, &all, &missing, head.len(), h);
+        }
         let mut failure: Option<Joined> = None;
         let mut sent = Vec::new();
         for p in t.participants.iter_mut() {

@@ -14,7 +14,11 @@
 //! - a shard waiting for any other lock (a relation lock behind an
 //!   uncommitted `ALTER`, taken at parse analysis, before the snapshot) may
 //!   not take its snapshot yet: once the statement has held the fence so for
-//!   the deadlock timeout, it is cancelled with `40P01`, as a deadlock victim.
+//!   the deadlock timeout, it is cancelled with `40P01`, as a deadlock victim;
+//!   so is one waiting for a safe snapshot (`SERIALIZABLE READ ONLY
+//!   DEFERRABLE`: for the serializable writers running there to finish);
+//! - a shard that answers neither the statement nor the look is fenced out
+//!   after the deadlock timeout (see [`unstall`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -154,12 +158,20 @@ impl Reading {
     }
 }
 
+/// What the look reports for a backend waiting for a safe snapshot (see
+/// [`unstall`]); a victim like one waiting for a relation lock.
+const SAFE_SNAPSHOT: &str = "safe snapshot";
+
 /// The error a stalled reader's client gets.
 fn victim_error(waits: &[(ShardId, i32, String)]) -> Bytes {
     let detail: Vec<String> = waits
         .iter()
         .map(|(shard, pid, locktype)| {
-            format!("Process {pid} on shard {shard} waits for a {locktype} lock while the statement holds the consistent-read fence, which a committing transaction waits for.")
+            let what = match locktype.as_str() {
+                SAFE_SNAPSHOT => "a safe snapshot (serializable writers to finish)".to_string(),
+                lock => format!("a {lock} lock"),
+            };
+            format!("Process {pid} on shard {shard} waits for {what} while the statement holds the consistent-read fence, which a committing transaction waits for.")
         })
         .collect();
     protocol::error_response_with_hint(
@@ -209,9 +221,14 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
     }
     let asks = pids.into_iter().map(|(shard, pids)| {
         let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+        // A SERIALIZABLE READ ONLY DEFERRABLE block's first snapshot waits
+        // for the serializable writers running there — perhaps one whose
+        // commit waits for the fence — in no lock of `pg_locks`.
+        let pids = list.join(", ");
         let sql = format!(
-            "SELECT pid, locktype FROM pg_catalog.pg_locks WHERE NOT granted AND pid IN ({})",
-            list.join(", ")
+            "SELECT pid, locktype FROM pg_catalog.pg_locks WHERE NOT granted AND pid IN ({pids}) \
+             UNION ALL SELECT pid, '{SAFE_SNAPSHOT}' FROM pg_catalog.pg_stat_activity \
+             WHERE wait_event = 'SafeSnapshot' AND pid IN ({pids})"
         );
         let control = control.clone();
         async move { (shard, control.query(shard, &sql).await) }
