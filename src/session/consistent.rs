@@ -268,6 +268,13 @@ impl Session {
         let Some(f) = self.shared.coordinator.fence() else {
             return Ok(None);
         };
+        // Nothing of this session runs on a shard while it waits here: a
+        // cancel now is for the wait alone. Forwarded to the block's idle
+        // backends, it would reach them late and hit what they run next.
+        // (The targets are named again after this message.)
+        if let Ok(mut t) = self.cancel_targets.lock() {
+            t.clear();
+        }
         let signal = self.cancel_signal.clone();
         tokio::select! {
             biased;
