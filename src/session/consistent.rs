@@ -271,20 +271,26 @@ impl Session {
         // Nothing of this session runs on a shard while it waits here: a
         // cancel now is for the wait alone. Forwarded to the block's idle
         // backends, it would reach them late and hit what they run next.
-        // (The targets are named again after this message.)
-        if let Ok(mut t) = self.cancel_targets.lock() {
-            t.clear();
-        }
+        // They are named again once the wait is over.
+        let named = self
+            .cancel_targets
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
         let signal = self.cancel_signal.clone();
-        tokio::select! {
+        let waited = tokio::select! {
             biased;
-            entered = f.enter(Class::Snapshot) => Ok(Some(f.reading(entered?))),
+            entered = f.enter(Class::Snapshot) => entered.map(|g| Some(f.reading(g))).map_err(Error::from),
             _ = signal.after(self.cancel_seen) => {
                 // Spent, as PostgreSQL clears a cancel it acted on.
                 self.cancel_seen = signal.count();
                 Err(Error::Canceled)
             }
+        };
+        if let Ok(mut t) = self.cancel_targets.lock() {
+            *t = named;
         }
+        waited
     }
 
     /// The isolation level the current block runs at: its `BEGIN` and
