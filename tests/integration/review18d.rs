@@ -1,8 +1,11 @@
 //! Adversarial review (fourth round) of `consistent_reads`: a client that
 //! goes away in its commit phase, a REPEATABLE READ level set after a
-//! shard joined, COPY TO across shards behind a slow client. Each test
-//! asserts what one PostgreSQL does (a sum of every balance is the bank's
-//! total; a commit is not held back by a read that has its snapshots).
+//! shard joined, COPY TO across shards behind a slow client, a shard that
+//! stalls under a read, a DEFERRABLE block beside a serializable commit.
+//! Each test asserts what one PostgreSQL does (a sum of every balance is
+//! the bank's total; a commit is not held back by a read that has its
+//! snapshots, nor by a shard it does not touch); each failed on the code
+//! before its fix. Tests marked `#[ignore]` are probes that pass.
 //! Run one with `cargo test --test integration -- review18d::<name> --nocapture`.
 
 use std::time::{Duration, Instant};
