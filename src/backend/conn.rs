@@ -3,6 +3,7 @@
 //! when every `ReadyForQuery` it owes has been read and the server is idle.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,10 @@ pub struct ServerConn {
     /// A verdict replaced an error in this transaction: its connection is
     /// closed when the transaction ends.
     victim: bool,
+    /// Set by the consistent-read fence's stall watcher when it let go of
+    /// a statement this connection had not answered (the shard did not
+    /// answer the watcher either): nothing read here is used any more.
+    pub fenced_out: Arc<AtomicBool>,
 }
 
 /// A hold (a consistent-read fence guard, shared by every shard of one
@@ -174,6 +179,7 @@ impl ServerConn {
             snapshot_hold: None,
             late: false,
             victim: false,
+            fenced_out: Default::default(),
         };
         tokio::time::timeout(timeout, conn.startup(&endpoint.cfg))
             .await
@@ -504,6 +510,12 @@ impl ServerConn {
                 return Err(e);
             }
         };
+        if self.fenced_out.load(Ordering::Acquire) {
+            // The answer may come from a snapshot the fence did not cover.
+            self.broken = true;
+            self.snapshot_hold = None;
+            return Err(BackendError::FencedOut { shard: self.shard });
+        }
         if let Some(h) = &mut self.snapshot_hold {
             if ends_hold(&mut h.skip, h.execute, f.tag) {
                 self.snapshot_hold = None;

@@ -41,6 +41,12 @@ pub enum BackendError {
     /// no answer: it may or may not have taken effect.
     #[error("transaction resolution unknown: shard {shard} gave no answer to a statement that commits ({cause}); check whether it took effect before retrying")]
     OutcomeUnknown { shard: ShardId, cause: String },
+    /// `consistent_reads`: the shard did not answer, nor the fence's look
+    /// at it, while the statement held the fence that commits waited for;
+    /// the fence let the statement go, so what the shard answers later
+    /// (perhaps from a snapshot taken outside the fence) is refused.
+    #[error("deadlock detected: shard {shard} did not answer while the statement held the consistent-read fence, which committing transactions wait for; its answer is refused")]
+    FencedOut { shard: ShardId },
 }
 
 impl BackendError {
@@ -55,6 +61,7 @@ impl BackendError {
             | BackendError::PoolTimeout { .. } => SqlState::CONNECTION_FAILURE,
             BackendError::QueryTimeout { .. } => SqlState::QUERY_CANCELED,
             BackendError::OutcomeUnknown { .. } => SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+            BackendError::FencedOut { .. } => SqlState::DEADLOCK_DETECTED,
         }
     }
 
@@ -66,7 +73,8 @@ impl BackendError {
             BackendError::QueryTimeout { shard, .. }
             | BackendError::Io { shard, .. }
             | BackendError::Closed { shard }
-            | BackendError::Protocol { shard, .. } => BackendError::OutcomeUnknown {
+            | BackendError::Protocol { shard, .. }
+            | BackendError::FencedOut { shard } => BackendError::OutcomeUnknown {
                 shard,
                 cause: self.to_string(),
             },

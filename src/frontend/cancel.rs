@@ -93,8 +93,13 @@ impl CancelRegistry {
         let targets = match self.clients.lock() {
             Ok(m) => match m.get(&process_id) {
                 Some((secret, t, signal)) if *secret == secret_key => {
+                    // What runs when the cancel came, read before the
+                    // session is woken: woken, it may end the statement and
+                    // name the next one's backends, which a cancel sent on
+                    // would reach as they start it.
+                    let targets = t.lock().map(|t| t.clone()).unwrap_or_default();
                     signal.raise();
-                    t.lock().map(|t| t.clone()).unwrap_or_default()
+                    targets
                 }
                 _ => {
                     warn!(process_id, "cancel request with an unknown key");

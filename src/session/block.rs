@@ -132,14 +132,7 @@ impl Session {
                 {
                     h.single_snapshot();
                 }
-                for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
-                    let skip = if missing.contains(&p.shard()) {
-                        head.len()
-                    } else {
-                        0
-                    };
-                    consistent::attach(&mut p.conn, &h, skip);
-                }
+                consistent::attach_in_block(&mut parts, &shards, &missing, head.len(), &h);
             }
             Ok(None) => {}
             Err(e) => {
@@ -268,7 +261,21 @@ impl Session {
             // their BEGIN did: they start over with the new modes, and what
             // ran there is replayed from the prelude.
             let mut head = vec!["ROLLBACK".to_string()];
-            head.extend(t.head(detecting));
+            // consistent_reads, a level that keeps its snapshot: the head's
+            // tag would take it here, on these shards alone and outside the
+            // fence. They leave the block instead (idle after the
+            // ROLLBACK), and join it again with every other shard at once,
+            // under the fence, before its first statement that takes a
+            // snapshot.
+            let everywhere = self.shared.coordinator.fence().is_some()
+                && self.shared.map().shards > 1
+                && consistent::keeps_snapshot(isolation(modes).or(Some(current)));
+            let Some(t) = self.txn.as_mut() else {
+                return Ok(false);
+            };
+            if !everywhere {
+                head.extend(t.head(detecting));
+            }
             let mut failed = None;
             for p in t.participants.iter_mut() {
                 let r = async {
@@ -290,6 +297,10 @@ impl Session {
                     Ok(Some(e)) => failed = failed.or(Some(Ok(e))),
                     Err(e) => failed = failed.or(Some(Err(e))),
                 }
+            }
+            if everywhere && failed.is_none() {
+                // Back to their pools, clean.
+                t.participants.clear();
             }
             return match failed {
                 None => self.complete(tag).await,

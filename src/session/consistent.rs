@@ -22,6 +22,22 @@ pub(super) fn attach(conn: &mut ServerConn, hold: &Hold, skip: usize) {
     give_share(conn, hold, skip, false);
 }
 
+/// Hands each of the block's `parts` on `shards` a share of `hold`; a
+/// shard joining now (in `fresh`) answers its `head` (so many queries)
+/// first.
+pub(super) fn attach_in_block(
+    parts: &mut [crate::txn::Participant],
+    shards: &[ShardId],
+    fresh: &[ShardId],
+    head: usize,
+    hold: &Hold,
+) {
+    for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
+        let skip = if fresh.contains(&p.shard()) { head } else { 0 };
+        attach(&mut p.conn, hold, skip);
+    }
+}
+
 /// Hands `conn` a share of `hold`, let go at its first answer to an
 /// Execute sent after Bind or Describe messages (their answers pass).
 pub(super) fn attach_for_execute(conn: &mut ServerConn, hold: &Hold) {
@@ -35,6 +51,7 @@ fn give_share(conn: &mut ServerConn, hold: &Hold, skip: usize, execute: bool) {
         conn.secret_key,
         conn.endpoint.clone(),
         conn.verdict.clone(),
+        conn.fenced_out.clone(),
     );
     conn.snapshot_hold = Some(SnapshotHold {
         skip,
@@ -44,7 +61,7 @@ fn give_share(conn: &mut ServerConn, hold: &Hold, skip: usize, execute: bool) {
 }
 
 /// Whether a block at this level keeps its first snapshot to the end.
-fn keeps_snapshot(level: Option<&str>) -> bool {
+pub(super) fn keeps_snapshot(level: Option<&str>) -> bool {
     matches!(level, Some("repeatable read" | "serializable"))
 }
 
@@ -251,16 +268,29 @@ impl Session {
         let Some(f) = self.shared.coordinator.fence() else {
             return Ok(None);
         };
+        // Nothing of this session runs on a shard while it waits here: a
+        // cancel now is for the wait alone. Forwarded to the block's idle
+        // backends, it would reach them late and hit what they run next.
+        // They are named again once the wait is over.
+        let named = self
+            .cancel_targets
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
         let signal = self.cancel_signal.clone();
-        tokio::select! {
+        let waited = tokio::select! {
             biased;
-            entered = f.enter(Class::Snapshot) => Ok(Some(f.reading(entered?))),
+            entered = f.enter(Class::Snapshot) => entered.map(|g| Some(f.reading(g))).map_err(Error::from),
             _ = signal.after(self.cancel_seen) => {
                 // Spent, as PostgreSQL clears a cancel it acted on.
                 self.cancel_seen = signal.count();
                 Err(Error::Canceled)
             }
+        };
+        if let Ok(mut t) = self.cancel_targets.lock() {
+            *t = named;
         }
+        waited
     }
 
     /// The isolation level the current block runs at: its `BEGIN` and
@@ -356,6 +386,12 @@ impl Session {
         };
         let head = t.head(detecting);
         t.participants.extend(joined);
+        if let Some(h) = &hold {
+            // Seen by the stall watcher: a shard's first snapshot may wait
+            // (a DEFERRABLE block's, for a safe snapshot) while commits wait.
+            let all: Vec<ShardId> = (0..n).map(ShardId).collect();
+            attach_in_block(&mut t.participants, &all, &missing, head.len(), h);
+        }
         let mut failure: Option<Joined> = None;
         let mut sent = Vec::new();
         for p in t.participants.iter_mut() {

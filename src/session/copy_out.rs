@@ -40,6 +40,9 @@ impl Session {
                     c.send_query(stmt).await?;
                     c.flush().await?;
                 }
+                // Each share goes at its shard's CopyOutResponse, not when
+                // the shards before it have been relayed.
+                executor::settle_all(&mut refs).await;
                 copy_out::join(&mut refs, copy.format, copy.header, &[], &mut self.out).await
             }
             .await;
@@ -74,14 +77,7 @@ impl Session {
         };
         match hold {
             Ok(Some(h)) => {
-                for p in parts.iter_mut().filter(|p| shards.contains(&p.shard())) {
-                    let skip = if fresh.contains(&p.shard()) {
-                        head.len()
-                    } else {
-                        0
-                    };
-                    consistent::attach(&mut p.conn, &h, skip);
-                }
+                consistent::attach_in_block(&mut parts, &shards, &fresh, head.len(), &h);
             }
             Ok(None) => {}
             Err(e) => {
@@ -103,6 +99,7 @@ impl Session {
                 p.conn.flush().await?;
                 refs.push(&mut *p.conn);
             }
+            executor::settle_all(&mut refs).await;
             let skip: Vec<usize> = refs
                 .iter()
                 .enumerate()

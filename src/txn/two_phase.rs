@@ -24,6 +24,57 @@ use crate::error::SqlState;
 use crate::protocol::{ErrorFields, Frame};
 use crate::router::ShardId;
 
+/// Marks a transaction in flight in this proxy while it lives.
+struct InFlight<'a>(&'a Coordinator, TxnId);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set_in_flight(self.1, false);
+    }
+}
+
+/// consistent_reads: the commit-class hold of a 2PC from its decision to
+/// its last `COMMIT PREPARED`'s answer. Dropped with it still inside (the
+/// commit's future was dropped: its client went away, and the session
+/// drops what runs for a vanished client), it hands the hold to
+/// [`Coordinator::keep_fence`], which finishes the prepared parts itself
+/// (the decision was taken) or waits for recovery to (it may have been),
+/// so no reader sees half of the transaction meanwhile.
+struct Unfinished<'a> {
+    coordinator: &'a Coordinator,
+    guard: Option<FenceGuard>,
+    txn: TxnId,
+    decider: ShardId,
+    prepared: Vec<ShardId>,
+    /// C's COMMIT was answered: the transaction is committed.
+    committed: bool,
+}
+
+impl Unfinished<'_> {
+    /// The hold, for a caller that ends it or hands it on itself.
+    fn take(&mut self) -> Option<FenceGuard> {
+        self.guard.take()
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        // (No runtime: the process is going down, and its lock with it.)
+        if self.guard.is_none() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        warn!(txn = %self.txn, committed = self.committed, "consistent reads: a commit was dropped in its commit phase (its client went away); its prepared parts are finished before the fence lets readers in");
+        let shards = std::mem::take(&mut self.prepared);
+        self.coordinator.keep_fence(
+            self.guard.take(),
+            self.txn,
+            self.decider,
+            shards,
+            self.committed,
+        );
+    }
+}
+
 /// What the decision shard answered to the commit row and its COMMIT.
 enum OnDecider {
     /// C committed: the transaction is committed.
@@ -42,9 +93,11 @@ impl Coordinator {
     pub(super) async fn two_phase(&self, parts: &mut [Participant]) -> CommitOutcome {
         let txn = TxnId::new(self.window);
         self.set_in_flight(txn, true);
-        let outcome = self.two_phase_inner(txn, parts).await;
-        self.set_in_flight(txn, false);
-        outcome
+        // Off however the commit ends, dropped included: recovery skips a
+        // transaction in flight here, and a dropped commit's prepared
+        // parts are recovery's (or `Unfinished`'s) to finish.
+        let _in_flight = InFlight(self, txn);
+        self.two_phase_inner(txn, parts).await
     }
 
     fn gid(&self, txn: TxnId, decider: ShardId, shard: ShardId) -> String {
@@ -125,6 +178,17 @@ impl Coordinator {
             }
         }
         let prepared_at = Instant::now();
+        // From here to the last COMMIT PREPARED's answer the fence hold
+        // must outlive this future: a session drops what runs for a client
+        // that went away, this commit included.
+        let mut fenced = Unfinished {
+            coordinator: self,
+            guard: fenced,
+            txn,
+            decider,
+            prepared: prepared.clone(),
+            committed: false,
+        };
 
         // The decision: the commit row and COMMIT on C, in one write unless
         // a test stops between them.
@@ -148,7 +212,7 @@ impl Coordinator {
                     Err(again) => {
                         warn!(shard = %decider, %txn, error = %again, "decision unknown; recovery will finish it");
                         let others: Vec<ShardId> = prepared.clone();
-                        self.keep_fence(fenced, txn, decider, others, false);
+                        self.keep_fence(fenced.take(), txn, decider, others, false);
                         return CommitOutcome::Unknown {
                             shard: decider,
                             message: format!(
@@ -160,9 +224,11 @@ impl Coordinator {
             }
         };
         if let Err(error) = decision {
+            drop(fenced.take());
             self.abort_all(txn, decider, parts, &prepared).await;
             return CommitOutcome::Aborted { error };
         }
+        fenced.committed = true;
         phase = Phase::Committing;
         let decided_at = Instant::now();
         self.hit(FailPoint::AfterDecision).await;
@@ -209,8 +275,9 @@ impl Coordinator {
             .map(|(s, _)| *s)
             .collect();
         if !unfinished.is_empty() {
-            self.keep_fence(fenced, txn, decider, unfinished, true);
+            self.keep_fence(fenced.take(), txn, decider, unfinished, true);
         }
+        drop(fenced.take());
         for (shard, a) in &answers {
             if a.ok() {
                 continue;

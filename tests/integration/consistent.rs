@@ -13,37 +13,31 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pieskieo::config::Config;
 use pieskieo::router::{KeyValue, ShardMap};
 use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
 
+use crate::bank::{
+    config, config_text, paused_transfer, proxy, proxy_text, transfer_sql, url, SHARDS, START,
+};
 use crate::harness::{
-    config_text_with, connect, error_message, exec, prepared, rows, sqlstate, value, Lcg,
-    ProxyProcess, Servers, TABLES,
+    connect, error_message, exec, prepared, rows, sqlstate, value, Lcg, ProxyProcess, Servers,
+    TABLES,
 };
 
-const SHARDS: usize = 3;
 const PER_SHARD: usize = 4;
-const START: i64 = 1_000;
 const WRITERS: usize = 6;
 
 fn tables(consistent: bool) -> String {
     format!("consistent_reads = {consistent}\n{TABLES}")
 }
 
-fn config(servers: &Servers, consistent: bool, txn_extra: &str) -> Config {
-    let text = config_text_with(&servers.ports(), &tables(consistent), txn_extra);
-    Config::parse(&text, "test.toml").unwrap()
-}
-
-async fn proxy(servers: &Servers, consistent: bool, txn_extra: &str) -> pieskieo::Proxy {
-    pieskieo::serve(config(servers, consistent, txn_extra))
-        .await
-        .unwrap()
-}
-
-fn url(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user=app password=secret dbname=app connect_timeout=5")
+/// A fresh bank: `SHARDS` servers, a proxy with `consistent_reads` as
+/// given (`txn_extra` lines in `[txn]`), and the accounts opened through it.
+async fn open_bank(consistent: bool, txn_extra: &str) -> (Servers, pieskieo::Proxy, Arc<Bank>) {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, consistent, txn_extra).await;
+    let bank = Bank::open(&servers, p.addr.port()).await;
+    (servers, p, bank)
 }
 
 /// The accounts, per shard, and the money in all of them.
@@ -408,9 +402,7 @@ async fn settled(servers: &Servers) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_setting_reads_are_fractured() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, false, "").await;
-    let bank = Bank::open(&servers, p.addr.port()).await;
+    let (servers, p, bank) = open_bank(false, "").await;
     let port = p.addr.port();
     // Until both an autocommit and a REPEATABLE READ read were fractured,
     // or a generous limit.
@@ -456,10 +448,8 @@ fn enough(reads: &Reads, t: Duration, limit: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_setting_no_read_is_fractured_on_one_proxy() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
+    let (servers, p, bank) = open_bank(true, "").await;
     let port = p.addr.port();
-    let bank = Bank::open(&servers, port).await;
     let limit = seconds(8);
     let (reads, committed) = load(port, port, &bank, |r, t| enough(r, t, limit)).await;
     eprintln!("on: {committed} transfers; {}", reads.summary());
@@ -570,10 +560,8 @@ async fn readers_racing_commits_paused_at_every_phase() {
 /// prepared and the money is all there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_crash_gives_errors_never_a_wrong_sum() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
+    let (servers, p, bank) = open_bank(true, "").await;
     let port = p.addr.port();
-    let bank = Bank::open(&servers, port).await;
     let mut crashed = false;
     let mut restarted = false;
     let (reads, committed) = load(port, port, &bank, |_, t| {
@@ -604,10 +592,8 @@ async fn a_shard_crash_gives_errors_never_a_wrong_sum() {
 /// changed; reads of one shard go on; when it is back, so is everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_shard_down_gives_08006_and_changes_nothing() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "control_timeout_ms = 1500").await;
+    let (servers, p, bank) = open_bank(true, "control_timeout_ms = 1500").await;
     let port = p.addr.port();
-    let bank = Bank::open(&servers, port).await;
     let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
     let c = connect(&url(port)).await.unwrap();
     servers.servers[0].stop("immediate").unwrap();
@@ -797,35 +783,6 @@ async fn a_repeatable_read_block_joins_every_shard_at_its_first_statement() {
     );
 }
 
-/// A transfer of 10 from account `a` to account `b` in one block.
-fn transfer_sql(a: i64, b: i64) -> String {
-    format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    )
-}
-
-/// Starts a transfer from `a` (shard 1) to `b` (shard 2) through the proxy
-/// at `port`, whose failpoint pauses it after its decision, and returns once
-/// it is paused there (one part prepared).
-async fn paused_transfer(
-    servers: &Servers,
-    port: u16,
-    a: i64,
-    b: i64,
-) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
-    let c = connect(&url(port)).await.unwrap();
-    let transfer = transfer_sql(a, b);
-    let stuck = tokio::spawn(async move { c.simple_query(&transfer).await.map(|_| ()) });
-    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
-    let t = Instant::now();
-    while prepared(&s1).await + prepared(&s2).await == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stuck
-}
-
 /// Runs `q` and, 300 ms into it, cancels it with `token`: its SQLSTATE
 /// (`None`: it succeeded) and how long it took.
 async fn cancelled<T>(
@@ -955,10 +912,8 @@ async fn lock_wait(
     reader_sql: &str,
     two_proxies: bool,
 ) -> (bool, bool, Result<(), String>) {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, consistent, "").await;
+    let (servers, p, bank) = open_bank(consistent, "").await;
     let port = p.addr.port();
-    let bank = Bank::open(&servers, port).await;
     let (a, b) = (bank.keys[0][0], bank.keys[1][0]);
     let other = if two_proxies {
         Some(proxy(&servers, consistent, "").await)
@@ -1358,10 +1313,8 @@ async fn an_idle_session_timeout_on_the_lock_shard_fractures_nothing() {
 /// not at Bind: a VOLATILE function's own query (READ COMMITTED takes a new
 /// snapshot per query in it). The fence covers only the Binds.
 async fn rv18_function_reads(sleep: bool) -> (usize, usize, usize, usize) {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
+    let (servers, p, bank) = open_bank(true, "").await;
     let port = p.addr.port();
-    let bank = Bank::open(&servers, port).await;
     let body = if sleep {
         "SELECT pg_sleep(0.02); SELECT sum(balance)::bigint FROM accounts"
     } else {
@@ -1473,9 +1426,7 @@ async fn rv18_joined(servers: &Servers) -> i64 {
 /// where PostgreSQL's do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rv18_isolation_spellings() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let bank = Bank::open(&servers, p.addr.port()).await;
+    let (servers, p, bank) = open_bank(true, "").await;
     let k = bank.keys[0][0];
     const RR: &str = "repeatable read";
     const SER: &str = "serializable";
@@ -1598,9 +1549,7 @@ async fn rv18_isolation_spellings() {
 /// another; the two balances must add up as before the transfer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rv18_unseen_repeatable_read_is_fractured() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let bank = Bank::open(&servers, p.addr.port()).await;
+    let (_servers, p, bank) = open_bank(true, "").await;
     let (a, b) = (bank.keys[1][0], bank.keys[2][0]);
     let mut bad = Vec::new();
     for (setup, begin) in [
@@ -2029,9 +1978,7 @@ async fn a_copy_to_stdout_across_shards_is_fenced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "issue 18: a review's probe that passes; slow, run by hand"]
 async fn rv18_startup_options_isolation() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let bank = Bank::open(&servers, p.addr.port()).await;
+    let (servers, p, bank) = open_bank(true, "").await;
     let k = bank.keys[0][0];
     let mut report = Vec::new();
     for opt in [
@@ -2078,9 +2025,7 @@ async fn rv18_startup_options_isolation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "issue 18: a review's probe that passes; slow, run by hand"]
 async fn rv18_parse_takes_the_snapshot() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "deadlock_timeout_ms = 0").await;
-    let bank = Bank::open(&servers, p.addr.port()).await;
+    let (servers, p, bank) = open_bank(true, "deadlock_timeout_ms = 0").await;
     let mut bad = Vec::new();
     for (sa, sb) in [(0usize, 1usize), (1, 2), (2, 0)] {
         let (a, b) = (bank.keys[sa][1], bank.keys[sb][1]);
@@ -2116,11 +2061,8 @@ async fn rv18_parse_takes_the_snapshot() {
 async fn rv18_tiny_pool() {
     let servers = Servers::start(SHARDS);
     let on = std::env::var("RV18_ON").map(|v| v == "1").unwrap_or(true);
-    let text = config_text_with(&servers.ports(), &tables(on), "")
-        .replace("pool_size = 8", "pool_size = 1");
-    let p = pieskieo::serve(Config::parse(&text, "t.toml").unwrap())
-        .await
-        .unwrap();
+    let text = config_text(&servers, on, "", "").replace("pool_size = 8", "pool_size = 1");
+    let p = proxy_text(&text).await;
     let bank = Bank::open(&servers, p.addr.port()).await;
     let t = Instant::now();
     let run = tokio::time::timeout(

@@ -4,6 +4,7 @@ mod harness;
 
 mod admin;
 mod auth;
+mod bank;
 mod chaos;
 mod config;
 mod consistent;
@@ -30,6 +31,7 @@ mod restore;
 
 mod review18;
 mod review18c;
+mod review18d;
 mod routing;
 mod sessions;
 mod shard_tls;

@@ -6,105 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use pieskieo::config::Config;
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-use crate::harness::{config_text_with, connect, exec, key_on, prepared, value, Servers, TABLES};
-
-const SHARDS: usize = 3;
-const START: i64 = 1_000;
-
-fn url(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user=app password=secret dbname=app connect_timeout=5")
-}
-
-fn config_text(servers: &Servers, consistent: bool, txn_extra: &str) -> String {
-    config_text_with(
-        &servers.ports(),
-        &format!("consistent_reads = {consistent}\n{TABLES}"),
-        txn_extra,
-    )
-}
-
-async fn proxy_text(text: &str) -> pieskieo::Proxy {
-    pieskieo::serve(Config::parse(text, "test.toml").unwrap())
-        .await
-        .unwrap()
-}
-
-async fn proxy(servers: &Servers, consistent: bool, txn_extra: &str) -> pieskieo::Proxy {
-    proxy_text(&config_text(servers, consistent, txn_extra)).await
-}
-
-/// One account with `START` on each shard; returns the keys (shard order).
-async fn accounts(servers: &Servers, port: u16) -> Vec<i64> {
-    let text = config_text(servers, false, "");
-    let map = pieskieo::router::ShardMap::from_config(&Config::parse(&text, "t.toml").unwrap());
-    let c = connect(&url(port)).await.unwrap();
-    exec(
-        &c,
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)",
-    )
-    .await;
-    let keys: Vec<i64> = (0..SHARDS).map(|s| key_on(&map, "accounts", s)).collect();
-    for k in &keys {
-        exec(
-            &c,
-            &format!("INSERT INTO accounts (id, balance) VALUES ({k}, {START})"),
-        )
-        .await;
-    }
-    keys
-}
-
-fn transfer_sql(a: i64, b: i64) -> String {
-    format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    )
-}
-
-/// A transfer from `a` (shard 1) to `b` (shard 2) through a proxy whose
-/// failpoint pauses it after its decision; returns once it is paused
-/// there (the decision shard committed, the other part still prepared).
-async fn paused_transfer(
-    servers: &Servers,
-    port: u16,
-    a: i64,
-    b: i64,
-) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
-    let c = connect(&url(port)).await.unwrap();
-    let transfer = transfer_sql(a, b);
-    let stuck = tokio::spawn(async move { c.simple_query(&transfer).await.map(|_| ()) });
-    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
-    let t = Instant::now();
-    while prepared(&s1).await + prepared(&s2).await == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stuck
-}
-
-fn values(msgs: &[SimpleQueryMessage]) -> Vec<String> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .collect()
-}
-
-async fn sum_of(c: &Client, sql: &str) -> Result<i64, String> {
-    c.simple_query(sql)
-        .await
-        .map(|m| values(&m).iter().map(|v| v.parse::<i64>().unwrap()).sum())
-        .map_err(|e| {
-            format!(
-                "{} {e}",
-                e.code().map_or(String::new(), |c| c.code().to_string())
-            )
-        })
-}
+use crate::bank::{
+    accounts, config_text, paused_transfer, proxy, proxy_text, sum_of, transfer_sql, url, values,
+    SHARDS, START,
+};
+use crate::harness::{connect, exec, value, Servers};
 
 /// `SET default_transaction_isolation = 'repeatable read'` (which the
 /// proxy sees), then a multi-shard `SELECT sum(...)` in autocommit. Its
@@ -166,6 +72,7 @@ async fn review18_statement_timeout_during_the_fence_wait() {
         &servers,
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
+        "",
     )
     .replace("pool_size = 8", "pool_size = 1");
     let p = proxy_text(&text).await;
@@ -519,7 +426,7 @@ fn postmaster_pid(s: &pieskieo::cluster::LocalServer) -> String {
 async fn review18_a_late_watcher_cancel_hits_the_next_statement() {
     let servers = Servers::start(SHARDS);
     // Shard 1: a pool of one, so the next statement gets the same backend.
-    let text = config_text(&servers, true, "");
+    let text = config_text(&servers, true, "", "");
     let marker = format!(
         "port = {}\ndatabase = \"postgres\"\nuser = \"postgres\"",
         servers.ports()[1]

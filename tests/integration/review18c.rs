@@ -6,68 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use pieskieo::config::Config;
 use tokio_postgres::Client;
 
-use crate::harness::{config_text_full, connect, exec, key_on, Servers, TABLES};
-
-const SHARDS: usize = 3;
-const START: i64 = 1_000;
-
-fn url(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user=app password=secret dbname=app connect_timeout=5")
-}
-
-fn config_text(servers: &Servers, consistent: bool, txn_extra: &str, limits: &str) -> String {
-    config_text_full(
-        &servers.ports(),
-        &format!("consistent_reads = {consistent}\n{TABLES}"),
-        txn_extra,
-        limits,
-    )
-}
-
-async fn proxy(
-    servers: &Servers,
-    consistent: bool,
-    txn_extra: &str,
-    limits: &str,
-) -> pieskieo::Proxy {
-    let text = config_text(servers, consistent, txn_extra, limits);
-    pieskieo::serve(Config::parse(&text, "test.toml").unwrap())
-        .await
-        .unwrap()
-}
-
-/// One account with `START` on each shard; returns the keys (shard order).
-async fn accounts(servers: &Servers, port: u16) -> Vec<i64> {
-    let text = config_text(servers, false, "", "");
-    let map = pieskieo::router::ShardMap::from_config(&Config::parse(&text, "t.toml").unwrap());
-    let c = connect(&url(port)).await.unwrap();
-    exec(
-        &c,
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)",
-    )
-    .await;
-    let keys: Vec<i64> = (0..SHARDS).map(|s| key_on(&map, "accounts", s)).collect();
-    for k in &keys {
-        exec(
-            &c,
-            &format!("INSERT INTO accounts (id, balance) VALUES ({k}, {START})"),
-        )
-        .await;
-    }
-    keys
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    format!(
-        "{} {}",
-        e.code().map_or("-", |c| c.code()),
-        e.as_db_error()
-            .map_or(e.to_string(), |d| d.message().to_string())
-    )
-}
+use crate::bank::{
+    accounts, code, paused_transfer, proxy, proxy_limited, sum_of, url, SHARDS, START,
+};
+use crate::harness::{connect, exec, Servers};
 
 async fn run(c: &Client, sql: &str) -> Result<(), String> {
     c.simple_query(sql).await.map(|_| ()).map_err(|e| code(&e))
@@ -83,8 +27,8 @@ async fn run(c: &Client, sql: &str) -> Result<(), String> {
 async fn review18c_settle_doubles_the_query_timeout() {
     let servers = Servers::start(SHARDS);
     let limits = "query_timeout_ms = 1000";
-    let off = proxy(&servers, false, "", limits).await;
-    let on = proxy(&servers, true, "", limits).await;
+    let off = proxy_limited(&servers, false, "", limits).await;
+    let on = proxy_limited(&servers, true, "", limits).await;
     accounts(&servers, off.addr.port()).await;
     let mut got = Vec::new();
     for (name, p) in [("off", &off), ("on", &on)] {
@@ -115,7 +59,7 @@ async fn review18c_settle_doubles_the_query_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18c_a_stale_verdict_turns_a_later_timeout_into_40p01() {
     let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "", "").await;
+    let p = proxy(&servers, true, "").await;
     let port = p.addr.port();
     let keys = accounts(&servers, port).await;
     let admin = connect(&url(port)).await.unwrap();
@@ -169,51 +113,6 @@ async fn review18c_a_stale_verdict_turns_a_later_timeout_into_40p01() {
     );
 }
 
-fn transfer_sql(a: i64, b: i64) -> String {
-    format!(
-        "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {a}; UPDATE accounts SET balance = balance + 10 WHERE id = {b}; COMMIT"
-    )
-}
-
-/// A transfer from `a` (shard 1) to `b` (shard 2) through a proxy whose
-/// failpoint pauses it after its decision; returns once it is paused
-/// there (the decision shard committed, the other part still prepared).
-async fn paused_transfer(
-    servers: &Servers,
-    port: u16,
-    a: i64,
-    b: i64,
-) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
-    let c = connect(&url(port)).await.unwrap();
-    let transfer = transfer_sql(a, b);
-    let stuck = tokio::spawn(async move { c.simple_query(&transfer).await.map(|_| ()) });
-    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
-    let t = Instant::now();
-    while crate::harness::prepared(&s1).await + crate::harness::prepared(&s2).await == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stuck
-}
-
-/// Every value of every row's first column, summed.
-async fn sum_rows(c: &Client, sql: &str) -> Result<i64, String> {
-    c.simple_query(sql)
-        .await
-        .map(|m| {
-            m.iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => {
-                        r.get(0).map(|v| v.parse::<i64>().unwrap())
-                    }
-                    _ => None,
-                })
-                .sum()
-        })
-        .map_err(|e| code(&e))
-}
-
 /// Probe: statements read while a transfer's commit phase is paused, each
 /// in a mode the README says is covered. A sum that is not the total is a
 /// fractured read. A probe that passes (every case reads 3000).
@@ -226,7 +125,6 @@ async fn review18c_probe_fractured_reads() {
         &servers,
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
-        "",
     )
     .await;
     let port = p.addr.port();
@@ -300,7 +198,7 @@ async fn review18c_probe_fractured_reads() {
         }
         let stuck = paused_transfer(&servers, port, keys[1], keys[2]).await;
         let t = Instant::now();
-        let sum = sum_rows(&r, sql).await;
+        let sum = sum_of(&r, sql).await;
         let took = t.elapsed();
         stuck.await.unwrap().unwrap();
         eprintln!("review18c probe [{name}]: {sum:?} (total {total}) after {took:?}");
@@ -392,7 +290,6 @@ async fn review18c_a_cancel_in_the_fence_leaves_unbegun_participants() {
         &servers,
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
-        "",
     )
     .await;
     let port = p.addr.port();
@@ -519,7 +416,7 @@ type Outcome = (
 
 async fn volatile_aggregate(extended: bool, tail: &str) -> Outcome {
     let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "", "").await;
+    let p = proxy(&servers, true, "").await;
     let port = p.addr.port();
     let keys = accounts(&servers, port).await;
     let total = START * SHARDS as i64;
@@ -562,7 +459,7 @@ async fn volatile_aggregate(extended: bool, tail: &str) -> Outcome {
                 })
                 .map_err(|e| code(&e))
         } else {
-            sum_rows(&r, &sql).await
+            sum_of(&r, &sql).await
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -597,7 +494,7 @@ async fn review18c_a_merged_for_update_behind_a_transfer() {
     let mut got = Vec::new();
     for extended in [false, true] {
         let servers = Servers::start(SHARDS);
-        let p = proxy(&servers, true, "", "").await;
+        let p = proxy(&servers, true, "").await;
         let port = p.addr.port();
         let keys = accounts(&servers, port).await;
         let total = START * SHARDS as i64;
@@ -631,7 +528,7 @@ async fn review18c_a_merged_for_update_behind_a_transfer() {
                     .map(|rows| rows.iter().map(|r| r.get::<_, i64>(0)).sum::<i64>())
                     .map_err(|e| code(&e))
             } else {
-                sum_rows(&r, &sql).await
+                sum_of(&r, &sql).await
             }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -50,6 +50,43 @@ impl Session {
         Ok(taken)
     }
 
+    /// consistent_reads: gives each of `taken` a share of `hold`, let go
+    /// at its first answer to an Execute (past a Describe's, when
+    /// `execute`); `single`: the statement takes one snapshot per shard
+    /// (see `Reading::single_snapshot`). When the hold could not be had
+    /// (the wait was cancelled, the lock shard refused), every connection
+    /// goes back and the error is the caller's to report.
+    pub(super) fn share_taken(
+        &mut self,
+        taken: &mut Vec<(Slot, PooledConn)>,
+        hold: Result<Option<crate::session::consistent::Hold>, Error>,
+        single: bool,
+        execute: bool,
+    ) -> Result<(), Error> {
+        match hold {
+            Ok(Some(h)) => {
+                if single {
+                    h.single_snapshot();
+                }
+                for (_, conn) in taken.iter_mut() {
+                    if execute {
+                        crate::session::consistent::attach_for_execute(conn, &h);
+                    } else {
+                        crate::session::consistent::attach(conn, &h, 0);
+                    }
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                for (slot, conn) in taken.drain(..) {
+                    self.put_conn(slot, conn, Writes::No);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Describe of a merged portal: the client's columns, made from a shard's
     /// description of the statement the shards run.
     pub(super) async fn describe_merged(
@@ -117,22 +154,9 @@ impl Session {
         // consistent_reads: the Execute's snapshots under the fence, let go
         // at each shard's first answer past its Describe's.
         let at_bind = !plan.write.may() && crate::session::consistent::binds_snapshot(&plan.sql);
-        match self.execute_hold(portal, taken.len(), at_bind).await {
-            Ok(Some(h)) => {
-                if !plan.write.may() {
-                    h.single_snapshot();
-                }
-                for (_, conn) in taken.iter_mut() {
-                    crate::session::consistent::attach_for_execute(conn, &h);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                for (slot, conn) in taken {
-                    self.put_conn(slot, conn, Writes::No);
-                }
-                return Ok(self.error(e).await?);
-            }
+        let hold = self.execute_hold(portal, taken.len(), at_bind).await;
+        if let Err(e) = self.share_taken(&mut taken, hold, !plan.write.may(), true) {
+            return Ok(self.error(e).await?);
         }
         let describe = portal_message(b'D', portal);
         let execute = message(b'E', |b| {

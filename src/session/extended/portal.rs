@@ -228,22 +228,9 @@ impl Session {
                 };
                 // consistent_reads: the Execute's snapshots under the fence
                 // (connections first: never held while waiting for a pool).
-                match self.execute_hold(portal, taken.len(), at_bind).await {
-                    Ok(Some(h)) => {
-                        if write == Writes::No {
-                            h.single_snapshot();
-                        }
-                        for (_, conn) in taken.iter_mut() {
-                            crate::session::consistent::attach(conn, &h, 0);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        for (slot, conn) in taken {
-                            self.put_conn(slot, conn, Writes::No);
-                        }
-                        return Ok(self.error(e).await?);
-                    }
+                let hold = self.execute_hold(portal, taken.len(), at_bind).await;
+                if let Err(e) = self.share_taken(&mut taken, hold, write == Writes::No, false) {
+                    return Ok(self.error(e).await?);
                 }
                 let mut merger = Merger::default();
                 let mut buf: Vec<u8> = Vec::new();

@@ -192,19 +192,8 @@ impl Session {
         } else {
             Ok(None)
         };
-        match hold {
-            Ok(Some(h)) => {
-                for (_, conn) in taken.iter_mut() {
-                    crate::session::consistent::attach_for_execute(conn, &h);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                for (slot, conn) in taken {
-                    self.put_conn(slot, conn, Writes::No);
-                }
-                return self.error(e).await;
-            }
+        if let Err(e) = self.share_taken(&mut taken, hold, false, true) {
+            return self.error(e).await;
         }
         let msgs = super::segment::run_in_portal(sql, PORTAL, true);
         // Read as a simple query's answer: described, and ended by the
@@ -225,6 +214,7 @@ impl Session {
                 conn.flush().await?;
             }
             let mut refs: Vec<&mut ServerConn> = taken.iter_mut().map(|(_, c)| &mut **c).collect();
+            executor::settle_all(&mut refs).await;
             crate::merge::run(&mut refs, &plan, &opts, &mut self.out).await
         }
         .await;

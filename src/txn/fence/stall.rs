@@ -14,7 +14,11 @@
 //! - a shard waiting for any other lock (a relation lock behind an
 //!   uncommitted `ALTER`, taken at parse analysis, before the snapshot) may
 //!   not take its snapshot yet: once the statement has held the fence so for
-//!   the deadlock timeout, it is cancelled with `40P01`, as a deadlock victim.
+//!   the deadlock timeout, it is cancelled with `40P01`, as a deadlock victim;
+//!   so is one waiting for a safe snapshot (`SERIALIZABLE READ ONLY
+//!   DEFERRABLE`: for the serializable writers running there to finish);
+//! - a shard that answers neither the statement nor the look is fenced out
+//!   after the deadlock timeout (see [`unstall`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,7 +65,11 @@ pub struct Part {
     pub secret_key: i32,
     pub endpoint: Arc<Endpoint>,
     pub verdict: Verdict,
-    /// Seen waiting for a row lock: it has its snapshot.
+    /// Set to refuse what the connection reads from now on (see
+    /// [`unstall`]: a shard that answers nobody).
+    fenced_out: Arc<AtomicBool>,
+    /// Seen waiting for a row lock: it has its snapshot. Or fenced out:
+    /// nothing it answers is used.
     taken: bool,
 }
 
@@ -110,6 +118,7 @@ impl Reading {
         secret_key: i32,
         endpoint: Arc<Endpoint>,
         verdict: Verdict,
+        fenced_out: Arc<AtomicBool>,
     ) -> Share {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.parts().push(Part {
@@ -119,6 +128,7 @@ impl Reading {
             secret_key,
             endpoint,
             verdict,
+            fenced_out,
             taken: false,
         });
         Share {
@@ -148,12 +158,20 @@ impl Reading {
     }
 }
 
+/// What the look reports for a backend waiting for a safe snapshot (see
+/// [`unstall`]); a victim like one waiting for a relation lock.
+const SAFE_SNAPSHOT: &str = "safe snapshot";
+
 /// The error a stalled reader's client gets.
 fn victim_error(waits: &[(ShardId, i32, String)]) -> Bytes {
     let detail: Vec<String> = waits
         .iter()
         .map(|(shard, pid, locktype)| {
-            format!("Process {pid} on shard {shard} waits for a {locktype} lock while the statement holds the consistent-read fence, which a committing transaction waits for.")
+            let what = match locktype.as_str() {
+                SAFE_SNAPSHOT => "a safe snapshot (serializable writers to finish)".to_string(),
+                lock => format!("a {lock} lock"),
+            };
+            format!("Process {pid} on shard {shard} waits for {what} while the statement holds the consistent-read fence, which a committing transaction waits for.")
         })
         .collect();
     protocol::error_response_with_hint(
@@ -203,16 +221,24 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
     }
     let asks = pids.into_iter().map(|(shard, pids)| {
         let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+        // A SERIALIZABLE READ ONLY DEFERRABLE block's first snapshot waits
+        // for the serializable writers running there — perhaps one whose
+        // commit waits for the fence — in no lock of `pg_locks`.
+        let pids = list.join(", ");
         let sql = format!(
-            "SELECT pid, locktype FROM pg_catalog.pg_locks WHERE NOT granted AND pid IN ({})",
-            list.join(", ")
+            "SELECT pid, locktype FROM pg_catalog.pg_locks WHERE NOT granted AND pid IN ({pids}) \
+             UNION ALL SELECT pid, '{SAFE_SNAPSHOT}' FROM pg_catalog.pg_stat_activity \
+             WHERE wait_event = 'SafeSnapshot' AND pid IN ({pids})"
         );
         let control = control.clone();
         async move { (shard, control.query(shard, &sql).await) }
     });
     let mut waiting: HashMap<(ShardId, i32), String> = HashMap::new();
+    // Shards that did not answer the look (within the control timeout).
+    let mut silent: Vec<ShardId> = Vec::new();
     for (shard, rows) in futures_util::future::join_all(asks).await {
         let Ok(rows) = rows else {
+            silent.push(shard);
             continue;
         };
         for row in rows {
@@ -228,9 +254,24 @@ pub(super) async fn unstall(inner: Arc<Inner>, victim_after: Duration) {
         // A row lock is taken while executing: that shard has its snapshot
         // (its only one, unless the statement may take more).
         let once = !r.resnapshots.load(Ordering::Relaxed);
+        // A shard that answers neither the statement nor the look (stopped,
+        // cut off) would hold every commit of the cluster for as long as
+        // it stalls: after the deadlock timeout its part is fenced out —
+        // whatever its connection reads from then on is refused (40P01),
+        // so no snapshot it takes after the fence let go reaches the client.
+        let overdue = r.since.elapsed() >= victim_after;
         for p in parts.iter_mut() {
             let lock = waiting.get(&(p.shard, p.pid)).map(String::as_str);
             p.taken |= once && matches!(lock, Some("transactionid" | "tuple"));
+            if overdue && !p.taken && silent.contains(&p.shard) {
+                p.fenced_out.store(true, Ordering::Release);
+                p.taken = true;
+                warn!(shard = %p.shard, pid = p.pid, "consistent reads: a shard answers neither a statement holding the fence nor the fence's look at it; letting the statement go (its answer there will be refused, 40P01)");
+                let (endpoint, pid, key) = (p.endpoint.clone(), p.pid, p.secret_key);
+                tokio::spawn(async move {
+                    let _ = send_cancel(&endpoint, pid, key).await;
+                });
+            }
         }
         // Every shard still owing an answer has its snapshot. (With none
         // owing, the statement holds the fence itself, for a step to come.)
