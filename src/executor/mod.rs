@@ -95,17 +95,79 @@ pub enum BoundAnswer {
     /// (`parsed: false`: the text is no statement on its own) or at its Bind
     /// (a value or the prepared statement itself). Nothing was relayed.
     Refused { parsed: bool },
+    /// It was cancelled (or picked as a deadlock's victim) before it ran,
+    /// while its Parse or Bind waited: that error was relayed, as the
+    /// statement's answer. Sent again, it would run after all. `parsed`:
+    /// the Parse had completed (the statement exists on the connection).
+    Stopped { parsed: bool },
+}
+
+/// A refusal that says nothing of the text: the client's cancel, a
+/// timeout, a deadlock. The simple query would have got the same error.
+fn stops_the_statement(code: &str) -> bool {
+    code == crate::error::SqlState::QUERY_CANCELED.code() || code.starts_with("40")
+}
+
+/// The CONTEXT line PostgreSQL adds to what a portal with parameters
+/// reports while it runs, when `log_parameter_max_length_on_error` is set:
+/// the outermost context, so the last line.
+const BOUND_VALUES: &str = "unnamed portal with parameters: ";
+
+/// An ErrorResponse or NoticeResponse without the CONTEXT line naming the
+/// values the proxy bound (`BOUND_VALUES`), which a simple query has not;
+/// `None` when it has no such line.
+fn without_bound_values(f: &Frame) -> Option<Vec<u8>> {
+    let body = f.body();
+    let mut fields: Vec<(u8, &str)> = Vec::new();
+    let mut rest = body;
+    let mut changed = false;
+    while let Some((&kind, after)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let (value, next) = take_cstr(after)?;
+        rest = next;
+        if kind == b'W' {
+            if value.starts_with(BOUND_VALUES) {
+                changed = true;
+                continue;
+            }
+            if let Some(at) = value.find(&format!("\n{BOUND_VALUES}")) {
+                changed = true;
+                fields.push((kind, &value[..at]));
+                continue;
+            }
+        }
+        fields.push((kind, value));
+    }
+    if !changed {
+        return None;
+    }
+    let mut out = vec![f.tag, 0, 0, 0, 0];
+    for (kind, value) in fields {
+        out.push(kind);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out)
 }
 
 /// Relays the answer to `ServerConn::send_bound` as the answer to a simple
 /// query: ParseComplete, BindComplete and NoData are dropped, an error
 /// before BindComplete relays nothing (the caller sends the query as
-/// written), and CommandComplete waits for what the commit at Sync says.
-/// `ReadyForQuery` is not relayed.
+/// written) unless it stopped the statement (`Stopped`), and CommandComplete
+/// waits for what the commit at Sync says. `modifies`: an `INSERT`,
+/// `UPDATE` or `DELETE`, whose RowDescription waits until it has run (a
+/// simple query fills its RETURNING rows first, then describes them: an
+/// error comes alone, notices before it). `ReadyForQuery` is not relayed.
 pub async fn relay_bound<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     out: &mut W,
     parse: bool,
+    modifies: bool,
 ) -> Result<BoundAnswer, ExecError> {
     let mut parsed = !parse;
     // Notices before the statement runs wait: it may yet be refused.
@@ -116,6 +178,15 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
             b'1' => parsed = true,
             b'2' => break,
             b'E' => {
+                let code = protocol::ErrorFields::parse(f.body()).code;
+                if stops_the_statement(&code) {
+                    for b in early {
+                        write(out, &b).await?;
+                    }
+                    write(out, &f.bytes).await?;
+                    drain(conn).await?;
+                    return Ok(BoundAnswer::Stopped { parsed });
+                }
                 drain(conn).await?;
                 return Ok(BoundAnswer::Refused { parsed });
             }
@@ -134,10 +205,17 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
     let mut failed = false;
     // The command tag waits for the commit at Sync: a simple query commits
     // before its CommandComplete, so an error there (a deferred constraint)
-    // comes in its place, and what the commit says comes before it.
+    // comes in place of it, and what the commit says comes before it.
     let mut tag: Option<Bytes> = None;
+    // A write's RowDescription, until its first row or its tag.
+    let mut described: Option<Bytes> = None;
     loop {
         let f = conn.read().await?;
+        if matches!(f.tag, b'D' | b'C') {
+            if let Some(d) = described.take() {
+                write(out, &d).await?;
+            }
+        }
         match f.tag {
             b'Z' => {
                 if let Some(t) = tag {
@@ -146,13 +224,22 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
                 return Ok(BoundAnswer::Ran(Answer::failed_if(failed)));
             }
             b'n' => {}
+            b'T' if modifies => described = Some(f.bytes),
             b'C' => tag = Some(f.bytes),
             b'G' => refuse_copy_in(conn).await?,
             b'E' => {
                 failed = true;
                 tag = None;
-                write(out, &f.bytes).await?;
+                described = None;
+                match without_bound_values(&f) {
+                    Some(b) => write(out, &b).await?,
+                    None => write(out, &f.bytes).await?,
+                }
             }
+            b'N' => match without_bound_values(&f) {
+                Some(b) => write(out, &b).await?,
+                None => write(out, &f.bytes).await?,
+            },
             _ => write(out, &f.bytes).await?,
         }
     }

@@ -228,12 +228,22 @@ impl Session {
             )
             .await?;
             conn.flush().await?;
-            match executor::relay_bound(&mut conn, &mut self.out, parse).await? {
+            match executor::relay_bound(&mut conn, &mut self.out, parse, p.modifies()).await? {
                 executor::BoundAnswer::Ran(answer) => {
                     if parse {
                         conn.prepared.insert(p.name.to_string());
                     }
                     Ok(answer)
+                }
+                executor::BoundAnswer::Stopped { parsed } => {
+                    // The client's cancel (or a timeout, a deadlock) ended
+                    // it before it ran, as it would have ended the simple
+                    // query: that is the answer, not a reason to send the
+                    // text again.
+                    if parse && parsed {
+                        conn.prepared.insert(p.name.to_string());
+                    }
+                    Ok(Answer::Failed)
                 }
                 executor::BoundAnswer::Refused { parsed } => {
                     // Nothing ran: the query as written gives PostgreSQL's
