@@ -100,6 +100,30 @@ pub enum BoundAnswer {
     /// statement's answer. Sent again, it would run after all. `parsed`:
     /// the Parse had completed (the statement exists on the connection).
     Stopped { parsed: bool },
+    /// A read failed before its first row: nothing was relayed, and, being
+    /// read-only, it may be sent again as written for PostgreSQL's own
+    /// answer (see `BoundKind::Read`). The statement stays prepared.
+    FailedEarly,
+}
+
+/// What a statement sent with `ServerConn::send_bound` is, for relaying
+/// its answer as a simple query's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKind {
+    /// An `INSERT`, `UPDATE` or `DELETE`: a simple query fills its
+    /// RETURNING rows first, then describes them, so its RowDescription
+    /// waits until its first row or its tag (an error comes alone, notices
+    /// first).
+    Write,
+    /// A read proven read-only: its answer waits until its first row or
+    /// its tag. Under a generic plan PostgreSQL raises while the statement
+    /// runs, after the RowDescription, an error a simple query gets while
+    /// planning with the constants in place (`10 / 0` folded), before any
+    /// RowDescription; which of the two an early error is cannot be told
+    /// from here, so the text as written answers it (`FailedEarly`).
+    Read,
+    /// Anything else (a read that may write): relayed as it comes.
+    Other,
 }
 
 /// A refusal that says nothing of the text: the client's cancel, a
@@ -158,16 +182,14 @@ fn without_bound_values(f: &Frame) -> Option<Vec<u8>> {
 /// Relays the answer to `ServerConn::send_bound` as the answer to a simple
 /// query: ParseComplete, BindComplete and NoData are dropped, an error
 /// before BindComplete relays nothing (the caller sends the query as
-/// written) unless it stopped the statement (`Stopped`), and CommandComplete
-/// waits for what the commit at Sync says. `modifies`: an `INSERT`,
-/// `UPDATE` or `DELETE`, whose RowDescription waits until it has run (a
-/// simple query fills its RETURNING rows first, then describes them: an
-/// error comes alone, notices before it). `ReadyForQuery` is not relayed.
+/// written) unless it stopped the statement (`Stopped`), what comes before
+/// the first row waits as `kind` says, and CommandComplete waits for what
+/// the commit at Sync says. `ReadyForQuery` is not relayed.
 pub async fn relay_bound<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     out: &mut W,
     parse: bool,
-    modifies: bool,
+    kind: BoundKind,
 ) -> Result<BoundAnswer, ExecError> {
     let mut parsed = !parse;
     // Notices before the statement runs wait: it may yet be refused.
@@ -199,9 +221,16 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
             _ => early.push(f.bytes),
         }
     }
-    for b in early {
-        write(out, &b).await?;
-    }
+    // What waits for the first row or the tag (see `BoundKind`).
+    let mut held: Option<Vec<Bytes>> = match kind {
+        BoundKind::Read => Some(early),
+        BoundKind::Write | BoundKind::Other => {
+            for b in early {
+                write(out, &b).await?;
+            }
+            None
+        }
+    };
     let mut failed = false;
     // The command tag waits for the commit at Sync: a simple query commits
     // before its CommandComplete, so an error there (a deferred constraint)
@@ -215,6 +244,9 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
             if let Some(d) = described.take() {
                 write(out, &d).await?;
             }
+            for b in held.take().unwrap_or_default() {
+                write(out, &b).await?;
+            }
         }
         match f.tag {
             b'Z' => {
@@ -224,10 +256,20 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
                 return Ok(BoundAnswer::Ran(Answer::failed_if(failed)));
             }
             b'n' => {}
-            b'T' if modifies => described = Some(f.bytes),
+            b'T' if kind == BoundKind::Write => described = Some(f.bytes),
             b'C' => tag = Some(f.bytes),
             b'G' => refuse_copy_in(conn).await?,
             b'E' => {
+                let code = protocol::ErrorFields::parse(f.body()).code;
+                if let Some(h) = held.take() {
+                    if !stops_the_statement(&code) {
+                        drain(conn).await?;
+                        return Ok(BoundAnswer::FailedEarly);
+                    }
+                    for b in h {
+                        write(out, &b).await?;
+                    }
+                }
                 failed = true;
                 tag = None;
                 described = None;
@@ -236,11 +278,17 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
                     None => write(out, &f.bytes).await?,
                 }
             }
-            b'N' => match without_bound_values(&f) {
-                Some(b) => write(out, &b).await?,
-                None => write(out, &f.bytes).await?,
-            },
-            _ => write(out, &f.bytes).await?,
+            _ => {
+                let b = match f.tag {
+                    b'N' => without_bound_values(&f).map(Bytes::from),
+                    _ => None,
+                }
+                .unwrap_or(f.bytes);
+                match held.as_mut() {
+                    Some(h) => h.push(b),
+                    None => write(out, &b).await?,
+                }
+            }
         }
     }
 }

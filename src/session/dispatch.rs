@@ -228,7 +228,14 @@ impl Session {
             )
             .await?;
             conn.flush().await?;
-            match executor::relay_bound(&mut conn, &mut self.out, parse, p.modifies()).await? {
+            let kind = if p.modifies() {
+                executor::BoundKind::Write
+            } else if write == Writes::No {
+                executor::BoundKind::Read
+            } else {
+                executor::BoundKind::Other
+            };
+            match executor::relay_bound(&mut conn, &mut self.out, parse, kind).await? {
                 executor::BoundAnswer::Ran(answer) => {
                     if parse {
                         conn.prepared.insert(p.name.to_string());
@@ -244,6 +251,17 @@ impl Session {
                         conn.prepared.insert(p.name.to_string());
                     }
                     Ok(Answer::Failed)
+                }
+                executor::BoundAnswer::FailedEarly => {
+                    // A read that failed before its first row: the text
+                    // as written gives PostgreSQL's own answer (with or
+                    // without a RowDescription before the error).
+                    if parse {
+                        conn.prepared.insert(p.name.to_string());
+                    }
+                    conn.send_query(stmt).await?;
+                    conn.flush().await?;
+                    executor::relay(&mut conn, &mut self.out).await
                 }
                 executor::BoundAnswer::Refused { parsed } => {
                     // Nothing ran: the query as written gives PostgreSQL's
