@@ -127,9 +127,14 @@ pub enum BoundKind {
 }
 
 /// A refusal that says nothing of the text: the client's cancel, a
-/// timeout, a deadlock. The simple query would have got the same error.
+/// statement or lock timeout, a deadlock. The simple query would have got
+/// the same error; sent again, the statement might run where PostgreSQL
+/// refused it. (A lock timeout a simple query meets while parsing names the
+/// table's position; one met at Bind has none: the lesser difference.)
 fn stops_the_statement(code: &str) -> bool {
-    code == crate::error::SqlState::QUERY_CANCELED.code() || code.starts_with("40")
+    code == crate::error::SqlState::QUERY_CANCELED.code()
+        || code == crate::error::SqlState::LOCK_NOT_AVAILABLE.code()
+        || code.starts_with("40")
 }
 
 /// The CONTEXT line PostgreSQL adds to what a portal with parameters

@@ -221,6 +221,48 @@ async fn a_cancelled_statement_is_not_run_again_as_written() {
     assert_eq!(answers[0], answers[1], "pieskieo, then postgresql");
 }
 
+/// `lock_timeout` ends an `UPDATE` waiting for a lock (at its Bind, the
+/// statement already prepared): PostgreSQL refuses it with 55P03 and
+/// changes nothing. Sent again as written, it waited anew, got the lock
+/// when its holder committed, and ran. (The proxy's 55P03 comes from the
+/// Bind, without the position PostgreSQL's parser gives the table: accepted,
+/// and not compared.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_is_not_run_again_as_written() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let shard = c.shard_of("t", KeyValue::Int(2));
+    let holder = c.shard(shard).await;
+    let mut plain_holder = RawClient::connect(oracle_port).await;
+    let mut answers = Vec::new();
+    for port in [c.port(), oracle_port] {
+        let mut q = RawClient::connect(port).await;
+        assert_eq!(
+            q.query("UPDATE t SET b = 77 WHERE id = 2").await.tags(),
+            ["UPDATE 1"]
+        );
+        q.query("SET lock_timeout = '400ms'").await;
+        let lock = "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE";
+        if port == oracle_port {
+            assert_eq!(plain_holder.query(lock).await.status, b'T');
+        } else {
+            holder.batch_execute(lock).await.unwrap();
+        }
+        let mut body = b"UPDATE t SET b = 88 WHERE id = 2".to_vec();
+        body.push(0);
+        q.send(b'Q', &body).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if port == oracle_port {
+            plain_holder.query("COMMIT").await;
+        } else {
+            holder.batch_execute("COMMIT").await.unwrap();
+        }
+        let r = q.until_ready().await;
+        let b = q.query("SELECT b FROM t WHERE id = 2").await;
+        answers.push(format!("{:?} {:?} {}", r.error_codes(), r.tags(), show(&b)));
+    }
+    assert_eq!(answers[0], answers[1], "pieskieo, then postgresql");
+}
+
 /// Once PostgreSQL picks a generic plan for the statement (after five
 /// executions on one connection), an error it raises while planning with
 /// the constants in place (folding `10 / 0`) comes while the statement
