@@ -89,15 +89,100 @@ pub async fn relay<W: AsyncWrite + Unpin>(
 /// How a statement sent with `ServerConn::send_bound` was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoundAnswer {
-    /// It ran (or failed for a reason of its own): its answer was relayed
-    /// as a simple query's would be. `parsed`: the connection has the
-    /// statement now.
-    Ran { answer: Answer, parsed: bool },
+    /// It ran: its answer was relayed as a simple query's would be.
+    Ran(Answer),
     /// The shard refused it before running anything, at its Parse
     /// (`parsed: false`: the text is no statement on its own) or at its Bind
     /// (a value or the prepared statement itself), for what the text says.
     /// Nothing was relayed.
     Refused { parsed: bool },
+    /// It failed before it ran for a reason that is not the text's (a
+    /// cancel, a timeout, a deadlock's victim) while its Parse or Bind ran
+    /// or waited: that error was relayed, as the statement's answer. Sent again, it would run after all. `parsed`:
+    /// the Parse had completed (the statement exists on the connection).
+    Stopped { parsed: bool },
+    /// A read failed before its first row: nothing was relayed, and, being
+    /// read-only, it may be sent again as written for PostgreSQL's own
+    /// answer (see `BoundKind::Read`). The statement stays prepared.
+    FailedEarly,
+}
+
+/// What a statement sent with `ServerConn::send_bound` is, for relaying
+/// its answer as a simple query's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKind {
+    /// An `INSERT`, `UPDATE` or `DELETE`: a simple query fills its
+    /// RETURNING rows first, then describes them, so its RowDescription
+    /// waits until its first row or its tag (an error comes alone, notices
+    /// first).
+    Write,
+    /// A read proven read-only: its answer waits until its first row or
+    /// its tag. Under a generic plan PostgreSQL raises while the statement
+    /// runs, after the RowDescription, an error a simple query gets while
+    /// planning with the constants in place (`10 / 0` folded), before any
+    /// RowDescription; which of the two an early error is cannot be told
+    /// from here, so the text as written answers it (`FailedEarly`).
+    Read,
+    /// Anything else (a read that may write): relayed as it comes.
+    Other,
+}
+
+/// A refusal that says nothing of the text: the client's cancel, a
+/// statement or lock timeout, a deadlock. The simple query would have got
+/// the same error; sent again, the statement might run where PostgreSQL
+/// refused it. (A lock timeout a simple query meets while parsing names the
+/// table's position; one met at Bind has none: the lesser difference.)
+fn stops_the_statement(code: &str) -> bool {
+    code == crate::error::SqlState::QUERY_CANCELED.code()
+        || code == crate::error::SqlState::LOCK_NOT_AVAILABLE.code()
+        || code.starts_with("40")
+}
+
+/// The CONTEXT line PostgreSQL adds to what a portal with parameters
+/// reports while it runs, when `log_parameter_max_length_on_error` is set:
+/// the outermost context, so the last line.
+const BOUND_VALUES: &str = "unnamed portal with parameters: ";
+
+/// An ErrorResponse or NoticeResponse without the CONTEXT line naming the
+/// values the proxy bound (`BOUND_VALUES`), which a simple query has not;
+/// `None` when it has no such line.
+fn without_bound_values(f: &Frame) -> Option<Vec<u8>> {
+    let body = f.body();
+    let mut fields: Vec<(u8, &str)> = Vec::new();
+    let mut rest = body;
+    let mut changed = false;
+    while let Some((&kind, after)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let (value, next) = take_cstr(after)?;
+        rest = next;
+        if kind == b'W' {
+            if value.starts_with(BOUND_VALUES) {
+                changed = true;
+                continue;
+            }
+            if let Some(at) = value.find(&format!("\n{BOUND_VALUES}")) {
+                changed = true;
+                fields.push((kind, &value[..at]));
+                continue;
+            }
+        }
+        fields.push((kind, value));
+    }
+    if !changed {
+        return None;
+    }
+    let mut out = vec![f.tag, 0, 0, 0, 0];
+    for (kind, value) in fields {
+        out.push(kind);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out)
 }
 
 /// Whether an error before BindComplete is about what the text says (a
@@ -112,13 +197,16 @@ fn refusal(e: &Frame) -> bool {
 
 /// Relays the answer to `ServerConn::send_bound` as the answer to a simple
 /// query: ParseComplete, BindComplete and NoData are dropped, an error
-/// before BindComplete about the text relays nothing (the caller sends the
-/// query as written), and CommandComplete waits for what the commit at Sync
-/// says. `ReadyForQuery` is not relayed.
+/// before BindComplete about the text (`refusal`) relays nothing (the
+/// caller sends the query as written), any other one is the answer
+/// (`Stopped`), what comes before the first row waits as `kind` says, and
+/// CommandComplete waits for what the commit at Sync says. `ReadyForQuery`
+/// is not relayed.
 pub async fn relay_bound<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     out: &mut W,
     parse: bool,
+    kind: BoundKind,
 ) -> Result<BoundAnswer, ExecError> {
     let mut parsed = !parse;
     // Notices before the statement runs wait: it may yet be refused.
@@ -133,15 +221,15 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
                 return Ok(BoundAnswer::Refused { parsed });
             }
             b'E' => {
+                // A cancel, a timeout, a deadlock, the server going away:
+                // the simple query would have got it too, and sent again
+                // the statement might run where PostgreSQL refused it.
                 for b in early {
                     write(out, &b).await?;
                 }
                 write(out, &f.bytes).await?;
                 drain(conn).await?;
-                return Ok(BoundAnswer::Ran {
-                    answer: Answer::Failed,
-                    parsed,
-                });
+                return Ok(BoundAnswer::Stopped { parsed });
             }
             b'Z' => {
                 return Err(ExecError::Backend(BackendError::Protocol {
@@ -152,35 +240,74 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
             _ => early.push(f.bytes),
         }
     }
-    for b in early {
-        write(out, &b).await?;
-    }
+    // What waits for the first row or the tag (see `BoundKind`).
+    let mut held: Option<Vec<Bytes>> = match kind {
+        BoundKind::Read => Some(early),
+        BoundKind::Write | BoundKind::Other => {
+            for b in early {
+                write(out, &b).await?;
+            }
+            None
+        }
+    };
     let mut failed = false;
     // The command tag waits for the commit at Sync: a simple query commits
     // before its CommandComplete, so an error there (a deferred constraint)
-    // comes in its place, and what the commit says comes before it.
+    // comes in place of it, and what the commit says comes before it.
     let mut tag: Option<Bytes> = None;
+    // A write's RowDescription, until its first row or its tag.
+    let mut described: Option<Bytes> = None;
     loop {
         let f = conn.read().await?;
+        if matches!(f.tag, b'D' | b'C') {
+            if let Some(d) = described.take() {
+                write(out, &d).await?;
+            }
+            for b in held.take().unwrap_or_default() {
+                write(out, &b).await?;
+            }
+        }
         match f.tag {
             b'Z' => {
                 if let Some(t) = tag {
                     write(out, &t).await?;
                 }
-                return Ok(BoundAnswer::Ran {
-                    answer: Answer::failed_if(failed),
-                    parsed: true,
-                });
+                return Ok(BoundAnswer::Ran(Answer::failed_if(failed)));
             }
             b'n' => {}
+            b'T' if kind == BoundKind::Write => described = Some(f.bytes),
             b'C' => tag = Some(f.bytes),
             b'G' => refuse_copy_in(conn).await?,
             b'E' => {
+                let code = protocol::ErrorFields::parse(f.body()).code;
+                if let Some(h) = held.take() {
+                    if refusal(&f) && !stops_the_statement(&code) {
+                        drain(conn).await?;
+                        return Ok(BoundAnswer::FailedEarly);
+                    }
+                    for b in h {
+                        write(out, &b).await?;
+                    }
+                }
                 failed = true;
                 tag = None;
-                write(out, &f.bytes).await?;
+                described = None;
+                match without_bound_values(&f) {
+                    Some(b) => write(out, &b).await?,
+                    None => write(out, &f.bytes).await?,
+                }
             }
-            _ => write(out, &f.bytes).await?,
+            _ => {
+                let b = match f.tag {
+                    b'N' => without_bound_values(&f).map(Bytes::from),
+                    _ => None,
+                }
+                .unwrap_or(f.bytes);
+                match held.as_mut() {
+                    Some(h) => h.push(b),
+                    None => write(out, &b).await?,
+                }
+            }
         }
     }
 }

@@ -107,6 +107,12 @@ impl Prepare {
         &self.normalized.values
     }
 
+    /// An `INSERT`, `UPDATE` or `DELETE`: its RETURNING rows are described
+    /// once it has run, as a simple query's are.
+    pub fn modifies(&self) -> bool {
+        self.keyed.modifies()
+    }
+
     /// The shard would not prepare the text: later queries go as written.
     pub fn refuse(&self) {
         self.keyed.refuse();

@@ -21,6 +21,8 @@ pub struct KeyedPlan {
     /// no constant in it is read by position (`ORDER BY 1`, `GROUP BY 1`,
     /// `DISTINCT ON (1)`), and it is a plain statement, not `EXPLAIN`.
     preparable: bool,
+    /// An `INSERT`, `UPDATE` or `DELETE` (see `modifies`).
+    modifies: bool,
     /// A shard refused to prepare it (it is valid only with its constants
     /// in place, such as `SELECT 'x'` or `interval '1 day'`).
     refused: AtomicBool,
@@ -42,6 +44,65 @@ fn preparable(sql: &str) -> bool {
         && !lower.contains("order")
         && !lower.contains("group")
         && !lower.contains("distinct")
+        && !truncates_a_name(sql)
+}
+
+/// Names are at most this many bytes (`NAMEDATALEN - 1`); PostgreSQL's
+/// lexer cuts a longer one and says so in a NOTICE each time it reads the
+/// text, which a statement prepared once would say only at its Parse.
+const MAX_NAME: usize = 63;
+
+/// Whether a name in `sql`, bare or quoted, is longer than PostgreSQL keeps.
+fn truncates_a_name(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' {
+            // `""` inside is one byte of the name.
+            let mut n = 0;
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'"' {
+                    if b.get(i + 1) == Some(&b'"') {
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                n += 1;
+                i += 1;
+            }
+            if n > MAX_NAME {
+                return true;
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            let start = i;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+            {
+                i += 1;
+            }
+            if i - start > MAX_NAME {
+                return true;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Whether the statement is an `INSERT`, `UPDATE` or `DELETE`: run as a
+/// simple query, its `RETURNING` rows are described only once it has run.
+fn modifies(sql: &str) -> bool {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .map(str::to_ascii_lowercase);
+    matches!(first.as_deref(), Some("insert" | "update" | "delete"))
 }
 
 impl KeyedPlan {
@@ -55,6 +116,7 @@ impl KeyedPlan {
             hash: crate::protocol::fnv1a(sql.bytes()),
             len: sql.len(),
             preparable: preparable(sql),
+            modifies: modifies(sql),
             refused: AtomicBool::new(false),
             named: OnceLock::new(),
         })
@@ -77,6 +139,12 @@ impl KeyedPlan {
         let name: Arc<str> = format!("pieskieo_{h:016x}_{}", self.len).into();
         let _ = self.named.set((types.collect(), name.clone()));
         Some(name)
+    }
+
+    /// An `INSERT`, `UPDATE` or `DELETE`: its RowDescription, if any,
+    /// waits until it has run.
+    pub fn modifies(&self) -> bool {
+        self.modifies
     }
 
     /// A shard would not prepare the text: its queries go as written from now on.
@@ -102,7 +170,34 @@ impl KeyedPlan {
 
 #[cfg(test)]
 mod tests {
-    use super::preparable;
+    use super::*;
+
+    #[test]
+    fn texts_with_names_postgresql_cuts_are_not_prepared() {
+        let long = "a".repeat(64);
+        assert!(preparable(&format!(
+            "SELECT b AS {} FROM t WHERE id = $1",
+            "a".repeat(63)
+        )));
+        assert!(!preparable(&format!(
+            "SELECT b AS {long} FROM t WHERE id = $1"
+        )));
+        assert!(!preparable(&format!(
+            "SELECT b AS \"{long}\" FROM t WHERE id = $1"
+        )));
+        // `""` is one byte of the name: 32 of them are 32 bytes.
+        assert!(preparable(&format!(
+            "SELECT b AS \"{}\" FROM t WHERE id = $1",
+            "\"\"".repeat(32)
+        )));
+    }
+
+    #[test]
+    fn writes_are_told_from_reads() {
+        assert!(modifies("  UPDATE t SET b = $1 WHERE id = $2"));
+        assert!(modifies("insert into t values ($1)"));
+        assert!(!modifies("SELECT b FROM t WHERE id = $1"));
+    }
 
     #[test]
     fn only_plain_statements_without_positional_numbers_are_prepared() {

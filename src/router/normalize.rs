@@ -80,6 +80,19 @@ fn number_type(text: &str) -> u32 {
     }
 }
 
+/// Whether a number is one PostgreSQL's grammar types differently once a
+/// minus is folded into it (`doNegate`, then `make_const`): `2147483648` is
+/// `int8` but `-2147483648` is `int4`; `9223372036854775808` is `numeric`
+/// but `-9223372036854775808` is `int8`. Every other number keeps its type
+/// under a minus, so `- $n` of that type means what the literal meant.
+fn changes_type_negated(text: &str) -> bool {
+    text.bytes().all(|c| c.is_ascii_digit())
+        && matches!(
+            text.parse::<u128>(),
+            Ok(2_147_483_648 | 9_223_372_036_854_775_808)
+        )
+}
+
 /// The statement with its string and number constants replaced by `$1..$n`,
 /// and those constants; `None` when it has none or cannot be read safely.
 pub fn normalize(sql: &str) -> Option<Normalized> {
@@ -178,6 +191,12 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
                 if j < b.len() && ident_char(b[j]) {
                     return None;
                 }
+                // Negated, these change type (see `changes_type_negated`):
+                // as `- $n` they would not. They stay in the text.
+                if changes_type_negated(&sql[i..j]) {
+                    i = j;
+                    continue;
+                }
                 out.push_str(&sql[copied..i]);
                 placeholder(&mut out, &mut values, sql[i..j].to_string());
                 i = j;
@@ -235,12 +254,27 @@ mod tests {
 
     #[test]
     fn numbers_are_typed_as_postgresql_types_them() {
-        let n = normalize("SELECT 2147483647, 2147483648, 9223372036854775808, 1.0, .5, 1e3, '7'")
+        // (2147483648 and 9223372036854775808 themselves stay in the text:
+        // `numbers_whose_type_a_minus_changes_stay_in_the_text`.)
+        let n = normalize("SELECT 2147483647, 2147483649, 9223372036854775809, 1.0, .5, 1e3, '7'")
             .unwrap();
         assert_eq!(
             n.types().unwrap().collect::<Vec<_>>(),
             [INT4, INT8, NUMERIC, NUMERIC, NUMERIC, NUMERIC, 0]
         );
+    }
+
+    #[test]
+    fn numbers_whose_type_a_minus_changes_stay_in_the_text() {
+        let n = normalize(
+            "SELECT -2147483648, - 02147483648, -9223372036854775808, -2147483647, 1 FROM t WHERE id = 5",
+        )
+        .unwrap();
+        assert_eq!(
+            n.template,
+            "SELECT -2147483648, - 02147483648, -9223372036854775808, -$1, $2 FROM t WHERE id = $3"
+        );
+        assert_eq!(n.types().unwrap().collect::<Vec<_>>(), [INT4, INT4, INT4]);
     }
 
     #[test]

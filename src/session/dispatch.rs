@@ -231,12 +231,40 @@ impl Session {
             )
             .await?;
             conn.flush().await?;
-            match executor::relay_bound(&mut conn, &mut self.out, parse).await? {
-                executor::BoundAnswer::Ran { answer, parsed } => {
-                    if parse && parsed {
+            let kind = if p.modifies() {
+                executor::BoundKind::Write
+            } else if write == Writes::No {
+                executor::BoundKind::Read
+            } else {
+                executor::BoundKind::Other
+            };
+            match executor::relay_bound(&mut conn, &mut self.out, parse, kind).await? {
+                executor::BoundAnswer::Ran(answer) => {
+                    if parse {
                         conn.prepared.insert(p.name.to_string());
                     }
                     Ok(answer)
+                }
+                executor::BoundAnswer::Stopped { parsed } => {
+                    // The client's cancel (or a timeout, a deadlock) ended
+                    // it before it ran, as it would have ended the simple
+                    // query: that is the answer, not a reason to send the
+                    // text again.
+                    if parse && parsed {
+                        conn.prepared.insert(p.name.to_string());
+                    }
+                    Ok(Answer::Failed)
+                }
+                executor::BoundAnswer::FailedEarly => {
+                    // A read that failed before its first row: the text
+                    // as written gives PostgreSQL's own answer (with or
+                    // without a RowDescription before the error).
+                    if parse {
+                        conn.prepared.insert(p.name.to_string());
+                    }
+                    conn.send_query(stmt).await?;
+                    conn.flush().await?;
+                    executor::relay(&mut conn, &mut self.out).await
                 }
                 executor::BoundAnswer::Refused { parsed } => {
                     // Nothing ran: the query as written gives PostgreSQL's

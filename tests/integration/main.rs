@@ -28,6 +28,7 @@ mod metrics;
 mod prepared_simple;
 mod psql;
 mod restore;
+mod review17;
 
 mod review18;
 mod review18c;

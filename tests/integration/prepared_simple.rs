@@ -14,12 +14,12 @@ use pieskieo::router::KeyValue;
 
 use crate::harness::{config_text_full, Cluster, RawClient, Servers, TABLES};
 
-const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, b bigint, s text, n numeric, ts timestamptz, d int UNIQUE DEFERRABLE INITIALLY DEFERRED)";
-const ROWS: &str = "INSERT INTO t VALUES (1, 10, 'one', 1.5, '2026-01-01', 1), (2, 20, 'it''s', 2.5, '2026-01-02', 2), (3, 30, 'three', 3.5, '2026-01-03', 3)";
+pub(crate) const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, b bigint, s text, n numeric, ts timestamptz, d int UNIQUE DEFERRABLE INITIALLY DEFERRED)";
+pub(crate) const ROWS: &str = "INSERT INTO t VALUES (1, 10, 'one', 1.5, '2026-01-01', 1), (2, 20, 'it''s', 2.5, '2026-01-02', 2), (3, 30, 'three', 3.5, '2026-01-03', 3)";
 
 /// One plain PostgreSQL that takes the raw client's login (user `plain`,
 /// cleartext password, database `app`), with `t` and its rows.
-async fn oracle() -> (Servers, u16) {
+pub(crate) async fn oracle() -> (Servers, u16) {
     let servers = Servers::start(1);
     let admin = servers.connect(0).await;
     for sql in [
@@ -40,7 +40,7 @@ async fn oracle() -> (Servers, u16) {
     (servers, port)
 }
 
-async fn cluster(extra: &str) -> Cluster {
+pub(crate) async fn cluster(extra: &str) -> Cluster {
     let tables =
         format!("{extra}\n{TABLES}\n[[tables]]\nname = \"t\"\nkey = \"id\"\nkey_type = \"int8\"\n");
     let shards = Servers::start(3);
@@ -54,7 +54,7 @@ async fn cluster(extra: &str) -> Cluster {
 }
 
 /// What the shards were sent as prepared statements, by their logs.
-fn executed_prepared(c: &Cluster) -> String {
+pub(crate) fn executed_prepared(c: &Cluster) -> String {
     let mut all = String::new();
     for s in &c.shards.servers {
         let log = std::fs::read_to_string(s.data_dir.join("server.log")).unwrap_or_default();
@@ -68,7 +68,7 @@ fn executed_prepared(c: &Cluster) -> String {
 
 /// A message as it must agree between the two: a RowDescription without its
 /// table OIDs (each database numbers its tables), fields shown readably.
-fn line(t: u8, b: &[u8]) -> String {
+pub(crate) fn line(t: u8, b: &[u8]) -> String {
     if t != b'T' {
         return format!(
             "{}:{}",
