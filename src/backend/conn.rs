@@ -333,6 +333,15 @@ impl ServerConn {
         }
     }
 
+    /// The error just read is not the shard's answer to the client: the
+    /// proxy sends the query again as written (`relay_bound`), and the
+    /// error counts once, when that answers.
+    pub fn uncount_error(&self) {
+        if let Some(s) = &self.stats {
+            s.errors.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The server reads backslashes in `'...'` as ordinary characters
     /// (`standard_conforming_strings` reported on).
     pub fn conforming_strings(&self) -> bool {

@@ -217,6 +217,7 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
             b'1' => parsed = true,
             b'2' => break,
             b'E' if refusal(&f) => {
+                conn.uncount_error();
                 drain(conn).await?;
                 return Ok(BoundAnswer::Refused { parsed });
             }
@@ -282,6 +283,7 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
                 let code = protocol::ErrorFields::parse(f.body()).code;
                 if let Some(h) = held.take() {
                     if refusal(&f) && !stops_the_statement(&code) {
+                        conn.uncount_error();
                         drain(conn).await?;
                         return Ok(BoundAnswer::FailedEarly);
                     }

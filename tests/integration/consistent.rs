@@ -1623,9 +1623,10 @@ async fn a_slow_multi_shard_select_does_not_hold_commits() {
             exec(&r, "BEGIN").await;
         }
         // Every balance (a plain fan-out, proven read-only), slowly: the
-        // shards' answers, small, come only at their ends.
+        // shards' answers, small, come only at their ends. (Seconds, so
+        // that on a loaded machine it still outlasts the transfer.)
         let sql =
-            "SELECT a.balance FROM accounts a, generate_series(1, 4000000) g WHERE g = 4000000";
+            "SELECT a.balance FROM accounts a, generate_series(1, 10000000) g WHERE g = 10000000";
         let w = connect(&url(p.addr.port())).await.unwrap();
         let started = Instant::now();
         let q = tokio::spawn(async move {
