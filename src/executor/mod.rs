@@ -314,6 +314,17 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Sends `sql` as a simple query and relays its answer (`relay`).
+pub async fn run_text<W: AsyncWrite + Unpin>(
+    conn: &mut ServerConn,
+    out: &mut W,
+    sql: &str,
+) -> Result<Answer, ExecError> {
+    conn.send_query(sql).await?;
+    conn.flush().await?;
+    relay(conn, out).await
+}
+
 /// Reads the answer to one query without relaying it; returns the first error.
 pub async fn drain(conn: &mut ServerConn) -> Result<Option<Frame>, BackendError> {
     let mut err = None;

@@ -147,12 +147,7 @@ impl Session {
         if !self.prepare_for_execute(&mut conn).await? {
             return Ok(false);
         }
-        let r = async {
-            conn.send_query(text).await?;
-            conn.flush().await?;
-            executor::relay(&mut conn, &mut self.out).await
-        }
-        .await;
+        let r = executor::run_text(&mut conn, &mut self.out, text).await;
         if conn.status != b'I' {
             // The text opened a block of its own; never hand that on.
             conn.mark_broken();
@@ -216,9 +211,7 @@ impl Session {
             if !conn.conforming_strings()
                 || (parse && conn.prepared.len() >= MAX_PREPARED_PER_CONNECTION)
             {
-                conn.send_query(stmt).await?;
-                conn.flush().await?;
-                return executor::relay(&mut conn, &mut self.out).await;
+                return executor::run_text(&mut conn, &mut self.out, stmt).await;
             }
             let types: Vec<u32> = match n.types() {
                 Some(t) if parse => t.collect(),
@@ -262,17 +255,13 @@ impl Session {
                     if parse {
                         conn.prepared.insert(p.name.to_string());
                     }
-                    conn.send_query(stmt).await?;
-                    conn.flush().await?;
-                    executor::relay(&mut conn, &mut self.out).await
+                    executor::run_text(&mut conn, &mut self.out, stmt).await
                 }
                 executor::BoundAnswer::Refused { parsed } => {
                     // Nothing ran: the query as written gives PostgreSQL's
                     // own answer, errors and their positions included.
                     if !parsed {
-                        conn.send_query(stmt).await?;
-                        conn.flush().await?;
-                        let answer = executor::relay(&mut conn, &mut self.out).await?;
+                        let answer = executor::run_text(&mut conn, &mut self.out, stmt).await?;
                         if answer == Answer::Succeeded {
                             // The text is no statement without its
                             // constants (`SELECT 'x'`, `interval '1 day'`):

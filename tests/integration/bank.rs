@@ -87,13 +87,42 @@ pub fn transfer_sql(a: i64, b: i64) -> String {
 /// Waits until shard 1 or 2 holds a prepared transaction, then 200 ms more
 /// (the commit reaches its failpoint).
 pub async fn until_prepared(servers: &Servers) {
-    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
+    until_prepared_on(servers, &[1, 2], Duration::from_millis(200)).await;
+}
+
+/// Waits until one of `shards` holds a prepared transaction, then `settle`.
+pub async fn until_prepared_on(servers: &Servers, shards: &[usize], settle: Duration) {
+    let mut clients = Vec::new();
+    for &i in shards {
+        clients.push(servers.connect(i).await);
+    }
     let t = Instant::now();
-    while prepared(&s1).await + prepared(&s2).await == 0 {
+    loop {
+        let mut n = 0;
+        for c in &clients {
+            n += prepared(c).await;
+        }
+        if n > 0 {
+            break;
+        }
         assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(settle).await;
+}
+
+/// Fresh shards, a proxy over them (`consistent_reads` as given, extra
+/// `[txn]` lines), and the accounts (`accounts`): the shards, the proxy,
+/// its port and the accounts' keys.
+pub async fn bank_cluster(
+    consistent: bool,
+    txn_extra: &str,
+) -> (Servers, pieskieo::Proxy, u16, Vec<i64>) {
+    let servers = Servers::start(SHARDS);
+    let p = proxy(&servers, consistent, txn_extra).await;
+    let port = p.addr.port();
+    let keys = accounts(&servers, port).await;
+    (servers, p, port, keys)
 }
 
 /// Starts a transfer from `a` (shard 1) to `b` (shard 2) through the proxy

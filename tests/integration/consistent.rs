@@ -17,7 +17,8 @@ use pieskieo::router::{KeyValue, ShardMap};
 use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
 
 use crate::bank::{
-    config, config_text, paused_transfer, proxy, proxy_text, transfer_sql, url, SHARDS, START,
+    config, config_text, paused_transfer, proxy, proxy_text, transfer_sql, until_prepared_on, url,
+    SHARDS, START,
 };
 use crate::harness::{
     connect, error_message, exec, prepared, rows, sqlstate, value, Lcg, ProxyProcess, Servers,
@@ -675,13 +676,7 @@ async fn a_proxy_killed_mid_commit_releases_the_lock() {
     // holding the lock: readers on the survivor wait, never see half.
     // (Waited for, not slept: on a loaded machine the other process may take
     // more than a second to get there.)
-    let (s0, s1) = (servers.connect(0).await, servers.connect(1).await);
-    let t = Instant::now();
-    while prepared(&s0).await + prepared(&s1).await == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "never prepared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_prepared_on(&servers, &[0, 1], Duration::from_millis(300)).await;
     let mut r = connect(&url(survivor.addr.port())).await.unwrap();
     let waiting = tokio::time::timeout(
         Duration::from_millis(1000),

@@ -28,18 +28,7 @@ struct Pair {
 impl Pair {
     async fn start() -> Pair {
         let cluster = Cluster::start(3).await;
-        let plain = Servers::start(1);
-        let admin = plain.connect(0).await;
-        for sql in [
-            "CREATE ROLE plain LOGIN SUPERUSER PASSWORD 'plainpass'",
-            "CREATE DATABASE app OWNER plain",
-        ] {
-            admin.simple_query(sql).await.unwrap();
-        }
-        let hba = plain.servers[0].data_dir.join("pg_hba.conf");
-        std::fs::write(&hba, "host all all 127.0.0.1/32 password\n").unwrap();
-        admin.simple_query("SELECT pg_reload_conf()").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let plain = crate::harness::oracle_server().await;
         let p = Pair { cluster, plain };
         for c in [p.proxy().await, p.oracle().await] {
             for sql in [ACCOUNTS, COUNTRIES, NOTES] {

@@ -196,6 +196,25 @@ impl Drop for Servers {
     }
 }
 
+/// One plain PostgreSQL, the oracle tests compare the proxy with: it takes
+/// the raw client's login (user `plain`, cleartext password, database
+/// `app`), as the proxy does.
+pub async fn oracle_server() -> Servers {
+    let servers = Servers::start(1);
+    let admin = servers.connect(0).await;
+    for sql in [
+        "CREATE ROLE plain LOGIN SUPERUSER PASSWORD 'plainpass'",
+        "CREATE DATABASE app OWNER plain",
+    ] {
+        admin.simple_query(sql).await.unwrap();
+    }
+    let hba = servers.servers[0].data_dir.join("pg_hba.conf");
+    std::fs::write(&hba, "host all all 127.0.0.1/32 password\n").unwrap();
+    admin.simple_query("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    servers
+}
+
 /// Shards plus a proxy in this process.
 pub struct Cluster {
     pub shards: Servers,

@@ -20,18 +20,7 @@ pub(crate) const ROWS: &str = "INSERT INTO t VALUES (1, 10, 'one', 1.5, '2026-01
 /// One plain PostgreSQL that takes the raw client's login (user `plain`,
 /// cleartext password, database `app`), with `t` and its rows.
 pub(crate) async fn oracle() -> (Servers, u16) {
-    let servers = Servers::start(1);
-    let admin = servers.connect(0).await;
-    for sql in [
-        "CREATE ROLE plain LOGIN SUPERUSER PASSWORD 'plainpass'",
-        "CREATE DATABASE app OWNER plain",
-    ] {
-        admin.simple_query(sql).await.unwrap();
-    }
-    let hba = servers.servers[0].data_dir.join("pg_hba.conf");
-    std::fs::write(&hba, "host all all 127.0.0.1/32 password\n").unwrap();
-    admin.simple_query("SELECT pg_reload_conf()").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let servers = crate::harness::oracle_server().await;
     let port = servers.servers[0].port;
     let mut c = RawClient::connect(port).await;
     for sql in [SCHEMA, ROWS] {

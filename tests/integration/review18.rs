@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use crate::bank::{
-    accounts, config_text, paused_transfer, proxy, proxy_text, sum_of, transfer_sql, url, values,
-    SHARDS, START,
+    accounts, bank_cluster, config_text, paused_transfer, proxy, proxy_text, sum_of, transfer_sql,
+    url, values, SHARDS, START,
 };
 use crate::harness::{connect, exec, value, Servers};
 
@@ -21,15 +21,11 @@ use crate::harness::{connect, exec, value, Servers};
 /// covered the whole simple query, parse analysis included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18_repeatable_read_autocommit_sum_is_fractured() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(
-        &servers,
+    let (servers, _p, port, keys) = bank_cluster(
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
     )
     .await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
     let total = START * SHARDS as i64;
     let mut got = Vec::new();
     for setting in [
@@ -252,15 +248,11 @@ async fn review18_primed_statements_answer_as_simple_queries() {
 /// `read_across` primes whatever the function.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18_volatile_function_in_a_primed_select_is_fractured() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(
-        &servers,
+    let (servers, _p, port, keys) = bank_cluster(
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=3000\"",
     )
     .await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
     let total = START * SHARDS as i64;
     for i in 0..SHARDS {
         let s = servers.connect(i).await;
@@ -301,15 +293,11 @@ async fn review18_volatile_function_in_a_primed_select_is_fractured() {
 /// never use the fence — for as long as the commit phase lasts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18_a_reader_waiting_in_the_fence_holds_relation_locks() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(
-        &servers,
+    let (servers, _p, port, keys) = bank_cluster(
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=3000\"",
     )
     .await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
     let stuck = paused_transfer(&servers, port, keys[1], keys[2]).await;
     let r = connect(&url(port)).await.unwrap();
     let reader = tokio::spawn(async move { sum_of(&r, "SELECT sum(balance) FROM accounts").await });
@@ -377,10 +365,7 @@ async fn review18_a_reader_waiting_in_the_fence_holds_relation_locks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "review18: a probe"]
 async fn review18_probe_which_selects_are_primed() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (_servers, _p, port, keys) = bank_cluster(true, "").await;
     let mut report = Vec::new();
     for sql in [
         "SELECT sum(balance) FROM accounts WHERE pg_sleep(3) IS NOT NULL",
@@ -534,10 +519,7 @@ async fn review18_a_late_watcher_cancel_hits_the_next_statement() {
 /// is not let go on a row-lock wait; it becomes the stall's 40P01 victim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18_watcher_release_on_a_row_lock_fractures_a_volatile_read() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (servers, _p, port, keys) = bank_cluster(true, "").await;
     let total = START * SHARDS as i64;
     for i in 0..SHARDS {
         let s = servers.connect(i).await;
@@ -608,10 +590,7 @@ async fn review18_watcher_release_on_a_row_lock_fractures_a_volatile_read() {
 /// PostgreSQL: the COMMIT goes through, then the reader gets its rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18_a_row_lock_wait_before_an_unread_answer_stalls_commits() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (_servers, _p, port, keys) = bank_cluster(true, "").await;
     // An open distributed transaction: rows on shards 0 and 1.
     let t = connect(&url(port)).await.unwrap();
     exec(&t, "BEGIN").await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::bank::{
-    accounts, code, paused_transfer, proxy, proxy_limited, sum_of, url, SHARDS, START,
+    accounts, bank_cluster, code, paused_transfer, proxy, proxy_limited, sum_of, url, SHARDS, START,
 };
 use crate::harness::{connect, exec, Servers};
 
@@ -58,10 +58,7 @@ async fn review18c_settle_doubles_the_query_timeout() {
 /// turned into "deadlock detected". One PostgreSQL says 57014.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18c_a_stale_verdict_turns_a_later_timeout_into_40p01() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (_servers, _p, port, keys) = bank_cluster(true, "").await;
     let admin = connect(&url(port)).await.unwrap();
     exec(&admin, "CREATE TABLE items (id bigint PRIMARY KEY, v int)").await;
     let r = connect(&url(port)).await.unwrap();
@@ -120,15 +117,11 @@ async fn review18c_a_stale_verdict_turns_a_later_timeout_into_40p01() {
 #[ignore = "review18c: a probe that passes"]
 async fn review18c_probe_fractured_reads() {
     #[allow(unused_mut)]
-    let servers = Servers::start(SHARDS);
-    let p = proxy(
-        &servers,
+    let (servers, _p, port, keys) = bank_cluster(
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
     )
     .await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
     let total = START * SHARDS as i64;
     let one = |k: i64| format!("SELECT balance FROM accounts WHERE id = {k}");
     let each = format!("{}; {}; {}", one(keys[0]), one(keys[1]), one(keys[2]));
@@ -285,15 +278,11 @@ async fn review18c_probe_fractured_reads() {
 async fn review18c_a_cancel_in_the_fence_leaves_unbegun_participants() {
     use crate::harness::{field, RawClient};
     use tokio::io::AsyncWriteExt;
-    let servers = Servers::start(SHARDS);
-    let p = proxy(
-        &servers,
+    let (servers, _p, port, keys) = bank_cluster(
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
     )
     .await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
     let mut c = RawClient::start(port, &[("user", "plain"), ("database", "app")]).await;
     let (t, _) = c.read().await;
     assert_eq!(t, b'R');
@@ -415,10 +404,7 @@ type Outcome = (
 );
 
 async fn volatile_aggregate(extended: bool, tail: &str) -> Outcome {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (servers, _p, port, keys) = bank_cluster(true, "").await;
     let total = START * SHARDS as i64;
     for i in 0..SHARDS {
         let s = servers.connect(i).await;

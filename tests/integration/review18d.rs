@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use crate::bank::{accounts, proxy, sum_of, transfer_sql, until_prepared, url, SHARDS, START};
-use crate::harness::{connect, exec, prepared, RawClient, Servers};
+use crate::bank::{bank_cluster, sum_of, transfer_sql, until_prepared, url, SHARDS, START};
+use crate::harness::{connect, exec, prepared, RawClient};
 
 const TOTAL: i64 = START * SHARDS as i64;
 
@@ -26,15 +26,11 @@ const TOTAL: i64 = START * SHARDS as i64;
 /// waiting for recovery's grace period (60 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18d_a_client_gone_in_its_commit_phase_keeps_the_fence() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(
-        &servers,
+    let (servers, _p, port, keys) = bank_cluster(
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=3000\"",
     )
     .await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
     let mut raw = RawClient::connect(port).await;
     let mut q = transfer_sql(keys[1], keys[2]).into_bytes();
     q.push(0);
@@ -82,10 +78,7 @@ async fn review18d_a_client_gone_in_its_commit_phase_keeps_the_fence() {
 /// query's); the proxy must too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18d_a_level_set_after_a_shard_joined_is_fenced() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (servers, _p, port, keys) = bank_cluster(true, "").await;
     let c = connect(&url(port)).await.unwrap();
     exec(&c, "BEGIN").await;
     exec(&c, "SHOW work_mem").await;
@@ -124,10 +117,7 @@ async fn review18d_a_level_set_after_a_shard_joined_is_fenced() {
 /// (`consistent::a_slow_multi_shard_select_does_not_hold_commits`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18d_a_copy_to_a_slow_client_does_not_hold_commits() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (_servers, _p, port, keys) = bank_cluster(true, "").await;
     let mut raw = RawClient::connect(port).await;
     // About 4 MB per shard.
     let mut q = b"COPY (SELECT a.id, repeat('x', 800) FROM accounts a, generate_series(1, 5000) g) TO STDOUT".to_vec();
@@ -177,10 +167,7 @@ async fn review18d_a_copy_to_a_slow_client_does_not_hold_commits() {
 /// later (`40P01`), so no answer taken outside the fence reaches the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18d_a_stalled_shard_holds_no_commit_of_the_others() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "control_timeout_ms = 1000").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (servers, _p, port, keys) = bank_cluster(true, "control_timeout_ms = 1000").await;
     let w = connect(&url(port)).await.unwrap();
     // Warm: connections to every shard in the pool.
     exec(&w, &transfer_sql(keys[0], keys[1])).await;
@@ -233,15 +220,11 @@ async fn review18d_a_stalled_shard_holds_no_commit_of_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "review18d: a probe that passes"]
 async fn review18d_probe_levels_set_inside_a_block() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(
-        &servers,
+    let (servers, _p, port, keys) = bank_cluster(
         true,
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
     )
     .await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
     let cases = [
         "SET default_transaction_isolation = 'repeatable read'; SELECT sum(balance) FROM accounts",
         "BEGIN; SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ; SELECT sum(balance) FROM accounts; COMMIT",
@@ -276,10 +259,7 @@ async fn review18d_probe_levels_set_inside_a_block() {
 /// COMMIT goes through and the reader then sees the whole transfer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18d_a_deferrable_reader_and_a_serializable_commit_do_not_deadlock() {
-    let servers = Servers::start(SHARDS);
-    let p = proxy(&servers, true, "").await;
-    let port = p.addr.port();
-    let keys = accounts(&servers, port).await;
+    let (_servers, _p, port, keys) = bank_cluster(true, "").await;
     let t = connect(&url(port)).await.unwrap();
     exec(&t, "BEGIN ISOLATION LEVEL SERIALIZABLE").await;
     exec(

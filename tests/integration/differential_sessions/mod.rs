@@ -92,20 +92,9 @@ impl Bench {
         let tables =
             format!("{TABLES}\n[[tables]]\nname = \"t\"\nkey = \"id\"\nkey_type = \"int8\"\n");
         let cluster = Cluster::start_with(3, &tables).await;
-        let oracle_servers = Servers::start(1);
         // The oracle takes the raw client's login: user `plain`, cleartext
         // password, database `app`.
-        let admin = oracle_servers.connect(0).await;
-        for sql in [
-            "CREATE ROLE plain LOGIN SUPERUSER PASSWORD 'plainpass'",
-            "CREATE DATABASE app OWNER plain",
-        ] {
-            admin.simple_query(sql).await.unwrap();
-        }
-        let hba = oracle_servers.servers[0].data_dir.join("pg_hba.conf");
-        std::fs::write(&hba, "host all all 127.0.0.1/32 password\n").unwrap();
-        admin.simple_query("SELECT pg_reload_conf()").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let oracle_servers = crate::harness::oracle_server().await;
         let oracle_port = oracle_servers.servers[0].port;
         let oracle = crate::harness::connect(&format!(
             "host=127.0.0.1 port={oracle_port} user=plain password=plainpass dbname=app"
