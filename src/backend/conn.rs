@@ -21,6 +21,11 @@ use crate::router::ShardId;
 /// Largest message accepted from a server (rows can be big; this bounds garbage).
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
+/// Statements the proxy prepares on one server connection for simple
+/// queries, at most: each costs the server memory; past that, new texts go
+/// as written.
+pub const MAX_PREPARED_PER_CONNECTION: usize = 1000;
+
 pub struct ServerConn {
     pub shard: ShardId,
     reader: FrameReader<ServerRead>,
@@ -45,6 +50,9 @@ pub struct ServerConn {
     /// (Looked up per query when simple queries run prepared: foldhash,
     /// not SipHash.)
     pub prepared: std::collections::HashSet<String, foldhash::fast::RandomState>,
+    /// Statements that ran as written in a block here, to be prepared
+    /// before the connection's next `BEGIN` (`run_in_block`).
+    pub to_prepare: Vec<Arc<crate::router::Later>>,
     broken: bool,
     pub process_id: i32,
     pub secret_key: i32,
@@ -170,6 +178,7 @@ impl ServerConn {
             pending: 0,
             unsynced: false,
             prepared: Default::default(),
+            to_prepare: Vec::new(),
             broken: false,
             process_id: 0,
             secret_key: 0,
@@ -388,6 +397,33 @@ impl ServerConn {
     }
 
     /// Queues `Close` of the statement prepared under `name`, and `Sync`.
+    /// Parse `text` as the statement `name`, then Sync: outside a
+    /// transaction, a refusal costs nothing. One `ReadyForQuery` owed.
+    pub async fn send_parse(
+        &mut self,
+        name: &str,
+        text: &str,
+        types: &[u32],
+    ) -> Result<(), BackendError> {
+        let mut m = Vec::with_capacity(name.len() + text.len() + 16 + 4 * types.len());
+        m.push(b'P');
+        m.extend_from_slice(&[0; 4]);
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
+        m.extend_from_slice(text.as_bytes());
+        m.push(0);
+        m.extend_from_slice(&(types.len() as i16).to_be_bytes());
+        for t in types {
+            m.extend_from_slice(&t.to_be_bytes());
+        }
+        let len = (m.len() - 1) as i32;
+        m[1..5].copy_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        self.write_all(&m).await?;
+        self.pending += 1;
+        Ok(())
+    }
+
     pub async fn send_close_statement(&mut self, name: &str) -> Result<(), BackendError> {
         let len = (name.len() + 6) as i32;
         let mut m = Vec::with_capacity(name.len() + 12);

@@ -4,11 +4,12 @@
 //! `RowDescription`, every shard's rows, command tags summed, the first error.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::backend::{BackendError, ServerConn};
+use crate::backend::{BackendError, ServerConn, MAX_PREPARED_PER_CONNECTION};
 use crate::protocol::{self, take_cstr, Frame};
 use crate::router::ShardId;
 
@@ -143,46 +144,62 @@ fn stops_the_statement(code: &str) -> bool {
 /// the outermost context, so the last line.
 const BOUND_VALUES: &str = "unnamed portal with parameters: ";
 
-/// An ErrorResponse or NoticeResponse without the CONTEXT line naming the
-/// values the proxy bound (`BOUND_VALUES`), which a simple query has not;
-/// `None` when it has no such line.
-fn without_bound_values(f: &Frame) -> Option<Vec<u8>> {
-    let body = f.body();
-    let mut fields: Vec<(u8, &str)> = Vec::new();
-    let mut rest = body;
-    let mut changed = false;
+/// The fields of an ErrorResponse or NoticeResponse, in order.
+fn fields(f: &Frame) -> Option<Vec<(u8, std::borrow::Cow<'_, str>)>> {
+    let mut out = Vec::new();
+    let mut rest = f.body();
     while let Some((&kind, after)) = rest.split_first() {
         if kind == 0 {
             break;
         }
         let (value, next) = take_cstr(after)?;
         rest = next;
-        if kind == b'W' {
-            if value.starts_with(BOUND_VALUES) {
-                changed = true;
-                continue;
-            }
-            if let Some(at) = value.find(&format!("\n{BOUND_VALUES}")) {
-                changed = true;
-                fields.push((kind, &value[..at]));
-                continue;
-            }
-        }
-        fields.push((kind, value));
+        out.push((kind, value.into()));
     }
-    if !changed {
-        return None;
-    }
-    let mut out = vec![f.tag, 0, 0, 0, 0];
+    Some(out)
+}
+
+/// A message of `f`'s type with these fields.
+fn framed(tag: u8, fields: &[(u8, std::borrow::Cow<'_, str>)]) -> Vec<u8> {
+    let mut out = vec![tag, 0, 0, 0, 0];
     for (kind, value) in fields {
-        out.push(kind);
+        out.push(*kind);
         out.extend_from_slice(value.as_bytes());
         out.push(0);
     }
     out.push(0);
     let len = (out.len() - 1) as i32;
     out[1..5].copy_from_slice(&len.to_be_bytes());
-    Some(out)
+    out
+}
+
+/// Takes the CONTEXT line naming the values the proxy bound
+/// (`BOUND_VALUES`) out of `fields`; whether there was one.
+fn drop_bound_values(fields: &mut Vec<(u8, std::borrow::Cow<'_, str>)>) -> bool {
+    let mut changed = false;
+    fields.retain_mut(|(kind, value)| {
+        if *kind != b'W' {
+            return true;
+        }
+        if value.starts_with(BOUND_VALUES) {
+            changed = true;
+            return false;
+        }
+        if let Some(at) = value.find(&format!("\n{BOUND_VALUES}")) {
+            changed = true;
+            *value = value[..at].to_string().into();
+        }
+        true
+    });
+    changed
+}
+
+/// An ErrorResponse or NoticeResponse without the CONTEXT line naming the
+/// values the proxy bound (`BOUND_VALUES`), which a simple query has not;
+/// `None` when it has no such line.
+fn without_bound_values(f: &Frame) -> Option<Vec<u8>> {
+    let mut fields = fields(f)?;
+    drop_bound_values(&mut fields).then(|| framed(f.tag, &fields))
 }
 
 /// Whether an error before BindComplete is about what the text says (a
@@ -312,6 +329,93 @@ pub async fn relay_bound<W: AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// A simple query's statement run in a block as a prepared statement the
+/// connection already has (see `router::Prepare::fits_block`).
+pub struct BlockBound<'a> {
+    pub prepare: &'a crate::router::Prepare,
+    pub kind: BoundKind,
+}
+
+/// Relays the answer to `ServerConn::send_bound` in a block, where nothing
+/// can be sent again: everything is the answer. ParseComplete,
+/// BindComplete and NoData are dropped; a write's RowDescription waits
+/// for its first row or its tag (a simple query describes RETURNING rows
+/// once they are all made); an error points where the text's would
+/// (`block_error`). `ReadyForQuery` is not relayed.
+pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
+    conn: &mut ServerConn,
+    out: &mut W,
+    b: &BlockBound<'_>,
+) -> Result<Answer, ExecError> {
+    let mut failed = false;
+    let mut described: Option<Bytes> = None;
+    loop {
+        let f = conn.read().await?;
+        if matches!(f.tag, b'D' | b'C') {
+            if let Some(d) = described.take() {
+                write(out, &d).await?;
+            }
+        }
+        match f.tag {
+            b'Z' => return Ok(Answer::failed_if(failed)),
+            b'1' | b'2' | b'n' => {}
+            b'T' if b.kind == BoundKind::Write => described = Some(f.bytes),
+            b'G' => refuse_copy_in(conn).await?,
+            b'E' => {
+                failed = true;
+                described = None;
+                let e = block_error(&f, b);
+                if protocol::ErrorFields::parse(f.body()).code == "0A000" {
+                    // Outdated by DDL ("cached plan must not change result
+                    // type"): the text goes as written from now on, and the
+                    // connection, which still holds the outdated statement,
+                    // is closed when the block ends.
+                    b.prepare.refuse();
+                    conn.mark_broken();
+                }
+                write(out, &e).await?;
+            }
+            b'N' => match without_bound_values(&f) {
+                Some(n) => write(out, &n).await?,
+                None => write(out, &f.bytes).await?,
+            },
+            _ => write(out, &f.bytes).await?,
+        }
+    }
+}
+
+/// An error of a statement bound in a block, as the text's would read: no
+/// CONTEXT line naming the bound values, the position moved from the
+/// constant-free text to the client's, and for 0A000 (the one refusal a
+/// simple query never meets) a hint saying what happened and what to do.
+fn block_error(f: &Frame, b: &BlockBound<'_>) -> Vec<u8> {
+    let Some(mut fields) = fields(f) else {
+        return f.bytes.to_vec();
+    };
+    drop_bound_values(&mut fields);
+    let mut outdated = false;
+    for (kind, value) in fields.iter_mut() {
+        match kind {
+            b'P' => {
+                if let Ok(at) = value.parse::<usize>() {
+                    *value = b.prepare.normalized.text_position(at).to_string().into();
+                }
+            }
+            b'C' => outdated = value == "0A000",
+            _ => {}
+        }
+    }
+    if outdated {
+        fields.push((
+            b'H',
+            "Pieskieo ran this statement prepared on its shard (prepare_simple_queries), and a \
+             table it reads changed since; it runs as written from now on: retry the transaction."
+                .into(),
+        ));
+    }
+    framed(f.tag, &fields)
 }
 
 /// Sends `sql` as a simple query and relays its answer (`relay`).
@@ -665,6 +769,61 @@ pub struct BlockRun<'a> {
     /// The statements wait in the shards' unnamed portals (see
     /// [`send_statement`]); nobody is fresh.
     pub primed: bool,
+    /// One target: its statement runs as this prepared statement where its
+    /// connection has it, and is prepared there before the connection's
+    /// next `BEGIN` where it has not.
+    pub bound: Option<BlockBound<'a>>,
+}
+
+/// Sends a Parse and Sync for each statement `conn` is to prepare before
+/// its next `BEGIN` (`ServerConn::to_prepare`) and has not; returns them.
+async fn prepare_later(
+    conn: &mut ServerConn,
+) -> Result<Vec<Arc<crate::router::Later>>, BackendError> {
+    let mut later = std::mem::take(&mut conn.to_prepare);
+    later.retain(|l| !conn.prepared.contains(&*l.name));
+    for l in &later {
+        conn.send_parse(&l.name, &l.template, &l.types).await?;
+    }
+    Ok(later)
+}
+
+/// Reads the answers to `prepare_later`'s Parses: each statement is now
+/// prepared on `conn`, or refused (and goes as written from now on).
+async fn prepared_later(
+    conn: &mut ServerConn,
+    later: &[Arc<crate::router::Later>],
+) -> Result<(), BackendError> {
+    for l in later {
+        let mut parsed = false;
+        loop {
+            let f = conn.read().await?;
+            match f.tag {
+                b'1' => parsed = true,
+                b'E' => conn.uncount_error(),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        if parsed {
+            conn.prepared.insert(l.name.to_string());
+        } else {
+            l.refuse();
+        }
+    }
+    Ok(())
+}
+
+/// `p` ran as written in a block on `conn`: it is prepared there before the
+/// connection's next `BEGIN` (while the connection has room for it).
+fn want_later(conn: &mut ServerConn, p: &crate::router::Prepare) {
+    if conn.prepared.contains(&*p.name)
+        || conn.prepared.len() + conn.to_prepare.len() >= MAX_PREPARED_PER_CONNECTION
+        || conn.to_prepare.iter().any(|l| l.name == p.name)
+    {
+        return;
+    }
+    conn.to_prepare.push(p.later());
 }
 
 /// Runs `targets` (a statement per shard) on the block's connections in
@@ -682,6 +841,7 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
     out: &mut W,
 ) -> Result<(Answer, Option<Bytes>), ExecError> {
     let single = targets.len() == 1;
+    let bound = run.bound.as_ref().filter(|_| single && !run.primed);
     let mut sent = Vec::with_capacity(targets.len());
     for (shard, sql) in targets {
         let Some(p) = parts.iter_mut().find(|p| p.shard() == *shard) else {
@@ -689,16 +849,39 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
         };
         let conn = p.conn();
         let fresh = run.fresh.contains(shard);
+        let prepared = bound.filter(|b| {
+            conn.conforming_strings() && conn.prepared.contains(&*b.prepare.name)
+        });
         let r = async {
+            // Outside any transaction still: what earlier blocks ran here
+            // as written is prepared now, where a refusal costs nothing.
+            let later = if fresh && conn.status == b'I' && !conn.needs_sync() {
+                prepare_later(conn).await?
+            } else {
+                Vec::new()
+            };
             if fresh {
                 for q in run.head {
                     conn.send_query(q).await?;
                 }
             }
-            send_statement(conn, sql, run.primed).await
+            match prepared {
+                Some(b) => {
+                    conn.send_bound(&b.prepare.name, None, b.prepare.values())
+                        .await?;
+                    conn.flush().await?;
+                }
+                None => {
+                    if let Some(b) = bound {
+                        want_later(conn, b.prepare);
+                    }
+                    send_statement(conn, sql, run.primed).await?;
+                }
+            }
+            Ok(later)
         }
         .await;
-        sent.push((*shard, fresh, r));
+        sent.push((*shard, fresh, r, prepared.is_some()));
     }
     {
         let mut conns: Vec<&mut ServerConn> = parts
@@ -712,12 +895,20 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
     let mut failed = false;
     // With a merge plan: the shards whose answers are ready to merge.
     let mut ready = Vec::new();
-    for (i, (shard, fresh, r)) in sent.into_iter().enumerate() {
+    for (i, (shard, fresh, r, prepared)) in sent.into_iter().enumerate() {
         let Some(p) = parts.iter_mut().find(|p| p.shard() == shard) else {
             continue;
         };
         let conn = p.conn();
-        if let Err(e) = r {
+        let later = match r {
+            Ok(later) => later,
+            Err(e) => {
+                merger.backend_failed(&e);
+                failed = true;
+                continue;
+            }
+        };
+        if let Err(e) = prepared_later(conn, &later).await {
             merger.backend_failed(&e);
             failed = true;
             continue;
@@ -746,6 +937,8 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             }
         } else if let Collect::Plan(_) = how {
             ready.push(shard);
+        } else if let (true, Some(b)) = (prepared, bound) {
+            failed |= relay_bound_in_block(conn, out, b).await?.failed();
         } else if single && !failed && run.relay_single {
             failed |= relay(conn, out).await?.failed();
         } else if let Collect::Merge(merge) = how {

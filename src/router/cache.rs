@@ -117,6 +117,46 @@ impl Prepare {
     pub fn refuse(&self) {
         self.keyed.refuse();
     }
+
+    /// Whether it may also run prepared inside a block, where an error
+    /// fails the block and nothing can be sent again as written: only where
+    /// its Bind cannot refuse what the text would run. Its constants are
+    /// numbers (no conversion to fail), and it returns no rows whose shape
+    /// DDL could change (`star_rows`). It must also already be prepared on
+    /// the connection (the caller's to check): a Parse that fails, for a
+    /// text valid only with its constants, would fail the block.
+    pub fn fits_block(&self) -> bool {
+        self.normalized.numbers_only() && !self.keyed.star_rows()
+    }
+
+    /// What to prepare on a connection before it next joins a block.
+    pub fn later(&self) -> Arc<Later> {
+        Arc::new(Later {
+            name: self.name.clone(),
+            template: self.normalized.template.as_str().into(),
+            types: self.normalized.types().map(|t| t.collect()).unwrap_or_default(),
+            keyed: self.keyed.clone(),
+        })
+    }
+}
+
+/// A statement that ran as written in a block on a connection that had not
+/// prepared it: the connection prepares it before its next `BEGIN`
+/// (outside any transaction, where a refusal costs nothing), and from then
+/// on runs it prepared in blocks too.
+#[derive(Debug)]
+pub struct Later {
+    pub name: Arc<str>,
+    pub template: Box<str>,
+    pub types: Box<[u32]>,
+    keyed: Arc<KeyedPlan>,
+}
+
+impl Later {
+    /// The shard would not prepare it: its queries go as written.
+    pub fn refuse(&self) {
+        self.keyed.refuse();
+    }
 }
 
 impl PlanCache {

@@ -23,6 +23,10 @@ pub struct KeyedPlan {
     preparable: bool,
     /// An `INSERT`, `UPDATE` or `DELETE` (see `modifies`).
     modifies: bool,
+    /// It returns rows with a `*` in the text: DDL on a table it reads may
+    /// change their shape, which a prepared statement refuses ("cached
+    /// plan must not change result type") where the text would run.
+    star_rows: bool,
     /// A shard refused to prepare it (it is valid only with its constants
     /// in place, such as `SELECT 'x'` or `interval '1 day'`).
     refused: AtomicBool,
@@ -105,6 +109,18 @@ fn modifies(sql: &str) -> bool {
     matches!(first.as_deref(), Some("insert" | "update" | "delete"))
 }
 
+/// Whether `word` (lowercase) stands in `sql` as a word of its own, in any case.
+fn has_word(sql: &str, word: &str) -> bool {
+    let b = sql.as_bytes();
+    let w = word.as_bytes();
+    let name = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    (0..b.len().saturating_sub(w.len() - 1)).any(|i| {
+        b[i..i + w.len()].eq_ignore_ascii_case(w)
+            && (i == 0 || !name(b[i - 1]))
+            && b.get(i + w.len()).is_none_or(|c| !name(*c))
+    })
+}
+
 impl KeyedPlan {
     /// The keyed plan of `sql` under `map`, when it has one.
     pub fn find(sql: &str, map: &ShardMap) -> Option<KeyedPlan> {
@@ -117,6 +133,7 @@ impl KeyedPlan {
             len: sql.len(),
             preparable: preparable(sql),
             modifies: modifies(sql),
+            star_rows: sql.contains('*') && (!modifies(sql) || has_word(sql, "returning")),
             refused: AtomicBool::new(false),
             named: OnceLock::new(),
         })
@@ -145,6 +162,11 @@ impl KeyedPlan {
     /// waits until it has run.
     pub fn modifies(&self) -> bool {
         self.modifies
+    }
+
+    /// Whether its rows' shape may follow DDL (see `star_rows`).
+    pub fn star_rows(&self) -> bool {
+        self.star_rows
     }
 
     /// A shard would not prepare the text: its queries go as written from now on.

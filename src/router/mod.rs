@@ -24,7 +24,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-pub use cache::{PlanCache, Prepare};
+pub use cache::{Later, PlanCache, Prepare};
 pub use classify::{
     calls_unknown_function, fill_keys, materialize, materialize_typed, with_columns,
 };

@@ -61,6 +61,63 @@ impl Normalized {
     }
 }
 
+impl Normalized {
+    /// Every constant is a number (no quoted string): bound with the types
+    /// PostgreSQL's lexer gives them, no value can fail its conversion at
+    /// Bind, and each stands in the text spelled as it is bound.
+    pub fn numbers_only(&self) -> bool {
+        self.quoted == 0 && self.values.len() <= 64
+    }
+
+    /// Where in `text` (the statement this came from) a position in the
+    /// template points, both as PostgreSQL counts them (characters, from
+    /// 1), for [`Normalized::numbers_only`] texts: they differ only where a
+    /// `$n` stands for a number, which `text` spells as bound. A position
+    /// inside a `$n` points at the start of its number.
+    pub fn text_position(&self, at: usize) -> usize {
+        let t = self.template.as_bytes();
+        let (mut i, mut in_template, mut in_text) = (0, 1, 1);
+        // Inside a quoted name or a `--` comment, nothing is a `$n`.
+        let (mut quoted, mut comment) = (false, false);
+        while i < t.len() && in_template < at {
+            let c = t[i];
+            if quoted {
+                quoted = c != b'"';
+            } else if comment {
+                comment = c != b'\n';
+            } else if c == b'"' {
+                quoted = true;
+            } else if c == b'-' && t.get(i + 1) == Some(&b'-') {
+                comment = true;
+            } else if c == b'$' && (i == 0 || !ident_char(t[i - 1])) {
+                let mut j = i + 1;
+                let mut n = 0usize;
+                while j < t.len() && t[j].is_ascii_digit() {
+                    n = n.saturating_mul(10).saturating_add(usize::from(t[j] - b'0'));
+                    j += 1;
+                }
+                if let Some(Bound::Text(v)) = n.checked_sub(1).and_then(|k| self.values.get(k)) {
+                    if at < in_template + (j - i) {
+                        return in_text;
+                    }
+                    in_template += j - i;
+                    in_text += v.chars().count();
+                    i = j;
+                    continue;
+                }
+            }
+            // One character: its continuation bytes count for nothing.
+            i += 1;
+            while i < t.len() && t[i] & 0xc0 == 0x80 {
+                i += 1;
+            }
+            in_template += 1;
+            in_text += 1;
+        }
+        in_text + at.saturating_sub(in_template)
+    }
+}
+
 const INT4: u32 = 23;
 const INT8: u32 = 20;
 const NUMERIC: u32 = 1700;
@@ -227,6 +284,34 @@ mod tests {
                 _ => "?",
             })
             .collect()
+    }
+
+    #[test]
+    fn positions_in_the_template_map_back_to_the_text() {
+        let text = "UPDATE \"t$1\" SET b = b + 12345 -- $1 é\nWHERE id = 7 AND nope = 1";
+        let n = normalize(text).unwrap();
+        assert!(n.numbers_only());
+        assert_eq!(
+            n.template,
+            "UPDATE \"t$1\" SET b = b + $1 -- $1 é\nWHERE id = $2 AND nope = $3"
+        );
+        let chars: Vec<char> = text.chars().collect();
+        let tchars: Vec<char> = n.template.chars().collect();
+        // Every character outside a placeholder points at itself in the text.
+        for (at, c) in tchars.iter().enumerate() {
+            let p = n.text_position(at + 1);
+            if *c != '$' && !c.is_ascii_digit() || at < 20 {
+                assert_eq!(chars[p - 1], *c, "template position {}", at + 1);
+            }
+        }
+        // (Byte offsets past `é`, two bytes, are 1-based character positions.)
+        let nope = n.template.find("nope").unwrap();
+        assert_eq!(n.text_position(nope), text.find("nope").unwrap());
+        // A position inside `$2` points at the start of `7`.
+        let two = n.template.find("$2").unwrap();
+        assert_eq!(chars[n.text_position(two + 1) - 1], '7');
+        assert_eq!(n.text_position(1), 1);
+        assert!(!normalize("SELECT 1 FROM t WHERE a = 'x'").unwrap().numbers_only());
     }
 
     #[test]

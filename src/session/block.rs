@@ -14,6 +14,18 @@ impl Session {
         how: Collect<'_>,
         write: Writes,
     ) -> std::io::Result<(bool, Option<bytes::Bytes>)> {
+        self.exec_in_block_as(targets, how, write, None).await
+    }
+
+    /// [`Session::exec_in_block`], with one target's statement run as the
+    /// prepared statement `bound` where its connection has it.
+    pub(super) async fn exec_in_block_as(
+        &mut self,
+        targets: &[(ShardId, &str)],
+        how: Collect<'_>,
+        write: Writes,
+        bound: Option<&router::Prepare>,
+    ) -> std::io::Result<(bool, Option<bytes::Bytes>)> {
         // Only a merge compares text, and only it needs the shards' collations.
         let bytewise = matches!(how, Collect::Plan(_)) && self.shared.collations.bytewise();
         let snapshots = targets
@@ -148,6 +160,14 @@ impl Session {
             relay_single: !self.hold_last,
             bytewise,
             primed,
+            bound: bound.map(|prepare| executor::BlockBound {
+                prepare,
+                kind: if prepare.modifies() {
+                    executor::BoundKind::Write
+                } else {
+                    executor::BoundKind::Other
+                },
+            }),
         };
         let r = executor::run_in_block(&mut parts, targets, how, &run, &mut self.out).await;
         for p in parts.iter_mut() {

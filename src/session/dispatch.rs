@@ -4,9 +4,7 @@
 
 use super::*;
 
-/// Statements the proxy prepares on one server connection for simple
-/// queries, at most (`execute_prepared`).
-const MAX_PREPARED_PER_CONNECTION: usize = 1000;
+use crate::backend::MAX_PREPARED_PER_CONNECTION;
 
 impl Session {
     pub(super) async fn forward(
@@ -174,11 +172,18 @@ impl Session {
     /// query), and only where string constants mean what `normalize` reads
     /// them as (`standard_conforming_strings` on: checked on the connection).
     pub(super) fn may_prepare(&self, stmt: &str) -> bool {
-        self.block == Block::Default
-            && self.txn.is_none()
+        (self.block == Block::Default && self.txn.is_none() || self.may_prepare_in_block())
             && !self.risky
             && self.need_prepared.is_none()
             && !stmt.as_bytes().contains(&0)
+    }
+
+    /// Inside an explicit block still going (not failed), a simple query's
+    /// only statement may run prepared too, where the connection already
+    /// has it and its Bind cannot refuse what the text would run
+    /// (`router::Prepare::fits_block`).
+    fn may_prepare_in_block(&self) -> bool {
+        self.block == Block::InProgress && self.txn.is_some()
     }
 
     /// Runs a simple query's only statement, which one key constant routes
@@ -194,8 +199,14 @@ impl Session {
             return self.error(Error::Txn(e)).await;
         }
         if self.txn.is_some() {
-            // Not outside a block after all: run as written.
-            return self.forward_one(shard, stmt, write).await;
+            // In a block: prepared where it cannot fail what the text would
+            // run (`fits_block`), and the connection has it.
+            let bound = p.fits_block().then_some(&p);
+            let (ok, last) = self
+                .exec_in_block_as(&[(shard, stmt)], Merge::Union.into(), write, bound)
+                .await?;
+            self.close_statement(last).await?;
+            return Ok(ok);
         }
         let mut conn = match self.checkout(shard).await {
             Ok(c) => c,

@@ -25,6 +25,7 @@ mod insert_select;
 mod keys;
 mod merges;
 mod metrics;
+mod prepared_blocks;
 mod prepared_simple;
 mod psql;
 mod restore;

@@ -83,19 +83,20 @@ pub(crate) fn line(t: u8, b: &[u8]) -> String {
     out
 }
 
-/// Each query, twice, through Pieskieo and straight to PostgreSQL: the
-/// differences, message by message.
-async fn differences<S: AsRef<str>>(
+/// Each query, `rounds` times in a row, through Pieskieo and straight to
+/// PostgreSQL: the differences, message by message.
+pub(crate) async fn differences<S: AsRef<str>>(
     proxy_port: u16,
     oracle_port: u16,
     queries: &[S],
+    rounds: usize,
 ) -> Vec<String> {
     let mut proxy = RawClient::connect(proxy_port).await;
     let mut plain = RawClient::connect(oracle_port).await;
     let mut out = Vec::new();
     for q in queries {
         let q = q.as_ref();
-        for round in 0..2 {
+        for round in 0..rounds {
             let a = proxy.query(q).await;
             let b = plain.query(q).await;
             let show = |r: &crate::harness::Reply| {
@@ -183,7 +184,7 @@ async fn simple_queries_run_prepared_and_answer_exactly_as_postgresql() {
         "UPDATE t SET d = 99 WHERE id = 2".to_string(),
         "UPDATE t SET d = 99 WHERE id = 2 RETURNING id, d".to_string(),
     ]);
-    let diffs = differences(c.port(), oracle_port, &queries).await;
+    let diffs = differences(c.port(), oracle_port, &queries, 2).await;
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     // They ran prepared: the shards executed the constant-free texts.
     let executed = executed_prepared(&c);
@@ -210,7 +211,7 @@ async fn simple_queries_run_prepared_and_answer_exactly_as_postgresql() {
 async fn with_prepare_simple_queries_off_queries_go_as_written() {
     let (_oracle, oracle_port) = oracle().await;
     let c = cluster("prepare_simple_queries = false").await;
-    let diffs = differences(c.port(), oracle_port, &QUERIES[..8]).await;
+    let diffs = differences(c.port(), oracle_port, &QUERIES[..8], 2).await;
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     assert_eq!(executed_prepared(&c), "");
 }
