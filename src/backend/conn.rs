@@ -21,6 +21,12 @@ use crate::router::ShardId;
 /// Largest message accepted from a server (rows can be big; this bounds garbage).
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
+/// Whether a CommandComplete body is the tag of a command that drops
+/// prepared statements.
+fn forgets_statements(tag: &[u8]) -> bool {
+    matches!(tag, b"DISCARD ALL\0" | b"DEALLOCATE ALL\0")
+}
+
 /// Statements the proxy prepares on one server connection for simple
 /// queries, at most: each costs the server memory; past that, new texts go
 /// as written.
@@ -585,6 +591,12 @@ impl ServerConn {
                 }
             }
             b'S' => self.note_parameter(&f),
+            // `DISCARD ALL` (sent as written, outside a block) or the
+            // server's own `DEALLOCATE ALL`: the statements the proxy
+            // prepared here are gone.
+            b'C' if f.body().starts_with(b"D") && forgets_statements(f.body()) => {
+                self.prepared.clear();
+            }
             b'E' => {
                 self.count(|s| &s.errors);
                 if let Some(instead) = self.verdict_for(&f) {

@@ -849,9 +849,8 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
         };
         let conn = p.conn();
         let fresh = run.fresh.contains(shard);
-        let prepared = bound.filter(|b| {
-            conn.conforming_strings() && conn.prepared.contains(&*b.prepare.name)
-        });
+        let prepared =
+            bound.filter(|b| conn.conforming_strings() && conn.prepared.contains(&*b.prepare.name));
         let r = async {
             // Outside any transaction still: what earlier blocks ran here
             // as written is prepared now, where a refusal costs nothing.

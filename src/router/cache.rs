@@ -134,7 +134,11 @@ impl Prepare {
         Arc::new(Later {
             name: self.name.clone(),
             template: self.normalized.template.as_str().into(),
-            types: self.normalized.types().map(|t| t.collect()).unwrap_or_default(),
+            types: self
+                .normalized
+                .types()
+                .map(|t| t.collect())
+                .unwrap_or_default(),
             keyed: self.keyed.clone(),
         })
     }

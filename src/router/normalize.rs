@@ -93,7 +93,9 @@ impl Normalized {
                 let mut j = i + 1;
                 let mut n = 0usize;
                 while j < t.len() && t[j].is_ascii_digit() {
-                    n = n.saturating_mul(10).saturating_add(usize::from(t[j] - b'0'));
+                    n = n
+                        .saturating_mul(10)
+                        .saturating_add(usize::from(t[j] - b'0'));
                     j += 1;
                 }
                 if let Some(Bound::Text(v)) = n.checked_sub(1).and_then(|k| self.values.get(k)) {
@@ -311,7 +313,9 @@ mod tests {
         let two = n.template.find("$2").unwrap();
         assert_eq!(chars[n.text_position(two + 1) - 1], '7');
         assert_eq!(n.text_position(1), 1);
-        assert!(!normalize("SELECT 1 FROM t WHERE a = 'x'").unwrap().numbers_only());
+        assert!(!normalize("SELECT 1 FROM t WHERE a = 'x'")
+            .unwrap()
+            .numbers_only());
     }
 
     #[test]

@@ -46,11 +46,7 @@ const BLOCKS: &[&[&str]] = &[
     ],
     // A write refused by a constraint: the block fails with PostgreSQL's
     // error and its detail.
-    &[
-        "BEGIN",
-        "INSERT INTO t (id, b) VALUES (1, 5)",
-        "ROLLBACK",
-    ],
+    &["BEGIN", "INSERT INTO t (id, b) VALUES (1, 5)", "ROLLBACK"],
     // A text valid only with its constants in place (a type modifier): its
     // Parse before the next BEGIN is refused, quietly, and it goes as
     // written.
@@ -84,9 +80,8 @@ async fn statements_in_blocks_run_prepared_and_answer_exactly_as_postgresql() {
     // statement at Bind and fails it as the text would fail, at the
     // position in the client's text (after `5 +`, which `$1 +` is not).
     for _ in 0..3 {
-        queries.extend(
-            ["BEGIN", "UPDATE t SET b = 5 + n WHERE id = 3", "COMMIT"].map(String::from),
-        );
+        queries
+            .extend(["BEGIN", "UPDATE t SET b = 5 + n WHERE id = 3", "COMMIT"].map(String::from));
     }
     queries.push("ALTER TABLE t DROP COLUMN n".into());
     queries.extend(["BEGIN", "UPDATE t SET b = 5 + n WHERE id = 3", "ROLLBACK"].map(String::from));
@@ -173,4 +168,38 @@ async fn with_the_setting_off_blocks_go_as_written() {
         }
     }
     assert_eq!(executed_prepared(&c), "");
+}
+
+/// `DISCARD ALL` outside a block runs as written on a shard connection and
+/// drops the statements the proxy prepared there: a block after it must not
+/// bind one of them (26000 would fail the block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_forgets_the_statements_a_block_would_bind() {
+    let c = cluster("").await;
+    // A key on the default shard, where DISCARD ALL runs.
+    let k = (100..)
+        .find(|k| c.shard_of("t", KeyValue::Int(*k)) == 0)
+        .unwrap();
+    let mut raw = RawClient::connect(c.port()).await;
+    let insert = format!("INSERT INTO t (id, b) VALUES ({k}, 0)");
+    assert!(raw.query(&insert).await.error_codes().is_empty());
+    let update = format!("UPDATE t SET b = b + 1 WHERE id = {k}");
+    for round in 0..4 {
+        if round == 3 {
+            let r = raw.query("DISCARD ALL").await;
+            assert!(r.error_codes().is_empty(), "{:?}", r.messages);
+        }
+        for q in ["BEGIN", update.as_str(), "COMMIT"] {
+            let r = raw.query(q).await;
+            assert!(
+                r.error_codes().is_empty(),
+                "round {round}, {q}: {:?}",
+                r.messages
+            );
+        }
+    }
+    assert!(executed_prepared(&c).contains(": UPDATE t SET b = b + $1 WHERE id = $2"));
+    let client = c.client().await;
+    let b = crate::harness::rows(&client, &format!("SELECT b FROM t WHERE id = {k}")).await;
+    assert_eq!(b, [[Some("4".to_string())]]);
 }
