@@ -360,7 +360,22 @@ pub fn rewrite_error(bytes: &[u8], f: impl Fn(u8, &str) -> Option<String>) -> Op
 }
 
 pub fn command_complete(tag: &str) -> Bytes {
-    encode(&pg::response::CommandComplete::new(tag.to_string()))
+    // The block-control tags, one or two per transaction, encoded once.
+    const FIXED: [&str; 6] = [
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "START TRANSACTION",
+        "SAVEPOINT",
+        "RELEASE",
+    ];
+    static ENCODED: std::sync::LazyLock<[Bytes; 6]> = std::sync::LazyLock::new(|| {
+        FIXED.map(|t| encode(&pg::response::CommandComplete::new(t.to_string())))
+    });
+    match FIXED.iter().position(|t| *t == tag) {
+        Some(i) => ENCODED[i].clone(),
+        None => encode(&pg::response::CommandComplete::new(tag.to_string())),
+    }
 }
 
 pub fn empty_query_response() -> Bytes {

@@ -37,7 +37,7 @@ pub use keyed::KeyedPlan;
 pub use normalize::Normalized;
 pub use preview::{preview, PREVIEW_COLUMNS};
 pub use settings::may_change_settings;
-pub use split::{after_words, leading_words, matching_paren, split_statements};
+pub use split::{after_words, first_word_in, leading_words, matching_paren, split_statements};
 
 use crate::config::{toml_key, Config, Method};
 use crate::error::SqlState;

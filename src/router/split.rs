@@ -189,6 +189,40 @@ pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
     words(sql).take(n).map(|(w, _)| w).collect()
 }
 
+/// Whether the statement's first word is one of `words` (lower-case
+/// keywords), as [`leading_words`] would read it, without allocating.
+pub fn first_word_in(sql: &str, words: &[&str]) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i = skip_block_comment(b, i);
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            let start = i;
+            while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
+                i += 1;
+            }
+            let w = &b[start..i];
+            return words.iter().any(|k| w.eq_ignore_ascii_case(k.as_bytes()));
+        } else if c == b'"' {
+            // A quoted first word: as `leading_words` reads it.
+            return leading_words(sql, 1)
+                .first()
+                .is_some_and(|w| words.contains(&w.as_str()));
+        } else {
+            return false;
+        }
+    }
+    false
+}
+
 /// Byte offset just past the `n`-th leading word (as [`leading_words`] reads them).
 pub fn after_words(sql: &str, n: usize) -> Option<usize> {
     words(sql).nth(n.checked_sub(1)?).map(|(_, end)| end)
@@ -271,6 +305,28 @@ pub fn matching_paren(sql: &str, open: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_word_reads_as_leading_words_reads_it() {
+        let words = ["show", "set", "reset", "select"];
+        for sql in [
+            "SHOW x",
+            "  -- c\n set a = 1",
+            "/* c */ReSeT all",
+            "select 1",
+            "selected",
+            "\"show\" x",
+            "(select 1)",
+            "",
+            "set.x",
+            "é",
+        ] {
+            let by_words = leading_words(sql, 1)
+                .first()
+                .is_some_and(|w| words.contains(&w.as_str()));
+            assert_eq!(first_word_in(sql, &words), by_words, "{sql:?}");
+        }
+    }
 
     #[test]
     fn splits_at_top_level_semicolons_only() {

@@ -672,6 +672,15 @@ impl Txn {
 }
 
 pub(super) fn isolation(begin: &str) -> Option<&'static str> {
+    // Nearly always a bare `BEGIN`: no copy made for it.
+    let word = b"isolation";
+    if !begin
+        .as_bytes()
+        .windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
+    {
+        return None;
+    }
     let t = begin.to_ascii_lowercase();
     // The last mode given wins, as in PostgreSQL.
     let at = t.rfind("isolation")?;

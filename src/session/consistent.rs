@@ -68,10 +68,7 @@ pub(super) fn keeps_snapshot(level: Option<&str>) -> bool {
 /// Whether the statement takes a snapshot (everything but `SHOW`, `SET`
 /// and `RESET`, as the block's own bookkeeping counts it).
 pub(super) fn takes_snapshot(sql: &str) -> bool {
-    !matches!(
-        leading_words(sql, 1).first().map(String::as_str),
-        Some("show" | "set" | "reset")
-    )
+    !crate::router::first_word_in(sql, &["show", "set", "reset"])
 }
 
 /// Whether a statement the classifier proved read-only runs in a portal
@@ -80,10 +77,7 @@ pub(super) fn takes_snapshot(sql: &str) -> bool {
 /// cover only the Bind. Utility statements (`SHOW`, `EXPLAIN`) take theirs
 /// at Execute.
 pub(super) fn binds_snapshot(sql: &str) -> bool {
-    matches!(
-        leading_words(sql, 1).first().map(String::as_str),
-        Some("select" | "with" | "values" | "table")
-    )
+    crate::router::first_word_in(sql, &["select", "with", "values", "table"])
 }
 
 /// Whether statements `sqls`, collected by `how`, may be primed: each a

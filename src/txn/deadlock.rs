@@ -65,14 +65,50 @@ pub fn begin_sql(begin: &str, tag: Tag, detecting: bool) -> String {
     if !detecting {
         return begin.to_string();
     }
-    format!("{begin}\n;{}", tag_sql(tag))
+    let mut sql = String::with_capacity(begin.len() + TAG_SQL_MAX);
+    sql.push_str(begin);
+    sql.push_str("\n;");
+    push_tag_sql(&mut sql, tag);
+    sql
 }
 
 /// The query that tags a shard's transaction for the detector (a shared
 /// advisory lock held to the end of the transaction).
 pub fn tag_sql(tag: Tag) -> String {
+    let mut sql = String::with_capacity(TAG_SQL_MAX);
+    push_tag_sql(&mut sql, tag);
+    sql
+}
+
+/// The longest [`tag_sql`].
+const TAG_SQL_MAX: usize = 64;
+
+/// Appends [`tag_sql`] to `sql`, without the formatter (this runs for every
+/// shard joining a block).
+fn push_tag_sql(sql: &mut String, tag: Tag) {
+    fn push_int(sql: &mut String, n: i32) {
+        if n < 0 {
+            sql.push('-');
+        }
+        let mut digits = [0u8; 10];
+        let mut v = n.unsigned_abs();
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        sql.extend(digits[i..].iter().map(|&d| char::from(d)));
+    }
     let (k1, k2) = tag.keys();
-    format!("SELECT pg_advisory_xact_lock_shared({k1}, {k2})")
+    sql.push_str("SELECT pg_advisory_xact_lock_shared(");
+    push_int(sql, k1);
+    sql.push_str(", ");
+    push_int(sql, k2);
+    sql.push(')');
 }
 
 /// Every lock wait on a shard: waiter, blocker, their tags (if they serve a
@@ -490,6 +526,29 @@ mod tests {
 
     fn starts(v: &[(u64, i64)]) -> HashMap<Tag, i64> {
         v.iter().map(|(t, s)| (Tag(*t), *s)).collect()
+    }
+
+    #[test]
+    fn the_tag_query_spells_both_keys_as_the_formatter_would() {
+        for t in [
+            0,
+            1,
+            0x7fff_ffff,
+            0x8000_0000,
+            0xffff_ffff_ffff,
+            0x1234_5678_9abc,
+        ] {
+            let tag = Tag(t);
+            let (k1, k2) = tag.keys();
+            let sql = tag_sql(tag);
+            assert_eq!(
+                sql,
+                format!("SELECT pg_advisory_xact_lock_shared({k1}, {k2})")
+            );
+            assert!(sql.len() <= TAG_SQL_MAX);
+            assert_eq!(begin_sql("BEGIN", tag, true), format!("BEGIN\n;{sql}"));
+        }
+        assert_eq!(begin_sql("BEGIN", Tag(5), false), "BEGIN");
     }
 
     #[test]
