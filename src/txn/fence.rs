@@ -440,6 +440,10 @@ impl Fence {
             inner.state().waiting[class.index()] += 1;
             Waiting { inner, class }
         };
+        // A committer held up by readers looks at why every STALL_AFTER —
+        // by the clock, not after a quiet STALL_AFTER: waiters of either
+        // class coming and going wake it far more often than that.
+        let mut look_at = tokio::time::Instant::now() + STALL_AFTER;
         let guard = loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
@@ -451,9 +455,9 @@ impl Fence {
                 notified.await;
                 continue;
             }
-            // A committer held up by readers looks at why, now and then.
-            if tokio::time::timeout(STALL_AFTER, notified).await.is_err() {
+            if tokio::time::timeout_at(look_at, notified).await.is_err() {
                 self.look_at_stalls();
+                look_at = tokio::time::Instant::now() + STALL_AFTER;
             }
         };
         drop(waiting);
