@@ -324,10 +324,13 @@ impl Coordinator {
 
     /// consistent_reads: a transaction committed (or perhaps committed) on
     /// C whose prepared parts on `shards` are not finished yet would be
-    /// half visible, so its commit-class hold stays until they are: a
-    /// task finishes them itself when the outcome is commit (`COMMIT
-    /// PREPARED` through the control plane, every [`FINISH_EVERY`]), or
-    /// waits for recovery to when it is unknown; at most [`FINISH_FOR`].
+    /// half visible, so its commit-class hold stays until they are: a task
+    /// finishes them itself (`COMMIT PREPARED` through the control plane,
+    /// every [`FINISH_EVERY`]), at most for [`FINISH_FOR`]. When the
+    /// outcome is unknown (`committed` false: C's answer was lost, or the
+    /// commit was dropped before it was read) the task first asks C, as
+    /// recovery would (an abort row wins unless C committed): waiting for
+    /// recovery's grace period instead held every reader back that long.
     fn keep_fence(
         &self,
         guard: Option<FenceGuard>,
@@ -347,18 +350,28 @@ impl Coordinator {
         tokio::spawn(async move {
             let started = Instant::now();
             let mut left = gids;
+            let mut outcome = committed.then_some(Decision::Commit);
             while !left.is_empty() && started.elapsed() < FINISH_FOR {
                 tokio::time::sleep(FINISH_EVERY).await;
+                if outcome.is_none() {
+                    match decision::decide(&control, txn, decider).await {
+                        Ok(d) => outcome = Some(d),
+                        Err(e) => {
+                            warn!(%txn, shard = %decider, error = %e, "consistent reads: the outcome of a commit is still unknown")
+                        }
+                    }
+                }
                 let mut still = Vec::new();
                 for (shard, gid) in left {
-                    let sql = if committed {
-                        format!("COMMIT PREPARED '{gid}'")
-                    } else {
-                        format!("SELECT 1 FROM pg_prepared_xacts WHERE gid = '{gid}'")
+                    let sql = match outcome {
+                        Some(Decision::Commit) => format!("COMMIT PREPARED '{gid}'"),
+                        Some(Decision::Abort) => format!("ROLLBACK PREPARED '{gid}'"),
+                        // Recovery may still finish it first.
+                        None => format!("SELECT 1 FROM pg_prepared_xacts WHERE gid = '{gid}'"),
                     };
                     match control.query(shard, &sql).await {
-                        // Committed now, or no longer prepared.
-                        Ok(rows) if committed || rows.is_empty() => {}
+                        // Finished now, or no longer prepared.
+                        Ok(rows) if outcome.is_some() || rows.is_empty() => {}
                         // 42704: recovery finished it first.
                         Err(e) if e.code() == Some("42704") => {}
                         _ => still.push((shard, gid)),

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
-use crate::bank::{bank_cluster, code, url};
-use crate::harness::{connect, exec};
+use crate::bank::{bank_cluster, code, sum_of, transfer_sql, until_prepared, url, SHARDS, START};
+use crate::harness::{connect, exec, prepared, RawClient};
+
+const TOTAL: i64 = START * SHARDS as i64;
 
 /// A reader stalled under the fence (`SELECT sum(balance)` behind the
 /// relation lock of a distributed `ALTER TABLE`, whose COMMIT waits for the
@@ -95,5 +97,59 @@ async fn review18e_waiters_coming_and_going_do_not_hide_a_stall() {
     assert!(
         reader.as_ref().is_err_and(|e| e.starts_with("40P01")),
         "the stalled reader: {reader:?}"
+    );
+}
+
+/// A client closes its socket while its 2PC `COMMIT` waits for the
+/// decision shard's answer (paused after C's `INSERT` and `COMMIT` were
+/// sent). The session drops the commit, and its fence hold goes to a task
+/// that must learn the outcome before letting readers in. It waited for
+/// recovery to decide (`txn.recovery_grace_ms`, 10 s by default, 30 s
+/// here), so every multi-shard reader of the proxy waited that long,
+/// although C could be asked at once, as a commit whose answer was lost
+/// asks it (`decision::decide`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18e_a_commit_dropped_before_its_decision_was_read_asks_it() {
+    let (servers, _p, port, keys) = bank_cluster(
+        true,
+        "recovery_grace_ms = 30000\ntest_failpoint = \"after_decision_insert:pause=1500\"",
+    )
+    .await;
+    let mut raw = RawClient::connect(port).await;
+    let mut q = transfer_sql(keys[1], keys[2]).into_bytes();
+    q.push(0);
+    raw.send(b'Q', &q).await;
+    until_prepared(&servers).await;
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = connect(&url(port)).await.unwrap();
+    let t = Instant::now();
+    let sum = tokio::time::timeout(
+        Duration::from_secs(10),
+        sum_of(&r, "SELECT sum(balance) FROM accounts"),
+    )
+    .await;
+    let took = t.elapsed();
+    eprintln!("sum {sum:?} after {took:?}");
+    assert_eq!(
+        sum,
+        Ok(Ok(TOTAL)),
+        "a reader waited {took:?} for recovery to decide a dropped commit"
+    );
+    let (s1, s2) = (servers.connect(1).await, servers.connect(2).await);
+    assert_eq!(
+        prepared(&s1).await + prepared(&s2).await,
+        0,
+        "the dropped commit's prepared part was left to recovery"
+    );
+    let moved = sum_of(
+        &r,
+        &format!("SELECT balance FROM accounts WHERE id = {}", keys[2]),
+    )
+    .await;
+    assert_eq!(
+        moved,
+        Ok(START + 10),
+        "C's COMMIT was sent: the transfer committed"
     );
 }
