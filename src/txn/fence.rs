@@ -214,7 +214,8 @@ enum Lock {
     Pending,
     /// Held (by `conn`, when there is a lock shard).
     Held(Option<Object>),
-    /// Refused: every holder of this batch gets the error.
+    /// Refused: every holder of this batch waiting for it gets the error;
+    /// a holder joining later asks again.
     Failed(FenceError),
 }
 
@@ -486,6 +487,14 @@ impl Fence {
                     return None;
                 }
                 s.holders += 1;
+                // The lock shard refused this batch's lock (it was down, or
+                // the lock not granted in time) while its older holders
+                // stay: a newcomer asks again, rather than getting that
+                // refusal for as long as they do.
+                if matches!(s.lock, Lock::Failed(_)) && self.inner.lock.is_some() {
+                    s.lock = Lock::Pending;
+                    tokio::spawn(take_lock(self.inner.clone(), s.batch, class));
+                }
             }
             Some(_) => return None,
             None => {

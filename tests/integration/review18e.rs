@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
-use crate::bank::{bank_cluster, code, sum_of, transfer_sql, until_prepared, url, SHARDS, START};
+use crate::bank::{
+    bank_cluster, code, sum_of, transfer_sql, until_prepared, until_prepared_on, url, SHARDS, START,
+};
 use crate::harness::{connect, exec, prepared, RawClient};
 
 const TOTAL: i64 = START * SHARDS as i64;
@@ -152,4 +154,90 @@ async fn review18e_a_commit_dropped_before_its_decision_was_read_asks_it() {
         Ok(START + 10),
         "C's COMMIT was sent: the transfer committed"
     );
+}
+
+/// The lock shard restarts while a commit batch is open: the batch's lock
+/// connection dies, taking the lock again fails while the shard is down,
+/// and the batch is marked refused. A commit already in its commit phase
+/// (here paused after its decision, as a commit holds the fence for a
+/// shard that is down, up to 60 s) keeps the batch open; every commit that
+/// joined it afterwards got the stale refusal, `08006 ... Connection
+/// refused`, for as long as the batch lasted, with the lock shard long back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18e_a_refused_lock_is_asked_again_once_the_shard_is_back() {
+    let (servers, _p, port, keys) = bank_cluster(
+        true,
+        "control_timeout_ms = 1500\ntest_failpoint = \"after_decision:pause=8000\"",
+    )
+    .await;
+    // Two more accounts on shards 1 and 2: the later transfers wait for
+    // no row lock of the paused one.
+    let map = pieskieo::router::ShardMap::from_config(&crate::bank::config(&servers, false, ""));
+    let more: Vec<i64> = [1, 2]
+        .iter()
+        .map(|&s| {
+            (keys[s] + 1..)
+                .find(|k| {
+                    map.tables["accounts"]
+                        .shard_for(&pieskieo::router::KeyValue::Int(*k), map.shards)
+                        .map(|s| s.0 as usize)
+                        == Some(s)
+                })
+                .unwrap()
+        })
+        .collect();
+    let first = connect(&url(port)).await.unwrap();
+    for k in &more {
+        exec(
+            &first,
+            &format!("INSERT INTO accounts (id, balance) VALUES ({k}, 0)"),
+        )
+        .await;
+    }
+    let paused = {
+        let transfer = transfer_sql(keys[1], keys[2]);
+        tokio::spawn(async move {
+            first
+                .simple_query(&transfer)
+                .await
+                .map(|_| ())
+                .map_err(|e| code(&e))
+        })
+    };
+    let transfer = transfer_sql(more[1], more[0]);
+    until_prepared_on(&servers, &[2], Duration::from_millis(300)).await;
+    let since = Instant::now();
+    servers.servers[0].stop("immediate").unwrap();
+    let c = connect(&url(port)).await.unwrap();
+    // The lock shard down: refused, nothing done (README, "Errors").
+    let down = c
+        .simple_query(&transfer)
+        .await
+        .map(|_| ())
+        .map_err(|e| code(&e));
+    eprintln!("the lock shard down after {:?}: {down:?}", since.elapsed());
+    assert!(
+        down.as_ref().is_err_and(|e| e.starts_with("08006")),
+        "with the lock shard down: {down:?}"
+    );
+    servers.servers[0].start().unwrap();
+    eprintln!("started after {:?}", since.elapsed());
+    let _ = servers.connect(0).await;
+    let at = since.elapsed();
+    assert!(
+        !paused.is_finished(),
+        "the paused commit ended first ({at:?})"
+    );
+    let again = c
+        .simple_query(&transfer)
+        .await
+        .map(|_| ())
+        .map_err(|e| code(&e));
+    let first = paused.await.unwrap();
+    eprintln!("with the shard back after {at:?}: {again:?}; the paused one: {first:?}");
+    assert_eq!(again, Ok(()), "a commit with the lock shard back");
+    assert_eq!(first, Ok(()));
+    let r = connect(&url(port)).await.unwrap();
+    let sum = sum_of(&r, "SELECT sum(balance) FROM accounts").await;
+    assert_eq!(sum, Ok(TOTAL));
 }
