@@ -605,6 +605,13 @@ async fn watch(inner: Arc<Inner>, batch: u64, taken: u64) {
 }
 
 impl FenceGuard {
+    /// Whether holders of the other class wait for this batch to end: in
+    /// this proxy, or in another one (the batch closed to newcomers).
+    pub fn others_wait(&self) -> bool {
+        let s = self.inner.state();
+        s.waiting[self.class.other().index()] > 0 || s.closed
+    }
+
     /// Right before a holder starts what the fence protects (a committer
     /// its decision): waits until the batch holds the lock, taking it again
     /// first if its connection closed since the holder entered. An error:

@@ -14,9 +14,22 @@ use tokio_postgres::NoTls;
 use crate::bank::{
     bank_cluster, code, sum_of, transfer_sql, until_prepared, until_prepared_on, url, SHARDS, START,
 };
-use crate::harness::{connect, exec, prepared, RawClient};
+use crate::harness::{connect, exec, prepared, RawClient, Servers};
 
 const TOTAL: i64 = START * SHARDS as i64;
+
+/// The smallest account key above `after` that lands on `shard`.
+fn key_after(servers: &Servers, shard: usize, after: i64) -> i64 {
+    let map = pieskieo::router::ShardMap::from_config(&crate::bank::config(servers, false, ""));
+    (after + 1..)
+        .find(|k| {
+            map.tables["accounts"]
+                .shard_for(&pieskieo::router::KeyValue::Int(*k), map.shards)
+                .map(|s| s.0 as usize)
+                == Some(shard)
+        })
+        .expect("a key on every shard")
+}
 
 /// A reader stalled under the fence (`SELECT sum(balance)` behind the
 /// relation lock of a distributed `ALTER TABLE`, whose COMMIT waits for the
@@ -172,19 +185,9 @@ async fn review18e_a_refused_lock_is_asked_again_once_the_shard_is_back() {
     .await;
     // Two more accounts on shards 1 and 2: the later transfers wait for
     // no row lock of the paused one.
-    let map = pieskieo::router::ShardMap::from_config(&crate::bank::config(&servers, false, ""));
     let more: Vec<i64> = [1, 2]
         .iter()
-        .map(|&s| {
-            (keys[s] + 1..)
-                .find(|k| {
-                    map.tables["accounts"]
-                        .shard_for(&pieskieo::router::KeyValue::Int(*k), map.shards)
-                        .map(|s| s.0 as usize)
-                        == Some(s)
-                })
-                .unwrap()
-        })
+        .map(|&s| key_after(&servers, s, keys[s]))
         .collect();
     let first = connect(&url(port)).await.unwrap();
     for k in &more {
@@ -240,4 +243,93 @@ async fn review18e_a_refused_lock_is_asked_again_once_the_shard_is_back() {
     let r = connect(&url(port)).await.unwrap();
     let sum = sum_of(&r, "SELECT sum(balance) FROM accounts").await;
     assert_eq!(sum, Ok(TOTAL));
+}
+
+/// A 2PC commit holds the fence's commit class from its `PREPARE`s on; a
+/// `PREPARE` may wait for a lock — here a deferred primary key's check for
+/// the same key inserted, uncommitted, by another block — and so may C's
+/// `COMMIT` (its own deferred check). That block's next statement reads
+/// every shard and waits in the fence for the commit batch: the commit
+/// waits for the block, the block for the commit, and no server's deadlock
+/// detector sees the fence; nor does any multi-shard reader of the cluster
+/// get through. One PostgreSQL reads the sum (and fails the other
+/// transaction's commit with 23505 if the block commits); so must the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18e_a_commit_waiting_for_a_reader_in_the_fence_is_no_deadlock() {
+    let (servers, _p, port, keys) = bank_cluster(true, "").await;
+    for i in 0..SHARDS {
+        let s = servers.connect(i).await;
+        exec(&s, "ALTER TABLE accounts DROP CONSTRAINT accounts_pkey, ADD CONSTRAINT accounts_pkey PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED").await;
+    }
+    let mut bad = Vec::new();
+    // The key the block holds: on the shard that prepares, then on C (the
+    // first shard the transaction writes).
+    for (case, shard) in [("a PREPARE", 2), ("C's COMMIT", 1)] {
+        let k = key_after(&servers, shard, keys[shard] + 100);
+        let block = connect(&url(port)).await.unwrap();
+        exec(&block, "BEGIN").await;
+        exec(
+            &block,
+            &format!("INSERT INTO accounts (id, balance) VALUES ({k}, 0)"),
+        )
+        .await;
+        let t = connect(&url(port)).await.unwrap();
+        let sql = if shard == 2 {
+            format!(
+                "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = {}; INSERT INTO accounts (id, balance) VALUES ({k}, 10); COMMIT",
+                keys[1]
+            )
+        } else {
+            format!(
+                "BEGIN; INSERT INTO accounts (id, balance) VALUES ({k}, 10); UPDATE accounts SET balance = balance - 10 WHERE id = {}; COMMIT",
+                keys[2]
+            )
+        };
+        let commit =
+            tokio::spawn(
+                async move { t.simple_query(&sql).await.map(|_| ()).map_err(|e| code(&e)) },
+            );
+        // The commit's check of `k` waits for the block.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sum = tokio::time::timeout(
+            Duration::from_secs(5),
+            sum_of(&block, "SELECT sum(balance) FROM accounts"),
+        )
+        .await;
+        let other = connect(&url(port)).await.unwrap();
+        let third = tokio::time::timeout(
+            Duration::from_secs(3),
+            sum_of(&other, "SELECT sum(balance) FROM accounts"),
+        )
+        .await;
+        if sum.is_err() {
+            // Let the test go on: a cancel ends a wait in the fence.
+            let _ = block.cancel_token().cancel_query(NoTls).await;
+        }
+        let rollback =
+            tokio::time::timeout(Duration::from_secs(5), block.simple_query("ROLLBACK")).await;
+        let commit = tokio::time::timeout(Duration::from_secs(5), commit).await;
+        eprintln!(
+            "{case}: the block's read {sum:?}; another reader {third:?}; the commit {commit:?}"
+        );
+        if sum != Ok(Ok(TOTAL)) || third != Ok(Ok(TOTAL)) {
+            bad.push(format!(
+                "{case}: the block's read {sum:?}, another reader {third:?}"
+            ));
+        }
+        assert!(rollback.is_ok(), "{case}: the block's ROLLBACK hung");
+        assert!(
+            matches!(commit, Ok(Ok(Ok(())))),
+            "{case}: the commit {commit:?}"
+        );
+    }
+    assert!(
+        bad.is_empty(),
+        "reads hung behind a commit waiting for a reader: {bad:?}"
+    );
+    let r = connect(&url(port)).await.unwrap();
+    assert_eq!(
+        sum_of(&r, "SELECT sum(balance) FROM accounts").await,
+        Ok(TOTAL)
+    );
 }
