@@ -214,7 +214,8 @@ enum Lock {
     Pending,
     /// Held (by `conn`, when there is a lock shard).
     Held(Option<Object>),
-    /// Refused: every holder of this batch gets the error.
+    /// Refused: every holder of this batch waiting for it gets the error;
+    /// a holder joining later asks again.
     Failed(FenceError),
 }
 
@@ -440,6 +441,10 @@ impl Fence {
             inner.state().waiting[class.index()] += 1;
             Waiting { inner, class }
         };
+        // A committer held up by readers looks at why every STALL_AFTER —
+        // by the clock, not after a quiet STALL_AFTER: waiters of either
+        // class coming and going wake it far more often than that.
+        let mut look_at = tokio::time::Instant::now() + STALL_AFTER;
         let guard = loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
@@ -451,9 +456,9 @@ impl Fence {
                 notified.await;
                 continue;
             }
-            // A committer held up by readers looks at why, now and then.
-            if tokio::time::timeout(STALL_AFTER, notified).await.is_err() {
+            if tokio::time::timeout_at(look_at, notified).await.is_err() {
                 self.look_at_stalls();
+                look_at = tokio::time::Instant::now() + STALL_AFTER;
             }
         };
         drop(waiting);
@@ -482,6 +487,14 @@ impl Fence {
                     return None;
                 }
                 s.holders += 1;
+                // The lock shard refused this batch's lock (it was down, or
+                // the lock not granted in time) while its older holders
+                // stay: a newcomer asks again, rather than getting that
+                // refusal for as long as they do.
+                if matches!(s.lock, Lock::Failed(_)) && self.inner.lock.is_some() {
+                    s.lock = Lock::Pending;
+                    tokio::spawn(take_lock(self.inner.clone(), s.batch, class));
+                }
             }
             Some(_) => return None,
             None => {
@@ -592,6 +605,13 @@ async fn watch(inner: Arc<Inner>, batch: u64, taken: u64) {
 }
 
 impl FenceGuard {
+    /// Whether holders of the other class wait for this batch to end: in
+    /// this proxy, or in another one (the batch closed to newcomers).
+    pub fn others_wait(&self) -> bool {
+        let s = self.inner.state();
+        s.waiting[self.class.other().index()] > 0 || s.closed
+    }
+
     /// Right before a holder starts what the fence protects (a committer
     /// its decision): waits until the batch holds the lock, taking it again
     /// first if its connection closed since the holder entered. An error:

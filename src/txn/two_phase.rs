@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::decision::{self, Decision};
-use super::fence::{Class, FenceGuard};
+use super::fence::{Class, FenceError, FenceGuard, STALL_AFTER};
 
 /// How often a commit holding the fence for unfinished prepared parts
 /// tries again, and for how long at most.
@@ -75,6 +75,19 @@ impl Drop for Unfinished<'_> {
     }
 }
 
+/// A commit's way into the fence while its `PREPARE`s run.
+enum Entry {
+    /// Waiting to enter.
+    Entering,
+    /// Inside.
+    Held(FenceGuard),
+    /// The lock shard refused the fence's lock.
+    Refused(FenceError),
+    /// Let go while the `PREPARE`s were slow and readers waited: entered
+    /// again once they are done.
+    LetGo,
+}
+
 /// What the decision shard answered to the commit row and its COMMIT.
 enum OnDecider {
     /// C committed: the transaction is committed.
@@ -119,26 +132,26 @@ impl Coordinator {
 
         // Phase 1: PREPARE the others, all at once; meanwhile (no round trip
         // of its own) enter the consistent-read fence, held from C's COMMIT
-        // to the last COMMIT PREPARED's answer.
+        // to the last COMMIT PREPARED's answer. With the fence, C checks its
+        // deferred constraints now too (`SET CONSTRAINTS ALL IMMEDIATE`, as
+        // its COMMIT would): a check that waits for a lock must not wait
+        // inside the commit phase, where the fence cannot be let go.
         let mut phase = Phase::Preparing;
+        let fence = self.fence.is_some();
         let prepare = round_on(parts, |p| {
-            other(p).then(|| {
-                format!(
+            if other(p) {
+                Some(format!(
                     "PREPARE TRANSACTION '{}'",
                     self.gid(txn, decider, p.shard())
-                )
-            })
-        });
-        let enter = async {
-            match &self.fence {
-                Some(f) => f.enter(Class::Commit).await.map(Some),
-                None => Ok(None),
+                ))
+            } else {
+                (fence && p.shard() == decider).then(|| "SET CONSTRAINTS ALL IMMEDIATE".into())
             }
-        };
-        let (answers, fenced) = tokio::join!(prepare, enter);
+        });
+        let (answers, fenced) = self.prepare_fenced(prepare).await;
         let prepared: Vec<ShardId> = answers
             .iter()
-            .filter(|(_, a)| a.ok())
+            .filter(|(s, a)| a.ok() && *s != decider)
             .map(|(s, _)| *s)
             .collect();
         if let Some((shard, a)) = answers.iter().find(|(_, a)| !a.ok()) {
@@ -322,12 +335,66 @@ impl Coordinator {
         CommitOutcome::Committed { warnings }
     }
 
+    /// Runs phase 1 (`prepare`) and enters the fence's commit class
+    /// meanwhile. The hold covers nothing yet (nothing is decided), so
+    /// while the `PREPARE`s take longer than [`STALL_AFTER`] (one waits for
+    /// a lock, perhaps held by a block whose next read waits in the fence
+    /// for this very batch: a deadlock no server sees) and readers wait,
+    /// it is let go, and taken again once every `PREPARE` answered.
+    async fn prepare_fenced<F>(
+        &self,
+        prepare: F,
+    ) -> (
+        Vec<(ShardId, Answer)>,
+        Result<Option<FenceGuard>, FenceError>,
+    )
+    where
+        F: std::future::Future<Output = Vec<(ShardId, Answer)>>,
+    {
+        let Some(fence) = &self.fence else {
+            return (prepare.await, Ok(None));
+        };
+        let mut prepare = std::pin::pin!(prepare);
+        let mut entering = std::pin::pin!(fence.enter(Class::Commit));
+        let mut entry = Entry::Entering;
+        let mut look_at = tokio::time::Instant::now() + STALL_AFTER;
+        let answers = loop {
+            let entered = !matches!(entry, Entry::Entering);
+            let holds = matches!(entry, Entry::Held(_));
+            tokio::select! {
+                answers = &mut prepare => break answers,
+                r = &mut entering, if !entered => entry = match r {
+                    Ok(g) => Entry::Held(g),
+                    Err(e) => Entry::Refused(e),
+                },
+                _ = tokio::time::sleep_until(look_at), if holds => {
+                    if matches!(&entry, Entry::Held(g) if g.others_wait()) {
+                        warn!("consistent reads: a commit's PREPAREs are slow while readers wait; letting the fence go until they are done");
+                        entry = Entry::LetGo;
+                        break prepare.await;
+                    }
+                    look_at = tokio::time::Instant::now() + STALL_AFTER;
+                }
+            }
+        };
+        let fenced = match entry {
+            Entry::Entering => entering.await.map(Some),
+            Entry::Held(g) => Ok(Some(g)),
+            Entry::Refused(e) => Err(e),
+            Entry::LetGo => fence.enter(Class::Commit).await.map(Some),
+        };
+        (answers, fenced)
+    }
+
     /// consistent_reads: a transaction committed (or perhaps committed) on
     /// C whose prepared parts on `shards` are not finished yet would be
-    /// half visible, so its commit-class hold stays until they are: a
-    /// task finishes them itself when the outcome is commit (`COMMIT
-    /// PREPARED` through the control plane, every [`FINISH_EVERY`]), or
-    /// waits for recovery to when it is unknown; at most [`FINISH_FOR`].
+    /// half visible, so its commit-class hold stays until they are: a task
+    /// finishes them itself (`COMMIT PREPARED` through the control plane,
+    /// every [`FINISH_EVERY`]), at most for [`FINISH_FOR`]. When the
+    /// outcome is unknown (`committed` false: C's answer was lost, or the
+    /// commit was dropped before it was read) the task first asks C, as
+    /// recovery would (an abort row wins unless C committed): waiting for
+    /// recovery's grace period instead held every reader back that long.
     fn keep_fence(
         &self,
         guard: Option<FenceGuard>,
@@ -347,18 +414,28 @@ impl Coordinator {
         tokio::spawn(async move {
             let started = Instant::now();
             let mut left = gids;
+            let mut outcome = committed.then_some(Decision::Commit);
             while !left.is_empty() && started.elapsed() < FINISH_FOR {
                 tokio::time::sleep(FINISH_EVERY).await;
+                if outcome.is_none() {
+                    match decision::decide(&control, txn, decider).await {
+                        Ok(d) => outcome = Some(d),
+                        Err(e) => {
+                            warn!(%txn, shard = %decider, error = %e, "consistent reads: the outcome of a commit is still unknown")
+                        }
+                    }
+                }
                 let mut still = Vec::new();
                 for (shard, gid) in left {
-                    let sql = if committed {
-                        format!("COMMIT PREPARED '{gid}'")
-                    } else {
-                        format!("SELECT 1 FROM pg_prepared_xacts WHERE gid = '{gid}'")
+                    let sql = match outcome {
+                        Some(Decision::Commit) => format!("COMMIT PREPARED '{gid}'"),
+                        Some(Decision::Abort) => format!("ROLLBACK PREPARED '{gid}'"),
+                        // Recovery may still finish it first.
+                        None => format!("SELECT 1 FROM pg_prepared_xacts WHERE gid = '{gid}'"),
                     };
                     match control.query(shard, &sql).await {
-                        // Committed now, or no longer prepared.
-                        Ok(rows) if committed || rows.is_empty() => {}
+                        // Finished now, or no longer prepared.
+                        Ok(rows) if outcome.is_some() || rows.is_empty() => {}
                         // 42704: recovery finished it first.
                         Err(e) if e.code() == Some("42704") => {}
                         _ => still.push((shard, gid)),

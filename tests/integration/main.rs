@@ -34,6 +34,7 @@ mod review17;
 mod review18;
 mod review18c;
 mod review18d;
+mod review18e;
 mod routing;
 mod sessions;
 mod shard_tls;
