@@ -366,8 +366,8 @@ pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
             b'E' => {
                 failed = true;
                 described = None;
-                let e = block_error(&f, b);
-                if protocol::ErrorFields::parse(f.body()).code == "0A000" {
+                let (e, outdated) = block_error(&f, b);
+                if outdated {
                     // Outdated by DDL ("cached plan must not change result
                     // type"): the text goes as written from now on, and the
                     // connection, which still holds the outdated statement,
@@ -386,16 +386,25 @@ pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The routine of PostgreSQL's plan cache that refuses a prepared
+/// statement whose rows changed shape ("cached plan must not change result
+/// type", 0A000): the one refusal a simple query never meets. Told by the
+/// routine, not the code alone (a trigger, the planner, any feature
+/// PostgreSQL lacks answers 0A000 too, and the text would get the same) nor
+/// the message (it follows `lc_messages`).
+const OUTDATED_ROUTINE: &str = "RevalidateCachedQuery";
+
 /// An error of a statement bound in a block, as the text's would read: no
 /// CONTEXT line naming the bound values, the position moved from the
-/// constant-free text to the client's, and for 0A000 (the one refusal a
-/// simple query never meets) a hint saying what happened and what to do.
-fn block_error(f: &Frame, b: &BlockBound<'_>) -> Vec<u8> {
+/// constant-free text to the client's, and for the outdated statement
+/// (`OUTDATED_ROUTINE`) a hint saying what happened and what to do; and
+/// whether it was that.
+fn block_error(f: &Frame, b: &BlockBound<'_>) -> (Vec<u8>, bool) {
     let Some(mut fields) = fields(f) else {
-        return f.bytes.to_vec();
+        return (f.bytes.to_vec(), false);
     };
     drop_bound_values(&mut fields);
-    let mut outdated = false;
+    let (mut code, mut routine) = (false, false);
     for (kind, value) in fields.iter_mut() {
         match kind {
             b'P' => {
@@ -403,10 +412,12 @@ fn block_error(f: &Frame, b: &BlockBound<'_>) -> Vec<u8> {
                     *value = b.prepare.normalized.text_position(at).to_string().into();
                 }
             }
-            b'C' => outdated = value == "0A000",
+            b'C' => code = value == "0A000",
+            b'R' => routine = value == OUTDATED_ROUTINE,
             _ => {}
         }
     }
+    let outdated = code && routine;
     if outdated {
         fields.push((
             b'H',
@@ -415,7 +426,7 @@ fn block_error(f: &Frame, b: &BlockBound<'_>) -> Vec<u8> {
                 .into(),
         ));
     }
-    framed(f.tag, &fields)
+    (framed(f.tag, &fields), outdated)
 }
 
 /// Sends `sql` as a simple query and relays its answer (`relay`).
