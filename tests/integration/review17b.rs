@@ -64,3 +64,23 @@ async fn a_feature_not_supported_error_of_the_statement_itself_passes_unchanged(
         "{executed}"
     );
 }
+
+/// A number PostgreSQL's `numeric` cannot hold (`1e999999`): as written,
+/// the parser refuses the literal and points at it; bound, the Bind
+/// refuses the value, with no position and a CONTEXT naming the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_numeric_cannot_hold_fails_as_the_text_fails() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let mut queries = blocks(&["SELECT b + 1.5 FROM t WHERE id = 2"], 3);
+    for n in ["1e999999", "1e-16384", "1e131073"] {
+        queries.extend([
+            "BEGIN".to_string(),
+            format!("SELECT b + {n} FROM t WHERE id = 2"),
+            "ROLLBACK".to_string(),
+        ]);
+    }
+    queries.extend(blocks(&["SELECT b + 1e400 FROM t WHERE id = 2"], 1));
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert!(executed_prepared(&c).contains(": SELECT b + $1 FROM t WHERE id = $2"));
+}
