@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::backend::{BackendError, ServerConn, MAX_PREPARED_PER_CONNECTION};
+use crate::backend::{BackendError, ServerConn, CUSTOM_PLAN_RUNS, MAX_PREPARED_PER_CONNECTION};
 use crate::protocol::{self, take_cstr, Frame};
 use crate::router::ShardId;
 
@@ -343,13 +343,17 @@ pub struct BlockBound<'a> {
 /// BindComplete and NoData are dropped; a write's RowDescription waits
 /// for its first row or its tag (a simple query describes RETURNING rows
 /// once they are all made); an error points where the text's would
-/// (`block_error`). `ReadyForQuery` is not relayed.
+/// (`block_error`). `ReadyForQuery` is not relayed. `again`: it was closed
+/// and parsed again first (CloseComplete dropped too); a refused Parse
+/// leaves the connection without it.
 pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     out: &mut W,
     b: &BlockBound<'_>,
+    again: bool,
 ) -> Result<Answer, ExecError> {
     let mut failed = false;
+    let mut parsed = !again;
     let mut described: Option<Bytes> = None;
     loop {
         let f = conn.read().await?;
@@ -359,8 +363,14 @@ pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
             }
         }
         match f.tag {
-            b'Z' => return Ok(Answer::failed_if(failed)),
-            b'1' | b'2' | b'n' => {}
+            b'Z' => {
+                if !parsed {
+                    conn.block_statements.remove(&b.prepare.name);
+                }
+                return Ok(Answer::failed_if(failed));
+            }
+            b'1' => parsed = true,
+            b'2' | b'3' | b'n' => {}
             b'T' if b.kind == BoundKind::Write => described = Some(f.bytes),
             b'G' => refuse_copy_in(conn).await?,
             b'E' => {
@@ -784,6 +794,10 @@ pub struct BlockRun<'a> {
     /// connection has it, and is prepared there before the connection's
     /// next `BEGIN` where it has not.
     pub bound: Option<BlockBound<'a>>,
+    /// A statement of the block set session settings, or may have: the
+    /// search_path and plan_cache_mode a statement would be bound under are
+    /// not known, and `bound` goes as written.
+    pub settings_changed: bool,
 }
 
 /// Sends a Parse and Sync for each statement `conn` is to prepare before
@@ -792,15 +806,17 @@ async fn prepare_later(
     conn: &mut ServerConn,
 ) -> Result<Vec<Arc<crate::router::Later>>, BackendError> {
     let mut later = std::mem::take(&mut conn.to_prepare);
-    later.retain(|l| !conn.prepared.contains(&*l.name));
+    later.retain(|l| !conn.block_statements.contains_key(&l.name));
     for l in &later {
-        conn.send_parse(&l.name, &l.template, &l.types).await?;
+        conn.send_parse(&l.block_name, &l.template, &l.types)
+            .await?;
     }
     Ok(later)
 }
 
 /// Reads the answers to `prepare_later`'s Parses: each statement is now
-/// prepared on `conn`, or refused (and goes as written from now on).
+/// prepared on `conn` for blocks, or refused (and goes as written from now
+/// on).
 async fn prepared_later(
     conn: &mut ServerConn,
     later: &[Arc<crate::router::Later>],
@@ -817,7 +833,15 @@ async fn prepared_later(
             }
         }
         if parsed {
-            conn.prepared.insert(l.name.to_string());
+            let search_path = conn.applied.get("search_path").cloned();
+            conn.block_statements.insert(
+                l.name.clone(),
+                crate::backend::BlockStatement {
+                    name: l.block_name.clone(),
+                    search_path,
+                    runs: 0,
+                },
+            );
         } else {
             l.refuse();
         }
@@ -828,8 +852,9 @@ async fn prepared_later(
 /// `p` ran as written in a block on `conn`: it is prepared there before the
 /// connection's next `BEGIN` (while the connection has room for it).
 fn want_later(conn: &mut ServerConn, p: &crate::router::Prepare) {
-    if conn.prepared.contains(&*p.name)
-        || conn.prepared.len() + conn.to_prepare.len() >= MAX_PREPARED_PER_CONNECTION
+    if conn.block_statements.contains_key(&p.name)
+        || conn.prepared.len() + conn.block_statements.len() + conn.to_prepare.len()
+            >= MAX_PREPARED_PER_CONNECTION
         || conn.to_prepare.iter().any(|l| l.name == p.name)
     {
         return;
@@ -860,8 +885,26 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
         };
         let conn = p.conn();
         let fresh = run.fresh.contains(shard);
-        let prepared =
-            bound.filter(|b| conn.conforming_strings() && conn.prepared.contains(&*b.prepare.name));
+        // Bound where the connection prepared it for blocks and its
+        // settings are known; parsed again first (`again`) after
+        // `CUSTOM_PLAN_RUNS` runs, or under another search_path.
+        let prepared = bound
+            .filter(|_| {
+                conn.conforming_strings()
+                    && !run.settings_changed
+                    && !conn.applied.contains_key("plan_cache_mode")
+            })
+            .and_then(|b| {
+                let path = conn.applied.get("search_path");
+                let s = conn.block_statements.get_mut(&b.prepare.name)?;
+                let again = s.runs >= CUSTOM_PLAN_RUNS || s.search_path.as_ref() != path;
+                if again {
+                    s.runs = 0;
+                    s.search_path = path.cloned();
+                }
+                s.runs += 1;
+                Some((b, s.name.clone(), again))
+            });
         let r = async {
             // Outside any transaction still: what earlier blocks ran here
             // as written is prepared now, where a refusal costs nothing.
@@ -875,10 +918,18 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
                     conn.send_query(q).await?;
                 }
             }
-            match prepared {
-                Some(b) => {
-                    conn.send_bound(&b.prepare.name, None, b.prepare.values())
-                        .await?;
+            match &prepared {
+                Some((b, name, again)) => {
+                    let types: Vec<u32>;
+                    let parse = if *again {
+                        conn.send_close_unsynced(name).await?;
+                        let n = &b.prepare.normalized;
+                        types = n.types().map(|t| t.collect()).unwrap_or_default();
+                        Some((n.template.as_str(), types.as_slice()))
+                    } else {
+                        None
+                    };
+                    conn.send_bound(name, parse, b.prepare.values()).await?;
                     conn.flush().await?;
                 }
                 None => {
@@ -891,7 +942,7 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             Ok(later)
         }
         .await;
-        sent.push((*shard, fresh, r, prepared.is_some()));
+        sent.push((*shard, fresh, r, prepared.map(|(_, _, again)| again)));
     }
     {
         let mut conns: Vec<&mut ServerConn> = parts
@@ -947,8 +998,8 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             }
         } else if let Collect::Plan(_) = how {
             ready.push(shard);
-        } else if let (true, Some(b)) = (prepared, bound) {
-            failed |= relay_bound_in_block(conn, out, b).await?.failed();
+        } else if let (Some(again), Some(b)) = (prepared, bound) {
+            failed |= relay_bound_in_block(conn, out, b, again).await?.failed();
         } else if single && !failed && run.relay_single {
             failed |= relay(conn, out).await?.failed();
         } else if let Collect::Merge(merge) = how {

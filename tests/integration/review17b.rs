@@ -84,3 +84,82 @@ async fn a_number_numeric_cannot_hold_fails_as_the_text_fails() {
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     assert!(executed_prepared(&c).contains(": SELECT b + $1 FROM t WHERE id = $2"));
 }
+
+/// After five runs PostgreSQL may plan a prepared statement generically:
+/// `$4 = $5` is then no constant the planner folds, and `b / $2 > $3` runs
+/// first. As written (`OR 1 = 1`), PostgreSQL folds the `OR` to true and
+/// never divides: the block runs. Bound under a generic plan, it divides
+/// by zero and the block fails where the text would have run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_plan_does_not_fail_a_block_the_text_would_run() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let mut queries = blocks(
+        &["SELECT b FROM t WHERE id = 2 AND (b / 1 > 0 OR 1 = 1)"],
+        8,
+    );
+    queries.extend(blocks(
+        &[
+            "SELECT b FROM t WHERE id = 2 AND (b / 0 > 0 OR 1 = 1)",
+            "UPDATE t SET b = b + 1 WHERE id = 2",
+        ],
+        1,
+    ));
+    queries.push("SELECT b FROM t WHERE id = 2".into());
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert!(executed_prepared(&c)
+        .contains(": SELECT b FROM t WHERE id = $1 AND (b / $2 > $3 OR $4 = $5)"));
+}
+
+/// The other way round: as written, `10 / 0` fails while PostgreSQL plans
+/// the `UPDATE` (it folds the constants), so the block fails and its
+/// `COMMIT` rolls back. Bound under a generic plan, the division waits for
+/// a row, there is none, the statement "succeeds" and the `COMMIT` would
+/// keep the block's other write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_plan_does_not_let_a_block_commit_that_postgresql_rolls_back() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let mut queries = blocks(&["UPDATE t SET b = 10 / 2 WHERE id = 999"], 8);
+    queries.extend(blocks(
+        &[
+            "UPDATE t SET b = b + 1 WHERE id = 2",
+            "UPDATE t SET b = 10 / 0 WHERE id = 999",
+        ],
+        1,
+    ));
+    queries.push("SELECT b FROM t WHERE id = 2".into());
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert!(executed_prepared(&c).contains(": UPDATE t SET b = $1 / $2 WHERE id = $3"));
+}
+
+/// A second schema with its own `t` whose `b` is `text`: after `SET
+/// search_path` (between blocks or inside one) the statement the
+/// connection prepared under the other path is re-analysed by PostgreSQL
+/// and refused ("cached plan must not change result type"); the text as
+/// written reads `s2.t` and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_search_path_does_not_fail_a_block() {
+    let ddl = [
+        "CREATE SCHEMA s2",
+        "CREATE TABLE s2.t (id bigint PRIMARY KEY, b text)",
+    ];
+    let (_o, oracle_port, c) = both(&ddl).await;
+    let mut queries = blocks(&["SELECT b FROM t WHERE id = 2"], 3);
+    queries.push("SET search_path = s2, public".into());
+    queries.extend(blocks(&["SELECT b FROM t WHERE id = 2"], 2));
+    queries.push("RESET search_path".into());
+    queries.extend(blocks(&["SELECT b FROM t WHERE id = 2"], 2));
+    queries.extend(blocks(
+        &[
+            "SELECT b FROM t WHERE id = 2",
+            "SET LOCAL search_path = s2, public",
+            "SELECT b FROM t WHERE id = 2",
+        ],
+        2,
+    ));
+    queries.extend(blocks(&["SELECT b FROM t WHERE id = 2"], 2));
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert!(executed_prepared(&c).contains(": SELECT b FROM t WHERE id = $1"));
+}
