@@ -800,34 +800,65 @@ pub struct BlockRun<'a> {
     pub settings_changed: bool,
 }
 
+/// What `prepare_later`'s Parses run under: no wait for a lock. A Parse
+/// takes a lock on each table its statement reads, and the block about to
+/// begin may never touch them: waiting there for another client's lock (an
+/// `ALTER TABLE` in its open block) would hold this block up where
+/// PostgreSQL would not, or close a deadlock between shards that no
+/// detector sees (the Parse runs before the block's tag). A statement whose
+/// table is locked is prepared before a later block.
+const NO_LOCK_WAIT: &str = "SET lock_timeout = 1";
+
 /// Sends a Parse and Sync for each statement `conn` is to prepare before
-/// its next `BEGIN` (`ServerConn::to_prepare`) and has not; returns them.
+/// its next `BEGIN` (`ServerConn::to_prepare`) and has not, without lock
+/// waits (`NO_LOCK_WAIT`, then the connection's own `lock_timeout` again);
+/// returns them.
 async fn prepare_later(
     conn: &mut ServerConn,
 ) -> Result<Vec<Arc<crate::router::Later>>, BackendError> {
     let mut later = std::mem::take(&mut conn.to_prepare);
     later.retain(|l| !conn.block_statements.contains_key(&l.name));
+    if later.is_empty() {
+        return Ok(later);
+    }
+    conn.send_query(NO_LOCK_WAIT).await?;
     for l in &later {
         conn.send_parse(&l.block_name, &l.template, &l.types)
             .await?;
     }
+    let restore = match conn.applied.get("lock_timeout") {
+        Some(set) => set.clone(),
+        None => "RESET lock_timeout".to_string(),
+    };
+    conn.send_query(&restore).await?;
     Ok(later)
 }
 
-/// Reads the answers to `prepare_later`'s Parses: each statement is now
-/// prepared on `conn` for blocks, or refused (and goes as written from now
-/// on).
+/// Reads the answers to `prepare_later`: each statement is now prepared on
+/// `conn` for blocks, waits for a later block (it met a lock, a cancel, a
+/// timeout), or is refused (a text valid only with its constants in place:
+/// it goes as written from now on).
 async fn prepared_later(
     conn: &mut ServerConn,
     later: &[Arc<crate::router::Later>],
 ) -> Result<(), BackendError> {
+    if later.is_empty() {
+        return Ok(());
+    }
+    if let Some(e) = drain(conn).await? {
+        return Err(setting_failed(conn, &e));
+    }
     for l in later {
         let mut parsed = false;
+        let mut refused = false;
         loop {
             let f = conn.read().await?;
             match f.tag {
                 b'1' => parsed = true,
-                b'E' => conn.uncount_error(),
+                b'E' => {
+                    conn.uncount_error();
+                    refused = refusal(&f);
+                }
                 b'Z' => break,
                 _ => {}
             }
@@ -842,11 +873,29 @@ async fn prepared_later(
                     runs: 0,
                 },
             );
-        } else {
+        } else if refused {
             l.refuse();
+        } else {
+            conn.to_prepare.push(l.clone());
         }
     }
+    if let Some(e) = drain(conn).await? {
+        return Err(setting_failed(conn, &e));
+    }
     Ok(())
+}
+
+/// `lock_timeout` refused around `prepare_later`'s Parses: the connection's
+/// settings are not what the proxy thinks.
+fn setting_failed(conn: &mut ServerConn, e: &Frame) -> BackendError {
+    conn.mark_broken();
+    BackendError::Protocol {
+        shard: conn.shard,
+        message: format!(
+            "setting lock_timeout around Parse: {}",
+            protocol::ErrorFields::parse(e.body())
+        ),
+    }
 }
 
 /// `p` ran as written in a block on `conn`: it is prepared there before the

@@ -3,6 +3,10 @@
 //! Pieskieo's answer must be one plain PostgreSQL's, message by message, and
 //! a block must never fail where the text as written would have run.
 
+use std::time::Duration;
+
+use pieskieo::router::KeyValue;
+
 use crate::harness::{Cluster, RawClient, Servers};
 use crate::prepared_simple::{cluster, differences, executed_prepared, oracle};
 
@@ -162,4 +166,59 @@ async fn a_changed_search_path_does_not_fail_a_block() {
     let diffs = differences(c.port(), oracle_port, &queries, 1).await;
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     assert!(executed_prepared(&c).contains(": SELECT b FROM t WHERE id = $1"));
+}
+
+/// Statements that ran as written in an earlier block are prepared before
+/// the connection's next `BEGIN`: their Parse takes locks on tables the new
+/// block may never touch. Another client holds `items` locked (`ALTER TABLE`
+/// in its open block); a block that reads only `t` must not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_for_later_does_not_wait_for_a_lock_on_another_table() {
+    let c = cluster("").await;
+    let mut x = RawClient::connect(c.port()).await;
+    let r = x
+        .query("CREATE TABLE items (id bigint PRIMARY KEY, v int)")
+        .await;
+    assert!(r.error_codes().is_empty(), "{:?}", r.messages);
+    let shard = c.shard_of("t", KeyValue::Int(2));
+    let k = (1..)
+        .find(|k| c.shard_of("items", KeyValue::Int(*k)) == shard)
+        .unwrap();
+    // The other client's block holds a connection on every shard first,
+    // so it does not take the one this client keeps.
+    let mut y = RawClient::connect(c.port()).await;
+    for q in ["BEGIN", "SELECT count(*) FROM t"] {
+        let r = y.query(q).await;
+        assert!(r.error_codes().is_empty(), "{q}: {:?}", r.messages);
+    }
+    let read_items = format!("SELECT v FROM items WHERE id = {k}");
+    for q in ["BEGIN", read_items.as_str(), "COMMIT"] {
+        assert!(x.query(q).await.error_codes().is_empty(), "{q}");
+    }
+    let r = y.query("ALTER TABLE items ADD COLUMN w int").await;
+    assert!(r.error_codes().is_empty(), "{:?}", r.messages);
+    let block = async {
+        for q in ["BEGIN", "SELECT b FROM t WHERE id = 2", "COMMIT"] {
+            let r = x.query(q).await;
+            assert!(r.error_codes().is_empty(), "{q}: {:?}", r.messages);
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(3), block).await;
+    assert!(y.query("ROLLBACK").await.error_codes().is_empty());
+    assert!(
+        waited.is_ok(),
+        "a block reading t waited for the lock another client holds on items"
+    );
+    // Not refused for it: prepared before a later block, and bound there.
+    for _ in 0..3 {
+        for q in ["BEGIN", read_items.as_str(), "COMMIT"] {
+            let r = x.query(q).await;
+            assert!(r.error_codes().is_empty(), "{q}: {:?}", r.messages);
+        }
+    }
+    let executed = executed_prepared(&c);
+    assert!(
+        executed.contains(": SELECT v FROM items WHERE id = $1"),
+        "{executed}"
+    );
 }
