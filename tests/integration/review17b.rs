@@ -222,3 +222,107 @@ async fn preparing_for_later_does_not_wait_for_a_lock_on_another_table() {
         "{executed}"
     );
 }
+
+/// Statements of many shapes, each in blocks seven times in a row (as
+/// written, parsed before `BEGIN`, bound, parsed again in the block), with
+/// savepoints, errors and DDL between them: every answer is PostgreSQL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_of_many_shapes_answer_as_postgresql() {
+    let ddl = [
+        "CREATE FUNCTION f(x int) RETURNS text LANGUAGE sql AS $$ SELECT 'int ' || x $$",
+        "CREATE FUNCTION f(x numeric) RETURNS text LANGUAGE sql AS $$ SELECT 'numeric ' || x $$",
+        "CREATE TABLE items (id bigint PRIMARY KEY, v int, a int[], sm smallint)",
+        "INSERT INTO items VALUES (2, 5, '{1,2,3}', 7)",
+    ];
+    let (_o, oracle_port, c) = both(&ddl).await;
+    let shapes: &[&[&str]] = &[
+        &["SELECT b - 5, - 5, -b FROM t WHERE id = 2"],
+        &["SELECT b FROM t WHERE id IN (2, 3) AND b IN (20, 30)"],
+        &["SELECT b FROM t WHERE id = 2 LIMIT 1 OFFSET 0"],
+        &["SELECT a[1], a[2:3], v * 2147483647 FROM items WHERE id = 2"],
+        &["SELECT f(1), f(1.5), f(2147483649) FROM t WHERE id = 2"],
+        &["SELECT b * 1e400, n + 0.5, n / 3 FROM t WHERE id = 2"],
+        &["UPDATE items SET sm = sm + 1 WHERE id = 2 RETURNING sm"],
+        &["UPDATE items SET sm = 40000 WHERE id = 2"],
+        &["SELECT 2147483647 + b::int + 1 FROM t WHERE id = 2"],
+        &[
+            "SAVEPOINT s",
+            "SELECT b / (b - 20) FROM t WHERE id = 2",
+            "ROLLBACK TO SAVEPOINT s",
+            "UPDATE t SET b = b + 1 WHERE id = 2",
+            "SELECT b FROM t WHERE id = 2",
+        ],
+        &[
+            "UPDATE t SET b = b - 1 WHERE id = 1",
+            "UPDATE t SET b = b + 1 WHERE id = 3",
+        ],
+        &["SELECT v FROM items WHERE id = 2 FOR UPDATE"],
+    ];
+    let mut queries = Vec::new();
+    for shape in shapes {
+        queries.extend(blocks(shape, 7));
+    }
+    // DDL between blocks: a column dropped that the statement names, a
+    // column's type changed where it is compared, not returned.
+    queries.extend(blocks(&["SELECT b FROM t WHERE id = 2 AND n > 1"], 7));
+    queries.push("ALTER TABLE t ALTER COLUMN n TYPE text".into());
+    queries.extend(blocks(&["SELECT b FROM t WHERE id = 2 AND n > 1"], 2));
+    queries.extend(blocks(&["SELECT v FROM items WHERE id = 2 AND sm = 8"], 7));
+    queries.push("ALTER TABLE items DROP COLUMN sm".into());
+    queries.extend(blocks(&["SELECT v FROM items WHERE id = 2 AND sm = 8"], 2));
+    queries.push("SELECT id, b, s FROM t WHERE id IN (1, 2, 3) ORDER BY id".into());
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let executed = executed_prepared(&c);
+    for template in [
+        "SELECT b - $1, - $2, -b FROM t WHERE id = $3",
+        "SELECT $1 + b::int + $2 FROM t WHERE id = $3",
+        "SELECT b FROM t WHERE id = $1 AND n > $2",
+        "UPDATE items SET sm = sm + $1 WHERE id = $2 RETURNING sm",
+    ] {
+        assert!(
+            executed.contains(&format!(": {template}")),
+            "{template}: {executed}"
+        );
+    }
+}
+
+/// Two clients over the same pooled connections, one on the default
+/// search_path, then one on `s2, public`, whose `t` has `b` of another
+/// type: the second reads its own `t`, as it would straight on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_other_search_paths_share_connections() {
+    let ddl = [
+        "CREATE SCHEMA s2",
+        "CREATE TABLE s2.t (id bigint PRIMARY KEY, b text)",
+    ];
+    let (_o, oracle_port, c) = both(&ddl).await;
+    let block = blocks(&["SELECT b FROM t WHERE id = 2"], 3);
+    let diffs = differences(c.port(), oracle_port, &block, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    // The first client has gone: its connections are back in the pool.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut other = vec!["SET search_path = s2, public".to_string()];
+    other.extend(blocks(&["SELECT b FROM t WHERE id = 2"], 3));
+    let diffs = differences(c.port(), oracle_port, &other, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+/// A client that asks for generic plans (`plan_cache_mode`) gets none for
+/// its simple queries in blocks, as PostgreSQL plans a simple query with
+/// its constants whatever the setting says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_forcing_generic_plans_gets_the_texts_answers_in_blocks() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let mut queries = vec!["SET plan_cache_mode = force_generic_plan".to_string()];
+    queries.extend(blocks(
+        &["SELECT b FROM t WHERE id = 2 AND (b / 1 > 0 OR 1 = 1)"],
+        3,
+    ));
+    queries.extend(blocks(
+        &["SELECT b FROM t WHERE id = 2 AND (b / 0 > 0 OR 1 = 1)"],
+        1,
+    ));
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
