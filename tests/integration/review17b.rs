@@ -326,3 +326,184 @@ async fn a_client_forcing_generic_plans_gets_the_texts_answers_in_blocks() {
     let diffs = differences(c.port(), oracle_port, &queries, 1).await;
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
+
+/// A reply as one line: every message, then the status.
+fn show(r: &crate::harness::Reply) -> String {
+    let mut s = r
+        .messages
+        .iter()
+        .map(|(t, b)| crate::prepared_simple::line(*t, b))
+        .collect::<Vec<_>>()
+        .join(" ");
+    s.push_str(&format!(" Z{}", r.status as char));
+    s
+}
+
+/// A bound `UPDATE` in a block waits for a row another client holds: the
+/// client's cancel, and then `statement_timeout`, end it as they end the
+/// text on PostgreSQL (57014, the block failed, nothing changed), and the
+/// connection serves the next block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_or_a_timeout_ends_a_bound_statement_as_the_text() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let update = "UPDATE t SET b = b + 1 WHERE id = 2";
+    let mut answers = Vec::new();
+    for port in [c.port(), oracle_port] {
+        // The other client's block holds its own connection first, so it
+        // does not take the one this client keeps.
+        let mut holder = RawClient::connect(port).await;
+        for q in ["BEGIN", "SELECT b FROM t WHERE id = 2"] {
+            assert!(holder.query(q).await.error_codes().is_empty(), "{q}");
+        }
+        let (mut x, pid, key) = crate::review17::login_keyed(port).await;
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            for q in ["BEGIN", update, "COMMIT"] {
+                out.push(show(&x.query(q).await));
+            }
+        }
+        let r = holder.query("UPDATE t SET b = b WHERE id = 2").await;
+        assert!(r.error_codes().is_empty(), "{:?}", r.messages);
+        out.push(show(&x.query("BEGIN").await));
+        let mut q = update.as_bytes().to_vec();
+        q.push(0);
+        x.send(b'Q', &q).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        crate::review17::cancel(port, pid, key).await;
+        out.push(show(&x.until_ready().await));
+        out.push(show(&x.query("ROLLBACK").await));
+        for q in ["SET statement_timeout = 300", "BEGIN", update, "ROLLBACK"] {
+            out.push(show(&x.query(q).await));
+        }
+        out.push(show(&x.query("RESET statement_timeout").await));
+        assert!(holder.query("ROLLBACK").await.error_codes().is_empty());
+        for q in ["BEGIN", update, "COMMIT", "SELECT b FROM t WHERE id = 2"] {
+            out.push(show(&x.query(q).await));
+        }
+        answers.push(out);
+    }
+    // Where the row lies differs between the two databases.
+    let tuple = |s: &str| match (s.find("tuple ("), s.find(") in relation")) {
+        (Some(a), Some(b)) if a < b => format!("{}tuple (..{}", &s[..a], &s[b..]),
+        _ => s.to_string(),
+    };
+    for (i, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        assert_eq!(tuple(a), tuple(b), "step {i}: pieskieo, then postgresql");
+    }
+    let executed = executed_prepared(&c);
+    assert!(
+        executed
+            .matches(": UPDATE t SET b = b + $1 WHERE id = $2")
+            .count()
+            >= 4,
+        "{executed}"
+    );
+}
+
+/// A driver mixing the extended protocol and simple queries in its blocks
+/// (prepared statements and unnamed portals beside bound simple queries):
+/// every read sees the block's own writes, and the writes add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extended_protocol_and_bound_simple_queries_share_a_block() {
+    let c = cluster("").await;
+    let client = c.client().await;
+    let read = client
+        .prepare("SELECT b FROM t WHERE id = $1")
+        .await
+        .unwrap();
+    let mut expect = 20i64;
+    for _ in 0..3 {
+        client.batch_execute("BEGIN").await.unwrap();
+        for _ in 0..4 {
+            let simple = crate::harness::rows(&client, "SELECT b FROM t WHERE id = 2").await;
+            assert_eq!(simple, [[Some(expect.to_string())]]);
+            crate::harness::exec(&client, "UPDATE t SET b = b + 1 WHERE id = 2").await;
+            expect += 1;
+            let b: i64 = client.query_one(&read, &[&2i64]).await.unwrap().get(0);
+            assert_eq!(b, expect);
+            let b: i64 = client
+                .query_one("SELECT b + 0 FROM t WHERE id = $1", &[&2i64])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(b, expect);
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    let b: i64 = client.query_one(&read, &[&2i64]).await.unwrap().get(0);
+    assert_eq!(b, 32);
+    let executed = executed_prepared(&c);
+    assert!(
+        executed.contains("_b: UPDATE t SET b = b + $1 WHERE id = $2"),
+        "{executed}"
+    );
+}
+
+/// `COPY ... FROM STDIN` in blocks between bound statements: the same
+/// answers as PostgreSQL, and the copied rows are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_a_block_between_bound_statements() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let mut answers = Vec::new();
+    for port in [c.port(), oracle_port] {
+        let mut x = RawClient::connect(port).await;
+        let mut out = Vec::new();
+        for round in 0..4 {
+            for q in ["BEGIN", "UPDATE t SET b = b + 1 WHERE id = 2"] {
+                out.push(show(&x.query(q).await));
+            }
+            x.send(b'Q', b"COPY t (id, b) FROM STDIN\0").await;
+            let (tag, _) = x.read().await;
+            assert_eq!(tag, b'G');
+            x.send(
+                b'd',
+                format!("{}\t7\n{}\t8\n", 60 + round, 70 + round).as_bytes(),
+            )
+            .await;
+            x.send(b'c', b"").await;
+            out.push(show(&x.until_ready().await));
+            let read = format!("SELECT b FROM t WHERE id = {}", 60 + round);
+            let write = format!("UPDATE t SET b = b * 2 WHERE id = {}", 70 + round);
+            for q in [
+                read.as_str(),
+                write.as_str(),
+                "SELECT b FROM t WHERE id = 2",
+                "COMMIT",
+            ] {
+                out.push(show(&x.query(q).await));
+            }
+        }
+        out.push(show(
+            &x.query("SELECT id, b FROM t WHERE id >= 60 ORDER BY id")
+                .await,
+        ));
+        answers.push(out);
+    }
+    for (i, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        assert_eq!(a, b, "step {i}: pieskieo, then postgresql");
+    }
+    assert!(executed_prepared(&c).contains("_b: UPDATE t SET b = b + $1 WHERE id = $2"));
+}
+
+/// `DEALLOCATE ALL` inside a block (and out of one), `DISCARD PLANS` and
+/// `DISCARD ALL` between bound statements. (`DISCARD ALL` inside a block is
+/// the proxy's own 25001, without PostgreSQL's file, line and routine
+/// fields: not compared here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_and_discard_between_bound_statements() {
+    let (_o, oracle_port, c) = both(&[]).await;
+    let update = "UPDATE t SET b = b + 1 WHERE id = 2";
+    let mut queries = blocks(&[update], 3);
+    queries.extend(blocks(
+        &[update, "DEALLOCATE ALL", update, "DISCARD PLANS", update],
+        2,
+    ));
+    queries.push("DEALLOCATE ALL".into());
+    queries.extend(blocks(&[update], 3));
+    queries.push("DISCARD ALL".into());
+    queries.extend(blocks(&[update], 3));
+    queries.push("SELECT b FROM t WHERE id = 2".into());
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert!(executed_prepared(&c).contains("_b: UPDATE t SET b = b + $1 WHERE id = $2"));
+}
