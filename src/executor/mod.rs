@@ -818,6 +818,10 @@ async fn prepare_later(
 ) -> Result<Vec<Arc<crate::router::Later>>, BackendError> {
     let mut later = std::mem::take(&mut conn.to_prepare);
     later.retain(|l| !conn.block_statements.contains_key(&l.name));
+    // Statements prepared outside blocks since these were queued count too.
+    let room = MAX_PREPARED_PER_CONNECTION
+        .saturating_sub(conn.prepared.len() + conn.block_statements.len());
+    later.truncate(room);
     if later.is_empty() {
         return Ok(later);
     }

@@ -507,3 +507,42 @@ async fn deallocate_and_discard_between_bound_statements() {
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     assert!(executed_prepared(&c).contains("_b: UPDATE t SET b = b + $1 WHERE id = $2"));
 }
+
+/// A server connection holds at most `MAX_PREPARED_PER_CONNECTION`
+/// statements the proxy prepared: texts queued in a block to be prepared
+/// before the next `BEGIN`, and texts prepared outside blocks meanwhile,
+/// together stay within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_for_blocks_count_toward_the_limit() {
+    let c = cluster("").await;
+    let mut x = RawClient::connect(c.port()).await;
+    let max = pieskieo::backend::MAX_PREPARED_PER_CONNECTION;
+    assert!(x.query("BEGIN").await.error_codes().is_empty());
+    for i in 0..max {
+        let q = format!("SELECT b AS c{i} FROM t WHERE id = 2");
+        assert!(x.query(&q).await.error_codes().is_empty(), "{q}");
+    }
+    assert!(x.query("COMMIT").await.error_codes().is_empty());
+    for i in max..2 * max {
+        let q = format!("SELECT b AS c{i} FROM t WHERE id = 2");
+        assert!(x.query(&q).await.error_codes().is_empty(), "{q}");
+    }
+    let mut counts = Vec::new();
+    for q in [
+        "BEGIN",
+        "SELECT b FROM t WHERE id = 2",
+        "SELECT count(*) FROM pg_prepared_statements",
+        "COMMIT",
+    ] {
+        let r = x.query(q).await;
+        assert!(r.error_codes().is_empty(), "{q}: {:?}", r.messages);
+        counts.extend(
+            r.messages
+                .iter()
+                .filter(|(t, _)| *t == b'D')
+                .map(|(_, b)| String::from_utf8_lossy(&b[6..]).into_owned()),
+        );
+    }
+    let n: usize = counts[1].parse().unwrap();
+    assert!(n <= max, "{n} statements prepared on one connection");
+}
