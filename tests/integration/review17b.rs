@@ -546,3 +546,37 @@ async fn statements_prepared_for_blocks_count_toward_the_limit() {
     let n: usize = counts[1].parse().unwrap();
     assert!(n <= max, "{n} statements prepared on one connection");
 }
+
+/// The one accepted failure (a column's type changed under a bound read:
+/// 0A000 with Pieskieo's hint) inside a savepoint: the client rolls back to
+/// it, the text runs as written, and the block commits its write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_recovers_from_an_outdated_statement_with_a_savepoint() {
+    let c = cluster("").await;
+    let mut raw = RawClient::connect(c.port()).await;
+    for _ in 0..3 {
+        for q in ["BEGIN", "SELECT b FROM t WHERE id = 2", "COMMIT"] {
+            assert!(raw.query(q).await.error_codes().is_empty(), "{q}");
+        }
+    }
+    let ddl = raw.query("ALTER TABLE t ALTER COLUMN b TYPE int").await;
+    assert!(ddl.error_codes().is_empty(), "{:?}", ddl.messages);
+    for q in ["BEGIN", "UPDATE t SET b = b + 1 WHERE id = 2", "SAVEPOINT a"] {
+        assert!(raw.query(q).await.error_codes().is_empty(), "{q}");
+    }
+    let r = raw.query("SELECT b FROM t WHERE id = 2").await;
+    assert_eq!(r.error_codes(), ["0A000"], "{:?}", r.messages);
+    for q in [
+        "ROLLBACK TO SAVEPOINT a",
+        "SELECT b FROM t WHERE id = 2",
+        "UPDATE t SET b = b + 1 WHERE id = 2",
+    ] {
+        let r = raw.query(q).await;
+        assert!(r.error_codes().is_empty(), "{q}: {:?}", r.messages);
+    }
+    let r = raw.query("COMMIT").await;
+    assert_eq!(r.tags(), ["COMMIT"], "{:?}", r.messages);
+    let client = c.client().await;
+    let b = crate::harness::rows(&client, "SELECT b FROM t WHERE id = 2").await;
+    assert_eq!(b, [[Some("22".to_string())]]);
+}
