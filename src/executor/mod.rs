@@ -1049,6 +1049,11 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             if let Err(e) = drain(conn).await {
                 merger.backend_failed(&e);
             }
+            if prepared == Some(true) {
+                // Closed and parsed again, unread: whether the connection
+                // still has the statement is not known.
+                conn.mark_broken();
+            }
         } else if let Collect::Plan(_) = how {
             ready.push(shard);
         } else if let (Some(again), Some(b)) = (prepared, bound) {

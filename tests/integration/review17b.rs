@@ -561,7 +561,11 @@ async fn a_block_recovers_from_an_outdated_statement_with_a_savepoint() {
     }
     let ddl = raw.query("ALTER TABLE t ALTER COLUMN b TYPE int").await;
     assert!(ddl.error_codes().is_empty(), "{:?}", ddl.messages);
-    for q in ["BEGIN", "UPDATE t SET b = b + 1 WHERE id = 2", "SAVEPOINT a"] {
+    for q in [
+        "BEGIN",
+        "UPDATE t SET b = b + 1 WHERE id = 2",
+        "SAVEPOINT a",
+    ] {
         assert!(raw.query(q).await.error_codes().is_empty(), "{q}");
     }
     let r = raw.query("SELECT b FROM t WHERE id = 2").await;
