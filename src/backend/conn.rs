@@ -32,6 +32,30 @@ fn forgets_statements(tag: &[u8]) -> bool {
 /// as written.
 pub const MAX_PREPARED_PER_CONNECTION: usize = 1000;
 
+/// Runs of a statement PostgreSQL plans with its values before it may
+/// choose a generic plan for it (`choose_custom_plan`: five custom plans
+/// first). A generic plan does not fold the constants, so an expression the
+/// text's plan folds away (`b / 0 > 0 OR 1 = 1`) is evaluated, or one it
+/// folds into an error (`10 / 0`) waits for a row: inside a block, where
+/// nothing can be sent again, that is the answer, so a statement run in
+/// blocks is parsed again after this many runs.
+pub const CUSTOM_PLAN_RUNS: u8 = 5;
+
+/// A statement the proxy prepared on a connection to run simple queries
+/// inside blocks (`executor::run_in_block`), under a name of its own that
+/// nothing else binds: its runs since its Parse are counted exactly.
+#[derive(Debug)]
+pub struct BlockStatement {
+    /// Its name on the server (the simple query's statement name, `_b`).
+    pub name: Arc<str>,
+    /// The connection's `search_path` setting (its statement, `None` for
+    /// the server's default) when it was parsed: PostgreSQL analyses it
+    /// again under another, which may change its rows' shape and refuse it.
+    pub search_path: Option<String>,
+    /// Binds since its Parse (see [`CUSTOM_PLAN_RUNS`]).
+    pub runs: u8,
+}
+
 pub struct ServerConn {
     pub shard: ShardId,
     reader: FrameReader<ServerRead>,
@@ -59,6 +83,10 @@ pub struct ServerConn {
     /// Statements that ran as written in a block here, to be prepared
     /// before the connection's next `BEGIN` (`run_in_block`).
     pub to_prepare: Vec<Arc<crate::router::Later>>,
+    /// Statements prepared here for blocks, by the simple query's statement
+    /// name (see [`BlockStatement`]).
+    pub block_statements:
+        std::collections::HashMap<Arc<str>, BlockStatement, foldhash::fast::RandomState>,
     broken: bool,
     pub process_id: i32,
     pub secret_key: i32,
@@ -185,6 +213,7 @@ impl ServerConn {
             unsynced: false,
             prepared: Default::default(),
             to_prepare: Vec::new(),
+            block_statements: Default::default(),
             broken: false,
             process_id: 0,
             secret_key: 0,
@@ -402,7 +431,6 @@ impl ServerConn {
         Ok(())
     }
 
-    /// Queues `Close` of the statement prepared under `name`, and `Sync`.
     /// Parse `text` as the statement `name`, then Sync: outside a
     /// transaction, a refusal costs nothing. One `ReadyForQuery` owed.
     pub async fn send_parse(
@@ -430,6 +458,7 @@ impl ServerConn {
         Ok(())
     }
 
+    /// Queues `Close` of the statement prepared under `name`, and `Sync`.
     pub async fn send_close_statement(&mut self, name: &str) -> Result<(), BackendError> {
         let len = (name.len() + 6) as i32;
         let mut m = Vec::with_capacity(name.len() + 12);
@@ -440,6 +469,19 @@ impl ServerConn {
         m.push(0);
         m.extend_from_slice(&[b'S', 0, 0, 0, 4]);
         self.pending += 1;
+        self.write_all(&m).await
+    }
+
+    /// Queues `Close` of the statement prepared under `name`, without
+    /// `Sync`: the next message's answer follows its CloseComplete.
+    pub async fn send_close_unsynced(&mut self, name: &str) -> Result<(), BackendError> {
+        let len = (name.len() + 6) as i32;
+        let mut m = Vec::with_capacity(name.len() + 7);
+        m.push(b'C');
+        m.extend_from_slice(&len.to_be_bytes());
+        m.push(b'S');
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
         self.write_all(&m).await
     }
 
@@ -596,6 +638,7 @@ impl ServerConn {
             // prepared here are gone.
             b'C' if f.body().starts_with(b"D") && forgets_statements(f.body()) => {
                 self.prepared.clear();
+                self.block_statements.clear();
             }
             b'E' => {
                 self.count(|s| &s.errors);

@@ -7,7 +7,10 @@ mod pool;
 mod registry;
 mod tls;
 
-pub use conn::{send_cancel, ServerConn, SnapshotHold, MAX_PREPARED_PER_CONNECTION};
+pub use conn::{
+    send_cancel, BlockStatement, ServerConn, SnapshotHold, CUSTOM_PLAN_RUNS,
+    MAX_PREPARED_PER_CONNECTION,
+};
 pub use endpoint::Endpoint;
 pub use kept::Kept;
 pub use pool::{PooledConn, Pools};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::backend::{BackendError, ServerConn, MAX_PREPARED_PER_CONNECTION};
+use crate::backend::{BackendError, ServerConn, CUSTOM_PLAN_RUNS, MAX_PREPARED_PER_CONNECTION};
 use crate::protocol::{self, take_cstr, Frame};
 use crate::router::ShardId;
 
@@ -343,13 +343,17 @@ pub struct BlockBound<'a> {
 /// BindComplete and NoData are dropped; a write's RowDescription waits
 /// for its first row or its tag (a simple query describes RETURNING rows
 /// once they are all made); an error points where the text's would
-/// (`block_error`). `ReadyForQuery` is not relayed.
+/// (`block_error`). `ReadyForQuery` is not relayed. `again`: it was closed
+/// and parsed again first (CloseComplete dropped too); a refused Parse
+/// leaves the connection without it.
 pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     out: &mut W,
     b: &BlockBound<'_>,
+    again: bool,
 ) -> Result<Answer, ExecError> {
     let mut failed = false;
+    let mut parsed = !again;
     let mut described: Option<Bytes> = None;
     loop {
         let f = conn.read().await?;
@@ -359,15 +363,21 @@ pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
             }
         }
         match f.tag {
-            b'Z' => return Ok(Answer::failed_if(failed)),
-            b'1' | b'2' | b'n' => {}
+            b'Z' => {
+                if !parsed {
+                    conn.block_statements.remove(&b.prepare.name);
+                }
+                return Ok(Answer::failed_if(failed));
+            }
+            b'1' => parsed = true,
+            b'2' | b'3' | b'n' => {}
             b'T' if b.kind == BoundKind::Write => described = Some(f.bytes),
             b'G' => refuse_copy_in(conn).await?,
             b'E' => {
                 failed = true;
                 described = None;
-                let e = block_error(&f, b);
-                if protocol::ErrorFields::parse(f.body()).code == "0A000" {
+                let (e, outdated) = block_error(&f, b);
+                if outdated {
                     // Outdated by DDL ("cached plan must not change result
                     // type"): the text goes as written from now on, and the
                     // connection, which still holds the outdated statement,
@@ -386,16 +396,25 @@ pub async fn relay_bound_in_block<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The routine of PostgreSQL's plan cache that refuses a prepared
+/// statement whose rows changed shape ("cached plan must not change result
+/// type", 0A000): the one refusal a simple query never meets. Told by the
+/// routine, not the code alone (a trigger, the planner, any feature
+/// PostgreSQL lacks answers 0A000 too, and the text would get the same) nor
+/// the message (it follows `lc_messages`).
+const OUTDATED_ROUTINE: &str = "RevalidateCachedQuery";
+
 /// An error of a statement bound in a block, as the text's would read: no
 /// CONTEXT line naming the bound values, the position moved from the
-/// constant-free text to the client's, and for 0A000 (the one refusal a
-/// simple query never meets) a hint saying what happened and what to do.
-fn block_error(f: &Frame, b: &BlockBound<'_>) -> Vec<u8> {
+/// constant-free text to the client's, and for the outdated statement
+/// (`OUTDATED_ROUTINE`) a hint saying what happened and what to do; and
+/// whether it was that.
+fn block_error(f: &Frame, b: &BlockBound<'_>) -> (Vec<u8>, bool) {
     let Some(mut fields) = fields(f) else {
-        return f.bytes.to_vec();
+        return (f.bytes.to_vec(), false);
     };
     drop_bound_values(&mut fields);
-    let mut outdated = false;
+    let (mut code, mut routine) = (false, false);
     for (kind, value) in fields.iter_mut() {
         match kind {
             b'P' => {
@@ -403,10 +422,12 @@ fn block_error(f: &Frame, b: &BlockBound<'_>) -> Vec<u8> {
                     *value = b.prepare.normalized.text_position(at).to_string().into();
                 }
             }
-            b'C' => outdated = value == "0A000",
+            b'C' => code = value == "0A000",
+            b'R' => routine = value == OUTDATED_ROUTINE,
             _ => {}
         }
     }
+    let outdated = code && routine;
     if outdated {
         fields.push((
             b'H',
@@ -415,7 +436,7 @@ fn block_error(f: &Frame, b: &BlockBound<'_>) -> Vec<u8> {
                 .into(),
         ));
     }
-    framed(f.tag, &fields)
+    (framed(f.tag, &fields), outdated)
 }
 
 /// Sends `sql` as a simple query and relays its answer (`relay`).
@@ -773,52 +794,120 @@ pub struct BlockRun<'a> {
     /// connection has it, and is prepared there before the connection's
     /// next `BEGIN` where it has not.
     pub bound: Option<BlockBound<'a>>,
+    /// A statement of the block set session settings, or may have: the
+    /// search_path and plan_cache_mode a statement would be bound under are
+    /// not known, and `bound` goes as written.
+    pub settings_changed: bool,
 }
 
+/// What `prepare_later`'s Parses run under: no wait for a lock. A Parse
+/// takes a lock on each table its statement reads, and the block about to
+/// begin may never touch them: waiting there for another client's lock (an
+/// `ALTER TABLE` in its open block) would hold this block up where
+/// PostgreSQL would not, or close a deadlock between shards that no
+/// detector sees (the Parse runs before the block's tag). A statement whose
+/// table is locked is prepared before a later block.
+const NO_LOCK_WAIT: &str = "SET lock_timeout = 1";
+
 /// Sends a Parse and Sync for each statement `conn` is to prepare before
-/// its next `BEGIN` (`ServerConn::to_prepare`) and has not; returns them.
+/// its next `BEGIN` (`ServerConn::to_prepare`) and has not, without lock
+/// waits (`NO_LOCK_WAIT`, then the connection's own `lock_timeout` again);
+/// returns them.
 async fn prepare_later(
     conn: &mut ServerConn,
 ) -> Result<Vec<Arc<crate::router::Later>>, BackendError> {
     let mut later = std::mem::take(&mut conn.to_prepare);
-    later.retain(|l| !conn.prepared.contains(&*l.name));
-    for l in &later {
-        conn.send_parse(&l.name, &l.template, &l.types).await?;
+    later.retain(|l| !conn.block_statements.contains_key(&l.name));
+    // Statements prepared outside blocks since these were queued count too.
+    let room = MAX_PREPARED_PER_CONNECTION
+        .saturating_sub(conn.prepared.len() + conn.block_statements.len());
+    later.truncate(room);
+    if later.is_empty() {
+        return Ok(later);
     }
+    conn.send_query(NO_LOCK_WAIT).await?;
+    for l in &later {
+        conn.send_parse(&l.block_name, &l.template, &l.types)
+            .await?;
+    }
+    let restore = match conn.applied.get("lock_timeout") {
+        Some(set) => set.clone(),
+        None => "RESET lock_timeout".to_string(),
+    };
+    conn.send_query(&restore).await?;
     Ok(later)
 }
 
-/// Reads the answers to `prepare_later`'s Parses: each statement is now
-/// prepared on `conn`, or refused (and goes as written from now on).
+/// Reads the answers to `prepare_later`: each statement is now prepared on
+/// `conn` for blocks, waits for a later block (it met a lock, a cancel, a
+/// timeout), or is refused (a text valid only with its constants in place:
+/// it goes as written from now on).
 async fn prepared_later(
     conn: &mut ServerConn,
     later: &[Arc<crate::router::Later>],
 ) -> Result<(), BackendError> {
+    if later.is_empty() {
+        return Ok(());
+    }
+    if let Some(e) = drain(conn).await? {
+        return Err(setting_failed(conn, &e));
+    }
     for l in later {
         let mut parsed = false;
+        let mut refused = false;
         loop {
             let f = conn.read().await?;
             match f.tag {
                 b'1' => parsed = true,
-                b'E' => conn.uncount_error(),
+                b'E' => {
+                    conn.uncount_error();
+                    refused = refusal(&f);
+                }
                 b'Z' => break,
                 _ => {}
             }
         }
         if parsed {
-            conn.prepared.insert(l.name.to_string());
-        } else {
+            let search_path = conn.applied.get("search_path").cloned();
+            conn.block_statements.insert(
+                l.name.clone(),
+                crate::backend::BlockStatement {
+                    name: l.block_name.clone(),
+                    search_path,
+                    runs: 0,
+                },
+            );
+        } else if refused {
             l.refuse();
+        } else {
+            conn.to_prepare.push(l.clone());
         }
     }
+    if let Some(e) = drain(conn).await? {
+        return Err(setting_failed(conn, &e));
+    }
     Ok(())
+}
+
+/// `lock_timeout` refused around `prepare_later`'s Parses: the connection's
+/// settings are not what the proxy thinks.
+fn setting_failed(conn: &mut ServerConn, e: &Frame) -> BackendError {
+    conn.mark_broken();
+    BackendError::Protocol {
+        shard: conn.shard,
+        message: format!(
+            "setting lock_timeout around Parse: {}",
+            protocol::ErrorFields::parse(e.body())
+        ),
+    }
 }
 
 /// `p` ran as written in a block on `conn`: it is prepared there before the
 /// connection's next `BEGIN` (while the connection has room for it).
 fn want_later(conn: &mut ServerConn, p: &crate::router::Prepare) {
-    if conn.prepared.contains(&*p.name)
-        || conn.prepared.len() + conn.to_prepare.len() >= MAX_PREPARED_PER_CONNECTION
+    if conn.block_statements.contains_key(&p.name)
+        || conn.prepared.len() + conn.block_statements.len() + conn.to_prepare.len()
+            >= MAX_PREPARED_PER_CONNECTION
         || conn.to_prepare.iter().any(|l| l.name == p.name)
     {
         return;
@@ -849,8 +938,26 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
         };
         let conn = p.conn();
         let fresh = run.fresh.contains(shard);
-        let prepared =
-            bound.filter(|b| conn.conforming_strings() && conn.prepared.contains(&*b.prepare.name));
+        // Bound where the connection prepared it for blocks and its
+        // settings are known; parsed again first (`again`) after
+        // `CUSTOM_PLAN_RUNS` runs, or under another search_path.
+        let prepared = bound
+            .filter(|_| {
+                conn.conforming_strings()
+                    && !run.settings_changed
+                    && !conn.applied.contains_key("plan_cache_mode")
+            })
+            .and_then(|b| {
+                let path = conn.applied.get("search_path");
+                let s = conn.block_statements.get_mut(&b.prepare.name)?;
+                let again = s.runs >= CUSTOM_PLAN_RUNS || s.search_path.as_ref() != path;
+                if again {
+                    s.runs = 0;
+                    s.search_path = path.cloned();
+                }
+                s.runs += 1;
+                Some((b, s.name.clone(), again))
+            });
         let r = async {
             // Outside any transaction still: what earlier blocks ran here
             // as written is prepared now, where a refusal costs nothing.
@@ -864,10 +971,18 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
                     conn.send_query(q).await?;
                 }
             }
-            match prepared {
-                Some(b) => {
-                    conn.send_bound(&b.prepare.name, None, b.prepare.values())
-                        .await?;
+            match &prepared {
+                Some((b, name, again)) => {
+                    let types: Vec<u32>;
+                    let parse = if *again {
+                        conn.send_close_unsynced(name).await?;
+                        let n = &b.prepare.normalized;
+                        types = n.types().map(|t| t.collect()).unwrap_or_default();
+                        Some((n.template.as_str(), types.as_slice()))
+                    } else {
+                        None
+                    };
+                    conn.send_bound(name, parse, b.prepare.values()).await?;
                     conn.flush().await?;
                 }
                 None => {
@@ -880,7 +995,7 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             Ok(later)
         }
         .await;
-        sent.push((*shard, fresh, r, prepared.is_some()));
+        sent.push((*shard, fresh, r, prepared.map(|(_, _, again)| again)));
     }
     {
         let mut conns: Vec<&mut ServerConn> = parts
@@ -934,10 +1049,15 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             if let Err(e) = drain(conn).await {
                 merger.backend_failed(&e);
             }
+            if prepared == Some(true) {
+                // Closed and parsed again, unread: whether the connection
+                // still has the statement is not known.
+                conn.mark_broken();
+            }
         } else if let Collect::Plan(_) = how {
             ready.push(shard);
-        } else if let (true, Some(b)) = (prepared, bound) {
-            failed |= relay_bound_in_block(conn, out, b).await?.failed();
+        } else if let (Some(again), Some(b)) = (prepared, bound) {
+            failed |= relay_bound_in_block(conn, out, b, again).await?.failed();
         } else if single && !failed && run.relay_single {
             failed |= relay(conn, out).await?.failed();
         } else if let Collect::Merge(merge) = how {

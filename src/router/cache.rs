@@ -133,6 +133,7 @@ impl Prepare {
     pub fn later(&self) -> Arc<Later> {
         Arc::new(Later {
             name: self.name.clone(),
+            block_name: format!("{}_b", self.name).into(),
             template: self.normalized.template.as_str().into(),
             types: self
                 .normalized
@@ -150,7 +151,12 @@ impl Prepare {
 /// on runs it prepared in blocks too.
 #[derive(Debug)]
 pub struct Later {
+    /// The simple query's statement name (`Prepare::name`).
     pub name: Arc<str>,
+    /// Its name on the server when prepared for blocks: one nothing but
+    /// blocks binds, so its runs are counted exactly
+    /// (`backend::BlockStatement`).
+    pub block_name: Arc<str>,
     pub template: Box<str>,
     pub types: Box<[u32]>,
     keyed: Arc<KeyedPlan>,

@@ -64,9 +64,15 @@ impl Normalized {
 impl Normalized {
     /// Every constant is a number (no quoted string): bound with the types
     /// PostgreSQL's lexer gives them, no value can fail its conversion at
-    /// Bind, and each stands in the text spelled as it is bound.
+    /// Bind (`numeric_takes`), and each stands in the text spelled as it is
+    /// bound.
     pub fn numbers_only(&self) -> bool {
-        self.quoted == 0 && self.values.len() <= 64
+        self.quoted == 0
+            && self.values.len() <= 64
+            && self.values.iter().all(|v| match v {
+                Bound::Text(t) => numeric_takes(t),
+                _ => false,
+            })
     }
 
     /// Where in `text` (the statement this came from) a position in the
@@ -117,6 +123,22 @@ impl Normalized {
             in_text += 1;
         }
         in_text + at.saturating_sub(in_template)
+    }
+}
+
+/// Whether `numeric` takes the number whatever its digits: it has no
+/// exponent, or a small one. A text the plan cache keeps is at most 4,096
+/// bytes, fewer digits than `numeric` holds (16,383 after the point,
+/// 131,072 before), but an exponent can push a number past them
+/// (`1e999999`, `1e-16384`): the parser refuses such a literal and points
+/// at it, a Bind refuses the value with no position.
+fn numeric_takes(number: &str) -> bool {
+    match number.find(['e', 'E']) {
+        None => true,
+        Some(at) => number[at + 1..]
+            .trim_start_matches(['+', '-'])
+            .parse::<u16>()
+            .is_ok_and(|e| e <= 1000),
     }
 }
 
@@ -316,6 +338,15 @@ mod tests {
         assert!(!normalize("SELECT 1 FROM t WHERE a = 'x'")
             .unwrap()
             .numbers_only());
+        assert!(
+            normalize("SELECT 1e400, 2.5E-3, 7 FROM t WHERE a = 1e+1000")
+                .unwrap()
+                .numbers_only()
+        );
+        for big in ["1e999999", "1e-16384", "1E+1001", "1e99999999999999999999"] {
+            let n = normalize(&format!("SELECT b + {big} FROM t WHERE a = 1")).unwrap();
+            assert!(!n.numbers_only(), "{big}");
+        }
     }
 
     #[test]

@@ -168,6 +168,8 @@ impl Session {
                     executor::BoundKind::Other
                 },
             }),
+            settings_changed: self.learn_from.is_some()
+                || self.txn.as_ref().is_some_and(|t| t.sets_settings()),
         };
         let r = executor::run_in_block(&mut parts, targets, how, &run, &mut self.out).await;
         for p in parts.iter_mut() {

@@ -86,6 +86,17 @@ impl Txn {
         head
     }
 
+    /// A `SET` or `RESET` ran in the block (`SET LOCAL` too): its
+    /// connections' settings are not those the proxy applied.
+    pub(super) fn sets_settings(&self) -> bool {
+        self.prelude.iter().any(|s| {
+            matches!(
+                leading_words(s, 1).first().map(String::as_str),
+                Some("set" | "reset")
+            )
+        })
+    }
+
     /// After an aborted commit: a shard that prepared kept the block's
     /// session `SET`s (PostgreSQL settles settings at PREPARE TRANSACTION),
     /// so its connection's settings are unknown now.

@@ -220,7 +220,9 @@ impl Session {
             // connection holds so many statements at most (each costs the
             // server memory); past that, new texts go as written.
             if !conn.conforming_strings()
-                || (parse && conn.prepared.len() >= MAX_PREPARED_PER_CONNECTION)
+                || (parse
+                    && conn.prepared.len() + conn.block_statements.len()
+                        >= MAX_PREPARED_PER_CONNECTION)
             {
                 return executor::run_text(&mut conn, &mut self.out, stmt).await;
             }

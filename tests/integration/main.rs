@@ -30,6 +30,7 @@ mod prepared_simple;
 mod psql;
 mod restore;
 mod review17;
+mod review17b;
 
 mod review18;
 mod review18c;

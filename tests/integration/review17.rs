@@ -146,7 +146,7 @@ async fn errors_do_not_show_the_values_the_proxy_bound() {
 
 /// Logs in as `plain` and returns the process id and secret key the
 /// server (or proxy) gave for cancel requests.
-async fn login_keyed(port: u16) -> (RawClient, i32, i32) {
+pub(crate) async fn login_keyed(port: u16) -> (RawClient, i32, i32) {
     let mut c = RawClient::start(port, &[("user", "plain"), ("database", "app")]).await;
     let (t, _) = c.read().await;
     assert_eq!(t, b'R');
@@ -169,7 +169,7 @@ async fn login_keyed(port: u16) -> (RawClient, i32, i32) {
     (c, key.0, key.1)
 }
 
-async fn cancel(port: u16, pid: i32, key: i32) {
+pub(crate) async fn cancel(port: u16, pid: i32, key: i32) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
