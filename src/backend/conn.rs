@@ -32,18 +32,9 @@ fn forgets_statements(tag: &[u8]) -> bool {
 /// as written.
 pub const MAX_PREPARED_PER_CONNECTION: usize = 1000;
 
-/// Runs of a statement PostgreSQL plans with its values before it may
-/// choose a generic plan for it (`choose_custom_plan`: five custom plans
-/// first). A generic plan does not fold the constants, so an expression the
-/// text's plan folds away (`b / 0 > 0 OR 1 = 1`) is evaluated, or one it
-/// folds into an error (`10 / 0`) waits for a row: inside a block, where
-/// nothing can be sent again, that is the answer, so a statement run in
-/// blocks is parsed again after this many runs.
-pub const CUSTOM_PLAN_RUNS: u8 = 5;
-
 /// A statement the proxy prepared on a connection to run simple queries
 /// inside blocks (`executor::run_in_block`), under a name of its own that
-/// nothing else binds: its runs since its Parse are counted exactly.
+/// nothing else binds.
 #[derive(Debug)]
 pub struct BlockStatement {
     /// Its name on the server (the simple query's statement name, `_b`).
@@ -52,8 +43,6 @@ pub struct BlockStatement {
     /// the server's default) when it was parsed: PostgreSQL analyses it
     /// again under another, which may change its rows' shape and refuse it.
     pub search_path: Option<String>,
-    /// Binds since its Parse (see [`CUSTOM_PLAN_RUNS`]).
-    pub runs: u8,
 }
 
 pub struct ServerConn {

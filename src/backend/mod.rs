@@ -8,8 +8,7 @@ mod registry;
 mod tls;
 
 pub use conn::{
-    send_cancel, BlockStatement, ServerConn, SnapshotHold, CUSTOM_PLAN_RUNS,
-    MAX_PREPARED_PER_CONNECTION,
+    send_cancel, BlockStatement, ServerConn, SnapshotHold, MAX_PREPARED_PER_CONNECTION,
 };
 pub use endpoint::Endpoint;
 pub use kept::Kept;

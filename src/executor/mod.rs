@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::backend::{BackendError, ServerConn, CUSTOM_PLAN_RUNS, MAX_PREPARED_PER_CONNECTION};
+use crate::backend::{BackendError, ServerConn, MAX_PREPARED_PER_CONNECTION};
 use crate::protocol::{self, take_cstr, Frame};
 use crate::router::ShardId;
 
@@ -874,7 +874,6 @@ async fn prepared_later(
                 crate::backend::BlockStatement {
                     name: l.block_name.clone(),
                     search_path,
-                    runs: 0,
                 },
             );
         } else if refused {
@@ -939,8 +938,8 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
         let conn = p.conn();
         let fresh = run.fresh.contains(shard);
         // Bound where the connection prepared it for blocks and its
-        // settings are known; parsed again first (`again`) after
-        // `CUSTOM_PLAN_RUNS` runs, or under another search_path.
+        // settings are known; parsed again first (`again`) under another
+        // search_path.
         let prepared = bound
             .filter(|_| {
                 conn.conforming_strings()
@@ -950,12 +949,10 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             .and_then(|b| {
                 let path = conn.applied.get("search_path");
                 let s = conn.block_statements.get_mut(&b.prepare.name)?;
-                let again = s.runs >= CUSTOM_PLAN_RUNS || s.search_path.as_ref() != path;
+                let again = s.search_path.as_ref() != path;
                 if again {
-                    s.runs = 0;
                     s.search_path = path.cloned();
                 }
-                s.runs += 1;
                 Some((b, s.name.clone(), again))
             });
         let r = async {

@@ -126,7 +126,7 @@ impl Prepare {
     /// the connection (the caller's to check): a Parse that fails, for a
     /// text valid only with its constants, would fail the block.
     pub fn fits_block(&self) -> bool {
-        self.normalized.numbers_only() && !self.keyed.star_rows()
+        self.normalized.numbers_only() && !self.keyed.star_rows() && !self.keyed.constants_meet()
     }
 
     /// What to prepare on a connection before it next joins a block.

@@ -27,6 +27,10 @@ pub struct KeyedPlan {
     /// change their shape, which a prepared statement refuses ("cached
     /// plan must not change result type") where the text would run.
     star_rows: bool,
+    /// A constant meets another in an expression (`$1 / $2`, `$1 = $2`,
+    /// `5 + $1`), or is cast or passed to a function (`$1::int2`,
+    /// `abs($1)`): see `constants_meet`.
+    constants_meet: bool,
     /// A shard refused to prepare it (it is valid only with its constants
     /// in place, such as `SELECT 'x'` or `interval '1 day'`).
     refused: AtomicBool,
@@ -121,6 +125,113 @@ fn has_word(sql: &str, word: &str) -> bool {
     })
 }
 
+/// Whether, in a constant-free text, a `$n` stands where PostgreSQL's
+/// planner computes on constants alone when they are in the text: beside an
+/// operator whose other operand is a constant (`$1 / $2`, `$3 = $4`, `5 +
+/// $1`), cast (`$1::int2`), or an argument of a function (`abs($1)`). With
+/// the constants in place it folds those while planning (`10 / 0` fails
+/// there, `1 = 1` makes an `OR` true without its other side); a generic plan
+/// of the prepared statement computes them while it runs, row by row, or
+/// never. Inside a block, where nothing can be sent again, such a text goes
+/// as written. Errs on the side of `true` (`b / $1 > $2` is read as
+/// meeting).
+fn constants_meet(sql: &str) -> bool {
+    const OPERATOR: &[u8] = b"+-*/%^<>=!|&#~@";
+    // Words before `(` that open a list or a condition, not a function call.
+    const NOT_CALLS: &[&str] = &[
+        "values",
+        "in",
+        "and",
+        "or",
+        "not",
+        "where",
+        "on",
+        "when",
+        "then",
+        "else",
+        "select",
+        "having",
+        "limit",
+        "offset",
+        "exists",
+        "any",
+        "all",
+        "some",
+        "set",
+        "returning",
+        "by",
+    ];
+    let b = sql.as_bytes();
+    let name = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    let constant_at = |i: usize| b.get(i).is_some_and(|c| *c == b'$' || c.is_ascii_digit());
+    let mut quoted = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if quoted || c == b'"' {
+            quoted = if c == b'"' { !quoted } else { quoted };
+            i += 1;
+            continue;
+        }
+        if c != b'$' || i > 0 && (name(b[i - 1]) || b[i - 1] == b'$') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        // To the left: operators (and a unary minus), then the operand.
+        let mut l = start;
+        let mut operator = false;
+        let mut open = false;
+        while l > 0 && (b[l - 1].is_ascii_whitespace() || b[l - 1] == b'(') {
+            open |= b[l - 1] == b'(';
+            l -= 1;
+        }
+        while l > 0 && (OPERATOR.contains(&b[l - 1]) || b[l - 1].is_ascii_whitespace()) {
+            operator |= OPERATOR.contains(&b[l - 1]);
+            l -= 1;
+        }
+        while l > 0 && b[l - 1] == b'(' {
+            l -= 1;
+        }
+        if operator && l > 0 && (b[l - 1].is_ascii_digit() || b[l - 1] == b')') {
+            return true;
+        }
+        if open && !operator {
+            let end = l;
+            while l > 0 && name(b[l - 1]) {
+                l -= 1;
+            }
+            let word = sql[l..end].to_ascii_lowercase();
+            if !word.is_empty() && !NOT_CALLS.contains(&word.as_str()) {
+                return true;
+            }
+        }
+        // To the right: a cast, or operators then a constant.
+        let mut r = i;
+        while r < b.len() && (b[r].is_ascii_whitespace() || b[r] == b')') {
+            r += 1;
+        }
+        if b[r..].starts_with(b"::") {
+            return true;
+        }
+        let mut operator = false;
+        while r < b.len()
+            && (OPERATOR.contains(&b[r]) || b[r].is_ascii_whitespace() || b[r] == b'(')
+        {
+            operator |= OPERATOR.contains(&b[r]);
+            r += 1;
+        }
+        if operator && constant_at(r) {
+            return true;
+        }
+    }
+    false
+}
+
 impl KeyedPlan {
     /// The keyed plan of `sql` under `map`, when it has one.
     pub fn find(sql: &str, map: &ShardMap) -> Option<KeyedPlan> {
@@ -134,6 +245,7 @@ impl KeyedPlan {
             preparable: preparable(sql),
             modifies: modifies(sql),
             star_rows: sql.contains('*') && (!modifies(sql) || has_word(sql, "returning")),
+            constants_meet: constants_meet(sql),
             refused: AtomicBool::new(false),
             named: OnceLock::new(),
         })
@@ -169,6 +281,12 @@ impl KeyedPlan {
         self.star_rows
     }
 
+    /// Whether its constants may be computed on before any row is read
+    /// (see `constants_meet`).
+    pub fn constants_meet(&self) -> bool {
+        self.constants_meet
+    }
+
     /// A shard would not prepare the text: its queries go as written from now on.
     pub fn refuse(&self) {
         self.refused.store(true, Ordering::Relaxed);
@@ -193,6 +311,33 @@ impl KeyedPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constants_that_meet_are_told_from_constants_beside_columns() {
+        for meets in [
+            "SELECT b FROM t WHERE id = $1 AND (b / $2 > $3 OR $4 = $5)",
+            "UPDATE t SET b = $1 / $2 WHERE id = $3",
+            "UPDATE t SET b = b + 5 * $1 WHERE id = $2",
+            "SELECT b FROM t WHERE id = $1::int8",
+            "SELECT abs($1) FROM t WHERE id = $2",
+            "SELECT b::numeric($1, $2) FROM t WHERE id = $3",
+            "SELECT b FROM t WHERE id = $1 AND ($2 + $3) > b",
+        ] {
+            assert!(constants_meet(meets), "{meets}");
+        }
+        for apart in [
+            "UPDATE pgbench_accounts SET abalance = abalance + -$1 WHERE aid = $2",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "INSERT INTO t (id, b) VALUES ($1, $2) RETURNING b",
+            "SELECT b FROM t WHERE id = $1 AND b > $2 LIMIT $3 OFFSET $4",
+            "SELECT b FROM t WHERE id IN ($1, $2)",
+            "SELECT \"a$1\" FROM t WHERE id = $1",
+            "UPDATE t SET b = $1 WHERE id = $2",
+            "SELECT b + $1 FROM t WHERE id = $2 AND (b > $3)",
+        ] {
+            assert!(!constants_meet(apart), "{apart}");
+        }
+    }
 
     #[test]
     fn texts_with_names_postgresql_cuts_are_not_prepared() {

@@ -111,8 +111,8 @@ async fn a_generic_plan_does_not_fail_a_block_the_text_would_run() {
     queries.push("SELECT b FROM t WHERE id = 2".into());
     let diffs = differences(c.port(), oracle_port, &queries, 1).await;
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
-    assert!(executed_prepared(&c)
-        .contains(": SELECT b FROM t WHERE id = $1 AND (b / $2 > $3 OR $4 = $5)"));
+    // Constants that meet (`$4 = $5`) keep the text as written in blocks.
+    assert!(!executed_prepared(&c).contains("OR $4 = $5"));
 }
 
 /// The other way round: as written, `10 / 0` fails while PostgreSQL plans
@@ -134,7 +134,24 @@ async fn a_generic_plan_does_not_let_a_block_commit_that_postgresql_rolls_back()
     queries.push("SELECT b FROM t WHERE id = 2".into());
     let diffs = differences(c.port(), oracle_port, &queries, 1).await;
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
-    assert!(executed_prepared(&c).contains(": UPDATE t SET b = $1 / $2 WHERE id = $3"));
+    assert!(!executed_prepared(&c).contains(": UPDATE t SET b = $1 / $2 WHERE id = $3"));
+}
+
+/// What is left of a generic plan's difference in blocks: a constant
+/// assigned to a narrower column (`int4` into `smallint`) is cast while
+/// PostgreSQL plans the text (folded: "smallint out of range" whether or not
+/// a row matches), but while a generic plan runs, row by row: with no row,
+/// the bound `UPDATE` answers `UPDATE 0` and the block may commit where
+/// PostgreSQL fails it. Which columns are narrower than their constants the
+/// proxy does not know; README, *What differs*.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "accepted difference (README): a constant cast by assignment into a narrower column, with no row to update, under a generic plan"]
+async fn a_constant_too_wide_for_its_column_with_no_row_fails_as_the_text_fails() {
+    let (_o, oracle_port, c) = both(&["ALTER TABLE t ADD COLUMN small int2"]).await;
+    let mut queries = blocks(&["UPDATE t SET small = 5 WHERE id = 999"], 8);
+    queries.extend(blocks(&["UPDATE t SET small = 100000 WHERE id = 999"], 1));
+    let diffs = differences(c.port(), oracle_port, &queries, 1).await;
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
 
 /// A second schema with its own `t` whose `b` is `text`: after `SET
