@@ -27,6 +27,42 @@ fn forgets_statements(tag: &[u8]) -> bool {
     matches!(tag, b"DISCARD ALL\0" | b"DEALLOCATE ALL\0")
 }
 
+/// A `Sync` message.
+const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
+
+/// Appends a message of type `tag` whose body `body` writes, with its length.
+fn frame(m: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    m.push(tag);
+    let at = m.len();
+    m.extend_from_slice(&[0; 4]);
+    body(m);
+    let len = (m.len() - at) as i32;
+    m[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Appends a `Parse` of `text` as the statement `name`.
+fn push_parse(m: &mut Vec<u8>, name: &str, text: &str, types: &[u32]) {
+    frame(m, b'P', |m| {
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
+        m.extend_from_slice(text.as_bytes());
+        m.push(0);
+        m.extend_from_slice(&(types.len() as i16).to_be_bytes());
+        for t in types {
+            m.extend_from_slice(&t.to_be_bytes());
+        }
+    });
+}
+
+/// Appends a `Close` of the statement `name`.
+fn push_close(m: &mut Vec<u8>, name: &str) {
+    frame(m, b'C', |m| {
+        m.push(b'S');
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
+    });
+}
+
 /// Statements the proxy prepares on one server connection for simple
 /// queries, at most: each costs the server memory; past that, new texts go
 /// as written.
@@ -429,19 +465,8 @@ impl ServerConn {
         types: &[u32],
     ) -> Result<(), BackendError> {
         let mut m = Vec::with_capacity(name.len() + text.len() + 16 + 4 * types.len());
-        m.push(b'P');
-        m.extend_from_slice(&[0; 4]);
-        m.extend_from_slice(name.as_bytes());
-        m.push(0);
-        m.extend_from_slice(text.as_bytes());
-        m.push(0);
-        m.extend_from_slice(&(types.len() as i16).to_be_bytes());
-        for t in types {
-            m.extend_from_slice(&t.to_be_bytes());
-        }
-        let len = (m.len() - 1) as i32;
-        m[1..5].copy_from_slice(&len.to_be_bytes());
-        m.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        push_parse(&mut m, name, text, types);
+        m.extend_from_slice(SYNC);
         self.write_all(&m).await?;
         self.pending += 1;
         Ok(())
@@ -449,14 +474,9 @@ impl ServerConn {
 
     /// Queues `Close` of the statement prepared under `name`, and `Sync`.
     pub async fn send_close_statement(&mut self, name: &str) -> Result<(), BackendError> {
-        let len = (name.len() + 6) as i32;
         let mut m = Vec::with_capacity(name.len() + 12);
-        m.push(b'C');
-        m.extend_from_slice(&len.to_be_bytes());
-        m.push(b'S');
-        m.extend_from_slice(name.as_bytes());
-        m.push(0);
-        m.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        push_close(&mut m, name);
+        m.extend_from_slice(SYNC);
         self.pending += 1;
         self.write_all(&m).await
     }
@@ -464,13 +484,8 @@ impl ServerConn {
     /// Queues `Close` of the statement prepared under `name`, without
     /// `Sync`: the next message's answer follows its CloseComplete.
     pub async fn send_close_unsynced(&mut self, name: &str) -> Result<(), BackendError> {
-        let len = (name.len() + 6) as i32;
         let mut m = Vec::with_capacity(name.len() + 7);
-        m.push(b'C');
-        m.extend_from_slice(&len.to_be_bytes());
-        m.push(b'S');
-        m.extend_from_slice(name.as_bytes());
-        m.push(0);
+        push_close(&mut m, name);
         self.write_all(&m).await
     }
 
@@ -488,25 +503,8 @@ impl ServerConn {
         // Framed in a buffer the connection keeps: no allocation per query.
         let mut m = std::mem::take(&mut self.scratch);
         m.clear();
-        fn frame(m: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
-            m.push(tag);
-            let at = m.len();
-            m.extend_from_slice(&[0; 4]);
-            body(m);
-            let len = (m.len() - at) as i32;
-            m[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
         if let Some((text, types)) = parse {
-            frame(&mut m, b'P', |m| {
-                m.extend_from_slice(name.as_bytes());
-                m.push(0);
-                m.extend_from_slice(text.as_bytes());
-                m.push(0);
-                m.extend_from_slice(&(types.len() as i16).to_be_bytes());
-                for t in types {
-                    m.extend_from_slice(&t.to_be_bytes());
-                }
-            });
+            push_parse(&mut m, name, text, types);
         }
         frame(&mut m, b'B', |m| {
             m.push(0);
@@ -526,7 +524,7 @@ impl ServerConn {
         });
         m.extend_from_slice(&[b'D', 0, 0, 0, 6, b'P', 0]);
         m.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
-        m.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        m.extend_from_slice(SYNC);
         let r = self.write_all(&m).await;
         self.scratch = m;
         r?;

@@ -193,34 +193,45 @@ pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
 /// keywords), as [`leading_words`] would read it, without allocating.
 pub fn first_word_in(sql: &str, words: &[&str]) -> bool {
     let b = sql.as_bytes();
-    let mut i = 0;
+    let start = skip_space(b, 0);
+    match b.get(start) {
+        Some(&c) if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+            let w = &b[start..word_end(b, start)];
+            words.iter().any(|k| w.eq_ignore_ascii_case(k.as_bytes()))
+        }
+        // A quoted first word: as `leading_words` reads it.
+        Some(b'"') => leading_words(sql, 1)
+            .first()
+            .is_some_and(|w| words.contains(&w.as_str())),
+        _ => false,
+    }
+}
+
+/// The offset of the first byte at or after `i` that is neither white
+/// space nor inside a comment.
+fn skip_space(b: &[u8], mut i: usize) -> usize {
     while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
+        if b[i].is_ascii_whitespace() {
             i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+        } else if b[i] == b'-' && b.get(i + 1) == Some(&b'-') {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
             }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+        } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
             i = skip_block_comment(b, i);
-        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            let start = i;
-            while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
-                i += 1;
-            }
-            let w = &b[start..i];
-            return words.iter().any(|k| w.eq_ignore_ascii_case(k.as_bytes()));
-        } else if c == b'"' {
-            // A quoted first word: as `leading_words` reads it.
-            return leading_words(sql, 1)
-                .first()
-                .is_some_and(|w| words.contains(&w.as_str()));
         } else {
-            return false;
+            break;
         }
     }
-    false
+    i
+}
+
+/// The end of the unquoted word starting at `i`.
+fn word_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
+        i += 1;
+    }
+    i
 }
 
 /// Byte offset just past the `n`-th leading word (as [`leading_words`] reads them).
@@ -234,36 +245,24 @@ fn words(sql: &str) -> impl Iterator<Item = (String, usize)> + '_ {
     let b = sql.as_bytes();
     let mut i = 0;
     std::iter::from_fn(move || {
-        while i < b.len() {
-            let c = b[i];
-            if c.is_ascii_whitespace() {
-                i += 1;
-            } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-                i = skip_block_comment(b, i);
-            } else if c == b'"' {
-                let start = i;
+        i = skip_space(b, i);
+        let start = i;
+        match *b.get(i)? {
+            b'"' => {
                 i = skip_quoted(b, i, b'"', false);
                 // An unterminated quote runs to the end; never slice inside a character.
                 let closed = i > start + 1 && b.get(i - 1) == Some(&b'"');
                 let inner = sql
                     .get(start + 1..if closed { i - 1 } else { i })
                     .unwrap_or("");
-                return Some((inner.replace("\"\"", "\""), i));
-            } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-                let start = i;
-                while i < b.len() && (is_ident(b[i]) || b[i] == b'$' || b[i] == b'.') {
-                    i += 1;
-                }
-                return Some((sql[start..i].to_lowercase(), i));
-            } else {
-                return None;
+                Some((inner.replace("\"\"", "\""), i))
             }
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                i = word_end(b, i);
+                Some((sql[start..i].to_lowercase(), i))
+            }
+            _ => None,
         }
-        None
     })
 }
 

@@ -90,6 +90,18 @@ pub async fn until_prepared(servers: &Servers) {
     until_prepared_on(servers, &[1, 2], Duration::from_millis(200)).await;
 }
 
+/// Sends a transfer from `a` to `b` as one simple query on a raw client,
+/// waits until it has prepared (`until_prepared`), and lets the client go
+/// without Terminate, in the commit phase.
+pub async fn abandon_transfer_once_prepared(port: u16, servers: &Servers, a: i64, b: i64) {
+    let mut raw = crate::harness::RawClient::connect(port).await;
+    let mut q = transfer_sql(a, b).into_bytes();
+    q.push(0);
+    raw.send(b'Q', &q).await;
+    until_prepared(servers).await;
+    drop(raw);
+}
+
 /// Waits until one of `shards` holds a prepared transaction, then `settle`.
 pub async fn until_prepared_on(servers: &Servers, shards: &[usize], settle: Duration) {
     let mut clients = Vec::new();

@@ -42,6 +42,20 @@ pub(crate) async fn cluster(extra: &str) -> Cluster {
     c
 }
 
+/// One plain PostgreSQL and a three-shard cluster, both with `t` and its
+/// rows, and `ddl` run on each (through the proxy: on every shard).
+pub(crate) async fn both(ddl: &[&str]) -> (Servers, u16, Cluster) {
+    let (servers, oracle_port) = oracle().await;
+    let c = cluster("").await;
+    let mut a = RawClient::connect(c.port()).await;
+    let mut b = RawClient::connect(oracle_port).await;
+    for sql in ddl {
+        assert!(a.query(sql).await.error_codes().is_empty(), "proxy: {sql}");
+        assert!(b.query(sql).await.error_codes().is_empty(), "oracle: {sql}");
+    }
+    (servers, oracle_port, c)
+}
+
 /// What the shards were sent as prepared statements, by their logs.
 pub(crate) fn executed_prepared(c: &Cluster) -> String {
     let mut all = String::new();

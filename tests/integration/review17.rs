@@ -8,22 +8,8 @@ use std::time::Duration;
 use pieskieo::router::KeyValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{field, Cluster, RawClient, Servers};
-use crate::prepared_simple::{cluster, line, oracle};
-
-/// One plain PostgreSQL and a three-shard cluster, both with `t` and its
-/// rows, and `ddl` run on each (through the proxy: on every shard).
-async fn both(ddl: &[&str]) -> (Servers, u16, Cluster) {
-    let (servers, oracle_port) = oracle().await;
-    let c = cluster("").await;
-    let mut a = RawClient::connect(c.port()).await;
-    let mut b = RawClient::connect(oracle_port).await;
-    for sql in ddl {
-        assert!(a.query(sql).await.error_codes().is_empty(), "proxy: {sql}");
-        assert!(b.query(sql).await.error_codes().is_empty(), "oracle: {sql}");
-    }
-    (servers, oracle_port, c)
-}
+use crate::harness::{field, RawClient};
+use crate::prepared_simple::{both, line};
 
 fn show(r: &crate::harness::Reply) -> String {
     let mut s = r

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use pieskieo::router::KeyValue;
 
-use crate::harness::{Cluster, RawClient, Servers};
-use crate::prepared_simple::{cluster, differences, executed_prepared, oracle};
+use crate::harness::RawClient;
+use crate::prepared_simple::{both, cluster, differences, executed_prepared};
 
 /// `block` (its statements between `BEGIN` and `COMMIT`) `n` times.
 fn blocks(block: &[&str], n: usize) -> Vec<String> {
@@ -19,20 +19,6 @@ fn blocks(block: &[&str], n: usize) -> Vec<String> {
         out.push("COMMIT".to_string());
     }
     out
-}
-
-/// One plain PostgreSQL and a three-shard cluster, both with `t` and its
-/// rows, and `ddl` run on each (through the proxy: on every shard).
-async fn both(ddl: &[&str]) -> (Servers, u16, Cluster) {
-    let (servers, oracle_port) = oracle().await;
-    let c = cluster("").await;
-    let mut a = RawClient::connect(c.port()).await;
-    let mut b = RawClient::connect(oracle_port).await;
-    for sql in ddl {
-        assert!(a.query(sql).await.error_codes().is_empty(), "proxy: {sql}");
-        assert!(b.query(sql).await.error_codes().is_empty(), "oracle: {sql}");
-    }
-    (servers, oracle_port, c)
 }
 
 /// A trigger that refuses an `UPDATE` with 0A000 (feature_not_supported),

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use crate::bank::{bank_cluster, sum_of, transfer_sql, until_prepared, url, SHARDS, START};
+use crate::bank::{
+    abandon_transfer_once_prepared, bank_cluster, sum_of, transfer_sql, url, SHARDS, START,
+};
 use crate::harness::{connect, exec, prepared, RawClient};
 
 const TOTAL: i64 = START * SHARDS as i64;
@@ -31,13 +33,8 @@ async fn review18d_a_client_gone_in_its_commit_phase_keeps_the_fence() {
         "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=3000\"",
     )
     .await;
-    let mut raw = RawClient::connect(port).await;
-    let mut q = transfer_sql(keys[1], keys[2]).into_bytes();
-    q.push(0);
-    raw.send(b'Q', &q).await;
-    until_prepared(&servers).await;
     // Gone without Terminate: the proxy sees end of file within 100 ms.
-    drop(raw);
+    abandon_transfer_once_prepared(port, &servers, keys[1], keys[2]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = connect(&url(port)).await.unwrap();
     let t = Instant::now();

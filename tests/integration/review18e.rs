@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 use crate::bank::{
-    bank_cluster, code, sum_of, transfer_sql, until_prepared, until_prepared_on, url, SHARDS, START,
+    abandon_transfer_once_prepared, bank_cluster, code, sum_of, transfer_sql, until_prepared_on,
+    url, SHARDS, START,
 };
 use crate::harness::{connect, exec, prepared, RawClient, Servers};
 
@@ -134,12 +135,7 @@ async fn review18e_a_commit_dropped_before_its_decision_was_read_asks_it() {
         "recovery_grace_ms = 30000\ntest_failpoint = \"after_decision_insert:pause=1500\"",
     )
     .await;
-    let mut raw = RawClient::connect(port).await;
-    let mut q = transfer_sql(keys[1], keys[2]).into_bytes();
-    q.push(0);
-    raw.send(b'Q', &q).await;
-    until_prepared(&servers).await;
-    drop(raw);
+    abandon_transfer_once_prepared(port, &servers, keys[1], keys[2]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = connect(&url(port)).await.unwrap();
     let t = Instant::now();
