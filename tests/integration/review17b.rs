@@ -375,6 +375,11 @@ async fn a_cancel_or_a_timeout_ends_a_bound_statement_as_the_text() {
         crate::review17::cancel(port, pid, key).await;
         out.push(show(&x.until_ready().await));
         out.push(show(&x.query("ROLLBACK").await));
+        // (Once, in CI under load, the timeout's UPDATE below got a second
+        // "canceling statement due to user request" where PostgreSQL gives
+        // "due to statement timeout": a cancel reaching the shard late, cause
+        // not found yet (see the issue note). The two parts stay apart.)
+        tokio::time::sleep(Duration::from_millis(500)).await;
         for q in ["SET statement_timeout = 300", "BEGIN", update, "ROLLBACK"] {
             out.push(show(&x.query(q).await));
         }
