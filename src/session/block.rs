@@ -216,10 +216,10 @@ impl Session {
     }
 
     pub(super) async fn begin(&mut self, stmt: &str) -> std::io::Result<bool> {
-        let words = leading_words(stmt, 1);
-        let tag = match words.first().map(String::as_str) {
-            Some("start") => "START TRANSACTION",
-            _ => "BEGIN",
+        let tag = if router::first_word_in(stmt, &["start"]) {
+            "START TRANSACTION"
+        } else {
+            "BEGIN"
         };
         // An implicit block that already ran a statement has its snapshot:
         // its isolation level can no longer change.

@@ -101,7 +101,9 @@ fn push_tag_sql(sql: &mut String, tag: Tag) {
                 break;
             }
         }
-        sql.extend(digits[i..].iter().map(|&d| char::from(d)));
+        // ASCII digits: pushed as one str, not char by char (each char
+        // pushed is encoded as UTF-8 on its own).
+        sql.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
     }
     let (k1, k2) = tag.keys();
     sql.push_str("SELECT pg_advisory_xact_lock_shared(");
