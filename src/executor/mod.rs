@@ -835,6 +835,12 @@ async fn prepare_later(
         None => "RESET lock_timeout".to_string(),
     };
     conn.send_query(&restore).await?;
+    // Their answers come before the head's: a fence share attached for the
+    // statement (a joining shard's) skips them too, or it would be let go
+    // before the statement there had its snapshot.
+    if let Some(h) = &mut conn.snapshot_hold {
+        h.skip += later.len() + 2;
+    }
     Ok(later)
 }
 
@@ -994,6 +1000,25 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
         .await;
         sent.push((*shard, fresh, r, prepared.map(|(_, _, again)| again)));
     }
+    // The answers to `prepare_later` first, before any shard's share is
+    // awaited: they come at once (no lock is waited for), and their
+    // ReadyForQuery are outside any transaction, where a deadlock verdict
+    // set meanwhile (the statement behind them cancelled as a victim)
+    // would be spent before the error it replaces.
+    for (shard, _, r, _) in sent.iter_mut() {
+        let Ok(later) = r else {
+            continue;
+        };
+        if later.is_empty() {
+            continue;
+        }
+        let Some(p) = parts.iter_mut().find(|p| p.shard() == *shard) else {
+            continue;
+        };
+        if let Err(e) = prepared_later(p.conn(), later).await {
+            *r = Err(e);
+        }
+    }
     {
         let mut conns: Vec<&mut ServerConn> = parts
             .iter_mut()
@@ -1011,15 +1036,7 @@ pub async fn run_in_block<P: Enlisted, W: AsyncWrite + Unpin>(
             continue;
         };
         let conn = p.conn();
-        let later = match r {
-            Ok(later) => later,
-            Err(e) => {
-                merger.backend_failed(&e);
-                failed = true;
-                continue;
-            }
-        };
-        if let Err(e) = prepared_later(conn, &later).await {
+        if let Err(e) = r {
             merger.backend_failed(&e);
             failed = true;
             continue;

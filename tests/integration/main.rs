@@ -36,6 +36,7 @@ mod review18;
 mod review18c;
 mod review18d;
 mod review18e;
+mod review18f;
 mod routing;
 mod sessions;
 mod shard_tls;
