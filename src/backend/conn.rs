@@ -108,6 +108,10 @@ pub struct ServerConn {
     /// Statements that ran as written in a block here, to be prepared
     /// before the connection's next `BEGIN` (`run_in_block`).
     pub to_prepare: Vec<Arc<crate::router::Later>>,
+    /// Run before anyone uses the connection again (the session's
+    /// checkout): gives back the deadlock tag a block took here as a
+    /// session-level lock (`txn::deadlock::session_tag_sql`).
+    pub untag: Option<String>,
     /// Statements prepared here for blocks, by the simple query's statement
     /// name (see [`BlockStatement`]).
     pub block_statements:
@@ -238,6 +242,7 @@ impl ServerConn {
             unsynced: false,
             prepared: Default::default(),
             to_prepare: Vec::new(),
+            untag: None,
             block_statements: Default::default(),
             broken: false,
             process_id: 0,

@@ -34,7 +34,18 @@ impl Session {
         // A joining shard's deadlock tag is a query: it takes the block's
         // snapshot there even for a SHOW.
         let tagged = self.shared.config().txn.deadlock_timeout_ms > 0;
+        // But a `LOCK` in a block that keeps its first snapshot is followed
+        // by that snapshot, as in PostgreSQL: the lock waits first, the
+        // snapshot comes with the next query (everywhere at once under
+        // `consistent_reads`), and a shard joining for the `LOCK` takes its
+        // tag before its `BEGIN`.
+        let locks = !targets.is_empty()
+            && targets
+                .iter()
+                .all(|(_, sql)| router::first_word_in(sql, &["lock"]))
+            && consistent::keeps_snapshot(self.block_level());
         if (snapshots || tagged)
+            && !locks
             && self.needs_snapshot_everywhere()
             && !self.snapshot_everywhere().await?
         {
@@ -64,6 +75,13 @@ impl Session {
         let Some(t) = self.txn() else {
             return Ok((false, None));
         };
+        let tag_before = detecting && locks;
+        if tag_before {
+            let untag = t.untag_sql();
+            for p in joined.iter_mut() {
+                p.conn.untag = Some(untag.clone());
+            }
+        }
         t.participants.extend(joined);
         if !t.snapshot {
             t.snapshot = snapshots;
@@ -72,6 +90,8 @@ impl Session {
         // Only a shard joining now runs the head (the tag's text is formatted).
         let head = if missing.is_empty() {
             Vec::new()
+        } else if tag_before {
+            t.head_tagged_before()
         } else {
             t.head(detecting)
         };

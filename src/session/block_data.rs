@@ -86,6 +86,26 @@ impl Txn {
         head
     }
 
+    /// [`Txn::head`] for a shard joining with a statement that takes no
+    /// snapshot in PostgreSQL (`LOCK`) in a block that keeps its first
+    /// snapshot: the deadlock tag is taken by the server session before
+    /// `BEGIN` (a query in the transaction would take the block's
+    /// snapshot before the lock waits), and given back at the connection's
+    /// next checkout ([`Txn::untag_sql`]).
+    pub(super) fn head_tagged_before(&self) -> Vec<String> {
+        let mut head = vec![
+            crate::txn::deadlock::session_tag_sql(self.tag),
+            self.begin.clone(),
+        ];
+        head.extend(self.prelude.iter().cloned());
+        head
+    }
+
+    /// Gives back [`Txn::head_tagged_before`]'s tag.
+    pub(super) fn untag_sql(&self) -> String {
+        crate::txn::deadlock::session_untag_sql(self.tag)
+    }
+
     /// A `SET` or `RESET` ran in the block (`SET LOCAL` too): its
     /// connections' settings are not those the proxy applied.
     pub(super) fn sets_settings(&self) -> bool {

@@ -71,6 +71,8 @@ pub(super) enum SettingChange {
 
 /// Makes a connection's settings equal the client's: `SET` what differs,
 /// `RESET` what the client does not have. One round trip, only when needed.
+/// A deadlock tag an earlier block left on the server session
+/// ([`ServerConn::untag`]) is given back in the same round trip.
 pub(super) async fn sync_settings(
     conn: &mut ServerConn,
     want: &BTreeMap<String, String>,
@@ -90,6 +92,10 @@ pub(super) async fn sync_settings(
         if !want.contains_key(name) {
             batch.push(reset(name));
         }
+    }
+    // (Last: under the settings the client will have, not another's.)
+    if let Some(untag) = conn.untag.take() {
+        batch.push(untag);
     }
     if batch.is_empty() {
         return Ok(());

@@ -80,12 +80,38 @@ pub fn tag_sql(tag: Tag) -> String {
     sql
 }
 
+/// The tag taken by the server session before the shard's `BEGIN`, so
+/// that nothing runs inside the transaction before the client's statement:
+/// a REPEATABLE READ or SERIALIZABLE block whose shard joins with a `LOCK`
+/// takes its snapshot at the first query after the lock, as in PostgreSQL
+/// (the transaction's own tag, a `SELECT`, would take it before the lock
+/// waits). Shared advisory locks held by a session show in `pg_locks` as
+/// the transaction's do. The connection gives it back
+/// ([`session_untag_sql`]) before it is used again.
+pub fn session_tag_sql(tag: Tag) -> String {
+    let mut sql = String::with_capacity(TAG_SQL_MAX);
+    push_call(&mut sql, "pg_advisory_lock_shared", tag);
+    sql
+}
+
+/// Gives back the session's [`session_tag_sql`].
+pub fn session_untag_sql(tag: Tag) -> String {
+    let mut sql = String::with_capacity(TAG_SQL_MAX);
+    push_call(&mut sql, "pg_advisory_unlock_shared", tag);
+    sql
+}
+
 /// The longest [`tag_sql`].
 const TAG_SQL_MAX: usize = 64;
 
 /// Appends [`tag_sql`] to `sql`, without the formatter (this runs for every
 /// shard joining a block).
 fn push_tag_sql(sql: &mut String, tag: Tag) {
+    push_call(sql, "pg_advisory_xact_lock_shared", tag);
+}
+
+/// Appends `SELECT function(k1, k2)` of the tag's keys to `sql`.
+fn push_call(sql: &mut String, function: &str, tag: Tag) {
     fn push_int(sql: &mut String, n: i32) {
         if n < 0 {
             sql.push('-');
@@ -106,7 +132,9 @@ fn push_tag_sql(sql: &mut String, tag: Tag) {
         sql.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
     }
     let (k1, k2) = tag.keys();
-    sql.push_str("SELECT pg_advisory_xact_lock_shared(");
+    sql.push_str("SELECT ");
+    sql.push_str(function);
+    sql.push('(');
     push_int(sql, k1);
     sql.push_str(", ");
     push_int(sql, k2);
@@ -549,6 +577,15 @@ mod tests {
             );
             assert!(sql.len() <= TAG_SQL_MAX);
             assert_eq!(begin_sql("BEGIN", tag, true), format!("BEGIN\n;{sql}"));
+            assert_eq!(
+                session_tag_sql(tag),
+                format!("SELECT pg_advisory_lock_shared({k1}, {k2})")
+            );
+            assert_eq!(
+                session_untag_sql(tag),
+                format!("SELECT pg_advisory_unlock_shared({k1}, {k2})")
+            );
+            assert!(session_untag_sql(tag).len() <= TAG_SQL_MAX);
         }
         assert_eq!(begin_sql("BEGIN", Tag(5), false), "BEGIN");
     }

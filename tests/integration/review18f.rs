@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::bank::{bank_cluster, code, sum_of, transfer_sql, url, SHARDS, START};
+use crate::bank::{bank_cluster, code, sum_of, transfer_sql, url, values, SHARDS, START};
 use crate::harness::{connect, exec, Servers};
 
 const TOTAL: i64 = START * SHARDS as i64;
@@ -86,10 +86,132 @@ async fn review18f_a_pre_begin_parse_keeps_the_joining_shards_fence_share() {
 /// (`SELECT pg_advisory_xact_lock_shared(..)`, pipelined with its `BEGIN`)
 /// takes it. Either way the `SELECT` reads 1000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review18f: a REPEATABLE READ block's snapshot is taken before its LOCK TABLE (the fence's SELECT 1, or the deadlock tag); left to the lead"]
 async fn review18f_a_lock_before_the_first_query_comes_before_the_snapshot() {
-    let wrong = lock_then_read(&[(true, ""), (false, "")]).await;
+    let wrong = lock_then_read(&[(true, ""), (false, "")], false).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The same through the extended protocol (the `LOCK` parsed, described
+/// and bound by the driver, as pgjdbc and asyncpg send every statement):
+/// the shard joins at the statement's Describe, before its Bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18f_an_extended_lock_comes_before_the_snapshot() {
+    let wrong = lock_then_read(&[(true, ""), (false, "")], true).await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A `LOCK` joining a REPEATABLE READ block takes its deadlock tag before
+/// the shard's `BEGIN` (see the test above): the detector must still see
+/// the lock's wait as the block's. T1 (older) updates its row on shard 0;
+/// T2's REPEATABLE READ block locks `accounts` in SHARE mode on every
+/// shard: granted on shard 1, waiting on shard 0 for T1; T1's update on
+/// shard 1 then waits for T2's lock. Each shard sees one wait and no
+/// cycle; the proxy cancels T2, the younger, with 40P01 (PostgreSQL's
+/// choice within one server would be whichever waited past its
+/// `deadlock_timeout`; here the youngest, as the README says), and T1
+/// commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18f_a_lock_in_repeatable_read_is_seen_in_a_deadlock() {
+    for consistent in [false, true] {
+        let (servers, _p, port, keys) = bank_cluster(consistent, "deadlock_timeout_ms = 300").await;
+        let t1 = connect(&url(port)).await.unwrap();
+        let t2 = connect(&url(port)).await.unwrap();
+        exec(&t1, "BEGIN").await;
+        exec(
+            &t1,
+            &format!(
+                "UPDATE accounts SET balance = balance - 1 WHERE id = {}",
+                keys[0]
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        exec(&t2, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+        let lock = tokio::spawn(async move {
+            let r = t2
+                .simple_query("LOCK TABLE accounts IN SHARE MODE")
+                .await
+                .map(|_| ())
+                .map_err(|e| code(&e));
+            let _ = t2.simple_query("ROLLBACK").await;
+            r
+        });
+        // T2's lock is granted on shard 1 and waits on shard 0.
+        let watch = servers.connect(1).await;
+        let mut granted = false;
+        for _ in 0..100 {
+            let rows = watch
+                .simple_query("SELECT 1 FROM pg_locks WHERE mode = 'ShareLock' AND granted AND relation = 'accounts'::regclass")
+                .await
+                .unwrap();
+            if !values(&rows).is_empty() {
+                granted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(granted, "T2's SHARE lock was never granted on shard 1");
+        let sql = format!(
+            "UPDATE accounts SET balance = balance + 1 WHERE id = {}",
+            keys[1]
+        );
+        let update = t1.simple_query(&sql);
+        let updated = tokio::time::timeout(Duration::from_secs(10), update).await;
+        let locked = tokio::time::timeout(Duration::from_secs(10), lock)
+            .await
+            .expect("T2's LOCK ended")
+            .unwrap();
+        assert!(
+            locked.as_ref().is_err_and(|e| e.starts_with("40P01")),
+            "consistent_reads = {consistent}: T2, the younger, is the victim: {locked:?}"
+        );
+        assert!(
+            matches!(updated, Ok(Ok(_))),
+            "consistent_reads = {consistent}: T1 goes on: {updated:?}"
+        );
+        exec(&t1, "COMMIT").await;
+        assert_eq!(
+            sum_of(&t1, "SELECT sum(balance) FROM accounts").await,
+            Ok(TOTAL)
+        );
+    }
+}
+
+/// The tag a `LOCK` took on a server session is given back before that
+/// connection serves anyone again: with one connection per shard, a
+/// REPEATABLE READ block locks every shard, commits, and one-shard
+/// statements then reuse each connection. No shard holds a tag after
+/// (while the block runs, each holds one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18f_a_locks_session_tag_is_given_back_at_the_next_use() {
+    let servers = Servers::start(SHARDS);
+    let text =
+        crate::bank::config_text(&servers, false, "", "").replace("pool_size = 8", "pool_size = 1");
+    let p = crate::bank::proxy_text(&text).await;
+    let port = p.addr.port();
+    let keys = crate::bank::accounts(&servers, port).await;
+    let tags = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid::int8 >> 16 = 28777";
+    let c = connect(&url(port)).await.unwrap();
+    exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    exec(&c, "LOCK TABLE accounts IN SHARE MODE").await;
+    for i in 0..SHARDS {
+        let on = servers.connect(i).await;
+        assert_eq!(sum_of(&on, tags).await, Ok(1), "shard {i} in the block");
+    }
+    exec(&c, "COMMIT").await;
+    for k in &keys {
+        sum_of(&c, &format!("SELECT balance FROM accounts WHERE id = {k}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..SHARDS {
+        let on = servers.connect(i).await;
+        assert_eq!(
+            sum_of(&on, tags).await,
+            Ok(0),
+            "shard {i} after the next use"
+        );
+    }
 }
 
 /// The README's way round the difference above: with the deadlock
@@ -97,13 +219,13 @@ async fn review18f_a_lock_before_the_first_query_comes_before_the_snapshot() {
 /// on a joining shard, and the read after it sees what it waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18f_without_the_tag_a_lock_comes_before_the_snapshot() {
-    let wrong = lock_then_read(&[(false, "deadlock_timeout_ms = 0")]).await;
+    let wrong = lock_then_read(&[(false, "deadlock_timeout_ms = 0")], false).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// Runs [`locked_read`] on one PostgreSQL and on a bank cluster per
 /// `(consistent_reads, [txn] lines)`; what differs from PostgreSQL.
-async fn lock_then_read(setups: &[(bool, &str)]) -> Vec<String> {
+async fn lock_then_read(setups: &[(bool, &str)], extended: bool) -> Vec<String> {
     let oracle = Servers::start(1);
     let (o_reader, o_writer) = (oracle.connect(0).await, oracle.connect(0).await);
     exec(
@@ -116,7 +238,7 @@ async fn lock_then_read(setups: &[(bool, &str)]) -> Vec<String> {
         &format!("INSERT INTO accounts (id, balance) VALUES (1, {START})"),
     )
     .await;
-    let want = locked_read(&o_reader, &o_writer, 1).await;
+    let want = locked_read(&o_reader, &o_writer, 1, extended).await;
     assert_eq!(want, Ok(START + 1), "PostgreSQL itself");
     let mut wrong = Vec::new();
     for (consistent, txn) in setups {
@@ -124,7 +246,7 @@ async fn lock_then_read(setups: &[(bool, &str)]) -> Vec<String> {
         let reader = connect(&url(port)).await.unwrap();
         let writer = connect(&url(port)).await.unwrap();
         for k in &keys {
-            let got = locked_read(&reader, &writer, *k).await;
+            let got = locked_read(&reader, &writer, *k, extended).await;
             if got != want {
                 wrong.push(format!(
                     "PostgreSQL reads {want:?} after the LOCK; consistent_reads = {consistent}, [txn] {txn:?}, account {k}: {got:?}"
@@ -142,6 +264,7 @@ async fn locked_read(
     reader: &tokio_postgres::Client,
     writer: &tokio_postgres::Client,
     k: i64,
+    extended: bool,
 ) -> Result<i64, String> {
     exec(writer, "BEGIN").await;
     exec(
@@ -150,7 +273,13 @@ async fn locked_read(
     )
     .await;
     exec(reader, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
-    let lock = reader.simple_query("LOCK TABLE accounts IN SHARE MODE");
+    let sql = "LOCK TABLE accounts IN SHARE MODE";
+    let lock = async {
+        match extended {
+            true => reader.execute(sql, &[]).await.map(|_| ()),
+            false => reader.simple_query(sql).await.map(|_| ()),
+        }
+    };
     tokio::pin!(lock);
     let waited = tokio::time::timeout(Duration::from_millis(400), &mut lock).await;
     assert!(waited.is_err(), "the LOCK did not wait for the writer");

@@ -28,6 +28,7 @@ impl Session {
         };
         let plan = stmt.plan(&self.shared, &bounds(&b, stmt.param_types()));
         self.ext.risky_now = stmt.risky;
+        self.ext.lock_now = stmt.lock;
         if self.aborted_block(plan.as_ref().ok()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
@@ -40,7 +41,9 @@ impl Session {
         self.ext.depths.insert(b.portal.to_string(), depth);
         // Bind takes the transaction's snapshot when it has parameters to
         // read or the statement is not utility, as at Parse.
-        if !b.values.is_empty() || stmt.snapshot {
+        // (A `LOCK` takes none, but what it holds cannot be undone: the
+        // level is fixed from here on, as after a simple-query `LOCK`.)
+        if !b.values.is_empty() || stmt.snapshot || stmt.lock {
             // (Fields, not `took_snapshot`: `stmt` still borrows the map.)
             match self.txn.as_mut() {
                 Some(t) => t.snapshot = true,

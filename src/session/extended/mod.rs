@@ -48,6 +48,8 @@ pub(super) struct ClientStmt {
     risky: bool,
     /// Its analysis takes a snapshot (see [`analysis_takes_snapshot`]).
     snapshot: bool,
+    /// A `LOCK` (see [`Extended::lock_now`]).
+    lock: bool,
 }
 
 enum PortalKind {
@@ -132,6 +134,10 @@ pub(super) struct Extended {
     /// consistent_reads: the hold of the Binds being sent, so each shard's
     /// connection gets a share the fence's stall watcher can see.
     binding: Option<super::consistent::Hold>,
+    /// The message being run binds or describes a `LOCK`: a shard joining
+    /// a block for it takes no snapshot first (see
+    /// [`Session::exec_in_block_as`]).
+    lock_now: bool,
 }
 
 /// How running a batch of messages ended.
@@ -257,6 +263,7 @@ impl ClientStmt {
             backend: backend_name(sql, &types),
             risky: router::may_change_settings(sql),
             snapshot: analysis_takes_snapshot(sql),
+            lock: router::first_word_in(sql, &["lock"]),
             sql: sql.to_string(),
             types,
             described: None,
@@ -531,6 +538,8 @@ impl Session {
     /// Runs one message. `Ok(false)`: it failed and the client was told.
     async fn ext_message(&mut self, f: &Frame) -> Result<bool, Fatal> {
         let body = f.body();
+        // (Set again by a Bind or a statement's Describe.)
+        self.ext.lock_now = false;
         match f.tag {
             b'P' => self.ext_parse(body).await,
             b'B' => self.ext_bind(body).await,
