@@ -34,18 +34,18 @@ impl Session {
         // A joining shard's deadlock tag is a query: it takes the block's
         // snapshot there even for a SHOW.
         let tagged = self.shared.config().txn.deadlock_timeout_ms > 0;
-        // But a `LOCK` in a block that keeps its first snapshot is followed
-        // by that snapshot, as in PostgreSQL: the lock waits first, the
-        // snapshot comes with the next query (everywhere at once under
-        // `consistent_reads`), and a shard joining for the `LOCK` takes its
+        // But a `LOCK` or `SHOW` in a block that keeps its first snapshot
+        // is followed by that snapshot, as in PostgreSQL: the lock waits
+        // first, the snapshot comes with the next query (everywhere at once
+        // under `consistent_reads`), and a shard joining for it takes its
         // tag before its `BEGIN`.
-        let locks = !targets.is_empty()
+        let free = !targets.is_empty()
             && targets
                 .iter()
-                .all(|(_, sql)| router::first_word_in(sql, &["lock"]))
+                .all(|(_, sql)| consistent::snapshot_free(sql))
             && consistent::keeps_snapshot(self.block_level());
         if (snapshots || tagged)
-            && !locks
+            && !free
             && self.needs_snapshot_everywhere()
             && !self.snapshot_everywhere().await?
         {
@@ -75,7 +75,7 @@ impl Session {
         let Some(t) = self.txn() else {
             return Ok((false, None));
         };
-        let tag_before = detecting && locks;
+        let tag_before = detecting && free;
         if tag_before {
             let untag = t.untag_sql();
             for p in joined.iter_mut() {
@@ -302,7 +302,7 @@ impl Session {
             // the client (SHOW, SET), but the deadlock detector's lock in
             // their BEGIN did: they start over with the new modes, and what
             // ran there is replayed from the prelude.
-            let mut head = vec!["ROLLBACK".to_string()];
+            let head = vec!["ROLLBACK".to_string()];
             // consistent_reads, a level that keeps its snapshot: the head's
             // tag would take it here, on these shards alone and outside the
             // fence. They leave the block instead (idle after the
@@ -315,11 +315,27 @@ impl Session {
             let Some(t) = self.txn.as_mut() else {
                 return Ok(false);
             };
-            if !everywhere {
-                head.extend(t.head(detecting));
-            }
+            // A level that keeps its snapshot: the tag goes before the
+            // `BEGIN`, as for a shard joining with a `SHOW` (see
+            // `exec_in_block_as`); a server session that holds it already
+            // keeps it.
+            let keeps = consistent::keeps_snapshot(isolation(modes).or(Some(current)));
+            let (untagged, before) = (t.head_untagged(), t.head_tagged_before());
+            let inside = t.head(detecting);
+            let untag = t.untag_sql();
             let mut failed = None;
             for p in t.participants.iter_mut() {
+                let mut head = head.clone();
+                if !everywhere {
+                    if p.conn.untag.is_some() || !detecting {
+                        head.extend(untagged.iter().cloned());
+                    } else if keeps {
+                        head.extend(before.iter().cloned());
+                        p.conn.untag = Some(untag.clone());
+                    } else {
+                        head.extend(inside.iter().cloned());
+                    }
+                }
                 let r = async {
                     for q in &head {
                         p.conn.send_query(q).await?;

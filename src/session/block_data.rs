@@ -87,16 +87,22 @@ impl Txn {
     }
 
     /// [`Txn::head`] for a shard joining with a statement that takes no
-    /// snapshot in PostgreSQL (`LOCK`) in a block that keeps its first
-    /// snapshot: the deadlock tag is taken by the server session before
-    /// `BEGIN` (a query in the transaction would take the block's
-    /// snapshot before the lock waits), and given back at the connection's
-    /// next checkout ([`Txn::untag_sql`]).
+    /// snapshot in PostgreSQL (`LOCK`, `SHOW`) in a block that keeps its
+    /// first snapshot: the deadlock tag is taken by the server session
+    /// before `BEGIN` (a query in the transaction would take the block's
+    /// snapshot there, before the lock waits or long before the first
+    /// query), and given back at the connection's next checkout
+    /// ([`Txn::untag_sql`]).
     pub(super) fn head_tagged_before(&self) -> Vec<String> {
-        let mut head = vec![
-            crate::txn::deadlock::session_tag_sql(self.tag),
-            self.begin.clone(),
-        ];
+        let mut head = vec![crate::txn::deadlock::session_tag_sql(self.tag)];
+        head.extend(self.head_untagged());
+        head
+    }
+
+    /// `BEGIN` and the prelude, for a server session that holds the tag
+    /// already ([`Txn::head_tagged_before`]).
+    pub(super) fn head_untagged(&self) -> Vec<String> {
+        let mut head = vec![self.begin.clone()];
         head.extend(self.prelude.iter().cloned());
         head
     }

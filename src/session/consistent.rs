@@ -71,6 +71,14 @@ pub(super) fn takes_snapshot(sql: &str) -> bool {
     !crate::router::first_word_in(sql, &["show", "set", "reset"])
 }
 
+/// Whether PostgreSQL runs the statement without taking a snapshot though
+/// it reaches a shard (`LOCK`, `SHOW`; `SET` and block control never join
+/// one): in a block that keeps its first snapshot, the snapshot is the next
+/// statement's.
+pub(super) fn snapshot_free(sql: &str) -> bool {
+    crate::router::first_word_in(sql, &["lock", "show"])
+}
+
 /// Whether a statement the classifier proved read-only runs in a portal
 /// whose snapshot PostgreSQL takes at Bind (`PORTAL_ONE_SELECT`:
 /// `PortalStart` takes it, and BindComplete follows), so the fence need

@@ -298,3 +298,122 @@ async fn locked_read(
     .await;
     got
 }
+
+/// `SHOW` as a REPEATABLE READ block's first statement takes no snapshot
+/// in PostgreSQL: a write committed between it and the first `SELECT` is
+/// seen (1001). Through the proxy the shard the `SHOW` joined had its
+/// snapshot taken by the deadlock tag in its `BEGIN` (with
+/// `consistent_reads`, every shard by the fence's), and the `SELECT` read
+/// 1000. Simple and extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18f_a_show_first_takes_no_snapshot() {
+    let oracle = Servers::start(1);
+    let (o_reader, o_writer) = (oracle.connect(0).await, oracle.connect(0).await);
+    exec(
+        &o_reader,
+        &format!("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL); INSERT INTO accounts VALUES (1, {START})"),
+    )
+    .await;
+    let mut wrong = Vec::new();
+    for extended in [false, true] {
+        let want = shown_read(&o_reader, &o_writer, 1, extended).await;
+        assert_eq!(want, Ok(START + 1), "PostgreSQL itself");
+        for consistent in [false, true] {
+            let (_servers, _p, port, keys) = bank_cluster(consistent, "").await;
+            let reader = connect(&url(port)).await.unwrap();
+            let writer = connect(&url(port)).await.unwrap();
+            for k in &keys {
+                let got = shown_read(&reader, &writer, *k, extended).await;
+                if got != want {
+                    wrong.push(format!("consistent_reads = {consistent}, extended {extended}, account {k}: {got:?}, PostgreSQL {want:?}"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// `BEGIN ISOLATION LEVEL REPEATABLE READ; SHOW ...; SET TRANSACTION
+/// ISOLATION LEVEL SERIALIZABLE` (and the same from READ COMMITTED to
+/// REPEATABLE READ), then a transfer over two shards: the shard the `SHOW`
+/// joined starts its transaction over with the new level holding one
+/// deadlock tag, not two (PostgreSQL refuses to `PREPARE TRANSACTION` a
+/// transaction holding the same lock at session and at transaction
+/// level), and the block commits as in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18f_a_level_set_after_a_show_holds_one_tag_and_commits() {
+    let twice = "SELECT count(*) - count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid::int8 >> 16 = 28777";
+    for consistent in [false, true] {
+        let (servers, _p, port, keys) = bank_cluster(consistent, "").await;
+        let c = connect(&url(port)).await.unwrap();
+        for (begin, level) in [
+            ("BEGIN ISOLATION LEVEL REPEATABLE READ", "serializable"),
+            ("BEGIN", "repeatable read"),
+        ] {
+            exec(&c, begin).await;
+            exec(&c, "SHOW work_mem").await;
+            exec(&c, &format!("SET TRANSACTION ISOLATION LEVEL {level}")).await;
+            for i in 0..SHARDS {
+                let on = servers.connect(i).await;
+                assert_eq!(sum_of(&on, twice).await, Ok(0), "{begin}: shard {i}");
+            }
+            let shown = values(&c.simple_query("SHOW transaction_isolation").await.unwrap());
+            assert_eq!(shown, vec![level.to_string()], "{begin}");
+            let transfer = format!(
+                "UPDATE accounts SET balance = balance - 10 WHERE id = {}; UPDATE accounts SET balance = balance + 10 WHERE id = {}; COMMIT",
+                keys[0], keys[1]
+            );
+            let r = c
+                .simple_query(&transfer)
+                .await
+                .map(|_| ())
+                .map_err(|e| code(&e));
+            assert!(r.is_ok(), "consistent_reads = {consistent}, {begin}: {r:?}");
+            assert_eq!(
+                sum_of(&c, "SELECT sum(balance) FROM accounts").await,
+                Ok(TOTAL)
+            );
+        }
+        assert_eq!(
+            sum_of(
+                &c,
+                &format!("SELECT balance FROM accounts WHERE id = {}", keys[1])
+            )
+            .await,
+            Ok(START + 20)
+        );
+    }
+}
+
+/// A REPEATABLE READ block runs `SHOW`, a write to account `k` commits,
+/// then the block reads it.
+async fn shown_read(
+    reader: &tokio_postgres::Client,
+    writer: &tokio_postgres::Client,
+    k: i64,
+    extended: bool,
+) -> Result<i64, String> {
+    exec(reader, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    match extended {
+        true => reader.query("SHOW work_mem", &[]).await.map(|_| ()),
+        false => reader.simple_query("SHOW work_mem").await.map(|_| ()),
+    }
+    .map_err(|e| code(&e))?;
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
+    )
+    .await;
+    let got = sum_of(
+        reader,
+        &format!("SELECT balance FROM accounts WHERE id = {k}"),
+    )
+    .await;
+    exec(reader, "COMMIT").await;
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
+    )
+    .await;
+    got
+}

@@ -28,7 +28,7 @@ impl Session {
         };
         let plan = stmt.plan(&self.shared, &bounds(&b, stmt.param_types()));
         self.ext.risky_now = stmt.risky;
-        self.ext.lock_now = stmt.lock;
+        self.ext.free_now = stmt.free;
         if self.aborted_block(plan.as_ref().ok()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }

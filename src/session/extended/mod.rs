@@ -48,8 +48,11 @@ pub(super) struct ClientStmt {
     risky: bool,
     /// Its analysis takes a snapshot (see [`analysis_takes_snapshot`]).
     snapshot: bool,
-    /// A `LOCK` (see [`Extended::lock_now`]).
+    /// A `LOCK`: what it holds cannot be undone, so the block's level is
+    /// fixed once it ran.
     lock: bool,
+    /// It takes no snapshot in PostgreSQL (see [`Extended::free_now`]).
+    free: bool,
 }
 
 enum PortalKind {
@@ -134,10 +137,10 @@ pub(super) struct Extended {
     /// consistent_reads: the hold of the Binds being sent, so each shard's
     /// connection gets a share the fence's stall watcher can see.
     binding: Option<super::consistent::Hold>,
-    /// The message being run binds or describes a `LOCK`: a shard joining
-    /// a block for it takes no snapshot first (see
+    /// The message being run binds or describes a `LOCK` or `SHOW`: a
+    /// shard joining a block for it takes no snapshot first (see
     /// [`Session::exec_in_block_as`]).
-    lock_now: bool,
+    free_now: bool,
 }
 
 /// How running a batch of messages ended.
@@ -264,6 +267,7 @@ impl ClientStmt {
             risky: router::may_change_settings(sql),
             snapshot: analysis_takes_snapshot(sql),
             lock: router::first_word_in(sql, &["lock"]),
+            free: super::consistent::snapshot_free(sql),
             sql: sql.to_string(),
             types,
             described: None,
@@ -539,7 +543,7 @@ impl Session {
     async fn ext_message(&mut self, f: &Frame) -> Result<bool, Fatal> {
         let body = f.body();
         // (Set again by a Bind or a statement's Describe.)
-        self.ext.lock_now = false;
+        self.ext.free_now = false;
         match f.tag {
             b'P' => self.ext_parse(body).await,
             b'B' => self.ext_bind(body).await,

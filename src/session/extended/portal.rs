@@ -44,7 +44,7 @@ impl Session {
                 return Ok(true);
             }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
-            self.ext.lock_now = s.lock;
+            self.ext.free_now = s.free;
             let describe = message(b'D', |b| {
                 b.put_u8(b'S');
                 put_cstr(b, &backend);

@@ -9,13 +9,13 @@ impl Session {
     /// (enlisting it), or the segment's connection outside a block.
     pub(super) async fn take_conn(&mut self, shard: ShardId) -> Result<(Slot, PooledConn), Error> {
         let detecting = self.shared.config().txn.deadlock_timeout_ms > 0;
-        // A `LOCK` in a block that keeps its first snapshot: the snapshot
-        // comes after the lock (see `Session::exec_in_block_as`).
-        let locks =
-            self.ext.lock_now && super::super::consistent::keeps_snapshot(self.block_level());
+        // A `LOCK` or `SHOW` in a block that keeps its first snapshot: the
+        // snapshot comes with the next query (see `Session::exec_in_block_as`).
+        let free =
+            self.ext.free_now && crate::session::consistent::keeps_snapshot(self.block_level());
         // consistent_reads: a REPEATABLE READ block takes its snapshot on
         // every shard at once before any shard joins on its own.
-        if !locks
+        if !free
             && self.txn.as_ref().is_some_and(|t| !t.has(shard))
             && self.needs_snapshot_everywhere()
         {
@@ -26,7 +26,7 @@ impl Session {
                 let p = t.participants.swap_remove(pos);
                 return Ok((Slot::Participant { wrote: p.wrote }, p.conn));
             }
-            let tag_before = locks && detecting;
+            let tag_before = free && detecting;
             let (head, untag) = if tag_before {
                 (t.head_tagged_before(), Some(t.untag_sql()))
             } else {
