@@ -291,16 +291,30 @@ impl Session {
     /// `SET TRANSACTION`s, else the session's `default_transaction_isolation`.
     pub(super) fn block_level(&self) -> Option<&'static str> {
         let t = self.txn.as_ref()?;
-        t.level().or_else(|| {
-            self.settings
-                .get("default_transaction_isolation")
-                .and_then(|s| block::isolation(s))
-                .or_else(|| {
-                    self.startup_settings
-                        .get("default_transaction_isolation")
-                        .and_then(|v| block::isolation(&format!("isolation {v}")))
-                })
-        })
+        t.level().or_else(|| self.default_level())
+    }
+
+    /// The session's `default_transaction_isolation`, as set by `SET` or
+    /// the startup packet: the level of a transaction that sets none.
+    fn default_level(&self) -> Option<&'static str> {
+        self.settings
+            .get("default_transaction_isolation")
+            .and_then(|s| block::isolation(s))
+            .or_else(|| {
+                self.startup_settings
+                    .get("default_transaction_isolation")
+                    .and_then(|v| block::isolation(&format!("isolation {v}")))
+            })
+    }
+
+    /// Whether a Sync segment outside a block keeps one snapshot to its
+    /// Sync (the session's level is REPEATABLE READ or SERIALIZABLE) under
+    /// `consistent_reads`: if it may reach another shard after its first
+    /// one took the snapshot, it must take it on every shard at once.
+    pub(super) fn segment_keeps_snapshot(&self) -> bool {
+        self.shared.coordinator.fence().is_some()
+            && self.shared.map().shards > 1
+            && keeps_snapshot(self.default_level())
     }
 
     /// Whether the block keeps one snapshot and has not taken it yet under

@@ -373,7 +373,13 @@ impl Session {
         let binds = batch.iter().any(|f| f.tag == b'B');
         if !self.ext.decided && binds && self.block == Block::Default {
             self.ext.decided = true;
-            if self.batch_spans_shards(&batch) && !self.ext.seg_wrote.may() {
+            // consistent_reads: a REPEATABLE READ segment that a Flush
+            // (or a full batch) cuts may reach another shard after this
+            // batch took its snapshot on one: it is a block from its
+            // first Bind, whose snapshot is taken on every shard at once.
+            let open_ended = !trigger.as_ref().is_some_and(|f| f.tag == b'S')
+                && self.segment_keeps_snapshot();
+            if self.batch_spans_shards(&batch, open_ended) && !self.ext.seg_wrote.may() {
                 // A connection used only to describe statements leaves the segment.
                 match self.close_segment().await {
                     Ok(Some(e)) => self.write(&e.bytes).await?,
@@ -458,8 +464,11 @@ impl Session {
     }
 
     /// Whether the batch's Binds reach more than one shard (or write to
-    /// several): then it needs a block of its own to be atomic.
-    fn batch_spans_shards(&self, batch: &[Frame]) -> bool {
+    /// several): then it needs a block of its own to be atomic. `open`:
+    /// the segment goes on past this batch and keeps one snapshot, so a
+    /// statement of one shard counts as one of several (a later batch may
+    /// reach the others).
+    fn batch_spans_shards(&self, batch: &[Frame], open: bool) -> bool {
         let mut parsed: HashMap<String, (String, Vec<u32>)> = HashMap::new();
         let mut shards = HashSet::new();
         for f in batch {
@@ -483,6 +492,10 @@ impl Session {
                         continue;
                     }
                     match plan_text(&sql, &self.shared, &bounds(&b, &types)) {
+                        Ok(Plan::Forward {
+                            route: Route::One(_) | Route::Any,
+                            ..
+                        }) if open => return true,
                         Ok(Plan::Forward {
                             route: Route::One(s),
                             ..
