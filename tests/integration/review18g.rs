@@ -90,3 +90,34 @@ async fn review18g_a_segment_split_by_a_flush_keeps_one_snapshot() {
         Ok(TOTAL)
     );
 }
+
+/// A REPEATABLE READ block whose first statement takes no snapshot
+/// (`SHOW`, with the deadlock detector off: no tag query either) joins one
+/// shard without one. A statement prepared next through the extended
+/// protocol (tokio-postgres's `prepare`: Parse, Describe, Sync) is parsed
+/// on that shard, and parse analysis takes the block's snapshot there —
+/// outside the fence, the other shards not joined. A transfer from that
+/// shard to another commits; the prepared sum then runs. One PostgreSQL
+/// gives the bank's total (the snapshot came before the transfer); the
+/// README promises the block one snapshot taken on every shard at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18g_a_describe_after_show_takes_the_snapshot_everywhere() {
+    let (_servers, _p, port, keys) = bank_cluster(true, "deadlock_timeout_ms = 0").await;
+    let w = connect(&url(port)).await.unwrap();
+    let r = connect(&url(port)).await.unwrap();
+    // The default shard (0) joins for the SHOW; move money from it.
+    let (a, b) = (keys[0], keys[2]);
+    exec(&r, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    exec(&r, "SHOW transaction_isolation").await;
+    let every = r.prepare("SELECT balance FROM accounts").await.unwrap();
+    exec(&w, &transfer_sql(a, b)).await;
+    let got: i64 = tokio::time::timeout(Duration::from_secs(10), r.query(&every, &[]))
+        .await
+        .expect("the read never ended")
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, i64>(0))
+        .sum();
+    exec(&r, "COMMIT").await;
+    assert_eq!(got, TOTAL, "the block's snapshot was taken on one shard first");
+}
