@@ -121,3 +121,144 @@ async fn review18g_a_describe_after_show_takes_the_snapshot_everywhere() {
     exec(&r, "COMMIT").await;
     assert_eq!(got, TOTAL, "the block's snapshot was taken on one shard first");
 }
+
+/// A key of `accounts` on `shard` other than `not`, and whether it sorts
+/// before it.
+fn another_key_on(servers: &crate::harness::Servers, shard: usize, not: i64) -> (i64, bool) {
+    use pieskieo::router::{KeyValue, ShardMap};
+    let map = ShardMap::from_config(&crate::bank::config(servers, false, ""));
+    let k = (1..100_000i64)
+        .find(|k| {
+            *k != not
+                && map.tables["accounts"]
+                    .shard_for(&KeyValue::Int(*k), map.shards)
+                    .unwrap()
+                    .0 as usize
+                    == shard
+        })
+        .unwrap();
+    (k, k < not)
+}
+
+/// `SELECT ... ORDER BY id FOR UPDATE` over every shard, in autocommit, as
+/// a READ COMMITTED statement: on one PostgreSQL it takes one snapshot and
+/// locks the rows in order; a row another transaction updated and
+/// committed after the snapshot is re-read at its newest version
+/// (EvalPlanQual), and a row it already locked cannot be updated until it
+/// ends. So a transfer never shows by halves: either both its rows were
+/// locked after it committed (both new) or it waits. Here the read waits
+/// on shard 1 for a row an unrelated transaction holds (an account that
+/// sorts before the transfer's), while shards 0 and 2 answer and end
+/// their own part; a transfer from shard 1 to shard 2 then commits (the
+/// fence was let go at the Bind, or by the stall watcher at the row-lock
+/// wait). Once the lock goes, shard 1 re-reads the transfer's source row
+/// at its new balance, shard 2 answered the old one: the rows sum to
+/// 2990. The README promises such a wait "the EvalPlanQual semantics of
+/// READ COMMITTED on one PostgreSQL"; one PostgreSQL sums to 3000 (or
+/// reports a deadlock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18g_a_for_update_read_waiting_on_one_shard_is_whole() {
+    let (servers, _p, port, keys) = bank_cluster(true, "").await;
+    let (a, b) = (keys[1], keys[2]);
+    let (c, before) = another_key_on(&servers, 1, a);
+    let w = connect(&url(port)).await.unwrap();
+    exec(
+        &w,
+        &format!("INSERT INTO accounts (id, balance) VALUES ({c}, 0)"),
+    )
+    .await;
+    let locker = servers.connect(1).await;
+    exec(&locker, "BEGIN").await;
+    exec(
+        &locker,
+        &format!("SELECT 1 FROM accounts WHERE id = {c} FOR UPDATE"),
+    )
+    .await;
+    let order = if before { "ASC" } else { "DESC" };
+    let r = connect(&url(port)).await.unwrap();
+    let read = tokio::spawn(async move {
+        sum_of(
+            &r,
+            &format!("SELECT balance FROM accounts ORDER BY id {order} FOR UPDATE"),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = tokio::time::timeout(Duration::from_secs(5), w.simple_query(&transfer_sql(a, b)))
+        .await
+        .map(|r| r.map(|_| ()).map_err(|e| crate::bank::code(&e)));
+    exec(&locker, "COMMIT").await;
+    let sum = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the read ended")
+        .unwrap();
+    eprintln!("transfer {moved:?}; read {sum:?}");
+    assert!(
+        sum == Ok(TOTAL) || sum.as_ref().is_err_and(|e| e.starts_with("40P01")),
+        "a FOR UPDATE read saw a transfer by halves: {sum:?}"
+    );
+    assert_eq!(
+        sum_of(&w, "SELECT sum(balance) FROM accounts").await,
+        Ok(TOTAL)
+    );
+}
+
+/// An `INSERT INTO t VALUES (...)` without a column list makes the proxy
+/// read `t`'s columns from the catalog "inside the client's block on a
+/// shard of the block" — a query, which takes a REPEATABLE READ block's
+/// snapshot on that shard, outside the fence and before the block's
+/// snapshot is taken everywhere else; `INSERT INTO t (...) SELECT` of no
+/// sharded table reads the target's column types so too. Here the block's
+/// only shard (0) is the one a `SHOW` joined (deadlock detector off: no
+/// tag query), and a transfer from shard 2 to shard 0 is in its commit
+/// phase (decided on shard 2, still prepared on shard 0): the catalog
+/// read sees shard 0 before it, the INSERT then takes the snapshot on
+/// shards 1 and 2 after it, under the fence (2990). One PostgreSQL sums
+/// the bank's total (plus the new account's 0); the README promises one
+/// snapshot taken on every shard at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18g_an_insert_without_columns_reads_the_catalog_under_the_snapshot() {
+    let (servers, _p, port, keys) = bank_cluster(
+        true,
+        "deadlock_timeout_ms = 0\nrecovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
+    )
+    .await;
+    let (new, _) = another_key_on(&servers, 1, keys[1]);
+    let r = connect(&url(port)).await.unwrap();
+    let mut bad = Vec::new();
+    for (i, insert) in [
+        format!("INSERT INTO accounts VALUES ({new}, 0)"),
+        format!("INSERT INTO accounts (id, balance) SELECT {new}, 0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        exec(&r, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+        exec(&r, "SHOW transaction_isolation").await;
+        // Decided on shard 2 (its first writer), prepared on shard 0; and
+        // back again.
+        let t = connect(&url(port)).await.unwrap();
+        let transfer = if i % 2 == 0 {
+            transfer_sql(keys[2], keys[0])
+        } else {
+            format!(
+                "BEGIN; UPDATE accounts SET balance = balance + 10 WHERE id = {}; UPDATE accounts SET balance = balance - 10 WHERE id = {}; COMMIT",
+                keys[2], keys[0]
+            )
+        };
+        let stuck = tokio::spawn(async move { t.simple_query(&transfer).await.map(|_| ()) });
+        crate::bank::until_prepared_on(&servers, &[0], Duration::from_millis(200)).await;
+        tokio::time::timeout(Duration::from_secs(10), r.simple_query(&insert))
+            .await
+            .expect("the INSERT never ended")
+            .unwrap();
+        let sum = sum_of(&r, "SELECT sum(balance) FROM accounts").await;
+        exec(&r, "ROLLBACK").await;
+        stuck.await.unwrap().unwrap();
+        eprintln!("{insert}: {sum:?}");
+        if sum != Ok(TOTAL) {
+            bad.push(format!("{insert}: {sum:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "the block's snapshot was taken on shard 0 first: {bad:?}");
+}
