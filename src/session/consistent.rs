@@ -349,6 +349,19 @@ impl Session {
         }
     }
 
+    /// Before a query of the proxy's own on a shard of the block (a
+    /// catalog read): under REPEATABLE READ it would take the block's
+    /// snapshot there alone, so the block takes it on every shard at once
+    /// first. `Ok(false)`: that failed and the client was told.
+    pub(super) async fn snapshot_before_own_read(&mut self) -> std::io::Result<bool> {
+        if self.txn.as_ref().is_some_and(|t| !t.participants.is_empty())
+            && self.needs_snapshot_everywhere()
+        {
+            return self.snapshot_everywhere().await;
+        }
+        Ok(true)
+    }
+
     /// [`Session::snapshot_everywhere`] for a caller that reports errors
     /// itself (a shard about to join for an extended-protocol message).
     pub(super) async fn join_everywhere_or(&mut self) -> Result<(), Error> {
