@@ -262,3 +262,25 @@ async fn review18g_an_insert_without_columns_reads_the_catalog_under_the_snapsho
     }
     assert!(bad.is_empty(), "the block's snapshot was taken on shard 0 first: {bad:?}");
 }
+
+/// As `review18g_a_describe_after_show_takes_the_snapshot_everywhere`, with
+/// a utility statement that takes its snapshot when it runs, not at Parse
+/// or Bind: a `DO` block through the extended protocol (tokio-postgres's
+/// `execute`) on the one shard a simple `SHOW` joined (deadlock detector
+/// off). It takes the REPEATABLE READ block's snapshot there alone; the
+/// later sum joins the other shards after a transfer committed. One
+/// PostgreSQL gives the bank's total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18g_a_utility_portal_after_show_takes_the_snapshot_everywhere() {
+    let (_servers, _p, port, keys) = bank_cluster(true, "deadlock_timeout_ms = 0").await;
+    let w = connect(&url(port)).await.unwrap();
+    let r = connect(&url(port)).await.unwrap();
+    let (a, b) = (keys[0], keys[2]);
+    exec(&r, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    exec(&r, "SHOW transaction_isolation").await;
+    r.execute("DO $$BEGIN PERFORM 1; END$$", &[]).await.unwrap();
+    exec(&w, &transfer_sql(a, b)).await;
+    let sum = sum_of(&r, "SELECT sum(balance) FROM accounts").await;
+    exec(&r, "COMMIT").await;
+    assert_eq!(sum, Ok(TOTAL), "the block's snapshot was taken on one shard first");
+}
