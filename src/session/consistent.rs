@@ -71,6 +71,25 @@ pub(super) fn takes_snapshot(sql: &str) -> bool {
     !crate::router::first_word_in(sql, &["show", "set", "reset"])
 }
 
+/// Whether a utility statement takes the transaction's snapshot when it
+/// runs: all but those PostgreSQL's `PortalRunUtility` lets run without
+/// one (`SHOW`, `SET`, `LOCK`, `LISTEN`, `NOTIFY`, `FETCH`, ...).
+pub(super) fn utility_takes_snapshot(sql: &str) -> bool {
+    takes_snapshot(sql)
+        && !crate::router::first_word_in(
+            sql,
+            &[
+                "lock",
+                "listen",
+                "unlisten",
+                "notify",
+                "checkpoint",
+                "fetch",
+                "move",
+            ],
+        )
+}
+
 /// Whether a statement the classifier proved read-only runs in a portal
 /// whose snapshot PostgreSQL takes at Bind (`PORTAL_ONE_SELECT`:
 /// `PortalStart` takes it, and BindComplete follows), so the fence need
