@@ -336,3 +336,59 @@ async fn review18g_set_transaction_after_show_is_accepted_as_postgresql_does() {
     let got = outcomes(&c, &session).await;
     assert_eq!(got, want, "the proxy (left) and one PostgreSQL (right)");
 }
+
+/// As `review18g_a_segment_split_by_a_flush_keeps_one_snapshot`, in one
+/// batch up to its Sync: the segment's first statement reads one shard
+/// (slowly), then `BEGIN` turns the segment's transaction into a block —
+/// PostgreSQL keeps the snapshot the first statement took — and the block
+/// sums every shard and commits. A transfer from that shard to another
+/// commits during the first statement. One PostgreSQL sums the bank's
+/// total; the proxy ran the first statement on the segment's connection,
+/// which the `BEGIN` made a participant with that snapshot, and took the
+/// others' at the sum. Also with a session `SET` and a Flush before the
+/// first statement (the segment's mode decided at the `SET`'s Bind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18g_a_segment_begun_after_a_read_keeps_its_snapshot() {
+    let (_servers, _p, port, keys) = bank_cluster(true, "").await;
+    let (a, b) = (keys[1], keys[2]);
+    let w = connect(&url(port)).await.unwrap();
+    let first = format!("SELECT balance, pg_sleep(1) FROM accounts WHERE id = {a}");
+    let sum = "SELECT sum(balance) FROM accounts";
+    let mut bad = Vec::new();
+    for (i, case) in ["BEGIN after a read", "SET, Flush, read, Flush"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut raw = RawClient::connect(port).await;
+        raw.query("SET default_transaction_isolation = 'repeatable read'")
+            .await;
+        if i == 0 {
+            for sql in [first.as_str(), "BEGIN", sum, "COMMIT"] {
+                send_portal(&mut raw, sql).await;
+            }
+            raw.send(b'S', &[]).await;
+        } else {
+            send_portal(&mut raw, "SET application_name = 'review18g'").await;
+            raw.send(b'H', &[]).await;
+            until_executed(&mut raw).await;
+            send_portal(&mut raw, &first).await;
+            raw.send(b'H', &[]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        exec(&w, &transfer_sql(a, b)).await;
+        if i == 1 {
+            until_executed(&mut raw).await;
+            send_portal(&mut raw, sum).await;
+            raw.send(b'S', &[]).await;
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(10), raw.until_ready())
+            .await
+            .expect("the segment never ended");
+        let rows = first_columns(&reply);
+        eprintln!("{case}: {rows:?} {:?}", reply.error_codes());
+        if rows.last() != Some(&TOTAL.to_string()) || !reply.error_codes().is_empty() {
+            bad.push(format!("{case}: {rows:?} {:?}", reply.error_codes()));
+        }
+    }
+    assert!(bad.is_empty(), "fractured: {bad:?}");
+}
