@@ -373,7 +373,10 @@ impl Session {
     /// snapshot there alone, so the block takes it on every shard at once
     /// first. `Ok(false)`: that failed and the client was told.
     pub(super) async fn snapshot_before_own_read(&mut self) -> std::io::Result<bool> {
-        if self.txn.as_ref().is_some_and(|t| !t.participants.is_empty())
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| !t.participants.is_empty())
             && self.needs_snapshot_everywhere()
         {
             return self.snapshot_everywhere().await;

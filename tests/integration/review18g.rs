@@ -119,7 +119,10 @@ async fn review18g_a_describe_after_show_takes_the_snapshot_everywhere() {
         .map(|row| row.get::<_, i64>(0))
         .sum();
     exec(&r, "COMMIT").await;
-    assert_eq!(got, TOTAL, "the block's snapshot was taken on one shard first");
+    assert_eq!(
+        got, TOTAL,
+        "the block's snapshot was taken on one shard first"
+    );
 }
 
 /// A key of `accounts` on `shard` other than `not`, and whether it sorts
@@ -260,7 +263,10 @@ async fn review18g_an_insert_without_columns_reads_the_catalog_under_the_snapsho
             bad.push(format!("{insert}: {sum:?}"));
         }
     }
-    assert!(bad.is_empty(), "the block's snapshot was taken on shard 0 first: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "the block's snapshot was taken on shard 0 first: {bad:?}"
+    );
 }
 
 /// As `review18g_a_describe_after_show_takes_the_snapshot_everywhere`, with
@@ -282,7 +288,11 @@ async fn review18g_a_utility_portal_after_show_takes_the_snapshot_everywhere() {
     exec(&w, &transfer_sql(a, b)).await;
     let sum = sum_of(&r, "SELECT sum(balance) FROM accounts").await;
     exec(&r, "COMMIT").await;
-    assert_eq!(sum, Ok(TOTAL), "the block's snapshot was taken on one shard first");
+    assert_eq!(
+        sum,
+        Ok(TOTAL),
+        "the block's snapshot was taken on one shard first"
+    );
 }
 
 /// The statements of a session, each answered as `tag`s or `SQLSTATE`.

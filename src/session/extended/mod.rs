@@ -378,7 +378,7 @@ impl Session {
         // in it, each batch is looked at so (one of only `SET`s decides
         // nothing).
         let keeps = self.segment_keeps_snapshot();
-        let open = keeps && !trigger.as_ref().is_some_and(|f| f.tag == b'S');
+        let open = keeps && trigger.as_ref().is_none_or(|f| f.tag != b'S');
         if (!self.ext.decided || open) && binds && self.block == Block::Default {
             self.ext.decided = true;
             if self.batch_spans_shards(&batch, keeps, open) && !self.ext.seg_wrote.may() {

@@ -47,9 +47,7 @@ impl Session {
             // consistent_reads: the Parse sent with the Describe takes a
             // REPEATABLE READ block's snapshot on its shard (parse
             // analysis), as a Bind does: on every shard at once first.
-            if s.snapshot
-                && self.needs_snapshot_everywhere()
-                && !self.snapshot_everywhere().await?
+            if s.snapshot && self.needs_snapshot_everywhere() && !self.snapshot_everywhere().await?
             {
                 return Ok(false);
             }
