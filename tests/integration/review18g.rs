@@ -402,3 +402,55 @@ async fn review18g_a_segment_begun_after_a_read_keeps_its_snapshot() {
     }
     assert!(bad.is_empty(), "fractured: {bad:?}");
 }
+
+/// Statement forms a classifier might take for one shard or for no
+/// snapshot, each read while a transfer between shards 1 and 2 is paused
+/// in its commit phase (decided, one part still prepared): each must wait
+/// for the phase and sum the bank's total, as one PostgreSQL's single
+/// snapshot does: keys on three shards, a CTE, a derived table, a scalar
+/// subquery in the select list, `IN` and `EXISTS` of subqueries (two
+/// stages), in autocommit, through the simple and the extended protocol.
+/// (`UNION ALL`, `TABLE` and `VALUES` over sharded tables are refused.) A
+/// probe: it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review18g: a probe that passes"]
+async fn review18g_probe_statement_forms_are_fenced() {
+    let (servers, _p, port, keys) = bank_cluster(
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
+    )
+    .await;
+    let (k0, a, b) = (keys[0], keys[1], keys[2]);
+    let forms = [
+        format!("SELECT balance FROM accounts WHERE id IN ({a}, {b}, {k0})"),
+        "WITH x AS (SELECT balance FROM accounts) SELECT balance FROM x".to_string(),
+        "SELECT s.balance FROM (SELECT balance FROM accounts) s".to_string(),
+        "SELECT (SELECT sum(balance) FROM accounts)::bigint".to_string(),
+        "SELECT balance FROM accounts WHERE id IN (SELECT id FROM accounts)".to_string(),
+        format!("SELECT balance FROM accounts WHERE EXISTS (SELECT 1 FROM accounts WHERE id = {a})"),
+    ];
+    let c = connect(&url(port)).await.unwrap();
+    let mut bad = Vec::new();
+    let mut i = 0;
+    for form in &forms {
+        for extended in [false, true] {
+            let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
+            i += 1;
+            let stuck = crate::bank::paused_transfer(&servers, port, from, to).await;
+            let sum: Result<i64, String> = if extended {
+                match c.query(form.as_str(), &[]).await {
+                    Ok(rows) => Ok(rows.iter().map(|r| r.get::<_, i64>(0)).sum()),
+                    Err(e) => Err(crate::bank::code(&e)),
+                }
+            } else {
+                sum_of(&c, form).await
+            };
+            stuck.await.unwrap().unwrap();
+            eprintln!("{form} (extended {extended}): {sum:?}");
+            if sum != Ok(TOTAL) {
+                bad.push(format!("{form} (extended {extended}): {sum:?}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "fractured: {bad:#?}");
+}
