@@ -454,3 +454,46 @@ async fn review18g_probe_statement_forms_are_fenced() {
     }
     assert!(bad.is_empty(), "fractured: {bad:#?}");
 }
+
+/// A portal over every shard with a row limit, in a READ COMMITTED block
+/// (tokio-postgres's `bind` and `query_portal`, one row per Execute): its
+/// snapshot is the Bind's. Bound before a transfer's commit phase, the
+/// rows fetched during and after it are the old ones, whole; bound while
+/// the phase is paused, the Bind waits for it and the rows are the new
+/// ones, whole. As in one PostgreSQL. A probe: it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review18g: a probe that passes"]
+async fn review18g_probe_a_portal_with_a_row_limit_is_whole() {
+    let (servers, _p, port, keys) = bank_cluster(
+        true,
+        "recovery_grace_ms = 60000\ntest_failpoint = \"after_decision:pause=1500\"",
+    )
+    .await;
+    let (a, b) = (keys[1], keys[2]);
+    let mut c = connect(&url(port)).await.unwrap();
+    let mut sums = Vec::new();
+    for bound_first in [true, false] {
+        let tx = c.transaction().await.unwrap();
+        let stmt = tx.prepare("SELECT balance FROM accounts").await.unwrap();
+        let (portal, stuck) = if bound_first {
+            let portal = tx.bind(&stmt, &[]).await.unwrap();
+            (portal, crate::bank::paused_transfer(&servers, port, a, b).await)
+        } else {
+            let stuck = crate::bank::paused_transfer(&servers, port, b, a).await;
+            (tx.bind(&stmt, &[]).await.unwrap(), stuck)
+        };
+        let mut sum = 0i64;
+        loop {
+            let rows = tx.query_portal(&portal, 1).await.unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            sum += rows.iter().map(|r| r.get::<_, i64>(0)).sum::<i64>();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tx.commit().await.unwrap();
+        stuck.await.unwrap().unwrap();
+        sums.push(sum);
+    }
+    assert_eq!(sums, [TOTAL, TOTAL]);
+}
