@@ -427,7 +427,9 @@ async fn review18g_probe_statement_forms_are_fenced() {
         "SELECT s.balance FROM (SELECT balance FROM accounts) s".to_string(),
         "SELECT (SELECT sum(balance) FROM accounts)::bigint".to_string(),
         "SELECT balance FROM accounts WHERE id IN (SELECT id FROM accounts)".to_string(),
-        format!("SELECT balance FROM accounts WHERE EXISTS (SELECT 1 FROM accounts WHERE id = {a})"),
+        format!(
+            "SELECT balance FROM accounts WHERE EXISTS (SELECT 1 FROM accounts WHERE id = {a})"
+        ),
     ];
     let c = connect(&url(port)).await.unwrap();
     let mut bad = Vec::new();
@@ -477,7 +479,10 @@ async fn review18g_probe_a_portal_with_a_row_limit_is_whole() {
         let stmt = tx.prepare("SELECT balance FROM accounts").await.unwrap();
         let (portal, stuck) = if bound_first {
             let portal = tx.bind(&stmt, &[]).await.unwrap();
-            (portal, crate::bank::paused_transfer(&servers, port, a, b).await)
+            (
+                portal,
+                crate::bank::paused_transfer(&servers, port, a, b).await,
+            )
         } else {
             let stuck = crate::bank::paused_transfer(&servers, port, b, a).await;
             (tx.bind(&stmt, &[]).await.unwrap(), stuck)
