@@ -79,6 +79,25 @@ pub(super) fn snapshot_free(sql: &str) -> bool {
     crate::router::first_word_in(sql, &["lock", "show"])
 }
 
+/// Whether a utility statement takes the transaction's snapshot when it
+/// runs: all but those PostgreSQL's `PortalRunUtility` lets run without
+/// one (`SHOW`, `SET`, `LOCK`, `LISTEN`, `NOTIFY`, `FETCH`, ...).
+pub(super) fn utility_takes_snapshot(sql: &str) -> bool {
+    takes_snapshot(sql)
+        && !crate::router::first_word_in(
+            sql,
+            &[
+                "lock",
+                "listen",
+                "unlisten",
+                "notify",
+                "checkpoint",
+                "fetch",
+                "move",
+            ],
+        )
+}
+
 /// Whether a statement the classifier proved read-only runs in a portal
 /// whose snapshot PostgreSQL takes at Bind (`PORTAL_ONE_SELECT`:
 /// `PortalStart` takes it, and BindComplete follows), so the fence need
@@ -299,16 +318,30 @@ impl Session {
     /// `SET TRANSACTION`s, else the session's `default_transaction_isolation`.
     pub(super) fn block_level(&self) -> Option<&'static str> {
         let t = self.txn.as_ref()?;
-        t.level().or_else(|| {
-            self.settings
-                .get("default_transaction_isolation")
-                .and_then(|s| block::isolation(s))
-                .or_else(|| {
-                    self.startup_settings
-                        .get("default_transaction_isolation")
-                        .and_then(|v| block::isolation(&format!("isolation {v}")))
-                })
-        })
+        t.level().or_else(|| self.default_level())
+    }
+
+    /// The session's `default_transaction_isolation`, as set by `SET` or
+    /// the startup packet: the level of a transaction that sets none.
+    fn default_level(&self) -> Option<&'static str> {
+        self.settings
+            .get("default_transaction_isolation")
+            .and_then(|s| block::isolation(s))
+            .or_else(|| {
+                self.startup_settings
+                    .get("default_transaction_isolation")
+                    .and_then(|v| block::isolation(&format!("isolation {v}")))
+            })
+    }
+
+    /// Whether a Sync segment outside a block keeps one snapshot to its
+    /// Sync (the session's level is REPEATABLE READ or SERIALIZABLE) under
+    /// `consistent_reads`: if it may reach another shard after its first
+    /// one took the snapshot, it must take it on every shard at once.
+    pub(super) fn segment_keeps_snapshot(&self) -> bool {
+        self.shared.coordinator.fence().is_some()
+            && self.shared.map().shards > 1
+            && keeps_snapshot(self.default_level())
     }
 
     /// Whether the block keeps one snapshot and has not taken it yet under
@@ -341,6 +374,22 @@ impl Session {
             }
             Err(Joined::Failed(e)) => self.error(e).await,
         }
+    }
+
+    /// Before a query of the proxy's own on a shard of the block (a
+    /// catalog read): under REPEATABLE READ it would take the block's
+    /// snapshot there alone, so the block takes it on every shard at once
+    /// first. `Ok(false)`: that failed and the client was told.
+    pub(super) async fn snapshot_before_own_read(&mut self) -> std::io::Result<bool> {
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| !t.participants.is_empty())
+            && self.needs_snapshot_everywhere()
+        {
+            return self.snapshot_everywhere().await;
+        }
+        Ok(true)
     }
 
     /// [`Session::snapshot_everywhere`] for a caller that reports errors

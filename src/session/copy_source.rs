@@ -47,6 +47,9 @@ impl Session {
         // the source connection. Catalog reads take no lock, so a block
         // holding the table (pgbench's TRUNCATE) cannot stall the source.
         let names = into.columns.clone().unwrap_or_default();
+        if !self.snapshot_before_own_read().await? {
+            return Ok(false);
+        }
         let types = match self.txn().and_then(|t| t.participants.first_mut()) {
             Some(p) => column_types(&mut p.conn, &into.relation, &names).await,
             None => column_types(&mut conn, &into.relation, &names).await,

@@ -241,6 +241,9 @@ impl Session {
                 .map(|n| String::from_utf8_lossy(&n).into_owned())
                 .collect())
         };
+        if !self.snapshot_before_own_read().await? {
+            return Ok(None);
+        }
         let found = match self.txn.as_mut().and_then(|t| t.participants.first_mut()) {
             Some(p) => read(&mut p.conn).await,
             None => match self.checkout(self.shared.map().default_shard).await {

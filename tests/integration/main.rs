@@ -37,6 +37,7 @@ mod review18c;
 mod review18d;
 mod review18e;
 mod review18f;
+mod review18g;
 mod routing;
 mod sessions;
 mod shard_tls;

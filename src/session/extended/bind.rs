@@ -32,6 +32,24 @@ impl Session {
         if self.aborted_block(plan.as_ref().ok()) {
             return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
         }
+        // consistent_reads: a utility statement (`DO`, `CALL`, DDL) takes a
+        // REPEATABLE READ block's snapshot when it runs, on a shard the block
+        // may hold already (a `SHOW` joined it): on every shard at once, and
+        // before this Bind (the `SELECT 1` that takes it would drop the
+        // unnamed portal after).
+        let utility = !snapshots
+            && matches!(plan, Ok(Plan::Forward { .. } | Plan::Replicate))
+            && super::consistent::utility_takes_snapshot(&stmt.sql);
+        if utility
+            && self.block != Block::Failed
+            && self.needs_snapshot_everywhere()
+            && !self.snapshot_everywhere().await?
+        {
+            return Ok(false);
+        }
+        let Some(stmt) = self.ext.stmts.get(b.stmt) else {
+            return Ok(false);
+        };
         if !b.portal.is_empty() && self.ext.portals.contains_key(b.portal) {
             return Ok(self
                 .error(Error::Name(NameError::PortalExists(b.portal.to_string())))

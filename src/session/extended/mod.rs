@@ -382,9 +382,17 @@ impl Session {
         // The mode is chosen at the segment's first Bind: Parse and Describe
         // alone write nothing.
         let binds = batch.iter().any(|f| f.tag == b'B');
-        if !self.ext.decided && binds && self.block == Block::Default {
+        // consistent_reads: a REPEATABLE READ segment that a Flush (or a
+        // full batch) cuts may reach another shard after this batch took
+        // its snapshot on one: it is a block from its first Bind, whose
+        // snapshot is taken on every shard at once. Until a statement ran
+        // in it, each batch is looked at so (one of only `SET`s decides
+        // nothing).
+        let keeps = self.segment_keeps_snapshot();
+        let open = keeps && trigger.as_ref().is_none_or(|f| f.tag != b'S');
+        if (!self.ext.decided || open) && binds && self.block == Block::Default {
             self.ext.decided = true;
-            if self.batch_spans_shards(&batch) && !self.ext.seg_wrote.may() {
+            if self.batch_spans_shards(&batch, keeps, open) && !self.ext.seg_wrote.may() {
                 // A connection used only to describe statements leaves the segment.
                 match self.close_segment().await {
                     Ok(Some(e)) => self.write(&e.bytes).await?,
@@ -469,8 +477,13 @@ impl Session {
     }
 
     /// Whether the batch's Binds reach more than one shard (or write to
-    /// several): then it needs a block of its own to be atomic.
-    fn batch_spans_shards(&self, batch: &[Frame]) -> bool {
+    /// several): then it needs a block of its own to be atomic. `keeps`:
+    /// the segment keeps one snapshot (consistent_reads, REPEATABLE READ),
+    /// so a `BEGIN` after a statement keeps that statement's snapshot in a
+    /// block that may read every shard; `open`: besides, the segment goes
+    /// on past this batch, so a statement of one shard counts as one of
+    /// several (a later batch may reach the others).
+    fn batch_spans_shards(&self, batch: &[Frame], keeps: bool, open: bool) -> bool {
         let mut parsed: HashMap<String, (String, Vec<u32>)> = HashMap::new();
         let mut shards = HashSet::new();
         for f in batch {
@@ -495,6 +508,10 @@ impl Session {
                     }
                     match plan_text(&sql, &self.shared, &bounds(&b, &types)) {
                         Ok(Plan::Forward {
+                            route: Route::One(_) | Route::Any,
+                            ..
+                        }) if open => return true,
+                        Ok(Plan::Forward {
                             route: Route::One(s),
                             ..
                         }) => {
@@ -518,6 +535,9 @@ impl Session {
                             | Plan::CopyIn(_)
                             | Plan::InsertSelect { .. },
                         ) => return true,
+                        // A session `SET` leaves the segment as it is.
+                        Ok(Plan::Set(router::SetCommand::Set(_))) if keeps => {}
+                        Ok(_) if keeps && !shards.is_empty() => return true,
                         // Transaction control changes the mode by itself.
                         Ok(_) => return false,
                     }

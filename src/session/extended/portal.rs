@@ -45,6 +45,13 @@ impl Session {
             }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
             self.ext.free_now = s.free;
+            // consistent_reads: the Parse sent with the Describe takes a
+            // REPEATABLE READ block's snapshot on its shard (parse
+            // analysis), as a Bind does: on every shard at once first.
+            if s.snapshot && self.needs_snapshot_everywhere() && !self.snapshot_everywhere().await?
+            {
+                return Ok(false);
+            }
             let describe = message(b'D', |b| {
                 b.put_u8(b'S');
                 put_cstr(b, &backend);
