@@ -750,30 +750,39 @@ async fn a_reload_does_not_change_the_setting() {
 }
 
 /// A REPEATABLE READ block whose first statement is a SHOW (which joins a
-/// shard, and the deadlock tag there takes the snapshot) still takes its
-/// snapshot everywhere at once: every shard is in the block after it.
+/// shard but, as in PostgreSQL, takes no snapshot: the deadlock tag there
+/// is taken before its `BEGIN`) takes its snapshot at its first query,
+/// everywhere at once: no shard holds one after the `SHOW`, every shard
+/// does after a `SELECT 1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeatable_read_block_joins_every_shard_at_its_first_statement() {
     let servers = Servers::start(SHARDS);
     let p = proxy(&servers, true, "").await;
     let c = connect(&url(p.addr.port())).await.unwrap();
+    let holding = || async {
+        let mut joined = 0;
+        for i in 0..SHARDS {
+            let s = servers.connect(i).await;
+            joined += value(
+                &s,
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()",
+            )
+            .await
+            .parse::<i64>()
+            .unwrap()
+            .min(1);
+        }
+        joined
+    };
     exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
     exec(&c, "SHOW application_name").await;
-    let mut joined = 0;
-    for i in 0..SHARDS {
-        let s = servers.connect(i).await;
-        joined += value(
-            &s,
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()",
-        )
-        .await
-        .parse::<i64>()
-        .unwrap()
-        .min(1);
-    }
+    let after_show = holding().await;
+    exec(&c, "SELECT 1").await;
+    let after_select = holding().await;
     exec(&c, "COMMIT").await;
+    assert_eq!(after_show, 0, "a SHOW takes no snapshot");
     assert_eq!(
-        joined, SHARDS as i64,
+        after_select, SHARDS as i64,
         "every shard holds the block's snapshot"
     );
 }
