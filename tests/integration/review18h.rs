@@ -515,3 +515,138 @@ async fn deferrable_first(
     exec(reader, "COMMIT").await;
     waited
 }
+
+/// The REPEATABLE READ `LOCK` idiom with the level named in other ways
+/// (`START TRANSACTION ... SERIALIZABLE`, `SET TRANSACTION` after `BEGIN`,
+/// the session's `default_transaction_isolation`), the `LOCK` sent as a
+/// simple query or through the extended protocol as pgjdbc sends it
+/// (Parse, Bind, Describe portal, Execute, Sync in one go, no statement
+/// Describe first): as in PostgreSQL, the `LOCK` waits for a writer's
+/// block, which commits, and the block's first `SELECT` after it reads
+/// what it committed (1001); the README's `LOCK TABLE` row promises this
+/// for "simple and extended protocol alike". With and without
+/// `consistent_reads`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review18h: a probe that passes"]
+async fn review18h_probe_a_lock_comes_before_the_snapshot_however_the_level_is_set() {
+    let oracle = crate::harness::oracle_server().await;
+    let o_port = oracle.ports()[0];
+    let o_writer = connect(&format!(
+        "host=127.0.0.1 port={o_port} user=plain password=plainpass dbname=app"
+    ))
+    .await
+    .unwrap();
+    exec(
+        &o_writer,
+        &format!("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL); INSERT INTO accounts VALUES (1, {START})"),
+    )
+    .await;
+    let begins = [
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SET default_transaction_isolation = 'repeatable read'; BEGIN",
+    ];
+    let hows = [
+        How::Simple,
+        How::Pipelined { describe: true },
+        How::Pipelined { describe: false },
+    ];
+    for begin in begins {
+        for how in hows {
+            let mut o_reader = RawClient::connect(o_port).await;
+            let want = raw_locked_read(&mut o_reader, &o_writer, 1, begin, how).await;
+            assert_eq!(want, Ok(START + 1), "PostgreSQL itself, {begin}, {how:?}");
+        }
+    }
+    let mut wrong = Vec::new();
+    for consistent in [false, true] {
+        let (_servers, _p, port, keys) = bank_cluster(consistent, "").await;
+        let writer = connect(&url(port)).await.unwrap();
+        for begin in begins {
+            for how in hows {
+                let mut reader = RawClient::connect(port).await;
+                for k in &keys {
+                    let got = raw_locked_read(&mut reader, &writer, *k, begin, how).await;
+                    if got != Ok(START + 1) {
+                        wrong.push(format!(
+                            "consistent_reads = {consistent}, {begin}, {how:?}, account {k}: {got:?}, PostgreSQL {}",
+                            START + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// How [`raw_locked_read`] sends its `LOCK`.
+#[derive(Debug, Clone, Copy)]
+enum How {
+    Simple,
+    Pipelined { describe: bool },
+}
+
+/// The writer's block updates account `k`; the reader opens its block with
+/// `begin` and sends the `LOCK` as `how` says; the writer commits while it
+/// waits, and the reader reads the account.
+async fn raw_locked_read(
+    reader: &mut RawClient,
+    writer: &tokio_postgres::Client,
+    k: i64,
+    begin: &str,
+    how: How,
+) -> Result<i64, String> {
+    exec(writer, "BEGIN").await;
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
+    )
+    .await;
+    let r = reader.query(begin).await;
+    assert!(r.error_codes().is_empty());
+    let lock = "LOCK TABLE accounts IN SHARE MODE";
+    match how {
+        How::Simple => {
+            let mut q = lock.as_bytes().to_vec();
+            q.push(0);
+            reader.send(b'Q', &q).await;
+        }
+        How::Pipelined { describe } => {
+            reader.send(b'P', &parse("", lock)).await;
+            reader.send(b'B', &bind("", &[])).await;
+            if describe {
+                reader.send(b'D', b"P\0").await;
+            }
+            reader.send(b'E', &[0, 0, 0, 0, 0]).await;
+            reader.send(b'S', &[]).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    exec(writer, "COMMIT").await;
+    let locked = reader.until_ready().await;
+    let read = reader
+        .query(&format!("SELECT balance FROM accounts WHERE id = {k}"))
+        .await;
+    let end = reader
+        .query("COMMIT; RESET default_transaction_isolation")
+        .await;
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
+    )
+    .await;
+    if !locked.error_codes().is_empty() || !read.error_codes().is_empty() {
+        return Err(format!(
+            "{:?} {:?}",
+            locked.error_codes(),
+            read.error_codes()
+        ));
+    }
+    assert!(end.error_codes().is_empty());
+    read.messages
+        .iter()
+        .find(|(t, _)| *t == b'D')
+        .map(|(_, b)| String::from_utf8_lossy(&b[6..]).parse().unwrap())
+        .ok_or_else(|| "no row".to_string())
+}
