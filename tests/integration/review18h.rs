@@ -259,20 +259,22 @@ async fn review18h_probe_a_locked_block_commits_by_two_phase_commit() {
 
 /// A REPEATABLE READ block's `LOCK` waits on shard 0 (another client's
 /// block holds a row there) and its client cancels it, or closes its
-/// socket. PostgreSQL gives the first `57014`; either way the proxy's
-/// connections must come back clean: with one connection per shard,
-/// the next client's one-shard reads reuse each, and no shard holds a tag.
+/// socket, or its `statement_timeout` ends it. PostgreSQL gives `57014`
+/// for a cancel and a timeout; every way the proxy's connections must come
+/// back clean: with one connection per shard, the next client's one-shard
+/// reads reuse each, see the default `statement_timeout`, and no shard
+/// holds a tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "review18h: a probe that passes"]
 async fn review18h_probe_a_cancelled_lock_leaves_no_tag() {
     let servers = Servers::start(SHARDS);
     let text =
-        crate::bank::config_text(&servers, false, "", "").replace("pool_size = 8", "pool_size = 2");
+        crate::bank::config_text(&servers, false, "", "").replace("pool_size = 8", "pool_size = 1");
     let p = crate::bank::proxy_text(&text).await;
     let port = p.addr.port();
     let keys = crate::bank::accounts(&servers, port).await;
     let on0 = servers.connect(0).await;
-    for closes in [false, true] {
+    for ends in ["cancel", "close", "timeout"] {
         exec(&on0, "BEGIN").await;
         exec(
             &on0,
@@ -283,6 +285,9 @@ async fn review18h_probe_a_cancelled_lock_leaves_no_tag() {
         )
         .await;
         let c = connect(&url(port)).await.unwrap();
+        if ends == "timeout" {
+            exec(&c, "SET statement_timeout = '300ms'").await;
+        }
         exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
         let cancel = c.cancel_token();
         let lock = tokio::spawn(async move {
@@ -294,17 +299,32 @@ async fn review18h_probe_a_cancelled_lock_leaves_no_tag() {
             (c, r)
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if closes {
+        if ends == "close" {
             lock.abort();
             let _ = lock.await;
         } else {
-            cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+            if ends == "cancel" {
+                cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+            }
             let (c, r) = lock.await.unwrap();
             assert_eq!(r.map_err(|e| e[..5].to_string()), Err("57014".into()));
             exec(&c, "ROLLBACK").await;
         }
         exec(&on0, "ROLLBACK").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        no_tag_after_next_use(&servers, port, &keys).await;
+        let next = connect(&url(port)).await.unwrap();
+        for _ in 0..2 {
+            for k in &keys {
+                let shown = next
+                    .simple_query(&format!(
+                        "SELECT current_setting('statement_timeout') FROM accounts WHERE id = {k}"
+                    ))
+                    .await
+                    .unwrap();
+                assert_eq!(crate::bank::values(&shown), vec!["0"], "{ends}");
+            }
+        }
         no_tag_after_next_use(&servers, port, &keys).await;
     }
 }
