@@ -670,3 +670,127 @@ async fn raw_locked_read(
         .map(|(_, b)| String::from_utf8_lossy(&b[6..]).parse().unwrap())
         .ok_or_else(|| "no row".to_string())
 }
+
+/// PostgreSQL runs a few more statements than `LOCK` and `SHOW` without a
+/// snapshot (`PlannedStmtRequiresSnapshot`: `SET CONSTRAINTS`, `NOTIFY`,
+/// `LISTEN`, ...): first in a REPEATABLE READ block, a write committed
+/// after it is seen by the block's first `SELECT` (1001).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18h_statements_without_a_snapshot_first_in_a_block() {
+    let firsts = [
+        "SHOW work_mem|SET LOCAL work_mem = '2MB'",
+        "SHOW work_mem|SET CONSTRAINTS ALL DEFERRED",
+        "LOCK TABLE accounts IN ACCESS SHARE MODE|SET LOCAL work_mem = '2MB'",
+        "NOTIFY review18h",
+        "LISTEN review18h",
+    ];
+    let (oracle, o_reader) = oracle().await;
+    let o_writer = oracle.connect(0).await;
+    let mut want = Vec::new();
+    for first in firsts {
+        let got = first_then_read(&o_reader, &o_writer, 1, first).await;
+        eprintln!("oracle {first}: {got:?}");
+        want.push(got);
+    }
+    let mut wrong = Vec::new();
+    for consistent in [false, true] {
+        let (_servers, _p, port, keys) = bank_cluster(consistent, "").await;
+        let reader = connect(&url(port)).await.unwrap();
+        let writer = connect(&url(port)).await.unwrap();
+        for (first, want) in firsts.iter().zip(&want) {
+            for k in &keys {
+                let got = first_then_read(&reader, &writer, *k, first).await;
+                if &got != want {
+                    wrong.push(format!(
+                        "consistent_reads = {consistent}, {first}, account {k}: {got:?}, PostgreSQL {want:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A REPEATABLE READ block runs `first`, a write to account `k` commits,
+/// then the block reads it.
+async fn first_then_read(
+    reader: &tokio_postgres::Client,
+    writer: &tokio_postgres::Client,
+    k: i64,
+    first: &str,
+) -> Result<i64, String> {
+    exec(reader, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    for sql in first.split('|') {
+        if let Err(e) = reader.simple_query(sql).await {
+            exec(reader, "ROLLBACK").await;
+            return Err(code(&e));
+        }
+    }
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
+    )
+    .await;
+    let got = sum_of(
+        reader,
+        &format!("SELECT balance FROM accounts WHERE id = {k}"),
+    )
+    .await;
+    exec(reader, "COMMIT").await;
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
+    )
+    .await;
+    got
+}
+
+/// `SET CONSTRAINTS ALL DEFERRED` in a block lasts to the block's end in
+/// PostgreSQL (it is no setting: there is no `constraints` parameter). The
+/// proxy took it for a session setting named `constraints`: after the
+/// block the client's every checkout replayed it outside a block, and the
+/// next client to get one of its connections was refused (`42704`,
+/// `unrecognized configuration parameter "constraints"`, from the
+/// `RESET` that was to take it back). Here, with one connection per
+/// shard, a client defers constraints in a transfer's block and commits;
+/// then it and another client read every account, as in PostgreSQL
+/// without an error or a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18h_set_constraints_is_no_session_setting() {
+    let servers = Servers::start(SHARDS);
+    let text =
+        crate::bank::config_text(&servers, false, "", "").replace("pool_size = 8", "pool_size = 1");
+    let p = crate::bank::proxy_text(&text).await;
+    let port = p.addr.port();
+    let keys = crate::bank::accounts(&servers, port).await;
+    let mut a = RawClient::connect(port).await;
+    let r = a
+        .query(
+            &crate::bank::transfer_sql(keys[0], keys[1])
+                .replace("BEGIN;", "BEGIN; SET CONSTRAINTS ALL DEFERRED;"),
+        )
+        .await;
+    assert!(r.error_codes().is_empty(), "{:?}", r.error_codes());
+    for k in &keys {
+        let r = a
+            .query(&format!("SELECT balance FROM accounts WHERE id = {k}"))
+            .await;
+        let notices: Vec<String> = r
+            .messages
+            .iter()
+            .filter(|(t, _)| *t == b'N' || *t == b'E')
+            .map(|(_, b)| crate::harness::field(b, b'M'))
+            .collect();
+        assert!(notices.is_empty(), "account {k}: {notices:?}");
+    }
+    drop(a);
+    let b = connect(&url(port)).await.unwrap();
+    for k in &keys {
+        let r = sum_of(&b, &format!("SELECT balance FROM accounts WHERE id = {k}")).await;
+        assert!(r.is_ok(), "another client, account {k}: {r:?}");
+    }
+    assert_eq!(
+        sum_of(&b, "SELECT sum(balance) FROM accounts").await,
+        Ok(TOTAL)
+    );
+}
