@@ -688,9 +688,7 @@ async fn review18h_statements_without_a_snapshot_first_in_a_block() {
     let o_writer = oracle.connect(0).await;
     let mut want = Vec::new();
     for first in firsts {
-        let got = first_then_read(&o_reader, &o_writer, 1, first).await;
-        eprintln!("oracle {first}: {got:?}");
-        want.push(got);
+        want.push(first_then_read(&o_reader, &o_writer, 1, first).await);
     }
     let mut wrong = Vec::new();
     for consistent in [false, true] {
@@ -782,6 +780,17 @@ async fn review18h_set_constraints_is_no_session_setting() {
             .map(|(_, b)| crate::harness::field(b, b'M'))
             .collect();
         assert!(notices.is_empty(), "account {k}: {notices:?}");
+    }
+    // Its command tags are PostgreSQL's, in a block and outside one.
+    let oracle = crate::harness::oracle_server().await;
+    let mut o = RawClient::connect(oracle.ports()[0]).await;
+    for sql in [
+        "BEGIN; SET CONSTRAINTS ALL DEFERRED; COMMIT",
+        "SET CONSTRAINTS ALL IMMEDIATE",
+    ] {
+        let (want, got) = (o.query(sql).await, a.query(sql).await);
+        assert_eq!(got.tags(), want.tags(), "{sql}");
+        assert_eq!(got.status, want.status, "{sql}");
     }
     drop(a);
     let b = connect(&url(port)).await.unwrap();
