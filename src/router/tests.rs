@@ -140,6 +140,10 @@ fn transaction_control_and_settings() {
         ),
         ("SET LOCAL work_mem = '1MB'", Plan::Set(SetCommand::Local)),
         (
+            "SET CONSTRAINTS ALL DEFERRED",
+            Plan::Set(SetCommand::Local),
+        ),
+        (
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
             Plan::Set(SetCommand::Local),
         ),

@@ -44,7 +44,13 @@ impl Session {
                 .iter()
                 .all(|(_, sql)| consistent::snapshot_free(sql))
             && consistent::keeps_snapshot(self.block_level());
-        if (snapshots || tagged)
+        // (Only a shard joining runs the tag: a statement on the block's
+        // shards alone, a `SET LOCAL` after the `LOCK`, takes no snapshot.)
+        let joins = self
+            .txn
+            .as_ref()
+            .is_some_and(|t| targets.iter().any(|(s, _)| !t.has(*s)));
+        if (snapshots || tagged && joins)
             && !free
             && self.needs_snapshot_everywhere()
             && !self.snapshot_everywhere().await?
@@ -551,8 +557,9 @@ impl Session {
             if let (Some(what), true) = (outside, self.txn.as_ref().is_some_and(|t| t.segment)) {
                 self.warn(TxnMisuse::OutsideBlock(what)).await?;
             }
-            let tag = match first {
-                Some("reset") => "RESET",
+            let tag = match (first, words.get(1).map(String::as_str)) {
+                (Some("reset"), _) => "RESET",
+                (_, Some("constraints")) => "SET CONSTRAINTS",
                 _ => "SET",
             };
             match transaction_set(stmt) {

@@ -72,11 +72,12 @@ pub(super) fn takes_snapshot(sql: &str) -> bool {
 }
 
 /// Whether PostgreSQL runs the statement without taking a snapshot though
-/// it reaches a shard (`LOCK`, `SHOW`; `SET` and block control never join
+/// it reaches a shard (`LOCK`, `SHOW`, `NOTIFY`, `LISTEN`, `UNLISTEN`:
+/// `PlannedStmtRequiresSnapshot`; `SET` and block control never join
 /// one): in a block that keeps its first snapshot, the snapshot is the next
 /// statement's.
 pub(super) fn snapshot_free(sql: &str) -> bool {
-    crate::router::first_word_in(sql, &["lock", "show"])
+    crate::router::first_word_in(sql, &["lock", "show", "notify", "listen", "unlisten"])
 }
 
 /// Whether a utility statement takes the transaction's snapshot when it

@@ -88,16 +88,30 @@ pub fn tag_sql(tag: Tag) -> String {
 /// waits). Shared advisory locks held by a session show in `pg_locks` as
 /// the transaction's do. The connection gives it back
 /// ([`session_untag_sql`]) before it is used again.
+///
+/// Run outside the client's transaction, the `SELECT` is a transaction of
+/// its own, at the session's default level: READ COMMITTED, named, so that
+/// a session whose defaults are SERIALIZABLE, READ ONLY and DEFERRABLE does
+/// not wait there for a safe snapshot where PostgreSQL's `SHOW` or `LOCK`
+/// takes none.
 pub fn session_tag_sql(tag: Tag) -> String {
-    let mut sql = String::with_capacity(TAG_SQL_MAX);
-    push_call(&mut sql, "pg_advisory_lock_shared", tag);
-    sql
+    read_committed_call("pg_advisory_lock_shared", tag)
 }
 
-/// Gives back the session's [`session_tag_sql`].
+/// Gives back the session's [`session_tag_sql`] (read committed, as it:
+/// at the next checkout, under the client's defaults).
 pub fn session_untag_sql(tag: Tag) -> String {
-    let mut sql = String::with_capacity(TAG_SQL_MAX);
-    push_call(&mut sql, "pg_advisory_unlock_shared", tag);
+    read_committed_call("pg_advisory_unlock_shared", tag)
+}
+
+/// `function(k1, k2)` of the tag in a READ COMMITTED transaction of its own.
+fn read_committed_call(function: &str, tag: Tag) -> String {
+    const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; ";
+    const COMMIT: &str = "; COMMIT";
+    let mut sql = String::with_capacity(BEGIN.len() + TAG_SQL_MAX + COMMIT.len());
+    sql.push_str(BEGIN);
+    push_call(&mut sql, function, tag);
+    sql.push_str(COMMIT);
     sql
 }
 
@@ -579,13 +593,12 @@ mod tests {
             assert_eq!(begin_sql("BEGIN", tag, true), format!("BEGIN\n;{sql}"));
             assert_eq!(
                 session_tag_sql(tag),
-                format!("SELECT pg_advisory_lock_shared({k1}, {k2})")
+                format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_lock_shared({k1}, {k2}); COMMIT")
             );
             assert_eq!(
                 session_untag_sql(tag),
-                format!("SELECT pg_advisory_unlock_shared({k1}, {k2})")
+                format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_unlock_shared({k1}, {k2}); COMMIT")
             );
-            assert!(session_untag_sql(tag).len() <= TAG_SQL_MAX);
         }
         assert_eq!(begin_sql("BEGIN", Tag(5), false), "BEGIN");
     }

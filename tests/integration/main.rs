@@ -38,6 +38,7 @@ mod review18d;
 mod review18e;
 mod review18f;
 mod review18g;
+mod review18h;
 mod routing;
 mod sessions;
 mod shard_tls;

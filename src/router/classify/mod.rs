@@ -105,7 +105,9 @@ pub(super) fn lexical(sql: &str) -> Result<Option<Plan>, RouteError> {
         {
             return unsupported("standard_conforming_strings = off is not supported by Pieskieo: it reads every statement with backslashes as ordinary characters in '...' strings, as PostgreSQL does by default; keep it on and write backslash escapes as E'...'")
         }
+        // `SET CONSTRAINTS` is no setting: it lasts to the transaction's end.
         ["set", "local", ..]
+        | ["set", "constraints", ..]
         | ["set", "transaction", ..]
         | ["set", "session", TXN_MODE_A | TXN_MODE_B | TXN_MODE_C, ..]
         | ["set" | "reset", TXN_MODE_A | TXN_MODE_B | TXN_MODE_C, ..] => Plan::Set(SetCommand::Local),
