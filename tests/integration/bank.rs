@@ -164,6 +164,32 @@ pub fn values(msgs: &[SimpleQueryMessage]) -> Vec<String> {
         .collect()
 }
 
+/// Adds 1 to account `k`'s balance (autocommit).
+pub async fn bump(writer: &Client, k: i64) {
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
+    )
+    .await;
+}
+
+/// The reader's block reads account `k` and commits; the writer puts the
+/// balance back to `START`. What the block read.
+pub async fn read_and_reset(reader: &Client, writer: &Client, k: i64) -> Result<i64, String> {
+    let got = sum_of(
+        reader,
+        &format!("SELECT balance FROM accounts WHERE id = {k}"),
+    )
+    .await;
+    exec(reader, "COMMIT").await;
+    exec(
+        writer,
+        &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
+    )
+    .await;
+    got
+}
+
 /// A client error as `SQLSTATE message`.
 pub fn code(e: &tokio_postgres::Error) -> String {
     format!(

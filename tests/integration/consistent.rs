@@ -759,26 +759,11 @@ async fn a_repeatable_read_block_joins_every_shard_at_its_first_statement() {
     let servers = Servers::start(SHARDS);
     let p = proxy(&servers, true, "").await;
     let c = connect(&url(p.addr.port())).await.unwrap();
-    let holding = || async {
-        let mut joined = 0;
-        for i in 0..SHARDS {
-            let s = servers.connect(i).await;
-            joined += value(
-                &s,
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()",
-            )
-            .await
-            .parse::<i64>()
-            .unwrap()
-            .min(1);
-        }
-        joined
-    };
     exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
     exec(&c, "SHOW application_name").await;
-    let after_show = holding().await;
+    let after_show = rv18_joined(&servers).await;
     exec(&c, "SELECT 1").await;
-    let after_select = holding().await;
+    let after_select = rv18_joined(&servers).await;
     exec(&c, "COMMIT").await;
     assert_eq!(after_show, 0, "a SHOW takes no snapshot");
     assert_eq!(

@@ -267,11 +267,7 @@ async fn locked_read(
     extended: bool,
 ) -> Result<i64, String> {
     exec(writer, "BEGIN").await;
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
-    )
-    .await;
+    crate::bank::bump(writer, k).await;
     exec(reader, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
     let sql = "LOCK TABLE accounts IN SHARE MODE";
     let lock = async {
@@ -285,18 +281,7 @@ async fn locked_read(
     assert!(waited.is_err(), "the LOCK did not wait for the writer");
     exec(writer, "COMMIT").await;
     lock.await.map_err(|e| code(&e))?;
-    let got = sum_of(
-        reader,
-        &format!("SELECT balance FROM accounts WHERE id = {k}"),
-    )
-    .await;
-    exec(reader, "COMMIT").await;
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
-    )
-    .await;
-    got
+    crate::bank::read_and_reset(reader, writer, k).await
 }
 
 /// `SHOW` as a REPEATABLE READ block's first statement takes no snapshot
@@ -399,21 +384,6 @@ async fn shown_read(
         false => reader.simple_query("SHOW work_mem").await.map(|_| ()),
     }
     .map_err(|e| code(&e))?;
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
-    )
-    .await;
-    let got = sum_of(
-        reader,
-        &format!("SELECT balance FROM accounts WHERE id = {k}"),
-    )
-    .await;
-    exec(reader, "COMMIT").await;
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
-    )
-    .await;
-    got
+    crate::bank::bump(writer, k).await;
+    crate::bank::read_and_reset(reader, writer, k).await
 }

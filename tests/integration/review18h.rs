@@ -43,6 +43,38 @@ async fn extended_outcomes(c: &tokio_postgres::Client, statements: &[&str]) -> V
     out
 }
 
+/// `statements` through the extended protocol at a session level of READ
+/// COMMITTED, then of REPEATABLE READ.
+async fn outcomes_at_levels(c: &tokio_postgres::Client, statements: &[&str]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for level in ["read committed", "repeatable read"] {
+        exec(c, &format!("SET default_transaction_isolation = '{level}'")).await;
+        out.push(extended_outcomes(c, statements).await);
+    }
+    out
+}
+
+/// [`outcomes_at_levels`] on one PostgreSQL (which must answer
+/// `expected`), then through the proxy with and without
+/// `consistent_reads`: what differs from PostgreSQL.
+async fn extended_at_levels(statements: &[&str], expected: Vec<Vec<&str>>) -> Vec<String> {
+    let (_oracle, o) = oracle().await;
+    let want = outcomes_at_levels(&o, statements).await;
+    assert_eq!(want, expected, "PostgreSQL itself");
+    let mut wrong = Vec::new();
+    for consistent in [false, true] {
+        let (_servers, _p, port, _keys) = bank_cluster(consistent, "").await;
+        let c = connect(&url(port)).await.unwrap();
+        let got = outcomes_at_levels(&c, statements).await;
+        if got != want {
+            wrong.push(format!(
+                "consistent_reads = {consistent}: {got:?}, PostgreSQL {want:?} (read committed, repeatable read)"
+            ));
+        }
+    }
+    wrong
+}
+
 /// Outside a transaction block PostgreSQL refuses `LOCK TABLE` (`25P01`,
 /// "LOCK TABLE can only be used in transaction blocks"), through the
 /// extended protocol too: a Sync segment's implicit transaction is no
@@ -57,41 +89,8 @@ async fn extended_outcomes(c: &tokio_postgres::Client, statements: &[&str]) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "review18h: an extended-protocol LOCK outside a block is granted (PostgreSQL: 25P01), the segment spanning shards is made a block; left to the lead"]
 async fn review18h_an_extended_lock_outside_a_block_is_refused() {
-    let (_oracle, o) = oracle().await;
-    let levels = ["read committed", "repeatable read"];
     let lock = ["LOCK TABLE accounts IN SHARE MODE"];
-    let mut want = Vec::new();
-    for level in levels {
-        exec(
-            &o,
-            &format!("SET default_transaction_isolation = '{level}'"),
-        )
-        .await;
-        want.push(extended_outcomes(&o, &lock).await);
-    }
-    assert_eq!(
-        want,
-        vec![vec!["25P01"], vec!["25P01"]],
-        "PostgreSQL itself"
-    );
-    let mut wrong = Vec::new();
-    for consistent in [false, true] {
-        let (_servers, _p, port, _keys) = bank_cluster(consistent, "").await;
-        let c = connect(&url(port)).await.unwrap();
-        for (level, want) in levels.iter().zip(&want) {
-            exec(
-                &c,
-                &format!("SET default_transaction_isolation = '{level}'"),
-            )
-            .await;
-            let got = extended_outcomes(&c, &lock).await;
-            if &got != want {
-                wrong.push(format!(
-                    "consistent_reads = {consistent}, {level}: {got:?}, PostgreSQL {want:?}"
-                ));
-            }
-        }
-    }
+    let wrong = extended_at_levels(&lock, vec![vec!["25P01"], vec!["25P01"]]).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
@@ -147,11 +146,7 @@ async fn implicit_locked_read(
     )
     .await;
     exec(writer, "BEGIN").await;
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
-    )
-    .await;
+    crate::bank::bump(writer, k).await;
     let sql =
         format!("LOCK TABLE accounts IN SHARE MODE; SELECT balance FROM accounts WHERE id = {k}");
     let read = sum_of(reader, &sql);
@@ -423,41 +418,8 @@ async fn review18h_probe_a_failed_flushed_segment_rolls_back_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "review18h: an extended-protocol VACUUM of a sharded table is refused with 25001 (PostgreSQL runs it), the segment spanning shards is made a block; left to the lead"]
 async fn review18h_an_extended_vacuum_runs_outside_a_block() {
-    let (_oracle, o) = oracle().await;
-    let levels = ["read committed", "repeatable read"];
     let statements = ["VACUUM accounts", "ANALYZE accounts"];
-    let mut want = Vec::new();
-    for level in levels {
-        exec(
-            &o,
-            &format!("SET default_transaction_isolation = '{level}'"),
-        )
-        .await;
-        want.push(extended_outcomes(&o, &statements).await);
-    }
-    assert_eq!(
-        want,
-        vec![vec!["ok", "ok"], vec!["ok", "ok"]],
-        "PostgreSQL itself"
-    );
-    let mut wrong = Vec::new();
-    for consistent in [false, true] {
-        let (_servers, _p, port, _keys) = bank_cluster(consistent, "").await;
-        let c = connect(&url(port)).await.unwrap();
-        for (level, want) in levels.iter().zip(&want) {
-            exec(
-                &c,
-                &format!("SET default_transaction_isolation = '{level}'"),
-            )
-            .await;
-            let got = extended_outcomes(&c, &statements).await;
-            if &got != want {
-                wrong.push(format!(
-                    "consistent_reads = {consistent}, {level}: {got:?}, PostgreSQL {want:?}"
-                ));
-            }
-        }
-    }
+    let wrong = extended_at_levels(&statements, vec![vec!["ok", "ok"], vec!["ok", "ok"]]).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
@@ -618,11 +580,7 @@ async fn raw_locked_read(
     how: How,
 ) -> Result<i64, String> {
     exec(writer, "BEGIN").await;
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
-    )
-    .await;
+    crate::bank::bump(writer, k).await;
     let r = reader.query(begin).await;
     assert!(r.error_codes().is_empty());
     let lock = "LOCK TABLE accounts IN SHARE MODE";
@@ -724,23 +682,8 @@ async fn first_then_read(
             return Err(code(&e));
         }
     }
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
-    )
-    .await;
-    let got = sum_of(
-        reader,
-        &format!("SELECT balance FROM accounts WHERE id = {k}"),
-    )
-    .await;
-    exec(reader, "COMMIT").await;
-    exec(
-        writer,
-        &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
-    )
-    .await;
-    got
+    crate::bank::bump(writer, k).await;
+    crate::bank::read_and_reset(reader, writer, k).await
 }
 
 /// `SET CONSTRAINTS ALL DEFERRED` in a block lasts to the block's end in
