@@ -81,26 +81,21 @@ impl Session {
         let Some(t) = self.txn() else {
             return Ok((false, None));
         };
-        let tag_before = detecting && free;
-        if tag_before {
-            let untag = t.untag_sql();
+        // Only a shard joining now runs the head (the tag's text is formatted).
+        let head = if missing.is_empty() {
+            Vec::new()
+        } else {
+            let (head, untag) = t.join_head(detecting, free);
             for p in joined.iter_mut() {
-                p.conn.untag = Some(untag.clone());
+                p.conn.untag.clone_from(&untag);
             }
-        }
+            head
+        };
         t.participants.extend(joined);
         if !t.snapshot {
             t.snapshot = snapshots;
         }
         let mut parts = std::mem::take(&mut t.participants);
-        // Only a shard joining now runs the head (the tag's text is formatted).
-        let head = if missing.is_empty() {
-            Vec::new()
-        } else if tag_before {
-            t.head_tagged_before()
-        } else {
-            t.head(detecting)
-        };
 
         for (shard, _) in targets {
             let Some(i) = parts.iter().position(|p| p.shard() == *shard) else {

@@ -99,6 +99,19 @@ impl Txn {
         head
     }
 
+    /// What a shard joining the block runs first, and what its connection
+    /// then owes at its next checkout: with `free` (it joins for a
+    /// statement that takes no snapshot, in a block that keeps its first
+    /// one) and the detector on, [`Txn::head_tagged_before`] and the tag's
+    /// giving back; else [`Txn::head`].
+    pub(super) fn join_head(&self, detecting: bool, free: bool) -> (Vec<String>, Option<String>) {
+        if detecting && free {
+            (self.head_tagged_before(), Some(self.untag_sql()))
+        } else {
+            (self.head(detecting), None)
+        }
+    }
+
     /// `BEGIN` and the prelude, for a server session that holds the tag
     /// already ([`Txn::head_tagged_before`]).
     pub(super) fn head_untagged(&self) -> Vec<String> {

@@ -85,18 +85,8 @@ pub(super) fn snapshot_free(sql: &str) -> bool {
 /// one (`SHOW`, `SET`, `LOCK`, `LISTEN`, `NOTIFY`, `FETCH`, ...).
 pub(super) fn utility_takes_snapshot(sql: &str) -> bool {
     takes_snapshot(sql)
-        && !crate::router::first_word_in(
-            sql,
-            &[
-                "lock",
-                "listen",
-                "unlisten",
-                "notify",
-                "checkpoint",
-                "fetch",
-                "move",
-            ],
-        )
+        && !snapshot_free(sql)
+        && !crate::router::first_word_in(sql, &["checkpoint", "fetch", "move"])
 }
 
 /// Whether a statement the classifier proved read-only runs in a portal

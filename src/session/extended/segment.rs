@@ -26,12 +26,7 @@ impl Session {
                 let p = t.participants.swap_remove(pos);
                 return Ok((Slot::Participant { wrote: p.wrote }, p.conn));
             }
-            let tag_before = free && detecting;
-            let (head, untag) = if tag_before {
-                (t.head_tagged_before(), Some(t.untag_sql()))
-            } else {
-                (t.head(detecting), None)
-            };
+            let (head, untag) = t.join_head(detecting, free);
             let mut conn = self.checkout(shard).await?;
             conn.untag = untag;
             for q in head {
