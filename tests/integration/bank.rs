@@ -123,6 +123,34 @@ pub async fn until_prepared_on(servers: &Servers, shards: &[usize], settle: Dura
     tokio::time::sleep(settle).await;
 }
 
+/// Waits until a backend on one of the shards waits for a lock (a reader
+/// sent behind a DDL's relation lock has reached it), then 50 ms more.
+pub async fn until_lock_waiter(servers: &Servers) {
+    let mut clients = Vec::new();
+    for i in 0..SHARDS {
+        clients.push(servers.connect(i).await);
+    }
+    let t = Instant::now();
+    'wait: loop {
+        for c in &clients {
+            let n = crate::harness::value(
+                c,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event <> 'advisory'",
+            )
+            .await;
+            if n != "0" {
+                break 'wait;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no backend waited on a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 /// Fresh shards, a proxy over them (`consistent_reads` as given, extra
 /// `[txn]` lines), and the accounts (`accounts`): the shards, the proxy,
 /// its port and the accounts' keys.

@@ -932,7 +932,7 @@ async fn lock_wait(
             .map(|_| ())
             .map_err(|e| e.code().map_or(e.to_string(), |c| c.code().to_string()))
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::bank::until_lock_waiter(&servers).await;
     let commit = tokio::time::timeout(Duration::from_secs(8), t.simple_query("COMMIT")).await;
     let committed = matches!(commit, Ok(Ok(_)));
     eprintln!("rv18 lock wait ({consistent}, {reader_sql}): commit = {commit:?}");
@@ -1687,7 +1687,7 @@ async fn ddl_lock_wait(
         };
         done.map_err(|e| e.code().map_or(e.to_string(), |c| c.code().to_string()))
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::bank::until_lock_waiter(&servers).await;
     let commit = tokio::time::timeout(Duration::from_secs(8), t.simple_query("COMMIT")).await;
     eprintln!("ddl commit: {commit:?}");
     let rd = tokio::time::timeout(Duration::from_secs(2), reader).await;

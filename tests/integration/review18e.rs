@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 use crate::bank::{
-    abandon_transfer_once_prepared, bank_cluster, code, sum_of, transfer_sql, until_prepared_on,
-    url, SHARDS, START,
+    abandon_transfer_once_prepared, bank_cluster, code, sum_of, transfer_sql, until_lock_waiter,
+    until_prepared_on, url, SHARDS, START,
 };
 use crate::harness::{connect, exec, prepared, RawClient, Servers};
 
@@ -55,7 +55,7 @@ async fn review18e_waiters_coming_and_going_do_not_hide_a_stall() {
     let r = connect(&url(port)).await.unwrap();
     let stuck =
         tokio::spawn(async move { r.simple_query(sum).await.map(|_| ()).map_err(|e| code(&e)) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_lock_waiter(&_servers).await;
     let started = Instant::now();
     let commit = {
         let t = t.clone();
@@ -100,10 +100,12 @@ async fn review18e_waiters_coming_and_going_do_not_hide_a_stall() {
     eprintln!(
         "commit {done:?} after {took:?}; {cancelled} waiters cancelled; stalled reader {reader:?}"
     );
-    // (At least one cancel per churning client: on a loaded machine their
-    // rounds are slow, and a COMMIT that is not held up ends them early.)
+    // (At least one cancel: on a loaded machine a round of cancel takes
+    // hundreds of milliseconds, and a COMMIT that is not held up ends the
+    // churn after a few. Unloaded, the old code kept the COMMIT waiting for
+    // the whole 8 s, which the next assertion catches.)
     assert!(
-        cancelled >= 3,
+        cancelled >= 1,
         "the churn did not run ({cancelled} cancels)"
     );
     assert!(
