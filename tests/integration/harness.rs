@@ -140,32 +140,58 @@ impl Servers {
             ("log_statement", "'all'"),
         ];
         fast.extend_from_slice(extra);
-        let mut servers = Vec::new();
         let mut me = Servers {
             servers: Vec::new(),
             dir: dir.clone(),
         };
-        for i in 0..n {
-            let mut s =
-                LocalServer::create(&bindir, &dir.join(format!("shard{i}")), free_port(), &fast)
-                    .unwrap_or_else(|e| panic!("initdb: {e}"));
-            for (name, from) in files {
-                s.install_file(name, from)
-                    .unwrap_or_else(|e| panic!("shard {i}: {e}"));
+        let template = template(&bindir);
+        // Each server is copied and started in a thread of its own: a
+        // start is mostly waiting for the server.
+        let started: Vec<Result<LocalServer, String>> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..n)
+                .map(|i| {
+                    let (template, dir, fast) = (&template, &dir, &fast);
+                    scope.spawn(move || {
+                        let mut s = LocalServer::create_from(
+                            template,
+                            &dir.join(format!("shard{i}")),
+                            free_port(),
+                            fast,
+                        )
+                        .map_err(|e| format!("initdb: {e}"))?;
+                        for (name, from) in files {
+                            s.install_file(name, from)
+                                .map_err(|e| format!("shard {i}: {e}"))?;
+                        }
+                        // A free port can be taken by another process before the
+                        // server binds it: then another port (the port is only
+                        // pg_ctl's option).
+                        let mut tries = 0;
+                        while let Err(e) = s.start() {
+                            tries += 1;
+                            if tries >= 5 || !e.contains("Address already in use") {
+                                return Err(format!("start shard {i}: {e}"));
+                            }
+                            s.port = free_port();
+                        }
+                        Ok(s)
+                    })
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| Err("a start panicked".into())))
+                .collect()
+        });
+        let mut failed = Vec::new();
+        for s in started {
+            match s {
+                Ok(s) => me.servers.push(s),
+                Err(e) => failed.push(e),
             }
-            // A free port can be taken by another process before the server
-            // binds it: then another port (the port is only pg_ctl's option).
-            let mut tries = 0;
-            while let Err(e) = s.start() {
-                tries += 1;
-                if tries >= 5 || !e.contains("Address already in use") {
-                    panic!("start shard {i}: {e}");
-                }
-                s.port = free_port();
-            }
-            servers.push(s.clone());
-            me.servers.push(s);
         }
+        // (The servers that did start are stopped by `me`'s drop.)
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
         me
     }
 
@@ -185,6 +211,31 @@ impl Servers {
             .await
             .unwrap_or_else(|e| panic!("shard {i}: {e}"))
     }
+}
+
+/// The data directory every test server is copied from, made by `initdb`
+/// once per test process, in cargo's temporary directory (templates of
+/// processes that have ended are removed then).
+fn template(bindir: &std::path::Path) -> PathBuf {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("pg-template-")
+                    .and_then(|p| p.split('.').next());
+                if pid.is_some_and(|p| !PathBuf::from(format!("/proc/{p}")).exists()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            let template = root.join(format!("pg-template-{}", std::process::id()));
+            LocalServer::create_template(bindir, &template)
+                .unwrap_or_else(|e| panic!("initdb: {e}"));
+            template
+        })
+        .clone()
 }
 
 impl Drop for Servers {
