@@ -138,6 +138,8 @@ impl Servers {
             ("shared_buffers", "'16MB'"),
             ("timezone", "'UTC'"),
             ("log_statement", "'all'"),
+            // No JIT: it compiles the few costly test queries, for nothing.
+            ("jit", "off"),
         ];
         fast.extend_from_slice(extra);
         let mut me = Servers {
