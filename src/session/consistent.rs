@@ -383,6 +383,24 @@ impl Session {
         Ok(true)
     }
 
+    /// Before a utility statement the proxy answers itself that takes the
+    /// transaction's snapshot in PostgreSQL (`PREPARE`, `DEALLOCATE`): in
+    /// a block, the snapshot is taken now (every shard at once when the
+    /// block keeps it under the fence), and the isolation level is fixed.
+    /// `Ok(false)`: that failed and the client was told.
+    pub(super) async fn snapshot_for_own_utility(&mut self) -> std::io::Result<bool> {
+        if self.txn.is_none() {
+            return Ok(true);
+        }
+        if self.needs_snapshot_everywhere() && !self.snapshot_everywhere().await? {
+            return Ok(false);
+        }
+        if let Some(t) = self.txn.as_mut() {
+            t.snapshot = true;
+        }
+        Ok(true)
+    }
+
     /// [`Session::snapshot_everywhere`] for a caller that reports errors
     /// itself (a shard about to join for an extended-protocol message).
     pub(super) async fn join_everywhere_or(&mut self) -> Result<(), Error> {
