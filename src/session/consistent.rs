@@ -65,10 +65,14 @@ pub(super) fn keeps_snapshot(level: Option<&str>) -> bool {
     matches!(level, Some("repeatable read" | "serializable"))
 }
 
-/// Whether the statement takes a snapshot (everything but `SHOW`, `SET`
-/// and `RESET`, as the block's own bookkeeping counts it).
+/// Whether the statement takes a snapshot (everything but `SHOW`, `SET`,
+/// `RESET` and the savepoint commands, a `TransactionStmt` to PostgreSQL,
+/// as the block's own bookkeeping counts it).
 pub(super) fn takes_snapshot(sql: &str) -> bool {
-    !crate::router::first_word_in(sql, &["show", "set", "reset"])
+    !crate::router::first_word_in(
+        sql,
+        &["show", "set", "reset", "savepoint", "release", "rollback"],
+    )
 }
 
 /// Whether PostgreSQL runs the statement without taking a snapshot though

@@ -137,3 +137,64 @@ async fn review18i_prepare_in_a_block_runs_in_the_block() {
     let wrong = against_postgresql(&sessions).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// In a REPEATABLE READ block whose shards joined with a `SHOW` or a
+/// `LOCK` (no snapshot taken yet, as in PostgreSQL), a `SAVEPOINT`,
+/// `RELEASE` or `ROLLBACK TO` (a `TransactionStmt`: PostgreSQL takes no
+/// snapshot for it) was counted as a statement that takes one: the proxy
+/// took the block's snapshot on every shard there, so a one-shard commit
+/// after it was missed by the block's first query (3000 where
+/// PostgreSQL reads 3001), and a `SET TRANSACTION ISOLATION LEVEL` after
+/// `SAVEPOINT` and `RELEASE` was refused with `25001` (PostgreSQL accepts
+/// it: no query ran, no subtransaction is open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18i_savepoint_commands_take_no_snapshot() {
+    let bump = "w:UPDATE accounts SET balance = balance + 1 WHERE id = {k}";
+    let reset = "w:UPDATE accounts SET balance = 1000 WHERE id = {k}";
+    let sum = "SELECT sum(balance) FROM accounts";
+    let rr = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+    let sessions = vec![
+        vec![
+            rr,
+            "SHOW work_mem",
+            "SAVEPOINT a",
+            bump,
+            sum,
+            "ROLLBACK",
+            reset,
+        ],
+        vec![
+            rr,
+            "SAVEPOINT a",
+            "SHOW work_mem",
+            "ROLLBACK TO a",
+            bump,
+            sum,
+            "ROLLBACK",
+            reset,
+        ],
+        vec![
+            rr,
+            "SAVEPOINT a",
+            "LOCK TABLE accounts",
+            "RELEASE a",
+            bump,
+            sum,
+            "ROLLBACK",
+            reset,
+        ],
+        vec![
+            "BEGIN",
+            "SHOW work_mem",
+            "SAVEPOINT a",
+            "RELEASE a",
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            bump,
+            sum,
+            "ROLLBACK",
+            reset,
+        ],
+    ];
+    let wrong = against_postgresql(&sessions).await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
