@@ -43,6 +43,18 @@ impl Session {
                 self.write(&protocol::no_data()).await?;
                 return Ok(true);
             }
+            // Block control and `SET`, which the session runs itself,
+            // have no result columns: described here, as in a failed
+            // block. A shard that joined to describe them would take a
+            // REPEATABLE READ block's snapshot (and its deadlock tag's)
+            // where PostgreSQL takes none.
+            if matches!(self.shared.plan(&s.sql), Ok(p) if p.is_block_control() || matches!(p, Plan::Set(_)))
+            {
+                let types = s.types.clone();
+                self.write(&protocol::parameter_description(&types)).await?;
+                self.write(&protocol::no_data()).await?;
+                return Ok(true);
+            }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
             self.ext.free_now = s.free;
             // consistent_reads: the Parse sent with the Describe takes a
