@@ -66,22 +66,33 @@ pub(super) fn keeps_snapshot(level: Option<&str>) -> bool {
 }
 
 /// Whether the statement takes a snapshot (everything but `SHOW`, `SET`,
-/// `RESET` and the savepoint commands, a `TransactionStmt` to PostgreSQL,
-/// as the block's own bookkeeping counts it).
+/// `RESET`, the savepoint commands — a `TransactionStmt` to PostgreSQL —
+/// and `CHECKPOINT`, as the block's own bookkeeping counts it).
 pub(super) fn takes_snapshot(sql: &str) -> bool {
     !crate::router::first_word_in(
         sql,
-        &["show", "set", "reset", "savepoint", "release", "rollback"],
+        &[
+            "show",
+            "set",
+            "reset",
+            "savepoint",
+            "release",
+            "rollback",
+            "checkpoint",
+        ],
     )
 }
 
 /// Whether PostgreSQL runs the statement without taking a snapshot though
-/// it reaches a shard (`LOCK`, `SHOW`, `NOTIFY`, `LISTEN`, `UNLISTEN`:
-/// `PlannedStmtRequiresSnapshot`; `SET` and block control never join
-/// one): in a block that keeps its first snapshot, the snapshot is the next
-/// statement's.
+/// it reaches a shard (`LOCK`, `SHOW`, `NOTIFY`, `LISTEN`, `UNLISTEN`,
+/// `CHECKPOINT`: `PlannedStmtRequiresSnapshot`; `SET` and block control
+/// never join one): in a block that keeps its first snapshot, the snapshot
+/// is the next statement's.
 pub(super) fn snapshot_free(sql: &str) -> bool {
-    crate::router::first_word_in(sql, &["lock", "show", "notify", "listen", "unlisten"])
+    crate::router::first_word_in(
+        sql,
+        &["lock", "show", "notify", "listen", "unlisten", "checkpoint"],
+    )
 }
 
 /// Whether a utility statement takes the transaction's snapshot when it
