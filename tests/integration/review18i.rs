@@ -1,14 +1,24 @@
-//! Adversarial review (ninth round) of `consistent_reads`: statements
-//! the proxy answers itself in a block (SQL `PREPARE`, `DEALLOCATE`),
-//! ... Each test asserts what one PostgreSQL does or what the README
-//! promises and fails on the code before its fix, or is ignored with the
-//! reason. The probes (`review18i_probe_*`, ignored) pass.
+//! Adversarial review (ninth round) of `consistent_reads`: where a
+//! REPEATABLE READ block takes its snapshot when its first statements are
+//! ones the proxy runs itself or that PostgreSQL runs without a snapshot
+//! (SQL `PREPARE` and `DEALLOCATE`, savepoint commands, their extended
+//! protocol Describes, `CHECKPOINT`), compared session by session with one
+//! PostgreSQL; SERIALIZABLE across shards; multi-shard writes of every kind
+//! and readers that go away in the fence. Each test asserts what one
+//! PostgreSQL does or what the README promises and fails on the code
+//! before its fix, or is ignored with the reason. The probes
+//! (`review18i_probe_*`, ignored) pass: the suspicions that did not hold.
 //! Run one with `cargo test --test integration -- review18i::<name> --nocapture`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::bank::{bank_cluster, url, values, START};
-use crate::harness::{connect, exec, Servers};
+use crate::bank::{
+    bank_cluster, code, paused_transfer, sum_of, transfer_sql, until_prepared_on, url, values,
+    SHARDS, START,
+};
+use crate::harness::{connect, exec, value, RawClient, Servers};
+
+const TOTAL: i64 = START * SHARDS as i64;
 
 /// One plain PostgreSQL with accounts 1, 2 and 3 holding `START` each.
 async fn oracle() -> Servers {
@@ -386,4 +396,182 @@ async fn review18i_a_write_skew_across_shards_is_not_serializable() {
     )
     .await;
     assert_eq!(got, want, "a write skew across shards");
+}
+
+/// The consistent-read fence's advisory locks granted on shard 0 (the
+/// lock shard): `LOCK_KEY` as PostgreSQL shows a one-key lock.
+const FENCE_LOCKS: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885955443 AND objid = 1801875043 AND objsubid = 1 AND granted";
+
+/// After `what`: a transfer and a sum go through at once (each within 3 s;
+/// a transfer pauses after its decision here) and, once idle, the fence's
+/// lock is given back.
+async fn fence_free(servers: &Servers, port: u16, keys: &[i64], what: &str) {
+    let w = connect(&url(port)).await.unwrap();
+    let t = tokio::time::timeout(
+        Duration::from_secs(3),
+        w.simple_query(&transfer_sql(keys[0], keys[2])),
+    )
+    .await;
+    assert!(matches!(t, Ok(Ok(_))), "{what}: a transfer after it: {t:?}");
+    let s = tokio::time::timeout(
+        Duration::from_secs(3),
+        sum_of(&w, "SELECT sum(balance) FROM accounts"),
+    )
+    .await;
+    assert_eq!(s, Ok(Ok(TOTAL)), "{what}: a sum after it");
+    let lock_shard = servers.connect(0).await;
+    let t = Instant::now();
+    while value(&lock_shard, FENCE_LOCKS).await != "0" {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{what}: the fence's lock is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A reader that goes away while it waits in the fence behind a transfer
+/// paused after its decision — its client sends Terminate, or closes its
+/// socket, in autocommit, in a REPEATABLE READ block, for a `FOR UPDATE`
+/// read and an extended-protocol portal — or whose multi-statement query
+/// fails mid-way (a multi-shard division by zero, in autocommit and in a
+/// REPEATABLE READ block): nothing is left behind (`fence_free`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review18i: a probe that passes"]
+async fn review18i_probe_readers_gone_in_the_fence_leave_nothing() {
+    let (servers, _p, port, keys) =
+        bank_cluster(true, "test_failpoint = \"after_decision:pause=800\"").await;
+    let query = |s: &str| {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        b
+    };
+    let rr_sum = "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT sum(balance) FROM accounts";
+    for (what, sql, terminate) in [
+        ("terminate", "SELECT sum(balance) FROM accounts", true),
+        ("close", "SELECT sum(balance) FROM accounts", false),
+        ("rr close", rr_sum, false),
+        ("rr terminate", rr_sum, true),
+        (
+            "for update close",
+            "SELECT balance FROM accounts FOR UPDATE",
+            false,
+        ),
+    ] {
+        let t = paused_transfer(&servers, port, keys[1], keys[2]).await;
+        let mut raw = RawClient::connect(port).await;
+        raw.send(b'Q', &query(sql)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if terminate {
+            raw.send(b'X', &[]).await;
+        }
+        drop(raw);
+        let _ = t.await;
+        fence_free(&servers, port, &keys, what).await;
+    }
+    let t = paused_transfer(&servers, port, keys[1], keys[2]).await;
+    let mut raw = RawClient::connect(port).await;
+    raw.send(
+        b'P',
+        &crate::harness::parse("", "SELECT balance FROM accounts"),
+    )
+    .await;
+    raw.send(b'B', &crate::harness::bind("", &[])).await;
+    raw.send(b'E', &[0, 0, 0, 0, 0]).await;
+    raw.send(b'S', &[]).await;
+    raw.send(b'X', &[]).await;
+    drop(raw);
+    let _ = t.await;
+    fence_free(&servers, port, &keys, "extended terminate").await;
+    let c = connect(&url(port)).await.unwrap();
+    for (what, sql) in [
+        (
+            "error mid-query",
+            "SELECT sum(balance) FROM accounts; SELECT balance / 0 FROM accounts; SELECT 1",
+        ),
+        (
+            "rr error mid-query",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT balance / 0 FROM accounts; COMMIT",
+        ),
+    ] {
+        let t = paused_transfer(&servers, port, keys[1], keys[2]).await;
+        let r = c.simple_query(sql).await.map_err(|e| code(&e));
+        assert!(
+            matches!(&r, Err(e) if e.starts_with("22012")),
+            "{what}: {r:?}"
+        );
+        let _ = c.simple_query("ROLLBACK").await;
+        let _ = t.await;
+        fence_free(&servers, port, &keys, what).await;
+    }
+}
+
+/// Multi-shard writes in autocommit, each committed by two-phase commit
+/// and paused after its decision: a read of every account in that commit
+/// phase sees each whole (the count and sum before it or after it) —
+/// `UPDATE` of every shard, an implicit block of two `UPDATE`s, a split
+/// `INSERT`, `DELETE`, `COPY FROM STDIN`, `INSERT ... SELECT` of
+/// `VALUES`, `TRUNCATE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "review18i: a probe that passes"]
+async fn review18i_probe_multi_shard_writes_are_seen_whole() {
+    let (servers, _p, port, keys) =
+        bank_cluster(true, "test_failpoint = \"after_decision:pause=1000\"").await;
+    let map = pieskieo::router::ShardMap::from_config(&crate::bank::config(&servers, false, ""));
+    // New keys on shards 1 and 2.
+    let fresh: Vec<i64> = [1usize, 2]
+        .iter()
+        .map(|&s| {
+            (101..)
+                .find(|k| {
+                    !keys.contains(k)
+                        && matches!(
+                            pieskieo::router::plan(&format!("SELECT 1 FROM accounts WHERE id = {k}"), &map),
+                            Ok(pieskieo::router::Plan::Forward { route: pieskieo::router::Route::One(x), .. }) if x.0 as usize == s
+                        )
+                })
+                .unwrap()
+        })
+        .collect();
+    let (a, b, k1, k2) = (fresh[0], fresh[1], keys[1], keys[2]);
+    let state = "SELECT count(*) * 100000 + coalesce(sum(balance), 0) FROM accounts";
+    let writes = [
+        "UPDATE accounts SET balance = balance + 1".to_string(),
+        format!("UPDATE accounts SET balance = balance - 1 WHERE id = {k1}; UPDATE accounts SET balance = balance + 1 WHERE id = {k2}"),
+        format!("INSERT INTO accounts (id, balance) VALUES ({a}, 5), ({b}, 5)"),
+        format!("DELETE FROM accounts WHERE id IN ({a}, {b})"),
+        "COPY accounts (id, balance) FROM STDIN".to_string(),
+        format!("DELETE FROM accounts WHERE id IN ({a}, {b})"),
+        format!("INSERT INTO accounts (id, balance) SELECT x, 5 FROM (VALUES ({a}), ({b})) v(x)"),
+        "TRUNCATE accounts".to_string(),
+    ];
+    let r = connect(&url(port)).await.unwrap();
+    for sql in writes {
+        let before = sum_of(&r, state).await;
+        let copy = sql.starts_with("COPY");
+        let rows = format!("{a}\t5\n{b}\t5\n");
+        let w = tokio::spawn(async move {
+            if copy {
+                let mut raw = RawClient::connect(port).await;
+                let mut q = sql.into_bytes();
+                q.push(0);
+                raw.send(b'Q', &q).await;
+                while raw.read().await.0 != b'G' {}
+                raw.send(b'd', rows.as_bytes()).await;
+                raw.send(b'c', &[]).await;
+                let reply = raw.until_ready().await;
+                return reply.error_codes().is_empty();
+            }
+            let c = connect(&url(port)).await.unwrap();
+            c.simple_query(&sql).await.is_ok()
+        });
+        until_prepared_on(&servers, &[0, 1, 2], Duration::from_millis(200)).await;
+        let during = sum_of(&r, state).await;
+        assert!(w.await.unwrap(), "the write failed");
+        let after = sum_of(&r, state).await;
+        assert!(
+            during == before || during == after,
+            "a write seen by halves: before {before:?}, during {during:?}, after {after:?}"
+        );
+    }
 }
