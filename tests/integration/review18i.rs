@@ -398,6 +398,86 @@ async fn review18i_a_write_skew_across_shards_is_not_serializable() {
     assert_eq!(got, want, "a write skew across shards");
 }
 
+/// tokio-postgres prepares each statement (Parse, Describe, Sync) before
+/// it binds and executes it. The Describe of a utility statement (`DO`,
+/// `CREATE TEMP TABLE`, `ANALYZE`, `COMMENT`, SQL `PREPARE`, `DEALLOCATE`)
+/// in a REPEATABLE READ block joined a shard the way a query does, taking
+/// the block's snapshot (on every shard at once) at the Describe, where
+/// PostgreSQL takes it at the statement's Execute (its Parse takes none):
+/// a one-shard commit between the two was missed by the block (3000 where
+/// PostgreSQL reads 3001). The shard now joins as for a `SHOW`, and the
+/// Bind takes the snapshot everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18i_describing_a_utility_statement_takes_no_snapshot() {
+    async fn run(
+        c: &tokio_postgres::Client,
+        w: &tokio_postgres::Client,
+        k: i64,
+        utility: &str,
+    ) -> String {
+        exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+        let prepared = c.prepare(utility).await;
+        exec(
+            w,
+            &format!("UPDATE accounts SET balance = balance + 1 WHERE id = {k}"),
+        )
+        .await;
+        let ran = match prepared {
+            Ok(st) => c.execute(&st, &[]).await.map(|_| ()).map_err(|e| code(&e)),
+            Err(e) => Err(code(&e)),
+        };
+        let sum = sum_of(c, "SELECT sum(balance) FROM accounts").await;
+        let _ = c.simple_query("ROLLBACK").await;
+        exec(
+            w,
+            &format!("UPDATE accounts SET balance = {START} WHERE id = {k}"),
+        )
+        .await;
+        let _ = c.simple_query("DEALLOCATE ALL").await;
+        format!("{ran:?} {sum:?}")
+    }
+    let oracle = oracle().await;
+    let (_servers, _p, port, keys) = bank_cluster(true, "").await;
+    let mut wrong = Vec::new();
+    for u in [
+        "DO $$BEGIN END$$",
+        "CREATE TEMP TABLE made (x int)",
+        "ANALYZE accounts",
+        "COMMENT ON TABLE accounts IS 'x'",
+        "PREPARE x AS SELECT 1",
+        "DEALLOCATE ALL",
+    ] {
+        let want = run(&oracle.connect(0).await, &oracle.connect(0).await, 1, u).await;
+        let c = connect(&url(port)).await.unwrap();
+        let got = run(&c, &connect(&url(port)).await.unwrap(), keys[1], u).await;
+        if got != want {
+            wrong.push(format!("{u}: proxy {got}, PostgreSQL {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Under transfers between shards 1 and 2, a REPEATABLE READ block
+/// prepares a utility statement (its shard joins without a snapshot, see
+/// above), runs it, and sums every account: each sum is the bank's total
+/// (the Bind took the snapshot on every shard at once, under the fence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review18i_a_utility_statement_prepared_first_is_whole() {
+    let (servers, _p, port, keys) =
+        bank_cluster(true, "test_failpoint = \"after_decision:pause=300\"").await;
+    let c = connect(&url(port)).await.unwrap();
+    for _ in 0..4 {
+        let t = paused_transfer(&servers, port, keys[1], keys[2]).await;
+        exec(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+        let st = c.prepare("DO $$BEGIN END$$").await.unwrap();
+        c.execute(&st, &[]).await.unwrap();
+        let sum = sum_of(&c, "SELECT sum(balance) FROM accounts").await;
+        exec(&c, "COMMIT").await;
+        assert_eq!(sum, Ok(TOTAL), "the block saw half of a transfer");
+        t.await.unwrap().unwrap();
+    }
+}
+
 /// The consistent-read fence's advisory locks granted on shard 0 (the
 /// lock shard): `LOCK_KEY` as PostgreSQL shows a one-key lock.
 const FENCE_LOCKS: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885955443 AND objid = 1801875043 AND objsubid = 1 AND granted";

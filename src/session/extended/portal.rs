@@ -56,7 +56,10 @@ impl Session {
                 return Ok(true);
             }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
-            self.ext.free_now = s.free;
+            // A Parse that takes no snapshot (a utility statement's, which
+            // takes it at Execute) joins a shard as a `SHOW` does: the
+            // block's snapshot comes with its Bind, not before.
+            self.ext.free_now = s.free || !s.snapshot;
             // consistent_reads: the Parse sent with the Describe takes a
             // REPEATABLE READ block's snapshot on its shard (parse
             // analysis), as a Bind does: on every shard at once first.
