@@ -65,19 +65,34 @@ pub(super) fn keeps_snapshot(level: Option<&str>) -> bool {
     matches!(level, Some("repeatable read" | "serializable"))
 }
 
-/// Whether the statement takes a snapshot (everything but `SHOW`, `SET`
-/// and `RESET`, as the block's own bookkeeping counts it).
+/// Whether the statement takes a snapshot (everything but `SHOW`, `SET`,
+/// `RESET`, the savepoint commands — a `TransactionStmt` to PostgreSQL —
+/// and `CHECKPOINT`, as the block's own bookkeeping counts it).
 pub(super) fn takes_snapshot(sql: &str) -> bool {
-    !crate::router::first_word_in(sql, &["show", "set", "reset"])
+    !crate::router::first_word_in(
+        sql,
+        &[
+            "show",
+            "set",
+            "reset",
+            "savepoint",
+            "release",
+            "rollback",
+            "checkpoint",
+        ],
+    )
 }
 
 /// Whether PostgreSQL runs the statement without taking a snapshot though
-/// it reaches a shard (`LOCK`, `SHOW`, `NOTIFY`, `LISTEN`, `UNLISTEN`:
-/// `PlannedStmtRequiresSnapshot`; `SET` and block control never join
-/// one): in a block that keeps its first snapshot, the snapshot is the next
-/// statement's.
+/// it reaches a shard (`LOCK`, `SHOW`, `NOTIFY`, `LISTEN`, `UNLISTEN`,
+/// `CHECKPOINT`: `PlannedStmtRequiresSnapshot`; `SET` and block control
+/// never join one): in a block that keeps its first snapshot, the snapshot
+/// is the next statement's.
 pub(super) fn snapshot_free(sql: &str) -> bool {
-    crate::router::first_word_in(sql, &["lock", "show", "notify", "listen", "unlisten"])
+    crate::router::first_word_in(
+        sql,
+        &["lock", "show", "notify", "listen", "unlisten", "checkpoint"],
+    )
 }
 
 /// Whether a utility statement takes the transaction's snapshot when it
@@ -379,6 +394,24 @@ impl Session {
             && self.needs_snapshot_everywhere()
         {
             return self.snapshot_everywhere().await;
+        }
+        Ok(true)
+    }
+
+    /// Before a utility statement the proxy answers itself that takes the
+    /// transaction's snapshot in PostgreSQL (`PREPARE`, `DEALLOCATE`): in
+    /// a block, the snapshot is taken now (every shard at once when the
+    /// block keeps it under the fence), and the isolation level is fixed.
+    /// `Ok(false)`: that failed and the client was told.
+    pub(super) async fn snapshot_for_own_utility(&mut self) -> std::io::Result<bool> {
+        if self.txn.is_none() {
+            return Ok(true);
+        }
+        if self.needs_snapshot_everywhere() && !self.snapshot_everywhere().await? {
+            return Ok(false);
+        }
+        if let Some(t) = self.txn.as_mut() {
+            t.snapshot = true;
         }
         Ok(true)
     }

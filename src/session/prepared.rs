@@ -50,21 +50,28 @@ impl Session {
             backend,
             prepare,
         };
-        // Validate it where PostgreSQL would: a shard says whether it parses.
-        let mut conn = match self.checkout(self.shared.map().default_shard).await {
-            Ok(c) => c,
-            Err(e) => return self.error(e).await,
-        };
-        match ensure_prepared(&mut conn, Some((&stmt.backend, &stmt.prepare))).await {
-            Ok(None) => {}
-            Ok(Some(err)) => {
-                self.write(&err.bytes).await?;
-                self.fail();
-                return Ok(false);
-            }
-            Err(e) => return self.error(e.into()).await,
+        // PostgreSQL's PREPARE takes the block's snapshot.
+        if !self.snapshot_for_own_utility().await? {
+            return Ok(false);
         }
-        match parameter_types(&mut conn, &stmt.backend).await {
+        // Validate it where PostgreSQL would: a shard says whether it
+        // parses. In a block, the block's own connection there, which sees
+        // the tables the block created; a pooled one would not, and would
+        // wait for good behind the locks the block holds.
+        let default = self.shared.map().default_shard;
+        let (backend, prepare) = (stmt.backend.as_str(), stmt.prepare.as_str());
+        let checked = match self
+            .txn
+            .as_mut()
+            .and_then(|t| t.participants.iter_mut().find(|p| p.shard() == default))
+        {
+            Some(p) => validate(&mut p.conn, backend, prepare).await,
+            None => match self.checkout(default).await {
+                Ok(mut conn) => validate(&mut conn, backend, prepare).await,
+                Err(e) => return self.error(e).await,
+            },
+        };
+        match checked {
             Ok(Ok(params)) => stmt.params = params,
             Ok(Err(err)) => {
                 self.write(&err.bytes).await?;
@@ -73,7 +80,6 @@ impl Session {
             }
             Err(e) => return self.error(e.into()).await,
         }
-        drop(conn);
         self.sql_prepared.insert(name, stmt);
         self.complete("PREPARE").await
     }
@@ -126,6 +132,10 @@ impl Session {
     }
 
     pub(super) async fn sql_deallocate(&mut self, name: Option<String>) -> std::io::Result<bool> {
+        // As PostgreSQL's DEALLOCATE, it takes the block's snapshot.
+        if !self.snapshot_for_own_utility().await? {
+            return Ok(false);
+        }
         match name {
             None => {
                 self.sql_prepared.clear();
@@ -137,6 +147,19 @@ impl Session {
                 .await?),
         }
     }
+}
+
+/// Creates `backend` on `conn` with `prepare` (if it lacks it) and reads
+/// its parameter types: PostgreSQL's error if it refused either.
+async fn validate(
+    conn: &mut ServerConn,
+    backend: &str,
+    prepare: &str,
+) -> Result<Result<Vec<String>, crate::protocol::Frame>, BackendError> {
+    if let Some(err) = ensure_prepared(conn, Some((backend, prepare))).await? {
+        return Ok(Err(err));
+    }
+    parameter_types(conn, backend).await
 }
 
 /// The statement's parameter types as PostgreSQL resolved them, read on

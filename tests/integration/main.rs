@@ -39,6 +39,7 @@ mod review18e;
 mod review18f;
 mod review18g;
 mod review18h;
+mod review18i;
 mod routing;
 mod sessions;
 mod shard_tls;

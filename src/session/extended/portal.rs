@@ -43,8 +43,23 @@ impl Session {
                 self.write(&protocol::no_data()).await?;
                 return Ok(true);
             }
+            // Block control and `SET`, which the session runs itself,
+            // have no result columns: described here, as in a failed
+            // block. A shard that joined to describe them would take a
+            // REPEATABLE READ block's snapshot (and its deadlock tag's)
+            // where PostgreSQL takes none.
+            if matches!(self.shared.plan(&s.sql), Ok(p) if p.is_block_control() || matches!(p, Plan::Set(_)))
+            {
+                let types = s.types.clone();
+                self.write(&protocol::parameter_description(&types)).await?;
+                self.write(&protocol::no_data()).await?;
+                return Ok(true);
+            }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
-            self.ext.free_now = s.free;
+            // A Parse that takes no snapshot (a utility statement's, which
+            // takes it at Execute) joins a shard as a `SHOW` does: the
+            // block's snapshot comes with its Bind, not before.
+            self.ext.free_now = s.free || !s.snapshot;
             // consistent_reads: the Parse sent with the Describe takes a
             // REPEATABLE READ block's snapshot on its shard (parse
             // analysis), as a Bind does: on every shard at once first.
