@@ -20,6 +20,22 @@ use crate::harness::{connect, exec, value, RawClient, Servers};
 
 const TOTAL: i64 = START * SHARDS as i64;
 
+/// The steps the sessions compared with one PostgreSQL share: a one-shard
+/// commit on another client (`w:`) of a key `{k}`, its undoing, the sum of
+/// every balance, and a REPEATABLE READ block's start.
+const BUMP: &str = "w:UPDATE accounts SET balance = balance + 1 WHERE id = {k}";
+const RESET: &str = "w:UPDATE accounts SET balance = 1000 WHERE id = {k}";
+const SUM: &str = "SELECT sum(balance) FROM accounts";
+const RR: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+
+/// `steps`, then a one-shard commit on another client, the block's SUM,
+/// `ROLLBACK` and the commit undone.
+fn then_read(steps: &[&'static str]) -> Vec<&'static str> {
+    let mut v = steps.to_vec();
+    v.extend([BUMP, SUM, "ROLLBACK", RESET]);
+    v
+}
+
 /// One plain PostgreSQL with accounts 1, 2 and 3 holding `START` each.
 async fn oracle() -> Servers {
     let oracle = Servers::start(1);
@@ -111,31 +127,19 @@ async fn against_postgresql(sessions: &[Vec<&str>]) -> Vec<String> {
 /// connection to the default shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18i_prepare_in_a_block_runs_in_the_block() {
-    let bump = "w:UPDATE accounts SET balance = balance + 1 WHERE id = {k}";
-    let reset = "w:UPDATE accounts SET balance = 1000 WHERE id = {k}";
-    let sum = "SELECT sum(balance) FROM accounts";
-    let rr = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     let sessions = vec![
         vec![
-            rr,
+            RR,
             "PREPARE x AS SELECT 1",
-            bump,
-            sum,
+            BUMP,
+            SUM,
             "ROLLBACK",
             "DEALLOCATE x",
-            reset,
+            RESET,
         ],
+        then_read(&["PREPARE y AS SELECT 1", RR, "DEALLOCATE y"]),
         vec![
-            "PREPARE y AS SELECT 1",
-            rr,
-            "DEALLOCATE y",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
-        vec![
-            rr,
+            RR,
             "PREPARE x AS SELECT 1",
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
             "ROLLBACK",
@@ -171,51 +175,22 @@ async fn review18i_prepare_in_a_block_runs_in_the_block() {
 /// it: no query ran, no subtransaction is open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18i_savepoint_commands_take_no_snapshot() {
-    let bump = "w:UPDATE accounts SET balance = balance + 1 WHERE id = {k}";
-    let reset = "w:UPDATE accounts SET balance = 1000 WHERE id = {k}";
-    let sum = "SELECT sum(balance) FROM accounts";
-    let rr = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     let sessions = vec![
-        vec![
-            rr,
-            "SHOW work_mem",
-            "SAVEPOINT a",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
-        vec![
-            rr,
-            "SAVEPOINT a",
-            "SHOW work_mem",
-            "ROLLBACK TO a",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
-        vec![
-            rr,
+        then_read(&[RR, "SHOW work_mem", "SAVEPOINT a"]),
+        then_read(&[RR, "SAVEPOINT a", "SHOW work_mem", "ROLLBACK TO a"]),
+        then_read(&[
+            RR,
             "SAVEPOINT a",
             "LOCK TABLE accounts IN ACCESS SHARE MODE",
             "RELEASE a",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
-        vec![
+        ]),
+        then_read(&[
             "BEGIN",
             "SHOW work_mem",
             "SAVEPOINT a",
             "RELEASE a",
             "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
+        ]),
     ];
     let wrong = against_postgresql(&sessions).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -232,49 +207,21 @@ async fn review18i_savepoint_commands_take_no_snapshot() {
 /// statements it runs itself (no result columns), as in a failed block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18i_describing_a_savepoint_or_set_takes_no_snapshot() {
-    let bump = "w:UPDATE accounts SET balance = balance + 1 WHERE id = {k}";
-    let reset = "w:UPDATE accounts SET balance = 1000 WHERE id = {k}";
-    let sum = "SELECT sum(balance) FROM accounts";
-    let rr = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     let sessions = vec![
-        vec![
-            rr,
-            "x:SAVEPOINT a",
-            "x:SHOW work_mem",
-            "x:ROLLBACK TO a",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
-        vec![
-            rr,
+        then_read(&[RR, "x:SAVEPOINT a", "x:SHOW work_mem", "x:ROLLBACK TO a"]),
+        then_read(&[
+            RR,
             "x:SAVEPOINT a",
             "x:LOCK TABLE accounts IN ACCESS SHARE MODE",
             "x:RELEASE a",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
-        vec![
-            rr,
-            "x:SET LOCAL work_mem = '8MB'",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
-        vec![
+        ]),
+        then_read(&[RR, "x:SET LOCAL work_mem = '8MB'"]),
+        then_read(&[
             "BEGIN",
             "x:SAVEPOINT a",
             "x:RELEASE a",
             "x:SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
+        ]),
     ];
     let wrong = against_postgresql(&sessions).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -289,25 +236,17 @@ async fn review18i_describing_a_savepoint_or_set_takes_no_snapshot() {
 /// ISOLATION LEVEL` after it was refused with `25001`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18i_a_checkpoint_takes_no_snapshot() {
-    let bump = "w:UPDATE accounts SET balance = balance + 1 WHERE id = {k}";
-    let reset = "w:UPDATE accounts SET balance = 1000 WHERE id = {k}";
-    let sum = "SELECT sum(balance) FROM accounts";
-    let rr = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     let sessions = vec![
-        vec![rr, "CHECKPOINT", bump, sum, "ROLLBACK", reset],
-        vec![rr, "x:CHECKPOINT", bump, sum, "ROLLBACK", reset],
-        vec![
+        then_read(&[RR, "CHECKPOINT"]),
+        then_read(&[RR, "x:CHECKPOINT"]),
+        then_read(&[
             "BEGIN",
             "CHECKPOINT",
             "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-            bump,
-            sum,
+            BUMP,
+            SUM,
             "x:SELECT 1",
-            bump,
-            sum,
-            "ROLLBACK",
-            reset,
-        ],
+        ]),
     ];
     let wrong = against_postgresql(&sessions).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -464,7 +403,7 @@ async fn review18i_describing_a_utility_statement_takes_no_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review18i_a_utility_statement_prepared_first_is_whole() {
     let (servers, _p, port, keys) =
-        bank_cluster(true, "test_failpoint = \"after_decision:pause=300\"").await;
+        bank_cluster(true, "test_failpoint = \"after_decision:pause=1500\"").await;
     let c = connect(&url(port)).await.unwrap();
     for _ in 0..4 {
         let t = paused_transfer(&servers, port, keys[1], keys[2]).await;
