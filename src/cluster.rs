@@ -86,9 +86,6 @@ pub struct LocalServer {
     owner: Option<(u32, u32)>,
 }
 
-/// The file in a template's data directory naming the binaries that made it.
-const TEMPLATE_BINDIR: &str = "pieskieo_bindir";
-
 /// The `postgres` superuser's password on servers this module creates.
 pub const SUPERUSER_PASSWORD: &str = "postgres";
 
@@ -148,15 +145,14 @@ impl LocalServer {
     /// `settings`): `initdb` takes over a second of CPU, the copy a tenth,
     /// and the tests start hundreds of servers.
     pub fn create_from(
+        bindir: &Path,
         template: &Path,
         data_dir: &Path,
         port: u16,
         settings: &[(&str, &str)],
     ) -> Result<LocalServer, String> {
-        let bindir = std::fs::read_to_string(template.join(TEMPLATE_BINDIR))
-            .map_err(|e| format!("{}: {e}", template.display()))?;
         let server = LocalServer {
-            bindir: PathBuf::from(bindir),
+            bindir: bindir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             port,
             owner: run_as()?,
@@ -188,8 +184,6 @@ impl LocalServer {
         let making = template.with_extension("making");
         let _ = std::fs::remove_dir_all(&making);
         LocalServer::create(bindir, &making, 0, &[])?;
-        std::fs::write(making.join(TEMPLATE_BINDIR), bindir.display().to_string())
-            .map_err(|e| format!("{}: {e}", making.display()))?;
         std::fs::rename(&making, template).map_err(|e| format!("{}: {e}", template.display()))
     }
 

@@ -123,6 +123,22 @@ pub async fn until_prepared_on(servers: &Servers, shards: &[usize], settle: Dura
     tokio::time::sleep(settle).await;
 }
 
+/// One plain PostgreSQL, the oracle the reviews compare sessions with,
+/// with accounts `1..=n` holding `START` each.
+pub async fn oracle_accounts(n: i64) -> Servers {
+    let oracle = Servers::start(1);
+    let values: Vec<String> = (1..=n).map(|k| format!("({k}, {START})")).collect();
+    exec(
+        &oracle.connect(0).await,
+        &format!(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL); INSERT INTO accounts VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+    oracle
+}
+
 /// Waits until a backend on one of the shards waits for a lock (a reader
 /// sent behind a DDL's relation lock has reached it), then 50 ms more.
 pub async fn until_lock_waiter(servers: &Servers) {

@@ -152,9 +152,10 @@ impl Servers {
         let started: Vec<Result<LocalServer, String>> = std::thread::scope(|scope| {
             let starts: Vec<_> = (0..n)
                 .map(|i| {
-                    let (template, dir, fast) = (&template, &dir, &fast);
+                    let (bindir, template, dir, fast) = (&bindir, &template, &dir, &fast);
                     scope.spawn(move || {
                         let mut s = LocalServer::create_from(
+                            bindir,
                             template,
                             &dir.join(format!("shard{i}")),
                             free_port(),

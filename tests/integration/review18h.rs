@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::bank::{bank_cluster, code, sum_of, url, SHARDS, START};
+use crate::bank::{bank_cluster, code, oracle_accounts, sum_of, url, SHARDS, START};
 use crate::harness::{bind, connect, exec, parse, RawClient, Servers};
 
 const TOTAL: i64 = START * SHARDS as i64;
@@ -18,15 +18,11 @@ const TOTAL: i64 = START * SHARDS as i64;
 /// The proxy's deadlock tags a shard's server sessions hold.
 const TAGS: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid::int8 >> 16 = 28777";
 
-/// One plain PostgreSQL with an `accounts` table holding account 1.
+/// One plain PostgreSQL with an `accounts` table holding account 1, and
+/// a client of it.
 async fn oracle() -> (Servers, tokio_postgres::Client) {
-    let oracle = Servers::start(1);
+    let oracle = oracle_accounts(1).await;
     let c = oracle.connect(0).await;
-    exec(
-        &c,
-        &format!("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL); INSERT INTO accounts VALUES (1, {START})"),
-    )
-    .await;
     (oracle, c)
 }
 

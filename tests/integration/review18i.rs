@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use crate::bank::{
-    bank_cluster, code, paused_transfer, sum_of, transfer_sql, until_prepared_on, url, values,
-    SHARDS, START,
+    bank_cluster, code, oracle_accounts, paused_transfer, sum_of, transfer_sql, until_prepared_on,
+    url, values, SHARDS, START,
 };
 use crate::harness::{connect, exec, value, RawClient, Servers};
 
@@ -34,18 +34,6 @@ fn then_read(steps: &[&'static str]) -> Vec<&'static str> {
     let mut v = steps.to_vec();
     v.extend([BUMP, SUM, "ROLLBACK", RESET]);
     v
-}
-
-/// One plain PostgreSQL with accounts 1, 2 and 3 holding `START` each.
-async fn oracle() -> Servers {
-    let oracle = Servers::start(1);
-    let o = oracle.connect(0).await;
-    exec(
-        &o,
-        &format!("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL); INSERT INTO accounts VALUES (1, {START}), (2, {START}), (3, {START})"),
-    )
-    .await;
-    oracle
 }
 
 /// Runs `steps` on `c` (a step starting `w:` on `w`, with `{k}` as the key
@@ -97,7 +85,7 @@ async fn session(
 /// Each of `sessions` on one PostgreSQL and through the proxy with
 /// `consistent_reads` on, on fresh connections: what differs.
 async fn against_postgresql(sessions: &[Vec<&str>]) -> Vec<String> {
-    let oracle = oracle().await;
+    let oracle = oracle_accounts(3).await;
     let (_servers, _p, port, keys) = bank_cluster(true, "").await;
     let mut wrong = Vec::new();
     for steps in sessions {
@@ -320,7 +308,7 @@ async fn review18i_a_write_skew_across_shards_is_not_serializable() {
         }
         out
     }
-    let oracle = oracle().await;
+    let oracle = oracle_accounts(3).await;
     let want = skew(&oracle.connect(0).await, &oracle.connect(0).await, 1, 2).await;
     assert!(
         want.contains(&"40001".to_string()),
@@ -375,7 +363,7 @@ async fn review18i_describing_a_utility_statement_takes_no_snapshot() {
         let _ = c.simple_query("DEALLOCATE ALL").await;
         format!("{ran:?} {sum:?}")
     }
-    let oracle = oracle().await;
+    let oracle = oracle_accounts(3).await;
     let (_servers, _p, port, keys) = bank_cluster(true, "").await;
     let mut wrong = Vec::new();
     for u in [

@@ -20,36 +20,32 @@ impl Session {
                     .error(Error::Name(NameError::NoStatement(name.to_string())))
                     .await?);
             };
-            if self.block == Block::Failed {
-                // PostgreSQL describes only statements without result
-                // columns in a failed block: those the session runs, and
-                // those a shard of the block describes without columns.
-                let rows = matches!(
-                    self.shared.plan(&s.sql),
-                    Ok(Plan::Forward { .. }
-                        | Plan::Merge { .. }
-                        | Plan::Split { .. }
-                        | Plan::NeedKeys(_)
-                        | Plan::NeedColumns(_)
-                        | Plan::Staged(_)
-                        | Plan::Replicate)
-                        | Err(_)
-                );
-                if rows {
-                    return self.describe_in_failed_block(name).await;
-                }
-                let types = s.types.clone();
-                self.write(&protocol::parameter_description(&types)).await?;
-                self.write(&protocol::no_data()).await?;
-                return Ok(true);
+            let plan = self.shared.plan(&s.sql);
+            // PostgreSQL describes only statements without result columns
+            // in a failed block: those the session runs, and those a shard
+            // of the block describes without columns.
+            let rows = matches!(
+                plan,
+                Ok(Plan::Forward { .. }
+                    | Plan::Merge { .. }
+                    | Plan::Split { .. }
+                    | Plan::NeedKeys(_)
+                    | Plan::NeedColumns(_)
+                    | Plan::Staged(_)
+                    | Plan::Replicate)
+                    | Err(_)
+            );
+            if self.block == Block::Failed && rows {
+                return self.describe_in_failed_block(name).await;
             }
-            // Block control and `SET`, which the session runs itself,
-            // have no result columns: described here, as in a failed
-            // block. A shard that joined to describe them would take a
-            // REPEATABLE READ block's snapshot (and its deadlock tag's)
-            // where PostgreSQL takes none.
-            if matches!(self.shared.plan(&s.sql), Ok(p) if p.is_block_control() || matches!(p, Plan::Set(_)))
-            {
+            // Block control and `SET`, which the session runs itself, have
+            // no result columns either: described here, in any block. A
+            // shard that joined to describe them would take a REPEATABLE
+            // READ block's snapshot (and its deadlock tag's) where
+            // PostgreSQL takes none.
+            let session_runs =
+                matches!(&plan, Ok(p) if p.is_block_control() || matches!(p, Plan::Set(_)));
+            if self.block == Block::Failed || session_runs {
                 let types = s.types.clone();
                 self.write(&protocol::parameter_description(&types)).await?;
                 self.write(&protocol::no_data()).await?;
