@@ -1133,7 +1133,16 @@ async fn committers_ask_for_the_lock(servers: &Servers, killed: &[String]) -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_connection_killed_before_the_decision_is_taken_again() {
     let servers = Servers::start(SHARDS);
-    let readers = proxy(&servers, true, "recovery_grace_ms = 60000").await;
+    // The readers wait for the lock about 4.5 s behind the committer's
+    // retaken lock (the rest of its pause): past the 5 s default
+    // `control_timeout_ms` on a loaded machine, where a reader would fail
+    // for its timeout, not for the fence. So a long one here.
+    let readers = proxy(
+        &servers,
+        true,
+        "recovery_grace_ms = 60000\ncontrol_timeout_ms = 30000",
+    )
+    .await;
     let bank = Bank::open(&servers, readers.addr.port()).await;
     let w = proxy(
         &servers,
