@@ -6,19 +6,49 @@
 //! and written into the statement's text as typed literals.
 
 use super::*;
+use bytes::{BufMut, Bytes};
+
+use crate::protocol::{message, put_cstr};
 use crate::router::{execute_args, plan_bound};
 
 /// A statement prepared with SQL `PREPARE`.
 pub(super) struct SqlPrepared {
-    body: String,
+    pub(super) body: String,
     /// The parameter types PostgreSQL resolved, one per parameter, as
     /// schema-qualified names without typmod (which `EXECUTE` ignores):
     /// what each argument is coerced to.
-    params: Vec<String>,
+    pub(super) params: Vec<String>,
+    /// Its result columns as the shard that checked it described them (a
+    /// RowDescription, or NoData): the Describe of an `EXECUTE` of it in
+    /// the extended protocol, answered without a shard (PostgreSQL's own
+    /// Describe of a utility statement takes no snapshot).
+    pub(super) columns: Bytes,
     /// Its name on server connections.
     backend: String,
     /// The `PREPARE` that creates it there, from the client's own text.
     prepare: String,
+}
+
+impl SqlPrepared {
+    /// `EXECUTE` of it with `args` under its name on server connections.
+    pub(super) fn execute_text(&self, args: &str) -> String {
+        if args.is_empty() {
+            format!("EXECUTE {}", self.backend)
+        } else {
+            format!("EXECUTE {} ({args})", self.backend)
+        }
+    }
+
+    /// What a server connection needs before that `EXECUTE`: its name
+    /// there and the `PREPARE` that creates it.
+    pub(super) fn needs(&self) -> (String, String) {
+        (self.backend.clone(), self.prepare.clone())
+    }
+
+    /// How an `EXECUTE` of it with `args` routes.
+    pub(super) fn plan(&self, map: &router::ShardMap, args: &str) -> Result<Plan, RouteError> {
+        plan_bound(&self.body, map, &execute_args(args))
+    }
 }
 
 fn backend_name(types: &str, body: &str) -> String {
@@ -47,6 +77,7 @@ impl Session {
         let mut stmt = SqlPrepared {
             body,
             params: Vec::new(),
+            columns: protocol::no_data(),
             backend,
             prepare,
         };
@@ -72,7 +103,7 @@ impl Session {
             },
         };
         match checked {
-            Ok(Ok(params)) => stmt.params = params,
+            Ok(Ok((params, columns))) => (stmt.params, stmt.columns) = (params, columns),
             Ok(Err(err)) => {
                 self.write(&err.bytes).await?;
                 self.fail();
@@ -94,13 +125,9 @@ impl Session {
                 .error(Error::Name(NameError::NoStatement(name.to_string())))
                 .await;
         };
-        let plan = plan_bound(&stmt.body, &self.shared.map(), &execute_args(&args));
-        let text = if args.is_empty() {
-            format!("EXECUTE {}", stmt.backend)
-        } else {
-            format!("EXECUTE {} ({args})", stmt.backend)
-        };
-        self.need_prepared = Some((stmt.backend.clone(), stmt.prepare.clone()));
+        let plan = stmt.plan(&self.shared.map(), &args);
+        let text = stmt.execute_text(&args);
+        self.need_prepared = Some(stmt.needs());
         let (body, params) = (stmt.body.clone(), stmt.params.clone());
         let r = match plan {
             Ok(Plan::Forward { route, write }) => self.forward(&text, route, write).await,
@@ -150,16 +177,41 @@ impl Session {
 }
 
 /// Creates `backend` on `conn` with `prepare` (if it lacks it) and reads
-/// its parameter types: PostgreSQL's error if it refused either.
+/// its parameter types and its result columns (a RowDescription or
+/// NoData): PostgreSQL's error if it refused.
 async fn validate(
     conn: &mut ServerConn,
     backend: &str,
     prepare: &str,
-) -> Result<Result<Vec<String>, crate::protocol::Frame>, BackendError> {
+) -> Result<Result<(Vec<String>, Bytes), crate::protocol::Frame>, BackendError> {
     if let Some(err) = ensure_prepared(conn, Some((backend, prepare))).await? {
         return Ok(Err(err));
     }
-    parameter_types(conn, backend).await
+    let params = match parameter_types(conn, backend).await? {
+        Ok(p) => p,
+        Err(err) => return Ok(Err(err)),
+    };
+    // A statement SQL created is one the protocol's Describe finds too.
+    let describe = message(b'D', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, backend);
+    });
+    conn.send_extended(&describe).await?;
+    conn.send_sync().await?;
+    conn.flush().await?;
+    let mut columns = protocol::no_data();
+    let mut err = None;
+    for f in executor::read_until(conn, b"Z").await? {
+        match f.tag {
+            b'T' | b'n' => columns = f.bytes,
+            b'E' => err = Some(f),
+            _ => {}
+        }
+    }
+    Ok(match err {
+        Some(err) => Err(err),
+        None => Ok((params, columns)),
+    })
 }
 
 /// The statement's parameter types as PostgreSQL resolved them, read on
@@ -294,33 +346,8 @@ impl Session {
         args: &str,
         plan: Result<Plan, RouteError>,
     ) -> std::io::Result<bool> {
-        let literals = if params.is_empty() && args.is_empty() {
-            Vec::new()
-        } else {
-            let mut conn = match self.checkout(self.shared.map().default_shard).await {
-                Ok(c) => c,
-                Err(e) => return self.error(e).await,
-            };
-            match evaluate_arguments(&mut conn, name, params, args).await {
-                Ok(Arguments::Literals(l)) => l,
-                Ok(Arguments::Refused(err)) => {
-                    self.write(&err.bytes).await?;
-                    self.fail();
-                    return Ok(false);
-                }
-                Err(e) => return self.error(e.into()).await,
-            }
-        };
-        let Some(text) = router::inline_params(body, &literals) else {
-            return match plan {
-                Err(e) => self.error(Error::Route(e)).await,
-                Ok(_) => {
-                    self.error(Error::Unsupported(
-                        "EXECUTE of a prepared SELECT that needs a cross-shard merge is supported only when its arguments can be written into its text; run the SELECT itself".into(),
-                    ))
-                    .await
-                }
-            };
+        let Some(text) = self.inline_execute(name, body, params, args, plan).await? else {
+            return Ok(false);
         };
         match router::plan(&text, &self.shared.map()) {
             Ok(Plan::Merge { route, plan }) => self.merge_across(route, plan).await,
@@ -335,6 +362,48 @@ impl Session {
             }
             Err(e) => self.error(Error::Route(e)).await,
         }
+    }
+
+    /// The body of `EXECUTE name (args)` with its arguments, evaluated, in
+    /// place of its `$n`: `None` when that failed (the client was told).
+    pub(super) async fn inline_execute(
+        &mut self,
+        name: &str,
+        body: &str,
+        params: &[String],
+        args: &str,
+        plan: Result<Plan, RouteError>,
+    ) -> std::io::Result<Option<String>> {
+        let literals = if params.is_empty() && args.is_empty() {
+            Vec::new()
+        } else {
+            let mut conn = match self.checkout(self.shared.map().default_shard).await {
+                Ok(c) => c,
+                Err(e) => return self.error(e).await.map(|_| None),
+            };
+            match evaluate_arguments(&mut conn, name, params, args).await {
+                Ok(Arguments::Literals(l)) => l,
+                Ok(Arguments::Refused(err)) => {
+                    self.write(&err.bytes).await?;
+                    self.fail();
+                    return Ok(None);
+                }
+                Err(e) => return self.error(e.into()).await.map(|_| None),
+            }
+        };
+        if let Some(text) = router::inline_params(body, &literals) {
+            return Ok(Some(text));
+        }
+        match plan {
+            Err(e) => self.error(Error::Route(e)).await?,
+            Ok(_) => {
+                self.error(Error::Unsupported(
+                    "EXECUTE of a prepared SELECT that needs a cross-shard merge is supported only when its arguments can be written into its text; run the SELECT itself".into(),
+                ))
+                .await?
+            }
+        };
+        Ok(None)
     }
 }
 

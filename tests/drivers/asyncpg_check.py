@@ -70,6 +70,19 @@ async def main(url, a, b):
         raise AssertionError("duplicate accepted")
     except asyncpg.UniqueViolationError as e:
         assert e.sqlstate == "23505"
+    # SQL PREPARE and EXECUTE: asyncpg prepares every query, so the
+    # EXECUTE is described (its statement's columns) and bound with binary
+    # results, one shard's and a merged read's.
+    await conn.execute("PREPARE bal (bigint) AS SELECT id, balance FROM accounts WHERE id = $1")
+    await conn.execute("PREPARE everyone AS SELECT count(*) AS n, sum(balance) AS total FROM accounts")
+    row = await conn.fetchrow(f"EXECUTE bal({a})")
+    assert (row["id"], row["balance"]) == (a, 90), row
+    stmt = await conn.prepare(f"EXECUTE bal({b})")
+    assert [x.name for x in stmt.get_attributes()] == ["id", "balance"]
+    assert await stmt.fetchval(column=1) == 110
+    row = await conn.fetchrow("EXECUTE everyone")
+    assert (row["n"], row["total"]) == (2, 200), row
+    await conn.execute("DEALLOCATE ALL")
     await conn.close()
     print("asyncpg ok")
 

@@ -17,6 +17,7 @@ mod demo;
 mod differential_sessions;
 mod dirty;
 mod drivers;
+mod execute_extended;
 mod extended;
 mod faults;
 mod hashing;

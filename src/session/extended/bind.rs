@@ -115,6 +115,8 @@ impl Session {
             return Ok(self.error(Error::Client(e)).await?);
         }
         let select = super::consistent::binds_snapshot(&stmt.sql);
+        // The statement bound on the shards, when not the client's.
+        let mut via = None;
         let (shards, merge, write) = match plan {
             Plan::Forward {
                 route: Route::Any,
@@ -238,18 +240,71 @@ impl Session {
                     return Box::pin(self.ext_bind(body)).await;
                 }
             }
+            // SQL `EXECUTE` of a statement this session prepared, routed by
+            // its arguments: bound on its shards as `EXECUTE` of the
+            // statement's name there (created first), so a shard describes
+            // the portal and honours its result formats and row limits, as
+            // PostgreSQL does. A read the proxy merges or runs in stages is
+            // bound as its text with the arguments written in. A name not
+            // prepared (PostgreSQL finds that out when the portal runs) and
+            // other kinds of statement are run by the session at Execute.
+            Plan::Execute { name, args } if self.sql_prepared.contains_key(&name) => {
+                let (types, client_sql) = (stmt.types.clone(), stmt.sql.clone());
+                let map = self.shared.map();
+                let Some(target) = self.sql_prepared.get(&name) else {
+                    return Ok(false);
+                };
+                let (text, need) = (target.execute_text(&args), target.needs());
+                let (body, params) = (target.body.clone(), target.params.clone());
+                let routed = match target.plan(&map, &args) {
+                    Ok(Plan::Forward {
+                        route: Route::Any,
+                        write,
+                    }) => Some((vec![self.any_shard()], Merge::Union, write)),
+                    Ok(Plan::Forward { route, write }) => {
+                        Some((route.shards(n), Merge::Union, write))
+                    }
+                    Ok(Plan::Replicate) => Some((route_all(n), Merge::Copies, Writes::Yes)),
+                    plan @ (Ok(Plan::Merge { .. } | Plan::Staged(_))
+                    | Err(RouteError::Unsupported(_))) => {
+                        let inlined = self.inline_execute(&name, &body, &params, &args, plan);
+                        let Some(text) = inlined.await? else {
+                            return Ok(false);
+                        };
+                        let plan = router::plan(&text, &map);
+                        return self.bind_staged(text, plan, &b).await;
+                    }
+                    _ => None,
+                };
+                match routed {
+                    Some(routed) => {
+                        // It takes the block's snapshot when it runs: on
+                        // every shard at once first (consistent_reads).
+                        if self.block != Block::Failed
+                            && self.needs_snapshot_everywhere()
+                            && !self.snapshot_everywhere().await?
+                        {
+                            return Ok(false);
+                        }
+                        self.took_snapshot();
+                        self.ext.risky_now = router::may_change_settings(&body);
+                        let shape = ClientStmt::new(&text, types);
+                        via = Some(Via {
+                            parse: shape.parse_message(),
+                            backend: shape.backend,
+                            need,
+                        });
+                        routed
+                    }
+                    None => {
+                        let plan = Plan::Execute { name, args };
+                        return self.bind_control(b.portal, client_sql, plan).await;
+                    }
+                }
+            }
             control => {
                 let sql = stmt.sql.clone();
-                self.ext.portals.insert(
-                    b.portal.to_string(),
-                    PortalKind::Control {
-                        sql,
-                        plan: control,
-                        done: false,
-                    },
-                );
-                self.write(&protocol::bind_complete()).await?;
-                return Ok(true);
+                return self.bind_control(b.portal, sql, control).await;
             }
         };
         let portal = b.portal.to_string();
@@ -260,10 +315,18 @@ impl Session {
             Err(e) => return Ok(self.error(e).await?),
         };
         for (i, shard) in shards.iter().enumerate() {
-            if !self
-                .bind_on(*shard, &stmt_name, &portal, &rest, i == 0)
-                .await?
-            {
+            let bound = match &via {
+                Some(v) => {
+                    let need = Some(&v.need);
+                    self.bind_statement(*shard, &v.parse, &v.backend, &portal, &rest, i == 0, need)
+                        .await?
+                }
+                None => {
+                    self.bind_on(*shard, &stmt_name, &portal, &rest, i == 0)
+                        .await?
+                }
+            };
+            if !bound {
                 return Ok(false);
             }
         }
@@ -369,7 +432,7 @@ impl Session {
             let rest = b.subset(params, results.unwrap_or(b.results));
             let (parse, backend) = (derived.parse_message(), derived.backend);
             if !self
-                .bind_statement(*shard, &parse, &backend, b.portal, &rest, i == 0)
+                .bind_statement(*shard, &parse, &backend, b.portal, &rest, i == 0, None)
                 .await?
             {
                 return Ok(false);
@@ -471,6 +534,18 @@ impl Session {
     }
 
     /// Binds `portal` on a shard, preparing the statement there first if needed.
+    /// A portal the session runs itself at Execute.
+    async fn bind_control(&mut self, portal: &str, sql: String, plan: Plan) -> Result<bool, Fatal> {
+        let kind = PortalKind::Control {
+            sql,
+            plan,
+            done: false,
+        };
+        self.ext.portals.insert(portal.to_string(), kind);
+        self.write(&protocol::bind_complete()).await?;
+        Ok(true)
+    }
+
     pub(super) async fn bind_on(
         &mut self,
         shard: ShardId,
@@ -483,11 +558,14 @@ impl Session {
             return Ok(false);
         };
         let (parse, backend) = (s.parse_message(), s.backend.clone());
-        self.bind_statement(shard, &parse, &backend, portal, rest, forward)
+        self.bind_statement(shard, &parse, &backend, portal, rest, forward, None)
             .await
     }
 
-    /// Binds `portal` on a shard to the statement `parse` creates there as `backend`.
+    /// Binds `portal` on a shard to the statement `parse` creates there as
+    /// `backend`; `need`: the SQL-prepared statement it executes, created
+    /// there first if the connection lacks it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn bind_statement(
         &mut self,
         shard: ShardId,
@@ -496,6 +574,7 @@ impl Session {
         portal: &str,
         rest: &[u8],
         forward: bool,
+        need: Option<&(String, String)>,
     ) -> std::io::Result<bool> {
         let (slot, mut conn) = match self.take_conn(shard).await {
             Ok(x) => x,
@@ -513,9 +592,13 @@ impl Session {
             put_cstr(b, backend);
             b.put_slice(rest);
         });
-        let r = self
-            .prepare_and_send(&mut conn, parse, backend, &[&bind])
-            .await;
+        let r = match self.prepare_sql_statement(&mut conn, need).await {
+            Ok(Answer::Succeeded) => {
+                self.prepare_and_send(&mut conn, parse, backend, &[&bind])
+                    .await
+            }
+            other => other,
+        };
         let r = match r {
             Ok(Answer::Succeeded) => reply(&mut conn, &mut self.out, b"2", forward)
                 .await
@@ -553,6 +636,43 @@ impl Session {
         }
         Ok(Answer::Succeeded)
     }
+
+    /// Creates on `conn` the SQL-prepared statement an `EXECUTE` names
+    /// (`need`: its name there and the `PREPARE` that makes it) if the
+    /// connection lacks it, with extended-protocol messages in a portal of
+    /// the proxy's: a simple query would end the implicit transaction of
+    /// the client's segment there and drop its unnamed portal. On failure
+    /// PostgreSQL's error was told and the shard skips to the Sync.
+    pub(super) async fn prepare_sql_statement(
+        &mut self,
+        conn: &mut ServerConn,
+        need: Option<&(String, String)>,
+    ) -> Result<Answer, ExecError> {
+        let Some((name, prepare)) = need else {
+            return Ok(Answer::Succeeded);
+        };
+        if conn.prepared.contains(name) {
+            return Ok(Answer::Succeeded);
+        }
+        for m in super::segment::run_in_portal(prepare, "pieskieo_prepare", false) {
+            conn.send_extended(&m).await?;
+        }
+        conn.send_extended(&FLUSH).await?;
+        conn.flush().await?;
+        let (answer, _) = reply(conn, &mut self.out, b"3", false).await?;
+        if !answer.failed() {
+            conn.prepared.insert(name.clone());
+        }
+        Ok(answer)
+    }
+}
+
+/// A statement bound on the shards in place of the client's: `EXECUTE` of
+/// a SQL-prepared statement under its name there.
+struct Via {
+    parse: Bytes,
+    backend: String,
+    need: (String, String),
 }
 
 /// A statement derived from the client's for one shard, with its parameters.

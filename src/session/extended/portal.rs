@@ -45,10 +45,26 @@ impl Session {
             // PostgreSQL takes none.
             let session_runs =
                 matches!(&plan, Ok(p) if p.is_block_control() || matches!(p, Plan::Set(_)));
-            if self.block == Block::Failed || session_runs {
+            // SQL `EXECUTE`: the result columns of the statement it names
+            // (PostgreSQL's `UtilityTupleDescriptor`), none if there is none.
+            let executes = match &plan {
+                Ok(Plan::Execute { name, .. }) => Some(
+                    self.sql_prepared
+                        .get(name)
+                        .map_or_else(protocol::no_data, |p| p.columns.clone()),
+                ),
+                _ => None,
+            };
+            let failed = self.block == Block::Failed;
+            if failed && executes.as_ref().is_some_and(|c| c.first() == Some(&b'T')) {
+                return Ok(self.error(Error::Txn(TxnMisuse::Aborted)).await?);
+            }
+            if failed || session_runs || executes.is_some() {
                 let types = s.types.clone();
                 self.write(&protocol::parameter_description(&types)).await?;
-                self.write(&protocol::no_data()).await?;
+                let columns = executes.filter(|_| !failed);
+                self.write(&columns.unwrap_or_else(protocol::no_data))
+                    .await?;
                 return Ok(true);
             }
             let (parse, backend) = (s.parse_message(), s.backend.clone());
