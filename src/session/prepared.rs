@@ -128,7 +128,6 @@ impl Session {
         let plan = stmt.plan(&self.shared.map(), &args);
         let text = stmt.execute_text(&args);
         self.need_prepared = Some(stmt.needs());
-        let (body, params) = (stmt.body.clone(), stmt.params.clone());
         let r = match plan {
             Ok(Plan::Forward { route, write }) => self.forward(&text, route, write).await,
             Ok(Plan::Replicate) => {
@@ -143,8 +142,7 @@ impl Session {
             Ok(Plan::Merge { .. } | Plan::Staged(_)) | Err(RouteError::Unsupported(_)) => {
                 // The shards run the text: they need no prepared statement.
                 self.need_prepared = None;
-                self.execute_inlined(&name, &body, &params, &args, plan)
-                    .await
+                self.execute_inlined(&name, &args, plan).await
             }
             Err(e) => self.error(Error::Route(e)).await,
             Ok(_) => {
@@ -341,12 +339,10 @@ impl Session {
     async fn execute_inlined(
         &mut self,
         name: &str,
-        body: &str,
-        params: &[String],
         args: &str,
         plan: Result<Plan, RouteError>,
     ) -> std::io::Result<bool> {
-        let Some(text) = self.inline_execute(name, body, params, args, plan).await? else {
+        let Some(text) = self.inline_execute(name, args, plan).await? else {
             return Ok(false);
         };
         match router::plan(&text, &self.shared.map()) {
@@ -369,11 +365,14 @@ impl Session {
     pub(super) async fn inline_execute(
         &mut self,
         name: &str,
-        body: &str,
-        params: &[String],
         args: &str,
         plan: Result<Plan, RouteError>,
     ) -> std::io::Result<Option<String>> {
+        let Some(stmt) = self.sql_prepared.get(name) else {
+            let e = Error::Name(NameError::NoStatement(name.to_string()));
+            return self.error(e).await.map(|_| None);
+        };
+        let (body, params) = (stmt.body.clone(), stmt.params.clone());
         let literals = if params.is_empty() && args.is_empty() {
             Vec::new()
         } else {
@@ -381,7 +380,7 @@ impl Session {
                 Ok(c) => c,
                 Err(e) => return self.error(e).await.map(|_| None),
             };
-            match evaluate_arguments(&mut conn, name, params, args).await {
+            match evaluate_arguments(&mut conn, name, &params, args).await {
                 Ok(Arguments::Literals(l)) => l,
                 Ok(Arguments::Refused(err)) => {
                     self.write(&err.bytes).await?;
@@ -391,7 +390,7 @@ impl Session {
                 Err(e) => return self.error(e.into()).await.map(|_| None),
             }
         };
-        if let Some(text) = router::inline_params(body, &literals) {
+        if let Some(text) = router::inline_params(&body, &literals) {
             return Ok(Some(text));
         }
         match plan {

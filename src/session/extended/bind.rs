@@ -255,7 +255,7 @@ impl Session {
                     return Ok(false);
                 };
                 let (text, need) = (target.execute_text(&args), target.needs());
-                let (body, params) = (target.body.clone(), target.params.clone());
+                let body = target.body.clone();
                 let routed = match target.plan(&map, &args) {
                     Ok(Plan::Forward {
                         route: Route::Any,
@@ -267,7 +267,7 @@ impl Session {
                     Ok(Plan::Replicate) => Some((route_all(n), Merge::Copies, Writes::Yes)),
                     plan @ (Ok(Plan::Merge { .. } | Plan::Staged(_))
                     | Err(RouteError::Unsupported(_))) => {
-                        let inlined = self.inline_execute(&name, &body, &params, &args, plan);
+                        let inlined = self.inline_execute(&name, &args, plan);
                         let Some(text) = inlined.await? else {
                             return Ok(false);
                         };
