@@ -271,7 +271,13 @@ impl Session {
                     let (name, _) = take_cstr(rest)?;
                     match kind {
                         b'S' => {
-                            lookup(&parsed, name)?;
+                            let (sql, _) = lookup(&parsed, name)?;
+                            // SQL `EXECUTE`: described by the session, with
+                            // the columns of the client's statement (the
+                            // shard knows it by another name).
+                            if matches!(self.shared.plan(&sql), Ok(Plan::Execute { .. })) {
+                                return None;
+                            }
                         }
                         b'P' if portals.contains(&name) => {}
                         _ => return None,
