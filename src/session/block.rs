@@ -593,6 +593,10 @@ impl Session {
             executor::relay(&mut conn, &mut self.out).await
         }
         .await;
+        // `DISCARD ALL` deallocates every prepared statement, SQL's too.
+        if matches!(r, Ok(Answer::Succeeded)) && router::first_word_in(stmt, &["discard"]) {
+            self.sql_prepared.clear();
+        }
         if matches!(r, Ok(Answer::Succeeded)) && !changes.is_empty() {
             let mut one = [Participant {
                 conn,

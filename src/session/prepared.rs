@@ -45,6 +45,11 @@ impl SqlPrepared {
         (self.backend.clone(), self.prepare.clone())
     }
 
+    /// Its name on server connections.
+    pub(super) fn server_name(&self) -> &str {
+        &self.backend
+    }
+
     /// How an `EXECUTE` of it with `args` routes.
     pub(super) fn plan(&self, map: &router::ShardMap, args: &str) -> Result<Plan, RouteError> {
         plan_bound(&self.body, map, &execute_args(args))

@@ -55,6 +55,7 @@ impl Session {
                 .error(Error::Name(NameError::PortalExists(b.portal.to_string())))
                 .await?);
         }
+        self.ext.executes.remove(b.portal);
         let depth = self.txn.as_ref().map_or(0, |t| t.savepoints.len());
         self.ext.depths.insert(b.portal.to_string(), depth);
         // Bind takes the transaction's snapshot when it has parameters to
@@ -250,6 +251,7 @@ impl Session {
             // other kinds of statement are run by the session at Execute.
             Plan::Execute { name, args } if self.sql_prepared.contains_key(&name) => {
                 let (types, client_sql) = (stmt.types.clone(), stmt.sql.clone());
+                let count = stmt.param_count();
                 let map = self.shared.map();
                 let Some(target) = self.sql_prepared.get(&name) else {
                     return Ok(false);
@@ -267,6 +269,16 @@ impl Session {
                     Ok(Plan::Replicate) => Some((route_all(n), Merge::Copies, Writes::Yes)),
                     plan @ (Ok(Plan::Merge { .. } | Plan::Staged(_))
                     | Err(RouteError::Unsupported(_))) => {
+                        // The text bound has no parameters: the Bind's
+                        // number is checked here, as a shard would.
+                        if b.values.len() != count {
+                            let e = ClientError::Protocol(format!(
+                                "bind message supplies {} parameters, but prepared statement \"{}\" requires {count}",
+                                b.values.len(),
+                                b.stmt,
+                            ));
+                            return Ok(self.error(Error::Client(e)).await?);
+                        }
                         let inlined = self.inline_execute(&name, &args, plan);
                         let Some(text) = inlined.await? else {
                             return Ok(false);
@@ -289,6 +301,8 @@ impl Session {
                         self.took_snapshot();
                         self.ext.risky_now = router::may_change_settings(&body);
                         let shape = ClientStmt::new(&text, types);
+                        let found = (name, need.0.clone());
+                        self.ext.executes.insert(b.portal.to_string(), found);
                         via = Some(Via {
                             parse: shape.parse_message(),
                             backend: shape.backend,

@@ -104,6 +104,10 @@ pub(super) struct Extended {
     /// How many savepoints were open when each portal was bound: rolling
     /// back to one drops the portals made since, as in PostgreSQL.
     depths: HashMap<String, usize>,
+    /// Portals bound to SQL `EXECUTE` on shards: the client's statement
+    /// name and its name there, looked up again when the portal runs (as
+    /// PostgreSQL finds the statement only then).
+    executes: HashMap<String, (String, String)>,
     /// Multi-shard portals executed with a row limit: their merged rows wait
     /// here for the client's next Executes (the shards ran to the end).
     buffered: HashMap<String, merged::Buffered>,

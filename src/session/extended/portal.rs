@@ -227,8 +227,23 @@ impl Session {
                 }
                 Ok(self.execute(&sql, Ok(plan)).await?)
             }
+            PortalKind::Single { .. } | PortalKind::Multi { .. }
+                if !self.statement_still_there(portal) =>
+            {
+                let (name, _) = self.ext.executes.get(portal).cloned().unwrap_or_default();
+                let e = match self.sql_prepared.contains_key(&name) {
+                    false => Error::Name(NameError::NoStatement(name)),
+                    true => Error::Unsupported(format!(
+                        "prepared statement \"{name}\" was prepared again after this portal was bound to an EXECUTE of it; bind the portal again"
+                    )),
+                };
+                Ok(self.error(e).await?)
+            }
             PortalKind::Single { shard, write } => {
                 let (shard, write) = (*shard, *write);
+                // Found: a portal that runs on keeps running (PostgreSQL's
+                // ran the statement at its first Execute).
+                self.ext.executes.remove(portal);
                 self.relay_one(shard, &execute, b"CIs", write).await
             }
             PortalKind::Merged {
@@ -249,6 +264,7 @@ impl Session {
             } => {
                 let (shards, merge, write, at_bind) = (shards.clone(), *merge, *write, *at_bind);
                 let order = order.clone();
+                self.ext.executes.remove(portal);
                 // Rows to put in VALUES order are collected first.
                 let keep = max > 0 || order.is_some();
                 // With a row limit the shards run to the end and the rows
@@ -335,10 +351,21 @@ impl Session {
         }
     }
 
+    /// A portal bound to SQL `EXECUTE` still has its statement, as it was
+    /// (any other portal: yes).
+    fn statement_still_there(&self, portal: &str) -> bool {
+        self.ext.executes.get(portal).is_none_or(|(name, backend)| {
+            self.sql_prepared
+                .get(name)
+                .is_some_and(|p| p.server_name() == backend)
+        })
+    }
+
     pub(super) async fn ext_close(&mut self, kind: u8, name: &str) -> Result<bool, Fatal> {
         if kind == b'S' {
             self.ext.stmts.remove(name);
         } else if let Some(p) = self.ext.portals.remove(name) {
+            self.ext.executes.remove(name);
             let shards = match p {
                 PortalKind::Single { shard, .. } => vec![shard],
                 PortalKind::Multi { shards, .. } | PortalKind::Merged { shards, .. } => shards,
